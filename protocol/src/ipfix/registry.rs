@@ -1,0 +1,1 @@
+//! IANA IPFIX Information Element registry (filled by the registry work).

@@ -1,0 +1,1 @@
+//! NetFlow version 9 (RFC 3954) decoding.
