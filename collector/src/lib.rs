@@ -1,1 +1,137 @@
-//! collector library.
+//! The poolflow collector: an IPFIX Collecting Process (RFC 7011) that stores
+//! every data record durably in SQLite.
+//!
+//! [`start`] binds the configured listeners and starts the pipeline described
+//! in [`ingest`]; [`RunningCollector::shutdown`] stops receiving, commits
+//! what was received and closes the store.
+
+pub mod config;
+pub mod ingest;
+pub mod listeners;
+pub mod query;
+pub mod record;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result};
+use protocol::ipfix::TransportKind;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use config::CollectorConfig;
+use ingest::{Progress, WriterConfig, session_config, spawn_writer};
+use listeners::{TcpSettings, UdpSettings};
+use store::Store;
+
+/// A started collector.
+pub struct RunningCollector {
+    /// Bound UDP addresses (port 0 in the config is resolved here).
+    pub udp_addrs: Vec<SocketAddr>,
+    pub tcp_addrs: Vec<SocketAddr>,
+    pub progress: Arc<Progress>,
+    stop_udp: Arc<AtomicBool>,
+    stop_tcp: watch::Sender<bool>,
+    udp_threads: Vec<std::thread::JoinHandle<()>>,
+    tcp_tasks: JoinSet<()>,
+    writer: std::thread::JoinHandle<Result<()>>,
+}
+
+/// Opens the store, binds every listener and starts receiving.
+pub async fn start(config: &CollectorConfig) -> Result<RunningCollector> {
+    config.validate()?;
+    let store = Store::open(&config.database)?;
+    let (tx, rx) = mpsc::channel(config.queue_batches);
+    let progress = Arc::new(Progress::default());
+    let writer = spawn_writer(
+        store,
+        rx,
+        WriterConfig {
+            max_batch_records: config.max_batch_records,
+        },
+        Arc::clone(&progress),
+    );
+
+    let stop_udp = Arc::new(AtomicBool::new(false));
+    let mut udp_addrs = Vec::new();
+    let mut udp_threads = Vec::new();
+    for addr in &config.udp_listen {
+        let socket = listeners::bind_udp(*addr, config.udp_receive_buffer_bytes)?;
+        udp_addrs.push(socket.local_addr()?);
+        let settings = UdpSettings {
+            session: session_config(
+                TransportKind::Udp,
+                config.template_lifetime_secs,
+                config.max_templates_per_session,
+            ),
+            max_sessions: config.max_udp_sessions,
+            idle_timeout_secs: config.udp_idle_timeout_secs,
+            receive_buffer_bytes: config.udp_receive_buffer_bytes,
+        };
+        udp_threads.push(listeners::spawn_udp(
+            socket,
+            settings,
+            tx.clone(),
+            Arc::clone(&stop_udp),
+        ));
+    }
+
+    let (stop_tcp, stop_tcp_rx) = watch::channel(false);
+    let mut tcp_addrs = Vec::new();
+    let mut tcp_tasks = JoinSet::new();
+    for addr in &config.tcp_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding TCP {addr}"))?;
+        tcp_addrs.push(listener.local_addr()?);
+        let settings = TcpSettings {
+            session: session_config(
+                TransportKind::Tcp,
+                config.template_lifetime_secs,
+                config.max_templates_per_session,
+            ),
+            max_sessions: config.max_tcp_sessions,
+        };
+        tcp_tasks.spawn(listeners::serve_tcp(
+            listener,
+            settings,
+            tx.clone(),
+            stop_tcp_rx.clone(),
+        ));
+    }
+    tracing::info!(?udp_addrs, ?tcp_addrs, database = %config.database.display(), "collector started");
+    Ok(RunningCollector {
+        udp_addrs,
+        tcp_addrs,
+        progress,
+        stop_udp,
+        stop_tcp,
+        udp_threads,
+        tcp_tasks,
+        writer,
+    })
+}
+
+impl RunningCollector {
+    /// Graceful stop: no new data is accepted, everything received is
+    /// committed, then the store is closed.
+    pub async fn shutdown(mut self) -> Result<()> {
+        self.stop_udp.store(true, Ordering::Release);
+        let _ = self.stop_tcp.send(true);
+        while self.tcp_tasks.join_next().await.is_some() {}
+        let threads = std::mem::take(&mut self.udp_threads);
+        let writer = self.writer;
+        tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+            // All senders are gone now: the writer commits and ends.
+            writer
+                .join()
+                .map_err(|_| anyhow::anyhow!("SQLite writer panicked"))?
+        })
+        .await?
+    }
+}

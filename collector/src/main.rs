@@ -1,10 +1,194 @@
-use clap::Parser;
+//! `collector`: run the IPFIX collecting process, or query its store.
 
-/// poolflow collector (placeholder until its issue lands).
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use collector::config::{CollectorConfig, LogFormat};
+use collector::query::{self, Filter, Format};
+use collector::store::Store;
+use tracing_subscriber::EnvFilter;
+
+/// poolflow collector: an IPFIX collecting process (RFC 7011) that stores
+/// every data record durably in SQLite.
 #[derive(Parser)]
-#[command(version, about)]
-struct Cli {}
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _cli = Cli::parse();
+#[derive(Subcommand)]
+enum Command {
+    /// Receive IPFIX over UDP and TCP and store it.
+    Run(RunArgs),
+    /// Print stored records as JSON lines or CSV.
+    Query(QueryArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// TOML configuration file (see deploy/collector.toml); flags override it.
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+    /// SQLite database file.
+    #[arg(long)]
+    database: Option<PathBuf>,
+    /// UDP address to receive on (repeatable; replaces the file's list).
+    #[arg(long = "udp", value_name = "ADDR")]
+    udp_listen: Vec<SocketAddr>,
+    /// TCP address to accept on (repeatable; replaces the file's list).
+    #[arg(long = "tcp", value_name = "ADDR")]
+    tcp_listen: Vec<SocketAddr>,
+    /// Do not listen on UDP at all.
+    #[arg(long)]
+    no_udp: bool,
+    /// Do not listen on TCP at all.
+    #[arg(long)]
+    no_tcp: bool,
+    /// Prometheus scrape address (serves /metrics).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// UDP template lifetime without refresh, seconds.
+    #[arg(long)]
+    template_lifetime_secs: Option<u64>,
+    /// Log format.
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(Args)]
+struct QueryArgs {
+    /// SQLite database file written by `collector run`.
+    #[arg(long)]
+    database: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "json")]
+    format: Format,
+    /// Only this exporter: "ip" (any port) or "ip:port".
+    #[arg(long)]
+    exporter: Option<String>,
+    /// Only this observation domain.
+    #[arg(long)]
+    domain: Option<u32>,
+    /// Export time at or after: unix seconds or RFC 3339 (2026-11-21T10:00:00Z).
+    #[arg(long, value_parser = parse_time)]
+    since: Option<i64>,
+    /// Export time before: unix seconds or RFC 3339.
+    #[arg(long, value_parser = parse_time)]
+    until: Option<i64>,
+    /// At most this many records.
+    #[arg(long)]
+    limit: Option<u64>,
+}
+
+fn parse_time(s: &str) -> Result<i64, String> {
+    if let Ok(secs) = s.parse::<i64>() {
+        return Ok(secs);
+    }
+    humantime::parse_rfc3339_weak(s)
+        .map_err(|e| format!("`{s}` is neither unix seconds nor RFC 3339: {e}"))?
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .map_err(|_| format!("`{s}` is before 1970"))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Run(args) => run(args),
+        Command::Query(args) => query(args),
+    }
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    let mut config = match &args.config {
+        Some(path) => CollectorConfig::from_file(path)?,
+        None => CollectorConfig::default(),
+    };
+    if let Some(db) = args.database {
+        config.database = db;
+    }
+    if !args.udp_listen.is_empty() {
+        config.udp_listen = args.udp_listen;
+    }
+    if !args.tcp_listen.is_empty() {
+        config.tcp_listen = args.tcp_listen;
+    }
+    if args.no_udp {
+        config.udp_listen.clear();
+    }
+    if args.no_tcp {
+        config.tcp_listen.clear();
+    }
+    if args.metrics.is_some() {
+        config.metrics_listen = args.metrics;
+    }
+    if let Some(secs) = args.template_lifetime_secs {
+        config.template_lifetime_secs = secs;
+    }
+    if let Some(format) = args.log_format {
+        config.log_format = format;
+    }
+    init_logging(config.log_format);
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        if let Some(addr) = config.metrics_listen {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .with_http_listener(addr)
+                .install()
+                .with_context(|| format!("starting the metrics endpoint on {addr}"))?;
+        }
+        let collector = collector::start(&config).await?;
+        // Printed on stdout so scripts can learn ports chosen by the kernel.
+        for addr in &collector.udp_addrs {
+            println!("listening udp {addr}");
+        }
+        for addr in &collector.tcp_addrs {
+            println!("listening tcp {addr}");
+        }
+        std::io::stdout().flush()?;
+        wait_for_termination().await?;
+        tracing::info!("stopping: committing received records");
+        collector.shutdown().await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+async fn wait_for_termination() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+fn query(args: QueryArgs) -> Result<()> {
+    let conn = Store::open_read_only(&args.database)?;
+    let filter = Filter {
+        exporter: args.exporter,
+        domain: args.domain,
+        since: args.since,
+        until: args.until,
+        limit: args.limit,
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    query::run(&conn, &filter, args.format, &mut out)?;
+    out.flush()?;
+    Ok(())
 }

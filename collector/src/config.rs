@@ -1,0 +1,134 @@
+//! Collector configuration: a TOML file (every key optional, unknown keys
+//! rejected by name) with command-line flags on top. The annotated example is
+//! `deploy/collector.toml`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+/// IANA port for IPFIX over UDP, TCP and SCTP (RFC 7011 section 10).
+pub const IPFIX_PORT: u16 = 4739;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectorConfig {
+    /// SQLite database file the records go to.
+    pub database: PathBuf,
+    /// UDP addresses to receive IPFIX on.
+    pub udp_listen: Vec<SocketAddr>,
+    /// TCP addresses to accept IPFIX connections on.
+    pub tcp_listen: Vec<SocketAddr>,
+    /// Prometheus scrape endpoint (`/metrics`), off when absent.
+    pub metrics_listen: Option<SocketAddr>,
+    /// UDP template lifetime without refresh, seconds (RFC 7011 8.4).
+    pub template_lifetime_secs: u64,
+    /// Templates one transport session may define.
+    pub max_templates_per_session: usize,
+    /// UDP exporters (address and port) tracked at once.
+    pub max_udp_sessions: usize,
+    /// A silent UDP session is forgotten after this many seconds.
+    pub udp_idle_timeout_secs: u64,
+    /// Kernel receive buffer for each UDP socket, bytes.
+    pub udp_receive_buffer_bytes: usize,
+    /// Concurrent TCP connections.
+    pub max_tcp_sessions: usize,
+    /// Largest SQLite transaction, records.
+    pub max_batch_records: usize,
+    /// Batches queued between receivers and the SQLite writer; bounds memory.
+    pub queue_batches: usize,
+    /// `text` or `json` logs.
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        Self {
+            database: PathBuf::from("collector.sqlite"),
+            udp_listen: vec![SocketAddr::from(([0, 0, 0, 0], IPFIX_PORT))],
+            tcp_listen: vec![SocketAddr::from(([0, 0, 0, 0], IPFIX_PORT))],
+            metrics_listen: None,
+            template_lifetime_secs: 1800,
+            max_templates_per_session: 4096,
+            max_udp_sessions: 4096,
+            udp_idle_timeout_secs: 3600,
+            udp_receive_buffer_bytes: 32 * 1024 * 1024,
+            max_tcp_sessions: 256,
+            max_batch_records: 100_000,
+            queue_batches: 256,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+impl CollectorConfig {
+    /// Reads a TOML file; the error names the file, line and key at fault.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        Self::from_toml(&text).with_context(|| format!("in config {}", path.display()))
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let config: Self = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("max_templates_per_session", self.max_templates_per_session),
+            ("max_udp_sessions", self.max_udp_sessions),
+            ("max_tcp_sessions", self.max_tcp_sessions),
+            ("max_batch_records", self.max_batch_records),
+            ("queue_batches", self.queue_batches),
+        ];
+        for (key, value) in positive {
+            anyhow::ensure!(value > 0, "`{key}` must be at least 1");
+        }
+        anyhow::ensure!(
+            !self.udp_listen.is_empty() || !self.tcp_listen.is_empty(),
+            "`udp_listen` and `tcp_listen` are both empty: nothing to receive on"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = CollectorConfig::from_toml("databse = \"x\"").unwrap_err();
+        assert!(format!("{err:#}").contains("databse"), "{err:#}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let err = CollectorConfig::from_toml("max_tcp_sessions = \"many\"").unwrap_err();
+        assert!(format!("{err:#}").contains("max_tcp_sessions"), "{err:#}");
+    }
+
+    #[test]
+    fn zero_limit_is_rejected_by_key() {
+        let err = CollectorConfig::from_toml("queue_batches = 0").unwrap_err();
+        assert!(format!("{err:#}").contains("queue_batches"), "{err:#}");
+    }
+
+    #[test]
+    fn shipped_example_parses_and_differs_from_nothing_unexpected() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/collector.toml");
+        let config = CollectorConfig::from_file(&path).unwrap();
+        assert_eq!(config.udp_listen, vec!["0.0.0.0:4739".parse().unwrap()]);
+        assert_eq!(config.template_lifetime_secs, 1800);
+    }
+}
