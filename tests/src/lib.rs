@@ -1,1 +1,41 @@
-//! Workspace-level integration tests live in tests/tests/.
+//! Support for the workspace-level integration tests in `tests/tests/`:
+//! writing pcap files that third-party tools (tshark, softflowd) read, and
+//! finding those tools.
+
+pub mod pcap;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Locates an external program. Outside CI a missing tool skips the test
+/// with a printed reason; in CI (`CI` set) it fails the test, because CI
+/// installs every tool and a skip there would hide a broken install step.
+pub fn require_tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        if std::env::var_os("CI").is_some() {
+            panic!("{name} is not installed, but CI must have it (.ci/run installs it)");
+        }
+        eprintln!("SKIPPED: {name} is not installed (apt-get install it to run this test)");
+    }
+    found
+}
+
+/// Runs a command, returning stdout; panics with stderr on failure.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
