@@ -4,6 +4,8 @@
 use std::io::Write;
 
 use anyhow::Result;
+use protocol::ipfix::registry;
+use protocol::ipfix::value::decode_value;
 use rusqlite::{Connection, ToSql};
 use serde_json::{Map, Value, json};
 
@@ -55,7 +57,18 @@ const COLUMNS: [&str; 22] = [
 /// Name and JSON value of an `extra` field: the IANA name and typed value
 /// when the registry knows the element, else `e<PEN>.<id>` and hex.
 pub fn describe_field(enterprise: u32, id: u16, raw: &[u8]) -> (String, Value) {
-    (format!("e{enterprise}.{id}"), json!(hex(raw)))
+    let Some(ie) = registry::lookup(enterprise, id) else {
+        return (format!("e{enterprise}.{id}"), json!(hex(raw)));
+    };
+    let value = match decode_value(ie.data_type, raw) {
+        Ok(v) => match v.as_u64() {
+            Some(n) => json!(n),
+            None => json!(v.to_string()),
+        },
+        // Keep the bytes visible rather than hide a malformed value.
+        Err(_) => json!(hex(raw)),
+    };
+    (ie.name.to_owned(), value)
 }
 
 fn hex(raw: &[u8]) -> String {
@@ -175,5 +188,22 @@ fn sql_to_json(value: rusqlite::types::Value) -> Value {
         V::Real(f) => json!(f),
         V::Text(t) => json!(t),
         V::Blob(b) => json!(hex(&b)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_elements_get_their_iana_name_and_typed_value() {
+        assert_eq!(describe_field(0, 82, b"eth0"), ("interfaceName".into(), json!("eth0")));
+        assert_eq!(describe_field(0, 136, &[1]), ("flowEndReason".into(), json!(1)));
+        assert_eq!(
+            describe_field(29305, 7, &[0xab, 0xcd]),
+            ("e29305.7".into(), json!("abcd"))
+        );
+        // A value of the wrong size for its type stays visible as hex.
+        assert_eq!(describe_field(0, 8, &[1, 2, 3]).1, json!("010203"));
     }
 }
