@@ -26,6 +26,18 @@ enum Command {
     Run(RunArgs),
     /// Print stored records as JSON lines or CSV.
     Query(QueryArgs),
+    /// Per exporter and observation domain: records stored and lost.
+    Stats(StatsArgs),
+}
+
+#[derive(Args)]
+struct StatsArgs {
+    /// SQLite database file written by `collector run`.
+    #[arg(long)]
+    database: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -97,7 +109,9 @@ fn parse_time(s: &str) -> Result<i64, String> {
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -108,6 +122,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run(args),
         Command::Query(args) => query(args),
+        Command::Stats(args) => stats(args),
     }
 }
 
@@ -190,5 +205,25 @@ fn query(args: QueryArgs) -> Result<()> {
     let mut out = std::io::BufWriter::new(stdout.lock());
     query::run(&conn, &filter, args.format, &mut out)?;
     out.flush()?;
+    Ok(())
+}
+
+fn stats(args: StatsArgs) -> Result<()> {
+    let conn = Store::open_read_only(&args.database)?;
+    let summaries = query::domain_summaries(&conn)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summaries)?);
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<9} {:>10} {:>12} {:>12} {:>9}",
+        "exporter", "transport", "domain", "records", "lost", "anomalies"
+    );
+    for s in summaries {
+        println!(
+            "{:<24} {:<9} {:>10} {:>12} {:>12} {:>9}",
+            s.exporter, s.transport, s.domain, s.records, s.lost_records, s.sequence_events
+        );
+    }
     Ok(())
 }

@@ -125,6 +125,16 @@ async fn sequence_gaps_are_counted_in_records() {
     assert_eq!(stats.records, 80);
     assert_eq!(stats.lost_records, 20);
     assert_eq!(stats.sequence_events, 1);
+    let summaries = query::domain_summaries(store.connection()).unwrap();
+    assert_eq!(summaries.len(), 1);
+    assert_eq!(
+        (
+            summaries[0].domain,
+            summaries[0].records,
+            summaries[0].lost_records
+        ),
+        (3, 80, 20)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,7 +162,11 @@ async fn malformed_datagrams_do_not_poison_the_session() {
     wait_for_records(&c, 20).await;
     c.shutdown().await.unwrap();
     let store = Store::open(&dir.path().join("c.sqlite")).unwrap();
-    assert_eq!(store.record_count().unwrap(), 20, "both good messages stored");
+    assert_eq!(
+        store.record_count().unwrap(),
+        20,
+        "both good messages stored"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

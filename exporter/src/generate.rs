@@ -61,9 +61,7 @@ impl Sink {
                     Ok(_) => return Ok(()),
                     // The local socket buffer is full: wait for it rather
                     // than count a datagram as sent that never left.
-                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                        std::thread::yield_now()
-                    }
+                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => std::thread::yield_now(),
                     Err(e) => return Err(e.into()),
                 }
             },
@@ -132,7 +130,11 @@ pub fn generate(config: &GenerateConfig, mut progress: impl FnMut(u64)) -> Resul
             writer.add_template(&template)?;
             last_template = Some(Instant::now());
         }
-        while n < end && FlowRecord::synthetic(n, base_millis).write_to(&mut writer).is_ok() {
+        while n < end
+            && FlowRecord::synthetic(n, base_millis)
+                .write_to(&mut writer)
+                .is_ok()
+        {
             n += 1;
         }
         let records = writer.data_records();

@@ -148,7 +148,10 @@ fn templates_are_scoped_per_observation_domain() {
     let mut s = udp();
     collect(&mut s, &flow_message(1, 0, 0, 1, true));
     let (report, records) = collect(&mut s, &flow_message(2, 0, 0, 1, false));
-    assert!(records.is_empty(), "domain 2 must not see domain 1's template");
+    assert!(
+        records.is_empty(),
+        "domain 2 must not see domain 1's template"
+    );
     assert!(matches!(
         report.errors[..],
         [DecodeError::UnknownTemplate { domain: 2, .. }]
@@ -259,10 +262,10 @@ fn variable_length_enterprise_and_options_records_decode() {
         300,
         1,
         vec![
-            FieldSpecifier::iana(149, 4),                // observationDomainId (scope)
-            FieldSpecifier::iana(41, 8),                 // exportedMessageTotalCount
-            FieldSpecifier::enterprise(29305, 1, 2),     // enterprise element
-            FieldSpecifier::iana(82, VARIABLE_LENGTH),   // interfaceName
+            FieldSpecifier::iana(149, 4),              // observationDomainId (scope)
+            FieldSpecifier::iana(41, 8),               // exportedMessageTotalCount
+            FieldSpecifier::enterprise(29305, 1, 2),   // enterprise element
+            FieldSpecifier::iana(82, VARIABLE_LENGTH), // interfaceName
         ],
     );
     let long_name = vec![b'x'; 300];
@@ -308,21 +311,29 @@ fn sequence_numbers_count_lost_records() {
         SequenceCheck::First
     );
     assert_eq!(
-        collect(&mut s, &flow_message(1, 10, 10, 10, false)).0.sequence,
+        collect(&mut s, &flow_message(1, 10, 10, 10, false))
+            .0
+            .sequence,
         SequenceCheck::InOrder
     );
     // Records 20..35 never arrived.
     assert_eq!(
-        collect(&mut s, &flow_message(1, 35, 35, 5, false)).0.sequence,
+        collect(&mut s, &flow_message(1, 35, 35, 5, false))
+            .0
+            .sequence,
         SequenceCheck::Gap { lost: 15 }
     );
     // A late message does not move the expectation back.
     assert_eq!(
-        collect(&mut s, &flow_message(1, 20, 20, 5, false)).0.sequence,
+        collect(&mut s, &flow_message(1, 20, 20, 5, false))
+            .0
+            .sequence,
         SequenceCheck::Behind { behind: 20 }
     );
     assert_eq!(
-        collect(&mut s, &flow_message(1, 40, 40, 5, false)).0.sequence,
+        collect(&mut s, &flow_message(1, 40, 40, 5, false))
+            .0
+            .sequence,
         SequenceCheck::InOrder
     );
 }
@@ -332,7 +343,9 @@ fn sequence_numbers_wrap_at_2_pow_32() {
     let mut s = udp();
     collect(&mut s, &flow_message(1, u32::MAX - 4, 0, 10, true));
     assert_eq!(
-        collect(&mut s, &flow_message(1, 5, 10, 1, false)).0.sequence,
+        collect(&mut s, &flow_message(1, 5, 10, 1, false))
+            .0
+            .sequence,
         SequenceCheck::InOrder
     );
 }
@@ -429,7 +442,11 @@ fn writer_respects_its_size_limit() {
     }
     let msg = w.finish();
     assert!(msg.len() <= 1400);
-    assert!(msg.len() > 1400 - 47, "writer stopped early at {}", msg.len());
+    assert!(
+        msg.len() > 1400 - 47,
+        "writer stopped early at {}",
+        msg.len()
+    );
     assert_eq!(w.data_records() as u64, n);
 }
 
@@ -447,12 +464,15 @@ fn arb_field() -> impl Strategy<Value = FieldSpecifier> {
 }
 
 fn arb_template() -> impl Strategy<Value = Template> {
-    (256u16..1000, prop::collection::vec(arb_field(), 1..12), any::<bool>()).prop_map(
-        |(id, fields, options)| {
+    (
+        256u16..1000,
+        prop::collection::vec(arb_field(), 1..12),
+        any::<bool>(),
+    )
+        .prop_map(|(id, fields, options)| {
             let scope = if options { 1 } else { 0 };
             Template::new(id, scope, fields)
-        },
-    )
+        })
 }
 
 proptest! {

@@ -28,7 +28,10 @@ fn main() {
     let collector = runtime.block_on(collector::start(&config)).unwrap();
     let target = collector.udp_addrs[0];
     println!("UDP ingest into SQLite, 11-field records, 1400-byte messages, {secs} s per step");
-    println!("{:>12} {:>12} {:>12} {:>12} {:>9}", "offered/s", "sent", "stored", "stored/s", "loss %");
+    println!(
+        "{:>12} {:>12} {:>12} {:>12} {:>9}",
+        "offered/s", "sent", "stored", "stored/s", "loss %"
+    );
     let mut best_lossless = 0f64;
     let rates = [100_000u64, 200_000, 300_000, 400_000, 600_000, 800_000, 0];
     for (step, rate) in rates.iter().enumerate() {

@@ -10,7 +10,10 @@ use std::net::SocketAddrV4;
 pub enum Transport {
     Udp,
     /// TCP with these flags (e.g. 0x18 = PSH|ACK) and sequence number.
-    Tcp { flags: u8, seq: u32 },
+    Tcp {
+        flags: u8,
+        seq: u32,
+    },
 }
 
 /// One packet: addresses, timestamp and payload.

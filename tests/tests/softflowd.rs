@@ -25,15 +25,24 @@ fn flows() -> Vec<Packet> {
     let mut packets = Vec::new();
     let t0 = 1_763_700_000_000_000u64;
     for f in 0..UDP_FLOWS + TCP_FLOWS {
-        let src = SocketAddrV4::new(Ipv4Addr::new(10, 1, (f / 200) as u8, (f % 200) as u8 + 1), 20_000 + f);
-        let dst = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 10), if f < UDP_FLOWS { 53 } else { 443 });
+        let src = SocketAddrV4::new(
+            Ipv4Addr::new(10, 1, (f / 200) as u8, (f % 200) as u8 + 1),
+            20_000 + f,
+        );
+        let dst = SocketAddrV4::new(
+            Ipv4Addr::new(192, 0, 2, 10),
+            if f < UDP_FLOWS { 53 } else { 443 },
+        );
         for k in 0..PACKETS_PER_FLOW {
             let transport = if f < UDP_FLOWS {
                 Transport::Udp
             } else {
                 // SYN, data, FIN so the flow ends cleanly.
                 let flags = [0x02, 0x18, 0x11][k as usize];
-                Transport::Tcp { flags, seq: 1000 + k as u32 * PAYLOAD as u32 }
+                Transport::Tcp {
+                    flags,
+                    seq: 1000 + k as u32 * PAYLOAD as u32,
+                }
             };
             packets.push(Packet {
                 src,
@@ -49,7 +58,9 @@ fn flows() -> Vec<Packet> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn softflowd_ipfix_over_udp_is_stored_flow_for_flow() {
-    let (Some(softflowd), Some(softflowctl)) = (require_tool("softflowd"), require_tool("softflowctl")) else {
+    let (Some(softflowd), Some(softflowctl)) =
+        (require_tool("softflowd"), require_tool("softflowctl"))
+    else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -151,7 +162,9 @@ async fn softflowd_ipfix_over_udp_is_stored_flow_for_flow() {
     }
     for f in 0..UDP_FLOWS + TCP_FLOWS {
         let src = Ipv4Addr::new(10, 1, (f / 200) as u8, (f % 200) as u8 + 1).to_string();
-        let r = by_source.get(&src).unwrap_or_else(|| panic!("flow from {src} missing"));
+        let r = by_source
+            .get(&src)
+            .unwrap_or_else(|| panic!("flow from {src} missing"));
         assert_eq!(r["dst_addr"], "192.0.2.10");
         assert_eq!(r["src_port"], 20_000 + f);
         assert_eq!(r["dst_port"], if f < UDP_FLOWS { 53 } else { 443 });

@@ -23,11 +23,22 @@ fn packet(payload: Vec<u8>, n: u64) -> Packet {
     }
 }
 
-fn tshark_fields(tshark: &std::path::Path, file: &std::path::Path, fields: &[&str]) -> Vec<Vec<String>> {
+fn tshark_fields(
+    tshark: &std::path::Path,
+    file: &std::path::Path,
+    fields: &[&str],
+) -> Vec<Vec<String>> {
     let mut cmd = Command::new(tshark);
-    cmd.args(["-n", "-r"])
-        .arg(file)
-        .args(["-d", "udp.port==4739,cflow", "-T", "fields", "-E", "occurrence=a", "-E", "aggregator=|"]);
+    cmd.args(["-n", "-r"]).arg(file).args([
+        "-d",
+        "udp.port==4739,cflow",
+        "-T",
+        "fields",
+        "-E",
+        "occurrence=a",
+        "-E",
+        "aggregator=|",
+    ]);
     for f in fields {
         cmd.args(["-e", f]);
     }
@@ -88,9 +99,18 @@ fn tshark_decodes_our_flow_records_field_by_field() {
         for (i, addr) in src.iter().enumerate() {
             let flow = &sent[decoded + i];
             assert_eq!(*addr, flow.source.to_string());
-            assert_eq!(row[4].split('|').nth(i).unwrap(), flow.destination.to_string());
-            assert_eq!(row[5].split('|').nth(i).unwrap(), flow.source_port.to_string());
-            assert_eq!(row[6].split('|').nth(i).unwrap(), flow.destination_port.to_string());
+            assert_eq!(
+                row[4].split('|').nth(i).unwrap(),
+                flow.destination.to_string()
+            );
+            assert_eq!(
+                row[5].split('|').nth(i).unwrap(),
+                flow.source_port.to_string()
+            );
+            assert_eq!(
+                row[6].split('|').nth(i).unwrap(),
+                flow.destination_port.to_string()
+            );
             assert_eq!(row[7].split('|').nth(i).unwrap(), flow.protocol.to_string());
             assert_eq!(row[8].split('|').nth(i).unwrap(), flow.octets.to_string());
             assert_eq!(row[9].split('|').nth(i).unwrap(), flow.packets.to_string());
@@ -101,13 +121,16 @@ fn tshark_decodes_our_flow_records_field_by_field() {
     }
     assert_eq!(decoded, sent.len());
 
-    let problems = run_ok(
-        Command::new(&tshark)
-            .args(["-n", "-r"])
-            .arg(&file)
-            .args(["-d", "udp.port==4739,cflow", "-Y", "_ws.malformed || _ws.expert.severity >= error"]),
+    let problems = run_ok(Command::new(&tshark).args(["-n", "-r"]).arg(&file).args([
+        "-d",
+        "udp.port==4739,cflow",
+        "-Y",
+        "_ws.malformed || _ws.expert.severity >= error",
+    ]));
+    assert!(
+        problems.trim().is_empty(),
+        "tshark found errors:\n{problems}"
     );
-    assert!(problems.trim().is_empty(), "tshark found errors:\n{problems}");
 }
 
 #[test]
@@ -121,18 +144,18 @@ fn tshark_accepts_options_enterprise_and_variable_length_records() {
         300,
         1,
         vec![
-            FieldSpecifier::iana(149, 4),  // observationDomainId (scope)
-            FieldSpecifier::iana(41, 8),   // exportedMessageTotalCount
-            FieldSpecifier::iana(42, 8),   // exportedFlowRecordTotalCount
+            FieldSpecifier::iana(149, 4), // observationDomainId (scope)
+            FieldSpecifier::iana(41, 8),  // exportedMessageTotalCount
+            FieldSpecifier::iana(42, 8),  // exportedFlowRecordTotalCount
         ],
     );
     let varlen = Template::new(
         301,
         0,
         vec![
-            FieldSpecifier::iana(8, 4),                 // sourceIPv4Address
-            FieldSpecifier::iana(82, VARIABLE_LENGTH),  // interfaceName
-            FieldSpecifier::enterprise(29305, 12, 4),   // an enterprise element
+            FieldSpecifier::iana(8, 4),                // sourceIPv4Address
+            FieldSpecifier::iana(82, VARIABLE_LENGTH), // interfaceName
+            FieldSpecifier::enterprise(29305, 12, 4),  // an enterprise element
         ],
     );
     let mut w = MessageWriter::new(1400);
@@ -148,7 +171,11 @@ fn tshark_accepts_options_enterprise_and_variable_length_records() {
     put_variable_length(&mut rec, b"ge-0/0/1");
     rec.extend_from_slice(&[0, 0, 0, 42]);
     w.add_record(301, &rec).unwrap();
-    pcap::write(&mut File::create(&file).unwrap(), &[packet(w.finish().to_vec(), 0)]).unwrap();
+    pcap::write(
+        &mut File::create(&file).unwrap(),
+        &[packet(w.finish().to_vec(), 0)],
+    )
+    .unwrap();
 
     let rows = tshark_fields(
         &tshark,
@@ -157,14 +184,20 @@ fn tshark_accepts_options_enterprise_and_variable_length_records() {
     );
     assert_eq!(rows.len(), 1);
     let templates: Vec<&str> = rows[0][0].split('|').collect();
-    assert!(templates.contains(&"300") && templates.contains(&"301"), "{rows:?}");
+    assert!(
+        templates.contains(&"300") && templates.contains(&"301"),
+        "{rows:?}"
+    );
     assert_eq!(rows[0][1], "198.51.100.7");
     assert_eq!(rows[0][2], "ge-0/0/1");
-    let problems = run_ok(
-        Command::new(&tshark)
-            .args(["-n", "-r"])
-            .arg(&file)
-            .args(["-d", "udp.port==4739,cflow", "-Y", "_ws.malformed || _ws.expert.severity >= error"]),
+    let problems = run_ok(Command::new(&tshark).args(["-n", "-r"]).arg(&file).args([
+        "-d",
+        "udp.port==4739,cflow",
+        "-Y",
+        "_ws.malformed || _ws.expert.severity >= error",
+    ]));
+    assert!(
+        problems.trim().is_empty(),
+        "tshark found errors:\n{problems}"
     );
-    assert!(problems.trim().is_empty(), "tshark found errors:\n{problems}");
 }

@@ -44,7 +44,8 @@ impl MessageWriter {
         self.buf.extend_from_slice(&0u16.to_be_bytes());
         self.buf.extend_from_slice(&export_time.to_be_bytes());
         self.buf.extend_from_slice(&sequence_number.to_be_bytes());
-        self.buf.extend_from_slice(&observation_domain_id.to_be_bytes());
+        self.buf
+            .extend_from_slice(&observation_domain_id.to_be_bytes());
     }
 
     pub fn len(&self) -> usize {
@@ -112,7 +113,8 @@ impl MessageWriter {
                 self.buf.extend_from_slice(&field.id.to_be_bytes());
                 self.buf.extend_from_slice(&field.length.to_be_bytes());
             } else {
-                self.buf.extend_from_slice(&(field.id | 0x8000).to_be_bytes());
+                self.buf
+                    .extend_from_slice(&(field.id | 0x8000).to_be_bytes());
                 self.buf.extend_from_slice(&field.length.to_be_bytes());
                 self.buf.extend_from_slice(&field.enterprise.to_be_bytes());
             }
@@ -153,7 +155,11 @@ impl MessageWriter {
         self.open(template_id, len)?;
         let before = self.buf.len();
         write(&mut self.buf);
-        debug_assert_eq!(self.buf.len() - before, len, "record writer wrote a wrong length");
+        debug_assert_eq!(
+            self.buf.len() - before,
+            len,
+            "record writer wrote a wrong length"
+        );
         self.data_records += 1;
         Ok(())
     }

@@ -41,7 +41,9 @@ pub enum DecodeError {
     LengthMismatch { declared: u16, have: usize },
     #[error("set at offset {offset} declares length {length}, below the set header size")]
     SetTooShort { offset: usize, length: u16 },
-    #[error("set {set_id} at offset {offset} declares length {length}, only {remaining} bytes remain")]
+    #[error(
+        "set {set_id} at offset {offset} declares length {length}, only {remaining} bytes remain"
+    )]
     SetOverrun {
         offset: usize,
         set_id: u16,
@@ -238,8 +240,7 @@ impl<'a> Iterator for SetIter<'a> {
             return None;
         }
         let offset = self.offset;
-        let Ok((_, (set_id, length))) = (be_u16, be_u16).parse(self.buf) as NomResult<'_, _>
-        else {
+        let Ok((_, (set_id, length))) = (be_u16, be_u16).parse(self.buf) as NomResult<'_, _> else {
             self.failed = true;
             return Some(Err(DecodeError::SetOverrun {
                 offset,
@@ -281,10 +282,14 @@ impl<'a> Iterator for SetIter<'a> {
 pub enum TemplateRecord {
     Definition(Template),
     /// Withdrawal of one Template ID.
-    Withdrawal { template_id: u16 },
+    Withdrawal {
+        template_id: u16,
+    },
     /// Withdrawal of all Templates (Template ID 2) or all Options Templates
     /// (Template ID 3) of the domain.
-    WithdrawAll { options: bool },
+    WithdrawAll {
+        options: bool,
+    },
 }
 
 /// Iterator over the records of an (Options) Template Set.

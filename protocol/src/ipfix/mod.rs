@@ -11,5 +11,7 @@ pub mod value;
 
 pub use encode::{MessageFull, MessageWriter};
 pub use message::{DecodeError, Message, MessageHeader, record_fields};
-pub use session::{DataRecord, MessageReport, SequenceCheck, Session, SessionConfig, TransportKind};
+pub use session::{
+    DataRecord, MessageReport, SequenceCheck, Session, SessionConfig, TransportKind,
+};
 pub use template::{FieldSpecifier, IANA_ENTERPRISE, Template, VARIABLE_LENGTH};

@@ -68,10 +68,14 @@ pub enum SequenceCheck {
     First,
     InOrder,
     /// `lost` data records were never received (RFC 7011 section 3.1).
-    Gap { lost: u64 },
+    Gap {
+        lost: u64,
+    },
     /// The message arrived after later ones (UDP reordering) or the
     /// exporter restarted its counter; `behind` records before expectation.
-    Behind { behind: u64 },
+    Behind {
+        behind: u64,
+    },
     /// The previous message held data sets we could not count (unknown
     /// template), so no expectation was possible.
     Resync,
@@ -141,7 +145,9 @@ impl Session {
 
     /// The template in force for a domain, if any.
     pub fn template(&self, domain: u32, template_id: u16) -> Option<&Arc<Template>> {
-        self.templates.get(&(domain, template_id)).map(|e| &e.template)
+        self.templates
+            .get(&(domain, template_id))
+            .map(|e| &e.template)
     }
 
     /// Forgets UDP templates not refreshed within their lifetime. Also done
@@ -285,9 +291,7 @@ impl Session {
                         if udp {
                             Ok(TemplateChange::Defined)
                         } else {
-                            Err(DecodeError::TemplateRedefined {
-                                template_id: key.1,
-                            })
+                            Err(DecodeError::TemplateRedefined { template_id: key.1 })
                         }
                     }
                     None => {

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace. The interop tests drive programs nobody
+# here wrote (tshark, softflowd, usrsctp); this installs them first when they
+# are missing and we may (root with apt-get), so a newcomer needs nothing else.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(tshark softflowd libusrsctp-dev)
+missing=()
+command -v tshark >/dev/null || missing+=(tshark)
+command -v softflowd >/dev/null || missing+=(softflowd)
+[ -e /usr/include/usrsctp.h ] || missing+=(libusrsctp-dev)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing test tools: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
+  else
+    echo "note: ${missing[*]} missing and not installable here; their interop tests will say SKIPPED" >&2
+  fi
+fi
+
+cargo test --workspace --locked "$@"
