@@ -94,7 +94,12 @@ struct UdpSession {
     last_seen: Instant,
 }
 
-fn udp_loop(socket: UdpSocket, settings: UdpSettings, tx: mpsc::Sender<Batch>, stop: Arc<AtomicBool>) {
+fn udp_loop(
+    socket: UdpSocket,
+    settings: UdpSettings,
+    tx: mpsc::Sender<Batch>,
+    stop: Arc<AtomicBool>,
+) {
     let mut sessions: HashMap<SocketAddr, UdpSession> = HashMap::new();
     let mut buf = vec![0u8; 65_536];
     let mut batch = Batch::default();
@@ -110,7 +115,10 @@ fn udp_loop(socket: UdpSocket, settings: UdpSettings, tx: mpsc::Sender<Batch>, s
                         }
                         info!(%peer, "new UDP transport session");
                         sessions.entry(peer).or_insert(UdpSession {
-                            decoder: SessionDecoder::new(peer.to_string(), settings.session.clone()),
+                            decoder: SessionDecoder::new(
+                                peer.to_string(),
+                                settings.session.clone(),
+                            ),
                             last_seen: Instant::now(),
                         })
                     }
@@ -262,7 +270,9 @@ async fn tcp_session(
         // Flush when nothing more is buffered: the next read may wait, and
         // records must not sit in memory meanwhile.
         let drained = reader.buffer().is_empty();
-        if (batch.len() >= RECEIVER_BATCH_RECORDS || drained) && flush(&tx, &mut batch).await.is_err() {
+        if (batch.len() >= RECEIVER_BATCH_RECORDS || drained)
+            && flush(&tx, &mut batch).await.is_err()
+        {
             return "collector shutting down".into();
         }
     }
@@ -274,7 +284,6 @@ async fn flush(tx: &mpsc::Sender<Batch>, batch: &mut Batch) -> Result<(), ()> {
     }
     tx.send(std::mem::take(batch)).await.map_err(|_| ())
 }
-
 
 /// Resolves once the shutdown flag is set (or its sender is gone). Keeps the
 /// watch guard out of the caller's future so that future stays `Send`.

@@ -180,10 +180,9 @@ pub fn flow_fields(record: &DataRecord<'_>) -> (FlowFields, Vec<u8>) {
                     &mut f.flow_start_ms,
                     unsigned(value).map(|s| s as i64 * 1000),
                 ),
-                151 if f.flow_end_ms.is_none() => set(
-                    &mut f.flow_end_ms,
-                    unsigned(value).map(|s| s as i64 * 1000),
-                ),
+                151 if f.flow_end_ms.is_none() => {
+                    set(&mut f.flow_end_ms, unsigned(value).map(|s| s as i64 * 1000))
+                }
                 152 if f.flow_start_ms.is_none() => {
                     set(&mut f.flow_start_ms, unsigned(value).map(|v| v as i64))
                 }

@@ -71,6 +71,10 @@ CREATE TABLE IF NOT EXISTS sequence_events (
 );
 "#;
 
+/// One commit's additions to a domain: records, lost records, sequence
+/// events, last message sequence number.
+type DomainDelta = (u64, u64, u64, Option<u32>);
+
 /// Per (exporter, domain) totals accumulated across commits.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DomainStats {
@@ -162,7 +166,7 @@ impl Store {
             event_ids.push(self.exporter_id(&e.exporter, e.transport, now_ms)?);
         }
         let tx = self.conn.transaction()?;
-        let mut stats: HashMap<(i64, u32), (u64, u64, u64, Option<u32>)> = HashMap::new();
+        let mut stats: HashMap<(i64, u32), DomainDelta> = HashMap::new();
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO records (exporter_id, domain, template_id, export_time, message_sequence,
