@@ -1,1 +1,372 @@
-//! transport crate.
+//! Message transports for poolflow behind one interface.
+//!
+//! * [`TransportKind::SctpOverUdp`]: user-space SCTP (vendored `sctp-proto`, see
+//!   `vendor/sctp-proto/POOLFLOW-PATCHES.md`) encapsulated in UDP as RFC 6951 describes: the SCTP
+//!   packet is the UDP payload, one UDP socket carries any number of associations, default UDP
+//!   port [`DEFAULT_UDP_ENCAPS_PORT`]. Streams, PPIDs, unordered delivery and PR-SCTP
+//!   (RFC 3758: limited retransmissions or lifetime) are supported. Path supervision
+//!   (HEARTBEAT, error counters, failure) is done by this crate, see `sctp_udp`.
+//! * [`TransportKind::Tcp`]: length-prefixed frames on TCP, see [`tcp`] for the frame layout.
+//!   Reliability options are accepted and ignored (TCP is always reliable and ordered).
+//! * [`TransportKind::KernelSctp`]: native SCTP. Only detection is implemented: asking for it
+//!   yields [`TransportError::KernelSctpUnavailable`] or [`TransportError::Unsupported`].
+//!
+//! Usage: [`Endpoint::bind`] + [`Endpoint::accept`] on the server side, [`connect`] (or
+//! [`Endpoint::connect`] to reuse the socket) on the client side. Both yield an
+//! [`Association`] whose first event is [`Event::Up`].
+
+pub mod kernel_sctp;
+mod sctp_udp;
+mod sctp_wire;
+pub mod tcp;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+/// RFC 6951 section 5.1: the registered UDP port for SCTP over UDP.
+pub const DEFAULT_UDP_ENCAPS_PORT: u16 = 9899;
+
+/// Which transport an [`Endpoint`] uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    SctpOverUdp,
+    Tcp,
+    KernelSctp,
+}
+
+/// Settings shared by all transports; SCTP-only fields are ignored by TCP.
+///
+/// Defaults are RFC 9260 section 16 values. Failure of a silent peer is declared after about
+/// [`Config::failure_detection_bound`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub transport: TransportKind,
+    /// SCTP port of the listening side (the destination SCTP port of our INITs, and the
+    /// source port of an `Endpoint`'s own packets). When connecting, our source SCTP port is
+    /// the local UDP port, so that two clients on one host never share a transport address.
+    pub sctp_port: u16,
+    /// HB.interval: a HEARTBEAT goes out after this long without hearing from the peer.
+    pub heartbeat_interval: Duration,
+    pub rto_initial: Duration,
+    pub rto_min: Duration,
+    pub rto_max: Duration,
+    /// Association.Max.Retrans: consecutive unanswered retransmissions (DATA timeouts and
+    /// heartbeats) before the association fails.
+    pub max_association_retransmissions: u32,
+    /// Path.Max.Retrans: consecutive unanswered heartbeats before the (only) path, and so the
+    /// association, fails. We are single-homed, so the smaller of the two limits wins.
+    pub max_path_retransmissions: u32,
+    /// Max.Init.Retransmits for INIT and COOKIE ECHO.
+    pub max_init_retransmissions: u32,
+    /// Largest message accepted for sending and receiving.
+    pub max_message_size: usize,
+    /// Largest SCTP packet we send (the UDP payload, RFC 6951 section 5.6). The default, 1452,
+    /// fits a 1500-byte Ethernet MTU under IPv6 (40) + UDP (8) headers, and so IPv4 too.
+    pub max_sctp_packet_size: usize,
+    /// Bytes an association may buffer for sending before [`Association::send`] waits.
+    pub send_buffer_bytes: usize,
+    /// Events (mostly messages) queued for the application per association; when full we
+    /// stop reading, so SCTP's receive window (or TCP's) pushes back on the sender.
+    pub receive_queue_len: usize,
+    /// Give up establishing an association after this long.
+    pub connect_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            transport: TransportKind::SctpOverUdp,
+            sctp_port: DEFAULT_UDP_ENCAPS_PORT,
+            heartbeat_interval: Duration::from_secs(30),
+            rto_initial: Duration::from_secs(1),
+            rto_min: Duration::from_secs(1),
+            rto_max: Duration::from_secs(60),
+            max_association_retransmissions: 10,
+            max_path_retransmissions: 5,
+            max_init_retransmissions: 8,
+            max_message_size: 256 * 1024,
+            max_sctp_packet_size: 1452,
+            send_buffer_bytes: 4 * 1024 * 1024,
+            receive_queue_len: 4096,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Config {
+    /// Aggressive settings for sub-second failover on a LAN or loopback.
+    pub fn fast_failure_detection(transport: TransportKind) -> Self {
+        Config {
+            transport,
+            heartbeat_interval: Duration::from_millis(50),
+            rto_initial: Duration::from_millis(50),
+            rto_min: Duration::from_millis(20),
+            rto_max: Duration::from_millis(100),
+            max_association_retransmissions: 4,
+            max_path_retransmissions: 2,
+            max_init_retransmissions: 4,
+            connect_timeout: Duration::from_secs(2),
+            ..Config::default()
+        }
+    }
+
+    /// Upper bound of the time between a peer going silent and [`Event::Failed`]: one
+    /// heartbeat interval plus one RTO (at most `rto_max`) per allowed retransmission and one
+    /// for the last try.
+    pub fn failure_detection_bound(&self) -> Duration {
+        let tries = self
+            .max_path_retransmissions
+            .min(self.max_association_retransmissions)
+            + 1;
+        self.heartbeat_interval + self.rto_max * tries
+    }
+}
+
+/// Delivery guarantee of one message (RFC 3758 PR-SCTP policies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reliability {
+    #[default]
+    Reliable,
+    /// "rtx": give up after this many retransmissions.
+    LimitedRetransmissions(u32),
+    /// "ttl": give up once the message is older than this.
+    Lifetime(Duration),
+}
+
+/// One application message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub stream: u16,
+    /// Payload Protocol Identifier (e.g. 11 ASAP, 12 ENRP), carried verbatim.
+    pub ppid: u32,
+    pub unordered: bool,
+    /// Ignored on receive (the wire does not carry it) and by TCP.
+    pub reliability: Reliability,
+    pub payload: Bytes,
+}
+
+impl Message {
+    /// A reliable, ordered message.
+    pub fn new(stream: u16, ppid: u32, payload: impl Into<Bytes>) -> Self {
+        Message {
+            stream,
+            ppid,
+            unordered: false,
+            reliability: Reliability::Reliable,
+            payload: payload.into(),
+        }
+    }
+
+    pub fn unordered(mut self) -> Self {
+        self.unordered = true;
+        self
+    }
+
+    pub fn with_reliability(mut self, reliability: Reliability) -> Self {
+        self.reliability = reliability;
+        self
+    }
+}
+
+/// Why an association ended in an orderly way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DownReason {
+    /// Graceful shutdown (SCTP SHUTDOWN sequence, TCP end of stream).
+    Shutdown,
+    /// The peer aborted (SCTP ABORT, TCP reset).
+    Aborted,
+    /// We closed it.
+    Local,
+}
+
+/// Why an association failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailureReason {
+    /// The peer stopped answering: heartbeats or retransmissions exhausted.
+    PeerUnreachable,
+    /// INIT / COOKIE exchange did not complete.
+    HandshakeFailed(String),
+    /// Protocol violation, receive buffer exhaustion, I/O error.
+    Error(String),
+}
+
+/// What an [`Association`] reports, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Established; always the first event.
+    Up,
+    Message(Message),
+    /// The peer restarted (same address and port, new incarnation): the association goes on
+    /// with it, but messages in flight at the restart may be lost.
+    Restarted,
+    /// Ended in an orderly way; no more events follow.
+    Down(DownReason),
+    /// Ended by failure detection or error; no more events follow.
+    Failed(FailureReason),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("could not establish association: {0}")]
+    ConnectFailed(String),
+    #[error("connect timed out after {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("association is closed")]
+    Closed,
+    #[error("message of {size} bytes exceeds the maximum of {max}")]
+    MessageTooLarge { size: usize, max: usize },
+    #[error("kernel SCTP unavailable on this host: {0}")]
+    KernelSctpUnavailable(String),
+    #[error("unsupported: {0}")]
+    Unsupported(&'static str),
+    #[error("SCTP error: {0}")]
+    Sctp(String),
+}
+
+/// Accepts associations and opens new ones from one local socket.
+pub struct Endpoint {
+    inner: EndpointInner,
+}
+
+enum EndpointInner {
+    SctpOverUdp(sctp_udp::SctpUdpEndpoint),
+    Tcp(tcp::TcpEndpoint),
+}
+
+impl Endpoint {
+    /// Listens on `local` (port 0 picks a free port) for the configured transport.
+    pub async fn bind(config: Config, local: SocketAddr) -> Result<Endpoint, TransportError> {
+        let inner = match config.transport {
+            TransportKind::SctpOverUdp => {
+                EndpointInner::SctpOverUdp(sctp_udp::SctpUdpEndpoint::bind(config, local, true)?)
+            }
+            TransportKind::Tcp => EndpointInner::Tcp(tcp::TcpEndpoint::bind(config, local).await?),
+            TransportKind::KernelSctp => return Err(kernel_sctp::unavailable_error()),
+        };
+        Ok(Endpoint { inner })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        match &self.inner {
+            EndpointInner::SctpOverUdp(endpoint) => endpoint.local_addr(),
+            EndpointInner::Tcp(endpoint) => endpoint.local_addr(),
+        }
+    }
+
+    /// Next established incoming association; `None` once the endpoint is shut down.
+    pub async fn accept(&mut self) -> Option<Association> {
+        match &mut self.inner {
+            EndpointInner::SctpOverUdp(endpoint) => endpoint.accept().await,
+            EndpointInner::Tcp(endpoint) => endpoint.accept().await,
+        }
+    }
+
+    /// Opens an association from this endpoint's socket (SCTP over UDP shares the socket;
+    /// TCP opens a new connection).
+    pub async fn connect(&self, remote: SocketAddr) -> Result<Association, TransportError> {
+        match &self.inner {
+            EndpointInner::SctpOverUdp(endpoint) => endpoint.connect(remote).await,
+            EndpointInner::Tcp(endpoint) => endpoint.connect(remote).await,
+        }
+    }
+}
+
+/// Opens an association to `remote` from a fresh ephemeral socket.
+pub async fn connect(config: Config, remote: SocketAddr) -> Result<Association, TransportError> {
+    match config.transport {
+        TransportKind::SctpOverUdp => {
+            let local: SocketAddr = if remote.is_ipv4() {
+                "0.0.0.0:0".parse().expect("literal address")
+            } else {
+                "[::]:0".parse().expect("literal address")
+            };
+            sctp_udp::SctpUdpEndpoint::bind(config, local, false)?
+                .connect(remote)
+                .await
+        }
+        TransportKind::Tcp => tcp::connect(&config, remote).await,
+        TransportKind::KernelSctp => Err(kernel_sctp::unavailable_error()),
+    }
+}
+
+/// Handle of one established association: send with [`Association::send`] (or a cloned
+/// [`AssociationSender`]), receive with [`Association::recv`]. Dropping it shuts the
+/// association down gracefully.
+pub struct Association {
+    remote: SocketAddr,
+    events: mpsc::Receiver<Event>,
+    sender: AssociationSender,
+}
+
+impl Association {
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.remote
+    }
+
+    pub async fn send(&self, message: Message) -> Result<(), TransportError> {
+        self.sender.send(message).await
+    }
+
+    /// Next event; `None` after [`Event::Down`] / [`Event::Failed`] has been returned.
+    pub async fn recv(&mut self) -> Option<Event> {
+        let event = self.events.recv().await;
+        self.sender.after_receive();
+        event
+    }
+
+    /// A cloneable sending half, for sending from other tasks while this one receives.
+    pub fn sender(&self) -> AssociationSender {
+        self.sender.clone()
+    }
+
+    /// Graceful shutdown: queued messages are still delivered, then [`Event::Down`] follows.
+    pub fn close(&self) {
+        self.sender.close();
+    }
+}
+
+impl Drop for Association {
+    fn drop(&mut self) {
+        self.sender.close();
+    }
+}
+
+/// Sending half of an [`Association`].
+#[derive(Clone)]
+pub struct AssociationSender {
+    inner: SenderInner,
+}
+
+#[derive(Clone)]
+enum SenderInner {
+    SctpOverUdp(sctp_udp::SctpSender),
+    Tcp(tcp::TcpSender),
+}
+
+impl AssociationSender {
+    /// Queues one message; waits while the association's send buffer is full.
+    pub async fn send(&self, message: Message) -> Result<(), TransportError> {
+        match &self.inner {
+            SenderInner::SctpOverUdp(sender) => sender.send(message).await,
+            SenderInner::Tcp(sender) => sender.send(message).await,
+        }
+    }
+
+    pub fn close(&self) {
+        match &self.inner {
+            SenderInner::SctpOverUdp(sender) => sender.close(),
+            SenderInner::Tcp(sender) => sender.close(),
+        }
+    }
+
+    fn after_receive(&self) {
+        if let SenderInner::SctpOverUdp(sender) = &self.inner {
+            sender.after_receive();
+        }
+    }
+}

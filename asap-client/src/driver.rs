@@ -1,0 +1,612 @@
+//! Thin tokio drivers: run [`PoolElement`] and [`PoolUser`] over the
+//! `transport` crate.
+//!
+//! Each driver is one task that owns its state machine and feeds it three
+//! things: association events from the registrars, commands from its handle,
+//! and its timer. Every association gets a reader task that forwards events
+//! tagged with the registrar index and a generation number, so events of an
+//! association the state machine already gave up on are dropped.
+//!
+//! ASAP messages travel on stream 0 with PPID
+//! [`protocol::rserpool::ASAP_SCTP_PPID`] (11); over TCP the transport's
+//! framing carries the PPID too.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use anyhow::{Context, anyhow};
+use policies::PeId;
+use protocol::rserpool::{ASAP_SCTP_PPID, PoolHandle};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use transport::{AssociationSender, Event, TransportKind};
+
+use crate::RegistrarIndex;
+use crate::pool_element::{ConfigError, PeState, PoolElement, PoolElementConfig};
+use crate::pool_element::{Input as PeInput, Output as PeOutput, RegistrationFailure};
+use crate::pool_user::{CacheMiss, PoolElementInfo, PoolUser, PoolUserConfig};
+use crate::pool_user::{Input as PuInput, Output as PuOutput, ResolutionError};
+
+/// How to reach a registrar. UDP is never used towards registrars (working
+/// group decision): SCTP (here over UDP, RFC 6951) or TCP only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistrarTransport {
+    /// SCTP over UDP: `addr` is the registrar's UDP socket, `sctp_port` the
+    /// SCTP port inside (its listening SCTP port).
+    SctpOverUdp {
+        /// Destination SCTP port.
+        sctp_port: u16,
+    },
+    /// Length-framed messages over TCP.
+    Tcp,
+}
+
+/// One entry of the static registrar list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegistrarAddress {
+    /// Socket address (UDP for SCTP over UDP, TCP otherwise).
+    pub addr: SocketAddr,
+    /// Transport and its parameters.
+    pub transport: RegistrarTransport,
+}
+
+impl RegistrarAddress {
+    /// A registrar reached over TCP.
+    pub fn tcp(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            transport: RegistrarTransport::Tcp,
+        }
+    }
+
+    /// A registrar reached over SCTP over UDP whose SCTP port equals its UDP
+    /// port (poolflow's convention: both 3863 for ASAP by default).
+    pub fn sctp_over_udp(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            transport: RegistrarTransport::SctpOverUdp {
+                sctp_port: addr.port(),
+            },
+        }
+    }
+
+    fn transport_config(&self, base: &transport::Config) -> transport::Config {
+        let mut config = base.clone();
+        match self.transport {
+            RegistrarTransport::SctpOverUdp { sctp_port } => {
+                config.transport = TransportKind::SctpOverUdp;
+                config.sctp_port = sctp_port;
+            }
+            RegistrarTransport::Tcp => config.transport = TransportKind::Tcp,
+        }
+        config
+    }
+}
+
+/// An association event tagged with its registrar and generation.
+enum LinkEvent {
+    Up(RegistrarIndex, u64, AssociationSender),
+    Message(RegistrarIndex, u64, Vec<u8>),
+    Down(RegistrarIndex, u64),
+}
+
+/// What a current-generation [`LinkEvent`] means to a state machine.
+enum LinkInput {
+    Up(RegistrarIndex),
+    Message(RegistrarIndex, Vec<u8>),
+    Down(RegistrarIndex),
+}
+
+/// The associations to the registrars of the static list.
+struct Links {
+    registrars: Vec<RegistrarAddress>,
+    transport: transport::Config,
+    senders: Vec<Option<AssociationSender>>,
+    generations: Vec<u64>,
+    events_tx: mpsc::Sender<LinkEvent>,
+}
+
+impl Links {
+    fn new(
+        registrars: Vec<RegistrarAddress>,
+        transport: transport::Config,
+    ) -> (Self, mpsc::Receiver<LinkEvent>) {
+        let (events_tx, events_rx) = mpsc::channel(256);
+        let count = registrars.len();
+        let links = Self {
+            registrars,
+            transport,
+            senders: vec![None; count],
+            generations: vec![0; count],
+            events_tx,
+        };
+        (links, events_rx)
+    }
+
+    fn connect(&mut self, registrar: RegistrarIndex) {
+        self.close(registrar);
+        let generation = self.generations[registrar];
+        let address = self.registrars[registrar];
+        let config = address.transport_config(&self.transport);
+        let events = self.events_tx.clone();
+        tokio::spawn(async move {
+            let mut association = match transport::connect(config, address.addr).await {
+                Ok(association) => association,
+                Err(error) => {
+                    tracing::info!(registrar, addr = %address.addr, %error, "ASAP: connect failed");
+                    let _ = events.send(LinkEvent::Down(registrar, generation)).await;
+                    return;
+                }
+            };
+            loop {
+                let event = match association.recv().await {
+                    Some(Event::Up) => LinkEvent::Up(registrar, generation, association.sender()),
+                    Some(Event::Message(message)) if message.ppid == ASAP_SCTP_PPID => {
+                        LinkEvent::Message(registrar, generation, message.payload.to_vec())
+                    }
+                    Some(Event::Message(message)) => {
+                        tracing::debug!(ppid = message.ppid, "ASAP: non-ASAP message dropped");
+                        continue;
+                    }
+                    Some(Event::Restarted) => continue,
+                    Some(Event::Down(_)) | Some(Event::Failed(_)) | None => {
+                        let _ = events.send(LinkEvent::Down(registrar, generation)).await;
+                        return;
+                    }
+                };
+                if events.send(event).await.is_err() {
+                    return; // Driver gone; dropping the association closes it.
+                }
+            }
+        });
+    }
+
+    fn close(&mut self, registrar: RegistrarIndex) {
+        self.generations[registrar] += 1;
+        if let Some(sender) = self.senders[registrar].take() {
+            sender.close();
+        }
+    }
+
+    async fn send(&self, registrar: RegistrarIndex, bytes: Vec<u8>) {
+        let Some(sender) = &self.senders[registrar] else {
+            tracing::warn!(registrar, "ASAP: send without an association, dropped");
+            return;
+        };
+        let message = transport::Message::new(0, ASAP_SCTP_PPID, bytes);
+        if let Err(error) = sender.send(message).await {
+            // The reader task reports the association's end on its own.
+            tracing::info!(registrar, %error, "ASAP: send failed");
+        }
+    }
+
+    /// Filters out events of closed generations; keeps the sender of a
+    /// fresh association.
+    fn accept(&mut self, event: LinkEvent) -> Option<LinkInput> {
+        match event {
+            LinkEvent::Up(registrar, generation, sender) => {
+                if generation != self.generations[registrar] {
+                    sender.close();
+                    return None;
+                }
+                self.senders[registrar] = Some(sender);
+                Some(LinkInput::Up(registrar))
+            }
+            LinkEvent::Message(registrar, generation, bytes) => (generation
+                == self.generations[registrar])
+                .then_some(LinkInput::Message(registrar, bytes)),
+            LinkEvent::Down(registrar, generation) => {
+                if generation != self.generations[registrar] {
+                    return None;
+                }
+                self.senders[registrar] = None;
+                // A later Down of this generation must not count again.
+                self.generations[registrar] += 1;
+                Some(LinkInput::Down(registrar))
+            }
+        }
+    }
+}
+
+/// Sleeps until `deadline`, forever if there is none.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Pool element
+// ---------------------------------------------------------------------------
+
+/// What [`spawn_pool_element`] needs.
+#[derive(Debug, Clone)]
+pub struct PoolElementDriverConfig {
+    /// The PE; its `registrar_count` is set from `registrars`.
+    pub pool_element: PoolElementConfig,
+    /// The static registrar list, in hunt order.
+    pub registrars: Vec<RegistrarAddress>,
+    /// Transport settings (timers); kind and SCTP port come per registrar.
+    pub transport: transport::Config,
+}
+
+/// Registration status of a running PE, as [`PoolElementHandle`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeStatus {
+    /// Connecting / registering / hunting for a registrar.
+    Registering,
+    /// Registered; this registrar is home.
+    Registered {
+        /// Home registrar.
+        registrar: RegistrarIndex,
+    },
+    /// The registration was rejected; the driver stopped.
+    Rejected(RegistrationFailure),
+    /// Deregistered (or never registered) at shutdown; the driver stopped.
+    Deregistered {
+        /// The registrar confirmed the deregistration.
+        confirmed: bool,
+    },
+}
+
+/// Handle of a running PE driver. Dropping it deregisters too, but only
+/// [`PoolElementHandle::shutdown`] waits for that.
+pub struct PoolElementHandle {
+    shutdown_tx: Option<oneshot::Sender<()>>,
+    status: watch::Receiver<PeStatus>,
+    task: JoinHandle<PeStatus>,
+}
+
+impl PoolElementHandle {
+    /// Current status.
+    pub fn status(&self) -> PeStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver of status changes (e.g. for metrics or readiness).
+    pub fn subscribe(&self) -> watch::Receiver<PeStatus> {
+        self.status.clone()
+    }
+
+    /// Waits until registered (returns the home registrar) or rejected.
+    pub async fn wait_registered(&mut self) -> anyhow::Result<RegistrarIndex> {
+        let status = self
+            .status
+            .wait_for(|s| !matches!(s, PeStatus::Registering))
+            .await
+            .map_err(|_| anyhow!("pool element driver stopped"))?
+            .clone();
+        match status {
+            PeStatus::Registered { registrar } => Ok(registrar),
+            PeStatus::Rejected(failure) => Err(failure.into()),
+            other => Err(anyhow!("pool element not registered: {other:?}")),
+        }
+    }
+
+    /// Deregisters (bounded by the T3-deregistration timeout), closes the
+    /// association and returns the final status.
+    pub async fn shutdown(mut self) -> anyhow::Result<PeStatus> {
+        if let Some(tx) = self.shutdown_tx.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.task)
+            .await
+            .context("pool element driver task failed")
+    }
+}
+
+/// Starts a PE driver: connects to the first registrar and registers.
+pub fn spawn_pool_element(
+    config: PoolElementDriverConfig,
+) -> Result<PoolElementHandle, ConfigError> {
+    let mut pe_config = config.pool_element;
+    pe_config.registrar_count = config.registrars.len();
+    let pool_element = PoolElement::new(pe_config)?;
+    let (links, events) = Links::new(config.registrars, config.transport);
+    let (shutdown_tx, shutdown_rx) = oneshot::channel();
+    let (status_tx, status) = watch::channel(PeStatus::Registering);
+    let task = tokio::spawn(run_pool_element(
+        pool_element,
+        links,
+        events,
+        shutdown_rx,
+        status_tx,
+    ));
+    Ok(PoolElementHandle {
+        shutdown_tx: Some(shutdown_tx),
+        status,
+        task,
+    })
+}
+
+async fn run_pool_element(
+    mut pe: PoolElement,
+    mut links: Links,
+    mut events: mpsc::Receiver<LinkEvent>,
+    mut shutdown_rx: oneshot::Receiver<()>,
+    status_tx: watch::Sender<PeStatus>,
+) -> PeStatus {
+    if let Some(last) = step_pool_element(&mut pe, &mut links, &status_tx, PeInput::Start).await {
+        return last;
+    }
+    let mut shutdown_requested = false;
+    loop {
+        let input = tokio::select! {
+            event = events.recv() => {
+                // `links` holds a sender, so the channel never closes.
+                let Some(event) = event else { continue };
+                match links.accept(event) {
+                    Some(LinkInput::Up(r)) => PeInput::AssociationUp(r),
+                    Some(LinkInput::Message(r, bytes)) => PeInput::Message(r, bytes),
+                    Some(LinkInput::Down(r)) => PeInput::AssociationDown(r),
+                    None => continue,
+                }
+            }
+            // A dropped handle (Err) also means: leave the pool.
+            _ = &mut shutdown_rx, if !shutdown_requested => {
+                shutdown_requested = true;
+                PeInput::Shutdown
+            }
+            () = sleep_until(pe.poll_timeout()) => PeInput::Timer,
+        };
+        if let Some(last) = step_pool_element(&mut pe, &mut links, &status_tx, input).await {
+            return last;
+        }
+    }
+}
+
+/// Feeds one input and carries out the outputs; `Some(final status)` once
+/// the PE has stopped.
+async fn step_pool_element(
+    pe: &mut PoolElement,
+    links: &mut Links,
+    status_tx: &watch::Sender<PeStatus>,
+    input: PeInput,
+) -> Option<PeStatus> {
+    for output in pe.on_event(Instant::now(), input) {
+        match output {
+            PeOutput::Connect { registrar } => links.connect(registrar),
+            PeOutput::Send { registrar, bytes } => links.send(registrar, bytes).await,
+            PeOutput::Close { registrar } => links.close(registrar),
+            PeOutput::Registered { registrar } => {
+                tracing::info!(registrar, "ASAP PE registered");
+                status_tx.send_replace(PeStatus::Registered { registrar });
+            }
+            PeOutput::RegistrationFailed { cause } => {
+                tracing::error!(%cause, "ASAP PE registration rejected");
+                status_tx.send_replace(PeStatus::Rejected(cause.clone()));
+                return Some(PeStatus::Rejected(cause));
+            }
+            PeOutput::Deregistered { confirmed } => {
+                tracing::info!(confirmed, "ASAP PE deregistered");
+                let status = PeStatus::Deregistered { confirmed };
+                status_tx.send_replace(status.clone());
+                return Some(status);
+            }
+        }
+    }
+    if !matches!(
+        pe.state(),
+        PeState::Registered { .. } | PeState::Deregistering { .. }
+    ) {
+        // Lost the registrar: hunting until registered again.
+        status_tx.send_if_modified(|status| {
+            let changed = matches!(status, PeStatus::Registered { .. });
+            if changed {
+                *status = PeStatus::Registering;
+            }
+            changed
+        });
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------
+// Pool user
+// ---------------------------------------------------------------------------
+
+/// What [`PoolUserClient::new`] needs.
+#[derive(Debug, Clone)]
+pub struct PoolUserDriverConfig {
+    /// The PU; its `registrar_count` is set from `registrars`.
+    pub pool_user: PoolUserConfig,
+    /// The static registrar list, in hunt order.
+    pub registrars: Vec<RegistrarAddress>,
+    /// Transport settings (timers); kind and SCTP port come per registrar.
+    pub transport: transport::Config,
+}
+
+type Reply<T> = oneshot::Sender<T>;
+
+enum PuCommand {
+    Resolve(
+        PoolHandle,
+        Reply<Result<Vec<PoolElementInfo>, ResolutionError>>,
+    ),
+    Refresh(PoolHandle),
+    Report(PoolHandle, PeId),
+    Select(
+        PoolHandle,
+        usize,
+        Reply<Result<Vec<PoolElementInfo>, CacheMiss>>,
+    ),
+    FailBack(PoolHandle, PeId, Reply<Option<PeId>>),
+}
+
+/// Client of a PU driver task. Cheap to clone; the task ends when the last
+/// clone is dropped.
+#[derive(Clone)]
+pub struct PoolUserClient {
+    commands: mpsc::Sender<PuCommand>,
+}
+
+impl PoolUserClient {
+    /// Starts the PU driver task. Registrars are connected on first use.
+    pub fn new(config: PoolUserDriverConfig) -> anyhow::Result<Self> {
+        anyhow::ensure!(!config.registrars.is_empty(), "no registrars configured");
+        let mut pu_config = config.pool_user;
+        pu_config.registrar_count = config.registrars.len();
+        let pool_user = PoolUser::new(pu_config);
+        let (links, events) = Links::new(config.registrars, config.transport);
+        let (commands, commands_rx) = mpsc::channel(64);
+        tokio::spawn(run_pool_user(pool_user, links, events, commands_rx));
+        Ok(Self { commands })
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> PuCommand) -> anyhow::Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| anyhow!("pool user driver stopped"))?;
+        rx.await.map_err(|_| anyhow!("pool user driver stopped"))
+    }
+
+    /// The PEs of a pool: from the PU cache while fresh, else from a
+    /// registrar (with server hunt).
+    pub async fn resolve(
+        &mut self,
+        pool_handle: &PoolHandle,
+    ) -> anyhow::Result<Vec<PoolElementInfo>> {
+        let handle = pool_handle.clone();
+        Ok(self
+            .call(|reply| PuCommand::Resolve(handle, reply))
+            .await??)
+    }
+
+    /// Like [`resolve`](Self::resolve) but always asks a registrar (for the
+    /// failback poll while not on the top-priority PE).
+    pub async fn refresh(
+        &mut self,
+        pool_handle: &PoolHandle,
+    ) -> anyhow::Result<Vec<PoolElementInfo>> {
+        self.commands
+            .send(PuCommand::Refresh(pool_handle.clone()))
+            .await
+            .map_err(|_| anyhow!("pool user driver stopped"))?;
+        self.resolve(pool_handle).await
+    }
+
+    /// Drops the PE from the cache and sends Endpoint Unreachable to the
+    /// registrar (queued until an association is up; fire and forget).
+    pub async fn report_unreachable(
+        &mut self,
+        pool_handle: &PoolHandle,
+        pe_id: PeId,
+    ) -> anyhow::Result<()> {
+        self.commands
+            .send(PuCommand::Report(pool_handle.clone(), pe_id))
+            .await
+            .map_err(|_| anyhow!("pool user driver stopped"))
+    }
+
+    /// Selects up to `max` PEs by the pool's policy, resolving first when
+    /// the cache entry is missing or stale.
+    pub async fn select(
+        &mut self,
+        pool_handle: &PoolHandle,
+        max: usize,
+    ) -> anyhow::Result<Vec<PoolElementInfo>> {
+        let handle = pool_handle.clone();
+        match self
+            .call(|reply| PuCommand::Select(handle.clone(), max, reply))
+            .await?
+        {
+            Ok(chosen) => return Ok(chosen),
+            Err(CacheMiss::Empty) => {
+                // Every cached PE was reported dead: ask again.
+                self.refresh(pool_handle).await?;
+            }
+            Err(CacheMiss::NotCached | CacheMiss::Stale) => {
+                self.resolve(pool_handle).await?;
+            }
+        }
+        Ok(self
+            .call(|reply| PuCommand::Select(handle, max, reply))
+            .await??)
+    }
+
+    /// Preferred Primary failback check on the cached list.
+    pub async fn should_fail_back(
+        &mut self,
+        pool_handle: &PoolHandle,
+        current_pe: PeId,
+    ) -> anyhow::Result<Option<PeId>> {
+        let handle = pool_handle.clone();
+        self.call(|reply| PuCommand::FailBack(handle, current_pe, reply))
+            .await
+    }
+}
+
+type ResolveWaiters =
+    HashMap<PoolHandle, Vec<Reply<Result<Vec<PoolElementInfo>, ResolutionError>>>>;
+
+async fn run_pool_user(
+    mut pu: PoolUser,
+    mut links: Links,
+    mut events: mpsc::Receiver<LinkEvent>,
+    mut commands: mpsc::Receiver<PuCommand>,
+) {
+    let mut waiters: ResolveWaiters = HashMap::new();
+    loop {
+        let input = tokio::select! {
+            command = commands.recv() => {
+                let Some(command) = command else { return };
+                match command {
+                    PuCommand::Resolve(handle, reply) => {
+                        waiters.entry(handle.clone()).or_default().push(reply);
+                        PuInput::Resolve(handle)
+                    }
+                    PuCommand::Refresh(handle) => {
+                        pu.invalidate(Instant::now(), &handle);
+                        continue;
+                    }
+                    PuCommand::Report(pool_handle, pe_id) => {
+                        PuInput::ReportUnreachable { pool_handle, pe_id }
+                    }
+                    PuCommand::Select(handle, max, reply) => {
+                        let _ = reply.send(pu.select(Instant::now(), &handle, max));
+                        continue;
+                    }
+                    PuCommand::FailBack(handle, current, reply) => {
+                        let _ = reply.send(pu.should_fail_back(&handle, current));
+                        continue;
+                    }
+                }
+            }
+            event = events.recv() => {
+                let Some(event) = event else { continue };
+                match links.accept(event) {
+                    Some(LinkInput::Up(r)) => PuInput::AssociationUp(r),
+                    Some(LinkInput::Message(r, bytes)) => PuInput::Message(r, bytes),
+                    Some(LinkInput::Down(r)) => PuInput::AssociationDown(r),
+                    None => continue,
+                }
+            }
+            () = sleep_until(pu.poll_timeout()) => PuInput::Timer,
+        };
+        for output in pu.on_event(Instant::now(), input) {
+            match output {
+                PuOutput::Connect { registrar } => links.connect(registrar),
+                PuOutput::Send { registrar, bytes } => links.send(registrar, bytes).await,
+                PuOutput::Close { registrar } => links.close(registrar),
+                PuOutput::Resolved {
+                    pool_handle,
+                    pool_elements,
+                    ..
+                } => {
+                    for reply in waiters.remove(&pool_handle).unwrap_or_default() {
+                        let _ = reply.send(Ok(pool_elements.clone()));
+                    }
+                }
+                PuOutput::ResolutionFailed { pool_handle, error } => {
+                    for reply in waiters.remove(&pool_handle).unwrap_or_default() {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! Sans-IO tests of the Pool Element with a fake clock.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use asap_client::params_from_selection_policy;
+use asap_client::pool_element::{Input, Output, PeState, PoolElement, PoolElementConfig};
+use policies::PolicyParams;
+use protocol::rserpool::asap::Message;
+use protocol::rserpool::params::cause_code;
+use protocol::rserpool::{
+    ErrorCause, OperationError, PoolHandle, TransportAddress, TransportKind, TransportUse,
+};
+
+const PE_ID: u32 = 0x0bad_cafe;
+
+fn handle() -> PoolHandle {
+    PoolHandle::from("ipfix-collectors")
+}
+
+fn config(registrars: usize) -> PoolElementConfig {
+    let transport = TransportAddress {
+        kind: TransportKind::Sctp(TransportUse::DataPlusControl),
+        port: 4739,
+        addresses: vec![
+            IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+            IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)),
+        ],
+    };
+    let mut config = PoolElementConfig::new(
+        handle(),
+        PE_ID,
+        transport,
+        PolicyParams::Priority { priority: 10 },
+        registrars,
+    );
+    config.registration_lifetime = Some(Duration::from_secs(3));
+    config.reregistration_interval = Duration::from_secs(60);
+    config.registration_timeout = Duration::from_millis(500);
+    config.deregistration_timeout = Duration::from_millis(300);
+    config.connect_timeout = Duration::from_millis(400);
+    config.server_hunt_pause = Duration::from_secs(1);
+    config
+}
+
+/// The messages sent to `registrar`, decoded.
+fn sent_to(outputs: &[Output], registrar: usize) -> Vec<Message> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send {
+                registrar: r,
+                bytes,
+            } if *r == registrar => Some(Message::decode(bytes).expect("PE sends valid ASAP")),
+            _ => None,
+        })
+        .collect()
+}
+
+fn accept(pe_identifier: u32) -> Vec<u8> {
+    Message::RegistrationResponse {
+        reject: false,
+        pool_handle: handle(),
+        pe_identifier,
+        error: None,
+    }
+    .to_bytes()
+}
+
+/// Start, association up with registrar 0, accepted: the common prefix.
+fn registered(t0: Instant, registrars: usize) -> PoolElement {
+    let mut pe = PoolElement::new(config(registrars)).unwrap();
+    assert_eq!(
+        pe.on_event(t0, Input::Start),
+        vec![Output::Connect { registrar: 0 }]
+    );
+    let out = pe.on_event(t0, Input::AssociationUp(0));
+    assert!(matches!(
+        sent_to(&out, 0)[..],
+        [Message::Registration { .. }]
+    ));
+    let out = pe.on_event(t0, Input::Message(0, accept(PE_ID)));
+    assert_eq!(out, vec![Output::Registered { registrar: 0 }]);
+    pe
+}
+
+#[test]
+fn registration_carries_the_pe_and_is_confirmed() {
+    let t0 = Instant::now();
+    let mut pe = PoolElement::new(config(2)).unwrap();
+    pe.on_event(t0, Input::Start);
+    let out = pe.on_event(t0, Input::AssociationUp(0));
+    let [
+        Message::Registration {
+            pool_handle,
+            pool_element,
+        },
+    ] = &sent_to(&out, 0)[..]
+    else {
+        panic!("expected one Registration, got {out:?}");
+    };
+    assert_eq!(*pool_handle, handle());
+    assert_eq!(pool_element.pe_identifier, PE_ID);
+    assert_eq!(pool_element.registration_life, 3000);
+    // Both addresses of the multi-homed PE in the one SCTP transport.
+    assert_eq!(pool_element.user_transport.addresses.len(), 2);
+    assert_eq!(
+        params_from_selection_policy(&pool_element.policy),
+        Ok(PolicyParams::Priority { priority: 10 })
+    );
+    assert_eq!(pool_element.asap_transport, None);
+
+    // A response for another PE identifier is not ours.
+    assert!(
+        pe.on_event(t0, Input::Message(0, accept(PE_ID + 1)))
+            .is_empty()
+    );
+    assert_eq!(
+        pe.on_event(t0, Input::Message(0, accept(PE_ID))),
+        vec![Output::Registered { registrar: 0 }]
+    );
+    assert_eq!(pe.state(), PeState::Registered { registrar: 0 });
+}
+
+#[test]
+fn rejection_surfaces_the_error_cause_and_stops() {
+    let t0 = Instant::now();
+    let mut pe = PoolElement::new(config(2)).unwrap();
+    pe.on_event(t0, Input::Start);
+    pe.on_event(t0, Input::AssociationUp(0));
+    let reject = Message::RegistrationResponse {
+        reject: true,
+        pool_handle: handle(),
+        pe_identifier: PE_ID,
+        error: Some(OperationError {
+            causes: vec![ErrorCause {
+                code: cause_code::INCONSISTENT_POOLING_POLICY,
+                info: Vec::new(),
+            }],
+        }),
+    };
+    let out = pe.on_event(t0, Input::Message(0, reject.to_bytes()));
+    assert!(out.contains(&Output::Close { registrar: 0 }));
+    let failure = out
+        .iter()
+        .find_map(|o| match o {
+            Output::RegistrationFailed { cause } => Some(cause.clone()),
+            _ => None,
+        })
+        .expect("RegistrationFailed output");
+    assert_eq!(
+        failure.cause_codes(),
+        vec![cause_code::INCONSISTENT_POOLING_POLICY]
+    );
+    assert_eq!(pe.state(), PeState::Rejected);
+    assert_eq!(pe.poll_timeout(), None, "a rejected PE does not retry");
+}
+
+#[test]
+fn reregisters_before_the_lifetime_ends() {
+    let t0 = Instant::now();
+    let mut pe = registered(t0, 1);
+    let lifetime = Duration::from_secs(3);
+    let due = pe.poll_timeout().expect("re-registration timer");
+    assert!(due > t0 && due < t0 + lifetime, "due {:?}", due - t0);
+
+    // Not yet: nothing happens.
+    assert!(
+        pe.on_event(due - Duration::from_millis(1), Input::Timer)
+            .is_empty()
+    );
+    let out = pe.on_event(due, Input::Timer);
+    let [Message::Registration { pool_element, .. }] = &sent_to(&out, 0)[..] else {
+        panic!("expected a re-registration, got {out:?}");
+    };
+    assert_eq!(pool_element.pe_identifier, PE_ID, "same PE, refreshed");
+    assert_eq!(
+        pe.on_event(due, Input::Message(0, accept(PE_ID))),
+        vec![Output::Registered { registrar: 0 }]
+    );
+    let next = pe.poll_timeout().unwrap();
+    assert!(next > due && next < due + lifetime);
+}
+
+#[test]
+fn keep_alive_is_acked_with_our_pe_identifier() {
+    let t0 = Instant::now();
+    let mut pe = registered(t0, 2);
+    let keep_alive = |pe_identifier| {
+        Message::EndpointKeepAlive {
+            home: false,
+            server_identifier: 0x5eed,
+            pool_handle: handle(),
+            pe_identifier,
+        }
+        .to_bytes()
+    };
+    for addressed in [None, Some(PE_ID)] {
+        let out = pe.on_event(t0, Input::Message(0, keep_alive(addressed)));
+        assert_eq!(
+            sent_to(&out, 0),
+            vec![Message::EndpointKeepAliveAck {
+                pool_handle: handle(),
+                pe_identifier: PE_ID,
+            }]
+        );
+    }
+    // A keep alive for another PE is not answered for it.
+    assert!(
+        pe.on_event(t0, Input::Message(0, keep_alive(Some(PE_ID ^ 1))))
+            .is_empty()
+    );
+    // The home registrar's identifier goes into the next re-registration.
+    assert_eq!(pe.home_server_identifier(), 0x5eed);
+    let out = pe.on_event(pe.poll_timeout().unwrap(), Input::Timer);
+    let [Message::Registration { pool_element, .. }] = &sent_to(&out, 0)[..] else {
+        panic!("expected a re-registration");
+    };
+    assert_eq!(pool_element.home_enrp_server_identifier, 0x5eed);
+}
+
+#[test]
+fn keep_alive_with_home_flag_moves_the_home_registrar() {
+    let t0 = Instant::now();
+    let mut pe = registered(t0, 2);
+    let takeover = Message::EndpointKeepAlive {
+        home: true,
+        server_identifier: 77,
+        pool_handle: handle(),
+        pe_identifier: Some(PE_ID),
+    };
+    let out = pe.on_event(t0, Input::Message(1, takeover.to_bytes()));
+    assert_eq!(
+        sent_to(&out, 1),
+        vec![Message::EndpointKeepAliveAck {
+            pool_handle: handle(),
+            pe_identifier: PE_ID
+        }]
+    );
+    assert!(out.contains(&Output::Close { registrar: 0 }));
+    assert!(out.contains(&Output::Registered { registrar: 1 }));
+    assert_eq!(pe.state(), PeState::Registered { registrar: 1 });
+    assert_eq!(pe.home_server_identifier(), 77);
+}
+
+#[test]
+fn registrar_failure_hunts_to_the_next_and_reregisters() {
+    let t0 = Instant::now();
+    let mut pe = registered(t0, 3);
+    let t1 = t0 + Duration::from_secs(1);
+    let out = pe.on_event(t1, Input::AssociationDown(0));
+    assert_eq!(
+        out,
+        vec![
+            Output::Close { registrar: 0 },
+            Output::Connect { registrar: 1 }
+        ]
+    );
+    // Registrar 1 never comes up: connect timeout, on to registrar 2.
+    let deadline = pe.poll_timeout().unwrap();
+    assert_eq!(deadline, t1 + Duration::from_millis(400));
+    let out = pe.on_event(deadline, Input::Timer);
+    assert_eq!(
+        out,
+        vec![
+            Output::Close { registrar: 1 },
+            Output::Connect { registrar: 2 }
+        ]
+    );
+    let out = pe.on_event(deadline, Input::AssociationUp(2));
+    assert!(matches!(
+        sent_to(&out, 2)[..],
+        [Message::Registration { .. }]
+    ));
+    // A late Up from registrar 1 is closed, not used.
+    assert_eq!(
+        pe.on_event(deadline, Input::AssociationUp(1)),
+        vec![Output::Close { registrar: 1 }]
+    );
+    assert_eq!(
+        pe.on_event(deadline, Input::Message(2, accept(PE_ID))),
+        vec![Output::Registered { registrar: 2 }]
+    );
+}
+
+#[test]
+fn silent_registrar_gets_max_reg_attempt_registrations_then_is_left() {
+    let t0 = Instant::now();
+    let mut pe = PoolElement::new(config(2)).unwrap();
+    pe.on_event(t0, Input::Start);
+    pe.on_event(t0, Input::AssociationUp(0));
+    let t1 = pe.poll_timeout().unwrap();
+    let out = pe.on_event(t1, Input::Timer);
+    assert_eq!(sent_to(&out, 0).len(), 1, "second attempt at the same one");
+    let t2 = pe.poll_timeout().unwrap();
+    let out = pe.on_event(t2, Input::Timer);
+    assert_eq!(
+        out,
+        vec![
+            Output::Close { registrar: 0 },
+            Output::Connect { registrar: 1 }
+        ]
+    );
+}
+
+#[test]
+fn a_failed_round_pauses_before_starting_over() {
+    let t0 = Instant::now();
+    let mut pe = PoolElement::new(config(2)).unwrap();
+    pe.on_event(t0, Input::Start);
+    assert_eq!(
+        pe.on_event(t0, Input::AssociationDown(0)),
+        vec![
+            Output::Close { registrar: 0 },
+            Output::Connect { registrar: 1 }
+        ]
+    );
+    assert_eq!(
+        pe.on_event(t0, Input::AssociationDown(1)),
+        vec![Output::Close { registrar: 1 }]
+    );
+    assert_eq!(pe.state(), PeState::HuntPause);
+    assert_eq!(pe.poll_timeout(), Some(t0 + Duration::from_secs(1)));
+    assert_eq!(
+        pe.on_event(t0 + Duration::from_secs(1), Input::Timer),
+        vec![Output::Connect { registrar: 0 }]
+    );
+}
+
+#[test]
+fn shutdown_deregisters_and_waits_for_the_response() {
+    let t0 = Instant::now();
+    let mut pe = registered(t0, 1);
+    let out = pe.on_event(t0, Input::Shutdown);
+    assert_eq!(
+        sent_to(&out, 0),
+        vec![Message::Deregistration {
+            pool_handle: handle(),
+            pe_identifier: PE_ID
+        }]
+    );
+    assert_eq!(pe.poll_timeout(), Some(t0 + Duration::from_millis(300)));
+    let response = Message::DeregistrationResponse {
+        pool_handle: handle(),
+        pe_identifier: PE_ID,
+        error: None,
+    };
+    let out = pe.on_event(t0, Input::Message(0, response.to_bytes()));
+    assert_eq!(
+        out,
+        vec![
+            Output::Close { registrar: 0 },
+            Output::Deregistered { confirmed: true }
+        ]
+    );
+    assert_eq!(pe.state(), PeState::Stopped);
+    assert_eq!(pe.poll_timeout(), None);
+}
+
+#[test]
+fn deregistration_wait_is_bounded() {
+    let t0 = Instant::now();
+    let mut pe = registered(t0, 1);
+    pe.on_event(t0, Input::Shutdown);
+    let deadline = pe.poll_timeout().unwrap();
+    assert_eq!(
+        pe.on_event(deadline, Input::Timer),
+        vec![
+            Output::Close { registrar: 0 },
+            Output::Deregistered { confirmed: false }
+        ]
+    );
+}
+
+#[test]
+fn invalid_transports_are_refused() {
+    let mut bad = config(1);
+    bad.user_transport.kind = TransportKind::Tcp(TransportUse::DataPlusControl);
+    assert!(
+        PoolElement::new(bad).is_err(),
+        "TCP takes exactly one address"
+    );
+    assert!(PoolElement::new(config(0)).is_err(), "no registrars");
+}

@@ -1,0 +1,1031 @@
+//! SCTP over UDP (RFC 6951) driven by tokio: one task per UDP socket owns the sans-IO
+//! `sctp-proto` endpoint and all its associations; application handles talk to it through
+//! a command channel.
+//!
+//! Path supervision is ours (see `sctp_wire` for why): after `heartbeat_interval` without
+//! hearing from the peer we send a HEARTBEAT and expect any packet from the peer within one
+//! RTO (backed off, capped at `rto_max`). Each miss, and each DATA retransmission timeout,
+//! counts as an error; any packet from the peer clears the count. When the count exceeds
+//! `min(max_path_retransmissions, max_association_retransmissions)` we send ABORT and report
+//! [`Event::Failed`]. This follows RFC 9260 sections 8.1-8.3 for a single-homed peer, except
+//! that any received packet (not only HEARTBEAT ACK or a new SACK) proves the peer alive.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use sctp_proto::{
+    AssociationError, AssociationHandle, ClientConfig, DatagramEvent, EndpointConfig,
+    EndpointEvent, Payload, PayloadProtocolIdentifier, ReliabilityType, ServerConfig, StreamEvent,
+    TransportConfig,
+};
+use tokio::net::UdpSocket;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::{debug, warn};
+
+use crate::sctp_wire::{self, CommonHeader, InboundVerdict};
+use crate::{
+    Association, AssociationSender, Config, DownReason, Event, FailureReason, Message, Reliability,
+    SenderInner, TransportError,
+};
+
+/// Largest UDP payload we accept; IP's limit, so nothing a peer sends is truncated.
+const MAX_DATAGRAM: usize = 65535;
+/// Datagrams or commands handled per wake-up before timers and output get their turn.
+const BATCH: usize = 64;
+/// How long the driver keeps running after the last handle is gone, so that graceful
+/// shutdowns can finish.
+const LINGER: Duration = Duration::from_secs(2);
+const ACCEPT_QUEUE: usize = 1024;
+const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+type AppId = u64;
+
+enum Command {
+    Connect {
+        remote: SocketAddr,
+        reply: oneshot::Sender<Result<Association, TransportError>>,
+    },
+    Send {
+        id: AppId,
+        message: Message,
+        charged: u32,
+    },
+    Close {
+        id: AppId,
+    },
+    ResumeReceive {
+        id: AppId,
+    },
+}
+
+/// State shared between an application handle and the driver.
+struct Shared {
+    id: AppId,
+    /// Bytes the application may still queue; the driver returns them as the peer acks.
+    send_budget: Semaphore,
+    closed: AtomicBool,
+    /// Set by the driver when the event queue was full; the next `recv` asks it to go on.
+    receive_stalled: AtomicBool,
+}
+
+#[derive(Clone)]
+pub(crate) struct SctpSender {
+    shared: Arc<Shared>,
+    commands: mpsc::UnboundedSender<Command>,
+    max_message_size: usize,
+    send_buffer_bytes: usize,
+}
+
+impl SctpSender {
+    pub(crate) async fn send(&self, message: Message) -> Result<(), TransportError> {
+        let size = message.payload.len();
+        if size > self.max_message_size {
+            return Err(TransportError::MessageTooLarge {
+                size,
+                max: self.max_message_size,
+            });
+        }
+        if size == 0 {
+            // RFC 9260 section 6.2: a DATA chunk without user data is a protocol violation.
+            return Err(TransportError::Unsupported("empty SCTP messages"));
+        }
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(TransportError::Closed);
+        }
+        let charged = size.min(self.send_buffer_bytes) as u32;
+        self.shared
+            .send_budget
+            .acquire_many(charged)
+            .await
+            .map_err(|_| TransportError::Closed)?
+            .forget();
+        self.commands
+            .send(Command::Send {
+                id: self.shared.id,
+                message,
+                charged,
+            })
+            .map_err(|_| TransportError::Closed)
+    }
+
+    pub(crate) fn close(&self) {
+        let _ = self.commands.send(Command::Close { id: self.shared.id });
+    }
+
+    pub(crate) fn after_receive(&self) {
+        if self.shared.receive_stalled.swap(false, Ordering::AcqRel) {
+            let _ = self
+                .commands
+                .send(Command::ResumeReceive { id: self.shared.id });
+        }
+    }
+}
+
+pub(crate) struct SctpUdpEndpoint {
+    local_addr: SocketAddr,
+    connect_timeout: Duration,
+    commands: mpsc::UnboundedSender<Command>,
+    accepted: mpsc::Receiver<Association>,
+}
+
+impl SctpUdpEndpoint {
+    /// Binds the UDP socket and starts its driver task. Must run inside a tokio runtime.
+    pub(crate) fn bind(
+        config: Config,
+        local: SocketAddr,
+        accept_incoming: bool,
+    ) -> Result<Self, TransportError> {
+        let socket = udp_socket(local)?;
+        let local_addr = socket.local_addr()?;
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let (accept_tx, accepted) = mpsc::channel(ACCEPT_QUEUE);
+        let connect_timeout = config.connect_timeout;
+        let driver = Driver::new(
+            config,
+            socket,
+            local_addr,
+            commands.downgrade(),
+            accept_incoming.then_some(accept_tx),
+        );
+        tokio::spawn(driver.run(command_rx));
+        Ok(SctpUdpEndpoint {
+            local_addr,
+            connect_timeout,
+            commands,
+            accepted,
+        })
+    }
+
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub(crate) async fn accept(&mut self) -> Option<Association> {
+        self.accepted.recv().await
+    }
+
+    pub(crate) async fn connect(&self, remote: SocketAddr) -> Result<Association, TransportError> {
+        let (reply, reply_rx) = oneshot::channel();
+        self.commands
+            .send(Command::Connect { remote, reply })
+            .map_err(|_| TransportError::Closed)?;
+        // The driver enforces the deadline itself; this only guards against a lost reply.
+        match tokio::time::timeout(self.connect_timeout * 2, reply_rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(TransportError::Closed),
+            Err(_) => Err(TransportError::ConnectTimeout(self.connect_timeout)),
+        }
+    }
+}
+
+fn udp_socket(local: SocketAddr) -> Result<UdpSocket, TransportError> {
+    let socket = std::net::UdpSocket::bind(local)?;
+    socket.set_nonblocking(true)?;
+    // Bursts of SCTP packets outrun the default 208 KiB buffers at benchmark rates; the
+    // kernel caps the request at net.core.[rw]mem_max, which is fine.
+    set_socket_buffer(&socket, libc::SO_RCVBUF);
+    set_socket_buffer(&socket, libc::SO_SNDBUF);
+    Ok(UdpSocket::from_std(socket)?)
+}
+
+fn set_socket_buffer(socket: &std::net::UdpSocket, option: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    let size = SOCKET_BUFFER_BYTES as libc::c_int;
+    // SAFETY: valid fd owned by `socket`, pointer and length describe a live c_int.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        debug!(
+            "setsockopt buffer size failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+enum Phase {
+    /// Handshake running; `reply` is the pending `connect` (client side only).
+    Handshaking {
+        reply: Option<oneshot::Sender<Result<Association, TransportError>>>,
+        deadline: Instant,
+    },
+    Up,
+}
+
+struct Liveness {
+    next_heartbeat: Instant,
+    outstanding: Option<OutstandingHeartbeat>,
+    error_count: u32,
+    t3_timeouts_seen: u64,
+    /// RFC 9260 section 6.3.1 estimator fed by HEARTBEAT round trips: sctp-proto measures
+    /// RTT only from DATA, so an idle association would otherwise keep RTO.Initial forever.
+    smoothed_rtt: Option<(Duration, Duration)>,
+}
+
+#[derive(Clone, Copy)]
+struct OutstandingHeartbeat {
+    nonce: u64,
+    sent_at: Instant,
+    due: Instant,
+}
+
+struct Entry {
+    proto: sctp_proto::Association,
+    shared: Arc<Shared>,
+    remote: SocketAddr,
+    events: mpsc::Sender<Event>,
+    outbox: VecDeque<Event>,
+    /// The application handle, held until the association is up.
+    handle: Option<Association>,
+    phase: Phase,
+    wire: Option<CommonHeader>,
+    readable: BTreeSet<u16>,
+    send_streams: BTreeSet<u16>,
+    /// Payload bytes handed to sctp-proto so far, and the charges to refund once the
+    /// cumulative acknowledged amount reaches each message's end.
+    written_total: u64,
+    charges: VecDeque<(u64, u32)>,
+    liveness: Liveness,
+    saw_shutdown: bool,
+    closing_locally: bool,
+}
+
+/// The last events of a finished association, kept until the application takes them.
+struct DrainingOutbox {
+    events: mpsc::Sender<Event>,
+    outbox: VecDeque<Event>,
+    shared: Arc<Shared>,
+}
+
+struct Driver {
+    config: Config,
+    socket: UdpSocket,
+    local_addr: SocketAddr,
+    endpoint: sctp_proto::Endpoint,
+    weak_commands: mpsc::WeakUnboundedSender<Command>,
+    accept_tx: Option<mpsc::Sender<Association>>,
+    entries: HashMap<AssociationHandle, Entry>,
+    routes: HashMap<AppId, AssociationHandle>,
+    /// Finished associations whose last events the application has not taken yet.
+    draining_outboxes: HashMap<AppId, DrainingOutbox>,
+    dirty: BTreeSet<AssociationHandle>,
+    outgoing: Vec<(Bytes, SocketAddr)>,
+    next_app_id: AppId,
+}
+
+impl Driver {
+    fn new(
+        config: Config,
+        socket: UdpSocket,
+        local_addr: SocketAddr,
+        weak_commands: mpsc::WeakUnboundedSender<Command>,
+        accept_tx: Option<mpsc::Sender<Association>>,
+    ) -> Self {
+        let mut endpoint_config = EndpointConfig::new();
+        // sctp-proto derives its packet size from this: DATA payload per packet, i.e. the
+        // packet size less the common header (12) and the DATA chunk header (16).
+        let packet_size = config.max_sctp_packet_size.clamp(512, MAX_DATAGRAM) as u32;
+        endpoint_config.max_payload_size(packet_size - 28);
+        let server_config = accept_tx.as_ref().map(|_| {
+            let mut server = ServerConfig::new();
+            server.transport = Arc::new(transport_config(&config, 0, 0));
+            Arc::new(server)
+        });
+        let endpoint = sctp_proto::Endpoint::new(Arc::new(endpoint_config), server_config);
+        Driver {
+            config,
+            socket,
+            local_addr,
+            endpoint,
+            weak_commands,
+            accept_tx,
+            entries: HashMap::new(),
+            routes: HashMap::new(),
+            draining_outboxes: HashMap::new(),
+            dirty: BTreeSet::new(),
+            outgoing: Vec::new(),
+            next_app_id: 1,
+        }
+    }
+
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut buffer = vec![0u8; MAX_DATAGRAM];
+        let mut commands_open = true;
+        let mut linger_until: Option<Instant> = None;
+        loop {
+            if !commands_open {
+                let until = *linger_until.get_or_insert_with(|| Instant::now() + LINGER);
+                if self.entries.is_empty() || Instant::now() >= until {
+                    break;
+                }
+            }
+            let deadline = self.next_deadline();
+            let sleep_until =
+                deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                received = self.socket.recv_from(&mut buffer) => match received {
+                    Ok((len, remote)) => {
+                        self.on_datagram(&buffer[..len], remote);
+                        for _ in 1..BATCH {
+                            match self.socket.try_recv_from(&mut buffer) {
+                                Ok((len, remote)) => self.on_datagram(&buffer[..len], remote),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    // ICMP port unreachable surfaces here on Linux; path supervision
+                    // decides about the peer, so just go on.
+                    Err(error) => debug!("UDP receive error: {error}"),
+                },
+                command = commands.recv(), if commands_open => match command {
+                    Some(command) => {
+                        self.on_command(command);
+                        for _ in 1..BATCH {
+                            match commands.try_recv() {
+                                Ok(command) => self.on_command(command),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    None => commands_open = false,
+                },
+                _ = tokio::time::sleep_until(sleep_until.into()) => {}
+            }
+            self.on_timers(Instant::now());
+            self.process_dirty();
+            self.send_outgoing().await;
+        }
+        debug!("SCTP/UDP driver on {} stopped", self.local_addr);
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let mut deadline: Option<Instant> = None;
+        let mut consider = |candidate: Option<Instant>| {
+            if let Some(candidate) = candidate {
+                deadline = Some(deadline.map_or(candidate, |d| d.min(candidate)));
+            }
+        };
+        for entry in self.entries.values() {
+            consider(entry.proto.poll_timeout());
+            match &entry.phase {
+                Phase::Handshaking { deadline, .. } => consider(Some(*deadline)),
+                Phase::Up if entry.wire.is_some() => consider(Some(
+                    entry
+                        .liveness
+                        .outstanding
+                        .map_or(entry.liveness.next_heartbeat, |hb| hb.due),
+                )),
+                Phase::Up => {}
+            }
+        }
+        deadline
+    }
+
+    fn on_datagram(&mut self, datagram: &[u8], remote: SocketAddr) {
+        let filtered = sctp_wire::filter_inbound(datagram);
+        for nonce in filtered.heartbeat_acks {
+            self.on_heartbeat_ack(nonce);
+        }
+        let packet = match filtered.verdict {
+            InboundVerdict::PassUnchanged => Bytes::copy_from_slice(datagram),
+            InboundVerdict::PassRewritten(rewritten) => Bytes::from(rewritten),
+            InboundVerdict::Consumed => return,
+        };
+        let now = Instant::now();
+        match self.endpoint.handle(now, remote, None, None, packet) {
+            Some((handle, DatagramEvent::AssociationEvent(event))) => {
+                if let Some(entry) = self.entries.get_mut(&handle) {
+                    entry.proto.handle_event(event);
+                    entry.heard_from_peer(now, &self.config);
+                    self.dirty.insert(handle);
+                }
+            }
+            Some((handle, DatagramEvent::NewAssociation(proto))) => {
+                let deadline = now + self.config.connect_timeout;
+                self.insert_entry(handle, proto, remote, None, deadline);
+                self.dirty.insert(handle);
+            }
+            None => {}
+        }
+    }
+
+    fn on_heartbeat_ack(&mut self, nonce: u64) {
+        let now = Instant::now();
+        for entry in self.entries.values_mut() {
+            if let Some(heartbeat) = entry.liveness.outstanding
+                && heartbeat.nonce == nonce
+            {
+                entry.liveness.measure_rtt(now - heartbeat.sent_at);
+                entry.heard_from_peer(now, &self.config);
+                return;
+            }
+        }
+    }
+
+    fn insert_entry(
+        &mut self,
+        handle: AssociationHandle,
+        proto: sctp_proto::Association,
+        remote: SocketAddr,
+        reply: Option<oneshot::Sender<Result<Association, TransportError>>>,
+        deadline: Instant,
+    ) {
+        let Some(commands) = self.weak_commands.upgrade() else {
+            return;
+        };
+        let id = self.next_app_id;
+        self.next_app_id += 1;
+        let shared = Arc::new(Shared {
+            id,
+            send_budget: Semaphore::new(self.config.send_buffer_bytes),
+            closed: AtomicBool::new(false),
+            receive_stalled: AtomicBool::new(false),
+        });
+        let (events_tx, events_rx) = mpsc::channel(self.config.receive_queue_len.max(1));
+        let app_handle = Association {
+            remote,
+            events: events_rx,
+            sender: AssociationSender {
+                inner: SenderInner::SctpOverUdp(SctpSender {
+                    shared: shared.clone(),
+                    commands,
+                    max_message_size: self.config.max_message_size,
+                    send_buffer_bytes: self.config.send_buffer_bytes,
+                }),
+            },
+        };
+        let now = Instant::now();
+        self.routes.insert(id, handle);
+        self.entries.insert(
+            handle,
+            Entry {
+                proto,
+                shared,
+                remote,
+                events: events_tx,
+                outbox: VecDeque::new(),
+                handle: Some(app_handle),
+                phase: Phase::Handshaking { reply, deadline },
+                wire: None,
+                readable: BTreeSet::new(),
+                send_streams: BTreeSet::new(),
+                written_total: 0,
+                charges: VecDeque::new(),
+                liveness: Liveness {
+                    next_heartbeat: now + self.config.heartbeat_interval,
+                    outstanding: None,
+                    error_count: 0,
+                    t3_timeouts_seen: 0,
+                    smoothed_rtt: None,
+                },
+                saw_shutdown: false,
+                closing_locally: false,
+            },
+        );
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Connect { remote, reply } => self.connect(remote, reply),
+            Command::Send {
+                id,
+                message,
+                charged,
+            } => {
+                let Some(&handle) = self.routes.get(&id) else {
+                    return;
+                };
+                let Some(entry) = self.entries.get_mut(&handle) else {
+                    return;
+                };
+                if let Err(error) = entry.write(message, charged) {
+                    warn!("SCTP send on association {id} failed: {error}");
+                    entry.shared.send_budget.add_permits(charged as usize);
+                }
+                self.dirty.insert(handle);
+            }
+            Command::Close { id } => {
+                let Some(&handle) = self.routes.get(&id) else {
+                    return;
+                };
+                if let Some(entry) = self.entries.get_mut(&handle) {
+                    entry.closing_locally = true;
+                    if entry.proto.shutdown().is_err() {
+                        let _ = entry.proto.close();
+                    }
+                    self.dirty.insert(handle);
+                }
+            }
+            Command::ResumeReceive { id } => {
+                if let Some(&handle) = self.routes.get(&id) {
+                    self.dirty.insert(handle);
+                } else if let Some(mut draining) = self.draining_outboxes.remove(&id) {
+                    if flush_outbox(&draining.events, &mut draining.outbox, &draining.shared) {
+                        self.draining_outboxes.insert(id, draining);
+                    }
+                }
+            }
+        }
+    }
+
+    fn connect(
+        &mut self,
+        remote: SocketAddr,
+        reply: oneshot::Sender<Result<Association, TransportError>>,
+    ) {
+        if self.entries.values().any(|entry| entry.remote == remote) {
+            let _ = reply.send(Err(TransportError::ConnectFailed(format!(
+                "this endpoint already has an association with {remote}"
+            ))));
+            return;
+        }
+        let transport =
+            transport_config(&self.config, self.local_addr.port(), self.config.sctp_port);
+        let mut client = ClientConfig::new();
+        client.transport = Arc::new(transport);
+        match self.endpoint.connect(client, remote) {
+            Ok((handle, proto)) => {
+                let deadline = Instant::now() + self.config.connect_timeout;
+                self.insert_entry(handle, proto, remote, Some(reply), deadline);
+                self.dirty.insert(handle);
+            }
+            Err(error) => {
+                let _ = reply.send(Err(TransportError::ConnectFailed(error.to_string())));
+            }
+        }
+    }
+
+    fn on_timers(&mut self, now: Instant) {
+        let mut failed = Vec::new();
+        for (&handle, entry) in self.entries.iter_mut() {
+            if entry.proto.poll_timeout().is_some_and(|due| due <= now) {
+                entry.proto.handle_timeout(now);
+                self.dirty.insert(handle);
+            }
+            match &entry.phase {
+                Phase::Handshaking { deadline, .. } if *deadline <= now => {
+                    failed.push((handle, FailureReason::HandshakeFailed("timed out".into())));
+                    continue;
+                }
+                Phase::Handshaking { .. } => continue,
+                Phase::Up => {}
+            }
+            let Some(wire) = entry.wire else { continue };
+            if entry.supervise(now, &self.config) {
+                failed.push((handle, FailureReason::PeerUnreachable));
+                self.outgoing
+                    .push((Bytes::from(sctp_wire::abort_packet(&wire)), entry.remote));
+                continue;
+            }
+            if let Some(nonce) = entry.take_heartbeat_to_send(&self.config) {
+                self.outgoing.push((
+                    Bytes::from(sctp_wire::heartbeat_packet(&wire, nonce)),
+                    entry.remote,
+                ));
+            }
+        }
+        for (handle, reason) in failed {
+            self.finish(handle, Event::Failed(reason));
+        }
+    }
+
+    /// Runs sctp-proto's outputs for every association touched since the last call.
+    fn process_dirty(&mut self) {
+        let now = Instant::now();
+        while let Some(handle) = self.dirty.pop_first() {
+            let Some(entry) = self.entries.get_mut(&handle) else {
+                continue;
+            };
+            let mut ended: Option<Event> = None;
+            let mut became_up = false;
+            // Transmitting can change state (SHUTDOWN COMPLETE closes), so alternate until
+            // neither side has anything left.
+            loop {
+                let mut progressed = false;
+                while let Some(event) = entry.proto.poll() {
+                    progressed = true;
+                    match event {
+                        sctp_proto::Event::Connected => became_up = true,
+                        sctp_proto::Event::Stream(
+                            StreamEvent::Readable { id } | StreamEvent::Opened { id },
+                        ) => {
+                            entry.readable.insert(id);
+                        }
+                        sctp_proto::Event::AssociationLost { reason } => {
+                            ended = Some(entry.loss_event(reason));
+                        }
+                        sctp_proto::Event::HandshakeFailed { reason } => {
+                            ended = Some(Event::Failed(FailureReason::HandshakeFailed(
+                                reason.to_string(),
+                            )));
+                        }
+                        _ => {}
+                    }
+                }
+                while entry.proto.accept_stream().is_some() {}
+                // We remove associations from the sctp-proto endpoint ourselves (see
+                // `finish`): its `shutdown()` asks for removal at once, which would strand
+                // the peer's SHUTDOWN ACK.
+                while entry.proto.poll_endpoint_event().is_some() {}
+                if entry.proto.is_closing() {
+                    entry.saw_shutdown = true;
+                }
+                while let Some(transmit) = entry.proto.poll_transmit(now) {
+                    progressed = true;
+                    if let Payload::RawEncode(datagrams) = transmit.payload {
+                        for datagram in datagrams {
+                            if sctp_wire::carries_peer_tag(&datagram) {
+                                entry.wire = sctp_wire::parse_common_header(&datagram);
+                            }
+                            self.outgoing.push((datagram, transmit.remote));
+                        }
+                    }
+                }
+                if !progressed {
+                    break;
+                }
+            }
+            entry.refund_acknowledged();
+            if became_up {
+                self.on_up(handle);
+            }
+            if let Some(event) = ended {
+                self.finish(handle, event);
+                continue;
+            }
+            if let Some(entry) = self.entries.get_mut(&handle) {
+                entry.deliver_readable();
+            }
+        }
+    }
+
+    fn on_up(&mut self, handle: AssociationHandle) {
+        let Some(entry) = self.entries.get_mut(&handle) else {
+            return;
+        };
+        let Phase::Handshaking { reply, .. } = std::mem::replace(&mut entry.phase, Phase::Up)
+        else {
+            return;
+        };
+        entry.liveness.next_heartbeat = Instant::now() + self.config.heartbeat_interval;
+        let app_handle = entry.handle.take();
+        let remote = entry.remote;
+        let peer_port = entry.wire.map(|w| w.destination_port);
+        entry.deliver(Event::Up);
+        let Some(app_handle) = app_handle else { return };
+        if let Some(reply) = reply {
+            if let Err(Ok(unwanted)) = reply.send(Ok(app_handle)) {
+                // The caller gave up waiting: dropping the handle shuts the association down.
+                drop(unwanted);
+            }
+            return;
+        }
+        // Server side. A new association from the transport address of an existing one is
+        // that peer restarted (RFC 9260 section 5.2.4.1): keep the application's handle.
+        let restarted_from = self.entries.iter().find_map(|(&other, e)| {
+            (other != handle
+                && matches!(e.phase, Phase::Up)
+                && e.remote == remote
+                && e.wire.map(|w| w.destination_port) == peer_port)
+                .then_some(other)
+        });
+        if let Some(old_handle) = restarted_from {
+            self.adopt_restart(old_handle, handle);
+            return;
+        }
+        let rejected = match &self.accept_tx {
+            Some(accept_tx) => accept_tx.try_send(app_handle).err().map(|e| match e {
+                mpsc::error::TrySendError::Full(h) | mpsc::error::TrySendError::Closed(h) => h,
+            }),
+            None => Some(app_handle),
+        };
+        if let Some(rejected) = rejected {
+            warn!(
+                "dropping association from {remote}: nobody accepts (queue full or endpoint gone)"
+            );
+            drop(rejected);
+        }
+    }
+
+    /// Moves the application's view of `old_handle` onto the new association `new_handle`.
+    fn adopt_restart(&mut self, old_handle: AssociationHandle, new_handle: AssociationHandle) {
+        let Some(old) = self.entries.remove(&old_handle) else {
+            return;
+        };
+        self.endpoint
+            .handle_event(old_handle, EndpointEvent::drained());
+        let Some(new) = self.entries.get_mut(&new_handle) else {
+            return;
+        };
+        self.routes.remove(&new.shared.id);
+        // The new entry's own handle was never given out; its Up event is discarded with it.
+        new.shared = old.shared;
+        new.events = old.events;
+        new.outbox = old.outbox;
+        new.shared
+            .send_budget
+            .add_permits(old.charges.iter().map(|&(_, c)| c as usize).sum());
+        self.routes.insert(new.shared.id, new_handle);
+        debug!("peer {} restarted", new.remote);
+        new.deliver(Event::Restarted);
+    }
+
+    /// Removes an association and reports its last event.
+    fn finish(&mut self, handle: AssociationHandle, last_event: Event) {
+        let Some(mut entry) = self.entries.remove(&handle) else {
+            return;
+        };
+        self.endpoint.handle_event(handle, EndpointEvent::drained());
+        if self.routes.get(&entry.shared.id) == Some(&handle) {
+            self.routes.remove(&entry.shared.id);
+        }
+        entry.shared.closed.store(true, Ordering::Release);
+        entry.shared.send_budget.close();
+        if let Phase::Handshaking {
+            reply: Some(reply), ..
+        } = entry.phase
+        {
+            let error = match last_event {
+                Event::Failed(FailureReason::HandshakeFailed(reason)) if reason == "timed out" => {
+                    TransportError::ConnectTimeout(self.config.connect_timeout)
+                }
+                other => TransportError::ConnectFailed(format!("{other:?}")),
+            };
+            let _ = reply.send(Err(error));
+            return;
+        }
+        if entry.handle.is_some() {
+            // Never handed out (handshake of an incoming association failed).
+            return;
+        }
+        entry.deliver(last_event);
+        if !entry.outbox.is_empty() {
+            self.draining_outboxes.insert(
+                entry.shared.id,
+                DrainingOutbox {
+                    events: entry.events,
+                    outbox: entry.outbox,
+                    shared: entry.shared,
+                },
+            );
+        }
+    }
+
+    async fn send_outgoing(&mut self) {
+        for (datagram, remote) in self.outgoing.drain(..) {
+            let sent = match self.socket.try_send_to(&datagram, remote) {
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.socket.send_to(&datagram, remote).await
+                }
+                other => other,
+            };
+            if let Err(error) = sent {
+                debug!("UDP send to {remote} failed: {error}");
+            }
+        }
+    }
+}
+
+impl Liveness {
+    /// RFC 9260 section 6.3.1, C2 and C3 (alpha 1/8, beta 1/4).
+    fn measure_rtt(&mut self, rtt: Duration) {
+        self.smoothed_rtt = Some(match self.smoothed_rtt {
+            None => (rtt, rtt / 2),
+            Some((srtt, rttvar)) => {
+                let deviation = srtt.abs_diff(rtt);
+                (srtt * 7 / 8 + rtt / 8, rttvar * 3 / 4 + deviation / 4)
+            }
+        });
+    }
+}
+
+impl Entry {
+    fn heard_from_peer(&mut self, now: Instant, config: &Config) {
+        let liveness = &mut self.liveness;
+        liveness.error_count = 0;
+        liveness.outstanding = None;
+        liveness.next_heartbeat = now + config.heartbeat_interval;
+    }
+
+    /// Advances path supervision; returns true when the peer is to be given up.
+    fn supervise(&mut self, now: Instant, config: &Config) -> bool {
+        let limit = config
+            .max_path_retransmissions
+            .min(config.max_association_retransmissions);
+        let mut stats = self.proto.stats();
+        let t3_timeouts = stats.get_num_t3timeouts();
+        let liveness = &mut self.liveness;
+        if t3_timeouts > liveness.t3_timeouts_seen {
+            liveness.error_count += (t3_timeouts - liveness.t3_timeouts_seen) as u32;
+            liveness.t3_timeouts_seen = t3_timeouts;
+        }
+        if let Some(heartbeat) = liveness.outstanding
+            && heartbeat.due <= now
+        {
+            liveness.error_count += 1;
+            liveness.outstanding = None;
+            // Retry at once: the interval already passed without news from the peer.
+            liveness.next_heartbeat = now;
+        }
+        liveness.error_count > limit
+    }
+
+    /// A nonce when a HEARTBEAT is due now; records it as outstanding.
+    fn take_heartbeat_to_send(&mut self, config: &Config) -> Option<u64> {
+        let now = Instant::now();
+        let liveness = &mut self.liveness;
+        if liveness.outstanding.is_some() || liveness.next_heartbeat > now {
+            return None;
+        }
+        let rto = match liveness.smoothed_rtt {
+            Some((srtt, rttvar)) => (srtt + rttvar * 4).clamp(config.rto_min, config.rto_max),
+            None => self.proto.rtt(),
+        };
+        // RFC 9260 section 6.3.3: the RTO doubles with each consecutive miss, up to RTO.Max.
+        let backed_off = rto
+            .saturating_mul(1 << liveness.error_count.min(16))
+            .min(config.rto_max)
+            .max(Duration::from_millis(1));
+        let nonce = rand::random::<u64>();
+        liveness.outstanding = Some(OutstandingHeartbeat {
+            nonce,
+            sent_at: now,
+            due: now + backed_off,
+        });
+        Some(nonce)
+    }
+
+    fn loss_event(&self, reason: AssociationError) -> Event {
+        match reason {
+            _ if self.closing_locally => Event::Down(DownReason::Local),
+            AssociationError::AssociationClosed | AssociationError::ApplicationClosed
+                if self.saw_shutdown || self.proto.is_closing() =>
+            {
+                Event::Down(DownReason::Shutdown)
+            }
+            AssociationError::AssociationClosed | AssociationError::Reset => {
+                Event::Down(DownReason::Aborted)
+            }
+            AssociationError::ApplicationClosed => Event::Down(DownReason::Shutdown),
+            AssociationError::LocallyClosed => Event::Down(DownReason::Local),
+            AssociationError::TimedOut => Event::Failed(FailureReason::PeerUnreachable),
+            other => Event::Failed(FailureReason::Error(other.to_string())),
+        }
+    }
+
+    fn write(&mut self, message: Message, charged: u32) -> Result<(), sctp_proto::Error> {
+        let ppi = PayloadProtocolIdentifier::from(message.ppid);
+        let mut stream = match self.proto.stream(message.stream) {
+            Ok(stream) => stream,
+            Err(_) => self.proto.open_stream(message.stream, ppi)?,
+        };
+        let (kind, value) = match message.reliability {
+            Reliability::Reliable => (ReliabilityType::Reliable, 0),
+            Reliability::LimitedRetransmissions(n) => (ReliabilityType::Rexmit, n),
+            Reliability::Lifetime(lifetime) => (
+                ReliabilityType::Timed,
+                u32::try_from(lifetime.as_millis()).unwrap_or(u32::MAX),
+            ),
+        };
+        // sctp-proto keeps these per stream but snapshots them into each message it accepts,
+        // so setting them before every write makes them per message.
+        stream.set_reliability_params(message.unordered, kind, value)?;
+        stream.write_sctp(&message.payload, ppi)?;
+        self.send_streams.insert(message.stream);
+        self.written_total += message.payload.len() as u64;
+        self.charges.push_back((self.written_total, charged));
+        Ok(())
+    }
+
+    /// Returns send budget for every message sctp-proto no longer buffers (acknowledged or
+    /// abandoned under PR-SCTP).
+    fn refund_acknowledged(&mut self) {
+        if self.charges.is_empty() {
+            return;
+        }
+        let mut buffered = 0u64;
+        for &stream_id in &self.send_streams {
+            if let Ok(stream) = self.proto.stream(stream_id) {
+                buffered += stream.buffered_amount().unwrap_or(0) as u64;
+            }
+        }
+        let released = self.written_total.saturating_sub(buffered);
+        let mut refund = 0usize;
+        while let Some(&(end, charged)) = self.charges.front() {
+            if end > released {
+                break;
+            }
+            refund += charged as usize;
+            self.charges.pop_front();
+        }
+        if refund > 0 {
+            self.shared.send_budget.add_permits(refund);
+        }
+    }
+
+    /// Queues an event for the application, in order behind anything not yet taken.
+    fn deliver(&mut self, event: Event) {
+        self.outbox.push_back(event);
+        flush_outbox(&self.events, &mut self.outbox, &self.shared);
+    }
+
+    /// Moves complete messages from sctp-proto to the application while it has room; what
+    /// stays unread keeps sctp-proto's receive window closed.
+    fn deliver_readable(&mut self) {
+        flush_outbox(&self.events, &mut self.outbox, &self.shared);
+        if !self.outbox.is_empty() || self.events.capacity() == 0 {
+            return;
+        }
+        let streams: Vec<u16> = self.readable.iter().copied().collect();
+        for stream_id in streams {
+            loop {
+                if !self.outbox.is_empty() {
+                    return;
+                }
+                let chunks = match self.proto.stream(stream_id).and_then(|mut s| s.read_sctp()) {
+                    Ok(Some(chunks)) => chunks,
+                    Ok(None) | Err(_) => {
+                        self.readable.remove(&stream_id);
+                        break;
+                    }
+                };
+                let mut payload = BytesMut::zeroed(chunks.len());
+                let copied = chunks.read(&mut payload).unwrap_or(0);
+                payload.truncate(copied);
+                self.deliver(Event::Message(Message {
+                    stream: stream_id,
+                    ppid: u32::from(chunks.ppi),
+                    unordered: chunks.is_unordered(),
+                    reliability: Reliability::Reliable,
+                    payload: payload.freeze(),
+                }));
+            }
+        }
+    }
+}
+
+/// Pushes queued events into the application's channel; true while some remain.
+fn flush_outbox(
+    events: &mpsc::Sender<Event>,
+    outbox: &mut VecDeque<Event>,
+    shared: &Shared,
+) -> bool {
+    while let Some(event) = outbox.pop_front() {
+        match events.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                outbox.clear();
+                return false;
+            }
+            Err(mpsc::error::TrySendError::Full(event)) => {
+                shared.receive_stalled.store(true, Ordering::Release);
+                match events.try_send(event) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        outbox.clear();
+                        return false;
+                    }
+                    Err(mpsc::error::TrySendError::Full(event)) => {
+                        outbox.push_front(event);
+                        return true;
+                    }
+                }
+            }
+        }
+    }
+    false
+}
+
+fn transport_config(config: &Config, local_port: u16, remote_port: u16) -> TransportConfig {
+    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+    let message_size = u32::try_from(config.max_message_size).unwrap_or(u32::MAX);
+    let mut transport = TransportConfig::default()
+        .with_max_send_message_size(message_size)
+        .with_max_receive_message_size(message_size)
+        // Room for a few maximum-size messages in reassembly at once.
+        .with_max_receive_buffer_size(message_size.saturating_mul(4).max(1024 * 1024))
+        .with_max_init_retransmits(Some(config.max_init_retransmissions as usize))
+        // Data retransmissions are counted by our path supervision, which fails the
+        // association; sctp-proto itself would only stop retransmitting.
+        .with_max_data_retransmits(None)
+        .with_rto_initial_ms(millis(config.rto_initial))
+        .with_rto_min_ms(millis(config.rto_min))
+        .with_rto_max_ms(millis(config.rto_max));
+    if local_port != 0 {
+        transport = transport.with_local_port(local_port);
+    }
+    if remote_port != 0 {
+        transport = transport.with_remote_port(remote_port);
+    }
+    transport
+}

@@ -1,0 +1,310 @@
+//! Messages over TCP with length-prefixed frames, all fields big-endian:
+//!
+//! ```text
+//! +----------------+------------+------------+-----------+-------------------+
+//! | length (u32)   | stream u16 | flags u16  | PPID u32  | payload (length)  |
+//! +----------------+------------+------------+-----------+-------------------+
+//! ```
+//!
+//! `length` counts payload bytes only; flag bit 0 is "unordered" (carried, but TCP delivers
+//! everything in order anyway). [`crate::Reliability`] is accepted and ignored: TCP is always
+//! fully reliable. Association events map to the connection: [`Event::Up`] on connect or
+//! accept, [`DownReason::Shutdown`] on end of stream, [`DownReason::Aborted`] on reset,
+//! [`FailureReason`] on other errors or a frame above `max_message_size`. A silent peer is
+//! detected with TCP keep-alive and `TCP_USER_TIMEOUT` derived from the heartbeat settings.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::{
+    Association, AssociationSender, Config, DownReason, Event, FailureReason, Message, Reliability,
+    SenderInner, TransportError,
+};
+
+pub const FRAME_HEADER_LEN: usize = 12;
+pub const FLAG_UNORDERED: u16 = 0x0001;
+/// Frames queued for the writer task per association.
+const WRITE_QUEUE: usize = 1024;
+
+/// Encodes one frame (header and payload) into `out`.
+pub fn encode_frame(message: &Message, out: &mut BytesMut) {
+    out.reserve(FRAME_HEADER_LEN + message.payload.len());
+    out.put_u32(message.payload.len() as u32);
+    out.put_u16(message.stream);
+    out.put_u16(if message.unordered { FLAG_UNORDERED } else { 0 });
+    out.put_u32(message.ppid);
+    out.put_slice(&message.payload);
+}
+
+pub(crate) struct TcpEndpoint {
+    config: Config,
+    listener: TcpListener,
+}
+
+impl TcpEndpoint {
+    pub(crate) async fn bind(config: Config, local: SocketAddr) -> Result<Self, TransportError> {
+        let listener = TcpListener::bind(local).await?;
+        Ok(TcpEndpoint { config, listener })
+    }
+
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub(crate) async fn accept(&mut self) -> Option<Association> {
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, remote)) => match start(&self.config, stream, remote) {
+                    Ok(association) => return Some(association),
+                    Err(error) => tracing::warn!("TCP association from {remote} failed: {error}"),
+                },
+                Err(error) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    tracing::warn!("TCP accept failed: {error}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    pub(crate) async fn connect(&self, remote: SocketAddr) -> Result<Association, TransportError> {
+        connect(&self.config, remote).await
+    }
+}
+
+pub(crate) async fn connect(
+    config: &Config,
+    remote: SocketAddr,
+) -> Result<Association, TransportError> {
+    let stream = tokio::time::timeout(config.connect_timeout, TcpStream::connect(remote))
+        .await
+        .map_err(|_| TransportError::ConnectTimeout(config.connect_timeout))?
+        .map_err(|e| TransportError::ConnectFailed(e.to_string()))?;
+    start(config, stream, remote)
+}
+
+fn start(
+    config: &Config,
+    stream: TcpStream,
+    remote: SocketAddr,
+) -> Result<Association, TransportError> {
+    stream.set_nodelay(true)?;
+    set_keepalive(&stream, config);
+    let (read_half, write_half) = stream.into_split();
+    let (events_tx, events) = mpsc::channel(config.receive_queue_len.max(1));
+    let (frames_tx, frames_rx) = mpsc::channel(WRITE_QUEUE);
+    let closing_locally = Arc::new(AtomicBool::new(false));
+    events_tx
+        .try_send(Event::Up)
+        .expect("a new channel has room for one event");
+    tokio::spawn(write_frames(write_half, frames_rx));
+    tokio::spawn(read_frames(
+        read_half,
+        frames_tx.downgrade(),
+        events_tx,
+        config.max_message_size,
+        closing_locally.clone(),
+    ));
+    Ok(Association {
+        remote,
+        events,
+        sender: AssociationSender {
+            inner: SenderInner::Tcp(TcpSender {
+                frames: frames_tx,
+                closing_locally,
+                max_message_size: config.max_message_size,
+            }),
+        },
+    })
+}
+
+enum WriterCommand {
+    Frame(Message),
+    Close,
+}
+
+#[derive(Clone)]
+pub(crate) struct TcpSender {
+    frames: mpsc::Sender<WriterCommand>,
+    closing_locally: Arc<AtomicBool>,
+    max_message_size: usize,
+}
+
+impl TcpSender {
+    pub(crate) async fn send(&self, message: Message) -> Result<(), TransportError> {
+        if message.payload.len() > self.max_message_size {
+            return Err(TransportError::MessageTooLarge {
+                size: message.payload.len(),
+                max: self.max_message_size,
+            });
+        }
+        if self.closing_locally.load(Ordering::Acquire) {
+            return Err(TransportError::Closed);
+        }
+        self.frames
+            .send(WriterCommand::Frame(message))
+            .await
+            .map_err(|_| TransportError::Closed)
+    }
+
+    pub(crate) fn close(&self) {
+        if !self.closing_locally.swap(true, Ordering::AcqRel) {
+            // A full queue means the writer is busy; it flushes and then sees the channel
+            // close when the last sender goes away, which also ends the connection.
+            let _ = self.frames.try_send(WriterCommand::Close);
+        }
+    }
+}
+
+async fn write_frames(
+    write_half: tokio::net::tcp::OwnedWriteHalf,
+    mut commands: mpsc::Receiver<WriterCommand>,
+) {
+    let mut writer = BufWriter::with_capacity(64 * 1024, write_half);
+    let mut frame = BytesMut::new();
+    while let Some(command) = commands.recv().await {
+        let message = match command {
+            WriterCommand::Frame(message) => message,
+            WriterCommand::Close => break,
+        };
+        frame.clear();
+        encode_frame(&message, &mut frame);
+        if writer.write_all(&frame).await.is_err() {
+            return;
+        }
+        // Batch: flush only when nothing else is queued.
+        if commands.is_empty() && writer.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = writer.flush().await;
+    let _ = writer.shutdown().await;
+}
+
+async fn read_frames(
+    read_half: tokio::net::tcp::OwnedReadHalf,
+    writer: mpsc::WeakSender<WriterCommand>,
+    events: mpsc::Sender<Event>,
+    max_message_size: usize,
+    closing_locally: Arc<AtomicBool>,
+) {
+    let mut reader = BufReader::with_capacity(64 * 1024, read_half);
+    let last = loop {
+        let mut header = [0u8; FRAME_HEADER_LEN];
+        match reader.read_exact(&mut header).await {
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+                break Event::Down(DownReason::Shutdown);
+            }
+            Err(error) => break io_error_event(error),
+        }
+        let length = u32::from_be_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
+        if length > max_message_size {
+            break Event::Failed(FailureReason::Error(format!(
+                "peer sent a {length}-byte frame, limit {max_message_size}"
+            )));
+        }
+        let mut payload = BytesMut::zeroed(length);
+        if let Err(error) = reader.read_exact(&mut payload).await {
+            break io_error_event(error);
+        }
+        let message = Message {
+            stream: u16::from_be_bytes([header[4], header[5]]),
+            unordered: u16::from_be_bytes([header[6], header[7]]) & FLAG_UNORDERED != 0,
+            ppid: u32::from_be_bytes(header[8..12].try_into().expect("4 bytes")),
+            reliability: Reliability::Reliable,
+            payload: Bytes::from(payload),
+        };
+        if events.send(Event::Message(message)).await.is_err() {
+            return;
+        }
+    };
+    // Like SCTP's SHUTDOWN, an end of stream from the peer ends both directions.
+    if let Some(writer) = writer.upgrade() {
+        let _ = writer.try_send(WriterCommand::Close);
+    }
+    let last = if closing_locally.load(Ordering::Acquire) {
+        Event::Down(DownReason::Local)
+    } else {
+        last
+    };
+    let _ = events.send(last).await;
+}
+
+fn io_error_event(error: std::io::Error) -> Event {
+    match error.kind() {
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted => {
+            Event::Down(DownReason::Aborted)
+        }
+        std::io::ErrorKind::TimedOut => Event::Failed(FailureReason::PeerUnreachable),
+        _ => Event::Failed(FailureReason::Error(error.to_string())),
+    }
+}
+
+/// TCP's counterpart of SCTP path supervision: keep-alive probes after `heartbeat_interval`
+/// idle, every `rto_max`, `max_path_retransmissions + 1` of them; and `TCP_USER_TIMEOUT` so
+/// unacknowledged data also fails the connection within the same bound.
+fn set_keepalive(stream: &TcpStream, config: &Config) {
+    use std::os::fd::AsRawFd;
+    let fd = stream.as_raw_fd();
+    let seconds = |d: Duration| d.as_secs().clamp(1, i32::MAX as u64) as libc::c_int;
+    let millis = |d: Duration| d.as_millis().clamp(1, u32::MAX as u128) as libc::c_uint;
+    let set = |level: libc::c_int, option: libc::c_int, value: libc::c_int| {
+        // SAFETY: valid fd owned by `stream`; the pointer and length describe a live c_int.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                option,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        }
+    };
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    set(
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPIDLE,
+        seconds(config.heartbeat_interval),
+    );
+    set(
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPINTVL,
+        seconds(config.rto_max),
+    );
+    set(
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPCNT,
+        (config.max_path_retransmissions + 1) as libc::c_int,
+    );
+    set(
+        libc::IPPROTO_TCP,
+        libc::TCP_USER_TIMEOUT,
+        millis(config.failure_detection_bound()) as libc::c_int,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_layout_is_as_documented() {
+        let message = Message::new(3, 11, &b"abc"[..]).unordered();
+        let mut frame = BytesMut::new();
+        encode_frame(&message, &mut frame);
+        assert_eq!(
+            &frame[..],
+            &[0, 0, 0, 3, 0, 3, 0, 1, 0, 0, 0, 11, b'a', b'b', b'c']
+        );
+    }
+}

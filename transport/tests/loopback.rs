@@ -1,0 +1,478 @@
+//! Loopback tests of the message interface over SCTP-over-UDP and TCP. Every wait is bounded.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use transport::{
+    Association, Config, DownReason, Endpoint, Event, FailureReason, Message, Reliability,
+    TransportKind, connect,
+};
+
+const STEP: Duration = Duration::from_secs(10);
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+fn config(kind: TransportKind) -> Config {
+    Config {
+        transport: kind,
+        ..Config::fast_failure_detection(kind)
+    }
+}
+
+async fn next_event(association: &mut Association) -> Event {
+    tokio::time::timeout(STEP, association.recv())
+        .await
+        .expect("event within the step timeout")
+        .expect("association still reporting")
+}
+
+async fn next_message(association: &mut Association) -> Message {
+    match next_event(association).await {
+        Event::Message(message) => message,
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+async fn expect_up(association: &mut Association) {
+    assert_eq!(next_event(association).await, Event::Up);
+}
+
+async fn pair(kind: TransportKind) -> (Endpoint, Association, Association) {
+    let mut server = Endpoint::bind(config(kind), loopback()).await.unwrap();
+    let client = tokio::time::timeout(STEP, connect(config(kind), server.local_addr()))
+        .await
+        .unwrap()
+        .unwrap();
+    let accepted = tokio::time::timeout(STEP, server.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    (server, client, accepted)
+}
+
+async fn exchange_on_several_streams(kind: TransportKind) {
+    let (_server, mut client, mut accepted) = pair(kind).await;
+    expect_up(&mut client).await;
+    expect_up(&mut accepted).await;
+
+    let sent: Vec<Message> = (0..12u32)
+        .map(|i| {
+            Message::new(
+                (i % 4) as u16,
+                [11, 12, 18, 0x1234_5678][(i % 4) as usize],
+                Bytes::from(format!("client message {i}")),
+            )
+        })
+        .collect();
+    for message in &sent {
+        client.send(message.clone()).await.unwrap();
+    }
+    let mut received = Vec::new();
+    for _ in 0..sent.len() {
+        received.push(next_message(&mut accepted).await);
+    }
+    // Order is guaranteed per stream only.
+    for stream in 0..4u16 {
+        let expected: Vec<_> = sent.iter().filter(|m| m.stream == stream).collect();
+        let got: Vec<_> = received.iter().filter(|m| m.stream == stream).collect();
+        assert_eq!(got.len(), expected.len(), "stream {stream}");
+        for (got, expected) in got.iter().zip(expected) {
+            assert_eq!(got.payload, expected.payload);
+            assert_eq!(got.ppid, expected.ppid);
+            assert!(!got.unordered);
+        }
+    }
+
+    // The other direction, with the unordered flag.
+    for stream in [1u16, 7, 300] {
+        accepted
+            .send(Message::new(stream, 11, Bytes::from(vec![stream as u8; 100])).unordered())
+            .await
+            .unwrap();
+    }
+    for _ in 0..3 {
+        let message = next_message(&mut client).await;
+        assert!(message.unordered, "unordered flag carried");
+        assert_eq!(message.ppid, 11);
+        assert_eq!(
+            message.payload,
+            Bytes::from(vec![message.stream as u8; 100])
+        );
+    }
+
+    client.close();
+    assert_eq!(
+        next_event(&mut client).await,
+        Event::Down(DownReason::Local)
+    );
+    assert_eq!(
+        next_event(&mut accepted).await,
+        Event::Down(DownReason::Shutdown)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sctp_udp_exchange_on_several_streams() {
+    exchange_on_several_streams(TransportKind::SctpOverUdp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_exchange_on_several_streams() {
+    exchange_on_several_streams(TransportKind::Tcp).await;
+}
+
+async fn large_messages(kind: TransportKind) {
+    let (_server, mut client, mut accepted) = pair(kind).await;
+    expect_up(&mut client).await;
+    expect_up(&mut accepted).await;
+    let sizes = [64 * 1024, 65_535, 200_000, 1, 1201];
+    for (i, size) in sizes.into_iter().enumerate() {
+        let payload: Vec<u8> = (0..size).map(|b| (b * 7 + i) as u8).collect();
+        client
+            .send(Message::new(i as u16, 7, payload.clone()))
+            .await
+            .unwrap();
+        let got = next_message(&mut accepted).await;
+        assert_eq!(got.payload.len(), size);
+        assert_eq!(
+            got.payload,
+            Bytes::from(payload),
+            "{size}-byte message intact"
+        );
+    }
+    let too_big = vec![0u8; config(kind).max_message_size + 1];
+    assert!(client.send(Message::new(0, 7, too_big)).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sctp_udp_large_messages_fragment_and_reassemble() {
+    large_messages(TransportKind::SctpOverUdp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_large_messages() {
+    large_messages(TransportKind::Tcp).await;
+}
+
+async fn many_associations(kind: TransportKind) {
+    const CLIENTS: usize = 24;
+    let mut server = Endpoint::bind(config(kind), loopback()).await.unwrap();
+    let server_addr = server.local_addr();
+    let clients = tokio::spawn(async move {
+        let mut clients = Vec::new();
+        for i in 0..CLIENTS {
+            let mut client = connect(config(kind), server_addr).await.unwrap();
+            expect_up(&mut client).await;
+            client
+                .send(Message::new(2, 99, Bytes::from(format!("hello from {i}"))))
+                .await
+                .unwrap();
+            clients.push(client);
+        }
+        clients
+    });
+    let mut seen = std::collections::BTreeSet::new();
+    let mut accepted_all = Vec::new();
+    for _ in 0..CLIENTS {
+        let mut accepted = tokio::time::timeout(STEP, server.accept())
+            .await
+            .unwrap()
+            .unwrap();
+        expect_up(&mut accepted).await;
+        let message = next_message(&mut accepted).await;
+        assert_eq!((message.stream, message.ppid), (2, 99));
+        accepted
+            .send(Message::new(2, 99, message.payload.clone()))
+            .await
+            .unwrap();
+        seen.insert(message.payload);
+        accepted_all.push(accepted);
+    }
+    assert_eq!(seen.len(), CLIENTS, "every association distinct");
+    let mut clients = clients.await.unwrap();
+    for (i, client) in clients.iter_mut().enumerate() {
+        let echo = next_message(client).await;
+        assert_eq!(echo.payload, Bytes::from(format!("hello from {i}")));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sctp_udp_many_associations_on_one_server_socket() {
+    many_associations(TransportKind::SctpOverUdp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_many_associations() {
+    many_associations(TransportKind::Tcp).await;
+}
+
+/// Runs a client in its own runtime on its own thread, so the test can kill it the way a
+/// SIGKILL would: its tasks stop and its socket closes without any SHUTDOWN or ABORT.
+fn client_in_killable_runtime(
+    kind: TransportKind,
+    server: SocketAddr,
+) -> (tokio::runtime::Runtime, Association) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let association = runtime
+        .block_on(async { connect(config(kind), server).await })
+        .unwrap();
+    (runtime, association)
+}
+
+async fn killed_peer_is_detected(kind: TransportKind) {
+    let mut server = Endpoint::bind(config(kind), loopback()).await.unwrap();
+    let server_addr = server.local_addr();
+    let (runtime, client) =
+        tokio::task::spawn_blocking(move || client_in_killable_runtime(kind, server_addr))
+            .await
+            .unwrap();
+    let mut accepted = tokio::time::timeout(STEP, server.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    expect_up(&mut accepted).await;
+    accepted
+        .send(Message::new(0, 1, &b"before the kill"[..]))
+        .await
+        .unwrap();
+    // Let heartbeats run a few rounds while the peer is alive: no false failure.
+    tokio::time::sleep(config(kind).failure_detection_bound() * 3).await;
+
+    let killed_at = Instant::now();
+    std::mem::forget(client); // its Drop would start a graceful shutdown
+    runtime.shutdown_background();
+    // Keep data outstanding too, as a billing stream would have.
+    let _ = accepted
+        .send(Message::new(0, 1, &b"after the kill"[..]))
+        .await;
+    let bound = config(kind).failure_detection_bound();
+    let event = tokio::time::timeout(bound * 10 + Duration::from_secs(1), async {
+        loop {
+            match accepted.recv().await {
+                Some(Event::Message(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("failure reported within 10x the configured detection bound");
+    let elapsed = killed_at.elapsed();
+    println!("{kind:?}: killed peer detected after {elapsed:?} (bound {bound:?}): {event:?}");
+    match kind {
+        TransportKind::SctpOverUdp => {
+            assert_eq!(event, Some(Event::Failed(FailureReason::PeerUnreachable)))
+        }
+        // The kernel closes a killed process's TCP socket, so the survivor sees FIN or RST.
+        _ => assert!(
+            matches!(event, Some(Event::Down(_)) | Some(Event::Failed(_))),
+            "{event:?}"
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sctp_udp_killed_peer_fails_the_association() {
+    killed_peer_is_detected(TransportKind::SctpOverUdp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_killed_peer_ends_the_association() {
+    killed_peer_is_detected(TransportKind::Tcp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sctp_udp_partial_reliability_options_deliver_on_a_clean_path() {
+    let (_server, mut client, mut accepted) = pair(TransportKind::SctpOverUdp).await;
+    expect_up(&mut client).await;
+    expect_up(&mut accepted).await;
+    let options = [
+        Reliability::Reliable,
+        Reliability::LimitedRetransmissions(0),
+        Reliability::LimitedRetransmissions(3),
+        Reliability::Lifetime(Duration::from_millis(500)),
+    ];
+    for (i, reliability) in options.into_iter().enumerate() {
+        client
+            .send(Message::new(5, 42, vec![i as u8; 3000]).with_reliability(reliability))
+            .await
+            .unwrap();
+    }
+    for i in 0..options.len() {
+        let message = next_message(&mut accepted).await;
+        assert_eq!(message.payload, Bytes::from(vec![i as u8; 3000]));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sctp_udp_peer_restart_is_reported_on_the_same_association() {
+    let mut server = Endpoint::bind(config(TransportKind::SctpOverUdp), loopback())
+        .await
+        .unwrap();
+    let server_addr = server.local_addr();
+    // The peer listens on a fixed port, so its next incarnation has the same address.
+    let peer_port = {
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let peer_addr: SocketAddr = format!("127.0.0.1:{peer_port}").parse().unwrap();
+    let first_life = tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let association = runtime.block_on(async {
+            let endpoint = Endpoint::bind(config(TransportKind::SctpOverUdp), peer_addr)
+                .await
+                .unwrap();
+            endpoint.connect(server_addr).await.unwrap()
+        });
+        (runtime, association)
+    })
+    .await
+    .unwrap();
+    let mut accepted = tokio::time::timeout(STEP, server.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    expect_up(&mut accepted).await;
+    std::mem::forget(first_life.1);
+    first_life.0.shutdown_background();
+
+    // The killed runtime releases its socket asynchronously.
+    let mut attempts = 0;
+    let second_life = loop {
+        match Endpoint::bind(config(TransportKind::SctpOverUdp), peer_addr).await {
+            Ok(endpoint) => break endpoint,
+            Err(error) if attempts < 100 => {
+                attempts += 1;
+                let _ = error;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(error) => panic!("peer port never freed: {error}"),
+        }
+    };
+    let mut reborn = second_life.connect(server_addr).await.unwrap();
+    expect_up(&mut reborn).await;
+    assert_eq!(next_event(&mut accepted).await, Event::Restarted);
+    reborn
+        .send(Message::new(1, 11, &b"second life"[..]))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_message(&mut accepted).await.payload,
+        &b"second life"[..]
+    );
+    accepted
+        .send(Message::new(1, 11, &b"welcome back"[..]))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_message(&mut reborn).await.payload,
+        &b"welcome back"[..]
+    );
+}
+
+#[tokio::test]
+async fn kernel_sctp_is_detected_and_refused_clearly() {
+    match transport::kernel_sctp::probe() {
+        Ok(()) => println!("kernel SCTP present on this host"),
+        Err(reason) => println!("SKIP native kernel SCTP tests: {reason}"),
+    }
+    let error = match Endpoint::bind(config(TransportKind::KernelSctp), loopback()).await {
+        Ok(_) => panic!("kernel SCTP transport is not implemented, bind must fail"),
+        Err(error) => error,
+    };
+    let text = error.to_string();
+    println!("asking for kernel SCTP: {text}");
+    assert!(text.contains("kernel SCTP"), "{text}");
+}
+
+/// A UDP relay between client and server that drops every packet carrying a DATA chunk
+/// with `drop_ppid`, to watch PR-SCTP abandon a message instead of retransmitting it.
+async fn lossy_relay(server: SocketAddr, drop_ppid: u32) -> SocketAddr {
+    let facing_client = tokio::net::UdpSocket::bind(loopback()).await.unwrap();
+    let facing_server = tokio::net::UdpSocket::bind(loopback()).await.unwrap();
+    facing_server.connect(server).await.unwrap();
+    let relay_addr = facing_client.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut client: Option<SocketAddr> = None;
+        let mut up = vec![0u8; 65536];
+        let mut down = vec![0u8; 65536];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            tokio::select! {
+                Ok((len, from)) = facing_client.recv_from(&mut up) => {
+                    client = Some(from);
+                    if !carries_data_with_ppid(&up[..len], drop_ppid) {
+                        let _ = facing_server.send(&up[..len]).await;
+                    }
+                }
+                Ok(len) = facing_server.recv(&mut down) => {
+                    if let Some(client) = client {
+                        let _ = facing_client.send_to(&down[..len], client).await;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+    });
+    relay_addr
+}
+
+fn carries_data_with_ppid(packet: &[u8], ppid: u32) -> bool {
+    let mut offset = 12;
+    while offset + 16 <= packet.len() {
+        let length = u16::from_be_bytes([packet[offset + 2], packet[offset + 3]]) as usize;
+        if packet[offset] == 0 && packet[offset + 12..offset + 16] == ppid.to_be_bytes() {
+            return true;
+        }
+        if length < 4 {
+            return false;
+        }
+        offset += length.next_multiple_of(4);
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sctp_udp_pr_sctp_abandons_a_lost_message_and_unblocks_the_stream() {
+    let kind = TransportKind::SctpOverUdp;
+    let mut server = Endpoint::bind(config(kind), loopback()).await.unwrap();
+    let relay = lossy_relay(server.local_addr(), 99).await;
+    let mut client = connect(config(kind), relay).await.unwrap();
+    let mut accepted = tokio::time::timeout(STEP, server.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    expect_up(&mut client).await;
+    expect_up(&mut accepted).await;
+    for (ppid, reliability) in [
+        (99, Reliability::LimitedRetransmissions(0)),
+        (1, Reliability::Reliable),
+        (99, Reliability::Lifetime(Duration::from_millis(100))),
+        (2, Reliability::Reliable),
+    ] {
+        client
+            .send(Message::new(3, ppid, &b"on an ordered stream"[..]).with_reliability(reliability))
+            .await
+            .unwrap();
+    }
+    // Every transmission of the PPID 99 messages is lost; the reliable ones behind them on
+    // the same ordered stream arrive only because FORWARD TSN skips the abandoned ones.
+    assert_eq!(next_message(&mut accepted).await.ppid, 1);
+    assert_eq!(next_message(&mut accepted).await.ppid, 2);
+    // And the association is still healthy in both directions.
+    accepted
+        .send(Message::new(3, 5, &b"still here"[..]))
+        .await
+        .unwrap();
+    assert_eq!(next_message(&mut client).await.ppid, 5);
+}
