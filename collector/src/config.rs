@@ -20,6 +20,10 @@ pub struct CollectorConfig {
     pub udp_listen: Vec<SocketAddr>,
     /// TCP addresses to accept IPFIX connections on.
     pub tcp_listen: Vec<SocketAddr>,
+    /// UDP addresses carrying IPFIX over SCTP (SCTP over UDP, RFC 6951).
+    pub sctp_listen: Vec<SocketAddr>,
+    /// SCTP port of the IPFIX endpoint inside the UDP encapsulation.
+    pub sctp_port: u16,
     /// Prometheus scrape endpoint (`/metrics`), off when absent.
     pub metrics_listen: Option<SocketAddr>,
     /// UDP template lifetime without refresh, seconds (RFC 7011 8.4).
@@ -34,6 +38,8 @@ pub struct CollectorConfig {
     pub udp_receive_buffer_bytes: usize,
     /// Concurrent TCP connections.
     pub max_tcp_sessions: usize,
+    /// Concurrent SCTP associations.
+    pub max_sctp_sessions: usize,
     /// Largest SQLite transaction, records.
     pub max_batch_records: usize,
     /// Batches queued between receivers and the SQLite writer; bounds memory.
@@ -55,6 +61,11 @@ impl Default for CollectorConfig {
             database: PathBuf::from("collector.sqlite"),
             udp_listen: vec![SocketAddr::from(([0, 0, 0, 0], IPFIX_PORT))],
             tcp_listen: vec![SocketAddr::from(([0, 0, 0, 0], IPFIX_PORT))],
+            sctp_listen: vec![SocketAddr::from((
+                [0, 0, 0, 0],
+                transport::DEFAULT_UDP_ENCAPS_PORT,
+            ))],
+            sctp_port: IPFIX_PORT,
             metrics_listen: None,
             template_lifetime_secs: 1800,
             max_templates_per_session: 4096,
@@ -62,6 +73,7 @@ impl Default for CollectorConfig {
             udp_idle_timeout_secs: 3600,
             udp_receive_buffer_bytes: 32 * 1024 * 1024,
             max_tcp_sessions: 256,
+            max_sctp_sessions: 256,
             max_batch_records: 100_000,
             queue_batches: 256,
             log_format: LogFormat::Text,
@@ -88,6 +100,7 @@ impl CollectorConfig {
             ("max_templates_per_session", self.max_templates_per_session),
             ("max_udp_sessions", self.max_udp_sessions),
             ("max_tcp_sessions", self.max_tcp_sessions),
+            ("max_sctp_sessions", self.max_sctp_sessions),
             ("max_batch_records", self.max_batch_records),
             ("queue_batches", self.queue_batches),
         ];
@@ -95,8 +108,10 @@ impl CollectorConfig {
             anyhow::ensure!(value > 0, "`{key}` must be at least 1");
         }
         anyhow::ensure!(
-            !self.udp_listen.is_empty() || !self.tcp_listen.is_empty(),
-            "`udp_listen` and `tcp_listen` are both empty: nothing to receive on"
+            !self.udp_listen.is_empty()
+                || !self.tcp_listen.is_empty()
+                || !self.sctp_listen.is_empty(),
+            "`udp_listen`, `tcp_listen` and `sctp_listen` are all empty: nothing to receive on"
         );
         Ok(())
     }

@@ -10,6 +10,7 @@ pub mod ingest;
 pub mod listeners;
 pub mod query;
 pub mod record;
+pub mod sctp;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -31,8 +32,11 @@ pub struct RunningCollector {
     /// Bound UDP addresses (port 0 in the config is resolved here).
     pub udp_addrs: Vec<SocketAddr>,
     pub tcp_addrs: Vec<SocketAddr>,
+    /// Bound UDP addresses of the SCTP-over-UDP endpoints.
+    pub sctp_addrs: Vec<SocketAddr>,
     pub progress: Arc<Progress>,
     stop_udp: Arc<AtomicBool>,
+    /// Stops the TCP and SCTP listeners and their sessions.
     stop_tcp: watch::Sender<bool>,
     udp_threads: Vec<std::thread::JoinHandle<()>>,
     tcp_tasks: JoinSet<()>,
@@ -101,10 +105,37 @@ pub async fn start(config: &CollectorConfig) -> Result<RunningCollector> {
             stop_tcp_rx.clone(),
         ));
     }
-    tracing::info!(?udp_addrs, ?tcp_addrs, database = %config.database.display(), "collector started");
+    let mut sctp_addrs = Vec::new();
+    for addr in &config.sctp_listen {
+        let sctp_config = transport::Config {
+            transport: transport::TransportKind::SctpOverUdp,
+            sctp_port: config.sctp_port,
+            ..transport::Config::default()
+        };
+        let endpoint = transport::Endpoint::bind(sctp_config, *addr)
+            .await
+            .with_context(|| format!("binding SCTP over UDP {addr}"))?;
+        sctp_addrs.push(endpoint.local_addr());
+        let settings = sctp::SctpSettings {
+            session: session_config(
+                TransportKind::Sctp,
+                config.template_lifetime_secs,
+                config.max_templates_per_session,
+            ),
+            max_sessions: config.max_sctp_sessions,
+        };
+        tcp_tasks.spawn(sctp::serve_sctp(
+            endpoint,
+            settings,
+            tx.clone(),
+            stop_tcp_rx.clone(),
+        ));
+    }
+    tracing::info!(?udp_addrs, ?tcp_addrs, ?sctp_addrs, database = %config.database.display(), "collector started");
     Ok(RunningCollector {
         udp_addrs,
         tcp_addrs,
+        sctp_addrs,
         progress,
         stop_udp,
         stop_tcp,

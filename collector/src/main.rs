@@ -54,6 +54,12 @@ struct RunArgs {
     /// TCP address to accept on (repeatable; replaces the file's list).
     #[arg(long = "tcp", value_name = "ADDR")]
     tcp_listen: Vec<SocketAddr>,
+    /// UDP address for IPFIX over SCTP over UDP (repeatable; replaces the file's list).
+    #[arg(long = "sctp", value_name = "ADDR")]
+    sctp_listen: Vec<SocketAddr>,
+    /// Do not accept SCTP over UDP at all.
+    #[arg(long)]
+    no_sctp: bool,
     /// Do not listen on UDP at all.
     #[arg(long)]
     no_udp: bool,
@@ -140,6 +146,12 @@ fn run(args: RunArgs) -> Result<()> {
     if !args.tcp_listen.is_empty() {
         config.tcp_listen = args.tcp_listen;
     }
+    if !args.sctp_listen.is_empty() {
+        config.sctp_listen = args.sctp_listen;
+    }
+    if args.no_sctp {
+        config.sctp_listen.clear();
+    }
     if args.no_udp {
         config.udp_listen.clear();
     }
@@ -171,6 +183,9 @@ fn run(args: RunArgs) -> Result<()> {
         }
         for addr in &collector.tcp_addrs {
             println!("listening tcp {addr}");
+        }
+        for addr in &collector.sctp_addrs {
+            println!("listening sctp-over-udp {addr}");
         }
         std::io::stdout().flush()?;
         wait_for_termination().await?;

@@ -23,6 +23,7 @@ fn main() {
         database: dir.path().join("bench.sqlite"),
         udp_listen: vec!["127.0.0.1:0".parse().unwrap()],
         tcp_listen: vec![],
+        sctp_listen: vec![],
         ..CollectorConfig::default()
     };
     let collector = runtime.block_on(collector::start(&config)).unwrap();

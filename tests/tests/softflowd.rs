@@ -71,6 +71,7 @@ async fn softflowd_ipfix_over_udp_is_stored_flow_for_flow() {
         database: dir.path().join("c.sqlite"),
         udp_listen: vec!["127.0.0.1:0".parse().unwrap()],
         tcp_listen: vec![],
+        sctp_listen: vec![],
         ..CollectorConfig::default()
     };
     let c = collector::start(&config).await.unwrap();

@@ -476,3 +476,50 @@ async fn sctp_udp_pr_sctp_abandons_a_lost_message_and_unblocks_the_stream() {
         .unwrap();
     assert_eq!(next_message(&mut client).await.ppid, 5);
 }
+
+/// Everything sent before `close()` reaches the peer before it sees the
+/// association go down: a graceful shutdown must first drain the queue,
+/// including data the congestion window held back (RFC 9260 section 9.2).
+/// Upstream sctp-proto sent SHUTDOWN with data still queued and lost it.
+async fn close_delivers_everything_queued(kind: TransportKind) {
+    let (_endpoint, client, mut server) = pair(kind).await;
+    const MESSAGES: usize = 3000;
+    for i in 0..MESSAGES {
+        let mut payload = vec![0u8; 1200];
+        payload[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        client.send(Message::new(0, 0, payload)).await.unwrap();
+    }
+    client.close();
+    let mut received = 0usize;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), server.recv()).await {
+            Ok(Some(Event::Message(m))) => {
+                assert_eq!(
+                    u64::from_be_bytes(m.payload[..8].try_into().unwrap()),
+                    received as u64,
+                    "messages arrive complete and in order"
+                );
+                received += 1;
+            }
+            Ok(Some(Event::Up)) => {}
+            Ok(Some(Event::Down(_))) | Ok(None) => break,
+            Ok(Some(other)) => panic!("unexpected event {other:?}"),
+            Err(_) => panic!("no shutdown within 30 s, {received} received"),
+        }
+    }
+    assert_eq!(
+        received, MESSAGES,
+        "every queued message delivered before shutdown"
+    );
+    drop(client);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sctp_udp_close_delivers_everything_queued() {
+    close_delivers_everything_queued(TransportKind::SctpOverUdp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_close_delivers_everything_queued() {
+    close_delivers_everything_queued(TransportKind::Tcp).await;
+}

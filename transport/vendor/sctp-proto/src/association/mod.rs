@@ -959,7 +959,10 @@ impl Association {
         // Attempt a graceful shutdown.
         self.set_state(AssociationState::ShutdownPending);
 
-        if self.inflight_queue_length == 0 {
+        // poolflow patch: data accepted from the user but not yet sent (held
+        // back by cwnd/rwnd) is outstanding too (RFC 9260 section 9.2);
+        // upstream sent SHUTDOWN with it still queued and silently lost it.
+        if self.inflight_queue_length == 0 && self.outbound_queue.pending_len() == 0 {
             // No more outstanding, send shutdown.
             self.will_send_shutdown = true;
             self.awake_write_loop();
@@ -3339,6 +3342,15 @@ impl Association {
             trace!("[{}] T3-rtx timer start (pt3)", self.side);
             self.timers
                 .restart_if_stale(Timer::T3RTX, now, self.rto_mgr.get_rto());
+        } else if self.outbound_queue.pending_len() != 0
+            && matches!(
+                state,
+                AssociationState::ShutdownPending | AssociationState::ShutdownReceived
+            )
+        {
+            // poolflow patch: queued data still has to go out before the
+            // SHUTDOWN (or SHUTDOWN ACK) of RFC 9260 section 9.2.
+            should_awake_write_loop = true;
         } else if state == AssociationState::ShutdownPending {
             // No more outstanding, send shutdown.
             should_awake_write_loop = true;
@@ -3562,6 +3574,12 @@ impl Association {
             | AssociationState::ShutdownReceived => {
                 raw_packets = self.gather_data_packets_to_retransmit(raw_packets, now);
                 raw_packets = self.gather_outbound_fast_retransmission_packets(raw_packets, now);
+                // poolflow patch: keep sending queued DATA while shutting
+                // down (RFC 9260 section 9.2); SHUTDOWN follows once it is
+                // all acknowledged (see postprocess_sack).
+                if state != AssociationState::ShutdownSent {
+                    raw_packets = self.gather_outbound_data_and_reconfig_packets(raw_packets, now);
+                }
                 raw_packets = self.gather_outbound_sack_packets(raw_packets);
                 raw_packets = self.gather_outbound_forward_tsn_packets(raw_packets);
                 self.gather_outbound_shutdown_packets(raw_packets, now)

@@ -1,0 +1,139 @@
+//! IPFIX over SCTP (RFC 7011 section 10.2), here carried in UDP (RFC 6951)
+//! by the `transport` crate. Each association is one transport session; a
+//! message's SCTP stream scopes its sequence numbers (RFC 7011 section 3.1),
+//! templates are shared by the association's streams of a domain.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::ipfix::SessionConfig;
+use protocol::rserpool::ASAP_SCTP_PPID;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::{info, warn};
+use transport::{Association, Endpoint, Event};
+
+use crate::ingest::{Batch, SessionDecoder};
+
+/// Records collected before a session hands a batch to the writer.
+const SESSION_BATCH_RECORDS: usize = 2048;
+/// Longest a decoded record waits in a session before going to the writer.
+const SESSION_FLUSH_DELAY: Duration = Duration::from_millis(20);
+
+/// Settings of the SCTP listener.
+#[derive(Debug, Clone)]
+pub struct SctpSettings {
+    pub session: SessionConfig,
+    pub max_sessions: usize,
+}
+
+/// Accepts associations until `shutdown` turns true, then waits for every
+/// session to hand over what it decoded.
+pub async fn serve_sctp(
+    mut endpoint: Endpoint,
+    settings: SctpSettings,
+    tx: mpsc::Sender<Batch>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(settings.max_sessions));
+    let mut sessions = JoinSet::new();
+    loop {
+        let association = tokio::select! {
+            a = endpoint.accept() => match a {
+                Some(a) => a,
+                None => break,
+            },
+            _ = stopped(&mut shutdown) => break,
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
+        };
+        let peer = association.remote_addr();
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            warn!(%peer, limit = settings.max_sessions, "SCTP session limit reached, refusing");
+            association.close();
+            continue;
+        };
+        let tx = tx.clone();
+        let config = settings.session.clone();
+        let shutdown = shutdown.clone();
+        sessions.spawn(async move {
+            let gauge =
+                metrics::gauge!("poolflow_collector_sessions_active", "transport" => "sctp");
+            gauge.increment(1.0);
+            info!(%peer, "SCTP association (IPFIX transport session) opened");
+            let reason = sctp_session(association, config, tx, shutdown).await;
+            info!(%peer, "SCTP association closed: {reason}");
+            gauge.decrement(1.0);
+            drop(permit);
+        });
+    }
+    while sessions.join_next().await.is_some() {}
+}
+
+async fn sctp_session(
+    mut association: Association,
+    config: SessionConfig,
+    tx: mpsc::Sender<Batch>,
+    mut shutdown: watch::Receiver<bool>,
+) -> String {
+    let peer = association.remote_addr();
+    let mut decoder = SessionDecoder::new(peer.to_string(), config.clone());
+    let mut batch = Batch::default();
+    // When the oldest unflushed record must go to the writer.
+    let mut flush_at: Option<Instant> = None;
+    let reason = loop {
+        let event = tokio::select! {
+            event = association.recv() => event,
+            _ = tokio::time::sleep_until(flush_at.unwrap_or_else(Instant::now)), if flush_at.is_some() => {
+                if flush(&tx, &mut batch).await.is_err() {
+                    break "collector shutting down".to_owned();
+                }
+                flush_at = None;
+                continue;
+            }
+            _ = stopped(&mut shutdown) => break "collector shutting down".to_owned(),
+        };
+        match event {
+            Some(Event::Message(message)) if message.ppid == ASAP_SCTP_PPID => {
+                // ASAP on the data association (cookie echo) is handled by
+                // the pool layer; until then it is not IPFIX and is skipped.
+                warn!(%peer, "ASAP message on the IPFIX association ignored");
+            }
+            Some(Event::Message(message)) => {
+                decoder.handle(&message.payload, message.stream, &mut batch);
+                if batch.len() >= SESSION_BATCH_RECORDS {
+                    if flush(&tx, &mut batch).await.is_err() {
+                        break "collector shutting down".to_owned();
+                    }
+                    flush_at = None;
+                } else if !batch.is_empty() && flush_at.is_none() {
+                    flush_at = Some(Instant::now() + SESSION_FLUSH_DELAY);
+                }
+            }
+            Some(Event::Up) => {}
+            Some(Event::Restarted) => {
+                // The peer restarted its SCTP endpoint: a new transport
+                // session, so its templates and sequence state are gone.
+                let _ = flush(&tx, &mut batch).await;
+                decoder = SessionDecoder::new(peer.to_string(), config.clone());
+                info!(%peer, "SCTP peer restarted; session state reset");
+            }
+            Some(Event::Down(reason)) => break format!("down: {reason:?}"),
+            Some(Event::Failed(reason)) => break format!("failed: {reason:?}"),
+            None => break "association gone".to_owned(),
+        }
+    };
+    let _ = flush(&tx, &mut batch).await;
+    reason
+}
+
+async fn flush(tx: &mpsc::Sender<Batch>, batch: &mut Batch) -> Result<(), ()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    tx.send(std::mem::take(batch)).await.map_err(|_| ())
+}
+
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
