@@ -21,9 +21,9 @@ pub struct CollectorConfig {
     /// TCP addresses to accept IPFIX connections on.
     pub tcp_listen: Vec<SocketAddr>,
     /// UDP addresses carrying IPFIX over SCTP (SCTP over UDP, RFC 6951).
+    /// The SCTP port inside equals the UDP port (poolflow's convention, so
+    /// one address names the endpoint in ASAP transport parameters).
     pub sctp_listen: Vec<SocketAddr>,
-    /// SCTP port of the IPFIX endpoint inside the UDP encapsulation.
-    pub sctp_port: u16,
     /// Prometheus scrape endpoint (`/metrics`), off when absent.
     pub metrics_listen: Option<SocketAddr>,
     /// UDP template lifetime without refresh, seconds (RFC 7011 8.4).
@@ -46,6 +46,8 @@ pub struct CollectorConfig {
     pub queue_batches: usize,
     /// `text` or `json` logs.
     pub log_format: LogFormat,
+    /// Register as a pool element (RFC 5352); absent: a standalone collector.
+    pub pool: Option<crate::pool::PoolConfig>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, clap::ValueEnum)]
@@ -65,7 +67,6 @@ impl Default for CollectorConfig {
                 [0, 0, 0, 0],
                 transport::DEFAULT_UDP_ENCAPS_PORT,
             ))],
-            sctp_port: IPFIX_PORT,
             metrics_listen: None,
             template_lifetime_secs: 1800,
             max_templates_per_session: 4096,
@@ -77,6 +78,7 @@ impl Default for CollectorConfig {
             max_batch_records: 100_000,
             queue_batches: 256,
             log_format: LogFormat::Text,
+            pool: None,
         }
     }
 }
@@ -106,6 +108,9 @@ impl CollectorConfig {
         ];
         for (key, value) in positive {
             anyhow::ensure!(value > 0, "`{key}` must be at least 1");
+        }
+        if let Some(pool) = &self.pool {
+            pool.validate()?;
         }
         anyhow::ensure!(
             !self.udp_listen.is_empty()

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod ingest;
 pub mod listeners;
+pub mod pool;
 pub mod query;
 pub mod record;
 pub mod sctp;
@@ -35,6 +36,8 @@ pub struct RunningCollector {
     /// Bound UDP addresses of the SCTP-over-UDP endpoints.
     pub sctp_addrs: Vec<SocketAddr>,
     pub progress: Arc<Progress>,
+    /// The pool registration, when `[pool]` is configured.
+    pub pool_element: Option<asap_client::driver::PoolElementHandle>,
     stop_udp: Arc<AtomicBool>,
     /// Stops the TCP and SCTP listeners and their sessions.
     stop_tcp: watch::Sender<bool>,
@@ -109,7 +112,7 @@ pub async fn start(config: &CollectorConfig) -> Result<RunningCollector> {
     for addr in &config.sctp_listen {
         let sctp_config = transport::Config {
             transport: transport::TransportKind::SctpOverUdp,
-            sctp_port: config.sctp_port,
+            sctp_port: addr.port(),
             ..transport::Config::default()
         };
         let endpoint = transport::Endpoint::bind(sctp_config, *addr)
@@ -131,12 +134,22 @@ pub async fn start(config: &CollectorConfig) -> Result<RunningCollector> {
             stop_tcp_rx.clone(),
         ));
     }
+    // Register only once every listener is bound: from now on pool users
+    // may pick this collector.
+    let pool_element = match &config.pool {
+        Some(pool) => {
+            let advertised = pool::advertised_endpoint(pool, &sctp_addrs, &tcp_addrs)?;
+            Some(pool::register(pool, &config.database, advertised)?)
+        }
+        None => None,
+    };
     tracing::info!(?udp_addrs, ?tcp_addrs, ?sctp_addrs, database = %config.database.display(), "collector started");
     Ok(RunningCollector {
         udp_addrs,
         tcp_addrs,
         sctp_addrs,
         progress,
+        pool_element,
         stop_udp,
         stop_tcp,
         udp_threads,
@@ -146,9 +159,17 @@ pub async fn start(config: &CollectorConfig) -> Result<RunningCollector> {
 }
 
 impl RunningCollector {
-    /// Graceful stop: no new data is accepted, everything received is
-    /// committed, then the store is closed.
+    /// Graceful stop: deregister from the pool, accept no new data, commit
+    /// everything received, close the store.
     pub async fn shutdown(mut self) -> Result<()> {
+        // Leave the pool first, so pool users stop choosing us while we
+        // drain (RFC 5352 deregistration).
+        if let Some(pe) = self.pool_element.take() {
+            match pe.shutdown().await {
+                Ok(status) => tracing::info!(?status, "left the pool"),
+                Err(e) => tracing::warn!("deregistration failed: {e:#}"),
+            }
+        }
         self.stop_udp.store(true, Ordering::Release);
         let _ = self.stop_tcp.send(true);
         while self.tcp_tasks.join_next().await.is_some() {}

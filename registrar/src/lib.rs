@@ -1,1 +1,17 @@
-//! registrar library.
+//! poolflow registrar: the ASAP server side of RFC 5352.
+//!
+//! * [`handlespace`]: pools, PEs, selection state and timers as plain data.
+//! * [`server`]: the sans-IO ASAP server: messages and clock in, [`server::Action`]s out.
+//! * [`driver`]: the tokio driver (TCP and SCTP-over-UDP listeners via the
+//!   `transport` crate, Server Announce, HTTP status endpoint).
+//! * [`config`]: the TOML configuration.
+
+pub mod config;
+pub mod driver;
+pub mod handlespace;
+pub mod server;
+
+pub use config::RegistrarConfig;
+pub use driver::Registrar;
+pub use handlespace::{AssocId, Handlespace, HandlespaceError, HandlespaceLimits};
+pub use server::{Action, Server, ServerConfig, Status};

@@ -1,10 +1,253 @@
-use clap::Parser;
+//! `registrar`: the poolflow ASAP registrar daemon and its inspection command.
 
-/// poolflow registrar (placeholder until its issue lands).
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use registrar::server::Status;
+use registrar::{Registrar, RegistrarConfig};
+
+/// poolflow registrar: ASAP server (RFC 5352) for the IPFIX collector pool.
 #[derive(Parser)]
-#[command(version, about)]
-struct Cli {}
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _cli = Cli::parse();
+#[derive(Subcommand)]
+enum Command {
+    /// Run the registrar daemon (SIGTERM or Ctrl-C stops it gracefully).
+    Run(RunArgs),
+    /// Print the pools and pool elements of a running registrar (like RSPLIB's hsdump).
+    Dump(DumpArgs),
+    /// Print the effective configuration (defaults + file + flags) as TOML.
+    ShowConfig(RunArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// TOML configuration file (see deploy/registrar.toml); flags override it.
+    #[arg(short, long, env = "REGISTRAR_CONFIG")]
+    config: Option<PathBuf>,
+    /// Server identifier (0: random).
+    #[arg(long)]
+    server_id: Option<u32>,
+    /// ASAP over TCP listen address ("" disables).
+    #[arg(long)]
+    tcp: Option<String>,
+    /// ASAP over SCTP-over-UDP: UDP listen address ("" disables).
+    #[arg(long)]
+    sctp_over_udp: Option<String>,
+    /// SCTP port inside the UDP encapsulation.
+    #[arg(long)]
+    sctp_port: Option<u16>,
+    /// HTTP status/metrics listen address ("" disables).
+    #[arg(long)]
+    status: Option<String>,
+    /// Keep-alive transmission interval in ms.
+    #[arg(long)]
+    keep_alive_period_ms: Option<u64>,
+    /// Keep-alive ack timeout in ms.
+    #[arg(long)]
+    keep_alive_timeout_ms: Option<u64>,
+    /// Endpoint Unreachable reports that remove a PE (MAX-BAD-PE-REPORT).
+    #[arg(long)]
+    max_bad_pe_reports: Option<u32>,
+    /// Send Server Announces to the configured announce addresses.
+    #[arg(long)]
+    announce: bool,
+    /// Server Announce interval in ms.
+    #[arg(long)]
+    server_announce_interval_ms: Option<u64>,
+    /// Use sub-second transport failure detection.
+    #[arg(long)]
+    fast_failure_detection: bool,
+    /// Log format: text or json.
+    #[arg(long)]
+    log_format: Option<String>,
+}
+
+#[derive(Args)]
+struct DumpArgs {
+    /// Status endpoint of the registrar (listen.status).
+    #[arg(long, default_value = "127.0.0.1:3864")]
+    status: SocketAddr,
+    /// Print the raw JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl RunArgs {
+    fn effective_config(&self) -> anyhow::Result<RegistrarConfig> {
+        let mut config = match &self.config {
+            Some(path) => RegistrarConfig::load(path)?,
+            None => RegistrarConfig::default(),
+        };
+        if let Some(id) = self.server_id {
+            config.server_id = id;
+        }
+        if let Some(tcp) = &self.tcp {
+            config.listen.tcp = tcp.clone();
+        }
+        if let Some(udp) = &self.sctp_over_udp {
+            config.listen.sctp_over_udp = udp.clone();
+        }
+        if let Some(port) = self.sctp_port {
+            config.listen.sctp_port = port;
+        }
+        if let Some(status) = &self.status {
+            config.listen.status = status.clone();
+        }
+        if let Some(ms) = self.keep_alive_period_ms {
+            config.timers.keep_alive_period_ms = ms;
+        }
+        if let Some(ms) = self.keep_alive_timeout_ms {
+            config.timers.keep_alive_timeout_ms = ms;
+        }
+        if let Some(n) = self.max_bad_pe_reports {
+            config.timers.max_bad_pe_reports = n;
+        }
+        if self.announce {
+            config.announce.enabled = true;
+        }
+        if let Some(ms) = self.server_announce_interval_ms {
+            config.timers.server_announce_interval_ms = ms;
+        }
+        if self.fast_failure_detection {
+            config.transport.fast_failure_detection = true;
+        }
+        if let Some(format) = &self.log_format {
+            config.log.format = format.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Run(args) => {
+            let config = args.effective_config()?;
+            init_logging(&config)?;
+            runtime.block_on(run(config))
+        }
+        Command::ShowConfig(args) => {
+            print!("{}", toml::to_string_pretty(&args.effective_config()?)?);
+            Ok(())
+        }
+        Command::Dump(args) => {
+            let status = runtime.block_on(registrar::driver::fetch_status(args.status))?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print_status(&status);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn init_logging(config: &RegistrarConfig) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.filter))
+        .context("log.filter")?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log.format.as_str() {
+        "json" => builder.json().init(),
+        "text" => builder.init(),
+        other => anyhow::bail!("log.format {other:?} is neither text nor json"),
+    }
+    Ok(())
+}
+
+async fn run(config: RegistrarConfig) -> anyhow::Result<()> {
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the Prometheus recorder")?;
+    let upkeep = metrics.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+    let registrar = Registrar::start(config, Some(metrics)).await?;
+    wait_for_stop_signal().await?;
+    tracing::info!("stopping: closing associations");
+    registrar.stop().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_stop_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        result = tokio::signal::ctrl_c() => result?,
+    }
+    Ok(())
+}
+
+fn print_status(status: &Status) {
+    println!(
+        "registrar {:#010x}: {} pool(s), {} pool element(s), {} association(s)",
+        status.server_id, status.pool_count, status.element_count, status.associations
+    );
+    for pool in &status.pools {
+        println!(
+            "\npool {:?} (0x{}) policy {} ({:#010x}), {} PE(s)",
+            pool.handle,
+            pool.handle_hex,
+            pool.policy,
+            pool.policy_type,
+            pool.elements.len()
+        );
+        for pe in &pool.elements {
+            println!(
+                "  PE {:#010x}  {:<28} {:<36} assoc={} home={:#010x} life={}ms heard={}ms ago{} ur={}",
+                pe.id,
+                pe.user_transport,
+                pe.policy,
+                pe.owner_association,
+                pe.home_registrar,
+                pe.registration_life_ms,
+                pe.last_heard_ms_ago,
+                if pe.awaiting_keep_alive_ack {
+                    " (keep-alive pending)"
+                } else {
+                    ""
+                },
+                pe.unreachable_reports
+            );
+        }
+    }
+    let counters = &status.counters;
+    println!(
+        "\ncounters: registrations={} reregistrations={} deregistrations={} resolutions={} \
+         keep_alives_sent={} keep_alive_failures={} expiries={} unreachable_removals={} rate_limited={}",
+        counters.registrations,
+        counters.reregistrations,
+        counters.deregistrations,
+        counters.handle_resolutions,
+        counters.keep_alives_sent,
+        counters.keep_alive_failures,
+        counters.expiries,
+        counters.unreachable_removals,
+        counters.rate_limited
+    );
+    if !counters.registration_rejects.is_empty() {
+        println!("registration rejects: {:?}", counters.registration_rejects);
+    }
+    if !counters.malformed.is_empty() {
+        println!("malformed: {:?}", counters.malformed);
+    }
 }

@@ -1,0 +1,329 @@
+//! The collector as an RSerPool Pool Element (RFC 5352): the `[pool]`
+//! section of the config, turned into an ASAP registration that the
+//! `asap-client` driver keeps alive (registration, keep-alive answers,
+//! re-registration, registrar hunt) and withdraws at shutdown.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use asap_client::driver::{
+    PoolElementDriverConfig, PoolElementHandle, RegistrarAddress, spawn_pool_element,
+};
+use asap_client::pool_element::PoolElementConfig;
+use policies::PolicyParams;
+use protocol::rserpool::params::{PoolHandle, TransportAddress, TransportKind, TransportUse};
+use serde::Deserialize;
+
+/// `[pool]`: register this collector under a pool handle.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Pool handle to join, e.g. "billing-collectors" (at most 32 bytes).
+    pub handle: String,
+    /// Registrars, tried in order: "tcp:HOST:PORT" or "sctp:HOST:PORT"
+    /// (SCTP over UDP; the SCTP port equals the UDP port).
+    pub registrars: Vec<String>,
+    /// The transport pool users reach this collector on, in the same
+    /// notation. Default: the first SCTP listener, else the first TCP one,
+    /// when it is bound to a specific address.
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// Selection policy of the pool (all PEs of a pool use the same one):
+    /// priority, round-robin, weighted-round-robin, random,
+    /// weighted-random, least-used, least-used-degradation,
+    /// priority-least-used, randomized-least-used.
+    #[serde(default = "default_policy")]
+    pub policy: String,
+    /// Priority (policy "priority": the highest available PE is preferred;
+    /// exporters fail back to it when it returns).
+    #[serde(default)]
+    pub priority: u32,
+    /// Weight (weighted policies).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Load, 0 to 0xffffffff (least-used family).
+    #[serde(default)]
+    pub load: u32,
+    /// Load degradation or increment (least-used-degradation,
+    /// priority-least-used).
+    #[serde(default)]
+    pub load_increment: u32,
+    /// PE identifier; 0 picks a random one and keeps it in
+    /// `<database>.pe-id` so a restarted collector replaces its own
+    /// registration instead of adding a second one.
+    #[serde(default)]
+    pub pe_identifier: u32,
+    /// Registration life told to the registrar, milliseconds.
+    #[serde(default = "default_lifetime_ms")]
+    pub registration_lifetime_ms: u64,
+    /// Re-registration interval, milliseconds (at most 2/3 of the life).
+    #[serde(default = "default_reregistration_ms")]
+    pub reregistration_interval_ms: u64,
+}
+
+fn default_policy() -> String {
+    "priority".into()
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+fn default_lifetime_ms() -> u64 {
+    300_000
+}
+
+fn default_reregistration_ms() -> u64 {
+    200_000
+}
+
+/// A parsed "tcp:ADDR" / "sctp:ADDR".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Tcp(SocketAddr),
+    Sctp(SocketAddr),
+}
+
+impl Endpoint {
+    pub fn parse(text: &str) -> Result<Self> {
+        let (kind, addr) = text
+            .split_once(':')
+            .with_context(|| format!("`{text}`: expected tcp:HOST:PORT or sctp:HOST:PORT"))?;
+        let addr: SocketAddr = addr
+            .parse()
+            .with_context(|| format!("`{text}`: `{addr}` is not an address:port"))?;
+        match kind {
+            "tcp" => Ok(Self::Tcp(addr)),
+            "sctp" => Ok(Self::Sctp(addr)),
+            other => bail!("`{text}`: transport `{other}` is neither tcp nor sctp"),
+        }
+    }
+
+    fn registrar(self) -> RegistrarAddress {
+        match self {
+            Self::Tcp(addr) => RegistrarAddress::tcp(addr),
+            Self::Sctp(addr) => RegistrarAddress::sctp_over_udp(addr),
+        }
+    }
+
+    /// The ASAP user transport parameter (RFC 5354 3.4/3.5): data and
+    /// control, because cookies travel on the data association.
+    fn user_transport(self) -> TransportAddress {
+        let (kind, addr) = match self {
+            Self::Tcp(addr) => (TransportKind::Tcp(TransportUse::DataPlusControl), addr),
+            Self::Sctp(addr) => (TransportKind::Sctp(TransportUse::DataPlusControl), addr),
+        };
+        TransportAddress {
+            kind,
+            port: addr.port(),
+            addresses: vec![addr.ip()],
+        }
+    }
+}
+
+impl PoolConfig {
+    pub fn policy_params(&self) -> Result<PolicyParams> {
+        Ok(match self.policy.as_str() {
+            "priority" => PolicyParams::Priority {
+                priority: self.priority,
+            },
+            "round-robin" => PolicyParams::RoundRobin,
+            "weighted-round-robin" => PolicyParams::WeightedRoundRobin {
+                weight: self.weight,
+            },
+            "random" => PolicyParams::Random,
+            "weighted-random" => PolicyParams::WeightedRandom {
+                weight: self.weight,
+            },
+            "least-used" => PolicyParams::LeastUsed { load: self.load },
+            "least-used-degradation" => PolicyParams::LeastUsedDegradation {
+                load: self.load,
+                load_degradation: self.load_increment,
+            },
+            "priority-least-used" => PolicyParams::PriorityLeastUsed {
+                load: self.load,
+                load_increment: self.load_increment,
+            },
+            "randomized-least-used" => PolicyParams::RandomizedLeastUsed { load: self.load },
+            other => bail!("`pool.policy`: unknown policy `{other}`"),
+        })
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        anyhow::ensure!(
+            !self.handle.is_empty() && self.handle.len() <= 32,
+            "`pool.handle` must be 1 to 32 bytes"
+        );
+        anyhow::ensure!(
+            !self.registrars.is_empty(),
+            "`pool.registrars` is empty: no registrar to register with"
+        );
+        for r in &self.registrars {
+            Endpoint::parse(r).context("in `pool.registrars`")?;
+        }
+        if let Some(a) = &self.advertise {
+            Endpoint::parse(a).context("in `pool.advertise`")?;
+        }
+        self.policy_params()?;
+        anyhow::ensure!(
+            self.registration_lifetime_ms > 0 && self.reregistration_interval_ms > 0,
+            "`pool.registration_lifetime_ms` and `pool.reregistration_interval_ms` must be positive"
+        );
+        Ok(())
+    }
+}
+
+/// What users should connect to: the configured `advertise`, else the first
+/// bound SCTP, then TCP, listener with a specific (non-wildcard) address.
+pub fn advertised_endpoint(
+    pool: &PoolConfig,
+    sctp: &[SocketAddr],
+    tcp: &[SocketAddr],
+) -> Result<Endpoint> {
+    if let Some(text) = &pool.advertise {
+        return Endpoint::parse(text);
+    }
+    let specific = |a: &&SocketAddr| !a.ip().is_unspecified();
+    if let Some(a) = sctp.iter().find(specific) {
+        return Ok(Endpoint::Sctp(*a));
+    }
+    if let Some(a) = tcp.iter().find(specific) {
+        return Ok(Endpoint::Tcp(*a));
+    }
+    bail!(
+        "`pool.advertise` is not set and no SCTP or TCP listener has a specific address: \
+         tell pool users where to connect, e.g. advertise = \"sctp:192.0.2.10:9899\""
+    )
+}
+
+/// The PE identifier: configured, or persisted beside the database.
+pub fn pe_identifier(pool: &PoolConfig, database: &Path) -> Result<u32> {
+    if pool.pe_identifier != 0 {
+        return Ok(pool.pe_identifier);
+    }
+    let path = pe_id_path(database);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return text
+            .trim()
+            .parse()
+            .with_context(|| format!("{} does not hold a PE identifier", path.display()));
+    }
+    let id = loop {
+        let id: u32 = rand::random();
+        if id != 0 {
+            break id;
+        }
+    };
+    std::fs::write(&path, format!("{id}\n"))
+        .with_context(|| format!("saving the PE identifier to {}", path.display()))?;
+    Ok(id)
+}
+
+fn pe_id_path(database: &Path) -> PathBuf {
+    let mut name = database.as_os_str().to_owned();
+    name.push(".pe-id");
+    PathBuf::from(name)
+}
+
+/// Starts registering; the handle deregisters on `shutdown`.
+pub fn register(
+    pool: &PoolConfig,
+    database: &Path,
+    advertised: Endpoint,
+) -> Result<PoolElementHandle> {
+    let registrars: Vec<RegistrarAddress> = pool
+        .registrars
+        .iter()
+        .map(|r| Endpoint::parse(r).map(Endpoint::registrar))
+        .collect::<Result<_>>()?;
+    let mut pe = PoolElementConfig::new(
+        PoolHandle(pool.handle.as_bytes().to_vec()),
+        pe_identifier(pool, database)?,
+        advertised.user_transport(),
+        pool.policy_params()?,
+        registrars.len(),
+    );
+    pe.registration_lifetime = Some(Duration::from_millis(pool.registration_lifetime_ms));
+    pe.reregistration_interval = Duration::from_millis(pool.reregistration_interval_ms);
+    tracing::info!(handle = %pool.handle, pe_id = format_args!("{:#010x}", pe.pe_identifier),
+        advertised = ?advertised, "registering as pool element");
+    spawn_pool_element(PoolElementDriverConfig {
+        pool_element: pe,
+        registrars,
+        transport: transport::Config::default(),
+    })
+    .map_err(|e| anyhow::anyhow!("pool element configuration: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(extra: &str) -> PoolConfig {
+        toml::from_str(&format!(
+            "handle = \"billing-collectors\"\nregistrars = [\"tcp:127.0.0.1:3863\"]\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn endpoints_parse_with_their_transport() {
+        assert_eq!(
+            Endpoint::parse("sctp:192.0.2.1:9899").unwrap(),
+            Endpoint::Sctp("192.0.2.1:9899".parse().unwrap())
+        );
+        assert!(Endpoint::parse("udp:192.0.2.1:4739").is_err());
+        assert!(Endpoint::parse("tcp:nonsense").is_err());
+    }
+
+    #[test]
+    fn policy_keys_build_policy_parameters() {
+        assert_eq!(
+            pool("priority = 7").policy_params().unwrap(),
+            PolicyParams::Priority { priority: 7 }
+        );
+        assert_eq!(
+            pool("policy = \"weighted-random\"\nweight = 3")
+                .policy_params()
+                .unwrap(),
+            PolicyParams::WeightedRandom { weight: 3 }
+        );
+        assert!(pool("policy = \"fastest\"").validate().is_err());
+    }
+
+    #[test]
+    fn advertised_endpoint_prefers_specific_sctp_then_tcp() {
+        let p = pool("");
+        let wildcard: SocketAddr = "0.0.0.0:9899".parse().unwrap();
+        let tcp: SocketAddr = "127.0.0.1:4739".parse().unwrap();
+        assert_eq!(
+            advertised_endpoint(&p, &[wildcard], &[tcp]).unwrap(),
+            Endpoint::Tcp(tcp)
+        );
+        assert!(advertised_endpoint(&p, &[wildcard], &[]).is_err());
+        let explicit = pool("advertise = \"sctp:192.0.2.9:9899\"");
+        assert_eq!(
+            advertised_endpoint(&explicit, &[wildcard], &[]).unwrap(),
+            Endpoint::Sctp("192.0.2.9:9899".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn pe_identifier_is_persisted_beside_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("c.sqlite");
+        let first = pe_identifier(&pool(""), &db).unwrap();
+        assert_ne!(first, 0);
+        assert_eq!(pe_identifier(&pool(""), &db).unwrap(), first);
+        assert_eq!(pe_identifier(&pool("pe_identifier = 42"), &db).unwrap(), 42);
+    }
+
+    #[test]
+    fn long_handle_is_rejected() {
+        let mut p = pool("");
+        p.handle = "x".repeat(33);
+        assert!(p.validate().is_err());
+    }
+}

@@ -1,0 +1,295 @@
+//! The registrar's TOML configuration (see `deploy/registrar.toml` for
+//! every key with its default and meaning). All durations are milliseconds
+//! so sub-second values are plain integers.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::handlespace::HandlespaceLimits;
+use crate::server::ServerConfig;
+
+/// Whole configuration file.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistrarConfig {
+    /// Server identifier; 0 picks a random non-zero one at start.
+    pub server_id: u32,
+    /// Listening sockets.
+    pub listen: ListenConfig,
+    /// Protocol timers.
+    pub timers: TimerConfig,
+    /// Capacity and flood limits.
+    pub limits: LimitConfig,
+    /// Server Announce.
+    pub announce: AnnounceConfig,
+    /// Transport (SCTP) tuning.
+    pub transport: TransportTuning,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// Where the registrar listens. An empty string disables a listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenConfig {
+    /// ASAP over TCP (transport crate framing), default 0.0.0.0:3863.
+    pub tcp: String,
+    /// UDP socket of ASAP over SCTP-over-UDP (RFC 6951), default 0.0.0.0:3863
+    /// (UDP port = SCTP port, poolflow's convention; 9899 stays free for a
+    /// collector on the same host).
+    pub sctp_over_udp: String,
+    /// SCTP port inside the UDP encapsulation, default 3863 (ASAP's port).
+    pub sctp_port: u16,
+    /// HTTP status endpoint (`/status` JSON, `/metrics` Prometheus), default 127.0.0.1:3864.
+    pub status: String,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self {
+            tcp: format!("0.0.0.0:{}", protocol::rserpool::ASAP_PORT),
+            sctp_over_udp: format!("0.0.0.0:{}", protocol::rserpool::ASAP_PORT),
+            sctp_port: protocol::rserpool::ASAP_PORT,
+            status: "127.0.0.1:3864".to_string(),
+        }
+    }
+}
+
+/// RFC 5352 §5 timers and counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimerConfig {
+    /// Keep-alive transmission interval.
+    pub keep_alive_period_ms: u64,
+    /// Keep-alive ack timeout.
+    pub keep_alive_timeout_ms: u64,
+    /// MAX-BAD-PE-REPORT.
+    pub max_bad_pe_reports: u32,
+    /// Server Announce interval.
+    pub server_announce_interval_ms: u64,
+}
+
+impl Default for TimerConfig {
+    fn default() -> Self {
+        Self {
+            keep_alive_period_ms: 5_000,
+            keep_alive_timeout_ms: 5_000,
+            max_bad_pe_reports: 3,
+            server_announce_interval_ms: 1_000,
+        }
+    }
+}
+
+/// Capacity and flood limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitConfig {
+    /// Most pools.
+    pub max_pools: usize,
+    /// Most PEs per pool.
+    pub max_pool_elements_per_pool: usize,
+    /// Most PEs in total.
+    pub max_pool_elements: usize,
+    /// Most PEs registered over one association.
+    pub max_pool_elements_per_association: usize,
+    /// Longest pool handle in bytes.
+    pub max_pool_handle_len: usize,
+    /// Largest ASAP message accepted, bytes.
+    pub max_message_size: usize,
+    /// Most parameters in one message.
+    pub max_parameters: usize,
+    /// Sustained registrations/s per association.
+    pub registrations_per_second: f64,
+    /// Registration burst per association.
+    pub registration_burst: u32,
+    /// Malformed messages after which an association is closed.
+    pub max_malformed_per_association: u32,
+    /// PEs returned by default in a Handle Resolution Response.
+    pub default_resolution_items: usize,
+    /// Most PEs in a Handle Resolution Response.
+    pub max_resolution_items: usize,
+}
+
+impl Default for LimitConfig {
+    fn default() -> Self {
+        let server = ServerConfig::default();
+        let limits = HandlespaceLimits::default();
+        Self {
+            max_pools: limits.max_pools,
+            max_pool_elements_per_pool: limits.max_pool_elements_per_pool,
+            max_pool_elements: limits.max_pool_elements,
+            max_pool_elements_per_association: limits.max_pool_elements_per_association,
+            max_pool_handle_len: limits.max_pool_handle_len,
+            max_message_size: server.decode_limits.max_message_size,
+            max_parameters: server.decode_limits.max_parameters,
+            registrations_per_second: server.registrations_per_second,
+            registration_burst: server.registration_burst,
+            max_malformed_per_association: server.max_malformed_per_association,
+            default_resolution_items: server.default_resolution_items,
+            max_resolution_items: server.max_resolution_items,
+        }
+    }
+}
+
+/// Server Announce (RFC 5352 §3.6): UDP datagrams to these addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AnnounceConfig {
+    /// Send announces at all.
+    pub enabled: bool,
+    /// Destinations (multicast or unicast), default RSPLIB's 239.0.0.50:3863.
+    pub addresses: Vec<String>,
+    /// Multicast TTL.
+    pub multicast_ttl: u32,
+    /// Transports to advertise, e.g. "tcp:192.0.2.1:3863"; empty: every
+    /// listener with a specific (non-wildcard) address.
+    pub transports: Vec<String>,
+}
+
+impl Default for AnnounceConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            addresses: vec![format!(
+                "{}:{}",
+                protocol::rserpool::ASAP_ANNOUNCE_MULTICAST,
+                protocol::rserpool::ASAP_PORT
+            )],
+            multicast_ttl: 1,
+            transports: Vec::new(),
+        }
+    }
+}
+
+/// SCTP-over-UDP / TCP association tuning.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransportTuning {
+    /// Use the transport crate's sub-second failure detection settings.
+    pub fast_failure_detection: bool,
+    /// SCTP heartbeat interval (ignored with fast_failure_detection).
+    pub heartbeat_interval_ms: u64,
+}
+
+impl Default for TransportTuning {
+    fn default() -> Self {
+        Self {
+            fast_failure_detection: false,
+            heartbeat_interval_ms: 30_000,
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// "text" or "json".
+    pub format: String,
+    /// tracing filter, e.g. "info" or "registrar=debug"; RUST_LOG wins.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: "text".to_string(),
+            filter: "info".to_string(),
+        }
+    }
+}
+
+impl RegistrarConfig {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let config: Self =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Rejects values that cannot work.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.timers.keep_alive_period_ms > 0,
+            "timers.keep_alive_period_ms must be > 0"
+        );
+        anyhow::ensure!(
+            self.timers.keep_alive_timeout_ms > 0,
+            "timers.keep_alive_timeout_ms must be > 0"
+        );
+        anyhow::ensure!(
+            self.timers.max_bad_pe_reports > 0,
+            "timers.max_bad_pe_reports must be > 0"
+        );
+        anyhow::ensure!(
+            !self.announce.enabled || self.timers.server_announce_interval_ms > 0,
+            "timers.server_announce_interval_ms must be > 0 when announces are enabled"
+        );
+        anyhow::ensure!(
+            self.limits.registrations_per_second > 0.0 && self.limits.registration_burst > 0,
+            "limits.registrations_per_second and registration_burst must be > 0"
+        );
+        anyhow::ensure!(
+            self.limits.max_message_size <= 65_535,
+            "limits.max_message_size cannot exceed 65535 (16-bit ASAP length)"
+        );
+        for (name, value) in [
+            ("listen.tcp", &self.listen.tcp),
+            ("listen.sctp_over_udp", &self.listen.sctp_over_udp),
+            ("listen.status", &self.listen.status),
+        ] {
+            if !value.is_empty() {
+                value
+                    .parse::<SocketAddr>()
+                    .with_context(|| format!("{name} = {value:?} is not ADDRESS:PORT"))?;
+            }
+        }
+        anyhow::ensure!(
+            !self.listen.tcp.is_empty() || !self.listen.sctp_over_udp.is_empty(),
+            "at least one of listen.tcp and listen.sctp_over_udp is needed"
+        );
+        Ok(())
+    }
+
+    /// The sans-IO server settings this file describes (announce transports
+    /// are filled in by the driver once the listeners are bound).
+    pub fn server_config(&self, server_id: u32) -> ServerConfig {
+        let limits = &self.limits;
+        ServerConfig {
+            server_id,
+            keep_alive_period: Duration::from_millis(self.timers.keep_alive_period_ms),
+            keep_alive_timeout: Duration::from_millis(self.timers.keep_alive_timeout_ms),
+            max_bad_pe_reports: self.timers.max_bad_pe_reports,
+            server_announce_interval: Duration::from_millis(
+                self.timers.server_announce_interval_ms,
+            ),
+            announce: self.announce.enabled,
+            announce_transports: Vec::new(),
+            default_resolution_items: limits.default_resolution_items,
+            max_resolution_items: limits.max_resolution_items,
+            registrations_per_second: limits.registrations_per_second,
+            registration_burst: limits.registration_burst,
+            max_malformed_per_association: limits.max_malformed_per_association,
+            limits: HandlespaceLimits {
+                max_pools: limits.max_pools,
+                max_pool_elements_per_pool: limits.max_pool_elements_per_pool,
+                max_pool_elements: limits.max_pool_elements,
+                max_pool_elements_per_association: limits.max_pool_elements_per_association,
+                max_pool_handle_len: limits.max_pool_handle_len,
+            },
+            decode_limits: protocol::rserpool::Limits {
+                max_message_size: limits.max_message_size,
+                max_parameters: limits.max_parameters,
+                max_pool_handle_len: limits.max_pool_handle_len,
+            },
+            seed: rand::random(),
+        }
+    }
+}

@@ -1,0 +1,967 @@
+//! The ASAP server side of the registrar (RFC 5352), sans-IO.
+//!
+//! [`Server`] is fed events — a message from an association, an
+//! association going up or down, the clock passing a deadline — and answers
+//! with [`Action`]s for the IO driver to carry out. It never reads a clock:
+//! every entry point takes `now`, so tests drive it with made-up instants.
+//!
+//! How the registrar reaches a PE: Endpoint Keep Alive goes over the
+//! association the PE registered on, as RSPLIB's registrar does (RFC 5352
+//! §3.7 lets the home registrar use the PE's ASAP association; opening a new
+//! one to the ASAP transport is only needed after an ENRP takeover, which
+//! this core does not do yet).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use metrics::{counter, gauge};
+use policies::{PeId, PolicyParams};
+use protocol::rserpool::asap::Message;
+use protocol::rserpool::params::{Parameter, cause_code};
+use protocol::rserpool::{
+    DecodeError, ErrorCause, Limits, OperationError, PoolElement, PoolHandle, SelectionPolicy,
+    TransportAddress,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::handlespace::{
+    AssocId, Handlespace, HandlespaceError, HandlespaceLimits, KeepAlive, Registered, Registration,
+};
+
+/// Largest slice of an offending message echoed back in an Unrecognized
+/// Message cause: enough to identify it, too little to amplify a flood.
+const MAX_ECHOED_BYTES: usize = 128;
+
+/// Settings of the ASAP server. Defaults: RFC 5352 §5 where it gives a
+/// value, RSPLIB's registrar otherwise (see DESIGN.md).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// This registrar's 32-bit server identifier (home registrar id of the
+    /// PEs registered here, sent in keep-alives and announces).
+    pub server_id: u32,
+    /// Keep-alive transmission interval: a PE is probed this long after its
+    /// registration or last ack (RSPLIB 5 s).
+    pub keep_alive_period: Duration,
+    /// How long a probed PE has to answer before it is removed (RSPLIB 5 s).
+    pub keep_alive_timeout: Duration,
+    /// Endpoint Unreachable reports that remove a PE (RFC 5352 MAX-BAD-PE-REPORT, 3).
+    pub max_bad_pe_reports: u32,
+    /// Server Announce interval (RFC 5352 T6-serverAnnounce / RSPLIB 1 s).
+    pub server_announce_interval: Duration,
+    /// Send Server Announces at all.
+    pub announce: bool,
+    /// Transports listed in our Server Announces (empty: "the sender").
+    pub announce_transports: Vec<TransportAddress>,
+    /// PEs returned when the pool user does not ask for a number (RSPLIB 3).
+    pub default_resolution_items: usize,
+    /// Upper bound on PEs in one Handle Resolution Response (RSPLIB 128).
+    pub max_resolution_items: usize,
+    /// Sustained registrations per second accepted from one association.
+    pub registrations_per_second: f64,
+    /// Registrations one association may send in a burst.
+    pub registration_burst: u32,
+    /// Malformed messages after which the association is closed.
+    pub max_malformed_per_association: u32,
+    /// Handlespace capacity limits.
+    pub limits: HandlespaceLimits,
+    /// Decoder limits (message size, parameter count, handle length).
+    pub decode_limits: Limits,
+    /// Seed of the randomized selection policies.
+    pub seed: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            server_id: 1,
+            keep_alive_period: Duration::from_millis(5_000),
+            keep_alive_timeout: Duration::from_millis(5_000),
+            max_bad_pe_reports: 3,
+            server_announce_interval: Duration::from_millis(1_000),
+            announce: false,
+            announce_transports: Vec::new(),
+            default_resolution_items: 3,
+            max_resolution_items: 128,
+            registrations_per_second: 20.0,
+            registration_burst: 50,
+            max_malformed_per_association: 100,
+            limits: HandlespaceLimits::default(),
+            decode_limits: Limits::default(),
+            seed: 0x706f_6f6c_666c_6f77,
+        }
+    }
+}
+
+/// What the IO driver has to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send one ASAP message (PPID 11) on an association.
+    Send {
+        /// The association.
+        assoc: AssocId,
+        /// The encoded ASAP message.
+        payload: Vec<u8>,
+    },
+    /// Close (abort) an association: its peer misbehaves or its last PE died.
+    Close {
+        /// The association.
+        assoc: AssocId,
+    },
+    /// Send a Server Announce datagram to the configured announce addresses.
+    Announce {
+        /// The encoded ASAP Server Announce.
+        payload: Vec<u8>,
+    },
+}
+
+/// Why a PE left the handlespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Removal {
+    Deregistered,
+    KeepAliveTimeout,
+    Expired,
+    Unreachable,
+    AssociationDown,
+}
+
+impl Removal {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Deregistered => "deregistered",
+            Self::KeepAliveTimeout => "keepalive_timeout",
+            Self::Expired => "expired",
+            Self::Unreachable => "unreachable",
+            Self::AssociationDown => "association_down",
+        }
+    }
+}
+
+/// Running totals, for the status endpoint and tests (Prometheus gets the
+/// same numbers through the `metrics` facade).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Successful first registrations.
+    pub registrations: u64,
+    /// Successful re-registrations.
+    pub reregistrations: u64,
+    /// Rejected registrations by reason.
+    pub registration_rejects: BTreeMap<String, u64>,
+    /// Deregistrations that removed a PE.
+    pub deregistrations: u64,
+    /// Handle resolutions answered (including unknown pools).
+    pub handle_resolutions: u64,
+    /// Endpoint Keep Alives sent.
+    pub keep_alives_sent: u64,
+    /// Endpoint Keep Alive Acks accepted.
+    pub keep_alive_acks: u64,
+    /// PEs removed for not answering a keep-alive in time.
+    pub keep_alive_failures: u64,
+    /// PEs removed because their registration life ended.
+    pub expiries: u64,
+    /// Endpoint Unreachable reports received for known PEs.
+    pub unreachable_reports: u64,
+    /// PEs removed after MAX-BAD-PE-REPORT reports.
+    pub unreachable_removals: u64,
+    /// PEs removed because their association went down.
+    pub association_removals: u64,
+    /// Registrations refused by the per-association rate limit.
+    pub rate_limited: u64,
+    /// Malformed or unexpected messages by reason.
+    pub malformed: BTreeMap<String, u64>,
+}
+
+/// Token bucket: `rate` tokens per second, at most `burst` saved up.
+#[derive(Debug, Clone)]
+struct TokenBucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(burst: u32, now: Instant) -> Self {
+        Self {
+            tokens: f64::from(burst),
+            last: now,
+        }
+    }
+
+    fn take(&mut self, now: Instant, rate: f64, burst: u32) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = self.last.max(now);
+        self.tokens = (self.tokens + elapsed * rate).min(f64::from(burst));
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// What the server knows about one association.
+#[derive(Debug, Clone)]
+struct Peer {
+    remote: Option<SocketAddr>,
+    registrations: TokenBucket,
+    malformed: u32,
+}
+
+/// The sans-IO ASAP server: handlespace plus protocol logic.
+#[derive(Debug)]
+pub struct Server {
+    config: ServerConfig,
+    handlespace: Handlespace,
+    peers: HashMap<AssocId, Peer>,
+    next_announce: Option<Instant>,
+    counters: Counters,
+}
+
+impl Server {
+    /// A server with an empty handlespace. The first Server Announce (if
+    /// enabled) is due at `now`.
+    pub fn new(config: ServerConfig, now: Instant) -> Self {
+        let handlespace = Handlespace::new(config.limits.clone(), config.seed);
+        let next_announce = config.announce.then_some(now);
+        Self {
+            config,
+            handlespace,
+            peers: HashMap::new(),
+            next_announce,
+            counters: Counters::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// The handlespace, read-only.
+    pub fn handlespace(&self) -> &Handlespace {
+        &self.handlespace
+    }
+
+    /// Running totals.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// An association came up; `remote` is the peer's address if known (used
+    /// to fill in unspecified addresses in registrations).
+    pub fn on_association_up(&mut self, now: Instant, assoc: AssocId, remote: Option<SocketAddr>) {
+        let peer = self.peer(now, assoc);
+        peer.remote = remote;
+    }
+
+    /// An association went down: every PE registered over it is removed
+    /// (RSPLIB does the same; the PE re-registers when it reconnects).
+    /// Returns how many PEs were removed.
+    pub fn on_association_down(&mut self, assoc: AssocId) -> usize {
+        self.peers.remove(&assoc);
+        let removed = self.handlespace.remove_owner(assoc);
+        for (handle, entry) in &removed {
+            tracing::info!(pool = %handle, pe = format_args!("{:#010x}", entry.id), "association down: PE removed");
+            self.count_removal(Removal::AssociationDown);
+        }
+        self.update_gauges();
+        removed.len()
+    }
+
+    /// The earliest time [`Server::on_timer`] has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match (self.handlespace.next_deadline(), self.next_announce) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Runs every timer due at `now`: keep-alive transmissions, keep-alive
+    /// timeouts, registration expiries, the Server Announce.
+    pub fn on_timer(&mut self, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        for (handle, id) in self.handlespace.due(now) {
+            let Some(entry) = self.handlespace.element(&handle, id) else {
+                continue;
+            };
+            let owner = entry.owner;
+            if entry.expires_at.is_some_and(|at| at <= now) {
+                tracing::info!(pool = %handle, pe = format_args!("{id:#010x}"), "registration life expired: PE removed");
+                self.remove(&handle, id, Removal::Expired);
+                continue;
+            }
+            match entry.keep_alive {
+                KeepAlive::SendAt(at) if at <= now => {
+                    let keep_alive = Message::EndpointKeepAlive {
+                        home: false,
+                        server_identifier: self.config.server_id,
+                        pool_handle: handle.clone(),
+                        pe_identifier: Some(id),
+                    };
+                    actions.push(Action::Send {
+                        assoc: owner,
+                        payload: keep_alive.to_bytes(),
+                    });
+                    self.handlespace.set_keep_alive(
+                        &handle,
+                        id,
+                        KeepAlive::AwaitingAck {
+                            sent: now,
+                            deadline: now + self.config.keep_alive_timeout,
+                        },
+                    );
+                    self.counters.keep_alives_sent += 1;
+                    counter!("poolflow_registrar_keepalives_sent_total").increment(1);
+                }
+                KeepAlive::AwaitingAck { deadline, .. } if deadline <= now => {
+                    tracing::warn!(pool = %handle, pe = format_args!("{id:#010x}"), "keep-alive timeout: PE removed");
+                    self.remove(&handle, id, Removal::KeepAliveTimeout);
+                    // Like RSPLIB, tell a hung PE by closing its association,
+                    // but only once no live PE depends on that association.
+                    if self.handlespace.elements_of_owner(owner) == 0 {
+                        actions.push(Action::Close { assoc: owner });
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(at) = self.next_announce
+            && at <= now
+        {
+            let announce = Message::ServerAnnounce {
+                server_identifier: self.config.server_id,
+                transports: self.config.announce_transports.clone(),
+            };
+            actions.push(Action::Announce {
+                payload: announce.to_bytes(),
+            });
+            self.next_announce = Some(now + self.config.server_announce_interval);
+        }
+        actions
+    }
+
+    /// Handles one ASAP message from `from`. Never panics on any input:
+    /// undecodable messages are answered with an ASAP Error and counted.
+    pub fn on_message(&mut self, now: Instant, from: AssocId, bytes: &[u8]) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let decoded = match Message::decode_with(bytes, &self.config.decode_limits) {
+            Ok(decoded) => decoded,
+            Err(error) => {
+                self.reject_malformed(now, from, bytes, &error, &mut actions);
+                return actions;
+            }
+        };
+        let report = decoded.report_causes();
+        if !report.is_empty() {
+            self.count_malformed("unrecognized_parameter");
+            actions.push(send_error(from, report));
+        }
+        match decoded.message {
+            Message::Registration {
+                pool_handle,
+                pool_element,
+            } => self.on_registration(now, from, pool_handle, pool_element, &mut actions),
+            Message::Deregistration {
+                pool_handle,
+                pe_identifier,
+            } => self.on_deregistration(from, pool_handle, pe_identifier, &mut actions),
+            Message::HandleResolution { pool_handle, items } => {
+                self.on_handle_resolution(from, pool_handle, items, &mut actions)
+            }
+            Message::EndpointKeepAliveAck {
+                pool_handle,
+                pe_identifier,
+            } => self.on_keep_alive_ack(now, from, &pool_handle, pe_identifier),
+            Message::EndpointUnreachable {
+                pool_handle,
+                pe_identifier,
+            } => self.on_endpoint_unreachable(&pool_handle, pe_identifier),
+            Message::Error { error } => {
+                // Never answer an error with an error (no ping-pong).
+                tracing::warn!(assoc = from, ?error, "ASAP Error from peer");
+                self.count_malformed("peer_error");
+            }
+            Message::ServerAnnounce { .. } => {
+                // Another registrar's announce looped back to us: harmless.
+                self.count_malformed("server_announce");
+            }
+            other => {
+                // Valid ASAP, but not a message a registrar processes.
+                tracing::debug!(
+                    assoc = from,
+                    message_type = other.message_type(),
+                    "unexpected ASAP message"
+                );
+                self.count_malformed("unexpected_message");
+                self.note_malformed(now, from, &mut actions);
+                actions.push(send_error(
+                    from,
+                    vec![ErrorCause {
+                        code: cause_code::UNRECOGNIZED_MESSAGE,
+                        info: bytes[..bytes.len().min(MAX_ECHOED_BYTES)].to_vec(),
+                    }],
+                ));
+            }
+        }
+        actions
+    }
+
+    /// A snapshot of pools, PEs and counters for the status endpoint.
+    pub fn status(&self, now: Instant) -> Status {
+        let mut pools: Vec<PoolStatus> = self
+            .handlespace
+            .pools()
+            .map(|(handle, pool)| {
+                let mut elements: Vec<ElementStatus> = pool
+                    .elements()
+                    .map(|entry| ElementStatus {
+                        id: entry.id,
+                        user_transport: format_transport(&entry.user_transport),
+                        policy: format!("{:?}", entry.params),
+                        owner_association: entry.owner,
+                        home_registrar: entry.home_registrar,
+                        registration_life_ms: entry.registration_life,
+                        registered_ms_ago: millis_since(now, entry.registered_at),
+                        last_heard_ms_ago: millis_since(now, entry.last_heard),
+                        awaiting_keep_alive_ack: matches!(
+                            entry.keep_alive,
+                            KeepAlive::AwaitingAck { .. }
+                        ),
+                        unreachable_reports: entry.unreachable_reports,
+                    })
+                    .collect();
+                elements.sort_by_key(|element| element.id);
+                PoolStatus {
+                    handle: handle.to_string(),
+                    handle_hex: hex(handle.as_bytes()),
+                    policy_type: pool.policy_type(),
+                    policy: policies::policy_name(pool.policy_type())
+                        .unwrap_or("unknown")
+                        .to_string(),
+                    elements,
+                }
+            })
+            .collect();
+        pools.sort_by(|a, b| a.handle_hex.cmp(&b.handle_hex));
+        Status {
+            server_id: self.config.server_id,
+            pool_count: self.handlespace.pool_count(),
+            element_count: self.handlespace.element_count(),
+            associations: self.peers.len(),
+            pools,
+            counters: self.counters.clone(),
+        }
+    }
+
+    fn peer(&mut self, now: Instant, assoc: AssocId) -> &mut Peer {
+        let burst = self.config.registration_burst;
+        self.peers.entry(assoc).or_insert_with(|| Peer {
+            remote: None,
+            registrations: TokenBucket::new(burst, now),
+            malformed: 0,
+        })
+    }
+
+    fn on_registration(
+        &mut self,
+        now: Instant,
+        from: AssocId,
+        pool_handle: PoolHandle,
+        pool_element: PoolElement,
+        actions: &mut Vec<Action>,
+    ) {
+        let pe_identifier = pool_element.pe_identifier;
+        let respond = |error: Option<ErrorCause>| Action::Send {
+            assoc: from,
+            payload: Message::RegistrationResponse {
+                reject: error.is_some(),
+                pool_handle: pool_handle.clone(),
+                pe_identifier,
+                error: error.map(|cause| OperationError {
+                    causes: vec![cause],
+                }),
+            }
+            .to_bytes(),
+        };
+
+        let (rate, burst) = (
+            self.config.registrations_per_second,
+            self.config.registration_burst,
+        );
+        let peer = self.peer(now, from);
+        if !peer.registrations.take(now, rate, burst) {
+            let remote = peer.remote;
+            self.counters.rate_limited += 1;
+            counter!("poolflow_registrar_rate_limited_total").increment(1);
+            self.count_reject("rate_limited");
+            tracing::debug!(assoc = from, ?remote, "registration rate limit exceeded");
+            actions.push(respond(Some(ErrorCause {
+                code: cause_code::REJECTED_DUE_TO_SECURITY,
+                info: Vec::new(),
+            })));
+            return;
+        }
+        let remote_ip = peer.remote.map(|addr| addr.ip());
+
+        let params = match policy_params(&pool_element.policy) {
+            Ok(params) => params,
+            Err(error) => {
+                tracing::info!(assoc = from, %error, "registration with an unusable policy");
+                self.count_reject("invalid_policy");
+                actions.push(respond(Some(ErrorCause {
+                    code: cause_code::INVALID_VALUES,
+                    info: parameter_tlv(&Parameter::SelectionPolicy(pool_element.policy.clone())),
+                })));
+                return;
+            }
+        };
+        let user_transport = fill_unspecified(pool_element.user_transport, remote_ip);
+        let policy_tlv = parameter_tlv(&Parameter::SelectionPolicy(pool_element.policy.clone()));
+        let transport_tlv = parameter_tlv(&Parameter::Transport(user_transport.clone()));
+        let registration = Registration {
+            id: pe_identifier,
+            user_transport,
+            asap_transport: pool_element.asap_transport,
+            policy: pool_element.policy,
+            params,
+            registration_life: pool_element.registration_life,
+            home_registrar: self.config.server_id,
+            owner: from,
+        };
+        match self.handlespace.register(
+            &pool_handle,
+            registration,
+            now,
+            self.config.keep_alive_period,
+        ) {
+            Ok(kind) => {
+                let result = match kind {
+                    Registered::New => {
+                        self.counters.registrations += 1;
+                        "new"
+                    }
+                    Registered::Updated => {
+                        self.counters.reregistrations += 1;
+                        "updated"
+                    }
+                };
+                counter!("poolflow_registrar_registrations_total", "result" => result).increment(1);
+                tracing::info!(pool = %pool_handle, pe = format_args!("{pe_identifier:#010x}"), result, "registration");
+                self.update_gauges();
+                actions.push(respond(None));
+            }
+            Err(error) => {
+                tracing::info!(pool = %pool_handle, pe = format_args!("{pe_identifier:#010x}"), %error, "registration rejected");
+                self.count_reject(error.label());
+                let info = match error {
+                    HandlespaceError::InconsistentPoolingPolicy { .. } => policy_tlv,
+                    HandlespaceError::InconsistentTransportType
+                    | HandlespaceError::InconsistentDataControlConfiguration => transport_tlv,
+                    HandlespaceError::InvalidPoolHandle(_) => {
+                        parameter_tlv(&Parameter::PoolHandle(pool_handle.clone()))
+                    }
+                    _ => Vec::new(),
+                };
+                actions.push(respond(Some(ErrorCause {
+                    code: error.cause_code(),
+                    info,
+                })));
+            }
+        }
+    }
+
+    fn on_deregistration(
+        &mut self,
+        from: AssocId,
+        pool_handle: PoolHandle,
+        pe_identifier: PeId,
+        actions: &mut Vec<Action>,
+    ) {
+        let error = match self
+            .handlespace
+            .deregister(&pool_handle, pe_identifier, from)
+        {
+            Ok(removed) => {
+                if removed.is_some() {
+                    self.counters.deregistrations += 1;
+                    self.count_removal(Removal::Deregistered);
+                    self.update_gauges();
+                }
+                None
+            }
+            Err(error) => Some(OperationError {
+                causes: vec![ErrorCause {
+                    code: error.cause_code(),
+                    info: Vec::new(),
+                }],
+            }),
+        };
+        actions.push(Action::Send {
+            assoc: from,
+            payload: Message::DeregistrationResponse {
+                pool_handle,
+                pe_identifier,
+                error,
+            }
+            .to_bytes(),
+        });
+    }
+
+    fn on_handle_resolution(
+        &mut self,
+        from: AssocId,
+        pool_handle: PoolHandle,
+        items: Option<u32>,
+        actions: &mut Vec<Action>,
+    ) {
+        self.counters.handle_resolutions += 1;
+        let max = match items {
+            None | Some(0) => self.config.default_resolution_items,
+            Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        }
+        .min(self.config.max_resolution_items);
+        let response = match self.handlespace.resolve(&pool_handle, max) {
+            Ok(selected) => {
+                counter!("poolflow_registrar_handle_resolutions_total", "result" => "ok")
+                    .increment(1);
+                Message::HandleResolutionResponse {
+                    reject: false,
+                    pool_handle: pool_handle.clone(),
+                    policy: selected.first().map(|entry| entry.policy.clone()),
+                    pool_elements: selected
+                        .iter()
+                        .map(|entry| PoolElement {
+                            pe_identifier: entry.id,
+                            home_enrp_server_identifier: entry.home_registrar,
+                            registration_life: entry.registration_life,
+                            user_transport: entry.user_transport.clone(),
+                            policy: entry.policy.clone(),
+                            asap_transport: None,
+                        })
+                        .collect(),
+                    error: None,
+                }
+            }
+            Err(error) => {
+                counter!("poolflow_registrar_handle_resolutions_total", "result" => "unknown_pool")
+                    .increment(1);
+                Message::HandleResolutionResponse {
+                    reject: true,
+                    pool_handle: pool_handle.clone(),
+                    policy: None,
+                    pool_elements: Vec::new(),
+                    error: Some(OperationError {
+                        causes: vec![ErrorCause {
+                            code: error.cause_code(),
+                            info: parameter_tlv(&Parameter::PoolHandle(pool_handle)),
+                        }],
+                    }),
+                }
+            }
+        };
+        actions.push(Action::Send {
+            assoc: from,
+            payload: encode_fitting(response),
+        });
+    }
+
+    fn on_keep_alive_ack(&mut self, now: Instant, from: AssocId, handle: &PoolHandle, id: PeId) {
+        match self.handlespace.element(handle, id) {
+            Some(entry) if entry.owner == from => {
+                let next = now + self.config.keep_alive_period;
+                self.handlespace.keep_alive_acked(handle, id, now, next);
+                self.counters.keep_alive_acks += 1;
+            }
+            Some(_) => {
+                // Only the PE itself may vouch for its liveness.
+                self.count_malformed("keep_alive_ack_foreign_association");
+            }
+            None => {
+                // Late ack of a PE that was already removed.
+                tracing::debug!(pool = %handle, pe = format_args!("{id:#010x}"), "keep-alive ack for unknown PE");
+            }
+        }
+    }
+
+    fn on_endpoint_unreachable(&mut self, handle: &PoolHandle, id: PeId) {
+        let Some(reports) = self.handlespace.report_unreachable(handle, id) else {
+            return;
+        };
+        self.counters.unreachable_reports += 1;
+        counter!("poolflow_registrar_unreachable_reports_total").increment(1);
+        if reports >= self.config.max_bad_pe_reports {
+            tracing::warn!(pool = %handle, pe = format_args!("{id:#010x}"), reports, "MAX-BAD-PE-REPORT reached: PE removed");
+            self.remove(handle, id, Removal::Unreachable);
+        }
+    }
+
+    fn reject_malformed(
+        &mut self,
+        now: Instant,
+        from: AssocId,
+        bytes: &[u8],
+        error: &DecodeError,
+        actions: &mut Vec<Action>,
+    ) {
+        let reason = decode_error_label(error);
+        tracing::debug!(assoc = from, %error, reason, "malformed ASAP message");
+        self.count_malformed(reason);
+        let cause = match error {
+            DecodeError::UnknownMessageType(_) => Some(ErrorCause {
+                code: cause_code::UNRECOGNIZED_MESSAGE,
+                info: bytes[..bytes.len().min(MAX_ECHOED_BYTES)].to_vec(),
+            }),
+            DecodeError::UnrecognizedParameter { parameter } => parameter
+                .action()
+                .reports()
+                .then(|| ErrorCause::unrecognized_parameter(parameter)),
+            _ => Some(ErrorCause {
+                code: cause_code::INVALID_VALUES,
+                info: Vec::new(),
+            }),
+        };
+        if let Some(mut cause) = cause {
+            cause.info.truncate(MAX_ECHOED_BYTES);
+            actions.push(send_error(from, vec![cause]));
+        }
+        self.note_malformed(now, from, actions);
+    }
+
+    /// Counts a bad message against the association and closes it once it
+    /// has sent too many.
+    fn note_malformed(&mut self, now: Instant, from: AssocId, actions: &mut Vec<Action>) {
+        let limit = self.config.max_malformed_per_association;
+        let peer = self.peer(now, from);
+        peer.malformed += 1;
+        if peer.malformed == limit.saturating_add(1) {
+            tracing::warn!(
+                assoc = from,
+                "too many malformed messages: closing association"
+            );
+            actions.push(Action::Close { assoc: from });
+        }
+    }
+
+    fn remove(&mut self, handle: &PoolHandle, id: PeId, why: Removal) {
+        if self.handlespace.remove(handle, id).is_some() {
+            self.count_removal(why);
+            self.update_gauges();
+        }
+    }
+
+    fn count_removal(&mut self, why: Removal) {
+        match why {
+            Removal::KeepAliveTimeout => {
+                self.counters.keep_alive_failures += 1;
+                counter!("poolflow_registrar_keepalive_failures_total").increment(1);
+            }
+            Removal::Expired => self.counters.expiries += 1,
+            Removal::Unreachable => self.counters.unreachable_removals += 1,
+            Removal::AssociationDown => self.counters.association_removals += 1,
+            Removal::Deregistered => {}
+        }
+        counter!("poolflow_registrar_pe_removals_total", "reason" => why.label()).increment(1);
+    }
+
+    fn count_reject(&mut self, reason: &'static str) {
+        *self
+            .counters
+            .registration_rejects
+            .entry(reason.to_string())
+            .or_default() += 1;
+        counter!("poolflow_registrar_registrations_total", "result" => "rejected").increment(1);
+        counter!("poolflow_registrar_registration_rejects_total", "reason" => reason).increment(1);
+    }
+
+    fn count_malformed(&mut self, reason: &'static str) {
+        *self
+            .counters
+            .malformed
+            .entry(reason.to_string())
+            .or_default() += 1;
+        counter!("poolflow_registrar_malformed_total", "reason" => reason).increment(1);
+    }
+
+    fn update_gauges(&self) {
+        gauge!("poolflow_registrar_pools").set(self.handlespace.pool_count() as f64);
+        gauge!("poolflow_registrar_pool_elements").set(self.handlespace.element_count() as f64);
+    }
+}
+
+/// Converts the codec's policy parameter into `policies`' form. The codec
+/// splits the policy type off (`SelectionPolicy::value` is what follows it);
+/// `PolicyParams::decode` wants the whole value, type first.
+pub fn policy_params(policy: &SelectionPolicy) -> Result<PolicyParams, policies::PolicyError> {
+    let mut value = Vec::with_capacity(4 + policy.value.len());
+    value.extend_from_slice(&policy.policy_type.to_be_bytes());
+    value.extend_from_slice(&policy.value);
+    PolicyParams::decode(&value)
+}
+
+/// The inverse of [`policy_params`]: the codec's form of a policy.
+pub fn selection_policy(params: &PolicyParams) -> SelectionPolicy {
+    let bytes = params.to_bytes();
+    SelectionPolicy {
+        policy_type: params.policy_type(),
+        value: bytes[4..].to_vec(),
+    }
+}
+
+/// Replaces unspecified addresses (0.0.0.0, ::) of a PE's user transport by
+/// the address its association comes from, so a PE bound to the wildcard
+/// address still registers something pool users can reach.
+fn fill_unspecified(mut transport: TransportAddress, remote: Option<IpAddr>) -> TransportAddress {
+    if let Some(remote) = remote {
+        for address in &mut transport.addresses {
+            if address.is_unspecified() {
+                *address = remote;
+            }
+        }
+        let mut seen = Vec::with_capacity(transport.addresses.len());
+        transport.addresses.retain(|a| {
+            let fresh = !seen.contains(a);
+            seen.push(*a);
+            fresh
+        });
+    }
+    transport
+}
+
+fn send_error(assoc: AssocId, causes: Vec<ErrorCause>) -> Action {
+    Action::Send {
+        assoc,
+        payload: Message::Error {
+            error: OperationError { causes },
+        }
+        .to_bytes(),
+    }
+}
+
+fn parameter_tlv(parameter: &Parameter) -> Vec<u8> {
+    let mut out = Vec::new();
+    parameter.encode(&mut out);
+    out
+}
+
+/// Encodes a Handle Resolution Response, dropping PEs from the end until it
+/// fits the 16-bit length (only reachable with huge transports lists).
+fn encode_fitting(mut message: Message) -> Vec<u8> {
+    loop {
+        let mut out = Vec::new();
+        if message.try_encode(&mut out).is_ok() {
+            return out;
+        }
+        match &mut message {
+            Message::HandleResolutionResponse { pool_elements, .. }
+                if !pool_elements.is_empty() =>
+            {
+                let keep = pool_elements.len() / 2;
+                pool_elements.truncate(keep);
+            }
+            _ => return Vec::new(),
+        }
+    }
+}
+
+fn decode_error_label(error: &DecodeError) -> &'static str {
+    match error {
+        DecodeError::Truncated { .. } => "truncated",
+        DecodeError::BadMessageLength { .. } => "bad_message_length",
+        DecodeError::TrailingBytes { .. } => "trailing_bytes",
+        DecodeError::MessageTooLarge { .. } => "too_large",
+        DecodeError::UnknownMessageType(_) => "unknown_message_type",
+        DecodeError::BadParameterLength { .. } => "bad_parameter_length",
+        DecodeError::ParameterOverrun { .. } => "parameter_overrun",
+        DecodeError::WrongValueLength { .. } => "wrong_value_length",
+        DecodeError::TooManyParameters { .. } => "too_many_parameters",
+        DecodeError::MissingParameter { .. } => "missing_parameter",
+        DecodeError::UnexpectedParameter { .. } => "unexpected_parameter",
+        DecodeError::PoolHandleTooLong { .. } => "pool_handle_too_long",
+        DecodeError::InvalidValue { .. } => "invalid_value",
+        DecodeError::BadAddressCount { .. } => "bad_address_count",
+        DecodeError::UnrecognizedParameter { .. } => "unrecognized_parameter",
+    }
+}
+
+fn millis_since(now: Instant, then: Instant) -> u64 {
+    u64::try_from(now.saturating_duration_since(then).as_millis()).unwrap_or(u64::MAX)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// "tcp 192.0.2.1:4739" style rendering of a transport parameter.
+pub fn format_transport(transport: &TransportAddress) -> String {
+    use protocol::rserpool::TransportKind;
+    let name = match transport.kind {
+        TransportKind::Sctp(_) => "sctp",
+        TransportKind::Tcp(_) => "tcp",
+        TransportKind::Udp => "udp",
+        TransportKind::UdpLite => "udplite",
+        TransportKind::Dccp { .. } => "dccp",
+    };
+    let addresses: Vec<String> = transport
+        .addresses
+        .iter()
+        .map(|address| SocketAddr::new(*address, transport.port).to_string())
+        .collect();
+    format!("{name} {}", addresses.join(","))
+}
+
+/// Status snapshot served as JSON and printed by `registrar dump`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Our server identifier.
+    pub server_id: u32,
+    /// Number of pools.
+    pub pool_count: usize,
+    /// Number of PEs.
+    pub element_count: usize,
+    /// Associations the server knows.
+    pub associations: usize,
+    /// Pools sorted by handle.
+    pub pools: Vec<PoolStatus>,
+    /// Running totals.
+    pub counters: Counters,
+}
+
+/// One pool in a [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    /// Handle as text (lossy UTF-8).
+    pub handle: String,
+    /// Handle bytes in hex.
+    pub handle_hex: String,
+    /// Policy type number.
+    pub policy_type: u32,
+    /// Policy name.
+    pub policy: String,
+    /// PEs sorted by id.
+    pub elements: Vec<ElementStatus>,
+}
+
+/// One PE in a [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ElementStatus {
+    /// PE identifier.
+    pub id: u32,
+    /// User transport.
+    pub user_transport: String,
+    /// Policy parameters.
+    pub policy: String,
+    /// Association it registered over.
+    pub owner_association: u64,
+    /// Home registrar id.
+    pub home_registrar: u32,
+    /// Registration life (ms; ≤ 0: none).
+    pub registration_life_ms: i32,
+    /// Time since first registration.
+    pub registered_ms_ago: u64,
+    /// Time since the last registration or keep-alive ack.
+    pub last_heard_ms_ago: u64,
+    /// A keep-alive is outstanding.
+    pub awaiting_keep_alive_ack: bool,
+    /// Endpoint Unreachable reports so far.
+    pub unreachable_reports: u32,
+}
