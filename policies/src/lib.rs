@@ -12,6 +12,9 @@
 //!   Random, Least Used, Least Used with Degradation, Priority Least Used,
 //!   Randomized Least Used), RSPLIB's Priority (`0x00000005`) and RSPLIB's
 //!   extra `0xb0001001`–`0xb0001004` and `0xb0002001`–`0xb0002003` policies.
+//!   It keeps an index per pool, so a registrar that reports membership
+//!   changes ([`PoolSelector::insert`], [`PoolSelector::remove`]) answers
+//!   with [`PoolSelector::select_top`] in O(`max` · log n).
 //! * [`preferred_primary`]: poolflow's Preferred Primary = Priority on the
 //!   wire + [`failback_target`] for pool users.
 //!
