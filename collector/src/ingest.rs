@@ -1,5 +1,5 @@
 //! The collecting pipeline: transport sessions decode messages into batches
-//! of [`StoredRecord`]s, one writer thread commits them to SQLite.
+//! of [`RecordBlock`]s, one writer thread commits them to SQLite.
 //!
 //! ```text
 //!  UDP thread ─┐
@@ -9,34 +9,81 @@
 //! The channel is bounded: when SQLite falls behind, receivers block, TCP
 //! pushes back on the exporter and UDP datagrams queue in the kernel socket
 //! buffer (and beyond it are lost, which the sequence numbers then show).
+//!
+//! Hot path: a message's records are validated by the session and copied,
+//! as received, into the batch's one byte buffer; the records of a message
+//! that share a template become one [`RecordBlock`] (one SQLite row). No
+//! allocation per record, none per message once the buffers have grown;
+//! decoding into flow fields happens at query time ([`crate::store`]).
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
-use protocol::ipfix::{DecodeError, SequenceCheck, Session, SessionConfig, TransportKind};
+use protocol::ipfix::{
+    DecodeError, SequenceCheck, Session, SessionConfig, Template, TransportKind,
+};
 use tokio::sync::mpsc;
 use tracing::{debug, error, warn};
 
-use crate::record::{SequenceEvent, SequenceEventKind, StoredRecord, flow_fields};
+use crate::record::{SequenceEvent, SequenceEventKind};
 use crate::store::Store;
+
+/// Consecutive records of one message that share a template, kept exactly
+/// as received.
+#[derive(Debug, Clone)]
+pub struct RecordBlock {
+    /// "ip:port" of the exporting process.
+    pub exporter: Arc<str>,
+    pub transport: &'static str,
+    pub domain: u32,
+    pub template: Arc<Template>,
+    pub export_time: u32,
+    pub message_sequence: u32,
+    /// Position of the first record among the message's data records.
+    pub first_record_index: u32,
+    pub record_count: u32,
+    pub received_ms: i64,
+    /// This block's records in [`Batch::bytes`].
+    pub bytes: Range<usize>,
+}
 
 /// Records and sequence events that travel to the writer together.
 #[derive(Debug, Default)]
 pub struct Batch {
-    pub records: Vec<StoredRecord>,
+    pub blocks: Vec<RecordBlock>,
+    /// The records' bytes of every block, back to back.
+    pub bytes: Vec<u8>,
     pub events: Vec<SequenceEvent>,
+    records: usize,
 }
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty() && self.events.is_empty()
+        self.blocks.is_empty() && self.events.is_empty()
     }
 
+    /// Data records in the batch.
     pub fn len(&self) -> usize {
-        self.records.len()
+        self.records
+    }
+
+    /// The records' bytes of one block.
+    pub fn block_bytes(&self, block: &RecordBlock) -> &[u8] {
+        &self.bytes[block.bytes.clone()]
+    }
+
+    /// An empty batch with room for about `records` records of `record_len`.
+    pub(crate) fn with_capacity(records: usize, record_len: usize) -> Self {
+        Self {
+            blocks: Vec::with_capacity(records / 8),
+            bytes: Vec::with_capacity(records * record_len),
+            events: Vec::new(),
+            records: 0,
+        }
     }
 }
 
@@ -50,24 +97,39 @@ pub fn now_ms() -> i64 {
 /// Decodes the messages of one transport session into a [`Batch`], counting
 /// and logging what is wrong with them.
 pub struct SessionDecoder {
-    exporter: String,
+    exporter: Arc<str>,
     transport: &'static str,
     session: Session,
+    /// Shared copies of the templates blocks refer to, so a block costs a
+    /// reference count, not a template clone.
+    templates: Vec<Arc<Template>>,
     errors_logged: u64,
+    messages_total: metrics::Counter,
+    records_total: metrics::Counter,
 }
 
 /// Log at most this many malformed messages per session in full, then only
 /// every power of two, so a broken exporter cannot flood the log.
 const FULL_ERROR_LOGS: u64 = 20;
 
+/// Distinct templates a decoder keeps shared copies of before starting over
+/// (a session may define up to `max_templates`; blocks only need the ones
+/// in use).
+const SHARED_TEMPLATES: usize = 64;
+
 impl SessionDecoder {
     pub fn new(exporter: String, config: SessionConfig) -> Self {
         let transport = config.transport.as_str();
         Self {
-            exporter,
+            exporter: exporter.into(),
             transport,
             session: Session::new(config),
+            templates: Vec::new(),
             errors_logged: 0,
+            messages_total: metrics::counter!(
+                "poolflow_collector_messages_total", "transport" => transport),
+            records_total: metrics::counter!(
+                "poolflow_collector_records_received_total", "transport" => transport),
         }
     }
 
@@ -101,26 +163,47 @@ impl SessionDecoder {
     pub fn handle(&mut self, bytes: &[u8], stream: u16, out: &mut Batch) -> usize {
         let received_ms = now_ms();
         let now_secs = (received_ms / 1000) as u64;
-        let exporter = &self.exporter;
-        let transport = self.transport;
-        let before = out.records.len();
-        let result = self.session.process(bytes, stream, now_secs, |record| {
-            let (fields, extra) = flow_fields(&record);
-            out.records.push(StoredRecord {
-                exporter: exporter.clone(),
+        let Self {
+            exporter,
+            transport,
+            session,
+            templates,
+            ..
+        } = self;
+        let transport = *transport;
+        let first_block = out.blocks.len();
+        let records_before = out.records;
+        // The session's template of the block being built: the session holds
+        // it for the whole message, so its address identifies it meanwhile.
+        let mut block_template: *const Template = std::ptr::null();
+        let result = session.process(bytes, stream, now_secs, |record| {
+            let start = out.bytes.len();
+            out.bytes.extend_from_slice(record.bytes);
+            out.records += 1;
+            // Records of one data set arrive in a row: extend the block.
+            if out.blocks.len() > first_block && std::ptr::eq(block_template, record.template) {
+                let block = out.blocks.last_mut().expect("a block of this message");
+                if block.first_record_index + block.record_count == record.index_in_message {
+                    block.record_count += 1;
+                    block.bytes.end = out.bytes.len();
+                    return;
+                }
+            }
+            block_template = record.template;
+            out.blocks.push(RecordBlock {
+                exporter: Arc::clone(exporter),
                 transport,
                 domain: record.header.observation_domain_id,
-                template_id: record.template.id,
+                template: shared_template(templates, record.template),
                 export_time: record.header.export_time,
                 message_sequence: record.header.sequence_number,
-                record_index: record.index_in_message,
+                first_record_index: record.index_in_message,
+                record_count: 1,
                 received_ms,
-                fields,
-                extra,
+                bytes: start..out.bytes.len(),
             });
         });
-        metrics::counter!("poolflow_collector_messages_total", "transport" => transport)
-            .increment(1);
+        self.messages_total.increment(1);
         let report = match result {
             Ok(report) => report,
             Err(err) => {
@@ -145,7 +228,7 @@ impl SessionDecoder {
             debug!(peer = %self.exporter, domain = report.header.observation_domain_id,
                    kind = kind.as_str(), records, "sequence anomaly");
             out.events.push(SequenceEvent {
-                exporter: self.exporter.clone(),
+                exporter: self.exporter.to_string(),
                 transport,
                 domain: report.header.observation_domain_id,
                 stream,
@@ -155,11 +238,25 @@ impl SessionDecoder {
                 records,
             });
         }
-        let n = out.records.len() - before;
-        metrics::counter!("poolflow_collector_records_received_total", "transport" => transport)
-            .increment(n as u64);
+        let n = out.records - records_before;
+        self.records_total.increment(n as u64);
         n
     }
+}
+
+/// The shared copy of `template` (the session's own `Arc` is not reachable
+/// from a [`protocol::ipfix::DataRecord`]). Compared by content: a pointer
+/// alone could be a freed template's address reused.
+fn shared_template(shared: &mut Vec<Arc<Template>>, template: &Template) -> Arc<Template> {
+    if let Some(t) = shared.iter().find(|t| ***t == *template) {
+        return Arc::clone(t);
+    }
+    if shared.len() >= SHARED_TEMPLATES {
+        shared.clear();
+    }
+    let t = Arc::new(template.clone());
+    shared.push(Arc::clone(&t));
+    t
 }
 
 /// Limits of the writer.
@@ -187,40 +284,35 @@ pub fn spawn_writer(
     std::thread::Builder::new()
         .name("sqlite-writer".into())
         .spawn(move || {
-            let mut pending = Batch::default();
+            let mut pending: Vec<Batch> = Vec::new();
             while let Some(batch) = rx.blocking_recv() {
-                append(&mut pending, batch);
+                let mut records = batch.len();
+                pending.push(batch);
                 // Take whatever else is already queued: big transactions
-                // under load, small and prompt ones when idle.
-                while pending.len() < config.max_batch_records {
+                // under load, small and prompt ones when idle. Batches are
+                // committed as they are, not merged: no copying.
+                while records < config.max_batch_records {
                     match rx.try_recv() {
-                        Ok(batch) => append(&mut pending, batch),
+                        Ok(batch) => {
+                            records += batch.len();
+                            pending.push(batch);
+                        }
                         Err(_) => break,
                     }
                 }
-                let n = pending.records.len() as u64;
-                if let Err(err) = store.commit_batch(&pending.records, &pending.events, now_ms()) {
+                let n = records as u64;
+                if let Err(err) = store.commit(&pending, now_ms()) {
                     error!("SQLite commit of {n} records failed: {err:#}");
                     return Err(err);
                 }
                 progress.committed_records.fetch_add(n, Ordering::Release);
                 progress.commits.fetch_add(1, Ordering::Release);
                 metrics::counter!("poolflow_collector_records_stored_total").increment(n);
-                pending.records.clear();
-                pending.events.clear();
+                pending.clear();
             }
             Ok(())
         })
         .expect("spawning the writer thread")
-}
-
-fn append(into: &mut Batch, mut from: Batch) {
-    if into.is_empty() {
-        *into = from;
-    } else {
-        into.records.append(&mut from.records);
-        into.events.append(&mut from.events);
-    }
 }
 
 /// How long a UDP receive waits before flushing a partial batch.

@@ -9,7 +9,12 @@ use protocol::ipfix::value::decode_value;
 use rusqlite::{Connection, ToSql};
 use serde_json::{Map, Value, json};
 
-use crate::record::extra_fields;
+use std::collections::HashMap;
+
+use protocol::ipfix::Template;
+
+use crate::record::{StoredRecord, extra_fields};
+use crate::store::{self, StoredBlock, decode_block};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -82,12 +87,15 @@ pub fn run(
     format: Format,
     out: &mut impl Write,
 ) -> Result<u64> {
+    // Records are stored in blocks (see crate::store): select the blocks,
+    // decode their records here, apply the limit to records.
     let mut sql = String::from(
-        "SELECT e.address, e.transport, r.domain, r.template_id, r.export_time, r.message_sequence,
-                r.record_index, r.received_ms, r.src_addr, r.dst_addr, r.src_port, r.dst_port,
-                r.protocol, r.tcp_flags, r.tos, r.octets, r.packets, r.flow_start_ms,
-                r.flow_end_ms, r.ingress_if, r.egress_if, r.extra
-         FROM records r JOIN exporters e ON e.id = r.exporter_id WHERE 1=1",
+        "SELECT e.address, e.transport, r.domain, r.template_ref, t.template_id,
+                t.scope_field_count, t.fields, r.export_time, r.message_sequence,
+                r.first_record_index, r.received_ms, r.records
+         FROM record_blocks r JOIN exporters e ON e.id = r.exporter_id
+              JOIN templates t ON t.id = r.template_ref
+         WHERE 1=1",
     );
     let mut args: Vec<Box<dyn ToSql>> = Vec::new();
     if let Some(exporter) = &filter.exporter {
@@ -124,10 +132,6 @@ pub fn run(
         args.push(Box::new(until));
     }
     sql.push_str(" ORDER BY r.id");
-    if let Some(limit) = filter.limit {
-        sql.push_str(" LIMIT ?");
-        args.push(Box::new(limit as i64));
-    }
     let mut stmt = conn.prepare(&sql)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(args.iter().map(|a| a.as_ref())))?;
     let mut sink = match format {
@@ -139,42 +143,45 @@ pub fn run(
         Format::Json => Sink::Json(out),
     };
     let mut count = 0u64;
-    while let Some(row) = rows.next()? {
-        let mut object = Map::new();
-        for (i, name) in COLUMNS[..21].iter().enumerate() {
-            let value: rusqlite::types::Value = row.get(i)?;
-            object.insert((*name).to_owned(), sql_to_json(value));
+    let limit = filter.limit.unwrap_or(u64::MAX);
+    let mut templates: HashMap<i64, Option<Template>> = HashMap::new();
+    let mut failure: Option<anyhow::Error> = None;
+    while count < limit {
+        let Some(row) = rows.next()? else { break };
+        let template_ref: i64 = row.get(3)?;
+        if let std::collections::hash_map::Entry::Vacant(slot) = templates.entry(template_ref) {
+            let fields: Vec<u8> = row.get(6)?;
+            slot.insert(store::decode_template(row.get(4)?, row.get(5)?, &fields));
         }
-        let extra: Option<Vec<u8>> = row.get(21)?;
-        let mut fields = Map::new();
-        for (enterprise, id, raw) in extra_fields(extra.as_deref().unwrap_or_default()) {
-            let (name, value) = describe_field(enterprise, id, raw);
-            fields.insert(name, value);
-        }
-        match &mut sink {
-            Sink::Csv(w) => {
-                let mut cells: Vec<String> = COLUMNS[..21]
-                    .iter()
-                    .map(|c| match &object[*c] {
-                        Value::Null => String::new(),
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    })
-                    .collect();
-                cells.push(if fields.is_empty() {
-                    String::new()
-                } else {
-                    Value::Object(fields).to_string()
-                });
-                w.write_record(&cells)?;
+        let Some(template) = &templates[&template_ref] else {
+            anyhow::bail!("stored template {template_ref} is damaged");
+        };
+        let exporter: String = row.get(0)?;
+        let transport: String = row.get(1)?;
+        let records = row.get_ref(11)?.as_blob()?;
+        let block = StoredBlock {
+            exporter: &exporter,
+            transport: store::transport_name(&transport),
+            domain: row.get(2)?,
+            template,
+            export_time: row.get(7)?,
+            message_sequence: row.get(8)?,
+            first_record_index: row.get(9)?,
+            received_ms: row.get(10)?,
+            records,
+        };
+        decode_block(&block, |record| {
+            if count >= limit || failure.is_some() {
+                return;
             }
-            Sink::Json(out) => {
-                object.insert("fields".into(), Value::Object(fields));
-                serde_json::to_writer(&mut *out, &Value::Object(object))?;
-                out.write_all(b"\n")?;
+            match write_record(&mut sink, &record) {
+                Ok(()) => count += 1,
+                Err(e) => failure = Some(e),
             }
+        });
+        if let Some(e) = failure.take() {
+            return Err(e);
         }
-        count += 1;
     }
     if let Sink::Csv(mut w) = sink {
         w.flush()?;
@@ -187,15 +194,72 @@ enum Sink<'a, W: Write> {
     Json(&'a mut W),
 }
 
-fn sql_to_json(value: rusqlite::types::Value) -> Value {
-    use rusqlite::types::Value as V;
-    match value {
-        V::Null => Value::Null,
-        V::Integer(i) => json!(i),
-        V::Real(f) => json!(f),
-        V::Text(t) => json!(t),
-        V::Blob(b) => json!(hex(&b)),
+/// One record as a JSON object (CSV cells are made from it), columns in
+/// [`COLUMNS`] order.
+fn write_record<W: Write>(sink: &mut Sink<'_, W>, r: &StoredRecord) -> Result<()> {
+    let f = &r.fields;
+    let text = |a: Option<std::net::IpAddr>| a.map_or(Value::Null, |a| json!(a.to_string()));
+    let int = |v: Option<i64>| v.map_or(Value::Null, |v| json!(v));
+    // SQLite integers are signed 64-bit: counters beyond saturate, as the
+    // store always showed them.
+    let counter = |v: Option<u64>| int(v.map(|v| v.min(i64::MAX as u64) as i64));
+    let values: [Value; 21] = [
+        json!(r.exporter),
+        json!(r.transport),
+        json!(r.domain),
+        json!(r.template_id),
+        json!(r.export_time),
+        json!(r.message_sequence),
+        json!(r.record_index),
+        json!(r.received_ms),
+        text(f.src_addr),
+        text(f.dst_addr),
+        int(f.src_port.map(i64::from)),
+        int(f.dst_port.map(i64::from)),
+        int(f.protocol.map(i64::from)),
+        int(f.tcp_flags.map(i64::from)),
+        int(f.tos.map(i64::from)),
+        counter(f.octets),
+        counter(f.packets),
+        int(f.flow_start_ms),
+        int(f.flow_end_ms),
+        int(f.ingress_if.map(i64::from)),
+        int(f.egress_if.map(i64::from)),
+    ];
+    let mut fields = Map::new();
+    for (enterprise, id, raw) in extra_fields(&r.extra) {
+        let (name, value) = describe_field(enterprise, id, raw);
+        fields.insert(name, value);
     }
+    match sink {
+        Sink::Csv(w) => {
+            let mut cells: Vec<String> = values
+                .iter()
+                .map(|v| match v {
+                    Value::Null => String::new(),
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect();
+            cells.push(if fields.is_empty() {
+                String::new()
+            } else {
+                Value::Object(fields).to_string()
+            });
+            w.write_record(&cells)?;
+        }
+        Sink::Json(out) => {
+            let mut object: Map<String, Value> = COLUMNS[..21]
+                .iter()
+                .map(|c| (*c).to_owned())
+                .zip(values)
+                .collect();
+            object.insert("fields".into(), Value::Object(fields));
+            serde_json::to_writer(&mut **out, &Value::Object(object))?;
+            out.write_all(b"\n")?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

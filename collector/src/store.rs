@@ -6,14 +6,20 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use protocol::ipfix::message::DataRecordIter;
+use protocol::ipfix::{DataRecord, FieldSpecifier, MessageHeader, Template};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::record::{SequenceEvent, StoredRecord};
+use crate::ingest::{Batch, RecordBlock};
+use crate::record::{SequenceEventKind, StoredRecord, flow_fields};
 
 /// Bump when the schema changes; [`Store::open`] refuses unknown versions.
-pub const SCHEMA_VERSION: i64 = 1;
+/// 2: records stored in blocks (one row per message and template) instead
+/// of one row per record.
+pub const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS exporters (
@@ -23,32 +29,27 @@ CREATE TABLE IF NOT EXISTS exporters (
     first_seen_ms INTEGER NOT NULL,
     UNIQUE (address, transport)
 );
-CREATE TABLE IF NOT EXISTS records (
-    id               INTEGER PRIMARY KEY,
-    exporter_id      INTEGER NOT NULL REFERENCES exporters(id),
-    domain           INTEGER NOT NULL,   -- observation domain id
-    template_id      INTEGER NOT NULL,
-    export_time      INTEGER NOT NULL,   -- message export time, unix seconds
-    message_sequence INTEGER NOT NULL,   -- IPFIX header sequence number
-    record_index     INTEGER NOT NULL,   -- position among the message's data records
-    received_ms      INTEGER NOT NULL,   -- collector clock, unix milliseconds
-    src_addr         TEXT,
-    dst_addr         TEXT,
-    src_port         INTEGER,
-    dst_port         INTEGER,
-    protocol         INTEGER,
-    tcp_flags        INTEGER,
-    tos              INTEGER,
-    octets           INTEGER,
-    packets          INTEGER,
-    flow_start_ms    INTEGER,
-    flow_end_ms      INTEGER,
-    ingress_if       INTEGER,
-    egress_if        INTEGER,
-    extra            BLOB               -- other fields, see README "extra encoding"
+CREATE TABLE IF NOT EXISTS templates (
+    id                INTEGER PRIMARY KEY,
+    template_id       INTEGER NOT NULL,
+    scope_field_count INTEGER NOT NULL,
+    fields            BLOB NOT NULL,  -- 8 bytes a field: enterprise u32, id u16, length u16 (BE)
+    UNIQUE (template_id, scope_field_count, fields)
 );
-CREATE INDEX IF NOT EXISTS records_by_exporter_domain_time
-    ON records (exporter_id, domain, export_time);
+CREATE TABLE IF NOT EXISTS record_blocks (
+    id                 INTEGER PRIMARY KEY,
+    exporter_id        INTEGER NOT NULL REFERENCES exporters(id),
+    domain             INTEGER NOT NULL,  -- observation domain id
+    template_ref       INTEGER NOT NULL REFERENCES templates(id),
+    export_time        INTEGER NOT NULL,  -- message export time, unix seconds
+    message_sequence   INTEGER NOT NULL,  -- IPFIX header sequence number
+    first_record_index INTEGER NOT NULL,  -- position of the first record among the message's
+    record_count       INTEGER NOT NULL,
+    received_ms        INTEGER NOT NULL,  -- collector clock, unix milliseconds
+    records            BLOB NOT NULL      -- the data records as received, back to back
+);
+CREATE INDEX IF NOT EXISTS record_blocks_by_exporter_domain_time
+    ON record_blocks (exporter_id, domain, export_time);
 CREATE TABLE IF NOT EXISTS domain_stats (
     exporter_id      INTEGER NOT NULL REFERENCES exporters(id),
     domain           INTEGER NOT NULL,
@@ -71,9 +72,9 @@ CREATE TABLE IF NOT EXISTS sequence_events (
 );
 "#;
 
-/// One commit's additions to a domain: records, lost records, sequence
-/// events, last message sequence number.
-type DomainDelta = (u64, u64, u64, Option<u32>);
+/// WAL pages between automatic checkpoints. Larger than SQLite's 1000:
+/// at millions of records/s fewer, larger checkpoints cost fewer fsyncs.
+const WAL_AUTOCHECKPOINT_PAGES: i64 = 16_384;
 
 /// Per (exporter, domain) totals accumulated across commits.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -84,10 +85,22 @@ pub struct DomainStats {
     pub last_sequence: Option<u32>,
 }
 
+/// Per (exporter id, domain) changes of one commit.
+#[derive(Default)]
+struct StatsDelta {
+    records: u64,
+    lost: u64,
+    events: u64,
+    last_sequence: Option<u32>,
+}
+
 /// The SQLite store of one collector.
 pub struct Store {
     conn: Connection,
-    exporter_ids: HashMap<(String, &'static str), i64>,
+    /// Exporter ids by transport, then address (looked up by `&str`).
+    exporter_ids: HashMap<&'static str, HashMap<String, i64>>,
+    /// Template row ids; few entries, found by pointer first.
+    template_ids: Vec<(Arc<Template>, i64)>,
 }
 
 impl Store {
@@ -102,6 +115,7 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version > SCHEMA_VERSION {
@@ -110,11 +124,19 @@ impl Store {
                 path.display()
             );
         }
+        if version == 1 {
+            anyhow::bail!(
+                "{} has schema version 1 (one row per record); this collector writes version \
+                 {SCHEMA_VERSION} (record blocks): use a new database file",
+                path.display()
+            );
+        }
         conn.execute_batch(SCHEMA)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(Self {
             conn,
             exporter_ids: HashMap::new(),
+            template_ids: Vec::new(),
         })
     }
 
@@ -131,7 +153,11 @@ impl Store {
     }
 
     fn exporter_id(&mut self, address: &str, transport: &'static str, now_ms: i64) -> Result<i64> {
-        if let Some(id) = self.exporter_ids.get(&(address.to_owned(), transport)) {
+        if let Some(id) = self
+            .exporter_ids
+            .get(transport)
+            .and_then(|by_address| by_address.get(address))
+        {
             return Ok(*id);
         }
         self.conn.execute(
@@ -144,72 +170,127 @@ impl Store {
             |r| r.get(0),
         )?;
         self.exporter_ids
-            .insert((address.to_owned(), transport), id);
+            .entry(transport)
+            .or_default()
+            .insert(address.to_owned(), id);
         Ok(id)
     }
 
-    /// Stores records and sequence events in one transaction; returns once it
-    /// has committed (the records are then durable).
-    pub fn commit_batch(
-        &mut self,
-        records: &[StoredRecord],
-        events: &[SequenceEvent],
-        now_ms: i64,
-    ) -> Result<()> {
-        // Resolve exporter ids before the transaction borrows the connection.
-        let mut ids = Vec::with_capacity(records.len());
-        for r in records {
-            ids.push(self.exporter_id(&r.exporter, r.transport, now_ms)?);
+    fn template_ref(&mut self, template: &Arc<Template>) -> Result<i64> {
+        if let Some((_, id)) = self
+            .template_ids
+            .iter()
+            .find(|(t, _)| Arc::ptr_eq(t, template) || **t == **template)
+        {
+            return Ok(*id);
         }
-        let mut event_ids = Vec::with_capacity(events.len());
-        for e in events {
+        let fields = encode_template_fields(template);
+        self.conn.execute(
+            "INSERT OR IGNORE INTO templates (template_id, scope_field_count, fields)
+             VALUES (?1, ?2, ?3)",
+            params![template.id, template.scope_field_count, fields],
+        )?;
+        let id: i64 = self.conn.query_row(
+            "SELECT id FROM templates WHERE template_id = ?1 AND scope_field_count = ?2
+                AND fields = ?3",
+            params![template.id, template.scope_field_count, fields],
+            |r| r.get(0),
+        )?;
+        // Bounded: a pathological exporter cycling templates must not grow
+        // this without limit; the table itself dedups.
+        if self.template_ids.len() >= 1024 {
+            self.template_ids.clear();
+        }
+        self.template_ids.push((Arc::clone(template), id));
+        Ok(id)
+    }
+
+    /// Stores the blocks and sequence events of `batches` in one
+    /// transaction; returns once it has committed (the records are then
+    /// durable).
+    pub fn commit(&mut self, batches: &[Batch], now_ms: i64) -> Result<()> {
+        // Resolve ids before the transaction borrows the connection. Blocks
+        // of one session come in runs: remember the last one's ids.
+        let blocks: usize = batches.iter().map(|b| b.blocks.len()).sum();
+        let mut refs = Vec::with_capacity(blocks);
+        let mut last: Option<(&RecordBlock, i64, i64)> = None;
+        for block in batches.iter().flat_map(|b| &b.blocks) {
+            let ids = match last {
+                Some((prev, exporter, template))
+                    if Arc::ptr_eq(&prev.exporter, &block.exporter)
+                        && prev.transport == block.transport
+                        && Arc::ptr_eq(&prev.template, &block.template) =>
+                {
+                    (exporter, template)
+                }
+                _ => (
+                    self.exporter_id(&block.exporter, block.transport, now_ms)?,
+                    self.template_ref(&block.template)?,
+                ),
+            };
+            refs.push(ids);
+            last = Some((block, ids.0, ids.1));
+        }
+        let mut event_ids = Vec::new();
+        for e in batches.iter().flat_map(|b| &b.events) {
             event_ids.push(self.exporter_id(&e.exporter, e.transport, now_ms)?);
         }
         let tx = self.conn.transaction()?;
-        let mut stats: HashMap<(i64, u32), DomainDelta> = HashMap::new();
+        let mut stats: HashMap<(i64, u32), StatsDelta> = HashMap::new();
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO records (exporter_id, domain, template_id, export_time, message_sequence,
-                    record_index, received_ms, src_addr, dst_addr, src_port, dst_port, protocol,
-                    tcp_flags, tos, octets, packets, flow_start_ms, flow_end_ms, ingress_if,
-                    egress_if, extra)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                    ?17, ?18, ?19, ?20, ?21)",
+                "INSERT INTO record_blocks (exporter_id, domain, template_ref, export_time,
+                    message_sequence, first_record_index, record_count, received_ms, records)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
-            for (r, id) in records.iter().zip(&ids) {
-                let f = &r.fields;
-                insert.execute(params![
-                    id,
-                    r.domain,
-                    r.template_id,
-                    r.export_time,
-                    r.message_sequence,
-                    r.record_index,
-                    r.received_ms,
-                    f.src_addr.map(|a| a.to_string()),
-                    f.dst_addr.map(|a| a.to_string()),
-                    f.src_port,
-                    f.dst_port,
-                    f.protocol,
-                    f.tcp_flags,
-                    f.tos,
-                    f.octets.map(clamp_i64),
-                    f.packets.map(clamp_i64),
-                    f.flow_start_ms,
-                    f.flow_end_ms,
-                    f.ingress_if,
-                    f.egress_if,
-                    (!r.extra.is_empty()).then_some(&r.extra[..]),
-                ])?;
-                let entry = stats.entry((*id, r.domain)).or_default();
-                entry.0 += 1;
-                entry.3 = Some(r.message_sequence);
+            let mut refs = refs.iter();
+            // One (exporter, domain) usually fills a whole batch: keep its
+            // stats entry at hand instead of hashing every block.
+            let mut current: Option<((i64, u32), StatsDelta)> = None;
+            for batch in batches {
+                for block in &batch.blocks {
+                    let (exporter_id, template_ref) = *refs.next().expect("one per block");
+                    insert.execute(params![
+                        exporter_id,
+                        block.domain,
+                        template_ref,
+                        block.export_time,
+                        block.message_sequence,
+                        block.first_record_index,
+                        block.record_count,
+                        block.received_ms,
+                        batch.block_bytes(block),
+                    ])?;
+                    let key = (exporter_id, block.domain);
+                    match &mut current {
+                        Some((k, delta)) if *k == key => {
+                            delta.records += block.record_count as u64;
+                            delta.last_sequence = Some(block.message_sequence);
+                        }
+                        _ => {
+                            if let Some((k, delta)) = current.take() {
+                                merge(stats.entry(k).or_default(), delta);
+                            }
+                            current = Some((
+                                key,
+                                StatsDelta {
+                                    records: block.record_count as u64,
+                                    last_sequence: Some(block.message_sequence),
+                                    ..StatsDelta::default()
+                                },
+                            ));
+                        }
+                    }
+                }
+            }
+            if let Some((k, delta)) = current.take() {
+                merge(stats.entry(k).or_default(), delta);
             }
             let mut insert_event = tx.prepare_cached(
                 "INSERT INTO sequence_events (exporter_id, domain, stream, at_ms, kind, sequence, records)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
-            for (e, id) in events.iter().zip(&event_ids) {
+            for (e, id) in batches.iter().flat_map(|b| &b.events).zip(&event_ids) {
                 insert_event.execute(params![
                     id,
                     e.domain,
@@ -220,9 +301,9 @@ impl Store {
                     clamp_i64(e.records)
                 ])?;
                 let entry = stats.entry((*id, e.domain)).or_default();
-                entry.2 += 1;
-                if e.kind == crate::record::SequenceEventKind::Gap {
-                    entry.1 += e.records;
+                entry.events += 1;
+                if e.kind == SequenceEventKind::Gap {
+                    entry.lost += e.records;
                 }
             }
             let mut upsert = tx.prepare_cached(
@@ -236,14 +317,14 @@ impl Store {
                     last_sequence = COALESCE(excluded.last_sequence, last_sequence),
                     updated_ms = excluded.updated_ms",
             )?;
-            for ((id, domain), (n, lost, ev, last)) in &stats {
+            for ((id, domain), d) in &stats {
                 upsert.execute(params![
                     id,
                     domain,
-                    clamp_i64(*n),
-                    clamp_i64(*lost),
-                    clamp_i64(*ev),
-                    last,
+                    clamp_i64(d.records),
+                    clamp_i64(d.lost),
+                    clamp_i64(d.events),
+                    d.last_sequence,
                     now_ms
                 ])?;
             }
@@ -275,10 +356,114 @@ impl Store {
 
     /// Number of stored records.
     pub fn record_count(&self) -> Result<u64> {
-        let n: i64 = self
-            .conn
-            .query_row("SELECT COUNT(*) FROM records", [], |r| r.get(0))?;
+        let n: i64 = self.conn.query_row(
+            "SELECT COALESCE(SUM(record_count), 0) FROM record_blocks",
+            [],
+            |r| r.get(0),
+        )?;
         Ok(n as u64)
+    }
+}
+
+fn merge(into: &mut StatsDelta, from: StatsDelta) {
+    into.records += from.records;
+    into.lost += from.lost;
+    into.events += from.events;
+    if from.last_sequence.is_some() {
+        into.last_sequence = from.last_sequence;
+    }
+}
+
+/// A template's field specifiers as stored in `templates.fields`.
+pub fn encode_template_fields(template: &Template) -> Vec<u8> {
+    let mut out = Vec::with_capacity(template.fields.len() * 8);
+    for f in &template.fields {
+        out.extend_from_slice(&f.enterprise.to_be_bytes());
+        out.extend_from_slice(&f.id.to_be_bytes());
+        out.extend_from_slice(&f.length.to_be_bytes());
+    }
+    out
+}
+
+/// The template stored as `templates` row values; `None` if damaged.
+pub fn decode_template(
+    template_id: u16,
+    scope_field_count: u16,
+    fields: &[u8],
+) -> Option<Template> {
+    if fields.is_empty() || fields.len() % 8 != 0 {
+        return None;
+    }
+    let specs = fields
+        .chunks_exact(8)
+        .map(|c| FieldSpecifier {
+            enterprise: u32::from_be_bytes([c[0], c[1], c[2], c[3]]),
+            id: u16::from_be_bytes([c[4], c[5]]),
+            length: u16::from_be_bytes([c[6], c[7]]),
+        })
+        .collect();
+    Some(Template::new(template_id, scope_field_count, specs))
+}
+
+/// One stored block as read back: what [`decode_block`] needs.
+#[derive(Debug, Clone, Copy)]
+pub struct StoredBlock<'a> {
+    pub exporter: &'a str,
+    pub transport: &'static str,
+    pub domain: u32,
+    pub template: &'a Template,
+    pub export_time: u32,
+    pub message_sequence: u32,
+    pub first_record_index: u32,
+    pub received_ms: i64,
+    pub records: &'a [u8],
+}
+
+/// Decodes the records of a stored block into the per-record view, in
+/// order. Returns how many records it produced.
+pub fn decode_block(block: &StoredBlock<'_>, mut each: impl FnMut(StoredRecord)) -> usize {
+    let header = MessageHeader {
+        version: 10,
+        length: 0,
+        export_time: block.export_time,
+        sequence_number: block.message_sequence,
+        observation_domain_id: block.domain,
+    };
+    let mut n = 0;
+    for (i, bytes) in DataRecordIter::new(block.template, block.records).enumerate() {
+        // The collector stored only records that split cleanly.
+        let Ok(bytes) = bytes else { break };
+        let index = block.first_record_index + i as u32;
+        let (fields, extra) = flow_fields(&DataRecord {
+            header: &header,
+            template: block.template,
+            bytes,
+            index_in_message: index,
+        });
+        each(StoredRecord {
+            exporter: block.exporter.to_owned(),
+            transport: block.transport,
+            domain: block.domain,
+            template_id: block.template.id,
+            export_time: block.export_time,
+            message_sequence: block.message_sequence,
+            record_index: index,
+            received_ms: block.received_ms,
+            fields,
+            extra,
+        });
+        n += 1;
+    }
+    n
+}
+
+/// The `&'static str` of a stored transport name.
+pub fn transport_name(stored: &str) -> &'static str {
+    match stored {
+        "udp" => "udp",
+        "tcp" => "tcp",
+        "sctp" => "sctp",
+        _ => "other",
     }
 }
 

@@ -1,5 +1,18 @@
-//! The poolflow exporter. Today: the synthetic load generator
-//! ([`generate`]). The pool user (ASAP resolution, failover, cookies,
-//! failback) and the relay arrive with their issues.
+//! The poolflow exporter: an RSerPool pool user that streams IPFIX to the
+//! collector pool with lossless failover and failback.
+//!
+//! - [`generate`]: the synthetic load generator (one collector, no pool).
+//! - [`pool_user`]: the sans-IO pool user core: record sequences, cookies,
+//!   replay, failover, Preferred Primary failback.
+//! - [`replay`]: the per-domain replay buffer (memory window + disk spill).
+//! - [`sequence`]: the state file (next record sequence, last cookie).
+//! - [`config`]: the `exporter stream` TOML configuration.
+//! - [`stream`]: the tokio driver of the core over `transport` and
+//!   `asap_client`.
 
+pub mod config;
 pub mod generate;
+pub mod pool_user;
+pub mod replay;
+pub mod sequence;
+pub mod stream;

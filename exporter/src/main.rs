@@ -1,11 +1,18 @@
 //! `exporter`: send IPFIX to a collector.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use exporter::config::StreamConfig;
 use exporter::generate::{GenerateConfig, GenerateTransport, generate};
+use exporter::pool_user::Notice;
+use exporter::sequence::StateFile;
+use exporter::stream::{InputRecord, Progress, StreamSettings};
+use protocol::ipfix::flow::{FLOW_TEMPLATE_ID, FlowRecord, flow_template};
+use protocol::rserpool::PoolHandle;
 
 /// poolflow exporter: sends IPFIX flow records to collectors.
 #[derive(Parser)]
@@ -19,6 +26,29 @@ struct Cli {
 enum Command {
     /// Send synthetic flow records (standard IPFIX, 11 fields) at a given rate.
     Generate(GenerateArgs),
+    /// Stream synthetic flow records to a collector pool as an RSerPool pool
+    /// user: resolve the pool at the registrars, select by policy, fail over
+    /// and fail back without loss (billing cookies, replay).
+    Stream(StreamArgs),
+}
+
+#[derive(Args)]
+struct StreamArgs {
+    /// TOML configuration (see exporter/exporter.toml.example).
+    #[arg(long)]
+    config: PathBuf,
+    /// Records to send (then wait for their cookies and exit).
+    #[arg(long, default_value_t = 100_000)]
+    records: u64,
+    /// Records per second (default: as fast as the pool takes them).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Number of the first synthetic record (FlowRecord::synthetic).
+    #[arg(long, default_value_t = 0)]
+    first_record: u64,
+    /// After the last record: longest wait for the cookies, seconds.
+    #[arg(long, default_value_t = 30)]
+    exit_drain_timeout_secs: u64,
 }
 
 #[derive(Args)]
@@ -57,6 +87,7 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::Stream(a) => stream(a),
         Command::Generate(a) => {
             let config = GenerateConfig {
                 target: a.to,
@@ -80,6 +111,121 @@ fn main() -> Result<()> {
                 report.records_per_sec()
             );
             Ok(())
+        }
+    }
+}
+
+fn stream(args: StreamArgs) -> Result<()> {
+    let config = StreamConfig::load(&args.config)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting tokio")?;
+    runtime.block_on(async move {
+        if let Some(listen) = config.metrics_listen {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .with_http_listener(listen)
+                .install()
+                .with_context(|| format!("metrics endpoint on {listen}"))?;
+        }
+        let mut transport = if config.timers.fast_failure_detection {
+            transport::Config::fast_failure_detection(transport::TransportKind::SctpOverUdp)
+        } else {
+            transport::Config::default()
+        };
+        transport.connect_timeout = Duration::from_millis(config.timers.connect_timeout_ms);
+        let settings = StreamSettings {
+            exporter: config.exporter_config(),
+            templates: vec![flow_template()],
+            pool_handle: PoolHandle(config.pool_handle.as_bytes().to_vec()),
+            registrars: config.registrar_addresses()?,
+            state_file: StateFile::new(&config.state_file),
+            transport,
+            cache_lifetime: Duration::from_millis(config.timers.cache_lifetime_ms),
+            registrar_request_timeout: Duration::from_millis(
+                config.timers.registrar_request_timeout_ms,
+            ),
+            exit_drain_timeout: Duration::from_secs(args.exit_drain_timeout_secs),
+        };
+        let (input_tx, input) = tokio::sync::mpsc::channel(4096);
+        tokio::spawn(synthetic_input(
+            input_tx,
+            config.observation_domain,
+            args.first_record,
+            args.records,
+            args.rate,
+        ));
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        let report = exporter::stream::run(settings, input, shutdown, |progress| match progress {
+            Progress::Status {
+                records_in,
+                records_sent,
+                buffered,
+                pe,
+            } => eprintln!(
+                "records in {records_in}, sent {records_sent}, awaiting cookie {buffered}, collector {}",
+                pe.map_or("none".to_string(), |pe| format!("{pe:#010x}"))
+            ),
+            Progress::Notice(Notice::FailoverStarted { pe_id, cause }) => {
+                eprintln!("FAILOVER from {pe_id:#010x}: {cause:?}")
+            }
+            Progress::Notice(Notice::DrainStarted { from, to }) => {
+                eprintln!("FAILBACK: draining {from:#010x}, then {to:#010x}")
+            }
+            Progress::Notice(Notice::Streaming {
+                pe_id,
+                reason,
+                pending,
+            }) => eprintln!("streaming to {pe_id:#010x} ({reason:?}), {pending} records pending"),
+            Progress::Notice(_) => {}
+        })
+        .await?;
+        println!(
+            "{} records in, {} sent, {} failovers, {} failbacks, {} in {:.3} s",
+            report.records_in,
+            report.counters.records_sent,
+            report.counters.failovers,
+            report.counters.failbacks,
+            if report.drained {
+                "all acknowledged"
+            } else {
+                "NOT all acknowledged (only spilled records survive to the next run)"
+            },
+            report.elapsed.as_secs_f64()
+        );
+        anyhow::ensure!(report.drained, "records left unacknowledged");
+        Ok(())
+    })
+}
+
+/// Synthetic records at a rate; the channel's capacity passes the exporter's
+/// back-pressure on to this generator.
+async fn synthetic_input(
+    tx: tokio::sync::mpsc::Sender<InputRecord>,
+    domain: u32,
+    first: u64,
+    count: u64,
+    rate: Option<u64>,
+) {
+    let base_millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let started = Instant::now();
+    for i in 0..count {
+        if let Some(rate) = rate.filter(|&r| r > 0) {
+            let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
+            if due > Instant::now() {
+                tokio::time::sleep_until(due.into()).await;
+            }
+        }
+        let mut bytes = Vec::with_capacity(protocol::ipfix::flow::FLOW_RECORD_LEN);
+        FlowRecord::synthetic(first + i, base_millis).encode(&mut bytes);
+        let record = InputRecord {
+            domain,
+            template_id: FLOW_TEMPLATE_ID,
+            bytes,
+        };
+        if tx.send(record).await.is_err() {
+            return;
         }
     }
 }

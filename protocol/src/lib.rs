@@ -7,6 +7,7 @@
 //! - [`rserpool`]: Reliable Server Pooling: common parameters (RFC 5354),
 //!   ASAP (RFC 5352) and ENRP (RFC 5353).
 
+pub mod billing;
 pub mod ipfix;
 pub mod netflow_v9;
 pub mod rserpool;

@@ -1,0 +1,231 @@
+//! `exporter stream --config FILE`: the TOML configuration (annotated in
+//! `exporter/exporter.toml.example`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use asap_client::RegistrarAddress;
+use serde::Deserialize;
+
+use crate::pool_user::ExporterConfig;
+use crate::replay::ReplayLimits;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamConfig {
+    /// 32-bit exporter id, unique in the pool.
+    pub exporter_id: u32,
+    /// The collector pool's handle.
+    pub pool_handle: String,
+    /// Static registrar list, "tcp:ADDR" or "sctp:ADDR" (SCTP over UDP,
+    /// SCTP port = UDP port), in hunt order.
+    pub registrars: Vec<String>,
+    /// The state file (next record sequence and last cookie per domain).
+    pub state_file: PathBuf,
+    /// IPFIX observation domain of the synthetic input.
+    #[serde(default = "default_domain")]
+    pub observation_domain: u32,
+    /// Largest IPFIX message, bytes.
+    #[serde(default = "default_message_size")]
+    pub message_size: usize,
+    /// Sequence numbers reserved per state-file write.
+    #[serde(default = "default_reservation")]
+    pub sequence_reservation: u64,
+    /// Prometheus endpoint, e.g. "127.0.0.1:9466"; none if absent.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Replay buffer.
+    #[serde(default)]
+    pub buffer: BufferConfig,
+    /// Timers.
+    #[serde(default)]
+    pub timers: TimersConfig,
+}
+
+/// `[buffer]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BufferConfig {
+    /// Records per domain kept in memory (the send window).
+    pub memory_records: usize,
+    /// Records per domain in total; beyond it the input waits.
+    pub max_records: usize,
+    /// Spill directory; without one the buffer ends at `memory_records`.
+    pub spill_dir: Option<PathBuf>,
+    /// Records per spill segment file.
+    pub spill_segment_records: usize,
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        Self {
+            memory_records: 200_000,
+            max_records: 10_000_000,
+            spill_dir: None,
+            spill_segment_records: 100_000,
+        }
+    }
+}
+
+/// `[timers]`, all in milliseconds (sub-second values allowed).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimersConfig {
+    /// No cookie progress for this long with records outstanding: failover.
+    pub cookie_timeout_ms: u64,
+    /// While not on the top Priority PE: failback poll period.
+    pub failback_check_ms: u64,
+    /// Longest drain before a failback (then: failover).
+    pub drain_timeout_ms: u64,
+    /// No PE reachable: re-resolve after this long.
+    pub retry_interval_ms: u64,
+    /// No failback to a PE within this long of its failure (a registrar
+    /// may list a dead PE until its keep-alive timeout).
+    pub failback_holdoff_ms: u64,
+    /// Persist cookies at most this often.
+    pub state_sync_interval_ms: u64,
+    /// Give up connecting to a collector after this long.
+    pub connect_timeout_ms: u64,
+    /// PU cache lifetime (`stale.cache.value`, RFC 5352 §5).
+    pub cache_lifetime_ms: u64,
+    /// T1-ENRPrequest: wait for a registrar's answer.
+    pub registrar_request_timeout_ms: u64,
+    /// Use sub-second SCTP failure detection (heartbeat 50 ms, RTO ≤ 100 ms)
+    /// on the data association instead of RFC 9260 defaults.
+    pub fast_failure_detection: bool,
+}
+
+impl Default for TimersConfig {
+    fn default() -> Self {
+        Self {
+            cookie_timeout_ms: 5_000,
+            failback_check_ms: 500,
+            drain_timeout_ms: 5_000,
+            retry_interval_ms: 1_000,
+            failback_holdoff_ms: 1_000,
+            state_sync_interval_ms: 100,
+            connect_timeout_ms: 2_000,
+            cache_lifetime_ms: 30_000,
+            registrar_request_timeout_ms: 2_000,
+            fast_failure_detection: true,
+        }
+    }
+}
+
+fn default_domain() -> u32 {
+    1
+}
+
+fn default_message_size() -> usize {
+    1400
+}
+
+fn default_reservation() -> u64 {
+    100_000
+}
+
+impl StreamConfig {
+    /// Reads and checks a file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    /// Parses and checks TOML text.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let config: Self = toml::from_str(text)?;
+        if config.registrars.is_empty() {
+            bail!("`registrars` is empty");
+        }
+        if config.pool_handle.is_empty() {
+            bail!("`pool_handle` is empty");
+        }
+        if config.buffer.memory_records == 0 {
+            bail!("`buffer.memory_records` must be at least 1");
+        }
+        config.registrar_addresses()?;
+        Ok(config)
+    }
+
+    /// The registrar list as `asap_client` wants it.
+    pub fn registrar_addresses(&self) -> anyhow::Result<Vec<RegistrarAddress>> {
+        self.registrars
+            .iter()
+            .map(|text| parse_registrar(text))
+            .collect()
+    }
+
+    /// The core's settings.
+    pub fn exporter_config(&self) -> ExporterConfig {
+        let t = &self.timers;
+        ExporterConfig {
+            exporter_id: self.exporter_id,
+            message_size: self.message_size,
+            cookie_timeout: Duration::from_millis(t.cookie_timeout_ms),
+            failback_check: Duration::from_millis(t.failback_check_ms),
+            drain_timeout: Duration::from_millis(t.drain_timeout_ms),
+            retry_interval: Duration::from_millis(t.retry_interval_ms),
+            failback_holdoff: Duration::from_millis(t.failback_holdoff_ms),
+            state_sync_interval: Duration::from_millis(t.state_sync_interval_ms),
+            sequence_reservation: self.sequence_reservation,
+            replay: ReplayLimits {
+                memory_records: self.buffer.memory_records,
+                max_records: self.buffer.max_records.max(self.buffer.memory_records),
+                spill_dir: self.buffer.spill_dir.clone(),
+                segment_records: self.buffer.spill_segment_records,
+            },
+        }
+    }
+}
+
+/// "tcp:HOST:PORT" or "sctp:HOST:PORT".
+pub fn parse_registrar(text: &str) -> anyhow::Result<RegistrarAddress> {
+    let (kind, addr) = text
+        .split_once(':')
+        .with_context(|| format!("`{text}`: expected tcp:HOST:PORT or sctp:HOST:PORT"))?;
+    let addr: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("`{text}`: `{addr}` is not an address:port"))?;
+    match kind {
+        "tcp" => Ok(RegistrarAddress::tcp(addr)),
+        "sctp" => Ok(RegistrarAddress::sctp_over_udp(addr)),
+        other => bail!("`{text}`: transport `{other}` is neither tcp nor sctp"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_annotated_example_parses() {
+        let text = include_str!("../exporter.toml.example");
+        let config = StreamConfig::parse(text).unwrap();
+        assert_eq!(config.exporter_id, 1);
+        assert_eq!(config.registrar_addresses().unwrap().len(), 2);
+        let core = config.exporter_config();
+        assert_eq!(core.cookie_timeout, Duration::from_secs(5));
+        assert_eq!(core.replay.memory_records, 200_000);
+        assert!(core.replay.spill_dir.is_some());
+    }
+
+    #[test]
+    fn minimal_config_takes_defaults_and_unknown_keys_are_errors() {
+        let minimal = r#"
+            exporter_id = 7
+            pool_handle = "p"
+            registrars = ["tcp:127.0.0.1:3863"]
+            state_file = "s"
+        "#;
+        let config = StreamConfig::parse(minimal).unwrap();
+        assert_eq!(config.observation_domain, 1);
+        assert_eq!(config.timers.failback_check_ms, 500);
+        assert!(StreamConfig::parse(&format!("{minimal}\ncookie_timeout = 1")).is_err());
+        let udp = minimal.replace("tcp:", "udp:");
+        assert!(StreamConfig::parse(&udp).is_err(), "no UDP to registrars");
+    }
+}

@@ -1,0 +1,1004 @@
+//! The exporter as an RSerPool pool user, sans-IO: record sequences, replay
+//! buffers, the cookie protocol, failover and Preferred Primary failback
+//! (docs/billing-continuity.md). No sockets, no clock: the driver
+//! ([`crate::stream`]) feeds events with `now` and carries out the
+//! [`Output`]s in order; tests do the same with a fake clock.
+//!
+//! Life of an association:
+//! 1. [`Output::Select`] → the driver asks the ASAP pool user for PEs by
+//!    policy → [`Exporter::handle_selected`].
+//! 2. [`Output::Connect`] → [`Exporter::handle_association_up`]: per domain a
+//!    Cookie Echo (the last cookie, or an introduction), the templates, then
+//!    every record from the cookie on (the replay), then new records.
+//! 3. ASAP Cookies (PPID 11) drop covered records from the replay buffers.
+//! 4. Failure (association ended, or no cookie progress for
+//!    `cookie_timeout` while records are outstanding) → Close,
+//!    [`Output::ReportUnreachable`], back to 1. Nothing reachable → wait
+//!    `retry_interval`, buffer meanwhile (back-pressure when full).
+//! 5. Failback (the PE has the Priority policy): every `failback_check`
+//!    [`Output::CheckFailback`]; a better PE → stop sending, wait for the
+//!    cookie to cover everything sent (drain, bounded by `drain_timeout`,
+//!    else failover), then Close and Connect to it.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::io;
+use std::time::{Duration, Instant};
+
+use asap_client::PoolElementInfo;
+use policies::{PeId, PolicyParams};
+use protocol::billing::{BillingCookie, CookieMessageKind, cookie_from_message};
+use protocol::ipfix::{MessageWriter, Template};
+use protocol::rserpool::ASAP_SCTP_PPID;
+use protocol::rserpool::asap::Message as AsapMessage;
+
+use crate::replay::{BufferedRecord, PushError, ReplayBuffer, ReplayLimits};
+use crate::sequence::{DomainState, ExporterState};
+
+/// PPID of IPFIX messages (RFC 7011 §10.2.4: 0, unspecified).
+pub const IPFIX_PPID: u32 = 0;
+/// The SCTP stream of billing messages (one stream, one sequence counter).
+pub const BILLING_STREAM: u16 = 0;
+
+/// Settings of the [`Exporter`] core.
+#[derive(Debug, Clone)]
+pub struct ExporterConfig {
+    /// This exporter's id, unique in the pool.
+    pub exporter_id: u32,
+    /// Largest IPFIX message in bytes.
+    pub message_size: usize,
+    /// No cookie progress for this long while records are outstanding
+    /// means the collector is gone (or stuck): fail over.
+    pub cookie_timeout: Duration,
+    /// While on a Priority PE: how often to ask whether a better PE is back.
+    pub failback_check: Duration,
+    /// Longest wait for the drain before a failback; then fail over.
+    pub drain_timeout: Duration,
+    /// Nothing reachable: ask for PEs again after this long.
+    pub retry_interval: Duration,
+    /// Do not fail back to a PE within this long of its failure.
+    pub failback_holdoff: Duration,
+    /// Persist cookies at most this often (sequence reservations are
+    /// persisted at once, before any record using them goes out).
+    pub state_sync_interval: Duration,
+    /// Sequence numbers reserved per state file write.
+    pub sequence_reservation: u64,
+    /// Replay buffer limits (per domain).
+    pub replay: ReplayLimits,
+}
+
+impl ExporterConfig {
+    /// Defaults suitable for tests and a LAN; memory-only buffering.
+    pub fn new(exporter_id: u32) -> Self {
+        Self {
+            exporter_id,
+            message_size: 1400,
+            cookie_timeout: Duration::from_secs(5),
+            failback_check: Duration::from_millis(500),
+            drain_timeout: Duration::from_secs(5),
+            retry_interval: Duration::from_secs(1),
+            failback_holdoff: Duration::from_secs(1),
+            state_sync_interval: Duration::from_millis(100),
+            sequence_reservation: 100_000,
+            replay: ReplayLimits::memory(100_000),
+        }
+    }
+}
+
+/// Identifies one data association; events of older ones are ignored.
+pub type AssociationId = u64;
+
+/// What the driver must do (in order) or may report.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Ask the ASAP pool user for PEs by the pool's policy (best first) and
+    /// answer with [`Exporter::handle_selected`].
+    Select,
+    /// Tell the registrar this PE is unreachable (ASAP Endpoint Unreachable).
+    ReportUnreachable {
+        /// The PE.
+        pe_id: PeId,
+    },
+    /// Open a data association to this PE's user transport.
+    Connect {
+        /// Tag for the association's events.
+        association: AssociationId,
+        /// The PE.
+        pe: PoolElementInfo,
+    },
+    /// Send one message on the association (stream 0, reliable, ordered).
+    Send {
+        /// The association.
+        association: AssociationId,
+        /// 0 for IPFIX, 11 for ASAP.
+        ppid: u32,
+        /// The message.
+        payload: Vec<u8>,
+    },
+    /// Close the association (gracefully: queued messages still go out).
+    Close {
+        /// The association.
+        association: AssociationId,
+    },
+    /// Re-resolve the pool and answer [`Exporter::handle_failback_check`]
+    /// with the PE to fail back to, if any.
+    CheckFailback {
+        /// The PE in use.
+        current: PeId,
+    },
+    /// Write the state file now (before executing the outputs that follow).
+    PersistState(ExporterState),
+    /// Something worth a log line or a metric.
+    Notice(Notice),
+}
+
+/// Events for logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// Streaming to a PE (first time, after a failover or a failback).
+    Streaming {
+        /// The PE.
+        pe_id: PeId,
+        /// Why we came here.
+        reason: ConnectReason,
+        /// Records to send from the cookie on (replay and queued).
+        pending: u64,
+    },
+    /// The PE in use failed.
+    FailoverStarted {
+        /// The failed PE.
+        pe_id: PeId,
+        /// What showed the failure.
+        cause: FailureCause,
+    },
+    /// A better PE is back: draining the current one.
+    DrainStarted {
+        /// Current PE.
+        from: PeId,
+        /// Where we go after the drain.
+        to: PeId,
+    },
+    /// A PE could not be reached.
+    ConnectFailed {
+        /// The PE.
+        pe_id: PeId,
+    },
+    /// No PE to use: buffering, retrying later.
+    NoPoolElement {
+        /// Why.
+        reason: String,
+    },
+    /// A cookie was refused (wrong exporter id, unknown domain, beyond what
+    /// was sent, undecodable).
+    CookieRejected {
+        /// Why.
+        reason: String,
+    },
+    /// The collector sent an ASAP Error (e.g. it refused our Cookie Echo).
+    CollectorError {
+        /// Debug text of the error.
+        error: String,
+    },
+}
+
+/// Why an association was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectReason {
+    /// The first association (or after waiting with none reachable).
+    Initial,
+    /// The previous PE failed.
+    Failover,
+    /// Back to a better PE after draining.
+    Failback,
+}
+
+/// What showed that a PE failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureCause {
+    /// The association failed or was closed by the peer.
+    AssociationEnded,
+    /// No cookie progress within `cookie_timeout`.
+    CookieTimeout,
+    /// The drain before a failback did not finish within `drain_timeout`.
+    DrainTimeout,
+}
+
+/// Counters for metrics (monotonic).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Failures of the PE in use.
+    pub failovers: u64,
+    /// Completed failbacks.
+    pub failbacks: u64,
+    /// Data records sent (replays included).
+    pub records_sent: u64,
+    /// Data records sent again after a failover.
+    pub records_replayed: u64,
+    /// Cookies accepted.
+    pub cookies: u64,
+}
+
+/// Why the core refused a record.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The domain's replay buffer is full: wait ([`Exporter::can_accept`]).
+    #[error("replay buffer full")]
+    Full,
+    /// The spill could not be written.
+    #[error("replay spill: {0}")]
+    Io(#[from] io::Error),
+}
+
+#[derive(Debug)]
+struct Domain {
+    id: u32,
+    /// Next record sequence to assign.
+    next_sequence: u64,
+    /// Sequences below this are reserved in the state file.
+    reserved_until: u64,
+    cookie: Option<BillingCookie>,
+    buffer: ReplayBuffer,
+    /// Next sequence to send on the current association.
+    send_cursor: u64,
+    /// Cookie Echo and templates sent on the current association.
+    introduced: bool,
+}
+
+impl Domain {
+    /// First sequence not covered by the cookie.
+    fn acknowledged_until(&self) -> u64 {
+        self.cookie.map_or(0, |c| c.next_record_sequence())
+    }
+
+    /// Sent on the current association (or before it) and not covered.
+    fn outstanding(&self) -> u64 {
+        self.send_cursor.saturating_sub(self.acknowledged_until())
+    }
+
+    /// Where sending starts on a new association: after the cookie, or at
+    /// the oldest record still held if records in between were lost (a
+    /// restart without spill).
+    fn rewind(&mut self) {
+        let from_cookie = self.acknowledged_until();
+        self.send_cursor = match self.buffer.first_in_memory() {
+            Some(first) => first.max(from_cookie),
+            None => self.next_sequence.max(from_cookie),
+        };
+        self.introduced = false;
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Phase {
+    /// Waiting for [`Exporter::handle_selected`].
+    Selecting { reason: ConnectReason },
+    /// Nothing reachable; select again at `retry_at`.
+    Waiting {
+        retry_at: Instant,
+        reason: ConnectReason,
+    },
+    Connecting {
+        association: AssociationId,
+        pe: PoolElementInfo,
+        reason: ConnectReason,
+    },
+    Streaming {
+        association: AssociationId,
+        pe: PoolElementInfo,
+        next_failback_check: Option<Instant>,
+        failback_check_pending: bool,
+    },
+    Draining {
+        association: AssociationId,
+        pe: PoolElementInfo,
+        target: PoolElementInfo,
+        deadline: Instant,
+    },
+}
+
+/// The exporter pool user core.
+#[derive(Debug)]
+pub struct Exporter {
+    config: ExporterConfig,
+    domains: BTreeMap<u32, Domain>,
+    templates: Vec<Template>,
+    phase: Phase,
+    next_association: AssociationId,
+    /// PEs that failed since the last successful association: not tried
+    /// again until the next retry round.
+    failed_this_round: HashSet<PeId>,
+    /// When each PE last failed: a failback poll right after a failure may
+    /// still list a dead PE (the registrar has not dropped it yet); moving
+    /// there would only cost a drain and a connect timeout.
+    last_failure: HashMap<PeId, Instant>,
+    /// No cookie progress by then (while records are outstanding) = failure.
+    cookie_deadline: Option<Instant>,
+    outputs: VecDeque<Output>,
+    writer: MessageWriter,
+    /// Wall clock at `clock_base` (export times).
+    wall_base_ms: u64,
+    clock_base: Instant,
+    cookies_dirty: bool,
+    last_persist: Instant,
+    /// Round robin over domains when sending.
+    send_turn: usize,
+    counters: Counters,
+    started: bool,
+}
+
+impl Exporter {
+    /// Creates the core from the persisted state. `unix_ms` is the wall
+    /// clock at `now` (for IPFIX export times). Opens the replay buffers of
+    /// the state's domains (recovering their spill files).
+    pub fn new(
+        config: ExporterConfig,
+        state: ExporterState,
+        templates: Vec<Template>,
+        now: Instant,
+        unix_ms: u64,
+    ) -> io::Result<Self> {
+        let mut exporter = Self {
+            writer: MessageWriter::new(config.message_size),
+            config,
+            domains: BTreeMap::new(),
+            templates,
+            phase: Phase::Selecting {
+                reason: ConnectReason::Initial,
+            },
+            next_association: 1,
+            failed_this_round: HashSet::new(),
+            last_failure: HashMap::new(),
+            cookie_deadline: None,
+            outputs: VecDeque::new(),
+            wall_base_ms: unix_ms,
+            clock_base: now,
+            cookies_dirty: false,
+            last_persist: now,
+            send_turn: 0,
+            counters: Counters::default(),
+            started: false,
+        };
+        for (id, domain_state) in state.domains {
+            exporter.add_domain(id, domain_state)?;
+        }
+        Ok(exporter)
+    }
+
+    fn add_domain(&mut self, id: u32, state: DomainState) -> io::Result<()> {
+        let cookie = state.last_cookie.filter(|c| !c.introduction);
+        let acknowledged = cookie.map(|c| c.last_record_sequence);
+        let buffer = ReplayBuffer::open(id, self.config.replay.clone(), acknowledged)?;
+        let mut domain = Domain {
+            id,
+            next_sequence: state.next_sequence,
+            reserved_until: state.next_sequence,
+            cookie,
+            buffer,
+            send_cursor: 0,
+            introduced: false,
+        };
+        domain.rewind();
+        self.domains.insert(id, domain);
+        Ok(())
+    }
+
+    /// Starts: asks for a PE.
+    pub fn start(&mut self) {
+        if !self.started {
+            self.started = true;
+            self.outputs.push_back(Output::Select);
+        }
+    }
+
+    /// Counters for metrics.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// The PE records currently go to (or drain to), if any.
+    pub fn current_pe(&self) -> Option<PeId> {
+        match &self.phase {
+            Phase::Streaming { pe, .. } | Phase::Draining { pe, .. } => Some(pe.pe_id),
+            _ => None,
+        }
+    }
+
+    /// The association the core waits to come up, if connecting.
+    pub fn connecting_association(&self) -> Option<AssociationId> {
+        match self.phase {
+            Phase::Connecting { association, .. } => Some(association),
+            _ => None,
+        }
+    }
+
+    /// Whether a record for `domain` would be taken now.
+    pub fn can_accept(&self, domain: u32) -> bool {
+        self.domains
+            .get(&domain)
+            .is_none_or(|d| !d.buffer.is_full())
+    }
+
+    /// Records held in all replay buffers (not covered by a cookie).
+    pub fn buffered_records(&self) -> u64 {
+        self.domains.values().map(|d| d.buffer.len() as u64).sum()
+    }
+
+    /// Records sent and not yet covered by a cookie (cookie lag).
+    pub fn cookie_lag(&self) -> u64 {
+        self.domains.values().map(Domain::outstanding).sum()
+    }
+
+    /// Every record handed in is covered by a cookie.
+    pub fn is_drained(&self) -> bool {
+        self.domains
+            .values()
+            .all(|d| d.buffer.is_empty() && d.acknowledged_until() >= d.next_sequence)
+    }
+
+    /// The last cookie of a domain.
+    pub fn cookie(&self, domain: u32) -> Option<BillingCookie> {
+        self.domains.get(&domain).and_then(|d| d.cookie)
+    }
+
+    /// Next record sequence of a domain.
+    pub fn next_sequence(&self, domain: u32) -> u64 {
+        self.domains.get(&domain).map_or(0, |d| d.next_sequence)
+    }
+
+    /// The state to persist: reservations (safe while running).
+    pub fn state(&self) -> ExporterState {
+        self.snapshot(|d| d.reserved_until.max(d.next_sequence))
+    }
+
+    /// The exact state at a clean stop (no further record may be assigned
+    /// after this), after writing the memory windows to the spill.
+    pub fn shutdown_state(&mut self) -> io::Result<ExporterState> {
+        for domain in self.domains.values_mut() {
+            domain.buffer.persist_for_restart()?;
+        }
+        Ok(self.snapshot(|d| d.next_sequence))
+    }
+
+    fn snapshot(&self, next: impl Fn(&Domain) -> u64) -> ExporterState {
+        ExporterState {
+            exporter_id: self.config.exporter_id,
+            domains: self
+                .domains
+                .values()
+                .map(|d| {
+                    (
+                        d.id,
+                        DomainState {
+                            next_sequence: next(d),
+                            last_cookie: d.cookie,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Takes one data record of `domain`, encoded for `template_id`, and
+    /// numbers it. Refused with [`RecordError::Full`] when the buffer is
+    /// full (back-pressure: try again after a cookie).
+    pub fn push_record(
+        &mut self,
+        domain: u32,
+        template_id: u16,
+        bytes: Vec<u8>,
+    ) -> Result<u64, RecordError> {
+        if !self.domains.contains_key(&domain) {
+            self.add_domain(
+                domain,
+                DomainState {
+                    next_sequence: 0,
+                    last_cookie: None,
+                },
+            )?;
+        }
+        let reservation = self.config.sequence_reservation.max(1);
+        let d = self.domains.get_mut(&domain).expect("added above");
+        let sequence = d.next_sequence;
+        let record = BufferedRecord {
+            sequence,
+            template_id,
+            bytes,
+        };
+        match d.buffer.push(record) {
+            Ok(()) => {}
+            Err(PushError::Full) => return Err(RecordError::Full),
+            Err(PushError::Io(error)) => return Err(RecordError::Io(error)),
+        }
+        d.next_sequence += 1;
+        if d.next_sequence > d.reserved_until {
+            // Persist before any record numbered past the old reservation
+            // can leave: the outputs run in order.
+            d.reserved_until = sequence + reservation;
+            let state = self.state();
+            self.persist(state);
+        }
+        Ok(sequence)
+    }
+
+    fn persist(&mut self, state: ExporterState) {
+        self.cookies_dirty = false;
+        self.outputs.push_back(Output::PersistState(state));
+    }
+
+    /// The next thing to do, if any. Call until `None` after every input.
+    pub fn poll_output(&mut self, now: Instant) -> Option<Output> {
+        if let Some(output) = self.outputs.pop_front() {
+            return Some(output);
+        }
+        if self.cookies_dirty && now >= self.last_persist + self.config.state_sync_interval {
+            self.last_persist = now;
+            let state = self.state();
+            self.persist(state);
+            return self.outputs.pop_front();
+        }
+        if let Phase::Streaming {
+            association,
+            ref pe,
+            next_failback_check,
+            failback_check_pending,
+        } = self.phase
+        {
+            if !failback_check_pending && next_failback_check.is_some_and(|at| now >= at) {
+                let current = pe.pe_id;
+                if let Phase::Streaming {
+                    next_failback_check,
+                    failback_check_pending,
+                    ..
+                } = &mut self.phase
+                {
+                    *failback_check_pending = true;
+                    *next_failback_check = Some(now + self.config.failback_check);
+                }
+                return Some(Output::CheckFailback { current });
+            }
+            return self.next_data_message(now, association);
+        }
+        None
+    }
+
+    /// When to call [`Self::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let phase = match &self.phase {
+            Phase::Waiting { retry_at, .. } => Some(*retry_at),
+            Phase::Draining { deadline, .. } => Some(*deadline),
+            Phase::Streaming {
+                next_failback_check,
+                failback_check_pending: false,
+                ..
+            } => *next_failback_check,
+            _ => None,
+        };
+        let persist = self
+            .cookies_dirty
+            .then_some(self.last_persist + self.config.state_sync_interval);
+        [phase, self.cookie_deadline, persist]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Timers: cookie timeout, drain timeout, retry after waiting. (Polls
+    /// and persistence come out of [`Self::poll_output`].)
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(deadline) = self.cookie_deadline
+            && now >= deadline
+            && matches!(self.phase, Phase::Streaming { .. } | Phase::Draining { .. })
+        {
+            self.fail_over(now, FailureCause::CookieTimeout);
+            return;
+        }
+        match self.phase {
+            Phase::Draining { deadline, .. } if now >= deadline => {
+                self.fail_over(now, FailureCause::DrainTimeout);
+            }
+            Phase::Waiting { retry_at, reason } if now >= retry_at => {
+                self.failed_this_round.clear();
+                self.phase = Phase::Selecting { reason };
+                self.outputs.push_back(Output::Select);
+            }
+            _ => {}
+        }
+    }
+
+    /// The answer to [`Output::Select`]: PEs best first, or why none.
+    pub fn handle_selected(&mut self, now: Instant, result: Result<Vec<PoolElementInfo>, String>) {
+        let Phase::Selecting { reason } = self.phase else {
+            return;
+        };
+        let candidates = match result {
+            Ok(candidates) => candidates,
+            Err(reason_text) => {
+                self.wait(now, reason, reason_text);
+                return;
+            }
+        };
+        let Some(pe) = candidates
+            .into_iter()
+            .find(|pe| !self.failed_this_round.contains(&pe.pe_id))
+        else {
+            self.wait(now, reason, "every pool element failed".into());
+            return;
+        };
+        self.connect(pe, reason);
+    }
+
+    fn wait(&mut self, now: Instant, reason: ConnectReason, why: String) {
+        self.outputs
+            .push_back(Output::Notice(Notice::NoPoolElement { reason: why }));
+        self.phase = Phase::Waiting {
+            retry_at: now + self.config.retry_interval,
+            reason,
+        };
+    }
+
+    fn connect(&mut self, pe: PoolElementInfo, reason: ConnectReason) {
+        let association = self.next_association;
+        self.next_association += 1;
+        self.outputs.push_back(Output::Connect {
+            association,
+            pe: pe.clone(),
+        });
+        self.phase = Phase::Connecting {
+            association,
+            pe,
+            reason,
+        };
+    }
+
+    /// The association is established: Cookie Echo per domain, templates,
+    /// then the replay and new records (from [`Self::poll_output`]).
+    pub fn handle_association_up(&mut self, now: Instant, association: AssociationId) {
+        let Phase::Connecting {
+            association: expected,
+            ref pe,
+            reason,
+        } = self.phase
+        else {
+            return;
+        };
+        if association != expected {
+            return;
+        }
+        let pe = pe.clone();
+        self.failed_this_round.clear();
+        let mut pending = 0;
+        for domain in self.domains.values_mut() {
+            domain.rewind();
+            pending += domain.next_sequence.saturating_sub(domain.send_cursor);
+        }
+        let domains: Vec<u32> = self.domains.keys().copied().collect();
+        for domain in domains {
+            self.introduce(now, association, domain);
+        }
+        if reason == ConnectReason::Failback {
+            self.counters.failbacks += 1;
+        }
+        self.outputs.push_back(Output::Notice(Notice::Streaming {
+            pe_id: pe.pe_id,
+            reason,
+            pending,
+        }));
+        let next_failback_check = matches!(pe.policy, PolicyParams::Priority { .. })
+            .then_some(now + self.config.failback_check);
+        self.cookie_deadline = None;
+        self.phase = Phase::Streaming {
+            association,
+            pe,
+            next_failback_check,
+            failback_check_pending: false,
+        };
+    }
+
+    /// Cookie Echo and templates of one domain on a fresh association.
+    fn introduce(&mut self, now: Instant, association: AssociationId, domain_id: u32) {
+        let exporter_id = self.config.exporter_id;
+        let unix_secs = self.export_time_at(now);
+        let domain = self.domains.get_mut(&domain_id).expect("known domain");
+        let cookie = domain
+            .cookie
+            .unwrap_or_else(|| BillingCookie::introduction(exporter_id, domain_id));
+        self.outputs.push_back(Output::Send {
+            association,
+            ppid: ASAP_SCTP_PPID,
+            payload: cookie.cookie_echo_message_bytes(),
+        });
+        if !self.templates.is_empty() {
+            // A template-only message counts no data records: its sequence
+            // number is that of the next data record.
+            self.writer
+                .start(domain_id, unix_secs, domain.send_cursor as u32);
+            for template in &self.templates {
+                // Our templates are small; a message holds them all.
+                let _ = self.writer.add_template(template);
+            }
+            self.outputs.push_back(Output::Send {
+                association,
+                ppid: crate::pool_user::IPFIX_PPID,
+                payload: self.writer.finish().to_vec(),
+            });
+        }
+        domain.introduced = true;
+    }
+
+    fn export_time_at(&self, now: Instant) -> u32 {
+        let elapsed = now.saturating_duration_since(self.clock_base).as_millis() as u64;
+        ((self.wall_base_ms + elapsed) / 1000) as u32
+    }
+
+    /// Builds the next IPFIX message of some domain with unsent records in
+    /// memory: consecutive record sequences, header sequence number = low
+    /// 32 bits of the first one.
+    fn next_data_message(&mut self, now: Instant, association: AssociationId) -> Option<Output> {
+        let ids: Vec<u32> = self.domains.keys().copied().collect();
+        if ids.is_empty() {
+            return None;
+        }
+        for offset in 0..ids.len() {
+            let domain_id = ids[(self.send_turn + offset) % ids.len()];
+            let has_unsent = {
+                let d = &self.domains[&domain_id];
+                d.buffer.in_memory_from(d.send_cursor).next().is_some()
+            };
+            if !has_unsent {
+                continue;
+            }
+            if !self.domains[&domain_id].introduced {
+                // A domain that appeared during the association.
+                self.introduce(now, association, domain_id);
+                return self.outputs.pop_front();
+            }
+            self.send_turn = (self.send_turn + offset + 1) % ids.len();
+            let export_time = self.export_time_at(now);
+            let domain = self.domains.get_mut(&domain_id).expect("listed");
+            let mut records = domain.buffer.in_memory_from(domain.send_cursor).peekable();
+            let first = records.peek().expect("has unsent").sequence;
+            self.writer.start(domain_id, export_time, first as u32);
+            let mut count = 0u64;
+            for record in records {
+                if record.sequence != first + count {
+                    break; // A gap (records lost in a restart): new message.
+                }
+                if self
+                    .writer
+                    .add_record(record.template_id, &record.bytes)
+                    .is_err()
+                {
+                    break;
+                }
+                count += 1;
+            }
+            if count == 0 {
+                // A record larger than a message: cannot be sent at all.
+                // Skip it loudly rather than stall the pool forever.
+                tracing::error!(
+                    domain = domain_id,
+                    sequence = first,
+                    "record does not fit an IPFIX message; skipped"
+                );
+                domain.send_cursor = first + 1;
+                return self.outputs.pop_front();
+            }
+            domain.send_cursor = first + count;
+            self.counters.records_sent += count;
+            if self.cookie_deadline.is_none() {
+                self.cookie_deadline = Some(now + self.config.cookie_timeout);
+            }
+            return Some(Output::Send {
+                association,
+                ppid: IPFIX_PPID,
+                payload: self.writer.finish().to_vec(),
+            });
+        }
+        None
+    }
+
+    /// A message from the collector on the data association (PPID 11:
+    /// ASAP Cookie or Error; anything else is ignored).
+    pub fn handle_message(
+        &mut self,
+        now: Instant,
+        association: AssociationId,
+        ppid: u32,
+        payload: &[u8],
+    ) {
+        if self.current_association() != Some(association) || ppid != ASAP_SCTP_PPID {
+            return;
+        }
+        let message = match AsapMessage::decode(payload) {
+            Ok(message) => message,
+            Err(error) => {
+                self.reject_cookie(format!("undecodable ASAP message: {error}"));
+                return;
+            }
+        };
+        if let AsapMessage::Error { error } = &message {
+            self.outputs
+                .push_back(Output::Notice(Notice::CollectorError {
+                    error: format!("{error:?}"),
+                }));
+            return;
+        }
+        let cookie = match cookie_from_message(&message) {
+            Ok((CookieMessageKind::Cookie, cookie)) => cookie,
+            Ok((CookieMessageKind::CookieEcho, _)) => {
+                self.reject_cookie("Cookie Echo from the collector".into());
+                return;
+            }
+            Err(error) => {
+                self.reject_cookie(error.to_string());
+                return;
+            }
+        };
+        self.accept_cookie(now, cookie);
+    }
+
+    fn reject_cookie(&mut self, reason: String) {
+        self.outputs
+            .push_back(Output::Notice(Notice::CookieRejected { reason }));
+    }
+
+    fn accept_cookie(&mut self, now: Instant, cookie: BillingCookie) {
+        if cookie.exporter_id != self.config.exporter_id {
+            self.reject_cookie(format!("cookie for exporter {}", cookie.exporter_id));
+            return;
+        }
+        if cookie.introduction {
+            return; // Claims nothing.
+        }
+        let Some(domain) = self.domains.get_mut(&cookie.domain) else {
+            self.reject_cookie(format!("cookie for unknown domain {}", cookie.domain));
+            return;
+        };
+        // The exporter cannot check the HMAC (it holds no pool key); it can
+        // refuse claims about records it never numbered.
+        if cookie.last_record_sequence >= domain.next_sequence {
+            let assigned = domain.next_sequence;
+            self.reject_cookie(format!(
+                "cookie claims sequence {} of domain {}, only {assigned} assigned",
+                cookie.last_record_sequence, cookie.domain
+            ));
+            return;
+        }
+        if domain
+            .cookie
+            .is_some_and(|c| c.covers(cookie.last_record_sequence))
+        {
+            return; // No progress (a repeat or an older commit).
+        }
+        if let Err(error) = domain.buffer.acknowledge(cookie.last_record_sequence) {
+            tracing::error!(%error, "replay spill read failed");
+        }
+        domain.cookie = Some(cookie);
+        // Stored already: no need to send it again.
+        domain.send_cursor = domain.send_cursor.max(cookie.next_record_sequence());
+        self.counters.cookies += 1;
+        self.cookies_dirty = true;
+        let outstanding: u64 = self.domains.values().map(Domain::outstanding).sum();
+        self.cookie_deadline = (outstanding > 0).then_some(now + self.config.cookie_timeout);
+        self.check_drained();
+    }
+
+    fn current_association(&self) -> Option<AssociationId> {
+        match self.phase {
+            Phase::Connecting { association, .. }
+            | Phase::Streaming { association, .. }
+            | Phase::Draining { association, .. } => Some(association),
+            _ => None,
+        }
+    }
+
+    /// The association ended (failed, aborted, or closed by the peer), or
+    /// could not be established.
+    pub fn handle_association_ended(&mut self, now: Instant, association: AssociationId) {
+        if self.current_association() != Some(association) {
+            return;
+        }
+        match &self.phase {
+            Phase::Connecting { pe, reason, .. } => {
+                let (pe_id, reason) = (pe.pe_id, *reason);
+                self.outputs
+                    .push_back(Output::Notice(Notice::ConnectFailed { pe_id }));
+                self.outputs.push_back(Output::ReportUnreachable { pe_id });
+                self.failed_this_round.insert(pe_id);
+                self.last_failure.insert(pe_id, now);
+                let reason = if reason == ConnectReason::Initial {
+                    ConnectReason::Initial
+                } else {
+                    ConnectReason::Failover
+                };
+                self.phase = Phase::Selecting { reason };
+                self.outputs.push_back(Output::Select);
+            }
+            _ => self.fail_over(now, FailureCause::AssociationEnded),
+        }
+    }
+
+    /// The answer to [`Output::CheckFailback`].
+    pub fn handle_failback_check(&mut self, now: Instant, target: Option<PoolElementInfo>) {
+        let Phase::Streaming {
+            association,
+            ref pe,
+            ref mut failback_check_pending,
+            ..
+        } = self.phase
+        else {
+            return;
+        };
+        *failback_check_pending = false;
+        let holdoff = self.config.failback_holdoff;
+        let Some(target) = target.filter(|t| {
+            t.pe_id != pe.pe_id
+                && self
+                    .last_failure
+                    .get(&t.pe_id)
+                    .is_none_or(|&failed| now >= failed + holdoff)
+        }) else {
+            return;
+        };
+        let pe = pe.clone();
+        self.outputs.push_back(Output::Notice(Notice::DrainStarted {
+            from: pe.pe_id,
+            to: target.pe_id,
+        }));
+        self.phase = Phase::Draining {
+            association,
+            pe,
+            target,
+            deadline: now + self.config.drain_timeout,
+        };
+        self.check_drained();
+    }
+
+    /// Draining and everything sent is covered: move to the target.
+    fn check_drained(&mut self) {
+        let Phase::Draining {
+            association,
+            ref target,
+            ..
+        } = self.phase
+        else {
+            return;
+        };
+        if self.domains.values().any(|d| d.outstanding() > 0) {
+            return;
+        }
+        let target = target.clone();
+        self.outputs.push_back(Output::Close { association });
+        self.cookie_deadline = None;
+        self.connect(target, ConnectReason::Failback);
+    }
+
+    fn fail_over(&mut self, now: Instant, cause: FailureCause) {
+        let Some(association) = self.current_association() else {
+            return;
+        };
+        let pe_id = match &self.phase {
+            Phase::Connecting { pe, .. }
+            | Phase::Streaming { pe, .. }
+            | Phase::Draining { pe, .. } => pe.pe_id,
+            _ => return,
+        };
+        self.counters.failovers += 1;
+        self.outputs
+            .push_back(Output::Notice(Notice::FailoverStarted { pe_id, cause }));
+        self.outputs.push_back(Output::Close { association });
+        self.outputs.push_back(Output::ReportUnreachable { pe_id });
+        self.failed_this_round.insert(pe_id);
+        self.last_failure.insert(pe_id, now);
+        self.cookie_deadline = None;
+        for domain in self.domains.values_mut() {
+            // What was sent and not covered goes again to the next PE.
+            let before = domain.send_cursor;
+            domain.rewind();
+            self.counters.records_replayed += before.saturating_sub(domain.send_cursor);
+        }
+        self.phase = Phase::Selecting {
+            reason: ConnectReason::Failover,
+        };
+        self.outputs.push_back(Output::Select);
+    }
+}

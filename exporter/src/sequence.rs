@@ -1,0 +1,197 @@
+//! What an exporter must remember across restarts (docs/billing-continuity.md
+//! "Record sequence"): per observation domain the next record sequence to
+//! assign (never reused) and the last cookie received (echoed to the next
+//! collector instead of an introduction).
+//!
+//! The file is small TOML, replaced atomically: written to `FILE.tmp`,
+//! fsynced, renamed over `FILE`, and the directory fsynced, so a crash leaves
+//! either the old or the new state, never a torn one.
+//!
+//! Sequence numbers are *reserved* ahead in blocks (see
+//! [`crate::pool_user::ExporterConfig::sequence_reservation`]): the file
+//! always holds a value above every sequence already handed out, so a crash
+//! can skip numbers (the audit shows them as a gap next to the records that
+//! were lost in memory anyway) but never reuse one, which would make two
+//! different records share a sequence.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use protocol::billing::BillingCookie;
+use serde::{Deserialize, Serialize};
+
+/// Remembered state of one domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DomainState {
+    /// No sequence below this one may be assigned again.
+    pub next_sequence: u64,
+    /// The last cookie received for the domain, if any.
+    pub last_cookie: Option<BillingCookie>,
+}
+
+/// Remembered state of an exporter.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExporterState {
+    /// The exporter id the state belongs to (a state file is never used
+    /// under another id: its sequences and cookies would be wrong).
+    pub exporter_id: u32,
+    /// Per observation domain.
+    pub domains: BTreeMap<u32, DomainState>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StateFileV1 {
+    version: u32,
+    exporter_id: u32,
+    #[serde(default)]
+    domains: Vec<DomainEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DomainEntry {
+    domain: u32,
+    next_sequence: u64,
+    /// The cookie's 64 bytes in hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_cookie: Option<String>,
+}
+
+impl ExporterState {
+    /// Fresh state: nothing sent, no cookies.
+    pub fn new(exporter_id: u32) -> Self {
+        Self {
+            exporter_id,
+            domains: BTreeMap::new(),
+        }
+    }
+
+    /// The TOML text of the state.
+    pub fn to_toml(&self) -> String {
+        let file = StateFileV1 {
+            version: 1,
+            exporter_id: self.exporter_id,
+            domains: self
+                .domains
+                .iter()
+                .map(|(&domain, state)| DomainEntry {
+                    domain,
+                    next_sequence: state.next_sequence,
+                    last_cookie: state.last_cookie.map(|c| to_hex(&c.encode())),
+                })
+                .collect(),
+        };
+        toml::to_string(&file).expect("state serializes")
+    }
+
+    /// Parses [`Self::to_toml`]'s text.
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        let file: StateFileV1 = toml::from_str(text).context("state file is not valid TOML")?;
+        if file.version != 1 {
+            bail!("state file version {} unknown", file.version);
+        }
+        let mut domains = BTreeMap::new();
+        for entry in file.domains {
+            let last_cookie = match entry.last_cookie {
+                Some(hex) => {
+                    let bytes = from_hex(&hex)
+                        .with_context(|| format!("domain {}: cookie not hex", entry.domain))?;
+                    Some(
+                        BillingCookie::decode(&bytes)
+                            .with_context(|| format!("domain {}: bad cookie", entry.domain))?,
+                    )
+                }
+                None => None,
+            };
+            domains.insert(
+                entry.domain,
+                DomainState {
+                    next_sequence: entry.next_sequence,
+                    last_cookie,
+                },
+            );
+        }
+        Ok(Self {
+            exporter_id: file.exporter_id,
+            domains,
+        })
+    }
+}
+
+/// The state file on disk.
+#[derive(Debug, Clone)]
+pub struct StateFile {
+    path: PathBuf,
+}
+
+impl StateFile {
+    /// A state file at `path` (not touched until load or store).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the state; a missing file is a fresh start for `exporter_id`.
+    /// A file of another exporter id is an error (a copied configuration).
+    pub fn load(&self, exporter_id: u32) -> anyhow::Result<ExporterState> {
+        let text = match fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                return Ok(ExporterState::new(exporter_id));
+            }
+            Err(error) => {
+                return Err(error).with_context(|| format!("reading {}", self.path.display()));
+            }
+        };
+        let state = ExporterState::from_toml(&text)
+            .with_context(|| format!("parsing {}", self.path.display()))?;
+        if state.exporter_id != exporter_id {
+            bail!(
+                "{} belongs to exporter id {}, not {}",
+                self.path.display(),
+                state.exporter_id,
+                exporter_id
+            );
+        }
+        Ok(state)
+    }
+
+    /// Replaces the file atomically and durably (tmp, fsync, rename, fsync
+    /// of the directory).
+    pub fn store(&self, state: &ExporterState) -> io::Result<()> {
+        let mut tmp_name = self.path.as_os_str().to_owned();
+        tmp_name.push(".tmp");
+        let tmp = PathBuf::from(tmp_name);
+        {
+            let mut file = File::create(&tmp)?;
+            file.write_all(state.to_toml().as_bytes())?;
+            file.sync_all()?;
+        }
+        fs::rename(&tmp, &self.path)?;
+        let dir = match self.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        File::open(dir)?.sync_all()
+    }
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn from_hex(text: &str) -> anyhow::Result<Vec<u8>> {
+    if text.len() % 2 != 0 || !text.is_ascii() {
+        bail!("odd length or non-ASCII");
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).context("not a hex digit"))
+        .collect()
+}

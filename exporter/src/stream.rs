@@ -1,0 +1,507 @@
+//! The tokio driver of the pool user core ([`crate::pool_user::Exporter`]):
+//! one task owns the core and carries out its outputs; the ASAP pool user
+//! (`asap_client::PoolUserClient`), each data association's reader and the
+//! record input feed it through channels. Everything that can wait (ASAP
+//! requests, connects) runs in its own task, so cookies keep flowing while a
+//! registrar is slow.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, anyhow};
+use asap_client::pool_user::PoolUserConfig;
+use asap_client::{PoolElementInfo, PoolUserClient, PoolUserDriverConfig, RegistrarAddress};
+use bytes::Bytes;
+use protocol::ipfix::Template;
+use protocol::rserpool::PoolHandle;
+use protocol::rserpool::params::TransportKind as AsapTransportKind;
+use tokio::sync::mpsc;
+use transport::{AssociationSender, Event, TransportKind};
+
+use crate::pool_user::{
+    AssociationId, BILLING_STREAM, Counters, Exporter, ExporterConfig, Notice, Output, RecordError,
+};
+use crate::sequence::StateFile;
+
+/// PEs asked for per selection: the policy's ranking, best first.
+const SELECT_CANDIDATES: usize = 16;
+
+/// One record for the exporter.
+#[derive(Debug, Clone)]
+pub struct InputRecord {
+    /// Observation domain.
+    pub domain: u32,
+    /// Template the bytes are encoded for (announced in `templates`).
+    pub template_id: u16,
+    /// The encoded data record.
+    pub bytes: Vec<u8>,
+}
+
+/// Everything [`run`] needs.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    /// The core.
+    pub exporter: ExporterConfig,
+    /// Templates of the input's records, sent on every association.
+    pub templates: Vec<Template>,
+    /// Pool to resolve.
+    pub pool_handle: PoolHandle,
+    /// Static registrar list.
+    pub registrars: Vec<RegistrarAddress>,
+    /// The state file.
+    pub state_file: StateFile,
+    /// Transport timers for data and registrar associations (kind and
+    /// port are set per peer).
+    pub transport: transport::Config,
+    /// PU cache lifetime.
+    pub cache_lifetime: Duration,
+    /// T1-ENRPrequest.
+    pub registrar_request_timeout: Duration,
+    /// After the input ended: longest wait for the last cookies.
+    pub exit_drain_timeout: Duration,
+}
+
+/// What a finished [`run`] did.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamReport {
+    /// Records taken from the input.
+    pub records_in: u64,
+    /// Core counters.
+    pub counters: Counters,
+    /// Every record was covered by a cookie at exit.
+    pub drained: bool,
+    /// Run time.
+    pub elapsed: Duration,
+}
+
+/// Progress line material, for the caller's printing.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// Periodic.
+    Status {
+        /// Records taken from the input.
+        records_in: u64,
+        /// Records sent (replays included).
+        records_sent: u64,
+        /// Records not yet covered by a cookie.
+        buffered: u64,
+        /// PE in use.
+        pe: Option<u32>,
+    },
+    /// A notice of the core (failover, failback, ...).
+    Notice(Notice),
+}
+
+enum DriverEvent {
+    Selected(Result<Vec<PoolElementInfo>, String>),
+    FailbackCheck(Option<PoolElementInfo>),
+    Up(AssociationId, AssociationSender),
+    Message(AssociationId, u32, Bytes),
+    Ended(AssociationId),
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Streams the input to the pool until it ends (and its records are covered
+/// by cookies, or `exit_drain_timeout` passed) or `shutdown` resolves. The
+/// state file is written on the way out.
+pub async fn run(
+    settings: StreamSettings,
+    mut input: mpsc::Receiver<InputRecord>,
+    shutdown: impl Future<Output = ()>,
+    mut progress: impl FnMut(Progress),
+) -> anyhow::Result<StreamReport> {
+    let started = Instant::now();
+    let mut pu_config = PoolUserConfig::new(settings.registrars.len());
+    pu_config.cache_lifetime = settings.cache_lifetime;
+    pu_config.request_timeout = settings.registrar_request_timeout;
+    pu_config.connect_timeout = settings.transport.connect_timeout;
+    let client = PoolUserClient::new(PoolUserDriverConfig {
+        pool_user: pu_config,
+        registrars: settings.registrars.clone(),
+        transport: settings.transport.clone(),
+    })?;
+    let state = settings.state_file.load(settings.exporter.exporter_id)?;
+    let mut core = Exporter::new(
+        settings.exporter.clone(),
+        state,
+        settings.templates.clone(),
+        Instant::now(),
+        unix_ms(),
+    )
+    .context("opening the replay buffers")?;
+    core.start();
+
+    let (events_tx, mut events) = mpsc::channel::<DriverEvent>(1024);
+    let mut driver = Driver {
+        settings: &settings,
+        client,
+        events_tx,
+        sender: None,
+    };
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut held: Option<InputRecord> = None;
+    let mut records_in = 0u64;
+    let mut input_done = false;
+    let mut input_done_at: Option<Instant> = None;
+    let mut next_status = Instant::now() + Duration::from_secs(1);
+    let mut interrupted = false;
+
+    loop {
+        while let Some(output) = core.poll_output(Instant::now()) {
+            driver.execute(output, &mut progress).await?;
+        }
+        publish_metrics(&core);
+        let now = Instant::now();
+        if now >= next_status {
+            next_status = now + Duration::from_secs(1);
+            progress(Progress::Status {
+                records_in,
+                records_sent: core.counters().records_sent,
+                buffered: core.buffered_records(),
+                pe: core.current_pe(),
+            });
+        }
+        if input_done && held.is_none() {
+            if core.is_drained() {
+                break;
+            }
+            let done_at = *input_done_at.get_or_insert(now);
+            if now >= done_at + settings.exit_drain_timeout {
+                tracing::warn!(
+                    buffered = core.buffered_records(),
+                    "exit: records still not covered by a cookie"
+                );
+                break;
+            }
+        }
+        // Back-pressure: a record the core refused is retried before any
+        // new one is read.
+        if let Some(record) = held.take_if(|r| core.can_accept(r.domain)) {
+            push(&mut core, record)?;
+            records_in += 1;
+        }
+        let wake = [
+            core.poll_timeout(),
+            Some(next_status),
+            input_done_at.map(|at| at + settings.exit_drain_timeout),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        tokio::select! {
+            biased;
+            () = &mut shutdown, if !interrupted => {
+                interrupted = true;
+                break;
+            }
+            event = events.recv() => {
+                let Some(event) = event else { continue };
+                let now = Instant::now();
+                match event {
+                    DriverEvent::Selected(result) => core.handle_selected(now, result),
+                    DriverEvent::FailbackCheck(target) => core.handle_failback_check(now, target),
+                    DriverEvent::Up(association, sender) => {
+                        if core.connecting_association() == Some(association) {
+                            driver.sender = Some((association, sender));
+                            core.handle_association_up(now, association);
+                        } else {
+                            sender.close(); // The core gave up on it.
+                        }
+                    }
+                    DriverEvent::Message(association, ppid, payload) => {
+                        core.handle_message(now, association, ppid, &payload);
+                    }
+                    DriverEvent::Ended(association) => {
+                        if driver.sender.as_ref().is_some_and(|(a, _)| *a == association) {
+                            driver.sender = None;
+                        }
+                        core.handle_association_ended(now, association);
+                    }
+                }
+            }
+            record = input.recv(), if !input_done && held.is_none() => {
+                match record {
+                    Some(record) => {
+                        // Take what is already queued in one go, up to a
+                        // batch, then let the output loop run.
+                        let mut next = Some(record);
+                        for _ in 0..256 {
+                            let Some(record) = next.take() else { break };
+                            if !core.can_accept(record.domain) {
+                                held = Some(record);
+                                break;
+                            }
+                            push(&mut core, record)?;
+                            records_in += 1;
+                            next = input.try_recv().ok();
+                        }
+                        if let Some(record) = next {
+                            held = Some(record);
+                        }
+                    }
+                    None => input_done = true,
+                }
+            }
+            () = sleep_until(wake) => core.handle_timeout(Instant::now()),
+        }
+    }
+
+    if let Some((_, sender)) = driver.sender.take() {
+        sender.close();
+    }
+    let drained = core.is_drained();
+    let state = core.shutdown_state().context("saving the replay buffer")?;
+    settings
+        .state_file
+        .store(&state)
+        .with_context(|| format!("writing {}", settings.state_file.path().display()))?;
+    publish_metrics(&core);
+    if interrupted {
+        tracing::info!("interrupted; state saved");
+    }
+    Ok(StreamReport {
+        records_in,
+        counters: core.counters(),
+        drained,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Hands a record the core said it can take to it.
+fn push(core: &mut Exporter, record: InputRecord) -> anyhow::Result<()> {
+    match core.push_record(record.domain, record.template_id, record.bytes) {
+        Ok(_) => Ok(()),
+        // `can_accept` said yes; a full buffer here is a bug, not input.
+        Err(RecordError::Full) => Err(anyhow!("replay buffer full after can_accept")),
+        Err(RecordError::Io(error)) => Err(error).context("replay spill"),
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn publish_metrics(core: &Exporter) {
+    let counters = core.counters();
+    metrics::counter!("poolflow_exporter_failovers_total").absolute(counters.failovers);
+    metrics::counter!("poolflow_exporter_failbacks_total").absolute(counters.failbacks);
+    metrics::counter!("poolflow_exporter_records_sent_total").absolute(counters.records_sent);
+    metrics::gauge!("poolflow_exporter_replay_buffer_records").set(core.buffered_records() as f64);
+    metrics::gauge!("poolflow_exporter_cookie_lag_records").set(core.cookie_lag() as f64);
+}
+
+struct Driver<'a> {
+    settings: &'a StreamSettings,
+    client: PoolUserClient,
+    events_tx: mpsc::Sender<DriverEvent>,
+    sender: Option<(AssociationId, AssociationSender)>,
+}
+
+impl Driver<'_> {
+    async fn execute(
+        &mut self,
+        output: Output,
+        progress: &mut impl FnMut(Progress),
+    ) -> anyhow::Result<()> {
+        match output {
+            Output::Select => {
+                let mut client = self.client.clone();
+                let handle = self.settings.pool_handle.clone();
+                let events = self.events_tx.clone();
+                tokio::spawn(async move {
+                    let result = client
+                        .select(&handle, SELECT_CANDIDATES)
+                        .await
+                        .map_err(|e| format!("{e:#}"));
+                    let _ = events.send(DriverEvent::Selected(result)).await;
+                });
+            }
+            Output::ReportUnreachable { pe_id } => {
+                tracing::info!(
+                    pe_id = format_args!("{pe_id:#010x}"),
+                    "reporting PE unreachable"
+                );
+                self.client
+                    .report_unreachable(&self.settings.pool_handle, pe_id)
+                    .await?;
+            }
+            Output::Connect { association, pe } => {
+                let events = self.events_tx.clone();
+                let base = self.settings.transport.clone();
+                tokio::spawn(run_association(association, pe, base, events));
+            }
+            Output::Send {
+                association,
+                ppid,
+                payload,
+            } => {
+                if let Some((current, sender)) = &self.sender
+                    && *current == association
+                {
+                    let message = transport::Message::new(BILLING_STREAM, ppid, payload);
+                    if let Err(error) = sender.send(message).await {
+                        // The reader reports the association's end.
+                        tracing::debug!(%error, "send failed");
+                    }
+                }
+            }
+            Output::Close { association } => {
+                if let Some((current, sender)) = &self.sender
+                    && *current == association
+                {
+                    sender.close();
+                    self.sender = None;
+                }
+            }
+            Output::CheckFailback { current } => {
+                let mut client = self.client.clone();
+                let handle = self.settings.pool_handle.clone();
+                let events = self.events_tx.clone();
+                tokio::spawn(async move {
+                    let target = failback_target(&mut client, &handle, current).await;
+                    let _ = events.send(DriverEvent::FailbackCheck(target)).await;
+                });
+            }
+            Output::PersistState(state) => {
+                self.settings.state_file.store(&state).with_context(|| {
+                    format!("writing {}", self.settings.state_file.path().display())
+                })?;
+            }
+            Output::Notice(notice) => {
+                log_notice(&notice);
+                progress(Progress::Notice(notice));
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn failback_target(
+    client: &mut PoolUserClient,
+    handle: &PoolHandle,
+    current: u32,
+) -> Option<PoolElementInfo> {
+    let elements = match client.refresh(handle).await {
+        Ok(elements) => elements,
+        Err(error) => {
+            tracing::debug!(
+                error = format!("{error:#}"),
+                "failback check: no resolution"
+            );
+            return None;
+        }
+    };
+    let target = client.should_fail_back(handle, current).await.ok()??;
+    elements.into_iter().find(|pe| pe.pe_id == target)
+}
+
+fn log_notice(notice: &Notice) {
+    match notice {
+        Notice::Streaming {
+            pe_id,
+            reason,
+            pending,
+        } => tracing::info!(
+            pe_id = format_args!("{pe_id:#010x}"),
+            ?reason,
+            pending,
+            "streaming"
+        ),
+        Notice::FailoverStarted { pe_id, cause } => {
+            tracing::warn!(pe_id = format_args!("{pe_id:#010x}"), ?cause, "failover")
+        }
+        Notice::DrainStarted { from, to } => tracing::info!(
+            from = format_args!("{from:#010x}"),
+            to = format_args!("{to:#010x}"),
+            "failback: draining"
+        ),
+        Notice::ConnectFailed { pe_id } => {
+            tracing::warn!(pe_id = format_args!("{pe_id:#010x}"), "connect failed")
+        }
+        Notice::NoPoolElement { reason } => {
+            tracing::warn!(%reason, "no pool element reachable; buffering")
+        }
+        Notice::CookieRejected { reason } => tracing::warn!(%reason, "cookie rejected"),
+        Notice::CollectorError { error } => tracing::warn!(%error, "collector sent an ASAP Error"),
+    }
+}
+
+/// Where and how to reach a PE's user transport: SCTP (over UDP, SCTP port
+/// = UDP port, the project's convention) or TCP.
+pub fn data_transport(
+    pe: &PoolElementInfo,
+    base: &transport::Config,
+) -> anyhow::Result<(transport::Config, SocketAddr)> {
+    let ut = &pe.user_transport;
+    let ip = *ut
+        .addresses
+        .first()
+        .ok_or_else(|| anyhow!("PE {:#010x} advertises no address", pe.pe_id))?;
+    let mut config = base.clone();
+    match ut.kind {
+        AsapTransportKind::Sctp(_) => {
+            config.transport = TransportKind::SctpOverUdp;
+            config.sctp_port = ut.port;
+        }
+        AsapTransportKind::Tcp(_) => config.transport = TransportKind::Tcp,
+        other => {
+            return Err(anyhow!(
+                "PE {:#010x}: transport {other:?} carries no cookies",
+                pe.pe_id
+            ));
+        }
+    }
+    Ok((config, SocketAddr::new(ip, ut.port)))
+}
+
+async fn run_association(
+    association: AssociationId,
+    pe: PoolElementInfo,
+    base: transport::Config,
+    events: mpsc::Sender<DriverEvent>,
+) {
+    let connected = match data_transport(&pe, &base) {
+        Ok((config, addr)) => transport::connect(config, addr)
+            .await
+            .map_err(anyhow::Error::from),
+        Err(error) => Err(error),
+    };
+    let mut link = match connected {
+        Ok(link) => link,
+        Err(error) => {
+            tracing::info!(
+                pe_id = format_args!("{:#010x}", pe.pe_id),
+                error = format!("{error:#}"),
+                "collector connect failed"
+            );
+            let _ = events.send(DriverEvent::Ended(association)).await;
+            return;
+        }
+    };
+    loop {
+        let event = match link.recv().await {
+            Some(Event::Up) => DriverEvent::Up(association, link.sender()),
+            Some(Event::Message(message)) => {
+                DriverEvent::Message(association, message.ppid, message.payload)
+            }
+            // A restarted collector lost our Cookie Echo and maybe messages
+            // in flight: start over as after a failure.
+            Some(Event::Restarted) | Some(Event::Down(_)) | Some(Event::Failed(_)) | None => {
+                let _ = events.send(DriverEvent::Ended(association)).await;
+                return;
+            }
+        };
+        if events.send(event).await.is_err() {
+            return;
+        }
+    }
+}
