@@ -29,6 +29,7 @@ use protocol::ipfix::{
 use tokio::sync::mpsc;
 use tracing::{debug, error, warn};
 
+use crate::billing::{BillingTag, Handover};
 use crate::record::{SequenceEvent, SequenceEventKind};
 use crate::store::Store;
 
@@ -49,6 +50,9 @@ pub struct RecordBlock {
     pub received_ms: i64,
     /// This block's records in [`Batch::bytes`].
     pub bytes: Range<usize>,
+    /// Set on billing associations (after a Cookie Echo): whose records
+    /// these are and the first one's record sequence.
+    pub billing: Option<BillingTag>,
 }
 
 /// Records and sequence events that travel to the writer together.
@@ -58,12 +62,14 @@ pub struct Batch {
     /// The records' bytes of every block, back to back.
     pub bytes: Vec<u8>,
     pub events: Vec<SequenceEvent>,
+    /// Exporters that arrived here with a Cookie Echo (failover/failback).
+    pub handovers: Vec<Handover>,
     records: usize,
 }
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
-        self.blocks.is_empty() && self.events.is_empty()
+        self.blocks.is_empty() && self.events.is_empty() && self.handovers.is_empty()
     }
 
     /// Data records in the batch.
@@ -82,6 +88,7 @@ impl Batch {
             blocks: Vec::with_capacity(records / 8),
             bytes: Vec::with_capacity(records * record_len),
             events: Vec::new(),
+            handovers: Vec::new(),
             records: 0,
         }
     }
@@ -201,6 +208,7 @@ impl SessionDecoder {
                 record_count: 1,
                 received_ms,
                 bytes: start..out.bytes.len(),
+                billing: None,
             });
         });
         self.messages_total.increment(1);
@@ -267,10 +275,22 @@ pub struct WriterConfig {
 }
 
 /// What the writer has made durable so far, readable from any thread.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Progress {
     pub committed_records: AtomicU64,
     pub commits: AtomicU64,
+    /// Bumped after every commit: sessions owing cookies wait on it.
+    pub committed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self {
+            committed_records: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
+            committed: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 /// Starts the writer thread. It ends, after a last commit, when every sender
@@ -306,7 +326,8 @@ pub fn spawn_writer(
                     return Err(err);
                 }
                 progress.committed_records.fetch_add(n, Ordering::Release);
-                progress.commits.fetch_add(1, Ordering::Release);
+                let commits = progress.commits.fetch_add(1, Ordering::Release) + 1;
+                progress.committed.send_replace(commits);
                 metrics::counter!("poolflow_collector_records_stored_total").increment(n);
                 pending.clear();
             }

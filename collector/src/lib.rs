@@ -5,6 +5,7 @@
 //! in [`ingest`]; [`RunningCollector::shutdown`] stops receiving, commits
 //! what was received and closes the store.
 
+pub mod billing;
 pub mod config;
 pub mod ingest;
 pub mod listeners;
@@ -50,6 +51,7 @@ pub struct RunningCollector {
 pub async fn start(config: &CollectorConfig) -> Result<RunningCollector> {
     config.validate()?;
     let store = Store::open(&config.database)?;
+    let ledger = store.ledger();
     let (tx, rx) = mpsc::channel(config.queue_batches);
     let progress = Arc::new(Progress::default());
     let writer = spawn_writer(
@@ -108,6 +110,20 @@ pub async fn start(config: &CollectorConfig) -> Result<RunningCollector> {
             stop_tcp_rx.clone(),
         ));
     }
+    let billing = match &config.pool {
+        Some(pool) => match pool::cookie_key(pool)? {
+            Some(key) => Some(sctp::BillingContext {
+                signer: billing::CookieSigner {
+                    key,
+                    pe_identifier: pool::pe_identifier(pool, &config.database)?,
+                },
+                ledger,
+                committed: progress.committed.subscribe(),
+            }),
+            None => None,
+        },
+        None => None,
+    };
     let mut sctp_addrs = Vec::new();
     for addr in &config.sctp_listen {
         let sctp_config = transport::Config {
@@ -126,6 +142,7 @@ pub async fn start(config: &CollectorConfig) -> Result<RunningCollector> {
                 config.max_templates_per_session,
             ),
             max_sessions: config.max_sctp_sessions,
+            billing: billing.clone(),
         };
         tcp_tasks.spawn(sctp::serve_sctp(
             endpoint,

@@ -61,6 +61,14 @@ pub struct PoolConfig {
     /// Re-registration interval, milliseconds (at most 2/3 of the life).
     #[serde(default = "default_reregistration_ms")]
     pub reregistration_interval_ms: u64,
+    /// File holding the pool's shared cookie key (the HMAC key every
+    /// collector of the pool uses to sign and check billing cookies). With
+    /// no key the collector takes part in no cookie protocol.
+    #[serde(default)]
+    pub cookie_key_file: Option<PathBuf>,
+    /// The key inline (prefer `cookie_key_file`: config files get copied).
+    #[serde(default)]
+    pub cookie_key: Option<String>,
 }
 
 fn default_policy() -> String {
@@ -168,6 +176,10 @@ impl PoolConfig {
         }
         self.policy_params()?;
         anyhow::ensure!(
+            !(self.cookie_key.is_some() && self.cookie_key_file.is_some()),
+            "set `pool.cookie_key` or `pool.cookie_key_file`, not both"
+        );
+        anyhow::ensure!(
             self.registration_lifetime_ms > 0 && self.reregistration_interval_ms > 0,
             "`pool.registration_lifetime_ms` and `pool.reregistration_interval_ms` must be positive"
         );
@@ -196,6 +208,24 @@ pub fn advertised_endpoint(
         "`pool.advertise` is not set and no SCTP or TCP listener has a specific address: \
          tell pool users where to connect, e.g. advertise = \"sctp:192.0.2.10:9899\""
     )
+}
+
+/// The pool's cookie key, if configured.
+pub fn cookie_key(pool: &PoolConfig) -> Result<Option<Vec<u8>>> {
+    let key = match (&pool.cookie_key, &pool.cookie_key_file) {
+        (Some(key), _) => key.as_bytes().to_vec(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading `pool.cookie_key_file` {}", path.display()))?
+            .trim()
+            .as_bytes()
+            .to_vec(),
+        (None, None) => return Ok(None),
+    };
+    anyhow::ensure!(
+        key.len() >= 16,
+        "the pool cookie key must be at least 16 bytes"
+    );
+    Ok(Some(key))
 }
 
 /// The PE identifier: configured, or persisted beside the database.

@@ -14,7 +14,8 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 use transport::{Association, Endpoint, Event};
 
-use crate::ingest::{Batch, SessionDecoder};
+use crate::billing::{AssociationBilling, BillingTag, CookieSigner, SharedLedger};
+use crate::ingest::{Batch, SessionDecoder, now_ms};
 
 /// Records collected before a session hands a batch to the writer.
 const SESSION_BATCH_RECORDS: usize = 2048;
@@ -26,6 +27,17 @@ const SESSION_FLUSH_DELAY: Duration = Duration::from_millis(20);
 pub struct SctpSettings {
     pub session: SessionConfig,
     pub max_sessions: usize,
+    /// Cookie protocol (docs/billing-continuity.md); `None` without a pool key.
+    pub billing: Option<BillingContext>,
+}
+
+/// What a session needs to take part in the cookie protocol.
+#[derive(Debug, Clone)]
+pub struct BillingContext {
+    pub signer: CookieSigner,
+    pub ledger: SharedLedger,
+    /// Changes after every commit.
+    pub committed: watch::Receiver<u64>,
 }
 
 /// Accepts associations until `shutdown` turns true, then waits for every
@@ -55,13 +67,14 @@ pub async fn serve_sctp(
         };
         let tx = tx.clone();
         let config = settings.session.clone();
+        let billing = settings.billing.clone();
         let shutdown = shutdown.clone();
         sessions.spawn(async move {
             let gauge =
                 metrics::gauge!("poolflow_collector_sessions_active", "transport" => "sctp");
             gauge.increment(1.0);
             info!(%peer, "SCTP association (IPFIX transport session) opened");
-            let reason = sctp_session(association, config, tx, shutdown).await;
+            let reason = sctp_session(association, config, billing, tx, shutdown).await;
             info!(%peer, "SCTP association closed: {reason}");
             gauge.decrement(1.0);
             drop(permit);
@@ -73,17 +86,31 @@ pub async fn serve_sctp(
 async fn sctp_session(
     mut association: Association,
     config: SessionConfig,
+    mut billing: Option<BillingContext>,
     tx: mpsc::Sender<Batch>,
     mut shutdown: watch::Receiver<bool>,
 ) -> String {
     let peer = association.remote_addr();
     let mut decoder = SessionDecoder::new(peer.to_string(), config.clone());
     let mut batch = Batch::default();
+    let mut cookies = AssociationBilling::default();
     // When the oldest unflushed record must go to the writer.
     let mut flush_at: Option<Instant> = None;
     let reason = loop {
+        let owes_cookies = billing.is_some() && cookies.exporter_id().is_some();
         let event = tokio::select! {
             event = association.recv() => event,
+            changed = async { billing.as_mut().expect("guarded").committed.changed().await },
+                if owes_cookies => {
+                if changed.is_err() {
+                    break "collector shutting down".to_owned();
+                }
+                let ctx = billing.as_ref().expect("guarded");
+                if send_cookies(&association, &mut cookies, ctx).await.is_err() {
+                    break "cookie send failed".to_owned();
+                }
+                continue;
+            }
             _ = tokio::time::sleep_until(flush_at.unwrap_or_else(Instant::now)), if flush_at.is_some() => {
                 if flush(&tx, &mut batch).await.is_err() {
                     break "collector shutting down".to_owned();
@@ -95,12 +122,51 @@ async fn sctp_session(
         };
         match event {
             Some(Event::Message(message)) if message.ppid == ASAP_SCTP_PPID => {
-                // ASAP on the data association (cookie echo) is handled by
-                // the pool layer; until then it is not IPFIX and is skipped.
-                warn!(%peer, "ASAP message on the IPFIX association ignored");
+                let Some(ctx) = billing.as_ref() else {
+                    warn!(%peer, "ASAP message on an IPFIX association, but no pool key is configured: ignored");
+                    continue;
+                };
+                match cookies.on_cookie_echo(
+                    &message.payload,
+                    &ctx.signer,
+                    &peer.to_string(),
+                    now_ms(),
+                ) {
+                    Ok(handover) => {
+                        info!(%peer, exporter = handover.exporter_id, domain = handover.domain,
+                              from_pe = ?handover.from_pe, record_sequence = ?handover.record_sequence,
+                              "exporter handed over (Cookie Echo)");
+                        metrics::counter!("poolflow_collector_handovers_total").increment(1);
+                        batch.handovers.push(handover);
+                        if flush_at.is_none() {
+                            flush_at = Some(Instant::now());
+                        }
+                        // Records this store already holds past the echoed
+                        // cookie are acknowledged at once.
+                        if send_cookies(&association, &mut cookies, ctx).await.is_err() {
+                            break "cookie send failed".to_owned();
+                        }
+                    }
+                    Err(err) => {
+                        metrics::counter!("poolflow_collector_cookie_rejected_total", "reason" => err.reason())
+                            .increment(1);
+                        warn!(%peer, reason = err.reason(), "Cookie Echo refused, closing the association: {err}");
+                        association.close();
+                        break format!("Cookie Echo refused: {err}");
+                    }
+                }
             }
             Some(Event::Message(message)) => {
+                let first_new = batch.blocks.len();
                 decoder.handle(&message.payload, message.stream, &mut batch);
+                for block in &mut batch.blocks[first_new..] {
+                    if let Some(base) = cookies.message_base(block.domain, block.message_sequence) {
+                        block.billing = Some(BillingTag {
+                            exporter_id: cookies.exporter_id().expect("set by the echo"),
+                            first_record_sequence: base + block.first_record_index as u64,
+                        });
+                    }
+                }
                 if batch.len() >= SESSION_BATCH_RECORDS {
                     if flush(&tx, &mut batch).await.is_err() {
                         break "collector shutting down".to_owned();
@@ -125,6 +191,24 @@ async fn sctp_session(
     };
     let _ = flush(&tx, &mut batch).await;
     reason
+}
+
+/// Sends the cookies the ledger now allows (ASAP, PPID 11, stream 0).
+async fn send_cookies(
+    association: &Association,
+    cookies: &mut AssociationBilling,
+    ctx: &BillingContext,
+) -> Result<(), transport::TransportError> {
+    let due = {
+        let ledger = ctx.ledger.lock().expect("ledger lock");
+        cookies.cookies_due(&ledger, &ctx.signer, now_ms())
+    };
+    for cookie in due {
+        association
+            .send(transport::Message::new(0, ASAP_SCTP_PPID, cookie))
+            .await?;
+    }
+    Ok(())
 }
 
 async fn flush(tx: &mpsc::Sender<Batch>, batch: &mut Batch) -> Result<(), ()> {

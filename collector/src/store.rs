@@ -6,20 +6,22 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use protocol::ipfix::message::DataRecordIter;
 use protocol::ipfix::{DataRecord, FieldSpecifier, MessageHeader, Template};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::billing::{BillingTag, Ledger, RangeSet, SharedLedger};
 use crate::ingest::{Batch, RecordBlock};
 use crate::record::{SequenceEventKind, StoredRecord, flow_fields};
 
 /// Bump when the schema changes; [`Store::open`] refuses unknown versions.
 /// 2: records stored in blocks (one row per message and template) instead
 /// of one row per record.
-pub const SCHEMA_VERSION: i64 = 2;
+/// 3: billing columns on record blocks, billing ranges and handovers.
+pub const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS exporters (
@@ -46,10 +48,29 @@ CREATE TABLE IF NOT EXISTS record_blocks (
     first_record_index INTEGER NOT NULL,  -- position of the first record among the message's
     record_count       INTEGER NOT NULL,
     received_ms        INTEGER NOT NULL,  -- collector clock, unix milliseconds
-    records            BLOB NOT NULL      -- the data records as received, back to back
+    records            BLOB NOT NULL,     -- the data records as received, back to back
+    billing_exporter   INTEGER,           -- billing exporter id (Cookie Echo); NULL: not billing
+    first_record_sequence INTEGER         -- record sequence of the first record (billing)
 );
 CREATE INDEX IF NOT EXISTS record_blocks_by_exporter_domain_time
     ON record_blocks (exporter_id, domain, export_time);
+CREATE TABLE IF NOT EXISTS billing_ranges (
+    billing_exporter INTEGER NOT NULL,
+    domain           INTEGER NOT NULL,
+    first            INTEGER NOT NULL,  -- record sequences first..=last are stored here
+    last             INTEGER NOT NULL,
+    PRIMARY KEY (billing_exporter, domain, first)
+);
+CREATE TABLE IF NOT EXISTS billing_handovers (
+    id               INTEGER PRIMARY KEY,
+    at_ms            INTEGER NOT NULL,
+    billing_exporter INTEGER NOT NULL,
+    domain           INTEGER NOT NULL,
+    peer             TEXT NOT NULL,     -- the exporter's transport address
+    from_pe          INTEGER,           -- PE that signed the echoed cookie; NULL: introduction
+    to_pe            INTEGER NOT NULL,  -- this collector
+    record_sequence  INTEGER            -- last record sequence the echoed cookie vouches for
+);
 CREATE TABLE IF NOT EXISTS domain_stats (
     exporter_id      INTEGER NOT NULL REFERENCES exporters(id),
     domain           INTEGER NOT NULL,
@@ -101,6 +122,9 @@ pub struct Store {
     exporter_ids: HashMap<&'static str, HashMap<String, i64>>,
     /// Template row ids; few entries, found by pointer first.
     template_ids: Vec<(Arc<Template>, i64)>,
+    /// Billing record sequences durably stored here; read by sessions to
+    /// issue cookies, written only by [`Store::commit`] after a commit.
+    ledger: SharedLedger,
 }
 
 impl Store {
@@ -131,12 +155,25 @@ impl Store {
                 path.display()
             );
         }
+        if version == 2 {
+            // 2 -> 3 only adds: billing columns (NULL for old rows) and tables.
+            conn.execute_batch(
+                "ALTER TABLE record_blocks ADD COLUMN billing_exporter INTEGER;
+                 ALTER TABLE record_blocks ADD COLUMN first_record_sequence INTEGER;",
+            )?;
+        }
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(
+            "CREATE INDEX IF NOT EXISTS record_blocks_by_billing
+                ON record_blocks (billing_exporter, domain, first_record_sequence);",
+        )?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        let ledger = load_ledger(&conn)?;
         Ok(Self {
             conn,
             exporter_ids: HashMap::new(),
             template_ids: Vec::new(),
+            ledger: Arc::new(Mutex::new(ledger)),
         })
     }
 
@@ -150,6 +187,11 @@ impl Store {
 
     pub fn connection(&self) -> &Connection {
         &self.conn
+    }
+
+    /// The billing ledger (what this store holds per exporter and domain).
+    pub fn ledger(&self) -> SharedLedger {
+        Arc::clone(&self.ledger)
     }
 
     fn exporter_id(&mut self, address: &str, transport: &'static str, now_ms: i64) -> Result<i64> {
@@ -235,13 +277,18 @@ impl Store {
         for e in batches.iter().flat_map(|b| &b.events) {
             event_ids.push(self.exporter_id(&e.exporter, e.transport, now_ms)?);
         }
+        // Billing ranges as they will be once this transaction commits:
+        // records already stored (earlier, or earlier in this transaction)
+        // are dropped, which makes replays idempotent.
+        let mut pending = BillingPending::new(&self.ledger);
         let tx = self.conn.transaction()?;
         let mut stats: HashMap<(i64, u32), StatsDelta> = HashMap::new();
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO record_blocks (exporter_id, domain, template_ref, export_time,
-                    message_sequence, first_record_index, record_count, received_ms, records)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    message_sequence, first_record_index, record_count, received_ms, records,
+                    billing_exporter, first_record_sequence)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?;
             let mut refs = refs.iter();
             // One (exporter, domain) usually fills a whole batch: keep its
@@ -250,17 +297,26 @@ impl Store {
             for batch in batches {
                 for block in &batch.blocks {
                     let (exporter_id, template_ref) = *refs.next().expect("one per block");
-                    insert.execute(params![
-                        exporter_id,
-                        block.domain,
-                        template_ref,
-                        block.export_time,
-                        block.message_sequence,
-                        block.first_record_index,
-                        block.record_count,
-                        block.received_ms,
-                        batch.block_bytes(block),
-                    ])?;
+                    let bytes = batch.block_bytes(block);
+                    let pieces = match block.billing {
+                        None => vec![(0, block.record_count as usize, None, bytes)],
+                        Some(tag) => billing_pieces(block, tag, bytes, &mut pending),
+                    };
+                    for (first_index, count, sequence, piece) in pieces {
+                        insert.execute(params![
+                            exporter_id,
+                            block.domain,
+                            template_ref,
+                            block.export_time,
+                            block.message_sequence,
+                            block.first_record_index + first_index as u32,
+                            count as u32,
+                            block.received_ms,
+                            piece,
+                            block.billing.map(|t| t.exporter_id),
+                            sequence.map(|s: u64| s as i64),
+                        ])?;
+                    }
                     let key = (exporter_id, block.domain);
                     match &mut current {
                         Some((k, delta)) if *k == key => {
@@ -329,7 +385,42 @@ impl Store {
                 ])?;
             }
         }
+        {
+            let mut insert_handover = tx.prepare_cached(
+                "INSERT INTO billing_handovers (at_ms, billing_exporter, domain, peer, from_pe,
+                    to_pe, record_sequence) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for h in batches.iter().flat_map(|b| &b.handovers) {
+                insert_handover.execute(params![
+                    h.at_ms,
+                    h.exporter_id,
+                    h.domain,
+                    h.peer,
+                    h.from_pe,
+                    h.to_pe,
+                    h.record_sequence.map(|s| s as i64)
+                ])?;
+            }
+            let mut delete_ranges = tx.prepare_cached(
+                "DELETE FROM billing_ranges WHERE billing_exporter = ?1 AND domain = ?2",
+            )?;
+            let mut insert_range = tx.prepare_cached(
+                "INSERT INTO billing_ranges (billing_exporter, domain, first, last)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for ((exporter, domain), set) in &pending.changed {
+                delete_ranges.execute(params![exporter, domain])?;
+                for (first, last) in set.ranges() {
+                    insert_range.execute(params![exporter, domain, first as i64, last as i64])?;
+                }
+            }
+        }
         tx.commit()?;
+        // Durable now: sessions may issue cookies for these records.
+        let mut ledger = self.ledger.lock().expect("ledger lock");
+        for (key, set) in pending.changed {
+            ledger.stored.insert(key, set);
+        }
         Ok(())
     }
 
@@ -471,4 +562,94 @@ pub fn transport_name(stored: &str) -> &'static str {
 /// than wrap into negative numbers.
 fn clamp_i64(v: u64) -> i64 {
     v.min(i64::MAX as u64) as i64
+}
+
+/// Billing ranges changed by the transaction being built.
+struct BillingPending<'a> {
+    ledger: &'a SharedLedger,
+    changed: HashMap<(u32, u32), RangeSet>,
+}
+
+impl<'a> BillingPending<'a> {
+    fn new(ledger: &'a SharedLedger) -> Self {
+        Self {
+            ledger,
+            changed: HashMap::new(),
+        }
+    }
+
+    fn set(&mut self, key: (u32, u32)) -> &mut RangeSet {
+        self.changed.entry(key).or_insert_with(|| {
+            self.ledger
+                .lock()
+                .expect("ledger lock")
+                .stored
+                .get(&key)
+                .cloned()
+                .unwrap_or_default()
+        })
+    }
+}
+
+/// The parts of a billing block not stored yet, as (index of the first
+/// record in the block, record count, first record sequence, bytes).
+fn billing_pieces<'b>(
+    block: &RecordBlock,
+    tag: BillingTag,
+    bytes: &'b [u8],
+    pending: &mut BillingPending<'_>,
+) -> Vec<(usize, usize, Option<u64>, &'b [u8])> {
+    let count = block.record_count as u64;
+    if count == 0 {
+        return Vec::new();
+    }
+    let first = tag.first_record_sequence;
+    let last = first + count - 1;
+    let set = pending.set((tag.exporter_id, block.domain));
+    let missing = set.missing(first, last);
+    for (a, b) in &missing {
+        set.insert(*a, *b);
+    }
+    if missing == [(first, last)] {
+        return vec![(0, count as usize, Some(first), bytes)];
+    }
+    // Some records are stored already: cut the block at record boundaries.
+    let offsets = record_offsets(&block.template, bytes);
+    missing
+        .into_iter()
+        .filter_map(|(a, b)| {
+            let i = (a - first) as usize;
+            let j = (b - first) as usize + 1;
+            let (start, end) = (*offsets.get(i)?, *offsets.get(j)?);
+            Some((i, j - i, Some(a), &bytes[start..end]))
+        })
+        .collect()
+}
+
+/// Byte offset of each record in a block, plus the end.
+fn record_offsets(template: &Template, bytes: &[u8]) -> Vec<usize> {
+    let mut offsets = vec![0];
+    let mut at = 0;
+    for record in DataRecordIter::new(template, bytes).map_while(Result::ok) {
+        at += record.len();
+        offsets.push(at);
+    }
+    offsets
+}
+
+fn load_ledger(conn: &Connection) -> Result<Ledger> {
+    let mut ledger = Ledger::default();
+    let mut stmt =
+        conn.prepare("SELECT billing_exporter, domain, first, last FROM billing_ranges")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let key: (u32, u32) = (r.get(0)?, r.get(1)?);
+        let (first, last): (i64, i64) = (r.get(2)?, r.get(3)?);
+        ledger
+            .stored
+            .entry(key)
+            .or_default()
+            .insert(first as u64, last as u64);
+    }
+    Ok(ledger)
 }

@@ -28,6 +28,8 @@ pub struct RegistrarConfig {
     pub announce: AnnounceConfig,
     /// Transport (SCTP) tuning.
     pub transport: TransportTuning,
+    /// ENRP peering with other registrars (RFC 5353).
+    pub enrp: EnrpSettings,
     /// Logging.
     pub log: LogConfig,
 }
@@ -184,6 +186,130 @@ impl Default for TransportTuning {
     }
 }
 
+/// ENRP (RFC 5353): the registrar pool. Timers default to RSPLIB's
+/// registrar (RFC 5353 leaves them to the implementation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EnrpSettings {
+    /// Take part in a registrar pool at all.
+    pub enabled: bool,
+    /// ENRP listen address, default 0.0.0.0:9901.
+    pub listen: String,
+    /// "sctp-over-udp" (SCTP port = UDP port) or "tcp".
+    pub transport: String,
+    /// Address peers reach us on (sent in Presence); "" = the listen
+    /// address, which then must not be a wildcard.
+    pub advertise: String,
+    /// ENRP addresses of the peer registrars (static mesh).
+    pub peers: Vec<String>,
+    /// Accept ENRP only from these server ids; empty accepts any.
+    pub allowed_server_ids: Vec<u32>,
+    /// PEER-HEARTBEAT-CYCLE.
+    pub peer_heartbeat_cycle_ms: u64,
+    /// MAX-TIME-LAST-HEARD.
+    pub max_time_last_heard_ms: u64,
+    /// MAX-TIME-NO-RESPONSE.
+    pub max_time_no_response_ms: u64,
+    /// TAKEOVER-EXPIRY.
+    pub takeover_expiry_ms: u64,
+    /// How long adopted PEs stay without re-registering.
+    pub adopted_pe_grace_ms: u64,
+    /// PEs per Handle Table Response page.
+    pub max_elements_per_table_response: usize,
+}
+
+impl Default for EnrpSettings {
+    fn default() -> Self {
+        let core = crate::enrp::EnrpConfig::default();
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Self {
+            enabled: false,
+            listen: format!("0.0.0.0:{}", protocol::rserpool::ENRP_PORT),
+            transport: "sctp-over-udp".to_string(),
+            advertise: String::new(),
+            peers: Vec::new(),
+            allowed_server_ids: Vec::new(),
+            peer_heartbeat_cycle_ms: ms(core.heartbeat_cycle),
+            max_time_last_heard_ms: ms(core.max_time_last_heard),
+            max_time_no_response_ms: ms(core.max_time_no_response),
+            takeover_expiry_ms: ms(core.takeover_expiry),
+            adopted_pe_grace_ms: ms(core.adopted_pe_grace),
+            max_elements_per_table_response: core.max_elements_per_table_response,
+        }
+    }
+}
+
+impl EnrpSettings {
+    /// The sans-IO ENRP settings (`advertised` is filled in by the driver
+    /// once the listener is bound).
+    pub fn enrp_config(
+        &self,
+        server_id: u32,
+        decode_limits: protocol::rserpool::Limits,
+    ) -> anyhow::Result<crate::enrp::EnrpConfig> {
+        let static_peers = self
+            .peers
+            .iter()
+            .map(|peer| {
+                peer.parse::<SocketAddr>()
+                    .with_context(|| format!("enrp.peers: {peer:?} is not ADDRESS:PORT"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(crate::enrp::EnrpConfig {
+            server_id,
+            advertised: None,
+            static_peers,
+            allowed_server_ids: self.allowed_server_ids.clone(),
+            heartbeat_cycle: Duration::from_millis(self.peer_heartbeat_cycle_ms),
+            max_time_last_heard: Duration::from_millis(self.max_time_last_heard_ms),
+            max_time_no_response: Duration::from_millis(self.max_time_no_response_ms),
+            takeover_expiry: Duration::from_millis(self.takeover_expiry_ms),
+            adopted_pe_grace: Duration::from_millis(self.adopted_pe_grace_ms),
+            max_elements_per_table_response: self.max_elements_per_table_response,
+            decode_limits,
+        })
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let listen: SocketAddr = self
+            .listen
+            .parse()
+            .with_context(|| format!("enrp.listen = {:?} is not ADDRESS:PORT", self.listen))?;
+        if self.advertise.is_empty() {
+            anyhow::ensure!(
+                !listen.ip().is_unspecified(),
+                "enrp.advertise is needed when enrp.listen is a wildcard address"
+            );
+        } else {
+            self.advertise.parse::<SocketAddr>().with_context(|| {
+                format!("enrp.advertise = {:?} is not ADDRESS:PORT", self.advertise)
+            })?;
+        }
+        anyhow::ensure!(
+            matches!(self.transport.as_str(), "sctp-over-udp" | "tcp"),
+            "enrp.transport must be \"sctp-over-udp\" or \"tcp\""
+        );
+        for (name, value) in [
+            ("peer_heartbeat_cycle_ms", self.peer_heartbeat_cycle_ms),
+            ("max_time_last_heard_ms", self.max_time_last_heard_ms),
+            ("max_time_no_response_ms", self.max_time_no_response_ms),
+            ("takeover_expiry_ms", self.takeover_expiry_ms),
+            ("adopted_pe_grace_ms", self.adopted_pe_grace_ms),
+        ] {
+            anyhow::ensure!(value > 0, "enrp.{name} must be > 0");
+        }
+        anyhow::ensure!(
+            self.max_elements_per_table_response > 0,
+            "enrp.max_elements_per_table_response must be > 0"
+        );
+        self.enrp_config(1, protocol::rserpool::Limits::default())?;
+        Ok(())
+    }
+}
+
 /// Logging.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -255,6 +381,7 @@ impl RegistrarConfig {
             !self.listen.tcp.is_empty() || !self.listen.sctp_over_udp.is_empty(),
             "at least one of listen.tcp and listen.sctp_over_udp is needed"
         );
+        self.enrp.validate()?;
         Ok(())
     }
 

@@ -17,7 +17,8 @@ use std::time::Duration;
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use protocol::rserpool::{
-    ASAP_SCTP_PPID, TransportAddress, TransportKind as AsapTransportKind, TransportUse,
+    ASAP_SCTP_PPID, ENRP_PORT, ENRP_SCTP_PPID, TransportAddress,
+    TransportKind as AsapTransportKind, TransportUse,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -27,6 +28,7 @@ use tokio::time::Instant;
 use transport::{Association, Endpoint, Event, TransportKind};
 
 use crate::config::RegistrarConfig;
+use crate::enrp::{Enrp, Outgoing};
 use crate::handlespace::AssocId;
 use crate::server::{Action, Server, Status};
 
@@ -34,6 +36,9 @@ use crate::server::{Action, Server, Status};
 const OUTBOUND_QUEUE: usize = 1024;
 /// Largest HTTP request head the status endpoint reads.
 const MAX_HTTP_REQUEST: usize = 8 * 1024;
+/// ENRP messages queued for one peer; beyond that they are dropped (ENRP
+/// is soft state: the next Presence and the audit repair any loss).
+const ENRP_PEER_QUEUE: usize = 1024;
 
 enum Input {
     Up {
@@ -48,6 +53,11 @@ enum Input {
     Down {
         assoc: AssocId,
     },
+    /// An ENRP message from a peer registrar.
+    Enrp {
+        from: SocketAddr,
+        payload: Vec<u8>,
+    },
     Status(oneshot::Sender<Status>),
 }
 
@@ -59,6 +69,8 @@ pub struct Registrar {
     pub sctp_over_udp_addr: Option<SocketAddr>,
     /// Bound HTTP status endpoint, if enabled.
     pub status_addr: Option<SocketAddr>,
+    /// Bound ENRP listener, if ENRP is enabled.
+    pub enrp_addr: Option<SocketAddr>,
     /// The server identifier in use.
     pub server_id: u32,
     inputs: mpsc::Sender<Input>,
@@ -149,6 +161,51 @@ impl Registrar {
             )));
         }
 
+        let mut enrp_addr = None;
+        let mut enrp = None;
+        if config.enrp.enabled {
+            let local: SocketAddr = config.enrp.listen.parse()?;
+            let kind = match config.enrp.transport.as_str() {
+                "tcp" => TransportKind::Tcp,
+                _ => TransportKind::SctpOverUdp,
+            };
+            let enrp_transport = transport::Config {
+                transport: kind,
+                sctp_port: if local.port() == 0 {
+                    ENRP_PORT
+                } else {
+                    local.port()
+                },
+                ..transport_config.clone()
+            };
+            let endpoint = Endpoint::bind(enrp_transport.clone(), local)
+                .await
+                .with_context(|| format!("binding ENRP on {local}"))?;
+            let bound = endpoint.local_addr();
+            enrp_addr = Some(bound);
+            tasks.push(tokio::spawn(enrp_accept_loop(
+                endpoint,
+                inputs.clone(),
+                shutdown_rx.clone(),
+            )));
+            let advertised: SocketAddr = if config.enrp.advertise.is_empty() {
+                bound
+            } else {
+                config.enrp.advertise.parse()?
+            };
+            let server_limits = config.server_config(server_id).decode_limits;
+            let mut enrp_config = config.enrp.enrp_config(server_id, server_limits)?;
+            enrp_config.advertised = Some(crate::enrp::transport_of(advertised));
+            let links = PeerLinks {
+                transport: enrp_transport,
+                connect_timeout: enrp_config.max_time_no_response,
+                links: HashMap::new(),
+                inputs: inputs.clone(),
+                shutdown: shutdown_rx.clone(),
+            };
+            enrp = Some((Enrp::new(enrp_config, std::time::Instant::now()), links));
+        }
+
         let mut server_config = config.server_config(server_id);
         server_config.announce_transports = announce_transports(&config, tcp_addr)?;
         let announcer = if config.announce.enabled {
@@ -156,9 +213,13 @@ impl Registrar {
         } else {
             None
         };
-        let server = Server::new(server_config, std::time::Instant::now());
+        let mut server = Server::new(server_config, std::time::Instant::now());
+        if enrp.is_some() {
+            server.track_home_changes();
+        }
         tasks.push(tokio::spawn(core_loop(
             server,
+            enrp,
             inputs_rx,
             announcer,
             shutdown_rx,
@@ -168,12 +229,14 @@ impl Registrar {
             ?tcp_addr,
             ?sctp_over_udp_addr,
             ?status_addr,
+            ?enrp_addr,
             "registrar running"
         );
         Ok(Self {
             tcp_addr,
             sctp_over_udp_addr,
             status_addr,
+            enrp_addr,
             server_id,
             inputs,
             shutdown,
@@ -271,7 +334,13 @@ async fn run_association(
                     break;
                 }
             }
-            _ = shutdown.changed() => break,
+            _ = shutdown.changed() => {
+                // Our own shutdown is no reason to delete the PE: with ENRP
+                // that would be announced to the peers, which are meant to
+                // take the PEs over instead.
+                association.close();
+                return;
+            }
         }
     }
     association.close();
@@ -280,16 +349,22 @@ async fn run_association(
 
 async fn core_loop(
     mut server: Server,
+    mut enrp: Option<(Enrp, PeerLinks)>,
     mut inputs: mpsc::Receiver<Input>,
     announcer: Option<Announcer>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut outbound: HashMap<AssocId, mpsc::Sender<Vec<u8>>> = HashMap::new();
     loop {
-        let deadline = server
-            .next_deadline()
+        let mut next = server.next_deadline();
+        if let Some((peering, _)) = &enrp {
+            let at = peering.next_deadline();
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
+        let deadline = next
             .map(Instant::from_std)
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        let mut enrp_out: Vec<Outgoing> = Vec::new();
         let actions = tokio::select! {
             input = inputs.recv() => {
                 let Some(input) = input else { break };
@@ -308,15 +383,39 @@ async fn core_loop(
                         server.on_association_down(assoc);
                         Vec::new()
                     }
+                    Input::Enrp { from, payload } => {
+                        if let Some((peering, _)) = &mut enrp {
+                            enrp_out = peering.on_message(now, from, &payload, &mut server);
+                        }
+                        Vec::new()
+                    }
                     Input::Status(reply) => {
-                        let _ = reply.send(server.status(now));
+                        let mut status = server.status(now);
+                        status.enrp = enrp.as_ref().map(|(peering, _)| peering.status(now, &server));
+                        let _ = reply.send(status);
                         Vec::new()
                     }
                 }
             }
-            _ = tokio::time::sleep_until(deadline) => server.on_timer(std::time::Instant::now()),
+            _ = tokio::time::sleep_until(deadline) => {
+                let now = std::time::Instant::now();
+                let actions = server.on_timer(now);
+                if let Some((peering, _)) = &mut enrp {
+                    enrp_out = peering.on_timer(now, &mut server);
+                }
+                actions
+            }
             _ = shutdown.changed() => break,
         };
+        if let Some((peering, links)) = &mut enrp {
+            let changes = server.take_home_changes();
+            if !changes.is_empty() {
+                enrp_out.extend(peering.on_home_changes(changes));
+            }
+            for message in enrp_out {
+                links.send(message);
+            }
+        }
         for action in actions {
             match action {
                 Action::Send { assoc, payload } => {
@@ -340,6 +439,165 @@ async fn core_loop(
                 }
             }
         }
+    }
+}
+
+/// Accepts ENRP associations from peer registrars; their messages go to the
+/// core tagged with the sending socket (replies go to the peer's advertised
+/// address over our own link, see [`PeerLinks`]).
+async fn enrp_accept_loop(
+    mut endpoint: Endpoint,
+    inputs: mpsc::Sender<Input>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = endpoint.accept() => {
+                let Some(association) = accepted else { break };
+                tokio::spawn(run_enrp_association(association, inputs.clone(), shutdown.clone()));
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+async fn run_enrp_association(
+    mut association: Association,
+    inputs: mpsc::Sender<Input>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let from = association.remote_addr();
+    tracing::debug!(%from, "ENRP association up");
+    loop {
+        tokio::select! {
+            event = association.recv() => match event {
+                Some(Event::Message(message)) => {
+                    if !forward_enrp(&inputs, from, message).await {
+                        break;
+                    }
+                }
+                Some(Event::Up | Event::Restarted) => {}
+                Some(Event::Down(_) | Event::Failed(_)) | None => break,
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+    association.close();
+}
+
+/// Hands one ENRP message to the core; `false` once the core is gone.
+async fn forward_enrp(
+    inputs: &mpsc::Sender<Input>,
+    from: SocketAddr,
+    message: transport::Message,
+) -> bool {
+    if message.ppid != ENRP_SCTP_PPID && message.ppid != 0 {
+        tracing::debug!(%from, ppid = message.ppid, "dropping non-ENRP message on the ENRP port");
+        return true;
+    }
+    inputs
+        .send(Input::Enrp {
+            from,
+            payload: message.payload.to_vec(),
+        })
+        .await
+        .is_ok()
+}
+
+/// Our outgoing ENRP associations, one per peer address, each run by a
+/// task that connects on demand and reconnects after a failure.
+struct PeerLinks {
+    transport: transport::Config,
+    connect_timeout: Duration,
+    links: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
+    inputs: mpsc::Sender<Input>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl PeerLinks {
+    fn send(&mut self, message: Outgoing) {
+        let link = self.links.entry(message.to).or_insert_with(|| {
+            let (sender, queue) = mpsc::channel(ENRP_PEER_QUEUE);
+            let transport = transport::Config {
+                // Convention: the peer's SCTP port is its UDP port.
+                sctp_port: message.to.port(),
+                ..self.transport.clone()
+            };
+            tokio::spawn(run_peer_link(
+                message.to,
+                transport,
+                self.connect_timeout,
+                queue,
+                self.inputs.clone(),
+                self.shutdown.clone(),
+            ));
+            sender
+        });
+        if link.try_send(message.payload).is_err() {
+            tracing::debug!(to = %message.to, "ENRP queue to peer full: message dropped");
+        }
+    }
+}
+
+async fn run_peer_link(
+    to: SocketAddr,
+    config: transport::Config,
+    connect_timeout: Duration,
+    mut queue: mpsc::Receiver<Vec<u8>>,
+    inputs: mpsc::Sender<Input>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut association: Option<Association> = None;
+    loop {
+        tokio::select! {
+            payload = queue.recv() => {
+                let Some(payload) = payload else { break };
+                if association.is_none() {
+                    match tokio::time::timeout(connect_timeout, transport::connect(config.clone(), to)).await {
+                        Ok(Ok(connected)) => {
+                            tracing::debug!(%to, "ENRP link up");
+                            association = Some(connected);
+                        }
+                        Ok(Err(error)) => {
+                            tracing::debug!(%to, %error, "ENRP peer unreachable: message dropped");
+                            continue;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%to, "ENRP connect timed out: message dropped");
+                            continue;
+                        }
+                    }
+                }
+                let message = transport::Message::new(0, ENRP_SCTP_PPID, payload);
+                if let Some(link) = &association
+                    && link.send(message).await.is_err()
+                {
+                    tracing::debug!(%to, "ENRP link failed");
+                    association = None;
+                }
+            }
+            event = next_event(&mut association) => match event {
+                Some(Event::Message(message)) => {
+                    if !forward_enrp(&inputs, to, message).await {
+                        break;
+                    }
+                }
+                Some(Event::Up | Event::Restarted) => {}
+                Some(Event::Down(_) | Event::Failed(_)) | None => association = None,
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+    if let Some(link) = association {
+        link.close();
+    }
+}
+
+/// The next event of an association, or never if there is none.
+async fn next_event(association: &mut Option<Association>) -> Option<Event> {
+    match association {
+        Some(link) => link.recv().await,
+        None => std::future::pending().await,
     }
 }
 

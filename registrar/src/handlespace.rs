@@ -19,6 +19,49 @@ use protocol::rserpool::{PoolHandle, SelectionPolicy, TransportAddress, Transpor
 /// the registrar. Assigned by the IO driver; the core only compares them.
 pub type AssocId = u64;
 
+/// Marks the owner of a PE that has no ASAP association here: a PE learned
+/// from a peer registrar over ENRP, or adopted in a takeover. The driver
+/// numbers real associations from 1 upwards and never reaches this bit.
+const PEER_OWNER_FLAG: AssocId = 1 << 63;
+
+/// The pseudo-association that owns every PE whose home is registrar
+/// `server_id` and that did not register with us directly. Keeping them in
+/// the per-owner index makes "all PEs of registrar X" one lookup (takeover,
+/// audit repair).
+pub const fn peer_owner(server_id: u32) -> AssocId {
+    PEER_OWNER_FLAG | server_id as AssocId
+}
+
+/// Whether `owner` is a [`peer_owner`] rather than a real association.
+pub const fn is_peer_owner(owner: AssocId) -> bool {
+    owner & PEER_OWNER_FLAG != 0
+}
+
+/// Adds the 16-bit words of one PE's (pool handle, PE identifier) to a PE
+/// checksum accumulator (RFC 5353 handlespace audit; the same inputs as
+/// RSPLIB's `poolElementNodeComputeChecksum`). Words are read in network
+/// byte order, a trailing odd byte of the handle padded with zero. Sums of
+/// many PEs add up in the wide accumulator; [`finish_pe_checksum`] folds.
+pub fn pe_checksum_words(handle: &PoolHandle, id: PeId) -> u64 {
+    let bytes = handle.as_bytes();
+    let mut sum: u64 = bytes
+        .chunks(2)
+        .map(|pair| u64::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
+        .sum();
+    sum += u64::from(id >> 16) + u64::from(id & 0xffff);
+    sum
+}
+
+/// Folds a checksum accumulator into the 16-bit one's-complement PE
+/// checksum carried in ENRP Presence (RFC 1071 style: end-around carry,
+/// then complement; an empty set gives 0xffff).
+pub fn finish_pe_checksum(mut sum: u64) -> u16 {
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
 /// Capacity limits of the handlespace (flood and memory protection).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HandlespaceLimits {
@@ -286,6 +329,9 @@ impl Pool {
             id: entry.id,
             params: entry.params,
         };
+        // The selector keeps its own index of the pool (O(log n) selection);
+        // it must see every addition and parameter change.
+        self.selector.insert(member);
         match self.index.get(&entry.id) {
             Some(&position) => self.members[position] = member,
             None => {
@@ -321,6 +367,9 @@ pub struct Handlespace {
     timers: BTreeSet<TimerKey>,
     element_count: usize,
     seed: u64,
+    /// PE checksum accumulators per home registrar, kept incrementally so a
+    /// Presence costs O(1) with 100,000 PEs.
+    home_sums: HashMap<u32, u64>,
 }
 
 impl Handlespace {
@@ -334,6 +383,7 @@ impl Handlespace {
             timers: BTreeSet::new(),
             element_count: 0,
             seed,
+            home_sums: HashMap::new(),
         }
     }
 
@@ -409,7 +459,9 @@ impl Handlespace {
                         return Err(HandlespaceError::InconsistentDataControlConfiguration);
                     }
                 }
-                if let Some(entry) = existing {
+                if let Some(entry) = existing
+                    && !is_peer_owner(registration.owner)
+                {
                     // Same PE coming back over a new association (e.g. after a
                     // reconnect) keeps its identity; a different PE may not
                     // take over an identifier in use.
@@ -429,7 +481,10 @@ impl Handlespace {
             }
         };
         let owner_moves = existing.is_some_and(|(owner, _)| owner != registration.owner);
+        // Peer registrars vouch for their own PEs: the per-association flood
+        // limit is for ASAP clients.
         if (existing.is_none() || owner_moves)
+            && !is_peer_owner(registration.owner)
             && self.elements_of_owner(registration.owner)
                 >= self.limits.max_pool_elements_per_association
         {
@@ -472,6 +527,8 @@ impl Handlespace {
         };
 
         if let Some((old_owner, _)) = existing {
+            let old_home = self.pools[handle].entries[&registration.id].home_registrar;
+            self.unaccount_home(old_home, handle, registration.id);
             let old_next = self.pools[handle].entries[&registration.id].next_event();
             self.timers
                 .remove(&(old_next, handle.clone(), registration.id));
@@ -481,6 +538,8 @@ impl Handlespace {
         }
         self.timers
             .insert((entry.next_event(), handle.clone(), entry.id));
+        *self.home_sums.entry(entry.home_registrar).or_default() +=
+            pe_checksum_words(handle, entry.id);
         self.by_owner
             .entry(entry.owner)
             .or_default()
@@ -522,6 +581,7 @@ impl Handlespace {
         self.timers
             .remove(&(entry.next_event(), handle.clone(), id));
         self.unlink_owner(entry.owner, handle, id);
+        self.unaccount_home(entry.home_registrar, handle, id);
         self.element_count -= 1;
         Some(entry)
     }
@@ -568,7 +628,7 @@ impl Handlespace {
             .pools
             .get_mut(handle)
             .ok_or(HandlespaceError::UnknownPoolHandle)?;
-        let ids = pool.selector.select(&pool.members, max);
+        let ids = pool.selector.select_top(max);
         let pool = &self.pools[handle];
         Ok(ids.iter().filter_map(|id| pool.entries.get(id)).collect())
     }
@@ -634,6 +694,79 @@ impl Handlespace {
             self.timers.insert((after, handle.clone(), id));
         }
         true
+    }
+
+    /// The PE checksum of the PEs whose home is registrar `home`.
+    pub fn home_checksum(&self, home: u32) -> u16 {
+        finish_pe_checksum(self.home_sums.get(&home).copied().unwrap_or(0))
+    }
+
+    /// Every (pool, PE) whose home is registrar `home`, sorted by pool
+    /// handle and PE id (a stable order for paged Handle Table Responses).
+    /// O(handlespace size).
+    pub fn elements_of_home(&self, home: u32) -> Vec<(PoolHandle, PeId)> {
+        let mut found: Vec<(PoolHandle, PeId)> = self
+            .pools
+            .iter()
+            .flat_map(|(handle, pool)| {
+                pool.entries
+                    .values()
+                    .filter(move |entry| entry.home_registrar == home)
+                    .map(move |entry| (handle.clone(), entry.id))
+            })
+            .collect();
+        found.sort();
+        found
+    }
+
+    /// Every (pool, PE) of the handlespace, sorted.
+    pub fn all_elements(&self) -> Vec<(PoolHandle, PeId)> {
+        let mut found: Vec<(PoolHandle, PeId)> = self
+            .pools
+            .iter()
+            .flat_map(|(handle, pool)| pool.entries.keys().map(move |id| (handle.clone(), *id)))
+            .collect();
+        found.sort();
+        found
+    }
+
+    /// Moves a PE to a new home registrar and owner (ENRP takeover), with a
+    /// new keep-alive state, keeping every index in step.
+    pub fn rehome(
+        &mut self,
+        handle: &PoolHandle,
+        id: PeId,
+        home: u32,
+        owner: AssocId,
+        keep_alive: KeepAlive,
+    ) -> bool {
+        let Some(entry) = self.element(handle, id) else {
+            return false;
+        };
+        let (old_home, old_owner) = (entry.home_registrar, entry.owner);
+        self.unaccount_home(old_home, handle, id);
+        *self.home_sums.entry(home).or_default() += pe_checksum_words(handle, id);
+        if old_owner != owner {
+            self.unlink_owner(old_owner, handle, id);
+            self.by_owner
+                .entry(owner)
+                .or_default()
+                .insert((handle.clone(), id));
+        }
+        self.update(handle, id, |entry| {
+            entry.home_registrar = home;
+            entry.owner = owner;
+            entry.keep_alive = keep_alive;
+        })
+    }
+
+    fn unaccount_home(&mut self, home: u32, handle: &PoolHandle, id: PeId) {
+        if let Some(sum) = self.home_sums.get_mut(&home) {
+            *sum -= pe_checksum_words(handle, id);
+            if *sum == 0 {
+                self.home_sums.remove(&home);
+            }
+        }
     }
 
     fn unlink_owner(&mut self, owner: AssocId, handle: &PoolHandle, id: PeId) {

@@ -4,10 +4,14 @@
 //! * [`server`]: the sans-IO ASAP server: messages and clock in, [`server::Action`]s out.
 //! * [`driver`]: the tokio driver (TCP and SCTP-over-UDP listeners via the
 //!   `transport` crate, Server Announce, HTTP status endpoint).
+//! * [`enrp`]: ENRP peering (RFC 5353), sans-IO: peer table, Presence
+//!   heartbeat, Handle Table / Handle Update synchronization, checksum
+//!   audit, List Request/Response, takeover of a dead registrar.
 //! * [`config`]: the TOML configuration.
 
 pub mod config;
 pub mod driver;
+pub mod enrp;
 pub mod handlespace;
 pub mod server;
 

@@ -65,6 +65,22 @@ struct RunArgs {
     /// Use sub-second transport failure detection.
     #[arg(long)]
     fast_failure_detection: bool,
+    /// Enable ENRP peering (RFC 5353) with the configured peers.
+    #[arg(long)]
+    enrp: bool,
+    /// ENRP listen address (implies --enrp).
+    #[arg(long)]
+    enrp_listen: Option<String>,
+    /// ENRP address peers reach us on, sent in Presence (implies --enrp).
+    #[arg(long)]
+    enrp_advertise: Option<String>,
+    /// ENRP transport: sctp-over-udp or tcp.
+    #[arg(long)]
+    enrp_transport: Option<String>,
+    /// ENRP address of a peer registrar; repeat for each (implies --enrp;
+    /// replaces the file's enrp.peers).
+    #[arg(long = "enrp-peer")]
+    enrp_peers: Vec<String>,
     /// Log format: text or json.
     #[arg(long)]
     log_format: Option<String>,
@@ -118,6 +134,24 @@ impl RunArgs {
         }
         if self.fast_failure_detection {
             config.transport.fast_failure_detection = true;
+        }
+        if self.enrp {
+            config.enrp.enabled = true;
+        }
+        if let Some(listen) = &self.enrp_listen {
+            config.enrp.enabled = true;
+            config.enrp.listen = listen.clone();
+        }
+        if let Some(advertise) = &self.enrp_advertise {
+            config.enrp.enabled = true;
+            config.enrp.advertise = advertise.clone();
+        }
+        if let Some(transport) = &self.enrp_transport {
+            config.enrp.transport = transport.clone();
+        }
+        if !self.enrp_peers.is_empty() {
+            config.enrp.enabled = true;
+            config.enrp.peers = self.enrp_peers.clone();
         }
         if let Some(format) = &self.log_format {
             config.log.format = format.clone();
@@ -249,5 +283,31 @@ fn print_status(status: &Status) {
     }
     if !counters.malformed.is_empty() {
         println!("malformed: {:?}", counters.malformed);
+    }
+    if let Some(enrp) = &status.enrp {
+        println!(
+            "\nENRP: own PE checksum {:#06x}, handlespace checksum {:#06x}, takeovers {}, adopted PEs {}, audit mismatches {}",
+            enrp.own_checksum,
+            enrp.handlespace_checksum,
+            enrp.counters.takeovers,
+            enrp.counters.adopted_pes,
+            enrp.counters.audit_mismatches
+        );
+        for peer in &enrp.peers {
+            println!(
+                "  peer {:#010x} {:<22} {:<8} heard {}ms ago, {} home PE(s), checksum theirs {} ours {:#06x}",
+                peer.server_id,
+                peer.address.as_deref().unwrap_or("?"),
+                peer.state,
+                peer.last_heard_ms_ago,
+                peer.home_elements,
+                peer.remote_checksum
+                    .map_or("?".to_string(), |c| format!("{c:#06x}")),
+                peer.local_checksum
+            );
+        }
+        if !enrp.counters.malformed.is_empty() {
+            println!("  ENRP malformed/refused: {:?}", enrp.counters.malformed);
+        }
     }
 }

@@ -7,9 +7,9 @@
 //!
 //! How the registrar reaches a PE: Endpoint Keep Alive goes over the
 //! association the PE registered on, as RSPLIB's registrar does (RFC 5352
-//! §3.7 lets the home registrar use the PE's ASAP association; opening a new
-//! one to the ASAP transport is only needed after an ENRP takeover, which
-//! this core does not do yet).
+//! §3.7 lets the home registrar use the PE's ASAP association). After an
+//! ENRP takeover we cannot reach adopted PEs at all (they do not listen for
+//! ASAP); see [`crate::enrp`] for how they are kept until they re-register.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use metrics::{counter, gauge};
 use policies::{PeId, PolicyParams};
 use protocol::rserpool::asap::Message;
+use protocol::rserpool::enrp::UpdateAction;
 use protocol::rserpool::params::{Parameter, cause_code};
 use protocol::rserpool::{
     DecodeError, ErrorCause, Limits, OperationError, PoolElement, PoolHandle, SelectionPolicy,
@@ -26,8 +27,37 @@ use protocol::rserpool::{
 use serde::{Deserialize, Serialize};
 
 use crate::handlespace::{
-    AssocId, Handlespace, HandlespaceError, HandlespaceLimits, KeepAlive, Registered, Registration,
+    AssocId, Handlespace, HandlespaceError, HandlespaceLimits, KeepAlive, PoolElementEntry,
+    Registered, Registration, is_peer_owner, peer_owner,
 };
+
+/// How far in the future the keep-alive timer of a PE learned over ENRP is
+/// parked: its home registrar keeps it alive, we never probe it.
+const NO_KEEP_ALIVE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// A change of a PE whose home registrar is this one: what ENRP announces
+/// to the peers in a Handle Update (RFC 5353 §3.4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HomeChange {
+    /// Add (registration, re-registration) or delete (any removal).
+    pub action: UpdateAction,
+    /// The PE's pool.
+    pub pool_handle: PoolHandle,
+    /// The PE as peers store it.
+    pub pool_element: PoolElement,
+}
+
+/// The wire form of a stored PE (for Handle Updates and Handle Tables).
+pub fn pool_element_of(entry: &PoolElementEntry) -> PoolElement {
+    PoolElement {
+        pe_identifier: entry.id,
+        home_enrp_server_identifier: entry.home_registrar,
+        registration_life: entry.registration_life,
+        user_transport: entry.user_transport.clone(),
+        policy: entry.policy.clone(),
+        asap_transport: entry.asap_transport.clone(),
+    }
+}
 
 /// Largest slice of an offending message echoed back in an Unrecognized
 /// Message cause: enough to identify it, too little to amplify a flood.
@@ -215,6 +245,10 @@ pub struct Server {
     peers: HashMap<AssocId, Peer>,
     next_announce: Option<Instant>,
     counters: Counters,
+    /// Changes of our home PEs not yet taken by ENRP; only collected once
+    /// ENRP asked for them, so a stand-alone registrar does not accumulate.
+    home_changes: Vec<HomeChange>,
+    track_home_changes: bool,
 }
 
 impl Server {
@@ -229,6 +263,8 @@ impl Server {
             peers: HashMap::new(),
             next_announce,
             counters: Counters::default(),
+            home_changes: Vec::new(),
+            track_home_changes: false,
         }
     }
 
@@ -263,6 +299,7 @@ impl Server {
         for (handle, entry) in &removed {
             tracing::info!(pool = %handle, pe = format_args!("{:#010x}", entry.id), "association down: PE removed");
             self.count_removal(Removal::AssociationDown);
+            self.note_home_change(UpdateAction::DeletePe, handle, entry);
         }
         self.update_gauges();
         removed.len()
@@ -450,6 +487,7 @@ impl Server {
             associations: self.peers.len(),
             pools,
             counters: self.counters.clone(),
+            enrp: None,
         }
     }
 
@@ -548,6 +586,10 @@ impl Server {
                 counter!("poolflow_registrar_registrations_total", "result" => result).increment(1);
                 tracing::info!(pool = %pool_handle, pe = format_args!("{pe_identifier:#010x}"), result, "registration");
                 self.update_gauges();
+                if let Some(entry) = self.handlespace.element(&pool_handle, pe_identifier) {
+                    let entry = entry.clone();
+                    self.note_home_change(UpdateAction::AddPe, &pool_handle, &entry);
+                }
                 actions.push(respond(None));
             }
             Err(error) => {
@@ -582,6 +624,9 @@ impl Server {
             .deregister(&pool_handle, pe_identifier, from)
         {
             Ok(removed) => {
+                if let Some(entry) = &removed {
+                    self.note_home_change(UpdateAction::DeletePe, &pool_handle, entry);
+                }
                 if removed.is_some() {
                     self.counters.deregistrations += 1;
                     self.count_removal(Removal::Deregistered);
@@ -743,10 +788,149 @@ impl Server {
     }
 
     fn remove(&mut self, handle: &PoolHandle, id: PeId, why: Removal) {
-        if self.handlespace.remove(handle, id).is_some() {
+        if let Some(entry) = self.handlespace.remove(handle, id) {
             self.count_removal(why);
             self.update_gauges();
+            self.note_home_change(UpdateAction::DeletePe, handle, &entry);
         }
+    }
+
+    fn note_home_change(
+        &mut self,
+        action: UpdateAction,
+        handle: &PoolHandle,
+        entry: &PoolElementEntry,
+    ) {
+        if self.track_home_changes && entry.home_registrar == self.config.server_id {
+            self.home_changes.push(HomeChange {
+                action,
+                pool_handle: handle.clone(),
+                pool_element: pool_element_of(entry),
+            });
+        }
+    }
+
+    /// Starts collecting [`HomeChange`]s (ENRP is on).
+    pub fn track_home_changes(&mut self) {
+        self.track_home_changes = true;
+    }
+
+    /// The changes of our home PEs since the last call, oldest first.
+    pub fn take_home_changes(&mut self) -> Vec<HomeChange> {
+        std::mem::take(&mut self.home_changes)
+    }
+
+    /// Stores (or refreshes) a PE a peer registrar told us about. Its home
+    /// registrar keeps it alive, so we park its keep-alive timer; its
+    /// registration life still applies. Not a home change of ours.
+    ///
+    /// A PE registered with us over a live association is ours: a peer's
+    /// Handle Table cannot take it (after a partition the peer may list it
+    /// as adopted), only a Handle Update naming another home can
+    /// (`moved_by_update`: the PE re-registered there).
+    pub fn apply_peer_element(
+        &mut self,
+        now: Instant,
+        pool_handle: &PoolHandle,
+        pool_element: PoolElement,
+        moved_by_update: bool,
+    ) -> Result<(), HandlespaceError> {
+        let home = pool_element.home_enrp_server_identifier;
+        if let Some(existing) = self
+            .handlespace
+            .element(pool_handle, pool_element.pe_identifier)
+            && existing.home_registrar == self.config.server_id
+            && !is_peer_owner(existing.owner)
+            && (home == self.config.server_id || !moved_by_update)
+        {
+            return Ok(());
+        }
+        if home == self.config.server_id {
+            // A peer lists a PE as ours that is not registered here (we
+            // restarted): it is the peer's stale copy, the PE re-registers.
+            return Ok(());
+        }
+        let params = policy_params(&pool_element.policy).map_err(|_| {
+            HandlespaceError::InconsistentPoolingPolicy {
+                pool: 0,
+                requested: pool_element.policy.policy_type,
+            }
+        })?;
+        let registration = Registration {
+            id: pool_element.pe_identifier,
+            user_transport: pool_element.user_transport,
+            asap_transport: pool_element.asap_transport,
+            policy: pool_element.policy,
+            params,
+            registration_life: pool_element.registration_life,
+            home_registrar: home,
+            owner: peer_owner(home),
+        };
+        self.handlespace
+            .register(pool_handle, registration, now, NO_KEEP_ALIVE)?;
+        self.update_gauges();
+        Ok(())
+    }
+
+    /// Removes a PE on behalf of its home registrar `home` (Handle Update
+    /// delete, audit repair). A PE homed elsewhere (e.g. it already moved to
+    /// another registrar, or to us) is left alone.
+    pub fn remove_peer_element(&mut self, pool_handle: &PoolHandle, id: PeId, home: u32) -> bool {
+        let homed_there = self
+            .handlespace
+            .element(pool_handle, id)
+            .is_some_and(|entry| entry.home_registrar == home && home != self.config.server_id);
+        if homed_there {
+            self.handlespace.remove(pool_handle, id);
+            self.update_gauges();
+        }
+        homed_there
+    }
+
+    /// Takeover (RFC 5353 §3.10) done by us: every PE homed at `dead`
+    /// becomes ours. We cannot reach those PEs (they never opened an
+    /// association to us), so instead of Endpoint Keep Alive with the Home
+    /// flag each gets `grace` to re-register here (or anywhere) before it
+    /// is removed as dead. Returns how many PEs were adopted.
+    pub fn adopt_elements_of(&mut self, now: Instant, dead: u32, grace: Duration) -> usize {
+        let own_id = self.config.server_id;
+        let adopted = self.handlespace.elements_of_home(dead);
+        for (handle, id) in &adopted {
+            self.handlespace.rehome(
+                handle,
+                *id,
+                own_id,
+                peer_owner(own_id),
+                KeepAlive::AwaitingAck {
+                    sent: now,
+                    deadline: now + grace,
+                },
+            );
+        }
+        adopted.len()
+    }
+
+    /// Takeover done by peer `new_home`: the PEs of `dead` are its now.
+    pub fn rehome_elements_of(&mut self, now: Instant, dead: u32, new_home: u32) -> usize {
+        let moved = self.handlespace.elements_of_home(dead);
+        for (handle, id) in &moved {
+            self.handlespace.rehome(
+                handle,
+                *id,
+                new_home,
+                peer_owner(new_home),
+                KeepAlive::SendAt(now + NO_KEEP_ALIVE),
+            );
+        }
+        moved.len()
+    }
+
+    /// Mutable access for the ENRP layer's table building is not needed:
+    /// read-only pool element lookups in wire form.
+    pub fn pool_element(&self, pool_handle: &PoolHandle, id: PeId) -> Option<PoolElement> {
+        self.handlespace
+            .element(pool_handle, id)
+            .map(pool_element_of)
     }
 
     fn count_removal(&mut self, why: Removal) {
@@ -924,6 +1108,9 @@ pub struct Status {
     pub pools: Vec<PoolStatus>,
     /// Running totals.
     pub counters: Counters,
+    /// ENRP peering, when enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrp: Option<crate::enrp::EnrpStatus>,
 }
 
 /// One pool in a [`Status`].

@@ -23,3 +23,41 @@ fn unknown_keys_and_bad_values_are_rejected() {
     assert_eq!(server.keep_alive_period.as_millis(), 100);
     assert_eq!(server.keep_alive_timeout.as_millis(), 50);
 }
+
+#[test]
+fn enrp_settings_are_validated_and_converted() {
+    let wildcard: RegistrarConfig = toml::from_str("[enrp]\nenabled = true").unwrap();
+    assert!(
+        wildcard.validate().is_err(),
+        "wildcard listen needs advertise"
+    );
+    let bad_transport: RegistrarConfig =
+        toml::from_str("[enrp]\nenabled = true\nlisten = \"127.0.0.1:9901\"\ntransport = \"udp\"")
+            .unwrap();
+    assert!(bad_transport.validate().is_err());
+    let bad_peer: RegistrarConfig = toml::from_str(
+        "[enrp]\nenabled = true\nlisten = \"127.0.0.1:9901\"\npeers = [\"nowhere\"]",
+    )
+    .unwrap();
+    assert!(bad_peer.validate().is_err());
+    let fast: RegistrarConfig = toml::from_str(
+        "[enrp]\nenabled = true\nadvertise = \"192.0.2.1:9901\"\npeers = [\"192.0.2.2:9901\"]\n\
+         peer_heartbeat_cycle_ms = 100\nmax_time_last_heard_ms = 300\nmax_time_no_response_ms = 200",
+    )
+    .unwrap();
+    fast.validate().unwrap();
+    let core = fast
+        .enrp
+        .enrp_config(7, protocol::rserpool::Limits::default())
+        .unwrap();
+    assert_eq!(core.server_id, 7);
+    assert_eq!(core.heartbeat_cycle.as_millis(), 100);
+    assert_eq!(core.max_time_last_heard.as_millis(), 300);
+    assert_eq!(core.max_time_no_response.as_millis(), 200);
+    assert_eq!(core.static_peers, vec!["192.0.2.2:9901".parse().unwrap()]);
+    let zero: RegistrarConfig = toml::from_str(
+        "[enrp]\nenabled = true\nlisten = \"127.0.0.1:9901\"\ntakeover_expiry_ms = 0",
+    )
+    .unwrap();
+    assert!(zero.validate().is_err());
+}

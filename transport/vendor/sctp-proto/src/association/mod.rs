@@ -2785,8 +2785,7 @@ impl Association {
         // flight, the association never left SHUTDOWN-RECEIVED and the peer's close hung.
         let mut reply = vec![];
         let state = self.state();
-        if (state == AssociationState::Established
-            || state == AssociationState::ShutdownReceived)
+        if (state == AssociationState::Established || state == AssociationState::ShutdownReceived)
             && sna32gt(c.cumulative_tsn_ack, self.cumulative_tsn_ack_point)
         {
             let sack = ChunkSelectiveAck {

@@ -1,0 +1,357 @@
+//! The collector side of billing continuity (docs/billing-continuity.md):
+//! which record sequences this store holds durably (the [`Ledger`]), and
+//! per association the Cookie Echo received and the Cookies owed
+//! ([`AssociationBilling`]). Pure logic; `sctp.rs` and the store drive it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use protocol::billing::{BillingCookie, CookieError, CookieMessageKind, SequenceExtender};
+
+/// Billing identity and position of a block's first record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BillingTag {
+    pub exporter_id: u32,
+    pub first_record_sequence: u64,
+}
+
+/// A set of record sequences as merged, inclusive ranges.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RangeSet {
+    /// first -> last, disjoint and not adjacent.
+    ranges: BTreeMap<u64, u64>,
+}
+
+impl RangeSet {
+    pub fn ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.ranges.iter().map(|(a, b)| (*a, *b))
+    }
+
+    /// Adds `first..=last`, merging with neighbours.
+    pub fn insert(&mut self, mut first: u64, mut last: u64) {
+        // A range starting at or before `last + 1` may overlap or touch.
+        let overlapping: Vec<(u64, u64)> = self
+            .ranges
+            .range(..=last.saturating_add(1))
+            .rev()
+            .take_while(|(_, end)| **end >= first.saturating_sub(1))
+            .map(|(a, b)| (*a, *b))
+            .collect();
+        for (a, b) in overlapping {
+            self.ranges.remove(&a);
+            first = first.min(a);
+            last = last.max(b);
+        }
+        self.ranges.insert(first, last);
+    }
+
+    /// The parts of `first..=last` not in the set, in order.
+    pub fn missing(&self, first: u64, last: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut cursor = first;
+        // Ranges that may intersect: those starting at or before `last`.
+        let start_key = self
+            .ranges
+            .range(..=first)
+            .next_back()
+            .map(|(a, _)| *a)
+            .unwrap_or(first);
+        for (&a, &b) in self.ranges.range(start_key..=last) {
+            if b < cursor {
+                continue;
+            }
+            if a > cursor {
+                out.push((cursor, a - 1));
+            }
+            if b >= last {
+                return out;
+            }
+            cursor = b + 1;
+        }
+        if cursor <= last {
+            out.push((cursor, last));
+        }
+        out
+    }
+
+    /// The end of the range holding `sequence`, if it is held.
+    pub fn through(&self, sequence: u64) -> Option<u64> {
+        let (_, &end) = self.ranges.range(..=sequence).next_back()?;
+        (end >= sequence).then_some(end)
+    }
+}
+
+/// What this store holds durably, per (billing exporter id, domain).
+#[derive(Debug, Default)]
+pub struct Ledger {
+    pub stored: HashMap<(u32, u32), RangeSet>,
+}
+
+pub type SharedLedger = Arc<Mutex<Ledger>>;
+
+/// Signs cookies for this collector.
+#[derive(Debug, Clone)]
+pub struct CookieSigner {
+    pub key: Vec<u8>,
+    pub pe_identifier: u32,
+}
+
+/// A failover or failback arriving here: the exporter echoed a cookie.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handover {
+    pub at_ms: i64,
+    pub exporter_id: u32,
+    pub domain: u32,
+    pub peer: String,
+    /// PE that signed the echoed cookie; `None` for an introduction.
+    pub from_pe: Option<u32>,
+    pub to_pe: u32,
+    /// Last record sequence the echoed cookie vouches for.
+    pub record_sequence: Option<u64>,
+}
+
+/// Why a Cookie Echo was refused (the association is then closed).
+#[derive(Debug, thiserror::Error)]
+pub enum EchoError {
+    #[error("not a billing Cookie Echo: {0}")]
+    Malformed(#[from] CookieError),
+    #[error("an ASAP Cookie (not Cookie Echo) from the exporter")]
+    WrongDirection,
+    #[error("cookie for exporter {got}, but this association belongs to exporter {expected}")]
+    OtherExporter { expected: u32, got: u32 },
+}
+
+impl EchoError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Malformed(CookieError::BadHmac) => "cookie_bad_hmac",
+            Self::Malformed(_) => "cookie_malformed",
+            Self::WrongDirection => "cookie_wrong_direction",
+            Self::OtherExporter { .. } => "cookie_other_exporter",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct DomainBilling {
+    /// First record sequence this association is responsible for.
+    start: u64,
+    extender: SequenceExtender,
+    last_cookie: Option<u64>,
+}
+
+/// Billing state of one data association.
+#[derive(Debug, Default)]
+pub struct AssociationBilling {
+    exporter_id: Option<u32>,
+    domains: HashMap<u32, DomainBilling>,
+}
+
+impl AssociationBilling {
+    pub fn exporter_id(&self) -> Option<u32> {
+        self.exporter_id
+    }
+
+    /// Handles an ASAP message from the exporter. A validly signed cookie
+    /// for this exporter is accepted even if this store already holds more
+    /// (its own cookie got lost): the exporter then replays, the store drops
+    /// what it has, and [`Self::cookies_due`] answers with the real point.
+    pub fn on_cookie_echo(
+        &mut self,
+        asap: &[u8],
+        signer: &CookieSigner,
+        peer: &str,
+        now_ms: i64,
+    ) -> Result<Handover, EchoError> {
+        let (kind, cookie) = protocol::billing::cookie_from_asap_bytes(asap)?;
+        if kind != CookieMessageKind::CookieEcho {
+            return Err(EchoError::WrongDirection);
+        }
+        if !cookie.introduction {
+            cookie.verify(&signer.key)?;
+        }
+        if let Some(expected) = self.exporter_id
+            && expected != cookie.exporter_id
+        {
+            return Err(EchoError::OtherExporter {
+                expected,
+                got: cookie.exporter_id,
+            });
+        }
+        self.exporter_id = Some(cookie.exporter_id);
+        let start = cookie.next_record_sequence();
+        self.domains.insert(
+            cookie.domain,
+            DomainBilling {
+                start,
+                extender: SequenceExtender::new(start),
+                last_cookie: None,
+            },
+        );
+        Ok(Handover {
+            at_ms: now_ms,
+            exporter_id: cookie.exporter_id,
+            domain: cookie.domain,
+            peer: peer.to_owned(),
+            from_pe: (!cookie.introduction).then_some(cookie.pe_identifier),
+            to_pe: signer.pe_identifier,
+            record_sequence: (!cookie.introduction).then_some(cookie.last_record_sequence),
+        })
+    }
+
+    /// Record sequence of the first record of a message of `domain` whose
+    /// IPFIX header carries `message_sequence`; `None` for a domain the
+    /// exporter did not announce (not billing data).
+    pub fn message_base(&mut self, domain: u32, message_sequence: u32) -> Option<u64> {
+        let d = self.domains.get_mut(&domain)?;
+        Some(d.extender.extend(message_sequence))
+    }
+
+    /// Cookies owed: for each domain, when the store holds every record from
+    /// this association's start through a point beyond the last cookie
+    /// sent, a cookie naming that point. Returns ASAP Cookie messages.
+    pub fn cookies_due(
+        &mut self,
+        ledger: &Ledger,
+        signer: &CookieSigner,
+        now_ms: i64,
+    ) -> Vec<Vec<u8>> {
+        let Some(exporter_id) = self.exporter_id else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (&domain, d) in &mut self.domains {
+            let Some(through) = ledger
+                .stored
+                .get(&(exporter_id, domain))
+                .and_then(|set| set.through(d.start))
+            else {
+                continue;
+            };
+            if d.last_cookie.is_some_and(|last| last >= through) {
+                continue;
+            }
+            d.last_cookie = Some(through);
+            let cookie = BillingCookie::sign(
+                &signer.key,
+                exporter_id,
+                domain,
+                through,
+                signer.pe_identifier,
+                now_ms.max(0) as u64,
+            );
+            out.push(cookie.cookie_message_bytes());
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ranges: &[(u64, u64)]) -> RangeSet {
+        let mut s = RangeSet::default();
+        for (a, b) in ranges {
+            s.insert(*a, *b);
+        }
+        s
+    }
+
+    #[test]
+    fn ranges_merge_when_overlapping_or_adjacent() {
+        let s = set(&[(10, 19), (30, 39), (20, 25), (26, 29)]);
+        assert_eq!(s.ranges().collect::<Vec<_>>(), vec![(10, 39)]);
+        let s = set(&[(10, 19), (21, 30)]);
+        assert_eq!(s.ranges().collect::<Vec<_>>(), vec![(10, 19), (21, 30)]);
+        let s = set(&[(5, 100), (10, 20)]);
+        assert_eq!(s.ranges().collect::<Vec<_>>(), vec![(5, 100)]);
+        let s = set(&[(0, 0), (u64::MAX - 1, u64::MAX)]);
+        assert_eq!(s.ranges().count(), 2);
+    }
+
+    #[test]
+    fn missing_parts_are_exact() {
+        let s = set(&[(10, 19), (30, 39)]);
+        assert_eq!(s.missing(0, 50), vec![(0, 9), (20, 29), (40, 50)]);
+        assert_eq!(s.missing(12, 18), vec![]);
+        assert_eq!(s.missing(15, 32), vec![(20, 29)]);
+        assert_eq!(s.missing(40, 45), vec![(40, 45)]);
+        assert_eq!(RangeSet::default().missing(3, 4), vec![(3, 4)]);
+    }
+
+    #[test]
+    fn through_is_the_end_of_the_holding_range() {
+        let s = set(&[(0, 99), (200, 299)]);
+        assert_eq!(s.through(0), Some(99));
+        assert_eq!(s.through(50), Some(99));
+        assert_eq!(s.through(100), None);
+        assert_eq!(s.through(250), Some(299));
+    }
+
+    fn signer() -> CookieSigner {
+        CookieSigner {
+            key: b"pool key".to_vec(),
+            pe_identifier: 7,
+        }
+    }
+
+    #[test]
+    fn echo_then_cookies_follow_the_ledger() {
+        let mut a = AssociationBilling::default();
+        let echo = BillingCookie::introduction(42, 1).cookie_echo_message_bytes();
+        let h = a.on_cookie_echo(&echo, &signer(), "peer", 5).unwrap();
+        assert_eq!(
+            (h.exporter_id, h.from_pe, h.record_sequence),
+            (42, None, None)
+        );
+        assert_eq!(a.message_base(1, 0), Some(0));
+        assert_eq!(a.message_base(2, 0), None, "domain not announced");
+        let mut ledger = Ledger::default();
+        assert!(a.cookies_due(&ledger, &signer(), 6).is_empty());
+        ledger.stored.entry((42, 1)).or_default().insert(0, 57);
+        let cookies = a.cookies_due(&ledger, &signer(), 7);
+        assert_eq!(cookies.len(), 1);
+        let (_, c) = protocol::billing::cookie_from_asap_bytes(&cookies[0]).unwrap();
+        c.verify(b"pool key").unwrap();
+        assert_eq!(
+            (
+                c.exporter_id,
+                c.domain,
+                c.last_record_sequence,
+                c.pe_identifier
+            ),
+            (42, 1, 57, 7)
+        );
+        // No progress, no new cookie.
+        assert!(a.cookies_due(&ledger, &signer(), 8).is_empty());
+    }
+
+    #[test]
+    fn signed_echo_starts_after_its_sequence_and_forged_ones_fail() {
+        let mut a = AssociationBilling::default();
+        let good = BillingCookie::sign(b"pool key", 42, 1, 999, 3, 1);
+        let h = a
+            .on_cookie_echo(&good.cookie_echo_message_bytes(), &signer(), "p", 1)
+            .unwrap();
+        assert_eq!((h.from_pe, h.record_sequence), (Some(3), Some(999)));
+        let mut ledger = Ledger::default();
+        // Records before 1000 are elsewhere: this store's 1000..1999 count.
+        ledger.stored.entry((42, 1)).or_default().insert(1000, 1999);
+        let (_, c) =
+            protocol::billing::cookie_from_asap_bytes(&a.cookies_due(&ledger, &signer(), 2)[0])
+                .unwrap();
+        assert_eq!(c.last_record_sequence, 1999);
+
+        let forged = BillingCookie::sign(b"other key", 42, 1, 5, 3, 1);
+        let err = AssociationBilling::default()
+            .on_cookie_echo(&forged.cookie_echo_message_bytes(), &signer(), "p", 1)
+            .unwrap_err();
+        assert_eq!(err.reason(), "cookie_bad_hmac");
+        let other = BillingCookie::sign(b"pool key", 43, 1, 5, 3, 1);
+        let err = a
+            .on_cookie_echo(&other.cookie_echo_message_bytes(), &signer(), "p", 1)
+            .unwrap_err();
+        assert_eq!(err.reason(), "cookie_other_exporter");
+    }
+}

@@ -1,0 +1,1058 @@
+//! ENRP peering (RFC 5353), sans-IO: the registrar's peer table, heartbeat
+//! cycle, handlespace synchronization and audit, and takeover.
+//!
+//! [`Enrp`] is fed ENRP messages (with the address they came from), the
+//! clock, and the [`HomeChange`]s of the ASAP [`Server`]; it changes the
+//! server's handlespace through the server's peer-element methods and
+//! answers with [`Outgoing`] messages addressed to a peer's ENRP address.
+//! It never reads a clock.
+//!
+//! How it works:
+//! * Every `heartbeat_cycle` a Presence (with the PE checksum of our home
+//!   PEs and our Server Information) goes to every configured and learned
+//!   peer address.
+//! * The first message from a peer we did not know, or had declared dead,
+//!   makes us ask it for its home PEs (Handle Table Request with the W flag,
+//!   paged with the M flag) and for its peer list (List Request).
+//! * Every registration/removal of one of our home PEs goes to every peer in
+//!   a Handle Update.
+//! * Audit: a Presence whose checksum differs from the checksum of what we
+//!   store for that peer triggers the same Handle Table Request; its last
+//!   page also deletes what the peer no longer has.
+//! * A peer silent for `max_time_last_heard` is asked for a Presence; silent
+//!   `max_time_no_response` longer, it is dead: Init Takeover to the other
+//!   peers, after every Ack (or `takeover_expiry`) we adopt its PEs and send
+//!   Takeover Server. Of two registrars taking over the same peer, the one
+//!   with the higher server id wins (the other acks and aborts).
+//!
+//! Deviation from RFC 5353 §3.10: after a takeover the new home should send
+//! each adopted PE an Endpoint Keep Alive with the Home flag. Our PEs never
+//! listen for ASAP (they open associations to registrars), so instead the
+//! adopted PEs stay resolvable for `adopted_pe_grace` and are removed if
+//! they do not re-register with some registrar by then (asap-client PEs hunt
+//! for the next registrar when their association fails and re-register).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use metrics::counter;
+use policies::PeId;
+use protocol::rserpool::enrp::{Body, Message, PoolEntry, UpdateAction};
+use protocol::rserpool::{DecodeError, Limits, PoolHandle, ServerInformation, TransportAddress};
+use serde::{Deserialize, Serialize};
+
+use crate::server::{HomeChange, Server};
+
+/// ENRP settings. Timer defaults are RSPLIB's registrar defaults (see
+/// DESIGN.md); RFC 5353 leaves the values to the implementation.
+#[derive(Debug, Clone)]
+pub struct EnrpConfig {
+    /// Our server id (the ASAP server's).
+    pub server_id: u32,
+    /// Our ENRP transport as advertised in Server Information (Presence,
+    /// List Response): how peers reach us. `None`: peers only learn us
+    /// through their static lists.
+    pub advertised: Option<TransportAddress>,
+    /// Peer ENRP addresses to contact (static mesh).
+    pub static_peers: Vec<SocketAddr>,
+    /// Server ids accepted as peers; empty accepts any.
+    pub allowed_server_ids: Vec<u32>,
+    /// PEER-HEARTBEAT-CYCLE: Presence interval (RSPLIB 2444 ms).
+    pub heartbeat_cycle: Duration,
+    /// MAX-TIME-LAST-HEARD: silence after which a peer is probed (RSPLIB 5000 ms).
+    pub max_time_last_heard: Duration,
+    /// MAX-TIME-NO-RESPONSE: how long a probed peer has to answer before it
+    /// is declared dead, and how long a table request may take (RSPLIB 5000 ms).
+    pub max_time_no_response: Duration,
+    /// TAKEOVER-EXPIRY: wait for Init Takeover Acks at most this long (RSPLIB 5000 ms).
+    pub takeover_expiry: Duration,
+    /// How long adopted PEs stay without re-registering (our deviation, see
+    /// the module documentation).
+    pub adopted_pe_grace: Duration,
+    /// Most PEs in one Handle Table Response page (RSPLIB 128).
+    pub max_elements_per_table_response: usize,
+    /// Decoder limits.
+    pub decode_limits: Limits,
+}
+
+impl Default for EnrpConfig {
+    fn default() -> Self {
+        Self {
+            server_id: 1,
+            advertised: None,
+            static_peers: Vec::new(),
+            allowed_server_ids: Vec::new(),
+            heartbeat_cycle: Duration::from_millis(2_444),
+            max_time_last_heard: Duration::from_millis(5_000),
+            max_time_no_response: Duration::from_millis(5_000),
+            takeover_expiry: Duration::from_millis(5_000),
+            adopted_pe_grace: Duration::from_millis(10_000),
+            max_elements_per_table_response: 128,
+            decode_limits: Limits::default(),
+        }
+    }
+}
+
+/// One ENRP message to send to a peer's ENRP address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// The peer's advertised (or configured) ENRP address.
+    pub to: SocketAddr,
+    /// The encoded ENRP message (PPID 12).
+    pub payload: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Liveness {
+    Alive,
+    /// Asked for a Presence after MAX-TIME-LAST-HEARD; dead at `deadline`.
+    Probing {
+        deadline: Instant,
+    },
+    Dead,
+}
+
+/// Our Handle Table Request to a peer in progress.
+#[derive(Debug)]
+struct TableSync {
+    started: Instant,
+    seen: HashSet<(PoolHandle, PeId)>,
+}
+
+/// A Handle Table we are sending a peer page by page.
+#[derive(Debug)]
+struct TableCursor {
+    started: Instant,
+    remaining: std::vec::IntoIter<(PoolHandle, PeId)>,
+}
+
+#[derive(Debug)]
+struct Peer {
+    address: Option<SocketAddr>,
+    last_heard: Instant,
+    liveness: Liveness,
+    remote_checksum: Option<u16>,
+    sync: Option<TableSync>,
+    cursor: Option<TableCursor>,
+}
+
+#[derive(Debug)]
+struct Takeover {
+    awaiting_acks: HashSet<u32>,
+    expires: Instant,
+}
+
+/// Running ENRP totals.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrpCounters {
+    /// Messages received by type name.
+    pub received: BTreeMap<String, u64>,
+    /// Messages sent by type name.
+    pub sent: BTreeMap<String, u64>,
+    /// Presences whose checksum disagreed with ours (audit repairs started).
+    pub audit_mismatches: u64,
+    /// Peers declared dead.
+    pub peers_lost: u64,
+    /// Takeovers we completed.
+    pub takeovers: u64,
+    /// PEs adopted in our takeovers.
+    pub adopted_pes: u64,
+    /// PEs moved to a peer by its Takeover Server.
+    pub rehomed_pes: u64,
+    /// Malformed or refused ENRP messages by reason.
+    pub malformed: BTreeMap<String, u64>,
+}
+
+/// One peer in an [`EnrpStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// Server id.
+    pub server_id: u32,
+    /// ENRP address, if known.
+    pub address: Option<String>,
+    /// "alive", "probing" or "dead".
+    pub state: String,
+    /// Time since its last message.
+    pub last_heard_ms_ago: u64,
+    /// PE checksum of its last Presence.
+    pub remote_checksum: Option<u16>,
+    /// Checksum of the PEs we store with it as home.
+    pub local_checksum: u16,
+    /// Number of PEs we store with it as home.
+    pub home_elements: usize,
+}
+
+/// ENRP part of the status endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrpStatus {
+    /// Checksum of our home PEs (what our Presence carries).
+    pub own_checksum: u16,
+    /// Checksum over the whole handlespace: equal on registrars that agree.
+    pub handlespace_checksum: u16,
+    /// Peers by server id.
+    pub peers: Vec<PeerStatus>,
+    /// Totals.
+    pub counters: EnrpCounters,
+}
+
+/// The sans-IO ENRP peer state machine.
+#[derive(Debug)]
+pub struct Enrp {
+    config: EnrpConfig,
+    peers: HashMap<u32, Peer>,
+    takeovers: HashMap<u32, Takeover>,
+    /// Targets whose takeover by a peer we acked, until when we leave it to
+    /// that peer (if it never completes, we take over ourselves).
+    acked_takeovers: HashMap<u32, Instant>,
+    next_heartbeat: Instant,
+    counters: EnrpCounters,
+}
+
+impl Enrp {
+    /// A peer table with only the static peers' addresses; the first
+    /// Presence is due at `now`.
+    pub fn new(config: EnrpConfig, now: Instant) -> Self {
+        Self {
+            config,
+            peers: HashMap::new(),
+            takeovers: HashMap::new(),
+            acked_takeovers: HashMap::new(),
+            next_heartbeat: now,
+            counters: EnrpCounters::default(),
+        }
+    }
+
+    /// Running totals.
+    pub fn counters(&self) -> &EnrpCounters {
+        &self.counters
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EnrpConfig {
+        &self.config
+    }
+
+    /// Server ids of the peers currently considered alive, sorted.
+    pub fn alive_peers(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self
+            .peers
+            .iter()
+            .filter(|(_, peer)| peer.liveness != Liveness::Dead)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// The earliest time [`Enrp::on_timer`] has something to do.
+    pub fn next_deadline(&self) -> Instant {
+        let mut next = self.next_heartbeat;
+        for peer in self.peers.values() {
+            let at = match peer.liveness {
+                Liveness::Alive => peer.last_heard + self.config.max_time_last_heard,
+                Liveness::Probing { deadline } => deadline,
+                Liveness::Dead => continue,
+            };
+            next = next.min(at);
+        }
+        for takeover in self.takeovers.values() {
+            next = next.min(takeover.expires);
+        }
+        for &until in self.acked_takeovers.values() {
+            next = next.min(until);
+        }
+        next
+    }
+
+    /// Heartbeat, peer liveness and takeover timers.
+    pub fn on_timer(&mut self, now: Instant, server: &mut Server) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        if now >= self.next_heartbeat {
+            self.send_presence_to_all(server, false, &mut out);
+            self.next_heartbeat = now + self.config.heartbeat_cycle;
+        }
+        let mut died = Vec::new();
+        let mut probe = Vec::new();
+        for (&id, peer) in &mut self.peers {
+            match peer.liveness {
+                Liveness::Alive if now >= peer.last_heard + self.config.max_time_last_heard => {
+                    peer.liveness = Liveness::Probing {
+                        deadline: now + self.config.max_time_no_response,
+                    };
+                    probe.push(id);
+                }
+                Liveness::Probing { deadline } if now >= deadline => {
+                    peer.liveness = Liveness::Dead;
+                    peer.sync = None;
+                    peer.cursor = None;
+                    died.push(id);
+                }
+                _ => {}
+            }
+            let stale = now
+                .saturating_duration_since(peer.sync.as_ref().map_or(now, |s| s.started))
+                > self.config.max_time_no_response;
+            if stale {
+                peer.sync = None;
+            }
+            let stale = now
+                .saturating_duration_since(peer.cursor.as_ref().map_or(now, |c| c.started))
+                > self.config.max_time_no_response;
+            if stale {
+                peer.cursor = None;
+            }
+        }
+        for id in probe {
+            tracing::info!(
+                peer = format_args!("{id:#010x}"),
+                "peer silent for MAX-TIME-LAST-HEARD: asking for a Presence"
+            );
+            let presence = self.presence(server, true);
+            self.send(id, presence, &mut out);
+        }
+        died.sort_unstable();
+        for id in died {
+            self.counters.peers_lost += 1;
+            counter!("poolflow_registrar_enrp_peers_lost_total").increment(1);
+            tracing::warn!(
+                peer = format_args!("{id:#010x}"),
+                "peer did not answer within MAX-TIME-NO-RESPONSE: declared dead"
+            );
+            self.start_takeover(now, id, server, &mut out);
+        }
+        let expired: Vec<u32> = self
+            .takeovers
+            .iter()
+            .filter(|(_, takeover)| now >= takeover.expires)
+            .map(|(target, _)| *target)
+            .collect();
+        for target in expired {
+            tracing::info!(
+                target = format_args!("{target:#010x}"),
+                "takeover expiry: taking over without every ack"
+            );
+            self.complete_takeover(now, target, server, &mut out);
+        }
+        let abandoned: Vec<u32> = self
+            .acked_takeovers
+            .iter()
+            .filter(|(_, until)| now >= **until)
+            .map(|(target, _)| *target)
+            .collect();
+        for target in abandoned {
+            self.acked_takeovers.remove(&target);
+            let target_dead = self
+                .peers
+                .get(&target)
+                .is_none_or(|peer| peer.liveness == Liveness::Dead);
+            if target_dead {
+                // The peer we acked never sent Takeover Server.
+                self.start_takeover(now, target, server, &mut out);
+            }
+        }
+        out
+    }
+
+    /// Announces changes of our home PEs to every live peer (Handle Update).
+    pub fn on_home_changes(&mut self, changes: Vec<HomeChange>) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        for change in changes {
+            for id in self.alive_peers() {
+                let body = Body::HandleUpdate {
+                    takeover_suggested: false,
+                    action: change.action,
+                    pool_handle: change.pool_handle.clone(),
+                    pool_element: change.pool_element.clone(),
+                };
+                self.send(id, body, &mut out);
+            }
+        }
+        out
+    }
+
+    /// Handles one ENRP message that arrived from `from` (the sending
+    /// socket, used only for logging and to complete an unspecified
+    /// advertised address). Never panics: bad input is counted and dropped.
+    pub fn on_message(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        bytes: &[u8],
+        server: &mut Server,
+    ) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        let message = match Message::decode_with(bytes, &self.config.decode_limits) {
+            Ok(decoded) => decoded.message,
+            Err(error) => {
+                let reason = decode_error_label(&error);
+                tracing::warn!(%from, %error, reason, "malformed ENRP message dropped");
+                self.count_malformed(reason);
+                return out;
+            }
+        };
+        let sender = message.sender_server_id;
+        if sender == self.config.server_id || sender == 0 {
+            self.count_malformed("bad_sender_id");
+            tracing::debug!(%from, sender, "ENRP message with our own or no server id");
+            return out;
+        }
+        if message.receiver_server_id != 0 && message.receiver_server_id != self.config.server_id {
+            self.count_malformed("wrong_receiver");
+            tracing::debug!(%from, receiver = message.receiver_server_id, "ENRP message for another server");
+            return out;
+        }
+        if !self.config.allowed_server_ids.is_empty()
+            && !self.config.allowed_server_ids.contains(&sender)
+        {
+            self.count_malformed("peer_not_allowed");
+            tracing::warn!(%from, sender = format_args!("{sender:#010x}"), "ENRP message from a server id not in enrp.allowed_server_ids");
+            return out;
+        }
+        *self
+            .counters
+            .received
+            .entry(body_name(&message.body).to_string())
+            .or_default() += 1;
+
+        let first_contact = match self.peers.get(&sender) {
+            None => true,
+            Some(peer) => peer.liveness == Liveness::Dead,
+        };
+        let peer = self.peers.entry(sender).or_insert_with(|| Peer {
+            address: None,
+            last_heard: now,
+            liveness: Liveness::Alive,
+            remote_checksum: None,
+            sync: None,
+            cursor: None,
+        });
+        peer.last_heard = now;
+        peer.liveness = Liveness::Alive;
+        if first_contact {
+            tracing::info!(peer = format_args!("{sender:#010x}"), %from, "ENRP peer up");
+            // A peer that is alive is nobody's takeover target.
+            self.takeovers.remove(&sender);
+            self.acked_takeovers.remove(&sender);
+        }
+
+        match message.body {
+            Body::Presence {
+                reply_required,
+                pe_checksum,
+                server_information,
+            } => {
+                if let Some(info) = server_information
+                    && let Some(address) = socket_of(&info.transport, from)
+                {
+                    self.peer_mut(sender).address = Some(address);
+                }
+                self.peer_mut(sender).remote_checksum = Some(pe_checksum);
+                if reply_required {
+                    let presence = self.presence(server, false);
+                    self.send(sender, presence, &mut out);
+                }
+                let local = server.handlespace().home_checksum(sender);
+                let syncing = self.peer_mut(sender).sync.is_some();
+                if !first_contact && !syncing && local != pe_checksum {
+                    self.counters.audit_mismatches += 1;
+                    counter!("poolflow_registrar_enrp_audit_mismatches_total").increment(1);
+                    tracing::info!(
+                        peer = format_args!("{sender:#010x}"),
+                        local,
+                        remote = pe_checksum,
+                        "PE checksum mismatch: requesting the peer's handle table"
+                    );
+                    self.request_table(now, sender, &mut out);
+                }
+            }
+            Body::HandleTableRequest { own_children_only } => {
+                self.answer_table_request(now, sender, own_children_only, server, &mut out);
+            }
+            Body::HandleTableResponse {
+                reject,
+                more_to_send,
+                pool_entries,
+            } => self.on_table_response(
+                now,
+                sender,
+                reject,
+                more_to_send,
+                pool_entries,
+                server,
+                &mut out,
+            ),
+            Body::HandleUpdate {
+                action,
+                pool_handle,
+                mut pool_element,
+                ..
+            } => {
+                if pool_element.home_enrp_server_identifier == 0 {
+                    pool_element.home_enrp_server_identifier = sender;
+                }
+                match action {
+                    UpdateAction::AddPe => {
+                        if let Err(error) =
+                            server.apply_peer_element(now, &pool_handle, pool_element, true)
+                        {
+                            tracing::warn!(peer = format_args!("{sender:#010x}"), pool = %pool_handle, %error, "Handle Update refused");
+                            self.count_malformed("handle_update_refused");
+                        }
+                    }
+                    UpdateAction::DeletePe => {
+                        server.remove_peer_element(
+                            &pool_handle,
+                            pool_element.pe_identifier,
+                            sender,
+                        );
+                    }
+                }
+            }
+            Body::ListRequest => {
+                let mut servers: Vec<ServerInformation> = self
+                    .config
+                    .advertised
+                    .clone()
+                    .map(|transport| ServerInformation {
+                        server_identifier: self.config.server_id,
+                        transport,
+                    })
+                    .into_iter()
+                    .collect();
+                for id in self.alive_peers() {
+                    if let Some(address) = self.peers[&id].address {
+                        servers.push(ServerInformation {
+                            server_identifier: id,
+                            transport: transport_of(address),
+                        });
+                    }
+                }
+                self.send(
+                    sender,
+                    Body::ListResponse {
+                        reject: false,
+                        servers,
+                    },
+                    &mut out,
+                );
+            }
+            Body::ListResponse { reject, servers } => {
+                if !reject {
+                    for info in servers {
+                        let id = info.server_identifier;
+                        if id == self.config.server_id || id == 0 || self.peers.contains_key(&id) {
+                            continue;
+                        }
+                        if !self.config.allowed_server_ids.is_empty()
+                            && !self.config.allowed_server_ids.contains(&id)
+                        {
+                            continue;
+                        }
+                        if let Some(address) = socket_of(&info.transport, from) {
+                            tracing::info!(peer = format_args!("{id:#010x}"), %address, "learned ENRP peer from a List Response");
+                            // Probed like any silent peer until it speaks.
+                            self.peers.insert(
+                                id,
+                                Peer {
+                                    address: Some(address),
+                                    last_heard: now,
+                                    liveness: Liveness::Alive,
+                                    remote_checksum: None,
+                                    sync: None,
+                                    cursor: None,
+                                },
+                            );
+                            let presence = self.presence(server, true);
+                            self.send(id, presence, &mut out);
+                        }
+                    }
+                }
+            }
+            Body::InitTakeover { target_server_id } => {
+                if target_server_id == self.config.server_id {
+                    tracing::warn!(
+                        peer = format_args!("{sender:#010x}"),
+                        "peer wants to take us over: announcing that we are alive"
+                    );
+                    self.send_presence_to_all(server, false, &mut out);
+                } else if self.takeovers.contains_key(&target_server_id)
+                    && self.config.server_id > sender
+                {
+                    // We win this race: the sender aborts when it sees ours.
+                    tracing::debug!(target = target_server_id, "competing takeover: ours wins");
+                } else {
+                    self.takeovers.remove(&target_server_id);
+                    self.acked_takeovers.insert(
+                        target_server_id,
+                        now + self.config.takeover_expiry + self.config.max_time_no_response,
+                    );
+                    self.send(sender, Body::InitTakeoverAck { target_server_id }, &mut out);
+                }
+            }
+            Body::InitTakeoverAck { target_server_id } => {
+                let complete = self
+                    .takeovers
+                    .get_mut(&target_server_id)
+                    .is_some_and(|takeover| {
+                        takeover.awaiting_acks.remove(&sender);
+                        takeover.awaiting_acks.is_empty()
+                    });
+                if complete {
+                    self.complete_takeover(now, target_server_id, server, &mut out);
+                }
+            }
+            Body::TakeoverServer { target_server_id } => {
+                self.takeovers.remove(&target_server_id);
+                self.acked_takeovers.remove(&target_server_id);
+                if target_server_id != self.config.server_id {
+                    if let Some(target) = self.peers.get_mut(&target_server_id) {
+                        target.liveness = Liveness::Dead;
+                    }
+                    let moved = server.rehome_elements_of(now, target_server_id, sender);
+                    self.counters.rehomed_pes += moved as u64;
+                    tracing::info!(
+                        new_home = format_args!("{sender:#010x}"),
+                        dead = format_args!("{target_server_id:#010x}"),
+                        moved,
+                        "peer took over a dead registrar's PEs"
+                    );
+                }
+            }
+            Body::Error { error } => {
+                tracing::warn!(
+                    peer = format_args!("{sender:#010x}"),
+                    ?error,
+                    "ENRP Error from peer"
+                );
+                self.count_malformed("peer_error");
+            }
+        }
+
+        if first_contact {
+            let presence = self.presence(server, false);
+            self.send(sender, presence, &mut out);
+            self.request_table(now, sender, &mut out);
+            self.send(sender, Body::ListRequest, &mut out);
+        }
+        out
+    }
+
+    /// The ENRP part of the status endpoint.
+    pub fn status(&self, now: Instant, server: &Server) -> EnrpStatus {
+        let handlespace = server.handlespace();
+        let mut peers: Vec<PeerStatus> = self
+            .peers
+            .iter()
+            .map(|(&id, peer)| PeerStatus {
+                server_id: id,
+                address: peer.address.map(|a| a.to_string()),
+                state: match peer.liveness {
+                    Liveness::Alive => "alive",
+                    Liveness::Probing { .. } => "probing",
+                    Liveness::Dead => "dead",
+                }
+                .to_string(),
+                last_heard_ms_ago: u64::try_from(
+                    now.saturating_duration_since(peer.last_heard).as_millis(),
+                )
+                .unwrap_or(u64::MAX),
+                remote_checksum: peer.remote_checksum,
+                local_checksum: handlespace.home_checksum(id),
+                home_elements: handlespace.elements_of_home(id).len(),
+            })
+            .collect();
+        peers.sort_by_key(|peer| peer.server_id);
+        EnrpStatus {
+            own_checksum: handlespace.home_checksum(self.config.server_id),
+            handlespace_checksum: handlespace_checksum(server),
+            peers,
+            counters: self.counters.clone(),
+        }
+    }
+
+    fn peer_mut(&mut self, id: u32) -> &mut Peer {
+        self.peers.get_mut(&id).expect("peer exists")
+    }
+
+    fn presence(&self, server: &Server, reply_required: bool) -> Body {
+        Body::Presence {
+            reply_required,
+            pe_checksum: server.handlespace().home_checksum(self.config.server_id),
+            server_information: self
+                .config
+                .advertised
+                .clone()
+                .map(|transport| ServerInformation {
+                    server_identifier: self.config.server_id,
+                    transport,
+                }),
+        }
+    }
+
+    /// Presence to every static address and every known peer address.
+    fn send_presence_to_all(
+        &mut self,
+        server: &Server,
+        reply_required: bool,
+        out: &mut Vec<Outgoing>,
+    ) {
+        let mut addresses: Vec<(SocketAddr, u32)> = Vec::new();
+        for (&id, peer) in &self.peers {
+            if let Some(address) = peer.address {
+                addresses.push((address, id));
+            }
+        }
+        for &address in &self.config.static_peers {
+            if !addresses.iter().any(|(known, _)| *known == address) {
+                addresses.push((address, 0));
+            }
+        }
+        addresses.sort();
+        let body = self.presence(server, reply_required);
+        for (address, receiver) in addresses {
+            self.emit(address, receiver, body.clone(), out);
+        }
+    }
+
+    fn request_table(&mut self, now: Instant, peer: u32, out: &mut Vec<Outgoing>) {
+        self.peer_mut(peer).sync = Some(TableSync {
+            started: now,
+            seen: HashSet::new(),
+        });
+        self.send(
+            peer,
+            Body::HandleTableRequest {
+                own_children_only: true,
+            },
+            out,
+        );
+    }
+
+    fn answer_table_request(
+        &mut self,
+        now: Instant,
+        peer: u32,
+        own_children_only: bool,
+        server: &Server,
+        out: &mut Vec<Outgoing>,
+    ) {
+        let own_id = self.config.server_id;
+        let per_page = self.config.max_elements_per_table_response.max(1);
+        let cursor = self
+            .peer_mut(peer)
+            .cursor
+            .get_or_insert_with(|| TableCursor {
+                started: now,
+                remaining: if own_children_only {
+                    server.handlespace().elements_of_home(own_id)
+                } else {
+                    server.handlespace().all_elements()
+                }
+                .into_iter(),
+            });
+        cursor.started = now;
+        let mut pool_entries: Vec<PoolEntry> = Vec::new();
+        let mut taken = 0;
+        while taken < per_page {
+            let Some((handle, id)) = cursor.remaining.next() else {
+                break;
+            };
+            // PEs removed since the table was listed are simply skipped.
+            let Some(element) = server.pool_element(&handle, id) else {
+                continue;
+            };
+            taken += 1;
+            match pool_entries.last_mut() {
+                Some(entry) if entry.pool_handle == handle => entry.pool_elements.push(element),
+                _ => pool_entries.push(PoolEntry {
+                    pool_handle: handle,
+                    pool_elements: vec![element],
+                }),
+            }
+        }
+        let more_to_send = cursor.remaining.len() > 0;
+        if !more_to_send {
+            self.peer_mut(peer).cursor = None;
+        }
+        self.send(
+            peer,
+            Body::HandleTableResponse {
+                reject: false,
+                more_to_send,
+                pool_entries,
+            },
+            out,
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_table_response(
+        &mut self,
+        now: Instant,
+        peer: u32,
+        reject: bool,
+        more_to_send: bool,
+        pool_entries: Vec<PoolEntry>,
+        server: &mut Server,
+        out: &mut Vec<Outgoing>,
+    ) {
+        if reject {
+            tracing::warn!(
+                peer = format_args!("{peer:#010x}"),
+                "Handle Table Request rejected"
+            );
+            self.peer_mut(peer).sync = None;
+            return;
+        }
+        let mut refused = 0;
+        let mut seen = Vec::new();
+        for entry in pool_entries {
+            for mut element in entry.pool_elements {
+                if element.home_enrp_server_identifier == 0 {
+                    element.home_enrp_server_identifier = peer;
+                }
+                seen.push((entry.pool_handle.clone(), element.pe_identifier));
+                if server
+                    .apply_peer_element(now, &entry.pool_handle, element, false)
+                    .is_err()
+                {
+                    refused += 1;
+                }
+            }
+        }
+        if refused > 0 {
+            tracing::warn!(
+                peer = format_args!("{peer:#010x}"),
+                refused,
+                "PEs of a Handle Table Response refused"
+            );
+            self.count_malformed("handle_table_entry_refused");
+        }
+        let Some(sync) = self.peer_mut(peer).sync.as_mut() else {
+            // Unsolicited (or late) response: the PEs are applied, nothing
+            // is deleted without a complete table.
+            return;
+        };
+        sync.seen.extend(seen);
+        sync.started = now;
+        if more_to_send {
+            self.send(
+                peer,
+                Body::HandleTableRequest {
+                    own_children_only: true,
+                },
+                out,
+            );
+            return;
+        }
+        let seen = self
+            .peer_mut(peer)
+            .sync
+            .take()
+            .map(|s| s.seen)
+            .unwrap_or_default();
+        let mut removed = 0;
+        for (handle, id) in server.handlespace().elements_of_home(peer) {
+            if !seen.contains(&(handle.clone(), id))
+                && server.remove_peer_element(&handle, id, peer)
+            {
+                removed += 1;
+            }
+        }
+        tracing::info!(
+            peer = format_args!("{peer:#010x}"),
+            elements = seen.len(),
+            removed,
+            "handle table synchronized"
+        );
+    }
+
+    fn start_takeover(
+        &mut self,
+        now: Instant,
+        target: u32,
+        server: &mut Server,
+        out: &mut Vec<Outgoing>,
+    ) {
+        if self.acked_takeovers.contains_key(&target)
+            || server.handlespace().elements_of_home(target).is_empty()
+        {
+            return;
+        }
+        let awaiting_acks: HashSet<u32> = self
+            .alive_peers()
+            .into_iter()
+            .filter(|&id| id != target && self.peers[&id].address.is_some())
+            .collect();
+        if awaiting_acks.is_empty() {
+            self.takeovers.insert(
+                target,
+                Takeover {
+                    awaiting_acks,
+                    expires: now,
+                },
+            );
+            self.complete_takeover(now, target, server, out);
+            return;
+        }
+        tracing::info!(
+            target = format_args!("{target:#010x}"),
+            peers = awaiting_acks.len(),
+            "Init Takeover"
+        );
+        for &id in &awaiting_acks {
+            self.send(
+                id,
+                Body::InitTakeover {
+                    target_server_id: target,
+                },
+                out,
+            );
+        }
+        self.takeovers.insert(
+            target,
+            Takeover {
+                awaiting_acks,
+                expires: now + self.config.takeover_expiry,
+            },
+        );
+    }
+
+    fn complete_takeover(
+        &mut self,
+        now: Instant,
+        target: u32,
+        server: &mut Server,
+        out: &mut Vec<Outgoing>,
+    ) {
+        if self.takeovers.remove(&target).is_none() {
+            return;
+        }
+        let adopted = server.adopt_elements_of(now, target, self.config.adopted_pe_grace);
+        self.counters.takeovers += 1;
+        self.counters.adopted_pes += adopted as u64;
+        counter!("poolflow_registrar_enrp_takeovers_total").increment(1);
+        tracing::warn!(
+            target = format_args!("{target:#010x}"),
+            adopted,
+            "took over a dead registrar's PEs"
+        );
+        for id in self.alive_peers() {
+            if id != target {
+                self.send(
+                    id,
+                    Body::TakeoverServer {
+                        target_server_id: target,
+                    },
+                    out,
+                );
+            }
+        }
+    }
+
+    /// Sends `body` to peer `id` if we know where it is.
+    fn send(&mut self, id: u32, body: Body, out: &mut Vec<Outgoing>) {
+        match self.peers.get(&id).and_then(|peer| peer.address) {
+            Some(address) => self.emit(address, id, body, out),
+            None => {
+                tracing::debug!(
+                    peer = format_args!("{id:#010x}"),
+                    message = body_name(&body),
+                    "no ENRP address for peer: not sent"
+                );
+                self.count_malformed("peer_address_unknown");
+            }
+        }
+    }
+
+    fn emit(&mut self, to: SocketAddr, receiver: u32, body: Body, out: &mut Vec<Outgoing>) {
+        let name = body_name(&body);
+        let message = Message {
+            sender_server_id: self.config.server_id,
+            receiver_server_id: receiver,
+            body,
+        };
+        let mut payload = Vec::new();
+        if let Err(error) = message.try_encode(&mut payload) {
+            tracing::warn!(%error, message = name, "ENRP message too large: not sent");
+            return;
+        }
+        *self.counters.sent.entry(name.to_string()).or_default() += 1;
+        out.push(Outgoing { to, payload });
+    }
+
+    fn count_malformed(&mut self, reason: &'static str) {
+        *self
+            .counters
+            .malformed
+            .entry(reason.to_string())
+            .or_default() += 1;
+        counter!("poolflow_registrar_enrp_malformed_total", "reason" => reason).increment(1);
+    }
+}
+
+/// A checksum over every PE of the handlespace, whatever its home: two
+/// registrars with the same handlespace show the same value.
+pub fn handlespace_checksum(server: &Server) -> u16 {
+    let sum: u64 = server
+        .handlespace()
+        .all_elements()
+        .iter()
+        .map(|(handle, id)| crate::handlespace::pe_checksum_words(handle, *id))
+        .sum();
+    crate::handlespace::finish_pe_checksum(sum)
+}
+
+/// An SCTP transport parameter for an ENRP address (RFC 5354 §3.11 puts an
+/// SCTP transport in Server Information).
+pub fn transport_of(address: SocketAddr) -> TransportAddress {
+    TransportAddress {
+        kind: protocol::rserpool::TransportKind::Sctp(protocol::rserpool::TransportUse::DataOnly),
+        port: address.port(),
+        addresses: vec![address.ip()],
+    }
+}
+
+/// The first address of a Server Information transport; an unspecified
+/// address means "where the message came from".
+fn socket_of(transport: &TransportAddress, from: SocketAddr) -> Option<SocketAddr> {
+    let ip = *transport.addresses.first()?;
+    let ip = if ip.is_unspecified() { from.ip() } else { ip };
+    Some(SocketAddr::new(ip, transport.port))
+}
+
+fn body_name(body: &Body) -> &'static str {
+    match body {
+        Body::Presence { .. } => "presence",
+        Body::HandleTableRequest { .. } => "handle_table_request",
+        Body::HandleTableResponse { .. } => "handle_table_response",
+        Body::HandleUpdate { .. } => "handle_update",
+        Body::ListRequest => "list_request",
+        Body::ListResponse { .. } => "list_response",
+        Body::InitTakeover { .. } => "init_takeover",
+        Body::InitTakeoverAck { .. } => "init_takeover_ack",
+        Body::TakeoverServer { .. } => "takeover_server",
+        Body::Error { .. } => "error",
+    }
+}
+
+fn decode_error_label(error: &DecodeError) -> &'static str {
+    match error {
+        DecodeError::Truncated { .. } => "truncated",
+        DecodeError::BadMessageLength { .. } => "bad_message_length",
+        DecodeError::TrailingBytes { .. } => "trailing_bytes",
+        DecodeError::MessageTooLarge { .. } => "too_large",
+        DecodeError::UnknownMessageType(_) => "unknown_message_type",
+        DecodeError::BadParameterLength { .. } => "bad_parameter_length",
+        DecodeError::ParameterOverrun { .. } => "parameter_overrun",
+        DecodeError::WrongValueLength { .. } => "wrong_value_length",
+        DecodeError::TooManyParameters { .. } => "too_many_parameters",
+        DecodeError::MissingParameter { .. } => "missing_parameter",
+        DecodeError::UnexpectedParameter { .. } => "unexpected_parameter",
+        DecodeError::PoolHandleTooLong { .. } => "pool_handle_too_long",
+        DecodeError::InvalidValue { .. } => "invalid_value",
+        DecodeError::BadAddressCount { .. } => "bad_address_count",
+        DecodeError::UnrecognizedParameter { .. } => "unrecognized_parameter",
+    }
+}

@@ -1,0 +1,531 @@
+//! ENRP peering of the sans-IO core on a simulated network with a fake
+//! clock: mesh synchronization, Handle Updates, takeover of a dead
+//! registrar, resynchronization after a restart, partition healing, the
+//! handlespace audit, paged handle tables and malformed input.
+
+use std::collections::{HashSet, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use policies::PolicyParams;
+use protocol::rserpool::asap;
+use protocol::rserpool::enrp::{Body, Message};
+use protocol::rserpool::{PoolElement, TransportAddress, TransportKind, TransportUse};
+use registrar::enrp::{Enrp, EnrpConfig, handlespace_checksum, transport_of};
+use registrar::handlespace::{
+    HandlespaceLimits, finish_pe_checksum, is_peer_owner, pe_checksum_words,
+};
+use registrar::server::{HomeChange, selection_policy};
+use registrar::{Server, ServerConfig};
+
+const POOL: &str = "collectors";
+const STEP: Duration = Duration::from_millis(50);
+
+fn address(index: usize) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, index as u8 + 1)), 9901)
+}
+
+fn server_id(index: usize) -> u32 {
+    0x1111_1111 * (index as u32 + 1)
+}
+
+struct Node {
+    server: Server,
+    enrp: Enrp,
+    up: bool,
+}
+
+fn node(index: usize, count: usize, now: Instant, tune: &impl Fn(&mut EnrpConfig)) -> Node {
+    let id = server_id(index);
+    let server = {
+        let mut server = Server::new(
+            ServerConfig {
+                server_id: id,
+                keep_alive_period: Duration::from_secs(3600),
+                registrations_per_second: 1e9,
+                registration_burst: u32::MAX,
+                limits: HandlespaceLimits {
+                    max_pool_elements_per_association: usize::MAX,
+                    ..HandlespaceLimits::default()
+                },
+                ..ServerConfig::default()
+            },
+            now,
+        );
+        server.track_home_changes();
+        server
+    };
+    let mut config = EnrpConfig {
+        server_id: id,
+        advertised: Some(transport_of(address(index))),
+        static_peers: (0..count).filter(|&i| i != index).map(address).collect(),
+        heartbeat_cycle: Duration::from_millis(500),
+        max_time_last_heard: Duration::from_millis(1500),
+        max_time_no_response: Duration::from_millis(500),
+        takeover_expiry: Duration::from_millis(500),
+        adopted_pe_grace: Duration::from_millis(3000),
+        ..EnrpConfig::default()
+    };
+    tune(&mut config);
+    Node {
+        server,
+        enrp: Enrp::new(config, now),
+        up: true,
+    }
+}
+
+/// A simulated loopback network: messages go by address, instantly, unless
+/// the destination is down or the link is cut.
+struct Net {
+    nodes: Vec<Node>,
+    now: Instant,
+    cut: HashSet<(usize, usize)>,
+    queue: VecDeque<(usize, registrar::enrp::Outgoing)>,
+}
+
+impl Net {
+    fn new(count: usize) -> Self {
+        Self::with(count, |_| {})
+    }
+
+    fn with(count: usize, tune: impl Fn(&mut EnrpConfig)) -> Self {
+        let now = Instant::now();
+        Self {
+            nodes: (0..count).map(|i| node(i, count, now, &tune)).collect(),
+            now,
+            cut: HashSet::new(),
+            queue: VecDeque::new(),
+        }
+    }
+
+    fn pump(&mut self, from: usize) {
+        let changes: Vec<HomeChange> = self.nodes[from].server.take_home_changes();
+        if !changes.is_empty() {
+            let out = self.nodes[from].enrp.on_home_changes(changes);
+            self.queue.extend(out.into_iter().map(|o| (from, o)));
+        }
+        while let Some((sender, message)) = self.queue.pop_front() {
+            let Some(to) = (0..self.nodes.len()).find(|&i| address(i) == message.to) else {
+                continue;
+            };
+            if !self.nodes[to].up || self.cut.contains(&(sender, to)) {
+                continue;
+            }
+            let now = self.now;
+            let node = &mut self.nodes[to];
+            let out =
+                node.enrp
+                    .on_message(now, address(sender), &message.payload, &mut node.server);
+            self.queue.extend(out.into_iter().map(|o| (to, o)));
+            let changes = node.server.take_home_changes();
+            if !changes.is_empty() {
+                let out = node.enrp.on_home_changes(changes);
+                self.queue.extend(out.into_iter().map(|o| (to, o)));
+            }
+        }
+    }
+
+    fn run(&mut self, duration: Duration) {
+        let end = self.now + duration;
+        while self.now < end {
+            self.now += STEP;
+            for index in 0..self.nodes.len() {
+                if !self.nodes[index].up {
+                    continue;
+                }
+                let now = self.now;
+                let node = &mut self.nodes[index];
+                node.server.on_timer(now);
+                let out = node.enrp.on_timer(now, &mut node.server);
+                self.queue.extend(out.into_iter().map(|o| (index, o)));
+                self.pump(index);
+            }
+        }
+    }
+
+    fn register(&mut self, at: usize, pe: u32) {
+        let request = asap::Message::Registration {
+            pool_handle: POOL.into(),
+            pool_element: pool_element(pe),
+        };
+        let now = self.now;
+        let actions =
+            self.nodes[at]
+                .server
+                .on_message(now, 1000 + u64::from(pe), &request.to_bytes());
+        assert_eq!(actions.len(), 1);
+        self.pump(at);
+    }
+
+    fn deregister(&mut self, at: usize, pe: u32) {
+        let request = asap::Message::Deregistration {
+            pool_handle: POOL.into(),
+            pe_identifier: pe,
+        };
+        let now = self.now;
+        self.nodes[at]
+            .server
+            .on_message(now, 1000 + u64::from(pe), &request.to_bytes());
+        self.pump(at);
+    }
+
+    /// Replaces node `index` by a fresh registrar with the same id.
+    fn restart(&mut self, index: usize) {
+        let count = self.nodes.len();
+        self.nodes[index] = node(index, count, self.now, &|_| {});
+    }
+
+    fn checksum(&self, index: usize) -> u16 {
+        handlespace_checksum(&self.nodes[index].server)
+    }
+
+    fn elements(&self, index: usize) -> Vec<(u32, u32)> {
+        let mut list: Vec<(u32, u32)> = self.nodes[index]
+            .server
+            .handlespace()
+            .pool(&POOL.into())
+            .map(|pool| pool.elements().map(|e| (e.id, e.home_registrar)).collect())
+            .unwrap_or_default();
+        list.sort_unstable();
+        list
+    }
+
+    fn ids(&self, index: usize) -> Vec<u32> {
+        self.elements(index).into_iter().map(|(id, _)| id).collect()
+    }
+}
+
+fn pool_element(pe: u32) -> PoolElement {
+    PoolElement {
+        pe_identifier: pe,
+        home_enrp_server_identifier: 0,
+        registration_life: -1,
+        user_transport: TransportAddress {
+            kind: TransportKind::Tcp(TransportUse::DataPlusControl),
+            port: 4739,
+            addresses: vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, pe as u8))],
+        },
+        policy: selection_policy(&PolicyParams::RoundRobin),
+        asap_transport: None,
+    }
+}
+
+/// Three meshed registrars with PEs 100..105 at node 0, 200.. at 1, 300.. at 2.
+fn meshed_three() -> Net {
+    let mut net = Net::new(3);
+    net.run(Duration::from_secs(2));
+    for node in 0..3 {
+        for k in 0..5 {
+            net.register(node, (node as u32 + 1) * 100 + k);
+        }
+    }
+    net.run(Duration::from_secs(1));
+    net
+}
+
+fn all_ids() -> Vec<u32> {
+    (1..=3)
+        .flat_map(|n| (0..5).map(move |k| n * 100 + k))
+        .collect()
+}
+
+#[test]
+fn pe_checksum_is_the_folded_complement_of_handle_and_id_words() {
+    // "ab" = 0x6162, id 0x00010002 = 0x0001 + 0x0002.
+    assert_eq!(pe_checksum_words(&"ab".into(), 0x0001_0002), 0x6165);
+    assert_eq!(finish_pe_checksum(0x6165), !0x6165);
+    // Odd handle length: the last byte is padded with zero.
+    assert_eq!(pe_checksum_words(&"abc".into(), 0), 0x6162 + 0x6300);
+    // End-around carry.
+    assert_eq!(finish_pe_checksum(0x1_fffe), !0xffff);
+    assert_eq!(finish_pe_checksum(0), 0xffff);
+}
+
+#[test]
+fn pes_registered_at_any_registrar_are_known_at_all() {
+    let net = meshed_three();
+    for node in 0..3 {
+        assert_eq!(net.ids(node), all_ids(), "node {node}");
+        assert_eq!(net.nodes[node].enrp.alive_peers().len(), 2);
+    }
+    assert_eq!(net.checksum(0), net.checksum(1));
+    assert_eq!(net.checksum(1), net.checksum(2));
+    // Homes are where the PEs registered, everywhere.
+    for node in 0..3 {
+        for (id, home) in net.elements(node) {
+            assert_eq!(home, server_id((id / 100 - 1) as usize));
+        }
+        // Every peer's Presence checksum matches what we store for it.
+        let status = net.nodes[node]
+            .enrp
+            .status(net.now, &net.nodes[node].server);
+        for peer in status.peers {
+            assert_eq!(peer.remote_checksum, Some(peer.local_checksum));
+            assert_eq!(peer.home_elements, 5);
+        }
+    }
+}
+
+#[test]
+fn deregistration_and_re_registration_propagate() {
+    let mut net = meshed_three();
+    net.deregister(0, 100);
+    net.register(1, 299);
+    for node in 0..3 {
+        let ids = net.ids(node);
+        assert!(!ids.contains(&100), "node {node}");
+        assert!(ids.contains(&299), "node {node}");
+    }
+    assert_eq!(net.checksum(0), net.checksum(2));
+}
+
+#[test]
+fn dead_registrar_is_taken_over_exactly_once_and_its_pes_stay_resolvable() {
+    let mut net = meshed_three();
+    net.nodes[2].up = false;
+    let died = net.now;
+    // MAX-TIME-LAST-HEARD + MAX-TIME-NO-RESPONSE + takeover round trip.
+    net.run(Duration::from_millis(2500));
+    let takeovers: u64 = (0..2).map(|n| net.nodes[n].enrp.counters().takeovers).sum();
+    assert_eq!(takeovers, 1, "exactly one survivor takes over");
+    let adopter = (0..2)
+        .find(|&n| net.nodes[n].enrp.counters().takeovers == 1)
+        .unwrap();
+    for node in 0..2 {
+        assert_eq!(net.ids(node), all_ids(), "node {node} still resolves all");
+        for (id, home) in net.elements(node) {
+            if id >= 300 {
+                assert_eq!(home, server_id(adopter), "node {node}: PE {id}");
+            }
+        }
+    }
+    assert_eq!(net.checksum(0), net.checksum(1));
+    assert!(net.now - died <= Duration::from_millis(2500));
+    // A handle resolution at the survivors still returns the adopted PEs.
+    let request = asap::Message::HandleResolution {
+        pool_handle: POOL.into(),
+        items: Some(100),
+    };
+    let now = net.now;
+    let actions = net.nodes[1 - adopter]
+        .server
+        .on_message(now, 1, &request.to_bytes());
+    let registrar::Action::Send { payload, .. } = &actions[0] else {
+        panic!("no response")
+    };
+    let asap::Message::HandleResolutionResponse { pool_elements, .. } =
+        asap::Message::decode(payload).unwrap()
+    else {
+        panic!("not a resolution response")
+    };
+    assert_eq!(pool_elements.len(), 15);
+}
+
+#[test]
+fn adopted_pes_that_re_register_stay_and_silent_ones_expire_after_the_grace() {
+    let mut net = meshed_three();
+    net.nodes[2].up = false;
+    net.run(Duration::from_millis(2500));
+    // PE 300 hunts to registrar 0 and re-registers; the others never do.
+    net.register(0, 300);
+    net.run(Duration::from_millis(3500));
+    for node in 0..2 {
+        let elements = net.elements(node);
+        assert!(elements.contains(&(300, server_id(0))), "node {node}");
+        assert!(!elements.iter().any(|(id, _)| (301..305).contains(id)));
+        assert_eq!(elements.len(), 11);
+    }
+    assert_eq!(net.checksum(0), net.checksum(1));
+    let element = net.nodes[0]
+        .server
+        .handlespace()
+        .element(&POOL.into(), 300)
+        .unwrap();
+    assert!(!is_peer_owner(element.owner));
+}
+
+#[test]
+fn restarted_registrar_resynchronizes_to_an_identical_handlespace() {
+    let mut net = meshed_three();
+    // Quick restart: peers never declared it dead.
+    net.nodes[2].up = false;
+    net.run(Duration::from_millis(300));
+    net.restart(2);
+    net.run(Duration::from_secs(3));
+    // Its old PEs have not re-registered yet: nobody keeps them.
+    let expected: Vec<u32> = (100..105).chain(200..205).collect();
+    for node in 0..3 {
+        assert_eq!(net.ids(node), expected, "node {node}");
+    }
+    assert_eq!(net.checksum(2), net.checksum(0));
+    assert_eq!(net.checksum(2), net.checksum(1));
+    // They come back to it.
+    for k in 0..5 {
+        net.register(2, 300 + k);
+    }
+    net.run(Duration::from_secs(1));
+    for node in 0..3 {
+        assert_eq!(net.ids(node), all_ids(), "node {node}");
+    }
+    assert_eq!(net.checksum(2), net.checksum(0));
+}
+
+#[test]
+fn registrar_restarted_after_a_takeover_learns_the_adopted_pes() {
+    let mut net = meshed_three();
+    net.nodes[2].up = false;
+    net.run(Duration::from_millis(2500));
+    net.restart(2);
+    net.run(Duration::from_secs(2));
+    for node in 0..3 {
+        assert_eq!(net.ids(node), all_ids(), "node {node}");
+    }
+    assert_eq!(net.checksum(2), net.checksum(0));
+    assert_eq!(net.checksum(2), net.checksum(1));
+}
+
+#[test]
+fn partition_heals_with_the_same_handlespace_on_both_sides() {
+    let mut net = Net::new(2);
+    net.run(Duration::from_secs(2));
+    for k in 0..5 {
+        net.register(0, 100 + k);
+        net.register(1, 200 + k);
+    }
+    net.run(Duration::from_secs(1));
+    net.cut.insert((0, 1));
+    net.cut.insert((1, 0));
+    // Long enough for both sides to declare the other dead, adopt and drop
+    // the other's PEs; meanwhile the PEs change.
+    net.register(0, 105);
+    net.deregister(1, 200);
+    net.run(Duration::from_secs(8));
+    assert_eq!(net.nodes[0].enrp.counters().takeovers, 1);
+    assert_eq!(net.nodes[1].enrp.counters().takeovers, 1);
+    net.cut.clear();
+    net.run(Duration::from_secs(3));
+    let expected: Vec<(u32, u32)> = (100..106)
+        .map(|id| (id, server_id(0)))
+        .chain((201..205).map(|id| (id, server_id(1))))
+        .collect();
+    assert_eq!(net.elements(0), expected);
+    assert_eq!(net.elements(1), expected);
+    assert_eq!(net.checksum(0), net.checksum(1));
+}
+
+#[test]
+fn short_partition_is_repaired_by_the_checksum_audit() {
+    let mut net = Net::new(2);
+    net.run(Duration::from_secs(2));
+    for k in 0..3 {
+        net.register(0, 100 + k);
+    }
+    net.run(Duration::from_millis(500));
+    // Handle Updates lost, Presences keep flowing afterwards.
+    net.cut.insert((0, 1));
+    net.register(0, 103);
+    net.deregister(0, 100);
+    net.cut.clear();
+    assert_ne!(net.checksum(0), net.checksum(1));
+    net.run(Duration::from_secs(2));
+    assert_eq!(net.ids(1), vec![101, 102, 103]);
+    assert_eq!(net.checksum(0), net.checksum(1));
+    assert!(net.nodes[1].enrp.counters().audit_mismatches >= 1);
+    assert_eq!(net.nodes[1].enrp.counters().takeovers, 0);
+}
+
+#[test]
+fn large_handle_tables_are_paged_with_the_more_to_send_flag() {
+    let mut net = Net::with(2, |config| config.max_elements_per_table_response = 64);
+    net.nodes[1].up = false;
+    for pe in 0..300 {
+        net.register(0, 10_000 + pe);
+    }
+    net.nodes[1].up = true;
+    net.run(Duration::from_secs(2));
+    assert_eq!(net.ids(1).len(), 300);
+    assert_eq!(net.checksum(0), net.checksum(1));
+    let pages = net.nodes[0]
+        .enrp
+        .counters()
+        .sent
+        .get("handle_table_response")
+        .copied()
+        .unwrap_or(0);
+    assert!(pages >= 5, "300 PEs at 64 per page: {pages} responses");
+}
+
+#[test]
+fn malformed_and_foreign_enrp_is_counted_and_dropped() {
+    let mut net = Net::with(1, |config| config.allowed_server_ids = vec![0x4242]);
+    let node = &mut net.nodes[0];
+    let now = net.now;
+    let from = address(7);
+    let presence = |sender: u32| {
+        Message {
+            sender_server_id: sender,
+            receiver_server_id: 0,
+            body: Body::Presence {
+                reply_required: true,
+                pe_checksum: 0xffff,
+                server_information: None,
+            },
+        }
+        .to_bytes()
+    };
+    let mut inputs: Vec<Vec<u8>> = vec![
+        Vec::new(),
+        vec![0xff; 3],
+        vec![0x7f, 0, 0, 12, 0, 0, 0, 1, 0, 0, 0, 0],
+        presence(0x4242)[..10].to_vec(),
+        presence(0x9999),
+        presence(server_id(0)),
+    ];
+    let mut wrong_receiver = presence(0x4242);
+    wrong_receiver[8..12].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+    inputs.push(wrong_receiver);
+    for bytes in &inputs {
+        let out = node.enrp.on_message(now, from, bytes, &mut node.server);
+        assert!(out.is_empty());
+    }
+    let malformed = &node.enrp.counters().malformed;
+    assert_eq!(
+        malformed.values().sum::<u64>(),
+        inputs.len() as u64,
+        "{malformed:?}"
+    );
+    assert_eq!(malformed.get("peer_not_allowed"), Some(&1));
+    assert_eq!(malformed.get("bad_sender_id"), Some(&1));
+    assert_eq!(malformed.get("wrong_receiver"), Some(&1));
+    assert!(node.enrp.alive_peers().is_empty());
+    // The allowed peer is accepted.
+    node.enrp
+        .on_message(now, from, &presence(0x4242), &mut node.server);
+    assert_eq!(node.enrp.alive_peers(), vec![0x4242]);
+}
+
+#[test]
+fn pe_re_registering_at_another_registrar_moves_its_home_everywhere() {
+    let mut net = meshed_three();
+    // PE 100 cannot reach registrar 0 any more and hunts to registrar 1.
+    net.register(1, 100);
+    for node in 0..3 {
+        assert!(
+            net.elements(node).contains(&(100, server_id(1))),
+            "node {node}"
+        );
+    }
+    // Its old association to registrar 0 closing does not remove it there.
+    net.nodes[0].server.on_association_down(1100);
+    net.pump(0);
+    net.run(Duration::from_secs(1));
+    for node in 0..3 {
+        assert_eq!(net.ids(node), all_ids(), "node {node}");
+    }
+    assert_eq!(net.checksum(0), net.checksum(1));
+    assert_eq!(net.checksum(1), net.checksum(2));
+    let audits: u64 = (0..3)
+        .map(|n| net.nodes[n].enrp.counters().audit_mismatches)
+        .sum();
+    assert_eq!(audits, 0, "Handle Updates alone kept everyone in step");
+}
