@@ -1,64 +1,150 @@
 #!/usr/bin/env bash
-# The main job: a local poolflow setup on loopback, end to end.
+# The main job: a local poolflow pool on loopback, end to end.
 #
-# Today (foundation): builds, starts a collector (UDP + TCP), streams
-# synthetic IPFIX to it with `exporter generate` over TCP and UDP, stops the
-# collector gracefully (SIGTERM: drain and commit), and shows what was stored
-# with `collector query`, including the sequence accounting.
-# The registrar, the second collector, SIGKILL failover, failback and the
-# audit join this script as their issues land (RSerPool core, exporter).
+#   registrar ── ASAP ── primary collector (priority 100)
+#       │            └── backup collector  (priority 10)
+#       └──── ASAP ──── exporter (pool user, billing stream with cookies)
 #
-# Usage: deploy/local-pool.sh [RECORDS]     (default 200000)
+# The exporter streams synthetic flow records to the pool handle; the primary
+# is killed with SIGKILL mid-stream (failover to the backup, replay after the
+# last cookie), then restarted (failback to the primary after draining the
+# backup). Finally `collector audit` checks across both stores that every
+# record of the stream is present exactly once, and prints its verdict.
+#
+# Usage: deploy/local-pool.sh [RECORDS] [RATE]      (default 150000 at 20000/s)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-records="${1:-200000}"
-run_dir="${POOLFLOW_RUN_DIR:-$(mktemp -d /tmp/poolflow.XXXXXX)}"
-mkdir -p "$run_dir"
+records="${1:-150000}"
+rate="${2:-20000}"
+run="${POOLFLOW_RUN_DIR:-$(mktemp -d /tmp/poolflow.XXXXXX)}"
+mkdir -p "$run"
 pids=()
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
 trap cleanup EXIT
+say() { printf '\n== %s\n' "$*"; }
 
-echo "== building (release)"
-cargo build --release --locked -q -p collector -p exporter
-bin=target/release
-[ -n "${CARGO_TARGET_DIR:-}" ] && bin="$CARGO_TARGET_DIR/release"
+say "building (release)"
+cargo build --release --locked -q -p registrar -p collector -p exporter
+bin="${CARGO_TARGET_DIR:-target}/release"
 
-port_udp=$((20000 + RANDOM % 20000))
-port_tcp=$((port_udp + 1))
-db="$run_dir/collector.sqlite"
-echo "== starting collector: UDP 127.0.0.1:$port_udp, TCP 127.0.0.1:$port_tcp, store $db"
-"$bin/collector" run --config deploy/collector.toml --database "$db" \
-  --udp "127.0.0.1:$port_udp" --tcp "127.0.0.1:$port_tcp" \
-  >"$run_dir/collector.out" 2>"$run_dir/collector.log" &
-collector_pid=$!
-pids+=("$collector_pid")
-for _ in $(seq 100); do
-  grep -q "listening tcp" "$run_dir/collector.out" 2>/dev/null && break
-  sleep 0.1
+base=$((20000 + RANDOM % 20000))
+registrar_port=$base
+primary_port=$((base + 1))
+backup_port=$((base + 2))
+status_port=$((base + 3))
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$run/pool.key"
+
+cat > "$run/registrar.toml" <<EOF
+[listen]
+tcp = ""
+sctp_over_udp = "127.0.0.1:$registrar_port"
+status = "127.0.0.1:$status_port"
+[timers]
+# Sub-second detection of a dead collector: keep-alive every 200 ms,
+# removed after 300 ms more without an answer.
+keep_alive_period_ms = 200
+keep_alive_timeout_ms = 300
+EOF
+
+collector_config() { # name port priority
+  cat > "$run/$1.toml" <<EOF
+database = "$run/$1.sqlite"
+udp_listen = []
+tcp_listen = []
+sctp_listen = ["127.0.0.1:$2"]
+[pool]
+handle = "billing-collectors"
+registrars = ["sctp:127.0.0.1:$registrar_port"]
+policy = "priority"
+priority = $3
+cookie_key_file = "$run/pool.key"
+registration_lifetime_ms = 60000
+reregistration_interval_ms = 20000
+EOF
+}
+collector_config primary "$primary_port" 100
+collector_config backup "$backup_port" 10
+
+cat > "$run/exporter.toml" <<EOF
+exporter_id = 7
+pool_handle = "billing-collectors"
+registrars = ["sctp:127.0.0.1:$registrar_port"]
+state_file = "$run/exporter.state"
+observation_domain = 1
+[buffer]
+memory_records = 200000
+max_records = 2000000
+spill_dir = "$run/spill"
+[timers]
+cookie_timeout_ms = 1000
+failback_check_ms = 200
+drain_timeout_ms = 5000
+retry_interval_ms = 200
+failback_holdoff_ms = 500
+connect_timeout_ms = 1000
+cache_lifetime_ms = 500
+registrar_request_timeout_ms = 1000
+fast_failure_detection = true
+EOF
+
+start_collector() { # name
+  "$bin/collector" run --config "$run/$1.toml" >>"$run/$1.out" 2>>"$run/$1.log" &
+  echo $!
+}
+
+say "starting registrar (ASAP over SCTP over UDP, 127.0.0.1:$registrar_port)"
+"$bin/registrar" run --config "$run/registrar.toml" >"$run/registrar.out" 2>"$run/registrar.log" &
+pids+=($!)
+sleep 0.5
+say "starting primary (priority 100) and backup (priority 10) collectors"
+primary=$(start_collector primary); pids+=("$primary")
+backup=$(start_collector backup); pids+=("$backup")
+for _ in $(seq 50); do
+  n=$("$bin/registrar" dump --status "127.0.0.1:$status_port" 2>/dev/null | grep -c 'billing-collectors\|priority' || true)
+  [ "$n" -ge 2 ] && break
+  sleep 0.2
+done
+"$bin/registrar" dump --status "127.0.0.1:$status_port" || true
+
+secs=$(( records / rate ))
+say "exporter: $records records at $rate/s (~${secs}s) to pool handle billing-collectors"
+"$bin/exporter" stream --config "$run/exporter.toml" --records "$records" --rate "$rate" \
+  >"$run/exporter.out" 2>"$run/exporter.log" &
+exporter=$!
+pids+=("$exporter")
+
+sleep $(( secs / 3 > 0 ? secs / 3 : 1 ))
+say "SIGKILL the primary collector mid-stream"
+kill -9 "$primary"
+killed_at=$(date +%s.%N)
+sleep $(( secs / 3 > 0 ? secs / 3 : 1 ))
+say "restarting the primary"
+primary=$(start_collector primary); pids+=("$primary")
+
+if wait "$exporter"; then
+  say "exporter finished: every record acknowledged by a cookie"
+else
+  say "exporter ended with an error (see $run/exporter.log)"
+fi
+grep -hE "FAILOVER|FAILBACK|streaming to|sent|acknowledged" "$run/exporter.log" "$run/exporter.out" | tail -12 || true
+
+say "stopping collectors (SIGTERM: deregister, drain, commit)"
+kill -TERM "$primary" "$backup"
+wait "$primary" "$backup" 2>/dev/null || true
+pids=("${pids[0]}")
+
+say "per-store accounting"
+for c in primary backup; do
+  echo "-- $c"; "$bin/collector" stats --database "$run/$c.sqlite"
 done
 
-echo "== exporter: $records records over TCP (domain 1)"
-"$bin/exporter" generate --to "127.0.0.1:$port_tcp" --transport tcp --records "$records" --domain 1
-echo "== exporter: $records records over UDP at 100000/s (domain 2)"
-"$bin/exporter" generate --to "127.0.0.1:$port_udp" --transport udp --records "$records" \
-  --rate 100000 --domain 2
-
-echo "== stopping the collector with SIGTERM (drain, commit)"
-kill -TERM "$collector_pid"
-wait "$collector_pid"
-pids=()
-
-echo "== what the store holds"
-"$bin/collector" query --database "$db" --domain 2 --limit 2
-echo "== sequence accounting per exporter/domain"
-"$bin/collector" stats --database "$db"
-stored=$("$bin/collector" stats --database "$db" | awk 'NR > 1 { n += $4 } END { print n + 0 }')
-echo "records stored: $stored (sent: $((2 * records)))"
-if [ "$stored" -ne $((2 * records)) ]; then
-  echo "VERDICT: $(( 2 * records - stored )) records missing" >&2
-  exit 1
-fi
-echo "VERDICT: all $stored records stored"
+say "audit across both stores"
+set +e
+"$bin/collector" audit --database "$run/primary.sqlite" --database "$run/backup.sqlite"
+verdict=$?
+set -e
+echo "(files and logs in $run; primary killed at $killed_at)"
+exit $verdict

@@ -5,6 +5,7 @@
 //! in [`ingest`]; [`RunningCollector::shutdown`] stops receiving, commits
 //! what was received and closes the store.
 
+pub mod audit;
 pub mod billing;
 pub mod config;
 pub mod ingest;

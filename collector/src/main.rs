@@ -28,6 +28,33 @@ enum Command {
     Query(QueryArgs),
     /// Per exporter and observation domain: records stored and lost.
     Stats(StatsArgs),
+    /// Prove billing record continuity across every collector's store: gaps,
+    /// duplicates, conflicts, handovers. Exit 0: no gap, no conflict; 1:
+    /// gaps, conflicts or unreadable blocks; 2: usage or I/O error.
+    Audit(AuditArgs),
+}
+
+#[derive(Args)]
+struct AuditArgs {
+    /// SQLite store of one collector (repeat for every collector of the pool).
+    #[arg(long = "database", value_name = "FILE", required = true)]
+    databases: Vec<PathBuf>,
+    /// Print the report as JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Only this billing exporter id.
+    #[arg(long, value_name = "ID")]
+    exporter: Option<u32>,
+    /// Only this observation domain.
+    #[arg(long, value_name = "D")]
+    domain: Option<u32>,
+    /// List at most this many gap ranges, duplicate ranges and conflicts per
+    /// exporter/domain (all are counted); 0 lists all.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    list_limit: usize,
+    /// No progress lines on stderr.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -129,6 +156,7 @@ fn main() -> Result<()> {
         Command::Run(args) => run(args),
         Command::Query(args) => query(args),
         Command::Stats(args) => stats(args),
+        Command::Audit(args) => audit(args),
     }
 }
 
@@ -241,4 +269,38 @@ fn stats(args: StatsArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Exits with the audit's verdict rather than returning: 1 means "records
+/// lost or conflicting", so an I/O error must not exit 1 too (it exits 2,
+/// like clap's usage errors).
+fn audit(args: AuditArgs) -> Result<()> {
+    let options = collector::audit::AuditOptions {
+        databases: args.databases,
+        exporter: args.exporter,
+        domain: args.domain,
+        list_limit: args.list_limit,
+        progress: !args.quiet,
+    };
+    let report = match collector::audit::run(&options) {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("collector audit: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let written = if args.json {
+        serde_json::to_writer_pretty(&mut out, &report)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out))
+    } else {
+        report.write_text(&mut out)
+    };
+    if let Err(e) = written.and_then(|()| out.flush()) {
+        eprintln!("collector audit: writing the report: {e}");
+        std::process::exit(2);
+    }
+    std::process::exit(if report.passed() { 0 } else { 1 });
 }
