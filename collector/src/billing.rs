@@ -138,6 +138,8 @@ struct DomainBilling {
     start: u64,
     extender: SequenceExtender,
     last_cookie: Option<u64>,
+    /// Highest record sequence received on this association.
+    last_received: Option<u64>,
 }
 
 /// Billing state of one data association.
@@ -186,6 +188,7 @@ impl AssociationBilling {
                 start,
                 extender: SequenceExtender::new(start),
                 last_cookie: None,
+                last_received: None,
             },
         );
         Ok(Handover {
@@ -205,6 +208,26 @@ impl AssociationBilling {
     pub fn message_base(&mut self, domain: u32, message_sequence: u32) -> Option<u64> {
         let d = self.domains.get_mut(&domain)?;
         Some(d.extender.extend(message_sequence))
+    }
+
+    /// Notes that records through `last` arrived (they go to the writer).
+    pub fn note_received(&mut self, domain: u32, last: u64) {
+        if let Some(d) = self.domains.get_mut(&domain) {
+            d.last_received = Some(d.last_received.map_or(last, |l| l.max(last)));
+        }
+    }
+
+    /// Whether every record received here has been acknowledged by a
+    /// cookie: a graceful stop waits for this, so the exporter need not
+    /// replay what this store already holds.
+    pub fn all_acknowledged(&self) -> bool {
+        self.domains
+            .values()
+            .all(|d| match (d.last_received, d.last_cookie) {
+                (None, _) => true,
+                (Some(received), Some(cookie)) => cookie >= received,
+                (Some(_), None) => false,
+            })
     }
 
     /// Cookies owed: for each domain, when the store holds every record from
@@ -325,6 +348,11 @@ mod tests {
         );
         // No progress, no new cookie.
         assert!(a.cookies_due(&ledger, &signer(), 8).is_empty());
+        a.note_received(1, 60);
+        assert!(!a.all_acknowledged(), "58..=60 not acknowledged yet");
+        ledger.stored.entry((42, 1)).or_default().insert(58, 60);
+        assert_eq!(a.cookies_due(&ledger, &signer(), 9).len(), 1);
+        assert!(a.all_acknowledged());
     }
 
     #[test]

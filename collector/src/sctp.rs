@@ -118,7 +118,15 @@ async fn sctp_session(
                 flush_at = None;
                 continue;
             }
-            _ = stopped(&mut shutdown) => break "collector shutting down".to_owned(),
+            _ = stopped(&mut shutdown) => {
+                if let Some(ctx) = billing.as_mut() {
+                    // Graceful stop: commit what arrived and acknowledge it,
+                    // so the exporter does not replay it elsewhere.
+                    let _ = flush(&tx, &mut batch).await;
+                    acknowledge_before_close(&association, &mut cookies, ctx).await;
+                }
+                break "collector shutting down".to_owned();
+            }
         };
         match event {
             Some(Event::Message(message)) if message.ppid == ASAP_SCTP_PPID => {
@@ -161,10 +169,15 @@ async fn sctp_session(
                 decoder.handle(&message.payload, message.stream, &mut batch);
                 for block in &mut batch.blocks[first_new..] {
                     if let Some(base) = cookies.message_base(block.domain, block.message_sequence) {
+                        let first = base + block.first_record_index as u64;
                         block.billing = Some(BillingTag {
                             exporter_id: cookies.exporter_id().expect("set by the echo"),
-                            first_record_sequence: base + block.first_record_index as u64,
+                            first_record_sequence: first,
                         });
+                        if block.record_count > 0 {
+                            cookies
+                                .note_received(block.domain, first + block.record_count as u64 - 1);
+                        }
                     }
                 }
                 if batch.len() >= SESSION_BATCH_RECORDS {
@@ -191,6 +204,28 @@ async fn sctp_session(
     };
     let _ = flush(&tx, &mut batch).await;
     reason
+}
+
+/// Longest a stopping collector waits to acknowledge what it received.
+const FINAL_COOKIE_WAIT: Duration = Duration::from_secs(3);
+
+/// Waits (bounded) until every received record is committed and
+/// acknowledged by a cookie.
+async fn acknowledge_before_close(
+    association: &Association,
+    cookies: &mut AssociationBilling,
+    ctx: &mut BillingContext,
+) {
+    let deadline = Instant::now() + FINAL_COOKIE_WAIT;
+    loop {
+        if send_cookies(association, cookies, ctx).await.is_err() || cookies.all_acknowledged() {
+            return;
+        }
+        match tokio::time::timeout_at(deadline, ctx.committed.changed()).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
+    }
 }
 
 /// Sends the cookies the ledger now allows (ASAP, PPID 11, stream 0).

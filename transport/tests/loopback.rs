@@ -523,3 +523,41 @@ async fn sctp_udp_close_delivers_everything_queued() {
 async fn tcp_close_delivers_everything_queued() {
     close_delivers_everything_queued(TransportKind::Tcp).await;
 }
+
+/// The accepting side closing an association ends it on the connecting
+/// side too (a collector refusing a forged cookie relies on this).
+async fn server_close_reaches_the_client(kind: TransportKind) {
+    let (_endpoint, mut client, mut server) = pair(kind).await;
+    expect_up(&mut client).await;
+    // As when a collector refuses what the client just sent: the close
+    // follows a message from the client at once.
+    client
+        .send(Message::new(0, 11, vec![1u8; 64]))
+        .await
+        .unwrap();
+    expect_up(&mut server).await;
+    next_message(&mut server).await;
+    server.close();
+    drop(server);
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match client.recv().await {
+                Some(Event::Down(_)) | Some(Event::Failed(_)) | None => return true,
+                Some(_) => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    assert!(ended, "the client must learn that the server closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sctp_udp_server_close_reaches_the_client() {
+    server_close_reaches_the_client(TransportKind::SctpOverUdp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_server_close_reaches_the_client() {
+    server_close_reaches_the_client(TransportKind::Tcp).await;
+}

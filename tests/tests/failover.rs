@@ -1,0 +1,362 @@
+//! Billing continuity end to end, with real processes: a registrar, a
+//! primary and a backup collector, and `exporter stream` as the pool user.
+//! Collectors are killed with SIGKILL at different points of the stream,
+//! restarted, or both stopped; in every case the audit over both stores
+//! must find every record exactly as often as allowed: no gap, no conflict,
+//! and after a clean failback no duplicate.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use collector::audit::{AuditOptions, AuditReport, Verdict};
+use protocol::billing::BillingCookie;
+use registrar::config::RegistrarConfig;
+use registrar::driver::Registrar;
+
+const POOL: &str = "billing-collectors";
+const KEY: &str = "a shared pool key for the tests";
+
+fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(
+        bin.exists(),
+        "{} missing: run the tests with `cargo test --workspace` (tests/run.sh)",
+        bin.display()
+    );
+    bin
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Pool {
+    dir: tempfile::TempDir,
+    registrar: Option<Registrar>,
+    registrar_addr: std::net::SocketAddr,
+    ports: [u16; 2],
+    collectors: [Option<Child>; 2],
+}
+
+impl Pool {
+    async fn start() -> Self {
+        let mut config = RegistrarConfig::default();
+        config.listen.tcp = String::new();
+        config.listen.sctp_over_udp = "127.0.0.1:0".into();
+        config.listen.status = String::new();
+        config.timers.keep_alive_period_ms = 200;
+        config.timers.keep_alive_timeout_ms = 300;
+        let registrar = Registrar::start(config, None).await.unwrap();
+        let registrar_addr = registrar.sctp_over_udp_addr.unwrap();
+        let mut pool = Self {
+            dir: tempfile::tempdir().unwrap(),
+            registrar: Some(registrar),
+            registrar_addr,
+            ports: [free_udp_port(), free_udp_port()],
+            collectors: [None, None],
+        };
+        pool.start_collector(0);
+        pool.start_collector(1);
+        pool
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Collector 0 is the primary (priority 100), 1 the backup (10).
+    fn start_collector(&mut self, i: usize) {
+        let config = self.path(&format!("c{i}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                r#"database = "{db}"
+udp_listen = []
+tcp_listen = []
+sctp_listen = ["127.0.0.1:{port}"]
+[pool]
+handle = "{POOL}"
+registrars = ["sctp:{registrar}"]
+priority = {priority}
+cookie_key = "{KEY}"
+"#,
+                db = self.path(&format!("c{i}.sqlite")).display(),
+                port = self.ports[i],
+                registrar = self.registrar_addr,
+                priority = if i == 0 { 100 } else { 10 },
+            ),
+        )
+        .unwrap();
+        let child = Command::new(workspace_bin("collector"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(if std::env::var_os("POOLFLOW_TEST_LOGS").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .unwrap();
+        self.collectors[i] = Some(child);
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.collectors[i].take() {
+            c.kill().unwrap(); // SIGKILL
+            c.wait().unwrap();
+        }
+    }
+
+    fn terminate(&mut self, i: usize) {
+        if let Some(mut c) = self.collectors[i].take() {
+            Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status()
+                .unwrap();
+            let status = c.wait().unwrap();
+            assert!(status.success(), "collector {i} exited with {status}");
+        }
+    }
+
+    fn exporter(&self, records: u64, rate: u64) -> Child {
+        let config = self.path("exporter.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"exporter_id = 7
+pool_handle = "{POOL}"
+registrars = ["sctp:{registrar}"]
+state_file = "{state}"
+[buffer]
+spill_dir = "{spill}"
+[timers]
+cookie_timeout_ms = 1000
+failback_check_ms = 200
+drain_timeout_ms = 5000
+retry_interval_ms = 200
+failback_holdoff_ms = 500
+connect_timeout_ms = 1000
+cache_lifetime_ms = 500
+registrar_request_timeout_ms = 1000
+fast_failure_detection = true
+"#,
+                registrar = self.registrar_addr,
+                state = self.path("exporter.state").display(),
+                spill = self.path("spill").display(),
+            ),
+        )
+        .unwrap();
+        Command::new(workspace_bin("exporter"))
+            .args(["stream", "--config"])
+            .arg(&config)
+            .args([
+                "--records",
+                &records.to_string(),
+                "--rate",
+                &rate.to_string(),
+            ])
+            .args(["--exit-drain-timeout-secs", "60"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Stops everything gracefully and audits both stores.
+    async fn finish(mut self) -> AuditReport {
+        self.terminate(0);
+        self.terminate(1);
+        if let Some(r) = self.registrar.take() {
+            r.stop().await;
+        }
+        collector::audit::run(&AuditOptions {
+            databases: vec![self.path("c0.sqlite"), self.path("c1.sqlite")],
+            exporter: None,
+            domain: None,
+            list_limit: 100,
+            progress: false,
+        })
+        .unwrap()
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.kill(0);
+        self.kill(1);
+    }
+}
+
+/// Waits for the exporter; returns its combined output. It exits 0 only
+/// when every record it took in was acknowledged by a cookie.
+fn wait_exporter(mut exporter: Child, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        if exporter.try_wait().unwrap().is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = exporter.kill();
+            let out = exporter.wait_with_output().unwrap();
+            panic!(
+                "exporter did not finish: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = exporter.wait_with_output().unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "exporter failed: {log}");
+    log
+}
+
+fn assert_complete(report: &AuditReport, records: u64, allow_benign_duplicates: bool) {
+    let t = &report.totals;
+    assert_eq!(report.verdict, Verdict::Pass, "{:?}", report.failures);
+    assert_eq!(t.records_present, records, "every record present");
+    assert_eq!(t.missing_records, 0);
+    assert_eq!(t.conflicting_sequences, 0);
+    assert_eq!(t.anomalies, 0);
+    if !allow_benign_duplicates {
+        assert_eq!(t.benign_duplicate_sequences, 0, "no record stored twice");
+    }
+}
+
+const RECORDS: u64 = 30_000;
+const RATE: u64 = 10_000;
+
+/// SIGKILL of the primary after `kill_after`, restart after `down_for`:
+/// failover to the backup, then failback.
+async fn kill_and_restart_primary(kill_after: Duration, down_for: Duration) {
+    let mut pool = Pool::start().await;
+    tokio::time::sleep(Duration::from_millis(700)).await; // registrations
+    let exporter = pool.exporter(RECORDS, RATE);
+    tokio::time::sleep(kill_after).await;
+    pool.kill(0);
+    tokio::time::sleep(down_for).await;
+    pool.start_collector(0);
+    let log = wait_exporter(exporter, Duration::from_secs(60));
+    assert!(log.contains("FAILOVER"), "no failover: {log}");
+    assert!(log.contains("FAILBACK"), "no failback: {log}");
+    let report = pool.finish().await;
+    // After a SIGKILL, records the primary committed but could not
+    // acknowledge are replayed to the backup: identical copies in two
+    // stores are allowed there (the audit calls them benign), loss is not.
+    assert_complete(&report, RECORDS, true);
+    assert!(report.stores[0].billing_records + report.stores[1].billing_records >= RECORDS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_early_in_the_stream_loses_nothing() {
+    kill_and_restart_primary(Duration::from_millis(400), Duration::from_millis(800)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_midway_loses_nothing() {
+    kill_and_restart_primary(Duration::from_millis(1500), Duration::from_millis(600)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_late_loses_nothing() {
+    kill_and_restart_primary(Duration::from_millis(2300), Duration::from_millis(300)).await;
+}
+
+/// A graceful stop of the primary (deregistration) and its return: the
+/// exporter moves over and back without any record stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failback_after_graceful_stop_has_no_duplicates() {
+    let mut pool = Pool::start().await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let exporter = pool.exporter(RECORDS, RATE);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    pool.terminate(0);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    pool.start_collector(0);
+    let log = wait_exporter(exporter, Duration::from_secs(60));
+    assert!(log.contains("FAILBACK"), "no failback: {log}");
+    let report = pool.finish().await;
+    assert_complete(&report, RECORDS, false);
+    assert!(report.stores[1].billing_records > 0, "the backup took part");
+}
+
+/// Both collectors down: the exporter buffers (and spills) and resumes when
+/// one returns, losing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_collectors_down_then_one_back_loses_nothing() {
+    let mut pool = Pool::start().await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let exporter = pool.exporter(RECORDS, RATE);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    pool.kill(0);
+    pool.kill(1);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    pool.start_collector(1);
+    wait_exporter(exporter, Duration::from_secs(60));
+    let report = pool.finish().await;
+    assert_complete(&report, RECORDS, true);
+}
+
+/// A Cookie Echo that is not signed with the pool key (or names another
+/// exporter) makes the collector close the association.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_cookie_is_rejected() {
+    let pool = Pool::start().await;
+    let target: std::net::SocketAddr = format!("127.0.0.1:{}", pool.ports[1]).parse().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for cookie in [
+        BillingCookie::sign(b"not the pool key", 7, 1, 1000, 1, 0),
+        BillingCookie::sign(b"tampered", 8, 1, 5, 1, 0),
+    ] {
+        let mut association = transport::connect(
+            transport::Config {
+                sctp_port: target.port(),
+                ..transport::Config::fast_failure_detection(transport::TransportKind::SctpOverUdp)
+            },
+            target,
+        )
+        .await
+        .unwrap();
+        association
+            .send(transport::Message::new(
+                0,
+                protocol::rserpool::ASAP_SCTP_PPID,
+                cookie.cookie_echo_message_bytes(),
+            ))
+            .await
+            .unwrap();
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match association.recv().await {
+                    Some(transport::Event::Down(_) | transport::Event::Failed(_)) | None => {
+                        return true;
+                    }
+                    Some(transport::Event::Message(m)) => {
+                        assert_ne!(
+                            m.ppid,
+                            protocol::rserpool::ASAP_SCTP_PPID,
+                            "no cookie for a forged echo"
+                        );
+                    }
+                    Some(_) => {}
+                }
+            }
+        })
+        .await
+        .unwrap_or(false);
+        assert!(closed, "the collector must close the association");
+    }
+    let report = pool.finish().await;
+    assert_eq!(report.totals.records_present, 0);
+}
