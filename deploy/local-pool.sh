@@ -123,6 +123,8 @@ killed_at=$(date +%s.%N)
 sleep $(( secs / 3 > 0 ? secs / 3 : 1 ))
 say "restarting the primary"
 primary=$(start_collector primary); pids+=("$primary")
+restarted_at=$(date +%s.%N)
+printf '%s %s\n' "$killed_at" "$restarted_at" > "$run/kill-times"
 
 if wait "$exporter"; then
   say "exporter finished: every record acknowledged by a cookie"
