@@ -51,6 +51,28 @@ pub struct RegistrarAddress {
     pub transport: RegistrarTransport,
 }
 
+/// "tcp:HOST:PORT" or "sctp:HOST:PORT" (SCTP over UDP, SCTP port = UDP
+/// port): the notation of every registrar list in poolflow's configs.
+impl std::str::FromStr for RegistrarAddress {
+    type Err = anyhow::Error;
+
+    fn from_str(text: &str) -> anyhow::Result<Self> {
+        let (kind, addr) = text
+            .split_once(':')
+            .ok_or_else(|| anyhow!("`{text}`: expected tcp:HOST:PORT or sctp:HOST:PORT"))?;
+        let addr: SocketAddr = addr
+            .parse()
+            .map_err(|e| anyhow!("`{text}`: `{addr}` is not an address:port ({e})"))?;
+        match kind {
+            "tcp" => Ok(Self::tcp(addr)),
+            "sctp" => Ok(Self::sctp_over_udp(addr)),
+            other => Err(anyhow!(
+                "`{text}`: transport `{other}` is neither tcp nor sctp"
+            )),
+        }
+    }
+}
+
 impl RegistrarAddress {
     /// A registrar reached over TCP.
     pub fn tcp(addr: SocketAddr) -> Self {

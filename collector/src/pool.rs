@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use asap_client::driver::{
-    PoolElementDriverConfig, PoolElementHandle, RegistrarAddress, spawn_pool_element,
+    PoolElementDriverConfig, PoolElementHandle, RegistrarAddress, RegistrarTransport,
+    spawn_pool_element,
 };
 use asap_client::pool_element::PoolElementConfig;
 use policies::PolicyParams;
@@ -95,25 +96,13 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// Same notation as registrar lists (one parser for both).
     pub fn parse(text: &str) -> Result<Self> {
-        let (kind, addr) = text
-            .split_once(':')
-            .with_context(|| format!("`{text}`: expected tcp:HOST:PORT or sctp:HOST:PORT"))?;
-        let addr: SocketAddr = addr
-            .parse()
-            .with_context(|| format!("`{text}`: `{addr}` is not an address:port"))?;
-        match kind {
-            "tcp" => Ok(Self::Tcp(addr)),
-            "sctp" => Ok(Self::Sctp(addr)),
-            other => bail!("`{text}`: transport `{other}` is neither tcp nor sctp"),
-        }
-    }
-
-    fn registrar(self) -> RegistrarAddress {
-        match self {
-            Self::Tcp(addr) => RegistrarAddress::tcp(addr),
-            Self::Sctp(addr) => RegistrarAddress::sctp_over_udp(addr),
-        }
+        let address: RegistrarAddress = text.parse()?;
+        Ok(match address.transport {
+            RegistrarTransport::Tcp => Self::Tcp(address.addr),
+            RegistrarTransport::SctpOverUdp { .. } => Self::Sctp(address.addr),
+        })
     }
 
     /// The ASAP user transport parameter (RFC 5354 3.4/3.5): data and
@@ -266,7 +255,7 @@ pub fn register(
     let registrars: Vec<RegistrarAddress> = pool
         .registrars
         .iter()
-        .map(|r| Endpoint::parse(r).map(Endpoint::registrar))
+        .map(|r| r.parse::<RegistrarAddress>())
         .collect::<Result<_>>()?;
     let mut pe = PoolElementConfig::new(
         PoolHandle(pool.handle.as_bytes().to_vec()),

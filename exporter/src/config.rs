@@ -184,17 +184,7 @@ impl StreamConfig {
 
 /// "tcp:HOST:PORT" or "sctp:HOST:PORT".
 pub fn parse_registrar(text: &str) -> anyhow::Result<RegistrarAddress> {
-    let (kind, addr) = text
-        .split_once(':')
-        .with_context(|| format!("`{text}`: expected tcp:HOST:PORT or sctp:HOST:PORT"))?;
-    let addr: SocketAddr = addr
-        .parse()
-        .with_context(|| format!("`{text}`: `{addr}` is not an address:port"))?;
-    match kind {
-        "tcp" => Ok(RegistrarAddress::tcp(addr)),
-        "sctp" => Ok(RegistrarAddress::sctp_over_udp(addr)),
-        other => bail!("`{text}`: transport `{other}` is neither tcp nor sctp"),
-    }
+    text.parse()
 }
 
 #[cfg(test)]

@@ -39,3 +39,20 @@ pub fn run_ok(cmd: &mut Command) -> String {
     );
     String::from_utf8(out.stdout).expect("utf-8 output")
 }
+
+/// A binary of this workspace. `cargo test --workspace` builds every
+/// package's binaries next to the test executables (the parent of `deps/`).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target directory")
+        .join(name);
+    assert!(
+        bin.exists(),
+        "{} missing: run the tests with `cargo test --workspace` (tests/run.sh)",
+        bin.display()
+    );
+    bin
+}

@@ -10,23 +10,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use collector::audit::{AuditOptions, AuditReport, Verdict};
+use poolflow_tests::workspace_bin;
 use protocol::billing::BillingCookie;
 use registrar::config::RegistrarConfig;
 use registrar::driver::Registrar;
 
 const POOL: &str = "billing-collectors";
 const KEY: &str = "a shared pool key for the tests";
-
-fn workspace_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(
-        bin.exists(),
-        "{} missing: run the tests with `cargo test --workspace` (tests/run.sh)",
-        bin.display()
-    );
-    bin
-}
 
 fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")

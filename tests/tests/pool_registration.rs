@@ -3,13 +3,14 @@
 //! sees them in priority order; SIGTERM deregisters a collector, SIGKILL
 //! makes the registrar drop it after the keep-alive timeout.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use asap_client::driver::{PoolUserClient, PoolUserDriverConfig, RegistrarAddress};
 use asap_client::pool_user::{PoolUserConfig, ResolutionError};
 use policies::PolicyParams;
+use poolflow_tests::workspace_bin;
 use protocol::rserpool::params::PoolHandle;
 use registrar::config::RegistrarConfig;
 use registrar::driver::Registrar;
@@ -17,20 +18,6 @@ use registrar::driver::Registrar;
 const POOL: &str = "billing-collectors";
 const KEEP_ALIVE_PERIOD_MS: u64 = 200;
 const KEEP_ALIVE_TIMEOUT_MS: u64 = 300;
-
-/// A binary of this workspace, built by `cargo test --workspace` next to
-/// the test executables.
-fn workspace_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let bin = dir.join(name);
-    assert!(
-        bin.exists(),
-        "{} missing: run the tests with `cargo test --workspace` (tests/run.sh)",
-        bin.display()
-    );
-    bin
-}
 
 struct Collector {
     child: Child,
