@@ -115,7 +115,10 @@ cookie_key = "{KEY}"
         }
     }
 
-    fn exporter(&self, records: u64, rate: u64) -> Child {
+    /// `fast_failure_detection`: aggressive SCTP path supervision, as for
+    /// the SIGKILL cases; without it failures are noticed by the cookie
+    /// timeout, and a loaded machine cannot cause a spurious failover.
+    fn exporter(&self, records: u64, rate: u64, fast_failure_detection: bool) -> Child {
         let config = self.path("exporter.toml");
         std::fs::write(
             &config,
@@ -135,7 +138,7 @@ failback_holdoff_ms = 500
 connect_timeout_ms = 1000
 cache_lifetime_ms = 500
 registrar_request_timeout_ms = 1000
-fast_failure_detection = true
+fast_failure_detection = {fast_failure_detection}
 "#,
                 registrar = self.registrar_addr,
                 state = self.path("exporter.state").display(),
@@ -232,7 +235,7 @@ const RATE: u64 = 10_000;
 async fn kill_and_restart_primary(kill_after: Duration, down_for: Duration) {
     let mut pool = Pool::start().await;
     tokio::time::sleep(Duration::from_millis(700)).await; // registrations
-    let exporter = pool.exporter(RECORDS, RATE);
+    let exporter = pool.exporter(RECORDS, RATE, true);
     tokio::time::sleep(kill_after).await;
     pool.kill(0);
     tokio::time::sleep(down_for).await;
@@ -269,7 +272,7 @@ async fn sigkill_late_loses_nothing() {
 async fn failback_after_graceful_stop_has_no_duplicates() {
     let mut pool = Pool::start().await;
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let exporter = pool.exporter(RECORDS, RATE);
+    let exporter = pool.exporter(RECORDS, RATE, false);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     pool.terminate(0);
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -287,7 +290,7 @@ async fn failback_after_graceful_stop_has_no_duplicates() {
 async fn both_collectors_down_then_one_back_loses_nothing() {
     let mut pool = Pool::start().await;
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let exporter = pool.exporter(RECORDS, RATE);
+    let exporter = pool.exporter(RECORDS, RATE, true);
     tokio::time::sleep(Duration::from_millis(800)).await;
     pool.kill(0);
     pool.kill(1);
