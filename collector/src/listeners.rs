@@ -103,6 +103,9 @@ fn udp_loop(
     let mut sessions: HashMap<SocketAddr, UdpSession> = HashMap::new();
     let mut receiver = DatagramReceiver::new();
     let mut batch = new_batch();
+    // When the oldest record of `batch` arrived: a steady trickle must not
+    // keep records waiting for a full batch.
+    let mut batch_started: Option<Instant> = None;
     let mut last_sweep = Instant::now();
     loop {
         match receiver.receive(&socket) {
@@ -110,6 +113,9 @@ fn udp_loop(
                 // One clock read per receive call, not per datagram: they
                 // arrived together.
                 let now = Instant::now();
+                if batch_started.is_none() {
+                    batch_started = Some(now);
+                }
                 for i in 0..count {
                     let (datagram, peer) = receiver.datagram(i);
                     let Some(peer) = peer else { continue };
@@ -134,7 +140,12 @@ fn udp_loop(
                     session.last_seen = now;
                     session.decoder.handle(datagram, 0, &mut batch);
                 }
-                if batch.len() < RECEIVER_BATCH_RECORDS && batch.events.is_empty() {
+                let young = batch_started.is_some_and(|t| t.elapsed() < UDP_FLUSH_INTERVAL);
+                if batch.len() < RECEIVER_BATCH_RECORDS
+                    && batch.events.is_empty()
+                    && young
+                    && !stop.load(Ordering::Acquire)
+                {
                     continue;
                 }
             }
@@ -142,6 +153,7 @@ fn udp_loop(
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => warn!("UDP receive failed: {e}"),
         }
+        batch_started = None;
         if !batch.is_empty()
             && tx
                 .blocking_send(std::mem::replace(&mut batch, new_batch()))

@@ -283,3 +283,44 @@ async fn ipfix_over_sctp_over_udp_is_stored_per_stream() {
     assert_eq!(summaries[0].lost_records, 0);
     assert_eq!(summaries[0].sequence_events, 0);
 }
+
+/// A steady trickle of datagrams (never idle for the receive timeout) must
+/// still reach the store promptly, and must not keep a graceful stop from
+/// completing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steady_udp_trickle_is_committed_and_does_not_block_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = collector::start(&config(dir.path())).await.unwrap();
+    let target = c.udp_addrs[0];
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sender = {
+        let running = running.clone();
+        std::thread::spawn(move || {
+            // One record every 5 ms: a full 2048-record batch would take
+            // ten seconds to fill.
+            let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let mut n = 0u64;
+            while running.load(std::sync::atomic::Ordering::Acquire) && n < 4000 {
+                let m = &messages(9, n, 1, 1)[0];
+                let mut m = m.clone();
+                m[8..12].copy_from_slice(&(n as u32).to_be_bytes());
+                udp.send_to(&m, target).unwrap();
+                n += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            n
+        })
+    };
+    // While the trickle goes on, records become durable well before a
+    // full batch could have formed.
+    wait_for_records(&c, 50).await;
+    let stopped = tokio::time::timeout(Duration::from_secs(10), c.shutdown()).await;
+    running.store(false, std::sync::atomic::Ordering::Release);
+    let sent = sender.join().unwrap();
+    assert!(
+        stopped.is_ok(),
+        "shutdown must finish while datagrams keep arriving"
+    );
+    stopped.unwrap().unwrap();
+    assert!(sent > 50);
+}
