@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use metrics::counter;
 use policies::PeId;
 use protocol::rserpool::enrp::{Body, Message, PoolEntry, UpdateAction};
-use protocol::rserpool::{DecodeError, Limits, PoolHandle, ServerInformation, TransportAddress};
+use protocol::rserpool::{Limits, PoolHandle, ServerInformation, TransportAddress};
 use serde::{Deserialize, Serialize};
 
 use crate::server::{HomeChange, Server};
@@ -385,7 +385,7 @@ impl Enrp {
         let message = match Message::decode_with(bytes, &self.config.decode_limits) {
             Ok(decoded) => decoded.message,
             Err(error) => {
-                let reason = decode_error_label(&error);
+                let reason = error.reason();
                 tracing::warn!(%from, %error, reason, "malformed ENRP message dropped");
                 self.count_malformed(reason);
                 return out;
@@ -1034,25 +1034,5 @@ fn body_name(body: &Body) -> &'static str {
         Body::InitTakeoverAck { .. } => "init_takeover_ack",
         Body::TakeoverServer { .. } => "takeover_server",
         Body::Error { .. } => "error",
-    }
-}
-
-fn decode_error_label(error: &DecodeError) -> &'static str {
-    match error {
-        DecodeError::Truncated { .. } => "truncated",
-        DecodeError::BadMessageLength { .. } => "bad_message_length",
-        DecodeError::TrailingBytes { .. } => "trailing_bytes",
-        DecodeError::MessageTooLarge { .. } => "too_large",
-        DecodeError::UnknownMessageType(_) => "unknown_message_type",
-        DecodeError::BadParameterLength { .. } => "bad_parameter_length",
-        DecodeError::ParameterOverrun { .. } => "parameter_overrun",
-        DecodeError::WrongValueLength { .. } => "wrong_value_length",
-        DecodeError::TooManyParameters { .. } => "too_many_parameters",
-        DecodeError::MissingParameter { .. } => "missing_parameter",
-        DecodeError::UnexpectedParameter { .. } => "unexpected_parameter",
-        DecodeError::PoolHandleTooLong { .. } => "pool_handle_too_long",
-        DecodeError::InvalidValue { .. } => "invalid_value",
-        DecodeError::BadAddressCount { .. } => "bad_address_count",
-        DecodeError::UnrecognizedParameter { .. } => "unrecognized_parameter",
     }
 }

@@ -748,7 +748,7 @@ impl Server {
         error: &DecodeError,
         actions: &mut Vec<Action>,
     ) {
-        let reason = decode_error_label(error);
+        let reason = error.reason();
         tracing::debug!(assoc = from, %error, reason, "malformed ASAP message");
         self.count_malformed(reason);
         let cause = match error {
@@ -1044,26 +1044,6 @@ fn encode_fitting(mut message: Message) -> Vec<u8> {
             }
             _ => return Vec::new(),
         }
-    }
-}
-
-fn decode_error_label(error: &DecodeError) -> &'static str {
-    match error {
-        DecodeError::Truncated { .. } => "truncated",
-        DecodeError::BadMessageLength { .. } => "bad_message_length",
-        DecodeError::TrailingBytes { .. } => "trailing_bytes",
-        DecodeError::MessageTooLarge { .. } => "too_large",
-        DecodeError::UnknownMessageType(_) => "unknown_message_type",
-        DecodeError::BadParameterLength { .. } => "bad_parameter_length",
-        DecodeError::ParameterOverrun { .. } => "parameter_overrun",
-        DecodeError::WrongValueLength { .. } => "wrong_value_length",
-        DecodeError::TooManyParameters { .. } => "too_many_parameters",
-        DecodeError::MissingParameter { .. } => "missing_parameter",
-        DecodeError::UnexpectedParameter { .. } => "unexpected_parameter",
-        DecodeError::PoolHandleTooLong { .. } => "pool_handle_too_long",
-        DecodeError::InvalidValue { .. } => "invalid_value",
-        DecodeError::BadAddressCount { .. } => "bad_address_count",
-        DecodeError::UnrecognizedParameter { .. } => "unrecognized_parameter",
     }
 }
 

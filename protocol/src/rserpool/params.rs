@@ -237,6 +237,30 @@ pub enum DecodeError {
     },
 }
 
+impl DecodeError {
+    /// A short stable label for metrics and logs (the collector's IPFIX
+    /// errors have the same, see `ipfix::DecodeError::reason`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Truncated { .. } => "truncated",
+            Self::BadMessageLength { .. } => "bad_message_length",
+            Self::TrailingBytes { .. } => "trailing_bytes",
+            Self::MessageTooLarge { .. } => "too_large",
+            Self::UnknownMessageType(_) => "unknown_message_type",
+            Self::BadParameterLength { .. } => "bad_parameter_length",
+            Self::ParameterOverrun { .. } => "parameter_overrun",
+            Self::WrongValueLength { .. } => "wrong_value_length",
+            Self::TooManyParameters { .. } => "too_many_parameters",
+            Self::MissingParameter { .. } => "missing_parameter",
+            Self::UnexpectedParameter { .. } => "unexpected_parameter",
+            Self::PoolHandleTooLong { .. } => "pool_handle_too_long",
+            Self::InvalidValue { .. } => "invalid_value",
+            Self::BadAddressCount { .. } => "bad_address_count",
+            Self::UnrecognizedParameter { .. } => "unrecognized_parameter",
+        }
+    }
+}
+
 /// Why a message could not be encoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EncodeError {
