@@ -111,19 +111,22 @@ pub async fn start(config: &CollectorConfig) -> Result<RunningCollector> {
             stop_tcp_rx.clone(),
         ));
     }
-    let billing = match &config.pool {
-        Some(pool) => match pool::cookie_key(pool)? {
-            Some(key) => Some(sctp::BillingContext {
-                signer: billing::CookieSigner {
-                    key,
-                    pe_identifier: pool::pe_identifier(pool, &config.database)?,
-                },
+    // Read (or created) once: the registration and the cookies must name
+    // the same PE.
+    let pe_identifier = config
+        .pool
+        .as_ref()
+        .map(|pool| pool::pe_identifier(pool, &config.database))
+        .transpose()?;
+    let billing = match (&config.pool, pe_identifier) {
+        (Some(pool), Some(pe_identifier)) => {
+            pool::cookie_key(pool)?.map(|key| sctp::BillingContext {
+                signer: billing::CookieSigner { key, pe_identifier },
                 ledger,
                 committed: progress.committed.subscribe(),
-            }),
-            None => None,
-        },
-        None => None,
+            })
+        }
+        _ => None,
     };
     let mut sctp_addrs = Vec::new();
     for addr in &config.sctp_listen {
@@ -154,12 +157,12 @@ pub async fn start(config: &CollectorConfig) -> Result<RunningCollector> {
     }
     // Register only once every listener is bound: from now on pool users
     // may pick this collector.
-    let pool_element = match &config.pool {
-        Some(pool) => {
+    let pool_element = match (&config.pool, pe_identifier) {
+        (Some(pool), Some(pe_identifier)) => {
             let advertised = pool::advertised_endpoint(pool, &sctp_addrs, &tcp_addrs)?;
-            Some(pool::register(pool, &config.database, advertised)?)
+            Some(pool::register(pool, pe_identifier, advertised)?)
         }
-        None => None,
+        _ => None,
     };
     tracing::info!(?udp_addrs, ?tcp_addrs, ?sctp_addrs, database = %config.database.display(), "collector started");
     Ok(RunningCollector {

@@ -434,7 +434,8 @@ async fn tcp_session(
     }
 }
 
-async fn flush(tx: &mpsc::Sender<Batch>, batch: &mut Batch) -> Result<(), ()> {
+/// Hands a non-empty batch to the writer; `Err` once the writer is gone.
+pub(crate) async fn flush(tx: &mpsc::Sender<Batch>, batch: &mut Batch) -> Result<(), ()> {
     if batch.is_empty() {
         return Ok(());
     }
@@ -445,6 +446,6 @@ async fn flush(tx: &mpsc::Sender<Batch>, batch: &mut Batch) -> Result<(), ()> {
 
 /// Resolves once the shutdown flag is set (or its sender is gone). Keeps the
 /// watch guard out of the caller's future so that future stays `Send`.
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }

@@ -249,7 +249,7 @@ fn pe_id_path(database: &Path) -> PathBuf {
 /// Starts registering; the handle deregisters on `shutdown`.
 pub fn register(
     pool: &PoolConfig,
-    database: &Path,
+    pe_identifier: u32,
     advertised: Endpoint,
 ) -> Result<PoolElementHandle> {
     let registrars: Vec<RegistrarAddress> = pool
@@ -259,7 +259,7 @@ pub fn register(
         .collect::<Result<_>>()?;
     let mut pe = PoolElementConfig::new(
         PoolHandle(pool.handle.as_bytes().to_vec()),
-        pe_identifier(pool, database)?,
+        pe_identifier,
         advertised.user_transport(),
         pool.policy_params()?,
         registrars.len(),

@@ -16,6 +16,7 @@ use transport::{Association, Endpoint, Event};
 
 use crate::billing::{AssociationBilling, BillingTag, CookieSigner, SharedLedger};
 use crate::ingest::{Batch, SessionDecoder, now_ms};
+use crate::listeners::{flush, stopped};
 
 /// Records collected before a session hands a batch to the writer.
 const SESSION_BATCH_RECORDS: usize = 2048;
@@ -244,15 +245,4 @@ async fn send_cookies(
             .await?;
     }
     Ok(())
-}
-
-async fn flush(tx: &mpsc::Sender<Batch>, batch: &mut Batch) -> Result<(), ()> {
-    if batch.is_empty() {
-        return Ok(());
-    }
-    tx.send(std::mem::take(batch)).await.map_err(|_| ())
-}
-
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
 }
