@@ -24,6 +24,11 @@ pub struct CollectorConfig {
     /// The SCTP port inside equals the UDP port (poolflow's convention, so
     /// one address names the endpoint in ASAP transport parameters).
     pub sctp_listen: Vec<SocketAddr>,
+    /// TCP addresses for pool users that cannot use SCTP: each frame carries
+    /// stream and PPID (the `transport` crate's TCP framing), so IPFIX and
+    /// the ASAP cookies of docs/billing-continuity.md share the connection.
+    /// Not RFC 7011 TCP: plain IPFIX exporters use `tcp_listen`.
+    pub framed_tcp_listen: Vec<SocketAddr>,
     /// Prometheus scrape endpoint (`/metrics`), off when absent.
     pub metrics_listen: Option<SocketAddr>,
     /// UDP template lifetime without refresh, seconds (RFC 7011 8.4).
@@ -67,6 +72,7 @@ impl Default for CollectorConfig {
                 [0, 0, 0, 0],
                 transport::DEFAULT_UDP_ENCAPS_PORT,
             ))],
+            framed_tcp_listen: Vec::new(),
             metrics_listen: None,
             template_lifetime_secs: 1800,
             max_templates_per_session: 4096,
@@ -115,8 +121,10 @@ impl CollectorConfig {
         anyhow::ensure!(
             !self.udp_listen.is_empty()
                 || !self.tcp_listen.is_empty()
-                || !self.sctp_listen.is_empty(),
-            "`udp_listen`, `tcp_listen` and `sctp_listen` are all empty: nothing to receive on"
+                || !self.sctp_listen.is_empty()
+                || !self.framed_tcp_listen.is_empty(),
+            "`udp_listen`, `tcp_listen`, `sctp_listen` and `framed_tcp_listen` are all empty: \
+             nothing to receive on"
         );
         Ok(())
     }

@@ -37,6 +37,8 @@ pub struct RunningCollector {
     pub tcp_addrs: Vec<SocketAddr>,
     /// Bound UDP addresses of the SCTP-over-UDP endpoints.
     pub sctp_addrs: Vec<SocketAddr>,
+    /// Bound framed-TCP (pool user) addresses.
+    pub framed_tcp_addrs: Vec<SocketAddr>,
     pub progress: Arc<Progress>,
     /// The pool registration, when `[pool]` is configured.
     pub pool_element: Option<asap_client::driver::PoolElementHandle>,
@@ -129,17 +131,35 @@ pub async fn start(config: &CollectorConfig) -> Result<RunningCollector> {
         _ => None,
     };
     let mut sctp_addrs = Vec::new();
-    for addr in &config.sctp_listen {
-        let sctp_config = transport::Config {
-            transport: transport::TransportKind::SctpOverUdp,
+    let mut framed_tcp_addrs = Vec::new();
+    let association_listeners = config
+        .sctp_listen
+        .iter()
+        .map(|addr| (transport::TransportKind::SctpOverUdp, *addr))
+        .chain(
+            config
+                .framed_tcp_listen
+                .iter()
+                .map(|addr| (transport::TransportKind::Tcp, *addr)),
+        );
+    for (kind, addr) in association_listeners {
+        let transport_config = transport::Config {
+            transport: kind,
             sctp_port: addr.port(),
             ..transport::Config::default()
         };
-        let endpoint = transport::Endpoint::bind(sctp_config, *addr)
+        let (label, bound) = match kind {
+            transport::TransportKind::Tcp => ("framed-tcp", &mut framed_tcp_addrs),
+            _ => ("sctp", &mut sctp_addrs),
+        };
+        let endpoint = transport::Endpoint::bind(transport_config, addr)
             .await
-            .with_context(|| format!("binding SCTP over UDP {addr}"))?;
-        sctp_addrs.push(endpoint.local_addr());
+            .with_context(|| format!("binding {label} listener {addr}"))?;
+        bound.push(endpoint.local_addr());
         let settings = sctp::SctpSettings {
+            transport: label,
+            // Framed TCP carries SCTP's streams, so it keeps SCTP's
+            // per-stream sequence numbers (RFC 7011 section 3.1).
             session: session_config(
                 TransportKind::Sctp,
                 config.template_lifetime_secs,
@@ -159,16 +179,17 @@ pub async fn start(config: &CollectorConfig) -> Result<RunningCollector> {
     // may pick this collector.
     let pool_element = match (&config.pool, pe_identifier) {
         (Some(pool), Some(pe_identifier)) => {
-            let advertised = pool::advertised_endpoint(pool, &sctp_addrs, &tcp_addrs)?;
+            let advertised = pool::advertised_endpoint(pool, &sctp_addrs, &framed_tcp_addrs)?;
             Some(pool::register(pool, pe_identifier, advertised)?)
         }
         _ => None,
     };
-    tracing::info!(?udp_addrs, ?tcp_addrs, ?sctp_addrs, database = %config.database.display(), "collector started");
+    tracing::info!(?udp_addrs, ?tcp_addrs, ?sctp_addrs, ?framed_tcp_addrs, database = %config.database.display(), "collector started");
     Ok(RunningCollector {
         udp_addrs,
         tcp_addrs,
         sctp_addrs,
+        framed_tcp_addrs,
         progress,
         pool_element,
         stop_udp,

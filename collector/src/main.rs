@@ -84,6 +84,10 @@ struct RunArgs {
     /// UDP address for IPFIX over SCTP over UDP (repeatable; replaces the file's list).
     #[arg(long = "sctp", value_name = "ADDR")]
     sctp_listen: Vec<SocketAddr>,
+    /// TCP address for pool users with stream/PPID framing (repeatable;
+    /// replaces the file's list).
+    #[arg(long = "framed-tcp", value_name = "ADDR")]
+    framed_tcp_listen: Vec<SocketAddr>,
     /// Do not accept SCTP over UDP at all.
     #[arg(long)]
     no_sctp: bool,
@@ -176,6 +180,9 @@ fn run(args: RunArgs) -> Result<()> {
     }
     if !args.sctp_listen.is_empty() {
         config.sctp_listen = args.sctp_listen;
+    }
+    if !args.framed_tcp_listen.is_empty() {
+        config.framed_tcp_listen = args.framed_tcp_listen;
     }
     if args.no_sctp {
         config.sctp_listen.clear();

@@ -27,7 +27,8 @@ pub struct PoolConfig {
     /// (SCTP over UDP; the SCTP port equals the UDP port).
     pub registrars: Vec<String>,
     /// The transport pool users reach this collector on, in the same
-    /// notation. Default: the first SCTP listener, else the first TCP one,
+    /// notation ("tcp:" means the framed TCP of `framed_tcp_listen`).
+    /// Default: the first SCTP listener, else the first framed-TCP one,
     /// when it is bound to a specific address.
     #[serde(default)]
     pub advertise: Option<String>,
@@ -177,11 +178,13 @@ impl PoolConfig {
 }
 
 /// What users should connect to: the configured `advertise`, else the first
-/// bound SCTP, then TCP, listener with a specific (non-wildcard) address.
+/// bound SCTP, then framed-TCP, listener with a specific (non-wildcard)
+/// address. Never the plain RFC 7011 TCP listener: a pool user speaks the
+/// framed protocol (IPFIX and ASAP cookies on one connection).
 pub fn advertised_endpoint(
     pool: &PoolConfig,
     sctp: &[SocketAddr],
-    tcp: &[SocketAddr],
+    framed_tcp: &[SocketAddr],
 ) -> Result<Endpoint> {
     if let Some(text) = &pool.advertise {
         return Endpoint::parse(text);
@@ -190,11 +193,11 @@ pub fn advertised_endpoint(
     if let Some(a) = sctp.iter().find(specific) {
         return Ok(Endpoint::Sctp(*a));
     }
-    if let Some(a) = tcp.iter().find(specific) {
+    if let Some(a) = framed_tcp.iter().find(specific) {
         return Ok(Endpoint::Tcp(*a));
     }
     bail!(
-        "`pool.advertise` is not set and no SCTP or TCP listener has a specific address: \
+        "`pool.advertise` is not set and no SCTP or framed-TCP listener has a specific address: \
          tell pool users where to connect, e.g. advertise = \"sctp:192.0.2.10:9899\""
     )
 }
@@ -313,7 +316,7 @@ mod tests {
     }
 
     #[test]
-    fn advertised_endpoint_prefers_specific_sctp_then_tcp() {
+    fn advertised_endpoint_prefers_specific_sctp_then_framed_tcp() {
         let p = pool("");
         let wildcard: SocketAddr = "0.0.0.0:9899".parse().unwrap();
         let tcp: SocketAddr = "127.0.0.1:4739".parse().unwrap();

@@ -1,5 +1,6 @@
 //! IPFIX over SCTP (RFC 7011 section 10.2), here carried in UDP (RFC 6951)
-//! by the `transport` crate. Each association is one transport session; a
+//! by the `transport` crate. The same sessions serve the transport crate's
+//! framed TCP (stream and PPID in every frame) for pool users without SCTP. Each association is one transport session; a
 //! message's SCTP stream scopes its sequence numbers (RFC 7011 section 3.1),
 //! templates are shared by the association's streams of a domain.
 
@@ -26,6 +27,8 @@ const SESSION_FLUSH_DELAY: Duration = Duration::from_millis(20);
 /// Settings of the SCTP listener.
 #[derive(Debug, Clone)]
 pub struct SctpSettings {
+    /// "sctp" or "framed-tcp": the label of logs and metrics.
+    pub transport: &'static str,
     pub session: SessionConfig,
     pub max_sessions: usize,
     /// Cookie protocol (docs/billing-continuity.md); `None` without a pool key.
@@ -62,7 +65,8 @@ pub async fn serve_sctp(
         };
         let peer = association.remote_addr();
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-            warn!(%peer, limit = settings.max_sessions, "SCTP session limit reached, refusing");
+            let transport = settings.transport;
+            warn!(%peer, transport, limit = settings.max_sessions, "session limit reached, refusing");
             association.close();
             continue;
         };
@@ -70,13 +74,14 @@ pub async fn serve_sctp(
         let config = settings.session.clone();
         let billing = settings.billing.clone();
         let shutdown = shutdown.clone();
+        let transport = settings.transport;
         sessions.spawn(async move {
             let gauge =
-                metrics::gauge!("poolflow_collector_sessions_active", "transport" => "sctp");
+                metrics::gauge!("poolflow_collector_sessions_active", "transport" => transport);
             gauge.increment(1.0);
-            info!(%peer, "SCTP association (IPFIX transport session) opened");
+            info!(%peer, transport, "association (IPFIX transport session) opened");
             let reason = sctp_session(association, config, billing, tx, shutdown).await;
-            info!(%peer, "SCTP association closed: {reason}");
+            info!(%peer, transport, "association closed: {reason}");
             gauge.decrement(1.0);
             drop(permit);
         });

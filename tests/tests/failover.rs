@@ -26,8 +26,26 @@ fn free_udp_port() -> u16 {
         .port()
 }
 
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// How the exporter reaches the collectors.
+#[derive(Clone, Copy, PartialEq)]
+enum DataTransport {
+    /// SCTP over UDP (RFC 6951), the default.
+    Sctp,
+    /// The transport crate's framed TCP (`framed_tcp_listen`).
+    FramedTcp,
+}
+
 struct Pool {
     dir: tempfile::TempDir,
+    data_transport: DataTransport,
     registrar: Option<Registrar>,
     registrar_addr: std::net::SocketAddr,
     ports: [u16; 2],
@@ -36,6 +54,14 @@ struct Pool {
 
 impl Pool {
     async fn start() -> Self {
+        Self::start_with(DataTransport::Sctp).await
+    }
+
+    async fn start_with(data_transport: DataTransport) -> Self {
+        let free_port = match data_transport {
+            DataTransport::Sctp => free_udp_port,
+            DataTransport::FramedTcp => free_tcp_port,
+        };
         let mut config = RegistrarConfig::default();
         config.listen.tcp = String::new();
         config.listen.sctp_over_udp = "127.0.0.1:0".into();
@@ -46,9 +72,10 @@ impl Pool {
         let registrar_addr = registrar.sctp_over_udp_addr.unwrap();
         let mut pool = Self {
             dir: tempfile::tempdir().unwrap(),
+            data_transport,
             registrar: Some(registrar),
             registrar_addr,
-            ports: [free_udp_port(), free_udp_port()],
+            ports: [free_port(), free_port()],
             collectors: [None, None],
         };
         pool.start_collector(0);
@@ -63,13 +90,19 @@ impl Pool {
     /// Collector 0 is the primary (priority 100), 1 the backup (10).
     fn start_collector(&mut self, i: usize) {
         let config = self.path(&format!("c{i}.toml"));
+        let listen = format!("[\"127.0.0.1:{}\"]", self.ports[i]);
+        let (sctp_listen, framed_tcp_listen) = match self.data_transport {
+            DataTransport::Sctp => (listen.as_str(), "[]"),
+            DataTransport::FramedTcp => ("[]", listen.as_str()),
+        };
         std::fs::write(
             &config,
             format!(
                 r#"database = "{db}"
 udp_listen = []
 tcp_listen = []
-sctp_listen = ["127.0.0.1:{port}"]
+sctp_listen = {sctp_listen}
+framed_tcp_listen = {framed_tcp_listen}
 [pool]
 handle = "{POOL}"
 registrars = ["sctp:{registrar}"]
@@ -77,7 +110,6 @@ priority = {priority}
 cookie_key = "{KEY}"
 "#,
                 db = self.path(&format!("c{i}.sqlite")).display(),
-                port = self.ports[i],
                 registrar = self.registrar_addr,
                 priority = if i == 0 { 100 } else { 10 },
             ),
@@ -233,7 +265,15 @@ const RATE: u64 = 10_000;
 /// SIGKILL of the primary after `kill_after`, restart after `down_for`:
 /// failover to the backup, then failback.
 async fn kill_and_restart_primary(kill_after: Duration, down_for: Duration) {
-    let mut pool = Pool::start().await;
+    kill_and_restart_primary_over(DataTransport::Sctp, kill_after, down_for).await;
+}
+
+async fn kill_and_restart_primary_over(
+    data_transport: DataTransport,
+    kill_after: Duration,
+    down_for: Duration,
+) {
+    let mut pool = Pool::start_with(data_transport).await;
     tokio::time::sleep(Duration::from_millis(700)).await; // registrations
     let exporter = pool.exporter(RECORDS, RATE, true);
     tokio::time::sleep(kill_after).await;
@@ -264,6 +304,18 @@ async fn sigkill_midway_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_late_loses_nothing() {
     kill_and_restart_primary(Duration::from_millis(2300), Duration::from_millis(300)).await;
+}
+
+/// The same over framed TCP, for pool users without SCTP: the cookies come
+/// back on the data connection, a SIGKILL shows as a reset connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_over_framed_tcp_loses_nothing() {
+    kill_and_restart_primary_over(
+        DataTransport::FramedTcp,
+        Duration::from_millis(1200),
+        Duration::from_millis(600),
+    )
+    .await;
 }
 
 /// A graceful stop of the primary (deregistration) and its return: the
