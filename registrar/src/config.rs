@@ -30,8 +30,22 @@ pub struct RegistrarConfig {
     pub transport: TransportTuning,
     /// ENRP peering with other registrars (RFC 5353).
     pub enrp: EnrpSettings,
+    /// Who may register pool elements (RFC 5355 threats).
+    pub access: AccessConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// Who may register pool elements. RFC 5355 (threats): a registrar accepting
+/// any registration lets anyone add a rogue collector to a billing pool
+/// (records then go to the attacker) or replace a real PE's transport.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccessConfig {
+    /// Networks whose addresses may register and deregister PEs, e.g.
+    /// ["10.1.0.0/16", "127.0.0.0/8"]. Empty: any address (warned at start).
+    /// Handle resolution stays open to every pool user.
+    pub registration_networks: Vec<ipnet::IpNet>,
 }
 
 /// Where the registrar listens. An empty string disables a listener.
@@ -417,6 +431,7 @@ impl RegistrarConfig {
                 max_pool_handle_len: limits.max_pool_handle_len,
             },
             seed: rand::random(),
+            registration_networks: self.access.registration_networks.clone(),
         }
     }
 }

@@ -213,6 +213,12 @@ async fn run(config: RegistrarConfig) -> anyhow::Result<()> {
             upkeep.run_upkeep();
         }
     });
+    if config.access.registration_networks.is_empty() {
+        tracing::warn!(
+            "`access.registration_networks` is empty: any host that reaches this registrar \
+             may register pool elements (RFC 5355); list the PEs' networks"
+        );
+    }
     let registrar = Registrar::start(config, Some(metrics)).await?;
     wait_for_stop_signal().await?;
     tracing::info!("stopping: closing associations");

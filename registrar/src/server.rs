@@ -59,6 +59,17 @@ pub fn pool_element_of(entry: &PoolElementEntry) -> PoolElement {
     }
 }
 
+/// An IPv4-mapped IPv6 address (a dual-stack socket's view of an IPv4 peer)
+/// as the IPv4 address, so "10.0.0.0/8" matches it.
+fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 /// Largest slice of an offending message echoed back in an Unrecognized
 /// Message cause: enough to identify it, too little to amplify a flood.
 const MAX_ECHOED_BYTES: usize = 128;
@@ -99,6 +110,9 @@ pub struct ServerConfig {
     pub decode_limits: Limits,
     /// Seed of the randomized selection policies.
     pub seed: u64,
+    /// Registrations (and deregistrations) are accepted only from these
+    /// networks; empty: from anyone.
+    pub registration_networks: Vec<ipnet::IpNet>,
 }
 
 impl Default for ServerConfig {
@@ -119,6 +133,7 @@ impl Default for ServerConfig {
             limits: HandlespaceLimits::default(),
             decode_limits: Limits::default(),
             seed: 0x706f_6f6c_666c_6f77,
+            registration_networks: Vec::new(),
         }
     }
 }
@@ -401,7 +416,7 @@ impl Server {
             Message::Deregistration {
                 pool_handle,
                 pe_identifier,
-            } => self.on_deregistration(from, pool_handle, pe_identifier, &mut actions),
+            } => self.on_deregistration(now, from, pool_handle, pe_identifier, &mut actions),
             Message::HandleResolution { pool_handle, items } => {
                 self.on_handle_resolution(from, pool_handle, items, &mut actions)
             }
@@ -522,6 +537,14 @@ impl Server {
             .to_bytes(),
         };
 
+        if !self.may_register(now, from) {
+            self.count_reject("not_allowed_network");
+            actions.push(respond(Some(ErrorCause {
+                code: cause_code::REJECTED_DUE_TO_SECURITY,
+                info: Vec::new(),
+            })));
+            return;
+        }
         let (rate, burst) = (
             self.config.registrations_per_second,
             self.config.registration_burst,
@@ -614,11 +637,31 @@ impl Server {
 
     fn on_deregistration(
         &mut self,
+        now: Instant,
         from: AssocId,
         pool_handle: PoolHandle,
         pe_identifier: PeId,
         actions: &mut Vec<Action>,
     ) {
+        if !self.may_register(now, from) {
+            counter!("poolflow_registrar_deregistration_rejects_total", "reason" => "not_allowed_network")
+                .increment(1);
+            actions.push(Action::Send {
+                assoc: from,
+                payload: Message::DeregistrationResponse {
+                    pool_handle,
+                    pe_identifier,
+                    error: Some(OperationError {
+                        causes: vec![ErrorCause {
+                            code: cause_code::REJECTED_DUE_TO_SECURITY,
+                            info: Vec::new(),
+                        }],
+                    }),
+                }
+                .to_bytes(),
+            });
+            return;
+        }
         let error = match self
             .handlespace
             .deregister(&pool_handle, pe_identifier, from)
@@ -945,6 +988,30 @@ impl Server {
             Removal::Deregistered => {}
         }
         counter!("poolflow_registrar_pe_removals_total", "reason" => why.label()).increment(1);
+    }
+
+    /// The registration allow-list: an association whose address is unknown
+    /// is refused once a list is configured.
+    fn may_register(&mut self, now: Instant, from: AssocId) -> bool {
+        if self.config.registration_networks.is_empty() {
+            return true;
+        }
+        let remote = self.peer(now, from).remote;
+        let allowed = remote.is_some_and(|addr| {
+            let ip = canonical_ip(addr.ip());
+            self.config
+                .registration_networks
+                .iter()
+                .any(|net| net.contains(&ip))
+        });
+        if !allowed {
+            tracing::warn!(
+                assoc = from,
+                ?remote,
+                "registration from outside `access.registration_networks` refused"
+            );
+        }
+        allowed
     }
 
     fn count_reject(&mut self, reason: &'static str) {

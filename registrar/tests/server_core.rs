@@ -999,3 +999,81 @@ proptest! {
         let _ = server.on_timer(t0 + ms(1000));
     }
 }
+
+#[test]
+fn registrations_only_from_allowed_networks_and_others_still_served() {
+    let now = Instant::now();
+    let mut server = Server::new(
+        ServerConfig {
+            registration_networks: vec!["10.1.0.0/16".parse().unwrap()],
+            ..config()
+        },
+        now,
+    );
+    let inside = 10;
+    let outside = 11;
+    let unknown = 12;
+    server.on_association_up(now, inside, Some("10.1.2.3:5000".parse().unwrap()));
+    server.on_association_up(now, outside, Some("192.0.2.7:5000".parse().unwrap()));
+    // A dual-stack socket sees an IPv4 peer as ::ffff:a.b.c.d.
+    let mapped = 13;
+    server.on_association_up(now, mapped, Some("[::ffff:10.1.9.9]:5000".parse().unwrap()));
+    let params = PolicyParams::RoundRobin;
+    for (assoc, id) in [(outside, 2), (unknown, 3)] {
+        let response = register(
+            &mut server,
+            now,
+            assoc,
+            "pool",
+            pe(id, params, 4739),
+        );
+        assert_eq!(
+            reject_cause(&response),
+            cause_code::REJECTED_DUE_TO_SECURITY,
+            "assoc {assoc}"
+        );
+    }
+    assert_registered(&register(
+        &mut server,
+        now,
+        inside,
+        "pool",
+        pe(1, params, 4739),
+    ));
+    assert_registered(&register(
+        &mut server,
+        now,
+        mapped,
+        "pool",
+        pe(4, params, 4740),
+    ));
+    // The refused ones are not in the handlespace; the pool keeps serving.
+    let mut found = resolve(&mut server, now, "pool", Some(10));
+    found.sort();
+    assert_eq!(found, vec![1, 4]);
+    assert_eq!(
+        server.counters().registration_rejects["not_allowed_network"],
+        2
+    );
+    // An outsider cannot deregister an allowed PE either.
+    let reply = only_reply(
+        &server.on_message(
+            now,
+            outside,
+            &Message::Deregistration {
+                pool_handle: "pool".into(),
+                pe_identifier: 1,
+            }
+            .to_bytes(),
+        ),
+    );
+    match reply {
+        Message::DeregistrationResponse {
+            error: Some(error), ..
+        } => {
+            assert_eq!(error.causes[0].code, cause_code::REJECTED_DUE_TO_SECURITY)
+        }
+        other => panic!("expected a refused deregistration, got {other:?}"),
+    }
+    assert_eq!(resolve(&mut server, now, "pool", Some(10)).len(), 2);
+}
