@@ -210,6 +210,28 @@ impl AssociationBilling {
         Some(d.extender.extend(message_sequence))
     }
 
+    /// Tags the blocks decoded from one message with their billing exporter
+    /// and first record sequence (blocks of domains the exporter did not
+    /// announce stay untagged) and notes them as received. Shared by every
+    /// billing transport session and by the fuzz target.
+    pub fn tag_blocks(&mut self, blocks: &mut [crate::ingest::RecordBlock]) {
+        for block in blocks {
+            let Some(exporter_id) = self.exporter_id else {
+                return;
+            };
+            if let Some(base) = self.message_base(block.domain, block.message_sequence) {
+                let first = base + block.first_record_index as u64;
+                block.billing = Some(BillingTag {
+                    exporter_id,
+                    first_record_sequence: first,
+                });
+                if block.record_count > 0 {
+                    self.note_received(block.domain, first + block.record_count as u64 - 1);
+                }
+            }
+        }
+    }
+
     /// Notes that records through `last` arrived (they go to the writer).
     pub fn note_received(&mut self, domain: u32, last: u64) {
         if let Some(d) = self.domains.get_mut(&domain) {

@@ -321,6 +321,7 @@ pub fn spawn_writer(
                     }
                 }
                 let n = records as u64;
+                let commit_started = std::time::Instant::now();
                 if let Err(err) = store.commit(&pending, now_ms()) {
                     error!("SQLite commit of {n} records failed: {err:#}");
                     return Err(err);
@@ -329,6 +330,9 @@ pub fn spawn_writer(
                 let commits = progress.commits.fetch_add(1, Ordering::Release) + 1;
                 progress.committed.send_replace(commits);
                 metrics::counter!("poolflow_collector_records_stored_total").increment(n);
+                // Commit latency bounds how soon cookies go out (cookie lag).
+                metrics::histogram!("poolflow_collector_commit_seconds")
+                    .record(commit_started.elapsed().as_secs_f64());
                 pending.clear();
             }
             Ok(())

@@ -7,7 +7,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use protocol::ipfix::message::peek_message_length;
@@ -390,14 +390,31 @@ async fn tcp_session(
     let mut decoder = SessionDecoder::new(peer.to_string(), config);
     let mut buf = vec![0u8; 65_536];
     let mut batch = Batch::default();
+    // Set once the collector stops: the last moment to drain the socket.
+    let mut drain_until: Option<tokio::time::Instant> = None;
     loop {
         // A message is self-delimiting: its header carries its length.
-        let header = tokio::select! {
-            read = reader.read_exact(&mut buf[..4]) => read,
-            _ = stopped(&mut shutdown) => {
-                let _ = flush(&tx, &mut batch).await;
-                return "collector shutting down".into();
+        let header = {
+            // The read is never abandoned half-way for the stop: its bytes
+            // would be lost and the stream out of step.
+            let read = reader.read_exact(&mut buf[..4]);
+            tokio::pin!(read);
+            loop {
+                tokio::select! {
+                    result = &mut read => break Some(result),
+                    _ = stopped(&mut shutdown), if drain_until.is_none() => {
+                        // Graceful stop: first take in what the exporter
+                        // already sent (it is in our socket buffer and will
+                        // not be sent again).
+                        drain_until = Some(stop_drain_deadline());
+                    }
+                    _ = tokio::time::sleep(stop_drain_wait(drain_until)), if drain_until.is_some() => break None,
+                }
             }
+        };
+        let Some(header) = header else {
+            let _ = flush(&tx, &mut batch).await;
+            return "collector shutting down".into();
         };
         if let Err(e) = header {
             let _ = flush(&tx, &mut batch).await;
@@ -432,6 +449,28 @@ async fn tcp_session(
             return "collector shutting down".into();
         }
     }
+}
+
+/// A stopping stream session keeps receiving until its peer has been quiet
+/// this long (generous: on a loaded host a session may wait its turn for
+/// the CPU with data ready) ...
+const STOP_DRAIN_QUIET: Duration = Duration::from_millis(300);
+/// ... or for at most this long, so a peer that keeps sending cannot hold
+/// the stop up (well inside systemd's default stop timeout of 90 s).
+const STOP_DRAIN_LIMIT: Duration = Duration::from_secs(3);
+
+/// Graceful stop of a TCP or SCTP session: once stopping (`drain_until` is
+/// set), how long to wait for more data before closing.
+pub(crate) fn stop_drain_wait(drain_until: Option<tokio::time::Instant>) -> Duration {
+    let left = drain_until.map_or(Duration::ZERO, |until| {
+        until.saturating_duration_since(tokio::time::Instant::now())
+    });
+    STOP_DRAIN_QUIET.min(left)
+}
+
+/// Drain deadline of a session that just saw the stop.
+pub(crate) fn stop_drain_deadline() -> tokio::time::Instant {
+    tokio::time::Instant::now() + STOP_DRAIN_LIMIT
 }
 
 /// Hands a non-empty batch to the writer; `Err` once the writer is gone.

@@ -15,9 +15,9 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 use transport::{Association, Endpoint, Event};
 
-use crate::billing::{AssociationBilling, BillingTag, CookieSigner, SharedLedger};
+use crate::billing::{AssociationBilling, CookieSigner, SharedLedger};
 use crate::ingest::{Batch, SessionDecoder, now_ms};
-use crate::listeners::{flush, stopped};
+use crate::listeners::{flush, stop_drain_deadline, stop_drain_wait, stopped};
 
 /// Records collected before a session hands a batch to the writer.
 const SESSION_BATCH_RECORDS: usize = 2048;
@@ -102,6 +102,8 @@ async fn sctp_session(
     let mut cookies = AssociationBilling::default();
     // When the oldest unflushed record must go to the writer.
     let mut flush_at: Option<Instant> = None;
+    // Set once the collector stops: the last moment to drain the queue.
+    let mut drain_until: Option<Instant> = None;
     let reason = loop {
         let owes_cookies = billing.is_some() && cookies.exporter_id().is_some();
         let event = tokio::select! {
@@ -124,10 +126,17 @@ async fn sctp_session(
                 flush_at = None;
                 continue;
             }
-            _ = stopped(&mut shutdown) => {
+            _ = stopped(&mut shutdown), if drain_until.is_none() => {
+                // Graceful stop: first take in what the peer's SCTP stack
+                // already had acknowledged (it is in our receive queue and
+                // a plain exporter will never send it again).
+                drain_until = Some(stop_drain_deadline());
+                continue;
+            }
+            _ = tokio::time::sleep(stop_drain_wait(drain_until)), if drain_until.is_some() => {
                 if let Some(ctx) = billing.as_mut() {
-                    // Graceful stop: commit what arrived and acknowledge it,
-                    // so the exporter does not replay it elsewhere.
+                    // Commit what arrived and acknowledge it, so the
+                    // exporter does not replay it elsewhere.
                     let _ = flush(&tx, &mut batch).await;
                     acknowledge_before_close(&association, &mut cookies, ctx).await;
                 }
@@ -173,19 +182,7 @@ async fn sctp_session(
             Some(Event::Message(message)) => {
                 let first_new = batch.blocks.len();
                 decoder.handle(&message.payload, message.stream, &mut batch);
-                for block in &mut batch.blocks[first_new..] {
-                    if let Some(base) = cookies.message_base(block.domain, block.message_sequence) {
-                        let first = base + block.first_record_index as u64;
-                        block.billing = Some(BillingTag {
-                            exporter_id: cookies.exporter_id().expect("set by the echo"),
-                            first_record_sequence: first,
-                        });
-                        if block.record_count > 0 {
-                            cookies
-                                .note_received(block.domain, first + block.record_count as u64 - 1);
-                        }
-                    }
-                }
+                cookies.tag_blocks(&mut batch.blocks[first_new..]);
                 if batch.len() >= SESSION_BATCH_RECORDS {
                     if flush(&tx, &mut batch).await.is_err() {
                         break "collector shutting down".to_owned();

@@ -324,3 +324,30 @@ async fn steady_udp_trickle_is_committed_and_does_not_block_shutdown() {
     stopped.unwrap().unwrap();
     assert!(sent > 50);
 }
+
+/// SIGTERM while an exporter's records still sit in the collector's socket
+/// buffer: a graceful stop reads them first (they were sent once and TCP
+/// already acknowledged them), so nothing sent before the stop is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_takes_in_what_tcp_already_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = collector::start(&config(dir.path())).await.unwrap();
+    let mut exporter = TcpStream::connect(c.tcp_addrs[0]).unwrap();
+    // More than the socket buffers hold: the writer is still writing when
+    // the stop comes.
+    let records = 300_000;
+    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        for m in messages(6, 0, records, 100) {
+            exporter.write_all(&m)?;
+        }
+        exporter.shutdown(std::net::Shutdown::Write)
+    });
+    wait_for_records(&c, 1).await;
+    c.shutdown().await.unwrap();
+    writer
+        .join()
+        .unwrap()
+        .expect("the collector read everything sent");
+    let store = Store::open(&dir.path().join("c.sqlite")).unwrap();
+    assert_eq!(store.record_count().unwrap(), records);
+}

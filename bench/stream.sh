@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Pool-user throughput benchmark (not a test): `exporter stream` as fast as
+# the pool takes it, billing on (sequence, replay buffer, cookies after each
+# SQLite commit), into one collector over SCTP-over-UDP and over framed TCP.
+# The peer measured in the same run is `exporter generate` into the same
+# collector over the same transport: plain IPFIX without pool, cookies or
+# replay buffer. The ratio stream/generate is the cost of billing continuity.
+# Every run is checked: the audit must pass with every record present.
+# Usage: bench/stream.sh [RECORDS]   (default 500000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+records="${1:-500000}"
+cargo build --release --locked -q -p registrar -p collector -p exporter
+bin="${CARGO_TARGET_DIR:-target}/release"
+run=$(mktemp -d /tmp/poolflow-stream.XXXXXX)
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$run/pool.key"
+
+base=$((40000 + RANDOM % 10000))
+registrar_port=$base
+status_port=$((base + 1))
+cat > "$run/registrar.toml" <<EOF2
+[listen]
+tcp = ""
+sctp_over_udp = "127.0.0.1:$registrar_port"
+status = "127.0.0.1:$status_port"
+EOF2
+"$bin/registrar" run --config "$run/registrar.toml" >"$run/registrar.log" 2>&1 &
+pids+=($!)
+sleep 0.5
+
+# Records per second of one command's own report ("... in X s").
+rate_of() { # records log
+  python3 -c 'import re,sys; t=float(re.findall(r"in ([0-9.]+) s", open(sys.argv[2]).read())[-1]); print("%.0f" % (int(sys.argv[1])/t))' "$1" "$2"
+}
+
+printf '%-11s %16s %18s %7s %6s\n' transport "stream rec/s" "generate rec/s" ratio audit
+for transport in sctp framed-tcp; do
+  port=$((base + 2 + ${#transport} * 2))
+  case $transport in
+    sctp) listen="sctp_listen = [\"127.0.0.1:$port\"]
+tcp_listen = []"; gen=sctp ;;
+    # generate speaks RFC 7011 TCP: its peer is the plain TCP listener.
+    framed-tcp) listen="sctp_listen = []
+framed_tcp_listen = [\"127.0.0.1:$port\"]
+tcp_listen = [\"127.0.0.1:$((port + 1))\"]"; gen=tcp ;;
+  esac
+  for kind in stream generate; do
+    db="$run/$transport-$kind.sqlite"
+    pool=""
+    if [ "$kind" = stream ]; then
+      pool="[pool]
+handle = \"bench-$transport\"
+registrars = [\"sctp:127.0.0.1:$registrar_port\"]
+cookie_key_file = \"$run/pool.key\""
+    fi
+    cat > "$run/c.toml" <<EOF2
+database = "$db"
+udp_listen = []
+$listen
+$pool
+EOF2
+    "$bin/collector" run --config "$run/c.toml" >"$run/$transport-$kind.collector.log" 2>&1 &
+    collector=$!
+    sleep 1
+    if [ "$kind" = stream ]; then
+      cat > "$run/exporter.toml" <<EOF2
+exporter_id = 9
+pool_handle = "bench-$transport"
+registrars = ["sctp:127.0.0.1:$registrar_port"]
+state_file = "$run/$transport.state"
+[buffer]
+memory_records = 1000000
+max_records = 4000000
+spill_dir = "$run/spill-$transport"
+EOF2
+      "$bin/exporter" stream --config "$run/exporter.toml" --records "$records" \
+        >"$run/$transport-stream.log" 2>&1
+      stream_rate=$(rate_of "$records" "$run/$transport-stream.log")
+    else
+      to_port=$port; [ "$gen" = tcp ] && to_port=$((port + 1))
+      # Timed until every record is committed in SQLite (polled through a
+      # reader), as the stream is timed until its last cookie, which the
+      # collector sends after the commit.
+      started=$(date +%s.%N)
+      "$bin/exporter" generate --to "127.0.0.1:$to_port" --transport "$gen" --records "$records" \
+        >"$run/$transport-generate.log" 2>&1
+      stored=0
+      for _ in $(seq 1200); do
+        stored=$("$bin/collector" stats --database "$db" 2>/dev/null | awk 'NR > 1 { n += $4 } END { print n + 0 }')
+        [ "$stored" = "$records" ] && break
+        sleep 0.05
+      done
+      done_at=$(date +%s.%N)
+      [ "$stored" = "$records" ] || { echo "generate: only $stored of $records stored" >&2; exit 1; }
+      generate_rate=$(python3 -c "print('%.0f' % ($records/($done_at-$started)))")
+    fi
+    kill -TERM "$collector"; wait "$collector" || true
+  done
+  if "$bin/collector" audit --quiet --database "$run/$transport-stream.sqlite" >/dev/null; then audit=PASS; else audit=FAIL; fi
+  ratio=$(python3 -c "print('%.2f' % ($stream_rate/$generate_rate))")
+  printf '%-11s %16s %18s %7s %6s\n' "$transport" "$stream_rate" "$generate_rate" "$ratio" "$audit"
+done
+echo "(logs in $run)"
