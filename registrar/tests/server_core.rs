@@ -1020,13 +1020,7 @@ fn registrations_only_from_allowed_networks_and_others_still_served() {
     server.on_association_up(now, mapped, Some("[::ffff:10.1.9.9]:5000".parse().unwrap()));
     let params = PolicyParams::RoundRobin;
     for (assoc, id) in [(outside, 2), (unknown, 3)] {
-        let response = register(
-            &mut server,
-            now,
-            assoc,
-            "pool",
-            pe(id, params, 4739),
-        );
+        let response = register(&mut server, now, assoc, "pool", pe(id, params, 4739));
         assert_eq!(
             reject_cause(&response),
             cause_code::REJECTED_DUE_TO_SECURITY,
