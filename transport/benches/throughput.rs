@@ -17,7 +17,15 @@ async fn established_pair(config: &Config) -> (Endpoint, Association, Associatio
     (server, client, accepted)
 }
 
-async fn throughput(kind: TransportKind, size: usize, budget: Duration) -> (u64, Duration) {
+/// How much to send: for a time budget, or a fixed count (for instruction counts under
+/// `valgrind --tool=callgrind`, which do not depend on the machine's load).
+#[derive(Clone, Copy)]
+enum Amount {
+    For(Duration),
+    Messages(u64),
+}
+
+async fn throughput(kind: TransportKind, size: usize, amount: Amount) -> (u64, Duration) {
     let config = Config {
         transport: kind,
         ..Config::default()
@@ -31,7 +39,10 @@ async fn throughput(kind: TransportKind, size: usize, budget: Duration) -> (u64,
     // Send for `budget`, spread over 4 streams, then report how many were sent.
     let send_task = tokio::spawn(async move {
         let mut sent = 0u64;
-        while started.elapsed() < budget {
+        while match amount {
+            Amount::For(budget) => started.elapsed() < budget,
+            Amount::Messages(count) => sent < count,
+        } {
             for _ in 0..256 {
                 let message = Message::new((sent % 4) as u16, 18, payload.clone());
                 sender.send(message).await.unwrap();
@@ -108,6 +119,16 @@ async fn detection_time(config: &Config) -> Option<Duration> {
 async fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let budget = Duration::from_secs(if quick { 1 } else { 3 });
+    // `--messages N`: N messages of 1400 bytes over SCTP/UDP, nothing else; for
+    // `valgrind --tool=callgrind` (instructions per message, independent of load).
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == "--messages") {
+        let count: u64 = args[at + 1].parse().expect("--messages N");
+        let (messages, elapsed) =
+            throughput(TransportKind::SctpOverUdp, 1400, Amount::Messages(count)).await;
+        println!("SctpOverUdp: {messages} messages of 1400 bytes in {elapsed:?}");
+        return;
+    }
     println!("loopback throughput, {budget:?} per run, 4 streams, ordered, reliable");
     println!(
         "{:<14} {:>6} {:>12} {:>10}",
@@ -115,7 +136,7 @@ async fn main() {
     );
     for kind in [TransportKind::SctpOverUdp, TransportKind::Tcp] {
         for size in [200usize, 1400] {
-            let (messages, elapsed) = throughput(kind, size, budget).await;
+            let (messages, elapsed) = throughput(kind, size, Amount::For(budget)).await;
             let per_second = messages as f64 / elapsed.as_secs_f64();
             println!(
                 "{:<14} {:>6} {:>12.0} {:>10.1}",

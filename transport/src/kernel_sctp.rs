@@ -1,25 +1,118 @@
-//! Native (kernel) SCTP: run-time detection only.
+//! Native (kernel) SCTP behind the message interface, Linux only.
 //!
-//! Many hosts and containers have no `sctp` kernel module, so this is probed, never assumed.
-//! The message interface over kernel SCTP is not implemented yet: asking for
-//! [`crate::TransportKind::KernelSctp`] returns a clear error either way.
+//! Many hosts and containers have no `sctp` kernel module, so it is probed, never assumed:
+//! [`probe`] tries `socket(AF_INET, SOCK_SEQPACKET, IPPROTO_SCTP)`, and asking for
+//! [`crate::TransportKind::KernelSctp`] on such a host fails with
+//! [`TransportError::KernelSctpUnavailable`] carrying the OS reason.
+//!
+//! Design: every endpoint is one one-to-many socket (RFC 6458 section 3, `SOCK_SEQPACKET`),
+//! listening on the server side, `connect()`ed on the client side, driven by one tokio task
+//! through `AsyncFd`. Messages go out with `sendmsg` and an `SCTP_SNDRCV` control message
+//! (stream, PPID, unordered flag, PR-SCTP policy and value); they come in with `recvmsg` and
+//! an `SCTP_RCVINFO` control message. Association life cycle comes from `SCTP_ASSOC_CHANGE`
+//! notifications: COMM_UP is [`Event::Up`], RESTART [`Event::Restarted`], SHUTDOWN_COMP
+//! [`DownReason::Shutdown`], COMM_LOST [`DownReason::Aborted`] when the peer's ABORT carried
+//! an error cause, else [`FailureReason::PeerUnreachable`] (Linux reports retransmission
+//! exhaustion with error 0). Heartbeat, RTO and retransmission limits from [`Config`] are set
+//! for all future associations with `SCTP_RTOINFO`, `SCTP_ASSOCINFO`,
+//! `SCTP_PEER_ADDR_PARAMS` and `SCTP_INITMSG`; path supervision is the kernel's.
+//!
+//! Limits: a full receive queue of one association stops reading for all associations of the
+//! socket (one socket, one kernel queue); `Config::sctp_port` and `max_sctp_packet_size` are
+//! UDP-encapsulation settings and do not apply (the kernel discovers the path MTU).
 
-use crate::TransportError;
+use std::collections::{HashMap, VecDeque};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use libc::c_int;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::{debug, warn};
+
+use crate::{
+    Association, AssociationSender, Config, DownReason, Event, FailureReason, Message, Reliability,
+    SenderInner, TransportError,
+};
+
+// Constants of linux/sctp.h (and linux/socket.h) that the libc crate does not export.
+/// linux/socket.h: `#define SOL_SCTP 132`.
+const SOL_SCTP: c_int = 132;
+/// linux/sctp.h: `#define SCTP_EVENT 127` (socket option, struct sctp_event).
+const SCTP_EVENT: c_int = 127;
+/// linux/sctp.h: `enum sctp_sn_type`, `SCTP_ASSOC_CHANGE = SCTP_SN_TYPE_BASE + 1` (1 << 15).
+const SCTP_ASSOC_CHANGE: u16 = 0x8001;
+/// linux/sctp.h `enum sctp_sac_state`.
+const SCTP_COMM_UP: u16 = 0;
+const SCTP_COMM_LOST: u16 = 1;
+const SCTP_RESTART: u16 = 2;
+const SCTP_SHUTDOWN_COMP: u16 = 3;
+const SCTP_CANT_STR_ASSOC: u16 = 4;
+/// linux/sctp.h `enum sctp_spp_flags`: `SPP_HB_ENABLE = 1 << 0`, `SPP_PMTUD_ENABLE = 1 << 3`.
+const SPP_HB_ENABLE: u32 = 1 << 0;
+const SPP_PMTUD_ENABLE: u32 = 1 << 3;
+/// linux/sctp.h: `sizeof(struct sctp_paddrparams)`, a packed struct aligned to 4:
+/// assoc_id 0, address 4 (sockaddr_storage, 128), hbinterval 132, pathmaxrxt 136,
+/// pathmtu 138, sackdelay 142, flags 146, ipv6_flowlabel 150, dscp 154, padding 155.
+const SCTP_PADDRPARAMS_LEN: usize = 156;
+/// linux/sctp.h: `struct sctp_assoc_change` up to `sac_info` (the fixed part).
+const SCTP_ASSOC_CHANGE_LEN: usize = 20;
+/// `sctp_assoc_t` for "all future associations" (libc: `SCTP_FUTURE_ASSOC`).
+const FUTURE_ASSOC: i32 = libc::SCTP_FUTURE_ASSOC;
+
+/// Streams we ask for in each direction (the kernel's default is 10).
+const STREAMS: u16 = 256;
+const LISTEN_BACKLOG: c_int = 128;
+const ACCEPT_QUEUE: usize = 1024;
+/// Messages or commands handled per wake-up before the other side gets its turn.
+const BATCH: usize = 64;
+/// How long the driver keeps flushing queued messages after the last handle is gone.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// linux/sctp.h `struct sctp_event`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct SctpEvent {
+    se_assoc_id: i32,
+    se_type: u16,
+    se_on: u8,
+}
+
+/// linux/sctp.h `struct sctp_rtoinfo` (milliseconds).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct SctpRtoinfo {
+    srto_assoc_id: i32,
+    srto_initial: u32,
+    srto_max: u32,
+    srto_min: u32,
+}
+
+/// linux/sctp.h `struct sctp_assocparams`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct SctpAssocparams {
+    sasoc_assoc_id: i32,
+    sasoc_asocmaxrxt: u16,
+    sasoc_number_peer_destinations: u16,
+    sasoc_peer_rwnd: u32,
+    sasoc_local_rwnd: u32,
+    sasoc_cookie_life: u32,
+}
 
 /// Probes `socket(AF_INET, SOCK_SEQPACKET, IPPROTO_SCTP)` (the one-to-many style of
 /// RFC 6458); `Err` carries the OS reason, e.g. "Protocol not supported".
 pub fn probe() -> Result<(), String> {
-    // SAFETY: plain socket(2) call; the descriptor is closed right away if one is returned.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_SEQPACKET, libc::IPPROTO_SCTP) };
-    if fd < 0 {
-        return Err(format!(
-            "socket(AF_INET, SOCK_SEQPACKET, IPPROTO_SCTP) failed: {}",
-            std::io::Error::last_os_error()
-        ));
+    match sctp_socket(libc::AF_INET) {
+        Ok(_socket) => Ok(()),
+        Err(error) => Err(format!(
+            "socket(AF_INET, SOCK_SEQPACKET, IPPROTO_SCTP) failed: {error}"
+        )),
     }
-    // SAFETY: `fd` is a descriptor we own and have not closed.
-    unsafe { libc::close(fd) };
-    Ok(())
 }
 
 /// Whether this host can create kernel SCTP sockets.
@@ -27,12 +120,1365 @@ pub fn is_available() -> bool {
     probe().is_ok()
 }
 
-pub(crate) fn unavailable_error() -> TransportError {
-    match probe() {
-        Err(reason) => TransportError::KernelSctpUnavailable(reason),
-        Ok(()) => TransportError::Unsupported(
-            "kernel SCTP exists on this host but poolflow's kernel SCTP transport is not \
-             implemented yet; use TransportKind::SctpOverUdp",
-        ),
+fn sctp_socket(family: c_int) -> std::io::Result<OwnedFd> {
+    // SAFETY: plain socket(2) call; a returned descriptor is owned by the OwnedFd at once.
+    let fd = unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_SCTP,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by socket(2) and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The socket for an endpoint, with a clear error when the host has no kernel SCTP.
+fn endpoint_socket(family: c_int) -> Result<OwnedFd, TransportError> {
+    sctp_socket(family).map_err(|error| match error.raw_os_error() {
+        Some(libc::EPROTONOSUPPORT | libc::ESOCKTNOSUPPORT | libc::EAFNOSUPPORT) => {
+            TransportError::KernelSctpUnavailable(format!(
+                "socket(SOCK_SEQPACKET, IPPROTO_SCTP) failed: {error} (is the sctp kernel \
+                 module loaded? TransportKind::SctpOverUdp needs no kernel support)"
+            ))
+        }
+        _ => TransportError::Io(error),
+    })
+}
+
+fn set_option<T: Copy>(fd: RawFd, level: c_int, name: c_int, value: &T) -> std::io::Result<()> {
+    set_option_bytes(fd, level, name, (value as *const T).cast(), size_of::<T>())
+}
+
+fn set_option_bytes(
+    fd: RawFd,
+    level: c_int,
+    name: c_int,
+    value: *const libc::c_void,
+    len: usize,
+) -> std::io::Result<()> {
+    // SAFETY: `value` points to `len` readable bytes owned by the caller for the call.
+    let rc = unsafe { libc::setsockopt(fd, level, name, value, len as libc::socklen_t) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn millis_u32(duration: Duration) -> u32 {
+    u32::try_from(duration.as_millis())
+        .unwrap_or(u32::MAX)
+        .max(1)
+}
+
+/// `struct sctp_paddrparams` for all future associations: heartbeats every
+/// `heartbeat_interval`, `Path.Max.Retrans`, path MTU discovery on.
+fn paddrparams(config: &Config) -> [u8; SCTP_PADDRPARAMS_LEN] {
+    let mut raw = [0u8; SCTP_PADDRPARAMS_LEN];
+    raw[0..4].copy_from_slice(&FUTURE_ASSOC.to_ne_bytes());
+    // spp_address stays zeroed: "every address of the association".
+    raw[132..136].copy_from_slice(&millis_u32(config.heartbeat_interval).to_ne_bytes());
+    let path_max = u16::try_from(config.max_path_retransmissions).unwrap_or(u16::MAX);
+    raw[136..138].copy_from_slice(&path_max.to_ne_bytes());
+    raw[146..150].copy_from_slice(&(SPP_HB_ENABLE | SPP_PMTUD_ENABLE).to_ne_bytes());
+    raw
+}
+
+/// Applies the [`Config`] to a fresh socket, before any association exists.
+fn configure(fd: RawFd, config: &Config) -> std::io::Result<()> {
+    let rto = SctpRtoinfo {
+        srto_assoc_id: FUTURE_ASSOC,
+        srto_initial: millis_u32(config.rto_initial),
+        srto_max: millis_u32(config.rto_max),
+        srto_min: millis_u32(config.rto_min),
+    };
+    set_option(fd, SOL_SCTP, libc::SCTP_RTOINFO, &rto)?;
+    let assoc = SctpAssocparams {
+        sasoc_assoc_id: FUTURE_ASSOC,
+        sasoc_asocmaxrxt: u16::try_from(config.max_association_retransmissions).unwrap_or(u16::MAX),
+        ..SctpAssocparams::default()
+    };
+    set_option(fd, SOL_SCTP, libc::SCTP_ASSOCINFO, &assoc)?;
+    let params = paddrparams(config);
+    set_option_bytes(
+        fd,
+        SOL_SCTP,
+        libc::SCTP_PEER_ADDR_PARAMS,
+        params.as_ptr().cast(),
+        params.len(),
+    )?;
+    let init = libc::sctp_initmsg {
+        sinit_num_ostreams: STREAMS,
+        sinit_max_instreams: STREAMS,
+        // Attempts, not retransmissions: the first INIT counts.
+        sinit_max_attempts: u16::try_from(config.max_init_retransmissions + 1).unwrap_or(u16::MAX),
+        sinit_max_init_timeo: u16::try_from(config.rto_max.as_millis()).unwrap_or(u16::MAX),
+    };
+    set_option(fd, SOL_SCTP, libc::SCTP_INITMSG, &init)?;
+    // Small control messages (ASAP, cookies) must not wait for Nagle-style bundling.
+    set_option(fd, SOL_SCTP, libc::SCTP_NODELAY, &1 as &c_int)?;
+    // Stream, PPID, flags and association of each message as an SCTP_RCVINFO cmsg.
+    set_option(fd, SOL_SCTP, libc::SCTP_RECVRCVINFO, &1 as &c_int)?;
+    subscribe_assoc_change(fd)?;
+    let buffer = c_int::try_from(config.send_buffer_bytes).unwrap_or(c_int::MAX);
+    // Best effort: the kernel caps these at net.core.[rw]mem_max.
+    let _ = set_option(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, &buffer);
+    let _ = set_option(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &buffer);
+    Ok(())
+}
+
+/// Association change notifications: SCTP_EVENT (Linux 5.0 and later), else the older
+/// SCTP_EVENTS with `struct sctp_event_subscribe`, whose second byte is
+/// `sctp_association_event` (a shorter option length is accepted by every kernel).
+fn subscribe_assoc_change(fd: RawFd) -> std::io::Result<()> {
+    let event = SctpEvent {
+        se_assoc_id: FUTURE_ASSOC,
+        se_type: SCTP_ASSOC_CHANGE,
+        se_on: 1,
+    };
+    match set_option(fd, SOL_SCTP, SCTP_EVENT, &event) {
+        Err(error) if error.raw_os_error() == Some(libc::ENOPROTOOPT) => {
+            let subscribe: [u8; 2] = [0, 1];
+            set_option_bytes(
+                fd,
+                SOL_SCTP,
+                libc::SCTP_EVENTS,
+                subscribe.as_ptr().cast(),
+                2,
+            )
+        }
+        other => other,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Pure parts: addresses, control messages, notifications.
+// ---------------------------------------------------------------------------------------
+
+fn to_raw_addr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*v4.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: v6.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: v6.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+fn from_raw_addr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    let len = len as usize;
+    match c_int::from(storage.ss_family) {
+        libc::AF_INET if len >= size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the family says sockaddr_in and the length covers it.
+            let sin: libc::sockaddr_in =
+                unsafe { std::ptr::read((storage as *const libc::sockaddr_storage).cast()) };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 if len >= size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: the family says sockaddr_in6 and the length covers it.
+            let sin6: libc::sockaddr_in6 =
+                unsafe { std::ptr::read((storage as *const libc::sockaddr_storage).cast()) };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Same transport address, whether or not one side is an IPv4-mapped IPv6 address (an
+/// IPv6 socket reports IPv4 peers that way).
+fn same_peer(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
+}
+
+/// What goes into the `SCTP_SNDRCV` control message of one `sendmsg`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outgoing {
+    Data {
+        stream: u16,
+        ppid: u32,
+        unordered: bool,
+        reliability: Reliability,
+    },
+    /// Graceful shutdown (SHUTDOWN once queued data is acknowledged).
+    Eof,
+    Abort,
+}
+
+fn sndrcvinfo(outgoing: Outgoing, assoc_id: i32) -> libc::sctp_sndrcvinfo {
+    // SAFETY: plain old data; all-zero is a valid value.
+    let mut info: libc::sctp_sndrcvinfo = unsafe { std::mem::zeroed() };
+    info.sinfo_assoc_id = assoc_id;
+    match outgoing {
+        Outgoing::Data {
+            stream,
+            ppid,
+            unordered,
+            reliability,
+        } => {
+            info.sinfo_stream = stream;
+            // The kernel copies the PPID into the DATA chunk as it is: network order.
+            info.sinfo_ppid = ppid.to_be();
+            let mut flags = if unordered { libc::SCTP_UNORDERED } else { 0 };
+            // Linux reads the PR-SCTP policy from sinfo_flags (SCTP_PR_SCTP_MASK) and its
+            // value from sinfo_timetolive: milliseconds for TTL, a count for RTX.
+            match reliability {
+                Reliability::Reliable => {}
+                Reliability::LimitedRetransmissions(count) => {
+                    flags |= libc::SCTP_PR_SCTP_RTX;
+                    info.sinfo_timetolive = count;
+                }
+                Reliability::Lifetime(lifetime) => {
+                    flags |= libc::SCTP_PR_SCTP_TTL;
+                    info.sinfo_timetolive = millis_u32(lifetime);
+                }
+            }
+            info.sinfo_flags = flags as u16;
+        }
+        Outgoing::Eof => info.sinfo_flags = libc::SCTP_EOF as u16,
+        Outgoing::Abort => info.sinfo_flags = libc::SCTP_ABORT as u16,
+    }
+    info
+}
+
+/// Room for one control message with an `sctp_sndrcvinfo` or `sctp_rcvinfo` (and spare),
+/// aligned for `cmsghdr`.
+#[repr(C, align(8))]
+struct ControlBuffer([u8; 128]);
+
+impl ControlBuffer {
+    fn new() -> Self {
+        ControlBuffer([0; 128])
+    }
+}
+
+/// Writes one `SOL_SCTP`/`SCTP_SNDRCV` control message into `buffer`; returns its length
+/// for `msg_controllen`.
+fn write_sndrcv_cmsg(buffer: &mut ControlBuffer, info: &libc::sctp_sndrcvinfo) -> usize {
+    let data_len = size_of::<libc::sctp_sndrcvinfo>() as u32;
+    // SAFETY: CMSG_SPACE/CMSG_LEN are arithmetic; the header and data are written inside
+    // `buffer` (128 bytes > CMSG_SPACE(32) = 48), which is aligned for cmsghdr.
+    unsafe {
+        let space = libc::CMSG_SPACE(data_len) as usize;
+        assert!(space <= buffer.0.len());
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_control = buffer.0.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = SOL_SCTP;
+        (*cmsg).cmsg_type = libc::SCTP_SNDRCV;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(data_len) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast(), *info);
+        space
+    }
+}
+
+/// Stream, PPID, flags and association of a received message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ReceiveInfo {
+    stream: u16,
+    ppid: u32,
+    unordered: bool,
+    assoc_id: i32,
+}
+
+/// Finds the `SCTP_RCVINFO` (or legacy `SCTP_SNDRCV`) control message of a `recvmsg`.
+///
+/// # Safety
+/// `msg.msg_control`/`msg_controllen` must describe the control buffer `recvmsg` filled.
+unsafe fn parse_receive_cmsgs(msg: &libc::msghdr) -> Option<ReceiveInfo> {
+    // SAFETY: the CMSG_* walk stays within the buffer (caller's contract); each payload
+    // is read unaligned and only when cmsg_len covers it.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(msg);
+        while !cmsg.is_null() {
+            let header = *cmsg;
+            let data = libc::CMSG_DATA(cmsg);
+            let available = (header.cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
+            if header.cmsg_level == SOL_SCTP {
+                if header.cmsg_type == libc::SCTP_RCVINFO
+                    && available >= size_of::<libc::sctp_rcvinfo>()
+                {
+                    let info: libc::sctp_rcvinfo = std::ptr::read_unaligned(data.cast());
+                    return Some(ReceiveInfo {
+                        stream: info.rcv_sid,
+                        ppid: u32::from_be(info.rcv_ppid),
+                        unordered: c_int::from(info.rcv_flags) & libc::SCTP_UNORDERED != 0,
+                        assoc_id: info.rcv_assoc_id,
+                    });
+                }
+                if header.cmsg_type == libc::SCTP_SNDRCV
+                    && available >= size_of::<libc::sctp_sndrcvinfo>()
+                {
+                    let info: libc::sctp_sndrcvinfo = std::ptr::read_unaligned(data.cast());
+                    return Some(ReceiveInfo {
+                        stream: info.sinfo_stream,
+                        ppid: u32::from_be(info.sinfo_ppid),
+                        unordered: c_int::from(info.sinfo_flags) & libc::SCTP_UNORDERED != 0,
+                        assoc_id: info.sinfo_assoc_id,
+                    });
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(msg, cmsg);
+        }
+        None
+    }
+}
+
+/// A notification we act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Notification {
+    AssocChange {
+        state: u16,
+        error: u16,
+        assoc_id: i32,
+    },
+    /// Any other notification type (we subscribe to none, but tolerate them).
+    Other(u16),
+}
+
+/// Parses a notification (the data of a `recvmsg` with `MSG_NOTIFICATION`), laid out as
+/// linux/sctp.h `struct sctp_assoc_change`: type u16, flags u16, length u32, state u16,
+/// error u16, outbound u16, inbound u16, assoc_id i32, all in host order.
+fn parse_notification(data: &[u8]) -> Result<Notification, &'static str> {
+    let u16_at = |at: usize| u16::from_ne_bytes([data[at], data[at + 1]]);
+    if data.len() < 8 {
+        return Err("notification shorter than its header");
+    }
+    let kind = u16_at(0);
+    let length = u32::from_ne_bytes([data[4], data[5], data[6], data[7]]) as usize;
+    if length > data.len() {
+        return Err("notification truncated");
+    }
+    if kind != SCTP_ASSOC_CHANGE {
+        return Ok(Notification::Other(kind));
+    }
+    if length < SCTP_ASSOC_CHANGE_LEN {
+        return Err("SCTP_ASSOC_CHANGE shorter than its fixed part");
+    }
+    Ok(Notification::AssocChange {
+        state: u16_at(8),
+        error: u16_at(10),
+        assoc_id: i32::from_ne_bytes([data[16], data[17], data[18], data[19]]),
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Driver.
+// ---------------------------------------------------------------------------------------
+
+enum Command {
+    Connect {
+        remote: SocketAddr,
+        reply: oneshot::Sender<Result<Association, TransportError>>,
+    },
+    Send {
+        assoc_id: i32,
+        message: Message,
+        charged: u32,
+    },
+    Close {
+        assoc_id: i32,
+    },
+    ResumeReceive,
+}
+
+/// State shared between an application handle and the driver.
+struct Shared {
+    assoc_id: i32,
+    /// Bytes the application may queue in the driver; returned once the kernel takes them.
+    send_budget: Semaphore,
+    closed: AtomicBool,
+    /// Set by the driver when the application's event queue was full; the next `recv`
+    /// asks it to go on reading.
+    receive_stalled: AtomicBool,
+}
+
+#[derive(Clone)]
+pub(crate) struct KernelSender {
+    shared: Arc<Shared>,
+    commands: mpsc::UnboundedSender<Command>,
+    max_message_size: usize,
+    send_buffer_bytes: usize,
+}
+
+impl KernelSender {
+    pub(crate) async fn send(&self, message: Message) -> Result<(), TransportError> {
+        let size = message.payload.len();
+        if size > self.max_message_size {
+            return Err(TransportError::MessageTooLarge {
+                size,
+                max: self.max_message_size,
+            });
+        }
+        if size == 0 {
+            // RFC 9260 section 6.2: a DATA chunk without user data is a protocol violation.
+            return Err(TransportError::Unsupported("empty SCTP messages"));
+        }
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(TransportError::Closed);
+        }
+        let charged = size.min(self.send_buffer_bytes) as u32;
+        self.shared
+            .send_budget
+            .acquire_many(charged)
+            .await
+            .map_err(|_| TransportError::Closed)?
+            .forget();
+        self.commands
+            .send(Command::Send {
+                assoc_id: self.shared.assoc_id,
+                message,
+                charged,
+            })
+            .map_err(|_| TransportError::Closed)
+    }
+
+    pub(crate) fn close(&self) {
+        let _ = self.commands.send(Command::Close {
+            assoc_id: self.shared.assoc_id,
+        });
+    }
+
+    pub(crate) fn after_receive(&self) {
+        if self.shared.receive_stalled.swap(false, Ordering::AcqRel) {
+            let _ = self.commands.send(Command::ResumeReceive);
+        }
+    }
+}
+
+pub(crate) struct KernelSctpEndpoint {
+    local_addr: SocketAddr,
+    connect_timeout: Duration,
+    commands: mpsc::UnboundedSender<Command>,
+    accepted: mpsc::Receiver<Association>,
+}
+
+impl KernelSctpEndpoint {
+    /// Creates the one-to-many socket (listening when `accept_incoming`) and its driver.
+    pub(crate) fn bind(
+        config: Config,
+        local: SocketAddr,
+        accept_incoming: bool,
+    ) -> Result<Self, TransportError> {
+        let family = if local.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        };
+        let socket = endpoint_socket(family)?;
+        let fd = socket.as_raw_fd();
+        configure(fd, &config)?;
+        let (raw, len) = to_raw_addr(&local);
+        // SAFETY: `raw`/`len` describe a valid socket address for this family.
+        if unsafe { libc::bind(fd, (&raw as *const libc::sockaddr_storage).cast(), len) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        // SAFETY: plain listen(2) on a socket we own.
+        if accept_incoming && unsafe { libc::listen(fd, LISTEN_BACKLOG) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        let local_addr = local_address(fd)?;
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let (accept_tx, accepted) = mpsc::channel(ACCEPT_QUEUE);
+        let connect_timeout = config.connect_timeout;
+        let driver = Driver {
+            // SAFETY: the OwnedFd is moved into the AsyncFd and stays open, with the same
+            // descriptor, until the AsyncFd is dropped.
+            socket: Arc::new(
+                unsafe { AsyncFd::register(socket) }.map_err(|error| error.into_parts().1)?,
+            ),
+            weak_commands: commands.downgrade(),
+            accept_tx: accept_incoming.then_some(accept_tx),
+            entries: HashMap::new(),
+            pending_connects: Vec::new(),
+            send_queue: VecDeque::new(),
+            config,
+        };
+        tokio::spawn(driver.run(command_rx));
+        Ok(KernelSctpEndpoint {
+            local_addr,
+            connect_timeout,
+            commands,
+            accepted,
+        })
+    }
+
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub(crate) async fn accept(&mut self) -> Option<Association> {
+        self.accepted.recv().await
+    }
+
+    pub(crate) async fn connect(&self, remote: SocketAddr) -> Result<Association, TransportError> {
+        let (reply, reply_rx) = oneshot::channel();
+        self.commands
+            .send(Command::Connect { remote, reply })
+            .map_err(|_| TransportError::Closed)?;
+        // The driver enforces the deadline itself; this only guards against a lost reply.
+        match tokio::time::timeout(self.connect_timeout * 2, reply_rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(TransportError::Closed),
+            Err(_) => Err(TransportError::ConnectTimeout(self.connect_timeout)),
+        }
+    }
+}
+
+/// Opens an association to `remote` from a fresh socket.
+pub(crate) async fn connect(
+    config: Config,
+    remote: SocketAddr,
+) -> Result<Association, TransportError> {
+    let local: SocketAddr = if remote.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    KernelSctpEndpoint::bind(config, local, false)?
+        .connect(remote)
+        .await
+}
+
+fn local_address(fd: RawFd) -> std::io::Result<SocketAddr> {
+    // SAFETY: zeroed sockaddr_storage is valid; getsockname writes at most `len` bytes.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockname(
+            fd,
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    from_raw_addr(&storage, len)
+        .ok_or_else(|| std::io::Error::other("getsockname returned an unknown family"))
+}
+
+struct PendingConnect {
+    remote: SocketAddr,
+    reply: oneshot::Sender<Result<Association, TransportError>>,
+    deadline: Instant,
+}
+
+struct Entry {
+    shared: Arc<Shared>,
+    events: mpsc::Sender<Event>,
+    /// Events the application has not had room for yet; while any exist we stop reading.
+    outbox: VecDeque<Event>,
+    /// A message arriving in pieces (larger than one `recvmsg`), until MSG_EOR.
+    partial: BytesMut,
+    closing_locally: bool,
+}
+
+struct Driver {
+    socket: Arc<AsyncFd<OwnedFd>>,
+    weak_commands: mpsc::WeakUnboundedSender<Command>,
+    accept_tx: Option<mpsc::Sender<Association>>,
+    entries: HashMap<i32, Entry>,
+    pending_connects: Vec<PendingConnect>,
+    /// Messages (with the budget they hold) and shutdown requests not yet taken by the
+    /// kernel, oldest first.
+    send_queue: VecDeque<(i32, Outgoing, Bytes, u32)>,
+    config: Config,
+}
+
+/// One `recvmsg` worth of input.
+enum Received {
+    Data {
+        info: Option<ReceiveInfo>,
+        end_of_record: bool,
+        len: usize,
+    },
+    Notification {
+        from: Option<SocketAddr>,
+        len: usize,
+    },
+}
+
+impl Driver {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let socket = self.socket.clone();
+        let mut buffer = vec![0u8; self.config.max_message_size.clamp(64 * 1024, 1 << 20)];
+        let mut commands_open = true;
+        let mut linger_until: Option<Instant> = None;
+        loop {
+            if !commands_open {
+                let until = *linger_until.get_or_insert_with(|| Instant::now() + LINGER);
+                if self.send_queue.is_empty() || Instant::now() >= until {
+                    // Closing the socket shuts the remaining associations down gracefully.
+                    break;
+                }
+            }
+            let read_allowed = self.entries.values().all(|e| e.outbox.is_empty());
+            let next_deadline = self.pending_connects.iter().map(|p| p.deadline).min();
+            let sleep_until = next_deadline
+                .or(linger_until)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                guard = socket.readable(), if read_allowed => match guard {
+                    Ok(mut guard) => {
+                        for _ in 0..BATCH {
+                            match self.receive(&mut buffer) {
+                                Ok(()) => {}
+                                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                                    guard.clear_ready();
+                                    break;
+                                }
+                                Err(error) => {
+                                    debug!("kernel SCTP recvmsg failed: {error}");
+                                    break;
+                                }
+                            }
+                            if self.entries.values().any(|e| !e.outbox.is_empty()) {
+                                break;
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        warn!("kernel SCTP socket failed: {error}");
+                        break;
+                    }
+                },
+                guard = socket.writable(), if !self.send_queue.is_empty() => {
+                    if let Ok(mut guard) = guard
+                        && self.flush_sends()
+                    {
+                        guard.clear_ready();
+                    }
+                },
+                command = commands.recv(), if commands_open => match command {
+                    Some(command) => {
+                        self.on_command(command);
+                        for _ in 1..BATCH {
+                            match commands.try_recv() {
+                                Ok(command) => self.on_command(command),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    None => commands_open = false,
+                },
+                _ = tokio::time::sleep_until(sleep_until.into()) => {}
+            }
+            self.expire_connects(Instant::now());
+            self.flush_sends();
+        }
+        debug!("kernel SCTP driver stopped");
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Connect { remote, reply } => self.connect(remote, reply),
+            Command::Send {
+                assoc_id,
+                message,
+                charged,
+            } => {
+                let outgoing = Outgoing::Data {
+                    stream: message.stream,
+                    ppid: message.ppid,
+                    unordered: message.unordered,
+                    reliability: message.reliability,
+                };
+                self.send_queue
+                    .push_back((assoc_id, outgoing, message.payload, charged));
+            }
+            Command::Close { assoc_id } => {
+                if let Some(entry) = self.entries.get_mut(&assoc_id)
+                    && !entry.closing_locally
+                {
+                    entry.closing_locally = true;
+                    // Queued behind the association's messages, so they still go out.
+                    self.send_queue
+                        .push_back((assoc_id, Outgoing::Eof, Bytes::new(), 0));
+                }
+            }
+            Command::ResumeReceive => {
+                for entry in self.entries.values_mut() {
+                    flush_outbox(entry);
+                }
+            }
+        }
+    }
+
+    fn connect(
+        &mut self,
+        remote: SocketAddr,
+        reply: oneshot::Sender<Result<Association, TransportError>>,
+    ) {
+        let (raw, len) = to_raw_addr(&remote);
+        let fd = self.socket.get_ref().as_raw_fd();
+        // SAFETY: `raw`/`len` describe a valid socket address.
+        let rc = unsafe { libc::connect(fd, (&raw as *const libc::sockaddr_storage).cast(), len) };
+        let error = std::io::Error::last_os_error();
+        if rc != 0 && error.raw_os_error() != Some(libc::EINPROGRESS) {
+            let _ = reply.send(Err(TransportError::ConnectFailed(format!(
+                "connect to {remote}: {error}"
+            ))));
+            return;
+        }
+        // COMM_UP (or CANT_STR_ASSOC) arrives as a notification.
+        self.pending_connects.push(PendingConnect {
+            remote,
+            reply,
+            deadline: Instant::now() + self.config.connect_timeout,
+        });
+    }
+
+    fn expire_connects(&mut self, now: Instant) {
+        if self.pending_connects.iter().all(|p| p.deadline > now) {
+            return;
+        }
+        let (expired, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_connects)
+            .into_iter()
+            .partition(|p| p.deadline <= now);
+        self.pending_connects = waiting;
+        for pending in expired {
+            let _ = pending.reply.send(Err(TransportError::ConnectTimeout(
+                self.config.connect_timeout,
+            )));
+        }
+    }
+
+    /// Hands queued messages to the kernel; true when it would block.
+    fn flush_sends(&mut self) -> bool {
+        let fd = self.socket.get_ref().as_raw_fd();
+        while let Some((assoc_id, outgoing, payload, charged)) = self.send_queue.pop_front() {
+            match send_one(fd, assoc_id, outgoing, &payload) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.send_queue
+                        .push_front((assoc_id, outgoing, payload, charged));
+                    return true;
+                }
+                Err(error) => {
+                    // The association ended under us (EPIPE, EINVAL): its end is reported
+                    // by its notification.
+                    debug!("kernel SCTP send on association {assoc_id} failed: {error}");
+                }
+            }
+            if charged > 0
+                && let Some(entry) = self.entries.get(&assoc_id)
+            {
+                entry.shared.send_budget.add_permits(charged as usize);
+            }
+        }
+        false
+    }
+
+    fn receive(&mut self, buffer: &mut [u8]) -> std::io::Result<()> {
+        let fd = self.socket.get_ref().as_raw_fd();
+        match receive_one(fd, buffer)? {
+            Received::Notification { from, len } => {
+                match parse_notification(&buffer[..len]) {
+                    Ok(Notification::AssocChange {
+                        state,
+                        error,
+                        assoc_id,
+                    }) => self.on_assoc_change(state, error, assoc_id, from),
+                    Ok(Notification::Other(kind)) => {
+                        debug!("kernel SCTP notification {kind:#06x} ignored")
+                    }
+                    Err(reason) => warn!("kernel SCTP: malformed notification: {reason}"),
+                }
+                Ok(())
+            }
+            Received::Data {
+                info,
+                end_of_record,
+                len,
+            } => {
+                let Some(info) = info else {
+                    warn!("kernel SCTP: message without SCTP_RCVINFO dropped");
+                    return Ok(());
+                };
+                self.on_data(info, end_of_record, &buffer[..len]);
+                Ok(())
+            }
+        }
+    }
+
+    fn on_data(&mut self, info: ReceiveInfo, end_of_record: bool, data: &[u8]) {
+        let max = self.config.max_message_size;
+        let Some(entry) = self.entries.get_mut(&info.assoc_id) else {
+            debug!(
+                "kernel SCTP: data for unknown association {}",
+                info.assoc_id
+            );
+            return;
+        };
+        if entry.partial.len() + data.len() > max {
+            warn!(
+                "kernel SCTP: message above {max} bytes on association {}; aborting it",
+                info.assoc_id
+            );
+            entry.partial.clear();
+            entry.closing_locally = true;
+            self.send_queue
+                .push_front((info.assoc_id, Outgoing::Abort, Bytes::new(), 0));
+            self.finish(
+                info.assoc_id,
+                Event::Failed(FailureReason::Error(format!(
+                    "received a message larger than {max} bytes"
+                ))),
+            );
+            return;
+        }
+        entry.partial.extend_from_slice(data);
+        if !end_of_record {
+            return;
+        }
+        let payload = entry.partial.split().freeze();
+        entry.outbox.push_back(Event::Message(Message {
+            stream: info.stream,
+            ppid: info.ppid,
+            unordered: info.unordered,
+            reliability: Reliability::Reliable,
+            payload,
+        }));
+        flush_outbox(entry);
+    }
+
+    fn on_assoc_change(&mut self, state: u16, error: u16, assoc_id: i32, from: Option<SocketAddr>) {
+        match state {
+            SCTP_COMM_UP => self.on_up(assoc_id, from),
+            SCTP_RESTART => {
+                if let Some(entry) = self.entries.get_mut(&assoc_id) {
+                    entry.outbox.push_back(Event::Restarted);
+                    flush_outbox(entry);
+                }
+            }
+            SCTP_SHUTDOWN_COMP => {
+                let local = self
+                    .entries
+                    .get(&assoc_id)
+                    .is_some_and(|e| e.closing_locally);
+                let reason = if local {
+                    DownReason::Local
+                } else {
+                    DownReason::Shutdown
+                };
+                self.finish(assoc_id, Event::Down(reason));
+            }
+            SCTP_COMM_LOST => {
+                let local = self
+                    .entries
+                    .get(&assoc_id)
+                    .is_some_and(|e| e.closing_locally);
+                let event = if local {
+                    Event::Down(DownReason::Local)
+                } else if error != 0 {
+                    Event::Down(DownReason::Aborted)
+                } else {
+                    Event::Failed(FailureReason::PeerUnreachable)
+                };
+                self.finish(assoc_id, event);
+            }
+            SCTP_CANT_STR_ASSOC => {
+                if let Some(pending) = self.take_pending_connect(from) {
+                    let _ = pending
+                        .reply
+                        .send(Err(TransportError::ConnectFailed(format!(
+                            "association with {} could not be established (error {error})",
+                            pending.remote
+                        ))));
+                }
+            }
+            other => debug!("kernel SCTP: association state {other} ignored"),
+        }
+    }
+
+    fn on_up(&mut self, assoc_id: i32, from: Option<SocketAddr>) {
+        let Some(commands) = self.weak_commands.upgrade() else {
+            return;
+        };
+        let remote = from.unwrap_or_else(|| (Ipv4Addr::UNSPECIFIED, 0).into());
+        let pending = self.take_pending_connect(from);
+        if pending.is_none() && self.accept_tx.is_none() {
+            // A connect that timed out came up late, or an INIT reached a client socket.
+            self.send_queue
+                .push_front((assoc_id, Outgoing::Abort, Bytes::new(), 0));
+            return;
+        }
+        let shared = Arc::new(Shared {
+            assoc_id,
+            send_budget: Semaphore::new(self.config.send_buffer_bytes),
+            closed: AtomicBool::new(false),
+            receive_stalled: AtomicBool::new(false),
+        });
+        let (events_tx, events_rx) = mpsc::channel(self.config.receive_queue_len.max(1));
+        let handle = Association {
+            remote: pending.as_ref().map_or(remote, |p| p.remote),
+            events: events_rx,
+            sender: AssociationSender {
+                inner: SenderInner::KernelSctp(KernelSender {
+                    shared: shared.clone(),
+                    commands,
+                    max_message_size: self.config.max_message_size,
+                    send_buffer_bytes: self.config.send_buffer_bytes,
+                }),
+            },
+        };
+        let mut entry = Entry {
+            shared,
+            events: events_tx,
+            outbox: VecDeque::new(),
+            partial: BytesMut::new(),
+            closing_locally: false,
+        };
+        entry.outbox.push_back(Event::Up);
+        flush_outbox(&mut entry);
+        self.entries.insert(assoc_id, entry);
+        if let Some(pending) = pending {
+            // A caller that gave up waiting drops the handle, which closes the association.
+            let _ = pending.reply.send(Ok(handle));
+            return;
+        }
+        if let Some(accept_tx) = &self.accept_tx
+            && accept_tx.try_send(handle).is_err()
+        {
+            warn!("dropping kernel SCTP association from {remote}: nobody accepts");
+        }
+    }
+
+    /// The pending connect a notification is about: by the peer address the kernel puts in
+    /// `msg_name`; without one, the only pending connect (a client socket has one).
+    fn take_pending_connect(&mut self, from: Option<SocketAddr>) -> Option<PendingConnect> {
+        let index = match from {
+            Some(from) => self
+                .pending_connects
+                .iter()
+                .position(|p| same_peer(p.remote, from)),
+            None if self.pending_connects.len() == 1 => Some(0),
+            None => None,
+        }?;
+        Some(self.pending_connects.remove(index))
+    }
+
+    /// Reports the last event of an association and forgets it.
+    fn finish(&mut self, assoc_id: i32, last_event: Event) {
+        let Some(mut entry) = self.entries.remove(&assoc_id) else {
+            return;
+        };
+        entry.shared.closed.store(true, Ordering::Release);
+        entry.shared.send_budget.close();
+        entry.outbox.push_back(last_event);
+        // The application may be behind; the rest goes out as it reads, from its own task,
+        // because the driver no longer tracks this association.
+        if !flush_outbox(&mut entry) {
+            return;
+        }
+        tokio::spawn(async move {
+            while let Some(event) = entry.outbox.pop_front() {
+                if entry.events.send(event).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+/// Moves queued events into the application's channel; true while some remain.
+fn flush_outbox(entry: &mut Entry) -> bool {
+    while let Some(event) = entry.outbox.pop_front() {
+        match entry.events.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                entry.outbox.clear();
+                return false;
+            }
+            Err(mpsc::error::TrySendError::Full(event)) => {
+                entry.outbox.push_front(event);
+                entry.shared.receive_stalled.store(true, Ordering::Release);
+                // The application may have taken an event in between: try once more, so
+                // that a wake-up request cannot be lost.
+                if let Some(event) = entry.outbox.pop_front() {
+                    match entry.events.try_send(event) {
+                        Ok(()) => continue,
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            entry.outbox.clear();
+                            return false;
+                        }
+                        Err(mpsc::error::TrySendError::Full(event)) => {
+                            entry.outbox.push_front(event)
+                        }
+                    }
+                }
+                return true;
+            }
+        }
+    }
+    false
+}
+
+fn send_one(fd: RawFd, assoc_id: i32, outgoing: Outgoing, payload: &[u8]) -> std::io::Result<()> {
+    let info = sndrcvinfo(outgoing, assoc_id);
+    let mut control = ControlBuffer::new();
+    let control_len = write_sndrcv_cmsg(&mut control, &info);
+    let mut iov = libc::iovec {
+        iov_base: payload.as_ptr() as *mut libc::c_void,
+        iov_len: payload.len(),
+    };
+    // SAFETY: zeroed msghdr is valid; every pointer set below outlives the sendmsg call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // No destination address: the association id in the cmsg selects the association.
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.0.as_mut_ptr().cast();
+    msg.msg_controllen = control_len as _;
+    // SAFETY: `msg` describes live buffers; the kernel only reads them.
+    let sent = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+    if sent < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn receive_one(fd: RawFd, buffer: &mut [u8]) -> std::io::Result<Received> {
+    // SAFETY: zeroed sockaddr_storage/msghdr are valid values.
+    let mut from: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut control = ControlBuffer::new();
+    let mut iov = libc::iovec {
+        iov_base: buffer.as_mut_ptr().cast(),
+        iov_len: buffer.len(),
+    };
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut from as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.0.as_mut_ptr().cast();
+    msg.msg_controllen = control.0.len() as _;
+    // SAFETY: `msg` describes live, writable buffers of the lengths given.
+    let received = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) };
+    if received < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let len = received as usize;
+    let peer = from_raw_addr(&from, msg.msg_namelen);
+    if msg.msg_flags & libc::MSG_NOTIFICATION != 0 {
+        return Ok(Received::Notification { from: peer, len });
+    }
+    // SAFETY: msg_control/msg_controllen now describe what recvmsg wrote into `control`.
+    let info = unsafe { parse_receive_cmsgs(&msg) };
+    Ok(Received::Data {
+        info,
+        end_of_record: msg.msg_flags & libc::MSG_EOR != 0,
+        len,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sizes and field offsets of linux/sctp.h (x86_64 and aarch64 alike: no pointers).
+    #[test]
+    fn option_structs_match_linux_sctp_h() {
+        assert_eq!(size_of::<SctpEvent>(), 8);
+        assert_eq!(size_of::<SctpRtoinfo>(), 16);
+        assert_eq!(size_of::<SctpAssocparams>(), 20);
+        assert_eq!(std::mem::offset_of!(SctpAssocparams, sasoc_peer_rwnd), 8);
+        assert_eq!(size_of::<libc::sctp_initmsg>(), 8);
+        assert_eq!(size_of::<libc::sctp_sndrcvinfo>(), 32);
+        assert_eq!(std::mem::offset_of!(libc::sctp_sndrcvinfo, sinfo_ppid), 8);
+        assert_eq!(
+            std::mem::offset_of!(libc::sctp_sndrcvinfo, sinfo_timetolive),
+            16
+        );
+        assert_eq!(
+            std::mem::offset_of!(libc::sctp_sndrcvinfo, sinfo_assoc_id),
+            28
+        );
+        assert_eq!(size_of::<libc::sctp_rcvinfo>(), 28);
+        assert_eq!(std::mem::offset_of!(libc::sctp_rcvinfo, rcv_assoc_id), 24);
+        assert_eq!(size_of::<libc::sockaddr_storage>(), 128);
+    }
+
+    #[test]
+    fn paddrparams_puts_fields_at_the_packed_offsets() {
+        let config = Config {
+            heartbeat_interval: Duration::from_millis(1234),
+            max_path_retransmissions: 7,
+            ..Config::default()
+        };
+        let raw = paddrparams(&config);
+        assert_eq!(raw.len(), 156);
+        assert_eq!(
+            i32::from_ne_bytes(raw[0..4].try_into().unwrap()),
+            FUTURE_ASSOC
+        );
+        assert!(raw[4..132].iter().all(|&b| b == 0), "address: all of them");
+        assert_eq!(u32::from_ne_bytes(raw[132..136].try_into().unwrap()), 1234);
+        assert_eq!(u16::from_ne_bytes(raw[136..138].try_into().unwrap()), 7);
+        assert_eq!(
+            u32::from_ne_bytes(raw[138..142].try_into().unwrap()),
+            0,
+            "pathmtu"
+        );
+        assert_eq!(
+            u32::from_ne_bytes(raw[142..146].try_into().unwrap()),
+            0,
+            "sackdelay"
+        );
+        assert_eq!(
+            u32::from_ne_bytes(raw[146..150].try_into().unwrap()),
+            SPP_HB_ENABLE | SPP_PMTUD_ENABLE
+        );
+    }
+
+    #[test]
+    fn sndrcvinfo_carries_stream_ppid_flags_and_pr_sctp() {
+        let data = |unordered, reliability| Outgoing::Data {
+            stream: 3,
+            ppid: 11,
+            unordered,
+            reliability,
+        };
+        let info = sndrcvinfo(
+            data(true, Reliability::Lifetime(Duration::from_millis(500))),
+            42,
+        );
+        assert_eq!(info.sinfo_stream, 3);
+        assert_eq!(
+            info.sinfo_ppid.to_ne_bytes(),
+            [0, 0, 0, 11],
+            "network order"
+        );
+        assert_eq!(
+            c_int::from(info.sinfo_flags),
+            libc::SCTP_UNORDERED | libc::SCTP_PR_SCTP_TTL
+        );
+        assert_eq!(info.sinfo_timetolive, 500);
+        assert_eq!(info.sinfo_assoc_id, 42);
+        let info = sndrcvinfo(data(false, Reliability::LimitedRetransmissions(2)), 1);
+        assert_eq!(c_int::from(info.sinfo_flags), libc::SCTP_PR_SCTP_RTX);
+        assert_eq!(info.sinfo_timetolive, 2);
+        let info = sndrcvinfo(data(false, Reliability::Reliable), 1);
+        assert_eq!((info.sinfo_flags, info.sinfo_timetolive), (0, 0));
+        assert_eq!(
+            c_int::from(sndrcvinfo(Outgoing::Eof, 9).sinfo_flags),
+            libc::SCTP_EOF
+        );
+        assert_eq!(
+            c_int::from(sndrcvinfo(Outgoing::Abort, 9).sinfo_flags),
+            libc::SCTP_ABORT
+        );
+    }
+
+    /// Walks a control buffer the way the kernel lays it out.
+    fn msghdr_over(control: &mut ControlBuffer, len: usize) -> libc::msghdr {
+        // SAFETY: zeroed msghdr is valid.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_control = control.0.as_mut_ptr().cast();
+        msg.msg_controllen = len as _;
+        msg
+    }
+
+    #[test]
+    fn sndrcv_cmsg_round_trips_through_the_receive_parser() {
+        let mut control = ControlBuffer::new();
+        let info = sndrcvinfo(
+            Outgoing::Data {
+                stream: 7,
+                ppid: 0x1234_5678,
+                unordered: true,
+                reliability: Reliability::Reliable,
+            },
+            -5,
+        );
+        let len = write_sndrcv_cmsg(&mut control, &info);
+        assert_eq!(len, 16 + 32, "CMSG_SPACE(sizeof(struct sctp_sndrcvinfo))");
+        // cmsghdr: len (size_t), level, type.
+        assert_eq!(control.0[8..12], SOL_SCTP.to_ne_bytes());
+        assert_eq!(control.0[12..16], libc::SCTP_SNDRCV.to_ne_bytes());
+        let msg = msghdr_over(&mut control, len);
+        // SAFETY: the buffer holds the control message just written.
+        let parsed = unsafe { parse_receive_cmsgs(&msg) };
+        assert_eq!(
+            parsed,
+            Some(ReceiveInfo {
+                stream: 7,
+                ppid: 0x1234_5678,
+                unordered: true,
+                assoc_id: -5,
+            })
+        );
+    }
+
+    #[test]
+    fn rcvinfo_cmsg_is_parsed_and_foreign_cmsgs_are_skipped() {
+        let mut control = ControlBuffer::new();
+        // SAFETY: building two control messages inside the aligned 128-byte buffer.
+        let len = unsafe {
+            let first_space = libc::CMSG_SPACE(4) as usize;
+            let second_space = libc::CMSG_SPACE(size_of::<libc::sctp_rcvinfo>() as u32) as usize;
+            let msg = msghdr_over(&mut control, first_space + second_space);
+            let first = libc::CMSG_FIRSTHDR(&msg);
+            (*first).cmsg_level = libc::SOL_SOCKET;
+            (*first).cmsg_type = libc::SCM_RIGHTS;
+            (*first).cmsg_len = libc::CMSG_LEN(4) as _;
+            let second = libc::CMSG_NXTHDR(&msg, first);
+            (*second).cmsg_level = SOL_SCTP;
+            (*second).cmsg_type = libc::SCTP_RCVINFO;
+            (*second).cmsg_len = libc::CMSG_LEN(size_of::<libc::sctp_rcvinfo>() as u32) as _;
+            let mut info: libc::sctp_rcvinfo = std::mem::zeroed();
+            info.rcv_sid = 2;
+            info.rcv_ppid = 12u32.to_be();
+            info.rcv_flags = 0;
+            info.rcv_assoc_id = 77;
+            std::ptr::write_unaligned(libc::CMSG_DATA(second).cast(), info);
+            first_space + second_space
+        };
+        let msg = msghdr_over(&mut control, len);
+        // SAFETY: the buffer holds the control messages just written.
+        let parsed = unsafe { parse_receive_cmsgs(&msg) };
+        assert_eq!(
+            parsed,
+            Some(ReceiveInfo {
+                stream: 2,
+                ppid: 12,
+                unordered: false,
+                assoc_id: 77,
+            })
+        );
+        let empty = msghdr_over(&mut control, 0);
+        // SAFETY: an empty control buffer.
+        assert_eq!(unsafe { parse_receive_cmsgs(&empty) }, None);
+    }
+
+    fn assoc_change(state: u16, error: u16, assoc_id: i32) -> Vec<u8> {
+        let mut raw = Vec::new();
+        raw.extend_from_slice(&SCTP_ASSOC_CHANGE.to_ne_bytes());
+        raw.extend_from_slice(&0u16.to_ne_bytes());
+        raw.extend_from_slice(&20u32.to_ne_bytes());
+        raw.extend_from_slice(&state.to_ne_bytes());
+        raw.extend_from_slice(&error.to_ne_bytes());
+        raw.extend_from_slice(&10u16.to_ne_bytes());
+        raw.extend_from_slice(&10u16.to_ne_bytes());
+        raw.extend_from_slice(&assoc_id.to_ne_bytes());
+        raw
+    }
+
+    #[test]
+    fn assoc_change_notifications_are_parsed() {
+        assert_eq!(
+            parse_notification(&assoc_change(SCTP_COMM_UP, 0, 3)),
+            Ok(Notification::AssocChange {
+                state: SCTP_COMM_UP,
+                error: 0,
+                assoc_id: 3,
+            })
+        );
+        assert_eq!(
+            parse_notification(&assoc_change(SCTP_COMM_LOST, 12, -1)),
+            Ok(Notification::AssocChange {
+                state: SCTP_COMM_LOST,
+                error: 12,
+                assoc_id: -1,
+            })
+        );
+        // SCTP_SHUTDOWN_EVENT (0x8005): 12 bytes, tolerated.
+        let mut shutdown = Vec::new();
+        shutdown.extend_from_slice(&0x8005u16.to_ne_bytes());
+        shutdown.extend_from_slice(&0u16.to_ne_bytes());
+        shutdown.extend_from_slice(&12u32.to_ne_bytes());
+        shutdown.extend_from_slice(&3i32.to_ne_bytes());
+        assert_eq!(
+            parse_notification(&shutdown),
+            Ok(Notification::Other(0x8005))
+        );
+    }
+
+    #[test]
+    fn malformed_notifications_are_errors_not_panics() {
+        assert!(parse_notification(&[]).is_err());
+        assert!(parse_notification(&[1, 0x80, 0, 0]).is_err());
+        let whole = assoc_change(SCTP_COMM_UP, 0, 3);
+        assert!(parse_notification(&whole[..12]).is_err(), "length says 20");
+        let mut short = whole[..12].to_vec();
+        short[4..8].copy_from_slice(&12u32.to_ne_bytes());
+        assert!(
+            parse_notification(&short).is_err(),
+            "shorter than the fixed part"
+        );
+    }
+
+    #[test]
+    fn socket_addresses_round_trip() {
+        for addr in ["127.0.0.1:9899", "[::1]:3863", "[fe80::1%2]:1", "0.0.0.0:0"] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            let (raw, len) = to_raw_addr(&addr);
+            assert_eq!(from_raw_addr(&raw, len), Some(addr));
+        }
+        let (raw, _) = to_raw_addr(&"10.0.0.1:5".parse().unwrap());
+        assert_eq!(
+            from_raw_addr(&raw, 4),
+            None,
+            "length too short for sockaddr_in"
+        );
+    }
+
+    #[test]
+    fn mapped_ipv4_peers_match_their_ipv4_address() {
+        let v4: SocketAddr = "192.0.2.1:9899".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:192.0.2.1]:9899".parse().unwrap();
+        assert!(same_peer(v4, mapped));
+        assert!(!same_peer(v4, "[::ffff:192.0.2.1]:9900".parse().unwrap()));
+    }
+
+    #[test]
+    fn asking_for_kernel_sctp_without_it_names_the_reason() {
+        match probe() {
+            Ok(()) => println!("kernel SCTP present: nothing to check here"),
+            Err(reason) => {
+                let error = endpoint_socket(libc::AF_INET).expect_err("probe failed");
+                let text = error.to_string();
+                assert!(text.contains("kernel SCTP unavailable"), "{text}");
+                println!("SKIPPED kernel socket: {reason}; error reads: {text}");
+            }
+        }
     }
 }

@@ -8,8 +8,9 @@
 //!   (HEARTBEAT, error counters, failure) is done by this crate, see `sctp_udp`.
 //! * [`TransportKind::Tcp`]: length-prefixed frames on TCP, see [`tcp`] for the frame layout.
 //!   Reliability options are accepted and ignored (TCP is always reliable and ordered).
-//! * [`TransportKind::KernelSctp`]: native SCTP. Only detection is implemented: asking for it
-//!   yields [`TransportError::KernelSctpUnavailable`] or [`TransportError::Unsupported`].
+//! * [`TransportKind::KernelSctp`]: native (Linux kernel) SCTP, one one-to-many socket per
+//!   endpoint, see [`kernel_sctp`]. On a host without it (no `sctp` module, most containers)
+//!   asking for it yields [`TransportError::KernelSctpUnavailable`] with the OS reason.
 //!
 //! Usage: [`Endpoint::bind`] + [`Endpoint::accept`] on the server side, [`connect`] (or
 //! [`Endpoint::connect`] to reuse the socket) on the client side. Both yield an
@@ -236,6 +237,7 @@ pub struct Endpoint {
 enum EndpointInner {
     SctpOverUdp(sctp_udp::SctpUdpEndpoint),
     Tcp(tcp::TcpEndpoint),
+    KernelSctp(kernel_sctp::KernelSctpEndpoint),
 }
 
 impl Endpoint {
@@ -246,7 +248,9 @@ impl Endpoint {
                 EndpointInner::SctpOverUdp(sctp_udp::SctpUdpEndpoint::bind(config, local, true)?)
             }
             TransportKind::Tcp => EndpointInner::Tcp(tcp::TcpEndpoint::bind(config, local).await?),
-            TransportKind::KernelSctp => return Err(kernel_sctp::unavailable_error()),
+            TransportKind::KernelSctp => EndpointInner::KernelSctp(
+                kernel_sctp::KernelSctpEndpoint::bind(config, local, true)?,
+            ),
         };
         Ok(Endpoint { inner })
     }
@@ -255,6 +259,7 @@ impl Endpoint {
         match &self.inner {
             EndpointInner::SctpOverUdp(endpoint) => endpoint.local_addr(),
             EndpointInner::Tcp(endpoint) => endpoint.local_addr(),
+            EndpointInner::KernelSctp(endpoint) => endpoint.local_addr(),
         }
     }
 
@@ -263,6 +268,7 @@ impl Endpoint {
         match &mut self.inner {
             EndpointInner::SctpOverUdp(endpoint) => endpoint.accept().await,
             EndpointInner::Tcp(endpoint) => endpoint.accept().await,
+            EndpointInner::KernelSctp(endpoint) => endpoint.accept().await,
         }
     }
 
@@ -272,6 +278,7 @@ impl Endpoint {
         match &self.inner {
             EndpointInner::SctpOverUdp(endpoint) => endpoint.connect(remote).await,
             EndpointInner::Tcp(endpoint) => endpoint.connect(remote).await,
+            EndpointInner::KernelSctp(endpoint) => endpoint.connect(remote).await,
         }
     }
 }
@@ -290,7 +297,7 @@ pub async fn connect(config: Config, remote: SocketAddr) -> Result<Association, 
                 .await
         }
         TransportKind::Tcp => tcp::connect(&config, remote).await,
-        TransportKind::KernelSctp => Err(kernel_sctp::unavailable_error()),
+        TransportKind::KernelSctp => kernel_sctp::connect(config, remote).await,
     }
 }
 
@@ -346,6 +353,7 @@ pub struct AssociationSender {
 enum SenderInner {
     SctpOverUdp(sctp_udp::SctpSender),
     Tcp(tcp::TcpSender),
+    KernelSctp(kernel_sctp::KernelSender),
 }
 
 impl AssociationSender {
@@ -354,6 +362,7 @@ impl AssociationSender {
         match &self.inner {
             SenderInner::SctpOverUdp(sender) => sender.send(message).await,
             SenderInner::Tcp(sender) => sender.send(message).await,
+            SenderInner::KernelSctp(sender) => sender.send(message).await,
         }
     }
 
@@ -361,12 +370,15 @@ impl AssociationSender {
         match &self.inner {
             SenderInner::SctpOverUdp(sender) => sender.close(),
             SenderInner::Tcp(sender) => sender.close(),
+            SenderInner::KernelSctp(sender) => sender.close(),
         }
     }
 
     fn after_receive(&self) {
-        if let SenderInner::SctpOverUdp(sender) = &self.inner {
-            sender.after_receive();
+        match &self.inner {
+            SenderInner::SctpOverUdp(sender) => sender.after_receive(),
+            SenderInner::KernelSctp(sender) => sender.after_receive(),
+            SenderInner::Tcp(_) => {}
         }
     }
 }

@@ -4,11 +4,13 @@
 //!
 //! Path supervision is ours (see `sctp_wire` for why): after `heartbeat_interval` without
 //! hearing from the peer we send a HEARTBEAT and expect any packet from the peer within one
-//! RTO (backed off, capped at `rto_max`). Each miss, and each DATA retransmission timeout,
-//! counts as an error; any packet from the peer clears the count. When the count exceeds
-//! `min(max_path_retransmissions, max_association_retransmissions)` we send ABORT and report
-//! [`Event::Failed`]. This follows RFC 9260 sections 8.1-8.3 for a single-homed peer, except
-//! that any received packet (not only HEARTBEAT ACK or a new SACK) proves the peer alive.
+//! RTO (backed off, capped at `rto_max`). The error count (RFC 9260 section 8.1) is the
+//! number of consecutive heartbeat misses, which any packet from the peer clears, plus
+//! sctp-proto's count of consecutive DATA retransmission timeouts, which a SACK acknowledging
+//! new DATA (or answering a probe of a closed window, section 6.1) clears: acknowledged DATA
+//! proves the peer alive in the middle of a burst as a HEARTBEAT ACK would. When the count
+//! exceeds `min(max_path_retransmissions, max_association_retransmissions)` we send ABORT and
+//! report [`Event::Failed`].
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -225,8 +227,8 @@ enum Phase {
 struct Liveness {
     next_heartbeat: Instant,
     outstanding: Option<OutstandingHeartbeat>,
-    error_count: u32,
-    t3_timeouts_seen: u64,
+    /// Consecutive unanswered heartbeats.
+    heartbeat_misses: u32,
     /// RFC 9260 section 6.3.1 estimator fed by HEARTBEAT round trips: sctp-proto measures
     /// RTT only from DATA, so an idle association would otherwise keep RTO.Initial forever.
     smoothed_rtt: Option<(Duration, Duration)>,
@@ -361,11 +363,26 @@ impl Driver {
                 },
                 _ = tokio::time::sleep_until(sleep_until.into()) => {}
             }
+            // `select!` picks among ready branches at random: after a late wake-up (a loaded
+            // machine) the timer branch can win while the peer's SACKs already wait in the
+            // socket. Read them before judging timers, or a T3-rtx expires, and counts as an
+            // error, against a peer that has in fact answered.
+            self.drain_socket(&mut buffer);
             self.on_timers(Instant::now());
             self.process_dirty();
             self.send_outgoing().await;
         }
         debug!("SCTP/UDP driver on {} stopped", self.local_addr);
+    }
+
+    /// Handles up to one batch of datagrams that are already waiting, without blocking.
+    fn drain_socket(&mut self, buffer: &mut [u8]) {
+        for _ in 0..BATCH {
+            match self.socket.try_recv_from(buffer) {
+                Ok((len, remote)) => self.on_datagram(&buffer[..len], remote),
+                Err(_) => break,
+            }
+        }
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -484,8 +501,7 @@ impl Driver {
                 liveness: Liveness {
                     next_heartbeat: now + self.config.heartbeat_interval,
                     outstanding: None,
-                    error_count: 0,
-                    t3_timeouts_seen: 0,
+                    heartbeat_misses: 0,
                     smoothed_rtt: None,
                 },
                 saw_shutdown: false,
@@ -519,8 +535,24 @@ impl Driver {
                     return;
                 };
                 if let Some(entry) = self.entries.get_mut(&handle) {
+                    // `close()` and dropping the handle both send Close. A second Close used
+                    // to find the association past ESTABLISHED, so `shutdown()` failed and the
+                    // fallback `close()` discarded it before the SHUTDOWN went out: the peer
+                    // heard nothing and only path supervision (30 s and more on RFC timers)
+                    // ended its side. Once a graceful shutdown runs, whoever started it, it
+                    // needs no help.
+                    if entry.closing_locally || entry.proto.is_closing() {
+                        entry.closing_locally = true;
+                        return;
+                    }
                     entry.closing_locally = true;
                     if entry.proto.shutdown().is_err() {
+                        // Not established and not shutting down: nothing graceful is
+                        // possible; tell the peer instead of vanishing silently.
+                        if let Some(wire) = entry.wire {
+                            self.outgoing
+                                .push((Bytes::from(sctp_wire::abort_packet(&wire)), entry.remote));
+                        }
                         let _ = entry.proto.close();
                     }
                     self.dirty.insert(handle);
@@ -812,7 +844,7 @@ impl Liveness {
 impl Entry {
     fn heard_from_peer(&mut self, now: Instant, config: &Config) {
         let liveness = &mut self.liveness;
-        liveness.error_count = 0;
+        liveness.heartbeat_misses = 0;
         liveness.outstanding = None;
         liveness.next_heartbeat = now + config.heartbeat_interval;
     }
@@ -822,27 +854,30 @@ impl Entry {
         let limit = config
             .max_path_retransmissions
             .min(config.max_association_retransmissions);
-        let mut stats = self.proto.stats();
-        let t3_timeouts = stats.get_num_t3timeouts();
         let liveness = &mut self.liveness;
-        if t3_timeouts > liveness.t3_timeouts_seen {
-            liveness.error_count += (t3_timeouts - liveness.t3_timeouts_seen) as u32;
-            liveness.t3_timeouts_seen = t3_timeouts;
-        }
         if let Some(heartbeat) = liveness.outstanding
             && heartbeat.due <= now
         {
-            liveness.error_count += 1;
+            liveness.heartbeat_misses += 1;
             liveness.outstanding = None;
             // Retry at once: the interval already passed without news from the peer.
             liveness.next_heartbeat = now;
         }
-        liveness.error_count > limit
+        self.error_count() > limit
+    }
+
+    /// RFC 9260 section 8.1's association error counter (we are single-homed, so it is
+    /// also the path's).
+    fn error_count(&self) -> u32 {
+        let data_timeouts =
+            u32::try_from(self.proto.consecutive_data_timeouts()).unwrap_or(u32::MAX);
+        self.liveness.heartbeat_misses.saturating_add(data_timeouts)
     }
 
     /// A nonce when a HEARTBEAT is due now; records it as outstanding.
     fn take_heartbeat_to_send(&mut self, config: &Config) -> Option<u64> {
         let now = Instant::now();
+        let error_count = self.error_count();
         let liveness = &mut self.liveness;
         if liveness.outstanding.is_some() || liveness.next_heartbeat > now {
             return None;
@@ -853,7 +888,7 @@ impl Entry {
         };
         // RFC 9260 section 6.3.3: the RTO doubles with each consecutive miss, up to RTO.Max.
         let backed_off = rto
-            .saturating_mul(1 << liveness.error_count.min(16))
+            .saturating_mul(1 << error_count.min(16))
             .min(config.rto_max)
             .max(Duration::from_millis(1));
         let nonce = rand::random::<u64>();

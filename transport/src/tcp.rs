@@ -157,10 +157,21 @@ impl TcpSender {
     }
 
     pub(crate) fn close(&self) {
-        if !self.closing_locally.swap(true, Ordering::AcqRel) {
-            // A full queue means the writer is busy; it flushes and then sees the channel
-            // close when the last sender goes away, which also ends the connection.
-            let _ = self.frames.try_send(WriterCommand::Close);
+        if !self.closing_locally.swap(true, Ordering::AcqRel)
+            && let Err(mpsc::error::TrySendError::Full(close)) =
+                self.frames.try_send(WriterCommand::Close)
+        {
+            // The writer is busy: queue the close behind the frames from a task. Relying on
+            // the channel closing when the last sender goes away hung while the application
+            // kept its handle to read the peer's last messages (seen under load in
+            // `tcp_close_delivers_everything_queued`). Outside a runtime (a drop at exit)
+            // the channel closing is all there is.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let frames = self.frames.clone();
+                runtime.spawn(async move {
+                    let _ = frames.send(close).await;
+                });
+            }
         }
     }
 }

@@ -86,11 +86,50 @@ pub(crate) const ISCSI_CRC: Crc<u32, Table<16>> = Crc::<u32, Table<16>>::new(&CR
 
 /// Fastest way to do a crc32 without allocating.
 pub(crate) fn generate_packet_checksum(raw: &Bytes) -> u32 {
+    crc32c(&[&raw[0..8], &FOUR_ZEROES[..], &raw[12..]])
+}
+
+/// poolflow patch: CRC32c (RFC 9260 appendix B) of the concatenated `parts`, with the
+/// SSE 4.2 CRC32 instruction where the CPU has it (every x86-64 CPU since 2008). The
+/// slice-by-16 table was a third of all instructions of a bulk transfer (callgrind,
+/// `cargo bench -p transport --bench throughput -- --messages N`); the instruction does 8
+/// bytes per step.
+pub(crate) fn crc32c(parts: &[&[u8]]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    if std::is_x86_feature_detected!("sse4.2") {
+        // SAFETY: the CPU supports SSE 4.2, checked just above.
+        return unsafe { crc32c_sse42(parts) };
+    }
+    crc32c_table(parts)
+}
+
+fn crc32c_table(parts: &[&[u8]]) -> u32 {
     let mut digest = ISCSI_CRC.digest();
-    digest.update(&raw[0..8]);
-    digest.update(&FOUR_ZEROES[..]);
-    digest.update(&raw[12..]);
+    for part in parts {
+        digest.update(part);
+    }
     digest.finalize()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[target_feature(enable = "sse4.2")]
+unsafe fn crc32c_sse42(parts: &[&[u8]]) -> u32 {
+    use core::arch::x86_64::{_mm_crc32_u8, _mm_crc32_u64};
+    // The instruction implements the reflected Castagnoli CRC; initial value and final
+    // inversion as CRC-32/ISCSI specifies.
+    let mut crc: u64 = 0xFFFF_FFFF;
+    for part in parts {
+        let mut words = part.chunks_exact(8);
+        for word in &mut words {
+            crc = _mm_crc32_u64(crc, u64::from_le_bytes(word.try_into().unwrap()));
+        }
+        for &byte in words.remainder() {
+            crc = u64::from(_mm_crc32_u8(crc as u32, byte));
+        }
+    }
+    !(crc as u32)
 }
 
 /// A [`BytesSource`] implementation for `&'a mut [Bytes]`
@@ -273,6 +312,28 @@ pub(crate) fn sna16eq(i1: u16, i2: u16) -> bool {
 
 #[cfg(test)]
 mod test {
+    /// poolflow: the hardware CRC32c equals the table one, for every split and length.
+    #[test]
+    fn poolflow_crc32c_hardware_matches_table() {
+        assert_eq!(
+            super::crc32c(&[b"123456789"]),
+            0xE306_9283,
+            "CRC-32/ISCSI check"
+        );
+        let data: alloc::vec::Vec<u8> = (0..300u32).map(|i| (i * 31 + 7) as u8).collect();
+        for len in [0usize, 1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 299, 300] {
+            for split in [0, 1, 3, 8, len / 2, len] {
+                let split = split.min(len);
+                let parts: [&[u8]; 2] = [&data[..split], &data[split..len]];
+                assert_eq!(
+                    super::crc32c(&parts),
+                    super::crc32c_table(&[&data[..len]]),
+                    "len {len} split {split}"
+                );
+            }
+        }
+    }
+
     use crate::error::Result;
 
     use super::*;

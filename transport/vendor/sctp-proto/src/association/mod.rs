@@ -68,6 +68,8 @@ mod timer;
 mod association_test;
 
 #[cfg(test)]
+mod poolflow_test;
+#[cfg(test)]
 mod timed_reliability_test;
 
 /// Reasons why an association might be lost
@@ -318,6 +320,8 @@ pub struct Association {
 
     // per inbound packet context
     delayed_ack_triggered: bool,
+    /// poolflow patch: our last SACK advertised a window too small for a full packet.
+    advertised_window_closed: bool,
     immediate_ack_triggered: bool,
 
     pub(crate) stats: AssociationStats,
@@ -419,6 +423,7 @@ impl Default for Association {
 
             // per inbound packet context
             delayed_ack_triggered: false,
+            advertised_window_closed: false,
             immediate_ack_triggered: false,
 
             stats: AssociationStats::default(),
@@ -900,6 +905,14 @@ impl Association {
     ///
     /// Closing Associations may still need polling, timer-driven retransmission, and packet output
     /// before they become fully closed.
+    /// poolflow patch: consecutive T3-rtx expiries since the peer last acknowledged new DATA
+    /// (or answered a probe of its closed window): the DATA part of the association error
+    /// counter of RFC 9260 section 8.1. Upstream only exposed the lifetime total
+    /// (`stats().get_num_t3timeouts()`), which cannot tell a live peer from a dead one.
+    pub fn consecutive_data_timeouts(&self) -> usize {
+        self.timers.retransmissions(Timer::T3RTX)
+    }
+
     pub fn is_closing(&self) -> bool {
         self.state.is_closing()
     }
@@ -2479,6 +2492,13 @@ impl Association {
                             self.side, d.tsn, d.stream_sequence_number
                         );
                     }
+                    // poolflow patch: RFC 9260 section 6.2 - a DATA chunk dropped for lack
+                    // of window MUST be answered by a SACK at once. Upstream delayed it
+                    // (200 ms), longer than a short RTO.Max, so the sender's zero-window
+                    // probes timed out again and again against a live peer.
+                    if !stream_handle_data {
+                        self.immediate_ack_triggered = true;
+                    }
                 }
             } else {
                 // silently discard the data. (sender will retry on T3-rtx timeout)
@@ -2592,6 +2612,14 @@ impl Association {
             self.rwnd = 0;
         } else {
             self.rwnd = d.advertised_receiver_window_credit - bytes_outstanding;
+        }
+
+        // poolflow patch: RFC 9260 section 6.1 rule A - while we probe a closed window, a SACK
+        // shows the peer alive and merely flow-controlled, so the unacknowledged probes must
+        // not count as errors. Upstream kept counting T3-rtx expiries, and a slow reader that
+        // kept answering looked exactly like a dead peer after a few RTOs.
+        if self.rwnd == 0 && bytes_outstanding > 0 {
+            self.timers.reset_retrans(Timer::T3RTX);
         }
 
         self.process_fast_retransmission(d.cumulative_tsn_ack, htna, cum_tsn_ack_point_advanced)?;
@@ -3537,6 +3565,24 @@ impl Association {
         }
     }
 
+    /// poolflow patch: the application read a message. If our last SACK closed the window,
+    /// announce the reopened one at once (RFC 9260 section 6.2, window update) once it has
+    /// room for a few packets (sender silly window avoidance). Upstream waited for the
+    /// sender's next zero-window probe, up to RTO.Max plus the delayed-SACK time later,
+    /// during which the sender sat idle and its probes counted as timeouts.
+    pub(crate) fn on_receive_buffer_read(&mut self) {
+        if !self.advertised_window_closed {
+            return;
+        }
+        let enough = (self.max_receive_buffer_size / 2).min(4 * self.mtu);
+        if self.get_my_receiver_window_credit() >= enough {
+            self.advertised_window_closed = false;
+            self.ack_state = AckState::Immediate;
+            self.timers.stop(Timer::Ack);
+            self.awake_write_loop();
+        }
+    }
+
     pub(crate) fn get_my_receiver_window_credit(&self) -> u32 {
         let mut bytes_queued = 0;
         for s in self.streams.values() {
@@ -4047,6 +4093,14 @@ impl Association {
             c.nsent += 1;
             chunk.nsent = c.nsent;
         }
+        // poolflow patch: ask for an immediate SACK (RFC 7053 I bit) on the last chunk of a
+        // retransmission. After a T3-rtx expiry cwnd is one MTU and nothing more goes out
+        // until this is acknowledged; a delayed SACK (200 ms at the peer, longer than a
+        // short RTO.Max) let the timer expire again against a live peer, each expiry
+        // counting towards declaring it unreachable, and stalled the transfer meanwhile.
+        if let Some(last) = chunks.last_mut() {
+            last.immediate_sack = true;
+        }
         self.bundle_data_chunks_into_packets(chunks)
     }
 
@@ -4223,9 +4277,11 @@ impl Association {
     }
 
     fn create_selective_ack_chunk(&mut self) -> ChunkSelectiveAck {
+        let advertised_receiver_window_credit = self.get_my_receiver_window_credit();
+        self.advertised_window_closed = advertised_receiver_window_credit < self.mtu;
         ChunkSelectiveAck {
             cumulative_tsn_ack: self.peer_last_tsn,
-            advertised_receiver_window_credit: self.get_my_receiver_window_credit(),
+            advertised_receiver_window_credit,
             gap_ack_blocks: self.payload_queue.get_gap_ack_blocks(self.peer_last_tsn),
             duplicate_tsn: self.payload_queue.pop_duplicates(),
         }

@@ -244,6 +244,10 @@ impl<'a> Stream<'a> {
         if message.is_some() && self.association.receive_capacity_exhausted() {
             self.association.abort_receive_capacity();
         }
+        if message.is_some() {
+            // poolflow patch: window update after a closed window, see the method.
+            self.association.on_receive_buffer_read();
+        }
 
         if let Some(message) = &message {
             let stats = self

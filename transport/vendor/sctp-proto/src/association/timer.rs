@@ -112,6 +112,12 @@ impl TimerTable {
         self.no_error_count[timer as usize] = false;
     }
 
+    /// poolflow patch: consecutive expiries of `timer` since the peer last made progress
+    /// (for T3-rtx, the RFC 9260 section 8.1 error counter's DATA part).
+    pub(crate) fn retransmissions(&self, timer: Timer) -> usize {
+        self.retrans[timer as usize]
+    }
+
     /// Clear peer error accounting without changing the recovery deadline.
     pub fn reset_retrans(&mut self, timer: Timer) {
         self.retrans[timer as usize] = 0;

@@ -4058,3 +4058,78 @@ fn measure_queue_transfer() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// poolflow regression tests (see POOLFLOW-PATCHES.md)
+// ---------------------------------------------------------------------------
+
+/// Drains `conn`'s events and reports whether the association was lost.
+fn poolflow_association_lost(conn: &mut Association) -> bool {
+    let mut lost = false;
+    while let Some(event) = conn.poll() {
+        if matches!(event, Event::AssociationLost { .. }) {
+            lost = true;
+        }
+    }
+    lost
+}
+
+/// A server that closes right after reading the client's message (as a collector refusing a
+/// forged cookie does) completes SHUTDOWN / SHUTDOWN ACK / SHUTDOWN COMPLETE at once with
+/// default (RFC) timers: the delayed SACK does not hold the SHUTDOWN back (its Cumulative TSN
+/// Ack acknowledges the message). Written while chasing a >10 s close in poolflow, whose
+/// cause was in poolflow's driver (a second close request discarded the association before
+/// the SHUTDOWN went out); this pins down that sctp-proto's part is prompt.
+#[test]
+fn poolflow_server_shutdown_right_after_client_message_closes_client_promptly() -> Result<()> {
+    let mut pair = Pair::default();
+    let (client_ch, server_ch) = pair.connect();
+    let start = pair.time;
+    pair.client_conn_mut(client_ch)
+        .open_stream(0, PayloadProtocolIdentifier::Other(11))?;
+    pair.client_stream(client_ch, 0)?.write_sctp(
+        &Bytes::from_static(b"cookie echo"),
+        PayloadProtocolIdentifier::Other(11),
+    )?;
+    // Deliver the DATA to the server and nothing more: its SACK is still delayed.
+    pair.drive_client();
+    pair.drive_server();
+    let server = pair.server_conn_mut(server_ch);
+    let stream = server
+        .accept_stream()
+        .expect("server sees the client's stream");
+    assert_eq!(stream.stream_identifier, 0);
+    let chunks = pair
+        .server_stream(server_ch, 0)?
+        .read_sctp()?
+        .expect("message");
+    assert_eq!(chunks.len(), 11);
+    pair.server_conn_mut(server_ch).shutdown()?;
+    // As poolflow's driver does: shutdown() asks the endpoint to forget the association at
+    // once, which would strand the peer's SHUTDOWN ACK; the driver removes it when it ends.
+    while pair
+        .server_conn_mut(server_ch)
+        .poll_endpoint_event()
+        .is_some()
+    {}
+
+    let mut client_lost_at = None;
+    // Each step uses real sockets with a 10 ms read timeout: keep the count small.
+    for _ in 0..60 {
+        let busy = pair.step();
+        if poolflow_association_lost(pair.client_conn_mut(client_ch)) {
+            client_lost_at = Some(pair.time - start);
+            break;
+        }
+        if !busy {
+            break;
+        }
+    }
+    let elapsed = client_lost_at.expect("the client's association must end");
+    println!("client saw the server's close after {elapsed:?} (simulated)");
+    assert!(
+        elapsed < Duration::from_millis(500),
+        "server close took {elapsed:?} to reach the client"
+    );
+    Ok(())
+}

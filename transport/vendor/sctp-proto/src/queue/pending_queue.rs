@@ -35,7 +35,14 @@ impl PendingQueue {
 
     /// Start lifetimes for the newly queued suffix using the next transmit poll's time.
     /// Both queues retain message-ID order, so old pending messages need no rescan.
-    pub(crate) fn start_timed_messages(&mut self, first_message_id: u64, now: Instant) {
+    ///
+    /// poolflow patch: returns the earliest deadline it set, for `OutboundQueue`'s horizon.
+    pub(crate) fn start_timed_messages(
+        &mut self,
+        first_message_id: u64,
+        now: Instant,
+    ) -> Option<Instant> {
+        let mut earliest: Option<Instant> = None;
         for queue in [&mut self.ordered_queue, &mut self.unordered_queue] {
             for chunk in queue
                 .iter_mut()
@@ -49,9 +56,22 @@ impl PendingQueue {
                 }
                 if let Some((crate::ReliabilityType::Timed, lifetime)) = chunk.reliability {
                     chunk.deadline = now.checked_add(Duration::from_millis(u64::from(lifetime)));
+                    if let Some(deadline) = chunk.deadline {
+                        earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
+                    }
                 }
             }
         }
+        earliest
+    }
+
+    /// poolflow patch: the earliest lifetime deadline of any queued chunk.
+    pub(crate) fn earliest_deadline(&self) -> Option<Instant> {
+        self.ordered_queue
+            .iter()
+            .chain(self.unordered_queue.iter())
+            .filter_map(|chunk| chunk.deadline)
+            .min()
     }
 
     pub(crate) fn peek(&self) -> Option<&ChunkPayloadData> {

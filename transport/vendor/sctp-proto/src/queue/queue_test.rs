@@ -22,6 +22,32 @@ fn make_payload(tsn: u32, n_bytes: usize) -> ChunkPayloadData {
     }
 }
 
+/// poolflow: `sorted` stays in serial-number order however TSNs arrive (in order, reordered,
+/// across the 2^32 wrap), as the full re-sort after every push it replaces kept it.
+#[test]
+fn poolflow_payload_queue_keeps_tsn_order_with_reordering_and_wraparound() {
+    let base = u32::MAX - 5;
+    // A deterministic shuffle of base..base+40 (wrapping): 7 is coprime to 40.
+    let order: Vec<u32> = (0..40u32)
+        .map(|i| base.wrapping_add((i * 7) % 40))
+        .collect();
+    let mut pq = PayloadQueue::new();
+    for (i, &tsn) in order.iter().enumerate() {
+        assert!(pq.push(make_payload(tsn, 1), base.wrapping_sub(1)));
+        assert!(
+            !pq.push(make_payload(tsn, 1), base.wrapping_sub(1)),
+            "duplicate"
+        );
+        let mut expected: Vec<u32> = order[..=i].to_vec();
+        expected.sort_by_key(|&t| t.wrapping_sub(base));
+        assert_eq!(pq.sorted.iter().copied().collect::<Vec<_>>(), expected);
+    }
+    for i in 0..40u32 {
+        assert!(pq.pop(base.wrapping_add(i)).is_some(), "pops in TSN order");
+    }
+    assert!(pq.sorted.is_empty());
+}
+
 #[test]
 fn test_payload_queue_push_no_check() -> Result<()> {
     let mut pq = PayloadQueue::new();

@@ -1,0 +1,228 @@
+//! The message interface over native kernel SCTP, on loopback. These run only where the
+//! kernel has SCTP (`modprobe sctp`); elsewhere (most containers, CI) each prints
+//! `SKIPPED: <reason>` and passes, since there is nothing to test against.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use transport::{
+    Association, Config, DownReason, Endpoint, Event, Message, Reliability, TransportError,
+    TransportKind, connect, kernel_sctp,
+};
+
+const STEP: Duration = Duration::from_secs(10);
+
+fn kernel_sctp_or_skip(test: &str) -> bool {
+    match kernel_sctp::probe() {
+        Ok(()) => true,
+        Err(reason) => {
+            println!("SKIPPED: {test}: no kernel SCTP on this host ({reason})");
+            false
+        }
+    }
+}
+
+fn config() -> Config {
+    Config::fast_failure_detection(TransportKind::KernelSctp)
+}
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+async fn next_event(association: &mut Association) -> Event {
+    tokio::time::timeout(STEP, association.recv())
+        .await
+        .expect("event within the step timeout")
+        .expect("association still reporting")
+}
+
+async fn next_message(association: &mut Association) -> Message {
+    match next_event(association).await {
+        Event::Message(message) => message,
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+async fn pair() -> (Endpoint, Association, Association) {
+    let mut server = Endpoint::bind(config(), loopback()).await.unwrap();
+    let mut client = tokio::time::timeout(STEP, connect(config(), server.local_addr()))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut accepted = tokio::time::timeout(STEP, server.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next_event(&mut client).await, Event::Up);
+    assert_eq!(next_event(&mut accepted).await, Event::Up);
+    (server, client, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_sctp_exchanges_messages_with_streams_ppids_and_flags() {
+    if !kernel_sctp_or_skip("kernel_sctp_exchanges_messages_with_streams_ppids_and_flags") {
+        return;
+    }
+    let (_server, mut client, mut accepted) = pair().await;
+    let sent: Vec<Message> = (0..12u32)
+        .map(|i| {
+            let message = Message::new(
+                (i % 4) as u16,
+                [11, 12, 18, 0x1234_5678][(i % 4) as usize],
+                Bytes::from(format!("client message {i}")),
+            );
+            if i % 4 == 3 {
+                message.unordered()
+            } else {
+                message
+            }
+        })
+        .collect();
+    for message in &sent {
+        client.send(message.clone()).await.unwrap();
+    }
+    let mut received = Vec::new();
+    for _ in 0..sent.len() {
+        received.push(next_message(&mut accepted).await);
+    }
+    for stream in 0..4u16 {
+        let expected: Vec<_> = sent.iter().filter(|m| m.stream == stream).collect();
+        let got: Vec<_> = received.iter().filter(|m| m.stream == stream).collect();
+        assert_eq!(got.len(), expected.len());
+        for (got, expected) in got.iter().zip(expected) {
+            assert_eq!(got.ppid, expected.ppid, "PPID carried verbatim");
+            assert_eq!(got.unordered, expected.unordered);
+            if !expected.unordered {
+                assert_eq!(got.payload, expected.payload, "ordered within the stream");
+            }
+        }
+    }
+    accepted
+        .send(Message::new(1, 11, Bytes::from_static(b"reply")))
+        .await
+        .unwrap();
+    let reply = next_message(&mut client).await;
+    assert_eq!((reply.stream, reply.ppid), (1, 11));
+    assert_eq!(reply.payload, Bytes::from_static(b"reply"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_sctp_large_messages_arrive_whole() {
+    if !kernel_sctp_or_skip("kernel_sctp_large_messages_arrive_whole") {
+        return;
+    }
+    let (_server, client, mut accepted) = pair().await;
+    for size in [1usize, 1500, 70_000, 256 * 1024] {
+        let payload: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        client
+            .send(Message::new(0, 4, payload.clone()))
+            .await
+            .unwrap();
+        let message = next_message(&mut accepted).await;
+        assert_eq!(message.payload.len(), size);
+        assert_eq!(&message.payload[..], &payload[..]);
+    }
+    let too_large = vec![0u8; config().max_message_size + 1];
+    assert!(matches!(
+        client.send(Message::new(0, 4, too_large)).await,
+        Err(TransportError::MessageTooLarge { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_sctp_partial_reliability_delivers_on_a_clean_path() {
+    if !kernel_sctp_or_skip("kernel_sctp_partial_reliability_delivers_on_a_clean_path") {
+        return;
+    }
+    let (_server, client, mut accepted) = pair().await;
+    let reliabilities = [
+        Reliability::Lifetime(Duration::from_secs(5)),
+        Reliability::LimitedRetransmissions(3),
+        Reliability::Reliable,
+    ];
+    for (i, reliability) in reliabilities.into_iter().enumerate() {
+        client
+            .send(Message::new(2, 4, vec![i as u8; 100]).with_reliability(reliability))
+            .await
+            .unwrap();
+    }
+    for i in 0..3u8 {
+        assert_eq!(next_message(&mut accepted).await.payload[0], i);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_sctp_server_close_reaches_the_client_gracefully() {
+    if !kernel_sctp_or_skip("kernel_sctp_server_close_reaches_the_client_gracefully") {
+        return;
+    }
+    let (_server, mut client, mut accepted) = pair().await;
+    client
+        .send(Message::new(0, 11, vec![1u8; 64]))
+        .await
+        .unwrap();
+    next_message(&mut accepted).await;
+    accepted.close();
+    drop(accepted);
+    assert_eq!(
+        next_event(&mut client).await,
+        Event::Down(DownReason::Shutdown)
+    );
+    assert!(
+        client
+            .send(Message::new(0, 11, vec![1u8; 8]))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_sctp_close_delivers_everything_queued() {
+    if !kernel_sctp_or_skip("kernel_sctp_close_delivers_everything_queued") {
+        return;
+    }
+    let (_server, client, mut accepted) = pair().await;
+    const MESSAGES: usize = 3000;
+    for i in 0..MESSAGES {
+        let mut payload = vec![0u8; 1200];
+        payload[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        client.send(Message::new(0, 4, payload)).await.unwrap();
+    }
+    client.close();
+    for i in 0..MESSAGES {
+        let message = next_message(&mut accepted).await;
+        assert_eq!(message.payload[..8], (i as u64).to_be_bytes());
+    }
+    assert_eq!(
+        next_event(&mut accepted).await,
+        Event::Down(DownReason::Shutdown)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_sctp_connect_to_a_closed_port_fails() {
+    if !kernel_sctp_or_skip("kernel_sctp_connect_to_a_closed_port_fails") {
+        return;
+    }
+    // Bind and drop to find a port nobody listens on.
+    let port = Endpoint::bind(config(), loopback())
+        .await
+        .unwrap()
+        .local_addr()
+        .port();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let target: SocketAddr = ([127, 0, 0, 1], port).into();
+    let result = tokio::time::timeout(STEP, connect(config(), target))
+        .await
+        .expect("connect gives up within its own timeout");
+    assert!(
+        matches!(
+            result,
+            Err(TransportError::ConnectFailed(_) | TransportError::ConnectTimeout(_))
+        ),
+        "{:?}",
+        result.map(|_| ())
+    );
+}
