@@ -127,10 +127,18 @@ async fn sctp_session(
                 continue;
             }
             _ = stopped(&mut shutdown), if drain_until.is_none() => {
-                // Graceful stop: first take in what the peer's SCTP stack
-                // already had acknowledged (it is in our receive queue and
-                // a plain exporter will never send it again).
-                drain_until = Some(stop_drain_deadline());
+                // Graceful stop. A plain exporter never sends again what its
+                // SCTP stack already had acknowledged: take in what is in
+                // our receive queue first. A billing pool user replays all
+                // that no cookie covers, and it must learn at once that we
+                // are leaving, so it moves to another collector instead of
+                // feeding a departing one (which, with a steady sender,
+                // would never fall quiet): acknowledge and close now.
+                drain_until = Some(if owes_cookies {
+                    Instant::now()
+                } else {
+                    stop_drain_deadline()
+                });
                 continue;
             }
             _ = tokio::time::sleep(stop_drain_wait(drain_until)), if drain_until.is_some() => {
