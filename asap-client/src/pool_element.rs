@@ -22,8 +22,11 @@
 //! The user transport's Transport Use is whatever the caller configures;
 //! poolflow collectors want `DataPlusControl`, since ASAP Cookies travel on
 //! the data association (the cookie protocol in DESIGN.md). The ASAP
-//! transport is left out: RFC 5354 makes it optional and registrars learn it
-//! from the association the registration arrives on.
+//! transport ([`PoolElementConfig::asap_transport`]) is optional (RFC 5354
+//! §3.10): it is where a registrar that took over this PE's home sends the
+//! Endpoint Keep Alive with the Home flag (RFC 5353 takeover procedure);
+//! without it the PE learns of a takeover only when its own association
+//! fails and it hunts.
 //!
 //! # Timers (RFC 5352 §5, all configurable, sub-second allowed)
 //!
@@ -57,6 +60,9 @@ pub struct PoolElementConfig {
     pub pe_identifier: u32,
     /// Where pool users reach this PE (see the module docs for why one).
     pub user_transport: TransportAddress,
+    /// Where registrars reach this PE's ASAP endpoint (RFC 5354 §3.10), if
+    /// the driver listens for ASAP; `None` leaves the parameter out.
+    pub asap_transport: Option<TransportAddress>,
     /// Selection policy and this PE's parameters (e.g. Priority).
     pub policy: PolicyParams,
     /// Registration life announced to the registrar; `None` = infinite
@@ -94,6 +100,7 @@ impl PoolElementConfig {
             pool_handle,
             pe_identifier,
             user_transport,
+            asap_transport: None,
             policy,
             registration_lifetime: Some(Duration::from_secs(300)),
             reregistration_interval: Duration::from_secs(200),
@@ -404,7 +411,7 @@ impl PoolElement {
                 registration_life: self.config.lifetime_on_wire(),
                 user_transport: self.config.user_transport.clone(),
                 policy: selection_policy_from_params(&self.config.policy),
-                asap_transport: None,
+                asap_transport: self.config.asap_transport.clone(),
             },
         }
         .to_bytes()
@@ -520,7 +527,7 @@ impl PoolElement {
             } if own_pool(&pool_handle)
                 && pe_identifier.is_none_or(|id| id == self.config.pe_identifier) =>
             {
-                self.on_keep_alive(registrar, home, server_identifier, out);
+                self.on_keep_alive(now, registrar, home, server_identifier, out);
             }
             Message::DeregistrationResponse {
                 pool_handle,
@@ -542,9 +549,14 @@ impl PoolElement {
 
     /// Keep Alive (RFC 5352 §3.5): always answered with a Keep Alive Ack for
     /// our PE identifier. With the Home flag the sender becomes the home
-    /// registrar (it took over from the old one, RFC 5353 §3.9).
+    /// registrar: it took over our registration from the old home (RFC 5353
+    /// §3.9), so the registration stands and there is nothing to redo. That
+    /// holds while we are registered elsewhere and also while we are hunting
+    /// (our old home's association failed): the hunt ends, since the
+    /// handlespace still has our registration and the sender vouches for it.
     fn on_keep_alive(
         &mut self,
+        now: Instant,
         registrar: RegistrarIndex,
         home: bool,
         server_identifier: u32,
@@ -562,17 +574,46 @@ impl PoolElement {
         if current == Some(registrar) {
             self.home_server_identifier = server_identifier;
         }
-        if home && current != Some(registrar) {
-            if let PeState::Registered { registrar: old } = self.state {
+        if !home || current == Some(registrar) {
+            return;
+        }
+        match self.state {
+            PeState::Registered { registrar: old } => {
                 out.push(Output::Close { registrar: old });
                 // The deadline (re-registration) carries over: the
                 // registration itself is unchanged, only its home moved.
-                self.state = PeState::Registered { registrar };
-                self.home_server_identifier = server_identifier;
-                self.next_registrar = (registrar + 1) % self.config.registrar_count;
-                out.push(Output::Registered { registrar });
             }
+            PeState::Connecting {
+                registrar: abandoned,
+            }
+            | PeState::Registering {
+                registrar: abandoned,
+            } => {
+                out.push(Output::Close {
+                    registrar: abandoned,
+                });
+                self.deadline = Some(now + self.config.effective_reregistration_interval());
+            }
+            PeState::HuntPause => {
+                self.deadline = Some(now + self.config.effective_reregistration_interval());
+            }
+            // Not started, leaving or stopped: a new home changes nothing.
+            PeState::Idle
+            | PeState::Deregistering { .. }
+            | PeState::Rejected
+            | PeState::Stopped => return,
         }
+        tracing::info!(
+            registrar,
+            server_identifier = format_args!("{server_identifier:#010x}"),
+            "ASAP PE: adopted by a new home registrar (Keep Alive with the Home flag)"
+        );
+        self.state = PeState::Registered { registrar };
+        self.home_server_identifier = server_identifier;
+        self.failures_in_round = 0;
+        self.attempts = 0;
+        self.next_registrar = (registrar + 1) % self.config.registrar_count;
+        out.push(Output::Registered { registrar });
     }
 
     fn shutdown(&mut self, now: Instant, out: &mut Vec<Output>) {

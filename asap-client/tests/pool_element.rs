@@ -243,6 +243,100 @@ fn keep_alive_with_home_flag_moves_the_home_registrar() {
     assert_eq!(pe.home_server_identifier(), 77);
 }
 
+fn home_keep_alive(server_identifier: u32) -> Vec<u8> {
+    Message::EndpointKeepAlive {
+        home: true,
+        server_identifier,
+        pool_handle: handle(),
+        pe_identifier: Some(PE_ID),
+    }
+    .to_bytes()
+}
+
+/// The old home died and the PE is hunting when the registrar that took
+/// it over sends the Keep Alive with the Home flag: the hunt ends, the
+/// sender is home, and the next re-registration goes there.
+#[test]
+fn home_keep_alive_during_a_hunt_adopts_the_sender_as_home() {
+    let t0 = Instant::now();
+    let mut pe = registered(t0, 3);
+    let t1 = t0 + Duration::from_secs(1);
+    pe.on_event(t1, Input::AssociationDown(0));
+    assert_eq!(pe.state(), PeState::Connecting { registrar: 1 });
+    let out = pe.on_event(t1, Input::Message(2, home_keep_alive(0x3333)));
+    assert_eq!(
+        sent_to(&out, 2),
+        vec![Message::EndpointKeepAliveAck {
+            pool_handle: handle(),
+            pe_identifier: PE_ID
+        }]
+    );
+    assert!(out.contains(&Output::Close { registrar: 1 }), "{out:?}");
+    assert!(
+        out.contains(&Output::Registered { registrar: 2 }),
+        "{out:?}"
+    );
+    assert_eq!(pe.state(), PeState::Registered { registrar: 2 });
+    assert_eq!(pe.home_server_identifier(), 0x3333);
+    // No connect timeout fires for the abandoned registrar 1: the next
+    // deadline is the re-registration, sent to the new home.
+    let next = pe.poll_timeout().unwrap();
+    assert!(next >= t1 + Duration::from_secs(1), "{next:?}");
+    let out = pe.on_event(next, Input::Timer);
+    let [Message::Registration { pool_element, .. }] = &sent_to(&out, 2)[..] else {
+        panic!("expected a re-registration at the new home: {out:?}");
+    };
+    assert_eq!(pool_element.home_enrp_server_identifier, 0x3333);
+}
+
+/// Between hunt rounds (every registrar failed once) the Home Keep Alive
+/// ends the pause too; a Keep Alive without the flag from a registrar that
+/// is not home changes nothing but is still acknowledged.
+#[test]
+fn home_keep_alive_ends_a_hunt_pause_and_plain_ones_do_not() {
+    let t0 = Instant::now();
+    let mut pe = PoolElement::new(config(1)).unwrap();
+    pe.on_event(t0, Input::Start);
+    pe.on_event(t0, Input::AssociationDown(0));
+    assert_eq!(pe.state(), PeState::HuntPause);
+    let plain = Message::EndpointKeepAlive {
+        home: false,
+        server_identifier: 0x4444,
+        pool_handle: handle(),
+        pe_identifier: Some(PE_ID),
+    };
+    let out = pe.on_event(t0, Input::Message(0, plain.to_bytes()));
+    assert_eq!(sent_to(&out, 0).len(), 1, "acked");
+    assert_eq!(pe.state(), PeState::HuntPause);
+    let out = pe.on_event(t0, Input::Message(0, home_keep_alive(0x4444)));
+    assert!(
+        out.contains(&Output::Registered { registrar: 0 }),
+        "{out:?}"
+    );
+    assert_eq!(pe.state(), PeState::Registered { registrar: 0 });
+}
+
+/// A PE configured with an ASAP transport puts it in its registration, so
+/// a registrar that takes it over knows where to send the Home Keep Alive.
+#[test]
+fn asap_transport_is_announced_in_the_registration() {
+    let t0 = Instant::now();
+    let mut config = config(1);
+    let asap = TransportAddress {
+        kind: TransportKind::Sctp(TransportUse::DataOnly),
+        port: 3863,
+        addresses: vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))],
+    };
+    config.asap_transport = Some(asap.clone());
+    let mut pe = PoolElement::new(config).unwrap();
+    pe.on_event(t0, Input::Start);
+    let out = pe.on_event(t0, Input::AssociationUp(0));
+    let [Message::Registration { pool_element, .. }] = &sent_to(&out, 0)[..] else {
+        panic!("expected a registration");
+    };
+    assert_eq!(pool_element.asap_transport, Some(asap));
+}
+
 #[test]
 fn registrar_failure_hunts_to_the_next_and_reregisters() {
     let t0 = Instant::now();

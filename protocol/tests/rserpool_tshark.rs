@@ -537,6 +537,20 @@ fn tshark_dissects_every_asap_and_enrp_message() {
         frames.push(udp_frame(&bytes, ENRP_PORT, ENRP_PORT));
         expectations.push(expected.clone());
     }
+    // One message with poolflow's authentication parameter (type 0xBF01,
+    // skip-if-unknown): Wireshark must read it as an ordinary Presence with
+    // one unknown parameter, not as malformed.
+    let (presence, mut expected) = enrp[0].clone();
+    let mut signed = presence.to_bytes();
+    enrp::auth::sign(&mut signed, 1, b"pool key", 1_700_000_000_000_000).unwrap();
+    assert_eq!(enrp::Message::decode(&signed).unwrap(), presence);
+    frames.push(udp_frame(&signed, ENRP_PORT, ENRP_PORT));
+    expected.push((
+        "enrp.parameter_type",
+        "0x000f,0x000b,0x0004,0x0001,0xbf01".into(),
+    ));
+    expectations.push(expected);
+    let enrp_frames = enrp.len() + 1;
     let path = pcap_path();
     write_pcap(&path, &frames);
     let file = path.to_str().expect("UTF-8 temp path");
@@ -557,7 +571,7 @@ fn tshark_dissects_every_asap_and_enrp_message() {
     let protocols = tshark(&["-r", file, "-T", "fields", "-e", "_ws.col.Protocol"]);
     let protocols: Vec<&str> = protocols.lines().collect();
     let expected_protocols: Vec<&str> = std::iter::repeat_n("ASAP", asap.len())
-        .chain(std::iter::repeat_n("ENRP", enrp.len()))
+        .chain(std::iter::repeat_n("ENRP", enrp_frames))
         .collect();
     assert_eq!(protocols, expected_protocols);
 

@@ -4,7 +4,8 @@
 //! sees with RSPLIB's default and with sub-second timers (simulated clock:
 //! detection is timer-bound, the work is measured).
 //!
-//! Run: `cargo bench -p registrar --bench enrp`
+//! Run: `cargo bench -p registrar --bench enrp`; with `ENRP_AUTH=1` every
+//! registrar signs and checks its ENRP messages (docs/enrp-security.md).
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -75,7 +76,30 @@ fn enrp(id: u32, index: u8, peers: &[u8], now: Instant, fast: bool) -> Enrp {
         config.max_time_no_response = Duration::from_millis(150);
         config.takeover_expiry = Duration::from_millis(150);
     }
+    if std::env::var_os("ENRP_AUTH").is_some() {
+        config.auth = Some(registrar::enrp::EnrpAuth {
+            key_id: 1,
+            key: b"benchmark registrar pool key".to_vec(),
+            accepted_keys: Vec::new(),
+            max_clock_skew: Duration::from_secs(3600),
+            accept_unsigned: false,
+        });
+    }
     Enrp::new(config, now)
+}
+
+/// With `ENRP_AUTH`, a hand-made message signed like a pool member's.
+fn signed_if_keyed(mut message: Vec<u8>, sequence: u64) -> Vec<u8> {
+    if std::env::var_os("ENRP_AUTH").is_some() {
+        protocol::rserpool::enrp::auth::sign(
+            &mut message,
+            1,
+            b"benchmark registrar pool key",
+            sequence,
+        )
+        .expect("small message");
+    }
+    message
 }
 
 /// Registers `count` PEs (10 per pool), feeding the Handle Updates through
@@ -99,6 +123,7 @@ fn registrations(count: u32) -> (Server, f64) {
             },
         }
         .to_bytes();
+        let presence = signed_if_keyed(presence, u64::from(peer));
         peering.on_message(now, address(index), &presence, &mut server);
     }
     let requests: Vec<Vec<u8>> = (0..count).map(registration).collect();

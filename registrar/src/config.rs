@@ -230,6 +230,23 @@ pub struct EnrpSettings {
     pub adopted_pe_grace_ms: u64,
     /// PEs per Handle Table Response page.
     pub max_elements_per_table_response: usize,
+    /// File holding the pool's shared ENRP key (its bytes, a trailing
+    /// newline dropped; at least 16 bytes). Set: every ENRP message is
+    /// signed (HMAC-SHA-256) and unsigned or badly signed ones are dropped
+    /// (docs/enrp-security.md). "" and no `auth_key`: no authentication.
+    pub auth_key_file: String,
+    /// The key inline instead of in a file (keep the config file private).
+    pub auth_key: String,
+    /// Identifier of that key, sent with every signature.
+    pub auth_key_id: u32,
+    /// Further keys accepted but not used for signing, as "ID:FILE", for a
+    /// rolling key change.
+    pub auth_accept_key_files: Vec<String>,
+    /// Largest difference between a signed message's sending time and our
+    /// clock; older (or future) messages are refused as replays.
+    pub auth_max_clock_skew_ms: u64,
+    /// Migration only: accept unsigned ENRP (bad signatures still refused).
+    pub auth_accept_unsigned: bool,
 }
 
 impl Default for EnrpSettings {
@@ -249,8 +266,31 @@ impl Default for EnrpSettings {
             takeover_expiry_ms: ms(core.takeover_expiry),
             adopted_pe_grace_ms: ms(core.adopted_pe_grace),
             max_elements_per_table_response: core.max_elements_per_table_response,
+            auth_key_file: String::new(),
+            auth_key: String::new(),
+            auth_key_id: 1,
+            auth_accept_key_files: Vec::new(),
+            auth_max_clock_skew_ms: 30_000,
+            auth_accept_unsigned: false,
         }
     }
+}
+
+/// Shortest ENRP key accepted: 128 bits, as RFC 2104 recommends at least
+/// the hash output's half.
+const MIN_ENRP_KEY_LEN: usize = 16;
+
+fn read_enrp_key(path: &str) -> anyhow::Result<Vec<u8>> {
+    let mut key =
+        std::fs::read(path).with_context(|| format!("reading the ENRP key file {path:?}"))?;
+    while key.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        key.pop();
+    }
+    anyhow::ensure!(
+        key.len() >= MIN_ENRP_KEY_LEN,
+        "ENRP key in {path:?} is shorter than {MIN_ENRP_KEY_LEN} bytes"
+    );
+    Ok(key)
 }
 
 impl EnrpSettings {
@@ -281,7 +321,58 @@ impl EnrpSettings {
             adopted_pe_grace: Duration::from_millis(self.adopted_pe_grace_ms),
             max_elements_per_table_response: self.max_elements_per_table_response,
             decode_limits,
+            auth: self.auth()?,
         })
+    }
+
+    /// The authentication settings, reading the key files.
+    fn auth(&self) -> anyhow::Result<Option<crate::enrp::EnrpAuth>> {
+        let key = match (self.auth_key_file.is_empty(), self.auth_key.is_empty()) {
+            (true, true) => {
+                anyhow::ensure!(
+                    self.auth_accept_key_files.is_empty(),
+                    "enrp.auth_accept_key_files needs enrp.auth_key_file or enrp.auth_key"
+                );
+                return Ok(None);
+            }
+            (false, true) => read_enrp_key(&self.auth_key_file)?,
+            (true, false) => {
+                anyhow::ensure!(
+                    self.auth_key.len() >= MIN_ENRP_KEY_LEN,
+                    "enrp.auth_key is shorter than {MIN_ENRP_KEY_LEN} bytes"
+                );
+                self.auth_key.as_bytes().to_vec()
+            }
+            (false, false) => anyhow::bail!("set enrp.auth_key_file or enrp.auth_key, not both"),
+        };
+        let accepted_keys = self
+            .auth_accept_key_files
+            .iter()
+            .map(|entry| {
+                let (id, path) = entry.split_once(':').with_context(|| {
+                    format!("enrp.auth_accept_key_files: {entry:?} is not ID:FILE")
+                })?;
+                let id: u32 = id.parse().with_context(|| {
+                    format!("enrp.auth_accept_key_files: {entry:?}: bad key id")
+                })?;
+                anyhow::ensure!(
+                    id != self.auth_key_id,
+                    "enrp.auth_accept_key_files: key id {id} is the signing key's"
+                );
+                Ok((id, read_enrp_key(path)?))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        anyhow::ensure!(
+            self.auth_max_clock_skew_ms > 0,
+            "enrp.auth_max_clock_skew_ms must be > 0"
+        );
+        Ok(Some(crate::enrp::EnrpAuth {
+            key_id: self.auth_key_id,
+            key,
+            accepted_keys,
+            max_clock_skew: Duration::from_millis(self.auth_max_clock_skew_ms),
+            accept_unsigned: self.auth_accept_unsigned,
+        }))
     }
 
     fn validate(&self) -> anyhow::Result<()> {

@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use protocol::rserpool::{
-    ASAP_SCTP_PPID, ENRP_PORT, ENRP_SCTP_PPID, TransportAddress,
+    ASAP_SCTP_PPID, ENRP_PORT, ENRP_SCTP_PPID, PoolHandle, TransportAddress,
     TransportKind as AsapTransportKind, TransportUse,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use transport::{Association, Endpoint, Event, TransportKind};
 
 use crate::config::RegistrarConfig;
-use crate::enrp::{Enrp, Outgoing};
+use crate::enrp::{Enrp, HomeKeepAlive, Outgoing};
 use crate::handlespace::AssocId;
 use crate::server::{Action, Server, Status};
 
@@ -52,6 +52,14 @@ enum Input {
     },
     Down {
         assoc: AssocId,
+    },
+    /// We opened an ASAP association to a PE we adopted in a takeover;
+    /// `keep_alive` (Endpoint Keep Alive, H=1) is to go out on it.
+    AdoptedPeReached {
+        assoc: AssocId,
+        pool_handle: PoolHandle,
+        pe_identifier: u32,
+        keep_alive: Vec<u8>,
     },
     /// An ENRP message from a peer registrar.
     Enrp {
@@ -196,12 +204,29 @@ impl Registrar {
             let server_limits = config.server_config(server_id).decode_limits;
             let mut enrp_config = config.enrp.enrp_config(server_id, server_limits)?;
             enrp_config.advertised = Some(crate::enrp::transport_of(advertised));
+            match &enrp_config.auth {
+                None => tracing::warn!(
+                    "ENRP without authentication: any host that reaches the ENRP port can \
+                     change the handlespace or take PEs over (RFC 5355); set \
+                     enrp.auth_key_file (docs/enrp-security.md)"
+                ),
+                Some(auth) if auth.accept_unsigned => tracing::warn!(
+                    "enrp.auth_accept_unsigned is on: unsigned ENRP is accepted (migration only)"
+                ),
+                Some(auth) => tracing::info!(
+                    key_id = auth.key_id,
+                    accepted_keys = auth.accepted_keys.len(),
+                    "ENRP messages are signed and checked"
+                ),
+            }
             let links = PeerLinks {
                 transport: enrp_transport,
                 connect_timeout: enrp_config.max_time_no_response,
                 links: HashMap::new(),
                 inputs: inputs.clone(),
                 shutdown: shutdown_rx.clone(),
+                asap_transport: transport_config.clone(),
+                next_assoc: next_assoc.clone(),
             };
             enrp = Some((Enrp::new(enrp_config, std::time::Instant::now()), links));
         }
@@ -284,11 +309,11 @@ async fn accept_loop(
 /// Pumps one association: its messages into the core, the core's messages out.
 async fn run_association(
     assoc: AssocId,
-    mut association: Association,
+    association: Association,
     inputs: mpsc::Sender<Input>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let (outbound, mut outbound_rx) = mpsc::channel::<Vec<u8>>(OUTBOUND_QUEUE);
+    let (outbound, outbound_rx) = mpsc::channel::<Vec<u8>>(OUTBOUND_QUEUE);
     let remote = association.remote_addr();
     tracing::debug!(assoc, %remote, "association up");
     if inputs
@@ -302,6 +327,97 @@ async fn run_association(
     {
         return;
     }
+    pump_association(assoc, association, outbound_rx, inputs, shutdown).await;
+}
+
+/// Opens an ASAP association to a PE we adopted in a takeover and sends it
+/// the Endpoint Keep Alive with the Home flag (RFC 5353 takeover procedure); from then on
+/// the PE lives on that association like one that registered with us. If
+/// it cannot be reached, nothing happens: the adoption grace applies.
+async fn reach_adopted_pe(
+    assoc: AssocId,
+    home_keep_alive: HomeKeepAlive,
+    config: transport::Config,
+    inputs: mpsc::Sender<Input>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let HomeKeepAlive {
+        pool_handle,
+        pe_identifier,
+        asap_transport,
+        payload,
+    } = home_keep_alive;
+    let Some(transport) = asap_transport else {
+        return;
+    };
+    let kind = match transport.kind {
+        AsapTransportKind::Sctp(_) => TransportKind::SctpOverUdp,
+        AsapTransportKind::Tcp(_) => TransportKind::Tcp,
+        _ => {
+            tracing::info!(
+                pe = format_args!("{pe_identifier:#010x}"),
+                "adopted PE's ASAP transport is neither SCTP nor TCP: not reachable"
+            );
+            return;
+        }
+    };
+    let Some(&ip) = transport.addresses.first() else {
+        return;
+    };
+    let to = SocketAddr::new(ip, transport.port);
+    let config = transport::Config {
+        transport: kind,
+        sctp_port: transport.port,
+        ..config
+    };
+    let connect_timeout = config.connect_timeout;
+    let association =
+        match tokio::time::timeout(connect_timeout, transport::connect(config, to)).await {
+            Ok(Ok(association)) => association,
+            Ok(Err(error)) => {
+                tracing::info!(
+                    pe = format_args!("{pe_identifier:#010x}"),
+                    %to,
+                    %error,
+                    "adopted PE unreachable for the Home Keep Alive"
+                );
+                return;
+            }
+            Err(_) => {
+                tracing::info!(
+                    pe = format_args!("{pe_identifier:#010x}"),
+                    %to,
+                    "connecting to an adopted PE timed out"
+                );
+                return;
+            }
+        };
+    let (outbound, outbound_rx) = mpsc::channel::<Vec<u8>>(OUTBOUND_QUEUE);
+    let up = Input::Up {
+        assoc,
+        remote: to,
+        outbound,
+    };
+    let reached = Input::AdoptedPeReached {
+        assoc,
+        pool_handle,
+        pe_identifier,
+        keep_alive: payload,
+    };
+    if inputs.send(up).await.is_err() || inputs.send(reached).await.is_err() {
+        return;
+    }
+    pump_association(assoc, association, outbound_rx, inputs, shutdown).await;
+}
+
+/// Carries one ASAP association's messages both ways until it ends.
+async fn pump_association(
+    assoc: AssocId,
+    mut association: Association,
+    mut outbound_rx: mpsc::Receiver<Vec<u8>>,
+    inputs: mpsc::Sender<Input>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             event = association.recv() => match event {
@@ -383,8 +499,17 @@ async fn core_loop(
                         server.on_association_down(assoc);
                         Vec::new()
                     }
+                    Input::AdoptedPeReached { assoc, pool_handle, pe_identifier, keep_alive } => {
+                        if server.attach_adopted_element(now, &pool_handle, pe_identifier, assoc) {
+                            vec![Action::Send { assoc, payload: keep_alive }]
+                        } else {
+                            // Re-registered somewhere meanwhile: not ours to supervise.
+                            vec![Action::Close { assoc }]
+                        }
+                    }
                     Input::Enrp { from, payload } => {
                         if let Some((peering, _)) = &mut enrp {
+                            peering.set_wall_clock(now, unix_us());
                             enrp_out = peering.on_message(now, from, &payload, &mut server);
                         }
                         Vec::new()
@@ -401,6 +526,7 @@ async fn core_loop(
                 let now = std::time::Instant::now();
                 let actions = server.on_timer(now);
                 if let Some((peering, _)) = &mut enrp {
+                    peering.set_wall_clock(now, unix_us());
                     enrp_out = peering.on_timer(now, &mut server);
                 }
                 actions
@@ -410,10 +536,15 @@ async fn core_loop(
         if let Some((peering, links)) = &mut enrp {
             let changes = server.take_home_changes();
             if !changes.is_empty() {
+                // Handle Updates are signed with the time they leave.
+                peering.set_wall_clock(std::time::Instant::now(), unix_us());
                 enrp_out.extend(peering.on_home_changes(changes));
             }
             for message in enrp_out {
                 links.send(message);
+            }
+            for home_keep_alive in peering.take_home_keep_alives() {
+                links.reach_adopted(home_keep_alive);
             }
         }
         for action in actions {
@@ -440,6 +571,15 @@ async fn core_loop(
             }
         }
     }
+}
+
+/// The wall clock for ENRP signatures: microseconds since the Unix epoch.
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
+        })
 }
 
 /// Accepts ENRP associations from peer registrars; their messages go to the
@@ -512,10 +652,35 @@ struct PeerLinks {
     links: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
     inputs: mpsc::Sender<Input>,
     shutdown: watch::Receiver<bool>,
+    /// ASAP transport settings for reaching adopted PEs.
+    asap_transport: transport::Config,
+    /// Association ids are shared with the ASAP listeners.
+    next_assoc: Arc<AtomicU64>,
 }
 
 impl PeerLinks {
+    /// Sends the Home Keep Alive of a takeover to an adopted PE that gave
+    /// an ASAP transport (in its own task: connecting may take a while).
+    fn reach_adopted(&self, home_keep_alive: HomeKeepAlive) {
+        if home_keep_alive.asap_transport.is_none() {
+            return;
+        }
+        let assoc = self.next_assoc.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(reach_adopted_pe(
+            assoc,
+            home_keep_alive,
+            self.asap_transport.clone(),
+            self.inputs.clone(),
+            self.shutdown.clone(),
+        ));
+    }
+
     fn send(&mut self, message: Outgoing) {
+        if message.reconnect && self.links.remove(&message.to).is_some() {
+            // Dropping the queue's sender ends the old link's task, which
+            // closes its association.
+            tracing::debug!(to = %message.to, "ENRP peer was dead: new association");
+        }
         let link = self.links.entry(message.to).or_insert_with(|| {
             let (sender, queue) = mpsc::channel(ENRP_PEER_QUEUE);
             let transport = transport::Config {

@@ -25,20 +25,35 @@
 //!   Takeover Server. Of two registrars taking over the same peer, the one
 //!   with the higher server id wins (the other acks and aborts).
 //!
-//! Deviation from RFC 5353 §3.10: after a takeover the new home should send
-//! each adopted PE an Endpoint Keep Alive with the Home flag. Our PEs never
-//! listen for ASAP (they open associations to registrars), so instead the
-//! adopted PEs stay resolvable for `adopted_pe_grace` and are removed if
-//! they do not re-register with some registrar by then (asap-client PEs hunt
-//! for the next registrar when their association fails and re-register).
+//! Authentication (`docs/enrp-security.md`): with
+//! [`EnrpConfig::auth`] every message we send carries an HMAC-SHA-256
+//! parameter over the whole message with a sequence taken from our wall
+//! clock, and every message we receive must carry a valid one from a
+//! configured key, a sequence within `max_clock_skew` of our clock and not
+//! seen before from that sender; anything else is dropped before it is
+//! decoded, counted by reason and logged with the peer. The wall clock is
+//! passed in ([`Enrp::set_wall_clock`]) like every other time.
+//!
+//! Takeover and the adopted PEs (RFC 5353 takeover procedure, RFC 5352
+//! §2.2.7): after a takeover we are the adopted PEs' home, and RFC 5353 has the new home
+//! send each of them an ASAP Endpoint Keep Alive with the Home ('H') flag so
+//! they learn it. [`Enrp::take_home_keep_alives`] hands those messages to
+//! the driver, which opens an ASAP association to the PE's ASAP transport
+//! (the one in its registration) and from then on supervises the PE over it
+//! with ordinary keep-alives. A PE that registered without an ASAP transport
+//! (asap-client PEs do not listen for ASAP yet) cannot be reached: it stays
+//! resolvable for `adopted_pe_grace` and is removed unless it re-registers
+//! with some registrar by then (asap-client PEs hunt for the next registrar
+//! when their association fails and re-register).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use metrics::counter;
 use policies::PeId;
-use protocol::rserpool::enrp::{Body, Message, PoolEntry, UpdateAction};
+use protocol::rserpool::asap;
+use protocol::rserpool::enrp::{Body, Message, PoolEntry, UpdateAction, auth};
 use protocol::rserpool::{Limits, PoolHandle, ServerInformation, TransportAddress};
 use serde::{Deserialize, Serialize};
 
@@ -67,14 +82,58 @@ pub struct EnrpConfig {
     pub max_time_no_response: Duration,
     /// TAKEOVER-EXPIRY: wait for Init Takeover Acks at most this long (RSPLIB 5000 ms).
     pub takeover_expiry: Duration,
-    /// How long adopted PEs stay without re-registering (our deviation, see
-    /// the module documentation).
+    /// How long adopted PEs we cannot send the Home Keep Alive to stay
+    /// without re-registering (see the module documentation).
     pub adopted_pe_grace: Duration,
     /// Most PEs in one Handle Table Response page (RSPLIB 128).
     pub max_elements_per_table_response: usize,
     /// Decoder limits.
     pub decode_limits: Limits,
+    /// Peer authentication; `None`: messages are neither signed nor
+    /// checked (anyone who reaches the ENRP port is a peer).
+    pub auth: Option<EnrpAuth>,
 }
+
+/// ENRP peer authentication settings (see `docs/enrp-security.md`).
+#[derive(Clone)]
+pub struct EnrpAuth {
+    /// Identifier of the signing key, sent in every message.
+    pub key_id: u32,
+    /// The pool's shared ENRP key: signs what we send, checks what we get.
+    pub key: Vec<u8>,
+    /// Further keys accepted (not used for signing), for key rotation.
+    pub accepted_keys: Vec<(u32, Vec<u8>)>,
+    /// A message whose sequence (the sender's clock) is further than this
+    /// from our clock is refused: bounds replays after a restart wiped
+    /// the replay state, and tolerates skew between the registrars' clocks.
+    pub max_clock_skew: Duration,
+    /// Migration only: accept unsigned messages (bad signatures are still
+    /// refused). Off in production: an attacker simply leaves it out.
+    pub accept_unsigned: bool,
+}
+
+impl std::fmt::Debug for EnrpAuth {
+    // Never print keys.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrpAuth")
+            .field("key_id", &self.key_id)
+            .field(
+                "accepted_key_ids",
+                &self
+                    .accepted_keys
+                    .iter()
+                    .map(|(id, _)| *id)
+                    .collect::<Vec<_>>(),
+            )
+            .field("max_clock_skew", &self.max_clock_skew)
+            .field("accept_unsigned", &self.accept_unsigned)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Signed sequences remembered per sender: a message may arrive up to this
+/// many messages late (two associations briefly in flight) and still count.
+const REPLAY_WINDOW: usize = 64;
 
 impl Default for EnrpConfig {
     fn default() -> Self {
@@ -90,6 +149,7 @@ impl Default for EnrpConfig {
             adopted_pe_grace: Duration::from_millis(10_000),
             max_elements_per_table_response: 128,
             decode_limits: Limits::default(),
+            auth: None,
         }
     }
 }
@@ -100,6 +160,27 @@ pub struct Outgoing {
     /// The peer's advertised (or configured) ENRP address.
     pub to: SocketAddr,
     /// The encoded ENRP message (PPID 12).
+    pub payload: Vec<u8>,
+    /// Open a new association for this message instead of reusing the one
+    /// to `to`: the peer was declared dead, and if it restarted, the old
+    /// association is one its new incarnation does not know (SCTP over UDP
+    /// in user space has no kernel to abort it), so anything sent on it
+    /// would be lost until the association times out.
+    pub reconnect: bool,
+}
+
+/// An ASAP Endpoint Keep Alive with the Home flag for a PE we adopted in a
+/// takeover (RFC 5353 takeover procedure): for the driver to send to the PE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HomeKeepAlive {
+    /// The PE's pool.
+    pub pool_handle: PoolHandle,
+    /// The PE.
+    pub pe_identifier: PeId,
+    /// The PE's ASAP transport from its registration (RFC 5354 §3.10);
+    /// `None`: the PE gave none and cannot be reached, the grace applies.
+    pub asap_transport: Option<TransportAddress>,
+    /// The encoded Endpoint Keep Alive (H=1, our server id).
     pub payload: Vec<u8>,
 }
 
@@ -135,6 +216,9 @@ struct Peer {
     remote_checksum: Option<u16>,
     sync: Option<TableSync>,
     cursor: Option<TableCursor>,
+    /// The next message to this peer goes on a new association (see
+    /// [`Outgoing::reconnect`]).
+    reconnect: bool,
 }
 
 #[derive(Debug)]
@@ -160,8 +244,16 @@ pub struct EnrpCounters {
     pub adopted_pes: u64,
     /// PEs moved to a peer by its Takeover Server.
     pub rehomed_pes: u64,
+    /// Endpoint Keep Alives with the Home flag handed to the driver for
+    /// adopted PEs that gave an ASAP transport.
+    pub home_keep_alives: u64,
+    /// Adopted PEs without an ASAP transport (kept for the grace only).
+    pub adopted_unreachable: u64,
     /// Malformed or refused ENRP messages by reason.
     pub malformed: BTreeMap<String, u64>,
+    /// Messages dropped by authentication, by reason (unsigned, bad_mac,
+    /// unknown_key, stale, replay).
+    pub auth_rejected: BTreeMap<String, u64>,
 }
 
 /// One peer in an [`EnrpStatus`].
@@ -207,6 +299,17 @@ pub struct Enrp {
     acked_takeovers: HashMap<u32, Instant>,
     next_heartbeat: Instant,
     counters: EnrpCounters,
+    home_keep_alives: Vec<HomeKeepAlive>,
+    /// Wall clock: microseconds since the Unix epoch at `.0` (see
+    /// [`Enrp::set_wall_clock`]).
+    wall_clock: (Instant, u64),
+    /// The latest `now` we were given (what outgoing messages are signed
+    /// with: [`Enrp::on_home_changes`] takes no clock).
+    latest: Instant,
+    /// Sequence of the last message we signed.
+    last_sequence: u64,
+    /// Recently accepted signed sequences per sender server id.
+    replay: HashMap<u32, BTreeSet<u64>>,
 }
 
 impl Enrp {
@@ -220,12 +323,39 @@ impl Enrp {
             acked_takeovers: HashMap::new(),
             next_heartbeat: now,
             counters: EnrpCounters::default(),
+            home_keep_alives: Vec::new(),
+            wall_clock: (now, 0),
+            latest: now,
+            last_sequence: 0,
+            replay: HashMap::new(),
         }
     }
 
     /// Running totals.
     pub fn counters(&self) -> &EnrpCounters {
         &self.counters
+    }
+
+    /// Tells the machine that at `now` the wall clock reads `unix_us`
+    /// (microseconds since the Unix epoch); it extrapolates from there.
+    /// Authentication needs it: signed sequences are wall-clock times so
+    /// they keep increasing across restarts and can be checked for
+    /// freshness by peers. The driver calls it before every entry point.
+    pub fn set_wall_clock(&mut self, now: Instant, unix_us: u64) {
+        self.wall_clock = (now, unix_us);
+        self.latest = self.latest.max(now);
+    }
+
+    fn unix_us(&self, now: Instant) -> u64 {
+        let (anchor, anchor_us) = self.wall_clock;
+        let since = now.saturating_duration_since(anchor).as_micros();
+        anchor_us.saturating_add(u64::try_from(since).unwrap_or(u64::MAX))
+    }
+
+    /// The Endpoint Keep Alives with the Home flag our takeovers produced
+    /// since the last call, one per adopted PE, oldest first.
+    pub fn take_home_keep_alives(&mut self) -> Vec<HomeKeepAlive> {
+        std::mem::take(&mut self.home_keep_alives)
     }
 
     /// The configuration.
@@ -267,6 +397,7 @@ impl Enrp {
 
     /// Heartbeat, peer liveness and takeover timers.
     pub fn on_timer(&mut self, now: Instant, server: &mut Server) -> Vec<Outgoing> {
+        self.latest = self.latest.max(now);
         let mut out = Vec::new();
         if now >= self.next_heartbeat {
             self.send_presence_to_all(server, false, &mut out);
@@ -286,6 +417,7 @@ impl Enrp {
                     peer.liveness = Liveness::Dead;
                     peer.sync = None;
                     peer.cursor = None;
+                    peer.reconnect = true;
                     died.push(id);
                 }
                 _ => {}
@@ -303,6 +435,13 @@ impl Enrp {
                 peer.cursor = None;
             }
         }
+        // Peers not declared dead: the dashboard's "ENRP peers" panel.
+        metrics::gauge!("poolflow_registrar_enrp_peers_alive").set(
+            self.peers
+                .values()
+                .filter(|peer| peer.liveness != Liveness::Dead)
+                .count() as f64,
+        );
         for id in probe {
             tracing::info!(
                 peer = format_args!("{id:#010x}"),
@@ -381,7 +520,12 @@ impl Enrp {
         bytes: &[u8],
         server: &mut Server,
     ) -> Vec<Outgoing> {
+        self.latest = self.latest.max(now);
         let mut out = Vec::new();
+        if let Err(reason) = self.authenticate(now, bytes) {
+            self.count_auth_rejected(from, bytes, reason);
+            return out;
+        }
         let message = match Message::decode_with(bytes, &self.config.decode_limits) {
             Ok(decoded) => decoded.message,
             Err(error) => {
@@ -426,6 +570,7 @@ impl Enrp {
             remote_checksum: None,
             sync: None,
             cursor: None,
+            reconnect: false,
         });
         peer.last_heard = now;
         peer.liveness = Liveness::Alive;
@@ -561,6 +706,7 @@ impl Enrp {
                                     remote_checksum: None,
                                     sync: None,
                                     cursor: None,
+                                    reconnect: false,
                                 },
                             );
                             let presence = self.presence(server, true);
@@ -929,7 +1075,32 @@ impl Enrp {
         if self.takeovers.remove(&target).is_none() {
             return;
         }
+        let own_id = self.config.server_id;
+        let adopted_elements = server.handlespace().elements_of_home(target);
         let adopted = server.adopt_elements_of(now, target, self.config.adopted_pe_grace);
+        for (pool_handle, pe_identifier) in adopted_elements {
+            let asap_transport = server
+                .pool_element(&pool_handle, pe_identifier)
+                .and_then(|element| element.asap_transport);
+            if asap_transport.is_some() {
+                self.counters.home_keep_alives += 1;
+            } else {
+                self.counters.adopted_unreachable += 1;
+            }
+            let payload = asap::Message::EndpointKeepAlive {
+                home: true,
+                server_identifier: own_id,
+                pool_handle: pool_handle.clone(),
+                pe_identifier: Some(pe_identifier),
+            }
+            .to_bytes();
+            self.home_keep_alives.push(HomeKeepAlive {
+                pool_handle,
+                pe_identifier,
+                asap_transport,
+                payload,
+            });
+        }
         self.counters.takeovers += 1;
         self.counters.adopted_pes += adopted as u64;
         counter!("poolflow_registrar_enrp_takeovers_total").increment(1);
@@ -978,8 +1149,88 @@ impl Enrp {
             tracing::warn!(%error, message = name, "ENRP message too large: not sent");
             return;
         }
+        if let Some(keys) = &self.config.auth {
+            // Strictly increasing even when the clock stands still or
+            // steps back, so a receiver never takes ours for a replay.
+            let sequence = self.unix_us(self.latest).max(self.last_sequence + 1);
+            if let Err(error) = auth::sign(&mut payload, keys.key_id, &keys.key, sequence) {
+                tracing::warn!(%error, message = name, "ENRP message cannot be signed: not sent");
+                return;
+            }
+            self.last_sequence = sequence;
+        }
         *self.counters.sent.entry(name.to_string()).or_default() += 1;
-        out.push(Outgoing { to, payload });
+        let reconnect = self
+            .peers
+            .get_mut(&receiver)
+            .is_some_and(|peer| std::mem::take(&mut peer.reconnect));
+        out.push(Outgoing {
+            to,
+            payload,
+            reconnect,
+        });
+    }
+
+    /// Checks a received message's authentication (before it is decoded).
+    fn authenticate(&mut self, now: Instant, bytes: &[u8]) -> Result<(), &'static str> {
+        let Some(keys) = &self.config.auth else {
+            return Ok(());
+        };
+        let mut candidates: Vec<(u32, &[u8])> = Vec::with_capacity(1 + keys.accepted_keys.len());
+        candidates.push((keys.key_id, &keys.key));
+        candidates.extend(
+            keys.accepted_keys
+                .iter()
+                .map(|(id, key)| (*id, key.as_slice())),
+        );
+        let signed = match auth::verify(bytes, &candidates) {
+            Ok(signed) => signed,
+            Err(auth::AuthError::Missing) if keys.accept_unsigned => return Ok(()),
+            Err(error) => return Err(error.reason()),
+        };
+        let local = self.unix_us(now);
+        let skew = u64::try_from(keys.max_clock_skew.as_micros()).unwrap_or(u64::MAX);
+        if signed.sequence.abs_diff(local) > skew {
+            return Err("stale");
+        }
+        let recent = self.replay.entry(signed.sender_server_id).or_default();
+        let too_old = recent.len() >= REPLAY_WINDOW
+            && recent
+                .first()
+                .is_some_and(|&oldest| signed.sequence <= oldest);
+        if too_old || !recent.insert(signed.sequence) {
+            return Err("replay");
+        }
+        if recent.len() > REPLAY_WINDOW {
+            recent.pop_first();
+        }
+        Ok(())
+    }
+
+    fn count_auth_rejected(&mut self, from: SocketAddr, bytes: &[u8], reason: &'static str) {
+        let count = self
+            .counters
+            .auth_rejected
+            .entry(reason.to_string())
+            .or_default();
+        *count += 1;
+        let count = *count;
+        counter!("poolflow_registrar_enrp_auth_rejected_total", "reason" => reason).increment(1);
+        // Whoever forges messages controls how many arrive: log the first
+        // ones of each reason, then every thousandth.
+        if count <= 10 || count % 1000 == 0 {
+            // Unverified, but it tells the operator who claims to send.
+            let claimed_sender = bytes
+                .get(4..8)
+                .map(|id| u32::from_be_bytes(id.try_into().expect("4 bytes")));
+            tracing::warn!(
+                %from,
+                claimed_sender = ?claimed_sender.map(|id| format!("{id:#010x}")),
+                reason,
+                count,
+                "ENRP message failed authentication: dropped"
+            );
+        }
     }
 
     fn count_malformed(&mut self, reason: &'static str) {

@@ -8,8 +8,9 @@
 //! How the registrar reaches a PE: Endpoint Keep Alive goes over the
 //! association the PE registered on, as RSPLIB's registrar does (RFC 5352
 //! §3.7 lets the home registrar use the PE's ASAP association). After an
-//! ENRP takeover we cannot reach adopted PEs at all (they do not listen for
-//! ASAP); see [`crate::enrp`] for how they are kept until they re-register.
+//! ENRP takeover the new home reaches an adopted PE at the ASAP transport of
+//! its registration, if it gave one ([`Server::attach_adopted_element`]);
+//! see [`crate::enrp`] for PEs that gave none.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -930,11 +931,12 @@ impl Server {
         homed_there
     }
 
-    /// Takeover (RFC 5353 §3.10) done by us: every PE homed at `dead`
-    /// becomes ours. We cannot reach those PEs (they never opened an
-    /// association to us), so instead of Endpoint Keep Alive with the Home
-    /// flag each gets `grace` to re-register here (or anywhere) before it
-    /// is removed as dead. Returns how many PEs were adopted.
+    /// Takeover (RFC 5353) done by us: every PE homed at `dead` becomes
+    /// ours. Until the driver reaches it with the Endpoint Keep Alive with
+    /// the Home flag ([`Server::attach_adopted_element`]), or if it cannot
+    /// (no ASAP transport), each gets `grace` to re-register here (or
+    /// anywhere) before it is removed as dead. Returns how many PEs were
+    /// adopted.
     pub fn adopt_elements_of(&mut self, now: Instant, dead: u32, grace: Duration) -> usize {
         let own_id = self.config.server_id;
         let adopted = self.handlespace.elements_of_home(dead);
@@ -966,6 +968,39 @@ impl Server {
             );
         }
         moved.len()
+    }
+
+    /// A PE we adopted in a takeover is reachable over `assoc` (the driver
+    /// opened it to send the Home Keep Alive, RFC 5353 takeover procedure):
+    /// from now on it is supervised there like a PE that registered over
+    /// it, and its Keep Alive Ack is due within the keep-alive timeout.
+    /// False (and nothing changes) if the PE is no longer an adopted one of
+    /// ours.
+    pub fn attach_adopted_element(
+        &mut self,
+        now: Instant,
+        pool_handle: &PoolHandle,
+        id: PeId,
+        assoc: AssocId,
+    ) -> bool {
+        let own_id = self.config.server_id;
+        let adopted = self
+            .handlespace
+            .element(pool_handle, id)
+            .is_some_and(|entry| entry.home_registrar == own_id && is_peer_owner(entry.owner));
+        if adopted {
+            self.handlespace.rehome(
+                pool_handle,
+                id,
+                own_id,
+                assoc,
+                KeepAlive::AwaitingAck {
+                    sent: now,
+                    deadline: now + self.config.keep_alive_timeout,
+                },
+            );
+        }
+        adopted
     }
 
     /// Mutable access for the ENRP layer's table building is not needed:

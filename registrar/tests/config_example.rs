@@ -61,3 +61,54 @@ fn enrp_settings_are_validated_and_converted() {
     .unwrap();
     assert!(zero.validate().is_err());
 }
+
+#[test]
+fn enrp_auth_key_comes_from_a_file_and_weak_or_ambiguous_keys_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("enrp.key");
+    std::fs::write(&key_file, "0123456789abcdef0123\n").unwrap();
+    let old_key_file = dir.path().join("enrp-old.key");
+    std::fs::write(&old_key_file, "an older pool key, still accepted").unwrap();
+    let mut settings = registrar::config::EnrpSettings {
+        auth_key_file: key_file.display().to_string(),
+        auth_key_id: 2,
+        auth_accept_key_files: vec![format!("1:{}", old_key_file.display())],
+        ..Default::default()
+    };
+    let auth = settings
+        .enrp_config(7, Default::default())
+        .unwrap()
+        .auth
+        .expect("keyed");
+    assert_eq!(
+        auth.key, b"0123456789abcdef0123",
+        "trailing newline dropped"
+    );
+    assert_eq!(auth.key_id, 2);
+    assert_eq!(auth.accepted_keys[0].0, 1);
+    assert!(!auth.accept_unsigned);
+    // The key never shows in debug output.
+    assert!(!format!("{auth:?}").contains("0123456789"));
+
+    settings.auth_key = "an inline key as well".into();
+    assert!(settings.enrp_config(7, Default::default()).is_err(), "both");
+    settings.auth_key_file = String::new();
+    settings.auth_key = "short".into();
+    assert!(
+        settings.enrp_config(7, Default::default()).is_err(),
+        "short key"
+    );
+    settings.auth_key = String::new();
+    assert!(
+        settings.enrp_config(7, Default::default()).is_err(),
+        "accepted keys without a signing key"
+    );
+    settings.auth_accept_key_files.clear();
+    assert!(
+        settings
+            .enrp_config(7, Default::default())
+            .unwrap()
+            .auth
+            .is_none()
+    );
+}

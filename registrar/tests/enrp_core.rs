@@ -529,3 +529,333 @@ fn pe_re_registering_at_another_registrar_moves_its_home_everywhere() {
         .sum();
     assert_eq!(audits, 0, "Handle Updates alone kept everyone in step");
 }
+
+/// RFC 5353 takeover procedure: the registrar that takes over sends every adopted PE an
+/// ASAP Endpoint Keep Alive with the Home flag, addressed to the ASAP
+/// transport from the PE's registration; a PE that gave none is counted as
+/// unreachable (and kept for the grace). Once the driver has reached the
+/// PE, its Keep Alive Ack on that association supervises it as usual.
+#[test]
+fn takeover_sends_a_home_keep_alive_to_each_adopted_pe() {
+    let mut net = meshed_three();
+    let asap_transport = |pe: u32| TransportAddress {
+        kind: TransportKind::Sctp(TransportUse::DataOnly),
+        port: 3863,
+        addresses: vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, pe as u8))],
+    };
+    // PEs 300..305 of node 2 register again, now with an ASAP transport.
+    for pe in 300..305 {
+        let request = asap::Message::Registration {
+            pool_handle: POOL.into(),
+            pool_element: PoolElement {
+                asap_transport: Some(asap_transport(pe)),
+                ..pool_element(pe)
+            },
+        };
+        let now = net.now;
+        net.nodes[2]
+            .server
+            .on_message(now, 1000 + u64::from(pe), &request.to_bytes());
+        net.pump(2);
+    }
+    net.nodes[2].up = false;
+    net.run(Duration::from_millis(2500));
+    let adopter = (0..2)
+        .find(|&n| net.nodes[n].enrp.counters().takeovers == 1)
+        .expect("a survivor took over");
+    assert!(
+        net.nodes[1 - adopter]
+            .enrp
+            .take_home_keep_alives()
+            .is_empty(),
+        "only the new home sends them"
+    );
+    let mut keep_alives = net.nodes[adopter].enrp.take_home_keep_alives();
+    keep_alives.sort_by_key(|k| k.pe_identifier);
+    assert_eq!(keep_alives.len(), 5);
+    for (pe, keep_alive) in (300..305).zip(&keep_alives) {
+        assert_eq!(keep_alive.pe_identifier, pe);
+        assert_eq!(keep_alive.asap_transport, Some(asap_transport(pe)));
+        assert_eq!(
+            asap::Message::decode(&keep_alive.payload).unwrap(),
+            asap::Message::EndpointKeepAlive {
+                home: true,
+                server_identifier: server_id(adopter),
+                pool_handle: POOL.into(),
+                pe_identifier: Some(pe),
+            }
+        );
+    }
+    let counters = net.nodes[adopter].enrp.counters();
+    assert_eq!(counters.home_keep_alives, 5);
+    assert_eq!(counters.adopted_unreachable, 0);
+
+    // The driver reached PE 300 on association 7000; its ack counts there.
+    let now = net.now;
+    let server = &mut net.nodes[adopter].server;
+    server.on_association_up(now, 7000, None);
+    assert!(server.attach_adopted_element(now, &POOL.into(), 300, 7000));
+    let ack = asap::Message::EndpointKeepAliveAck {
+        pool_handle: POOL.into(),
+        pe_identifier: 300,
+    };
+    server.on_message(now, 7000, &ack.to_bytes());
+    let element = server.handlespace().element(&POOL.into(), 300).unwrap();
+    assert_eq!(element.owner, 7000);
+    assert_eq!(element.home_registrar, server_id(adopter));
+    assert!(matches!(
+        element.keep_alive,
+        registrar::handlespace::KeepAlive::SendAt(_)
+    ));
+    // A PE that is not an adopted one of ours is not attached.
+    assert!(!server.attach_adopted_element(now, &POOL.into(), 100, 7000));
+}
+
+/// PEs that registered without an ASAP transport (asap-client PEs today)
+/// still get a Home Keep Alive prepared, but nowhere to send it: counted.
+#[test]
+fn adopted_pes_without_an_asap_transport_are_counted_unreachable() {
+    let mut net = meshed_three();
+    net.nodes[2].up = false;
+    net.run(Duration::from_millis(2500));
+    let adopter = (0..2)
+        .find(|&n| net.nodes[n].enrp.counters().takeovers == 1)
+        .expect("a survivor took over");
+    let keep_alives = net.nodes[adopter].enrp.take_home_keep_alives();
+    assert_eq!(keep_alives.len(), 5);
+    assert!(keep_alives.iter().all(|k| k.asap_transport.is_none()));
+    assert_eq!(net.nodes[adopter].enrp.counters().adopted_unreachable, 5);
+}
+
+const POOL_KEY: &[u8] = b"the registrar pool's ENRP key";
+
+fn keyed(config: &mut EnrpConfig) {
+    config.auth = Some(registrar::enrp::EnrpAuth {
+        key_id: 1,
+        key: POOL_KEY.to_vec(),
+        accepted_keys: Vec::new(),
+        max_clock_skew: Duration::from_secs(30),
+        accept_unsigned: false,
+    });
+}
+
+/// A Handle Update adding PE `pe` as if from node `sender` of the net.
+fn handle_update(sender: usize, receiver: usize, pe: u32) -> Vec<u8> {
+    Message {
+        sender_server_id: server_id(sender),
+        receiver_server_id: server_id(receiver),
+        body: Body::HandleUpdate {
+            takeover_suggested: false,
+            action: protocol::rserpool::enrp::UpdateAction::AddPe,
+            pool_handle: POOL.into(),
+            pool_element: PoolElement {
+                home_enrp_server_identifier: server_id(sender),
+                ..pool_element(pe)
+            },
+        },
+    }
+    .to_bytes()
+}
+
+fn auth_rejected(net: &Net, node: usize, reason: &str) -> u64 {
+    net.nodes[node]
+        .enrp
+        .counters()
+        .auth_rejected
+        .get(reason)
+        .copied()
+        .unwrap_or(0)
+}
+
+#[test]
+fn keyed_registrars_synchronize_and_take_over() {
+    let mut net = Net::with(3, keyed);
+    net.run(Duration::from_secs(2));
+    for node in 0..3 {
+        for k in 0..5 {
+            net.register(node, (node as u32 + 1) * 100 + k);
+        }
+    }
+    net.run(Duration::from_secs(1));
+    for node in 0..3 {
+        assert_eq!(net.ids(node), all_ids(), "node {node}");
+        assert!(
+            net.nodes[node].enrp.counters().auth_rejected.is_empty(),
+            "node {node}: {:?}",
+            net.nodes[node].enrp.counters().auth_rejected
+        );
+    }
+    net.nodes[2].up = false;
+    net.run(Duration::from_millis(2500));
+    let takeovers: u64 = (0..2).map(|n| net.nodes[n].enrp.counters().takeovers).sum();
+    assert_eq!(takeovers, 1);
+    assert_eq!(net.checksum(0), net.checksum(1));
+}
+
+#[test]
+fn keyed_registrar_drops_unsigned_and_forged_messages_and_keeps_serving_its_peers() {
+    let mut net = Net::with(2, keyed);
+    net.run(Duration::from_secs(2));
+    let attacker: SocketAddr = "203.0.113.66:9901".parse().unwrap();
+    let now = net.now;
+    let node = &mut net.nodes[0];
+
+    // Unsigned Presence and Handle Update claiming to be node 1.
+    let presence = Message {
+        sender_server_id: server_id(1),
+        receiver_server_id: 0,
+        body: Body::Presence {
+            reply_required: true,
+            pe_checksum: 0x1234,
+            server_information: None,
+        },
+    }
+    .to_bytes();
+    assert!(
+        node.enrp
+            .on_message(now, attacker, &presence, &mut node.server)
+            .is_empty()
+    );
+    let update = handle_update(1, 0, 666);
+    assert!(
+        node.enrp
+            .on_message(now, attacker, &update, &mut node.server)
+            .is_empty()
+    );
+    // Signed with a key the pool does not use.
+    let mut forged = handle_update(1, 0, 667);
+    protocol::rserpool::enrp::auth::sign(&mut forged, 1, b"guessed key, wrong one", 1).unwrap();
+    node.enrp
+        .on_message(now, attacker, &forged, &mut node.server);
+    // A Takeover Server naming us as the dead one, unsigned.
+    let takeover = Message {
+        sender_server_id: server_id(1),
+        receiver_server_id: server_id(0),
+        body: Body::TakeoverServer {
+            target_server_id: server_id(0),
+        },
+    }
+    .to_bytes();
+    node.enrp
+        .on_message(now, attacker, &takeover, &mut node.server);
+
+    assert_eq!(auth_rejected(&net, 0, "unsigned"), 3);
+    assert_eq!(auth_rejected(&net, 0, "bad_mac"), 1);
+    assert!(
+        net.ids(0).is_empty(),
+        "nothing forged got into the handlespace"
+    );
+
+    // The authenticated peer is still served: its registrations arrive.
+    net.register(1, 200);
+    net.run(Duration::from_secs(1));
+    assert_eq!(net.ids(0), vec![200]);
+    assert_eq!(net.nodes[0].enrp.alive_peers(), vec![server_id(1)]);
+    assert_eq!(net.checksum(0), net.checksum(1));
+}
+
+#[test]
+fn replayed_and_stale_signed_messages_are_refused() {
+    let mut net = Net::with(2, keyed);
+    net.run(Duration::from_secs(2));
+    let insider: SocketAddr = address(1);
+    let now = net.now;
+    // Signed correctly, sequence = "now" on the receiver's clock (its
+    // wall clock starts at 0 when the test net is built).
+    let sequence = u64::try_from(Duration::from_secs(2).as_micros()).unwrap() + 17;
+    let mut update = handle_update(1, 0, 700);
+    protocol::rserpool::enrp::auth::sign(&mut update, 1, POOL_KEY, sequence).unwrap();
+    let node = &mut net.nodes[0];
+    node.enrp
+        .on_message(now, insider, &update, &mut node.server);
+    assert!(net.ids(0).contains(&700), "a well-signed update is applied");
+
+    // The same bytes again: a replay.
+    let node = &mut net.nodes[0];
+    node.server
+        .remove_peer_element(&POOL.into(), 700, server_id(1));
+    node.enrp
+        .on_message(now, insider, &update, &mut node.server);
+    assert_eq!(auth_rejected(&net, 0, "replay"), 1);
+    assert!(!net.ids(0).contains(&700), "the replay changed nothing");
+
+    // Signed an hour ago: stale, whatever its MAC.
+    let mut old = handle_update(1, 0, 701);
+    protocol::rserpool::enrp::auth::sign(&mut old, 1, POOL_KEY, 1).unwrap();
+    let node = &mut net.nodes[0];
+    let later = now + Duration::from_secs(3600);
+    node.enrp.on_message(later, insider, &old, &mut node.server);
+    assert_eq!(auth_rejected(&net, 0, "stale"), 1);
+    assert!(!net.ids(0).contains(&701));
+}
+
+/// A registrar without a key behaves as before: it reads signed messages
+/// (the parameter's type says "skip if unknown": no error, the peer is up)
+/// while its own unsigned ones are refused by a keyed peer, which therefore
+/// never counts it as a peer — a mixed pool is partitioned. With
+/// `accept_unsigned` (migration) the keyed peer takes them and they sync.
+#[test]
+fn unkeyed_registrar_reads_signed_enrp_and_migration_accepts_unsigned() {
+    let mut net = Net::with(2, |config| {
+        if config.server_id == server_id(0) {
+            keyed(config);
+        }
+    });
+    net.run(Duration::from_secs(2));
+    net.register(0, 100);
+    net.register(1, 200);
+    net.run(Duration::from_secs(1));
+    let unkeyed = net.nodes[1].enrp.counters();
+    assert!(unkeyed.received.get("presence").copied().unwrap_or(0) > 0);
+    assert!(unkeyed.malformed.is_empty(), "{:?}", unkeyed.malformed);
+    assert_eq!(net.nodes[1].enrp.alive_peers(), vec![server_id(0)]);
+    assert!(net.nodes[0].enrp.alive_peers().is_empty());
+    assert!(
+        !net.ids(0).contains(&200),
+        "the keyed one refuses unsigned ones"
+    );
+    assert!(auth_rejected(&net, 0, "unsigned") > 0);
+
+    let mut net = Net::with(2, |config| {
+        if config.server_id == server_id(0) {
+            keyed(config);
+            config.auth.as_mut().unwrap().accept_unsigned = true;
+        }
+    });
+    net.run(Duration::from_secs(2));
+    net.register(0, 100);
+    net.register(1, 200);
+    net.run(Duration::from_secs(1));
+    assert_eq!(net.ids(0), vec![100, 200]);
+    assert_eq!(net.ids(1), vec![100, 200]);
+}
+
+/// After a peer is declared dead, the next message to it asks the driver
+/// for a new association (a restarted peer does not know the old one).
+#[test]
+fn first_message_to_a_dead_peer_asks_for_a_new_association() {
+    let mut net = meshed_three();
+    net.nodes[2].up = false;
+    let mut reconnects = 0;
+    let mut later_messages = 0;
+    for _ in 0..60 {
+        net.now += STEP;
+        let now = net.now;
+        let node = &mut net.nodes[0];
+        node.server.on_timer(now);
+        for message in node.enrp.on_timer(now, &mut node.server) {
+            if message.to == address(2) {
+                if message.reconnect {
+                    reconnects += 1;
+                } else if reconnects > 0 {
+                    later_messages += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(
+        reconnects, 1,
+        "exactly one message opens the new association"
+    );
+    assert!(later_messages > 0, "later Presences reuse it");
+}

@@ -177,7 +177,20 @@ async fn wait_converged(registrars: &[&Registrar], count: usize, within: Duratio
     }
 }
 
+const POOL_KEY: &str = "the registrar pool's ENRP key";
+
+fn keyed_config(index: usize, ports: &[u16], kind: &str, key: Option<&str>) -> RegistrarConfig {
+    let mut config = config(index, ports, kind);
+    config.enrp.auth_key = key.unwrap_or_default().into();
+    config
+}
+
 async fn three_registrars_take_over_and_resynchronize(kind: &str) {
+    three_registrars_take_over_and_resynchronize_with(kind, None).await;
+}
+
+async fn three_registrars_take_over_and_resynchronize_with(kind: &str, key: Option<&str>) {
+    let config = |index: usize, ports: &[u16], kind: &str| keyed_config(index, ports, kind, key);
     let ports: Vec<u16> = (0..3).map(|_| free_port(kind)).collect();
     let mut registrars = Vec::new();
     for index in 0..3 {
@@ -247,6 +260,17 @@ async fn three_registrars_take_over_and_resynchronize(kind: &str) {
     let all = [&registrars[0], &registrars[1], &restarted];
     let statuses = wait_converged(&all, 3, Duration::from_secs(10)).await;
     assert_eq!(checksum(&statuses[2]), checksum(&statuses[0]));
+    for status in &statuses {
+        let counters = &status.enrp.as_ref().unwrap().counters;
+        // Only a restart's leftovers may fail: none when unkeyed.
+        if key.is_none() {
+            assert!(counters.auth_rejected.is_empty());
+        }
+        assert!(
+            !counters.auth_rejected.contains_key("bad_mac"),
+            "{counters:?}"
+        );
+    }
     let mut pu = Client::connect(&restarted).await;
     assert_eq!(pu.resolve().await.len(), 3);
     drop(pes);
@@ -264,4 +288,162 @@ async fn three_registrars_over_tcp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_registrars_over_sctp_over_udp() {
     three_registrars_take_over_and_resynchronize("sctp-over-udp").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_keyed_registrars_over_sctp_over_udp() {
+    three_registrars_take_over_and_resynchronize_with("sctp-over-udp", Some(POOL_KEY)).await;
+}
+
+/// Two keyed registrars and an unkeyed one that lists them as peers: the
+/// keyed ones drop everything it sends (counted as unsigned) and keep it
+/// out of their handlespace, while still synchronizing with each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unkeyed_intruder_is_kept_out_of_a_keyed_pool() {
+    let kind = "tcp";
+    let ports: Vec<u16> = (0..3).map(|_| free_port(kind)).collect();
+    let keyed_a = Registrar::start(keyed_config(0, &ports, kind, Some(POOL_KEY)), None)
+        .await
+        .unwrap();
+    let keyed_b = Registrar::start(keyed_config(1, &ports, kind, Some(POOL_KEY)), None)
+        .await
+        .unwrap();
+    let intruder = Registrar::start(keyed_config(2, &ports, kind, None), None)
+        .await
+        .unwrap();
+    let mut pe_a = Client::connect(&keyed_a).await;
+    pe_a.register(1).await;
+    let mut pe_intruder = Client::connect(&intruder).await;
+    pe_intruder.register(66).await;
+    let statuses = wait_converged(&[&keyed_a, &keyed_b], 1, Duration::from_secs(10)).await;
+    // Give the intruder a few heartbeat cycles to try.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    for registrar in [&keyed_a, &keyed_b] {
+        let status = registrar.status().await.unwrap();
+        let enrp = status.enrp.as_ref().unwrap();
+        assert_eq!(status.element_count, 1, "only PE 1: {status:#?}");
+        let alive: Vec<u32> = enrp
+            .peers
+            .iter()
+            .filter(|p| p.state != "dead")
+            .map(|p| p.server_id)
+            .collect();
+        assert!(
+            !alive.contains(&0x1002),
+            "the intruder is no peer: {alive:?}"
+        );
+        assert!(
+            enrp.counters
+                .auth_rejected
+                .get("unsigned")
+                .copied()
+                .unwrap_or(0)
+                > 0,
+            "{:?}",
+            enrp.counters
+        );
+    }
+    assert_eq!(checksum(&statuses[0]), checksum(&statuses[1]));
+    drop((pe_a, pe_intruder));
+    for registrar in [keyed_a, keyed_b, intruder] {
+        registrar.stop().await;
+    }
+}
+
+/// RFC 5353 takeover with real IO: a PE that registered with an ASAP
+/// transport (a listener of its own) is sent the Endpoint Keep Alive with
+/// the Home flag by the registrar that took it over, over an association
+/// that registrar opens; the PE's Keep Alive Ack on it makes the PE an
+/// ordinary, supervised PE of its new home.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_reaches_the_adopted_pe_with_a_home_keep_alive() {
+    let kind = "tcp";
+    let ports: Vec<u16> = (0..2).map(|_| free_port(kind)).collect();
+    let old_home = Registrar::start(keyed_config(0, &ports, kind, Some(POOL_KEY)), None)
+        .await
+        .unwrap();
+    let new_home = Registrar::start(keyed_config(1, &ports, kind, Some(POOL_KEY)), None)
+        .await
+        .unwrap();
+    // The PE's ASAP endpoint.
+    let mut asap_endpoint = transport::Endpoint::bind(
+        transport::Config {
+            transport: transport::TransportKind::Tcp,
+            ..transport::Config::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let asap_addr = asap_endpoint.local_addr();
+    let mut registration = Client::connect(&old_home).await;
+    let reply = registration
+        .request(Message::Registration {
+            pool_handle: POOL.into(),
+            pool_element: PoolElement {
+                asap_transport: Some(TransportAddress {
+                    kind: TransportKind::Tcp(TransportUse::DataOnly),
+                    port: asap_addr.port(),
+                    addresses: vec![asap_addr.ip()],
+                }),
+                ..pe(9)
+            },
+        })
+        .await;
+    assert!(matches!(
+        reply,
+        Message::RegistrationResponse { reject: false, .. }
+    ));
+    wait_converged(&[&old_home, &new_home], 1, Duration::from_secs(10)).await;
+
+    old_home.stop().await;
+    let mut from_new_home = tokio::time::timeout(Duration::from_secs(10), asap_endpoint.accept())
+        .await
+        .expect("the new home connects to the PE's ASAP transport")
+        .unwrap();
+    let keep_alive = loop {
+        match tokio::time::timeout(Duration::from_secs(5), from_new_home.recv())
+            .await
+            .expect("a message in time")
+        {
+            Some(Event::Message(message)) => break Message::decode(&message.payload).unwrap(),
+            Some(Event::Up | Event::Restarted) => continue,
+            other => panic!("association ended: {other:?}"),
+        }
+    };
+    assert_eq!(
+        keep_alive,
+        Message::EndpointKeepAlive {
+            home: true,
+            server_identifier: 0x1001,
+            pool_handle: POOL.into(),
+            pe_identifier: Some(9),
+        }
+    );
+    let ack = Message::EndpointKeepAliveAck {
+        pool_handle: POOL.into(),
+        pe_identifier: 9,
+    };
+    from_new_home
+        .send(transport::Message::new(0, ASAP_SCTP_PPID, ack.to_bytes()))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = new_home.status().await.unwrap();
+        let element = &status.pools[0].elements[0];
+        assert_eq!(element.home_registrar, 0x1001);
+        let enrp = status.enrp.as_ref().unwrap();
+        assert_eq!(enrp.counters.home_keep_alives, 1);
+        if !registrar::handlespace::is_peer_owner(element.owner_association)
+            && !element.awaiting_keep_alive_ack
+        {
+            assert_eq!(status.counters.keep_alive_acks, 1);
+            break;
+        }
+        assert!(Instant::now() < deadline, "ack not taken: {element:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop((registration, from_new_home));
+    new_home.stop().await;
 }

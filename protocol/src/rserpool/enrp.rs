@@ -424,3 +424,238 @@ fn message_name(message_type: u8) -> Result<&'static str, DecodeError> {
         other => return Err(DecodeError::UnknownMessageType(other)),
     })
 }
+
+/// Message authentication for ENRP between registrars of one pool (our
+/// answer to the peer-impersonation and replay threats of RFC 5355 §3;
+/// design and rationale in `docs/enrp-security.md`).
+///
+/// A signed message ends with one extra parameter:
+///
+/// ```text
+///  0                   1                   2                   3
+///  0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
+/// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+/// |   Type = 0xBF01               |         Length = 48           |
+/// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+/// |                        Key Identifier                         |
+/// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+/// |        Sequence (64 bits: microseconds since the Unix         |
+/// |        epoch at sending, strictly increasing per sender)      |
+/// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+/// |                  HMAC-SHA-256 (32 bytes)                      |
+/// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+/// ```
+///
+/// The HMAC covers the whole message as sent (header with the final
+/// length, both server identifiers, every parameter, and this parameter
+/// with the HMAC field zeroed). The type's two high bits are `10`
+/// (RFC 5354 §2: skip the parameter, continue processing, do not report),
+/// so a decoder that does not know it — Wireshark, RSPLIB, an unkeyed
+/// poolflow registrar — reads the rest of the message unchanged. The value
+/// 0xBF01 is not IANA-assigned (experimental, poolflow-local).
+pub mod auth {
+    use hmac::{Hmac, Mac};
+    use sha2::Sha256;
+
+    type HmacSha256 = Hmac<Sha256>;
+
+    /// Parameter type of the authentication parameter (action bits `10`).
+    pub const PARAM_TYPE: u16 = 0xBF01;
+    /// Length of the parameter, header included (a multiple of 4: no padding).
+    pub const PARAM_LEN: usize = 48;
+    const MAC_OFFSET: usize = 16;
+
+    /// What a valid signature vouches for.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Signed {
+        /// The key that signed.
+        pub key_id: u32,
+        /// The sender's sequence (its clock in µs, strictly increasing).
+        pub sequence: u64,
+        /// The sending server's identifier, from the (signed) header.
+        pub sender_server_id: u32,
+    }
+
+    /// Why a message was not accepted as signed.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+    pub enum AuthError {
+        /// No authentication parameter at the end of the message.
+        #[error("no authentication parameter")]
+        Missing,
+        /// Signed with a key identifier we do not have.
+        #[error("unknown key identifier {0}")]
+        UnknownKey(u32),
+        /// The HMAC does not match: forged, altered, or another key.
+        #[error("bad HMAC")]
+        BadMac,
+        /// Adding the parameter would exceed the 16-bit message length.
+        #[error("message too long to sign")]
+        TooLong,
+    }
+
+    impl AuthError {
+        /// Metric label.
+        pub fn reason(&self) -> &'static str {
+            match self {
+                Self::Missing => "unsigned",
+                Self::UnknownKey(_) => "unknown_key",
+                Self::BadMac => "bad_mac",
+                Self::TooLong => "too_long",
+            }
+        }
+    }
+
+    fn mac(key: &[u8], message: &[u8]) -> HmacSha256 {
+        let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
+        mac.update(message);
+        mac
+    }
+
+    /// Appends the authentication parameter to the encoded ENRP `message`
+    /// (one complete message, nothing after it) and fixes its length.
+    pub fn sign(
+        message: &mut Vec<u8>,
+        key_id: u32,
+        key: &[u8],
+        sequence: u64,
+    ) -> Result<(), AuthError> {
+        let length = message.len() + PARAM_LEN;
+        let length_field = u16::try_from(length).map_err(|_| AuthError::TooLong)?;
+        if message.len() < super::super::MESSAGE_HEADER_LEN {
+            return Err(AuthError::Missing);
+        }
+        message.extend_from_slice(&PARAM_TYPE.to_be_bytes());
+        message.extend_from_slice(&(PARAM_LEN as u16).to_be_bytes());
+        message.extend_from_slice(&key_id.to_be_bytes());
+        message.extend_from_slice(&sequence.to_be_bytes());
+        message.extend_from_slice(&[0; 32]);
+        message[2..4].copy_from_slice(&length_field.to_be_bytes());
+        let tag = mac(key, message).finalize().into_bytes();
+        let at = message.len() - PARAM_LEN + MAC_OFFSET;
+        message[at..].copy_from_slice(&tag);
+        Ok(())
+    }
+
+    /// Checks the authentication parameter at the end of `message` against
+    /// `keys` (identifier, key). Freshness and replay are the caller's: it
+    /// gets the signed sequence and sender.
+    pub fn verify(message: &[u8], keys: &[(u32, &[u8])]) -> Result<Signed, AuthError> {
+        // The header's length, not the buffer's: trailing padding is allowed.
+        let Some(length) = super::super::message_length(message) else {
+            return Err(AuthError::Missing);
+        };
+        if length > message.len() || length < 12 + PARAM_LEN {
+            return Err(AuthError::Missing);
+        }
+        let message = &message[..length];
+        let param = &message[length - PARAM_LEN..];
+        if u16::from_be_bytes([param[0], param[1]]) != PARAM_TYPE
+            || usize::from(u16::from_be_bytes([param[2], param[3]])) != PARAM_LEN
+        {
+            return Err(AuthError::Missing);
+        }
+        let key_id = u32::from_be_bytes(param[4..8].try_into().expect("4 bytes"));
+        let sequence = u64::from_be_bytes(param[8..16].try_into().expect("8 bytes"));
+        let Some((_, key)) = keys.iter().find(|(id, _)| *id == key_id) else {
+            return Err(AuthError::UnknownKey(key_id));
+        };
+        let mac_at = length - PARAM_LEN + MAC_OFFSET;
+        let mut check = mac(key, &message[..mac_at]);
+        check.update(&[0; 32]);
+        check
+            .verify_slice(&message[mac_at..])
+            .map_err(|_| AuthError::BadMac)?;
+        Ok(Signed {
+            key_id,
+            sequence,
+            sender_server_id: u32::from_be_bytes(message[4..8].try_into().expect("4 bytes")),
+        })
+    }
+}
+
+#[cfg(test)]
+mod auth_tests {
+    use super::auth::{self, AuthError, PARAM_LEN, PARAM_TYPE};
+    use super::{Body, Message};
+    use crate::rserpool::params::UnknownParameterAction;
+
+    const KEY: &[u8] = b"registrar pool key";
+
+    fn presence() -> Message {
+        Message {
+            sender_server_id: 0x0a01,
+            receiver_server_id: 0x0b02,
+            body: Body::Presence {
+                reply_required: false,
+                pe_checksum: 0x1234,
+                server_information: None,
+            },
+        }
+    }
+
+    fn signed() -> Vec<u8> {
+        let mut bytes = presence().to_bytes();
+        auth::sign(&mut bytes, 7, KEY, 1_700_000_000_000_000).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn signed_message_verifies_and_still_decodes() {
+        let bytes = signed();
+        assert_eq!(bytes.len(), presence().to_bytes().len() + PARAM_LEN);
+        assert_eq!(
+            usize::from(u16::from_be_bytes([bytes[2], bytes[3]])),
+            bytes.len()
+        );
+        let signed = auth::verify(&bytes, &[(7, KEY)]).unwrap();
+        assert_eq!(signed.key_id, 7);
+        assert_eq!(signed.sequence, 1_700_000_000_000_000);
+        assert_eq!(signed.sender_server_id, 0x0a01);
+        // A decoder that does not know the parameter skips it silently.
+        assert_eq!(
+            UnknownParameterAction::of_type(PARAM_TYPE),
+            UnknownParameterAction::Skip
+        );
+        let decoded = Message::decode_with(&bytes, &Default::default()).unwrap();
+        assert_eq!(decoded.message, presence());
+        assert_eq!(decoded.unrecognized.len(), 1);
+        assert!(decoded.report_causes().is_empty());
+    }
+
+    #[test]
+    fn any_changed_bit_breaks_the_signature() {
+        let bytes = signed();
+        for at in 0..bytes.len() {
+            let mut forged = bytes.clone();
+            forged[at] ^= 0x01;
+            assert!(
+                auth::verify(&forged, &[(7, KEY)]).is_err(),
+                "flipped bit in byte {at} went unnoticed"
+            );
+        }
+    }
+
+    #[test]
+    fn unsigned_wrong_key_and_unknown_key_are_refused() {
+        let unsigned = presence().to_bytes();
+        assert_eq!(
+            auth::verify(&unsigned, &[(7, KEY)]),
+            Err(AuthError::Missing)
+        );
+        let bytes = signed();
+        assert_eq!(
+            auth::verify(&bytes, &[(7, b"another key".as_slice())]),
+            Err(AuthError::BadMac)
+        );
+        assert_eq!(
+            auth::verify(&bytes, &[(8, KEY)]),
+            Err(AuthError::UnknownKey(7))
+        );
+        // Of several keys, the one named by the identifier is used.
+        assert!(auth::verify(&bytes, &[(1, b"old".as_slice()), (7, KEY)]).is_ok());
+        // Truncations never panic and never verify.
+        for len in 0..bytes.len() {
+            assert!(auth::verify(&bytes[..len], &[(7, KEY)]).is_err());
+        }
+    }
+}
