@@ -119,7 +119,17 @@ pub enum EchoError {
     WrongDirection,
     #[error("cookie for exporter {got}, but this association belongs to exporter {expected}")]
     OtherExporter { expected: u32, got: u32 },
+    /// A cookie claiming a record sequence no exporter reaches (2^63 and
+    /// beyond): only a broken signer writes one, and the sequences after it
+    /// would overflow 64 bits (found by fuzzing).
+    #[error("cookie claims record sequence {0}, beyond any exporter's range")]
+    SequenceOutOfRange(u64),
 }
+
+/// Record sequences at and above this are refused in Cookie Echoes: at ten
+/// million records a second an exporter needs 29,000 years to get here, and
+/// below it the 32-bit windows of [`SequenceExtender`] cannot overflow.
+pub const MAX_ECHOED_SEQUENCE: u64 = 1 << 63;
 
 impl EchoError {
     pub fn reason(&self) -> &'static str {
@@ -128,6 +138,7 @@ impl EchoError {
             Self::Malformed(_) => "cookie_malformed",
             Self::WrongDirection => "cookie_wrong_direction",
             Self::OtherExporter { .. } => "cookie_other_exporter",
+            Self::SequenceOutOfRange(_) => "cookie_sequence_out_of_range",
         }
     }
 }
@@ -171,6 +182,9 @@ impl AssociationBilling {
         }
         if !cookie.introduction {
             cookie.verify(&signer.key)?;
+            if cookie.last_record_sequence >= MAX_ECHOED_SEQUENCE {
+                return Err(EchoError::SequenceOutOfRange(cookie.last_record_sequence));
+            }
         }
         if let Some(expected) = self.exporter_id
             && expected != cookie.exporter_id

@@ -148,7 +148,10 @@ impl BillingCookie {
         if self.introduction {
             0
         } else {
-            self.last_record_sequence + 1
+            // Saturates: a cookie claiming the last possible sequence
+            // (only a broken or hostile peer sends one; 2^64 records are
+            // never reached) must not overflow (found by fuzzing).
+            self.last_record_sequence.saturating_add(1)
         }
     }
 
