@@ -43,6 +43,96 @@ pub struct StreamConfig {
     /// Timers.
     #[serde(default)]
     pub timers: TimersConfig,
+    /// `exporter relay`: the routers' side.
+    #[serde(default)]
+    pub relay: RelayConfig,
+}
+
+/// `[relay]`: listeners for routers' IPFIX and NetFlow v9, and the limits
+/// that keep one router from exhausting the relay (as the collector has).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// UDP addresses for IPFIX and NetFlow v9 (told apart by version).
+    pub udp_listen: Vec<SocketAddr>,
+    /// TCP addresses for IPFIX (RFC 7011 section 10.4).
+    pub tcp_listen: Vec<SocketAddr>,
+    /// The relay's template table (router templates → relay template
+    /// ids); default: the state file's path with `.templates` appended.
+    pub template_file: Option<PathBuf>,
+    /// Distinct forwarded templates the relay defines in all; records of
+    /// further templates are dropped and counted. At most the collectors'
+    /// `max_templates_per_session`.
+    pub max_templates: usize,
+    /// Templates one router session may define.
+    pub max_templates_per_session: usize,
+    /// Observation domains (NetFlow v9 source ids) tracked per session.
+    pub max_domains_per_session: usize,
+    /// UDP routers (address and port) tracked at once; the idlest is
+    /// dropped to admit a new one.
+    pub max_udp_sessions: usize,
+    /// A silent UDP router session is forgotten after this many seconds.
+    pub udp_idle_timeout_secs: u64,
+    /// UDP template lifetime without refresh, seconds (RFC 7011 8.4).
+    pub template_lifetime_secs: u64,
+    /// Concurrent TCP connections.
+    pub max_tcp_connections: usize,
+    /// Kernel receive buffer of each UDP socket, bytes.
+    pub udp_receive_buffer_bytes: usize,
+    /// Records queued between the listeners and the pool user. When full,
+    /// UDP input is dropped and counted, TCP input waits.
+    pub queue_records: usize,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            udp_listen: Vec::new(),
+            tcp_listen: Vec::new(),
+            template_file: None,
+            max_templates: 1024,
+            max_templates_per_session: 4096,
+            max_domains_per_session: 1024,
+            max_udp_sessions: 4096,
+            udp_idle_timeout_secs: 3600,
+            template_lifetime_secs: 1800,
+            max_tcp_connections: 256,
+            udp_receive_buffer_bytes: 32 * 1024 * 1024,
+            queue_records: 65_536,
+        }
+    }
+}
+
+impl RelayConfig {
+    /// Checks what `exporter relay` needs beyond the file's syntax.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.udp_listen.is_empty() && self.tcp_listen.is_empty() {
+            bail!("`relay.udp_listen` and `relay.tcp_listen` are both empty");
+        }
+        for (key, value) in [
+            ("relay.max_templates", self.max_templates),
+            (
+                "relay.max_templates_per_session",
+                self.max_templates_per_session,
+            ),
+            (
+                "relay.max_domains_per_session",
+                self.max_domains_per_session,
+            ),
+            ("relay.max_udp_sessions", self.max_udp_sessions),
+            ("relay.max_tcp_connections", self.max_tcp_connections),
+            ("relay.queue_records", self.queue_records),
+        ] {
+            if value == 0 {
+                bail!("`{key}` must be at least 1");
+            }
+        }
+        // Relay template ids are 256..=65535.
+        if self.max_templates > usize::from(u16::MAX - 255) {
+            bail!("`relay.max_templates` is above {}", u16::MAX - 255);
+        }
+        Ok(())
+    }
 }
 
 /// `[buffer]`.
@@ -159,6 +249,41 @@ impl StreamConfig {
             .collect()
     }
 
+    /// Where the relay keeps its template table.
+    pub fn relay_template_file(&self) -> PathBuf {
+        self.relay.template_file.clone().unwrap_or_else(|| {
+            let mut name = self.state_file.clone().into_os_string();
+            name.push(".templates");
+            PathBuf::from(name)
+        })
+    }
+
+    /// Everything `stream::run` needs, with the input's `templates`.
+    pub fn stream_settings(
+        &self,
+        templates: Vec<protocol::ipfix::Template>,
+        exit_drain_timeout: Duration,
+    ) -> anyhow::Result<crate::stream::StreamSettings> {
+        let t = &self.timers;
+        let mut transport = if t.fast_failure_detection {
+            transport::Config::fast_failure_detection(transport::TransportKind::SctpOverUdp)
+        } else {
+            transport::Config::default()
+        };
+        transport.connect_timeout = Duration::from_millis(t.connect_timeout_ms);
+        Ok(crate::stream::StreamSettings {
+            exporter: self.exporter_config(),
+            templates,
+            pool_handle: protocol::rserpool::PoolHandle(self.pool_handle.as_bytes().to_vec()),
+            registrars: self.registrar_addresses()?,
+            state_file: crate::sequence::StateFile::new(&self.state_file),
+            transport,
+            cache_lifetime: Duration::from_millis(t.cache_lifetime_ms),
+            registrar_request_timeout: Duration::from_millis(t.registrar_request_timeout_ms),
+            exit_drain_timeout,
+        })
+    }
+
     /// The core's settings.
     pub fn exporter_config(&self) -> ExporterConfig {
         let t = &self.timers;
@@ -201,6 +326,44 @@ mod tests {
         assert_eq!(core.cookie_timeout, Duration::from_secs(5));
         assert_eq!(core.replay.memory_records, 200_000);
         assert!(core.replay.spill_dir.is_some());
+        assert_eq!(config.relay.udp_listen.len(), 2);
+        assert_eq!(config.relay.tcp_listen.len(), 1);
+        config.relay.check().unwrap();
+        assert_eq!(
+            config.relay_template_file(),
+            PathBuf::from("/var/lib/poolflow/exporter.templates")
+        );
+    }
+
+    #[test]
+    fn relay_section_defaults_and_checks() {
+        let minimal = r#"
+            exporter_id = 7
+            pool_handle = "p"
+            registrars = ["tcp:127.0.0.1:3863"]
+            state_file = "/x/s"
+        "#;
+        let config = StreamConfig::parse(minimal).unwrap();
+        assert!(config.relay.check().is_err(), "a relay needs a listener");
+        assert_eq!(
+            config.relay_template_file(),
+            PathBuf::from("/x/s.templates")
+        );
+        let with = format!("{minimal}\n[relay]\nudp_listen = [\"127.0.0.1:4739\"]\n");
+        let config = StreamConfig::parse(&with).unwrap();
+        config.relay.check().unwrap();
+        assert_eq!(config.relay.max_templates, 1024);
+        let zero = format!("{with}max_tcp_connections = 0\n");
+        let err = StreamConfig::parse(&zero)
+            .unwrap()
+            .relay
+            .check()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("relay.max_tcp_connections"),
+            "{err}"
+        );
+        assert!(StreamConfig::parse(&format!("{with}udp_listn = []\n")).is_err());
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! collector pool with lossless failover and failback.
 //!
 //! - [`generate`]: the synthetic load generator (one collector, no pool).
+//! - [`relay`]: `exporter relay`, routers' IPFIX and NetFlow v9 into the
+//!   pool.
 //! - [`pool_user`]: the sans-IO pool user core: record sequences, cookies,
 //!   replay, failover, Preferred Primary failback.
 //! - [`replay`]: the per-domain replay buffer (memory window + disk spill).
@@ -13,6 +15,7 @@
 pub mod config;
 pub mod generate;
 pub mod pool_user;
+pub mod relay;
 pub mod replay;
 pub mod sequence;
 pub mod stream;

@@ -9,10 +9,9 @@ use clap::{Args, Parser, Subcommand};
 use exporter::config::StreamConfig;
 use exporter::generate::{GenerateConfig, GenerateTransport, generate};
 use exporter::pool_user::Notice;
-use exporter::sequence::StateFile;
-use exporter::stream::{InputRecord, Progress, StreamSettings};
+use exporter::relay::RelayOptions;
+use exporter::stream::{InputRecord, Progress};
 use protocol::ipfix::flow::{FLOW_TEMPLATE_ID, FlowRecord, flow_template};
-use protocol::rserpool::PoolHandle;
 
 /// poolflow exporter: sends IPFIX flow records to collectors.
 #[derive(Parser)]
@@ -30,6 +29,23 @@ enum Command {
     /// user: resolve the pool at the registrars, select by policy, fail over
     /// and fail back without loss (billing cookies, replay).
     Stream(StreamArgs),
+    /// Relay routers into the pool: listen for IPFIX and NetFlow v9 over
+    /// UDP and TCP (the config file's [relay] section) and stream every
+    /// record to the collector pool as `stream` does (billing sequences,
+    /// cookies, replay, failover). Runs until SIGTERM/SIGINT, then drains.
+    Relay(RelayArgs),
+}
+
+#[derive(Args)]
+struct RelayArgs {
+    /// TOML configuration with a [relay] section (see
+    /// exporter/exporter.toml.example).
+    #[arg(long)]
+    config: PathBuf,
+    /// After a stop signal: longest wait for the last cookies, seconds
+    /// (unacknowledged records stay in the spill for the next run).
+    #[arg(long, default_value_t = 30)]
+    exit_drain_timeout_secs: u64,
 }
 
 #[derive(Args)]
@@ -88,6 +104,7 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Stream(a) => stream(a),
+        Command::Relay(a) => relay(a),
         Command::Generate(a) => {
             let config = GenerateConfig {
                 target: a.to,
@@ -125,25 +142,10 @@ fn stream(args: StreamArgs) -> Result<()> {
                 .install()
                 .with_context(|| format!("metrics endpoint on {listen}"))?;
         }
-        let mut transport = if config.timers.fast_failure_detection {
-            transport::Config::fast_failure_detection(transport::TransportKind::SctpOverUdp)
-        } else {
-            transport::Config::default()
-        };
-        transport.connect_timeout = Duration::from_millis(config.timers.connect_timeout_ms);
-        let settings = StreamSettings {
-            exporter: config.exporter_config(),
-            templates: vec![flow_template()],
-            pool_handle: PoolHandle(config.pool_handle.as_bytes().to_vec()),
-            registrars: config.registrar_addresses()?,
-            state_file: StateFile::new(&config.state_file),
-            transport,
-            cache_lifetime: Duration::from_millis(config.timers.cache_lifetime_ms),
-            registrar_request_timeout: Duration::from_millis(
-                config.timers.registrar_request_timeout_ms,
-            ),
-            exit_drain_timeout: Duration::from_secs(args.exit_drain_timeout_secs),
-        };
+        let settings = config.stream_settings(
+            vec![flow_template()],
+            Duration::from_secs(args.exit_drain_timeout_secs),
+        )?;
         let (input_tx, input) = tokio::sync::mpsc::channel(4096);
         tokio::spawn(synthetic_input(
             input_tx,
@@ -189,6 +191,38 @@ fn stream(args: StreamArgs) -> Result<()> {
                 "all acknowledged"
             } else {
                 "NOT all acknowledged (only spilled records survive to the next run)"
+            },
+            report.elapsed.as_secs_f64()
+        );
+        anyhow::ensure!(report.drained, "records left unacknowledged");
+        Ok(())
+    })
+}
+
+fn relay(args: RelayArgs) -> Result<()> {
+    let config = StreamConfig::load(&args.config)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting tokio")?;
+    runtime.block_on(async move {
+        if let Some(listen) = config.metrics_listen {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .with_http_listener(listen)
+                .install()
+                .with_context(|| format!("metrics endpoint on {listen}"))?;
+        }
+        let options = RelayOptions {
+            exit_drain_timeout: Duration::from_secs(args.exit_drain_timeout_secs),
+        };
+        let report = exporter::relay::run(config, options).await?;
+        println!(
+            "relay: {} records in, {} sent, {} failovers, {} failbacks, {} in {:.3} s",
+            report.records_in,
+            report.counters.records_sent,
+            report.counters.failovers,
+            report.counters.failbacks,
+            if report.drained {
+                "all acknowledged"
+            } else {
+                "NOT all acknowledged (spilled records are replayed by the next run)"
             },
             report.elapsed.as_secs_f64()
         );

@@ -241,6 +241,11 @@ struct Domain {
     send_cursor: u64,
     /// Cookie Echo and templates sent on the current association.
     introduced: bool,
+    /// How many of the core's templates (a prefix of
+    /// `Exporter::templates`) this domain announced on the current
+    /// association: templates learned at run time go out before the next
+    /// data message of the domain.
+    templates_announced: usize,
 }
 
 impl Domain {
@@ -264,6 +269,7 @@ impl Domain {
             None => self.next_sequence.max(from_cookie),
         };
         self.introduced = false;
+        self.templates_announced = 0;
     }
 }
 
@@ -301,6 +307,8 @@ pub struct Exporter {
     config: ExporterConfig,
     domains: BTreeMap<u32, Domain>,
     templates: Vec<Template>,
+    /// Ids of `templates`, for the per-record [`Self::has_template`].
+    template_ids: HashSet<u16>,
     phase: Phase,
     next_association: AssociationId,
     /// PEs that failed since the last successful association: not tried
@@ -340,6 +348,7 @@ impl Exporter {
             writer: MessageWriter::new(config.message_size),
             config,
             domains: BTreeMap::new(),
+            template_ids: templates.iter().map(|t| t.id).collect(),
             templates,
             phase: Phase::Selecting {
                 reason: ConnectReason::Initial,
@@ -375,6 +384,7 @@ impl Exporter {
             buffer,
             send_cursor: 0,
             introduced: false,
+            templates_announced: 0,
         };
         domain.rewind();
         self.domains.insert(id, domain);
@@ -407,6 +417,33 @@ impl Exporter {
         match self.phase {
             Phase::Connecting { association, .. } => Some(association),
             _ => None,
+        }
+    }
+
+    /// Whether a template with this id is known (announced on every
+    /// association before data that uses it).
+    pub fn has_template(&self, template_id: u16) -> bool {
+        self.template_ids.contains(&template_id)
+    }
+
+    /// Learns a template at run time (a relay meets routers' templates as
+    /// they come). Every domain announces it before its next data message,
+    /// and every later association announces it with the others. A new
+    /// definition for a known id replaces the old one and makes every
+    /// domain announce all templates again.
+    pub fn add_template(&mut self, template: Template) {
+        match self.templates.iter_mut().find(|t| t.id == template.id) {
+            Some(known) if *known == template => {}
+            Some(known) => {
+                *known = template;
+                for domain in self.domains.values_mut() {
+                    domain.templates_announced = 0;
+                }
+            }
+            None => {
+                self.template_ids.insert(template.id);
+                self.templates.push(template);
+            }
         }
     }
 
@@ -706,22 +743,44 @@ impl Exporter {
             ppid: ASAP_SCTP_PPID,
             payload: cookie.cookie_echo_message_bytes(),
         });
-        if !self.templates.is_empty() {
+        domain.introduced = true;
+        domain.templates_announced = 0;
+        self.announce_templates(unix_secs, association, domain_id);
+    }
+
+    /// Sends the templates the domain has not announced on this association
+    /// yet, in as many messages as they need.
+    fn announce_templates(&mut self, unix_secs: u32, association: AssociationId, domain_id: u32) {
+        let domain = self.domains.get_mut(&domain_id).expect("known domain");
+        while domain.templates_announced < self.templates.len() {
             // A template-only message counts no data records: its sequence
             // number is that of the next data record.
             self.writer
                 .start(domain_id, unix_secs, domain.send_cursor as u32);
-            for template in &self.templates {
-                // Our templates are small; a message holds them all.
-                let _ = self.writer.add_template(template);
+            let mut added = 0;
+            for template in &self.templates[domain.templates_announced..] {
+                if self.writer.add_template(template).is_err() {
+                    break;
+                }
+                added += 1;
             }
+            if added == 0 {
+                // Larger than a message: no collector could learn it.
+                let template = &self.templates[domain.templates_announced];
+                tracing::error!(
+                    template_id = template.id,
+                    "template does not fit an IPFIX message; not announced"
+                );
+                domain.templates_announced += 1;
+                continue;
+            }
+            domain.templates_announced += added;
             self.outputs.push_back(Output::Send {
                 association,
-                ppid: crate::pool_user::IPFIX_PPID,
+                ppid: IPFIX_PPID,
                 payload: self.writer.finish().to_vec(),
             });
         }
-        domain.introduced = true;
     }
 
     fn export_time_at(&self, now: Instant) -> u32 {
@@ -750,6 +809,14 @@ impl Exporter {
                 // A domain that appeared during the association.
                 self.introduce(now, association, domain_id);
                 return self.outputs.pop_front();
+            }
+            if self.domains[&domain_id].templates_announced < self.templates.len() {
+                // Templates learned during the association go first.
+                let unix_secs = self.export_time_at(now);
+                self.announce_templates(unix_secs, association, domain_id);
+                if let Some(output) = self.outputs.pop_front() {
+                    return Some(output);
+                }
             }
             self.send_turn = (self.send_turn + offset + 1) % ids.len();
             let export_time = self.export_time_at(now);

@@ -38,6 +38,15 @@ pub struct InputRecord {
     pub bytes: Vec<u8>,
 }
 
+/// Templates an input learns at run time (the relay: routers' templates as
+/// they arrive). Before the core takes a record whose template it does not
+/// know, [`run_with_templates`] asks here; the input must make a template
+/// available before it sends records that use it.
+pub trait TemplateSource: Send + Sync {
+    /// The template with this id, if the input defined one.
+    fn template(&self, template_id: u16) -> Option<Template>;
+}
+
 /// Everything [`run`] needs.
 #[derive(Debug, Clone)]
 pub struct StreamSettings {
@@ -112,6 +121,18 @@ fn unix_ms() -> u64 {
 /// state file is written on the way out.
 pub async fn run(
     settings: StreamSettings,
+    input: mpsc::Receiver<InputRecord>,
+    shutdown: impl Future<Output = ()>,
+    progress: impl FnMut(Progress),
+) -> anyhow::Result<StreamReport> {
+    run_with_templates(settings, None, input, shutdown, progress).await
+}
+
+/// [`run`], for input whose templates are not all known at the start:
+/// `learned` supplies the templates beyond `settings.templates`.
+pub async fn run_with_templates(
+    settings: StreamSettings,
+    learned: Option<&dyn TemplateSource>,
     mut input: mpsc::Receiver<InputRecord>,
     shutdown: impl Future<Output = ()>,
     mut progress: impl FnMut(Progress),
@@ -183,7 +204,7 @@ pub async fn run(
         // Back-pressure: a record the core refused is retried before any
         // new one is read.
         if let Some(record) = held.take_if(|r| core.can_accept(r.domain)) {
-            push(&mut core, record)?;
+            push(&mut core, learned, record)?;
             records_in += 1;
         }
         let wake = [
@@ -237,7 +258,7 @@ pub async fn run(
                                 held = Some(record);
                                 break;
                             }
-                            push(&mut core, record)?;
+                            push(&mut core, learned, record)?;
                             records_in += 1;
                             next = input.try_recv().ok();
                         }
@@ -274,7 +295,24 @@ pub async fn run(
 }
 
 /// Hands a record the core said it can take to it.
-fn push(core: &mut Exporter, record: InputRecord) -> anyhow::Result<()> {
+fn push(
+    core: &mut Exporter,
+    learned: Option<&dyn TemplateSource>,
+    record: InputRecord,
+) -> anyhow::Result<()> {
+    if let Some(source) = learned
+        && !core.has_template(record.template_id)
+    {
+        match source.template(record.template_id) {
+            Some(template) => core.add_template(template),
+            // The input broke its promise; the collector will count the
+            // records as of an unknown template.
+            None => tracing::error!(
+                template_id = record.template_id,
+                "record of a template the input never defined"
+            ),
+        }
+    }
     match core.push_record(record.domain, record.template_id, record.bytes) {
         Ok(_) => Ok(()),
         // `can_accept` said yes; a full buffer here is a bug, not input.
