@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use protocol::billing::BILLING_STREAM;
 use protocol::ipfix::SessionConfig;
 use protocol::rserpool::ASAP_SCTP_PPID;
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -190,7 +191,12 @@ async fn sctp_session(
             Some(Event::Message(message)) => {
                 let first_new = batch.blocks.len();
                 decoder.handle(&message.payload, message.stream, &mut batch);
-                cookies.tag_blocks(&mut batch.blocks[first_new..]);
+                // Only the billing stream's sequence numbers are record
+                // sequences; other streams carry best-effort records
+                // (PR-SCTP), stored untagged and covered by no cookie.
+                if message.stream == BILLING_STREAM {
+                    cookies.tag_blocks(&mut batch.blocks[first_new..]);
+                }
                 if batch.len() >= SESSION_BATCH_RECORDS {
                     if flush(&tx, &mut batch).await.is_err() {
                         break "collector shutting down".to_owned();

@@ -46,6 +46,36 @@ pub struct StreamConfig {
     /// `exporter relay`: the routers' side.
     #[serde(default)]
     pub relay: RelayConfig,
+    /// Records nobody bills from: PR-SCTP instead of cookies and replay.
+    #[serde(default)]
+    pub best_effort: BestEffortConfig,
+}
+
+/// `[best_effort]`: which records are not billing records and how they go
+/// out (PR-SCTP on their own stream, RFC 3758 "ttl" policy).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BestEffortConfig {
+    /// Observation domains whose records are best effort (the relay: the
+    /// routers' domains or v9 source ids; `stream`: where
+    /// `--best-effort-records` go, the first one).
+    pub domains: Vec<u32>,
+    /// A best-effort message not delivered within this long is abandoned
+    /// (never retransmitted after), milliseconds.
+    pub lifetime_ms: u64,
+    /// Best-effort records queued per domain while no collector takes
+    /// them; beyond this the oldest are dropped and counted.
+    pub queue_records: usize,
+}
+
+impl Default for BestEffortConfig {
+    fn default() -> Self {
+        Self {
+            domains: Vec::new(),
+            lifetime_ms: 1000,
+            queue_records: 10_000,
+        }
+    }
 }
 
 /// `[relay]`: listeners for routers' IPFIX and NetFlow v9, and the limits
@@ -303,6 +333,8 @@ impl StreamConfig {
                 spill_dir: self.buffer.spill_dir.clone(),
                 segment_records: self.buffer.spill_segment_records,
             },
+            best_effort_lifetime: Duration::from_millis(self.best_effort.lifetime_ms),
+            best_effort_queue: self.best_effort.queue_records,
         }
     }
 }

@@ -10,7 +10,7 @@ use exporter::config::StreamConfig;
 use exporter::generate::{GenerateConfig, GenerateTransport, generate};
 use exporter::pool_user::Notice;
 use exporter::relay::RelayOptions;
-use exporter::stream::{InputRecord, Progress};
+use exporter::stream::{InputRecord, Progress, RecordClass};
 use protocol::ipfix::flow::{FLOW_TEMPLATE_ID, FlowRecord, flow_template};
 
 /// poolflow exporter: sends IPFIX flow records to collectors.
@@ -65,6 +65,11 @@ struct StreamArgs {
     /// After the last record: longest wait for the cookies, seconds.
     #[arg(long, default_value_t = 30)]
     exit_drain_timeout_secs: u64,
+    /// Also send this many best-effort records (PR-SCTP, not acknowledged
+    /// or replayed), interleaved with the billing ones, in the first of
+    /// `[best_effort] domains`; they count toward `--rate`.
+    #[arg(long, default_value_t = 0)]
+    best_effort_records: u64,
 }
 
 #[derive(Args)]
@@ -146,13 +151,27 @@ fn stream(args: StreamArgs) -> Result<()> {
             vec![flow_template()],
             Duration::from_secs(args.exit_drain_timeout_secs),
         )?;
+        let best_effort = match (args.best_effort_records, config.best_effort.domains.first()) {
+            (0, _) => None,
+            (count, Some(&domain)) => Some((domain, count)),
+            (_, None) => anyhow::bail!(
+                "--best-effort-records needs a domain in `[best_effort] domains` of the config"
+            ),
+        };
+        anyhow::ensure!(
+            best_effort.is_none_or(|(domain, _)| domain != config.observation_domain),
+            "`observation_domain` is a billing domain: it cannot be in `[best_effort] domains`"
+        );
         let (input_tx, input) = tokio::sync::mpsc::channel(4096);
         tokio::spawn(synthetic_input(
             input_tx,
-            config.observation_domain,
-            args.first_record,
-            args.records,
-            args.rate,
+            SyntheticInput {
+                domain: config.observation_domain,
+                first: args.first_record,
+                count: args.records,
+                best_effort,
+                rate: args.rate,
+            },
         ));
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
@@ -194,6 +213,12 @@ fn stream(args: StreamArgs) -> Result<()> {
             },
             report.elapsed.as_secs_f64()
         );
+        if best_effort.is_some() {
+            println!(
+                "best effort: {} sent, {} dropped from a full queue",
+                report.counters.best_effort_sent, report.counters.best_effort_dropped
+            );
+        }
         anyhow::ensure!(report.drained, "records left unacknowledged");
         Ok(())
     })
@@ -231,32 +256,60 @@ fn relay(args: RelayArgs) -> Result<()> {
     })
 }
 
-/// Synthetic records at a rate; the channel's capacity passes the exporter's
-/// back-pressure on to this generator.
-async fn synthetic_input(
-    tx: tokio::sync::mpsc::Sender<InputRecord>,
+/// What [`synthetic_input`] generates.
+struct SyntheticInput {
+    /// Billing domain, first synthetic record number and count.
     domain: u32,
     first: u64,
     count: u64,
+    /// Best-effort domain and count, spread evenly among the billing ones.
+    best_effort: Option<(u32, u64)>,
+    /// Records (of both kinds) per second; `None`: as fast as taken.
     rate: Option<u64>,
-) {
+}
+
+/// Synthetic records at a rate; the channel's capacity passes the exporter's
+/// back-pressure on to this generator.
+async fn synthetic_input(tx: tokio::sync::mpsc::Sender<InputRecord>, input: SyntheticInput) {
     let base_millis = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
+    let (best_effort_domain, best_effort_count) = input.best_effort.unwrap_or((0, 0));
+    let total = input.count + best_effort_count;
     let started = Instant::now();
-    for i in 0..count {
-        if let Some(rate) = rate.filter(|&r| r > 0) {
+    let (mut billing_sent, mut best_effort_sent) = (0u64, 0u64);
+    for i in 0..total {
+        if let Some(rate) = input.rate.filter(|&r| r > 0) {
             let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
             if due > Instant::now() {
                 tokio::time::sleep_until(due.into()).await;
             }
         }
+        // Best-effort records at evenly spaced positions (integer
+        // Bresenham: exactly `best_effort_count` of `total`).
+        let best_effort = (i + 1) * best_effort_count / total > i * best_effort_count / total;
+        let (domain, number, class) = if best_effort {
+            best_effort_sent += 1;
+            (
+                best_effort_domain,
+                best_effort_sent - 1,
+                RecordClass::BestEffort,
+            )
+        } else {
+            billing_sent += 1;
+            (
+                input.domain,
+                input.first + billing_sent - 1,
+                RecordClass::Billing,
+            )
+        };
         let mut bytes = Vec::with_capacity(protocol::ipfix::flow::FLOW_RECORD_LEN);
-        FlowRecord::synthetic(first + i, base_millis).encode(&mut bytes);
+        FlowRecord::synthetic(number, base_millis).encode(&mut bytes);
         let record = InputRecord {
             domain,
             template_id: FLOW_TEMPLATE_ID,
             bytes,
+            class,
         };
         if tx.send(record).await.is_err() {
             return;

@@ -31,13 +31,19 @@ use protocol::ipfix::{MessageWriter, Template};
 use protocol::rserpool::ASAP_SCTP_PPID;
 use protocol::rserpool::asap::Message as AsapMessage;
 
+use transport::Reliability;
+
 use crate::replay::{BufferedRecord, PushError, ReplayBuffer, ReplayLimits};
 use crate::sequence::{DomainState, ExporterState};
 
 /// PPID of IPFIX messages (RFC 7011 §10.2.4: 0, unspecified).
 pub const IPFIX_PPID: u32 = 0;
 /// The SCTP stream of billing messages (one stream, one sequence counter).
-pub const BILLING_STREAM: u16 = 0;
+pub const BILLING_STREAM: u16 = protocol::billing::BILLING_STREAM;
+/// The SCTP stream of best-effort (non-billing) records: PR-SCTP, no record
+/// sequences, no replay. Its own IPFIX sequence numbers (RFC 7011 §10.2.4.4
+/// counts per stream) show the collector what PR-SCTP abandoned.
+pub const BEST_EFFORT_STREAM: u16 = 1;
 
 /// Settings of the [`Exporter`] core.
 #[derive(Debug, Clone)]
@@ -64,6 +70,12 @@ pub struct ExporterConfig {
     pub sequence_reservation: u64,
     /// Replay buffer limits (per domain).
     pub replay: ReplayLimits,
+    /// Best-effort records: PR-SCTP lifetime ("ttl") of their messages;
+    /// a message not delivered by then is abandoned, not retransmitted.
+    pub best_effort_lifetime: Duration,
+    /// Best-effort records queued per domain while no collector takes
+    /// them (failover, drain); beyond this the oldest are dropped, counted.
+    pub best_effort_queue: usize,
 }
 
 impl ExporterConfig {
@@ -80,6 +92,8 @@ impl ExporterConfig {
             state_sync_interval: Duration::from_millis(100),
             sequence_reservation: 100_000,
             replay: ReplayLimits::memory(100_000),
+            best_effort_lifetime: Duration::from_millis(1000),
+            best_effort_queue: 10_000,
         }
     }
 }
@@ -105,10 +119,16 @@ pub enum Output {
         /// The PE.
         pe: PoolElementInfo,
     },
-    /// Send one message on the association (stream 0, reliable, ordered).
+    /// Send one message on the association (ordered).
     Send {
         /// The association.
         association: AssociationId,
+        /// [`BILLING_STREAM`] (cookies, templates, billing records) or
+        /// [`BEST_EFFORT_STREAM`].
+        stream: u16,
+        /// Reliable for everything but best-effort data, which is sent
+        /// with the PR-SCTP lifetime `best_effort_lifetime`.
+        reliability: Reliability,
         /// 0 for IPFIX, 11 for ASAP.
         ppid: u32,
         /// The message.
@@ -215,6 +235,11 @@ pub struct Counters {
     pub records_replayed: u64,
     /// Cookies accepted.
     pub cookies: u64,
+    /// Best-effort records sent (PR-SCTP; not acknowledged, not replayed).
+    pub best_effort_sent: u64,
+    /// Best-effort records dropped from a full queue (no collector took
+    /// them in time).
+    pub best_effort_dropped: u64,
 }
 
 /// Why the core refused a record.
@@ -329,8 +354,29 @@ pub struct Exporter {
     last_persist: Instant,
     /// Round robin over domains when sending.
     send_turn: usize,
+    /// Best-effort records per domain (apart from billing: no sequences,
+    /// no replay, nothing persisted).
+    best_effort: BTreeMap<u32, BestEffortDomain>,
+    /// Billing and best-effort messages take turns, so neither class
+    /// starves the other.
+    best_effort_turn: bool,
     counters: Counters,
     started: bool,
+}
+
+/// One domain's best-effort records.
+#[derive(Debug, Default)]
+struct BestEffortDomain {
+    /// Waiting to be sent: (template id, record bytes).
+    queue: VecDeque<(u16, Vec<u8>)>,
+    /// IPFIX sequence number on [`BEST_EFFORT_STREAM`]: data records sent
+    /// so far (abandoned ones included, so the collector sees them as a
+    /// gap).
+    sequence: u32,
+    /// How many of the core's templates went out on the best-effort stream
+    /// of the current association (templates precede their data on the
+    /// same stream, reliably: RFC 7011 §10.2.4.3).
+    templates_announced: usize,
 }
 
 impl Exporter {
@@ -363,6 +409,8 @@ impl Exporter {
             cookies_dirty: false,
             last_persist: now,
             send_turn: 0,
+            best_effort: BTreeMap::new(),
+            best_effort_turn: false,
             counters: Counters::default(),
             started: false,
         };
@@ -437,6 +485,9 @@ impl Exporter {
             Some(known) => {
                 *known = template;
                 for domain in self.domains.values_mut() {
+                    domain.templates_announced = 0;
+                }
+                for domain in self.best_effort.values_mut() {
                     domain.templates_announced = 0;
                 }
             }
@@ -556,6 +607,29 @@ impl Exporter {
         Ok(sequence)
     }
 
+    /// Takes one best-effort (non-billing) record of `domain`: sent on
+    /// [`BEST_EFFORT_STREAM`] with PR-SCTP, never numbered, acknowledged or
+    /// replayed. Never refused: while no collector takes records, a full
+    /// queue drops its oldest record (counted in
+    /// [`Counters::best_effort_dropped`]).
+    pub fn push_best_effort(&mut self, domain: u32, template_id: u16, bytes: Vec<u8>) {
+        let limit = self.config.best_effort_queue.max(1);
+        let d = self.best_effort.entry(domain).or_default();
+        while d.queue.len() >= limit {
+            d.queue.pop_front();
+            self.counters.best_effort_dropped += 1;
+        }
+        d.queue.push_back((template_id, bytes));
+    }
+
+    /// Best-effort records waiting to be sent.
+    pub fn best_effort_queued(&self) -> u64 {
+        self.best_effort
+            .values()
+            .map(|d| d.queue.len() as u64)
+            .sum()
+    }
+
     fn persist(&mut self, state: ExporterState) {
         self.cookies_dirty = false;
         self.outputs.push_back(Output::PersistState(state));
@@ -592,7 +666,16 @@ impl Exporter {
                 }
                 return Some(Output::CheckFailback { current });
             }
-            return self.next_data_message(now, association);
+            // Billing and best-effort messages alternate while both wait.
+            self.best_effort_turn = !self.best_effort_turn;
+            if self.best_effort_turn {
+                return self
+                    .next_best_effort_message(now, association)
+                    .or_else(|| self.next_data_message(now, association));
+            }
+            return self
+                .next_data_message(now, association)
+                .or_else(|| self.next_best_effort_message(now, association));
         }
         None
     }
@@ -711,6 +794,9 @@ impl Exporter {
         for domain in domains {
             self.introduce(now, association, domain);
         }
+        for domain in self.best_effort.values_mut() {
+            domain.templates_announced = 0;
+        }
         if reason == ConnectReason::Failback {
             self.counters.failbacks += 1;
         }
@@ -740,6 +826,8 @@ impl Exporter {
             .unwrap_or_else(|| BillingCookie::introduction(exporter_id, domain_id));
         self.outputs.push_back(Output::Send {
             association,
+            stream: BILLING_STREAM,
+            reliability: Reliability::Reliable,
             ppid: ASAP_SCTP_PPID,
             payload: cookie.cookie_echo_message_bytes(),
         });
@@ -777,6 +865,8 @@ impl Exporter {
             domain.templates_announced += added;
             self.outputs.push_back(Output::Send {
                 association,
+                stream: BILLING_STREAM,
+                reliability: Reliability::Reliable,
                 ppid: IPFIX_PPID,
                 payload: self.writer.finish().to_vec(),
             });
@@ -856,11 +946,81 @@ impl Exporter {
             }
             return Some(Output::Send {
                 association,
+                stream: BILLING_STREAM,
+                reliability: Reliability::Reliable,
                 ppid: IPFIX_PPID,
                 payload: self.writer.finish().to_vec(),
             });
         }
         None
+    }
+
+    /// Builds the next message of best-effort records (or of the templates
+    /// they need on their stream first), if any wait.
+    fn next_best_effort_message(
+        &mut self,
+        now: Instant,
+        association: AssociationId,
+    ) -> Option<Output> {
+        let export_time = self.export_time_at(now);
+        loop {
+            let (&domain_id, domain) = self
+                .best_effort
+                .iter_mut()
+                .find(|(_, d)| !d.queue.is_empty())?;
+            self.writer.start(domain_id, export_time, domain.sequence);
+            if domain.templates_announced < self.templates.len() {
+                // A template-only message: its sequence number is that of
+                // the next data record.
+                let mut added = 0;
+                for template in &self.templates[domain.templates_announced..] {
+                    if self.writer.add_template(template).is_err() {
+                        break;
+                    }
+                    added += 1;
+                }
+                // A template larger than a message was reported on the
+                // billing stream already: skipped here too.
+                domain.templates_announced += added.max(1);
+                if added == 0 {
+                    continue;
+                }
+                return Some(Output::Send {
+                    association,
+                    stream: BEST_EFFORT_STREAM,
+                    reliability: Reliability::Reliable,
+                    ppid: IPFIX_PPID,
+                    payload: self.writer.finish().to_vec(),
+                });
+            }
+            let mut count = 0u32;
+            while let Some((template_id, bytes)) = domain.queue.front() {
+                if self.writer.add_record(*template_id, bytes).is_err() {
+                    break;
+                }
+                domain.queue.pop_front();
+                count += 1;
+            }
+            if count == 0 {
+                // Larger than a message: can never be sent.
+                domain.queue.pop_front();
+                self.counters.best_effort_dropped += 1;
+                tracing::error!(
+                    domain = domain_id,
+                    "best-effort record does not fit an IPFIX message; dropped"
+                );
+                continue;
+            }
+            domain.sequence = domain.sequence.wrapping_add(count);
+            self.counters.best_effort_sent += u64::from(count);
+            return Some(Output::Send {
+                association,
+                stream: BEST_EFFORT_STREAM,
+                reliability: Reliability::Lifetime(self.config.best_effort_lifetime),
+                ppid: IPFIX_PPID,
+                payload: self.writer.finish().to_vec(),
+            });
+        }
     }
 
     /// A message from the collector on the data association (PPID 11:

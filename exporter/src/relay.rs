@@ -95,7 +95,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::config::{RelayConfig, StreamConfig};
-use crate::stream::{InputRecord, StreamReport, StreamSettings, TemplateSource};
+use crate::stream::{InputRecord, RecordClass, StreamReport, StreamSettings, TemplateSource};
 
 /// Smallest relay template id (RFC 7011: data set ids start at 256).
 pub const FIRST_RELAY_TEMPLATE_ID: u16 = 256;
@@ -384,15 +384,19 @@ pub struct SessionLimits {
     /// Largest forwarded IPFIX message (the pool user's `message_size`):
     /// a record that cannot fit is dropped here, not stalled later.
     pub message_size: usize,
+    /// Observation domains whose records are forwarded best effort
+    /// (`[best_effort] domains`), not as billing records.
+    pub best_effort_domains: Vec<u32>,
 }
 
 impl SessionLimits {
-    pub fn new(config: &RelayConfig, message_size: usize) -> Self {
+    pub fn new(config: &RelayConfig, message_size: usize, best_effort_domains: &[u32]) -> Self {
         Self {
             max_templates: config.max_templates_per_session,
             max_domains: config.max_domains_per_session,
             template_lifetime_secs: config.template_lifetime_secs,
             message_size,
+            best_effort_domains: best_effort_domains.to_vec(),
         }
     }
 }
@@ -559,6 +563,7 @@ impl RouterSession {
         let mut forward = Forwarder {
             router: self.router,
             message_size: self.limits.message_size,
+            best_effort_domains: &self.limits.best_effort_domains,
             mappings: &mut self.mappings,
             registry,
             out,
@@ -611,6 +616,7 @@ impl RouterSession {
         let mut forward = Forwarder {
             router: self.router,
             message_size: self.limits.message_size,
+            best_effort_domains: &self.limits.best_effort_domains,
             mappings: &mut self.mappings,
             registry,
             out,
@@ -648,6 +654,7 @@ impl RouterSession {
 struct Forwarder<'a> {
     router: IpAddr,
     message_size: usize,
+    best_effort_domains: &'a [u32],
     mappings: &'a mut HashMap<(InputProtocol, u32, u16), Mapping>,
     registry: &'a SharedRegistry,
     out: &'a mut Vec<InputRecord>,
@@ -713,10 +720,16 @@ impl Forwarder<'_> {
             self.report.drop_records("record_too_long", 1);
             return;
         }
+        let class = if self.best_effort_domains.contains(&domain) {
+            RecordClass::BestEffort
+        } else {
+            RecordClass::Billing
+        };
         self.out.push(InputRecord {
             domain,
             template_id: relay_id,
             bytes: record,
+            class,
         });
         self.report.forwarded += 1;
     }
@@ -1073,7 +1086,7 @@ pub async fn run(config: StreamConfig, options: RelayOptions) -> anyhow::Result<
     let context = ListenerContext {
         registry: registry.clone(),
         records,
-        limits: SessionLimits::new(&relay, config.message_size),
+        limits: SessionLimits::new(&relay, config.message_size, &config.best_effort.domains),
         config: relay.clone(),
     };
 
@@ -1176,6 +1189,8 @@ mod tests {
     use std::net::Ipv4Addr;
 
     const ROUTER_A: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+    /// A domain configured best effort in [`limits`].
+    const BEST_EFFORT_DOMAIN: u32 = 77;
     const ROUTER_B: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2));
 
     fn limits() -> SessionLimits {
@@ -1184,6 +1199,7 @@ mod tests {
             max_domains: 16,
             template_lifetime_secs: 1800,
             message_size: 1400,
+            best_effort_domains: vec![BEST_EFFORT_DOMAIN],
         }
     }
 
@@ -1272,6 +1288,34 @@ mod tests {
         );
         assert_eq!(out[2].template_id, out[0].template_id);
         assert_eq!(registry.lock().templates().len(), 2);
+    }
+
+    #[test]
+    fn records_of_best_effort_domains_are_forwarded_best_effort() {
+        let registry = SharedRegistry::new(TemplateRegistry::in_memory(64));
+        let mut router = RouterSession::new(ROUTER_A, TransportKind::Udp, limits());
+        let template = router_template(256);
+        let mut out = Vec::new();
+        for domain in [5, BEST_EFFORT_DOMAIN, 6] {
+            router.handle(
+                &ipfix_message(domain, &template, &[record(1), record(2)]),
+                0,
+                &registry,
+                &mut out,
+            );
+        }
+        let classes: Vec<(u32, RecordClass)> = out.iter().map(|r| (r.domain, r.class)).collect();
+        assert_eq!(
+            classes,
+            [
+                (5, RecordClass::Billing),
+                (5, RecordClass::Billing),
+                (BEST_EFFORT_DOMAIN, RecordClass::BestEffort),
+                (BEST_EFFORT_DOMAIN, RecordClass::BestEffort),
+                (6, RecordClass::Billing),
+                (6, RecordClass::Billing),
+            ]
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use transport::{AssociationSender, Event, TransportKind};
 
 use crate::pool_user::{
-    AssociationId, BILLING_STREAM, Counters, Exporter, ExporterConfig, Notice, Output, RecordError,
+    AssociationId, Counters, Exporter, ExporterConfig, Notice, Output, RecordError,
 };
 use crate::sequence::StateFile;
 
@@ -36,6 +36,21 @@ pub struct InputRecord {
     pub template_id: u16,
     /// The encoded data record.
     pub bytes: Vec<u8>,
+    /// Billing (numbered, acknowledged, replayed) or best effort.
+    pub class: RecordClass,
+}
+
+/// How a record travels to the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecordClass {
+    /// A billing record: record sequence, replay buffer, cookies, replayed
+    /// after a failover; never lost.
+    #[default]
+    Billing,
+    /// A record nobody bills from (e.g. monitoring-only flows): sent with
+    /// PR-SCTP on its own stream, neither acknowledged nor replayed; lost
+    /// when the collector fails or the lifetime runs out.
+    BestEffort,
 }
 
 /// Templates an input learns at run time (the relay: routers' templates as
@@ -189,7 +204,9 @@ pub async fn run_with_templates(
             });
         }
         if input_done && held.is_none() {
-            if core.is_drained() {
+            // Best-effort records still queued go out first (they are
+            // never acknowledged, so only their sending is waited for).
+            if core.is_drained() && core.best_effort_queued() == 0 {
                 break;
             }
             let done_at = *input_done_at.get_or_insert(now);
@@ -203,7 +220,7 @@ pub async fn run_with_templates(
         }
         // Back-pressure: a record the core refused is retried before any
         // new one is read.
-        if let Some(record) = held.take_if(|r| core.can_accept(r.domain)) {
+        if let Some(record) = held.take_if(|r| accepts(&core, r)) {
             push(&mut core, learned, record)?;
             records_in += 1;
         }
@@ -254,7 +271,7 @@ pub async fn run_with_templates(
                         let mut next = Some(record);
                         for _ in 0..256 {
                             let Some(record) = next.take() else { break };
-                            if !core.can_accept(record.domain) {
+                            if !accepts(&core, &record) {
                                 held = Some(record);
                                 break;
                             }
@@ -294,6 +311,13 @@ pub async fn run_with_templates(
     })
 }
 
+/// Whether the core takes this record now: best-effort records are never
+/// held back (a full queue drops its oldest), billing records wait for
+/// room in the replay buffer (back-pressure).
+fn accepts(core: &Exporter, record: &InputRecord) -> bool {
+    record.class == RecordClass::BestEffort || core.can_accept(record.domain)
+}
+
 /// Hands a record the core said it can take to it.
 fn push(
     core: &mut Exporter,
@@ -312,6 +336,10 @@ fn push(
                 "record of a template the input never defined"
             ),
         }
+    }
+    if record.class == RecordClass::BestEffort {
+        core.push_best_effort(record.domain, record.template_id, record.bytes);
+        return Ok(());
     }
     match core.push_record(record.domain, record.template_id, record.bytes) {
         Ok(_) => Ok(()),
@@ -333,6 +361,10 @@ fn publish_metrics(core: &Exporter) {
     metrics::counter!("poolflow_exporter_failovers_total").absolute(counters.failovers);
     metrics::counter!("poolflow_exporter_failbacks_total").absolute(counters.failbacks);
     metrics::counter!("poolflow_exporter_records_sent_total").absolute(counters.records_sent);
+    metrics::counter!("poolflow_exporter_best_effort_records_sent_total")
+        .absolute(counters.best_effort_sent);
+    metrics::counter!("poolflow_exporter_best_effort_dropped_records_total")
+        .absolute(counters.best_effort_dropped);
     metrics::gauge!("poolflow_exporter_replay_buffer_records").set(core.buffered_records() as f64);
     metrics::gauge!("poolflow_exporter_cookie_lag_records").set(core.cookie_lag() as f64);
 }
@@ -379,13 +411,16 @@ impl Driver<'_> {
             }
             Output::Send {
                 association,
+                stream,
+                reliability,
                 ppid,
                 payload,
             } => {
                 if let Some((current, sender)) = &self.sender
                     && *current == association
                 {
-                    let message = transport::Message::new(BILLING_STREAM, ppid, payload);
+                    let mut message = transport::Message::new(stream, ppid, payload);
+                    message.reliability = reliability;
                     if let Err(error) = sender.send(message).await {
                         // The reader reports the association's end.
                         tracing::debug!(%error, "send failed");

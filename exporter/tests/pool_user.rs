@@ -6,15 +6,18 @@ use std::time::{Duration, Instant};
 
 use asap_client::PoolElementInfo;
 use exporter::pool_user::{
-    ConnectReason, Exporter, ExporterConfig, FailureCause, IPFIX_PPID, Notice, Output, RecordError,
+    BEST_EFFORT_STREAM, BILLING_STREAM, ConnectReason, Exporter, ExporterConfig, FailureCause,
+    IPFIX_PPID, Notice, Output, RecordError,
 };
 use exporter::replay::ReplayLimits;
 use exporter::sequence::{DomainState, ExporterState};
 use policies::PolicyParams;
 use protocol::billing::BillingCookie;
+use protocol::ipfix;
 use protocol::ipfix::flow::{FLOW_RECORD_LEN, FLOW_TEMPLATE_ID, FlowRecord, flow_template};
 use protocol::rserpool::ASAP_SCTP_PPID;
 use protocol::rserpool::params::{TransportAddress, TransportKind, TransportUse};
+use transport::Reliability;
 
 const EXPORTER: u32 = 77;
 const DOMAIN: u32 = 1;
@@ -617,4 +620,157 @@ fn no_failback_to_a_pe_that_just_failed() {
     })));
     // Nothing outstanding: the drain is immediate.
     assert_eq!(connect_of(&outputs).unwrap().1, PRIMARY);
+}
+
+const BEST_EFFORT_DOMAIN: u32 = 9;
+
+/// IPFIX messages on one stream, in order, with their reliability.
+fn ipfix_on_stream(outputs: &[Output], wanted: u16) -> Vec<(Reliability, Vec<u8>)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send {
+                stream,
+                reliability,
+                ppid: IPFIX_PPID,
+                payload,
+                ..
+            } if *stream == wanted => Some((*reliability, payload.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Decodes messages as a collector's SCTP session would (templates and
+/// data of one stream); returns the records' bytes and the header sequence
+/// numbers.
+fn decode_stream(messages: &[(Reliability, Vec<u8>)]) -> (Vec<Vec<u8>>, Vec<u32>) {
+    let mut session = ipfix::Session::new(ipfix::SessionConfig::new(ipfix::TransportKind::Sctp));
+    let mut records = Vec::new();
+    let mut sequences = Vec::new();
+    for (_, message) in messages {
+        sequences.push(u32::from_be_bytes(message[8..12].try_into().unwrap()));
+        let report = session
+            .process(message, BEST_EFFORT_STREAM, 0, |record| {
+                records.push(record.bytes.to_vec())
+            })
+            .unwrap();
+        assert!(report.errors.is_empty(), "{report:?}");
+    }
+    (records, sequences)
+}
+
+fn best_effort_record(n: u64) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    FlowRecord::synthetic(n, 0).encode(&mut bytes);
+    bytes
+}
+
+#[test]
+fn best_effort_records_go_pr_sctp_on_their_own_stream_after_their_templates() {
+    let mut config = config();
+    config.best_effort_lifetime = Duration::from_millis(250);
+    let mut h = Harness::new(config);
+    h.exporter.start();
+    h.outputs();
+    let (association, _) = h.connect_to(vec![pe(PRIMARY, 2)]);
+    h.push(5);
+    for n in 0..3 {
+        h.exporter
+            .push_best_effort(BEST_EFFORT_DOMAIN, FLOW_TEMPLATE_ID, best_effort_record(n));
+    }
+    let outputs = h.outputs();
+    assert_eq!(
+        data_sequences(&ipfix_outputs_on(&outputs, BILLING_STREAM)),
+        (0..5).collect::<Vec<_>>(),
+        "billing records unaffected"
+    );
+    let best_effort = ipfix_on_stream(&outputs, BEST_EFFORT_STREAM);
+    assert_eq!(best_effort.len(), 2, "a template message, then the data");
+    assert_eq!(
+        best_effort[0].0,
+        Reliability::Reliable,
+        "templates reliable"
+    );
+    assert_eq!(
+        best_effort[1].0,
+        Reliability::Lifetime(Duration::from_millis(250)),
+        "data with the PR-SCTP lifetime"
+    );
+    let (records, sequences) = decode_stream(&best_effort);
+    assert_eq!(
+        records,
+        (0..3).map(best_effort_record).collect::<Vec<_>>(),
+        "every record decodes with the stream's own template"
+    );
+    assert_eq!(sequences, vec![0, 0], "template message, then data from 0");
+    // No cookie covers best-effort records, and none is awaited for them.
+    assert!(
+        cookie_echoes(&outputs)
+            .iter()
+            .all(|c| c.domain != BEST_EFFORT_DOMAIN),
+        "no Cookie Echo for a best-effort domain"
+    );
+    h.cookie(association, PRIMARY, 4);
+    assert!(
+        h.exporter.is_drained(),
+        "drained without any best-effort ack"
+    );
+    assert_eq!(h.exporter.counters().best_effort_sent, 3);
+
+    // A failover: best-effort records are not replayed; those that arrive
+    // while no collector is there wait in the queue and go out after the
+    // templates, again, on the new association's stream.
+    h.exporter.handle_association_ended(h.now, association);
+    h.outputs();
+    for n in 3..5 {
+        h.exporter
+            .push_best_effort(BEST_EFFORT_DOMAIN, FLOW_TEMPLATE_ID, best_effort_record(n));
+    }
+    assert_eq!(h.exporter.best_effort_queued(), 2);
+    let (_, outputs) = h.connect_to(vec![pe(BACKUP, 1)]);
+    let best_effort = ipfix_on_stream(&outputs, BEST_EFFORT_STREAM);
+    let (records, sequences) = decode_stream(&best_effort);
+    assert_eq!(
+        records,
+        (3..5).map(best_effort_record).collect::<Vec<_>>(),
+        "only the two queued records, no replay"
+    );
+    assert_eq!(
+        sequences,
+        vec![3, 3],
+        "the stream's sequence number continues (the collector sees losses as gaps)"
+    );
+    assert!(data_sequences(&ipfix_outputs_on(&outputs, BILLING_STREAM)).is_empty());
+}
+
+#[test]
+fn a_full_best_effort_queue_drops_its_oldest_and_counts_them() {
+    let mut config = config();
+    config.best_effort_queue = 4;
+    let mut h = Harness::new(config);
+    for n in 0..10 {
+        h.exporter
+            .push_best_effort(BEST_EFFORT_DOMAIN, FLOW_TEMPLATE_ID, best_effort_record(n));
+    }
+    assert_eq!(h.exporter.best_effort_queued(), 4);
+    assert_eq!(h.exporter.counters().best_effort_dropped, 6);
+    h.exporter.start();
+    h.outputs();
+    let (_, outputs) = h.connect_to(vec![pe(PRIMARY, 2)]);
+    let (records, _) = decode_stream(&ipfix_on_stream(&outputs, BEST_EFFORT_STREAM));
+    assert_eq!(
+        records,
+        (6..10).map(best_effort_record).collect::<Vec<_>>(),
+        "the newest four, in order"
+    );
+}
+
+/// The Send outputs on one stream (all kinds of payload).
+fn ipfix_outputs_on(outputs: &[Output], wanted: u16) -> Vec<Output> {
+    outputs
+        .iter()
+        .filter(|o| matches!(o, Output::Send { stream, .. } if *stream == wanted))
+        .cloned()
+        .collect()
 }

@@ -16,7 +16,7 @@ use asap_client::{PoolElementConfig, PoolElementHandle};
 use exporter::pool_user::{ExporterConfig, FailureCause, Notice};
 use exporter::replay::ReplayLimits;
 use exporter::sequence::StateFile;
-use exporter::stream::{InputRecord, Progress, StreamSettings};
+use exporter::stream::{InputRecord, Progress, RecordClass, StreamSettings};
 use policies::PolicyParams;
 use protocol::billing::{
     BillingCookie, CookieMessageKind, SequenceExtender, cookie_from_asap_bytes,
@@ -183,6 +183,7 @@ fn record(n: u64) -> InputRecord {
         domain: DOMAIN,
         template_id: FLOW_TEMPLATE_ID,
         bytes,
+        class: RecordClass::Billing,
     }
 }
 

@@ -23,6 +23,12 @@ use sha2::Sha256;
 
 use crate::rserpool::asap::Message;
 
+/// The SCTP stream (or framed-TCP stream id) that carries billing records,
+/// their templates and the cookies: the only stream whose IPFIX sequence
+/// numbers are record sequences. Other streams of a billing association
+/// carry best-effort records, which no cookie covers.
+pub const BILLING_STREAM: u16 = 0;
+
 /// Encoded size of a [`BillingCookie`].
 pub const COOKIE_LEN: usize = 64;
 /// The only version this codec reads and writes.

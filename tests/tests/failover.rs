@@ -151,6 +151,18 @@ cookie_key = "{KEY}"
     /// the SIGKILL cases; without it failures are noticed by the cookie
     /// timeout, and a loaded machine cannot cause a spurious failover.
     fn exporter(&self, records: u64, rate: u64, fast_failure_detection: bool) -> Child {
+        self.exporter_with(records, rate, fast_failure_detection, "", &[])
+    }
+
+    /// [`Self::exporter`] with more configuration (TOML sections) and flags.
+    fn exporter_with(
+        &self,
+        records: u64,
+        rate: u64,
+        fast_failure_detection: bool,
+        more_config: &str,
+        more_args: &[&str],
+    ) -> Child {
         let config = self.path("exporter.toml");
         std::fs::write(
             &config,
@@ -171,7 +183,7 @@ connect_timeout_ms = 1000
 cache_lifetime_ms = 500
 registrar_request_timeout_ms = 1000
 fast_failure_detection = {fast_failure_detection}
-"#,
+{more_config}"#,
                 registrar = self.registrar_addr,
                 state = self.path("exporter.state").display(),
                 spill = self.path("spill").display(),
@@ -188,6 +200,7 @@ fast_failure_detection = {fast_failure_detection}
                 &rate.to_string(),
             ])
             .args(["--exit-drain-timeout-secs", "60"])
+            .args(more_args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -404,4 +417,48 @@ async fn forged_cookie_is_rejected() {
     }
     let report = pool.finish().await;
     assert_eq!(report.totals.records_present, 0);
+}
+
+/// Best-effort records beside billing ones, through a SIGKILL failover and
+/// failback: they travel PR-SCTP on their own stream and are stored, but
+/// carry no record sequence, so the billing audit is untouched by them (no
+/// gap, no duplicate among the billing records) and counts them apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn best_effort_records_travel_beside_billing_ones() {
+    const BEST_EFFORT: u64 = 6_000;
+    let mut pool = Pool::start().await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let exporter = pool.exporter_with(
+        RECORDS,
+        RATE,
+        true,
+        // Generous lifetime: a loaded test machine must not turn a slow
+        // send into an abandoned message.
+        "[best_effort]\ndomains = [9]\nlifetime_ms = 10000\n",
+        &["--best-effort-records", &BEST_EFFORT.to_string()],
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    pool.kill(0);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    pool.start_collector(0);
+    let log = wait_exporter(exporter, Duration::from_secs(60));
+    assert!(log.contains("FAILOVER"), "no failover: {log}");
+    let sent: u64 = log
+        .lines()
+        .find_map(|line| line.strip_prefix("best effort: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no best-effort summary: {log}"));
+    let report = pool.finish().await;
+    assert_complete(&report, RECORDS, true);
+    // Best effort: whatever the killed primary had not stored is lost (by
+    // design); nothing was invented, and the rest arrived.
+    let stored = report.totals.non_billing_records_skipped;
+    println!("best effort: {stored} of {sent} stored across the failover");
+    assert_eq!(sent, BEST_EFFORT, "every best-effort record was sent once");
+    assert!(stored <= sent, "{stored} stored of {sent} sent");
+    assert!(
+        stored >= sent / 2,
+        "most best-effort records arrive: {stored} of {sent}"
+    );
 }
