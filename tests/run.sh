@@ -21,3 +21,14 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 cargo test --workspace --locked "$@"
+
+# Native SCTP against a real Linux kernel: this host's kernel (like most
+# containers') has none, so transport/tests/kernel-vm/run.sh boots Debian's
+# kernel in a throw-away QEMU VM and runs transport/tests/kernel_sctp.rs
+# there, including Linux's SCTP over UDP against our user-space stack.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || command -v qemu-system-x86_64 >/dev/null; then
+  echo "== kernel SCTP in a VM (transport/tests/kernel-vm/run.sh)"
+  bash transport/tests/kernel-vm/run.sh
+else
+  echo "SKIPPED: kernel SCTP VM tests: need qemu-system-x86 (or root with apt-get to install it)" >&2
+fi

@@ -226,3 +226,137 @@ async fn kernel_sctp_connect_to_a_closed_port_fails() {
         result.map(|_| ())
     );
 }
+
+/// The kernel's UDP port for encapsulated SCTP inside the test VM
+/// (`net.sctp.udp_port`; RFC 6951's default).
+const KERNEL_UDP_ENCAPSULATION_PORT: u16 = 9899;
+
+/// Linux's own SCTP over UDP (RFC 6951, Linux 5.11+) against our user-space
+/// SCTP-over-UDP endpoint, both ways: an SCTP stack nobody here wrote
+/// accepts and opens associations with ours, with streams, PPIDs and
+/// unordered messages intact. It sets the host-wide `net.sctp` sysctls, so
+/// it runs only inside the throw-away VM of `tests/kernel-vm/run.sh`
+/// (which sets `POOLFLOW_KERNEL_SCTP_VM=1`); elsewhere it prints SKIPPED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_sctp_over_udp_interoperates_with_user_space_sctp() {
+    let test = "kernel_sctp_over_udp_interoperates_with_user_space_sctp";
+    if std::env::var_os("POOLFLOW_KERNEL_SCTP_VM").is_none() {
+        println!("SKIPPED: {test}: changes net.sctp sysctls, runs only in tests/kernel-vm/run.sh");
+        return;
+    }
+    if !kernel_sctp_or_skip(test) {
+        return;
+    }
+    // Our user-space endpoint: UDP port = SCTP port, as RFC 6951 setups do.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let ours_port = udp.local_addr().unwrap().port();
+    drop(udp);
+    let mut user_space = Config::fast_failure_detection(TransportKind::SctpOverUdp);
+    user_space.sctp_port = ours_port;
+    let mut ours = Endpoint::bind(
+        user_space.clone(),
+        SocketAddr::from(([127, 0, 0, 1], ours_port)),
+    )
+    .await
+    .unwrap();
+    // The kernel receives encapsulated SCTP on UDP 9899 and encapsulates
+    // what it sends to our UDP port, until the guard turns both off again
+    // (the other tests want plain kernel SCTP).
+    let _encapsulation = KernelUdpEncapsulation::enable(KERNEL_UDP_ENCAPSULATION_PORT, ours_port);
+
+    // 1. The kernel connects to us.
+    let mut kernel_client = tokio::time::timeout(
+        STEP,
+        connect(config(), SocketAddr::from(([127, 0, 0, 1], ours_port))),
+    )
+    .await
+    .expect("the kernel's INIT reaches us and our INIT ACK reaches it")
+    .unwrap();
+    let mut accepted = tokio::time::timeout(STEP, ours.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next_event(&mut kernel_client).await, Event::Up);
+    assert_eq!(next_event(&mut accepted).await, Event::Up);
+    exchange(&mut kernel_client, &mut accepted).await;
+
+    // 2. We connect to a kernel endpoint (its SCTP port in the header, the
+    // kernel's encapsulation port as the UDP destination).
+    let mut kernel_server = Endpoint::bind(config(), loopback()).await.unwrap();
+    let mut to_kernel = user_space.clone();
+    to_kernel.sctp_port = kernel_server.local_addr().port();
+    let mut user_client = tokio::time::timeout(
+        STEP,
+        connect(
+            to_kernel,
+            SocketAddr::from(([127, 0, 0, 1], KERNEL_UDP_ENCAPSULATION_PORT)),
+        ),
+    )
+    .await
+    .expect("our INIT reaches the kernel and its INIT ACK reaches us")
+    .unwrap();
+    let mut kernel_accepted = tokio::time::timeout(STEP, kernel_server.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next_event(&mut user_client).await, Event::Up);
+    assert_eq!(next_event(&mut kernel_accepted).await, Event::Up);
+    exchange(&mut user_client, &mut kernel_accepted).await;
+    println!("{test}: the kernel's SCTP over UDP and ours exchanged messages both ways");
+}
+
+/// `net.sctp.udp_port` and `net.sctp.encap_port` set while it lives.
+struct KernelUdpEncapsulation;
+
+impl KernelUdpEncapsulation {
+    fn enable(local_udp_port: u16, remote_udp_port: u16) -> Self {
+        Self::write(local_udp_port, remote_udp_port);
+        Self
+    }
+
+    fn write(local_udp_port: u16, remote_udp_port: u16) {
+        std::fs::write("/proc/sys/net/sctp/udp_port", local_udp_port.to_string()).unwrap();
+        std::fs::write("/proc/sys/net/sctp/encap_port", remote_udp_port.to_string()).unwrap();
+    }
+}
+
+impl Drop for KernelUdpEncapsulation {
+    fn drop(&mut self) {
+        Self::write(0, 0);
+    }
+}
+
+/// Messages on several streams with several PPIDs from `a` to `b`, a reply
+/// back: each arrives whole, in order within its stream.
+async fn exchange(a: &mut Association, b: &mut Association) {
+    let sent: Vec<Message> = (0..9u32)
+        .map(|i| {
+            Message::new(
+                (i % 3) as u16,
+                [0, 11, 12][(i % 3) as usize],
+                Bytes::from(format!("message {i} {}", "x".repeat(i as usize * 300))),
+            )
+        })
+        .collect();
+    for message in &sent {
+        a.send(message.clone()).await.unwrap();
+    }
+    let mut received = Vec::new();
+    for _ in 0..sent.len() {
+        received.push(next_message(b).await);
+    }
+    for stream in 0..3u16 {
+        let expected: Vec<_> = sent.iter().filter(|m| m.stream == stream).collect();
+        let got: Vec<_> = received.iter().filter(|m| m.stream == stream).collect();
+        assert_eq!(got.len(), expected.len());
+        for (got, expected) in got.iter().zip(expected) {
+            assert_eq!((got.ppid, &got.payload), (expected.ppid, &expected.payload));
+        }
+    }
+    b.send(Message::new(2, 11, Bytes::from_static(b"reply")).unordered())
+        .await
+        .unwrap();
+    let reply = next_message(a).await;
+    assert_eq!((reply.stream, reply.ppid, reply.unordered), (2, 11, true));
+    assert_eq!(reply.payload, Bytes::from_static(b"reply"));
+}
