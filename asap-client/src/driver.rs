@@ -93,7 +93,7 @@ impl RegistrarAddress {
         }
     }
 
-    fn transport_config(&self, base: &transport::Config) -> transport::Config {
+    pub(crate) fn transport_config(&self, base: &transport::Config) -> transport::Config {
         let mut config = base.clone();
         match self.transport {
             RegistrarTransport::SctpOverUdp { sctp_port } => {

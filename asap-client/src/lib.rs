@@ -5,6 +5,8 @@
 //! * [`pool_user`]: sans-IO Pool User (the exporter): handle resolution, the
 //!   PU cache with its staleness rule, local policy selection, Endpoint
 //!   Unreachable reports, server hunt, Preferred Primary failback detection.
+//! * [`asap_endpoint`]: the PE's own ASAP endpoint, where a registrar that
+//!   took the PE over (RFC 5353) sends its Home keep-alives.
 //! * [`driver`]: thin tokio drivers running those state machines over the
 //!   `transport` crate (SCTP over UDP or TCP to the registrars).
 //!
@@ -12,6 +14,7 @@
 //! static list ([`RegistrarIndex`]); only the driver knows addresses. Time is
 //! passed in (`now`), never read, so tests drive them with a fake clock.
 
+pub mod asap_endpoint;
 pub mod driver;
 pub mod pool_element;
 pub mod pool_user;

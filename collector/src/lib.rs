@@ -40,8 +40,9 @@ pub struct RunningCollector {
     /// Bound framed-TCP (pool user) addresses.
     pub framed_tcp_addrs: Vec<SocketAddr>,
     pub progress: Arc<Progress>,
-    /// The pool registration, when `[pool]` is configured.
-    pub pool_element: Option<asap_client::driver::PoolElementHandle>,
+    /// The pool registration (and the collector's own ASAP endpoint), when
+    /// `[pool]` is configured.
+    pub pool_element: Option<pool::Membership>,
     stop_udp: Arc<AtomicBool>,
     /// Stops the TCP and SCTP listeners and their sessions.
     stop_tcp: watch::Sender<bool>,
@@ -180,7 +181,7 @@ pub async fn start(config: &CollectorConfig) -> Result<RunningCollector> {
     let pool_element = match (&config.pool, pe_identifier) {
         (Some(pool), Some(pe_identifier)) => {
             let advertised = pool::advertised_endpoint(pool, &sctp_addrs, &framed_tcp_addrs)?;
-            Some(pool::register(pool, pe_identifier, advertised)?)
+            Some(pool::register(pool, pe_identifier, advertised).await?)
         }
         _ => None,
     };
@@ -206,8 +207,8 @@ impl RunningCollector {
     pub async fn shutdown(mut self) -> Result<()> {
         // Leave the pool first, so pool users stop choosing us while we
         // drain (RFC 5352 deregistration).
-        if let Some(pe) = self.pool_element.take() {
-            match pe.shutdown().await {
+        if let Some(membership) = self.pool_element.take() {
+            match membership.element.shutdown().await {
                 Ok(status) => tracing::info!(?status, "left the pool"),
                 Err(e) => tracing::warn!("deregistration failed: {e:#}"),
             }

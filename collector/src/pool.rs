@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use asap_client::asap_endpoint::AsapEndpoint;
 use asap_client::driver::{
     PoolElementDriverConfig, PoolElementHandle, RegistrarAddress, RegistrarTransport,
     spawn_pool_element,
@@ -71,6 +72,15 @@ pub struct PoolConfig {
     /// The key inline (prefer `cookie_key_file`: config files get copied).
     #[serde(default)]
     pub cookie_key: Option<String>,
+    /// This collector's own ASAP endpoint, "sctp:ADDR" or "tcp:ADDR" (port
+    /// 0 picks one), registered as the ASAP transport (RFC 5354 §3.10):
+    /// when its home registrar dies, the ENRP peer that takes it over sends
+    /// the Home keep-alive here and supervises it here, so the registration
+    /// survives even when no listed registrar is left to re-register with.
+    /// Unset: no listener; an adopted registration then lasts the new
+    /// home's adoption grace unless the collector re-registers.
+    #[serde(default)]
+    pub asap_listen: Option<String>,
 }
 
 fn default_policy() -> String {
@@ -104,6 +114,13 @@ impl Endpoint {
             RegistrarTransport::Tcp => Self::Tcp(address.addr),
             RegistrarTransport::SctpOverUdp { .. } => Self::Sctp(address.addr),
         })
+    }
+
+    /// The address.
+    pub fn addr(self) -> SocketAddr {
+        match self {
+            Self::Tcp(addr) | Self::Sctp(addr) => addr,
+        }
     }
 
     /// The ASAP user transport parameter (RFC 5354 3.4/3.5): data and
@@ -163,6 +180,9 @@ impl PoolConfig {
         }
         if let Some(a) = &self.advertise {
             Endpoint::parse(a).context("in `pool.advertise`")?;
+        }
+        if let Some(a) = &self.asap_listen {
+            Endpoint::parse(a).context("in `pool.asap_listen`")?;
         }
         self.policy_params()?;
         anyhow::ensure!(
@@ -249,12 +269,19 @@ fn pe_id_path(database: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// A registration and, with `asap_listen`, the ASAP endpoint registered
+/// with it (drop it only after the deregistration).
+pub struct Membership {
+    pub element: PoolElementHandle,
+    pub asap_endpoint: Option<AsapEndpoint>,
+}
+
 /// Starts registering; the handle deregisters on `shutdown`.
-pub fn register(
+pub async fn register(
     pool: &PoolConfig,
     pe_identifier: u32,
     advertised: Endpoint,
-) -> Result<PoolElementHandle> {
+) -> Result<Membership> {
     let registrars: Vec<RegistrarAddress> = pool
         .registrars
         .iter()
@@ -269,14 +296,33 @@ pub fn register(
     );
     pe.registration_lifetime = Some(Duration::from_millis(pool.registration_lifetime_ms));
     pe.reregistration_interval = Duration::from_millis(pool.reregistration_interval_ms);
+    let asap_endpoint = match &pool.asap_listen {
+        Some(listen) => {
+            let endpoint = AsapEndpoint::bind(
+                listen.parse()?,
+                &transport::Config::default(),
+                pe.pool_handle.clone(),
+                pe_identifier,
+            )
+            .await
+            .with_context(|| format!("`pool.asap_listen` {listen}"))?;
+            pe.asap_transport = Some(endpoint.asap_transport(advertised.addr().ip()));
+            Some(endpoint)
+        }
+        None => None,
+    };
     tracing::info!(handle = %pool.handle, pe_id = format_args!("{:#010x}", pe.pe_identifier),
         advertised = ?advertised, "registering as pool element");
-    spawn_pool_element(PoolElementDriverConfig {
+    let element = spawn_pool_element(PoolElementDriverConfig {
         pool_element: pe,
         registrars,
         transport: transport::Config::default(),
     })
-    .map_err(|e| anyhow::anyhow!("pool element configuration: {e}"))
+    .map_err(|e| anyhow::anyhow!("pool element configuration: {e}"))?;
+    Ok(Membership {
+        element,
+        asap_endpoint,
+    })
 }
 
 #[cfg(test)]

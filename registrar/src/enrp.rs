@@ -41,7 +41,7 @@
 //! the driver, which opens an ASAP association to the PE's ASAP transport
 //! (the one in its registration) and from then on supervises the PE over it
 //! with ordinary keep-alives. A PE that registered without an ASAP transport
-//! (asap-client PEs do not listen for ASAP yet) cannot be reached: it stays
+//! (collectors do unless `[pool] asap_listen` is set) cannot be reached: it stays
 //! resolvable for `adopted_pe_grace` and is removed unless it re-registers
 //! with some registrar by then (asap-client PEs hunt for the next registrar
 //! when their association fails and re-register).
