@@ -56,3 +56,32 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     );
     bin
 }
+
+/// A UDP port free on loopback right now (for SCTP over UDP listeners,
+/// whose SCTP port equals their UDP port, so port 0 will not do).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A TCP port free on loopback right now.
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Where a daemon under test logs: the test's stderr with
+/// `POOLFLOW_TEST_LOGS` set, else nowhere.
+pub fn child_log() -> std::process::Stdio {
+    if std::env::var_os("POOLFLOW_TEST_LOGS").is_some() {
+        std::process::Stdio::inherit()
+    } else {
+        std::process::Stdio::null()
+    }
+}

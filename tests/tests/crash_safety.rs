@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use collector::audit::{AuditOptions, Verdict};
 use collector::store::Store;
 use exporter::sequence::StateFile;
-use poolflow_tests::workspace_bin;
+use poolflow_tests::{free_udp_port, workspace_bin};
 use protocol::billing::BillingCookie;
 use registrar::config::RegistrarConfig;
 use registrar::driver::Registrar;
@@ -38,14 +38,6 @@ const RATE: u64 = 60_000;
 /// Extra wait after the first new cookie of an incarnation, one per kill:
 /// the kills land at different points of the commit cycle.
 const KILL_DELAYS_MS: [u64; 5] = [0, 60, 170, 320, 530];
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Setup {
     dir: tempfile::TempDir,

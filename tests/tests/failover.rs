@@ -10,29 +10,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use collector::audit::{AuditOptions, AuditReport, Verdict};
-use poolflow_tests::workspace_bin;
+use poolflow_tests::{child_log, free_tcp_port, free_udp_port, workspace_bin};
 use protocol::billing::BillingCookie;
 use registrar::config::RegistrarConfig;
 use registrar::driver::Registrar;
 
 const POOL: &str = "billing-collectors";
 const KEY: &str = "a shared pool key for the tests";
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// How the exporter reaches the collectors.
 #[derive(Clone, Copy, PartialEq)]
@@ -119,11 +103,7 @@ cookie_key = "{KEY}"
             .args(["run", "--config"])
             .arg(&config)
             .stdout(Stdio::null())
-            .stderr(if std::env::var_os("POOLFLOW_TEST_LOGS").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
+            .stderr(child_log())
             .spawn()
             .unwrap();
         self.collectors[i] = Some(child);

@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use collector::audit::{AuditOptions, Verdict};
-use poolflow_tests::workspace_bin;
+use poolflow_tests::{child_log, free_tcp_port, free_udp_port, workspace_bin};
 use registrar::driver::fetch_status;
 use registrar::server::Status;
 
@@ -24,30 +24,6 @@ const POOL: &str = "billing-collectors";
 const KEY: &str = "a shared pool key for the tests";
 const RECORDS: u64 = 40_000;
 const RATE: u64 = 10_000;
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn test_logs() -> Stdio {
-    if std::env::var_os("POOLFLOW_TEST_LOGS").is_some() {
-        Stdio::inherit()
-    } else {
-        Stdio::null()
-    }
-}
 
 /// One registrar process and the ports it listens on.
 struct RegistrarProcess {
@@ -102,8 +78,8 @@ auth_key_file = "{key_file}"
             .args(["run", "--config"])
             .arg(&config)
             // tracing writes to stdout.
-            .stdout(test_logs())
-            .stderr(test_logs())
+            .stdout(child_log())
+            .stderr(child_log())
             .spawn()
             .expect("starting a registrar");
         self.child = Some(child);
@@ -159,7 +135,7 @@ cookie_key = "{KEY}"
             .args(["run", "--config"])
             .arg(&config)
             .stdout(Stdio::null())
-            .stderr(test_logs())
+            .stderr(child_log())
             .spawn()
             .unwrap();
         Self(child)

@@ -17,7 +17,7 @@ use collector::audit::{AuditOptions, AuditReport, Verdict};
 use collector::query::{self, Filter, Format};
 use collector::store::Store;
 use poolflow_tests::pcap::{self, Packet, Transport};
-use poolflow_tests::{require_tool, workspace_bin};
+use poolflow_tests::{child_log, free_tcp_port, free_udp_port, require_tool, workspace_bin};
 use protocol::ipfix::MessageWriter;
 use protocol::ipfix::flow::{FLOW_TEMPLATE_ID, FlowRecord, flow_template};
 use registrar::config::RegistrarConfig;
@@ -26,30 +26,6 @@ use registrar::driver::Registrar;
 const POOL: &str = "relay-collectors";
 const KEY: &str = "a shared pool key for the relay tests";
 const RELAY_EXPORTER_ID: u32 = 11;
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn child_log() -> Stdio {
-    if std::env::var_os("POOLFLOW_TEST_LOGS").is_some() {
-        Stdio::inherit()
-    } else {
-        Stdio::null()
-    }
-}
 
 /// A registrar (in process), collectors (processes) and the relay.
 struct Pool {

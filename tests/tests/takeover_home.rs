@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use poolflow_tests::workspace_bin;
+use poolflow_tests::{child_log, free_tcp_port, workspace_bin};
 use registrar::config::RegistrarConfig;
 use registrar::driver::Registrar;
 use registrar::server::Status;
@@ -21,14 +21,6 @@ const POOL: &str = "billing-collectors";
 const LISTENING: u32 = 0x51;
 const SILENT: u32 = 0x52;
 const ADOPTION_GRACE_MS: u64 = 1_500;
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn registrar_config(index: usize, enrp_ports: &[u16]) -> RegistrarConfig {
     let mut config = RegistrarConfig {
@@ -93,11 +85,7 @@ priority = 10
             .args(["run", "--config"])
             .arg(&config)
             .stdout(Stdio::null())
-            .stderr(if std::env::var_os("POOLFLOW_TEST_LOGS").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
+            .stderr(child_log())
             .spawn()
             .unwrap();
         Self(child)
