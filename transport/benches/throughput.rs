@@ -119,14 +119,18 @@ async fn detection_time(config: &Config) -> Option<Duration> {
 async fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let budget = Duration::from_secs(if quick { 1 } else { 3 });
-    // `--messages N`: N messages of 1400 bytes over SCTP/UDP, nothing else; for
-    // `valgrind --tool=callgrind` (instructions per message, independent of load).
+    // `--messages N [--size BYTES]`: N messages (default 1400 bytes) over SCTP/UDP, nothing
+    // else; for `valgrind --tool=callgrind` (instructions per message, independent of load).
     let args: Vec<String> = std::env::args().collect();
     if let Some(at) = args.iter().position(|a| a == "--messages") {
         let count: u64 = args[at + 1].parse().expect("--messages N");
+        let size: usize = args
+            .iter()
+            .position(|a| a == "--size")
+            .map_or(1400, |at| args[at + 1].parse().expect("--size BYTES"));
         let (messages, elapsed) =
-            throughput(TransportKind::SctpOverUdp, 1400, Amount::Messages(count)).await;
-        println!("SctpOverUdp: {messages} messages of 1400 bytes in {elapsed:?}");
+            throughput(TransportKind::SctpOverUdp, size, Amount::Messages(count)).await;
+        println!("SctpOverUdp: {messages} messages of {size} bytes in {elapsed:?}");
         return;
     }
     println!("loopback throughput, {budget:?} per run, 4 streams, ordered, reliable");

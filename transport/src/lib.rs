@@ -74,6 +74,16 @@ pub struct Config {
     pub receive_queue_len: usize,
     /// Give up establishing an association after this long.
     pub connect_timeout: Duration,
+    /// SCTP over UDP: hand runs of equal-size packets for one peer to the kernel in one
+    /// `sendmsg` (UDP GSO, Linux) instead of one system call each. The peer receives the same
+    /// UDP datagrams either way, but a capture on the sending host (`tcpdump`/`tshark` on
+    /// `lo` in particular) sees each run as one oversized datagram, as it sees TCP segments
+    /// before TSO: turn this off to capture exactly what goes on the wire. Never used while
+    /// the local kernel runs SCTP over UDP itself (`net.sctp.udp_port` set): Linux 6.1 crashes
+    /// when such a batch reaches its SCTP-over-UDP socket on the same host. The same kernel
+    /// bug can be reached through a `veth` from another network namespace of this host (a
+    /// container running kernel SCTP over UDP as our peer): turn this off there.
+    pub udp_segmentation_offload: bool,
 }
 
 impl Default for Config {
@@ -93,6 +103,7 @@ impl Default for Config {
             send_buffer_bytes: 4 * 1024 * 1024,
             receive_queue_len: 4096,
             connect_timeout: Duration::from_secs(10),
+            udp_segmentation_offload: true,
         }
     }
 }

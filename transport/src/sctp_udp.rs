@@ -13,17 +13,20 @@
 //! report [`Event::Failed`].
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use sctp_proto::{
     AssociationError, AssociationHandle, ClientConfig, DatagramEvent, EndpointConfig,
     EndpointEvent, Payload, PayloadProtocolIdentifier, ReliabilityType, ServerConfig, StreamEvent,
     TransportConfig,
 };
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{debug, warn};
@@ -41,6 +44,11 @@ const BATCH: usize = 64;
 /// How long the driver keeps running after the last handle is gone, so that graceful
 /// shutdowns can finish.
 const LINGER: Duration = Duration::from_secs(2);
+/// Receive buffers per `recvmmsg`, each `MAX_DATAGRAM` long: with UDP GRO one buffer holds
+/// up to 64 coalesced packets of one sender, without it one datagram.
+const RECV_BUFFERS: usize = 8;
+/// Most UDP payload bytes in one GSO send (one UDP datagram's limit, with IPv4 headers).
+const MAX_GSO_BYTES: usize = 65_507;
 const ACCEPT_QUEUE: usize = 1024;
 const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
@@ -141,7 +149,7 @@ impl SctpUdpEndpoint {
         local: SocketAddr,
         accept_incoming: bool,
     ) -> Result<Self, TransportError> {
-        let socket = udp_socket(local)?;
+        let (socket, udp_state) = udp_socket(local)?;
         let local_addr = socket.local_addr()?;
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (accept_tx, accepted) = mpsc::channel(ACCEPT_QUEUE);
@@ -149,6 +157,7 @@ impl SctpUdpEndpoint {
         let driver = Driver::new(
             config,
             socket,
+            udp_state,
             local_addr,
             commands.downgrade(),
             accept_incoming.then_some(accept_tx),
@@ -184,14 +193,84 @@ impl SctpUdpEndpoint {
     }
 }
 
-fn udp_socket(local: SocketAddr) -> Result<UdpSocket, TransportError> {
+/// The socket and its batched I/O state: `quinn-udp` sends runs of equal-size packets to one
+/// peer with one `sendmsg` (UDP GSO, `UDP_SEGMENT`) and reads with `recvmmsg` (and UDP GRO
+/// where the kernel has it). On the wire these are ordinary UDP datagrams, one SCTP packet
+/// each (RFC 6951); only the number of system calls changes.
+fn udp_socket(local: SocketAddr) -> Result<(UdpSocket, UdpSocketState), TransportError> {
     let socket = std::net::UdpSocket::bind(local)?;
     socket.set_nonblocking(true)?;
     // Bursts of SCTP packets outrun the default 208 KiB buffers at benchmark rates; the
     // kernel caps the request at net.core.[rw]mem_max, which is fine.
     set_socket_buffer(&socket, libc::SO_RCVBUF);
     set_socket_buffer(&socket, libc::SO_SNDBUF);
-    Ok(UdpSocket::from_std(socket)?)
+    // quinn-udp forbids IP fragmentation (QUIC does its own path MTU discovery). We send
+    // `max_sctp_packet_size` packets and used to let the kernel fragment them where the path
+    // needs it: keep that as it was.
+    let pmtu_options = [
+        (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER),
+        (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER),
+        (libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG),
+    ];
+    let saved: Vec<_> = pmtu_options
+        .iter()
+        .map(|&(level, name)| get_int_option(&socket, level, name))
+        .collect();
+    let udp_state = UdpSocketState::new((&socket).into())?;
+    for (&(level, name), value) in pmtu_options.iter().zip(saved) {
+        if let Some(value) = value {
+            set_int_option(&socket, level, name, value);
+        }
+    }
+    Ok((UdpSocket::from_std(socket)?, udp_state))
+}
+
+/// An integer socket option, `None` where the socket does not have it (IPv6 options on an
+/// IPv4 socket).
+fn get_int_option(
+    socket: &std::net::UdpSocket,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> Option<libc::c_int> {
+    use std::os::fd::AsRawFd;
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: valid fd owned by `socket`, pointers describe a live c_int and its length.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(value)
+}
+
+fn set_int_option(
+    socket: &std::net::UdpSocket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: valid fd owned by `socket`, pointer and length describe a live c_int.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        debug!(
+            "setsockopt({level}, {name}) failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 fn set_socket_buffer(socket: &std::net::UdpSocket, option: libc::c_int) {
@@ -272,6 +351,9 @@ struct DrainingOutbox {
 struct Driver {
     config: Config,
     socket: UdpSocket,
+    udp_state: UdpSocketState,
+    /// Where runs of packets are put together for one GSO send.
+    gso_buffer: Vec<u8>,
     local_addr: SocketAddr,
     endpoint: sctp_proto::Endpoint,
     weak_commands: mpsc::WeakUnboundedSender<Command>,
@@ -289,6 +371,7 @@ impl Driver {
     fn new(
         config: Config,
         socket: UdpSocket,
+        udp_state: UdpSocketState,
         local_addr: SocketAddr,
         weak_commands: mpsc::WeakUnboundedSender<Command>,
         accept_tx: Option<mpsc::Sender<Association>>,
@@ -307,6 +390,8 @@ impl Driver {
         Driver {
             config,
             socket,
+            udp_state,
+            gso_buffer: Vec::new(),
             local_addr,
             endpoint,
             weak_commands,
@@ -321,7 +406,7 @@ impl Driver {
     }
 
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
-        let mut buffer = vec![0u8; MAX_DATAGRAM];
+        let mut buffers = ReceiveBuffers::new();
         let mut commands_open = true;
         let mut linger_until: Option<Instant> = None;
         loop {
@@ -335,18 +420,8 @@ impl Driver {
             let sleep_until =
                 deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
-                received = self.socket.recv_from(&mut buffer) => match received {
-                    Ok((len, remote)) => {
-                        self.on_datagram(&buffer[..len], remote);
-                        for _ in 1..BATCH {
-                            match self.socket.try_recv_from(&mut buffer) {
-                                Ok((len, remote)) => self.on_datagram(&buffer[..len], remote),
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                    // ICMP port unreachable surfaces here on Linux; path supervision
-                    // decides about the peer, so just go on.
+                readable = self.socket.readable() => match readable {
+                    Ok(()) => self.drain_socket(&mut buffers),
                     Err(error) => debug!("UDP receive error: {error}"),
                 },
                 command = commands.recv(), if commands_open => match command {
@@ -367,7 +442,7 @@ impl Driver {
             // machine) the timer branch can win while the peer's SACKs already wait in the
             // socket. Read them before judging timers, or a T3-rtx expires, and counts as an
             // error, against a peer that has in fact answered.
-            self.drain_socket(&mut buffer);
+            self.drain_socket(&mut buffers);
             self.on_timers(Instant::now());
             self.process_dirty();
             self.send_outgoing().await;
@@ -375,12 +450,43 @@ impl Driver {
         debug!("SCTP/UDP driver on {} stopped", self.local_addr);
     }
 
-    /// Handles up to one batch of datagrams that are already waiting, without blocking.
-    fn drain_socket(&mut self, buffer: &mut [u8]) {
-        for _ in 0..BATCH {
-            match self.socket.try_recv_from(buffer) {
-                Ok((len, remote)) => self.on_datagram(&buffer[..len], remote),
-                Err(_) => break,
+    /// Handles about one batch of datagrams that are already waiting, without blocking.
+    fn drain_socket(&mut self, buffers: &mut ReceiveBuffers) {
+        let mut handled = 0;
+        while handled < BATCH {
+            let ReceiveBuffers { data, meta } = buffers;
+            let mut slices: [IoSliceMut<'_>; RECV_BUFFERS] = data
+                .each_mut()
+                .map(|buffer| IoSliceMut::new(&mut buffer[..]));
+            let received = self.socket.try_io(Interest::READABLE, || {
+                self.udp_state
+                    .recv((&self.socket).into(), &mut slices, meta)
+            });
+            let count = match received {
+                Ok(count) => count,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
+                // ICMP port unreachable surfaces here on Linux; path supervision
+                // decides about the peer, so just go on.
+                Err(error) => {
+                    debug!("UDP receive error: {error}");
+                    break;
+                }
+            };
+            for (buffer, meta) in data.iter().zip(meta.iter()).take(count) {
+                // With GRO, `len` bytes are packets of `stride` bytes (the last may be
+                // shorter), each one UDP datagram as sent.
+                let stride = if meta.stride == 0 {
+                    meta.len
+                } else {
+                    meta.stride
+                };
+                for datagram in buffer[..meta.len].chunks(stride.max(1)) {
+                    self.on_datagram(datagram, meta.addr);
+                    handled += 1;
+                }
+            }
+            if count == 0 {
+                break;
             }
         }
     }
@@ -813,17 +919,119 @@ impl Driver {
         }
     }
 
+    /// Sends what is queued, in order. A run of packets to one peer that are all of one size
+    /// (the last may be shorter) goes out with one `sendmsg` (UDP GSO) where the kernel
+    /// supports it.
     async fn send_outgoing(&mut self) {
-        for (datagram, remote) in self.outgoing.drain(..) {
-            let sent = match self.socket.try_send_to(&datagram, remote) {
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                    self.socket.send_to(&datagram, remote).await
-                }
-                other => other,
-            };
-            if let Err(error) = sent {
-                debug!("UDP send to {remote} failed: {error}");
+        let outgoing = std::mem::take(&mut self.outgoing);
+        let max_segments = if self.config.udp_segmentation_offload
+            && outgoing.len() > 1
+            && self.udp_state.max_gso_segments() > 1
+            && !kernel_sctp_udp_encapsulation_enabled()
+        {
+            self.udp_state.max_gso_segments()
+        } else {
+            1
+        };
+        let mut at = 0;
+        while at < outgoing.len() {
+            let (first, remote) = &outgoing[at];
+            let segment = first.len();
+            let mut end = at + 1;
+            let mut total = segment;
+            while end < outgoing.len()
+                && end - at < max_segments
+                && outgoing[end].1 == *remote
+                && outgoing[end - 1].0.len() == segment
+                && outgoing[end].0.len() <= segment
+                && total + outgoing[end].0.len() <= MAX_GSO_BYTES
+            {
+                total += outgoing[end].0.len();
+                end += 1;
             }
+            if end - at == 1 {
+                self.send_datagram(first, None, *remote).await;
+            } else {
+                let mut batch = std::mem::take(&mut self.gso_buffer);
+                batch.clear();
+                for (datagram, _) in &outgoing[at..end] {
+                    batch.extend_from_slice(datagram);
+                }
+                if !self.send_datagram(&batch, Some(segment), *remote).await
+                    && self.udp_state.max_gso_segments() == 1
+                {
+                    // The kernel or the device refused segmentation offload (quinn-udp then
+                    // turns it off for good): send the run one by one.
+                    for (datagram, _) in &outgoing[at..end] {
+                        self.send_datagram(datagram, None, *remote).await;
+                    }
+                }
+                self.gso_buffer = batch;
+            }
+            at = end;
+        }
+        self.outgoing = outgoing;
+        self.outgoing.clear();
+    }
+
+    /// One `sendmsg`, waiting while the socket buffer is full; false when it failed.
+    async fn send_datagram(
+        &self,
+        contents: &[u8],
+        segment_size: Option<usize>,
+        remote: SocketAddr,
+    ) -> bool {
+        let transmit = Transmit {
+            destination: remote,
+            ecn: None,
+            contents,
+            segment_size,
+            src_ip: None,
+        };
+        loop {
+            let sent = self.socket.try_io(Interest::WRITABLE, || {
+                self.udp_state.try_send((&self.socket).into(), &transmit)
+            });
+            match sent {
+                Ok(()) => return true,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    if let Err(error) = self.socket.writable().await {
+                        debug!("UDP send to {remote} failed: {error}");
+                        return false;
+                    }
+                }
+                Err(error) => {
+                    debug!("UDP send to {remote} failed: {error}");
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// Whether this network namespace's kernel runs SCTP over UDP (`net.sctp.udp_port` set).
+///
+/// Linux delivers a UDP GSO packet sent to a local address as one buffer; one that lands in
+/// the kernel's own SCTP-over-UDP socket crashes Debian 12's kernel (6.1: `kernel BUG at
+/// mm/slub.c`, a double free from `sctp_rcv`; `tests/kernel-vm/run.sh` found it). Without
+/// the sysctl (the default, 0) or without the sctp module there is no such socket here, so
+/// GSO is safe for local peers. Read before every send that could batch, so that enabling it
+/// takes effect at once; it costs one `open`/`read` per batch of packets.
+fn kernel_sctp_udp_encapsulation_enabled() -> bool {
+    std::fs::read_to_string("/proc/sys/net/sctp/udp_port").is_ok_and(|port| port.trim() != "0")
+}
+
+/// `recvmmsg` buffers, allocated once per driver.
+struct ReceiveBuffers {
+    data: [Box<[u8]>; RECV_BUFFERS],
+    meta: [RecvMeta; RECV_BUFFERS],
+}
+
+impl ReceiveBuffers {
+    fn new() -> Self {
+        ReceiveBuffers {
+            data: std::array::from_fn(|_| vec![0u8; MAX_DATAGRAM].into_boxed_slice()),
+            meta: [RecvMeta::default(); RECV_BUFFERS],
         }
     }
 }
@@ -994,15 +1202,12 @@ impl Entry {
                         break;
                     }
                 };
-                let mut payload = BytesMut::zeroed(chunks.len());
-                let copied = chunks.read(&mut payload).unwrap_or(0);
-                payload.truncate(copied);
                 self.deliver(Event::Message(Message {
                     stream: stream_id,
                     ppid: u32::from(chunks.ppi),
                     unordered: chunks.is_unordered(),
                     reliability: Reliability::Reliable,
-                    payload: payload.freeze(),
+                    payload: chunks.to_bytes(),
                 }));
             }
         }

@@ -137,9 +137,12 @@ pub(crate) struct InboundFilter {
 /// following RFC 9260 section 3.2: an unknown type with high bits 00/01 ends processing of
 /// the packet, 10/11 is skipped.
 pub(crate) fn filter_inbound(packet: &[u8]) -> InboundFilter {
-    let mut keep: Vec<(usize, usize)> = Vec::new();
     let mut heartbeat_acks = Vec::new();
-    let mut changed = false;
+    // The packet without the chunks taken out, started at the first one taken out (every
+    // chunk before it is kept, so the packet up to there is its beginning): a packet that
+    // passes unchanged, nearly all of them, costs no allocation.
+    let mut rewritten: Option<Vec<u8>> = None;
+    let mut kept_any = false;
     let mut offset = COMMON_HEADER_LEN;
     while offset + 4 <= packet.len() {
         let chunk_type = packet[offset];
@@ -153,14 +156,17 @@ pub(crate) fn filter_inbound(packet: &[u8]) -> InboundFilter {
         }
         let padded_end = (offset + length.next_multiple_of(4)).min(packet.len());
         if chunk_type == CHUNK_HEARTBEAT_ACK {
-            changed = true;
+            rewritten.get_or_insert_with(|| packet[..offset].to_vec());
             if let Some(nonce) = heartbeat_ack_nonce(&packet[offset..offset + length]) {
                 heartbeat_acks.push(nonce);
             }
         } else if sctp_proto_parses(chunk_type) {
-            keep.push((offset, padded_end));
+            kept_any = true;
+            if let Some(rewritten) = &mut rewritten {
+                rewritten.extend_from_slice(&packet[offset..padded_end]);
+            }
         } else {
-            changed = true;
+            rewritten.get_or_insert_with(|| packet[..offset].to_vec());
             if chunk_type & 0x80 == 0 {
                 break;
             }
@@ -170,17 +176,13 @@ pub(crate) fn filter_inbound(packet: &[u8]) -> InboundFilter {
     if !heartbeat_acks.is_empty() && !checksum_is_valid(packet) {
         heartbeat_acks.clear();
     }
-    let verdict = if !changed {
-        InboundVerdict::PassUnchanged
-    } else if keep.is_empty() {
-        InboundVerdict::Consumed
-    } else {
-        let mut rewritten = packet[..COMMON_HEADER_LEN].to_vec();
-        for (start, end) in keep {
-            rewritten.extend_from_slice(&packet[start..end]);
+    let verdict = match rewritten {
+        None => InboundVerdict::PassUnchanged,
+        Some(_) if !kept_any => InboundVerdict::Consumed,
+        Some(mut rewritten) => {
+            seal(&mut rewritten);
+            InboundVerdict::PassRewritten(rewritten)
         }
-        seal(&mut rewritten);
-        InboundVerdict::PassRewritten(rewritten)
     };
     InboundFilter {
         verdict,

@@ -176,6 +176,18 @@ fn expected_from_peer() -> BTreeSet<(u16, u32, bool, Vec<u8>)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usrsctp_peer_exchanges_messages_over_udp_encapsulation() {
+    usrsctp_exchange(false).await;
+}
+
+/// The same exchange with our packets handed to the kernel in GSO batches (the default): the
+/// usrsctp peer's socket must receive them as the individual UDP datagrams they are. No
+/// capture: tshark on `lo` sees each batch as one oversized datagram.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usrsctp_peer_exchanges_messages_with_our_gso_batches() {
+    usrsctp_exchange(true).await;
+}
+
+async fn usrsctp_exchange(udp_segmentation_offload: bool) {
     let peer_binary = match build_peer() {
         Ok(binary) => binary,
         Err(reason) => {
@@ -187,6 +199,7 @@ async fn usrsctp_peer_exchanges_messages_over_udp_encapsulation() {
         transport: TransportKind::SctpOverUdp,
         // Short enough that our HEARTBEATs reach usrsctp while the peer idles before closing.
         heartbeat_interval: Duration::from_millis(100),
+        udp_segmentation_offload,
         ..Config::default()
     };
     let sctp_port = config.sctp_port;
@@ -194,7 +207,11 @@ async fn usrsctp_peer_exchanges_messages_over_udp_encapsulation() {
         .await
         .unwrap();
     let udp_port = endpoint.local_addr().port();
-    let capture = Capture::start(udp_port);
+    let capture = if udp_segmentation_offload {
+        None
+    } else {
+        Capture::start(udp_port)
+    };
 
     let peer_udp_port = free_udp_port();
     let peer = Command::new(&peer_binary)
@@ -308,7 +325,11 @@ async fn usrsctp_peer_exchanges_messages_over_udp_encapsulation() {
 /// judge them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn own_heartbeat_and_abort_packets_decode_cleanly() {
-    let config = Config::fast_failure_detection(TransportKind::SctpOverUdp);
+    let config = Config {
+        // tshark on `lo` would see GSO batches as one oversized UDP datagram each.
+        udp_segmentation_offload: false,
+        ..Config::fast_failure_detection(TransportKind::SctpOverUdp)
+    };
     let mut server = Endpoint::bind(config.clone(), "127.0.0.1:0".parse::<SocketAddr>().unwrap())
         .await
         .unwrap();

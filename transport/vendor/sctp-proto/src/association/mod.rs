@@ -4038,6 +4038,14 @@ impl Association {
     /// or abandoned yet.
     fn get_data_packets_to_retransmit(&mut self, now: Instant) -> Vec<Packet> {
         self.expire_inflight_messages(now);
+        // poolflow patch: chunks are marked for retransmission by a T3-rtx expiry (or by
+        // whoever takes one mutably, see `OutboundQueue::get_mut`). Without that, the walk
+        // below looked every TSN in flight up (thousands of hash lookups) on every
+        // `poll_transmit` to find nothing: 18% of a bulk transfer's instructions.
+        if !self.outbound_queue.may_have_retransmit() {
+            return vec![];
+        }
+        let mut walked_all = false;
         let awnd = core::cmp::min(self.cwnd, self.rwnd);
         let mut chunks: Vec<ChunkPayloadData> = vec![];
         let mut bytes_to_send = 0;
@@ -4071,6 +4079,9 @@ impl Association {
 
                 bytes_to_send += c.user_data.len();
             } else {
+                // poolflow patch: every queued TSN was visited (the flight is contiguous from
+                // the cumulative TSN ack point; the length check makes sure).
+                walked_all = i as usize >= self.outbound_queue.inflight_len();
                 break; // end of pending data
             }
 
@@ -4092,6 +4103,11 @@ impl Association {
             c.retransmit = false;
             c.nsent += 1;
             chunk.nsent = c.nsent;
+        }
+        // poolflow patch: the walk saw every chunk; those marked are now taken (flags
+        // cleared above) or abandoned (flags cleared by abandonment).
+        if walked_all {
+            self.outbound_queue.clear_retransmit_marked();
         }
         // poolflow patch: ask for an immediate SACK (RFC 7053 I bit) on the last chunk of a
         // retransmission. After a T3-rtx expiry cwnd is one MTU and nothing more goes out

@@ -278,7 +278,9 @@ impl<'a> Stream<'a> {
 
     /// write_sctp writes len(p) bytes from p to the DTLS connection
     pub fn write_sctp(&mut self, p: &Bytes, ppi: PayloadProtocolIdentifier) -> Result<usize> {
-        self.write_source(&mut ByteSlice::from_slice(p), ppi)
+        // poolflow patch: share the caller's buffer (a reference count) instead of copying
+        // the message (`ByteSlice` copies); DATA chunks are slices of it either way.
+        self.write_source(&mut BytesArray::from_chunks(&mut [p.clone()]), ppi)
     }
 
     /// Send data on the given stream.

@@ -323,3 +323,28 @@ fn pending_timed_messages_keep_distinct_lifetimes_across_polls() {
     assert!(a.outbound_queue.is_abandoned(2));
     assert_eq!(a.stream(1).unwrap().buffered_amount().unwrap(), 0);
 }
+
+/// poolflow: `get_data_packets_to_retransmit` skips its walk over the flight only while no
+/// chunk can be marked; marks from a T3-rtx expiry and through `get_mut` are both found, and
+/// once taken the walk is skipped again.
+#[test]
+fn poolflow_retransmit_walk_finds_marks_from_t3_and_from_mutable_access() {
+    let now = Instant::now();
+    let mut a = timed_fixture(false);
+    a.pop_pending_data_chunks_to_send(now);
+    assert_eq!(a.outbound_queue.inflight_len(), 3);
+    assert!(a.get_data_packets_to_retransmit(now).is_empty());
+
+    a.outbound_queue.mark_all_to_retransmit();
+    let packets = a.get_data_packets_to_retransmit(now);
+    assert_eq!(packets.len(), 1);
+    assert_eq!(packets[0].chunks.len(), 3);
+    assert!(!a.outbound_queue.may_have_retransmit());
+    assert!(a.get_data_packets_to_retransmit(now).is_empty());
+
+    a.outbound_queue.get_mut(2).unwrap().retransmit = true;
+    let packets = a.get_data_packets_to_retransmit(now);
+    assert_eq!(packets.len(), 1);
+    assert_eq!(packets[0].chunks.len(), 1);
+    assert!(a.get_data_packets_to_retransmit(now).is_empty());
+}

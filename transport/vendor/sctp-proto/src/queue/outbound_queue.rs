@@ -100,6 +100,9 @@ impl OutboundQueue {
     }
 
     pub(crate) fn get_mut(&mut self, tsn: u32) -> Option<&mut ChunkPayloadData> {
+        // poolflow patch: whoever holds the chunk mutably may mark it for retransmission
+        // (only the loss paths do: gap reports, fast retransmit); keep the flag conservative.
+        self.inflight.note_may_have_retransmit();
         self.inflight.get_mut(tsn)
     }
 
@@ -222,6 +225,16 @@ impl OutboundQueue {
 
     pub(crate) fn mark_all_to_retransmit(&mut self) {
         self.inflight.mark_all_to_retransmit();
+    }
+
+    /// poolflow patch: see `PayloadQueue::may_have_retransmit`.
+    pub(crate) fn may_have_retransmit(&self) -> bool {
+        self.inflight.may_have_retransmit()
+    }
+
+    /// poolflow patch: see `PayloadQueue::clear_retransmit_marked`.
+    pub(crate) fn clear_retransmit_marked(&mut self) {
+        self.inflight.clear_retransmit_marked();
     }
 
     pub(crate) fn pending_contains_stream(&self, stream: u16) -> bool {
