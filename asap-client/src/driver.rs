@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use anyhow::{Context, anyhow};
-use policies::PeId;
+use policies::{PeId, PolicyParams};
 use protocol::rserpool::{ASAP_SCTP_PPID, PoolHandle};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -277,6 +277,7 @@ pub enum PeStatus {
 /// [`PoolElementHandle::shutdown`] waits for that.
 pub struct PoolElementHandle {
     shutdown_tx: Option<oneshot::Sender<()>>,
+    policy_tx: mpsc::UnboundedSender<PolicyParams>,
     status: watch::Receiver<PeStatus>,
     task: JoinHandle<PeStatus>,
 }
@@ -307,6 +308,12 @@ impl PoolElementHandle {
         }
     }
 
+    /// Registers new policy parameters (same policy type) at once, e.g. a
+    /// lower priority so pool users drain away before maintenance.
+    pub fn update_policy(&self, policy: PolicyParams) {
+        let _ = self.policy_tx.send(policy);
+    }
+
     /// Deregisters (bounded by the T3-deregistration timeout), closes the
     /// association and returns the final status.
     pub async fn shutdown(mut self) -> anyhow::Result<PeStatus> {
@@ -328,16 +335,19 @@ pub fn spawn_pool_element(
     let pool_element = PoolElement::new(pe_config)?;
     let (links, events) = Links::new(config.registrars, config.transport);
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
+    let (policy_tx, policy_rx) = mpsc::unbounded_channel();
     let (status_tx, status) = watch::channel(PeStatus::Registering);
     let task = tokio::spawn(run_pool_element(
         pool_element,
         links,
         events,
         shutdown_rx,
+        policy_rx,
         status_tx,
     ));
     Ok(PoolElementHandle {
         shutdown_tx: Some(shutdown_tx),
+        policy_tx,
         status,
         task,
     })
@@ -348,6 +358,7 @@ async fn run_pool_element(
     mut links: Links,
     mut events: mpsc::Receiver<LinkEvent>,
     mut shutdown_rx: oneshot::Receiver<()>,
+    mut policy_rx: mpsc::UnboundedReceiver<PolicyParams>,
     status_tx: watch::Sender<PeStatus>,
 ) -> PeStatus {
     if let Some(last) = step_pool_element(&mut pe, &mut links, &status_tx, PeInput::Start).await {
@@ -371,6 +382,7 @@ async fn run_pool_element(
                 shutdown_requested = true;
                 PeInput::Shutdown
             }
+            Some(policy) = policy_rx.recv() => PeInput::UpdatePolicy(policy),
             () = sleep_until(pe.poll_timeout()) => PeInput::Timer,
         };
         if let Some(last) = step_pool_element(&mut pe, &mut links, &status_tx, input).await {

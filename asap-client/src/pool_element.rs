@@ -180,6 +180,12 @@ pub enum Input {
     Message(RegistrarIndex, Vec<u8>),
     /// [`PoolElement::poll_timeout`] has passed.
     Timer,
+    /// New policy parameters (e.g. a lower priority to drain this PE for
+    /// maintenance): registered at once when registered (RFC 5352 §3.1: a
+    /// registration of a registered PE is an update), else used by the
+    /// next registration. Same policy type only: a pool has one policy,
+    /// and a registrar rejects a PE that disagrees.
+    UpdatePolicy(PolicyParams),
 }
 
 /// What the PE asks the driver to do, or reports.
@@ -361,8 +367,28 @@ impl PoolElement {
                     self.on_timer(now, &mut out);
                 }
             }
+            Input::UpdatePolicy(policy) => {
+                if policy.policy_type() != self.config.policy.policy_type() {
+                    tracing::warn!(
+                        ?policy,
+                        current = ?self.config.policy,
+                        "ASAP PE: a pool's policy type cannot change: update ignored"
+                    );
+                } else if policy != self.config.policy {
+                    self.config.policy = policy;
+                    if let PeState::Registered { registrar } = self.state {
+                        self.attempts = 0;
+                        self.send_registration(now, registrar, &mut out);
+                    }
+                }
+            }
         }
         out
+    }
+
+    /// The policy parameters registered (or to be registered).
+    pub fn policy(&self) -> &PolicyParams {
+        &self.config.policy
     }
 
     fn current_registrar(&self) -> Option<RegistrarIndex> {

@@ -476,3 +476,72 @@ fn invalid_transports_are_refused() {
     );
     assert!(PoolElement::new(config(0)).is_err(), "no registrars");
 }
+
+/// The policy parameters a Registration message carries.
+fn registered_policy(message: &Message) -> PolicyParams {
+    let Message::Registration { pool_element, .. } = message else {
+        panic!("not a registration: {message:?}");
+    };
+    params_from_selection_policy(&pool_element.policy).unwrap()
+}
+
+#[test]
+fn policy_update_reregisters_at_once_and_keeps_the_policy_type() {
+    let t0 = Instant::now();
+    let mut pe = registered(t0, 2);
+    // A lower priority (drain for maintenance): registered at once.
+    let out = pe.on_event(
+        t0,
+        Input::UpdatePolicy(PolicyParams::Priority { priority: 1 }),
+    );
+    let sent = sent_to(&out, 0);
+    assert_eq!(sent.len(), 1, "one re-registration: {out:?}");
+    assert_eq!(
+        registered_policy(&sent[0]),
+        PolicyParams::Priority { priority: 1 }
+    );
+    assert!(matches!(pe.state(), PeState::Registering { registrar: 0 }));
+    pe.on_event(t0, Input::Message(0, accept(PE_ID)));
+    assert!(matches!(pe.state(), PeState::Registered { registrar: 0 }));
+    // The same parameters again: nothing to do.
+    assert!(
+        pe.on_event(
+            t0,
+            Input::UpdatePolicy(PolicyParams::Priority { priority: 1 })
+        )
+        .is_empty()
+    );
+    // Another policy type would be rejected by the registrar (one policy
+    // per pool) and end the registration: refused here instead.
+    assert!(
+        pe.on_event(t0, Input::UpdatePolicy(PolicyParams::RoundRobin))
+            .is_empty()
+    );
+    assert_eq!(pe.policy(), &PolicyParams::Priority { priority: 1 });
+    // The next periodic re-registration carries the new priority too.
+    let out = pe.on_event(t0 + Duration::from_secs(61), Input::Timer);
+    assert_eq!(
+        registered_policy(&sent_to(&out, 0)[0]),
+        PolicyParams::Priority { priority: 1 }
+    );
+}
+
+#[test]
+fn policy_update_before_registration_is_used_by_the_first_one() {
+    let t0 = Instant::now();
+    let mut pe = PoolElement::new(config(1)).unwrap();
+    pe.on_event(t0, Input::Start);
+    assert!(
+        pe.on_event(
+            t0,
+            Input::UpdatePolicy(PolicyParams::Priority { priority: 50 })
+        )
+        .is_empty(),
+        "not registered yet: nothing sent"
+    );
+    let out = pe.on_event(t0, Input::AssociationUp(0));
+    assert_eq!(
+        registered_policy(&sent_to(&out, 0)[0]),
+        PolicyParams::Priority { priority: 50 }
+    );
+}

@@ -202,6 +202,38 @@ pub async fn start(config: &CollectorConfig) -> Result<RunningCollector> {
 }
 
 impl RunningCollector {
+    /// Applies a reloaded configuration's `[pool]` policy parameters
+    /// (priority, weight, load, load increment) by re-registering at once:
+    /// lowering a primary's priority drains its pool users to the backups
+    /// without a failover. `running` is the configuration the collector
+    /// started with; every other difference needs a restart and makes the
+    /// reload fail, naming what differs, with nothing applied.
+    pub fn reload_pool(&self, running: &CollectorConfig, new: &CollectorConfig) -> Result<String> {
+        let (Some(old_pool), Some(new_pool), Some(membership)) =
+            (&running.pool, &new.pool, &self.pool_element)
+        else {
+            anyhow::ensure!(
+                running.pool == new.pool,
+                "adding or removing `[pool]` needs a restart"
+            );
+            return Ok("nothing to change".into());
+        };
+        new_pool.validate()?;
+        let policy_keys = |p: &pool::PoolConfig| {
+            let mut p = p.clone();
+            (p.priority, p.weight, p.load, p.load_increment) = (0, 0, 0, 0);
+            p
+        };
+        anyhow::ensure!(
+            policy_keys(old_pool) == policy_keys(new_pool),
+            "only `pool.priority`, `pool.weight`, `pool.load` and `pool.load_increment` \
+             change without a restart"
+        );
+        let policy = new_pool.policy_params()?;
+        membership.element.update_policy(policy);
+        Ok(format!("pool policy parameters now {policy:?}"))
+    }
+
     /// Graceful stop: deregister from the pool, accept no new data, commit
     /// everything received, close the store.
     pub async fn shutdown(mut self) -> Result<()> {

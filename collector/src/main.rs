@@ -223,7 +223,7 @@ fn run(args: RunArgs) -> Result<()> {
             println!("listening sctp-over-udp {addr}");
         }
         std::io::stdout().flush()?;
-        wait_for_termination().await?;
+        serve_until_termination(&collector, args.config.as_deref(), &config).await?;
         tracing::info!("stopping: committing received records");
         collector.shutdown().await?;
         tracing::info!("stopped");
@@ -231,15 +231,40 @@ fn run(args: RunArgs) -> Result<()> {
     })
 }
 
-async fn wait_for_termination() -> Result<()> {
+/// Runs until SIGTERM or SIGINT. SIGHUP reloads the configuration file:
+/// what can change without a restart (the pool policy parameters:
+/// priority, weight, load) is registered at once; anything else is
+/// reported as needing a restart.
+async fn serve_until_termination(
+    collector: &collector::RunningCollector,
+    config_path: Option<&std::path::Path>,
+    running: &CollectorConfig,
+) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => {
+                let Some(path) = config_path else {
+                    tracing::warn!("SIGHUP: no --config file to reload");
+                    continue;
+                };
+                match CollectorConfig::from_file(path) {
+                    Ok(new) => match collector.reload_pool(running, &new) {
+                        Ok(summary) => tracing::info!(config = %path.display(), "SIGHUP: {summary}"),
+                        Err(error) => tracing::error!(config = %path.display(), "SIGHUP: not reloaded: {error:#}"),
+                    },
+                    Err(error) => {
+                        tracing::error!(config = %path.display(), "SIGHUP: not reloaded: {error:#}")
+                    }
+                }
+            }
+        }
     }
-    Ok(())
 }
 
 fn query(args: QueryArgs) -> Result<()> {

@@ -33,6 +33,8 @@ struct Pool {
     registrar: Option<Registrar>,
     registrar_addr: std::net::SocketAddr,
     ports: [u16; 2],
+    /// Collector 0 starts as the primary (100), 1 as the backup (10).
+    priorities: [u32; 2],
     collectors: [Option<Child>; 2],
 }
 
@@ -60,6 +62,7 @@ impl Pool {
             registrar: Some(registrar),
             registrar_addr,
             ports: [free_port(), free_port()],
+            priorities: [100, 10],
             collectors: [None, None],
         };
         pool.start_collector(0);
@@ -71,8 +74,32 @@ impl Pool {
         self.dir.path().join(name)
     }
 
-    /// Collector 0 is the primary (priority 100), 1 the backup (10).
     fn start_collector(&mut self, i: usize) {
+        self.write_collector_config(i);
+        let child = Command::new(workspace_bin("collector"))
+            .args(["run", "--config"])
+            .arg(self.path(&format!("c{i}.toml")))
+            .stdout(Stdio::null())
+            .stderr(child_log())
+            .spawn()
+            .unwrap();
+        self.collectors[i] = Some(child);
+    }
+
+    /// A new priority for a running collector: its config file is
+    /// rewritten and reloaded with SIGHUP.
+    fn reload_priority(&mut self, i: usize, priority: u32) {
+        self.priorities[i] = priority;
+        self.write_collector_config(i);
+        let pid = self.collectors[i].as_ref().expect("running").id();
+        let status = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn write_collector_config(&self, i: usize) {
         let config = self.path(&format!("c{i}.toml"));
         let listen = format!("[\"127.0.0.1:{}\"]", self.ports[i]);
         let (sctp_listen, framed_tcp_listen) = match self.data_transport {
@@ -95,18 +122,10 @@ cookie_key = "{KEY}"
 "#,
                 db = self.path(&format!("c{i}.sqlite")).display(),
                 registrar = self.registrar_addr,
-                priority = if i == 0 { 100 } else { 10 },
+                priority = self.priorities[i],
             ),
         )
         .unwrap();
-        let child = Command::new(workspace_bin("collector"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(child_log())
-            .spawn()
-            .unwrap();
-        self.collectors[i] = Some(child);
     }
 
     fn kill(&mut self, i: usize) {
@@ -440,5 +459,28 @@ async fn best_effort_records_travel_beside_billing_ones() {
     assert!(
         stored >= sent / 2,
         "most best-effort records arrive: {stored} of {sent}"
+    );
+}
+
+/// Maintenance without a failover: the primary's priority is lowered below
+/// the backup's and reloaded (SIGHUP). The exporter sees a better PE, drains
+/// the primary and moves to the backup, as in a failback: nothing lost,
+/// nothing stored twice, no failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lowering_the_primary_priority_moves_the_exporter_without_loss() {
+    let mut pool = Pool::start().await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let exporter = pool.exporter(RECORDS, RATE, false);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    pool.reload_priority(0, 1);
+    let log = wait_exporter(exporter, Duration::from_secs(60));
+    assert!(log.contains("FAILBACK"), "no move to the backup: {log}");
+    assert!(!log.contains("FAILOVER"), "moved by a failover: {log}");
+    let report = pool.finish().await;
+    assert_complete(&report, RECORDS, false);
+    assert!(report.stores[1].billing_records > 0, "the backup took over");
+    assert!(
+        report.stores[0].billing_records > 0,
+        "the primary had records before"
     );
 }
