@@ -393,3 +393,37 @@ impl AssociationSender {
         }
     }
 }
+
+/// What every SCTP sender checks before queueing a message: its size (not
+/// above `max_message_size`, not empty: RFC 9260 section 6.2 forbids a DATA
+/// chunk without user data), that the association is open, and room in the
+/// send buffer, waited for (the bytes charged are returned to `budget` when
+/// the message leaves the buffer). Returns the bytes charged.
+pub(crate) async fn admit_message(
+    message: &Message,
+    max_message_size: usize,
+    send_buffer_bytes: usize,
+    closed: &std::sync::atomic::AtomicBool,
+    budget: &tokio::sync::Semaphore,
+) -> Result<u32, TransportError> {
+    let size = message.payload.len();
+    if size > max_message_size {
+        return Err(TransportError::MessageTooLarge {
+            size,
+            max: max_message_size,
+        });
+    }
+    if size == 0 {
+        return Err(TransportError::Unsupported("empty SCTP messages"));
+    }
+    if closed.load(std::sync::atomic::Ordering::Acquire) {
+        return Err(TransportError::Closed);
+    }
+    let charged = size.min(send_buffer_bytes) as u32;
+    budget
+        .acquire_many(charged)
+        .await
+        .map_err(|_| TransportError::Closed)?
+        .forget();
+    Ok(charged)
+}

@@ -92,27 +92,14 @@ pub(crate) struct SctpSender {
 
 impl SctpSender {
     pub(crate) async fn send(&self, message: Message) -> Result<(), TransportError> {
-        let size = message.payload.len();
-        if size > self.max_message_size {
-            return Err(TransportError::MessageTooLarge {
-                size,
-                max: self.max_message_size,
-            });
-        }
-        if size == 0 {
-            // RFC 9260 section 6.2: a DATA chunk without user data is a protocol violation.
-            return Err(TransportError::Unsupported("empty SCTP messages"));
-        }
-        if self.shared.closed.load(Ordering::Acquire) {
-            return Err(TransportError::Closed);
-        }
-        let charged = size.min(self.send_buffer_bytes) as u32;
-        self.shared
-            .send_budget
-            .acquire_many(charged)
-            .await
-            .map_err(|_| TransportError::Closed)?
-            .forget();
+        let charged = crate::admit_message(
+            &message,
+            self.max_message_size,
+            self.send_buffer_bytes,
+            &self.shared.closed,
+            &self.shared.send_budget,
+        )
+        .await?;
         self.commands
             .send(Command::Send {
                 id: self.shared.id,
