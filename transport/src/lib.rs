@@ -78,11 +78,12 @@ pub struct Config {
     /// `sendmsg` (UDP GSO, Linux) instead of one system call each. The peer receives the same
     /// UDP datagrams either way, but a capture on the sending host (`tcpdump`/`tshark` on
     /// `lo` in particular) sees each run as one oversized datagram, as it sees TCP segments
-    /// before TSO: turn this off to capture exactly what goes on the wire. Never used while
-    /// the local kernel runs SCTP over UDP itself (`net.sctp.udp_port` set): Linux 6.1 crashes
-    /// when such a batch reaches its SCTP-over-UDP socket on the same host. The same kernel
-    /// bug can be reached through a `veth` from another network namespace of this host (a
-    /// container running kernel SCTP over UDP as our peer): turn this off there.
+    /// before TSO: turn this off to capture exactly what goes on the wire. **Turn it off when
+    /// the peer is the Linux kernel's own SCTP over UDP on the same host** (this namespace or
+    /// another reached through a `veth`): Linux 6.1 can crash (double free in `sctp_udp_rcv`)
+    /// when such batches reach its SCTP-over-UDP socket. The driver skips GSO while
+    /// `net.sctp.udp_port` is set here, but the kernel-VM test still crashed the guest in 2
+    /// of 8 boots with GSO on (0 of 14 with it off), so that guard alone is not enough.
     pub udp_segmentation_offload: bool,
 }
 
