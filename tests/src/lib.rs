@@ -85,3 +85,56 @@ pub fn child_log() -> std::process::Stdio {
         std::process::Stdio::null()
     }
 }
+
+/// Drives a started `softflowd -r PCAP -c CTL` to its end and returns its
+/// log, asserting it exported `flows` flows. softflowd either processes the
+/// pcap at once and exits, or waits on its control socket: there a
+/// "statistics" request starts it and "shutdown" expires, exports and
+/// exits; both are handled. Blocking (polls every 50 ms, at most 30 s):
+/// call it from async tests through `spawn_blocking`.
+pub fn finish_softflowd(
+    mut softflowd: std::process::Child,
+    softflowctl: &std::path::Path,
+    ctl: &std::path::Path,
+    flows: usize,
+) -> String {
+    use std::time::{Duration, Instant};
+    let ctl_command = |cmd: &str| {
+        Command::new(softflowctl)
+            .arg("-c")
+            .arg(ctl)
+            .arg(cmd)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut started = false;
+    let mut shutdown_at = None;
+    let exit = loop {
+        if let Some(status) = softflowd.try_wait().unwrap() {
+            break status;
+        }
+        if ctl.exists() && !started && ctl_command("statistics") {
+            started = true;
+            shutdown_at = Some(Instant::now() + Duration::from_millis(500));
+        }
+        if shutdown_at.is_some_and(|t| Instant::now() >= t) && ctl_command("shutdown") {
+            shutdown_at = None;
+        }
+        assert!(Instant::now() < deadline, "softflowd did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = softflowd.wait_with_output().unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(exit.success(), "softflowd exited with {exit}: {log}");
+    assert!(
+        log.contains(&format!("Flows exported: {flows}")),
+        "softflowd did not export every flow: {log}"
+    );
+    log
+}

@@ -17,7 +17,9 @@ use collector::audit::{AuditOptions, AuditReport, Verdict};
 use collector::query::{self, Filter, Format};
 use collector::store::Store;
 use poolflow_tests::pcap::{self, Packet, Transport};
-use poolflow_tests::{child_log, free_tcp_port, free_udp_port, require_tool, workspace_bin};
+use poolflow_tests::{
+    child_log, finish_softflowd, free_tcp_port, free_udp_port, require_tool, workspace_bin,
+};
 use protocol::ipfix::MessageWriter;
 use protocol::ipfix::flow::{FLOW_TEMPLATE_ID, FlowRecord, flow_template};
 use registrar::config::RegistrarConfig;
@@ -389,7 +391,7 @@ async fn run_softflowd(dir: &Path, version: &str, start_us: u64, target: SocketA
     let capture = dir.join(format!("flows-v{version}.pcap"));
     pcap::write(&mut File::create(&capture).unwrap(), &flows(start_us)).unwrap();
     let ctl = dir.join(format!("softflowd-v{version}.ctl"));
-    let mut exporter = Command::new(&softflowd)
+    let exporter = Command::new(&softflowd)
         .arg("-d")
         .arg("-r")
         .arg(&capture)
@@ -409,46 +411,9 @@ async fn run_softflowd(dir: &Path, version: &str, start_us: u64, target: SocketA
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting softflowd");
-    // softflowd either processes the pcap and exits, or waits on its
-    // control socket: "statistics" starts it, "shutdown" exports and exits.
-    let ctl_command = |cmd: &str| {
-        Command::new(&softflowctl)
-            .arg("-c")
-            .arg(&ctl)
-            .arg(cmd)
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut started = false;
-    let mut shutdown_at = None;
-    let exit = loop {
-        if let Some(status) = exporter.try_wait().unwrap() {
-            break status;
-        }
-        if ctl.exists() && !started && ctl_command("statistics") {
-            started = true;
-            shutdown_at = Some(Instant::now() + Duration::from_millis(500));
-        }
-        if shutdown_at.is_some_and(|t| Instant::now() >= t) && ctl_command("shutdown") {
-            shutdown_at = None;
-        }
-        assert!(Instant::now() < deadline, "softflowd did not finish");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let output = exporter.wait_with_output().unwrap();
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(exit.success(), "softflowd exited with {exit}: {log}");
-    assert!(
-        log.contains("Flows exported: 50"),
-        "softflowd did not export every flow: {log}"
-    );
-    log
+    tokio::task::spawn_blocking(move || finish_softflowd(exporter, &softflowctl, &ctl, 50))
+        .await
+        .unwrap()
 }
 
 async fn softflowd_through_the_relay(version: &str) {

@@ -13,7 +13,7 @@ use collector::config::CollectorConfig;
 use collector::query::{self, Filter, Format};
 use collector::store::Store;
 use poolflow_tests::pcap::{self, Packet, Transport};
-use poolflow_tests::require_tool;
+use poolflow_tests::{finish_softflowd, require_tool};
 
 const UDP_FLOWS: u16 = 40;
 const TCP_FLOWS: u16 = 10;
@@ -76,7 +76,7 @@ async fn softflowd_ipfix_over_udp_is_stored_flow_for_flow() {
     };
     let c = collector::start(&config).await.unwrap();
     let ctl = dir.path().join("softflowd.ctl");
-    let mut exporter = Command::new(&softflowd)
+    let exporter = Command::new(&softflowd)
         .arg("-d")
         .arg("-r")
         .arg(&capture)
@@ -89,47 +89,10 @@ async fn softflowd_ipfix_over_udp_is_stored_flow_for_flow() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting softflowd");
-    // Depending on how it is started, softflowd either processes the pcap at
-    // once and exits at its end, or waits on its control socket: there a
-    // "statistics" request starts it and "shutdown" expires, exports and
-    // exits. Handle both.
-    let ctl_command = |cmd: &str| {
-        Command::new(&softflowctl)
-            .arg("-c")
-            .arg(&ctl)
-            .arg(cmd)
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut started = false;
-    let mut shutdown_at = None;
-    let exit = loop {
-        if let Some(status) = exporter.try_wait().unwrap() {
-            break status;
-        }
-        if ctl.exists() && !started && ctl_command("statistics") {
-            started = true;
-            shutdown_at = Some(Instant::now() + Duration::from_millis(500));
-        }
-        if shutdown_at.is_some_and(|t| Instant::now() >= t) && ctl_command("shutdown") {
-            shutdown_at = None;
-        }
-        assert!(Instant::now() < deadline, "softflowd did not finish");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let output = exporter.wait_with_output().unwrap();
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(exit.success(), "softflowd exited with {exit}: {log}");
-    assert!(
-        log.contains("Flows exported: 50"),
-        "softflowd did not export every flow: {log}"
-    );
+    let log =
+        tokio::task::spawn_blocking(move || finish_softflowd(exporter, &softflowctl, &ctl, 50))
+            .await
+            .unwrap();
 
     let expected = (UDP_FLOWS + TCP_FLOWS) as u64;
     let deadline = Instant::now() + Duration::from_secs(20);
