@@ -90,13 +90,12 @@ impl AsapEndpoint {
     ) -> anyhow::Result<Self> {
         let mut config = listen.transport_config(base);
         let mut addr = listen.addr;
-        if let RegistrarTransport::SctpOverUdp { .. } = listen.transport
-            && addr.port() == 0
-        {
-            // The SCTP port must equal the UDP port: take a free one first.
-            addr.set_port(std::net::UdpSocket::bind(addr)?.local_addr()?.port());
-        }
         if let RegistrarTransport::SctpOverUdp { .. } = listen.transport {
+            // The SCTP port must equal the UDP port: with port 0, take a
+            // free one first.
+            if addr.port() == 0 {
+                addr.set_port(std::net::UdpSocket::bind(addr)?.local_addr()?.port());
+            }
             config.sctp_port = addr.port();
         }
         let mut endpoint = Endpoint::bind(config, addr).await?;
