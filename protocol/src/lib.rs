@@ -6,8 +6,11 @@
 //! - [`netflow_v9`]: Cisco NetFlow version 9, RFC 3954 (input of the relay).
 //! - [`rserpool`]: Reliable Server Pooling: common parameters (RFC 5354),
 //!   ASAP (RFC 5352) and ENRP (RFC 5353).
+//! - [`signing`]: Ed25519 keys (RFC 8032) in PKCS#8 PEM, the one signature
+//!   scheme of pool membership proofs and billing cookies.
 
 pub mod billing;
 pub mod ipfix;
 pub mod netflow_v9;
 pub mod rserpool;
+pub mod signing;

@@ -1,0 +1,104 @@
+//! Ed25519 keys (RFC 8032) as operators hold them: PKCS#8 PEM files, made
+//! with `openssl genpkey -algorithm ed25519 -out key.pem` and
+//! `openssl pkey -in key.pem -pubout -out key.pub`.
+//!
+//! One signature scheme serves every place where a party must prove itself
+//! to another that cannot share its secret: a pool element proving pool
+//! membership to registrars, and a collector signing billing cookies that
+//! exporters verify but cannot forge. Only parsing and checks live here
+//! (sans-IO); the daemons read the files.
+
+use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey};
+pub use ed25519_dalek::{
+    PUBLIC_KEY_LENGTH, SIGNATURE_LENGTH, Signature, Signer, SigningKey, Verifier, VerifyingKey,
+};
+use sha2::{Digest, Sha256};
+
+/// Why a key could not be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyError {
+    #[error("not an Ed25519 private key in PKCS#8 PEM (openssl genpkey -algorithm ed25519): {0}")]
+    PrivateKey(String),
+    #[error("not an Ed25519 public key in PEM (openssl pkey -pubout): {0}")]
+    PublicKey(String),
+    #[error(
+        "private key file is readable by group or others (mode {mode:o}): chmod 600 it, owned by the daemon's user"
+    )]
+    Permissions { mode: u32 },
+}
+
+/// Parses an Ed25519 private key from PKCS#8 PEM text.
+pub fn signing_key_from_pem(pem: &str) -> Result<SigningKey, KeyError> {
+    SigningKey::from_pkcs8_pem(pem).map_err(|e| KeyError::PrivateKey(e.to_string()))
+}
+
+/// Parses an Ed25519 public key from SubjectPublicKeyInfo PEM text.
+pub fn verifying_key_from_pem(pem: &str) -> Result<VerifyingKey, KeyError> {
+    VerifyingKey::from_public_key_pem(pem).map_err(|e| KeyError::PublicKey(e.to_string()))
+}
+
+/// A short name of a public key for logs, wire fields and key rotation:
+/// the first four bytes of SHA-256 over the 32-byte key, big endian.
+pub fn key_id(key: &VerifyingKey) -> u32 {
+    let digest = Sha256::digest(key.as_bytes());
+    u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
+}
+
+/// A private key file must not be readable by group or others (the Unix
+/// mode bits of the file, as `std::fs::Metadata` gives them).
+pub fn check_private_key_mode(mode: u32) -> Result<(), KeyError> {
+    if mode & 0o077 != 0 {
+        return Err(KeyError::Permissions {
+            mode: mode & 0o7777,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Made with `openssl genpkey -algorithm ed25519` and `openssl pkey -pubout`.
+    const PRIVATE: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIM3fLuonn3907ZRcpCt96EJPEfwh2APV6sKZqBVM9LTI\n-----END PRIVATE KEY-----\n";
+
+    #[test]
+    fn pem_keys_round_trip_a_signature() {
+        let signing = signing_key_from_pem(PRIVATE).expect("private key");
+        let public_pem = {
+            use ed25519_dalek::pkcs8::EncodePublicKey;
+            signing
+                .verifying_key()
+                .to_public_key_pem(Default::default())
+                .expect("encode")
+        };
+        let verifying = verifying_key_from_pem(&public_pem).expect("public key");
+        let signature = signing.sign(b"pool membership");
+        assert!(verifying.verify(b"pool membership", &signature).is_ok());
+        assert!(verifying.verify(b"pool membership!", &signature).is_err());
+        assert_eq!(key_id(&verifying), key_id(&signing.verifying_key()));
+    }
+
+    #[test]
+    fn garbage_and_wrong_kinds_are_refused() {
+        assert!(matches!(
+            signing_key_from_pem("not a key"),
+            Err(KeyError::PrivateKey(_))
+        ));
+        assert!(matches!(
+            verifying_key_from_pem(PRIVATE),
+            Err(KeyError::PublicKey(_))
+        ));
+    }
+
+    #[test]
+    fn private_key_mode_must_be_owner_only() {
+        assert!(check_private_key_mode(0o100600).is_ok());
+        assert!(check_private_key_mode(0o100400).is_ok());
+        assert_eq!(
+            check_private_key_mode(0o100640),
+            Err(KeyError::Permissions { mode: 0o640 })
+        );
+        assert!(check_private_key_mode(0o100604).is_err());
+    }
+}
