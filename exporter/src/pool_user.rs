@@ -222,11 +222,35 @@ pub enum FailureCause {
     DrainTimeout,
 }
 
+impl FailureCause {
+    /// Whether this is evidence that the PE is unreachable, worth an ASAP
+    /// Endpoint Unreachable report (RFC 5352 §3.5). Only a transport
+    /// failure is: a stalled cookie or drain is a protocol problem between
+    /// this exporter and that collector (e.g. a hole in the exporter's own
+    /// sequence), and reporting it would let one confused pool user get a
+    /// healthy collector removed for every user of the pool.
+    pub fn is_transport_failure(self) -> bool {
+        matches!(self, Self::AssociationEnded)
+    }
+
+    /// Label for logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::AssociationEnded => "association_ended",
+            Self::CookieTimeout => "cookie_timeout",
+            Self::DrainTimeout => "drain_timeout",
+        }
+    }
+}
+
 /// Counters for metrics (monotonic).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
     /// Failures of the PE in use.
     pub failovers: u64,
+    /// Of those, the ones for a protocol problem (cookie or drain stalled),
+    /// not reported to the registrar as unreachable.
+    pub protocol_failovers: u64,
     /// Completed failbacks.
     pub failbacks: u64,
     /// Data records sent (replays included).
@@ -1213,7 +1237,11 @@ impl Exporter {
         self.outputs
             .push_back(Output::Notice(Notice::FailoverStarted { pe_id, cause }));
         self.outputs.push_back(Output::Close { association });
-        self.outputs.push_back(Output::ReportUnreachable { pe_id });
+        if cause.is_transport_failure() {
+            self.outputs.push_back(Output::ReportUnreachable { pe_id });
+        } else {
+            self.counters.protocol_failovers += 1;
+        }
         self.failed_this_round.insert(pe_id);
         self.last_failure.insert(pe_id, now);
         self.cookie_deadline = None;

@@ -359,6 +359,8 @@ async fn sleep_until(deadline: Option<Instant>) {
 fn publish_metrics(core: &Exporter) {
     let counters = core.counters();
     metrics::counter!("poolflow_exporter_failovers_total").absolute(counters.failovers);
+    metrics::counter!("poolflow_exporter_protocol_failovers_total")
+        .absolute(counters.protocol_failovers);
     metrics::counter!("poolflow_exporter_failbacks_total").absolute(counters.failbacks);
     metrics::counter!("poolflow_exporter_records_sent_total").absolute(counters.records_sent);
     metrics::counter!("poolflow_exporter_best_effort_records_sent_total")
@@ -489,9 +491,18 @@ fn log_notice(notice: &Notice) {
             pending,
             "streaming"
         ),
-        Notice::FailoverStarted { pe_id, cause } => {
-            tracing::warn!(pe_id = format_args!("{pe_id:#010x}"), ?cause, "failover")
+        Notice::FailoverStarted { pe_id, cause } if cause.is_transport_failure() => {
+            tracing::warn!(
+                pe_id = format_args!("{pe_id:#010x}"),
+                cause = cause.label(),
+                "failover: PE reported unreachable"
+            )
         }
+        Notice::FailoverStarted { pe_id, cause } => tracing::warn!(
+            pe_id = format_args!("{pe_id:#010x}"),
+            cause = cause.label(),
+            "failover for a protocol problem (the PE is reachable: not reported to the registrar)"
+        ),
         Notice::DrainStarted { from, to } => tracing::info!(
             from = format_args!("{from:#010x}"),
             to = format_args!("{to:#010x}"),

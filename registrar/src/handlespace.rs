@@ -212,7 +212,8 @@ pub struct PoolElementEntry {
     pub keep_alive: KeepAlive,
     /// End of the registration life, if it has one.
     pub expires_at: Option<Instant>,
-    /// Endpoint Unreachable reports since the last registration.
+    /// Endpoint Unreachable reports since the last registration or
+    /// keep-alive ack.
     pub unreachable_reports: u32,
 }
 
@@ -649,6 +650,8 @@ impl Handlespace {
         self.update(handle, id, |entry| {
             entry.last_heard = now;
             entry.keep_alive = KeepAlive::SendAt(next);
+            // It answered: earlier Endpoint Unreachable reports are refuted.
+            entry.unreachable_reports = 0;
         })
     }
 

@@ -273,7 +273,7 @@ fn print_status(status: &Status) {
     let counters = &status.counters;
     println!(
         "\ncounters: registrations={} reregistrations={} deregistrations={} resolutions={} \
-         keep_alives_sent={} keep_alive_failures={} expiries={} unreachable_removals={} rate_limited={}",
+         keep_alives_sent={} keep_alive_failures={} expiries={} unreachable_removals={} unreachable_probes={} unreachable_refuted={} rate_limited={}",
         counters.registrations,
         counters.reregistrations,
         counters.deregistrations,
@@ -282,6 +282,8 @@ fn print_status(status: &Status) {
         counters.keep_alive_failures,
         counters.expiries,
         counters.unreachable_removals,
+        counters.unreachable_probes,
+        counters.unreachable_refuted,
         counters.rate_limited
     );
     if !counters.registration_rejects.is_empty() {

@@ -207,8 +207,13 @@ pub struct Counters {
     pub expiries: u64,
     /// Endpoint Unreachable reports received for known PEs.
     pub unreachable_reports: u64,
-    /// PEs removed after MAX-BAD-PE-REPORT reports.
+    /// PEs removed after MAX-BAD-PE-REPORT reports and a keep-alive probe
+    /// the PE did not answer.
     pub unreachable_removals: u64,
+    /// Keep-alive probes sent because a PE reached MAX-BAD-PE-REPORT.
+    pub unreachable_probes: u64,
+    /// PEs that answered such a probe and stayed (the reports were wrong).
+    pub unreachable_refuted: u64,
     /// PEs removed because their association went down.
     pub association_removals: u64,
     /// Registrations refused by the per-association rate limit.
@@ -367,8 +372,13 @@ impl Server {
                     counter!("poolflow_registrar_keepalives_sent_total").increment(1);
                 }
                 KeepAlive::AwaitingAck { deadline, .. } if deadline <= now => {
-                    tracing::warn!(pool = %handle, pe = format_args!("{id:#010x}"), "keep-alive timeout: PE removed");
-                    self.remove(&handle, id, Removal::KeepAliveTimeout);
+                    let why = if entry.unreachable_reports >= self.config.max_bad_pe_reports {
+                        Removal::Unreachable
+                    } else {
+                        Removal::KeepAliveTimeout
+                    };
+                    tracing::warn!(pool = %handle, pe = format_args!("{id:#010x}"), reason = why.label(), "keep-alive timeout: PE removed");
+                    self.remove(&handle, id, why);
                     // Like RSPLIB, tell a hung PE by closing its association,
                     // but only once no live PE depends on that association.
                     if self.handlespace.elements_of_owner(owner) == 0 {
@@ -428,7 +438,7 @@ impl Server {
             Message::EndpointUnreachable {
                 pool_handle,
                 pe_identifier,
-            } => self.on_endpoint_unreachable(&pool_handle, pe_identifier),
+            } => self.on_endpoint_unreachable(now, &pool_handle, pe_identifier),
             Message::Error { error } => {
                 // Never answer an error with an error (no ping-pong).
                 tracing::warn!(assoc = from, ?error, "ASAP Error from peer");
@@ -758,8 +768,17 @@ impl Server {
         match self.handlespace.element(handle, id) {
             Some(entry) if entry.owner == from => {
                 let next = now + self.config.keep_alive_period;
+                let refuted = self
+                    .handlespace
+                    .element(handle, id)
+                    .is_some_and(|e| e.unreachable_reports >= self.config.max_bad_pe_reports);
                 self.handlespace.keep_alive_acked(handle, id, now, next);
                 self.counters.keep_alive_acks += 1;
+                if refuted {
+                    self.counters.unreachable_refuted += 1;
+                    counter!("poolflow_registrar_unreachable_refuted_total").increment(1);
+                    tracing::warn!(pool = %handle, pe = format_args!("{id:#010x}"), "PE reported unreachable answered its keep-alive: kept (a pool user's reports were wrong)");
+                }
             }
             Some(_) => {
                 // Only the PE itself may vouch for its liveness.
@@ -772,15 +791,41 @@ impl Server {
         }
     }
 
-    fn on_endpoint_unreachable(&mut self, handle: &PoolHandle, id: PeId) {
+    /// An Endpoint Unreachable report is a pool user's opinion, not proof:
+    /// one confused or hostile user must not empty a pool. RFC 5352 §3.5
+    /// leaves the removal to the registrar's judgement; at MAX-BAD-PE-REPORT
+    /// we check at once with an Endpoint Keep Alive and remove the PE only
+    /// if it misses that (the keep-alive timeout does it). A PE that answers
+    /// stays, and its report count starts again. PEs homed at another
+    /// registrar are that registrar's to supervise (RFC 5353): counted only.
+    fn on_endpoint_unreachable(&mut self, now: Instant, handle: &PoolHandle, id: PeId) {
         let Some(reports) = self.handlespace.report_unreachable(handle, id) else {
             return;
         };
         self.counters.unreachable_reports += 1;
         counter!("poolflow_registrar_unreachable_reports_total").increment(1);
-        if reports >= self.config.max_bad_pe_reports {
-            tracing::warn!(pool = %handle, pe = format_args!("{id:#010x}"), reports, "MAX-BAD-PE-REPORT reached: PE removed");
-            self.remove(handle, id, Removal::Unreachable);
+        if reports < self.config.max_bad_pe_reports {
+            return;
+        }
+        let Some(entry) = self.handlespace.element(handle, id) else {
+            return;
+        };
+        if entry.home_registrar != self.config.server_id {
+            tracing::debug!(pool = %handle, pe = format_args!("{id:#010x}"), reports, "MAX-BAD-PE-REPORT for a PE homed elsewhere: its home supervises it");
+            return;
+        }
+        match entry.keep_alive {
+            // A keep-alive is already out: its timeout decides.
+            KeepAlive::AwaitingAck { .. } => {}
+            KeepAlive::SendAt(at) => {
+                if at > now {
+                    self.handlespace
+                        .set_keep_alive(handle, id, KeepAlive::SendAt(now));
+                }
+                self.counters.unreachable_probes += 1;
+                counter!("poolflow_registrar_unreachable_probes_total").increment(1);
+                tracing::info!(pool = %handle, pe = format_args!("{id:#010x}"), reports, "MAX-BAD-PE-REPORT reached: probing the PE with a keep-alive before removing it");
+            }
         }
     }
 
