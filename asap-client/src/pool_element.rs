@@ -33,8 +33,9 @@
 //! * registration response wait: T2-registration (30 s); a Registration is
 //!   sent at most [`PoolElementConfig::max_registration_attempts`]
 //!   (MAX-REG-ATTEMPT, 2) times to one registrar before hunting for another;
-//! * deregistration response wait: T3-deregistration (30 s), bounded: the
-//!   shutdown completes unconfirmed when it expires;
+//! * deregistration response wait: T3-deregistration (2 s here; RFC 5352
+//!   suggests 30 s, too long for a daemon's stop when its registrar is
+//!   gone), bounded: the shutdown completes unconfirmed when it expires;
 //! * re-registration: [`PoolElementConfig::reregistration_interval`], at most
 //!   2/3 of the registration lifetime so a lost re-registration can be
 //!   retried before the registrar drops the PE;
@@ -107,7 +108,7 @@ impl PoolElementConfig {
             registrar_count,
             registration_timeout: Duration::from_secs(30),
             max_registration_attempts: 2,
-            deregistration_timeout: Duration::from_secs(30),
+            deregistration_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(10),
             server_hunt_pause: Duration::from_secs(1),
         }

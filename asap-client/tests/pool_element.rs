@@ -545,3 +545,18 @@ fn policy_update_before_registration_is_used_by_the_first_one() {
         PolicyParams::Priority { priority: 50 }
     );
 }
+
+/// A daemon's graceful stop must not hang on a registrar that is gone:
+/// the default T3-deregistration is 2 s (RFC 5352's 30 s held a stopping
+/// collector for 30 s), and nothing is sent after it.
+#[test]
+fn default_deregistration_wait_is_two_seconds() {
+    let default = PoolElementConfig::new(
+        handle(),
+        PE_ID,
+        config(1).user_transport,
+        PolicyParams::Priority { priority: 10 },
+        1,
+    );
+    assert_eq!(default.deregistration_timeout, Duration::from_secs(2));
+}

@@ -64,6 +64,12 @@ pub struct PoolConfig {
     /// Re-registration interval, milliseconds (at most 2/3 of the life).
     #[serde(default = "default_reregistration_ms")]
     pub reregistration_interval_ms: u64,
+    /// Longest wait for the Deregistration Response at a graceful stop
+    /// (T3-deregistration), milliseconds. A stop never waits longer for a
+    /// registrar that is gone: the registration then ends by keep-alive
+    /// timeout at the registrar.
+    #[serde(default = "default_deregistration_timeout_ms")]
+    pub deregistration_timeout_ms: u64,
     /// File holding the pool's shared cookie key (the HMAC key every
     /// collector of the pool uses to sign and check billing cookies). With
     /// no key the collector takes part in no cookie protocol.
@@ -97,6 +103,10 @@ fn default_lifetime_ms() -> u64 {
 
 fn default_reregistration_ms() -> u64 {
     200_000
+}
+
+fn default_deregistration_timeout_ms() -> u64 {
+    2_000
 }
 
 /// A parsed "tcp:ADDR" / "sctp:ADDR".
@@ -296,6 +306,7 @@ pub async fn register(
     );
     pe.registration_lifetime = Some(Duration::from_millis(pool.registration_lifetime_ms));
     pe.reregistration_interval = Duration::from_millis(pool.reregistration_interval_ms);
+    pe.deregistration_timeout = Duration::from_millis(pool.deregistration_timeout_ms);
     let asap_endpoint = match &pool.asap_listen {
         Some(listen) => {
             let endpoint = AsapEndpoint::bind(
