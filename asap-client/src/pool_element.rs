@@ -21,7 +21,7 @@
 //!
 //! The user transport's Transport Use is whatever the caller configures;
 //! poolflow collectors want `DataPlusControl`, since ASAP Cookies travel on
-//! the data association (the cookie protocol in DESIGN.md). The ASAP
+//! the data association (docs/billing-continuity.md). The ASAP
 //! transport ([`PoolElementConfig::asap_transport`]) is optional (RFC 5354
 //! §3.10): it is where a registrar that took over this PE's home sends the
 //! Endpoint Keep Alive with the Home flag (RFC 5353 takeover procedure);

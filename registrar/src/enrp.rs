@@ -60,7 +60,7 @@ use serde::{Deserialize, Serialize};
 use crate::server::{HomeChange, Server};
 
 /// ENRP settings. Timer defaults are RSPLIB's registrar defaults (see
-/// DESIGN.md); RFC 5353 leaves the values to the implementation.
+/// docs/architecture.md); RFC 5353 leaves the values to the implementation.
 #[derive(Debug, Clone)]
 pub struct EnrpConfig {
     /// Our server id (the ASAP server's).

@@ -76,7 +76,7 @@ fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
 const MAX_ECHOED_BYTES: usize = 128;
 
 /// Settings of the ASAP server. Defaults: RFC 5352 §5 where it gives a
-/// value, RSPLIB's registrar otherwise (see DESIGN.md).
+/// value, RSPLIB's registrar otherwise (see docs/architecture.md).
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// This registrar's 32-bit server identifier (home registrar id of the

@@ -531,7 +531,7 @@ pub enum Parameter {
     ServerInformation(ServerInformation),
     /// Operation Error (0xc).
     OperationError(OperationError),
-    /// Cookie (0xd): opaque to ASAP; see the cookie protocol in DESIGN.md.
+    /// Cookie (0xd): opaque to ASAP; see docs/billing-continuity.md.
     Cookie(Vec<u8>),
     /// PE Identifier (0xe).
     PeIdentifier(u32),
