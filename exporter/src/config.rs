@@ -177,6 +177,15 @@ pub struct BufferConfig {
     pub spill_dir: Option<PathBuf>,
     /// Records per spill segment file.
     pub spill_segment_records: usize,
+    /// Durable intake: a record counts as taken in only once it is in the
+    /// fsynced intake journal (`journal_dir`), so an exporter or relay
+    /// crash loses nothing; a restart replays the journal after the last
+    /// cookie. Costs an fsync per input batch.
+    pub durable: bool,
+    /// Directory of the intake journal (required with `durable`).
+    pub journal_dir: Option<PathBuf>,
+    /// Records per journal segment file.
+    pub journal_segment_records: usize,
 }
 
 impl Default for BufferConfig {
@@ -186,6 +195,9 @@ impl Default for BufferConfig {
             max_records: 10_000_000,
             spill_dir: None,
             spill_segment_records: 100_000,
+            durable: false,
+            journal_dir: None,
+            journal_segment_records: 100_000,
         }
     }
 }
@@ -267,6 +279,12 @@ impl StreamConfig {
         if config.buffer.memory_records == 0 {
             bail!("`buffer.memory_records` must be at least 1");
         }
+        if config.buffer.durable && config.buffer.journal_dir.is_none() {
+            bail!("`buffer.durable = true` needs `buffer.journal_dir`");
+        }
+        if config.buffer.journal_segment_records == 0 {
+            bail!("`buffer.journal_segment_records` must be at least 1");
+        }
         config.registrar_addresses()?;
         Ok(config)
     }
@@ -311,7 +329,19 @@ impl StreamConfig {
             cache_lifetime: Duration::from_millis(t.cache_lifetime_ms),
             registrar_request_timeout: Duration::from_millis(t.registrar_request_timeout_ms),
             exit_drain_timeout,
+            durable: self.durable_settings(),
         })
+    }
+
+    /// Durable intake, when configured.
+    pub fn durable_settings(&self) -> Option<crate::journal::DurableSettings> {
+        let dir = self.buffer.journal_dir.clone()?;
+        self.buffer
+            .durable
+            .then_some(crate::journal::DurableSettings {
+                dir,
+                segment_records: self.buffer.journal_segment_records,
+            })
     }
 
     /// The core's settings.

@@ -18,7 +18,8 @@
 //! so it never counted as taken in and was never sent.
 
 use crate::replay::{BufferedRecord, count_and_repair, read_record, write_record};
-use std::collections::VecDeque;
+use crate::sequence::ExporterState;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -197,6 +198,149 @@ impl IntakeJournal {
     pub fn segment_count(&self) -> usize {
         self.segments.len()
     }
+}
+
+/// Where and how an exporter keeps its intake journals.
+#[derive(Debug, Clone)]
+pub struct DurableSettings {
+    /// Directory of the journal segment files (one set per domain).
+    pub dir: PathBuf,
+    /// Records per segment file.
+    pub segment_records: usize,
+}
+
+/// The intake journals of every domain of one exporter, and the records a
+/// previous run left to replay.
+#[derive(Debug)]
+pub struct DurableIntake {
+    settings: DurableSettings,
+    journals: BTreeMap<u32, IntakeJournal>,
+}
+
+impl DurableIntake {
+    /// Opens the journals in `settings.dir`. For every domain a previous
+    /// run journaled, `state` is set to go on right after the last cookie
+    /// (every record a collector may have seen beyond it is in the
+    /// journal, since nothing is sent before it is journaled), and the
+    /// journaled records after the cookie are returned, oldest first, to be
+    /// pushed again with their own sequences. Replay spill segments of
+    /// those domains are removed: the journal holds the same records.
+    pub fn open(
+        settings: DurableSettings,
+        spill_dir: Option<&Path>,
+        state: &mut ExporterState,
+    ) -> io::Result<(Self, Vec<(u32, BufferedRecord)>)> {
+        fs::create_dir_all(&settings.dir)?;
+        let mut domains = Vec::new();
+        for entry in fs::read_dir(&settings.dir)? {
+            let name = entry?.file_name();
+            let Some(domain) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("intake-"))
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|d| d.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !domains.contains(&domain) {
+                domains.push(domain);
+            }
+        }
+        domains.sort_unstable();
+        let mut intake = Self {
+            settings,
+            journals: BTreeMap::new(),
+        };
+        let mut pending = Vec::new();
+        for domain in domains {
+            let entry = state
+                .domains
+                .entry(domain)
+                .or_insert(crate::sequence::DomainState {
+                    next_sequence: 0,
+                    last_cookie: None,
+                });
+            let after_cookie = entry.last_cookie.map_or(0, |c| c.next_record_sequence());
+            let acknowledged = after_cookie.checked_sub(1);
+            let (journal, records) = IntakeJournal::open(
+                &intake.settings.dir,
+                domain,
+                intake.settings.segment_records,
+                acknowledged,
+            )?;
+            entry.next_sequence = match records.first() {
+                Some(first) => first.sequence,
+                None => after_cookie.max(journal.last_sequence().map_or(0, |l| l + 1)),
+            };
+            if let Some(dir) = spill_dir {
+                remove_spill_segments(dir, domain)?;
+            }
+            pending.extend(records.into_iter().map(|r| (domain, r)));
+            intake.journals.insert(domain, journal);
+        }
+        Ok((intake, pending))
+    }
+
+    /// Appends a record of `domain` (durable after [`Self::sync`]).
+    pub fn append(&mut self, domain: u32, record: &BufferedRecord) -> io::Result<()> {
+        let journal = match self.journals.entry(domain) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let (journal, _) = IntakeJournal::open(
+                    &self.settings.dir,
+                    domain,
+                    self.settings.segment_records,
+                    None,
+                )?;
+                e.insert(journal)
+            }
+        };
+        journal.append(record)
+    }
+
+    /// Syncs every journal with unsynced records: one fsync per domain
+    /// per batch (group commit).
+    pub fn sync(&mut self) -> io::Result<()> {
+        for journal in self.journals.values_mut() {
+            if journal.unsynced() > 0 {
+                journal.sync()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A cookie of `domain` covers everything through `sequence`.
+    pub fn release_through(&mut self, domain: u32, sequence: u64) -> io::Result<usize> {
+        match self.journals.get_mut(&domain) {
+            Some(journal) => journal.release_through(sequence),
+            None => Ok(0),
+        }
+    }
+
+    /// The domains journaled.
+    pub fn domains(&self) -> impl Iterator<Item = u32> + '_ {
+        self.journals.keys().copied()
+    }
+}
+
+/// Removes the replay spill's segment files of `domain` (see
+/// [`crate::replay`] for their names).
+fn remove_spill_segments(dir: &Path, domain: u32) -> io::Result<()> {
+    let prefix = format!("domain-{domain}-");
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(()); // No spill yet.
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name
+            .to_str()
+            .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".spill"))
+        {
+            fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

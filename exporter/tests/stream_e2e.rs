@@ -236,6 +236,7 @@ async fn failover_and_failback_lose_and_duplicate_nothing() {
         cache_lifetime: Duration::from_millis(200),
         registrar_request_timeout: Duration::from_secs(1),
         exit_drain_timeout: Duration::from_secs(10),
+        durable: None,
     };
     let (input, input_rx) = tokio::sync::mpsc::channel(256);
     let notices: Arc<Mutex<Vec<Notice>>> = Arc::default();
