@@ -55,6 +55,10 @@ struct AuditArgs {
     /// No progress lines on stderr.
     #[arg(long)]
     quiet: bool,
+    /// Records the exporter declared lost (not sent after its restart)
+    /// fail the audit too; by default they are listed apart and pass.
+    #[arg(long)]
+    fail_on_declared_loss: bool,
 }
 
 #[derive(Args)]
@@ -313,6 +317,7 @@ fn audit(args: AuditArgs) -> Result<()> {
         domain: args.domain,
         list_limit: args.list_limit,
         progress: !args.quiet,
+        fail_on_declared_loss: args.fail_on_declared_loss,
     };
     let report = match collector::audit::run(&options) {
         Ok(report) => report,
