@@ -335,6 +335,9 @@ impl StreamConfig {
             },
             best_effort_lifetime: Duration::from_millis(self.best_effort.lifetime_ms),
             best_effort_queue: self.best_effort.queue_records,
+            // Not a config key: once a second keeps the audit's view of a
+            // stream at most a second behind at a few bytes a second.
+            statistics_interval: Duration::from_secs(1),
         }
     }
 }

@@ -187,6 +187,7 @@ pub async fn run_with_templates(
     let mut input_done_at: Option<Instant> = None;
     let mut next_status = Instant::now() + Duration::from_secs(1);
     let mut interrupted = false;
+    let mut final_statistics = false;
 
     loop {
         while let Some(output) = core.poll_output(Instant::now()) {
@@ -207,6 +208,13 @@ pub async fn run_with_templates(
             // Best-effort records still queued go out first (they are
             // never acknowledged, so only their sending is waited for).
             if core.is_drained() && core.best_effort_queued() == 0 {
+                // The exporter's final account goes out before the
+                // association closes (gracefully: queued messages still go).
+                if !final_statistics {
+                    final_statistics = true;
+                    core.queue_statistics(now);
+                    continue;
+                }
                 break;
             }
             let done_at = *input_done_at.get_or_insert(now);
