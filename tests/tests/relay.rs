@@ -284,6 +284,7 @@ tcp_listen = ["{tcp}"]
             domain: None,
             list_limit: 100,
             progress: false,
+            fail_on_declared_loss: false,
         })
         .unwrap()
     }
@@ -732,6 +733,7 @@ async fn full_buffer_pauses_tcp_and_drops_udp_with_a_count() {
         domain: Some(TCP_DOMAIN),
         list_limit: 100,
         progress: false,
+        fail_on_declared_loss: false,
     })
     .unwrap();
     assert_no_loss(&report, PAUSED_RECORDS);
@@ -741,6 +743,7 @@ async fn full_buffer_pauses_tcp_and_drops_udp_with_a_count() {
         domain: Some(1),
         list_limit: 100,
         progress: false,
+        fail_on_declared_loss: false,
     })
     .unwrap();
     assert_eq!(
