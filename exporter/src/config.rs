@@ -267,6 +267,12 @@ impl StreamConfig {
         if config.buffer.memory_records == 0 {
             bail!("`buffer.memory_records` must be at least 1");
         }
+        if config.observation_domain == protocol::ipfix::reliability::STATISTICS_DOMAIN {
+            bail!(
+                "`observation_domain` {} is reserved for the reliability statistics",
+                config.observation_domain
+            );
+        }
         config.registrar_addresses()?;
         Ok(config)
     }
