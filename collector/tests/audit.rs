@@ -843,3 +843,56 @@ fn declared_loss_is_shown_apart_and_fails_only_with_the_flag() {
     assert_eq!((g.gaps.ranges[0].first, g.gaps.ranges[0].last), (400, 499));
     assert_eq!(g.declared_loss.records, 150);
 }
+
+#[test]
+fn the_exporters_state_file_reveals_a_tail_no_given_store_knows_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let (primary, _backup) = failover_pair(dir.path());
+    // The primary died and never came back; the backup's store is gone.
+    // The exporter stopped cleanly after 1000 records: its state file says so.
+    let state = dir.path().join("exporter.state");
+    std::fs::write(
+        &state,
+        "version = 1\nexporter_id = 7\n\n[[domains]]\ndomain = 1\nnext_sequence = 1000\n\
+         last_cookie = \"00\"\nnot_sent = 0\n",
+    )
+    .unwrap();
+    assert_eq!(
+        audit(&[&primary]).verdict,
+        Verdict::Pass,
+        "the store alone looks complete"
+    );
+    let report = audit::run(&AuditOptions {
+        exporter_states: vec![state.clone()],
+        ..options(&[&primary])
+    })
+    .unwrap();
+    assert_eq!(report.verdict, Verdict::Fail);
+    let g = &report.exporter_domains[0];
+    assert_eq!(g.state_file_next_sequence, Some(1000));
+    assert_eq!((g.gaps.ranges[0].first, g.gaps.ranges[0].last), (500, 999));
+    let state_arg = state.display().to_string();
+    let out = cli_on(&[&primary], &["--quiet", "--exporter-state", &state_arg]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("missing 500..=999"), "{}", out.stdout);
+    // Another exporter's file claims nothing here; a broken file is an error.
+    std::fs::write(
+        &state,
+        "version = 1\nexporter_id = 8\n[[domains]]\ndomain = 1\nnext_sequence = 5000\n",
+    )
+    .unwrap();
+    let out = cli_on(&[&primary], &["--quiet", "--exporter-state", &state_arg]);
+    assert_eq!(
+        out.code, 1,
+        "exporter 8 has no records anywhere: {}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("billing exporter 7 domain 1: PASS"),
+        "{}",
+        out.stdout
+    );
+    std::fs::write(&state, "not toml [").unwrap();
+    let out = cli_on(&[&primary], &["--quiet", "--exporter-state", &state_arg]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+}

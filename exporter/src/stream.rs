@@ -373,6 +373,11 @@ fn publish_metrics(core: &Exporter) {
         .absolute(counters.best_effort_sent);
     metrics::counter!("poolflow_exporter_best_effort_dropped_records_total")
         .absolute(counters.best_effort_dropped);
+    // Declared at this process's start (restart) or later; not the
+    // persisted total over every run, which the statistics carry.
+    metrics::counter!("poolflow_exporter_declared_not_sent_records_total")
+        .absolute(counters.declared_not_sent);
+    metrics::counter!("poolflow_exporter_statistics_sent_total").absolute(counters.statistics_sent);
     metrics::gauge!("poolflow_exporter_replay_buffer_records").set(core.buffered_records() as f64);
     metrics::gauge!("poolflow_exporter_cookie_lag_records").set(core.cookie_lag() as f64);
 }

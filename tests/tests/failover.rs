@@ -219,7 +219,7 @@ fast_failure_detection = {fast_failure_detection}
             domain: None,
             list_limit: 100,
             progress: false,
-            fail_on_declared_loss: false,
+            ..AuditOptions::default()
         })
         .unwrap()
     }

@@ -284,7 +284,7 @@ tcp_listen = ["{tcp}"]
             domain: None,
             list_limit: 100,
             progress: false,
-            fail_on_declared_loss: false,
+            ..AuditOptions::default()
         })
         .unwrap()
     }
@@ -733,7 +733,7 @@ async fn full_buffer_pauses_tcp_and_drops_udp_with_a_count() {
         domain: Some(TCP_DOMAIN),
         list_limit: 100,
         progress: false,
-        fail_on_declared_loss: false,
+        ..AuditOptions::default()
     })
     .unwrap();
     assert_no_loss(&report, PAUSED_RECORDS);
@@ -743,7 +743,7 @@ async fn full_buffer_pauses_tcp_and_drops_udp_with_a_count() {
         domain: Some(1),
         list_limit: 100,
         progress: false,
-        fail_on_declared_loss: false,
+        ..AuditOptions::default()
     })
     .unwrap();
     assert_eq!(
