@@ -333,6 +333,16 @@ fn assert_no_loss(report: &AuditReport, records: u64) {
     assert_eq!(t.records_present, records, "every record present");
     assert_eq!(t.missing_records, 0);
     assert_eq!(t.conflicting_sequences, 0);
+    // The relay's reliability statistics (RFC 7011 4.3) for the routers'
+    // domains reached the pool; the last ones (sent once the relay drained
+    // at its stop) account for every record stored.
+    for g in &report.exporter_domains {
+        let accounted = g
+            .exporter_accounted
+            .expect("the relay's statistics reached a collector");
+        assert_eq!(Some(accounted), g.last_sequence.map(|l| l + 1));
+        assert_eq!(g.declared_loss.records, 0);
+    }
 }
 
 // ---------------------------------------------------------------------------
