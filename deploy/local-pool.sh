@@ -143,9 +143,10 @@ for c in primary backup; do
   echo "-- $c"; "$bin/collector" stats --database "$run/$c.sqlite"
 done
 
-say "audit across both stores"
+say "audit across both stores, against the exporter's own account (state file)"
 set +e
-"$bin/collector" audit --database "$run/primary.sqlite" --database "$run/backup.sqlite"
+"$bin/collector" audit --database "$run/primary.sqlite" --database "$run/backup.sqlite" \
+  --exporter-state "$run/exporter.state"
 verdict=$?
 set -e
 echo "(files and logs in $run; primary killed at $killed_at)"

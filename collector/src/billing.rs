@@ -85,6 +85,46 @@ impl RangeSet {
 #[derive(Debug, Default)]
 pub struct Ledger {
     pub stored: HashMap<(u32, u32), RangeSet>,
+    /// Record sequences the exporter declared it will never send (lost in
+    /// its restart): kept apart from `stored` (a record of a declared range
+    /// that arrives after all is still stored, and replays are dropped only
+    /// against what is stored), but cookies pass over them.
+    pub declared: HashMap<(u32, u32), RangeSet>,
+}
+
+impl Ledger {
+    /// The last sequence through which every record from `from` on is
+    /// stored here or declared lost; `None` if `from` is neither.
+    pub fn covered_through(&self, key: (u32, u32), from: u64) -> Option<u64> {
+        covered_through(self.stored.get(&key), self.declared.get(&key), from)
+    }
+}
+
+/// [`Ledger::covered_through`] over two sets.
+pub fn covered_through(
+    stored: Option<&RangeSet>,
+    declared: Option<&RangeSet>,
+    from: u64,
+) -> Option<u64> {
+    let mut through: Option<u64> = None;
+    let mut cursor = from;
+    loop {
+        let next = [stored, declared]
+            .into_iter()
+            .flatten()
+            .filter_map(|set| set.through(cursor))
+            .max();
+        match next {
+            Some(end) => {
+                through = Some(end);
+                if end == u64::MAX {
+                    return through;
+                }
+                cursor = end + 1;
+            }
+            None => return through,
+        }
+    }
 }
 
 pub type SharedLedger = Arc<Mutex<Ledger>>;
@@ -246,6 +286,13 @@ impl AssociationBilling {
         }
     }
 
+    /// The billing exporter and the first record sequence this association
+    /// is responsible for in `domain` (after the echoed cookie), if the
+    /// exporter announced the domain with a Cookie Echo.
+    pub fn domain_start(&self, domain: u32) -> Option<(u32, u64)> {
+        Some((self.exporter_id?, self.domains.get(&domain)?.start))
+    }
+
     /// Notes that records through `last` arrived (they go to the writer).
     pub fn note_received(&mut self, domain: u32, last: u64) {
         if let Some(d) = self.domains.get_mut(&domain) {
@@ -280,11 +327,7 @@ impl AssociationBilling {
         };
         let mut out = Vec::new();
         for (&domain, d) in &mut self.domains {
-            let Some(through) = ledger
-                .stored
-                .get(&(exporter_id, domain))
-                .and_then(|set| set.through(d.start))
-            else {
+            let Some(through) = ledger.covered_through((exporter_id, domain), d.start) else {
                 continue;
             };
             if d.last_cookie.is_some_and(|last| last >= through) {
@@ -346,6 +389,41 @@ mod tests {
         assert_eq!(s.through(50), Some(99));
         assert_eq!(s.through(100), None);
         assert_eq!(s.through(250), Some(299));
+    }
+
+    #[test]
+    fn cookies_pass_over_declared_ranges_but_not_over_holes() {
+        let mut a = AssociationBilling::default();
+        let echo = BillingCookie::sign(b"pool key", 42, 1, 99, 3, 1);
+        a.on_cookie_echo(&echo.cookie_echo_message_bytes(), &signer(), "p", 1)
+            .unwrap();
+        assert_eq!(a.domain_start(1), Some((42, 100)));
+        assert_eq!(a.domain_start(2), None);
+        let mut ledger = Ledger::default();
+        ledger.stored.entry((42, 1)).or_default().insert(100, 149);
+        ledger.stored.entry((42, 1)).or_default().insert(300, 399);
+        let last = |a: &mut AssociationBilling, ledger: &Ledger| {
+            let due = a.cookies_due(ledger, &signer(), 2);
+            due.last().map(|c| {
+                protocol::billing::cookie_from_asap_bytes(c)
+                    .unwrap()
+                    .1
+                    .last_record_sequence
+            })
+        };
+        assert_eq!(last(&mut a, &ledger), Some(149), "150..=299 missing");
+        // The exporter declares 150..=249 lost: still a hole at 250.
+        ledger.declared.entry((42, 1)).or_default().insert(150, 249);
+        assert_eq!(last(&mut a, &ledger), Some(249));
+        ledger.declared.entry((42, 1)).or_default().insert(250, 299);
+        assert_eq!(last(&mut a, &ledger), Some(399), "declared, then stored");
+        // A declared range overlapping stored records changes nothing.
+        let mut s = RangeSet::default();
+        s.insert(0, 10);
+        let mut d = RangeSet::default();
+        d.insert(5, 20);
+        assert_eq!(covered_through(Some(&s), Some(&d), 0), Some(20));
+        assert_eq!(covered_through(Some(&s), Some(&d), 21), None);
     }
 
     fn signer() -> CookieSigner {

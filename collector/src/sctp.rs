@@ -170,6 +170,7 @@ async fn sctp_session(
                               "exporter handed over (Cookie Echo)");
                         metrics::counter!("poolflow_collector_handovers_total").increment(1);
                         batch.handovers.push(handover);
+                        decoder.set_billing();
                         if flush_at.is_none() {
                             flush_at = Some(Instant::now());
                         }
@@ -190,7 +191,15 @@ async fn sctp_session(
             }
             Some(Event::Message(message)) => {
                 let first_new = batch.blocks.len();
+                let first_totals = batch.totals.len();
                 decoder.handle(&message.payload, message.stream, &mut batch);
+                if message.stream == BILLING_STREAM {
+                    attach_billing(
+                        &cookies,
+                        &mut batch.totals[first_totals..],
+                        &peer.to_string(),
+                    );
+                }
                 // Only the billing stream's sequence numbers are record
                 // sequences; other streams carry best-effort records
                 // (PR-SCTP), stored untagged and covered by no cookie.
@@ -221,6 +230,32 @@ async fn sctp_session(
     };
     let _ = flush(&tx, &mut batch).await;
     reason
+}
+
+/// Marks the statistics of domains the exporter announced with a Cookie Echo
+/// as billing statistics (the writer reconciles them with the store). The
+/// statistics must come on the billing stream, after the records they
+/// account for; those naming another exporter than the Cookie Echo are only
+/// kept as reported, counted and logged.
+fn attach_billing(
+    cookies: &AssociationBilling,
+    totals: &mut [crate::ingest::TotalsReport],
+    peer: &str,
+) {
+    for report in totals {
+        let Some((exporter, start)) = cookies.domain_start(report.stats.observation_domain_id)
+        else {
+            continue;
+        };
+        if report.stats.exporting_process_id != exporter {
+            metrics::counter!("poolflow_collector_statistics_refused_total", "reason" => "other_exporter")
+                .increment(1);
+            warn!(%peer, exporter, claimed = report.stats.exporting_process_id,
+                  "reliability statistics name another exporter than the Cookie Echo: not reconciled");
+            continue;
+        }
+        report.billing = Some((exporter, start));
+    }
 }
 
 /// Longest a stopping collector waits to acknowledge what it received.

@@ -285,6 +285,12 @@ impl StreamConfig {
         if config.buffer.journal_segment_records == 0 {
             bail!("`buffer.journal_segment_records` must be at least 1");
         }
+        if config.observation_domain == protocol::ipfix::reliability::STATISTICS_DOMAIN {
+            bail!(
+                "`observation_domain` {} is reserved for the reliability statistics",
+                config.observation_domain
+            );
+        }
         config.registrar_addresses()?;
         Ok(config)
     }
@@ -365,6 +371,9 @@ impl StreamConfig {
             },
             best_effort_lifetime: Duration::from_millis(self.best_effort.lifetime_ms),
             best_effort_queue: self.best_effort.queue_records,
+            // Not a config key: once a second keeps the audit's view of a
+            // stream at most a second behind at a few bytes a second.
+            statistics_interval: Duration::from_secs(1),
         }
     }
 }

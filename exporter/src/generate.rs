@@ -318,6 +318,25 @@ pub fn generate(config: &GenerateConfig, mut progress: impl FnMut(u64)) -> Resul
             progress(report.records);
         }
     }
+    // The exporter's own account at the end (RFC 7011 4.3): a collector
+    // that missed the tail counts it as lost records.
+    let stats = protocol::ipfix::reliability::ReliabilityStatistics {
+        exporting_process_id: 0,
+        observation_domain_id: config.observation_domain,
+        exported_messages: report.messages,
+        exported_records: report.records,
+        not_sent_records: 0,
+        system_init_ms: base_millis,
+        observation_ms: SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64,
+    };
+    let (bytes, _) = protocol::ipfix::reliability::encode_message(
+        &mut writer,
+        (stats.observation_ms / 1000) as u32,
+        0,
+        true,
+        &[stats],
+    )?;
+    sink.send(&bytes)?;
     sink.flush()?;
     report.elapsed = start.elapsed();
     Ok(report)

@@ -253,13 +253,7 @@ impl DurableIntake {
         };
         let mut pending = Vec::new();
         for domain in domains {
-            let entry = state
-                .domains
-                .entry(domain)
-                .or_insert(crate::sequence::DomainState {
-                    next_sequence: 0,
-                    last_cookie: None,
-                });
+            let entry = state.domains.entry(domain).or_default();
             let after_cookie = entry.last_cookie.map_or(0, |c| c.next_record_sequence());
             let acknowledged = after_cookie.checked_sub(1);
             let (journal, records) = IntakeJournal::open(
@@ -268,9 +262,18 @@ impl DurableIntake {
                 intake.settings.segment_records,
                 acknowledged,
             )?;
+            // Never below what an earlier run (without durable intake)
+            // declared never to be sent.
+            let floor = entry.declared_until;
+            let records: Vec<BufferedRecord> = records
+                .into_iter()
+                .filter(|r| r.sequence >= floor)
+                .collect();
             entry.next_sequence = match records.first() {
                 Some(first) => first.sequence,
-                None => after_cookie.max(journal.last_sequence().map_or(0, |l| l + 1)),
+                None => after_cookie
+                    .max(journal.last_sequence().map_or(0, |l| l + 1))
+                    .max(floor),
             };
             if let Some(dir) = spill_dir {
                 remove_spill_segments(dir, domain)?;

@@ -210,6 +210,7 @@ pub async fn run_with_templates(
     let mut input_done_at: Option<Instant> = None;
     let mut next_status = Instant::now() + Duration::from_secs(1);
     let mut interrupted = false;
+    let mut final_statistics = false;
 
     loop {
         // Durable intake, group commit: whatever was journaled since the
@@ -235,6 +236,13 @@ pub async fn run_with_templates(
             // Best-effort records still queued go out first (they are
             // never acknowledged, so only their sending is waited for).
             if core.is_drained() && core.best_effort_queued() == 0 {
+                // The exporter's final account goes out before the
+                // association closes (gracefully: queued messages still go).
+                if !final_statistics {
+                    final_statistics = true;
+                    core.queue_statistics(now);
+                    continue;
+                }
                 break;
             }
             let done_at = *input_done_at.get_or_insert(now);
@@ -457,6 +465,11 @@ fn publish_metrics(core: &Exporter) {
         .absolute(counters.best_effort_sent);
     metrics::counter!("poolflow_exporter_best_effort_dropped_records_total")
         .absolute(counters.best_effort_dropped);
+    // Declared at this process's start (restart) or later; not the
+    // persisted total over every run, which the statistics carry.
+    metrics::counter!("poolflow_exporter_declared_not_sent_records_total")
+        .absolute(counters.declared_not_sent);
+    metrics::counter!("poolflow_exporter_statistics_sent_total").absolute(counters.statistics_sent);
     metrics::gauge!("poolflow_exporter_replay_buffer_records").set(core.buffered_records() as f64);
     metrics::gauge!("poolflow_exporter_cookie_lag_records").set(core.cookie_lag() as f64);
 }

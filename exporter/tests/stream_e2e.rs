@@ -141,6 +141,11 @@ async fn serve(mut association: transport::Association, pe_id: u32, store: Store
         assert!(report.errors.is_empty(), "{:?}", report.errors);
         let mut touched = Vec::new();
         for (domain, low, index, bytes) in records {
+            // The exporter's reliability statistics (their own domain) are
+            // no billing records.
+            if domain == protocol::ipfix::reliability::STATISTICS_DOMAIN {
+                continue;
+            }
             let (extender, _) = domains
                 .get_mut(&domain)
                 .expect("Cookie Echo before the domain's first record");

@@ -219,6 +219,7 @@ fast_failure_detection = {fast_failure_detection}
             domain: None,
             list_limit: 100,
             progress: false,
+            ..AuditOptions::default()
         })
         .unwrap()
     }
