@@ -94,6 +94,7 @@ fn registration_carries_the_pe_and_is_confirmed() {
         Message::Registration {
             pool_handle,
             pool_element,
+            membership: _,
         },
     ] = &sent_to(&out, 0)[..]
     else {
@@ -430,7 +431,8 @@ fn shutdown_deregisters_and_waits_for_the_response() {
         sent_to(&out, 0),
         vec![Message::Deregistration {
             pool_handle: handle(),
-            pe_identifier: PE_ID
+            pe_identifier: PE_ID,
+            membership: None,
         }]
     );
     assert_eq!(pe.poll_timeout(), Some(t0 + Duration::from_millis(300)));

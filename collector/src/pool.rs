@@ -13,9 +13,11 @@ use asap_client::driver::{
     PoolElementDriverConfig, PoolElementHandle, RegistrarAddress, RegistrarTransport,
     spawn_pool_element,
 };
-use asap_client::pool_element::PoolElementConfig;
+use asap_client::pool_element::{MemberCredentials, PoolElementConfig};
 use policies::PolicyParams;
+use protocol::rserpool::membership::MemberCertificate;
 use protocol::rserpool::params::{PoolHandle, TransportAddress, TransportKind, TransportUse};
+use protocol::signing;
 use serde::Deserialize;
 
 /// `[pool]`: register this collector under a pool handle.
@@ -81,6 +83,17 @@ pub struct PoolConfig {
     /// home's adoption grace unless the collector re-registers.
     #[serde(default)]
     pub asap_listen: Option<String>,
+    /// This collector's own Ed25519 private key (PKCS#8 PEM, `openssl
+    /// genpkey -algorithm ed25519`), readable by the collector's user only:
+    /// signs every Registration and Deregistration for a closed pool
+    /// (docs/security.md). Set together with `member_certificate_file`.
+    #[serde(default)]
+    pub member_key_file: Option<PathBuf>,
+    /// The pool membership authority's certificate for that key
+    /// (`registrar issue-member`). Reloaded on SIGHUP, so a reissued
+    /// certificate takes effect without a restart.
+    #[serde(default)]
+    pub member_certificate_file: Option<PathBuf>,
 }
 
 fn default_policy() -> String {
@@ -190,6 +203,10 @@ impl PoolConfig {
             "set `pool.cookie_key` or `pool.cookie_key_file`, not both"
         );
         anyhow::ensure!(
+            self.member_key_file.is_some() == self.member_certificate_file.is_some(),
+            "set both `pool.member_key_file` and `pool.member_certificate_file`, or neither"
+        );
+        anyhow::ensure!(
             self.registration_lifetime_ms > 0 && self.reregistration_interval_ms > 0,
             "`pool.registration_lifetime_ms` and `pool.reregistration_interval_ms` must be positive"
         );
@@ -241,6 +258,71 @@ pub fn cookie_key(pool: &PoolConfig) -> Result<Option<Vec<u8>>> {
 }
 
 /// The PE identifier: configured, or persisted beside the database.
+/// Reads the membership key and certificate (`None` without them): the key
+/// must be private to the collector's user, and the certificate must be
+/// for this key and this pool.
+pub fn member_credentials(pool: &PoolConfig) -> Result<Option<MemberCredentials>> {
+    use std::os::unix::fs::MetadataExt;
+    let (Some(key_path), Some(cert_path)) = (&pool.member_key_file, &pool.member_certificate_file)
+    else {
+        return Ok(None);
+    };
+    let mode = std::fs::metadata(key_path)
+        .with_context(|| format!("`pool.member_key_file` {}", key_path.display()))?
+        .mode();
+    signing::check_private_key_mode(mode)
+        .with_context(|| format!("`pool.member_key_file` {}", key_path.display()))?;
+    let key = signing::signing_key_from_pem(
+        &std::fs::read_to_string(key_path)
+            .with_context(|| format!("reading `pool.member_key_file` {}", key_path.display()))?,
+    )
+    .with_context(|| format!("`pool.member_key_file` {}", key_path.display()))?;
+    let text = std::fs::read_to_string(cert_path).with_context(|| {
+        format!(
+            "reading `pool.member_certificate_file` {}",
+            cert_path.display()
+        )
+    })?;
+    let certificate = MemberCertificate::from_text(&text, 32).map_err(|e| {
+        anyhow::anyhow!(
+            "`pool.member_certificate_file` {}: {e}",
+            cert_path.display()
+        )
+    })?;
+    anyhow::ensure!(
+        certificate.member_key == key.verifying_key().to_bytes(),
+        "`pool.member_certificate_file` {} certifies another key than `pool.member_key_file`",
+        cert_path.display()
+    );
+    anyhow::ensure!(
+        certificate.pool_handle.as_bytes() == pool.handle.as_bytes(),
+        "`pool.member_certificate_file` {} is for pool {:?}, not {:?}",
+        cert_path.display(),
+        certificate.pool_handle.to_string(),
+        pool.handle
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    if now >= certificate.not_after || now < certificate.not_before {
+        // Still used: the registrar decides, and says so in its refusal.
+        tracing::error!(
+            certificate = %cert_path.display(),
+            not_before = certificate.not_before,
+            not_after = certificate.not_after,
+            "pool membership certificate is not valid now: registrars will refuse this collector"
+        );
+    } else if certificate.not_after - now < 14 * 86_400 {
+        tracing::warn!(
+            certificate = %cert_path.display(),
+            days_left = (certificate.not_after - now) / 86_400,
+            "pool membership certificate expires soon: reissue it and send SIGHUP"
+        );
+    }
+    Ok(Some(MemberCredentials { key, certificate }))
+}
+
 pub fn pe_identifier(pool: &PoolConfig, database: &Path) -> Result<u32> {
     if pool.pe_identifier != 0 {
         return Ok(pool.pe_identifier);
@@ -296,6 +378,7 @@ pub async fn register(
     );
     pe.registration_lifetime = Some(Duration::from_millis(pool.registration_lifetime_ms));
     pe.reregistration_interval = Duration::from_millis(pool.reregistration_interval_ms);
+    pe.membership = member_credentials(pool)?;
     let asap_endpoint = match &pool.asap_listen {
         Some(listen) => {
             let endpoint = AsapEndpoint::bind(

@@ -292,10 +292,12 @@ fn asap_messages() -> Vec<asap::Message> {
         asap::Message::Registration {
             pool_handle: handle.clone(),
             pool_element: multihomed_collector(),
+            membership: None,
         },
         asap::Message::Deregistration {
             pool_handle: handle.clone(),
             pe_identifier: 0x42,
+            membership: None,
         },
         asap::Message::RegistrationResponse {
             reject: true,
@@ -398,6 +400,7 @@ fn enrp_messages() -> Vec<enrp::Message> {
             action: UpdateAction::DeletePe,
             pool_handle: handle,
             pool_element: multihomed_collector(),
+            membership: None,
         }),
         message(Body::ListRequest),
         message(Body::ListResponse {

@@ -198,6 +198,7 @@ fn asap_cases() -> Vec<(asap::Message, Expectation)> {
             asap::Message::Registration {
                 pool_handle: handle.clone(),
                 pool_element: multihomed_collector(),
+                membership: None,
             },
             vec![
                 ("asap.message_type", "1".into()),
@@ -217,6 +218,7 @@ fn asap_cases() -> Vec<(asap::Message, Expectation)> {
             asap::Message::Deregistration {
                 pool_handle: handle.clone(),
                 pe_identifier: 0x42,
+                membership: None,
             },
             vec![
                 ("asap.message_type", "2".into()),
@@ -458,6 +460,7 @@ fn enrp_cases() -> Vec<(enrp::Message, Expectation)> {
                 action: UpdateAction::DeletePe,
                 pool_handle: handle.clone(),
                 pool_element: multihomed_collector(),
+                membership: None,
             }),
             with_ids(
                 4,

@@ -503,6 +503,9 @@ impl Enrp {
                     action: change.action,
                     pool_handle: change.pool_handle.clone(),
                     pool_element: change.pool_element.clone(),
+                    // Closed pools: the PE's own proof travels with it, so
+                    // each peer checks membership with its own authorities.
+                    membership: change.membership.clone(),
                 };
                 self.send(id, body, &mut out);
             }
@@ -631,6 +634,7 @@ impl Enrp {
                 action,
                 pool_handle,
                 mut pool_element,
+                membership,
                 ..
             } => {
                 if pool_element.home_enrp_server_identifier == 0 {
@@ -638,9 +642,13 @@ impl Enrp {
                 }
                 match action {
                     UpdateAction::AddPe => {
-                        if let Err(error) =
-                            server.apply_peer_element(now, &pool_handle, pool_element, true)
-                        {
+                        if let Err(error) = server.apply_peer_element(
+                            now,
+                            &pool_handle,
+                            pool_element,
+                            membership,
+                            true,
+                        ) {
                             tracing::warn!(peer = format_args!("{sender:#010x}"), pool = %pool_handle, %error, "Handle Update refused");
                             self.count_malformed("handle_update_refused");
                         }
@@ -960,7 +968,7 @@ impl Enrp {
                 }
                 seen.push((entry.pool_handle.clone(), element.pe_identifier));
                 if server
-                    .apply_peer_element(now, &entry.pool_handle, element, false)
+                    .apply_peer_element(now, &entry.pool_handle, element, None, false)
                     .is_err()
                 {
                     refused += 1;

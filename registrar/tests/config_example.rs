@@ -19,7 +19,7 @@ fn unknown_keys_and_bad_values_are_rejected() {
     assert!(bad_addr.validate().is_err());
     let sub_second: RegistrarConfig =
         toml::from_str("[timers]\nkeep_alive_period_ms = 100\nkeep_alive_timeout_ms = 50").unwrap();
-    let server = sub_second.server_config(1);
+    let server = sub_second.server_config(1).expect("server config");
     assert_eq!(server.keep_alive_period.as_millis(), 100);
     assert_eq!(server.keep_alive_timeout.as_millis(), 50);
 }

@@ -147,6 +147,7 @@ impl Net {
         let request = asap::Message::Registration {
             pool_handle: POOL.into(),
             pool_element: pool_element(pe),
+            membership: None,
         };
         let now = self.now;
         let actions =
@@ -161,6 +162,7 @@ impl Net {
         let request = asap::Message::Deregistration {
             pool_handle: POOL.into(),
             pe_identifier: pe,
+            membership: None,
         };
         let now = self.now;
         self.nodes[at]
@@ -551,6 +553,7 @@ fn takeover_sends_a_home_keep_alive_to_each_adopted_pe() {
                 asap_transport: Some(asap_transport(pe)),
                 ..pool_element(pe)
             },
+            membership: None,
         };
         let now = net.now;
         net.nodes[2]
@@ -652,6 +655,7 @@ fn handle_update(sender: usize, receiver: usize, pe: u32) -> Vec<u8> {
                 home_enrp_server_identifier: server_id(sender),
                 ..pool_element(pe)
             },
+            membership: None,
         },
     }
     .to_bytes()

@@ -6,6 +6,7 @@
 //! message-specific fields and RFC 5354 parameters. On SCTP, ENRP uses PPID
 //! [`super::ENRP_SCTP_PPID`] and port [`super::ENRP_PORT`].
 
+use super::membership::MembershipProof;
 use super::params::{
     DecodeContext, DecodeError, EncodeError, Limits, OperationError, Parameter, ParameterBag,
     PoolElement, PoolHandle, ServerInformation, read_u16, read_u32,
@@ -133,6 +134,9 @@ pub enum Body {
         pool_handle: PoolHandle,
         /// The PE.
         pool_element: PoolElement,
+        /// The PE's membership proof with the element as it signed it, for
+        /// closed pools (poolflow extension, skipped by other servers).
+        membership: Option<Box<MembershipProof>>,
     },
     /// Ask a peer for its peer list (RFC 5353 §2.5).
     ListRequest,
@@ -260,12 +264,16 @@ impl Message {
                 action,
                 pool_handle,
                 pool_element,
+                membership,
                 ..
             } => {
                 o.extend_from_slice(&action.to_wire().to_be_bytes());
                 o.extend_from_slice(&[0, 0]); // reserved
                 pool_handle.encode(o);
                 pool_element.encode(o);
+                if let Some(proof) = membership {
+                    proof.encode(o);
+                }
             }
             Body::ListResponse { servers, .. } => {
                 for server in servers {
@@ -348,6 +356,7 @@ impl Message {
                     action: update_action,
                     pool_handle: bag.pool_handle()?,
                     pool_element: bag.pool_element()?,
+                    membership: bag.optional_membership(),
                 },
                 msg_type::LIST_REQUEST => Body::ListRequest,
                 msg_type::LIST_RESPONSE => Body::ListResponse {
