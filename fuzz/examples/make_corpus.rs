@@ -393,6 +393,7 @@ fn enrp_messages() -> Vec<enrp::Message> {
             pool_entries: vec![PoolEntry {
                 pool_handle: handle.clone(),
                 pool_elements: vec![multihomed_collector()],
+                memberships: Vec::new(),
             }],
         }),
         message(Body::HandleUpdate {

@@ -122,6 +122,7 @@ fn body() -> impl Strategy<Value = Body> {
                     |(pool_handle, pool_elements)| PoolEntry {
                         pool_handle,
                         pool_elements,
+                        memberships: Vec::new(),
                     }
                 ),
                 0..3,

@@ -442,6 +442,7 @@ fn enrp_cases() -> Vec<(enrp::Message, Expectation)> {
                 pool_entries: vec![PoolEntry {
                     pool_handle: handle.clone(),
                     pool_elements: vec![multihomed_collector()],
+                    memberships: Vec::new(),
                 }],
             }),
             with_ids(

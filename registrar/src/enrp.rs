@@ -917,11 +917,23 @@ impl Enrp {
                 continue;
             };
             taken += 1;
+            // Closed pools: the PE's proof goes along, so the peer can
+            // check it with its own authority keys.
+            let membership = server.membership_of(&handle, id);
             match pool_entries.last_mut() {
-                Some(entry) if entry.pool_handle == handle => entry.pool_elements.push(element),
+                Some(entry) if entry.pool_handle == handle => {
+                    entry.pool_elements.push(element);
+                    if membership.is_some() {
+                        entry
+                            .memberships
+                            .resize(entry.pool_elements.len() - 1, None);
+                        entry.memberships.push(membership);
+                    }
+                }
                 _ => pool_entries.push(PoolEntry {
                     pool_handle: handle,
                     pool_elements: vec![element],
+                    memberships: membership.map(|m| vec![Some(m)]).unwrap_or_default(),
                 }),
             }
         }
@@ -961,14 +973,16 @@ impl Enrp {
         }
         let mut refused = 0;
         let mut seen = Vec::new();
-        for entry in pool_entries {
-            for mut element in entry.pool_elements {
+        for mut entry in pool_entries {
+            let memberships = std::mem::take(&mut entry.memberships);
+            for (index, mut element) in entry.pool_elements.into_iter().enumerate() {
+                let membership = memberships.get(index).cloned().flatten();
                 if element.home_enrp_server_identifier == 0 {
                     element.home_enrp_server_identifier = peer;
                 }
                 seen.push((entry.pool_handle.clone(), element.pe_identifier));
                 if server
-                    .apply_peer_element(now, &entry.pool_handle, element, None, false)
+                    .apply_peer_element(now, &entry.pool_handle, element, membership, false)
                     .is_err()
                 {
                     refused += 1;

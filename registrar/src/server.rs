@@ -1259,6 +1259,17 @@ impl Server {
             .map(pool_element_of)
     }
 
+    /// The stored membership proof of a PE (closed pools), for ENRP.
+    pub fn membership_of(
+        &self,
+        pool_handle: &PoolHandle,
+        id: PeId,
+    ) -> Option<Box<MembershipProof>> {
+        self.handlespace
+            .element(pool_handle, id)
+            .and_then(|entry| entry.membership.clone())
+    }
+
     fn count_removal(&mut self, why: Removal) {
         match why {
             Removal::KeepAliveTimeout => {

@@ -84,6 +84,11 @@ pub struct PoolEntry {
     pub pool_handle: PoolHandle,
     /// Its PEs (at least one on the wire).
     pub pool_elements: Vec<PoolElement>,
+    /// Membership proofs of closed pools, by position: the proof of
+    /// `pool_elements[i]` follows that PE on the wire (poolflow extension,
+    /// skipped by other servers). Shorter than `pool_elements` (or empty)
+    /// where PEs have none.
+    pub memberships: Vec<Option<Box<MembershipProof>>>,
 }
 
 /// An ENRP message: the server identifiers every message carries and the
@@ -255,8 +260,11 @@ impl Message {
             Body::HandleTableResponse { pool_entries, .. } => {
                 for entry in pool_entries {
                     entry.pool_handle.encode(o);
-                    for pe in &entry.pool_elements {
+                    for (index, pe) in entry.pool_elements.iter().enumerate() {
                         pe.encode(o);
+                        if let Some(Some(proof)) = entry.memberships.get(index) {
+                            proof.encode(o);
+                        }
                     }
                 }
             }
@@ -396,7 +404,26 @@ fn group_pool_entries(
             Parameter::PoolHandle(pool_handle) => entries.push(PoolEntry {
                 pool_handle,
                 pool_elements: Vec::new(),
+                memberships: Vec::new(),
             }),
+            // A proof belongs to the PE right before it, which has no proof yet.
+            Parameter::MembershipProof(proof) => match entries.last_mut() {
+                Some(entry)
+                    if !entry.pool_elements.is_empty()
+                        && entry.memberships.len() < entry.pool_elements.len() =>
+                {
+                    entry
+                        .memberships
+                        .resize(entry.pool_elements.len() - 1, None);
+                    entry.memberships.push(Some(proof));
+                }
+                _ => {
+                    return Err(DecodeError::UnexpectedParameter {
+                        context,
+                        param_type: super::params::param_type::MEMBERSHIP_PROOF,
+                    });
+                }
+            },
             Parameter::PoolElement(pe) => match entries.last_mut() {
                 Some(entry) => entry.pool_elements.push(pe),
                 None => {

@@ -679,3 +679,76 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod table_tests {
+    use super::*;
+    use crate::rserpool::enrp::{Body, Message, PoolEntry};
+    use crate::rserpool::params::{SelectionPolicy, TransportAddress, TransportKind};
+    use std::net::{IpAddr, Ipv4Addr};
+
+    fn element(id: u32) -> PoolElement {
+        PoolElement {
+            pe_identifier: id,
+            home_enrp_server_identifier: 5,
+            registration_life: -1,
+            user_transport: TransportAddress {
+                kind: TransportKind::Udp,
+                port: 4739,
+                addresses: vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7))],
+            },
+            policy: SelectionPolicy {
+                policy_type: 1,
+                value: Vec::new(),
+            },
+            asap_transport: None,
+        }
+    }
+
+    #[test]
+    fn handle_table_proofs_stay_with_their_pool_elements() {
+        let (authority, member) = (
+            SigningKey::from_bytes(&[1; 32]),
+            SigningKey::from_bytes(&[2; 32]),
+        );
+        let handle = PoolHandle::from("billing");
+        let cert = MemberCertificate::issue(&authority, &handle, &member.verifying_key(), 1, 2);
+        let mut proof = MembershipProof::sign_registration(&member, &cert, &handle, &element(2), 1);
+        proof.signed_element = Some(element(2));
+        // PE 1 without a proof, PE 2 with one, PE 3 without.
+        let message = Message {
+            sender_server_id: 5,
+            receiver_server_id: 6,
+            body: Body::HandleTableResponse {
+                reject: false,
+                more_to_send: false,
+                pool_entries: vec![PoolEntry {
+                    pool_handle: handle.clone(),
+                    pool_elements: vec![element(1), element(2), element(3)],
+                    memberships: vec![None, Some(Box::new(proof))],
+                }],
+            },
+        };
+        assert_eq!(Message::decode(&message.to_bytes()), Ok(message));
+
+        // A proof with no PE before it is out of place.
+        let mut bytes = Message {
+            sender_server_id: 5,
+            receiver_server_id: 6,
+            body: Body::HandleTableResponse {
+                reject: false,
+                more_to_send: false,
+                pool_entries: Vec::new(),
+            },
+        }
+        .to_bytes();
+        handle.encode(&mut bytes);
+        MembershipProof::sign_deregistration(&member, &cert, &handle, 1, 1).encode(&mut bytes);
+        let length = u16::try_from(bytes.len()).unwrap().to_be_bytes();
+        bytes[2..4].copy_from_slice(&length);
+        assert!(matches!(
+            Message::decode(&bytes),
+            Err(DecodeError::UnexpectedParameter { .. })
+        ));
+    }
+}
