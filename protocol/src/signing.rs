@@ -37,6 +37,14 @@ pub fn verifying_key_from_pem(pem: &str) -> Result<VerifyingKey, KeyError> {
     VerifyingKey::from_public_key_pem(pem).map_err(|e| KeyError::PublicKey(e.to_string()))
 }
 
+/// The SubjectPublicKeyInfo PEM text of a public key (what
+/// `openssl pkey -pubout` writes), e.g. for tests and key listings.
+pub fn pkcs8_public_pem(key: &VerifyingKey) -> String {
+    use ed25519_dalek::pkcs8::EncodePublicKey;
+    key.to_public_key_pem(Default::default())
+        .unwrap_or_default()
+}
+
 /// A short name of a public key for logs, wire fields and key rotation:
 /// the first four bytes of SHA-256 over the 32-byte key, big endian.
 pub fn key_id(key: &VerifyingKey) -> u32 {

@@ -112,3 +112,38 @@ fn enrp_auth_key_comes_from_a_file_and_weak_or_ambiguous_keys_are_refused() {
             .is_none()
     );
 }
+
+#[test]
+fn membership_authority_keys_are_read_per_pool() {
+    use protocol::signing::SigningKey;
+    use protocol::signing::pkcs8_public_pem;
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (
+        SigningKey::from_bytes(&[1; 32]),
+        SigningKey::from_bytes(&[2; 32]),
+    );
+    let mut files = Vec::new();
+    for (name, key) in [("old.pub", &old), ("new.pub", &new)] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pkcs8_public_pem(&key.verifying_key())).unwrap();
+        files.push(format!("{:?}", path.display().to_string()));
+    }
+    let text = format!(
+        "[membership.authority_key_files]\nbilling = [{}]",
+        files.join(", ")
+    );
+    let config: RegistrarConfig = toml::from_str(&text).unwrap();
+    config.validate().unwrap();
+    let server = config.server_config(1).unwrap();
+    let keys = &server.membership_authorities[&"billing".into()];
+    assert_eq!(keys, &vec![old.verifying_key(), new.verifying_key()]);
+
+    let missing: RegistrarConfig = toml::from_str(
+        "[membership.authority_key_files]\nbilling = [\"/nonexistent/authority.pub\"]",
+    )
+    .unwrap();
+    assert!(missing.validate().is_err());
+    let empty: RegistrarConfig =
+        toml::from_str("[membership.authority_key_files]\nbilling = []").unwrap();
+    assert!(empty.validate().is_err());
+}
