@@ -345,6 +345,13 @@ fn print_status(status: &Status) {
                 },
                 pe.unreachable_reports
             );
+            if let (Some(authority), Some(not_after)) =
+                (pe.membership_authority, pe.membership_not_after)
+            {
+                println!(
+                    "      member: authority key {authority:#010x}, certificate valid until {not_after} (Unix s)"
+                );
+            }
         }
     }
     let counters = &status.counters;

@@ -575,6 +575,14 @@ impl Server {
                             KeepAlive::AwaitingAck { .. }
                         ),
                         unreachable_reports: entry.unreachable_reports,
+                        membership_authority: entry
+                            .membership
+                            .as_ref()
+                            .map(|proof| proof.certificate.authority_key_id),
+                        membership_not_after: entry
+                            .membership
+                            .as_ref()
+                            .map(|proof| proof.certificate.not_after),
                     })
                     .collect();
                 elements.sort_by_key(|element| element.id);
@@ -1492,4 +1500,10 @@ pub struct ElementStatus {
     pub awaiting_keep_alive_ack: bool,
     /// Endpoint Unreachable reports so far.
     pub unreachable_reports: u32,
+    /// Closed pools: key id of the authority that certified the PE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub membership_authority: Option<u32>,
+    /// Closed pools: end of the PE's certificate, Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub membership_not_after: Option<u64>,
 }

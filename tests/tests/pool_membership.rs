@@ -305,3 +305,93 @@ registrar_request_timeout_ms = 1000
     );
     assert_eq!(report.totals.missing_records, 0);
 }
+
+/// Certificate renewal without downtime: a member's certificate is
+/// reissued by the new authority key and the collector reloaded (SIGHUP);
+/// it re-registers at once with the new proof and never leaves the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reissued_certificate_is_used_after_sighup() {
+    use protocol::signing::{key_id, verifying_key_from_pem};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (old_authority, old_pub) = write_key(d, "authority-old", 1);
+    let (new_authority, new_pub) = write_key(d, "authority-new", 2);
+    let (member_key, member_pub) = write_key(d, "member", 3);
+    let cert = issue(d, &old_authority, &member_pub, "member");
+    let id_of = |path: &Path| {
+        key_id(&verifying_key_from_pem(&std::fs::read_to_string(path).unwrap()).unwrap())
+    };
+    let (old_id, new_id) = (id_of(&old_pub), id_of(&new_pub));
+
+    let status_addr: std::net::SocketAddr =
+        format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let mut config = RegistrarConfig::default();
+    config.listen.tcp = String::new();
+    config.listen.sctp_over_udp = "127.0.0.1:0".into();
+    config.listen.status = status_addr.to_string();
+    config.membership.authority_key_files.insert(
+        POOL.into(),
+        vec![old_pub.display().to_string(), new_pub.display().to_string()],
+    );
+    let registrar = Registrar::start(config, None).await.unwrap();
+    let registrar_addr = registrar.sctp_over_udp_addr.unwrap();
+    let mut collectors = Collectors(vec![start_collector(
+        d,
+        "member",
+        registrar_addr,
+        100,
+        Some((&member_key, &cert)),
+    )]);
+
+    let authority_of = |status: &Status| {
+        status
+            .pools
+            .iter()
+            .flat_map(|pool| pool.elements.iter())
+            .map(|pe| pe.membership_authority)
+            .collect::<Vec<_>>()
+    };
+    let wait_for_authority = |id: u32| async move {
+        let start = Instant::now();
+        loop {
+            let status = tokio::task::spawn_blocking(move || dump(status_addr))
+                .await
+                .unwrap();
+            if authority_of(&status) == vec![Some(id)] {
+                return status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "never registered with authority {id:#010x}: {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    wait_for_authority(old_id).await;
+
+    // Reissue with the new authority key in place, then reload.
+    issue(d, &new_authority, &member_pub, "member");
+    let pid = collectors.0[0].id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = wait_for_authority(new_id).await;
+    assert_eq!(
+        status.counters.registrations, 1,
+        "re-registered, never left"
+    );
+    assert!(status.counters.reregistrations >= 1);
+    assert!(status.counters.registration_rejects.is_empty());
+
+    let child = &mut collectors.0[0];
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    registrar.stop().await;
+}
