@@ -477,4 +477,52 @@ mod tests {
         p.handle = "x".repeat(33);
         assert!(p.validate().is_err());
     }
+
+    #[test]
+    fn member_credentials_are_checked_before_use() {
+        use protocol::signing::{SigningKey, pkcs8_private_pem};
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let authority = SigningKey::from_bytes(&[1; 32]);
+        let member = SigningKey::from_bytes(&[2; 32]);
+        let key_path = dir.path().join("member.key");
+        std::fs::write(&key_path, pkcs8_private_pem(&member)).unwrap();
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let write_cert = |name: &str, pool: &str, key: &SigningKey| {
+            let cert = MemberCertificate::issue(
+                &authority,
+                &PoolHandle::from(pool),
+                &key.verifying_key(),
+                0,
+                u64::MAX,
+            );
+            let path = dir.path().join(name);
+            std::fs::write(&path, cert.to_text()).unwrap();
+            path
+        };
+        let config = |cert: &Path| {
+            pool(&format!(
+                "member_key_file = {:?}\nmember_certificate_file = {:?}",
+                key_path.display().to_string(),
+                cert.display().to_string()
+            ))
+        };
+        let good = write_cert("good.cert", "billing-collectors", &member);
+        let credentials = member_credentials(&config(&good)).unwrap().unwrap();
+        assert_eq!(credentials.key.verifying_key(), member.verifying_key());
+        assert!(member_credentials(&pool("")).unwrap().is_none());
+
+        let other_pool = write_cert("other.cert", "other-pool", &member);
+        assert!(member_credentials(&config(&other_pool)).is_err());
+        let other_key = write_cert("key.cert", "billing-collectors", &authority);
+        assert!(member_credentials(&config(&other_key)).is_err());
+        // Group-readable private key: refused.
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let error = member_credentials(&config(&good)).unwrap_err();
+        assert!(format!("{error:#}").contains("chmod 600"), "{error:#}");
+        // Only one of the two files: a configuration error.
+        let mut half = config(&good);
+        half.member_certificate_file = None;
+        assert!(half.validate().is_err());
+    }
 }
