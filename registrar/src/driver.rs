@@ -526,6 +526,7 @@ async fn core_loop(
             }
             _ = tokio::time::sleep_until(deadline) => {
                 let now = std::time::Instant::now();
+                server.set_wall_clock(now, std::time::Duration::from_micros(unix_us()));
                 let actions = server.on_timer(now);
                 if let Some((peering, _)) = &mut enrp {
                     peering.set_wall_clock(now, unix_us());

@@ -243,7 +243,8 @@ fn proof_signed_bytes(
         Vec::with_capacity(PROOF_CONTEXT.len() + 19 + pool_handle.0.len() + element.len());
     out.extend_from_slice(PROOF_CONTEXT);
     out.push(message_type);
-    // Length-prefixed: handle and element cannot trade bytes.
+    // Length-prefixed: handle and element cannot trade bytes. Both come
+    // from (or go into) 16-bit TLV lengths, so the casts never truncate.
     out.extend_from_slice(&(pool_handle.0.len() as u16).to_be_bytes());
     out.extend_from_slice(&pool_handle.0);
     out.extend_from_slice(&pe_identifier.to_be_bytes());
@@ -456,6 +457,8 @@ impl MembershipProof {
             let cert = self.certificate.to_bytes();
             o.extend_from_slice(&self.timestamp_ms.to_be_bytes());
             o.extend_from_slice(&self.signature);
+            // A handle of at most 32 bytes (RSPLIB's limit, checked by every
+            // decoder) keeps the certificate far below 64 KiB.
             o.extend_from_slice(&(cert.len() as u16).to_be_bytes());
             o.extend_from_slice(&[0, 0]);
             o.extend_from_slice(&cert);
