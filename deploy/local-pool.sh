@@ -11,6 +11,11 @@
 # backup). Finally `collector audit` checks across both stores that every
 # record of the stream is present exactly once, and prints its verdict.
 #
+# The pool is closed (docs/security.md): a membership authority key is made
+# at start, the registrar accepts only PEs holding a certificate of it, and
+# each collector gets its own Ed25519 key and certificate
+# (`registrar issue-member`). Needs openssl.
+#
 # Usage: deploy/local-pool.sh [RECORDS] [RATE]      (default 150000 at 20000/s)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +42,18 @@ backup_port=$((base + 2))
 status_port=$((base + 3))
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$run/pool.key"
 
+say "pool membership: authority key and one key + certificate per collector"
+umask 077   # private keys: readable by us only (the daemons refuse others)
+openssl genpkey -algorithm ed25519 -out "$run/authority.key"
+openssl pkey -in "$run/authority.key" -pubout -out "$run/authority.pub"
+for c in primary backup; do
+  openssl genpkey -algorithm ed25519 -out "$run/$c-member.key"
+  openssl pkey -in "$run/$c-member.key" -pubout -out "$run/$c-member.pub"
+  "$bin/registrar" issue-member --authority-key "$run/authority.key" \
+    --pool billing-collectors --member-key "$run/$c-member.pub" --days 1 > "$run/$c-member.cert"
+done
+umask 022
+
 cat > "$run/registrar.toml" <<EOF
 [listen]
 tcp = ""
@@ -47,6 +64,11 @@ status = "127.0.0.1:$status_port"
 # removed after 300 ms more without an answer.
 keep_alive_period_ms = 200
 keep_alive_timeout_ms = 300
+[membership]
+max_clock_skew_ms = 60000
+[membership.authority_key_files]
+# Closed pool: only collectors with a certificate of this authority join.
+"billing-collectors" = ["$run/authority.pub"]
 EOF
 
 collector_config() { # name port priority
@@ -61,6 +83,8 @@ registrars = ["sctp:127.0.0.1:$registrar_port"]
 policy = "priority"
 priority = $3
 cookie_key_file = "$run/pool.key"
+member_key_file = "$run/$1-member.key"
+member_certificate_file = "$run/$1-member.cert"
 registration_lifetime_ms = 60000
 reregistration_interval_ms = 20000
 EOF

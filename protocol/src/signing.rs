@@ -37,6 +37,23 @@ pub fn verifying_key_from_pem(pem: &str) -> Result<VerifyingKey, KeyError> {
     VerifyingKey::from_public_key_pem(pem).map_err(|e| KeyError::PublicKey(e.to_string()))
 }
 
+/// The SubjectPublicKeyInfo PEM text of a public key (what
+/// `openssl pkey -pubout` writes), e.g. for tests and key listings.
+pub fn pkcs8_public_pem(key: &VerifyingKey) -> String {
+    use ed25519_dalek::pkcs8::EncodePublicKey;
+    key.to_public_key_pem(Default::default())
+        .unwrap_or_default()
+}
+
+/// The PKCS#8 PEM text of a private key (what `openssl genpkey -algorithm
+/// ed25519` writes), for tools and tests that make keys themselves.
+pub fn pkcs8_private_pem(key: &SigningKey) -> String {
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    key.to_pkcs8_pem(Default::default())
+        .map(|pem| pem.to_string())
+        .unwrap_or_default()
+}
+
 /// A short name of a public key for logs, wire fields and key rotation:
 /// the first four bytes of SHA-256 over the 32-byte key, big endian.
 pub fn key_id(key: &VerifyingKey) -> u32 {

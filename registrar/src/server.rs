@@ -20,11 +20,13 @@ use metrics::{counter, gauge};
 use policies::{PeId, PolicyParams};
 use protocol::rserpool::asap::Message;
 use protocol::rserpool::enrp::UpdateAction;
+use protocol::rserpool::membership::{MembershipError, MembershipProof, forwarded_matches_signed};
 use protocol::rserpool::params::{Parameter, cause_code};
 use protocol::rserpool::{
     DecodeError, ErrorCause, Limits, OperationError, PoolElement, PoolHandle, SelectionPolicy,
     TransportAddress,
 };
+use protocol::signing::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
 use crate::handlespace::{
@@ -46,6 +48,8 @@ pub struct HomeChange {
     pub pool_handle: PoolHandle,
     /// The PE as peers store it.
     pub pool_element: PoolElement,
+    /// Its membership proof (closed pools), for the peers to check.
+    pub membership: Option<Box<MembershipProof>>,
 }
 
 /// The wire form of a stored PE (for Handle Updates and Handle Tables).
@@ -114,6 +118,13 @@ pub struct ServerConfig {
     /// Registrations (and deregistrations) are accepted only from these
     /// networks; empty: from anyone.
     pub registration_networks: Vec<ipnet::IpNet>,
+    /// Closed pools: a PE must prove membership with a certificate signed
+    /// by one of these authority keys (several during a rotation). Pools
+    /// not listed are open (RFC 5352 without extensions, e.g. RSPLIB PEs).
+    pub membership_authorities: BTreeMap<PoolHandle, Vec<VerifyingKey>>,
+    /// How far a membership proof's timestamp may be from our clock
+    /// (replay window; covers clock skew between PE and registrar).
+    pub membership_max_clock_skew: Duration,
 }
 
 impl Default for ServerConfig {
@@ -135,6 +146,8 @@ impl Default for ServerConfig {
             decode_limits: Limits::default(),
             seed: 0x706f_6f6c_666c_6f77,
             registration_networks: Vec::new(),
+            membership_authorities: BTreeMap::new(),
+            membership_max_clock_skew: Duration::from_secs(60),
         }
     }
 }
@@ -220,6 +233,13 @@ pub struct Counters {
     pub rate_limited: u64,
     /// Malformed or unexpected messages by reason.
     pub malformed: BTreeMap<String, u64>,
+    /// Deregistrations refused by reason.
+    #[serde(default)]
+    pub deregistration_rejects: BTreeMap<String, u64>,
+    /// PEs from peer registrars (ENRP) refused for lack of a valid
+    /// membership proof, by reason.
+    #[serde(default)]
+    pub peer_membership_rejects: BTreeMap<String, u64>,
 }
 
 /// Token bucket: `rate` tokens per second, at most `burst` saved up.
@@ -270,6 +290,9 @@ pub struct Server {
     /// ENRP asked for them, so a stand-alone registrar does not accumulate.
     home_changes: Vec<HomeChange>,
     track_home_changes: bool,
+    /// Wall clock at an instant, set by the driver: membership proofs carry
+    /// Unix time, the rest of the server runs on `Instant`s.
+    wall_clock: Option<(Instant, Duration)>,
 }
 
 impl Server {
@@ -286,7 +309,62 @@ impl Server {
             counters: Counters::default(),
             home_changes: Vec::new(),
             track_home_changes: false,
+            wall_clock: None,
         }
+    }
+
+    /// Tells the server the wall clock (time since the Unix epoch) at
+    /// `now`; the driver calls it before every message so the two clocks
+    /// never drift apart for long.
+    pub fn set_wall_clock(&mut self, now: Instant, since_epoch: Duration) {
+        self.wall_clock = Some((now, since_epoch));
+    }
+
+    /// The wall clock at `now`, from the last [`Server::set_wall_clock`].
+    fn unix_time(&self, now: Instant) -> Option<Duration> {
+        self.wall_clock.map(|(at, wall)| {
+            if now >= at {
+                wall + (now - at)
+            } else {
+                wall.saturating_sub(at - now)
+            }
+        })
+    }
+
+    /// Whether `pool_handle` is closed (has membership authorities).
+    pub fn is_closed_pool(&self, pool_handle: &PoolHandle) -> bool {
+        self.config.membership_authorities.contains_key(pool_handle)
+    }
+
+    /// Checks a PE's proof for an ASAP message it sent us: certificate,
+    /// signature, and the timestamp within the replay window. Open pools
+    /// need none (a proof sent to one is ignored, like by RSPLIB).
+    fn check_membership(
+        &self,
+        now: Instant,
+        message_type: u8,
+        pool_handle: &PoolHandle,
+        pe_identifier: PeId,
+        element: Option<&PoolElement>,
+        proof: Option<&MembershipProof>,
+    ) -> Result<(), MembershipError> {
+        let Some(authorities) = self.config.membership_authorities.get(pool_handle) else {
+            return Ok(());
+        };
+        let proof = proof.ok_or(MembershipError::NoProof)?;
+        // Without a wall clock nothing can be fresh: fail closed.
+        let unix = self
+            .unix_time(now)
+            .ok_or(MembershipError::StaleTimestamp { skew_ms: i64::MAX })?;
+        proof.verify(
+            authorities,
+            message_type,
+            pool_handle,
+            pe_identifier,
+            element,
+            unix,
+        )?;
+        proof.check_fresh(unix, self.config.membership_max_clock_skew)
     }
 
     /// The configuration.
@@ -423,11 +501,27 @@ impl Server {
             Message::Registration {
                 pool_handle,
                 pool_element,
-            } => self.on_registration(now, from, pool_handle, pool_element, &mut actions),
+                membership,
+            } => self.on_registration(
+                now,
+                from,
+                pool_handle,
+                pool_element,
+                membership,
+                &mut actions,
+            ),
             Message::Deregistration {
                 pool_handle,
                 pe_identifier,
-            } => self.on_deregistration(now, from, pool_handle, pe_identifier, &mut actions),
+                membership,
+            } => self.on_deregistration(
+                now,
+                from,
+                pool_handle,
+                pe_identifier,
+                membership,
+                &mut actions,
+            ),
             Message::HandleResolution { pool_handle, items } => {
                 self.on_handle_resolution(from, pool_handle, items, &mut actions)
             }
@@ -491,6 +585,14 @@ impl Server {
                             KeepAlive::AwaitingAck { .. }
                         ),
                         unreachable_reports: entry.unreachable_reports,
+                        membership_authority: entry
+                            .membership
+                            .as_ref()
+                            .map(|proof| proof.certificate.authority_key_id),
+                        membership_not_after: entry
+                            .membership
+                            .as_ref()
+                            .map(|proof| proof.certificate.not_after),
                     })
                     .collect();
                 elements.sort_by_key(|element| element.id);
@@ -532,6 +634,7 @@ impl Server {
         from: AssocId,
         pool_handle: PoolHandle,
         pool_element: PoolElement,
+        membership: Option<Box<MembershipProof>>,
         actions: &mut Vec<Action>,
     ) {
         let pe_identifier = pool_element.pe_identifier;
@@ -575,6 +678,44 @@ impl Server {
         }
         let remote_ip = peer.remote.map(|addr| addr.ip());
 
+        // RFC 5352 §6 / RFC 5355 §3.1: only members join a closed pool. The
+        // signature covers the Pool Element as sent, before any fill-in.
+        let membership = if self.is_closed_pool(&pool_handle) {
+            if let Err(error) = self.check_membership(
+                now,
+                protocol::rserpool::asap::msg_type::REGISTRATION,
+                &pool_handle,
+                pe_identifier,
+                Some(&pool_element),
+                membership.as_deref(),
+            ) {
+                let remote = self.peers.get(&from).and_then(|peer| peer.remote);
+                tracing::warn!(
+                    assoc = from,
+                    ?remote,
+                    pool = %pool_handle,
+                    pe = format_args!("{pe_identifier:#010x}"),
+                    reason = error.reason(),
+                    %error,
+                    "registration without valid pool membership refused"
+                );
+                self.count_reject(error.reason());
+                counter!("poolflow_registrar_membership_refused_total", "message" => "registration", "reason" => error.reason())
+                    .increment(1);
+                actions.push(respond(Some(ErrorCause {
+                    code: cause_code::REJECTED_DUE_TO_SECURITY,
+                    info: Vec::new(),
+                })));
+                return;
+            }
+            membership.map(|mut proof| {
+                proof.signed_element = Some(pool_element.clone());
+                proof
+            })
+        } else {
+            None
+        };
+
         let params = match policy_params(&pool_element.policy) {
             Ok(params) => params,
             Err(error) => {
@@ -599,6 +740,7 @@ impl Server {
             registration_life: pool_element.registration_life,
             home_registrar: self.config.server_id,
             owner: from,
+            membership,
         };
         match self.handlespace.register(
             &pool_handle,
@@ -652,10 +794,42 @@ impl Server {
         from: AssocId,
         pool_handle: PoolHandle,
         pe_identifier: PeId,
+        membership: Option<Box<MembershipProof>>,
         actions: &mut Vec<Action>,
     ) {
-        if !self.may_register(now, from) {
-            counter!("poolflow_registrar_deregistration_rejects_total", "reason" => "not_allowed_network")
+        let refusal = if !self.may_register(now, from) {
+            Some("not_allowed_network")
+        } else if let Err(error) = self.check_membership(
+            now,
+            protocol::rserpool::asap::msg_type::DEREGISTRATION,
+            &pool_handle,
+            pe_identifier,
+            None,
+            membership.as_deref(),
+        ) {
+            let remote = self.peers.get(&from).and_then(|peer| peer.remote);
+            tracing::warn!(
+                assoc = from,
+                ?remote,
+                pool = %pool_handle,
+                pe = format_args!("{pe_identifier:#010x}"),
+                reason = error.reason(),
+                %error,
+                "deregistration without valid pool membership refused"
+            );
+            counter!("poolflow_registrar_membership_refused_total", "message" => "deregistration", "reason" => error.reason())
+                .increment(1);
+            Some(error.reason())
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            *self
+                .counters
+                .deregistration_rejects
+                .entry(reason.to_string())
+                .or_default() += 1;
+            counter!("poolflow_registrar_deregistration_rejects_total", "reason" => reason)
                 .increment(1);
             actions.push(Action::Send {
                 assoc: from,
@@ -895,6 +1069,7 @@ impl Server {
                 action,
                 pool_handle: handle.clone(),
                 pool_element: pool_element_of(entry),
+                membership: entry.membership.clone(),
             });
         }
     }
@@ -917,13 +1092,45 @@ impl Server {
     /// Handle Table cannot take it (after a partition the peer may list it
     /// as adopted), only a Handle Update naming another home can
     /// (`moved_by_update`: the PE re-registered there).
+    ///
+    /// In a closed pool the PE needs a membership proof that this registrar
+    /// checks with its own authority keys ([`Server::check_peer_membership`]);
+    /// without one (a Handle Table from a peer that does not forward
+    /// proofs) only a PE we already hold a proof for is refreshed.
     pub fn apply_peer_element(
         &mut self,
         now: Instant,
         pool_handle: &PoolHandle,
         pool_element: PoolElement,
+        membership: Option<Box<MembershipProof>>,
         moved_by_update: bool,
     ) -> Result<(), HandlespaceError> {
+        let membership = match self.check_peer_membership(
+            now,
+            pool_handle,
+            &pool_element,
+            membership,
+        ) {
+            Ok(membership) => membership,
+            Err(error) => {
+                *self
+                    .counters
+                    .peer_membership_rejects
+                    .entry(error.reason().to_string())
+                    .or_default() += 1;
+                counter!("poolflow_registrar_membership_refused_total", "message" => "enrp", "reason" => error.reason())
+                    .increment(1);
+                tracing::warn!(
+                    pool = %pool_handle,
+                    pe = format_args!("{:#010x}", pool_element.pe_identifier),
+                    home = pool_element.home_enrp_server_identifier,
+                    reason = error.reason(),
+                    %error,
+                    "PE from a peer registrar without valid pool membership refused"
+                );
+                return Err(HandlespaceError::Rejected(error.reason()));
+            }
+        };
         let home = pool_element.home_enrp_server_identifier;
         if let Some(existing) = self
             .handlespace
@@ -954,11 +1161,60 @@ impl Server {
             registration_life: pool_element.registration_life,
             home_registrar: home,
             owner: peer_owner(home),
+            membership,
         };
         self.handlespace
             .register(pool_handle, registration, now, NO_KEEP_ALIVE)?;
         self.update_gauges();
         Ok(())
+    }
+
+    /// The proof a peer's PE must bring into a closed pool: certificate and
+    /// signature checked against our own authority list (a peer may be
+    /// configured with other keys), and the forwarded element must be the
+    /// signed one up to the home registrar's fill-ins. Freshness is not
+    /// checked: the home registrar did at registration, and Handle Updates
+    /// and Tables legitimately repeat it later; ENRP's own authentication
+    /// (docs/enrp-security.md) keeps outsiders from replaying them.
+    pub fn check_peer_membership(
+        &self,
+        now: Instant,
+        pool_handle: &PoolHandle,
+        pool_element: &PoolElement,
+        membership: Option<Box<MembershipProof>>,
+    ) -> Result<Option<Box<MembershipProof>>, MembershipError> {
+        let Some(authorities) = self.config.membership_authorities.get(pool_handle) else {
+            return Ok(None);
+        };
+        let proof = match membership {
+            Some(proof) => proof,
+            None => {
+                // Refresh of a PE whose proof we hold (a table without
+                // proofs): the element must still be the signed one.
+                self.handlespace
+                    .element(pool_handle, pool_element.pe_identifier)
+                    .and_then(|entry| entry.membership.clone())
+                    .ok_or(MembershipError::NoProof)?
+            }
+        };
+        let signed = proof
+            .signed_element
+            .as_ref()
+            .ok_or(MembershipError::ElementMismatch)?;
+        if !forwarded_matches_signed(pool_element, signed) {
+            return Err(MembershipError::ElementMismatch);
+        }
+        // No wall clock yet: time 0, before every certificate (fail closed).
+        let unix = self.unix_time(now).unwrap_or_default();
+        proof.verify(
+            authorities,
+            protocol::rserpool::asap::msg_type::REGISTRATION,
+            pool_handle,
+            signed.pe_identifier,
+            Some(signed),
+            unix,
+        )?;
+        Ok(Some(proof))
     }
 
     /// Removes a PE on behalf of its home registrar `home` (Handle Update
@@ -1054,6 +1310,17 @@ impl Server {
         self.handlespace
             .element(pool_handle, id)
             .map(pool_element_of)
+    }
+
+    /// The stored membership proof of a PE (closed pools), for ENRP.
+    pub fn membership_of(
+        &self,
+        pool_handle: &PoolHandle,
+        id: PeId,
+    ) -> Option<Box<MembershipProof>> {
+        self.handlespace
+            .element(pool_handle, id)
+            .and_then(|entry| entry.membership.clone())
     }
 
     fn count_removal(&mut self, why: Removal) {
@@ -1278,4 +1545,10 @@ pub struct ElementStatus {
     pub awaiting_keep_alive_ack: bool,
     /// Endpoint Unreachable reports so far.
     pub unreachable_reports: u32,
+    /// Closed pools: key id of the authority that certified the PE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub membership_authority: Option<u32>,
+    /// Closed pools: end of the PE's certificate, Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub membership_not_after: Option<u64>,
 }

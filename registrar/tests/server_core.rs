@@ -74,6 +74,7 @@ fn register(
     let request = Message::Registration {
         pool_handle: handle.into(),
         pool_element: element,
+        membership: None,
     };
     only_reply(&server.on_message(now, assoc, &request.to_bytes()))
 }
@@ -165,6 +166,7 @@ fn priority_policy_through_the_codec_decodes_to_priority_params() {
     let wire = Message::Registration {
         pool_handle: "p".into(),
         pool_element: pe(1, PolicyParams::Priority { priority: 77 }, 1),
+        membership: None,
     }
     .to_bytes();
     let Message::Registration { pool_element, .. } = Message::decode(&wire).unwrap() else {
@@ -226,6 +228,7 @@ fn deregistration_removes_only_for_the_owner() {
     let dereg = Message::Deregistration {
         pool_handle: "p".into(),
         pe_identifier: 1,
+        membership: None,
     }
     .to_bytes();
     // A pool user cannot deregister someone else's PE.
@@ -721,6 +724,7 @@ fn limits_per_association_pool_and_handle_are_enforced() {
     let long = Message::Registration {
         pool_handle: PoolHandle(vec![b'x'; 33]),
         pool_element: pe(7, PolicyParams::RoundRobin, 7),
+        membership: None,
     };
     match only_reply(&server.on_message(t0, 13, &long.to_bytes())) {
         Message::Error { error } => assert_eq!(error.causes[0].code, cause_code::INVALID_VALUES),
@@ -1002,6 +1006,7 @@ fn handlespace_holds_100000_pes_and_resolves_in_a_big_pool() {
                     registration_life: -1,
                     home_registrar: 1,
                     owner: u64::from(i % 100),
+                    membership: None,
                 },
                 t0,
                 ms(1000 + u64::from(i % 1000)),
@@ -1040,7 +1045,7 @@ proptest! {
         let mut server = Server::new(config(), t0);
         let mut bytes = Message::Registration {
             pool_handle: "pool".into(),
-            pool_element: pe(1, PolicyParams::Priority { priority: 4 }, 9),
+            pool_element: pe(1, PolicyParams::Priority { priority: 4 }, 9), membership: None,
         }
         .to_bytes();
         let index = flip % bytes.len();
@@ -1107,6 +1112,7 @@ fn registrations_only_from_allowed_networks_and_others_still_served() {
             &Message::Deregistration {
                 pool_handle: "pool".into(),
                 pe_identifier: 1,
+                membership: None,
             }
             .to_bytes(),
         ),
