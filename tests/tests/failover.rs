@@ -206,19 +206,23 @@ fast_failure_detection = {fast_failure_detection}
             .unwrap()
     }
 
-    /// Stops everything gracefully and audits both stores.
+    /// Stops everything gracefully and audits both stores, against the
+    /// exporter's state file too (as deploy/local-pool.sh does): after its
+    /// clean stop it names exactly the sequences it assigned.
     async fn finish(mut self) -> AuditReport {
         self.terminate(0);
         self.terminate(1);
         if let Some(r) = self.registrar.take() {
             r.stop().await;
         }
+        let state = self.path("exporter.state");
         collector::audit::run(&AuditOptions {
             databases: vec![self.path("c0.sqlite"), self.path("c1.sqlite")],
             exporter: None,
             domain: None,
             list_limit: 100,
             progress: false,
+            exporter_states: state.exists().then_some(state).into_iter().collect(),
             ..AuditOptions::default()
         })
         .unwrap()
