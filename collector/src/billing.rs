@@ -293,6 +293,30 @@ impl AssociationBilling {
         Some((self.exporter_id?, self.domains.get(&domain)?.start))
     }
 
+    /// Marks the reliability statistics of domains the exporter announced
+    /// with a Cookie Echo as billing statistics (the writer reconciles them
+    /// with the store). They come on the billing stream after the records
+    /// they account for. Those naming another exporter than the Cookie Echo
+    /// stay plain reports (kept as received, never a declaration), counted
+    /// and logged.
+    pub fn attach_statistics(&self, totals: &mut [crate::ingest::TotalsReport]) {
+        for report in totals {
+            let Some((exporter, start)) = self.domain_start(report.stats.observation_domain_id)
+            else {
+                continue;
+            };
+            if report.stats.exporting_process_id != exporter {
+                metrics::counter!("poolflow_collector_statistics_refused_total", "reason" => "other_exporter")
+                    .increment(1);
+                tracing::warn!(peer = %report.peer, exporter,
+                      claimed = report.stats.exporting_process_id,
+                      "reliability statistics name another exporter than the Cookie Echo: not reconciled");
+                continue;
+            }
+            report.billing = Some((exporter, start));
+        }
+    }
+
     /// Notes that records through `last` arrived (they go to the writer).
     pub fn note_received(&mut self, domain: u32, last: u64) {
         if let Some(d) = self.domains.get_mut(&domain) {
@@ -424,6 +448,34 @@ mod tests {
         d.insert(5, 20);
         assert_eq!(covered_through(Some(&s), Some(&d), 0), Some(20));
         assert_eq!(covered_through(Some(&s), Some(&d), 21), None);
+    }
+
+    #[test]
+    fn statistics_of_announced_domains_of_this_exporter_are_billing() {
+        use protocol::ipfix::reliability::ReliabilityStatistics;
+        let mut a = AssociationBilling::default();
+        let echo = BillingCookie::sign(b"pool key", 42, 1, 99, 3, 1);
+        a.on_cookie_echo(&echo.cookie_echo_message_bytes(), &signer(), "p", 1)
+            .unwrap();
+        let report = |exporter, domain| crate::ingest::TotalsReport {
+            peer: "p".into(),
+            transport: "sctp",
+            received_ms: 0,
+            stats: ReliabilityStatistics {
+                exporting_process_id: exporter,
+                observation_domain_id: domain,
+                exported_messages: 0,
+                exported_records: 100,
+                not_sent_records: 50,
+                system_init_ms: 0,
+                observation_ms: 0,
+            },
+            billing: None,
+        };
+        let mut totals = vec![report(42, 1), report(42, 2), report(43, 1)];
+        a.attach_statistics(&mut totals);
+        let billing: Vec<_> = totals.iter().map(|t| t.billing).collect();
+        assert_eq!(billing, [Some((42, 100)), None, None]);
     }
 
     fn signer() -> CookieSigner {

@@ -194,11 +194,7 @@ async fn sctp_session(
                 let first_totals = batch.totals.len();
                 decoder.handle(&message.payload, message.stream, &mut batch);
                 if message.stream == BILLING_STREAM {
-                    attach_billing(
-                        &cookies,
-                        &mut batch.totals[first_totals..],
-                        &peer.to_string(),
-                    );
+                    cookies.attach_statistics(&mut batch.totals[first_totals..]);
                 }
                 // Only the billing stream's sequence numbers are record
                 // sequences; other streams carry best-effort records
@@ -230,32 +226,6 @@ async fn sctp_session(
     };
     let _ = flush(&tx, &mut batch).await;
     reason
-}
-
-/// Marks the statistics of domains the exporter announced with a Cookie Echo
-/// as billing statistics (the writer reconciles them with the store). The
-/// statistics must come on the billing stream, after the records they
-/// account for; those naming another exporter than the Cookie Echo are only
-/// kept as reported, counted and logged.
-fn attach_billing(
-    cookies: &AssociationBilling,
-    totals: &mut [crate::ingest::TotalsReport],
-    peer: &str,
-) {
-    for report in totals {
-        let Some((exporter, start)) = cookies.domain_start(report.stats.observation_domain_id)
-        else {
-            continue;
-        };
-        if report.stats.exporting_process_id != exporter {
-            metrics::counter!("poolflow_collector_statistics_refused_total", "reason" => "other_exporter")
-                .increment(1);
-            warn!(%peer, exporter, claimed = report.stats.exporting_process_id,
-                  "reliability statistics name another exporter than the Cookie Echo: not reconciled");
-            continue;
-        }
-        report.billing = Some((exporter, start));
-    }
 }
 
 /// Longest a stopping collector waits to acknowledge what it received.

@@ -557,6 +557,15 @@ fn declaration(
     let (exporter, start) = report.billing?;
     let stats = &report.stats;
     let accounted = stats.accounted();
+    if accounted > crate::billing::MAX_ECHOED_SEQUENCE {
+        // No exporter gets there (see MAX_ECHOED_SEQUENCE); a claim beyond
+        // it is broken or hostile and would declare most of the space.
+        metrics::counter!("poolflow_collector_statistics_refused_total", "reason" => "out_of_range")
+            .increment(1);
+        tracing::warn!(peer = %report.peer, exporter, accounted,
+              "exporter statistics beyond any exporter's range: not treated as a declaration");
+        return None;
+    }
     if accounted <= start {
         return None;
     }

@@ -135,6 +135,12 @@ fn a_gap_larger_than_the_declared_count_is_not_a_declaration() {
         store.ledger().lock().unwrap().covered_through((7, 1), 0),
         Some(99)
     );
+    // Nor does a claim beyond any exporter's range (2^63), however much it
+    // says was not sent.
+    let mut batch = Batch::default();
+    batch.totals.push(totals(7, 1, 0, 0, u64::MAX - 1));
+    store.commit(&[batch], 2).unwrap();
+    assert!(declared_rows(&store).is_empty());
     // A plain session's statistics never declare anything.
     let mut batch = Batch::default();
     let mut plain = totals(7, 1, 0, 0, 200);

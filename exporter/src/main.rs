@@ -213,6 +213,13 @@ fn stream(args: StreamArgs) -> Result<()> {
             },
             report.elapsed.as_secs_f64()
         );
+        if report.counters.declared_not_sent > 0 {
+            println!(
+                "declared never to be sent at this start: {} record sequences \
+                 (lost with the previous run's memory or reserved and unused)",
+                report.counters.declared_not_sent
+            );
+        }
         if best_effort.is_some() {
             println!(
                 "best effort: {} sent, {} dropped from a full queue",

@@ -143,6 +143,10 @@ async fn a_restarted_exporter_declares_its_lost_records_and_the_audit_passes() {
     // Cookies moved past the declared range at once: no stall, hence no
     // cookie timeout and no failover away from the only collector.
     assert!(!log.contains("FAILOVER"), "the stream stalled: {log}");
+    assert!(
+        log.contains("declared never to be sent at this start"),
+        "{log}"
+    );
 
     Command::new("kill")
         .args(["-TERM", &collector.id().to_string()])
