@@ -553,6 +553,74 @@ async fn tcp_close_delivers_everything_queued() {
     close_delivers_everything_queued(TransportKind::Tcp).await;
 }
 
+/// A receiver whose application has fallen behind when the sender closes:
+/// everything its stack acknowledged is still delivered, before `Down`. The
+/// sender's graceful shutdown completes as soon as all DATA is SACKed, and
+/// DATA is SACKed once it sits in the receiving stack, read or not; sctp-proto
+/// dropped what was unread when SHUTDOWN COMPLETE closed the association, so
+/// a collector behind its exporters lost the end of their streams with
+/// nothing counted (issue 20).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sctp_udp_close_delivers_what_the_receiver_had_not_read_yet() {
+    let receiver_config = Config {
+        // The application's queue holds few messages, so most of the burst
+        // waits in the SCTP stack, as when a collector's writer is busy.
+        receive_queue_len: 4,
+        ..config(TransportKind::SctpOverUdp)
+    };
+    let mut endpoint = Endpoint::bind(receiver_config, loopback()).await.unwrap();
+    let mut client = tokio::time::timeout(
+        STEP,
+        connect(config(TransportKind::SctpOverUdp), endpoint.local_addr()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let mut server = tokio::time::timeout(STEP, endpoint.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    expect_up(&mut client).await;
+    // 360 kB: well inside the receiver's 1 MiB window, so all of it is
+    // acknowledged without the application reading anything.
+    const MESSAGES: u64 = 300;
+    for i in 0..MESSAGES {
+        let mut payload = vec![0u8; 1200];
+        payload[..8].copy_from_slice(&i.to_be_bytes());
+        client.send(Message::new(0, 0, payload)).await.unwrap();
+    }
+    client.close();
+    // The sender's close completes while the receiver reads nothing.
+    assert_eq!(
+        next_event(&mut client).await,
+        Event::Down(DownReason::Local),
+        "the sender's graceful close completes"
+    );
+    let mut received = 0u64;
+    loop {
+        match next_event(&mut server).await {
+            Event::Up => {}
+            Event::Message(m) => {
+                assert_eq!(
+                    u64::from_be_bytes(m.payload[..8].try_into().unwrap()),
+                    received,
+                    "messages arrive complete and in order"
+                );
+                received += 1;
+            }
+            Event::Down(reason) => {
+                assert_eq!(reason, DownReason::Shutdown);
+                break;
+            }
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+    assert_eq!(
+        received, MESSAGES,
+        "every acknowledged message reaches the application before Down"
+    );
+}
+
 /// The accepting side closing an association ends it on the connecting
 /// side too (a collector refusing a forged cookie relies on this), by the
 /// graceful shutdown sequence, not by failure detection.
