@@ -44,14 +44,7 @@ fn main() {
     );
     println!(
         "{:>6} {:>10} {:>8} {:>11} {:>10} {:>11} {:>12} {:>10}",
-        "assocs",
-        "stored",
-        "secs",
-        "stored/s",
-        "RSS idle",
-        "RSS K open",
-        "per assoc",
-        "peak RSS"
+        "assocs", "stored", "secs", "stored/s", "RSS idle", "RSS K open", "per assoc", "peak RSS"
     );
     for k in counts {
         let row = runtime.block_on(run(k, total));
