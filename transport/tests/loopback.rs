@@ -621,6 +621,67 @@ async fn sctp_udp_close_delivers_what_the_receiver_had_not_read_yet() {
     );
 }
 
+/// A close that cannot complete (the receiver died with data outstanding)
+/// ends in `Failed`, not `Down`, and `acknowledged_messages` counts only
+/// what the peer SACKed before it died: what `exporter generate` reports as
+/// sent and why it then exits non-zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sctp_udp_close_to_a_dead_peer_fails_and_counts_only_what_was_acknowledged() {
+    let kind = TransportKind::SctpOverUdp;
+    // The receiver in a runtime of its own, so it can vanish as a SIGKILL
+    // would: no SHUTDOWN, no ABORT.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (endpoint_tx, endpoint_rx) = tokio::sync::oneshot::channel();
+    runtime.spawn(async move {
+        let mut endpoint = Endpoint::bind(config(kind), loopback()).await.unwrap();
+        endpoint_tx.send(endpoint.local_addr()).unwrap();
+        let accepted = endpoint.accept().await;
+        // Kept open until the runtime is killed.
+        std::future::pending::<()>().await;
+        drop((endpoint, accepted));
+    });
+    let server = endpoint_rx.await.unwrap();
+    let mut client = tokio::time::timeout(STEP, connect(config(kind), server))
+        .await
+        .unwrap()
+        .unwrap();
+    expect_up(&mut client).await;
+    for i in 0..20u8 {
+        client.send(Message::new(0, 0, vec![i; 500])).await.unwrap();
+    }
+    let deadline = Instant::now() + STEP;
+    while client.acknowledged_messages() != Some(20) {
+        assert!(Instant::now() < deadline, "first 20 messages acknowledged");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    runtime.shutdown_background();
+    for i in 0..5u8 {
+        client.send(Message::new(0, 0, vec![i; 500])).await.unwrap();
+    }
+    client.close();
+    let bound = config(kind).failure_detection_bound();
+    let last = tokio::time::timeout(bound * 10 + Duration::from_secs(1), async {
+        loop {
+            match client.recv().await {
+                Some(Event::Message(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the close ends within 10x the detection bound");
+    assert_eq!(last, Some(Event::Failed(FailureReason::PeerUnreachable)));
+    assert_eq!(
+        client.acknowledged_messages(),
+        Some(20),
+        "the 5 messages sent after the peer died are not counted as delivered"
+    );
+}
+
 /// The accepting side closing an association ends it on the connecting
 /// side too (a collector refusing a forged cookie relies on this), by the
 /// graceful shutdown sequence, not by failure detection.
