@@ -104,9 +104,29 @@ impl SctpSink {
 
     fn send(&mut self, bytes: &[u8], records: u32) -> Result<()> {
         let message = transport::Message::new(0, IPFIX_PPID, bytes.to_vec());
-        self.runtime.block_on(self.association.send(message))?;
+        if let Err(error) = self.runtime.block_on(self.association.send(message)) {
+            let (acknowledged, total) = self.acknowledged_records();
+            anyhow::bail!(
+                "SCTP association to {} ended while sending ({error}): the collector \
+                 acknowledged {acknowledged} of {total} records sent",
+                self.target
+            );
+        }
         self.records_per_message.push(records);
         Ok(())
+    }
+
+    /// Records in the messages the association counted as acknowledged,
+    /// and records sent.
+    fn acknowledged_records(&self) -> (u64, u64) {
+        let sent = self.records_per_message.len();
+        let acknowledged_messages =
+            (self.association.acknowledged_messages().unwrap_or(0) as usize).min(sent);
+        let sum = |messages: &[u32]| messages.iter().map(|&r| u64::from(r)).sum::<u64>();
+        (
+            sum(&self.records_per_message[..acknowledged_messages]),
+            sum(&self.records_per_message),
+        )
     }
 
     /// Closes gracefully and returns the records the collector acknowledged:
@@ -137,18 +157,9 @@ impl SctpSink {
                 }
             }
         });
-        let sent = self.records_per_message.len();
-        let acknowledged_messages =
-            (self.association.acknowledged_messages().unwrap_or(0) as usize).min(sent);
-        let acknowledged: u64 = self.records_per_message[..acknowledged_messages]
-            .iter()
-            .map(|&r| u64::from(r))
-            .sum();
-        let total: u64 = self.records_per_message.iter().map(|&r| u64::from(r)).sum();
+        let (acknowledged, total) = self.acknowledged_records();
         match last {
-            Some(transport::Event::Down(transport::DownReason::Local))
-                if acknowledged_messages == sent =>
-            {
+            Some(transport::Event::Down(transport::DownReason::Local)) if acknowledged == total => {
                 Ok(acknowledged)
             }
             last => {
