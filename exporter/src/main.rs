@@ -122,7 +122,9 @@ fn main() -> Result<()> {
                 first_record: a.first_record,
             };
             let report = generate(&config, |sent| {
-                eprintln!("sent {sent} of {} records", config.records)
+                // Handed to the transport, not yet acknowledged: the final
+                // line counts what the collector acknowledged.
+                eprintln!("queued {sent} of {} records", config.records)
             })?;
             println!(
                 "sent {} records in {} messages ({} bytes) in {:.3} s: {:.0} records/s",
