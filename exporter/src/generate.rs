@@ -17,6 +17,19 @@ pub enum GenerateTransport {
     /// SCTP over UDP (RFC 6951); `target` is the collector's UDP address,
     /// its SCTP port is the IPFIX port 4739.
     Sctp,
+    /// TLS over TCP (RFC 7011 section 11) to a collector's `tls_listen`;
+    /// needs [`GenerateConfig::tls`].
+    Tls,
+}
+
+/// TLS settings of `--transport tls`.
+#[derive(Debug, Clone)]
+pub struct GenerateTls {
+    /// The CA the collector's certificate must chain to, and our own
+    /// certificate and key for a collector that asks for one.
+    pub files: transport::tls::ClientTlsFiles,
+    /// Name the collector's certificate must carry; `None`: its IP address.
+    pub server_name: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -34,6 +47,8 @@ pub struct GenerateConfig {
     pub template_refresh: Duration,
     /// Number of the first synthetic record, so runs can continue a series.
     pub first_record: u64,
+    /// For [`GenerateTransport::Tls`].
+    pub tls: Option<GenerateTls>,
 }
 
 /// What a run did.
@@ -55,6 +70,7 @@ enum Sink {
     Udp(UdpBatcher),
     Tcp(std::io::BufWriter<TcpStream>),
     Sctp(Box<SctpSink>),
+    Tls(Box<std::io::BufWriter<crate::tls::TlsStream>>),
 }
 
 /// IPFIX over SCTP (RFC 7011 section 10.2): templates and data reliable and
@@ -125,6 +141,7 @@ impl Sink {
             Sink::Udp(s) => s.push(bytes),
             Sink::Tcp(s) => Ok(s.write_all(bytes)?),
             Sink::Sctp(s) => s.send(bytes),
+            Sink::Tls(s) => Ok(s.write_all(bytes)?),
         }
     }
 
@@ -133,6 +150,7 @@ impl Sink {
             Sink::Udp(s) => s.flush(),
             Sink::Tcp(s) => Ok(s.flush()?),
             Sink::Sctp(s) => s.close(),
+            Sink::Tls(s) => Ok(s.flush()?),
         }
     }
 }
@@ -256,6 +274,16 @@ pub fn generate(config: &GenerateConfig, mut progress: impl FnMut(u64)) -> Resul
             Sink::Tcp(std::io::BufWriter::with_capacity(256 * 1024, s))
         }
         GenerateTransport::Sctp => Sink::Sctp(Box::new(SctpSink::connect(config.target)?)),
+        GenerateTransport::Tls => {
+            let tls = config
+                .tls
+                .as_ref()
+                .context("--transport tls needs --ca-file")?;
+            Sink::Tls(Box::new(std::io::BufWriter::with_capacity(
+                256 * 1024,
+                crate::tls::connect(config.target, tls)?,
+            )))
+        }
     };
     let template = flow_template();
     let base_millis = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
@@ -282,7 +310,10 @@ pub fn generate(config: &GenerateConfig, mut progress: impl FnMut(u64)) -> Resul
         let refresh = match (config.transport, last_template) {
             (_, None) => true,
             (GenerateTransport::Udp, Some(t)) => t.elapsed() >= config.template_refresh,
-            (GenerateTransport::Tcp | GenerateTransport::Sctp, Some(_)) => false,
+            (
+                GenerateTransport::Tcp | GenerateTransport::Sctp | GenerateTransport::Tls,
+                Some(_),
+            ) => false,
         };
         if refresh {
             writer.add_template(&template)?;
@@ -319,6 +350,9 @@ pub fn generate(config: &GenerateConfig, mut progress: impl FnMut(u64)) -> Resul
         }
     }
     sink.flush()?;
+    if let Sink::Tls(stream) = &mut sink {
+        crate::tls::close(stream)?;
+    }
     report.elapsed = start.elapsed();
     Ok(report)
 }

@@ -20,6 +20,7 @@ pub mod kernel_sctp;
 mod sctp_udp;
 mod sctp_wire;
 pub mod tcp;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;
