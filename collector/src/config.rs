@@ -35,6 +35,11 @@ pub struct CollectorConfig {
     /// the ASAP cookies of docs/billing-continuity.md share the connection.
     /// Not RFC 7011 TCP: plain IPFIX exporters use `tcp_listen`.
     pub framed_tcp_listen: Vec<SocketAddr>,
+    /// TLS (the `[tls]` certificate, key and `client_ca_file`) on every
+    /// `framed_tcp_listen` address. ASAP cannot advertise TLS (RFC 5354's
+    /// TCP transport parameter has no such field): the pool users know
+    /// from their own `[tls]` section.
+    pub framed_tcp_tls: bool,
     /// Prometheus scrape endpoint (`/metrics`), off when absent.
     pub metrics_listen: Option<SocketAddr>,
     /// UDP template lifetime without refresh, seconds (RFC 7011 8.4).
@@ -103,6 +108,7 @@ impl Default for CollectorConfig {
                 transport::DEFAULT_UDP_ENCAPS_PORT,
             ))],
             framed_tcp_listen: Vec::new(),
+            framed_tcp_tls: false,
             metrics_listen: None,
             template_lifetime_secs: 1800,
             max_templates_per_session: 4096,
@@ -148,6 +154,10 @@ impl CollectorConfig {
         if let Some(pool) = &self.pool {
             pool.validate()?;
         }
+        anyhow::ensure!(
+            !self.framed_tcp_tls || self.tls.is_some(),
+            "`framed_tcp_tls` needs a `[tls]` section with `certificate_file` and `private_key_file`"
+        );
         anyhow::ensure!(
             self.tls_listen.is_empty() || self.tls.is_some(),
             "`tls_listen` needs a `[tls]` section with `certificate_file` and `private_key_file`"

@@ -118,10 +118,12 @@ pub async fn start(config: &CollectorConfig) -> Result<RunningCollector> {
     }
     // Built once, before binding: a bad certificate or key (or a key others
     // may read) stops the start with the file named.
-    let tls_acceptor = match (&config.tls, config.tls_listen.is_empty()) {
-        (Some(tls), false) => Some(transport::tls::TlsAcceptor::from(
-            transport::tls::server_config(&tls.files()).context("[tls]")?,
-        )),
+    let tls_acceptor = match &config.tls {
+        Some(tls) if !config.tls_listen.is_empty() || config.framed_tcp_tls => {
+            Some(transport::tls::TlsAcceptor::from(
+                transport::tls::server_config(&tls.files()).context("[tls]")?,
+            ))
+        }
         _ => None,
     };
     let mut tls_addrs = Vec::new();
@@ -179,6 +181,12 @@ pub async fn start(config: &CollectorConfig) -> Result<RunningCollector> {
         let transport_config = transport::Config {
             transport: kind,
             sctp_port: addr.port(),
+            tls: match kind {
+                transport::TransportKind::Tcp if config.framed_tcp_tls => {
+                    tls_acceptor.clone().map(transport::tls::StreamTls::Server)
+                }
+                _ => None,
+            },
             ..transport::Config::default()
         };
         let (label, bound) = match kind {

@@ -408,15 +408,15 @@ async fn serve_stream(
                         }
                         Ok(Err(e)) => {
                             let reason = transport::tls::handshake_failure_reason(&e);
-                            metrics::counter!("poolflow_collector_tls_handshake_failures_total", "reason" => reason)
-                                .increment(1);
-                            warn!(%peer, reason, "TLS handshake refused: {e}");
+                            transport::tls::count_handshake_failure(peer, reason, &e.to_string());
                             None
                         }
                         Err(_) => {
-                            metrics::counter!("poolflow_collector_tls_handshake_failures_total", "reason" => "timeout")
-                                .increment(1);
-                            warn!(%peer, reason = "timeout", "TLS handshake not finished in {TLS_HANDSHAKE_TIMEOUT:?}");
+                            transport::tls::count_handshake_failure(
+                                peer,
+                                "timeout",
+                                &format!("not finished in {TLS_HANDSHAKE_TIMEOUT:?}"),
+                            );
                             None
                         }
                     }

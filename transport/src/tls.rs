@@ -198,6 +198,62 @@ pub fn server_name(
     }
 }
 
+/// TLS on a framed TCP [`crate::Config`]: the listening side's acceptor,
+/// or the connecting side's connector and the name the peer's certificate
+/// must carry (`None`: the IP address connected to).
+#[derive(Clone)]
+pub enum StreamTls {
+    Server(TlsAcceptor),
+    Client {
+        connector: TlsConnector,
+        server_name: Option<ServerName<'static>>,
+    },
+}
+
+impl std::fmt::Debug for StreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StreamTls::Server(_) => f.write_str("StreamTls::Server"),
+            StreamTls::Client { server_name, .. } => f
+                .debug_struct("StreamTls::Client")
+                .field("server_name", server_name)
+                .finish(),
+        }
+    }
+}
+
+impl StreamTls {
+    pub fn server(files: &ServerTlsFiles) -> Result<Self, TlsConfigError> {
+        Ok(StreamTls::Server(TlsAcceptor::from(server_config(files)?)))
+    }
+
+    /// `server_name`: a DNS name or IP address every peer's certificate
+    /// carries; `None`: each peer's own IP address.
+    pub fn client(
+        files: &ClientTlsFiles,
+        server_name: Option<&str>,
+    ) -> Result<Self, TlsConfigError> {
+        let server_name = server_name
+            .map(|name| {
+                ServerName::try_from(name.to_owned())
+                    .map_err(|_| TlsConfigError::ServerName(name.to_owned()))
+            })
+            .transpose()?;
+        Ok(StreamTls::Client {
+            connector: TlsConnector::from(client_config(files)?),
+            server_name,
+        })
+    }
+}
+
+/// Counts (by reason) and logs, with the peer, a refused or failed TLS
+/// handshake at a listener.
+pub fn count_handshake_failure(peer: std::net::SocketAddr, reason: &'static str, detail: &str) {
+    metrics::counter!("poolflow_collector_tls_handshake_failures_total", "reason" => reason)
+        .increment(1);
+    tracing::warn!(%peer, reason, "TLS handshake refused: {detail}");
+}
+
 /// A short, stable label (for a metric's `reason`) of why a TLS handshake
 /// failed, from the error tokio-rustls returned.
 pub fn handshake_failure_reason(error: &std::io::Error) -> &'static str {
