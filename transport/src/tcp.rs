@@ -109,7 +109,11 @@ impl TcpEndpoint {
             match &self.config.tls {
                 Some(StreamTls::Server(acceptor)) => {
                     if self.handshakes.len() >= MAX_PENDING_HANDSHAKES {
-                        crate::tls::count_handshake_failure(remote, "too_many_handshakes", "");
+                        crate::tls::count_handshake_failure(
+                            remote,
+                            "too_many_handshakes",
+                            &format!("{MAX_PENDING_HANDSHAKES} handshakes already pending"),
+                        );
                         continue;
                     }
                     let acceptor = acceptor.clone();
@@ -137,7 +141,11 @@ impl TcpEndpoint {
                                 None
                             }
                             Err(_) => {
-                                crate::tls::count_handshake_failure(remote, "timeout", "");
+                                crate::tls::count_handshake_failure(
+                                    remote,
+                                    "timeout",
+                                    &format!("not finished in {timeout:?}"),
+                                );
                                 None
                             }
                         }
