@@ -20,6 +20,12 @@ pub struct CollectorConfig {
     pub udp_listen: Vec<SocketAddr>,
     /// TCP addresses to accept IPFIX connections on.
     pub tcp_listen: Vec<SocketAddr>,
+    /// TCP addresses to accept IPFIX over TLS on (RFC 7011 section 11; IANA
+    /// port 4740, `ipfixs`). Needs `[tls]`.
+    pub tls_listen: Vec<SocketAddr>,
+    /// Certificate and key of the TLS listeners; `client_ca_file` turns on
+    /// mutual authentication.
+    pub tls: Option<TlsConfig>,
     /// UDP addresses carrying IPFIX over SCTP (SCTP over UDP, RFC 6951).
     /// The SCTP port inside equals the UDP port (poolflow's convention, so
     /// one address names the endpoint in ASAP transport parameters).
@@ -29,6 +35,11 @@ pub struct CollectorConfig {
     /// the ASAP cookies of docs/billing-continuity.md share the connection.
     /// Not RFC 7011 TCP: plain IPFIX exporters use `tcp_listen`.
     pub framed_tcp_listen: Vec<SocketAddr>,
+    /// TLS (the `[tls]` certificate, key and `client_ca_file`) on every
+    /// `framed_tcp_listen` address. ASAP cannot advertise TLS (RFC 5354's
+    /// TCP transport parameter has no such field): the pool users know
+    /// from their own `[tls]` section.
+    pub framed_tcp_tls: bool,
     /// Prometheus scrape endpoint (`/metrics`), off when absent.
     pub metrics_listen: Option<SocketAddr>,
     /// UDP template lifetime without refresh, seconds (RFC 7011 8.4).
@@ -55,6 +66,28 @@ pub struct CollectorConfig {
     pub pool: Option<crate::pool::PoolConfig>,
 }
 
+/// `[tls]`: PEM files made as docs/tls.md shows.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The collector's certificate (chain, leaf first).
+    pub certificate_file: PathBuf,
+    /// Its private key; refused when group or others may read it.
+    pub private_key_file: PathBuf,
+    /// When set, a client must present a certificate signed by this CA.
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    pub fn files(&self) -> transport::tls::ServerTlsFiles {
+        transport::tls::ServerTlsFiles {
+            certificate_file: self.certificate_file.clone(),
+            private_key_file: self.private_key_file.clone(),
+            client_ca_file: self.client_ca_file.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -68,11 +101,14 @@ impl Default for CollectorConfig {
             database: PathBuf::from("collector.sqlite"),
             udp_listen: vec![SocketAddr::from(([0, 0, 0, 0], IPFIX_PORT))],
             tcp_listen: vec![SocketAddr::from(([0, 0, 0, 0], IPFIX_PORT))],
+            tls_listen: Vec::new(),
+            tls: None,
             sctp_listen: vec![SocketAddr::from((
                 [0, 0, 0, 0],
                 transport::DEFAULT_UDP_ENCAPS_PORT,
             ))],
             framed_tcp_listen: Vec::new(),
+            framed_tcp_tls: false,
             metrics_listen: None,
             template_lifetime_secs: 1800,
             max_templates_per_session: 4096,
@@ -119,12 +155,21 @@ impl CollectorConfig {
             pool.validate()?;
         }
         anyhow::ensure!(
+            !self.framed_tcp_tls || self.tls.is_some(),
+            "`framed_tcp_tls` needs a `[tls]` section with `certificate_file` and `private_key_file`"
+        );
+        anyhow::ensure!(
+            self.tls_listen.is_empty() || self.tls.is_some(),
+            "`tls_listen` needs a `[tls]` section with `certificate_file` and `private_key_file`"
+        );
+        anyhow::ensure!(
             !self.udp_listen.is_empty()
                 || !self.tcp_listen.is_empty()
+                || !self.tls_listen.is_empty()
                 || !self.sctp_listen.is_empty()
                 || !self.framed_tcp_listen.is_empty(),
-            "`udp_listen`, `tcp_listen`, `sctp_listen` and `framed_tcp_listen` are all empty: \
-             nothing to receive on"
+            "`udp_listen`, `tcp_listen`, `tls_listen`, `sctp_listen` and `framed_tcp_listen` are \
+             all empty: nothing to receive on"
         );
         Ok(())
     }
@@ -150,6 +195,52 @@ mod tests {
     fn zero_limit_is_rejected_by_key() {
         let err = CollectorConfig::from_toml("queue_batches = 0").unwrap_err();
         assert!(format!("{err:#}").contains("queue_batches"), "{err:#}");
+    }
+
+    #[test]
+    fn tls_listen_without_tls_section_is_refused_by_key() {
+        let err = CollectorConfig::from_toml("tls_listen = [\"127.0.0.1:4740\"]").unwrap_err();
+        assert!(format!("{err:#}").contains("[tls]"), "{err:#}");
+        let ok = CollectorConfig::from_toml(
+            "tls_listen = [\"127.0.0.1:4740\"]\n[tls]\ncertificate_file = \"c.pem\"\nprivate_key_file = \"k.pem\"",
+        )
+        .unwrap();
+        assert_eq!(ok.tls.unwrap().client_ca_file, None);
+        let err =
+            CollectorConfig::from_toml("[tls]\ncertificate_file = \"c.pem\"\nprivate_key = \"k\"")
+                .unwrap_err();
+        assert!(format!("{err:#}").contains("private_key"), "{err:#}");
+    }
+
+    /// The commented-out TLS keys of the shipped example are the keys the
+    /// code reads: switched on, the example still parses and means them.
+    #[test]
+    fn shipped_example_tls_keys_parse_when_uncommented() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/collector.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut enabled = String::new();
+        for line in text.lines() {
+            let key = line.trim_start_matches("# ");
+            let tls_line = [
+                "tls_listen =",
+                "[tls]",
+                "certificate_file =",
+                "private_key_file =",
+                "client_ca_file =",
+            ]
+            .iter()
+            .any(|k| key.starts_with(k));
+            enabled.push_str(if tls_line { key } else { line });
+            enabled.push('\n');
+        }
+        let config = CollectorConfig::from_toml(&enabled).unwrap();
+        assert_eq!(config.tls_listen, vec!["0.0.0.0:4740".parse().unwrap()]);
+        let tls = config.tls.expect("[tls] parsed");
+        assert_eq!(
+            tls.private_key_file,
+            Path::new("/etc/poolflow/collector.key")
+        );
+        assert!(tls.client_ca_file.is_some());
     }
 
     #[test]

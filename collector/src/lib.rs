@@ -35,6 +35,8 @@ pub struct RunningCollector {
     /// Bound UDP addresses (port 0 in the config is resolved here).
     pub udp_addrs: Vec<SocketAddr>,
     pub tcp_addrs: Vec<SocketAddr>,
+    /// Bound IPFIX-over-TLS addresses.
+    pub tls_addrs: Vec<SocketAddr>,
     /// Bound UDP addresses of the SCTP-over-UDP endpoints.
     pub sctp_addrs: Vec<SocketAddr>,
     /// Bound framed-TCP (pool user) addresses.
@@ -114,6 +116,38 @@ pub async fn start(config: &CollectorConfig) -> Result<RunningCollector> {
             stop_tcp_rx.clone(),
         ));
     }
+    // Built once, before binding: a bad certificate or key (or a key others
+    // may read) stops the start with the file named.
+    let tls_acceptor = match &config.tls {
+        Some(tls) if !config.tls_listen.is_empty() || config.framed_tcp_tls => {
+            Some(transport::tls::TlsAcceptor::from(
+                transport::tls::server_config(&tls.files()).context("[tls]")?,
+            ))
+        }
+        _ => None,
+    };
+    let mut tls_addrs = Vec::new();
+    for addr in &config.tls_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding TLS {addr}"))?;
+        tls_addrs.push(listener.local_addr()?);
+        let settings = TcpSettings {
+            session: session_config(
+                TransportKind::Tcp,
+                config.template_lifetime_secs,
+                config.max_templates_per_session,
+            ),
+            max_sessions: config.max_tcp_sessions,
+        };
+        tcp_tasks.spawn(listeners::serve_tls(
+            listener,
+            settings,
+            tls_acceptor.clone().expect("built when tls_listen is set"),
+            tx.clone(),
+            stop_tcp_rx.clone(),
+        ));
+    }
     // Read (or created) once: the registration and the cookies must name
     // the same PE.
     let pe_identifier = config
@@ -147,6 +181,12 @@ pub async fn start(config: &CollectorConfig) -> Result<RunningCollector> {
         let transport_config = transport::Config {
             transport: kind,
             sctp_port: addr.port(),
+            tls: match kind {
+                transport::TransportKind::Tcp if config.framed_tcp_tls => {
+                    tls_acceptor.clone().map(transport::tls::StreamTls::Server)
+                }
+                _ => None,
+            },
             ..transport::Config::default()
         };
         let (label, bound) = match kind {
@@ -185,10 +225,11 @@ pub async fn start(config: &CollectorConfig) -> Result<RunningCollector> {
         }
         _ => None,
     };
-    tracing::info!(?udp_addrs, ?tcp_addrs, ?sctp_addrs, ?framed_tcp_addrs, database = %config.database.display(), "collector started");
+    tracing::info!(?udp_addrs, ?tcp_addrs, ?tls_addrs, ?sctp_addrs, ?framed_tcp_addrs, database = %config.database.display(), "collector started");
     Ok(RunningCollector {
         udp_addrs,
         tcp_addrs,
+        tls_addrs,
         sctp_addrs,
         framed_tcp_addrs,
         progress,

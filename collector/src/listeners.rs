@@ -13,8 +13,8 @@ use anyhow::{Context, Result};
 use protocol::ipfix::message::peek_message_length;
 use protocol::ipfix::{SessionConfig, TransportKind};
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::{AsyncReadExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
@@ -339,8 +339,38 @@ pub async fn serve_tcp(
     listener: TcpListener,
     settings: TcpSettings,
     tx: mpsc::Sender<Batch>,
+    shutdown: watch::Receiver<bool>,
+) {
+    serve_stream(listener, settings, None, tx, shutdown).await
+}
+
+/// Accepts IPFIX over TLS over TCP (RFC 7011 section 11): as
+/// [`serve_tcp`], after a TLS handshake. A failed handshake (a client
+/// without a certificate signed by `client_ca_file`, a client that does not
+/// trust ours, a stalled or garbled handshake) is counted by reason and
+/// logged with the peer; it never affects other sessions.
+pub async fn serve_tls(
+    listener: TcpListener,
+    settings: TcpSettings,
+    acceptor: transport::tls::TlsAcceptor,
+    tx: mpsc::Sender<Batch>,
+    shutdown: watch::Receiver<bool>,
+) {
+    serve_stream(listener, settings, Some(acceptor), tx, shutdown).await
+}
+
+/// A TLS client gets this long to finish its handshake: a peer that opens
+/// connections and stays silent must not hold session slots for ever.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn serve_stream(
+    listener: TcpListener,
+    settings: TcpSettings,
+    tls: Option<transport::tls::TlsAcceptor>,
+    tx: mpsc::Sender<Batch>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let label = if tls.is_some() { "tls" } else { "tcp" };
     let slots = Arc::new(Semaphore::new(settings.max_sessions));
     let mut connections = JoinSet::new();
     loop {
@@ -352,34 +382,73 @@ pub async fn serve_tcp(
         let (stream, peer) = match accepted {
             Ok(c) => c,
             Err(e) => {
-                warn!("TCP accept failed: {e}");
+                warn!("{label} accept failed: {e}");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             }
         };
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-            warn!(%peer, limit = settings.max_sessions, "TCP session limit reached, refusing");
+            warn!(%peer, limit = settings.max_sessions, "{label} session limit reached, refusing");
             drop(stream);
             continue;
         };
         let tx = tx.clone();
         let config = settings.session.clone();
         let shutdown = shutdown.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
-            let gauge = metrics::gauge!("poolflow_collector_sessions_active", "transport" => "tcp");
-            gauge.increment(1.0);
-            info!(%peer, "TCP transport session opened");
-            let reason = tcp_session(stream, peer, config, tx, shutdown).await;
-            info!(%peer, "TCP transport session closed: {reason}");
-            gauge.decrement(1.0);
+            let reason = match tls {
+                None => session_with_gauge(stream, peer, label, config, tx, shutdown).await,
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                    match handshake {
+                        Ok(Ok(stream)) => {
+                            session_with_gauge(stream, peer, label, config, tx, shutdown).await
+                        }
+                        Ok(Err(e)) => {
+                            let reason = transport::tls::handshake_failure_reason(&e);
+                            transport::tls::count_handshake_failure(peer, reason, &e.to_string());
+                            None
+                        }
+                        Err(_) => {
+                            transport::tls::count_handshake_failure(
+                                peer,
+                                "timeout",
+                                &format!("not finished in {TLS_HANDSHAKE_TIMEOUT:?}"),
+                            );
+                            None
+                        }
+                    }
+                }
+            };
+            if let Some(reason) = reason {
+                info!(%peer, "{label} transport session closed: {reason}");
+            }
             drop(permit);
         });
     }
     while connections.join_next().await.is_some() {}
 }
 
-async fn tcp_session(
-    stream: TcpStream,
+async fn session_with_gauge<S: AsyncRead + Unpin>(
+    stream: S,
+    peer: SocketAddr,
+    label: &'static str,
+    config: SessionConfig,
+    tx: mpsc::Sender<Batch>,
+    shutdown: watch::Receiver<bool>,
+) -> Option<String> {
+    let gauge = metrics::gauge!("poolflow_collector_sessions_active", "transport" => label);
+    gauge.increment(1.0);
+    info!(%peer, "{label} transport session opened");
+    let reason = tcp_session(stream, peer, config, tx, shutdown).await;
+    gauge.decrement(1.0);
+    Some(reason)
+}
+
+async fn tcp_session<S: AsyncRead + Unpin>(
+    stream: S,
     peer: SocketAddr,
     config: SessionConfig,
     tx: mpsc::Sender<Batch>,

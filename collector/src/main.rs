@@ -90,6 +90,10 @@ struct RunArgs {
     /// TCP address to accept on (repeatable; replaces the file's list).
     #[arg(long = "tcp", value_name = "ADDR")]
     tcp_listen: Vec<SocketAddr>,
+    /// TCP address for IPFIX over TLS (repeatable; replaces the file's list;
+    /// needs `[tls]` in the file).
+    #[arg(long = "tls", value_name = "ADDR")]
+    tls_listen: Vec<SocketAddr>,
     /// UDP address for IPFIX over SCTP over UDP (repeatable; replaces the file's list).
     #[arg(long = "sctp", value_name = "ADDR")]
     sctp_listen: Vec<SocketAddr>,
@@ -187,6 +191,9 @@ fn run(args: RunArgs) -> Result<()> {
     if !args.tcp_listen.is_empty() {
         config.tcp_listen = args.tcp_listen;
     }
+    if !args.tls_listen.is_empty() {
+        config.tls_listen = args.tls_listen;
+    }
     if !args.sctp_listen.is_empty() {
         config.sctp_listen = args.sctp_listen;
     }
@@ -227,6 +234,9 @@ fn run(args: RunArgs) -> Result<()> {
         }
         for addr in &collector.tcp_addrs {
             println!("listening tcp {addr}");
+        }
+        for addr in &collector.tls_addrs {
+            println!("listening tls {addr}");
         }
         for addr in &collector.sctp_addrs {
             println!("listening sctp-over-udp {addr}");

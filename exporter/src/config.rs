@@ -49,6 +49,44 @@ pub struct StreamConfig {
     /// Records nobody bills from: PR-SCTP instead of cookies and replay.
     #[serde(default)]
     pub best_effort: BestEffortConfig,
+    /// TLS to the collectors (framed TCP only): when set, every data
+    /// connection is TLS and collectors advertising SCTP are not used.
+    #[serde(default)]
+    pub tls: Option<DataTlsConfig>,
+}
+
+/// `[tls]`: the pool users' side of TLS on framed TCP (docs/tls.md).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DataTlsConfig {
+    /// The CA that signed the collectors' certificates (the only one trusted).
+    pub ca_file: PathBuf,
+    /// Our certificate, for collectors with `client_ca_file`; needs
+    /// `private_key_file`.
+    pub certificate_file: Option<PathBuf>,
+    /// Its key (refused when group or others may read it).
+    pub private_key_file: Option<PathBuf>,
+    /// The name every collector's certificate carries; absent: each
+    /// collector's advertised IP address (as an IP subjectAltName).
+    pub server_name: Option<String>,
+}
+
+impl DataTlsConfig {
+    pub fn stream_tls(&self) -> anyhow::Result<transport::tls::StreamTls> {
+        let identity = match (&self.certificate_file, &self.private_key_file) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            (None, None) => None,
+            _ => bail!("`tls.certificate_file` and `tls.private_key_file` go together"),
+        };
+        let files = transport::tls::ClientTlsFiles {
+            ca_file: self.ca_file.clone(),
+            identity,
+        };
+        Ok(transport::tls::StreamTls::client(
+            &files,
+            self.server_name.as_deref(),
+        )?)
+    }
 }
 
 /// `[best_effort]`: which records are not billing records and how they go
@@ -332,6 +370,12 @@ impl StreamConfig {
             registrars: self.registrar_addresses()?,
             state_file: crate::sequence::StateFile::new(&self.state_file),
             transport,
+            data_tls: self
+                .tls
+                .as_ref()
+                .map(DataTlsConfig::stream_tls)
+                .transpose()
+                .context("[tls]")?,
             cache_lifetime: Duration::from_millis(t.cache_lifetime_ms),
             registrar_request_timeout: Duration::from_millis(t.registrar_request_timeout_ms),
             exit_drain_timeout,
@@ -404,6 +448,45 @@ mod tests {
             config.relay_template_file(),
             PathBuf::from("/var/lib/poolflow/exporter.templates")
         );
+    }
+
+    /// The commented-out `[tls]` keys of the example are the code's keys.
+    #[test]
+    fn the_example_tls_section_parses_when_uncommented() {
+        let text = include_str!("../exporter.toml.example");
+        let mut enabled = String::new();
+        let mut in_tls = false;
+        for line in text.lines() {
+            if line == "# [tls]" {
+                in_tls = true;
+            }
+            if line.starts_with('[') {
+                in_tls = false;
+            }
+            let key = line.trim_start_matches("# ");
+            let is_key = in_tls && (key == "[tls]" || key.contains(" = "));
+            enabled.push_str(if is_key { key } else { line });
+            enabled.push('\n');
+        }
+        let config = StreamConfig::parse(&enabled).unwrap();
+        let tls = config.tls.expect("[tls] parsed");
+        assert_eq!(
+            tls.ca_file,
+            PathBuf::from("/etc/poolflow/collectors-ca.pem")
+        );
+        assert!(tls.certificate_file.is_some() && tls.private_key_file.is_some());
+        assert_eq!(
+            tls.server_name.as_deref(),
+            Some("collectors.billing.example")
+        );
+        // Reading the files is where a missing one is named.
+        let err = tls.stream_tls().unwrap_err();
+        assert!(format!("{err:#}").contains("collectors-ca.pem"), "{err:#}");
+        let half = DataTlsConfig {
+            private_key_file: None,
+            ..tls
+        };
+        assert!(half.stream_tls().is_err());
     }
 
     #[test]

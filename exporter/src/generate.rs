@@ -17,6 +17,19 @@ pub enum GenerateTransport {
     /// SCTP over UDP (RFC 6951); `target` is the collector's UDP address,
     /// its SCTP port is the IPFIX port 4739.
     Sctp,
+    /// TLS over TCP (RFC 7011 section 11) to a collector's `tls_listen`;
+    /// needs [`GenerateConfig::tls`].
+    Tls,
+}
+
+/// TLS settings of `--transport tls`.
+#[derive(Debug, Clone)]
+pub struct GenerateTls {
+    /// The CA the collector's certificate must chain to, and our own
+    /// certificate and key for a collector that asks for one.
+    pub files: transport::tls::ClientTlsFiles,
+    /// Name the collector's certificate must carry; `None`: its IP address.
+    pub server_name: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -34,6 +47,8 @@ pub struct GenerateConfig {
     pub template_refresh: Duration,
     /// Number of the first synthetic record, so runs can continue a series.
     pub first_record: u64,
+    /// For [`GenerateTransport::Tls`].
+    pub tls: Option<GenerateTls>,
 }
 
 /// What a run did.
@@ -56,6 +71,7 @@ enum Sink {
     Udp(UdpBatcher),
     Tcp(TcpSink),
     Sctp(Box<SctpSink>),
+    Tls(Box<std::io::BufWriter<crate::tls::TlsStream>>),
 }
 
 /// IPFIX over SCTP (RFC 7011 section 10.2): templates and data reliable and
@@ -253,6 +269,7 @@ impl Sink {
             Sink::Udp(s) => s.push(bytes),
             Sink::Tcp(s) => s.send(bytes, records),
             Sink::Sctp(s) => s.send(bytes, records),
+            Sink::Tls(s) => Ok(s.write_all(bytes)?),
         }
     }
 
@@ -264,6 +281,7 @@ impl Sink {
             // The association's driver sends at once. (This used to close the
             // association, so a paced SCTP run ended at its first pause.)
             Sink::Sctp(_) => Ok(()),
+            Sink::Tls(s) => Ok(s.flush()?),
         }
     }
 
@@ -275,6 +293,9 @@ impl Sink {
             Sink::Udp(s) => s.flush().map(|()| sent),
             Sink::Tcp(s) => s.close(),
             Sink::Sctp(s) => s.close(),
+            // close_notify sent and the collector's close awaited: TLS
+            // over TCP delivered everything before it.
+            Sink::Tls(s) => crate::tls::close(s).map(|()| sent),
         }
     }
 }
@@ -402,6 +423,16 @@ pub fn generate(config: &GenerateConfig, mut progress: impl FnMut(u64)) -> Resul
             })
         }
         GenerateTransport::Sctp => Sink::Sctp(Box::new(SctpSink::connect(config.target)?)),
+        GenerateTransport::Tls => {
+            let tls = config
+                .tls
+                .as_ref()
+                .context("--transport tls needs --ca-file")?;
+            Sink::Tls(Box::new(std::io::BufWriter::with_capacity(
+                256 * 1024,
+                crate::tls::connect(config.target, tls)?,
+            )))
+        }
     };
     let template = flow_template();
     let base_millis = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
@@ -428,7 +459,10 @@ pub fn generate(config: &GenerateConfig, mut progress: impl FnMut(u64)) -> Resul
         let refresh = match (config.transport, last_template) {
             (_, None) => true,
             (GenerateTransport::Udp, Some(t)) => t.elapsed() >= config.template_refresh,
-            (GenerateTransport::Tcp | GenerateTransport::Sctp, Some(_)) => false,
+            (
+                GenerateTransport::Tcp | GenerateTransport::Sctp | GenerateTransport::Tls,
+                Some(_),
+            ) => false,
         };
         if refresh {
             writer.add_template(&template)?;

@@ -1,7 +1,8 @@
 //! The poolflow exporter: an RSerPool pool user that streams IPFIX to the
 //! collector pool with lossless failover and failback.
 //!
-//! - [`generate`]: the synthetic load generator (one collector, no pool).
+//! - [`generate`]: the synthetic load generator (one collector, no pool);
+//!   [`tls`] is its TLS client.
 //! - [`relay`]: `exporter relay`, routers' IPFIX and NetFlow v9 into the
 //!   pool.
 //! - [`pool_user`]: the sans-IO pool user core: record sequences, cookies,
@@ -20,3 +21,4 @@ pub mod relay;
 pub mod replay;
 pub mod sequence;
 pub mod stream;
+pub mod tls;

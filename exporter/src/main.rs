@@ -98,6 +98,21 @@ struct GenerateArgs {
     /// Number of the first synthetic record.
     #[arg(long, default_value_t = 0)]
     first_record: u64,
+    /// `--transport tls`: PEM file of the CA that signed the collector's
+    /// certificate (the only CA trusted).
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// `--transport tls`: our certificate (PEM) for a collector that asks
+    /// for one (`client_ca_file`); needs --client-key.
+    #[arg(long, value_name = "FILE", requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// `--transport tls`: the private key (PEM, mode 600) of --client-cert.
+    #[arg(long, value_name = "FILE", requires = "client_cert")]
+    client_key: Option<PathBuf>,
+    /// `--transport tls`: the name the collector's certificate must carry
+    /// (default: the IP address of --to).
+    #[arg(long)]
+    server_name: Option<String>,
 }
 
 fn main() -> Result<()> {
@@ -120,6 +135,7 @@ fn main() -> Result<()> {
                 message_size: a.message_size,
                 template_refresh: Duration::from_secs(a.template_refresh_secs),
                 first_record: a.first_record,
+                tls: generate_tls(&a)?,
             };
             let report = generate(&config, |sent| {
                 // Handed to the transport, not yet acknowledged: the final
@@ -137,6 +153,30 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The TLS settings of `generate`: `--ca-file` is required with
+/// `--transport tls` and meaningless without it.
+fn generate_tls(a: &GenerateArgs) -> Result<Option<exporter::generate::GenerateTls>> {
+    let tls_flag_given = a.ca_file.is_some() || a.client_cert.is_some() || a.server_name.is_some();
+    if a.transport != GenerateTransport::Tls {
+        anyhow::ensure!(
+            !tls_flag_given,
+            "--ca-file, --client-cert, --client-key and --server-name need --transport tls"
+        );
+        return Ok(None);
+    }
+    let ca_file = a
+        .ca_file
+        .clone()
+        .context("--transport tls needs --ca-file (the CA of the collector's certificate)")?;
+    Ok(Some(exporter::generate::GenerateTls {
+        files: transport::tls::ClientTlsFiles {
+            ca_file,
+            identity: a.client_cert.clone().zip(a.client_key.clone()),
+        },
+        server_name: a.server_name.clone(),
+    }))
 }
 
 fn stream(args: StreamArgs) -> Result<()> {

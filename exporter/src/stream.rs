@@ -80,6 +80,9 @@ pub struct StreamSettings {
     /// Transport timers for data and registrar associations (kind and
     /// port are set per peer).
     pub transport: transport::Config,
+    /// TLS on every data connection (framed TCP); never on the registrar
+    /// associations, which `transport` also configures.
+    pub data_tls: Option<transport::tls::StreamTls>,
     /// PU cache lifetime.
     pub cache_lifetime: Duration,
     /// T1-ENRPrequest.
@@ -511,7 +514,8 @@ impl Driver<'_> {
             }
             Output::Connect { association, pe } => {
                 let events = self.events_tx.clone();
-                let base = self.settings.transport.clone();
+                let mut base = self.settings.transport.clone();
+                base.tls = self.settings.data_tls.clone();
                 tokio::spawn(run_association(association, pe, base, events));
             }
             Output::Send {
@@ -635,6 +639,15 @@ pub fn data_transport(
         .ok_or_else(|| anyhow!("PE {:#010x} advertises no address", pe.pe_id))?;
     let mut config = base.clone();
     match ut.kind {
+        // RFC 5354's transport parameters cannot say "TLS": with `[tls]` the
+        // exporter takes TCP PEs as TLS ones and will not fall back to
+        // SCTP in the clear.
+        AsapTransportKind::Sctp(_) if config.tls.is_some() => {
+            return Err(anyhow!(
+                "PE {:#010x} advertises SCTP, but [tls] allows only TLS over framed TCP",
+                pe.pe_id
+            ));
+        }
         AsapTransportKind::Sctp(_) => {
             config.transport = TransportKind::SctpOverUdp;
             config.sctp_port = ut.port;

@@ -238,6 +238,7 @@ async fn failover_and_failback_lose_and_duplicate_nothing() {
         registrars: vec![RegistrarAddress::sctp_over_udp(registrar_addr)],
         state_file: StateFile::new(dir.path().join("exporter.state")),
         transport,
+        data_tls: None,
         cache_lifetime: Duration::from_millis(200),
         registrar_request_timeout: Duration::from_secs(1),
         exit_drain_timeout: Duration::from_secs(10),

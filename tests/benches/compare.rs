@@ -348,6 +348,8 @@ impl Bench {
                     GenerateTransport::Sctp => {
                         cmd.args(["--no-udp", "--no-tcp", "--sctp", &listen])
                     }
+                    // Not compared: the other collectors here take no TLS.
+                    GenerateTransport::Tls => unreachable!("TLS is not part of the comparison"),
                 };
                 let mut child = cmd
                     .env("RUST_LOG", "warn")
@@ -611,6 +613,7 @@ fn send(
             message_size: 1400,
             template_refresh: Duration::from_secs(1),
             first_record: 0,
+            tls: None,
         },
         |_| {},
     )
@@ -652,7 +655,9 @@ fn exporter_rate(transport: GenerateTransport, secs: f64) -> f64 {
             });
             addr
         }
-        GenerateTransport::Sctp => unreachable!("measured against the collector"),
+        GenerateTransport::Sctp | GenerateTransport::Tls => {
+            unreachable!("measured against the collector")
+        }
     };
     send(target, transport, records, None).records_per_sec()
 }

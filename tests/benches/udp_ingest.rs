@@ -50,6 +50,7 @@ fn main() {
                 message_size: 1400,
                 template_refresh: Duration::from_secs(1),
                 first_record: 0,
+                tls: None,
             },
             |_| {},
         )

@@ -20,6 +20,7 @@ pub mod kernel_sctp;
 mod sctp_udp;
 mod sctp_wire;
 pub mod tcp;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -85,6 +86,9 @@ pub struct Config {
     /// `net.sctp.udp_port` is set here, but the kernel-VM test still crashed the guest in 2
     /// of 8 boots with GSO on (0 of 14 with it off), so that guard alone is not enough.
     pub udp_segmentation_offload: bool,
+    /// TCP only: TLS around the framed stream (RFC 7011 section 11), see
+    /// [`tls::StreamTls`]. Other transports refuse to bind or connect with it.
+    pub tls: Option<tls::StreamTls>,
 }
 
 impl Default for Config {
@@ -105,11 +109,20 @@ impl Default for Config {
             receive_queue_len: 4096,
             connect_timeout: Duration::from_secs(10),
             udp_segmentation_offload: true,
+            tls: None,
         }
     }
 }
 
 impl Config {
+    /// TLS is offered on TCP only (DTLS for SCTP is not implemented).
+    fn check_tls(&self) -> Result<(), TransportError> {
+        if self.tls.is_some() && self.transport != TransportKind::Tcp {
+            return Err(TransportError::Unsupported("TLS is offered on TCP only"));
+        }
+        Ok(())
+    }
+
     /// Aggressive settings for sub-second failover on a LAN or loopback.
     pub fn fast_failure_detection(transport: TransportKind) -> Self {
         Config {
@@ -255,6 +268,7 @@ enum EndpointInner {
 impl Endpoint {
     /// Listens on `local` (port 0 picks a free port) for the configured transport.
     pub async fn bind(config: Config, local: SocketAddr) -> Result<Endpoint, TransportError> {
+        config.check_tls()?;
         let inner = match config.transport {
             TransportKind::SctpOverUdp => {
                 EndpointInner::SctpOverUdp(sctp_udp::SctpUdpEndpoint::bind(config, local, true)?)
@@ -297,6 +311,7 @@ impl Endpoint {
 
 /// Opens an association to `remote` from a fresh ephemeral socket.
 pub async fn connect(config: Config, remote: SocketAddr) -> Result<Association, TransportError> {
+    config.check_tls()?;
     match config.transport {
         TransportKind::SctpOverUdp => {
             let local: SocketAddr = if remote.is_ipv4() {

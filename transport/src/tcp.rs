@@ -19,9 +19,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::tls::StreamTls;
 
 use crate::{
     Association, AssociationSender, Config, DownReason, Event, FailureReason, Message, Reliability,
@@ -43,15 +46,28 @@ pub fn encode_frame(message: &Message, out: &mut BytesMut) {
     out.put_slice(&message.payload);
 }
 
+/// TLS handshakes in progress at one listener; a connection past this is
+/// closed at once (counted), so handshake floods cannot exhaust memory.
+const MAX_PENDING_HANDSHAKES: usize = 64;
+
+type Handshake = Option<(tokio_rustls::server::TlsStream<TcpStream>, SocketAddr)>;
+
 pub(crate) struct TcpEndpoint {
     config: Config,
     listener: TcpListener,
+    /// With TLS: handshakes run as tasks, so a slow client does not hold up
+    /// the others.
+    handshakes: JoinSet<Handshake>,
 }
 
 impl TcpEndpoint {
     pub(crate) async fn bind(config: Config, local: SocketAddr) -> Result<Self, TransportError> {
         let listener = TcpListener::bind(local).await?;
-        Ok(TcpEndpoint { config, listener })
+        Ok(TcpEndpoint {
+            config,
+            listener,
+            handshakes: JoinSet::new(),
+        })
     }
 
     pub(crate) fn local_addr(&self) -> SocketAddr {
@@ -60,17 +76,89 @@ impl TcpEndpoint {
             .expect("a bound listener has an address")
     }
 
+    /// Cancel-safe: an accepted connection or finished handshake is never
+    /// lost when the caller drops this future.
     pub(crate) async fn accept(&mut self) -> Option<Association> {
         loop {
-            match self.listener.accept().await {
-                Ok((stream, remote)) => match start(&self.config, stream, remote) {
-                    Ok(association) => return Some(association),
-                    Err(error) => tracing::warn!("TCP association from {remote} failed: {error}"),
-                },
+            let accepted = tokio::select! {
+                accepted = self.listener.accept() => accepted,
+                Some(done) = self.handshakes.join_next(), if !self.handshakes.is_empty() => {
+                    if let Ok(Some((stream, remote))) = done {
+                        let (read_half, write_half) = tokio::io::split(stream);
+                        match start(&self.config, read_half, write_half, remote) {
+                            Ok(association) => return Some(association),
+                            Err(error) => tracing::warn!("TLS association from {remote} failed: {error}"),
+                        }
+                    }
+                    continue;
+                }
+            };
+            let (stream, remote) = match accepted {
+                Ok(accepted) => accepted,
                 Err(error) => {
                     // Typically EMFILE: back off instead of spinning.
                     tracing::warn!("TCP accept failed: {error}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if let Err(error) = prepare(&stream, &self.config) {
+                tracing::warn!("TCP association from {remote} failed: {error}");
+                continue;
+            }
+            match &self.config.tls {
+                Some(StreamTls::Server(acceptor)) => {
+                    if self.handshakes.len() >= MAX_PENDING_HANDSHAKES {
+                        crate::tls::count_handshake_failure(
+                            remote,
+                            "too_many_handshakes",
+                            &format!("{MAX_PENDING_HANDSHAKES} handshakes already pending"),
+                        );
+                        continue;
+                    }
+                    let acceptor = acceptor.clone();
+                    let timeout = self.config.connect_timeout;
+                    self.handshakes.spawn(async move {
+                        match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(stream)) => {
+                                let (_, session) = stream.get_ref();
+                                tracing::info!(
+                                    peer = %remote,
+                                    version = ?session.protocol_version(),
+                                    suite = ?session.negotiated_cipher_suite().map(|s| s.suite()),
+                                    client_certificate = session.peer_certificates().is_some(),
+                                    "TLS session established"
+                                );
+                                Some((stream, remote))
+                            }
+                            Ok(Err(error)) => {
+                                let reason = crate::tls::handshake_failure_reason(&error);
+                                crate::tls::count_handshake_failure(
+                                    remote,
+                                    reason,
+                                    &error.to_string(),
+                                );
+                                None
+                            }
+                            Err(_) => {
+                                crate::tls::count_handshake_failure(
+                                    remote,
+                                    "timeout",
+                                    &format!("not finished in {timeout:?}"),
+                                );
+                                None
+                            }
+                        }
+                    });
+                }
+                _ => {
+                    let (read_half, write_half) = stream.into_split();
+                    match start(&self.config, read_half, write_half, remote) {
+                        Ok(association) => return Some(association),
+                        Err(error) => {
+                            tracing::warn!("TCP association from {remote} failed: {error}")
+                        }
+                    }
                 }
             }
         }
@@ -85,21 +173,54 @@ pub(crate) async fn connect(
     config: &Config,
     remote: SocketAddr,
 ) -> Result<Association, TransportError> {
-    let stream = tokio::time::timeout(config.connect_timeout, TcpStream::connect(remote))
+    let deadline = tokio::time::Instant::now() + config.connect_timeout;
+    let stream = tokio::time::timeout_at(deadline, TcpStream::connect(remote))
         .await
         .map_err(|_| TransportError::ConnectTimeout(config.connect_timeout))?
         .map_err(|e| TransportError::ConnectFailed(e.to_string()))?;
-    start(config, stream, remote)
+    prepare(&stream, config)?;
+    match &config.tls {
+        Some(StreamTls::Client {
+            connector,
+            server_name,
+        }) => {
+            let name = server_name
+                .clone()
+                .unwrap_or_else(|| rustls::pki_types::ServerName::IpAddress(remote.ip().into()));
+            let stream = tokio::time::timeout_at(deadline, connector.connect(name, stream))
+                .await
+                .map_err(|_| TransportError::ConnectTimeout(config.connect_timeout))?
+                .map_err(|e| {
+                    TransportError::ConnectFailed(format!("TLS handshake with {remote}: {e}"))
+                })?;
+            let (read_half, write_half) = tokio::io::split(stream);
+            start(config, read_half, write_half, remote)
+        }
+        _ => {
+            let (read_half, write_half) = stream.into_split();
+            start(config, read_half, write_half, remote)
+        }
+    }
 }
 
-fn start(
-    config: &Config,
-    stream: TcpStream,
-    remote: SocketAddr,
-) -> Result<Association, TransportError> {
+/// Socket options of every connection, set before TLS wraps it.
+fn prepare(stream: &TcpStream, config: &Config) -> Result<(), TransportError> {
     stream.set_nodelay(true)?;
-    set_keepalive(&stream, config);
-    let (read_half, write_half) = stream.into_split();
+    set_keepalive(stream, config);
+    Ok(())
+}
+
+/// Starts the reader and writer tasks of a connection (plain or TLS).
+fn start<R, W>(
+    config: &Config,
+    read_half: R,
+    write_half: W,
+    remote: SocketAddr,
+) -> Result<Association, TransportError>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let (events_tx, events) = mpsc::channel(config.receive_queue_len.max(1));
     let (frames_tx, frames_rx) = mpsc::channel(WRITE_QUEUE);
     let closing_locally = Arc::new(AtomicBool::new(false));
@@ -176,8 +297,8 @@ impl TcpSender {
     }
 }
 
-async fn write_frames(
-    write_half: tokio::net::tcp::OwnedWriteHalf,
+async fn write_frames<W: AsyncWrite + Unpin>(
+    write_half: W,
     mut commands: mpsc::Receiver<WriterCommand>,
 ) {
     let mut writer = BufWriter::with_capacity(64 * 1024, write_half);
@@ -201,8 +322,8 @@ async fn write_frames(
     let _ = writer.shutdown().await;
 }
 
-async fn read_frames(
-    read_half: tokio::net::tcp::OwnedReadHalf,
+async fn read_frames<R: AsyncRead + Unpin>(
+    read_half: R,
     writer: mpsc::WeakSender<WriterCommand>,
     events: mpsc::Sender<Event>,
     max_message_size: usize,
