@@ -37,6 +37,11 @@ pub struct StreamConfig {
     /// Prometheus endpoint, e.g. "127.0.0.1:9466"; none if absent.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// The pool's cookie public keys (PEM, `openssl pkey -pubout`): every
+    /// cookie must be signed (version 2) by one of them, or it is refused
+    /// and its collector avoided. Empty: cookies are trusted unchecked.
+    #[serde(default)]
+    pub cookie_public_key_files: Vec<PathBuf>,
     /// Replay buffer.
     #[serde(default)]
     pub buffer: BufferConfig,
@@ -216,6 +221,8 @@ pub struct TimersConfig {
     /// Use sub-second SCTP failure detection (heartbeat 50 ms, RTO ≤ 100 ms)
     /// on the data association instead of RFC 9260 defaults.
     pub fast_failure_detection: bool,
+    /// A collector whose cookie was refused is not used again for this long.
+    pub untrusted_pe_ms: u64,
 }
 
 impl Default for TimersConfig {
@@ -231,6 +238,7 @@ impl Default for TimersConfig {
             cache_lifetime_ms: 30_000,
             registrar_request_timeout_ms: 2_000,
             fast_failure_detection: true,
+            untrusted_pe_ms: 86_400_000,
         }
     }
 }
@@ -301,8 +309,10 @@ impl StreamConfig {
             transport::Config::default()
         };
         transport.connect_timeout = Duration::from_millis(t.connect_timeout_ms);
+        let mut exporter = self.exporter_config();
+        exporter.cookie_keys = self.cookie_keys()?;
         Ok(crate::stream::StreamSettings {
-            exporter: self.exporter_config(),
+            exporter,
             templates,
             pool_handle: protocol::rserpool::PoolHandle(self.pool_handle.as_bytes().to_vec()),
             registrars: self.registrar_addresses()?,
@@ -335,7 +345,27 @@ impl StreamConfig {
             },
             best_effort_lifetime: Duration::from_millis(self.best_effort.lifetime_ms),
             best_effort_queue: self.best_effort.queue_records,
+            cookie_keys: None,
+            untrusted_for: Duration::from_millis(t.untrusted_pe_ms),
         }
+    }
+
+    /// The public keys of `cookie_public_key_files`, read and parsed;
+    /// `None` when the list is empty.
+    pub fn cookie_keys(&self) -> anyhow::Result<Option<protocol::billing::CookieKeys>> {
+        if self.cookie_public_key_files.is_empty() {
+            return Ok(None);
+        }
+        let mut keys = protocol::billing::CookieKeys::default();
+        for path in &self.cookie_public_key_files {
+            let pem = std::fs::read_to_string(path)
+                .with_context(|| format!("reading `cookie_public_key_files` {}", path.display()))?;
+            keys.add_public_key(
+                protocol::signing::verifying_key_from_pem(&pem)
+                    .with_context(|| format!("in `cookie_public_key_files` {}", path.display()))?,
+            );
+        }
+        Ok(Some(keys))
     }
 }
 
