@@ -388,6 +388,8 @@ mod tests {
         assert_eq!(core.cookie_timeout, Duration::from_secs(5));
         assert_eq!(core.replay.memory_records, 200_000);
         assert!(core.replay.spill_dir.is_some());
+        assert_eq!(config.cookie_public_key_files.len(), 2);
+        assert_eq!(core.untrusted_for, Duration::from_secs(86_400));
         assert_eq!(config.relay.udp_listen.len(), 2);
         assert_eq!(config.relay.tcp_listen.len(), 1);
         config.relay.check().unwrap();
@@ -442,5 +444,53 @@ mod tests {
         assert!(StreamConfig::parse(&format!("{minimal}\ncookie_timeout = 1")).is_err());
         let udp = minimal.replace("tcp:", "udp:");
         assert!(StreamConfig::parse(&udp).is_err(), "no UDP to registrars");
+    }
+
+    #[test]
+    fn cookie_public_keys_are_read_from_pem_files() {
+        use protocol::signing::{SigningKey, key_id, verifying_key_to_pem};
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = Vec::new();
+        let mut ids = Vec::new();
+        for seed in [1u8, 2] {
+            let key = SigningKey::from_bytes(&[seed; 32]).verifying_key();
+            let path = dir.path().join(format!("c{seed}.pub"));
+            std::fs::write(&path, verifying_key_to_pem(&key)).unwrap();
+            files.push(format!("{path:?}"));
+            ids.push(key_id(&key));
+        }
+        ids.sort();
+        let minimal = r#"
+            exporter_id = 7
+            pool_handle = "p"
+            registrars = ["tcp:127.0.0.1:3863"]
+            state_file = "s"
+        "#;
+        assert!(
+            StreamConfig::parse(minimal)
+                .unwrap()
+                .cookie_keys()
+                .unwrap()
+                .is_none()
+        );
+        let with = format!(
+            "cookie_public_key_files = [{}]\n{minimal}",
+            files.join(", ")
+        );
+        let keys = StreamConfig::parse(&with)
+            .unwrap()
+            .cookie_keys()
+            .unwrap()
+            .unwrap();
+        assert_eq!(keys.public_key_ids(), ids);
+        assert!(!keys.has_hmac_key());
+        let garbage = dir.path().join("garbage.pub");
+        std::fs::write(&garbage, "not a key").unwrap();
+        let bad = format!("cookie_public_key_files = [{garbage:?}]\n{minimal}");
+        let err = StreamConfig::parse(&bad)
+            .unwrap()
+            .cookie_keys()
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("garbage.pub"), "{err:#}");
     }
 }
