@@ -182,6 +182,10 @@ fn v2_layout_is_the_claims_then_key_id_then_an_ed25519_signature() {
     let id = key_id(&key.verifying_key());
     assert_eq!(&bytes[32..36], &id.to_be_bytes(), "key id");
     // Independent check of what is signed: context, then bytes 0..36.
+    assert_eq!(
+        SIGNATURE_CONTEXT, b"poolflow billing cookie v2\0",
+        "wire contract"
+    );
     let mut message = SIGNATURE_CONTEXT.to_vec();
     message.extend_from_slice(&bytes[..36]);
     let signature = protocol::signing::Signature::from_bytes(&bytes[36..100].try_into().unwrap());
