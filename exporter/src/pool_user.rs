@@ -10,10 +10,14 @@
 //! 2. [`Output::Connect`] → [`Exporter::handle_association_up`]: per domain a
 //!    Cookie Echo (the last cookie, or an introduction), the templates, then
 //!    every record from the cookie on (the replay), then new records.
-//! 3. ASAP Cookies (PPID 11) drop covered records from the replay buffers.
-//! 4. Failure (association ended, or no cookie progress for
-//!    `cookie_timeout` while records are outstanding) → Close,
-//!    [`Output::ReportUnreachable`], back to 1. Nothing reachable → wait
+//! 3. ASAP Cookies (PPID 11) drop covered records from the replay buffers,
+//!    once they pass every check (signature by a trusted key when
+//!    `cookie_keys` is set, this exporter, a known domain, nothing claimed
+//!    past what this association sent).
+//! 4. Failure (association ended, a refused cookie, or no cookie progress
+//!    for `cookie_timeout` while records are outstanding) → Close,
+//!    [`Output::ReportUnreachable`], back to 1. A PE whose cookie was
+//!    refused is neither selected nor failed back to for `untrusted_for`. Nothing reachable → wait
 //!    `retry_interval`, buffer meanwhile (back-pressure when full).
 //! 5. Failback (the PE has the Priority policy): every `failback_check`
 //!    [`Output::CheckFailback`]; a better PE → stop sending, wait for the
