@@ -14,6 +14,11 @@
 # backup). Finally `collector audit` checks across both stores that every
 # record of the stream is present exactly once, and prints its verdict.
 #
+# The pool is closed (docs/security.md): a membership authority key is made
+# at start, the registrar accepts only PEs holding a certificate of it, and
+# each collector gets its own Ed25519 key and certificate
+# (`registrar issue-member`). Needs openssl.
+#
 # Usage: deploy/local-pool.sh [RECORDS] [RATE]      (default 150000 at 20000/s)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,6 +50,18 @@ for c in primary backup; do
   openssl pkey -in "$run/$c-cookie.pem" -pubout -out "$run/$c-cookie.pub"
 done
 
+say "pool membership: authority key and one key + certificate per collector"
+umask 077   # private keys: readable by us only (the daemons refuse others)
+openssl genpkey -algorithm ed25519 -out "$run/authority.key"
+openssl pkey -in "$run/authority.key" -pubout -out "$run/authority.pub"
+for c in primary backup; do
+  openssl genpkey -algorithm ed25519 -out "$run/$c-member.key"
+  openssl pkey -in "$run/$c-member.key" -pubout -out "$run/$c-member.pub"
+  "$bin/registrar" issue-member --authority-key "$run/authority.key" \
+    --pool billing-collectors --member-key "$run/$c-member.pub" --days 1 > "$run/$c-member.cert"
+done
+umask 022
+
 cat > "$run/registrar.toml" <<EOF
 [listen]
 tcp = ""
@@ -55,6 +72,11 @@ status = "127.0.0.1:$status_port"
 # removed after 300 ms more without an answer.
 keep_alive_period_ms = 200
 keep_alive_timeout_ms = 300
+[membership]
+max_clock_skew_ms = 60000
+[membership.authority_key_files]
+# Closed pool: only collectors with a certificate of this authority join.
+"billing-collectors" = ["$run/authority.pub"]
 EOF
 
 collector_config() { # name port priority
@@ -70,6 +92,8 @@ policy = "priority"
 priority = $3
 cookie_signing_key_file = "$run/$1-cookie.pem"
 cookie_verify_key_files = ["$run/primary-cookie.pub", "$run/backup-cookie.pub"]
+member_key_file = "$run/$1-member.key"
+member_certificate_file = "$run/$1-member.cert"
 registration_lifetime_ms = 60000
 reregistration_interval_ms = 20000
 EOF
@@ -153,9 +177,10 @@ for c in primary backup; do
   echo "-- $c"; "$bin/collector" stats --database "$run/$c.sqlite"
 done
 
-say "audit across both stores"
+say "audit across both stores, against the exporter's own account (state file)"
 set +e
-"$bin/collector" audit --database "$run/primary.sqlite" --database "$run/backup.sqlite"
+"$bin/collector" audit --database "$run/primary.sqlite" --database "$run/backup.sqlite" \
+  --exporter-state "$run/exporter.state"
 verdict=$?
 set -e
 echo "(files and logs in $run; primary killed at $killed_at)"

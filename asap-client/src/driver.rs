@@ -23,7 +23,9 @@ use tokio::task::JoinHandle;
 use transport::{AssociationSender, Event, TransportKind};
 
 use crate::RegistrarIndex;
-use crate::pool_element::{ConfigError, PeState, PoolElement, PoolElementConfig};
+use crate::pool_element::{
+    ConfigError, MemberCredentials, PeState, PoolElement, PoolElementConfig,
+};
 use crate::pool_element::{Input as PeInput, Output as PeOutput, RegistrationFailure};
 use crate::pool_user::{CacheMiss, PoolElementInfo, PoolUser, PoolUserConfig};
 use crate::pool_user::{Input as PuInput, Output as PuOutput, ResolutionError};
@@ -277,7 +279,8 @@ pub enum PeStatus {
 /// [`PoolElementHandle::shutdown`] waits for that.
 pub struct PoolElementHandle {
     shutdown_tx: Option<oneshot::Sender<()>>,
-    policy_tx: mpsc::UnboundedSender<PolicyParams>,
+    /// Policy and membership updates (PE inputs from the daemon).
+    policy_tx: mpsc::UnboundedSender<PeInput>,
     status: watch::Receiver<PeStatus>,
     task: JoinHandle<PeStatus>,
 }
@@ -311,7 +314,15 @@ impl PoolElementHandle {
     /// Registers new policy parameters (same policy type) at once, e.g. a
     /// lower priority so pool users drain away before maintenance.
     pub fn update_policy(&self, policy: PolicyParams) {
-        let _ = self.policy_tx.send(policy);
+        let _ = self.policy_tx.send(PeInput::UpdatePolicy(policy));
+    }
+
+    /// Attaches new membership credentials (a reissued certificate) and
+    /// re-registers with them at once when registered.
+    pub fn update_membership(&self, membership: Option<MemberCredentials>) {
+        let _ = self
+            .policy_tx
+            .send(PeInput::UpdateMembership(membership.map(Box::new)));
     }
 
     /// Deregisters (bounded by the T3-deregistration timeout), closes the
@@ -358,7 +369,7 @@ async fn run_pool_element(
     mut links: Links,
     mut events: mpsc::Receiver<LinkEvent>,
     mut shutdown_rx: oneshot::Receiver<()>,
-    mut policy_rx: mpsc::UnboundedReceiver<PolicyParams>,
+    mut policy_rx: mpsc::UnboundedReceiver<PeInput>,
     status_tx: watch::Sender<PeStatus>,
 ) -> PeStatus {
     if let Some(last) = step_pool_element(&mut pe, &mut links, &status_tx, PeInput::Start).await {
@@ -382,7 +393,7 @@ async fn run_pool_element(
                 shutdown_requested = true;
                 PeInput::Shutdown
             }
-            Some(policy) = policy_rx.recv() => PeInput::UpdatePolicy(policy),
+            Some(update) = policy_rx.recv() => update,
             () = sleep_until(pe.poll_timeout()) => PeInput::Timer,
         };
         if let Some(last) = step_pool_element(&mut pe, &mut links, &status_tx, input).await {
@@ -399,7 +410,16 @@ async fn step_pool_element(
     status_tx: &watch::Sender<PeStatus>,
     input: PeInput,
 ) -> Option<PeStatus> {
-    for output in pe.on_event(Instant::now(), input) {
+    let now = Instant::now();
+    // Membership proofs are stamped with Unix time; a clock before 1970 is
+    // taken as 1970 (the registrar then refuses the stale proof).
+    pe.set_wall_clock(
+        now,
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default(),
+    );
+    for output in pe.on_event(now, input) {
         match output {
             PeOutput::Connect { registrar } => links.connect(registrar),
             PeOutput::Send { registrar, bytes } => links.send(registrar, bytes).await,

@@ -26,7 +26,7 @@ pub use driver::{
     PoolElementDriverConfig, PoolElementHandle, PoolUserClient, PoolUserDriverConfig,
     RegistrarAddress, RegistrarTransport, spawn_pool_element,
 };
-pub use pool_element::{PoolElement, PoolElementConfig};
+pub use pool_element::{MemberCredentials, PoolElement, PoolElementConfig};
 pub use pool_user::{PoolElementInfo, PoolUser, PoolUserConfig};
 
 /// Position of a registrar in the configured static registrar list.

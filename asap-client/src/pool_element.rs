@@ -21,7 +21,7 @@
 //!
 //! The user transport's Transport Use is whatever the caller configures;
 //! poolflow collectors want `DataPlusControl`, since ASAP Cookies travel on
-//! the data association (the cookie protocol in DESIGN.md). The ASAP
+//! the data association (docs/billing-continuity.md). The ASAP
 //! transport ([`PoolElementConfig::asap_transport`]) is optional (RFC 5354
 //! §3.10): it is where a registrar that took over this PE's home sends the
 //! Endpoint Keep Alive with the Home flag (RFC 5353 takeover procedure);
@@ -33,8 +33,9 @@
 //! * registration response wait: T2-registration (30 s); a Registration is
 //!   sent at most [`PoolElementConfig::max_registration_attempts`]
 //!   (MAX-REG-ATTEMPT, 2) times to one registrar before hunting for another;
-//! * deregistration response wait: T3-deregistration (30 s), bounded: the
-//!   shutdown completes unconfirmed when it expires;
+//! * deregistration response wait: T3-deregistration (2 s here; RFC 5352
+//!   suggests 30 s, too long for a daemon's stop when its registrar is
+//!   gone), bounded: the shutdown completes unconfirmed when it expires;
 //! * re-registration: [`PoolElementConfig::reregistration_interval`], at most
 //!   2/3 of the registration lifetime so a lost re-registration can be
 //!   retried before the registrar drops the PE;
@@ -46,7 +47,9 @@ use std::time::{Duration, Instant};
 
 use policies::PolicyParams;
 use protocol::rserpool::asap::Message;
+use protocol::rserpool::membership::{MemberCertificate, MembershipProof};
 use protocol::rserpool::{OperationError, PoolHandle, TransportAddress, TransportKind};
+use protocol::signing::SigningKey;
 
 use crate::{RegistrarIndex, selection_policy_from_params};
 
@@ -82,6 +85,19 @@ pub struct PoolElementConfig {
     pub connect_timeout: Duration,
     /// Pause after a whole round over the registrar list failed.
     pub server_hunt_pause: Duration,
+    /// Proof of membership of a closed pool: attached to every
+    /// Registration and Deregistration (see
+    /// `protocol::rserpool::membership`); `None` for open pools.
+    pub membership: Option<MemberCredentials>,
+}
+
+/// A member's key and the pool authority's certificate for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberCredentials {
+    /// The member's own Ed25519 key (signs each message).
+    pub key: SigningKey,
+    /// The authority's certificate binding that key to the pool.
+    pub certificate: MemberCertificate,
 }
 
 impl PoolElementConfig {
@@ -107,9 +123,10 @@ impl PoolElementConfig {
             registrar_count,
             registration_timeout: Duration::from_secs(30),
             max_registration_attempts: 2,
-            deregistration_timeout: Duration::from_secs(30),
+            deregistration_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(10),
             server_hunt_pause: Duration::from_secs(1),
+            membership: None,
         }
     }
 
@@ -186,6 +203,9 @@ pub enum Input {
     /// next registration. Same policy type only: a pool has one policy,
     /// and a registrar rejects a PE that disagrees.
     UpdatePolicy(PolicyParams),
+    /// New membership credentials (reissued certificate, rotated key):
+    /// re-registered at once when registered.
+    UpdateMembership(Option<Box<MemberCredentials>>),
 }
 
 /// What the PE asks the driver to do, or reports.
@@ -311,6 +331,9 @@ pub struct PoolElement {
     /// Registrar the next connect goes to: the list is walked in order,
     /// wrapping around.
     next_registrar: RegistrarIndex,
+    /// Wall clock at an instant, set by the driver: membership proofs are
+    /// timestamped in Unix time.
+    wall_clock: Option<(Instant, Duration)>,
 }
 
 impl PoolElement {
@@ -325,7 +348,25 @@ impl PoolElement {
             failures_in_round: 0,
             home_server_identifier: 0,
             next_registrar: 0,
+            wall_clock: None,
         })
+    }
+
+    /// Tells the PE the wall clock (since the Unix epoch) at `now`; the
+    /// driver calls it before each event. Needed only with membership.
+    pub fn set_wall_clock(&mut self, now: Instant, since_epoch: Duration) {
+        self.wall_clock = Some((now, since_epoch));
+    }
+
+    fn unix_millis(&self, now: Instant) -> u64 {
+        let wall = self.wall_clock.map_or(Duration::ZERO, |(at, wall)| {
+            if now >= at {
+                wall + (now - at)
+            } else {
+                wall.saturating_sub(at - now)
+            }
+        });
+        u64::try_from(wall.as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Current state.
@@ -365,6 +406,15 @@ impl PoolElement {
                 if self.deadline.is_some_and(|deadline| now >= deadline) {
                     self.deadline = None;
                     self.on_timer(now, &mut out);
+                }
+            }
+            Input::UpdateMembership(membership) => {
+                // A reissued certificate (or rotated key): re-register at
+                // once so the registrar holds the new proof.
+                self.config.membership = membership.map(|m| *m);
+                if let PeState::Registered { registrar } = self.state {
+                    self.attempts = 0;
+                    self.send_registration(now, registrar, &mut out);
                 }
             }
             Input::UpdatePolicy(policy) => {
@@ -428,17 +478,28 @@ impl PoolElement {
         }
     }
 
-    fn registration_message(&self) -> Vec<u8> {
+    fn registration_message(&self, now: Instant) -> Vec<u8> {
+        let pool_element = protocol::rserpool::PoolElement {
+            pe_identifier: self.config.pe_identifier,
+            home_enrp_server_identifier: self.home_server_identifier,
+            registration_life: self.config.lifetime_on_wire(),
+            user_transport: self.config.user_transport.clone(),
+            policy: selection_policy_from_params(&self.config.policy),
+            asap_transport: self.config.asap_transport.clone(),
+        };
+        let membership = self.config.membership.as_ref().map(|m| {
+            Box::new(MembershipProof::sign_registration(
+                &m.key,
+                &m.certificate,
+                &self.config.pool_handle,
+                &pool_element,
+                self.unix_millis(now),
+            ))
+        });
         Message::Registration {
             pool_handle: self.config.pool_handle.clone(),
-            pool_element: protocol::rserpool::PoolElement {
-                pe_identifier: self.config.pe_identifier,
-                home_enrp_server_identifier: self.home_server_identifier,
-                registration_life: self.config.lifetime_on_wire(),
-                user_transport: self.config.user_transport.clone(),
-                policy: selection_policy_from_params(&self.config.policy),
-                asap_transport: self.config.asap_transport.clone(),
-            },
+            pool_element,
+            membership,
         }
         .to_bytes()
     }
@@ -454,7 +515,7 @@ impl PoolElement {
         self.deadline = Some(now + self.config.registration_timeout);
         out.push(Output::Send {
             registrar,
-            bytes: self.registration_message(),
+            bytes: self.registration_message(now),
         });
     }
 
@@ -654,6 +715,15 @@ impl PoolElement {
                     bytes: Message::Deregistration {
                         pool_handle: self.config.pool_handle.clone(),
                         pe_identifier: self.config.pe_identifier,
+                        membership: self.config.membership.as_ref().map(|m| {
+                            Box::new(MembershipProof::sign_deregistration(
+                                &m.key,
+                                &m.certificate,
+                                &self.config.pool_handle,
+                                self.config.pe_identifier,
+                                self.unix_millis(now),
+                            ))
+                        }),
                     }
                     .to_bytes(),
                 });

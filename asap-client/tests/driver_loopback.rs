@@ -74,6 +74,7 @@ fn answer(state: &Mutex<Seen>, request: Message) -> Vec<Message> {
         Message::Registration {
             pool_handle,
             pool_element,
+            membership: _,
         } => {
             let pe_identifier = pool_element.pe_identifier;
             seen.handlespace.insert(pe_identifier, pool_element);
@@ -119,6 +120,7 @@ fn answer(state: &Mutex<Seen>, request: Message) -> Vec<Message> {
         Message::Deregistration {
             pool_handle,
             pe_identifier,
+            membership: _,
         } => {
             seen.handlespace.remove(&pe_identifier);
             seen.deregistrations.push(pe_identifier);

@@ -94,6 +94,7 @@ fn registration_carries_the_pe_and_is_confirmed() {
         Message::Registration {
             pool_handle,
             pool_element,
+            membership: _,
         },
     ] = &sent_to(&out, 0)[..]
     else {
@@ -430,7 +431,8 @@ fn shutdown_deregisters_and_waits_for_the_response() {
         sent_to(&out, 0),
         vec![Message::Deregistration {
             pool_handle: handle(),
-            pe_identifier: PE_ID
+            pe_identifier: PE_ID,
+            membership: None,
         }]
     );
     assert_eq!(pe.poll_timeout(), Some(t0 + Duration::from_millis(300)));
@@ -544,4 +546,102 @@ fn policy_update_before_registration_is_used_by_the_first_one() {
         registered_policy(&sent_to(&out, 0)[0]),
         PolicyParams::Priority { priority: 50 }
     );
+}
+
+/// A daemon's graceful stop must not hang on a registrar that is gone:
+/// the default T3-deregistration is 2 s (RFC 5352's 30 s held a stopping
+/// collector for 30 s), and nothing is sent after it.
+#[test]
+fn default_deregistration_wait_is_two_seconds() {
+    let default = PoolElementConfig::new(
+        handle(),
+        PE_ID,
+        config(1).user_transport,
+        PolicyParams::Priority { priority: 10 },
+        1,
+    );
+    assert_eq!(default.deregistration_timeout, Duration::from_secs(2));
+}
+
+/// Closed pools: with credentials, every Registration and Deregistration
+/// carries a proof the registrar can verify (Unix time from the wall clock
+/// the driver sets); new credentials re-register at once.
+#[test]
+fn membership_proofs_sign_registration_and_deregistration() {
+    use asap_client::pool_element::MemberCredentials;
+    use protocol::rserpool::asap::msg_type;
+    use protocol::rserpool::membership::MemberCertificate;
+    use protocol::signing::SigningKey;
+
+    let authority = SigningKey::from_bytes(&[1; 32]);
+    let credentials = |seed: u8| {
+        let key = SigningKey::from_bytes(&[seed; 32]);
+        let certificate =
+            MemberCertificate::issue(&authority, &handle(), &key.verifying_key(), 0, u64::MAX);
+        MemberCredentials { key, certificate }
+    };
+    let wall = Duration::from_secs(1_800_000_000);
+    let t0 = Instant::now();
+    let mut cfg = config(1);
+    cfg.membership = Some(credentials(2));
+    let mut pe = PoolElement::new(cfg).unwrap();
+    pe.set_wall_clock(t0, wall);
+    pe.on_event(t0, Input::Start);
+    let out = pe.on_event(t0 + Duration::from_millis(250), Input::AssociationUp(0));
+    let authorities = [authority.verifying_key()];
+    let Message::Registration {
+        pool_handle,
+        pool_element,
+        membership: Some(proof),
+    } = sent_to(&out, 0).remove(0)
+    else {
+        panic!("registration without proof: {out:?}");
+    };
+    assert_eq!(proof.timestamp_ms, 1_800_000_000_250);
+    proof
+        .verify(
+            &authorities,
+            msg_type::REGISTRATION,
+            &pool_handle,
+            PE_ID,
+            Some(&pool_element),
+            wall,
+        )
+        .expect("registration proof verifies");
+    pe.on_event(t0, Input::Message(0, accept(PE_ID)));
+
+    // A reissued certificate (another member key): re-registered at once.
+    let out = pe.on_event(t0, Input::UpdateMembership(Some(Box::new(credentials(3)))));
+    let Message::Registration {
+        membership: Some(proof),
+        ..
+    } = sent_to(&out, 0).remove(0)
+    else {
+        panic!("no re-registration with the new proof: {out:?}");
+    };
+    assert_eq!(
+        proof.certificate.member_key,
+        SigningKey::from_bytes(&[3; 32]).verifying_key().to_bytes()
+    );
+    pe.on_event(t0, Input::Message(0, accept(PE_ID)));
+
+    let out = pe.on_event(t0, Input::Shutdown);
+    let Message::Deregistration {
+        pool_handle,
+        pe_identifier,
+        membership: Some(proof),
+    } = sent_to(&out, 0).remove(0)
+    else {
+        panic!("deregistration without proof: {out:?}");
+    };
+    proof
+        .verify(
+            &authorities,
+            msg_type::DEREGISTRATION,
+            &pool_handle,
+            pe_identifier,
+            None,
+            wall,
+        )
+        .expect("deregistration proof verifies");
 }

@@ -8,6 +8,15 @@
 //! cookie, duplicates (identical bytes: benign; differing bytes: conflict)
 //! and the handovers recorded in `billing_handovers`.
 //!
+//! The exporters' own account (RFC 7011 4.3 reliability statistics, in
+//! `exporter_totals`) says how many record sequences each exporter has
+//! accounted for: every sequence below `exported + not sent` must be
+//! present, so a lost tail or middle is a gap even when no later record or
+//! cookie shows it. Ranges the exporter declared it will never send (lost
+//! in its restart, `declared_losses`) are reported apart as declared loss:
+//! they fail the audit only with `fail_on_declared_loss`. A declared range
+//! that a store holds after all is present, not lost.
+//!
 //! Stores may hold hundreds of millions of records, so nothing here keeps a
 //! per-record structure for a whole store: one reader thread per store streams
 //! its blocks in record-sequence order (the `record_blocks_by_billing` index)
@@ -49,6 +58,16 @@ pub struct AuditOptions {
     pub list_limit: usize,
     /// Print progress on stderr every second.
     pub progress: bool,
+    /// Declared losses fail the audit too (by default only unexplained
+    /// gaps, conflicts and unreadable blocks do).
+    pub fail_on_declared_loss: bool,
+    /// Exporters' state files (`state_file` of `exporter stream` or
+    /// `relay`): each domain's `next_sequence` is claimed like the
+    /// statistics' `exported + not sent`, so a tail that went to a store
+    /// not given (or to none) is a gap even when no given store received
+    /// statistics about it. Exact after a clean stop; after a crash it is
+    /// the reservation, whose unused part shows as a gap.
+    pub exporter_states: Vec<PathBuf>,
 }
 
 impl Default for AuditOptions {
@@ -59,6 +78,8 @@ impl Default for AuditOptions {
             domain: None,
             list_limit: 1000,
             progress: false,
+            fail_on_declared_loss: false,
+            exporter_states: Vec::new(),
         }
     }
 }
@@ -98,7 +119,10 @@ pub struct StoreSummary {
 pub struct Totals {
     pub exporter_domains: u64,
     pub records_present: u64,
+    /// Unexplained: neither stored anywhere nor declared lost.
     pub missing_records: u64,
+    /// Declared lost by their exporter (and stored nowhere).
+    pub declared_lost_records: u64,
     pub benign_duplicate_sequences: u64,
     pub conflicting_sequences: u64,
     pub anomalies: u64,
@@ -115,13 +139,23 @@ pub struct ExporterDomainReport {
     pub first_sequence: Option<u64>,
     pub last_sequence: Option<u64>,
     /// Highest sequence that must be stored: the last one seen, or a higher
-    /// one a handover cookie claims was stored contiguously.
+    /// one a handover cookie claims was stored contiguously, or the last one
+    /// the exporter's statistics account for.
     pub expected_through: Option<u64>,
+    /// The highest `exported + not sent` the exporter reported (RFC 7011
+    /// 4.3 statistics) in any store, or `next_sequence` of its state file:
+    /// every sequence below it was sent or declared never to be sent.
+    pub exporter_accounted: Option<u64>,
+    /// `next_sequence` of the exporter's state file, when one was given.
+    pub state_file_next_sequence: Option<u64>,
     /// Distinct record sequences stored.
     pub records_present: u64,
     /// Stored records counting every copy.
     pub copies_stored: u64,
+    /// Unexplained gaps: the audit fails on them.
     pub gaps: Gaps,
+    /// Sequences stored nowhere that the exporter declared lost.
+    pub declared_loss: DeclaredLoss,
     pub duplicates: Duplicates,
     pub conflicts: Conflicts,
     /// Which part each store holds.
@@ -138,6 +172,29 @@ pub struct Gaps {
     pub range_count: u64,
     pub ranges: Vec<SequenceRange>,
     pub ranges_not_listed: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DeclaredLoss {
+    pub records: u64,
+    pub range_count: u64,
+    pub ranges: Vec<DeclaredRange>,
+    pub ranges_not_listed: u64,
+}
+
+/// Inclusive; one range of one declaration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeclaredRange {
+    pub first: u64,
+    pub last: u64,
+    pub records: u64,
+    /// When the declaring exporter process started (its restart).
+    pub exporter_restart_ms: i64,
+    /// `exporter_restart_ms` as RFC 3339, UTC.
+    pub exporter_restart: String,
+    /// The store that recorded the declaration.
+    pub store: String,
+    pub peer: String,
 }
 
 /// Inclusive.
@@ -262,11 +319,12 @@ impl AuditReport {
         writeln!(out)?;
         let t = &self.totals;
         let summary = format!(
-            "{} exporter/domain(s), {} records present, {} missing, {} benign duplicate(s), \
-             {} conflict(s), {} anomalies",
+            "{} exporter/domain(s), {} records present, {} missing (unexplained), \
+             {} declared lost, {} benign duplicate(s), {} conflict(s), {} anomalies",
             t.exporter_domains,
             t.records_present,
             t.missing_records,
+            t.declared_lost_records,
             t.benign_duplicate_sequences,
             t.conflicting_sequences,
             t.anomalies
@@ -299,12 +357,24 @@ fn write_section(out: &mut impl Write, g: &ExporterDomainReport) -> std::io::Res
         (Some(first), Some(last)) => writeln!(out, "  sequences   {first}..={last}")?,
         _ => writeln!(out, "  sequences   none stored")?,
     }
+    if let Some(next) = g.state_file_next_sequence {
+        writeln!(
+            out,
+            "  state file  next sequence {next} (every sequence below was assigned)"
+        )?;
+    }
+    if let Some(accounted) = g.exporter_accounted {
+        writeln!(
+            out,
+            "  exporter    accounts for {accounted} record sequence(s) (sent or declared lost)"
+        )?;
+    }
     if g.expected_through != g.last_sequence
         && let Some(claimed) = g.expected_through
     {
         writeln!(
             out,
-            "  expected    through {claimed} (claimed stored by a handover cookie)"
+            "  expected    through {claimed} (claimed by a handover cookie or the exporter's statistics)"
         )?;
     }
     writeln!(
@@ -331,6 +401,25 @@ fn write_section(out: &mut impl Write, g: &ExporterDomainReport) -> std::io::Res
             writeln!(out, "    missing {}", format_range(r.first, r.last))?;
         }
         write_not_listed(out, g.gaps.ranges_not_listed, "range")?;
+    }
+    if g.declared_loss.range_count > 0 {
+        writeln!(
+            out,
+            "  declared    {} records in {} range(s) declared lost by the exporter (never to be sent)",
+            g.declared_loss.records, g.declared_loss.range_count
+        )?;
+        for r in &g.declared_loss.ranges {
+            writeln!(
+                out,
+                "    declared loss {} ({} records), exporter restarted {}, peer {} ({})",
+                format_range(r.first, r.last),
+                r.records,
+                r.exporter_restart,
+                r.peer,
+                r.store
+            )?;
+        }
+        write_not_listed(out, g.declared_loss.ranges_not_listed, "range")?;
     }
     if g.duplicates.sequences == 0 {
         writeln!(out, "  duplicates  none")?;
@@ -437,6 +526,20 @@ pub fn run(options: &AuditOptions) -> Result<AuditReport> {
         exporter: options.exporter.map(i64::from),
         domain: options.domain.map(i64::from),
     };
+    let store_names: Vec<String> = options
+        .databases
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let mut accounts: BTreeMap<GroupKey, ExporterAccount> = BTreeMap::new();
+    for (index, path) in options.databases.iter().enumerate() {
+        read_accounts(path, &store_names[index], filter, &mut accounts)
+            .with_context(|| format!("auditing {}", store_names[index]))?;
+    }
+    for path in &options.exporter_states {
+        read_exporter_state(path, filter, &mut accounts)
+            .with_context(|| format!("reading exporter state {}", path.display()))?;
+    }
     let progress = Arc::new(ReadProgress::default());
     let mut streams = Vec::with_capacity(options.databases.len());
     let mut readers = Vec::with_capacity(options.databases.len());
@@ -458,12 +561,7 @@ pub fn run(options: &AuditOptions) -> Result<AuditReport> {
         .progress
         .then(|| ProgressReporter::start(Arc::clone(&progress)));
 
-    let store_names: Vec<String> = options
-        .databases
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
-    let mut groups = merge_streams(&mut streams, &store_names, options.list_limit);
+    let mut groups = merge_streams(&mut streams, &store_names, options.list_limit, &accounts);
     drop(streams);
 
     let mut stores = Vec::with_capacity(readers.len());
@@ -496,11 +594,21 @@ pub fn run(options: &AuditOptions) -> Result<AuditReport> {
 
     // Handovers and anomalies may name exporter/domains without any stored
     // record: they still get a section.
+    for key in accounts.keys() {
+        groups.entry(*key).or_insert_with(|| {
+            GroupAccumulator::new(*key, store_names.len(), options.list_limit, &accounts)
+        });
+    }
     for (index, handover) in handovers {
         groups
             .entry(handover.key)
             .or_insert_with(|| {
-                GroupAccumulator::new(handover.key, store_names.len(), options.list_limit)
+                GroupAccumulator::new(
+                    handover.key,
+                    store_names.len(),
+                    options.list_limit,
+                    &accounts,
+                )
             })
             .handovers
             .push(handover.into_report(&store_names[index]));
@@ -509,7 +617,12 @@ pub fn run(options: &AuditOptions) -> Result<AuditReport> {
         groups
             .entry(anomaly.key)
             .or_insert_with(|| {
-                GroupAccumulator::new(anomaly.key, store_names.len(), options.list_limit)
+                GroupAccumulator::new(
+                    anomaly.key,
+                    store_names.len(),
+                    options.list_limit,
+                    &accounts,
+                )
             })
             .anomalies
             .push(Anomaly {
@@ -522,10 +635,25 @@ pub fn run(options: &AuditOptions) -> Result<AuditReport> {
         .into_values()
         .map(|g| g.finish(&store_names))
         .collect();
-    Ok(assemble(stores, exporter_domains))
+    Ok(assemble(
+        stores,
+        exporter_domains,
+        options.fail_on_declared_loss,
+    ))
 }
 
-fn assemble(stores: Vec<StoreSummary>, exporter_domains: Vec<ExporterDomainReport>) -> AuditReport {
+fn assemble(
+    stores: Vec<StoreSummary>,
+    mut exporter_domains: Vec<ExporterDomainReport>,
+    fail_on_declared_loss: bool,
+) -> AuditReport {
+    if fail_on_declared_loss {
+        for g in &mut exporter_domains {
+            if g.declared_loss.records > 0 {
+                g.verdict = Verdict::Fail;
+            }
+        }
+    }
     let mut totals = Totals {
         exporter_domains: exporter_domains.len() as u64,
         non_billing_records_skipped: stores.iter().map(|s| s.non_billing_records_skipped).sum(),
@@ -537,15 +665,38 @@ fn assemble(stores: Vec<StoreSummary>, exporter_domains: Vec<ExporterDomainRepor
         totals.missing_records = totals
             .missing_records
             .saturating_add(g.gaps.missing_records);
+        totals.declared_lost_records = totals
+            .declared_lost_records
+            .saturating_add(g.declared_loss.records);
         totals.benign_duplicate_sequences += g.duplicates.sequences;
         totals.conflicting_sequences += g.conflicts.sequences;
         totals.anomalies += g.anomalies.len() as u64;
         if g.verdict == Verdict::Fail {
             let mut problems = Vec::new();
             if g.gaps.missing_records > 0 {
+                let ranges: Vec<String> = g
+                    .gaps
+                    .ranges
+                    .iter()
+                    .take(5)
+                    .map(|r| format_range(r.first, r.last))
+                    .collect();
+                let more = if g.gaps.range_count > ranges.len() as u64 {
+                    ", ..."
+                } else {
+                    ""
+                };
                 problems.push(format!(
-                    "{} missing records in {} gap(s)",
-                    g.gaps.missing_records, g.gaps.range_count
+                    "{} missing records in {} unexplained gap(s) ({}{more})",
+                    g.gaps.missing_records,
+                    g.gaps.range_count,
+                    ranges.join(", ")
+                ));
+            }
+            if fail_on_declared_loss && g.declared_loss.records > 0 {
+                problems.push(format!(
+                    "{} records declared lost by the exporter in {} range(s)",
+                    g.declared_loss.records, g.declared_loss.range_count
                 ));
             }
             if g.conflicts.sequences > 0 {
@@ -1045,6 +1196,7 @@ fn merge_streams(
     streams: &mut [StoreStream],
     store_names: &[String],
     list_limit: usize,
+    accounts: &BTreeMap<GroupKey, ExporterAccount>,
 ) -> BTreeMap<GroupKey, GroupAccumulator> {
     let mut heads = BinaryHeap::with_capacity(streams.len());
     for (store, stream) in streams.iter_mut().enumerate() {
@@ -1077,6 +1229,7 @@ fn merge_streams(
                     entry.key,
                     store_names.len(),
                     list_limit,
+                    accounts,
                 ));
             }
         }
@@ -1118,11 +1271,21 @@ struct GroupAccumulator {
     shares: Vec<Option<(u64, u64, u64)>>,
     handovers: Vec<Handover>,
     anomalies: Vec<Anomaly>,
+    /// What the exporter accounted for and declared lost (all stores).
+    account: ExporterAccount,
+    declared_loss: DeclaredLoss,
 }
 
 impl GroupAccumulator {
-    fn new(key: GroupKey, stores: usize, list_limit: usize) -> Self {
+    fn new(
+        key: GroupKey,
+        stores: usize,
+        list_limit: usize,
+        accounts: &BTreeMap<GroupKey, ExporterAccount>,
+    ) -> Self {
         Self {
+            account: accounts.get(&key).cloned().unwrap_or_default(),
+            declared_loss: DeclaredLoss::default(),
             key,
             list_limit,
             next_expected: Some(0),
@@ -1145,7 +1308,55 @@ impl GroupAccumulator {
         self.list_limit == 0 || listed < self.list_limit
     }
 
+    /// Sequences `first..=last` are stored nowhere: the parts the exporter
+    /// declared lost are declared loss, the rest an unexplained gap.
     fn add_gap(&mut self, first: u64, last: u64) {
+        let unexplained = self.account.declared.missing(first, last);
+        let mut cursor = first;
+        for &(a, b) in &unexplained {
+            if a > cursor {
+                self.add_declared(cursor, a - 1);
+            }
+            self.add_unexplained_gap(a, b);
+            cursor = b.saturating_add(1);
+        }
+        if unexplained.last().is_none_or(|&(_, b)| b < last) {
+            self.add_declared(cursor, last);
+        }
+    }
+
+    /// `first..=last` lies inside declared ranges: listed per declaration
+    /// (with the restart time of the exporter that made it).
+    fn add_declared(&mut self, first: u64, last: u64) {
+        let count = (last - first).saturating_add(1);
+        self.declared_loss.records = self.declared_loss.records.saturating_add(count);
+        let mut pieces: Vec<DeclaredRange> = Vec::new();
+        for row in &self.account.declarations {
+            let (a, b) = (row.first.max(first), row.last.min(last));
+            if a > b || pieces.iter().any(|p| p.first <= a && b <= p.last) {
+                continue;
+            }
+            pieces.push(DeclaredRange {
+                first: a,
+                last: b,
+                records: (b - a).saturating_add(1),
+                exporter_restart_ms: row.system_init_ms,
+                exporter_restart: format_ms(row.system_init_ms),
+                store: row.store.clone(),
+                peer: row.peer.clone(),
+            });
+        }
+        for piece in pieces {
+            self.declared_loss.range_count += 1;
+            if self.may_list(self.declared_loss.ranges.len()) {
+                self.declared_loss.ranges.push(piece);
+            } else {
+                self.declared_loss.ranges_not_listed += 1;
+            }
+        }
+    }
+
+    fn add_unexplained_gap(&mut self, first: u64, last: u64) {
         let missing = (last - first).saturating_add(1);
         self.gaps.missing_records = self.gaps.missing_records.saturating_add(missing);
         self.gaps.range_count += 1;
@@ -1253,6 +1464,10 @@ impl GroupAccumulator {
             .iter()
             .filter_map(|h| h.record_sequence)
             .max();
+        // The exporter's statistics account for every sequence below
+        // `accounted`: the ones stored nowhere are a lost tail (or declared).
+        let accounted_last = self.account.accounted.and_then(|n| n.checked_sub(1));
+        let claimed = claimed.max(accounted_last);
         let expected_through = self.last.max(claimed);
         if let (Some(claimed), Some(expected)) = (claimed, self.next_expected)
             && claimed >= expected
@@ -1270,6 +1485,9 @@ impl GroupAccumulator {
             first_sequence: self.first,
             last_sequence: self.last,
             expected_through,
+            exporter_accounted: self.account.accounted,
+            state_file_next_sequence: self.account.state_file_next,
+            declared_loss: self.declared_loss,
             records_present: self.present,
             copies_stored: self.copies_stored,
             gaps: self.gaps,
@@ -1292,6 +1510,136 @@ impl GroupAccumulator {
             anomalies: self.anomalies,
         }
     }
+}
+
+/// What the exporter said about one exporter/domain, across every store.
+#[derive(Debug, Clone, Default)]
+struct ExporterAccount {
+    /// Highest `exported + not sent` reported, or state-file next sequence.
+    accounted: Option<u64>,
+    state_file_next: Option<u64>,
+    /// Union of the declared ranges.
+    declared: crate::billing::RangeSet,
+    declarations: Vec<DeclarationRow>,
+}
+
+#[derive(Debug, Clone)]
+struct DeclarationRow {
+    first: u64,
+    last: u64,
+    system_init_ms: i64,
+    store: String,
+    peer: String,
+}
+
+/// The part of an exporter's state file the audit needs (other keys, such
+/// as the cookies, are ignored).
+#[derive(serde::Deserialize)]
+struct ExporterStateFile {
+    version: u32,
+    exporter_id: u32,
+    #[serde(default)]
+    domains: Vec<ExporterStateDomain>,
+}
+
+#[derive(serde::Deserialize)]
+struct ExporterStateDomain {
+    domain: u32,
+    next_sequence: u64,
+}
+
+fn read_exporter_state(
+    path: &Path,
+    filter: GroupFilter,
+    accounts: &mut BTreeMap<GroupKey, ExporterAccount>,
+) -> Result<()> {
+    let text = std::fs::read_to_string(path)?;
+    let state: ExporterStateFile = toml::from_str(&text).context("not an exporter state file")?;
+    if state.version != 1 {
+        bail!("exporter state file version {} unknown", state.version);
+    }
+    for d in state.domains {
+        let key = GroupKey {
+            billing_exporter: i64::from(state.exporter_id),
+            domain: i64::from(d.domain),
+        };
+        if !filter.accepts(key) {
+            continue;
+        }
+        let account = accounts.entry(key).or_default();
+        account.state_file_next = account.state_file_next.max(Some(d.next_sequence));
+        account.accounted = account.accounted.max(Some(d.next_sequence));
+    }
+    Ok(())
+}
+
+fn has_table(conn: &Connection, table: &str) -> Result<bool> {
+    Ok(conn.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [table],
+        |r| r.get::<_, i64>(0),
+    )? > 0)
+}
+
+/// Reads the exporters' statistics and declared losses of one store (small
+/// tables; a store before schema version 4 has none).
+fn read_accounts(
+    path: &Path,
+    store: &str,
+    filter: GroupFilter,
+    accounts: &mut BTreeMap<GroupKey, ExporterAccount>,
+) -> Result<()> {
+    let conn = Store::open_read_only(path)?;
+    if has_table(&conn, "exporter_totals")? {
+        let mut stmt = conn.prepare(
+            "SELECT billing_exporter, domain, MAX(exported_records + not_sent_records)
+             FROM exporter_totals WHERE billing_exporter IS NOT NULL
+             GROUP BY billing_exporter, domain",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let key = GroupKey {
+                billing_exporter: row.get(0)?,
+                domain: row.get(1)?,
+            };
+            if !filter.accepts(key) {
+                continue;
+            }
+            let accounted = row.get::<_, i64>(2)?.max(0) as u64;
+            let account = accounts.entry(key).or_default();
+            account.accounted = account.accounted.max(Some(accounted));
+        }
+    }
+    if has_table(&conn, "declared_losses")? {
+        let mut stmt = conn.prepare(
+            "SELECT billing_exporter, domain, first, last, system_init_ms, peer
+             FROM declared_losses ORDER BY first, id",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let key = GroupKey {
+                billing_exporter: row.get(0)?,
+                domain: row.get(1)?,
+            };
+            if !filter.accepts(key) {
+                continue;
+            }
+            let (first, last) = (row.get::<_, i64>(2)? as u64, row.get::<_, i64>(3)? as u64);
+            if first > last {
+                continue;
+            }
+            let account = accounts.entry(key).or_default();
+            account.declared.insert(first, last);
+            account.declarations.push(DeclarationRow {
+                first,
+                last,
+                system_init_ms: row.get(4)?,
+                store: store.to_owned(),
+                peer: row.get(5)?,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// `copies` sorted by store, as (store, copies) runs, into `out`.

@@ -88,6 +88,46 @@ impl RangeSet {
 #[derive(Debug, Default)]
 pub struct Ledger {
     pub stored: HashMap<(u32, u32), RangeSet>,
+    /// Record sequences the exporter declared it will never send (lost in
+    /// its restart): kept apart from `stored` (a record of a declared range
+    /// that arrives after all is still stored, and replays are dropped only
+    /// against what is stored), but cookies pass over them.
+    pub declared: HashMap<(u32, u32), RangeSet>,
+}
+
+impl Ledger {
+    /// The last sequence through which every record from `from` on is
+    /// stored here or declared lost; `None` if `from` is neither.
+    pub fn covered_through(&self, key: (u32, u32), from: u64) -> Option<u64> {
+        covered_through(self.stored.get(&key), self.declared.get(&key), from)
+    }
+}
+
+/// [`Ledger::covered_through`] over two sets.
+pub fn covered_through(
+    stored: Option<&RangeSet>,
+    declared: Option<&RangeSet>,
+    from: u64,
+) -> Option<u64> {
+    let mut through: Option<u64> = None;
+    let mut cursor = from;
+    loop {
+        let next = [stored, declared]
+            .into_iter()
+            .flatten()
+            .filter_map(|set| set.through(cursor))
+            .max();
+        match next {
+            Some(end) => {
+                through = Some(end);
+                if end == u64::MAX {
+                    return through;
+                }
+                cursor = end + 1;
+            }
+            None => return through,
+        }
+    }
 }
 
 pub type SharedLedger = Arc<Mutex<Ledger>>;
@@ -316,6 +356,37 @@ impl AssociationBilling {
         }
     }
 
+    /// The billing exporter and the first record sequence this association
+    /// is responsible for in `domain` (after the echoed cookie), if the
+    /// exporter announced the domain with a Cookie Echo.
+    pub fn domain_start(&self, domain: u32) -> Option<(u32, u64)> {
+        Some((self.exporter_id?, self.domains.get(&domain)?.start))
+    }
+
+    /// Marks the reliability statistics of domains the exporter announced
+    /// with a Cookie Echo as billing statistics (the writer reconciles them
+    /// with the store). They come on the billing stream after the records
+    /// they account for. Those naming another exporter than the Cookie Echo
+    /// stay plain reports (kept as received, never a declaration), counted
+    /// and logged.
+    pub fn attach_statistics(&self, totals: &mut [crate::ingest::TotalsReport]) {
+        for report in totals {
+            let Some((exporter, start)) = self.domain_start(report.stats.observation_domain_id)
+            else {
+                continue;
+            };
+            if report.stats.exporting_process_id != exporter {
+                metrics::counter!("poolflow_collector_statistics_refused_total", "reason" => "other_exporter")
+                    .increment(1);
+                tracing::warn!(peer = %report.peer, exporter,
+                      claimed = report.stats.exporting_process_id,
+                      "reliability statistics name another exporter than the Cookie Echo: not reconciled");
+                continue;
+            }
+            report.billing = Some((exporter, start));
+        }
+    }
+
     /// Notes that records through `last` arrived (they go to the writer).
     pub fn note_received(&mut self, domain: u32, last: u64) {
         if let Some(d) = self.domains.get_mut(&domain) {
@@ -350,21 +421,24 @@ impl AssociationBilling {
         };
         let mut out = Vec::new();
         for (&domain, d) in &mut self.domains {
-            let Some(through) = ledger
-                .stored
-                .get(&(exporter_id, domain))
-                .and_then(|set| set.through(d.start))
-            else {
+            let Some(through) = ledger.covered_through((exporter_id, domain), d.start) else {
                 continue;
             };
             // Never beyond what the exporter sent on this association, even
             // when the store holds more from an earlier one: an exporter
             // refuses such a claim (a hostile collector could make it about
             // records it never saw). The replay of those records is
-            // dropped as duplicates and acknowledged at its commit.
-            let Some(through) = d.last_received.map(|received| through.min(received)) else {
+            // dropped as duplicates and acknowledged at its commit. Ranges
+            // the exporter declared never to be sent lie below its send
+            // cursor too, so a cookie may pass over them.
+            let declared_end = ledger
+                .declared
+                .get(&(exporter_id, domain))
+                .and_then(|set| set.ranges().map(|(_, end)| end).max());
+            let Some(limit) = d.last_received.max(declared_end) else {
                 continue;
             };
+            let through = through.min(limit);
             if d.last_cookie.is_some_and(|last| last >= through) {
                 continue;
             }
@@ -417,6 +491,71 @@ mod tests {
         assert_eq!(s.through(50), Some(99));
         assert_eq!(s.through(100), None);
         assert_eq!(s.through(250), Some(299));
+    }
+
+    #[test]
+    fn cookies_pass_over_declared_ranges_but_not_over_holes() {
+        let mut a = AssociationBilling::default();
+        let echo = BillingCookie::sign(b"pool key", 42, 1, 99, 3, 1);
+        a.on_cookie_echo(&echo.cookie_echo_message_bytes(), &signer(), "p", 1)
+            .unwrap();
+        assert_eq!(a.domain_start(1), Some((42, 100)));
+        assert_eq!(a.domain_start(2), None);
+        let mut ledger = Ledger::default();
+        ledger.stored.entry((42, 1)).or_default().insert(100, 149);
+        ledger.stored.entry((42, 1)).or_default().insert(300, 399);
+        // Received on this association (cookies never claim more).
+        a.note_received(1, 399);
+        let last = |a: &mut AssociationBilling, ledger: &Ledger| {
+            let due = a.cookies_due(ledger, &signer(), 2);
+            due.last().map(|c| {
+                protocol::billing::cookie_from_asap_bytes(c)
+                    .unwrap()
+                    .1
+                    .last_record_sequence
+            })
+        };
+        assert_eq!(last(&mut a, &ledger), Some(149), "150..=299 missing");
+        // The exporter declares 150..=249 lost: still a hole at 250.
+        ledger.declared.entry((42, 1)).or_default().insert(150, 249);
+        assert_eq!(last(&mut a, &ledger), Some(249));
+        ledger.declared.entry((42, 1)).or_default().insert(250, 299);
+        assert_eq!(last(&mut a, &ledger), Some(399), "declared, then stored");
+        // A declared range overlapping stored records changes nothing.
+        let mut s = RangeSet::default();
+        s.insert(0, 10);
+        let mut d = RangeSet::default();
+        d.insert(5, 20);
+        assert_eq!(covered_through(Some(&s), Some(&d), 0), Some(20));
+        assert_eq!(covered_through(Some(&s), Some(&d), 21), None);
+    }
+
+    #[test]
+    fn statistics_of_announced_domains_of_this_exporter_are_billing() {
+        use protocol::ipfix::reliability::ReliabilityStatistics;
+        let mut a = AssociationBilling::default();
+        let echo = BillingCookie::sign(b"pool key", 42, 1, 99, 3, 1);
+        a.on_cookie_echo(&echo.cookie_echo_message_bytes(), &signer(), "p", 1)
+            .unwrap();
+        let report = |exporter, domain| crate::ingest::TotalsReport {
+            peer: "p".into(),
+            transport: "sctp",
+            received_ms: 0,
+            stats: ReliabilityStatistics {
+                exporting_process_id: exporter,
+                observation_domain_id: domain,
+                exported_messages: 0,
+                exported_records: 100,
+                not_sent_records: 50,
+                system_init_ms: 0,
+                observation_ms: 0,
+            },
+            billing: None,
+        };
+        let mut totals = vec![report(42, 1), report(42, 2), report(43, 1)];
+        a.attach_statistics(&mut totals);
+        let billing: Vec<_> = totals.iter().map(|t| t.billing).collect();
+        assert_eq!(billing, [Some((42, 100)), None, None]);
     }
 
     fn signer() -> CookieSigner {

@@ -159,4 +159,38 @@ mod tests {
         assert_eq!(config.udp_listen, vec!["0.0.0.0:4739".parse().unwrap()]);
         assert_eq!(config.template_lifetime_secs, 1800);
     }
+
+    /// The commented-out `[pool]` example names only keys that exist: its
+    /// `# key = value` lines, uncommented, parse (unknown keys are errors).
+    #[test]
+    fn commented_pool_example_uses_real_keys() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/collector.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let section = text
+            .split("# [pool]\n")
+            .nth(1)
+            .expect("deploy/collector.toml has a commented [pool] section");
+        let mut pool = String::from("[pool]\n");
+        let mut keys = Vec::new();
+        for line in section.lines() {
+            let Some(rest) = line.strip_prefix("# ") else {
+                continue;
+            };
+            let key: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            if !key.is_empty() && rest[key.len()..].starts_with(" = ") {
+                pool.push_str(rest);
+                pool.push('\n');
+                keys.push(key);
+            }
+        }
+        for key in ["handle", "member_key_file", "member_certificate_file"] {
+            assert!(keys.iter().any(|k| k == key), "{key} not documented");
+        }
+        let config: CollectorConfig = toml::from_str(&pool).unwrap();
+        let pool = config.pool.expect("[pool] parsed");
+        assert!(pool.member_key_file.is_some() && pool.member_certificate_file.is_some());
+    }
 }

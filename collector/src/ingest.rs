@@ -23,6 +23,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
+use protocol::ipfix::reliability::{self, ReliabilityStatistics};
 use protocol::ipfix::{
     DecodeError, SequenceCheck, Session, SessionConfig, Template, TransportKind,
 };
@@ -55,6 +56,22 @@ pub struct RecordBlock {
     pub billing: Option<BillingTag>,
 }
 
+/// Exporting Process Reliability Statistics received (RFC 7011 4.3): stored
+/// in `exporter_totals` and, for a billing domain, reconciled with what the
+/// store holds (the exporter's declared losses).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TotalsReport {
+    /// "ip:port" of the exporting process.
+    pub peer: Arc<str>,
+    pub transport: &'static str,
+    pub received_ms: i64,
+    pub stats: ReliabilityStatistics,
+    /// On a billing association, for a domain it announced with a Cookie
+    /// Echo: the billing exporter id and the first record sequence this
+    /// association is responsible for (after the echoed cookie).
+    pub billing: Option<(u32, u64)>,
+}
+
 /// Records and sequence events that travel to the writer together.
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -64,12 +81,17 @@ pub struct Batch {
     pub events: Vec<SequenceEvent>,
     /// Exporters that arrived here with a Cookie Echo (failover/failback).
     pub handovers: Vec<Handover>,
+    /// Reliability statistics, after the records that came before them.
+    pub totals: Vec<TotalsReport>,
     records: usize,
 }
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
-        self.blocks.is_empty() && self.events.is_empty() && self.handovers.is_empty()
+        self.blocks.is_empty()
+            && self.events.is_empty()
+            && self.handovers.is_empty()
+            && self.totals.is_empty()
     }
 
     /// Data records in the batch.
@@ -89,6 +111,7 @@ impl Batch {
             bytes: Vec::with_capacity(records * record_len),
             events: Vec::new(),
             handovers: Vec::new(),
+            totals: Vec::new(),
             records: 0,
         }
     }
@@ -111,6 +134,9 @@ pub struct SessionDecoder {
     /// reference count, not a template clone.
     templates: Vec<Arc<Template>>,
     errors_logged: u64,
+    /// A billing association: sequence numbers of announced domains are
+    /// record sequences, reconciled by the writer, not here.
+    billing: bool,
     messages_total: metrics::Counter,
     records_total: metrics::Counter,
 }
@@ -133,6 +159,7 @@ impl SessionDecoder {
             session: Session::new(config),
             templates: Vec::new(),
             errors_logged: 0,
+            billing: false,
             messages_total: metrics::counter!(
                 "poolflow_collector_messages_total", "transport" => transport),
             records_total: metrics::counter!(
@@ -142,6 +169,11 @@ impl SessionDecoder {
 
     pub fn exporter(&self) -> &str {
         &self.exporter
+    }
+
+    /// Marks the session as a billing association (after a Cookie Echo).
+    pub fn set_billing(&mut self) {
+        self.billing = true;
     }
 
     pub fn session_mut(&mut self) -> &mut Session {
@@ -246,9 +278,67 @@ impl SessionDecoder {
                 records,
             });
         }
+        self.take_statistics(first_block, stream, received_ms, out);
         let n = out.records - records_before;
         self.records_total.increment(n as u64);
         n
+    }
+
+    /// Moves the records of the reliability statistics layout out of the
+    /// message's blocks into [`Batch::totals`] (they are the exporter's
+    /// account, not flow records). On a plain session, a total beyond the
+    /// last message seen is a lost tail: counted as a sequence gap.
+    fn take_statistics(
+        &mut self,
+        first_block: usize,
+        stream: u16,
+        received_ms: i64,
+        out: &mut Batch,
+    ) {
+        let mut i = first_block;
+        while i < out.blocks.len() {
+            if !reliability::is_statistics_template(&out.blocks[i].template) {
+                i += 1;
+                continue;
+            }
+            let block = out.blocks.remove(i);
+            out.records -= block.record_count as usize;
+            let bytes = &out.bytes[block.bytes.clone()];
+            for record in bytes.chunks_exact(reliability::RECORD_LEN) {
+                let stats = ReliabilityStatistics::decode(record).expect("fixed length");
+                out.totals.push(TotalsReport {
+                    peer: Arc::clone(&self.exporter),
+                    transport: self.transport,
+                    received_ms,
+                    stats,
+                    billing: None,
+                });
+                if self.billing {
+                    continue;
+                }
+                let domain = stats.observation_domain_id;
+                let lost = self
+                    .session
+                    .reconcile_exported_total(domain, stream, stats.exported_records)
+                    .unwrap_or(0);
+                if lost > 0 {
+                    metrics::counter!("poolflow_collector_sequence_lost_records_total")
+                        .increment(lost);
+                    warn!(peer = %self.exporter, domain, lost,
+                          "exporter's statistics count records never received (lost tail)");
+                    out.events.push(SequenceEvent {
+                        exporter: self.exporter.to_string(),
+                        transport: self.transport,
+                        domain,
+                        stream,
+                        at_ms: received_ms,
+                        kind: SequenceEventKind::Gap,
+                        sequence: stats.exported_records as u32,
+                        records: lost,
+                    });
+                }
+            }
+        }
     }
 }
 

@@ -225,16 +225,31 @@ impl RunningCollector {
         let policy_keys = |p: &pool::PoolConfig| {
             let mut p = p.clone();
             (p.priority, p.weight, p.load, p.load_increment) = (0, 0, 0, 0);
+            (p.member_key_file, p.member_certificate_file) = (None, None);
             p
         };
         anyhow::ensure!(
             policy_keys(old_pool) == policy_keys(new_pool),
-            "only `pool.priority`, `pool.weight`, `pool.load` and `pool.load_increment` \
-             change without a restart"
+            "only `pool.priority`, `pool.weight`, `pool.load`, `pool.load_increment`, \
+             `pool.member_key_file` and `pool.member_certificate_file` change without a restart"
         );
         let policy = new_pool.policy_params()?;
+        // Read before applying anything: a bad key or certificate leaves
+        // the running registration as it is.
+        let credentials = pool::member_credentials(new_pool)?;
+        let had_credentials = old_pool.member_key_file.is_some() || credentials.is_some();
         membership.element.update_policy(policy);
-        Ok(format!("pool policy parameters now {policy:?}"))
+        let mut summary = format!("pool policy parameters now {policy:?}");
+        if had_credentials {
+            // The files may have changed in place (a reissued certificate):
+            // re-register with what is there now.
+            summary.push_str(match &credentials {
+                Some(_) => "; membership certificate reloaded",
+                None => "; membership proof removed",
+            });
+            membership.element.update_membership(credentials);
+        }
+        Ok(summary)
     }
 
     /// Graceful stop: deregister from the pool, accept no new data, commit

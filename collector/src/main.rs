@@ -55,6 +55,15 @@ struct AuditArgs {
     /// No progress lines on stderr.
     #[arg(long)]
     quiet: bool,
+    /// Records the exporter declared lost (not sent after its restart)
+    /// fail the audit too; by default they are listed apart and pass.
+    #[arg(long)]
+    fail_on_declared_loss: bool,
+    /// An exporter's state file (repeatable): its next sequence per domain
+    /// must be accounted for by the stores (a tail stored elsewhere, or
+    /// nowhere, is a gap). Exact after the exporter's clean stop.
+    #[arg(long = "exporter-state", value_name = "FILE")]
+    exporter_states: Vec<PathBuf>,
 }
 
 #[derive(Args)]
@@ -313,6 +322,8 @@ fn audit(args: AuditArgs) -> Result<()> {
         domain: args.domain,
         list_limit: args.list_limit,
         progress: !args.quiet,
+        fail_on_declared_loss: args.fail_on_declared_loss,
+        exporter_states: args.exporter_states,
     };
     let report = match collector::audit::run(&options) {
         Ok(report) => report,

@@ -13,13 +13,14 @@ use asap_client::driver::{
     PoolElementDriverConfig, PoolElementHandle, RegistrarAddress, RegistrarTransport,
     spawn_pool_element,
 };
-use asap_client::pool_element::PoolElementConfig;
+use asap_client::pool_element::{MemberCredentials, PoolElementConfig};
 use policies::PolicyParams;
-
-use crate::billing::CookieSigner;
 use protocol::billing::CookieKeys;
+use protocol::rserpool::membership::MemberCertificate;
 use protocol::rserpool::params::{PoolHandle, TransportAddress, TransportKind, TransportUse};
 use protocol::signing::{self, SigningKey};
+
+use crate::billing::CookieSigner;
 use serde::Deserialize;
 
 /// `[pool]`: register this collector under a pool handle.
@@ -68,6 +69,12 @@ pub struct PoolConfig {
     /// Re-registration interval, milliseconds (at most 2/3 of the life).
     #[serde(default = "default_reregistration_ms")]
     pub reregistration_interval_ms: u64,
+    /// Longest wait for the Deregistration Response at a graceful stop
+    /// (T3-deregistration), milliseconds. A stop never waits longer for a
+    /// registrar that is gone: the registration then ends by keep-alive
+    /// timeout at the registrar.
+    #[serde(default = "default_deregistration_timeout_ms")]
+    pub deregistration_timeout_ms: u64,
     /// File holding the pool's shared cookie key (the HMAC key every
     /// collector of the pool uses to sign and check billing cookies). With
     /// no key the collector takes part in no cookie protocol.
@@ -101,6 +108,17 @@ pub struct PoolConfig {
     /// home's adoption grace unless the collector re-registers.
     #[serde(default)]
     pub asap_listen: Option<String>,
+    /// This collector's own Ed25519 private key (PKCS#8 PEM, `openssl
+    /// genpkey -algorithm ed25519`), readable by the collector's user only:
+    /// signs every Registration and Deregistration for a closed pool
+    /// (docs/security.md). Set together with `member_certificate_file`.
+    #[serde(default)]
+    pub member_key_file: Option<PathBuf>,
+    /// The pool membership authority's certificate for that key
+    /// (`registrar issue-member`). Reloaded on SIGHUP, so a reissued
+    /// certificate takes effect without a restart.
+    #[serde(default)]
+    pub member_certificate_file: Option<PathBuf>,
 }
 
 fn default_policy() -> String {
@@ -117,6 +135,10 @@ fn default_lifetime_ms() -> u64 {
 
 fn default_reregistration_ms() -> u64 {
     200_000
+}
+
+fn default_deregistration_timeout_ms() -> u64 {
+    2_000
 }
 
 /// A parsed "tcp:ADDR" / "sctp:ADDR".
@@ -208,6 +230,10 @@ impl PoolConfig {
         anyhow::ensure!(
             !(self.cookie_key.is_some() && self.cookie_key_file.is_some()),
             "set `pool.cookie_key` or `pool.cookie_key_file`, not both"
+        );
+        anyhow::ensure!(
+            self.member_key_file.is_some() == self.member_certificate_file.is_some(),
+            "set both `pool.member_key_file` and `pool.member_certificate_file`, or neither"
         );
         anyhow::ensure!(
             self.registration_lifetime_ms > 0 && self.reregistration_interval_ms > 0,
@@ -318,6 +344,71 @@ fn read_private_key(path: &Path) -> Result<SigningKey> {
 }
 
 /// The PE identifier: configured, or persisted beside the database.
+/// Reads the membership key and certificate (`None` without them): the key
+/// must be private to the collector's user, and the certificate must be
+/// for this key and this pool.
+pub fn member_credentials(pool: &PoolConfig) -> Result<Option<MemberCredentials>> {
+    use std::os::unix::fs::MetadataExt;
+    let (Some(key_path), Some(cert_path)) = (&pool.member_key_file, &pool.member_certificate_file)
+    else {
+        return Ok(None);
+    };
+    let mode = std::fs::metadata(key_path)
+        .with_context(|| format!("`pool.member_key_file` {}", key_path.display()))?
+        .mode();
+    signing::check_private_key_mode(mode)
+        .with_context(|| format!("`pool.member_key_file` {}", key_path.display()))?;
+    let key = signing::signing_key_from_pem(
+        &std::fs::read_to_string(key_path)
+            .with_context(|| format!("reading `pool.member_key_file` {}", key_path.display()))?,
+    )
+    .with_context(|| format!("`pool.member_key_file` {}", key_path.display()))?;
+    let text = std::fs::read_to_string(cert_path).with_context(|| {
+        format!(
+            "reading `pool.member_certificate_file` {}",
+            cert_path.display()
+        )
+    })?;
+    let certificate = MemberCertificate::from_text(&text, 32).map_err(|e| {
+        anyhow::anyhow!(
+            "`pool.member_certificate_file` {}: {e}",
+            cert_path.display()
+        )
+    })?;
+    anyhow::ensure!(
+        certificate.member_key == key.verifying_key().to_bytes(),
+        "`pool.member_certificate_file` {} certifies another key than `pool.member_key_file`",
+        cert_path.display()
+    );
+    anyhow::ensure!(
+        certificate.pool_handle.as_bytes() == pool.handle.as_bytes(),
+        "`pool.member_certificate_file` {} is for pool {:?}, not {:?}",
+        cert_path.display(),
+        certificate.pool_handle.to_string(),
+        pool.handle
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    if now >= certificate.not_after || now < certificate.not_before {
+        // Still used: the registrar decides, and says so in its refusal.
+        tracing::error!(
+            certificate = %cert_path.display(),
+            not_before = certificate.not_before,
+            not_after = certificate.not_after,
+            "pool membership certificate is not valid now: registrars will refuse this collector"
+        );
+    } else if certificate.not_after - now < 14 * 86_400 {
+        tracing::warn!(
+            certificate = %cert_path.display(),
+            days_left = (certificate.not_after - now) / 86_400,
+            "pool membership certificate expires soon: reissue it and send SIGHUP"
+        );
+    }
+    Ok(Some(MemberCredentials { key, certificate }))
+}
+
 pub fn pe_identifier(pool: &PoolConfig, database: &Path) -> Result<u32> {
     if pool.pe_identifier != 0 {
         return Ok(pool.pe_identifier);
@@ -373,6 +464,8 @@ pub async fn register(
     );
     pe.registration_lifetime = Some(Duration::from_millis(pool.registration_lifetime_ms));
     pe.reregistration_interval = Duration::from_millis(pool.reregistration_interval_ms);
+    pe.deregistration_timeout = Duration::from_millis(pool.deregistration_timeout_ms);
+    pe.membership = member_credentials(pool)?;
     let asap_endpoint = match &pool.asap_listen {
         Some(listen) => {
             let endpoint = AsapEndpoint::bind(
@@ -479,13 +572,9 @@ mod tests {
         let own = SigningKey::from_bytes(&[1; 32]);
         let peer = SigningKey::from_bytes(&[2; 32]);
         let private = dir.path().join("own.pem");
-        std::fs::write(&private, signing::signing_key_to_pem(&own)).unwrap();
+        std::fs::write(&private, signing::pkcs8_private_pem(&own)).unwrap();
         let public = dir.path().join("peer.pub");
-        std::fs::write(
-            &public,
-            signing::verifying_key_to_pem(&peer.verifying_key()),
-        )
-        .unwrap();
+        std::fs::write(&public, signing::pkcs8_public_pem(&peer.verifying_key())).unwrap();
         let keys = format!(
             "cookie_signing_key_file = {:?}\ncookie_verify_key_files = [{:?}]\ncookie_key = \"0123456789abcdef\"",
             private, public
@@ -522,5 +611,53 @@ mod tests {
         assert!(cookie_signer(&pool(""), 7).unwrap().is_none());
         let hostile = pool(&format!("{keys}\ntrust_any_cookie_echo = true"));
         assert!(cookie_signer(&hostile, 7).unwrap().unwrap().trust_any_echo);
+    }
+
+    #[test]
+    fn member_credentials_are_checked_before_use() {
+        use protocol::signing::{SigningKey, pkcs8_private_pem};
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let authority = SigningKey::from_bytes(&[1; 32]);
+        let member = SigningKey::from_bytes(&[2; 32]);
+        let key_path = dir.path().join("member.key");
+        std::fs::write(&key_path, pkcs8_private_pem(&member)).unwrap();
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let write_cert = |name: &str, pool: &str, key: &SigningKey| {
+            let cert = MemberCertificate::issue(
+                &authority,
+                &PoolHandle::from(pool),
+                &key.verifying_key(),
+                0,
+                u64::MAX,
+            );
+            let path = dir.path().join(name);
+            std::fs::write(&path, cert.to_text()).unwrap();
+            path
+        };
+        let config = |cert: &Path| {
+            pool(&format!(
+                "member_key_file = {:?}\nmember_certificate_file = {:?}",
+                key_path.display().to_string(),
+                cert.display().to_string()
+            ))
+        };
+        let good = write_cert("good.cert", "billing-collectors", &member);
+        let credentials = member_credentials(&config(&good)).unwrap().unwrap();
+        assert_eq!(credentials.key.verifying_key(), member.verifying_key());
+        assert!(member_credentials(&pool("")).unwrap().is_none());
+
+        let other_pool = write_cert("other.cert", "other-pool", &member);
+        assert!(member_credentials(&config(&other_pool)).is_err());
+        let other_key = write_cert("key.cert", "billing-collectors", &authority);
+        assert!(member_credentials(&config(&other_key)).is_err());
+        // Group-readable private key: refused.
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let error = member_credentials(&config(&good)).unwrap_err();
+        assert!(format!("{error:#}").contains("chmod 600"), "{error:#}");
+        // Only one of the two files: a configuration error.
+        let mut half = config(&good);
+        half.member_certificate_file = None;
+        assert!(half.validate().is_err());
     }
 }

@@ -14,7 +14,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{info, warn};
-use transport::{Association, Endpoint, Event};
+use transport::{Association, DownReason, Endpoint, Event};
 
 use crate::billing::{AssociationBilling, CookieSigner, SharedLedger};
 use crate::ingest::{Batch, SessionDecoder, now_ms};
@@ -81,13 +81,54 @@ pub async fn serve_sctp(
                 metrics::gauge!("poolflow_collector_sessions_active", "transport" => transport);
             gauge.increment(1.0);
             info!(%peer, transport, "association (IPFIX transport session) opened");
-            let reason = sctp_session(association, config, billing, tx, shutdown).await;
-            info!(%peer, transport, "association closed: {reason}");
+            let (how, reason) = sctp_session(association, config, billing, tx, shutdown).await;
+            metrics::counter!("poolflow_collector_associations_ended_total",
+                              "transport" => transport, "how" => how.label())
+            .increment(1);
+            match how {
+                // RFC 9260 9.2: a completed SHUTDOWN delivered everything the
+                // peer had sent, and our own close is counted where we decide it.
+                Ended::Shutdown | Ended::Local => {
+                    info!(%peer, transport, how = how.label(), "association closed: {reason}")
+                }
+                // An ABORT or a failure can cut off records in flight; whether
+                // any were lost only the exporter (or a sequence gap) can tell.
+                Ended::Abort | Ended::Failure => warn!(
+                    %peer, transport, how = how.label(),
+                    "association ended by {}, records in flight may be lost: {reason}",
+                    how.label()
+                ),
+            }
             gauge.decrement(1.0);
             drop(permit);
         });
     }
     while sessions.join_next().await.is_some() {}
+}
+
+/// How an association ended: the `how` label of
+/// `poolflow_collector_associations_ended_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The peer's graceful SHUTDOWN (TCP: end of stream) completed.
+    Shutdown,
+    /// The peer (or its stack) sent ABORT (TCP: reset).
+    Abort,
+    /// Path failure, protocol error or the transport gone.
+    Failure,
+    /// We closed it (collector stopping, cookie refused, our ABORT).
+    Local,
+}
+
+impl Ended {
+    fn label(self) -> &'static str {
+        match self {
+            Ended::Shutdown => "shutdown",
+            Ended::Abort => "abort",
+            Ended::Failure => "failure",
+            Ended::Local => "local",
+        }
+    }
 }
 
 async fn sctp_session(
@@ -96,7 +137,7 @@ async fn sctp_session(
     mut billing: Option<BillingContext>,
     tx: mpsc::Sender<Batch>,
     mut shutdown: watch::Receiver<bool>,
-) -> String {
+) -> (Ended, String) {
     let peer = association.remote_addr();
     let mut decoder = SessionDecoder::new(peer.to_string(), config.clone());
     let mut batch = Batch::default();
@@ -112,17 +153,17 @@ async fn sctp_session(
             changed = async { billing.as_mut().expect("guarded").committed.changed().await },
                 if owes_cookies => {
                 if changed.is_err() {
-                    break "collector shutting down".to_owned();
+                    break (Ended::Local, "collector shutting down".to_owned());
                 }
                 let ctx = billing.as_ref().expect("guarded");
                 if send_cookies(&association, &mut cookies, ctx).await.is_err() {
-                    break "cookie send failed".to_owned();
+                    break (Ended::Local, "cookie send failed".to_owned());
                 }
                 continue;
             }
             _ = tokio::time::sleep_until(flush_at.unwrap_or_else(Instant::now)), if flush_at.is_some() => {
                 if flush(&tx, &mut batch).await.is_err() {
-                    break "collector shutting down".to_owned();
+                    break (Ended::Local, "collector shutting down".to_owned());
                 }
                 flush_at = None;
                 continue;
@@ -149,7 +190,7 @@ async fn sctp_session(
                     let _ = flush(&tx, &mut batch).await;
                     acknowledge_before_close(&association, &mut cookies, ctx).await;
                 }
-                break "collector shutting down".to_owned();
+                break (Ended::Local, "collector shutting down".to_owned());
             }
         };
         match event {
@@ -170,13 +211,14 @@ async fn sctp_session(
                               "exporter handed over (Cookie Echo)");
                         metrics::counter!("poolflow_collector_handovers_total").increment(1);
                         batch.handovers.push(handover);
+                        decoder.set_billing();
                         if flush_at.is_none() {
                             flush_at = Some(Instant::now());
                         }
                         // Records this store already holds past the echoed
                         // cookie are acknowledged at once.
                         if send_cookies(&association, &mut cookies, ctx).await.is_err() {
-                            break "cookie send failed".to_owned();
+                            break (Ended::Local, "cookie send failed".to_owned());
                         }
                     }
                     Err(err) => {
@@ -184,13 +226,17 @@ async fn sctp_session(
                             .increment(1);
                         warn!(%peer, reason = err.reason(), "Cookie Echo refused, closing the association: {err}");
                         association.close();
-                        break format!("Cookie Echo refused: {err}");
+                        break (Ended::Local, format!("Cookie Echo refused: {err}"));
                     }
                 }
             }
             Some(Event::Message(message)) => {
                 let first_new = batch.blocks.len();
+                let first_totals = batch.totals.len();
                 decoder.handle(&message.payload, message.stream, &mut batch);
+                if message.stream == BILLING_STREAM {
+                    cookies.attach_statistics(&mut batch.totals[first_totals..]);
+                }
                 // Only the billing stream's sequence numbers are record
                 // sequences; other streams carry best-effort records
                 // (PR-SCTP), stored untagged and covered by no cookie.
@@ -199,7 +245,7 @@ async fn sctp_session(
                 }
                 if batch.len() >= SESSION_BATCH_RECORDS {
                     if flush(&tx, &mut batch).await.is_err() {
-                        break "collector shutting down".to_owned();
+                        break (Ended::Local, "collector shutting down".to_owned());
                     }
                     flush_at = None;
                 } else if !batch.is_empty() && flush_at.is_none() {
@@ -214,9 +260,16 @@ async fn sctp_session(
                 decoder = SessionDecoder::new(peer.to_string(), config.clone());
                 info!(%peer, "SCTP peer restarted; session state reset");
             }
-            Some(Event::Down(reason)) => break format!("down: {reason:?}"),
-            Some(Event::Failed(reason)) => break format!("failed: {reason:?}"),
-            None => break "association gone".to_owned(),
+            Some(Event::Down(reason)) => {
+                let how = match reason {
+                    DownReason::Shutdown => Ended::Shutdown,
+                    DownReason::Aborted => Ended::Abort,
+                    DownReason::Local => Ended::Local,
+                };
+                break (how, format!("down: {reason:?}"));
+            }
+            Some(Event::Failed(reason)) => break (Ended::Failure, format!("failed: {reason:?}")),
+            None => break (Ended::Failure, "association gone".to_owned()),
         }
     };
     let _ = flush(&tx, &mut batch).await;

@@ -14,14 +14,16 @@ use protocol::ipfix::{DataRecord, FieldSpecifier, MessageHeader, Template};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::billing::{BillingTag, Ledger, RangeSet, SharedLedger};
-use crate::ingest::{Batch, RecordBlock};
+use crate::ingest::{Batch, RecordBlock, TotalsReport};
 use crate::record::{SequenceEventKind, StoredRecord, flow_fields};
 
 /// Bump when the schema changes; [`Store::open`] refuses unknown versions.
 /// 2: records stored in blocks (one row per message and template) instead
 /// of one row per record.
 /// 3: billing columns on record blocks, billing ranges and handovers.
-pub const SCHEMA_VERSION: i64 = 3;
+/// 4: exporters' reliability statistics (`exporter_totals`) and the losses
+/// they declared (`declared_losses`).
+pub const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS exporters (
@@ -70,6 +72,31 @@ CREATE TABLE IF NOT EXISTS billing_handovers (
     from_pe          INTEGER,           -- PE that signed the echoed cookie; NULL: introduction
     to_pe            INTEGER NOT NULL,  -- this collector
     record_sequence  INTEGER            -- last record sequence the echoed cookie vouches for
+);
+CREATE TABLE IF NOT EXISTS exporter_totals (
+    id                   INTEGER PRIMARY KEY,
+    peer                 TEXT NOT NULL,     -- "ip:port" of the exporting process
+    transport            TEXT NOT NULL,
+    billing_exporter     INTEGER,           -- billing exporter id; NULL: plain session
+    exporting_process_id INTEGER NOT NULL,  -- IE 144 as sent
+    domain               INTEGER NOT NULL,  -- IE 149: the domain counted
+    system_init_ms       INTEGER NOT NULL,  -- IE 160: when that exporter process started
+    exported_messages    INTEGER NOT NULL,  -- IE 41 (highest received)
+    exported_records     INTEGER NOT NULL,  -- IE 42 (highest received)
+    not_sent_records     INTEGER NOT NULL,  -- IE 166 (highest received)
+    observation_ms       INTEGER NOT NULL,  -- IE 323 of the latest statistics
+    received_ms          INTEGER NOT NULL,
+    UNIQUE (peer, exporting_process_id, domain, system_init_ms)
+);
+CREATE TABLE IF NOT EXISTS declared_losses (
+    id               INTEGER PRIMARY KEY,
+    billing_exporter INTEGER NOT NULL,
+    domain           INTEGER NOT NULL,
+    first            INTEGER NOT NULL,  -- record sequences first..=last will never be sent
+    last             INTEGER NOT NULL,
+    at_ms            INTEGER NOT NULL,  -- when this collector recorded the declaration
+    system_init_ms   INTEGER NOT NULL,  -- when the declaring exporter process started
+    peer             TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS domain_stats (
     exporter_id      INTEGER NOT NULL REFERENCES exporters(id),
@@ -155,6 +182,7 @@ impl Store {
                 path.display()
             );
         }
+        // 3 -> 4 only adds tables (created below by SCHEMA).
         if version == 2 {
             // 2 -> 3 only adds: billing columns (NULL for old rows) and tables.
             conn.execute_batch(
@@ -415,11 +443,36 @@ impl Store {
                 }
             }
         }
+        let mut declared = HashMap::new();
+        for report in batches.iter().flat_map(|b| &b.totals) {
+            store_totals(&tx, report)?;
+            if let Some(ranges) = declaration(report, &mut pending, &mut declared) {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO declared_losses (billing_exporter, domain, first, last, at_ms,
+                        system_init_ms, peer) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?;
+                let (exporter, _) = report.billing.expect("billing declaration");
+                for (first, last) in ranges {
+                    insert.execute(params![
+                        exporter,
+                        report.stats.observation_domain_id,
+                        first as i64,
+                        last as i64,
+                        now_ms,
+                        clamp_i64(report.stats.system_init_ms),
+                        &*report.peer,
+                    ])?;
+                }
+            }
+        }
         tx.commit()?;
         // Durable now: sessions may issue cookies for these records.
         let mut ledger = self.ledger.lock().expect("ledger lock");
         for (key, set) in pending.changed {
             ledger.stored.insert(key, set);
+        }
+        for (key, set) in declared {
+            ledger.declared.insert(key, set);
         }
         Ok(())
     }
@@ -454,6 +507,107 @@ impl Store {
         )?;
         Ok(n as u64)
     }
+}
+
+/// Keeps the highest counts an exporter process reported for a domain (the
+/// counters only grow; an older report arriving late changes nothing).
+fn store_totals(tx: &rusqlite::Transaction<'_>, report: &TotalsReport) -> Result<()> {
+    let s = &report.stats;
+    tx.prepare_cached(
+        "INSERT INTO exporter_totals (peer, transport, billing_exporter, exporting_process_id,
+            domain, system_init_ms, exported_messages, exported_records, not_sent_records,
+            observation_ms, received_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+         ON CONFLICT (peer, exporting_process_id, domain, system_init_ms) DO UPDATE SET
+            billing_exporter = COALESCE(excluded.billing_exporter, billing_exporter),
+            exported_messages = MAX(exported_messages, excluded.exported_messages),
+            exported_records = MAX(exported_records, excluded.exported_records),
+            not_sent_records = MAX(not_sent_records, excluded.not_sent_records),
+            observation_ms = MAX(observation_ms, excluded.observation_ms),
+            received_ms = excluded.received_ms",
+    )?
+    .execute(params![
+        &*report.peer,
+        report.transport,
+        report.billing.map(|(exporter, _)| exporter),
+        s.exporting_process_id,
+        s.observation_domain_id,
+        clamp_i64(s.system_init_ms),
+        clamp_i64(s.exported_messages),
+        clamp_i64(s.exported_records),
+        clamp_i64(s.not_sent_records),
+        clamp_i64(s.observation_ms),
+        report.received_ms,
+    ])?;
+    Ok(())
+}
+
+/// The ranges a billing exporter's statistics declare lost here: every
+/// record sequence from the association's start (after the echoed cookie)
+/// below `exported + not sent` was sent on this association before the
+/// statistics, or will never be sent; what this store does not hold (and
+/// has not recorded as declared) is the latter. Refused, counted and logged
+/// when it exceeds what the exporter says it did not send: then it is a
+/// loss on the way, not a declaration, and contiguity must not move past it.
+fn declaration(
+    report: &TotalsReport,
+    pending: &mut BillingPending<'_>,
+    declared: &mut HashMap<(u32, u32), RangeSet>,
+) -> Option<Vec<(u64, u64)>> {
+    let (exporter, start) = report.billing?;
+    let stats = &report.stats;
+    let accounted = stats.accounted();
+    if accounted > crate::billing::MAX_ECHOED_SEQUENCE {
+        // No exporter gets there (see MAX_ECHOED_SEQUENCE); a claim beyond
+        // it is broken or hostile and would declare most of the space.
+        metrics::counter!("poolflow_collector_statistics_refused_total", "reason" => "out_of_range")
+            .increment(1);
+        tracing::warn!(peer = %report.peer, exporter, accounted,
+              "exporter statistics beyond any exporter's range: not treated as a declaration");
+        return None;
+    }
+    if accounted <= start {
+        return None;
+    }
+    let key = (exporter, stats.observation_domain_id);
+    let missing = pending.set(key).missing(start, accounted - 1);
+    if missing.is_empty() {
+        return None;
+    }
+    let set = declared.entry(key).or_insert_with(|| {
+        pending
+            .ledger
+            .lock()
+            .expect("ledger lock")
+            .declared
+            .get(&key)
+            .cloned()
+            .unwrap_or_default()
+    });
+    let new: Vec<(u64, u64)> = missing
+        .into_iter()
+        .flat_map(|(a, b)| set.missing(a, b))
+        .collect();
+    let count: u64 = new.iter().map(|(a, b)| b - a + 1).sum();
+    if count == 0 {
+        return None;
+    }
+    if count > stats.not_sent_records {
+        metrics::counter!("poolflow_collector_statistics_refused_total", "reason" => "undeclared_gap")
+            .increment(1);
+        tracing::warn!(peer = %report.peer, exporter, domain = key.1, missing = count,
+              not_sent = stats.not_sent_records,
+              "exporter statistics account for records neither received nor declared lost; \
+               not treated as a declaration");
+        return None;
+    }
+    for (a, b) in &new {
+        set.insert(*a, *b);
+    }
+    metrics::counter!("poolflow_collector_declared_lost_records_total").increment(count);
+    tracing::warn!(peer = %report.peer, exporter, domain = key.1, records = count,
+          ranges = ?new, "exporter declared records lost (restart); contiguity moves past them");
+    Some(new)
 }
 
 fn merge(into: &mut StatsDelta, from: StatsDelta) {
@@ -639,17 +793,21 @@ fn record_offsets(template: &Template, bytes: &[u8]) -> Vec<usize> {
 
 fn load_ledger(conn: &Connection) -> Result<Ledger> {
     let mut ledger = Ledger::default();
-    let mut stmt =
-        conn.prepare("SELECT billing_exporter, domain, first, last FROM billing_ranges")?;
-    let mut rows = stmt.query([])?;
-    while let Some(r) = rows.next()? {
-        let key: (u32, u32) = (r.get(0)?, r.get(1)?);
-        let (first, last): (i64, i64) = (r.get(2)?, r.get(3)?);
-        ledger
-            .stored
-            .entry(key)
-            .or_default()
-            .insert(first as u64, last as u64);
+    for (table, sets) in [
+        ("billing_ranges", &mut ledger.stored),
+        ("declared_losses", &mut ledger.declared),
+    ] {
+        let mut stmt = conn.prepare(&format!(
+            "SELECT billing_exporter, domain, first, last FROM {table}"
+        ))?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let key: (u32, u32) = (r.get(0)?, r.get(1)?);
+            let (first, last): (i64, i64) = (r.get(2)?, r.get(3)?);
+            sets.entry(key)
+                .or_default()
+                .insert(first as u64, last as u64);
+        }
     }
     Ok(ledger)
 }

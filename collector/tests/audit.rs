@@ -148,6 +148,72 @@ impl TestStore {
     }
 }
 
+/// The schema version 4 tables: the exporters' reliability statistics and
+/// the losses they declared.
+const SCHEMA_V4_TABLES: &str = r#"
+CREATE TABLE IF NOT EXISTS exporter_totals (
+    id INTEGER PRIMARY KEY, peer TEXT NOT NULL, transport TEXT NOT NULL,
+    billing_exporter INTEGER, exporting_process_id INTEGER NOT NULL, domain INTEGER NOT NULL,
+    system_init_ms INTEGER NOT NULL, exported_messages INTEGER NOT NULL,
+    exported_records INTEGER NOT NULL, not_sent_records INTEGER NOT NULL,
+    observation_ms INTEGER NOT NULL, received_ms INTEGER NOT NULL,
+    UNIQUE (peer, exporting_process_id, domain, system_init_ms));
+CREATE TABLE IF NOT EXISTS declared_losses (
+    id INTEGER PRIMARY KEY, billing_exporter INTEGER NOT NULL, domain INTEGER NOT NULL,
+    first INTEGER NOT NULL, last INTEGER NOT NULL, at_ms INTEGER NOT NULL,
+    system_init_ms INTEGER NOT NULL, peer TEXT NOT NULL);
+PRAGMA user_version = 4;
+"#;
+
+impl TestStore {
+    /// The exporter's statistics as received: `exported + not_sent` sequences
+    /// accounted for.
+    fn add_totals(&self, billing_exporter: u32, domain: u32, exported: u64, not_sent: u64) {
+        self.conn.execute_batch(SCHEMA_V4_TABLES).unwrap();
+        self.conn
+            .execute(
+                "INSERT INTO exporter_totals (peer, transport, billing_exporter,
+                    exporting_process_id, domain, system_init_ms, exported_messages,
+                    exported_records, not_sent_records, observation_ms, received_ms)
+                 VALUES ('192.0.2.1:4739', 'sctp', ?1, ?1, ?2, ?3, 1, ?4, ?5, 0, 0)",
+                params![
+                    billing_exporter,
+                    domain,
+                    exported as i64 + not_sent as i64,
+                    exported as i64,
+                    not_sent as i64
+                ],
+            )
+            .unwrap();
+    }
+
+    /// A declaration recorded by this store: `first..=last` never sent by an
+    /// exporter process started at `restart_ms`.
+    fn add_declared(
+        &self,
+        billing_exporter: u32,
+        domain: u32,
+        first: u64,
+        last: u64,
+        restart_ms: i64,
+    ) {
+        self.conn.execute_batch(SCHEMA_V4_TABLES).unwrap();
+        self.conn
+            .execute(
+                "INSERT INTO declared_losses (billing_exporter, domain, first, last, at_ms,
+                    system_init_ms, peer) VALUES (?1, ?2, ?3, ?4, 0, ?5, '192.0.2.1:4739')",
+                params![
+                    billing_exporter,
+                    domain,
+                    first as i64,
+                    last as i64,
+                    restart_ms
+                ],
+            )
+            .unwrap();
+    }
+}
+
 fn options(stores: &[&TestStore]) -> AuditOptions {
     AuditOptions {
         databases: stores.iter().map(|s| s.path.clone()).collect(),
@@ -659,4 +725,174 @@ fn a_million_records_across_two_stores() {
         report.stores[0].billing_blocks + report.stores[1].billing_blocks,
         SPLIT.div_ceil(29) + (TOTAL - SPLIT + 100).div_ceil(29)
     );
+}
+
+#[test]
+fn a_store_that_lost_its_tail_fails_against_the_exporters_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = TestStore::create(dir.path(), "a.sqlite");
+    a.add_records(Some(7), 1, 0..1000, 29, BASE_MS);
+    a.add_handover(1, 7, 1, None, 1, None);
+    // Without the exporter's account the store looks complete.
+    assert_eq!(audit(&[&a]).verdict, Verdict::Pass);
+    // The exporter said it sent 1500: the last 500 are stored nowhere.
+    a.add_totals(7, 1, 1500, 0);
+    let report = audit(&[&a]);
+    assert_eq!(
+        report.verdict,
+        Verdict::Fail,
+        "{}",
+        audit::report_text(&report)
+    );
+    let g = &report.exporter_domains[0];
+    assert_eq!(g.exporter_accounted, Some(1500));
+    assert_eq!(g.expected_through, Some(1499));
+    assert_eq!(g.gaps.missing_records, 500);
+    assert_eq!(
+        (g.gaps.ranges[0].first, g.gaps.ranges[0].last),
+        (1000, 1499)
+    );
+    assert_eq!(g.declared_loss.records, 0);
+    let out = cli_on(&[&a], &["--quiet"]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("missing 1000..=1499"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("unexplained gap(s) (1000..=1499)"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn the_tail_sent_elsewhere_is_missing_when_that_store_is_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (primary, backup) = failover_pair(dir.path());
+    // The primary came back and received the end-of-stream statistics
+    // (1000 sent); the backup holds 500..=999.
+    primary.add_totals(7, 1, 1000, 0);
+    let alone = audit(&[&primary]);
+    assert_eq!(alone.verdict, Verdict::Fail);
+    let g = &alone.exporter_domains[0];
+    assert_eq!(g.records_present, 500);
+    assert_eq!((g.gaps.ranges[0].first, g.gaps.ranges[0].last), (500, 999));
+    let both = audit(&[&primary, &backup]);
+    assert_eq!(both.verdict, Verdict::Pass, "{}", audit::report_text(&both));
+    assert_eq!(both.exporter_domains[0].gaps.missing_records, 0);
+}
+
+#[test]
+fn declared_loss_is_shown_apart_and_fails_only_with_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = TestStore::create(dir.path(), "a.sqlite");
+    let b = TestStore::create(dir.path(), "b.sqlite");
+    a.add_records(Some(7), 1, 0..100, 29, BASE_MS);
+    a.add_handover(1, 7, 1, None, 1, None);
+    // The exporter restarted after its cookie for 99 and declared
+    // 100..=299 lost; the other collector had stored 100..=149 before the
+    // crash (present, not lost). After the restart it sent 300..=399.
+    b.add_records(Some(7), 1, 100..150, 29, BASE_MS);
+    a.add_declared(7, 1, 100, 299, 1_765_000_000_000);
+    a.add_records(Some(7), 1, 300..400, 29, BASE_MS);
+    a.add_totals(7, 1, 200, 200);
+    let report = audit(&[&a, &b]);
+    assert_eq!(
+        report.verdict,
+        Verdict::Pass,
+        "{}",
+        audit::report_text(&report)
+    );
+    let g = &report.exporter_domains[0];
+    assert_eq!(g.gaps.missing_records, 0);
+    assert_eq!(g.declared_loss.records, 150);
+    assert_eq!(g.declared_loss.range_count, 1);
+    let r = &g.declared_loss.ranges[0];
+    assert_eq!((r.first, r.last, r.records), (150, 299, 150));
+    assert_eq!(r.exporter_restart_ms, 1_765_000_000_000);
+    assert_eq!(report.totals.declared_lost_records, 150);
+    assert_eq!(report.totals.missing_records, 0);
+
+    let out = cli_on(&[&a, &b], &["--quiet"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains(
+            "declared loss 150..=299 (150 records), exporter restarted 2025-12-06T05:46:40.000Z"
+        ),
+        "{}",
+        out.stdout
+    );
+    let out = cli_on(&[&a, &b], &["--quiet", "--fail-on-declared-loss"]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("150 records declared lost"),
+        "{}",
+        out.stdout
+    );
+    let out = cli_on(&[&a, &b], &["--quiet", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(json["totals"]["declared_lost_records"], 150);
+    assert_eq!(
+        json["exporter_domains"][0]["declared_loss"]["ranges"][0]["first"],
+        150
+    );
+
+    // A hole beside the declaration stays an unexplained gap.
+    a.add_totals(7, 1, 300, 200);
+    let report = audit(&[&a, &b]);
+    assert_eq!(report.verdict, Verdict::Fail);
+    let g = &report.exporter_domains[0];
+    assert_eq!((g.gaps.ranges[0].first, g.gaps.ranges[0].last), (400, 499));
+    assert_eq!(g.declared_loss.records, 150);
+}
+
+#[test]
+fn the_exporters_state_file_reveals_a_tail_no_given_store_knows_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let (primary, _backup) = failover_pair(dir.path());
+    // The primary died and never came back; the backup's store is gone.
+    // The exporter stopped cleanly after 1000 records: its state file says so.
+    let state = dir.path().join("exporter.state");
+    std::fs::write(
+        &state,
+        "version = 1\nexporter_id = 7\n\n[[domains]]\ndomain = 1\nnext_sequence = 1000\n\
+         last_cookie = \"00\"\nnot_sent = 0\n",
+    )
+    .unwrap();
+    assert_eq!(
+        audit(&[&primary]).verdict,
+        Verdict::Pass,
+        "the store alone looks complete"
+    );
+    let report = audit::run(&AuditOptions {
+        exporter_states: vec![state.clone()],
+        ..options(&[&primary])
+    })
+    .unwrap();
+    assert_eq!(report.verdict, Verdict::Fail);
+    let g = &report.exporter_domains[0];
+    assert_eq!(g.state_file_next_sequence, Some(1000));
+    assert_eq!((g.gaps.ranges[0].first, g.gaps.ranges[0].last), (500, 999));
+    let state_arg = state.display().to_string();
+    let out = cli_on(&[&primary], &["--quiet", "--exporter-state", &state_arg]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("missing 500..=999"), "{}", out.stdout);
+    // Another exporter's file claims nothing here; a broken file is an error.
+    std::fs::write(
+        &state,
+        "version = 1\nexporter_id = 8\n[[domains]]\ndomain = 1\nnext_sequence = 5000\n",
+    )
+    .unwrap();
+    let out = cli_on(&[&primary], &["--quiet", "--exporter-state", &state_arg]);
+    assert_eq!(
+        out.code, 1,
+        "exporter 8 has no records anywhere: {}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("billing exporter 7 domain 1: PASS"),
+        "{}",
+        out.stdout
+    );
+    std::fs::write(&state, "not toml [").unwrap();
+    let out = cli_on(&[&primary], &["--quiet", "--exporter-state", &state_arg]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
 }

@@ -351,3 +351,61 @@ async fn graceful_stop_takes_in_what_tcp_already_delivered() {
     let store = Store::open(&dir.path().join("c.sqlite")).unwrap();
     assert_eq!(store.record_count().unwrap(), records);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_exporters_statistics_reveal_a_lost_tail() {
+    use protocol::ipfix::reliability::{self, ReliabilityStatistics};
+    let dir = tempfile::tempdir().unwrap();
+    let c = collector::start(&config(dir.path())).await.unwrap();
+    let mut tcp = TcpStream::connect(c.tcp_addrs[0]).unwrap();
+    for m in messages(4, 0, 100, 10) {
+        tcp.write_all(&m).unwrap();
+    }
+    // The exporter sent 130 records of domain 4: the last 30 never came
+    // (say, the connection broke and the exporter reconnected elsewhere).
+    let stats = ReliabilityStatistics {
+        exporting_process_id: 0,
+        observation_domain_id: 4,
+        exported_messages: 13,
+        exported_records: 130,
+        not_sent_records: 0,
+        system_init_ms: 1_700_000_000_000,
+        observation_ms: 1_700_000_001_000,
+    };
+    let mut w = MessageWriter::new(1400);
+    let (bytes, n) = reliability::encode_message(&mut w, 1_700_000_001, 0, true, &[stats]).unwrap();
+    assert_eq!(n, 1);
+    tcp.write_all(&bytes).unwrap();
+    tcp.flush().unwrap();
+    wait_for_records(&c, 100).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let peer = tcp.local_addr().unwrap().to_string();
+    loop {
+        let store = Store::open_read_only(&dir.path().join("c.sqlite")).unwrap();
+        let rows: i64 = store
+            .query_row("SELECT COUNT(*) FROM exporter_totals", [], |r| r.get(0))
+            .unwrap_or(0);
+        if rows > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "statistics not stored in time");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(tcp);
+    c.shutdown().await.unwrap();
+    let store = Store::open(&dir.path().join("c.sqlite")).unwrap();
+    // The statistics are the exporter's account, not flow records.
+    assert_eq!(store.record_count().unwrap(), 100);
+    let stats = store.domain_stats(&peer, 4).unwrap().unwrap();
+    assert_eq!(stats.records, 100);
+    assert_eq!(stats.lost_records, 30, "the lost tail");
+    let (exported, billing): (i64, Option<i64>) = store
+        .connection()
+        .query_row(
+            "SELECT exported_records, billing_exporter FROM exporter_totals WHERE domain = 4",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((exported, billing), (130, None));
+}

@@ -182,6 +182,15 @@ pub struct BufferConfig {
     pub spill_dir: Option<PathBuf>,
     /// Records per spill segment file.
     pub spill_segment_records: usize,
+    /// Durable intake: a record counts as taken in only once it is in the
+    /// fsynced intake journal (`journal_dir`), so an exporter or relay
+    /// crash loses nothing; a restart replays the journal after the last
+    /// cookie. Costs an fsync per input batch.
+    pub durable: bool,
+    /// Directory of the intake journal (required with `durable`).
+    pub journal_dir: Option<PathBuf>,
+    /// Records per journal segment file.
+    pub journal_segment_records: usize,
 }
 
 impl Default for BufferConfig {
@@ -191,6 +200,9 @@ impl Default for BufferConfig {
             max_records: 10_000_000,
             spill_dir: None,
             spill_segment_records: 100_000,
+            durable: false,
+            journal_dir: None,
+            journal_segment_records: 100_000,
         }
     }
 }
@@ -275,6 +287,18 @@ impl StreamConfig {
         if config.buffer.memory_records == 0 {
             bail!("`buffer.memory_records` must be at least 1");
         }
+        if config.buffer.durable && config.buffer.journal_dir.is_none() {
+            bail!("`buffer.durable = true` needs `buffer.journal_dir`");
+        }
+        if config.buffer.journal_segment_records == 0 {
+            bail!("`buffer.journal_segment_records` must be at least 1");
+        }
+        if config.observation_domain == protocol::ipfix::reliability::STATISTICS_DOMAIN {
+            bail!(
+                "`observation_domain` {} is reserved for the reliability statistics",
+                config.observation_domain
+            );
+        }
         config.registrar_addresses()?;
         Ok(config)
     }
@@ -321,7 +345,19 @@ impl StreamConfig {
             cache_lifetime: Duration::from_millis(t.cache_lifetime_ms),
             registrar_request_timeout: Duration::from_millis(t.registrar_request_timeout_ms),
             exit_drain_timeout,
+            durable: self.durable_settings(),
         })
+    }
+
+    /// Durable intake, when configured.
+    pub fn durable_settings(&self) -> Option<crate::journal::DurableSettings> {
+        let dir = self.buffer.journal_dir.clone()?;
+        self.buffer
+            .durable
+            .then_some(crate::journal::DurableSettings {
+                dir,
+                segment_records: self.buffer.journal_segment_records,
+            })
     }
 
     /// The core's settings.
@@ -347,6 +383,9 @@ impl StreamConfig {
             best_effort_queue: self.best_effort.queue_records,
             cookie_keys: None,
             untrusted_for: Duration::from_millis(t.untrusted_pe_ms),
+            // Not a config key: once a second keeps the audit's view of a
+            // stream at most a second behind at a few bytes a second.
+            statistics_interval: Duration::from_secs(1),
         }
     }
 
@@ -448,14 +487,14 @@ mod tests {
 
     #[test]
     fn cookie_public_keys_are_read_from_pem_files() {
-        use protocol::signing::{SigningKey, key_id, verifying_key_to_pem};
+        use protocol::signing::{SigningKey, key_id, pkcs8_public_pem};
         let dir = tempfile::tempdir().unwrap();
         let mut files = Vec::new();
         let mut ids = Vec::new();
         for seed in [1u8, 2] {
             let key = SigningKey::from_bytes(&[seed; 32]).verifying_key();
             let path = dir.path().join(format!("c{seed}.pub"));
-            std::fs::write(&path, verifying_key_to_pem(&key)).unwrap();
+            std::fs::write(&path, pkcs8_public_pem(&key)).unwrap();
             files.push(format!("{path:?}"));
             ids.push(key_id(&key));
         }

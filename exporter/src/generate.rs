@@ -39,6 +39,7 @@ pub struct GenerateConfig {
 /// What a run did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GenerateReport {
+    /// Records the collector acknowledged (TCP, SCTP; UDP: sent).
     pub records: u64,
     pub messages: u64,
     pub bytes: u64,
@@ -53,7 +54,7 @@ impl GenerateReport {
 
 enum Sink {
     Udp(UdpBatcher),
-    Tcp(std::io::BufWriter<TcpStream>),
+    Tcp(TcpSink),
     Sctp(Box<SctpSink>),
 }
 
@@ -63,7 +64,15 @@ enum Sink {
 struct SctpSink {
     runtime: tokio::runtime::Runtime,
     association: transport::Association,
+    target: SocketAddr,
+    /// Records of every message sent, in order: the association counts
+    /// acknowledged messages, the report counts records.
+    records_per_message: Vec<u32>,
 }
+
+/// A close that makes no progress (nothing newly acknowledged) for this long
+/// has failed: the collector is gone or stuck.
+const CLOSE_STALL: Duration = Duration::from_secs(30);
 
 /// IPFIX has no registered SCTP payload protocol identifier; 0 means
 /// "unspecified" (RFC 9260 section 3.3.1).
@@ -88,50 +97,183 @@ impl SctpSink {
         Ok(Self {
             runtime,
             association,
+            target,
+            records_per_message: Vec::new(),
         })
     }
 
-    fn send(&mut self, bytes: &[u8]) -> Result<()> {
+    fn send(&mut self, bytes: &[u8], records: u32) -> Result<()> {
         let message = transport::Message::new(0, IPFIX_PPID, bytes.to_vec());
-        self.runtime.block_on(self.association.send(message))?;
+        if let Err(error) = self.runtime.block_on(self.association.send(message)) {
+            let (acknowledged, total) = self.acknowledged_records();
+            anyhow::bail!(
+                "SCTP association to {} ended while sending ({error}): the collector \
+                 acknowledged {acknowledged} of {total} records sent",
+                self.target
+            );
+        }
+        self.records_per_message.push(records);
         Ok(())
     }
 
-    /// Waits until the peer has every message: a graceful SCTP shutdown
-    /// completes only after all DATA is acknowledged.
-    fn close(&mut self) -> Result<()> {
+    /// Records in the messages the association counted as acknowledged,
+    /// and records sent.
+    fn acknowledged_records(&self) -> (u64, u64) {
+        let sent = self.records_per_message.len();
+        let acknowledged_messages =
+            (self.association.acknowledged_messages().unwrap_or(0) as usize).min(sent);
+        let sum = |messages: &[u32]| messages.iter().map(|&r| u64::from(r)).sum::<u64>();
+        (
+            sum(&self.records_per_message[..acknowledged_messages]),
+            sum(&self.records_per_message),
+        )
+    }
+
+    /// Closes gracefully and returns the records the collector acknowledged:
+    /// all of them when the SHUTDOWN sequence completed (it completes only
+    /// once every DATA chunk is SACKed, RFC 9260 section 9.2). An ABORT, a
+    /// failure or a stalled close is an error that says how many records
+    /// the collector did acknowledge.
+    fn close(&mut self) -> Result<u64> {
         self.association.close();
         let association = &mut self.association;
-        self.runtime.block_on(async {
-            let wait = async {
-                while let Some(event) = association.recv().await {
-                    if matches!(
-                        event,
-                        transport::Event::Down(_) | transport::Event::Failed(_)
-                    ) {
-                        break;
+        let last = self.runtime.block_on(async {
+            let mut progress = (association.acknowledged_messages(), Instant::now());
+            loop {
+                match tokio::time::timeout(Duration::from_secs(1), association.recv()).await {
+                    Ok(Some(event @ (transport::Event::Down(_) | transport::Event::Failed(_)))) => {
+                        return Some(event);
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => return None,
+                    Err(_) => {
+                        let acknowledged = association.acknowledged_messages();
+                        if acknowledged != progress.0 {
+                            progress = (acknowledged, Instant::now());
+                        } else if progress.1.elapsed() >= CLOSE_STALL {
+                            return None;
+                        }
                     }
                 }
-            };
-            tokio::time::timeout(std::time::Duration::from_secs(30), wait).await
-        })?;
-        Ok(())
+            }
+        });
+        let (acknowledged, total) = self.acknowledged_records();
+        match last {
+            Some(transport::Event::Down(transport::DownReason::Local)) if acknowledged == total => {
+                Ok(acknowledged)
+            }
+            last => {
+                let how = match last {
+                    Some(event) => format!("{event:?}"),
+                    None => format!("no progress for {} s", CLOSE_STALL.as_secs()),
+                };
+                anyhow::bail!(
+                    "SCTP association to {} did not close cleanly ({how}): the collector \
+                     acknowledged {acknowledged} of {total} records",
+                    self.target
+                )
+            }
+        }
     }
 }
 
+/// IPFIX over TCP; the kernel tells which bytes the collector's TCP
+/// acknowledged, so the report counts the records in them.
+struct TcpSink {
+    writer: std::io::BufWriter<TcpStream>,
+    /// End offset (bytes) and records of every message sent, in order.
+    messages: Vec<(u64, u32)>,
+    bytes: u64,
+}
+
+impl TcpSink {
+    fn send(&mut self, bytes: &[u8], records: u32) -> Result<()> {
+        self.writer.write_all(bytes)?;
+        self.bytes += bytes.len() as u64;
+        self.messages.push((self.bytes, records));
+        Ok(())
+    }
+
+    /// Sends FIN after the last byte and waits until the collector's TCP has
+    /// acknowledged every byte; returns the records in acknowledged bytes.
+    fn close(&mut self) -> Result<u64> {
+        self.writer.flush()?;
+        let stream = self.writer.get_ref();
+        stream.shutdown(std::net::Shutdown::Write)?;
+        let mut progress = (unacknowledged_bytes(stream)?, Instant::now());
+        while progress.0 > 0 && progress.1.elapsed() < CLOSE_STALL {
+            std::thread::sleep(Duration::from_millis(5));
+            let now = unacknowledged_bytes(stream)?;
+            if now != progress.0 {
+                progress = (now, Instant::now());
+            }
+        }
+        let acknowledged_bytes = self.bytes - progress.0.min(self.bytes);
+        let acknowledged: u64 = self
+            .messages
+            .iter()
+            .take_while(|&&(end, _)| end <= acknowledged_bytes)
+            .map(|&(_, r)| u64::from(r))
+            .sum();
+        if progress.0 > 0 {
+            let total: u64 = self.messages.iter().map(|&(_, r)| u64::from(r)).sum();
+            anyhow::bail!(
+                "TCP connection to {} did not close cleanly ({} bytes never acknowledged): the \
+                 collector acknowledged {acknowledged} of {total} records",
+                stream.peer_addr()?,
+                progress.0
+            );
+        }
+        Ok(acknowledged)
+    }
+}
+
+/// Bytes sent on `stream` that the peer has not acknowledged yet (Linux
+/// `SIOCOUTQ`; elsewhere 0, i.e. what the kernel accepted counts).
+#[cfg(target_os = "linux")]
+fn unacknowledged_bytes(stream: &TcpStream) -> Result<u64> {
+    use std::os::fd::AsRawFd;
+    let mut queued: libc::c_int = 0;
+    // SAFETY: valid fd owned by `stream`; SIOCOUTQ writes one c_int.
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(queued.max(0) as u64)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn unacknowledged_bytes(_stream: &TcpStream) -> Result<u64> {
+    Ok(0)
+}
+
 impl Sink {
-    fn send(&mut self, bytes: &[u8]) -> Result<()> {
+    fn send(&mut self, bytes: &[u8], records: u32) -> Result<()> {
         match self {
             Sink::Udp(s) => s.push(bytes),
-            Sink::Tcp(s) => Ok(s.write_all(bytes)?),
-            Sink::Sctp(s) => s.send(bytes),
+            Sink::Tcp(s) => s.send(bytes, records),
+            Sink::Sctp(s) => s.send(bytes, records),
         }
     }
 
+    /// Hands everything queued to the network (before a pause).
     fn flush(&mut self) -> Result<()> {
         match self {
             Sink::Udp(s) => s.flush(),
-            Sink::Tcp(s) => Ok(s.flush()?),
+            Sink::Tcp(s) => Ok(s.writer.flush()?),
+            // The association's driver sends at once. (This used to close the
+            // association, so a paced SCTP run ended at its first pause.)
+            Sink::Sctp(_) => Ok(()),
+        }
+    }
+
+    /// Ends the session; returns the records the collector acknowledged
+    /// (UDP acknowledges nothing: there, what the kernel took), or an error
+    /// when the close did not complete.
+    fn finish(&mut self, sent: u64) -> Result<u64> {
+        match self {
+            Sink::Udp(s) => s.flush().map(|()| sent),
+            Sink::Tcp(s) => s.close(),
             Sink::Sctp(s) => s.close(),
         }
     }
@@ -253,7 +395,11 @@ pub fn generate(config: &GenerateConfig, mut progress: impl FnMut(u64)) -> Resul
             let s = TcpStream::connect(config.target)
                 .with_context(|| format!("connecting TCP to {}", config.target))?;
             s.set_nodelay(true)?;
-            Sink::Tcp(std::io::BufWriter::with_capacity(256 * 1024, s))
+            Sink::Tcp(TcpSink {
+                writer: std::io::BufWriter::with_capacity(256 * 1024, s),
+                messages: Vec::new(),
+                bytes: 0,
+            })
         }
         GenerateTransport::Sctp => Sink::Sctp(Box::new(SctpSink::connect(config.target)?)),
     };
@@ -297,7 +443,7 @@ pub fn generate(config: &GenerateConfig, mut progress: impl FnMut(u64)) -> Resul
         }
         let records = writer.data_records();
         let bytes = writer.finish();
-        sink.send(bytes)?;
+        sink.send(bytes, records)?;
         report.messages += 1;
         report.bytes += bytes.len() as u64;
         report.records += records as u64;
@@ -318,7 +464,29 @@ pub fn generate(config: &GenerateConfig, mut progress: impl FnMut(u64)) -> Resul
             progress(report.records);
         }
     }
-    sink.flush()?;
+    // The exporter's own account at the end (RFC 7011 4.3): a collector
+    // that missed the tail counts it as lost records.
+    let stats = protocol::ipfix::reliability::ReliabilityStatistics {
+        exporting_process_id: 0,
+        observation_domain_id: config.observation_domain,
+        exported_messages: report.messages,
+        exported_records: report.records,
+        not_sent_records: 0,
+        system_init_ms: base_millis,
+        observation_ms: SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64,
+    };
+    let (bytes, _) = protocol::ipfix::reliability::encode_message(
+        &mut writer,
+        (stats.observation_ms / 1000) as u32,
+        0,
+        true,
+        &[stats],
+    )?;
+    // No data record: it never counts as sent.
+    sink.send(&bytes, 0)?;
+    // "Sent" means acknowledged by the collector (TCP, SCTP): a close that
+    // did not complete is an error naming what was.
+    report.records = sink.finish(report.records)?;
     report.elapsed = start.elapsed();
     Ok(report)
 }

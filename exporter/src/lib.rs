@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod generate;
+pub mod journal;
 pub mod pool_user;
 pub mod relay;
 pub mod replay;

@@ -122,7 +122,9 @@ fn main() -> Result<()> {
                 first_record: a.first_record,
             };
             let report = generate(&config, |sent| {
-                eprintln!("sent {sent} of {} records", config.records)
+                // Handed to the transport, not yet acknowledged: the final
+                // line counts what the collector acknowledged.
+                eprintln!("queued {sent} of {} records", config.records)
             })?;
             println!(
                 "sent {} records in {} messages ({} bytes) in {:.3} s: {:.0} records/s",
@@ -222,6 +224,13 @@ fn stream(args: StreamArgs) -> Result<()> {
             },
             report.elapsed.as_secs_f64()
         );
+        if report.counters.declared_not_sent > 0 {
+            println!(
+                "declared never to be sent at this start: {} record sequences \
+                 (lost with the previous run's memory or reserved and unused)",
+                report.counters.declared_not_sent
+            );
+        }
         if best_effort.is_some() {
             println!(
                 "best effort: {} sent, {} dropped from a full queue",

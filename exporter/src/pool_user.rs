@@ -33,6 +33,7 @@ use policies::{PeId, PolicyParams};
 use protocol::billing::{
     BillingCookie, CookieError, CookieKeys, CookieMessageKind, cookie_from_message,
 };
+use protocol::ipfix::reliability::{self, ReliabilityStatistics};
 use protocol::ipfix::{MessageWriter, Template};
 use protocol::rserpool::ASAP_SCTP_PPID;
 use protocol::rserpool::asap::Message as AsapMessage;
@@ -88,6 +89,10 @@ pub struct ExporterConfig {
     pub cookie_keys: Option<CookieKeys>,
     /// A PE whose cookie was refused is not used again for this long.
     pub untrusted_for: Duration,
+    /// How often the Exporting Process Reliability Statistics (RFC 7011
+    /// 4.3) go out while streaming (also on every new association and at
+    /// the end of a stream).
+    pub statistics_interval: Duration,
 }
 
 impl ExporterConfig {
@@ -108,6 +113,7 @@ impl ExporterConfig {
             best_effort_queue: 10_000,
             cookie_keys: None,
             untrusted_for: Duration::from_secs(24 * 3600),
+            statistics_interval: Duration::from_secs(1),
         }
     }
 }
@@ -295,11 +301,44 @@ pub enum FailureCause {
     CookieRejected,
 }
 
+impl FailureCause {
+    /// Whether this is evidence that the PE is unreachable, worth an ASAP
+    /// Endpoint Unreachable report (RFC 5352 §3.5). Only a transport
+    /// failure is: a stalled cookie or drain is a protocol problem between
+    /// this exporter and that collector (e.g. a hole in the exporter's own
+    /// sequence), and reporting it would let one confused pool user get a
+    /// healthy collector removed for every user of the pool.
+    pub fn is_transport_failure(self) -> bool {
+        matches!(self, Self::AssociationEnded)
+    }
+
+    /// Whether the PE is reported to the registrar (ASAP Endpoint
+    /// Unreachable): a transport failure, or a cookie the exporter refused
+    /// (the PE is hostile or misconfigured: other pool users should not
+    /// trust it either, and the registrar checks it before acting).
+    pub fn is_reported(self) -> bool {
+        self.is_transport_failure() || matches!(self, Self::CookieRejected)
+    }
+
+    /// Label for logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::AssociationEnded => "association_ended",
+            Self::CookieTimeout => "cookie_timeout",
+            Self::DrainTimeout => "drain_timeout",
+            Self::CookieRejected => "cookie_rejected",
+        }
+    }
+}
+
 /// Counters for metrics (monotonic).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
     /// Failures of the PE in use.
     pub failovers: u64,
+    /// Of those, the ones for a protocol problem (cookie or drain stalled),
+    /// not reported to the registrar as unreachable.
+    pub protocol_failovers: u64,
     /// Completed failbacks.
     pub failbacks: u64,
     /// Data records sent (replays included).
@@ -315,6 +354,11 @@ pub struct Counters {
     pub best_effort_dropped: u64,
     /// Cookies refused (each one also a failover).
     pub cookies_rejected: u64,
+    /// Record sequences declared never to be sent (lost in restarts or too
+    /// large for a message), over every run of the exporter.
+    pub declared_not_sent: u64,
+    /// Reliability statistics records sent.
+    pub statistics_sent: u64,
 }
 
 /// Why the core refused a record.
@@ -346,6 +390,12 @@ struct Domain {
     /// association: templates learned at run time go out before the next
     /// data message of the domain.
     templates_announced: usize,
+    /// Sequences declared never to be sent, over every run (persisted).
+    not_sent: u64,
+    /// Sequences below this were examined for loss at a restart (persisted).
+    declared_until: u64,
+    /// IPFIX messages of the domain sent by this process.
+    messages_sent: u64,
 }
 
 impl Domain {
@@ -431,6 +481,13 @@ pub struct Exporter {
     last_persist: Instant,
     /// Round robin over domains when sending.
     send_turn: usize,
+    /// Unix ms when this process started (systemInitTimeMilliseconds).
+    system_init_ms: u64,
+    /// When the next periodic statistics are due (while streaming).
+    next_statistics: Option<Instant>,
+    /// Statistics records sent on the current association (their own
+    /// RFC 7011 sequence numbers in the statistics domain).
+    statistics_sequence: u32,
     /// Best-effort records per domain (apart from billing: no sequences,
     /// no replay, nothing persisted).
     best_effort: BTreeMap<u32, BestEffortDomain>,
@@ -487,6 +544,9 @@ impl Exporter {
             cookies_dirty: false,
             last_persist: now,
             send_turn: 0,
+            system_init_ms: unix_ms,
+            next_statistics: None,
+            statistics_sequence: 0,
             best_effort: BTreeMap::new(),
             best_effort_turn: false,
             counters: Counters::default(),
@@ -502,6 +562,28 @@ impl Exporter {
         let cookie = state.last_cookie.filter(|c| !c.introduction);
         let acknowledged = cookie.map(|c| c.last_record_sequence);
         let buffer = ReplayBuffer::open(id, self.config.replay.clone(), acknowledged)?;
+        // A restart: every sequence after the last cookie that this process
+        // does not hold (lost with the old memory, or reserved and never
+        // used) will never be sent. Declared once: `declared_until` stays
+        // persisted with the count.
+        let from = cookie
+            .map_or(0, |c| c.next_record_sequence())
+            .max(state.declared_until);
+        let held = buffer.in_memory_from(from).count() as u64 + buffer.spilled_len() as u64;
+        let lost = state
+            .next_sequence
+            .saturating_sub(from)
+            .saturating_sub(held);
+        if lost > 0 {
+            tracing::warn!(
+                domain = id,
+                from,
+                next_sequence = state.next_sequence,
+                lost,
+                "restart: record sequences not held any more are declared never to be sent"
+            );
+            self.counters.declared_not_sent += lost;
+        }
         let mut domain = Domain {
             id,
             next_sequence: state.next_sequence,
@@ -511,6 +593,9 @@ impl Exporter {
             send_cursor: 0,
             introduced: false,
             templates_announced: 0,
+            not_sent: state.not_sent + lost,
+            declared_until: state.next_sequence.max(state.declared_until),
+            messages_sent: 0,
         };
         domain.rewind();
         self.domains.insert(id, domain);
@@ -636,6 +721,8 @@ impl Exporter {
                         DomainState {
                             next_sequence: next(d),
                             last_cookie: d.cookie,
+                            not_sent: d.not_sent,
+                            declared_until: d.declared_until,
                         },
                     )
                 })
@@ -653,13 +740,7 @@ impl Exporter {
         bytes: Vec<u8>,
     ) -> Result<u64, RecordError> {
         if !self.domains.contains_key(&domain) {
-            self.add_domain(
-                domain,
-                DomainState {
-                    next_sequence: 0,
-                    last_cookie: None,
-                },
-            )?;
+            self.add_domain(domain, DomainState::default())?;
         }
         let reservation = self.config.sequence_reservation.max(1);
         let d = self.domains.get_mut(&domain).expect("added above");
@@ -745,6 +826,10 @@ impl Exporter {
                 let avoid = self.untrusted_pes(now);
                 return Some(Output::CheckFailback { current, avoid });
             }
+            if self.next_statistics.is_some_and(|at| now >= at) {
+                self.queue_statistics(now);
+                return self.outputs.pop_front();
+            }
             // Billing and best-effort messages alternate while both wait.
             self.best_effort_turn = !self.best_effort_turn;
             if self.best_effort_turn {
@@ -768,7 +853,11 @@ impl Exporter {
                 next_failback_check,
                 failback_check_pending: false,
                 ..
-            } => *next_failback_check,
+            } => [*next_failback_check, self.next_statistics]
+                .into_iter()
+                .flatten()
+                .min(),
+            Phase::Streaming { .. } => self.next_statistics,
             _ => None,
         };
         let persist = self
@@ -876,6 +965,9 @@ impl Exporter {
         for domain in domains {
             self.introduce(now, association, domain);
         }
+        // A new transport session: the statistics template goes first
+        // again and their sequence numbers restart.
+        self.statistics_sequence = 0;
         for domain in self.best_effort.values_mut() {
             domain.templates_announced = 0;
         }
@@ -896,6 +988,65 @@ impl Exporter {
             next_failback_check,
             failback_check_pending: false,
         };
+        // Right after the Cookie Echoes: what a restart lost is declared
+        // before anything else, so the collector's cookies move past it.
+        self.queue_statistics(now);
+    }
+
+    /// Queues the Exporting Process Reliability Statistics of every billing
+    /// domain on the current association (stream 0, after everything sent
+    /// so far) and schedules the next periodic ones. For each domain,
+    /// `exported + not sent` is the domain's send cursor: every sequence
+    /// below it was sent on this association (or acknowledged before it) or
+    /// is declared never to be sent. Nothing happens unless streaming.
+    pub fn queue_statistics(&mut self, now: Instant) {
+        let Phase::Streaming { association, .. } = self.phase else {
+            return;
+        };
+        self.next_statistics = Some(now + self.config.statistics_interval);
+        let observation_ms = self.unix_ms_at(now);
+        let stats: Vec<ReliabilityStatistics> = self
+            .domains
+            .values()
+            .map(|d| ReliabilityStatistics {
+                exporting_process_id: self.config.exporter_id,
+                observation_domain_id: d.id,
+                exported_messages: d.messages_sent,
+                exported_records: d.send_cursor.saturating_sub(d.not_sent),
+                not_sent_records: d.not_sent.min(d.send_cursor),
+                system_init_ms: self.system_init_ms,
+                observation_ms,
+            })
+            .collect();
+        let export_time = (observation_ms / 1000) as u32;
+        let mut rest = &stats[..];
+        while !rest.is_empty() {
+            let with_template = self.statistics_sequence == 0;
+            let Ok((payload, added)) = reliability::encode_message(
+                &mut self.writer,
+                export_time,
+                self.statistics_sequence,
+                with_template,
+                rest,
+            ) else {
+                tracing::error!("reliability statistics do not fit an IPFIX message");
+                return;
+            };
+            self.statistics_sequence = self.statistics_sequence.wrapping_add(added as u32);
+            self.counters.statistics_sent += added as u64;
+            rest = &rest[added..];
+            self.outputs.push_back(Output::Send {
+                association,
+                stream: BILLING_STREAM,
+                reliability: Reliability::Reliable,
+                ppid: IPFIX_PPID,
+                payload,
+            });
+        }
+    }
+
+    fn unix_ms_at(&self, now: Instant) -> u64 {
+        self.wall_base_ms + now.saturating_duration_since(self.clock_base).as_millis() as u64
     }
 
     /// Cookie Echo and templates of one domain on a fresh association.
@@ -1019,9 +1170,13 @@ impl Exporter {
                     "record does not fit an IPFIX message; skipped"
                 );
                 domain.send_cursor = first + 1;
+                // Never to be sent: declared, so collectors move past it.
+                domain.not_sent += 1;
+                self.counters.declared_not_sent += 1;
                 return self.outputs.pop_front();
             }
             domain.send_cursor = first + count;
+            domain.messages_sent += 1;
             self.counters.records_sent += count;
             if self.cookie_deadline.is_none() {
                 self.cookie_deadline = Some(now + self.config.cookie_timeout);
@@ -1370,7 +1525,11 @@ impl Exporter {
         self.outputs
             .push_back(Output::Notice(Notice::FailoverStarted { pe_id, cause }));
         self.outputs.push_back(Output::Close { association });
-        self.outputs.push_back(Output::ReportUnreachable { pe_id });
+        if cause.is_reported() {
+            self.outputs.push_back(Output::ReportUnreachable { pe_id });
+        } else {
+            self.counters.protocol_failovers += 1;
+        }
         self.failed_this_round.insert(pe_id);
         self.last_failure.insert(pe_id, now);
         self.cookie_deadline = None;

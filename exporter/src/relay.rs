@@ -720,6 +720,12 @@ impl Forwarder<'_> {
             self.report.drop_records("record_too_long", 1);
             return;
         }
+        if domain == protocol::ipfix::reliability::STATISTICS_DOMAIN {
+            // Reserved for the exporter's own reliability statistics: its
+            // sequence numbers count those, not billing records.
+            self.report.drop_records("reserved_domain", 1);
+            return;
+        }
         let class = if self.best_effort_domains.contains(&domain) {
             RecordClass::BestEffort
         } else {

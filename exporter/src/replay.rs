@@ -417,7 +417,7 @@ impl Spill {
     }
 }
 
-fn write_record(out: &mut impl Write, record: &BufferedRecord) -> io::Result<()> {
+pub(crate) fn write_record(out: &mut impl Write, record: &BufferedRecord) -> io::Result<()> {
     let len = u16::try_from(record.bytes.len())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "record over 65535 bytes"))?;
     let mut header = [0u8; RECORD_HEADER_LEN];
@@ -429,7 +429,7 @@ fn write_record(out: &mut impl Write, record: &BufferedRecord) -> io::Result<()>
 }
 
 /// One record and its encoded size.
-fn read_record(input: &mut impl Read) -> io::Result<(BufferedRecord, usize)> {
+pub(crate) fn read_record(input: &mut impl Read) -> io::Result<(BufferedRecord, usize)> {
     let mut header = [0u8; RECORD_HEADER_LEN];
     input.read_exact(&mut header)?;
     let sequence = u64::from_be_bytes(header[..8].try_into().expect("8 bytes"));
@@ -449,7 +449,7 @@ fn read_record(input: &mut impl Read) -> io::Result<(BufferedRecord, usize)> {
 
 /// Counts the complete records of a segment and cuts off a torn last one
 /// (a crash in the middle of a write).
-fn count_and_repair(path: &Path) -> io::Result<usize> {
+pub(crate) fn count_and_repair(path: &Path) -> io::Result<usize> {
     let data = fs::read(path)?;
     let mut offset = 0;
     let mut count = 0;

@@ -10,9 +10,11 @@
 //! Sequence numbers are *reserved* ahead in blocks (see
 //! [`crate::pool_user::ExporterConfig::sequence_reservation`]): the file
 //! always holds a value above every sequence already handed out, so a crash
-//! can skip numbers (the audit shows them as a gap next to the records that
-//! were lost in memory anyway) but never reuse one, which would make two
-//! different records share a sequence.
+//! can skip numbers but never reuse one, which would make two different
+//! records share a sequence. The restarted exporter declares what it skipped
+//! or lost in memory (every sequence after its last cookie that it no longer
+//! holds) in its reliability statistics, so collectors and the audit see a
+//! declared loss, not an unexplained gap.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -24,12 +26,20 @@ use protocol::billing::BillingCookie;
 use serde::{Deserialize, Serialize};
 
 /// Remembered state of one domain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct DomainState {
     /// No sequence below this one may be assigned again.
     pub next_sequence: u64,
     /// The last cookie received for the domain, if any.
     pub last_cookie: Option<BillingCookie>,
+    /// Record sequences declared never to be sent (lost in restarts),
+    /// over every run: the notSentFlowTotalCount of the reliability
+    /// statistics (docs/billing-continuity.md "Declared loss").
+    pub not_sent: u64,
+    /// Every sequence below this that was neither acknowledged nor held at
+    /// a restart is counted in `not_sent` already (so a second restart
+    /// before the first one's declaration is acknowledged counts it once).
+    pub declared_until: u64,
 }
 
 /// Remembered state of an exporter.
@@ -57,6 +67,11 @@ struct DomainEntry {
     /// The cookie's 64 bytes in hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     last_cookie: Option<String>,
+    /// Absent in files written before declared losses existed: 0.
+    #[serde(default)]
+    not_sent: u64,
+    #[serde(default)]
+    declared_until: u64,
 }
 
 impl ExporterState {
@@ -80,6 +95,8 @@ impl ExporterState {
                     domain,
                     next_sequence: state.next_sequence,
                     last_cookie: state.last_cookie.map(|c| to_hex(&c.encode())),
+                    not_sent: state.not_sent,
+                    declared_until: state.declared_until,
                 })
                 .collect(),
         };
@@ -110,6 +127,8 @@ impl ExporterState {
                 DomainState {
                     next_sequence: entry.next_sequence,
                     last_cookie,
+                    not_sent: entry.not_sent,
+                    declared_until: entry.declared_until,
                 },
             );
         }

@@ -19,9 +19,11 @@ use protocol::rserpool::params::TransportKind as AsapTransportKind;
 use tokio::sync::mpsc;
 use transport::{AssociationSender, Event, TransportKind};
 
+use crate::journal::{DurableIntake, DurableSettings};
 use crate::pool_user::{
     AssociationId, Counters, Exporter, ExporterConfig, Notice, Output, RecordError,
 };
+use crate::replay::BufferedRecord;
 use crate::sequence::StateFile;
 
 /// PEs asked for per selection: the policy's ranking, best first.
@@ -84,6 +86,9 @@ pub struct StreamSettings {
     pub registrar_request_timeout: Duration,
     /// After the input ended: longest wait for the last cookies.
     pub exit_drain_timeout: Duration,
+    /// Durable intake (`[buffer] durable`): records are journaled and
+    /// fsynced before the core takes them.
+    pub durable: Option<DurableSettings>,
 }
 
 /// What a finished [`run`] did.
@@ -162,7 +167,25 @@ pub async fn run_with_templates(
         registrars: settings.registrars.clone(),
         transport: settings.transport.clone(),
     })?;
-    let state = settings.state_file.load(settings.exporter.exporter_id)?;
+    let mut state = settings.state_file.load(settings.exporter.exporter_id)?;
+    let (mut durable, mut restored) = match &settings.durable {
+        Some(durable) => {
+            let (intake, pending) = DurableIntake::open(
+                durable.clone(),
+                settings.exporter.replay.spill_dir.as_deref(),
+                &mut state,
+            )
+            .with_context(|| format!("opening the intake journal in {}", durable.dir.display()))?;
+            if !pending.is_empty() {
+                tracing::info!(
+                    records = pending.len(),
+                    "durable intake: replaying journaled records no cookie covered"
+                );
+            }
+            (Some(intake), std::collections::VecDeque::from(pending))
+        }
+        None => (None, std::collections::VecDeque::new()),
+    };
     log_cookie_trust(&settings.exporter);
     let mut core = Exporter::new(
         settings.exporter.clone(),
@@ -188,8 +211,14 @@ pub async fn run_with_templates(
     let mut input_done_at: Option<Instant> = None;
     let mut next_status = Instant::now() + Duration::from_secs(1);
     let mut interrupted = false;
+    let mut final_statistics = false;
 
     loop {
+        // Durable intake, group commit: whatever was journaled since the
+        // last pass is synced before the outputs can send any of it.
+        if let Some(intake) = &mut durable {
+            intake.sync().context("syncing the intake journal")?;
+        }
         while let Some(output) = core.poll_output(Instant::now()) {
             driver.execute(output, &mut progress).await?;
         }
@@ -208,6 +237,13 @@ pub async fn run_with_templates(
             // Best-effort records still queued go out first (they are
             // never acknowledged, so only their sending is waited for).
             if core.is_drained() && core.best_effort_queued() == 0 {
+                // The exporter's final account goes out before the
+                // association closes (gracefully: queued messages still go).
+                if !final_statistics {
+                    final_statistics = true;
+                    core.queue_statistics(now);
+                    continue;
+                }
                 break;
             }
             let done_at = *input_done_at.get_or_insert(now);
@@ -219,9 +255,29 @@ pub async fn run_with_templates(
                 break;
             }
         }
+        // Journaled records of a previous run go first, with their own
+        // sequences (durable intake).
+        while let Some((domain, _)) = restored.front()
+            && core.can_accept(*domain)
+        {
+            let (domain, record) = restored.pop_front().expect("front exists");
+            restore(&mut core, domain, record)?;
+        }
+        if let Some(intake) = &mut durable {
+            for domain in intake.domains().collect::<Vec<_>>() {
+                if let Some(cookie) = core.cookie(domain)
+                    && !cookie.introduction
+                {
+                    intake.release_through(domain, cookie.last_record_sequence)?;
+                }
+            }
+        }
         // Back-pressure: a record the core refused is retried before any
         // new one is read.
-        if let Some(record) = held.take_if(|r| accepts(&core, r)) {
+        if restored.is_empty()
+            && let Some(record) = held.take_if(|r| accepts(&core, r))
+        {
+            journal(&mut durable, &core, &record)?;
             push(&mut core, learned, record)?;
             records_in += 1;
         }
@@ -264,7 +320,7 @@ pub async fn run_with_templates(
                     }
                 }
             }
-            record = input.recv(), if !input_done && held.is_none() => {
+            record = input.recv(), if !input_done && held.is_none() && restored.is_empty() => {
                 match record {
                     Some(record) => {
                         // Take what is already queued in one go, up to a
@@ -276,6 +332,7 @@ pub async fn run_with_templates(
                                 held = Some(record);
                                 break;
                             }
+                            journal(&mut durable, &core, &record)?;
                             push(&mut core, learned, record)?;
                             records_in += 1;
                             next = input.try_recv().ok();
@@ -283,6 +340,7 @@ pub async fn run_with_templates(
                         if let Some(record) = next {
                             held = Some(record);
                         }
+
                     }
                     None => input_done = true,
                 }
@@ -317,6 +375,46 @@ pub async fn run_with_templates(
 /// room in the replay buffer (back-pressure).
 fn accepts(core: &Exporter, record: &InputRecord) -> bool {
     record.class == RecordClass::BestEffort || core.can_accept(record.domain)
+}
+
+/// Durable intake: journals a billing record under the sequence the core
+/// will give it (the driver is the only one that pushes, so that is the
+/// domain's next sequence). It counts once the batch is synced.
+fn journal(
+    durable: &mut Option<DurableIntake>,
+    core: &Exporter,
+    record: &InputRecord,
+) -> anyhow::Result<()> {
+    let Some(intake) = durable else {
+        return Ok(());
+    };
+    if record.class == RecordClass::BestEffort {
+        return Ok(()); // Never replayed, so never journaled.
+    }
+    intake
+        .append(
+            record.domain,
+            &BufferedRecord {
+                sequence: core.next_sequence(record.domain),
+                template_id: record.template_id,
+                bytes: record.bytes.clone(),
+            },
+        )
+        .context("writing the intake journal")
+}
+
+/// Hands a journaled record of a previous run back to the core, which must
+/// give it the same sequence (the state was set to continue there).
+fn restore(core: &mut Exporter, domain: u32, record: BufferedRecord) -> anyhow::Result<()> {
+    let expected = record.sequence;
+    match core.push_record(domain, record.template_id, record.bytes) {
+        Ok(sequence) if sequence == expected => Ok(()),
+        Ok(sequence) => Err(anyhow!(
+            "intake journal of domain {domain}: record {expected} was given sequence {sequence}"
+        )),
+        Err(RecordError::Full) => Err(anyhow!("replay buffer full after can_accept")),
+        Err(RecordError::Io(error)) => Err(error).context("replay spill"),
+    }
 }
 
 /// Hands a record the core said it can take to it.
@@ -360,12 +458,19 @@ async fn sleep_until(deadline: Option<Instant>) {
 fn publish_metrics(core: &Exporter) {
     let counters = core.counters();
     metrics::counter!("poolflow_exporter_failovers_total").absolute(counters.failovers);
+    metrics::counter!("poolflow_exporter_protocol_failovers_total")
+        .absolute(counters.protocol_failovers);
     metrics::counter!("poolflow_exporter_failbacks_total").absolute(counters.failbacks);
     metrics::counter!("poolflow_exporter_records_sent_total").absolute(counters.records_sent);
     metrics::counter!("poolflow_exporter_best_effort_records_sent_total")
         .absolute(counters.best_effort_sent);
     metrics::counter!("poolflow_exporter_best_effort_dropped_records_total")
         .absolute(counters.best_effort_dropped);
+    // Declared at this process's start (restart) or later; not the
+    // persisted total over every run, which the statistics carry.
+    metrics::counter!("poolflow_exporter_declared_not_sent_records_total")
+        .absolute(counters.declared_not_sent);
+    metrics::counter!("poolflow_exporter_statistics_sent_total").absolute(counters.statistics_sent);
     metrics::gauge!("poolflow_exporter_replay_buffer_records").set(core.buffered_records() as f64);
     metrics::gauge!("poolflow_exporter_cookie_lag_records").set(core.cookie_lag() as f64);
 }
@@ -526,9 +631,18 @@ fn log_notice(notice: &Notice) {
             pending,
             "streaming"
         ),
-        Notice::FailoverStarted { pe_id, cause } => {
-            tracing::warn!(pe_id = format_args!("{pe_id:#010x}"), ?cause, "failover")
+        Notice::FailoverStarted { pe_id, cause } if cause.is_transport_failure() => {
+            tracing::warn!(
+                pe_id = format_args!("{pe_id:#010x}"),
+                cause = cause.label(),
+                "failover: PE reported unreachable"
+            )
         }
+        Notice::FailoverStarted { pe_id, cause } => tracing::warn!(
+            pe_id = format_args!("{pe_id:#010x}"),
+            cause = cause.label(),
+            "failover for a protocol problem (the PE is reachable: not reported to the registrar)"
+        ),
         Notice::DrainStarted { from, to } => tracing::info!(
             from = format_args!("{from:#010x}"),
             to = format_args!("{to:#010x}"),

@@ -15,6 +15,8 @@ use policies::PolicyParams;
 use protocol::billing::{BillingCookie, CookieKeys, CookieSeal};
 use protocol::ipfix;
 use protocol::ipfix::flow::{FLOW_RECORD_LEN, FLOW_TEMPLATE_ID, FlowRecord, flow_template};
+use protocol::ipfix::reliability::{self, ReliabilityStatistics};
+use protocol::ipfix::{Session, SessionConfig};
 use protocol::rserpool::ASAP_SCTP_PPID;
 use protocol::rserpool::params::{TransportAddress, TransportKind, TransportUse};
 use protocol::signing::SigningKey;
@@ -146,7 +148,7 @@ fn data_sequences(outputs: &[Output]) -> Vec<u64> {
         let Output::Send { ppid, payload, .. } = output else {
             continue;
         };
-        if *ppid != IPFIX_PPID {
+        if *ppid != IPFIX_PPID || is_statistics(payload) {
             continue;
         }
         let first = u32::from_be_bytes(payload[8..12].try_into().unwrap());
@@ -166,6 +168,43 @@ fn data_sequences(outputs: &[Output]) -> Vec<u64> {
         }
     }
     sequences
+}
+
+/// A message of the reliability statistics' own observation domain.
+fn is_statistics(payload: &[u8]) -> bool {
+    u32::from_be_bytes(payload[12..16].try_into().unwrap()) == reliability::STATISTICS_DOMAIN
+}
+
+/// The reliability statistics records sent, decoded by a collector session.
+fn statistics(outputs: &[Output]) -> Vec<ReliabilityStatistics> {
+    let mut session = Session::new(SessionConfig::new(ipfix::TransportKind::Sctp));
+    let mut out = Vec::new();
+    for output in outputs {
+        let Output::Send {
+            ppid,
+            payload,
+            stream,
+            ..
+        } = output
+        else {
+            continue;
+        };
+        if *ppid != IPFIX_PPID || !is_statistics(payload) {
+            continue;
+        }
+        assert_eq!(
+            *stream, 0,
+            "statistics go after the records on the billing stream"
+        );
+        let report = session
+            .process(payload, 0, 0, |r| {
+                assert!(reliability::is_statistics_template(r.template));
+                out.push(ReliabilityStatistics::decode(r.bytes).unwrap());
+            })
+            .unwrap();
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+    }
+    out
 }
 
 fn has_report(outputs: &[Output], pe_id: u32) -> bool {
@@ -332,14 +371,18 @@ fn cookie_timeout_triggers_failover() {
         "cookie progress restarted the timer"
     );
     let outputs = h.advance(Duration::from_millis(200));
-    assert!(
-        has_report(&outputs, PRIMARY),
-        "no cookie progress for 600 ms"
-    );
     assert!(outputs.contains(&Output::Notice(Notice::FailoverStarted {
         pe_id: PRIMARY,
         cause: FailureCause::CookieTimeout
     })));
+    // A stalled cookie is a protocol problem, not unreachability: the
+    // registrar is not told (one confused exporter must not get a healthy
+    // collector removed for the whole pool).
+    assert!(
+        !has_report(&outputs, PRIMARY),
+        "a cookie timeout is not reported as Endpoint Unreachable"
+    );
+    assert_eq!(h.exporter.counters().protocol_failovers, 1);
     let (_, outputs) = h.connect_to(vec![pe(BACKUP, 1)]);
     assert_eq!(data_sequences(&outputs), vec![2, 3, 4]);
 }
@@ -456,9 +499,14 @@ fn failback_drain_timeout_fails_over() {
     h.outputs();
     // The cookie timeout (500 ms) is shorter here; make it the drain timer
     // that fires by keeping cookies coming for nothing new... none come:
-    // whichever fires first, the backup is reported and a new PE selected.
+    // whichever fires first, the exporter leaves the backup and selects a
+    // new PE, without reporting it (a stall is not unreachability).
     let outputs = h.advance(Duration::from_millis(1000));
-    assert!(has_report(&outputs, BACKUP));
+    assert!(!has_report(&outputs, BACKUP));
+    assert!(outputs.iter().any(|o| matches!(
+        o,
+        Output::Notice(Notice::FailoverStarted { pe_id: BACKUP, .. })
+    )));
     assert_eq!(outputs.last(), Some(&Output::Select));
     let (_, outputs) = h.connect_to(vec![pe(PRIMARY, 2)]);
     assert_eq!(
@@ -489,6 +537,11 @@ fn drain_timeout_itself_fails_over() {
         pe_id: BACKUP,
         cause: FailureCause::DrainTimeout
     })));
+    assert!(
+        !has_report(&outputs, BACKUP),
+        "a drain stall is not reported"
+    );
+    assert_eq!(h.exporter.counters().protocol_failovers, 1);
 }
 
 #[test]
@@ -791,6 +844,7 @@ fn restart_echoes_the_persisted_cookie_and_continues_the_sequence() {
         DomainState {
             next_sequence: 50,
             last_cookie: Some(cookie),
+            ..DomainState::default()
         },
     );
     let mut h = Harness::with_state(config(), state);
@@ -989,4 +1043,84 @@ fn ipfix_outputs_on(outputs: &[Output], wanted: u16) -> Vec<Output> {
         .filter(|o| matches!(o, Output::Send { stream, .. } if *stream == wanted))
         .cloned()
         .collect()
+}
+
+#[test]
+fn statistics_follow_the_cookie_echo_then_every_interval() {
+    let mut h = Harness::new(config());
+    h.exporter.start();
+    h.outputs();
+    h.push(3);
+    let (association, outputs) = h.connect_to(vec![pe(PRIMARY, 2)]);
+    let stats = statistics(&outputs);
+    assert_eq!(
+        stats.len(),
+        1,
+        "one record per domain on the new association"
+    );
+    assert_eq!(
+        (
+            stats[0].exporting_process_id,
+            stats[0].observation_domain_id
+        ),
+        (EXPORTER, DOMAIN)
+    );
+    assert_eq!(stats[0].accounted(), 0, "sent right after the Cookie Echo");
+    assert_eq!(data_sequences(&outputs), vec![0, 1, 2]);
+    h.cookie(association, PRIMARY, 2);
+    let later = h.advance(Duration::from_millis(1100));
+    // The template went with the first statistics of the association.
+    let stats = statistics(&[outputs, later].concat());
+    assert_eq!(stats.len(), 2, "periodic: {stats:?}");
+    let stats = &stats[1..];
+    assert_eq!(
+        (
+            stats[0].exported_records,
+            stats[0].not_sent_records,
+            stats[0].exported_messages
+        ),
+        (3, 0, 1)
+    );
+}
+
+#[test]
+fn a_restart_declares_what_it_no_longer_holds_once() {
+    let cookie = BillingCookie::sign(KEY, EXPORTER, DOMAIN, 41, PRIMARY, 5);
+    let mut state = ExporterState::new(EXPORTER);
+    state.domains.insert(
+        DOMAIN,
+        DomainState {
+            next_sequence: 50,
+            last_cookie: Some(cookie),
+            ..DomainState::default()
+        },
+    );
+    let mut h = Harness::with_state(config(), state);
+    h.exporter.start();
+    h.outputs();
+    h.push(2);
+    let (_, outputs) = h.connect_to(vec![pe(PRIMARY, 2)]);
+    // 42..=49 are gone with the old process: declared, before the new
+    // records, which continue at 50.
+    let stats = statistics(&outputs);
+    assert_eq!(
+        (stats[0].exported_records, stats[0].not_sent_records),
+        (42, 8)
+    );
+    assert_eq!(stats[0].accounted(), 50);
+    assert_eq!(data_sequences(&outputs), vec![50, 51]);
+    assert_eq!(h.exporter.counters().declared_not_sent, 8);
+    // Persisted: a second restart before any cookie counts them once, plus
+    // what that restart loses (50..=51 were sent, not acknowledged).
+    let persisted = h.exporter.state();
+    let d = persisted.domains[&DOMAIN];
+    assert_eq!((d.not_sent, d.declared_until), (8, 50));
+    let mut again = Harness::with_state(config(), persisted);
+    again.exporter.start();
+    again.outputs();
+    let (_, outputs) = again.connect_to(vec![pe(PRIMARY, 2)]);
+    let stats = statistics(&outputs);
+    let lost_now = d.next_sequence - 50;
+    assert_eq!(stats[0].not_sent_records, 8 + lost_now);
+    assert_eq!(stats[0].accounted(), d.next_sequence);
 }

@@ -168,6 +168,7 @@ fn state_file_round_trips_atomically() {
         DomainState {
             next_sequence: 5000,
             last_cookie: Some(cookie),
+            ..DomainState::default()
         },
     );
     state.domains.insert(
@@ -175,6 +176,7 @@ fn state_file_round_trips_atomically() {
         DomainState {
             next_sequence: 7,
             last_cookie: None,
+            ..DomainState::default()
         },
     );
     file.store(&state).unwrap();

@@ -141,6 +141,11 @@ async fn serve(mut association: transport::Association, pe_id: u32, store: Store
         assert!(report.errors.is_empty(), "{:?}", report.errors);
         let mut touched = Vec::new();
         for (domain, low, index, bytes) in records {
+            // The exporter's reliability statistics (their own domain) are
+            // no billing records.
+            if domain == protocol::ipfix::reliability::STATISTICS_DOMAIN {
+                continue;
+            }
             let (extender, _) = domains
                 .get_mut(&domain)
                 .expect("Cookie Echo before the domain's first record");
@@ -236,6 +241,7 @@ async fn failover_and_failback_lose_and_duplicate_nothing() {
         cache_lifetime: Duration::from_millis(200),
         registrar_request_timeout: Duration::from_secs(1),
         exit_drain_timeout: Duration::from_secs(10),
+        durable: None,
     };
     let (input, input_rx) = tokio::sync::mpsc::channel(256);
     let notices: Arc<Mutex<Vec<Notice>>> = Arc::default();

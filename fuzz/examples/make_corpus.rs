@@ -292,10 +292,12 @@ fn asap_messages() -> Vec<asap::Message> {
         asap::Message::Registration {
             pool_handle: handle.clone(),
             pool_element: multihomed_collector(),
+            membership: None,
         },
         asap::Message::Deregistration {
             pool_handle: handle.clone(),
             pe_identifier: 0x42,
+            membership: None,
         },
         asap::Message::RegistrationResponse {
             reject: true,
@@ -391,6 +393,7 @@ fn enrp_messages() -> Vec<enrp::Message> {
             pool_entries: vec![PoolEntry {
                 pool_handle: handle.clone(),
                 pool_elements: vec![multihomed_collector()],
+                memberships: Vec::new(),
             }],
         }),
         message(Body::HandleUpdate {
@@ -398,6 +401,7 @@ fn enrp_messages() -> Vec<enrp::Message> {
             action: UpdateAction::DeletePe,
             pool_handle: handle,
             pool_element: multihomed_collector(),
+            membership: None,
         }),
         message(Body::ListRequest),
         message(Body::ListResponse {

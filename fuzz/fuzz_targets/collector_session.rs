@@ -8,15 +8,16 @@
 //! an IPFIX message, a Cookie Echo (introduction, validly signed by another
 //! collector of the pool, or arbitrary bytes), or a commit. After every
 //! commit, every cookie sent must be signed by us, name the association's
-//! exporter, and vouch only for records the store really holds,
-//! contiguously from where the association started.
+//! exporter, and vouch only for records the store really holds or the
+//! exporter's reliability statistics declared lost, contiguously from
+//! where the association started.
 
 #![no_main]
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use collector::billing::{AssociationBilling, CookieSigner, RangeSet};
+use collector::billing::{AssociationBilling, CookieSigner, RangeSet, covered_through};
 use collector::ingest::{Batch, SessionDecoder};
 use collector::store::Store;
 use libfuzzer_sys::fuzz_target;
@@ -63,8 +64,13 @@ fuzz_target!(|data: &[u8]| {
                     break;
                 };
                 let first_new = h.batch.blocks.len();
+                let first_totals = h.batch.totals.len();
                 h.decoder.handle(message, u16::from(op >> 6), &mut h.batch);
                 h.billing.tag_blocks(&mut h.batch.blocks[first_new..]);
+                // Reliability statistics may declare losses: cookies may
+                // then pass over declared ranges, never over other holes.
+                h.billing
+                    .attach_statistics(&mut h.batch.totals[first_totals..]);
             }
             1 => {
                 let Some(&[exporter, domain]) = take(&mut input, 2) else {
@@ -152,13 +158,15 @@ impl Harness {
             // The store's rows, not the ledger, are the truth: rebuild the
             // held ranges from them.
             let held = stored_ranges(&self.store, exporter_id, cookie.domain);
+            let declared = declared_ranges(&self.store, exporter_id, cookie.domain);
             assert!(
-                held.through(start)
+                covered_through(Some(&held), Some(&declared), start)
                     .is_some_and(|end| end >= cookie.last_record_sequence),
-                "cookie vouches for {start}..={} of domain {} but the store holds {:?}",
+                "cookie vouches for {start}..={} of domain {} but the store holds {:?}, declared {:?}",
                 cookie.last_record_sequence,
                 cookie.domain,
-                held.ranges().collect::<Vec<_>>()
+                held.ranges().collect::<Vec<_>>(),
+                declared.ranges().collect::<Vec<_>>()
             );
         }
     }
@@ -187,6 +195,26 @@ fn stored_ranges(store: &Store, exporter_id: u32, domain: u32) -> RangeSet {
         }
     }
     held
+}
+
+fn declared_ranges(store: &Store, exporter_id: u32, domain: u32) -> RangeSet {
+    let mut declared = RangeSet::default();
+    let mut statement = store
+        .connection()
+        .prepare(
+            "SELECT first, last FROM declared_losses WHERE billing_exporter = ?1 AND domain = ?2",
+        )
+        .expect("query prepares");
+    let rows = statement
+        .query_map([i64::from(exporter_id), i64::from(domain)], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+        })
+        .expect("query runs");
+    for row in rows {
+        let (first, last) = row.expect("row reads");
+        declared.insert(first as u64, last as u64);
+    }
+    declared
 }
 
 fn take<'a>(input: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {

@@ -37,20 +37,21 @@ pub fn verifying_key_from_pem(pem: &str) -> Result<VerifyingKey, KeyError> {
     VerifyingKey::from_public_key_pem(pem).map_err(|e| KeyError::PublicKey(e.to_string()))
 }
 
-/// PKCS#8 PEM text of a private key, as `openssl genpkey -algorithm
-/// ed25519` writes it (for tools and tests that make keys without openssl).
-pub fn signing_key_to_pem(key: &SigningKey) -> String {
-    use ed25519_dalek::pkcs8::EncodePrivateKey;
-    key.to_pkcs8_pem(Default::default())
-        .expect("an Ed25519 key encodes")
-        .to_string()
-}
-
-/// SubjectPublicKeyInfo PEM text of a public key (`openssl pkey -pubout`).
-pub fn verifying_key_to_pem(key: &VerifyingKey) -> String {
+/// The SubjectPublicKeyInfo PEM text of a public key (what
+/// `openssl pkey -pubout` writes), e.g. for tests and key listings.
+pub fn pkcs8_public_pem(key: &VerifyingKey) -> String {
     use ed25519_dalek::pkcs8::EncodePublicKey;
     key.to_public_key_pem(Default::default())
-        .expect("an Ed25519 key encodes")
+        .unwrap_or_default()
+}
+
+/// The PKCS#8 PEM text of a private key (what `openssl genpkey -algorithm
+/// ed25519` writes), for tools and tests that make keys themselves.
+pub fn pkcs8_private_pem(key: &SigningKey) -> String {
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    key.to_pkcs8_pem(Default::default())
+        .map(|pem| pem.to_string())
+        .unwrap_or_default()
 }
 
 /// A short name of a public key for logs, wire fields and key rotation:
@@ -98,9 +99,9 @@ mod tests {
     #[test]
     fn pem_encoding_round_trips() {
         let signing = signing_key_from_pem(PRIVATE).expect("private key");
-        let again = signing_key_from_pem(&signing_key_to_pem(&signing)).expect("re-read");
+        let again = signing_key_from_pem(&pkcs8_private_pem(&signing)).expect("re-read");
         assert_eq!(again.to_bytes(), signing.to_bytes());
-        let public = verifying_key_from_pem(&verifying_key_to_pem(&signing.verifying_key()))
+        let public = verifying_key_from_pem(&pkcs8_public_pem(&signing.verifying_key()))
             .expect("public key");
         assert_eq!(public, signing.verifying_key());
     }

@@ -130,12 +130,14 @@ fn message() -> impl Strategy<Value = Message> {
             Message::Registration {
                 pool_handle,
                 pool_element,
+                membership: None,
             }
         }),
         (pool_handle(), any::<u32>()).prop_map(|(pool_handle, pe_identifier)| {
             Message::Deregistration {
                 pool_handle,
                 pe_identifier,
+                membership: None,
             }
         }),
         (
@@ -348,6 +350,7 @@ fn deregistration_matches_hand_built_bytes() {
     let message = Message::Deregistration {
         pool_handle: "ipfix".into(),
         pe_identifier: 0xdead_beef,
+        membership: None,
     };
     let expected = [
         0x02, 0x00, 0x00, 0x18, // type 2, flags 0, length 24
@@ -380,6 +383,7 @@ fn registration_matches_hand_built_bytes() {
     let message = Message::Registration {
         pool_handle: "ab".into(),
         pool_element: sample_pool_element(),
+        membership: None,
     };
     let mut expected = raw_message(0x01, 0, &[]);
     let mut body = handle_tlv("ab");
@@ -767,7 +771,8 @@ fn unknown_parameter_10_is_skipped_silently() {
         decoded.message,
         Message::Deregistration {
             pool_handle: "pool".into(),
-            pe_identifier: 5
+            pe_identifier: 5,
+            membership: None,
         }
     );
     assert_eq!(decoded.unrecognized.len(), 1);
@@ -782,7 +787,8 @@ fn unknown_parameter_11_is_skipped_and_reported() {
         decoded.message,
         Message::Deregistration {
             pool_handle: "pool".into(),
-            pe_identifier: 5
+            pe_identifier: 5,
+            membership: None,
         }
     );
     assert_eq!(
@@ -799,6 +805,7 @@ fn unknown_parameter_nested_in_a_pool_element_follows_the_same_rules() {
     let registration = Message::Registration {
         pool_handle: "p".into(),
         pool_element: sample_pool_element(),
+        membership: None,
     };
     let clean = registration.to_bytes();
     // Append a skip-and-report TLV inside the Pool Element (the last TLV).

@@ -122,6 +122,7 @@ fn body() -> impl Strategy<Value = Body> {
                     |(pool_handle, pool_elements)| PoolEntry {
                         pool_handle,
                         pool_elements,
+                        memberships: Vec::new(),
                     }
                 ),
                 0..3,
@@ -146,6 +147,7 @@ fn body() -> impl Strategy<Value = Body> {
                     action,
                     pool_handle,
                     pool_element,
+                    membership: None,
                 }
             }),
         Just(Body::ListRequest),
@@ -301,6 +303,7 @@ fn handle_update_has_action_and_reserved_before_parameters() {
             action: UpdateAction::DeletePe,
             pool_handle: "p".into(),
             pool_element,
+            membership: None,
         },
     };
     let bytes = message.to_bytes();
@@ -379,6 +382,7 @@ fn pool_element_before_any_pool_handle_is_rejected() {
                 },
                 asap_transport: None,
             },
+            membership: None,
         },
     };
     // Reuse the Pool Element TLV of a Handle Update (after action, reserved

@@ -198,6 +198,7 @@ fn asap_cases() -> Vec<(asap::Message, Expectation)> {
             asap::Message::Registration {
                 pool_handle: handle.clone(),
                 pool_element: multihomed_collector(),
+                membership: None,
             },
             vec![
                 ("asap.message_type", "1".into()),
@@ -217,6 +218,7 @@ fn asap_cases() -> Vec<(asap::Message, Expectation)> {
             asap::Message::Deregistration {
                 pool_handle: handle.clone(),
                 pe_identifier: 0x42,
+                membership: None,
             },
             vec![
                 ("asap.message_type", "2".into()),
@@ -440,6 +442,7 @@ fn enrp_cases() -> Vec<(enrp::Message, Expectation)> {
                 pool_entries: vec![PoolEntry {
                     pool_handle: handle.clone(),
                     pool_elements: vec![multihomed_collector()],
+                    memberships: Vec::new(),
                 }],
             }),
             with_ids(
@@ -458,6 +461,7 @@ fn enrp_cases() -> Vec<(enrp::Message, Expectation)> {
                 action: UpdateAction::DeletePe,
                 pool_handle: handle.clone(),
                 pool_element: multihomed_collector(),
+                membership: None,
             }),
             with_ids(
                 4,
@@ -550,6 +554,46 @@ fn tshark_dissects_every_asap_and_enrp_message() {
         "0x000f,0x000b,0x0004,0x0001,0xbf01".into(),
     ));
     expectations.push(expected);
+    // A Registration with poolflow's membership proof (type 0xBF02,
+    // skip-if-unknown): an ordinary Registration to Wireshark, the proof
+    // one unknown parameter after the Pool Element.
+    let member_key = protocol::signing::SigningKey::from_bytes(&[2; 32]);
+    let member_handle = PoolHandle::from("ipfix-collectors");
+    let certificate = protocol::rserpool::membership::MemberCertificate::issue(
+        &protocol::signing::SigningKey::from_bytes(&[1; 32]),
+        &member_handle,
+        &member_key.verifying_key(),
+        1_700_000_000,
+        1_800_000_000,
+    );
+    let proof = protocol::rserpool::membership::MembershipProof::sign_registration(
+        &member_key,
+        &certificate,
+        &member_handle,
+        &multihomed_collector(),
+        1_750_000_000_000,
+    );
+    let proven = asap::Message::Registration {
+        pool_handle: member_handle.clone(),
+        pool_element: multihomed_collector(),
+        membership: Some(Box::new(proof)),
+    };
+    let bytes = proven.to_bytes();
+    assert_eq!(asap::Message::decode(&bytes).unwrap(), proven);
+    // ASAP frames come first in the capture: put it after the last one.
+    frames.insert(asap.len(), udp_frame(&bytes, 40_000, ASAP_PORT));
+    expectations.insert(
+        asap.len(),
+        vec![
+            ("asap.message_type", "1".into()),
+            ("asap.pool_element_pe_identifier", "0x00000042".into()),
+            (
+                "asap.parameter_type",
+                "0x0009,0x000a,0x0004,0x0001,0x0002,0x0008,0xbf02".into(),
+            ),
+        ],
+    );
+    let asap_frames = asap.len() + 1;
     let enrp_frames = enrp.len() + 1;
     let path = pcap_path();
     write_pcap(&path, &frames);
@@ -570,7 +614,7 @@ fn tshark_dissects_every_asap_and_enrp_message() {
     // Every frame is dissected as ASAP or ENRP, in order.
     let protocols = tshark(&["-r", file, "-T", "fields", "-e", "_ws.col.Protocol"]);
     let protocols: Vec<&str> = protocols.lines().collect();
-    let expected_protocols: Vec<&str> = std::iter::repeat_n("ASAP", asap.len())
+    let expected_protocols: Vec<&str> = std::iter::repeat_n("ASAP", asap_frames)
         .chain(std::iter::repeat_n("ENRP", enrp_frames))
         .collect();
     assert_eq!(protocols, expected_protocols);

@@ -55,6 +55,7 @@ fn registration(pe: u32) -> Vec<u8> {
             policy: selection_policy(&PolicyParams::RoundRobin),
             asap_transport: None,
         },
+        membership: None,
     }
     .to_bytes()
 }

@@ -54,6 +54,7 @@ fn server_with_pool(name: &str, params: impl Fn(u32) -> PolicyParams, pools: u32
                 policy: selection_policy(&params(id)),
                 asap_transport: None,
             },
+            membership: None,
         };
         server.on_message(t0, u64::from(id % 64), &request.to_bytes());
     }

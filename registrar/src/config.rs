@@ -2,11 +2,14 @@
 //! every key with its default and meaning). All durations are milliseconds
 //! so sub-second values are plain integers.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
+use protocol::rserpool::PoolHandle;
+use protocol::signing::{self, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use crate::handlespace::HandlespaceLimits;
@@ -32,6 +35,8 @@ pub struct RegistrarConfig {
     pub enrp: EnrpSettings,
     /// Who may register pool elements (RFC 5355 threats).
     pub access: AccessConfig,
+    /// Closed pools: PEs must prove membership (RFC 5352 §6, RFC 5355 §3.1).
+    pub membership: MembershipConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -46,6 +51,54 @@ pub struct AccessConfig {
     /// ["10.1.0.0/16", "127.0.0.0/8"]. Empty: any address (warned at start).
     /// Handle resolution stays open to every pool user.
     pub registration_networks: Vec<ipnet::IpNet>,
+}
+
+/// Pool membership (docs/security.md): a pool listed here is closed, and a
+/// PE registers (or deregisters) in it only with a certificate signed by one
+/// of the pool's authority keys and a fresh signature over its message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MembershipConfig {
+    /// Pool handle → files of the membership authority's Ed25519 public
+    /// keys (PEM, `openssl pkey -pubout`); several during a key rotation.
+    pub authority_key_files: BTreeMap<String, Vec<String>>,
+    /// A proof whose timestamp is further than this from our clock is
+    /// refused (replay window; covers PE/registrar clock skew).
+    pub max_clock_skew_ms: u64,
+}
+
+impl Default for MembershipConfig {
+    fn default() -> Self {
+        Self {
+            authority_key_files: BTreeMap::new(),
+            max_clock_skew_ms: 60_000,
+        }
+    }
+}
+
+impl MembershipConfig {
+    /// Reads the authority keys: pool handle → keys.
+    pub fn authorities(&self) -> anyhow::Result<BTreeMap<PoolHandle, Vec<VerifyingKey>>> {
+        let mut out = BTreeMap::new();
+        for (handle, files) in &self.authority_key_files {
+            anyhow::ensure!(
+                !files.is_empty(),
+                "membership.authority_key_files: pool {handle:?} lists no key file"
+            );
+            let keys = files
+                .iter()
+                .map(|path| {
+                    let pem = std::fs::read_to_string(path).with_context(|| {
+                        format!("reading the membership authority key {path:?}")
+                    })?;
+                    signing::verifying_key_from_pem(&pem)
+                        .with_context(|| format!("membership authority key {path:?}"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            out.insert(PoolHandle::from(handle.as_str()), keys);
+        }
+        Ok(out)
+    }
 }
 
 /// Where the registrar listens. An empty string disables a listener.
@@ -487,14 +540,20 @@ impl RegistrarConfig {
             "at least one of listen.tcp and listen.sctp_over_udp is needed"
         );
         self.enrp.validate()?;
+        anyhow::ensure!(
+            self.membership.max_clock_skew_ms > 0,
+            "membership.max_clock_skew_ms must be > 0"
+        );
+        self.membership.authorities()?;
         Ok(())
     }
 
     /// The sans-IO server settings this file describes (announce transports
-    /// are filled in by the driver once the listeners are bound).
-    pub fn server_config(&self, server_id: u32) -> ServerConfig {
+    /// are filled in by the driver once the listeners are bound), reading
+    /// the membership authority key files.
+    pub fn server_config(&self, server_id: u32) -> anyhow::Result<ServerConfig> {
         let limits = &self.limits;
-        ServerConfig {
+        Ok(ServerConfig {
             server_id,
             keep_alive_period: Duration::from_millis(self.timers.keep_alive_period_ms),
             keep_alive_timeout: Duration::from_millis(self.timers.keep_alive_timeout_ms),
@@ -523,6 +582,8 @@ impl RegistrarConfig {
             },
             seed: rand::random(),
             registration_networks: self.access.registration_networks.clone(),
-        }
+            membership_authorities: self.membership.authorities()?,
+            membership_max_clock_skew: Duration::from_millis(self.membership.max_clock_skew_ms),
+        })
     }
 }

@@ -201,7 +201,7 @@ impl Registrar {
             } else {
                 config.enrp.advertise.parse()?
             };
-            let server_limits = config.server_config(server_id).decode_limits;
+            let server_limits = config.server_config(server_id)?.decode_limits;
             let mut enrp_config = config.enrp.enrp_config(server_id, server_limits)?;
             enrp_config.advertised = Some(crate::enrp::transport_of(advertised));
             match &enrp_config.auth {
@@ -231,7 +231,7 @@ impl Registrar {
             enrp = Some((Enrp::new(enrp_config, std::time::Instant::now()), links));
         }
 
-        let mut server_config = config.server_config(server_id);
+        let mut server_config = config.server_config(server_id)?;
         server_config.announce_transports = announce_transports(&config, tcp_addr)?;
         let announcer = if config.announce.enabled {
             Some(Announcer::new(&config).await?)
@@ -485,6 +485,8 @@ async fn core_loop(
             input = inputs.recv() => {
                 let Some(input) = input else { break };
                 let now = std::time::Instant::now();
+                // Membership proofs (closed pools) are checked in Unix time.
+                server.set_wall_clock(now, std::time::Duration::from_micros(unix_us()));
                 match input {
                     Input::Up { assoc, remote, outbound: sender } => {
                         outbound.insert(assoc, sender);
@@ -524,6 +526,7 @@ async fn core_loop(
             }
             _ = tokio::time::sleep_until(deadline) => {
                 let now = std::time::Instant::now();
+                server.set_wall_clock(now, std::time::Duration::from_micros(unix_us()));
                 let actions = server.on_timer(now);
                 if let Some((peering, _)) = &mut enrp {
                     peering.set_wall_clock(now, unix_us());

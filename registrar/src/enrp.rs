@@ -60,7 +60,7 @@ use serde::{Deserialize, Serialize};
 use crate::server::{HomeChange, Server};
 
 /// ENRP settings. Timer defaults are RSPLIB's registrar defaults (see
-/// DESIGN.md); RFC 5353 leaves the values to the implementation.
+/// docs/architecture.md); RFC 5353 leaves the values to the implementation.
 #[derive(Debug, Clone)]
 pub struct EnrpConfig {
     /// Our server id (the ASAP server's).
@@ -503,6 +503,9 @@ impl Enrp {
                     action: change.action,
                     pool_handle: change.pool_handle.clone(),
                     pool_element: change.pool_element.clone(),
+                    // Closed pools: the PE's own proof travels with it, so
+                    // each peer checks membership with its own authorities.
+                    membership: change.membership.clone(),
                 };
                 self.send(id, body, &mut out);
             }
@@ -631,6 +634,7 @@ impl Enrp {
                 action,
                 pool_handle,
                 mut pool_element,
+                membership,
                 ..
             } => {
                 if pool_element.home_enrp_server_identifier == 0 {
@@ -638,9 +642,13 @@ impl Enrp {
                 }
                 match action {
                     UpdateAction::AddPe => {
-                        if let Err(error) =
-                            server.apply_peer_element(now, &pool_handle, pool_element, true)
-                        {
+                        if let Err(error) = server.apply_peer_element(
+                            now,
+                            &pool_handle,
+                            pool_element,
+                            membership,
+                            true,
+                        ) {
                             tracing::warn!(peer = format_args!("{sender:#010x}"), pool = %pool_handle, %error, "Handle Update refused");
                             self.count_malformed("handle_update_refused");
                         }
@@ -909,11 +917,23 @@ impl Enrp {
                 continue;
             };
             taken += 1;
+            // Closed pools: the PE's proof goes along, so the peer can
+            // check it with its own authority keys.
+            let membership = server.membership_of(&handle, id);
             match pool_entries.last_mut() {
-                Some(entry) if entry.pool_handle == handle => entry.pool_elements.push(element),
+                Some(entry) if entry.pool_handle == handle => {
+                    entry.pool_elements.push(element);
+                    if membership.is_some() {
+                        entry
+                            .memberships
+                            .resize(entry.pool_elements.len() - 1, None);
+                        entry.memberships.push(membership);
+                    }
+                }
                 _ => pool_entries.push(PoolEntry {
                     pool_handle: handle,
                     pool_elements: vec![element],
+                    memberships: membership.map(|m| vec![Some(m)]).unwrap_or_default(),
                 }),
             }
         }
@@ -953,14 +973,16 @@ impl Enrp {
         }
         let mut refused = 0;
         let mut seen = Vec::new();
-        for entry in pool_entries {
-            for mut element in entry.pool_elements {
+        for mut entry in pool_entries {
+            let memberships = std::mem::take(&mut entry.memberships);
+            for (index, mut element) in entry.pool_elements.into_iter().enumerate() {
+                let membership = memberships.get(index).cloned().flatten();
                 if element.home_enrp_server_identifier == 0 {
                     element.home_enrp_server_identifier = peer;
                 }
                 seen.push((entry.pool_handle.clone(), element.pe_identifier));
                 if server
-                    .apply_peer_element(now, &entry.pool_handle, element, false)
+                    .apply_peer_element(now, &entry.pool_handle, element, membership, false)
                     .is_err()
                 {
                     refused += 1;

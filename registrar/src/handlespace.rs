@@ -12,6 +12,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use policies::{Member, PeId, PolicyParams, PoolSelector};
+use protocol::rserpool::membership::MembershipProof;
 use protocol::rserpool::params::cause_code;
 use protocol::rserpool::{PoolHandle, SelectionPolicy, TransportAddress, TransportKind};
 
@@ -125,6 +126,10 @@ pub enum HandlespaceError {
     /// The operation comes from an association that does not own the PE.
     #[error("PE is owned by another association")]
     NotOwner,
+    /// Refused for security reasons (the label says which), e.g. no valid
+    /// pool membership proof.
+    #[error("rejected due to security considerations: {0}")]
+    Rejected(&'static str),
 }
 
 impl HandlespaceError {
@@ -140,7 +145,7 @@ impl HandlespaceError {
             Self::LackOfResources(_) => cause_code::LACK_OF_RESOURCES,
             Self::InvalidPoolHandle(_) => cause_code::INVALID_VALUES,
             Self::UnknownPoolHandle => cause_code::UNKNOWN_POOL_HANDLE,
-            Self::NotOwner => cause_code::REJECTED_DUE_TO_SECURITY,
+            Self::NotOwner | Self::Rejected(_) => cause_code::REJECTED_DUE_TO_SECURITY,
         }
     }
 
@@ -155,6 +160,7 @@ impl HandlespaceError {
             Self::InvalidPoolHandle(_) => "invalid_pool_handle",
             Self::UnknownPoolHandle => "unknown_pool_handle",
             Self::NotOwner => "not_owner",
+            Self::Rejected(reason) => reason,
         }
     }
 }
@@ -212,8 +218,12 @@ pub struct PoolElementEntry {
     pub keep_alive: KeepAlive,
     /// End of the registration life, if it has one.
     pub expires_at: Option<Instant>,
-    /// Endpoint Unreachable reports since the last registration.
+    /// Endpoint Unreachable reports since the last registration or
+    /// keep-alive ack.
     pub unreachable_reports: u32,
+    /// The PE's membership proof of a closed pool, with the Pool Element as
+    /// it signed it: ENRP forwards it so peers can check it themselves.
+    pub membership: Option<Box<MembershipProof>>,
 }
 
 impl PoolElementEntry {
@@ -246,6 +256,8 @@ pub struct Registration {
     pub home_registrar: u32,
     /// Association it came over.
     pub owner: AssocId,
+    /// Verified membership proof (closed pools), kept for ENRP.
+    pub membership: Option<Box<MembershipProof>>,
 }
 
 /// Outcome of a successful registration.
@@ -524,6 +536,7 @@ impl Handlespace {
             keep_alive: KeepAlive::SendAt(now + keep_alive_period),
             expires_at,
             unreachable_reports: 0,
+            membership: registration.membership,
         };
 
         if let Some((old_owner, _)) = existing {
@@ -649,6 +662,8 @@ impl Handlespace {
         self.update(handle, id, |entry| {
             entry.last_heard = now;
             entry.keep_alive = KeepAlive::SendAt(next);
+            // It answered: earlier Endpoint Unreachable reports are refuted.
+            entry.unreachable_reports = 0;
         })
     }
 

@@ -25,6 +25,69 @@ enum Command {
     Dump(DumpArgs),
     /// Print the effective configuration (defaults + file + flags) as TOML.
     ShowConfig(RunArgs),
+    /// Issue a pool membership certificate (docs/security.md): the pool's
+    /// authority key signs a PE's public key for a pool; prints the
+    /// certificate (the collector's `[pool] member_certificate_file`).
+    IssueMember(IssueMemberArgs),
+}
+
+#[derive(Args)]
+struct IssueMemberArgs {
+    /// The pool's membership authority private key (PKCS#8 PEM,
+    /// `openssl genpkey -algorithm ed25519`; readable by its owner only).
+    #[arg(long)]
+    authority_key: PathBuf,
+    /// Pool handle the member may join.
+    #[arg(long)]
+    pool: String,
+    /// The member's public key (PEM, `openssl pkey -in pe.pem -pubout`).
+    #[arg(long)]
+    member_key: PathBuf,
+    /// Validity in days from now (or from --not-before).
+    #[arg(long, default_value_t = 365)]
+    days: u64,
+    /// Start of validity, Unix seconds (default: now minus 5 minutes, for
+    /// clock skew between the hosts).
+    #[arg(long)]
+    not_before: Option<u64>,
+}
+
+fn issue_member(args: &IssueMemberArgs) -> anyhow::Result<String> {
+    use protocol::rserpool::PoolHandle;
+    use protocol::rserpool::membership::MemberCertificate;
+    use protocol::signing;
+    use std::os::unix::fs::MetadataExt;
+    let mode = std::fs::metadata(&args.authority_key)
+        .with_context(|| format!("{}", args.authority_key.display()))?
+        .mode();
+    signing::check_private_key_mode(mode)
+        .with_context(|| format!("{}", args.authority_key.display()))?;
+    let authority = signing::signing_key_from_pem(
+        &std::fs::read_to_string(&args.authority_key)
+            .with_context(|| format!("reading {}", args.authority_key.display()))?,
+    )?;
+    let member = signing::verifying_key_from_pem(
+        &std::fs::read_to_string(&args.member_key)
+            .with_context(|| format!("reading {}", args.member_key.display()))?,
+    )?;
+    anyhow::ensure!(
+        !args.pool.is_empty() && args.pool.len() <= 32,
+        "--pool must be 1 to 32 bytes (RSPLIB's handle limit)"
+    );
+    anyhow::ensure!(args.days > 0, "--days must be > 0");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let not_before = args.not_before.unwrap_or(now.saturating_sub(300));
+    let not_after = not_before.saturating_add(args.days.saturating_mul(86_400));
+    let certificate = MemberCertificate::issue(
+        &authority,
+        &PoolHandle::from(args.pool.as_str()),
+        &member,
+        not_before,
+        not_after,
+    );
+    Ok(certificate.to_text())
 }
 
 #[derive(Args)]
@@ -176,6 +239,10 @@ fn main() -> anyhow::Result<()> {
             print!("{}", toml::to_string_pretty(&args.effective_config()?)?);
             Ok(())
         }
+        Command::IssueMember(args) => {
+            print!("{}", issue_member(&args)?);
+            Ok(())
+        }
         Command::Dump(args) => {
             let status = runtime.block_on(registrar::driver::fetch_status(args.status))?;
             if args.json {
@@ -218,6 +285,16 @@ async fn run(config: RegistrarConfig) -> anyhow::Result<()> {
             "`access.registration_networks` is empty: any host that reaches this registrar \
              may register pool elements (RFC 5355); list the PEs' networks"
         );
+    }
+    let closed: Vec<&String> = config.membership.authority_key_files.keys().collect();
+    if closed.is_empty() {
+        tracing::warn!(
+            "no pool is closed (`membership.authority_key_files` is empty): any PE that reaches \
+             this registrar may join any pool (RFC 5355 §3.1); give each billing pool a \
+             membership authority (docs/security.md)"
+        );
+    } else {
+        tracing::info!(pools = ?closed, "closed pools: PEs must prove membership; other pools are open");
     }
     let registrar = Registrar::start(config, Some(metrics)).await?;
     wait_for_stop_signal().await?;
@@ -268,12 +345,19 @@ fn print_status(status: &Status) {
                 },
                 pe.unreachable_reports
             );
+            if let (Some(authority), Some(not_after)) =
+                (pe.membership_authority, pe.membership_not_after)
+            {
+                println!(
+                    "      member: authority key {authority:#010x}, certificate valid until {not_after} (Unix s)"
+                );
+            }
         }
     }
     let counters = &status.counters;
     println!(
         "\ncounters: registrations={} reregistrations={} deregistrations={} resolutions={} \
-         keep_alives_sent={} keep_alive_failures={} expiries={} unreachable_removals={} rate_limited={}",
+         keep_alives_sent={} keep_alive_failures={} expiries={} unreachable_removals={} unreachable_probes={} unreachable_refuted={} rate_limited={}",
         counters.registrations,
         counters.reregistrations,
         counters.deregistrations,
@@ -282,6 +366,8 @@ fn print_status(status: &Status) {
         counters.keep_alive_failures,
         counters.expiries,
         counters.unreachable_removals,
+        counters.unreachable_probes,
+        counters.unreachable_refuted,
         counters.rate_limited
     );
     if !counters.registration_rejects.is_empty() {
@@ -289,6 +375,18 @@ fn print_status(status: &Status) {
     }
     if !counters.malformed.is_empty() {
         println!("malformed: {:?}", counters.malformed);
+    }
+    if !counters.deregistration_rejects.is_empty() {
+        println!(
+            "deregistration rejects: {:?}",
+            counters.deregistration_rejects
+        );
+    }
+    if !counters.peer_membership_rejects.is_empty() {
+        println!(
+            "PEs from peers refused (membership): {:?}",
+            counters.peer_membership_rejects
+        );
     }
     if let Some(enrp) = &status.enrp {
         println!(

@@ -20,11 +20,13 @@ use metrics::{counter, gauge};
 use policies::{PeId, PolicyParams};
 use protocol::rserpool::asap::Message;
 use protocol::rserpool::enrp::UpdateAction;
+use protocol::rserpool::membership::{MembershipError, MembershipProof, forwarded_matches_signed};
 use protocol::rserpool::params::{Parameter, cause_code};
 use protocol::rserpool::{
     DecodeError, ErrorCause, Limits, OperationError, PoolElement, PoolHandle, SelectionPolicy,
     TransportAddress,
 };
+use protocol::signing::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
 use crate::handlespace::{
@@ -46,6 +48,8 @@ pub struct HomeChange {
     pub pool_handle: PoolHandle,
     /// The PE as peers store it.
     pub pool_element: PoolElement,
+    /// Its membership proof (closed pools), for the peers to check.
+    pub membership: Option<Box<MembershipProof>>,
 }
 
 /// The wire form of a stored PE (for Handle Updates and Handle Tables).
@@ -76,7 +80,7 @@ fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
 const MAX_ECHOED_BYTES: usize = 128;
 
 /// Settings of the ASAP server. Defaults: RFC 5352 §5 where it gives a
-/// value, RSPLIB's registrar otherwise (see DESIGN.md).
+/// value, RSPLIB's registrar otherwise (see docs/architecture.md).
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// This registrar's 32-bit server identifier (home registrar id of the
@@ -114,6 +118,13 @@ pub struct ServerConfig {
     /// Registrations (and deregistrations) are accepted only from these
     /// networks; empty: from anyone.
     pub registration_networks: Vec<ipnet::IpNet>,
+    /// Closed pools: a PE must prove membership with a certificate signed
+    /// by one of these authority keys (several during a rotation). Pools
+    /// not listed are open (RFC 5352 without extensions, e.g. RSPLIB PEs).
+    pub membership_authorities: BTreeMap<PoolHandle, Vec<VerifyingKey>>,
+    /// How far a membership proof's timestamp may be from our clock
+    /// (replay window; covers clock skew between PE and registrar).
+    pub membership_max_clock_skew: Duration,
 }
 
 impl Default for ServerConfig {
@@ -135,6 +146,8 @@ impl Default for ServerConfig {
             decode_limits: Limits::default(),
             seed: 0x706f_6f6c_666c_6f77,
             registration_networks: Vec::new(),
+            membership_authorities: BTreeMap::new(),
+            membership_max_clock_skew: Duration::from_secs(60),
         }
     }
 }
@@ -207,14 +220,26 @@ pub struct Counters {
     pub expiries: u64,
     /// Endpoint Unreachable reports received for known PEs.
     pub unreachable_reports: u64,
-    /// PEs removed after MAX-BAD-PE-REPORT reports.
+    /// PEs removed after MAX-BAD-PE-REPORT reports and a keep-alive probe
+    /// the PE did not answer.
     pub unreachable_removals: u64,
+    /// Keep-alive probes sent because a PE reached MAX-BAD-PE-REPORT.
+    pub unreachable_probes: u64,
+    /// PEs that answered such a probe and stayed (the reports were wrong).
+    pub unreachable_refuted: u64,
     /// PEs removed because their association went down.
     pub association_removals: u64,
     /// Registrations refused by the per-association rate limit.
     pub rate_limited: u64,
     /// Malformed or unexpected messages by reason.
     pub malformed: BTreeMap<String, u64>,
+    /// Deregistrations refused by reason.
+    #[serde(default)]
+    pub deregistration_rejects: BTreeMap<String, u64>,
+    /// PEs from peer registrars (ENRP) refused for lack of a valid
+    /// membership proof, by reason.
+    #[serde(default)]
+    pub peer_membership_rejects: BTreeMap<String, u64>,
 }
 
 /// Token bucket: `rate` tokens per second, at most `burst` saved up.
@@ -265,6 +290,9 @@ pub struct Server {
     /// ENRP asked for them, so a stand-alone registrar does not accumulate.
     home_changes: Vec<HomeChange>,
     track_home_changes: bool,
+    /// Wall clock at an instant, set by the driver: membership proofs carry
+    /// Unix time, the rest of the server runs on `Instant`s.
+    wall_clock: Option<(Instant, Duration)>,
 }
 
 impl Server {
@@ -281,7 +309,62 @@ impl Server {
             counters: Counters::default(),
             home_changes: Vec::new(),
             track_home_changes: false,
+            wall_clock: None,
         }
+    }
+
+    /// Tells the server the wall clock (time since the Unix epoch) at
+    /// `now`; the driver calls it before every message so the two clocks
+    /// never drift apart for long.
+    pub fn set_wall_clock(&mut self, now: Instant, since_epoch: Duration) {
+        self.wall_clock = Some((now, since_epoch));
+    }
+
+    /// The wall clock at `now`, from the last [`Server::set_wall_clock`].
+    fn unix_time(&self, now: Instant) -> Option<Duration> {
+        self.wall_clock.map(|(at, wall)| {
+            if now >= at {
+                wall + (now - at)
+            } else {
+                wall.saturating_sub(at - now)
+            }
+        })
+    }
+
+    /// Whether `pool_handle` is closed (has membership authorities).
+    pub fn is_closed_pool(&self, pool_handle: &PoolHandle) -> bool {
+        self.config.membership_authorities.contains_key(pool_handle)
+    }
+
+    /// Checks a PE's proof for an ASAP message it sent us: certificate,
+    /// signature, and the timestamp within the replay window. Open pools
+    /// need none (a proof sent to one is ignored, like by RSPLIB).
+    fn check_membership(
+        &self,
+        now: Instant,
+        message_type: u8,
+        pool_handle: &PoolHandle,
+        pe_identifier: PeId,
+        element: Option<&PoolElement>,
+        proof: Option<&MembershipProof>,
+    ) -> Result<(), MembershipError> {
+        let Some(authorities) = self.config.membership_authorities.get(pool_handle) else {
+            return Ok(());
+        };
+        let proof = proof.ok_or(MembershipError::NoProof)?;
+        // Without a wall clock nothing can be fresh: fail closed.
+        let unix = self
+            .unix_time(now)
+            .ok_or(MembershipError::StaleTimestamp { skew_ms: i64::MAX })?;
+        proof.verify(
+            authorities,
+            message_type,
+            pool_handle,
+            pe_identifier,
+            element,
+            unix,
+        )?;
+        proof.check_fresh(unix, self.config.membership_max_clock_skew)
     }
 
     /// The configuration.
@@ -367,8 +450,13 @@ impl Server {
                     counter!("poolflow_registrar_keepalives_sent_total").increment(1);
                 }
                 KeepAlive::AwaitingAck { deadline, .. } if deadline <= now => {
-                    tracing::warn!(pool = %handle, pe = format_args!("{id:#010x}"), "keep-alive timeout: PE removed");
-                    self.remove(&handle, id, Removal::KeepAliveTimeout);
+                    let why = if entry.unreachable_reports >= self.config.max_bad_pe_reports {
+                        Removal::Unreachable
+                    } else {
+                        Removal::KeepAliveTimeout
+                    };
+                    tracing::warn!(pool = %handle, pe = format_args!("{id:#010x}"), reason = why.label(), "keep-alive timeout: PE removed");
+                    self.remove(&handle, id, why);
                     // Like RSPLIB, tell a hung PE by closing its association,
                     // but only once no live PE depends on that association.
                     if self.handlespace.elements_of_owner(owner) == 0 {
@@ -413,11 +501,27 @@ impl Server {
             Message::Registration {
                 pool_handle,
                 pool_element,
-            } => self.on_registration(now, from, pool_handle, pool_element, &mut actions),
+                membership,
+            } => self.on_registration(
+                now,
+                from,
+                pool_handle,
+                pool_element,
+                membership,
+                &mut actions,
+            ),
             Message::Deregistration {
                 pool_handle,
                 pe_identifier,
-            } => self.on_deregistration(now, from, pool_handle, pe_identifier, &mut actions),
+                membership,
+            } => self.on_deregistration(
+                now,
+                from,
+                pool_handle,
+                pe_identifier,
+                membership,
+                &mut actions,
+            ),
             Message::HandleResolution { pool_handle, items } => {
                 self.on_handle_resolution(from, pool_handle, items, &mut actions)
             }
@@ -428,7 +532,7 @@ impl Server {
             Message::EndpointUnreachable {
                 pool_handle,
                 pe_identifier,
-            } => self.on_endpoint_unreachable(&pool_handle, pe_identifier),
+            } => self.on_endpoint_unreachable(now, &pool_handle, pe_identifier),
             Message::Error { error } => {
                 // Never answer an error with an error (no ping-pong).
                 tracing::warn!(assoc = from, ?error, "ASAP Error from peer");
@@ -481,6 +585,14 @@ impl Server {
                             KeepAlive::AwaitingAck { .. }
                         ),
                         unreachable_reports: entry.unreachable_reports,
+                        membership_authority: entry
+                            .membership
+                            .as_ref()
+                            .map(|proof| proof.certificate.authority_key_id),
+                        membership_not_after: entry
+                            .membership
+                            .as_ref()
+                            .map(|proof| proof.certificate.not_after),
                     })
                     .collect();
                 elements.sort_by_key(|element| element.id);
@@ -522,6 +634,7 @@ impl Server {
         from: AssocId,
         pool_handle: PoolHandle,
         pool_element: PoolElement,
+        membership: Option<Box<MembershipProof>>,
         actions: &mut Vec<Action>,
     ) {
         let pe_identifier = pool_element.pe_identifier;
@@ -565,6 +678,44 @@ impl Server {
         }
         let remote_ip = peer.remote.map(|addr| addr.ip());
 
+        // RFC 5352 §6 / RFC 5355 §3.1: only members join a closed pool. The
+        // signature covers the Pool Element as sent, before any fill-in.
+        let membership = if self.is_closed_pool(&pool_handle) {
+            if let Err(error) = self.check_membership(
+                now,
+                protocol::rserpool::asap::msg_type::REGISTRATION,
+                &pool_handle,
+                pe_identifier,
+                Some(&pool_element),
+                membership.as_deref(),
+            ) {
+                let remote = self.peers.get(&from).and_then(|peer| peer.remote);
+                tracing::warn!(
+                    assoc = from,
+                    ?remote,
+                    pool = %pool_handle,
+                    pe = format_args!("{pe_identifier:#010x}"),
+                    reason = error.reason(),
+                    %error,
+                    "registration without valid pool membership refused"
+                );
+                self.count_reject(error.reason());
+                counter!("poolflow_registrar_membership_refused_total", "message" => "registration", "reason" => error.reason())
+                    .increment(1);
+                actions.push(respond(Some(ErrorCause {
+                    code: cause_code::REJECTED_DUE_TO_SECURITY,
+                    info: Vec::new(),
+                })));
+                return;
+            }
+            membership.map(|mut proof| {
+                proof.signed_element = Some(pool_element.clone());
+                proof
+            })
+        } else {
+            None
+        };
+
         let params = match policy_params(&pool_element.policy) {
             Ok(params) => params,
             Err(error) => {
@@ -589,6 +740,7 @@ impl Server {
             registration_life: pool_element.registration_life,
             home_registrar: self.config.server_id,
             owner: from,
+            membership,
         };
         match self.handlespace.register(
             &pool_handle,
@@ -642,10 +794,42 @@ impl Server {
         from: AssocId,
         pool_handle: PoolHandle,
         pe_identifier: PeId,
+        membership: Option<Box<MembershipProof>>,
         actions: &mut Vec<Action>,
     ) {
-        if !self.may_register(now, from) {
-            counter!("poolflow_registrar_deregistration_rejects_total", "reason" => "not_allowed_network")
+        let refusal = if !self.may_register(now, from) {
+            Some("not_allowed_network")
+        } else if let Err(error) = self.check_membership(
+            now,
+            protocol::rserpool::asap::msg_type::DEREGISTRATION,
+            &pool_handle,
+            pe_identifier,
+            None,
+            membership.as_deref(),
+        ) {
+            let remote = self.peers.get(&from).and_then(|peer| peer.remote);
+            tracing::warn!(
+                assoc = from,
+                ?remote,
+                pool = %pool_handle,
+                pe = format_args!("{pe_identifier:#010x}"),
+                reason = error.reason(),
+                %error,
+                "deregistration without valid pool membership refused"
+            );
+            counter!("poolflow_registrar_membership_refused_total", "message" => "deregistration", "reason" => error.reason())
+                .increment(1);
+            Some(error.reason())
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            *self
+                .counters
+                .deregistration_rejects
+                .entry(reason.to_string())
+                .or_default() += 1;
+            counter!("poolflow_registrar_deregistration_rejects_total", "reason" => reason)
                 .increment(1);
             actions.push(Action::Send {
                 assoc: from,
@@ -758,8 +942,17 @@ impl Server {
         match self.handlespace.element(handle, id) {
             Some(entry) if entry.owner == from => {
                 let next = now + self.config.keep_alive_period;
+                let refuted = self
+                    .handlespace
+                    .element(handle, id)
+                    .is_some_and(|e| e.unreachable_reports >= self.config.max_bad_pe_reports);
                 self.handlespace.keep_alive_acked(handle, id, now, next);
                 self.counters.keep_alive_acks += 1;
+                if refuted {
+                    self.counters.unreachable_refuted += 1;
+                    counter!("poolflow_registrar_unreachable_refuted_total").increment(1);
+                    tracing::warn!(pool = %handle, pe = format_args!("{id:#010x}"), "PE reported unreachable answered its keep-alive: kept (a pool user's reports were wrong)");
+                }
             }
             Some(_) => {
                 // Only the PE itself may vouch for its liveness.
@@ -772,15 +965,41 @@ impl Server {
         }
     }
 
-    fn on_endpoint_unreachable(&mut self, handle: &PoolHandle, id: PeId) {
+    /// An Endpoint Unreachable report is a pool user's opinion, not proof:
+    /// one confused or hostile user must not empty a pool. RFC 5352 §3.5
+    /// leaves the removal to the registrar's judgement; at MAX-BAD-PE-REPORT
+    /// we check at once with an Endpoint Keep Alive and remove the PE only
+    /// if it misses that (the keep-alive timeout does it). A PE that answers
+    /// stays, and its report count starts again. PEs homed at another
+    /// registrar are that registrar's to supervise (RFC 5353): counted only.
+    fn on_endpoint_unreachable(&mut self, now: Instant, handle: &PoolHandle, id: PeId) {
         let Some(reports) = self.handlespace.report_unreachable(handle, id) else {
             return;
         };
         self.counters.unreachable_reports += 1;
         counter!("poolflow_registrar_unreachable_reports_total").increment(1);
-        if reports >= self.config.max_bad_pe_reports {
-            tracing::warn!(pool = %handle, pe = format_args!("{id:#010x}"), reports, "MAX-BAD-PE-REPORT reached: PE removed");
-            self.remove(handle, id, Removal::Unreachable);
+        if reports < self.config.max_bad_pe_reports {
+            return;
+        }
+        let Some(entry) = self.handlespace.element(handle, id) else {
+            return;
+        };
+        if entry.home_registrar != self.config.server_id {
+            tracing::debug!(pool = %handle, pe = format_args!("{id:#010x}"), reports, "MAX-BAD-PE-REPORT for a PE homed elsewhere: its home supervises it");
+            return;
+        }
+        match entry.keep_alive {
+            // A keep-alive is already out: its timeout decides.
+            KeepAlive::AwaitingAck { .. } => {}
+            KeepAlive::SendAt(at) => {
+                if at > now {
+                    self.handlespace
+                        .set_keep_alive(handle, id, KeepAlive::SendAt(now));
+                }
+                self.counters.unreachable_probes += 1;
+                counter!("poolflow_registrar_unreachable_probes_total").increment(1);
+                tracing::info!(pool = %handle, pe = format_args!("{id:#010x}"), reports, "MAX-BAD-PE-REPORT reached: probing the PE with a keep-alive before removing it");
+            }
         }
     }
 
@@ -850,6 +1069,7 @@ impl Server {
                 action,
                 pool_handle: handle.clone(),
                 pool_element: pool_element_of(entry),
+                membership: entry.membership.clone(),
             });
         }
     }
@@ -872,13 +1092,45 @@ impl Server {
     /// Handle Table cannot take it (after a partition the peer may list it
     /// as adopted), only a Handle Update naming another home can
     /// (`moved_by_update`: the PE re-registered there).
+    ///
+    /// In a closed pool the PE needs a membership proof that this registrar
+    /// checks with its own authority keys ([`Server::check_peer_membership`]);
+    /// without one (a Handle Table from a peer that does not forward
+    /// proofs) only a PE we already hold a proof for is refreshed.
     pub fn apply_peer_element(
         &mut self,
         now: Instant,
         pool_handle: &PoolHandle,
         pool_element: PoolElement,
+        membership: Option<Box<MembershipProof>>,
         moved_by_update: bool,
     ) -> Result<(), HandlespaceError> {
+        let membership = match self.check_peer_membership(
+            now,
+            pool_handle,
+            &pool_element,
+            membership,
+        ) {
+            Ok(membership) => membership,
+            Err(error) => {
+                *self
+                    .counters
+                    .peer_membership_rejects
+                    .entry(error.reason().to_string())
+                    .or_default() += 1;
+                counter!("poolflow_registrar_membership_refused_total", "message" => "enrp", "reason" => error.reason())
+                    .increment(1);
+                tracing::warn!(
+                    pool = %pool_handle,
+                    pe = format_args!("{:#010x}", pool_element.pe_identifier),
+                    home = pool_element.home_enrp_server_identifier,
+                    reason = error.reason(),
+                    %error,
+                    "PE from a peer registrar without valid pool membership refused"
+                );
+                return Err(HandlespaceError::Rejected(error.reason()));
+            }
+        };
         let home = pool_element.home_enrp_server_identifier;
         if let Some(existing) = self
             .handlespace
@@ -909,11 +1161,60 @@ impl Server {
             registration_life: pool_element.registration_life,
             home_registrar: home,
             owner: peer_owner(home),
+            membership,
         };
         self.handlespace
             .register(pool_handle, registration, now, NO_KEEP_ALIVE)?;
         self.update_gauges();
         Ok(())
+    }
+
+    /// The proof a peer's PE must bring into a closed pool: certificate and
+    /// signature checked against our own authority list (a peer may be
+    /// configured with other keys), and the forwarded element must be the
+    /// signed one up to the home registrar's fill-ins. Freshness is not
+    /// checked: the home registrar did at registration, and Handle Updates
+    /// and Tables legitimately repeat it later; ENRP's own authentication
+    /// (docs/enrp-security.md) keeps outsiders from replaying them.
+    pub fn check_peer_membership(
+        &self,
+        now: Instant,
+        pool_handle: &PoolHandle,
+        pool_element: &PoolElement,
+        membership: Option<Box<MembershipProof>>,
+    ) -> Result<Option<Box<MembershipProof>>, MembershipError> {
+        let Some(authorities) = self.config.membership_authorities.get(pool_handle) else {
+            return Ok(None);
+        };
+        let proof = match membership {
+            Some(proof) => proof,
+            None => {
+                // Refresh of a PE whose proof we hold (a table without
+                // proofs): the element must still be the signed one.
+                self.handlespace
+                    .element(pool_handle, pool_element.pe_identifier)
+                    .and_then(|entry| entry.membership.clone())
+                    .ok_or(MembershipError::NoProof)?
+            }
+        };
+        let signed = proof
+            .signed_element
+            .as_ref()
+            .ok_or(MembershipError::ElementMismatch)?;
+        if !forwarded_matches_signed(pool_element, signed) {
+            return Err(MembershipError::ElementMismatch);
+        }
+        // No wall clock yet: time 0, before every certificate (fail closed).
+        let unix = self.unix_time(now).unwrap_or_default();
+        proof.verify(
+            authorities,
+            protocol::rserpool::asap::msg_type::REGISTRATION,
+            pool_handle,
+            signed.pe_identifier,
+            Some(signed),
+            unix,
+        )?;
+        Ok(Some(proof))
     }
 
     /// Removes a PE on behalf of its home registrar `home` (Handle Update
@@ -1009,6 +1310,17 @@ impl Server {
         self.handlespace
             .element(pool_handle, id)
             .map(pool_element_of)
+    }
+
+    /// The stored membership proof of a PE (closed pools), for ENRP.
+    pub fn membership_of(
+        &self,
+        pool_handle: &PoolHandle,
+        id: PeId,
+    ) -> Option<Box<MembershipProof>> {
+        self.handlespace
+            .element(pool_handle, id)
+            .and_then(|entry| entry.membership.clone())
     }
 
     fn count_removal(&mut self, why: Removal) {
@@ -1233,4 +1545,10 @@ pub struct ElementStatus {
     pub awaiting_keep_alive_ack: bool,
     /// Endpoint Unreachable reports so far.
     pub unreachable_reports: u32,
+    /// Closed pools: key id of the authority that certified the PE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub membership_authority: Option<u32>,
+    /// Closed pools: end of the PE's certificate, Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub membership_not_after: Option<u64>,
 }

@@ -19,7 +19,7 @@ fn unknown_keys_and_bad_values_are_rejected() {
     assert!(bad_addr.validate().is_err());
     let sub_second: RegistrarConfig =
         toml::from_str("[timers]\nkeep_alive_period_ms = 100\nkeep_alive_timeout_ms = 50").unwrap();
-    let server = sub_second.server_config(1);
+    let server = sub_second.server_config(1).expect("server config");
     assert_eq!(server.keep_alive_period.as_millis(), 100);
     assert_eq!(server.keep_alive_timeout.as_millis(), 50);
 }
@@ -111,4 +111,39 @@ fn enrp_auth_key_comes_from_a_file_and_weak_or_ambiguous_keys_are_refused() {
             .auth
             .is_none()
     );
+}
+
+#[test]
+fn membership_authority_keys_are_read_per_pool() {
+    use protocol::signing::SigningKey;
+    use protocol::signing::pkcs8_public_pem;
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (
+        SigningKey::from_bytes(&[1; 32]),
+        SigningKey::from_bytes(&[2; 32]),
+    );
+    let mut files = Vec::new();
+    for (name, key) in [("old.pub", &old), ("new.pub", &new)] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pkcs8_public_pem(&key.verifying_key())).unwrap();
+        files.push(format!("{:?}", path.display().to_string()));
+    }
+    let text = format!(
+        "[membership.authority_key_files]\nbilling = [{}]",
+        files.join(", ")
+    );
+    let config: RegistrarConfig = toml::from_str(&text).unwrap();
+    config.validate().unwrap();
+    let server = config.server_config(1).unwrap();
+    let keys = &server.membership_authorities[&"billing".into()];
+    assert_eq!(keys, &vec![old.verifying_key(), new.verifying_key()]);
+
+    let missing: RegistrarConfig = toml::from_str(
+        "[membership.authority_key_files]\nbilling = [\"/nonexistent/authority.pub\"]",
+    )
+    .unwrap();
+    assert!(missing.validate().is_err());
+    let empty: RegistrarConfig =
+        toml::from_str("[membership.authority_key_files]\nbilling = []").unwrap();
+    assert!(empty.validate().is_err());
 }

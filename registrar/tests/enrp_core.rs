@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use policies::PolicyParams;
 use protocol::rserpool::asap;
 use protocol::rserpool::enrp::{Body, Message};
+use protocol::rserpool::membership::{MemberCertificate, MembershipProof};
 use protocol::rserpool::{PoolElement, TransportAddress, TransportKind, TransportUse};
 use registrar::enrp::{Enrp, EnrpConfig, handlespace_checksum, transport_of};
 use registrar::handlespace::{
@@ -35,23 +36,33 @@ struct Node {
     up: bool,
 }
 
-fn node(index: usize, count: usize, now: Instant, tune: &impl Fn(&mut EnrpConfig)) -> Node {
+/// The wall clock the simulated registrars read at the net's start
+/// (membership proofs are checked in Unix time).
+const START_UNIX: Duration = Duration::from_secs(1_796_515_200);
+
+fn node(
+    index: usize,
+    count: usize,
+    now: Instant,
+    tune: &impl Fn(&mut EnrpConfig),
+    server_tune: fn(usize, &mut ServerConfig),
+) -> Node {
     let id = server_id(index);
     let server = {
-        let mut server = Server::new(
-            ServerConfig {
-                server_id: id,
-                keep_alive_period: Duration::from_secs(3600),
-                registrations_per_second: 1e9,
-                registration_burst: u32::MAX,
-                limits: HandlespaceLimits {
-                    max_pool_elements_per_association: usize::MAX,
-                    ..HandlespaceLimits::default()
-                },
-                ..ServerConfig::default()
+        let mut config = ServerConfig {
+            server_id: id,
+            keep_alive_period: Duration::from_secs(3600),
+            registrations_per_second: 1e9,
+            registration_burst: u32::MAX,
+            limits: HandlespaceLimits {
+                max_pool_elements_per_association: usize::MAX,
+                ..HandlespaceLimits::default()
             },
-            now,
-        );
+            ..ServerConfig::default()
+        };
+        server_tune(index, &mut config);
+        let mut server = Server::new(config, now);
+        server.set_wall_clock(now, START_UNIX);
         server.track_home_changes();
         server
     };
@@ -81,6 +92,8 @@ struct Net {
     now: Instant,
     cut: HashSet<(usize, usize)>,
     queue: VecDeque<(usize, registrar::enrp::Outgoing)>,
+    start: Instant,
+    server_tune: fn(usize, &mut ServerConfig),
 }
 
 impl Net {
@@ -89,12 +102,24 @@ impl Net {
     }
 
     fn with(count: usize, tune: impl Fn(&mut EnrpConfig)) -> Self {
+        Self::with_servers(count, tune, |_, _| {})
+    }
+
+    fn with_servers(
+        count: usize,
+        tune: impl Fn(&mut EnrpConfig),
+        server_tune: fn(usize, &mut ServerConfig),
+    ) -> Self {
         let now = Instant::now();
         Self {
-            nodes: (0..count).map(|i| node(i, count, now, &tune)).collect(),
+            nodes: (0..count)
+                .map(|i| node(i, count, now, &tune, server_tune))
+                .collect(),
             now,
             cut: HashSet::new(),
             queue: VecDeque::new(),
+            start: now,
+            server_tune,
         }
     }
 
@@ -147,6 +172,7 @@ impl Net {
         let request = asap::Message::Registration {
             pool_handle: POOL.into(),
             pool_element: pool_element(pe),
+            membership: None,
         };
         let now = self.now;
         let actions =
@@ -161,6 +187,7 @@ impl Net {
         let request = asap::Message::Deregistration {
             pool_handle: POOL.into(),
             pe_identifier: pe,
+            membership: None,
         };
         let now = self.now;
         self.nodes[at]
@@ -172,7 +199,12 @@ impl Net {
     /// Replaces node `index` by a fresh registrar with the same id.
     fn restart(&mut self, index: usize) {
         let count = self.nodes.len();
-        self.nodes[index] = node(index, count, self.now, &|_| {});
+        self.nodes[index] = node(index, count, self.now, &|_| {}, self.server_tune);
+        // The restarted registrar reads the same wall clock as the others.
+        let (start, now) = (self.start, self.now);
+        self.nodes[index]
+            .server
+            .set_wall_clock(now, START_UNIX + (now - start));
     }
 
     fn checksum(&self, index: usize) -> u16 {
@@ -551,6 +583,7 @@ fn takeover_sends_a_home_keep_alive_to_each_adopted_pe() {
                 asap_transport: Some(asap_transport(pe)),
                 ..pool_element(pe)
             },
+            membership: None,
         };
         let now = net.now;
         net.nodes[2]
@@ -652,6 +685,7 @@ fn handle_update(sender: usize, receiver: usize, pe: u32) -> Vec<u8> {
                 home_enrp_server_identifier: server_id(sender),
                 ..pool_element(pe)
             },
+            membership: None,
         },
     }
     .to_bytes()
@@ -858,4 +892,168 @@ fn first_message_to_a_dead_peer_asks_for_a_new_association() {
         "exactly one message opens the new association"
     );
     assert!(later_messages > 0, "later Presences reuse it");
+}
+
+// --- Closed pools over ENRP: proofs travel with the PEs -------------------
+
+/// Membership authority of the pool at nodes that trust it.
+fn authority() -> protocol::signing::SigningKey {
+    protocol::signing::SigningKey::from_bytes(&[0xa1; 32])
+}
+
+/// A member key per PE.
+fn member(pe: u32) -> protocol::signing::SigningKey {
+    protocol::signing::SigningKey::from_bytes(&[(pe % 251) as u8 + 1; 32])
+}
+
+/// Every node closes POOL with [`authority`]; node 2 (if any) trusts
+/// another authority only.
+fn closed(index: usize, config: &mut ServerConfig) {
+    let key = if index == 2 {
+        protocol::signing::SigningKey::from_bytes(&[0xb2; 32])
+    } else {
+        authority()
+    };
+    config
+        .membership_authorities
+        .insert(POOL.into(), vec![key.verifying_key()]);
+}
+
+fn member_proof(pe: u32, element: &PoolElement, at: Duration) -> Box<MembershipProof> {
+    let certificate = MemberCertificate::issue(
+        &authority(),
+        &POOL.into(),
+        &member(pe).verifying_key(),
+        START_UNIX.as_secs() - 3600,
+        START_UNIX.as_secs() + 86_400,
+    );
+    Box::new(MembershipProof::sign_registration(
+        &member(pe),
+        &certificate,
+        &POOL.into(),
+        element,
+        at.as_millis() as u64,
+    ))
+}
+
+impl Net {
+    /// Registers PE `pe` with a valid membership proof at node `at`.
+    fn register_member(&mut self, at: usize, pe: u32) {
+        let element = pool_element(pe);
+        let unix = START_UNIX + (self.now - self.start);
+        let request = asap::Message::Registration {
+            pool_handle: POOL.into(),
+            membership: Some(member_proof(pe, &element, unix)),
+            pool_element: element,
+        };
+        let now = self.now;
+        let replies =
+            self.nodes[at]
+                .server
+                .on_message(now, 1000 + u64::from(pe), &request.to_bytes());
+        assert!(
+            matches!(&replies[..], [registrar::Action::Send { payload, .. }]
+                if matches!(asap::Message::decode(payload), Ok(asap::Message::RegistrationResponse { reject: false, .. }))),
+            "registration of {pe} at node {at} refused: {replies:?}"
+        );
+        self.pump(at);
+    }
+
+    fn peer_membership_rejects(&self, node: usize, reason: &str) -> u64 {
+        self.nodes[node]
+            .server
+            .counters()
+            .peer_membership_rejects
+            .get(reason)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+#[test]
+fn closed_pool_members_reach_peers_with_their_proof_and_peers_check_it() {
+    let mut net = Net::with_servers(3, |_| {}, closed);
+    net.run(Duration::from_secs(2));
+    net.register_member(0, 100);
+    net.register_member(1, 200);
+    net.run(Duration::from_secs(1));
+    // Peers that trust the authority learn the members (Handle Updates
+    // carrying the proofs); node 2 trusts another authority and refuses
+    // them with its own list.
+    assert_eq!(net.ids(0), vec![100, 200]);
+    assert_eq!(net.ids(1), vec![100, 200]);
+    assert!(net.ids(2).is_empty(), "{:?}", net.ids(2));
+    assert!(net.peer_membership_rejects(2, "membership_unknown_authority") >= 2);
+
+    // A peer's Handle Update of a PE without proof: refused, counted.
+    let now = net.now;
+    let node = &mut net.nodes[1];
+    node.enrp
+        .on_message(now, address(0), &handle_update(0, 1, 666), &mut node.server);
+    assert!(!net.ids(1).contains(&666));
+    assert_eq!(net.peer_membership_rejects(1, "no_membership_proof"), 1);
+
+    // A PE's genuine proof attached to an altered element (another user
+    // transport): refused, the signed element does not match.
+    let genuine = member_proof(100, &pool_element(100), START_UNIX);
+    let mut altered = pool_element(100);
+    altered.user_transport.addresses = vec![IpAddr::V4(Ipv4Addr::new(203, 0, 113, 66))];
+    altered.home_enrp_server_identifier = server_id(0);
+    let mut proof = genuine;
+    proof.signed_element = Some(altered.clone());
+    let update = Message {
+        sender_server_id: server_id(0),
+        receiver_server_id: server_id(1),
+        body: Body::HandleUpdate {
+            takeover_suggested: false,
+            action: protocol::rserpool::enrp::UpdateAction::AddPe,
+            pool_handle: POOL.into(),
+            pool_element: altered,
+            membership: Some(proof),
+        },
+    }
+    .to_bytes();
+    let node = &mut net.nodes[1];
+    node.enrp
+        .on_message(now, address(0), &update, &mut node.server);
+    assert_eq!(
+        net.peer_membership_rejects(1, "membership_bad_signature"),
+        1
+    );
+    let stored = net.nodes[1]
+        .server
+        .pool_element(&POOL.into(), 100)
+        .expect("PE 100 still there");
+    assert_eq!(stored.user_transport, pool_element(100).user_transport);
+}
+
+#[test]
+fn restarted_registrar_learns_closed_pool_members_from_the_handle_table() {
+    let mut net = Net::with_servers(2, |_| {}, closed);
+    net.run(Duration::from_secs(2));
+    for pe in [100, 101, 102] {
+        net.register_member(0, pe);
+    }
+    net.run(Duration::from_secs(1));
+    assert_eq!(net.ids(1), vec![100, 101, 102]);
+    net.restart(1);
+    net.run(Duration::from_secs(3));
+    // The table carried each PE's proof; node 1 checked and stored them.
+    assert_eq!(net.ids(1), vec![100, 101, 102]);
+    assert!(
+        net.nodes[1]
+            .server
+            .counters()
+            .peer_membership_rejects
+            .is_empty()
+    );
+    for pe in [100, 101, 102] {
+        assert!(
+            net.nodes[1]
+                .server
+                .membership_of(&POOL.into(), pe)
+                .is_some()
+        );
+    }
+    assert_eq!(net.checksum(0), net.checksum(1));
 }

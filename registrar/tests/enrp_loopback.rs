@@ -119,6 +119,7 @@ impl Client {
             .request(Message::Registration {
                 pool_handle: POOL.into(),
                 pool_element: pe(id),
+                membership: None,
             })
             .await;
         assert!(
@@ -388,6 +389,7 @@ async fn takeover_reaches_the_adopted_pe_with_a_home_keep_alive() {
                 }),
                 ..pe(9)
             },
+            membership: None,
         })
         .await;
     assert!(matches!(

@@ -113,6 +113,7 @@ impl Client {
         self.send(&Message::Registration {
             pool_handle: handle.into(),
             pool_element: element,
+            membership: None,
         })
         .await;
         self.reply().await
@@ -179,6 +180,7 @@ async fn register_and_resolve_over(kind: transport::TransportKind) {
         .send(&Message::Deregistration {
             pool_handle: "ipfix".into(),
             pe_identifier: 2,
+            membership: None,
         })
         .await;
     assert!(matches!(
@@ -337,6 +339,7 @@ async fn malformed_and_oversized_messages_get_errors_and_the_registrar_keeps_ser
         good.send(&Message::Deregistration {
             pool_handle: "ok".into(),
             pe_identifier: 9,
+            membership: None,
         })
         .await;
         good.reply().await;
@@ -361,6 +364,7 @@ async fn registration_flood_from_one_peer_is_limited() {
             .send(&Message::Registration {
                 pool_handle: "flood".into(),
                 pool_element: pe(id, PolicyParams::RoundRobin, 1),
+                membership: None,
             })
             .await;
     }

@@ -74,6 +74,7 @@ fn register(
     let request = Message::Registration {
         pool_handle: handle.into(),
         pool_element: element,
+        membership: None,
     };
     only_reply(&server.on_message(now, assoc, &request.to_bytes()))
 }
@@ -165,6 +166,7 @@ fn priority_policy_through_the_codec_decodes_to_priority_params() {
     let wire = Message::Registration {
         pool_handle: "p".into(),
         pool_element: pe(1, PolicyParams::Priority { priority: 77 }, 1),
+        membership: None,
     }
     .to_bytes();
     let Message::Registration { pool_element, .. } = Message::decode(&wire).unwrap() else {
@@ -226,6 +228,7 @@ fn deregistration_removes_only_for_the_owner() {
     let dereg = Message::Deregistration {
         pool_handle: "p".into(),
         pe_identifier: 1,
+        membership: None,
     }
     .to_bytes();
     // A pool user cannot deregister someone else's PE.
@@ -388,29 +391,30 @@ fn keep_alive_acks_keep_a_pe_registered() {
     assert!(resolve(&mut server, now + ms(50), "p", None).is_empty());
 }
 
-#[test]
-fn endpoint_unreachable_reports_remove_after_max_bad_pe_report() {
-    let t0 = Instant::now();
-    let mut server = Server::new(config(), t0);
-    assert_registered(&register(
-        &mut server,
-        t0,
-        PE_ASSOC,
-        "p",
-        pe(1, PolicyParams::RoundRobin, 1),
-    ));
-    assert_registered(&register(
-        &mut server,
-        t0,
-        PE_ASSOC,
-        "p",
-        pe(2, PolicyParams::RoundRobin, 2),
-    ));
-    let report = Message::EndpointUnreachable {
+/// Registers PEs 1 and 2 in pool "p" and returns the Endpoint Unreachable
+/// report for PE 1.
+fn two_pes_and_a_report_on_1(server: &mut Server, t0: Instant) -> Vec<u8> {
+    for (id, port) in [(1, 1), (2, 2)] {
+        assert_registered(&register(
+            server,
+            t0,
+            PE_ASSOC,
+            "p",
+            pe(id, PolicyParams::RoundRobin, port),
+        ));
+    }
+    Message::EndpointUnreachable {
         pool_handle: "p".into(),
         pe_identifier: 1,
     }
-    .to_bytes();
+    .to_bytes()
+}
+
+#[test]
+fn max_bad_pe_report_probes_and_removes_a_pe_that_misses_the_keep_alive() {
+    let t0 = Instant::now();
+    let mut server = Server::new(config(), t0);
+    let report = two_pes_and_a_report_on_1(&mut server, t0);
     for _ in 0..2 {
         assert!(server.on_message(t0, PU_ASSOC, &report).is_empty());
     }
@@ -422,11 +426,60 @@ fn endpoint_unreachable_reports_remove_after_max_bad_pe_report() {
             .unreachable_reports,
         2
     );
-    assert_eq!(server.handlespace().element_count(), 2);
+    assert_eq!(server.counters().unreachable_probes, 0);
+    // The third report reaches MAX-BAD-PE-REPORT: not removed yet, probed.
     server.on_message(t0, PU_ASSOC, &report);
+    assert_eq!(server.handlespace().element_count(), 2);
+    assert_eq!(server.counters().unreachable_probes, 1);
+    assert_eq!(server.next_deadline(), Some(t0));
+    let probe = server.on_timer(t0);
+    assert_eq!(sends(&probe).len(), 1, "an immediate keep-alive probe");
+    // No answer within the keep-alive timeout: removed as unreachable.
+    let timeout = config().keep_alive_timeout;
+    server.on_timer(t0 + timeout);
     assert!(server.handlespace().element(&"p".into(), 1).is_none());
-    assert_eq!(resolve(&mut server, t0, "p", None), vec![2]);
+    assert_eq!(resolve(&mut server, t0 + timeout, "p", None), vec![2]);
     assert_eq!(server.counters().unreachable_removals, 1);
+    assert_eq!(server.counters().keep_alive_failures, 0);
+}
+
+#[test]
+fn a_pe_that_answers_the_probe_stays_whatever_users_report() {
+    let t0 = Instant::now();
+    let mut server = Server::new(config(), t0);
+    let report = two_pes_and_a_report_on_1(&mut server, t0);
+    let ack = Message::EndpointKeepAliveAck {
+        pool_handle: "p".into(),
+        pe_identifier: 1,
+    }
+    .to_bytes();
+    let mut now = t0;
+    // A confused pool user reports the healthy PE again and again.
+    for round in 0..5 {
+        for _ in 0..3 {
+            server.on_message(now, PU_ASSOC, &report);
+        }
+        let probe = server.on_timer(now);
+        assert!(!sends(&probe).is_empty(), "round {round}: probe sent");
+        now += ms(10);
+        assert!(server.on_message(now, PE_ASSOC, &ack).is_empty());
+        assert_eq!(
+            resolve(&mut server, now, "p", None).len(),
+            2,
+            "round {round}: the PE that answers stays in the pool"
+        );
+    }
+    assert_eq!(server.counters().unreachable_removals, 0);
+    assert_eq!(server.counters().unreachable_probes, 5);
+    assert_eq!(server.counters().unreachable_refuted, 5);
+    assert_eq!(
+        server
+            .handlespace()
+            .element(&"p".into(), 1)
+            .unwrap()
+            .unreachable_reports,
+        0
+    );
 }
 
 #[test]
@@ -671,6 +724,7 @@ fn limits_per_association_pool_and_handle_are_enforced() {
     let long = Message::Registration {
         pool_handle: PoolHandle(vec![b'x'; 33]),
         pool_element: pe(7, PolicyParams::RoundRobin, 7),
+        membership: None,
     };
     match only_reply(&server.on_message(t0, 13, &long.to_bytes())) {
         Message::Error { error } => assert_eq!(error.causes[0].code, cause_code::INVALID_VALUES),
@@ -952,6 +1006,7 @@ fn handlespace_holds_100000_pes_and_resolves_in_a_big_pool() {
                     registration_life: -1,
                     home_registrar: 1,
                     owner: u64::from(i % 100),
+                    membership: None,
                 },
                 t0,
                 ms(1000 + u64::from(i % 1000)),
@@ -990,7 +1045,7 @@ proptest! {
         let mut server = Server::new(config(), t0);
         let mut bytes = Message::Registration {
             pool_handle: "pool".into(),
-            pool_element: pe(1, PolicyParams::Priority { priority: 4 }, 9),
+            pool_element: pe(1, PolicyParams::Priority { priority: 4 }, 9), membership: None,
         }
         .to_bytes();
         let index = flip % bytes.len();
@@ -1057,6 +1112,7 @@ fn registrations_only_from_allowed_networks_and_others_still_served() {
             &Message::Deregistration {
                 pool_handle: "pool".into(),
                 pe_identifier: 1,
+                membership: None,
             }
             .to_bytes(),
         ),

@@ -3,6 +3,7 @@
 //! finding those tools.
 
 pub mod pcap;
+pub mod pool;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use collector::audit::{AuditOptions, AuditReport, Verdict};
 use poolflow_tests::{child_log, free_udp_port, workspace_bin};
-use protocol::signing::{SigningKey, key_id, signing_key_to_pem, verifying_key_to_pem};
+use protocol::signing::{SigningKey, key_id, pkcs8_private_pem, pkcs8_public_pem};
 use registrar::config::RegistrarConfig;
 use registrar::driver::Registrar;
 
@@ -70,11 +70,11 @@ impl Pool {
         use std::os::unix::fs::PermissionsExt;
         let key = SigningKey::from_bytes(&[seed; 32]);
         let private = self.path(&format!("{name}.pem"));
-        std::fs::write(&private, signing_key_to_pem(&key)).unwrap();
+        std::fs::write(&private, pkcs8_private_pem(&key)).unwrap();
         std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::write(
             self.path(&format!("{name}.pub")),
-            verifying_key_to_pem(&key.verifying_key()),
+            pkcs8_public_pem(&key.verifying_key()),
         )
         .unwrap();
         key
@@ -201,7 +201,11 @@ fast_failure_detection = false
         }
     }
 
-    fn audit(&self, names: &[&str]) -> AuditReport {
+    /// Audits `names`' stores; with `with_state`, against the exporter's
+    /// state file too (what it says it numbered: a tail stored nowhere
+    /// audited is a gap).
+    fn audit(&self, names: &[&str], with_state: bool) -> AuditReport {
+        let state = self.path("exporter.state");
         collector::audit::run(&AuditOptions {
             databases: names
                 .iter()
@@ -211,6 +215,11 @@ fast_failure_detection = false
             domain: None,
             list_limit: 100,
             progress: false,
+            exporter_states: (with_state && state.exists())
+                .then_some(state)
+                .into_iter()
+                .collect(),
+            ..AuditOptions::default()
         })
         .unwrap()
     }
@@ -263,7 +272,7 @@ async fn wait_until(what: &str, within: Duration, mut condition: impl FnMut() ->
 
 /// Records stored in one collector's store (its audit alone).
 fn stored_in(pool: &Pool, name: &str) -> u64 {
-    pool.audit(&[name]).stores[0].billing_records
+    pool.audit(&[name], false).stores[0].billing_records
 }
 
 fn legit(name: &'static str, priority: u32, pe: u32, key: &str) -> CollectorSpec {
@@ -325,7 +334,7 @@ async fn hostile_top_priority_pe_in_an_open_pool_gets_no_record_released() {
     pool.stop().await;
 
     let hostile_stored = stored_in(&pool, "hostile");
-    let report = pool.audit(&["primary", "backup"]);
+    let report = pool.audit(&["primary", "backup"], true);
     println!(
         "hostile PE stored {hostile_stored} of {RECORDS} records; audit of the two legitimate \
          stores: {:?}, {} present, {} missing, {} duplicates",
@@ -397,7 +406,7 @@ async fn signing_key_rotation_under_a_running_stream_loses_and_duplicates_nothin
     assert_eq!(last.key_id(), Some(new_id));
     assert_ne!(last.key_id(), Some(key_id(&old.verifying_key())));
     pool.stop().await;
-    let report = pool.audit(&["primary", "backup"]);
+    let report = pool.audit(&["primary", "backup"], true);
     println!(
         "rotation: {:?}, {} present, {} missing, {} duplicates",
         report.verdict,

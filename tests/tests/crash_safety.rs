@@ -314,6 +314,7 @@ async fn sigkill_during_heavy_writes_never_loses_an_acknowledged_record() {
         domain: None,
         list_limit: 100,
         progress: false,
+        ..AuditOptions::default()
     })
     .unwrap();
     let totals = &report.totals;

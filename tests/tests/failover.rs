@@ -206,19 +206,24 @@ fast_failure_detection = {fast_failure_detection}
             .unwrap()
     }
 
-    /// Stops everything gracefully and audits both stores.
+    /// Stops everything gracefully and audits both stores, against the
+    /// exporter's state file too (as deploy/local-pool.sh does): after its
+    /// clean stop it names exactly the sequences it assigned.
     async fn finish(mut self) -> AuditReport {
         self.terminate(0);
         self.terminate(1);
         if let Some(r) = self.registrar.take() {
             r.stop().await;
         }
+        let state = self.path("exporter.state");
         collector::audit::run(&AuditOptions {
             databases: vec![self.path("c0.sqlite"), self.path("c1.sqlite")],
             exporter: None,
             domain: None,
             list_limit: 100,
             progress: false,
+            exporter_states: state.exists().then_some(state).into_iter().collect(),
+            ..AuditOptions::default()
         })
         .unwrap()
     }
@@ -493,4 +498,50 @@ async fn lowering_the_primary_priority_moves_the_exporter_without_loss() {
         report.stores[0].billing_records > 0,
         "the primary had records before"
     );
+}
+
+/// The reported case: the primary SIGKILLed a third into the stream and
+/// never back, the tail on the backup, whose store is then left out. The
+/// primary's store alone looks complete (the stores know only what they
+/// received); the exporter's own account, its state file, names the tail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_on_a_store_left_out_is_named_by_the_exporters_account() {
+    let mut pool = Pool::start().await;
+    tokio::time::sleep(Duration::from_millis(700)).await; // registrations
+    let exporter = pool.exporter(RECORDS, RATE, true);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    pool.kill(0);
+    let log = wait_exporter(exporter, Duration::from_secs(60));
+    assert!(log.contains("FAILOVER"), "no failover: {log}");
+    pool.terminate(1);
+    if let Some(r) = pool.registrar.take() {
+        r.stop().await;
+    }
+    let primary = pool.path("c0.sqlite");
+    let state = pool.path("exporter.state");
+    let audit = |databases: Vec<PathBuf>, exporter_states: Vec<PathBuf>| {
+        collector::audit::run(&AuditOptions {
+            databases,
+            exporter_states,
+            ..AuditOptions::default()
+        })
+        .unwrap()
+    };
+    let alone = audit(vec![primary.clone()], vec![]);
+    let stored_on_primary = alone.exporter_domains[0].last_sequence.unwrap();
+    assert!(
+        stored_on_primary + 1 < RECORDS,
+        "the primary took everything"
+    );
+
+    let with_state = audit(vec![primary.clone()], vec![state.clone()]);
+    assert_eq!(with_state.verdict, Verdict::Fail);
+    let g = &with_state.exporter_domains[0];
+    assert_eq!(g.state_file_next_sequence, Some(RECORDS));
+    let last_gap = g.gaps.ranges.last().expect("the tail is a gap");
+    assert_eq!(last_gap.last, RECORDS - 1, "{:?}", g.gaps);
+    assert!(last_gap.first <= stored_on_primary + 1, "{:?}", g.gaps);
+
+    let both = audit(vec![primary, pool.path("c1.sqlite")], vec![state]);
+    assert_complete(&both, RECORDS, true);
 }

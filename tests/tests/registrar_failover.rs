@@ -376,6 +376,7 @@ async fn registrar_sigkill_under_a_running_exporter_loses_nothing() {
         domain: None,
         list_limit: 100,
         progress: false,
+        ..AuditOptions::default()
     })
     .unwrap();
     let totals = &report.totals;

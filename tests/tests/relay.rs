@@ -284,6 +284,7 @@ tcp_listen = ["{tcp}"]
             domain: None,
             list_limit: 100,
             progress: false,
+            ..AuditOptions::default()
         })
         .unwrap()
     }
@@ -332,6 +333,16 @@ fn assert_no_loss(report: &AuditReport, records: u64) {
     assert_eq!(t.records_present, records, "every record present");
     assert_eq!(t.missing_records, 0);
     assert_eq!(t.conflicting_sequences, 0);
+    // The relay's reliability statistics (RFC 7011 4.3) for the routers'
+    // domains reached the pool; the last ones (sent once the relay drained
+    // at its stop) account for every record stored.
+    for g in &report.exporter_domains {
+        let accounted = g
+            .exporter_accounted
+            .expect("the relay's statistics reached a collector");
+        assert_eq!(Some(accounted), g.last_sequence.map(|l| l + 1));
+        assert_eq!(g.declared_loss.records, 0);
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -732,6 +743,7 @@ async fn full_buffer_pauses_tcp_and_drops_udp_with_a_count() {
         domain: Some(TCP_DOMAIN),
         list_limit: 100,
         progress: false,
+        ..AuditOptions::default()
     })
     .unwrap();
     assert_no_loss(&report, PAUSED_RECORDS);
@@ -741,6 +753,7 @@ async fn full_buffer_pauses_tcp_and_drops_udp_with_a_count() {
         domain: Some(1),
         list_limit: 100,
         progress: false,
+        ..AuditOptions::default()
     })
     .unwrap();
     assert_eq!(

@@ -201,3 +201,73 @@ fn tshark_accepts_options_enterprise_and_variable_length_records() {
         "tshark found errors:\n{problems}"
     );
 }
+
+#[test]
+fn tshark_decodes_our_reliability_statistics() {
+    use protocol::ipfix::reliability::{self, ReliabilityStatistics};
+    let Some(tshark) = require_tool("tshark") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ipfix-reliability.pcap");
+    let stats = [
+        ReliabilityStatistics {
+            exporting_process_id: 7,
+            observation_domain_id: 1,
+            exported_messages: 1_234,
+            exported_records: 41_265,
+            not_sent_records: 78_735,
+            system_init_ms: BASE_MS,
+            observation_ms: BASE_MS + 2_500,
+        },
+        ReliabilityStatistics {
+            exporting_process_id: 7,
+            observation_domain_id: 2,
+            exported_messages: 9,
+            exported_records: 300,
+            not_sent_records: 0,
+            system_init_ms: BASE_MS,
+            observation_ms: BASE_MS + 2_500,
+        },
+    ];
+    let mut w = MessageWriter::new(1400);
+    let (bytes, n) =
+        reliability::encode_message(&mut w, (BASE_MS / 1000) as u32, 0, true, &stats).unwrap();
+    assert_eq!(n, 2);
+    pcap::write(&mut File::create(&file).unwrap(), &[packet(bytes, 0)]).unwrap();
+    let rows = tshark_fields(
+        &tshark,
+        &file,
+        &[
+            "cflow.od_id",
+            "cflow.template_ipfix_scope_field_count",
+            "cflow.flow_exporter",
+            "cflow.packetsexp",
+            "cflow.flowsexp",
+            "cflow.notsent_flows",
+        ],
+    );
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    // Header domain: the statistics' own (0xFFFFFFFF).
+    assert_eq!(
+        row[0].split('|').next().unwrap(),
+        u32::MAX.to_string(),
+        "{row:?}"
+    );
+    assert_eq!(row[1], "2", "two scope fields: {row:?}");
+    assert_eq!(row[2], "7|7", "exportingProcessId: {row:?}");
+    assert_eq!(row[3], "1234|9", "exportedMessageTotalCount: {row:?}");
+    assert_eq!(row[4], "41265|300", "exportedFlowRecordTotalCount: {row:?}");
+    assert_eq!(row[5], "78735|0", "notSentFlowTotalCount: {row:?}");
+    let problems = run_ok(Command::new(&tshark).args(["-n", "-r"]).arg(&file).args([
+        "-d",
+        "udp.port==4739,cflow",
+        "-Y",
+        "_ws.malformed || _ws.expert.severity >= error",
+    ]));
+    assert!(
+        problems.trim().is_empty(),
+        "tshark found errors:\n{problems}"
+    );
+}

@@ -343,6 +343,11 @@ impl Association {
         self.sender.clone()
     }
 
+    /// See [`AssociationSender::acknowledged_messages`].
+    pub fn acknowledged_messages(&self) -> Option<u64> {
+        self.sender.acknowledged_messages()
+    }
+
     /// Graceful shutdown: queued messages are still delivered, then [`Event::Down`] follows.
     pub fn close(&self) {
         self.sender.close();
@@ -383,6 +388,17 @@ impl AssociationSender {
             SenderInner::SctpOverUdp(sender) => sender.close(),
             SenderInner::Tcp(sender) => sender.close(),
             SenderInner::KernelSctp(sender) => sender.close(),
+        }
+    }
+
+    /// Messages sent on this association that the peer has acknowledged, counted from the
+    /// first, in sending order: after [`Event::Down`] it tells how many of them the peer
+    /// holds. SCTP over UDP counts SACKed DATA (a message abandoned under PR-SCTP counts
+    /// too); `None` where the transport cannot tell (TCP, kernel SCTP).
+    pub fn acknowledged_messages(&self) -> Option<u64> {
+        match &self.inner {
+            SenderInner::SctpOverUdp(sender) => Some(sender.acknowledged_messages()),
+            SenderInner::Tcp(_) | SenderInner::KernelSctp(_) => None,
         }
     }
 

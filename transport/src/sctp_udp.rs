@@ -16,7 +16,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -80,6 +80,9 @@ struct Shared {
     closed: AtomicBool,
     /// Set by the driver when the event queue was full; the next `recv` asks it to go on.
     receive_stalled: AtomicBool,
+    /// Messages the peer has acknowledged in full (SACKed, or abandoned under PR-SCTP), in
+    /// the order they were sent.
+    acknowledged: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -111,6 +114,10 @@ impl SctpSender {
 
     pub(crate) fn close(&self) {
         let _ = self.commands.send(Command::Close { id: self.shared.id });
+    }
+
+    pub(crate) fn acknowledged_messages(&self) -> u64 {
+        self.shared.acknowledged.load(Ordering::Acquire)
     }
 
     pub(crate) fn after_receive(&self) {
@@ -324,8 +331,9 @@ struct Entry {
     written_total: u64,
     charges: VecDeque<(u64, u32)>,
     liveness: Liveness,
-    saw_shutdown: bool,
     closing_locally: bool,
+    /// We ended it with an ABORT (closed before it was established).
+    aborted_locally: bool,
 }
 
 /// The last events of a finished association, kept until the application takes them.
@@ -560,6 +568,7 @@ impl Driver {
             send_budget: Semaphore::new(self.config.send_buffer_bytes),
             closed: AtomicBool::new(false),
             receive_stalled: AtomicBool::new(false),
+            acknowledged: AtomicU64::new(0),
         });
         let (events_tx, events_rx) = mpsc::channel(self.config.receive_queue_len.max(1));
         let app_handle = Association {
@@ -597,8 +606,8 @@ impl Driver {
                     heartbeat_misses: 0,
                     smoothed_rtt: None,
                 },
-                saw_shutdown: false,
                 closing_locally: false,
+                aborted_locally: false,
             },
         );
     }
@@ -646,6 +655,7 @@ impl Driver {
                             self.outgoing
                                 .push((Bytes::from(sctp_wire::abort_packet(&wire)), entry.remote));
                         }
+                        entry.aborted_locally = true;
                         let _ = entry.proto.close();
                     }
                     self.dirty.insert(handle);
@@ -762,9 +772,6 @@ impl Driver {
                 // `finish`): its `shutdown()` asks for removal at once, which would strand
                 // the peer's SHUTDOWN ACK.
                 while entry.proto.poll_endpoint_event().is_some() {}
-                if entry.proto.is_closing() {
-                    entry.saw_shutdown = true;
-                }
                 while let Some(transmit) = entry.proto.poll_transmit(now) {
                     progressed = true;
                     if let Payload::RawEncode(datagrams) = transmit.payload {
@@ -844,9 +851,11 @@ impl Driver {
 
     /// Moves the application's view of `old_handle` onto the new association `new_handle`.
     fn adopt_restart(&mut self, old_handle: AssociationHandle, new_handle: AssociationHandle) {
-        let Some(old) = self.entries.remove(&old_handle) else {
+        let Some(mut old) = self.entries.remove(&old_handle) else {
             return;
         };
+        // What the old incarnation received is acknowledged: the application still gets it.
+        old.keep_received_for_application();
         self.endpoint
             .handle_event(old_handle, EndpointEvent::drained());
         let Some(new) = self.entries.get_mut(&new_handle) else {
@@ -892,6 +901,14 @@ impl Driver {
         if entry.handle.is_some() {
             // Never handed out (handshake of an incoming association failed).
             return;
+        }
+        let kept = entry.keep_received_for_application();
+        if kept > 0 {
+            debug!(
+                "association {} with {} ended with {kept} received messages not yet read by \
+                 the application: kept for it",
+                entry.shared.id, entry.remote
+            );
         }
         entry.deliver(last_event);
         if !entry.outbox.is_empty() {
@@ -1095,18 +1112,23 @@ impl Entry {
         Some(nonce)
     }
 
+    /// What sctp-proto's end of the association means to the application. With the vendored
+    /// patches `ApplicationClosed` is only a completed SHUTDOWN sequence (every DATA chunk
+    /// acknowledged both ways), and `AssociationClosed` an ABORT (or a protocol error): an
+    /// ABORT in the middle of our own close is not a clean close, whoever started it.
     fn loss_event(&self, reason: AssociationError) -> Event {
         match reason {
-            _ if self.closing_locally => Event::Down(DownReason::Local),
-            AssociationError::AssociationClosed | AssociationError::ApplicationClosed
-                if self.saw_shutdown || self.proto.is_closing() =>
-            {
-                Event::Down(DownReason::Shutdown)
+            AssociationError::ApplicationClosed if self.closing_locally => {
+                Event::Down(DownReason::Local)
+            }
+            AssociationError::ApplicationClosed => Event::Down(DownReason::Shutdown),
+            // Our own ABORT of an association that never got established.
+            AssociationError::AssociationClosed if self.aborted_locally => {
+                Event::Down(DownReason::Local)
             }
             AssociationError::AssociationClosed | AssociationError::Reset => {
                 Event::Down(DownReason::Aborted)
             }
-            AssociationError::ApplicationClosed => Event::Down(DownReason::Shutdown),
             AssociationError::LocallyClosed => Event::Down(DownReason::Local),
             AssociationError::TimedOut => Event::Failed(FailureReason::PeerUnreachable),
             other => Event::Failed(FailureReason::Error(other.to_string())),
@@ -1145,21 +1167,30 @@ impl Entry {
         }
         let mut buffered = 0u64;
         for &stream_id in &self.send_streams {
-            if let Ok(stream) = self.proto.stream(stream_id) {
-                buffered += stream.buffered_amount().unwrap_or(0) as u64;
+            match self.proto.stream(stream_id) {
+                Ok(stream) => buffered += stream.buffered_amount().unwrap_or(0) as u64,
+                // Closed: sctp-proto forgot its streams, and with them what is still
+                // unacknowledged. Counting that as released would report lost messages as
+                // delivered; the budget no longer matters once the association is gone.
+                Err(_) => return,
             }
         }
         let released = self.written_total.saturating_sub(buffered);
         let mut refund = 0usize;
+        let mut messages = 0u64;
         while let Some(&(end, charged)) = self.charges.front() {
             if end > released {
                 break;
             }
             refund += charged as usize;
+            messages += 1;
             self.charges.pop_front();
         }
         if refund > 0 {
             self.shared.send_budget.add_permits(refund);
+            self.shared
+                .acknowledged
+                .fetch_add(messages, Ordering::AcqRel);
         }
     }
 
@@ -1167,6 +1198,33 @@ impl Entry {
     fn deliver(&mut self, event: Event) {
         self.outbox.push_back(event);
         flush_outbox(&self.events, &mut self.outbox, &self.shared);
+    }
+
+    /// Moves every complete message sctp-proto still holds into the outbox, however full the
+    /// application's queue is; returns how many. Called when the association ends: the
+    /// peer counts these as delivered (we acknowledged them), so they must reach the
+    /// application even though its queue was full and back-pressure kept them in sctp-proto.
+    /// Memory stays bounded by the receive window they were accepted into.
+    fn keep_received_for_application(&mut self) -> usize {
+        let mut kept = 0;
+        // Still open when the driver itself gives up on the peer (path failure, restart).
+        let mut streams = self.proto.stream_ids();
+        streams.sort_unstable();
+        for stream_id in streams {
+            while let Ok(Some(chunks)) =
+                self.proto.stream(stream_id).and_then(|mut s| s.read_sctp())
+            {
+                self.outbox.push_back(message_event(stream_id, &chunks));
+                kept += 1;
+            }
+        }
+        // Closed by sctp-proto (SHUTDOWN COMPLETE, ABORT): it set them aside at the close.
+        while let Some((stream_id, chunks)) = self.proto.poll_undelivered() {
+            self.outbox.push_back(message_event(stream_id, &chunks));
+            kept += 1;
+        }
+        self.readable.clear();
+        kept
     }
 
     /// Moves complete messages from sctp-proto to the application while it has room; what
@@ -1189,16 +1247,20 @@ impl Entry {
                         break;
                     }
                 };
-                self.deliver(Event::Message(Message {
-                    stream: stream_id,
-                    ppid: u32::from(chunks.ppi),
-                    unordered: chunks.is_unordered(),
-                    reliability: Reliability::Reliable,
-                    payload: chunks.to_bytes(),
-                }));
+                self.deliver(message_event(stream_id, &chunks));
             }
         }
     }
+}
+
+fn message_event(stream: u16, chunks: &sctp_proto::Chunks) -> Event {
+    Event::Message(Message {
+        stream,
+        ppid: u32::from(chunks.ppi),
+        unordered: chunks.is_unordered(),
+        reliability: Reliability::Reliable,
+        payload: chunks.to_bytes(),
+    })
 }
 
 /// Pushes queued events into the application's channel; true while some remain.

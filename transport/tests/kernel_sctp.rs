@@ -1,6 +1,8 @@
 //! The message interface over native kernel SCTP, on loopback. These run only where the
 //! kernel has SCTP (`modprobe sctp`); elsewhere (most containers, CI) each prints
 //! `SKIPPED: <reason>` and passes, since there is nothing to test against.
+//! `tests/run.sh` runs them for real in a QEMU VM (`kernel-vm/run.sh`, which
+//! sets `POOLFLOW_KERNEL_SCTP_VM`): there a missing SCTP module fails them.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -16,6 +18,12 @@ const STEP: Duration = Duration::from_secs(10);
 fn kernel_sctp_or_skip(test: &str) -> bool {
     match kernel_sctp::probe() {
         Ok(()) => true,
+        // Inside the kernel VM (transport/tests/kernel-vm/run.sh) SCTP is
+        // what is under test: a module that did not load is a failure, not
+        // a reason to skip.
+        Err(reason) if std::env::var_os("POOLFLOW_KERNEL_SCTP_VM").is_some() => {
+            panic!("{test}: the kernel VM has no SCTP ({reason}): sctp.ko did not load")
+        }
         Err(reason) => {
             println!("SKIPPED: {test}: no kernel SCTP on this host ({reason})");
             false

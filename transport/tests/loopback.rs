@@ -553,6 +553,135 @@ async fn tcp_close_delivers_everything_queued() {
     close_delivers_everything_queued(TransportKind::Tcp).await;
 }
 
+/// A receiver whose application has fallen behind when the sender closes:
+/// everything its stack acknowledged is still delivered, before `Down`. The
+/// sender's graceful shutdown completes as soon as all DATA is SACKed, and
+/// DATA is SACKed once it sits in the receiving stack, read or not; sctp-proto
+/// dropped what was unread when SHUTDOWN COMPLETE closed the association, so
+/// a collector behind its exporters lost the end of their streams with
+/// nothing counted (issue 20).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sctp_udp_close_delivers_what_the_receiver_had_not_read_yet() {
+    let receiver_config = Config {
+        // The application's queue holds few messages, so most of the burst
+        // waits in the SCTP stack, as when a collector's writer is busy.
+        receive_queue_len: 4,
+        ..config(TransportKind::SctpOverUdp)
+    };
+    let mut endpoint = Endpoint::bind(receiver_config, loopback()).await.unwrap();
+    let mut client = tokio::time::timeout(
+        STEP,
+        connect(config(TransportKind::SctpOverUdp), endpoint.local_addr()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let mut server = tokio::time::timeout(STEP, endpoint.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    expect_up(&mut client).await;
+    // 360 kB: well inside the receiver's 1 MiB window, so all of it is
+    // acknowledged without the application reading anything.
+    const MESSAGES: u64 = 300;
+    for i in 0..MESSAGES {
+        let mut payload = vec![0u8; 1200];
+        payload[..8].copy_from_slice(&i.to_be_bytes());
+        client.send(Message::new(0, 0, payload)).await.unwrap();
+    }
+    client.close();
+    // The sender's close completes while the receiver reads nothing.
+    assert_eq!(
+        next_event(&mut client).await,
+        Event::Down(DownReason::Local),
+        "the sender's graceful close completes"
+    );
+    let mut received = 0u64;
+    loop {
+        match next_event(&mut server).await {
+            Event::Up => {}
+            Event::Message(m) => {
+                assert_eq!(
+                    u64::from_be_bytes(m.payload[..8].try_into().unwrap()),
+                    received,
+                    "messages arrive complete and in order"
+                );
+                received += 1;
+            }
+            Event::Down(reason) => {
+                assert_eq!(reason, DownReason::Shutdown);
+                break;
+            }
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+    assert_eq!(
+        received, MESSAGES,
+        "every acknowledged message reaches the application before Down"
+    );
+}
+
+/// A close that cannot complete (the receiver died with data outstanding)
+/// ends in `Failed`, not `Down`, and `acknowledged_messages` counts only
+/// what the peer SACKed before it died: what `exporter generate` reports as
+/// sent and why it then exits non-zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sctp_udp_close_to_a_dead_peer_fails_and_counts_only_what_was_acknowledged() {
+    let kind = TransportKind::SctpOverUdp;
+    // The receiver in a runtime of its own, so it can vanish as a SIGKILL
+    // would: no SHUTDOWN, no ABORT.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (endpoint_tx, endpoint_rx) = tokio::sync::oneshot::channel();
+    runtime.spawn(async move {
+        let mut endpoint = Endpoint::bind(config(kind), loopback()).await.unwrap();
+        endpoint_tx.send(endpoint.local_addr()).unwrap();
+        let accepted = endpoint.accept().await;
+        // Kept open until the runtime is killed.
+        std::future::pending::<()>().await;
+        drop((endpoint, accepted));
+    });
+    let server = endpoint_rx.await.unwrap();
+    let mut client = tokio::time::timeout(STEP, connect(config(kind), server))
+        .await
+        .unwrap()
+        .unwrap();
+    expect_up(&mut client).await;
+    for i in 0..20u8 {
+        client.send(Message::new(0, 0, vec![i; 500])).await.unwrap();
+    }
+    let deadline = Instant::now() + STEP;
+    while client.acknowledged_messages() != Some(20) {
+        assert!(Instant::now() < deadline, "first 20 messages acknowledged");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    runtime.shutdown_background();
+    for i in 0..5u8 {
+        client.send(Message::new(0, 0, vec![i; 500])).await.unwrap();
+    }
+    client.close();
+    let bound = config(kind).failure_detection_bound();
+    let last = tokio::time::timeout(bound * 10 + Duration::from_secs(1), async {
+        loop {
+            match client.recv().await {
+                Some(Event::Message(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the close ends within 10x the detection bound");
+    assert_eq!(last, Some(Event::Failed(FailureReason::PeerUnreachable)));
+    assert_eq!(
+        client.acknowledged_messages(),
+        Some(20),
+        "the 5 messages sent after the peer died are not counted as delivered"
+    );
+}
+
 /// The accepting side closing an association ends it on the connecting
 /// side too (a collector refusing a forged cookie relies on this), by the
 /// graceful shutdown sequence, not by failure detection.

@@ -5,6 +5,7 @@ pub mod encode;
 pub mod flow;
 pub mod message;
 pub mod registry;
+pub mod reliability;
 pub mod session;
 pub mod template;
 pub mod value;

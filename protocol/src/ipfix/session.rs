@@ -332,6 +332,34 @@ impl Session {
         }
     }
 
+    /// Reconciles a domain's sequence state with the exporter's own count of
+    /// data records sent (exportedFlowRecordTotalCount of its reliability
+    /// statistics, RFC 7011 4.3): records the exporter sent after the last
+    /// message we saw never arrived (a lost tail, which sequence numbers
+    /// alone cannot show). Returns how many, and moves the expectation past
+    /// them so the next message is in order and they are counted once.
+    /// `None` when the domain was never seen on `stream` or its last
+    /// message could not be counted.
+    pub fn reconcile_exported_total(
+        &mut self,
+        domain: u32,
+        stream: u16,
+        exported_records: u64,
+    ) -> Option<u64> {
+        let state = self.sequences.get_mut(&(domain, stream))?;
+        if state.uncounted {
+            return None;
+        }
+        // Sequence numbers are the record count modulo 2^32 (RFC 7011 3.1).
+        let ahead = (exported_records as u32).wrapping_sub(state.expected_next);
+        if ahead == 0 || ahead >= 1 << 31 {
+            // In step, or the statistics are older than what arrived since.
+            return Some(0);
+        }
+        state.expected_next = exported_records as u32;
+        Some(ahead as u64)
+    }
+
     fn check_sequence(
         &mut self,
         domain: u32,
@@ -383,4 +411,35 @@ impl Session {
 enum TemplateChange {
     Defined,
     Withdrawn,
+}
+
+#[cfg(test)]
+mod reconcile_tests {
+    use super::*;
+    use crate::ipfix::MessageWriter;
+    use crate::ipfix::flow::{FlowRecord, flow_template};
+
+    #[test]
+    fn exported_total_beyond_the_last_message_is_a_lost_tail() {
+        let mut session = Session::new(SessionConfig::new(TransportKind::Tcp));
+        let mut w = MessageWriter::new(1400);
+        w.start(9, 0, 0);
+        w.add_template(&flow_template()).unwrap();
+        for n in 0..10 {
+            FlowRecord::synthetic(n, 1_000).write_to(&mut w).unwrap();
+        }
+        let report = session.process(w.finish(), 0, 0, |_| {}).unwrap();
+        assert_eq!(report.data_records, 10);
+        assert_eq!(session.reconcile_exported_total(9, 0, 10), Some(0));
+        assert_eq!(session.reconcile_exported_total(9, 0, 25), Some(15));
+        // Counted once: the same total again loses nothing more.
+        assert_eq!(session.reconcile_exported_total(9, 0, 25), Some(0));
+        // Older statistics (behind what arrived) lose nothing.
+        assert_eq!(session.reconcile_exported_total(9, 0, 20), Some(0));
+        assert_eq!(
+            session.reconcile_exported_total(8, 0, 5),
+            None,
+            "unseen domain"
+        );
+    }
 }

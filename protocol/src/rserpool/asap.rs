@@ -6,6 +6,7 @@
 //! identifier between header and parameters. On SCTP, ASAP uses PPID
 //! [`super::ASAP_SCTP_PPID`] and port [`super::ASAP_PORT`].
 
+use super::membership::MembershipProof;
 use super::params::{
     DecodeContext, DecodeError, EncodeError, Limits, OperationError, ParameterBag, PoolElement,
     PoolHandle, SelectionPolicy, TransportAddress, read_u32,
@@ -69,6 +70,9 @@ pub enum Message {
         pool_handle: PoolHandle,
         /// The PE with its transports and policy.
         pool_element: PoolElement,
+        /// Proof that the PE is a member of the pool (poolflow extension,
+        /// skipped by registrars that do not know it).
+        membership: Option<Box<MembershipProof>>,
     },
     /// PE → registrar: leave the pool (RFC 5352 §2.2.2).
     Deregistration {
@@ -76,6 +80,8 @@ pub enum Message {
         pool_handle: PoolHandle,
         /// The leaving PE.
         pe_identifier: u32,
+        /// Proof that the PE is a member of the pool (as for Registration).
+        membership: Option<Box<MembershipProof>>,
     },
     /// Registrar → PE: outcome of a Registration (RFC 5352 §2.2.3).
     RegistrationResponse {
@@ -242,15 +248,26 @@ impl Message {
             Self::Registration {
                 pool_handle,
                 pool_element,
+                membership,
             } => {
                 pool_handle.encode(o);
                 pool_element.encode(o);
+                if let Some(proof) = membership {
+                    proof.encode(o);
+                }
             }
             Self::Deregistration {
                 pool_handle,
                 pe_identifier,
+                membership,
+            } => {
+                pool_handle.encode(o);
+                Parameter::PeIdentifier(*pe_identifier).encode(o);
+                if let Some(proof) = membership {
+                    proof.encode(o);
+                }
             }
-            | Self::EndpointKeepAliveAck {
+            Self::EndpointKeepAliveAck {
                 pool_handle,
                 pe_identifier,
             }
@@ -369,10 +386,12 @@ impl Message {
             msg_type::REGISTRATION => Self::Registration {
                 pool_handle: bag.pool_handle()?,
                 pool_element: bag.pool_element()?,
+                membership: bag.optional_membership(),
             },
             msg_type::DEREGISTRATION => Self::Deregistration {
                 pool_handle: bag.pool_handle()?,
                 pe_identifier: bag.pe_identifier()?,
+                membership: bag.optional_membership(),
             },
             msg_type::REGISTRATION_RESPONSE => Self::RegistrationResponse {
                 reject: flag_bits & flags::REGISTRATION_REJECT != 0,

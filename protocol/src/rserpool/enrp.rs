@@ -6,6 +6,7 @@
 //! message-specific fields and RFC 5354 parameters. On SCTP, ENRP uses PPID
 //! [`super::ENRP_SCTP_PPID`] and port [`super::ENRP_PORT`].
 
+use super::membership::MembershipProof;
 use super::params::{
     DecodeContext, DecodeError, EncodeError, Limits, OperationError, Parameter, ParameterBag,
     PoolElement, PoolHandle, ServerInformation, read_u16, read_u32,
@@ -83,6 +84,11 @@ pub struct PoolEntry {
     pub pool_handle: PoolHandle,
     /// Its PEs (at least one on the wire).
     pub pool_elements: Vec<PoolElement>,
+    /// Membership proofs of closed pools, by position: the proof of
+    /// `pool_elements[i]` follows that PE on the wire (poolflow extension,
+    /// skipped by other servers). Shorter than `pool_elements` (or empty)
+    /// where PEs have none.
+    pub memberships: Vec<Option<Box<MembershipProof>>>,
 }
 
 /// An ENRP message: the server identifiers every message carries and the
@@ -133,6 +139,9 @@ pub enum Body {
         pool_handle: PoolHandle,
         /// The PE.
         pool_element: PoolElement,
+        /// The PE's membership proof with the element as it signed it, for
+        /// closed pools (poolflow extension, skipped by other servers).
+        membership: Option<Box<MembershipProof>>,
     },
     /// Ask a peer for its peer list (RFC 5353 §2.5).
     ListRequest,
@@ -251,8 +260,11 @@ impl Message {
             Body::HandleTableResponse { pool_entries, .. } => {
                 for entry in pool_entries {
                     entry.pool_handle.encode(o);
-                    for pe in &entry.pool_elements {
+                    for (index, pe) in entry.pool_elements.iter().enumerate() {
                         pe.encode(o);
+                        if let Some(Some(proof)) = entry.memberships.get(index) {
+                            proof.encode(o);
+                        }
                     }
                 }
             }
@@ -260,12 +272,16 @@ impl Message {
                 action,
                 pool_handle,
                 pool_element,
+                membership,
                 ..
             } => {
                 o.extend_from_slice(&action.to_wire().to_be_bytes());
                 o.extend_from_slice(&[0, 0]); // reserved
                 pool_handle.encode(o);
                 pool_element.encode(o);
+                if let Some(proof) = membership {
+                    proof.encode(o);
+                }
             }
             Body::ListResponse { servers, .. } => {
                 for server in servers {
@@ -348,6 +364,7 @@ impl Message {
                     action: update_action,
                     pool_handle: bag.pool_handle()?,
                     pool_element: bag.pool_element()?,
+                    membership: bag.optional_membership(),
                 },
                 msg_type::LIST_REQUEST => Body::ListRequest,
                 msg_type::LIST_RESPONSE => Body::ListResponse {
@@ -387,7 +404,26 @@ fn group_pool_entries(
             Parameter::PoolHandle(pool_handle) => entries.push(PoolEntry {
                 pool_handle,
                 pool_elements: Vec::new(),
+                memberships: Vec::new(),
             }),
+            // A proof belongs to the PE right before it, which has no proof yet.
+            Parameter::MembershipProof(proof) => match entries.last_mut() {
+                Some(entry)
+                    if !entry.pool_elements.is_empty()
+                        && entry.memberships.len() < entry.pool_elements.len() =>
+                {
+                    entry
+                        .memberships
+                        .resize(entry.pool_elements.len() - 1, None);
+                    entry.memberships.push(Some(proof));
+                }
+                _ => {
+                    return Err(DecodeError::UnexpectedParameter {
+                        context,
+                        param_type: super::params::param_type::MEMBERSHIP_PROOF,
+                    });
+                }
+            },
             Parameter::PoolElement(pe) => match entries.last_mut() {
                 Some(entry) => entry.pool_elements.push(pe),
                 None => {

@@ -11,6 +11,7 @@
 
 pub mod asap;
 pub mod enrp;
+pub mod membership;
 pub mod params;
 
 pub use params::{

@@ -51,6 +51,9 @@ pub mod param_type {
     /// type 0x3f with the "skip if unknown" bit (0x8000) set, so registrars
     /// that do not know it simply ignore it. Wireshark and RSPLIB use 0x803f.
     pub const HANDLE_RESOLUTION_OPTION: u16 = 0x803f;
+    /// Pool membership proof (poolflow extension, "skip if unknown"): see
+    /// [`crate::rserpool::membership`].
+    pub const MEMBERSHIP_PROOF: u16 = crate::rserpool::membership::PARAM_TYPE;
 }
 
 /// Error cause codes carried in an Operation Error parameter (RFC 5354 §3.12).
@@ -531,7 +534,7 @@ pub enum Parameter {
     ServerInformation(ServerInformation),
     /// Operation Error (0xc).
     OperationError(OperationError),
-    /// Cookie (0xd): opaque to ASAP; see the cookie protocol in DESIGN.md.
+    /// Cookie (0xd): opaque to ASAP; see docs/billing-continuity.md.
     Cookie(Vec<u8>),
     /// PE Identifier (0xe).
     PeIdentifier(u32),
@@ -543,6 +546,8 @@ pub enum Parameter {
         /// Requested number of items.
         items: u32,
     },
+    /// Pool membership proof (0xbf02, poolflow extension).
+    MembershipProof(Box<crate::rserpool::membership::MembershipProof>),
 }
 
 impl Parameter {
@@ -561,6 +566,7 @@ impl Parameter {
             Self::PeIdentifier(_) => param_type::PE_IDENTIFIER,
             Self::PeChecksum(_) => param_type::PE_CHECKSUM,
             Self::HandleResolutionOption { .. } => param_type::HANDLE_RESOLUTION_OPTION,
+            Self::MembershipProof(_) => param_type::MEMBERSHIP_PROOF,
         }
     }
 
@@ -593,6 +599,7 @@ impl Parameter {
                     o.extend_from_slice(&items.to_be_bytes())
                 })
             }
+            Self::MembershipProof(proof) => proof.encode(out),
         }
     }
 
@@ -956,6 +963,9 @@ fn decode_known(
         param_type::HANDLE_RESOLUTION_OPTION => Parameter::HandleResolutionOption {
             items: u32::from_be_bytes(exact::<4>(tlv_type, value)?),
         },
+        param_type::MEMBERSHIP_PROOF => Parameter::MembershipProof(Box::new(
+            crate::rserpool::membership::MembershipProof::decode_value(ctx, value)?,
+        )),
         _ => return Ok(None),
     };
     Ok(Some(parameter))
@@ -1180,6 +1190,15 @@ impl ParameterBag {
             },
         )
         .collect()
+    }
+
+    pub(crate) fn optional_membership(
+        &mut self,
+    ) -> Option<Box<crate::rserpool::membership::MembershipProof>> {
+        match self.take(|p| matches!(p, Parameter::MembershipProof(_))) {
+            Some(Parameter::MembershipProof(proof)) => Some(proof),
+            _ => None,
+        }
     }
 
     pub(crate) fn optional_handle_resolution_items(&mut self) -> Option<u32> {

@@ -76,6 +76,8 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 for m in crc32c_generic libcrc32c udp_tunnel ip6_udp_tunnel sctp; do
+    # A failed insmod is reported here and then fails every test, which
+    # panics without kernel SCTP inside the VM (kernel_sctp_or_skip).
     insmod /lib/modules/$m.ko || echo "kernel-vm: insmod $m failed"
 done
 ip link set lo up

@@ -272,6 +272,10 @@ pub struct Association {
     /// Forward-TSN updates that belong to a successor hidden behind a
     /// still-readable stream generation.
     deferred_forward_tsns: FxHashMap<StreamId, VecDeque<DeferredForwardTsn>>,
+    /// poolflow patch: complete messages that were received (and acknowledged) but not yet
+    /// read when the association closed, in delivery order per stream. See
+    /// `poll_undelivered`.
+    undelivered: VecDeque<(StreamId, crate::queue::reassembly_queue::Chunks)>,
 
     // Non-RFC internal data
     remote_addr: SocketAddr,
@@ -375,6 +379,7 @@ impl Default for Association {
             ready_stream_finishes: PendingResetCompletions::default(),
             delivered_stream_finishes: PendingResetCompletions::default(),
             deferred_forward_tsns: FxHashMap::default(),
+            undelivered: VecDeque::new(),
 
             // Non-RFC internal data
             remote_addr: SocketAddr::from_str("0.0.0.0:0").unwrap(),
@@ -913,6 +918,16 @@ impl Association {
         self.timers.retransmissions(Timer::T3RTX)
     }
 
+    /// poolflow patch: the next complete message that was received but not read when the
+    /// association closed (see `close_with_reason`), with its stream; `None` when there is
+    /// none left or the association is still open (read open associations with
+    /// `Stream::read_sctp`).
+    pub fn poll_undelivered(
+        &mut self,
+    ) -> Option<(StreamId, crate::queue::reassembly_queue::Chunks)> {
+        self.undelivered.pop_front()
+    }
+
     pub fn is_closing(&self) -> bool {
         self.state.is_closing()
     }
@@ -1000,7 +1015,24 @@ impl Association {
 
             self.close_all_timers();
 
-            for si in self.streams.keys().cloned().collect::<Vec<u16>>() {
+            // poolflow patch: keep what the peer already handed over. Every message still
+            // in a reassembly queue and complete is DATA we acknowledged: after a graceful
+            // SHUTDOWN (RFC 9260 section 9.2) the peer counts it as delivered and will never
+            // send it again, and after an ABORT it was still received before it. Upstream
+            // dropped it with the streams, so a receiver whose application read slower than
+            // the network silently lost the tail of every stream that closed while it was
+            // behind. The application takes it with `poll_undelivered`.
+            let mut stream_ids = self.streams.keys().cloned().collect::<Vec<u16>>();
+            stream_ids.sort_unstable();
+            for si in stream_ids.iter().copied() {
+                if let Some(s) = self.streams.get_mut(&si) {
+                    while let Some(chunks) = s.reassembly_queue.read() {
+                        self.undelivered.push_back((si, chunks));
+                    }
+                }
+            }
+
+            for si in stream_ids {
                 self.unregister_stream(si, false);
             }
 
@@ -2867,7 +2899,11 @@ impl Association {
         let state = self.state();
         if state == AssociationState::ShutdownAckSent {
             self.timers.stop(Timer::T2Shutdown);
-            self.close()?;
+            // poolflow patch: a completed graceful shutdown, reported as the initiator's
+            // side reports it (`poll_transmit`). Upstream used `close()`, the reason an ABORT
+            // gives ("aborted by peer"), so the application could not tell a SHUTDOWN that
+            // delivered everything from an ABORT that may have lost data.
+            self.close_with_reason(AssociationError::ApplicationClosed)?;
         }
 
         Ok(vec![])

@@ -269,3 +269,51 @@ fn poolflow_zero_window_probes_answered_by_sacks_are_not_errors() {
         "{max_consecutive_t3} consecutive T3-rtx expiries against a peer that answers"
     );
 }
+
+/// Issue 20: the sender's graceful shutdown completes once every DATA chunk is SACKed, and
+/// the receiver SACKs what sits unread in its reassembly queue. Closing must not discard it:
+/// every complete unread message is kept for `poll_undelivered`, and the receiver reports
+/// the close as a completed shutdown (`ApplicationClosed`), not as an ABORT.
+#[test]
+fn poolflow_close_keeps_acknowledged_unread_messages() {
+    let mut sim = Sim::new(fast_transport, Duration::from_micros(500));
+    let messages = 200usize;
+    sim.client()
+        .open_stream(0, PayloadProtocolIdentifier::Other(4))
+        .unwrap();
+    for i in 0..messages {
+        let payload = Bytes::from((i as u32).to_be_bytes().repeat(300));
+        sim.client()
+            .stream(0)
+            .unwrap()
+            .write_sctp(&payload, PayloadProtocolIdentifier::Other(4))
+            .unwrap();
+    }
+    sim.client().shutdown().unwrap();
+    let mut steps = 0;
+    while (sim.client().state() != AssociationState::Closed
+        || sim.server().state() != AssociationState::Closed)
+        && steps < 100_000
+    {
+        steps += 1;
+        let limit = sim.now + Duration::from_millis(1);
+        sim.step(Some(limit));
+    }
+    assert_eq!(sim.client().state(), AssociationState::Closed);
+    assert_eq!(sim.server().state(), AssociationState::Closed);
+    let mut lost = None;
+    while let Some(event) = sim.server().poll() {
+        if let Event::AssociationLost { reason } = event {
+            lost = Some(reason);
+        }
+    }
+    assert_eq!(lost, Some(AssociationError::ApplicationClosed));
+    let mut kept = 0u32;
+    while let Some((stream, chunks)) = sim.server().poll_undelivered() {
+        assert_eq!(stream, 0);
+        let bytes = chunks.to_bytes();
+        assert_eq!(&bytes[..4], &kept.to_be_bytes(), "in order");
+        kept += 1;
+    }
+    assert_eq!(kept as usize, messages, "every acknowledged message kept");
+}
