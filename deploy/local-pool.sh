@@ -5,6 +5,9 @@
 #       │            └── backup collector  (priority 10)
 #       └──── ASAP ──── exporter (pool user, billing stream with cookies)
 #
+# Cookies are signed with each collector's Ed25519 key (made here with
+# openssl) and checked by the exporter with the public keys.
+#
 # The exporter streams synthetic flow records to the pool handle; the primary
 # is killed with SIGKILL mid-stream (failover to the backup, replay after the
 # last cookie), then restarted (failback to the primary after draining the
@@ -40,7 +43,12 @@ registrar_port=$base
 primary_port=$((base + 1))
 backup_port=$((base + 2))
 status_port=$((base + 3))
-head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$run/pool.key"
+# Each collector signs billing cookies with its own Ed25519 key (version 2
+# cookies); the exporter and every collector trust the public keys.
+for c in primary backup; do
+  (umask 077; openssl genpkey -algorithm ed25519 -out "$run/$c-cookie.pem")
+  openssl pkey -in "$run/$c-cookie.pem" -pubout -out "$run/$c-cookie.pub"
+done
 
 say "pool membership: authority key and one key + certificate per collector"
 umask 077   # private keys: readable by us only (the daemons refuse others)
@@ -82,7 +90,8 @@ handle = "billing-collectors"
 registrars = ["sctp:127.0.0.1:$registrar_port"]
 policy = "priority"
 priority = $3
-cookie_key_file = "$run/pool.key"
+cookie_signing_key_file = "$run/$1-cookie.pem"
+cookie_verify_key_files = ["$run/primary-cookie.pub", "$run/backup-cookie.pub"]
 member_key_file = "$run/$1-member.key"
 member_certificate_file = "$run/$1-member.cert"
 registration_lifetime_ms = 60000
@@ -98,6 +107,7 @@ pool_handle = "billing-collectors"
 registrars = ["sctp:127.0.0.1:$registrar_port"]
 state_file = "$run/exporter.state"
 observation_domain = 1
+cookie_public_key_files = ["$run/primary-cookie.pub", "$run/backup-cookie.pub"]
 [buffer]
 memory_records = 200000
 max_records = 2000000
@@ -155,7 +165,7 @@ if wait "$exporter"; then
 else
   say "exporter ended with an error (see $run/exporter.log)"
 fi
-grep -hE "FAILOVER|FAILBACK|streaming to|sent|acknowledged" "$run/exporter.log" "$run/exporter.out" | tail -12 || true
+grep -hE "FAILOVER|FAILBACK|COOKIE REFUSED|streaming to|sent|acknowledged" "$run/exporter.log" "$run/exporter.out" | tail -12 || true
 
 say "stopping collectors (SIGTERM: deregister, drain, commit)"
 kill -TERM "$primary" "$backup"

@@ -6,7 +6,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use protocol::billing::{BillingCookie, CookieError, CookieMessageKind, SequenceExtender};
+use protocol::billing::{
+    BillingCookie, CookieError, CookieKeys, CookieMessageKind, SequenceExtender,
+};
+use protocol::signing::SigningKey;
 
 /// Billing identity and position of a block's first record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,11 +132,73 @@ pub fn covered_through(
 
 pub type SharedLedger = Arc<Mutex<Ledger>>;
 
-/// Signs cookies for this collector.
+/// Signs cookies for this collector and checks the cookies exporters echo.
 #[derive(Debug, Clone)]
 pub struct CookieSigner {
-    pub key: Vec<u8>,
+    /// Ed25519 key: cookies are version 2, checkable by exporters. `None`:
+    /// version 1 with the HMAC key of `trusted` (before the migration).
+    pub signing_key: Option<SigningKey>,
+    /// Keys a Cookie Echo may be signed with: the pool's public keys (any
+    /// collector's cookie is a valid handover) and, during the migration,
+    /// the old HMAC key.
+    pub trusted: CookieKeys,
+    /// The HMAC key, when version 1 cookies are signed with it.
+    hmac_key: Option<Vec<u8>>,
     pub pe_identifier: u32,
+    /// Accept every well-formed Cookie Echo without checking it. Unsafe:
+    /// only for tests that play a hostile or misconfigured pool element.
+    pub trust_any_echo: bool,
+}
+
+impl CookieSigner {
+    /// Version 1 cookies: HMAC with the pool's shared key, which also
+    /// checks the echoes.
+    pub fn hmac(key: Vec<u8>, pe_identifier: u32) -> Self {
+        Self {
+            signing_key: None,
+            trusted: CookieKeys::default().with_hmac_key(key.clone()),
+            hmac_key: Some(key),
+            pe_identifier,
+            trust_any_echo: false,
+        }
+    }
+
+    /// Version 2 cookies signed with `key`; echoes are checked with
+    /// `trusted` plus this key's own public half.
+    pub fn ed25519(key: SigningKey, mut trusted: CookieKeys, pe_identifier: u32) -> Self {
+        trusted.add_public_key(key.verifying_key());
+        Self {
+            signing_key: Some(key),
+            trusted,
+            hmac_key: None,
+            pe_identifier,
+            trust_any_echo: false,
+        }
+    }
+
+    /// "Everything of (exporter, domain) through `through` is stored."
+    pub fn sign(&self, exporter_id: u32, domain: u32, through: u64, now_ms: u64) -> BillingCookie {
+        match (&self.signing_key, &self.hmac_key) {
+            (Some(key), _) => BillingCookie::sign_ed25519(
+                key,
+                exporter_id,
+                domain,
+                through,
+                self.pe_identifier,
+                now_ms,
+            ),
+            (None, Some(key)) => BillingCookie::sign(
+                key,
+                exporter_id,
+                domain,
+                through,
+                self.pe_identifier,
+                now_ms,
+            ),
+            // Both constructors set one of the two.
+            (None, None) => unreachable!("a CookieSigner holds a signing or an HMAC key"),
+        }
+    }
 }
 
 /// A failover or failback arriving here: the exporter echoed a cookie.
@@ -175,6 +240,9 @@ impl EchoError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Malformed(CookieError::BadHmac) => "cookie_bad_hmac",
+            Self::Malformed(CookieError::BadSignature(_)) => "cookie_bad_signature",
+            Self::Malformed(CookieError::UnknownKey(_)) => "cookie_unknown_key",
+            Self::Malformed(CookieError::HmacNotTrusted) => "cookie_hmac_not_trusted",
             Self::Malformed(_) => "cookie_malformed",
             Self::WrongDirection => "cookie_wrong_direction",
             Self::OtherExporter { .. } => "cookie_other_exporter",
@@ -221,7 +289,9 @@ impl AssociationBilling {
             return Err(EchoError::WrongDirection);
         }
         if !cookie.introduction {
-            cookie.verify(&signer.key)?;
+            if !signer.trust_any_echo {
+                signer.trusted.verify(&cookie)?;
+            }
             if cookie.last_record_sequence >= MAX_ECHOED_SEQUENCE {
                 return Err(EchoError::SequenceOutOfRange(cookie.last_record_sequence));
             }
@@ -354,18 +424,26 @@ impl AssociationBilling {
             let Some(through) = ledger.covered_through((exporter_id, domain), d.start) else {
                 continue;
             };
+            // Never beyond what the exporter sent on this association, even
+            // when the store holds more from an earlier one: an exporter
+            // refuses such a claim (a hostile collector could make it about
+            // records it never saw). The replay of those records is
+            // dropped as duplicates and acknowledged at its commit. Ranges
+            // the exporter declared never to be sent lie below its send
+            // cursor too, so a cookie may pass over them.
+            let declared_end = ledger
+                .declared
+                .get(&(exporter_id, domain))
+                .and_then(|set| set.ranges().map(|(_, end)| end).max());
+            let Some(limit) = d.last_received.max(declared_end) else {
+                continue;
+            };
+            let through = through.min(limit);
             if d.last_cookie.is_some_and(|last| last >= through) {
                 continue;
             }
             d.last_cookie = Some(through);
-            let cookie = BillingCookie::sign(
-                &signer.key,
-                exporter_id,
-                domain,
-                through,
-                signer.pe_identifier,
-                now_ms.max(0) as u64,
-            );
+            let cookie = signer.sign(exporter_id, domain, through, now_ms.max(0) as u64);
             out.push(cookie.cookie_message_bytes());
         }
         out
@@ -426,6 +504,8 @@ mod tests {
         let mut ledger = Ledger::default();
         ledger.stored.entry((42, 1)).or_default().insert(100, 149);
         ledger.stored.entry((42, 1)).or_default().insert(300, 399);
+        // Received on this association (cookies never claim more).
+        a.note_received(1, 399);
         let last = |a: &mut AssociationBilling, ledger: &Ledger| {
             let due = a.cookies_due(ledger, &signer(), 2);
             due.last().map(|c| {
@@ -479,10 +559,7 @@ mod tests {
     }
 
     fn signer() -> CookieSigner {
-        CookieSigner {
-            key: b"pool key".to_vec(),
-            pe_identifier: 7,
-        }
+        CookieSigner::hmac(b"pool key".to_vec(), 7)
     }
 
     #[test]
@@ -499,6 +576,11 @@ mod tests {
         let mut ledger = Ledger::default();
         assert!(a.cookies_due(&ledger, &signer(), 6).is_empty());
         ledger.stored.entry((42, 1)).or_default().insert(0, 57);
+        assert!(
+            a.cookies_due(&ledger, &signer(), 6).is_empty(),
+            "stored, but not (yet) received on this association"
+        );
+        a.note_received(1, 57);
         let cookies = a.cookies_due(&ledger, &signer(), 7);
         assert_eq!(cookies.len(), 1);
         let (_, c) = protocol::billing::cookie_from_asap_bytes(&cookies[0]).unwrap();
@@ -532,6 +614,7 @@ mod tests {
         let mut ledger = Ledger::default();
         // Records before 1000 are elsewhere: this store's 1000..1999 count.
         ledger.stored.entry((42, 1)).or_default().insert(1000, 1999);
+        a.note_received(1, 1999);
         let (_, c) =
             protocol::billing::cookie_from_asap_bytes(&a.cookies_due(&ledger, &signer(), 2)[0])
                 .unwrap();
@@ -547,5 +630,96 @@ mod tests {
             .on_cookie_echo(&other.cookie_echo_message_bytes(), &signer(), "p", 1)
             .unwrap_err();
         assert_eq!(err.reason(), "cookie_other_exporter");
+    }
+
+    fn ed25519(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+
+    #[test]
+    fn cookies_never_claim_more_than_this_association_received() {
+        let mut a = AssociationBilling::default();
+        let echo = BillingCookie::introduction(42, 1).cookie_echo_message_bytes();
+        a.on_cookie_echo(&echo, &signer(), "peer", 5).unwrap();
+        let mut ledger = Ledger::default();
+        // Held from an earlier association: 0..=999.
+        ledger.stored.entry((42, 1)).or_default().insert(0, 999);
+        a.note_received(1, 400);
+        let (_, c) =
+            protocol::billing::cookie_from_asap_bytes(&a.cookies_due(&ledger, &signer(), 6)[0])
+                .unwrap();
+        assert_eq!(c.last_record_sequence, 400);
+        a.note_received(1, 999);
+        let (_, c) =
+            protocol::billing::cookie_from_asap_bytes(&a.cookies_due(&ledger, &signer(), 7)[0])
+                .unwrap();
+        assert_eq!(c.last_record_sequence, 999);
+    }
+
+    #[test]
+    fn v2_signer_signs_with_ed25519_and_accepts_pool_keys_and_migrating_hmac() {
+        let (own, peer, stranger) = (ed25519(1), ed25519(2), ed25519(3));
+        let mut pool = CookieKeys::default().with_hmac_key(b"pool key".to_vec());
+        pool.add_public_key(peer.verifying_key());
+        let me = CookieSigner::ed25519(own.clone(), pool, 9);
+        // Its cookies are version 2 and check with its public key alone.
+        let mut a = AssociationBilling::default();
+        let echo = BillingCookie::introduction(42, 1).cookie_echo_message_bytes();
+        a.on_cookie_echo(&echo, &me, "p", 1).unwrap();
+        let mut ledger = Ledger::default();
+        ledger.stored.entry((42, 1)).or_default().insert(0, 9);
+        a.note_received(1, 9);
+        let (_, c) =
+            protocol::billing::cookie_from_asap_bytes(&a.cookies_due(&ledger, &me, 2)[0]).unwrap();
+        assert_eq!(c.version, protocol::billing::COOKIE_VERSION_ED25519);
+        let mut exporter_keys = CookieKeys::default();
+        exporter_keys.add_public_key(own.verifying_key());
+        assert_eq!(exporter_keys.verify(&c), Ok(()));
+        // Echoes: its own, a pool peer's, and the old HMAC cookies.
+        for cookie in [
+            BillingCookie::sign_ed25519(&own, 42, 1, 5, 9, 1),
+            BillingCookie::sign_ed25519(&peer, 42, 1, 5, 8, 1),
+            BillingCookie::sign(b"pool key", 42, 1, 5, 7, 1),
+        ] {
+            AssociationBilling::default()
+                .on_cookie_echo(&cookie.cookie_echo_message_bytes(), &me, "p", 1)
+                .unwrap();
+        }
+        let err = AssociationBilling::default()
+            .on_cookie_echo(
+                &BillingCookie::sign_ed25519(&stranger, 42, 1, 5, 6, 1).cookie_echo_message_bytes(),
+                &me,
+                "p",
+                1,
+            )
+            .unwrap_err();
+        assert_eq!(err.reason(), "cookie_unknown_key");
+        // Without the HMAC key (migration over) v1 echoes are refused.
+        let done = CookieSigner::ed25519(own, CookieKeys::default(), 9);
+        let err = AssociationBilling::default()
+            .on_cookie_echo(
+                &BillingCookie::sign(b"pool key", 42, 1, 5, 7, 1).cookie_echo_message_bytes(),
+                &done,
+                "p",
+                1,
+            )
+            .unwrap_err();
+        assert_eq!(err.reason(), "cookie_hmac_not_trusted");
+    }
+
+    #[test]
+    fn trust_any_echo_accepts_what_no_key_signed() {
+        let mut hostile = CookieSigner::ed25519(ed25519(5), CookieKeys::default(), 66);
+        let forged = BillingCookie::sign(b"nobody's key", 42, 1, 5, 7, 1);
+        assert!(
+            AssociationBilling::default()
+                .on_cookie_echo(&forged.cookie_echo_message_bytes(), &hostile, "p", 1)
+                .is_err()
+        );
+        hostile.trust_any_echo = true;
+        let h = AssociationBilling::default()
+            .on_cookie_echo(&forged.cookie_echo_message_bytes(), &hostile, "p", 1)
+            .unwrap();
+        assert_eq!(h.record_sequence, Some(5));
     }
 }

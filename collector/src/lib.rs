@@ -157,10 +157,13 @@ pub async fn start(config: &CollectorConfig) -> Result<RunningCollector> {
         .transpose()?;
     let billing = match (&config.pool, pe_identifier) {
         (Some(pool), Some(pe_identifier)) => {
-            pool::cookie_key(pool)?.map(|key| sctp::BillingContext {
-                signer: billing::CookieSigner { key, pe_identifier },
-                ledger,
-                committed: progress.committed.subscribe(),
+            pool::cookie_signer(pool, pe_identifier)?.map(|signer| {
+                log_cookie_keys(&signer);
+                sctp::BillingContext {
+                    signer,
+                    ledger,
+                    committed: progress.committed.subscribe(),
+                }
             })
         }
         _ => None,
@@ -316,5 +319,35 @@ impl RunningCollector {
                 .map_err(|_| anyhow::anyhow!("SQLite writer panicked"))?
         })
         .await?
+    }
+}
+
+/// One line at start saying how cookies are signed and which echoes pass.
+fn log_cookie_keys(signer: &billing::CookieSigner) {
+    let trusted_key_ids: Vec<String> = signer
+        .trusted
+        .public_key_ids()
+        .iter()
+        .map(|id| format!("{id:#010x}"))
+        .collect();
+    match &signer.signing_key {
+        Some(key) => tracing::info!(
+            signing_key_id =
+                format_args!("{:#010x}", protocol::signing::key_id(&key.verifying_key())),
+            ?trusted_key_ids,
+            hmac_echoes = signer.trusted.has_hmac_key(),
+            "billing cookies: version 2 (Ed25519)"
+        ),
+        None => tracing::warn!(
+            ?trusted_key_ids,
+            "billing cookies: version 1 (shared HMAC key): exporters cannot check them; \
+             set `pool.cookie_signing_key_file` (docs/billing-continuity.md)"
+        ),
+    }
+    if signer.trust_any_echo {
+        tracing::error!(
+            "`pool.trust_any_cookie_echo` is set: EVERY Cookie Echo is accepted unchecked. \
+             This is a test setting that plays a hostile pool element; never use it in a pool"
+        );
     }
 }

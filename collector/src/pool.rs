@@ -15,9 +15,12 @@ use asap_client::driver::{
 };
 use asap_client::pool_element::{MemberCredentials, PoolElementConfig};
 use policies::PolicyParams;
+use protocol::billing::CookieKeys;
 use protocol::rserpool::membership::MemberCertificate;
 use protocol::rserpool::params::{PoolHandle, TransportAddress, TransportKind, TransportUse};
-use protocol::signing;
+use protocol::signing::{self, SigningKey};
+
+use crate::billing::CookieSigner;
 use serde::Deserialize;
 
 /// `[pool]`: register this collector under a pool handle.
@@ -80,6 +83,22 @@ pub struct PoolConfig {
     /// The key inline (prefer `cookie_key_file`: config files get copied).
     #[serde(default)]
     pub cookie_key: Option<String>,
+    /// This collector's Ed25519 private key (PKCS#8 PEM, `openssl genpkey
+    /// -algorithm ed25519`; refused if group or others may read it). Set:
+    /// cookies are version 2, which exporters holding the public key check
+    /// and cannot forge; the HMAC key then only checks old echoes.
+    #[serde(default)]
+    pub cookie_signing_key_file: Option<PathBuf>,
+    /// Public keys (PEM) of the pool's collectors: a Cookie Echo signed by
+    /// any of them (or by this collector's own key) is a valid handover.
+    /// Rotation: add the new key everywhere first, remove the old one last.
+    #[serde(default)]
+    pub cookie_verify_key_files: Vec<PathBuf>,
+    /// UNSAFE, for tests only: accept every well-formed Cookie Echo without
+    /// checking its HMAC or signature, as a hostile or misconfigured pool
+    /// element would. Never set it in a real pool.
+    #[serde(default)]
+    pub trust_any_cookie_echo: bool,
     /// This collector's own ASAP endpoint, "sctp:ADDR" or "tcp:ADDR" (port
     /// 0 picks one), registered as the ASAP transport (RFC 5354 §3.10):
     /// when its home registrar dies, the ENRP peer that takes it over sends
@@ -265,6 +284,63 @@ pub fn cookie_key(pool: &PoolConfig) -> Result<Option<Vec<u8>>> {
         "the pool cookie key must be at least 16 bytes"
     );
     Ok(Some(key))
+}
+
+/// Signs and checks billing cookies as `[pool]` says: version 2 (Ed25519)
+/// with `cookie_signing_key_file`, else version 1 with the HMAC key; echoes
+/// signed by the HMAC key (migration) or any `cookie_verify_key_files` key
+/// are accepted. `None`: no key at all, no cookie protocol.
+pub fn cookie_signer(pool: &PoolConfig, pe_identifier: u32) -> Result<Option<CookieSigner>> {
+    let hmac_key = cookie_key(pool)?;
+    let mut trusted = CookieKeys::default();
+    if let Some(key) = &hmac_key {
+        trusted = trusted.with_hmac_key(key.clone());
+    }
+    for path in &pool.cookie_verify_key_files {
+        let pem = std::fs::read_to_string(path).with_context(|| {
+            format!("reading `pool.cookie_verify_key_files` {}", path.display())
+        })?;
+        let key = signing::verifying_key_from_pem(&pem)
+            .with_context(|| format!("in `pool.cookie_verify_key_files` {}", path.display()))?;
+        trusted.add_public_key(key);
+    }
+    let mut signer = match (&pool.cookie_signing_key_file, hmac_key) {
+        (Some(path), _) => {
+            let key = read_private_key(path)
+                .with_context(|| format!("`pool.cookie_signing_key_file` {}", path.display()))?;
+            CookieSigner::ed25519(key, trusted, pe_identifier)
+        }
+        (None, Some(key)) => {
+            let mut signer = CookieSigner::hmac(key, pe_identifier);
+            // Not rolled to a signing key yet, but peers may be: their
+            // version 2 cookies are valid handovers here too.
+            signer.trusted = trusted;
+            signer
+        }
+        (None, None) => {
+            anyhow::ensure!(
+                !trusted.has_public_keys(),
+                "`pool.cookie_verify_key_files` is set but neither `cookie_signing_key_file` nor \
+                 `cookie_key(_file)`: this collector could check cookies but never sign one"
+            );
+            return Ok(None);
+        }
+    };
+    signer.trust_any_echo = pool.trust_any_cookie_echo;
+    Ok(Some(signer))
+}
+
+/// Reads an Ed25519 private key file, refusing one others may read.
+fn read_private_key(path: &Path) -> Result<SigningKey> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .permissions()
+        .mode();
+    signing::check_private_key_mode(mode)?;
+    let pem =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(signing::signing_key_from_pem(&pem)?)
 }
 
 /// The PE identifier: configured, or persisted beside the database.
@@ -487,6 +563,54 @@ mod tests {
         let mut p = pool("");
         p.handle = "x".repeat(33);
         assert!(p.validate().is_err());
+    }
+
+    #[test]
+    fn cookie_keys_from_files_private_key_mode_checked() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let own = SigningKey::from_bytes(&[1; 32]);
+        let peer = SigningKey::from_bytes(&[2; 32]);
+        let private = dir.path().join("own.pem");
+        std::fs::write(&private, signing::pkcs8_private_pem(&own)).unwrap();
+        let public = dir.path().join("peer.pub");
+        std::fs::write(&public, signing::pkcs8_public_pem(&peer.verifying_key())).unwrap();
+        let keys = format!(
+            "cookie_signing_key_file = {:?}\ncookie_verify_key_files = [{:?}]\ncookie_key = \"0123456789abcdef\"",
+            private, public
+        );
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let err = cookie_signer(&pool(&keys), 7).unwrap_err();
+        assert!(format!("{err:#}").contains("chmod 600"), "{err:#}");
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let signer = cookie_signer(&pool(&keys), 7).unwrap().expect("a signer");
+        assert!(!signer.trust_any_echo);
+        assert!(
+            signer.trusted.has_hmac_key(),
+            "old echoes during the migration"
+        );
+        let mut ids = vec![
+            signing::key_id(&own.verifying_key()),
+            signing::key_id(&peer.verifying_key()),
+        ];
+        ids.sort();
+        assert_eq!(signer.trusted.public_key_ids(), ids);
+        let cookie = signer.sign(42, 1, 9, 1);
+        assert_eq!(
+            cookie.key_id(),
+            Some(
+                ids.iter()
+                    .copied()
+                    .find(|&id| id == signing::key_id(&own.verifying_key()))
+                    .unwrap()
+            )
+        );
+        // Public keys alone cannot sign.
+        let verify_only = format!("cookie_verify_key_files = [{public:?}]");
+        assert!(cookie_signer(&pool(&verify_only), 7).is_err());
+        assert!(cookie_signer(&pool(""), 7).unwrap().is_none());
+        let hostile = pool(&format!("{keys}\ntrust_any_cookie_echo = true"));
+        assert!(cookie_signer(&hostile, 7).unwrap().unwrap().trust_any_echo);
     }
 
     #[test]

@@ -10,10 +10,7 @@ use protocol::ipfix::{MessageWriter, SessionConfig, TransportKind};
 const KEY: &[u8] = b"pool key";
 
 fn signer() -> CookieSigner {
-    CookieSigner {
-        key: KEY.to_vec(),
-        pe_identifier: 0xc011,
-    }
+    CookieSigner::hmac(KEY.to_vec(), 0xc011)
 }
 
 /// A flow message of domain 1 whose header carries `sequence`.

@@ -37,6 +37,11 @@ pub struct StreamConfig {
     /// Prometheus endpoint, e.g. "127.0.0.1:9466"; none if absent.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// The pool's cookie public keys (PEM, `openssl pkey -pubout`): every
+    /// cookie must be signed (version 2) by one of them, or it is refused
+    /// and its collector avoided. Empty: cookies are trusted unchecked.
+    #[serde(default)]
+    pub cookie_public_key_files: Vec<PathBuf>,
     /// Replay buffer.
     #[serde(default)]
     pub buffer: BufferConfig,
@@ -266,6 +271,8 @@ pub struct TimersConfig {
     /// Use sub-second SCTP failure detection (heartbeat 50 ms, RTO ≤ 100 ms)
     /// on the data association instead of RFC 9260 defaults.
     pub fast_failure_detection: bool,
+    /// A collector whose cookie was refused is not used again for this long.
+    pub untrusted_pe_ms: u64,
 }
 
 impl Default for TimersConfig {
@@ -281,6 +288,7 @@ impl Default for TimersConfig {
             cache_lifetime_ms: 30_000,
             registrar_request_timeout_ms: 2_000,
             fast_failure_detection: true,
+            untrusted_pe_ms: 86_400_000,
         }
     }
 }
@@ -363,8 +371,10 @@ impl StreamConfig {
             transport::Config::default()
         };
         transport.connect_timeout = Duration::from_millis(t.connect_timeout_ms);
+        let mut exporter = self.exporter_config();
+        exporter.cookie_keys = self.cookie_keys()?;
         Ok(crate::stream::StreamSettings {
-            exporter: self.exporter_config(),
+            exporter,
             templates,
             pool_handle: protocol::rserpool::PoolHandle(self.pool_handle.as_bytes().to_vec()),
             registrars: self.registrar_addresses()?,
@@ -415,10 +425,30 @@ impl StreamConfig {
             },
             best_effort_lifetime: Duration::from_millis(self.best_effort.lifetime_ms),
             best_effort_queue: self.best_effort.queue_records,
+            cookie_keys: None,
+            untrusted_for: Duration::from_millis(t.untrusted_pe_ms),
             // Not a config key: once a second keeps the audit's view of a
             // stream at most a second behind at a few bytes a second.
             statistics_interval: Duration::from_secs(1),
         }
+    }
+
+    /// The public keys of `cookie_public_key_files`, read and parsed;
+    /// `None` when the list is empty.
+    pub fn cookie_keys(&self) -> anyhow::Result<Option<protocol::billing::CookieKeys>> {
+        if self.cookie_public_key_files.is_empty() {
+            return Ok(None);
+        }
+        let mut keys = protocol::billing::CookieKeys::default();
+        for path in &self.cookie_public_key_files {
+            let pem = std::fs::read_to_string(path)
+                .with_context(|| format!("reading `cookie_public_key_files` {}", path.display()))?;
+            keys.add_public_key(
+                protocol::signing::verifying_key_from_pem(&pem)
+                    .with_context(|| format!("in `cookie_public_key_files` {}", path.display()))?,
+            );
+        }
+        Ok(Some(keys))
     }
 }
 
@@ -441,6 +471,8 @@ mod tests {
         assert_eq!(core.cookie_timeout, Duration::from_secs(5));
         assert_eq!(core.replay.memory_records, 200_000);
         assert!(core.replay.spill_dir.is_some());
+        assert_eq!(config.cookie_public_key_files.len(), 2);
+        assert_eq!(core.untrusted_for, Duration::from_secs(86_400));
         assert_eq!(config.relay.udp_listen.len(), 2);
         assert_eq!(config.relay.tcp_listen.len(), 1);
         config.relay.check().unwrap();
@@ -534,5 +566,53 @@ mod tests {
         assert!(StreamConfig::parse(&format!("{minimal}\ncookie_timeout = 1")).is_err());
         let udp = minimal.replace("tcp:", "udp:");
         assert!(StreamConfig::parse(&udp).is_err(), "no UDP to registrars");
+    }
+
+    #[test]
+    fn cookie_public_keys_are_read_from_pem_files() {
+        use protocol::signing::{SigningKey, key_id, pkcs8_public_pem};
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = Vec::new();
+        let mut ids = Vec::new();
+        for seed in [1u8, 2] {
+            let key = SigningKey::from_bytes(&[seed; 32]).verifying_key();
+            let path = dir.path().join(format!("c{seed}.pub"));
+            std::fs::write(&path, pkcs8_public_pem(&key)).unwrap();
+            files.push(format!("{path:?}"));
+            ids.push(key_id(&key));
+        }
+        ids.sort();
+        let minimal = r#"
+            exporter_id = 7
+            pool_handle = "p"
+            registrars = ["tcp:127.0.0.1:3863"]
+            state_file = "s"
+        "#;
+        assert!(
+            StreamConfig::parse(minimal)
+                .unwrap()
+                .cookie_keys()
+                .unwrap()
+                .is_none()
+        );
+        let with = format!(
+            "cookie_public_key_files = [{}]\n{minimal}",
+            files.join(", ")
+        );
+        let keys = StreamConfig::parse(&with)
+            .unwrap()
+            .cookie_keys()
+            .unwrap()
+            .unwrap();
+        assert_eq!(keys.public_key_ids(), ids);
+        assert!(!keys.has_hmac_key());
+        let garbage = dir.path().join("garbage.pub");
+        std::fs::write(&garbage, "not a key").unwrap();
+        let bad = format!("cookie_public_key_files = [{garbage:?}]\n{minimal}");
+        let err = StreamConfig::parse(&bad)
+            .unwrap()
+            .cookie_keys()
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("garbage.pub"), "{err:#}");
     }
 }

@@ -239,6 +239,15 @@ fn stream(args: StreamArgs) -> Result<()> {
                 reason,
                 pending,
             }) => eprintln!("streaming to {pe_id:#010x} ({reason:?}), {pending} records pending"),
+            Progress::Notice(Notice::CookieRejected {
+                pe_id,
+                reason,
+                detail,
+            }) => eprintln!(
+                "COOKIE REFUSED from {}: {} ({detail}); nothing released, collector avoided",
+                pe_id.map_or("none".to_string(), |pe| format!("{pe:#010x}")),
+                reason.label()
+            ),
             Progress::Notice(_) => {}
         })
         .await?;

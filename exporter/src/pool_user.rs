@@ -10,10 +10,14 @@
 //! 2. [`Output::Connect`] → [`Exporter::handle_association_up`]: per domain a
 //!    Cookie Echo (the last cookie, or an introduction), the templates, then
 //!    every record from the cookie on (the replay), then new records.
-//! 3. ASAP Cookies (PPID 11) drop covered records from the replay buffers.
-//! 4. Failure (association ended, or no cookie progress for
-//!    `cookie_timeout` while records are outstanding) → Close,
-//!    [`Output::ReportUnreachable`], back to 1. Nothing reachable → wait
+//! 3. ASAP Cookies (PPID 11) drop covered records from the replay buffers,
+//!    once they pass every check (signature by a trusted key when
+//!    `cookie_keys` is set, this exporter, a known domain, nothing claimed
+//!    past what this association sent).
+//! 4. Failure (association ended, a refused cookie, or no cookie progress
+//!    for `cookie_timeout` while records are outstanding) → Close,
+//!    [`Output::ReportUnreachable`], back to 1. A PE whose cookie was
+//!    refused is neither selected nor failed back to for `untrusted_for`. Nothing reachable → wait
 //!    `retry_interval`, buffer meanwhile (back-pressure when full).
 //! 5. Failback (the PE has the Priority policy): every `failback_check`
 //!    [`Output::CheckFailback`]; a better PE → stop sending, wait for the
@@ -26,7 +30,9 @@ use std::time::{Duration, Instant};
 
 use asap_client::PoolElementInfo;
 use policies::{PeId, PolicyParams};
-use protocol::billing::{BillingCookie, CookieMessageKind, cookie_from_message};
+use protocol::billing::{
+    BillingCookie, CookieError, CookieKeys, CookieMessageKind, cookie_from_message,
+};
 use protocol::ipfix::reliability::{self, ReliabilityStatistics};
 use protocol::ipfix::{MessageWriter, Template};
 use protocol::rserpool::ASAP_SCTP_PPID;
@@ -77,6 +83,12 @@ pub struct ExporterConfig {
     /// Best-effort records queued per domain while no collector takes
     /// them (failover, drain); beyond this the oldest are dropped, counted.
     pub best_effort_queue: usize,
+    /// The pool's cookie public keys: every cookie must carry a version 2
+    /// signature by one of them. `None`: cookies are taken unchecked (the
+    /// exporter cannot tell a forged cookie from a real one).
+    pub cookie_keys: Option<CookieKeys>,
+    /// A PE whose cookie was refused is not used again for this long.
+    pub untrusted_for: Duration,
     /// How often the Exporting Process Reliability Statistics (RFC 7011
     /// 4.3) go out while streaming (also on every new association and at
     /// the end of a stream).
@@ -99,6 +111,8 @@ impl ExporterConfig {
             replay: ReplayLimits::memory(100_000),
             best_effort_lifetime: Duration::from_millis(1000),
             best_effort_queue: 10_000,
+            cookie_keys: None,
+            untrusted_for: Duration::from_secs(24 * 3600),
             statistics_interval: Duration::from_secs(1),
         }
     }
@@ -146,10 +160,12 @@ pub enum Output {
         association: AssociationId,
     },
     /// Re-resolve the pool and answer [`Exporter::handle_failback_check`]
-    /// with the PE to fail back to, if any.
+    /// with the PE to fail back to, if any, leaving out `avoid`.
     CheckFailback {
         /// The PE in use.
         current: PeId,
+        /// PEs whose cookies were refused: never a failback target.
+        avoid: Vec<PeId>,
     },
     /// Write the state file now (before executing the outputs that follow).
     PersistState(ExporterState),
@@ -193,17 +209,72 @@ pub enum Notice {
         /// Why.
         reason: String,
     },
-    /// A cookie was refused (wrong exporter id, unknown domain, beyond what
-    /// was sent, undecodable).
+    /// A cookie was refused: no record was released on it, the PE is
+    /// reported unreachable, failed over from and not used again for
+    /// `untrusted_for`.
     CookieRejected {
-        /// Why.
-        reason: String,
+        /// The PE that sent it (none if it came while no PE was in use).
+        pe_id: Option<PeId>,
+        /// Why, as a metric label.
+        reason: CookieRejectReason,
+        /// Why, for the log.
+        detail: String,
     },
     /// The collector sent an ASAP Error (e.g. it refused our Cookie Echo).
     CollectorError {
         /// Debug text of the error.
         error: String,
     },
+}
+
+/// Why a cookie from a collector was refused (the metric label of
+/// `poolflow_exporter_cookie_rejected_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CookieRejectReason {
+    /// Not a decodable ASAP Cookie (garbage, unknown version, bad length,
+    /// reserved bits).
+    Malformed,
+    /// A Cookie Echo from the collector (only exporters send those).
+    WrongDirection,
+    /// A version 2 cookie whose signature does not verify with the trusted
+    /// key of its key id: forged or corrupted.
+    BadSignature,
+    /// A version 2 cookie signed by a key the exporter does not trust.
+    UnknownKey,
+    /// Not signed in a way the exporter can check: a version 1 (HMAC)
+    /// cookie or an introduction, while public keys are configured.
+    Unsigned,
+    /// For another exporter id.
+    WrongExporter,
+    /// For an observation domain this exporter does not send.
+    WrongDomain,
+    /// Claims a record sequence not yet sent on this association.
+    BeyondSent,
+}
+
+impl CookieRejectReason {
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::WrongDirection => "wrong_direction",
+            Self::BadSignature => "bad_signature",
+            Self::UnknownKey => "unknown_key",
+            Self::Unsigned => "unsigned",
+            Self::WrongExporter => "wrong_exporter",
+            Self::WrongDomain => "wrong_domain",
+            Self::BeyondSent => "beyond_sent",
+        }
+    }
+
+    fn of(error: &CookieError) -> Self {
+        match error {
+            CookieError::BadSignature(_) | CookieError::BadHmac => Self::BadSignature,
+            CookieError::UnknownKey(_) => Self::UnknownKey,
+            CookieError::Unsigned | CookieError::HmacNotTrusted => Self::Unsigned,
+            _ => Self::Malformed,
+        }
+    }
 }
 
 /// Why an association was opened.
@@ -226,6 +297,8 @@ pub enum FailureCause {
     CookieTimeout,
     /// The drain before a failback did not finish within `drain_timeout`.
     DrainTimeout,
+    /// The collector sent a cookie the exporter refused.
+    CookieRejected,
 }
 
 impl FailureCause {
@@ -239,12 +312,21 @@ impl FailureCause {
         matches!(self, Self::AssociationEnded)
     }
 
+    /// Whether the PE is reported to the registrar (ASAP Endpoint
+    /// Unreachable): a transport failure, or a cookie the exporter refused
+    /// (the PE is hostile or misconfigured: other pool users should not
+    /// trust it either, and the registrar checks it before acting).
+    pub fn is_reported(self) -> bool {
+        self.is_transport_failure() || matches!(self, Self::CookieRejected)
+    }
+
     /// Label for logs and metrics.
     pub fn label(self) -> &'static str {
         match self {
             Self::AssociationEnded => "association_ended",
             Self::CookieTimeout => "cookie_timeout",
             Self::DrainTimeout => "drain_timeout",
+            Self::CookieRejected => "cookie_rejected",
         }
     }
 }
@@ -270,6 +352,8 @@ pub struct Counters {
     /// Best-effort records dropped from a full queue (no collector took
     /// them in time).
     pub best_effort_dropped: u64,
+    /// Cookies refused (each one also a failover).
+    pub cookies_rejected: u64,
     /// Record sequences declared never to be sent (lost in restarts or too
     /// large for a message), over every run of the exporter.
     pub declared_not_sent: u64,
@@ -384,6 +468,8 @@ pub struct Exporter {
     /// still list a dead PE (the registrar has not dropped it yet); moving
     /// there would only cost a drain and a connect timeout.
     last_failure: HashMap<PeId, Instant>,
+    /// PEs whose cookies were refused, and until when they are avoided.
+    untrusted: HashMap<PeId, Instant>,
     /// No cookie progress by then (while records are outstanding) = failure.
     cookie_deadline: Option<Instant>,
     outputs: VecDeque<Output>,
@@ -450,6 +536,7 @@ impl Exporter {
             next_association: 1,
             failed_this_round: HashSet::new(),
             last_failure: HashMap::new(),
+            untrusted: HashMap::new(),
             cookie_deadline: None,
             outputs: VecDeque::new(),
             wall_base_ms: unix_ms,
@@ -736,7 +823,8 @@ impl Exporter {
                     *failback_check_pending = true;
                     *next_failback_check = Some(now + self.config.failback_check);
                 }
-                return Some(Output::CheckFailback { current });
+                let avoid = self.untrusted_pes(now);
+                return Some(Output::CheckFailback { current, avoid });
             }
             if self.next_statistics.is_some_and(|at| now >= at) {
                 self.queue_statistics(now);
@@ -816,11 +904,14 @@ impl Exporter {
                 return;
             }
         };
-        let Some(pe) = candidates
-            .into_iter()
-            .find(|pe| !self.failed_this_round.contains(&pe.pe_id))
-        else {
-            self.wait(now, reason, "every pool element failed".into());
+        let Some(pe) = candidates.into_iter().find(|pe| {
+            !self.failed_this_round.contains(&pe.pe_id) && !self.is_untrusted(pe.pe_id, now)
+        }) else {
+            self.wait(
+                now,
+                reason,
+                "every pool element failed or sent a cookie that was refused".into(),
+            );
             return;
         };
         self.connect(pe, reason);
@@ -1184,7 +1275,11 @@ impl Exporter {
         let message = match AsapMessage::decode(payload) {
             Ok(message) => message,
             Err(error) => {
-                self.reject_cookie(format!("undecodable ASAP message: {error}"));
+                self.reject_cookie(
+                    now,
+                    CookieRejectReason::Malformed,
+                    format!("undecodable ASAP message: {error}"),
+                );
                 return;
             }
         };
@@ -1198,44 +1293,114 @@ impl Exporter {
         let cookie = match cookie_from_message(&message) {
             Ok((CookieMessageKind::Cookie, cookie)) => cookie,
             Ok((CookieMessageKind::CookieEcho, _)) => {
-                self.reject_cookie("Cookie Echo from the collector".into());
+                self.reject_cookie(
+                    now,
+                    CookieRejectReason::WrongDirection,
+                    "Cookie Echo from the collector".into(),
+                );
                 return;
             }
             Err(error) => {
-                self.reject_cookie(error.to_string());
+                self.reject_cookie(now, CookieRejectReason::Malformed, error.to_string());
                 return;
             }
         };
+        if let Err((reason, detail)) = self.check_cookie(&cookie) {
+            self.reject_cookie(now, reason, detail);
+            return;
+        }
         self.accept_cookie(now, cookie);
     }
 
-    fn reject_cookie(&mut self, reason: String) {
+    /// Everything a cookie must pass before any record is released on it.
+    fn check_cookie(&self, cookie: &BillingCookie) -> Result<(), (CookieRejectReason, String)> {
+        if let Some(keys) = &self.config.cookie_keys {
+            // First: the claims of a cookie nobody trusted signed mean
+            // nothing, whatever they say.
+            keys.verify(cookie)
+                .map_err(|error| (CookieRejectReason::of(&error), error.to_string()))?;
+        }
+        if cookie.exporter_id != self.config.exporter_id {
+            return Err((
+                CookieRejectReason::WrongExporter,
+                format!("cookie for exporter {}", cookie.exporter_id),
+            ));
+        }
+        let Some(domain) = self.domains.get(&cookie.domain) else {
+            return Err((
+                CookieRejectReason::WrongDomain,
+                format!("cookie for unknown domain {}", cookie.domain),
+            ));
+        };
+        // A collector acknowledges only what it received on this
+        // association (the association starts at our cookie and we send in
+        // order), so nothing at or past the send cursor can be stored there.
+        // Without public keys this is all the exporter can check; with them
+        // it still stops a trusted key's holder from claiming the future.
+        if !cookie.introduction && cookie.last_record_sequence >= domain.send_cursor {
+            return Err((
+                CookieRejectReason::BeyondSent,
+                format!(
+                    "cookie claims sequence {} of domain {}, only up to {} sent on this association",
+                    cookie.last_record_sequence,
+                    cookie.domain,
+                    domain
+                        .send_cursor
+                        .checked_sub(1)
+                        .map_or("none".into(), |s| s.to_string())
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A refused cookie: nothing is released, the PE is reported, left and
+    /// avoided (a hostile or broken PE at the top priority would otherwise
+    /// be failed back to at every check).
+    fn reject_cookie(&mut self, now: Instant, reason: CookieRejectReason, detail: String) {
+        let pe_id = match &self.phase {
+            Phase::Connecting { pe, .. }
+            | Phase::Streaming { pe, .. }
+            | Phase::Draining { pe, .. } => Some(pe.pe_id),
+            _ => None,
+        };
+        self.counters.cookies_rejected += 1;
         self.outputs
-            .push_back(Output::Notice(Notice::CookieRejected { reason }));
+            .push_back(Output::Notice(Notice::CookieRejected {
+                pe_id,
+                reason,
+                detail,
+            }));
+        if let Some(pe_id) = pe_id {
+            self.untrusted
+                .insert(pe_id, now + self.config.untrusted_for);
+        }
+        self.fail_over(now, FailureCause::CookieRejected);
+    }
+
+    fn is_untrusted(&self, pe_id: PeId, now: Instant) -> bool {
+        self.untrusted.get(&pe_id).is_some_and(|&until| now < until)
+    }
+
+    /// PEs avoided because their cookies were refused.
+    pub fn untrusted_pes(&self, now: Instant) -> Vec<PeId> {
+        let mut pes: Vec<PeId> = self
+            .untrusted
+            .iter()
+            .filter(|&(_, &until)| now < until)
+            .map(|(&pe, _)| pe)
+            .collect();
+        pes.sort_unstable();
+        pes
     }
 
     fn accept_cookie(&mut self, now: Instant, cookie: BillingCookie) {
-        if cookie.exporter_id != self.config.exporter_id {
-            self.reject_cookie(format!("cookie for exporter {}", cookie.exporter_id));
-            return;
-        }
         if cookie.introduction {
-            return; // Claims nothing.
+            return; // Claims nothing (an exporter without keys takes it so).
         }
         let Some(domain) = self.domains.get_mut(&cookie.domain) else {
-            self.reject_cookie(format!("cookie for unknown domain {}", cookie.domain));
-            return;
+            return; // Checked by `check_cookie`.
         };
-        // The exporter cannot check the HMAC (it holds no pool key); it can
-        // refuse claims about records it never numbered.
-        if cookie.last_record_sequence >= domain.next_sequence {
-            let assigned = domain.next_sequence;
-            self.reject_cookie(format!(
-                "cookie claims sequence {} of domain {}, only {assigned} assigned",
-                cookie.last_record_sequence, cookie.domain
-            ));
-            return;
-        }
         if domain
             .cookie
             .is_some_and(|c| c.covers(cookie.last_record_sequence))
@@ -1305,6 +1470,7 @@ impl Exporter {
         let holdoff = self.config.failback_holdoff;
         let Some(target) = target.filter(|t| {
             t.pe_id != pe.pe_id
+                && !self.is_untrusted(t.pe_id, now)
                 && self
                     .last_failure
                     .get(&t.pe_id)
@@ -1359,7 +1525,7 @@ impl Exporter {
         self.outputs
             .push_back(Output::Notice(Notice::FailoverStarted { pe_id, cause }));
         self.outputs.push_back(Output::Close { association });
-        if cause.is_transport_failure() {
+        if cause.is_reported() {
             self.outputs.push_back(Output::ReportUnreachable { pe_id });
         } else {
             self.counters.protocol_failovers += 1;

@@ -189,6 +189,7 @@ pub async fn run_with_templates(
         }
         None => (None, std::collections::VecDeque::new()),
     };
+    log_cookie_trust(&settings.exporter);
     let mut core = Exporter::new(
         settings.exporter.clone(),
         state,
@@ -544,12 +545,12 @@ impl Driver<'_> {
                     self.sender = None;
                 }
             }
-            Output::CheckFailback { current } => {
+            Output::CheckFailback { current, avoid } => {
                 let mut client = self.client.clone();
                 let handle = self.settings.pool_handle.clone();
                 let events = self.events_tx.clone();
                 tokio::spawn(async move {
-                    let target = failback_target(&mut client, &handle, current).await;
+                    let target = failback_target(&mut client, &handle, current, &avoid).await;
                     let _ = events.send(DriverEvent::FailbackCheck(target)).await;
                 });
             }
@@ -571,6 +572,7 @@ async fn failback_target(
     client: &mut PoolUserClient,
     handle: &PoolHandle,
     current: u32,
+    avoid: &[u32],
 ) -> Option<PoolElementInfo> {
     let elements = match client.refresh(handle).await {
         Ok(elements) => elements,
@@ -582,8 +584,43 @@ async fn failback_target(
             return None;
         }
     };
-    let target = client.should_fail_back(handle, current).await.ok()??;
+    if avoid.is_empty() {
+        let target = client.should_fail_back(handle, current).await.ok()??;
+        return elements.into_iter().find(|pe| pe.pe_id == target);
+    }
+    // The best PE among those whose cookies were not refused: an untrusted
+    // PE at the top priority must not hide a better trusted one.
+    let members: Vec<policies::Member> = elements
+        .iter()
+        .filter(|pe| !avoid.contains(&pe.pe_id))
+        .map(|pe| policies::Member {
+            id: pe.pe_id,
+            params: pe.policy,
+        })
+        .collect();
+    let target = policies::failback_target(current, &members)?;
     elements.into_iter().find(|pe| pe.pe_id == target)
+}
+
+/// Says at start whether cookies are checked: an exporter without the
+/// pool's public keys releases records on any cookie, forged ones included.
+fn log_cookie_trust(config: &ExporterConfig) {
+    match &config.cookie_keys {
+        Some(keys) => tracing::info!(
+            key_ids = ?keys
+                .public_key_ids()
+                .iter()
+                .map(|id| format!("{id:#010x}"))
+                .collect::<Vec<_>>(),
+            "billing cookies are checked against the pool's public keys"
+        ),
+        None => tracing::warn!(
+            "NO `cookie_public_key_files`: billing cookies are NOT checked. Any pool element \
+             (a hostile or misconfigured one included) can make this exporter drop records \
+             from its replay buffer that were never stored. Configure the pool's cookie \
+             public keys (docs/billing-continuity.md)"
+        ),
+    }
 }
 
 fn log_notice(notice: &Notice) {
@@ -621,7 +658,20 @@ fn log_notice(notice: &Notice) {
         Notice::NoPoolElement { reason } => {
             tracing::warn!(%reason, "no pool element reachable; buffering")
         }
-        Notice::CookieRejected { reason } => tracing::warn!(%reason, "cookie rejected"),
+        Notice::CookieRejected {
+            pe_id,
+            reason,
+            detail,
+        } => {
+            metrics::counter!("poolflow_exporter_cookie_rejected_total", "reason" => reason.label())
+                .increment(1);
+            tracing::error!(
+                pe_id = pe_id.map(|id| format!("{id:#010x}")),
+                reason = reason.label(),
+                %detail,
+                "cookie refused: no record released on it; PE reported unreachable and avoided"
+            )
+        }
         Notice::CollectorError { error } => tracing::warn!(%error, "collector sent an ASAP Error"),
     }
 }

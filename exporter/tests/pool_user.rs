@@ -6,19 +6,20 @@ use std::time::{Duration, Instant};
 
 use asap_client::PoolElementInfo;
 use exporter::pool_user::{
-    BEST_EFFORT_STREAM, BILLING_STREAM, ConnectReason, Exporter, ExporterConfig, FailureCause,
-    IPFIX_PPID, Notice, Output, RecordError,
+    BEST_EFFORT_STREAM, BILLING_STREAM, ConnectReason, CookieRejectReason, Exporter,
+    ExporterConfig, FailureCause, IPFIX_PPID, Notice, Output, RecordError,
 };
 use exporter::replay::ReplayLimits;
 use exporter::sequence::{DomainState, ExporterState};
 use policies::PolicyParams;
-use protocol::billing::BillingCookie;
+use protocol::billing::{BillingCookie, CookieKeys, CookieSeal};
 use protocol::ipfix;
 use protocol::ipfix::flow::{FLOW_RECORD_LEN, FLOW_TEMPLATE_ID, FlowRecord, flow_template};
 use protocol::ipfix::reliability::{self, ReliabilityStatistics};
 use protocol::ipfix::{Session, SessionConfig};
 use protocol::rserpool::ASAP_SCTP_PPID;
 use protocol::rserpool::params::{TransportAddress, TransportKind, TransportUse};
+use protocol::signing::SigningKey;
 use transport::Reliability;
 
 const EXPORTER: u32 = 77;
@@ -104,6 +105,10 @@ impl Harness {
 
     fn cookie(&mut self, association: u64, pe_id: u32, last: u64) -> Vec<Output> {
         let cookie = BillingCookie::sign(KEY, EXPORTER, DOMAIN, last, pe_id, 1);
+        self.send_cookie(association, &cookie)
+    }
+
+    fn send_cookie(&mut self, association: u64, cookie: &BillingCookie) -> Vec<Output> {
         self.exporter.handle_message(
             self.now,
             association,
@@ -408,7 +413,10 @@ fn failback_waits_for_the_drain_before_switching() {
     h.cookie(backup, BACKUP, 3);
 
     let outputs = h.advance(Duration::from_millis(200));
-    assert!(outputs.contains(&Output::CheckFailback { current: BACKUP }));
+    assert!(outputs.contains(&Output::CheckFailback {
+        current: BACKUP,
+        avoid: vec![]
+    }));
     h.exporter
         .handle_failback_check(h.now, Some(pe(PRIMARY, 2)));
     let outputs = h.outputs();
@@ -456,13 +464,22 @@ fn failback_poll_answer_none_keeps_streaming() {
     h.outputs();
     let (_, _) = h.connect_to(vec![pe(BACKUP, 1)]);
     let outputs = h.advance(Duration::from_millis(200));
-    assert!(outputs.contains(&Output::CheckFailback { current: BACKUP }));
+    assert!(outputs.contains(&Output::CheckFailback {
+        current: BACKUP,
+        avoid: vec![]
+    }));
     // No second poll while one is pending.
     let outputs = h.advance(Duration::from_millis(300));
-    assert!(!outputs.contains(&Output::CheckFailback { current: BACKUP }));
+    assert!(!outputs.contains(&Output::CheckFailback {
+        current: BACKUP,
+        avoid: vec![]
+    }));
     h.exporter.handle_failback_check(h.now, None);
     let outputs = h.advance(Duration::from_millis(200));
-    assert!(outputs.contains(&Output::CheckFailback { current: BACKUP }));
+    assert!(outputs.contains(&Output::CheckFailback {
+        current: BACKUP,
+        avoid: vec![]
+    }));
     h.exporter.handle_failback_check(h.now, None);
     h.push(2);
     assert_eq!(data_sequences(&h.outputs()), vec![0, 1]);
@@ -590,33 +607,232 @@ fn both_down_buffers_with_back_pressure_and_resumes_losslessly() {
 }
 
 #[test]
-fn unusable_cookies_are_rejected() {
-    let mut h = Harness::new(config());
+fn unusable_cookies_are_rejected_even_without_keys() {
+    // Without public keys the exporter still refuses what it can tell is
+    // wrong: claims past what it sent, another exporter's cookie.
+    for (cookie, reason) in [
+        (
+            BillingCookie::sign(KEY, EXPORTER, DOMAIN, 3, PRIMARY, 1),
+            CookieRejectReason::BeyondSent,
+        ),
+        (
+            BillingCookie::sign(KEY, EXPORTER + 1, DOMAIN, 1, PRIMARY, 1),
+            CookieRejectReason::WrongExporter,
+        ),
+        (
+            BillingCookie::sign(KEY, EXPORTER, DOMAIN + 5, 1, PRIMARY, 1),
+            CookieRejectReason::WrongDomain,
+        ),
+    ] {
+        let mut h = Harness::new(config());
+        h.exporter.start();
+        h.outputs();
+        let (primary, _) = h.connect_to(vec![pe(PRIMARY, 2)]);
+        h.push(3);
+        h.outputs();
+        let outputs = h.send_cookie(primary, &cookie);
+        assert_rejected_and_left(&outputs, PRIMARY, reason);
+        assert_eq!(h.exporter.cookie(DOMAIN), None);
+        assert_eq!(h.exporter.buffered_records(), 3);
+    }
+}
+
+const HOSTILE: u32 = 0x666;
+
+fn ed25519(seed: u8) -> SigningKey {
+    SigningKey::from_bytes(&[seed; 32])
+}
+
+/// The pool's key (collectors hold the private half) and a config whose
+/// exporter trusts only the public halves of `trusted`.
+fn checking_config(trusted: &[&SigningKey]) -> ExporterConfig {
+    let mut keys = CookieKeys::default();
+    for key in trusted {
+        keys.add_public_key(key.verifying_key());
+    }
+    let mut cfg = config();
+    cfg.cookie_keys = Some(keys);
+    cfg
+}
+
+fn v2(key: &SigningKey, last: u64, pe_id: u32) -> BillingCookie {
+    BillingCookie::sign_ed25519(key, EXPORTER, DOMAIN, last, pe_id, 1)
+}
+
+fn assert_rejected_and_left(outputs: &[Output], pe_id: u32, reason: CookieRejectReason) {
+    assert!(
+        outputs.iter().any(|o| matches!(o,
+            Output::Notice(Notice::CookieRejected { pe_id: Some(p), reason: r, .. })
+                if *p == pe_id && *r == reason)),
+        "{reason:?} from {pe_id:#x} in {outputs:?}"
+    );
+    assert!(has_report(outputs, pe_id), "reported unreachable");
+    assert!(outputs.contains(&Output::Notice(Notice::FailoverStarted {
+        pe_id,
+        cause: FailureCause::CookieRejected
+    })));
+    assert!(outputs.iter().any(|o| matches!(o, Output::Close { .. })));
+    assert!(outputs.contains(&Output::Select), "fails over");
+}
+
+#[test]
+fn a_cookie_signed_by_a_trusted_key_releases_records() {
+    let (old, new) = (ed25519(1), ed25519(2));
+    // Rotation: old and new both trusted.
+    let mut h = Harness::new(checking_config(&[&old, &new]));
     h.exporter.start();
     h.outputs();
     let (primary, _) = h.connect_to(vec![pe(PRIMARY, 2)]);
-    h.push(3);
+    h.push(10);
     h.outputs();
-    // Beyond what was numbered.
-    let outputs = h.cookie(primary, PRIMARY, 3);
-    assert!(matches!(
-        outputs.as_slice(),
-        [Output::Notice(Notice::CookieRejected { .. })]
-    ));
-    // Another exporter's.
-    let other = BillingCookie::sign(KEY, EXPORTER + 1, DOMAIN, 1, PRIMARY, 1);
-    h.exporter.handle_message(
-        h.now,
-        primary,
-        ASAP_SCTP_PPID,
-        &other.cookie_message_bytes(),
+    let outputs = h.send_cookie(primary, &v2(&old, 4, PRIMARY));
+    assert!(outputs.is_empty(), "{outputs:?}");
+    assert_eq!(h.exporter.buffered_records(), 5);
+    h.send_cookie(primary, &v2(&new, 9, PRIMARY));
+    assert!(h.exporter.is_drained());
+    assert_eq!(h.exporter.counters().cookies_rejected, 0);
+}
+
+#[test]
+fn an_untrusted_key_bad_signature_or_unsigned_cookie_releases_nothing() {
+    let (pool, stranger) = (ed25519(1), ed25519(7));
+    let mut forged = v2(&stranger, 2, PRIMARY);
+    if let CookieSeal::Ed25519 { key_id, .. } = &mut forged.seal {
+        *key_id = protocol::signing::key_id(&pool.verifying_key());
+    }
+    for (cookie, reason) in [
+        (v2(&stranger, 2, PRIMARY), CookieRejectReason::UnknownKey),
+        (forged, CookieRejectReason::BadSignature),
+        (
+            BillingCookie::sign(KEY, EXPORTER, DOMAIN, 2, PRIMARY, 1),
+            CookieRejectReason::Unsigned,
+        ),
+        (
+            BillingCookie::introduction(EXPORTER, DOMAIN),
+            CookieRejectReason::Unsigned,
+        ),
+    ] {
+        let mut h = Harness::new(checking_config(&[&pool]));
+        h.exporter.start();
+        h.outputs();
+        let (primary, _) = h.connect_to(vec![pe(PRIMARY, 2), pe(BACKUP, 1)]);
+        h.push(3);
+        h.outputs();
+        let outputs = h.send_cookie(primary, &cookie);
+        assert_rejected_and_left(&outputs, PRIMARY, reason);
+        assert_eq!(h.exporter.cookie(DOMAIN), None, "{reason:?}");
+        assert_eq!(
+            h.exporter.buffered_records(),
+            3,
+            "{reason:?}: nothing released"
+        );
+        assert_eq!(h.exporter.counters().cookies_rejected, 1);
+        // Everything goes again to the next PE.
+        let (_, outputs) = h.connect_to(vec![pe(PRIMARY, 2), pe(BACKUP, 1)]);
+        assert_eq!(connect_of(&outputs), None);
+        assert_eq!(h.exporter.current_pe(), Some(BACKUP), "{reason:?}");
+        assert_eq!(data_sequences(&outputs), vec![0, 1, 2]);
+    }
+}
+
+#[test]
+fn a_cookie_beyond_what_this_association_sent_is_refused_even_if_signed() {
+    let pool = ed25519(1);
+    let mut h = Harness::new(checking_config(&[&pool]));
+    h.exporter.start();
+    h.outputs();
+    let (primary, _) = h.connect_to(vec![pe(PRIMARY, 2), pe(BACKUP, 1)]);
+    h.push(3);
+    h.outputs(); // 0..=2 sent
+    h.push(2); // 3, 4 numbered, not sent yet
+    let outputs = h.send_cookie(primary, &v2(&pool, 3, PRIMARY));
+    assert_rejected_and_left(&outputs, PRIMARY, CookieRejectReason::BeyondSent);
+    assert_eq!(h.exporter.buffered_records(), 5);
+}
+
+#[test]
+fn a_hostile_top_priority_pe_is_left_and_never_failed_back_to() {
+    let (pool, hostile_key) = (ed25519(1), ed25519(6));
+    let mut h = Harness::new(checking_config(&[&pool]));
+    h.exporter.start();
+    h.outputs();
+    let (primary, _) = h.connect_to(vec![pe(PRIMARY, 2)]);
+    h.push(4);
+    h.outputs();
+    h.send_cookie(primary, &v2(&pool, 3, PRIMARY));
+    assert!(h.exporter.is_drained());
+    // A hostile PE registers at a higher priority: failback to it (nothing
+    // outstanding, so at once).
+    h.advance(Duration::from_millis(200));
+    h.exporter
+        .handle_failback_check(h.now, Some(pe(HOSTILE, 9)));
+    let outputs = h.outputs();
+    let (hostile, to) = connect_of(&outputs).unwrap();
+    assert_eq!(to, HOSTILE);
+    h.exporter.handle_association_up(h.now, hostile);
+    h.push(6);
+    let outputs = h.outputs();
+    assert_eq!(cookie_echoes(&outputs)[0].last_record_sequence, 3);
+    assert_eq!(data_sequences(&outputs), (4..10).collect::<Vec<_>>());
+    // It "acknowledges" everything with its own key.
+    let outputs = h.send_cookie(hostile, &v2(&hostile_key, 9, HOSTILE));
+    assert_rejected_and_left(&outputs, HOSTILE, CookieRejectReason::UnknownKey);
+    assert_eq!(h.exporter.buffered_records(), 6, "4..=9 kept");
+    assert_eq!(h.exporter.untrusted_pes(h.now), vec![HOSTILE]);
+    // The registrar still lists it first: skipped.
+    let (primary, outputs) = h.connect_to(vec![pe(HOSTILE, 9), pe(PRIMARY, 2)]);
+    assert_eq!(h.exporter.current_pe(), Some(PRIMARY));
+    assert_eq!(
+        data_sequences(&outputs),
+        (4..10).collect::<Vec<_>>(),
+        "replay"
     );
-    assert!(matches!(
-        h.outputs().as_slice(),
-        [Output::Notice(Notice::CookieRejected { .. })]
-    ));
-    assert_eq!(h.exporter.cookie(DOMAIN), None);
-    assert_eq!(h.exporter.buffered_records(), 3);
+    // Failback checks leave it out, and a target naming it is ignored.
+    let outputs = h.advance(Duration::from_millis(200));
+    assert!(outputs.contains(&Output::CheckFailback {
+        current: PRIMARY,
+        avoid: vec![HOSTILE]
+    }));
+    h.exporter
+        .handle_failback_check(h.now, Some(pe(HOSTILE, 9)));
+    let outputs = h.outputs();
+    assert_eq!(connect_of(&outputs), None, "no flapping back");
+    assert_eq!(h.exporter.current_pe(), Some(PRIMARY));
+    h.send_cookie(primary, &v2(&pool, 9, PRIMARY));
+    assert!(
+        h.exporter.is_drained(),
+        "the stream finishes on the primary"
+    );
+    // Hours later it is still avoided (default: a day).
+    h.advance(Duration::from_secs(3600));
+    assert_eq!(h.exporter.untrusted_pes(h.now), vec![HOSTILE]);
+}
+
+#[test]
+fn an_untrusted_pe_may_be_used_again_after_the_configured_time() {
+    let pool = ed25519(1);
+    let mut cfg = checking_config(&[&pool]);
+    cfg.untrusted_for = Duration::from_secs(60);
+    let mut h = Harness::new(cfg);
+    h.exporter.start();
+    h.outputs();
+    let (primary, _) = h.connect_to(vec![pe(PRIMARY, 2)]);
+    h.push(1);
+    h.outputs();
+    h.send_cookie(primary, &v2(&ed25519(5), 0, PRIMARY));
+    // Only the untrusted PE is left: wait, do not use it.
+    h.exporter.handle_selected(h.now, Ok(vec![pe(PRIMARY, 2)]));
+    let outputs = h.outputs();
+    assert_eq!(connect_of(&outputs), None);
+    assert!(
+        outputs
+            .iter()
+            .any(|o| matches!(o, Output::Notice(Notice::NoPoolElement { .. })))
+    );
+    h.advance(Duration::from_secs(61));
+    let (_, outputs) = h.connect_to(vec![pe(PRIMARY, 2)]);
+    assert_eq!(data_sequences(&outputs), vec![0]);
+    assert!(h.exporter.untrusted_pes(h.now).is_empty());
 }
 
 #[test]

@@ -49,8 +49,8 @@ fn main() {
     let signed = BillingCookie::sign(KEY, 7, 1, 41_999, 0xc011, 1_700_000_000_000);
     let intro = BillingCookie::introduction(7, 1);
     let cookie_seeds: Vec<Vec<u8>> = vec![
-        [&[0u8][..], &signed.encode()].concat(),
-        [&[0u8][..], &intro.encode()].concat(),
+        [&[0u8][..], &signed.encode()[..]].concat(),
+        [&[0u8][..], &intro.encode()[..]].concat(),
         [&[1u8][..], &signed.encode()[..30]].concat(),
         [&[2u8][..], &signed.cookie_echo_message_bytes()].concat(),
         [&[2u8][..], &signed.cookie_message_bytes()].concat(),

@@ -1,5 +1,5 @@
-//! Billing cookie verification (docs/billing-continuity.md): the 64-byte
-//! codec, HMAC verification, the ASAP Cookie / Cookie Echo wrapping and the
+//! Billing cookie verification (docs/billing-continuity.md): the codec of
+//! both versions (64-byte HMAC, 100-byte Ed25519), their verification, the ASAP Cookie / Cookie Echo wrapping and the
 //! 32 → 64-bit record sequence extension.
 //!
 //! The first input byte picks a mode; the rest is the mode's input.
@@ -8,11 +8,22 @@
 
 use libfuzzer_sys::fuzz_target;
 use protocol::billing::{
-    BillingCookie, COOKIE_LEN, CookieError, CookieMessageKind, SequenceExtender,
-    cookie_from_asap_bytes,
+    BillingCookie, COOKIE_LEN, COOKIE_V2_LEN, CookieError, CookieKeys, CookieMessageKind,
+    SequenceExtender, cookie_from_asap_bytes,
 };
+use protocol::signing::SigningKey;
 
 const KEY: &[u8] = b"the pool key of the fuzz target";
+
+fn collector_key() -> SigningKey {
+    SigningKey::from_bytes(&[0x5a; 32])
+}
+
+fn trusted() -> CookieKeys {
+    let mut keys = CookieKeys::default().with_hmac_key(KEY.to_vec());
+    keys.add_public_key(collector_key().verifying_key());
+    keys
+}
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, input)) = data.split_first() else {
@@ -37,22 +48,37 @@ fn raw_cookie(input: &[u8]) {
         input,
         "decode -> encode must be exact"
     );
-    match cookie.verify(KEY) {
+    match trusted().verify(&cookie) {
         Ok(()) => {
-            // Only possible for bytes this key signed: check it really is
-            // the cookie the signer would have produced.
-            let resigned = BillingCookie::sign(
-                KEY,
-                cookie.exporter_id,
-                cookie.domain,
-                cookie.last_record_sequence,
-                cookie.pe_identifier,
-                cookie.signed_at_ms,
-            );
+            // Only possible for bytes these keys signed: check it really is
+            // the cookie the signer would have produced (Ed25519 signatures
+            // are deterministic).
+            let resigned = if cookie.version == 1 {
+                BillingCookie::sign(
+                    KEY,
+                    cookie.exporter_id,
+                    cookie.domain,
+                    cookie.last_record_sequence,
+                    cookie.pe_identifier,
+                    cookie.signed_at_ms,
+                )
+            } else {
+                BillingCookie::sign_ed25519(
+                    &collector_key(),
+                    cookie.exporter_id,
+                    cookie.domain,
+                    cookie.last_record_sequence,
+                    cookie.pe_identifier,
+                    cookie.signed_at_ms,
+                )
+            };
             assert_eq!(resigned, cookie);
         }
         Err(CookieError::Unsigned) => assert!(cookie.introduction),
-        Err(CookieError::BadHmac) => assert!(!cookie.introduction),
+        Err(CookieError::BadHmac) => assert!(!cookie.introduction && cookie.version == 1),
+        Err(CookieError::UnknownKey(_) | CookieError::BadSignature(_)) => {
+            assert_eq!(cookie.version, 2)
+        }
         Err(other) => panic!("verify failed with a decode error: {other}"),
     }
     let _ = cookie.next_record_sequence();
@@ -77,12 +103,34 @@ fn signed_then_tampered(input: &[u8]) {
         "verified with the wrong key"
     );
     let bit = usize::from(u16::from_be_bytes([input[28], input[29]])) % (COOKIE_LEN * 8);
-    let mut tampered = bytes;
+    let mut tampered = bytes.clone();
     tampered[bit / 8] ^= 1 << (bit % 8);
     if let Ok(forged) = BillingCookie::decode(&tampered) {
         assert!(
             forged.verify(KEY).is_err(),
             "cookie with bit {bit} flipped still verifies"
+        );
+    }
+    // The same for version 2.
+    let signed = BillingCookie::sign_ed25519(
+        &collector_key(),
+        u32_at(0),
+        u32_at(4),
+        u64_at(8),
+        u32_at(16),
+        u64_at(20),
+    );
+    let bytes = signed.encode();
+    assert_eq!(bytes.len(), COOKIE_V2_LEN);
+    assert_eq!(BillingCookie::decode(&bytes), Ok(signed));
+    trusted().verify(&signed).expect("a signed v2 cookie verifies");
+    let bit = usize::from(u16::from_be_bytes([input[28], input[29]])) % (COOKIE_V2_LEN * 8);
+    let mut tampered = bytes;
+    tampered[bit / 8] ^= 1 << (bit % 8);
+    if let Ok(forged) = BillingCookie::decode(&tampered) {
+        assert!(
+            trusted().verify(&forged).is_err(),
+            "v2 cookie with bit {bit} flipped still verifies"
         );
     }
     // The ASAP messages carry it unchanged.
@@ -96,8 +144,8 @@ fn signed_then_tampered(input: &[u8]) {
 /// Arbitrary ASAP bytes, as a collector receives them on PPID 11.
 fn asap_wrapped(input: &[u8]) {
     if let Ok((_, cookie)) = cookie_from_asap_bytes(input) {
-        let _ = cookie.verify(KEY);
-        assert_eq!(cookie.version, protocol::billing::COOKIE_VERSION);
+        let _ = trusted().verify(&cookie);
+        assert!(matches!(cookie.version, 1 | 2), "{}", cookie.version);
     }
 }
 

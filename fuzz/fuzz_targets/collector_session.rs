@@ -49,10 +49,7 @@ fuzz_target!(|data: &[u8]| {
         store,
         decoder: SessionDecoder::new(PEER.to_owned(), config),
         billing: AssociationBilling::default(),
-        signer: CookieSigner {
-            key: KEY.to_vec(),
-            pe_identifier: PE,
-        },
+        signer: CookieSigner::hmac(KEY.to_vec(), PE),
         batch: Batch::default(),
         starts: HashMap::new(),
         now_ms: 1_700_000_000_000,

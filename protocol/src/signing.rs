@@ -97,6 +97,16 @@ mod tests {
     }
 
     #[test]
+    fn pem_encoding_round_trips() {
+        let signing = signing_key_from_pem(PRIVATE).expect("private key");
+        let again = signing_key_from_pem(&pkcs8_private_pem(&signing)).expect("re-read");
+        assert_eq!(again.to_bytes(), signing.to_bytes());
+        let public = verifying_key_from_pem(&pkcs8_public_pem(&signing.verifying_key()))
+            .expect("public key");
+        assert_eq!(public, signing.verifying_key());
+    }
+
+    #[test]
     fn garbage_and_wrong_kinds_are_refused() {
         assert!(matches!(
             signing_key_from_pem("not a key"),

@@ -2,10 +2,11 @@
 //! (docs/billing-continuity.md).
 
 use protocol::billing::{
-    BillingCookie, COOKIE_LEN, CookieError, CookieMessageKind, SequenceExtender,
-    cookie_from_asap_bytes, cookie_from_message,
+    BillingCookie, COOKIE_LEN, COOKIE_V2_LEN, CookieError, CookieKeys, CookieMessageKind,
+    CookieSeal, SIGNATURE_CONTEXT, SequenceExtender, cookie_from_asap_bytes, cookie_from_message,
 };
 use protocol::rserpool::asap::Message;
+use protocol::signing::{SigningKey, Verifier, key_id};
 
 const KEY: &[u8] = b"pool shared key, 32 bytes long!!";
 
@@ -62,7 +63,7 @@ fn every_flipped_bit_is_detected() {
     let bytes = signed().encode();
     for index in 0..COOKIE_LEN {
         for bit in 0..8 {
-            let mut tampered = bytes;
+            let mut tampered = bytes.clone();
             tampered[index] ^= 1 << bit;
             let accepted = BillingCookie::decode(&tampered)
                 .map(|cookie| cookie.verify(KEY).is_ok())
@@ -118,23 +119,161 @@ fn wrong_lengths_version_and_reserved_bits_are_errors() {
     let mut long = bytes.to_vec();
     long.push(0);
     assert_eq!(BillingCookie::decode(&long), Err(CookieError::Length(65)));
-    let mut version = bytes;
+    let mut version = bytes.clone();
+    version[0] = 3;
+    assert_eq!(
+        BillingCookie::decode(&version),
+        Err(CookieError::Version(3))
+    );
+    // A version 1 body labelled version 2 is too short for version 2.
     version[0] = 2;
     assert_eq!(
         BillingCookie::decode(&version),
-        Err(CookieError::Version(2))
+        Err(CookieError::Length(64))
     );
-    let mut reserved = bytes;
+    let mut reserved = bytes.clone();
     reserved[3] = 1;
     assert_eq!(
         BillingCookie::decode(&reserved),
         Err(CookieError::ReservedBits)
     );
-    let mut flags = bytes;
+    let mut flags = bytes.clone();
     flags[1] = 0x80;
     assert_eq!(
         BillingCookie::decode(&flags),
         Err(CookieError::ReservedBits)
+    );
+}
+
+fn collector_key(seed: u8) -> SigningKey {
+    SigningKey::from_bytes(&[seed; 32])
+}
+
+fn signed_v2(key: &SigningKey) -> BillingCookie {
+    BillingCookie::sign_ed25519(
+        key,
+        0x0102_0304,
+        7,
+        0x1122_3344_5566_7788,
+        0xaabb_ccdd,
+        1_700_000_000_123,
+    )
+}
+
+fn trusting(keys: &[&SigningKey]) -> CookieKeys {
+    let mut trusted = CookieKeys::default();
+    for key in keys {
+        trusted.add_public_key(key.verifying_key());
+    }
+    trusted
+}
+
+#[test]
+fn v2_layout_is_the_claims_then_key_id_then_an_ed25519_signature() {
+    let key = collector_key(1);
+    let cookie = signed_v2(&key);
+    let bytes = cookie.encode();
+    assert_eq!(bytes.len(), COOKIE_V2_LEN);
+    assert_eq!(bytes[0], 2, "version");
+    assert_eq!(bytes[1], 0, "flags");
+    assert_eq!(&bytes[4..8], &[1, 2, 3, 4], "exporter id");
+    assert_eq!(&bytes[12..20], &0x1122_3344_5566_7788u64.to_be_bytes());
+    assert_eq!(&bytes[20..24], &[0xaa, 0xbb, 0xcc, 0xdd], "PE id");
+    let id = key_id(&key.verifying_key());
+    assert_eq!(&bytes[32..36], &id.to_be_bytes(), "key id");
+    // Independent check of what is signed: context, then bytes 0..36.
+    assert_eq!(
+        SIGNATURE_CONTEXT, b"poolflow billing cookie v2\0",
+        "wire contract"
+    );
+    let mut message = SIGNATURE_CONTEXT.to_vec();
+    message.extend_from_slice(&bytes[..36]);
+    let signature = protocol::signing::Signature::from_bytes(&bytes[36..100].try_into().unwrap());
+    assert!(key.verifying_key().verify(&message, &signature).is_ok());
+    let decoded = BillingCookie::decode(&bytes).unwrap();
+    assert_eq!(decoded, cookie);
+    assert_eq!(decoded.key_id(), Some(id));
+    assert_eq!(trusting(&[&key]).verify(&decoded), Ok(()));
+}
+
+#[test]
+fn v2_is_checked_with_public_keys_only_and_any_trusted_key_will_do() {
+    let (old, new, stranger) = (collector_key(1), collector_key(2), collector_key(3));
+    let rotation = trusting(&[&old, &new]);
+    assert_eq!(rotation.verify(&signed_v2(&old)), Ok(()));
+    assert_eq!(rotation.verify(&signed_v2(&new)), Ok(()));
+    let stranger_id = key_id(&stranger.verifying_key());
+    assert_eq!(
+        rotation.verify(&signed_v2(&stranger)),
+        Err(CookieError::UnknownKey(stranger_id))
+    );
+    // A stranger claiming a trusted key's id: the signature gives it away.
+    let mut forged = signed_v2(&stranger);
+    let old_id = key_id(&old.verifying_key());
+    if let CookieSeal::Ed25519 { key_id, .. } = &mut forged.seal {
+        *key_id = old_id;
+    }
+    assert_eq!(
+        rotation.verify(&forged),
+        Err(CookieError::BadSignature(old_id))
+    );
+    // Public keys do not check HMAC cookies: an exporter cannot tell a
+    // forged one from a real one, so it trusts none.
+    assert_eq!(rotation.verify(&signed()), Err(CookieError::HmacNotTrusted));
+    assert_eq!(
+        rotation.verify(&BillingCookie::introduction(1, 2)),
+        Err(CookieError::Unsigned)
+    );
+    // A collector in migration trusts both versions.
+    let migrating = rotation.clone().with_hmac_key(KEY.to_vec());
+    assert_eq!(migrating.verify(&signed()), Ok(()));
+    assert_eq!(migrating.verify(&signed_v2(&new)), Ok(()));
+    // The HMAC-only check refuses a v2 cookie (no public key).
+    assert!(signed_v2(&old).verify(KEY).is_err());
+}
+
+#[test]
+fn every_flipped_bit_of_a_v2_cookie_is_detected() {
+    let key = collector_key(9);
+    let trusted = trusting(&[&key]);
+    let bytes = signed_v2(&key).encode();
+    // One bit per byte, a different one each byte (Ed25519 checks are slow
+    // in a debug build; every byte is still covered).
+    for index in 0..COOKIE_V2_LEN {
+        let bit = index % 8;
+        let mut tampered = bytes.clone();
+        tampered[index] ^= 1 << bit;
+        let accepted = BillingCookie::decode(&tampered)
+            .map(|cookie| trusted.verify(&cookie).is_ok())
+            .unwrap_or(false);
+        assert!(
+            !accepted,
+            "byte {index} bit {bit} flipped and still accepted"
+        );
+    }
+}
+
+#[test]
+fn v2_has_no_introduction_and_its_length_is_exact() {
+    let bytes = signed_v2(&collector_key(1)).encode();
+    let mut intro = bytes.clone();
+    intro[1] = 1;
+    assert_eq!(
+        BillingCookie::decode(&intro),
+        Err(CookieError::ReservedBits)
+    );
+    assert_eq!(
+        BillingCookie::decode(&bytes[..99]),
+        Err(CookieError::Length(99))
+    );
+    let mut long = bytes.clone();
+    long.push(0);
+    assert_eq!(BillingCookie::decode(&long), Err(CookieError::Length(101)));
+    // The Cookie parameter grows with it.
+    let cookie = signed_v2(&collector_key(1));
+    assert_eq!(
+        cookie_from_asap_bytes(&cookie.cookie_message_bytes()),
+        Ok((CookieMessageKind::Cookie, cookie))
     );
 }
 
