@@ -75,15 +75,16 @@ pub struct Config {
     /// Give up establishing an association after this long.
     pub connect_timeout: Duration,
     /// SCTP over UDP: hand runs of equal-size packets for one peer to the kernel in one
-    /// `sendmsg` (UDP GSO, Linux) instead of one system call each. The peer receives the same
-    /// UDP datagrams either way, but a capture on the sending host (`tcpdump`/`tshark` on
-    /// `lo` in particular) sees each run as one oversized datagram, as it sees TCP segments
-    /// before TSO: turn this off to capture exactly what goes on the wire. **Turn it off when
-    /// the peer is the Linux kernel's own SCTP over UDP on the same host** (this namespace or
-    /// another reached through a `veth`): Linux 6.1 can crash (double free in `sctp_udp_rcv`)
-    /// when such batches reach its SCTP-over-UDP socket. The driver skips GSO while
-    /// `net.sctp.udp_port` is set here, but the kernel-VM test still crashed the guest in 2
-    /// of 8 boots with GSO on (0 of 14 with it off), so that guard alone is not enough.
+    /// `sendmsg` (UDP GSO, Linux) instead of one system call each. **Off by default.** The
+    /// kernel is meant to cut such a batch into one UDP datagram per SCTP packet, but a
+    /// batch that crosses loopback or a `veth` can reach the peer (or a capture) still whole:
+    /// RSPLIB's sctplib then checks the CRC over the whole buffer and drops every packet in
+    /// it, and tshark shows a malformed packet; Linux 6.1's own SCTP over UDP can crash
+    /// (double free in `sctp_udp_rcv`; the kernel-VM test crashed the guest in 2 of 8 boots
+    /// with GSO on, 0 of 14 with it off). RFC 6951 wants one SCTP packet per datagram, and a
+    /// peer cannot tell us whether it copes, so turn this on only where every peer is this
+    /// stack and reads with `recvmmsg`/GRO splitting (it saves system calls on bulk sends).
+    /// The driver still skips GSO while `net.sctp.udp_port` is set in this namespace.
     pub udp_segmentation_offload: bool,
 }
 
@@ -104,7 +105,7 @@ impl Default for Config {
             send_buffer_bytes: 4 * 1024 * 1024,
             receive_queue_len: 4096,
             connect_timeout: Duration::from_secs(10),
-            udp_segmentation_offload: true,
+            udp_segmentation_offload: false,
         }
     }
 }
