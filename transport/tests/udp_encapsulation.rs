@@ -4,10 +4,11 @@
 //! whole datagram, as RSPLIB's sctplib checks it) and counts any datagram that is not
 //! exactly one SCTP packet. Every wait is bounded.
 
+use std::collections::BTreeSet;
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -55,6 +56,8 @@ fn is_exactly_one_sctp_packet(datagram: &[u8]) -> bool {
 struct RelayCounts {
     datagrams: AtomicU64,
     not_one_packet: AtomicU64,
+    /// (UDP source port, SCTP source port, SCTP destination port) of the client's datagrams.
+    client_ports: Mutex<BTreeSet<(u16, u16, u16)>>,
 }
 
 /// A UDP socket with UDP GRO switched on: the kernel hands it a GSO batch sent over
@@ -80,8 +83,14 @@ fn gro_socket() -> StdUdpSocket {
 }
 
 /// Forwards datagrams between the first client that speaks and `server`, counting each
-/// datagram that is not exactly one SCTP packet. Returns the relay's address.
-fn spawn_relay(server: SocketAddr, counts: Arc<RelayCounts>) -> SocketAddr {
+/// datagram that is not exactly one SCTP packet. With `reply_port`, the server's packets go
+/// to the client's IP at that port whatever port the client sent from, as RSPLIB's sctplib
+/// answers (always to UDP 9899). Returns the relay's address.
+fn spawn_relay(
+    server: SocketAddr,
+    counts: Arc<RelayCounts>,
+    reply_port: Option<u16>,
+) -> SocketAddr {
     let socket = UdpSocket::from_std(gro_socket()).unwrap();
     let relay = socket.local_addr().unwrap();
     tokio::spawn(async move {
@@ -98,11 +107,21 @@ fn spawn_relay(server: SocketAddr, counts: Arc<RelayCounts>) -> SocketAddr {
             }
             let to = if from == server {
                 match client {
-                    Some(client) => client,
+                    Some(client) => match reply_port {
+                        Some(port) => SocketAddr::new(client.ip(), port),
+                        None => client,
+                    },
                     None => continue,
                 }
             } else {
                 client = Some(from);
+                if datagram.len() >= 12 {
+                    counts.client_ports.lock().unwrap().insert((
+                        from.port(),
+                        u16::from_be_bytes([datagram[0], datagram[1]]),
+                        u16::from_be_bytes([datagram[2], datagram[3]]),
+                    ));
+                }
                 server
             };
             let _ = socket.send_to(datagram, to).await;
@@ -128,7 +147,7 @@ async fn burst_through_relay(client_config: Config, expect_delivery: bool) -> (u
         .await
         .unwrap();
     let counts = Arc::new(RelayCounts::default());
-    let relay = spawn_relay(server.local_addr(), counts.clone());
+    let relay = spawn_relay(server.local_addr(), counts.clone(), None);
     let mut client = tokio::time::timeout(STEP, connect(client_config, relay))
         .await
         .unwrap()
@@ -220,4 +239,114 @@ fn kernel_has_udp_gso() -> bool {
         )
     };
     rc == 0
+}
+
+/// A UDP port that was free a moment ago.
+fn free_udp_port() -> u16 {
+    StdUdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Connects through a relay that answers to `reply_port` only; true when the handshake
+/// completed and a message went each way.
+async fn exchange_through_fixed_port_peer(
+    local_udp_port: u16,
+    reply_port: u16,
+    counts: Arc<RelayCounts>,
+) -> bool {
+    let server_config = Config::fast_failure_detection(TransportKind::SctpOverUdp);
+    let mut server = Endpoint::bind(server_config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let relay = spawn_relay(server.local_addr(), counts, Some(reply_port));
+    let client_config = Config {
+        local_udp_port,
+        ..Config::fast_failure_detection(TransportKind::SctpOverUdp)
+    };
+    let Ok(Ok(mut client)) = tokio::time::timeout(STEP, connect(client_config, relay)).await else {
+        return false;
+    };
+    let mut accepted = tokio::time::timeout(STEP, server.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next_event(&mut client).await, Event::Up);
+    assert_eq!(next_event(&mut accepted).await, Event::Up);
+    client
+        .send(Message::new(0, 11, Bytes::from_static(b"to the registrar")))
+        .await
+        .unwrap();
+    accepted
+        .send(Message::new(0, 11, Bytes::from_static(b"to the element")))
+        .await
+        .unwrap();
+    let to_server = next_event(&mut accepted).await;
+    let to_client = next_event(&mut client).await;
+    matches!(to_server, Event::Message(m) if m.payload == "to the registrar")
+        && matches!(to_client, Event::Message(m) if m.payload == "to the element")
+}
+
+/// RFC 6951 with a peer that answers to a fixed UDP port (sctplib's habit): an outbound
+/// association that leaves from that port completes, and every datagram it sent carried it.
+#[tokio::test]
+async fn outbound_association_from_the_configured_port_reaches_a_fixed_port_peer() {
+    let port = free_udp_port();
+    let counts = Arc::new(RelayCounts::default());
+    assert!(exchange_through_fixed_port_peer(port, port, counts.clone()).await);
+    let ports = counts.client_ports.lock().unwrap().clone();
+    assert!(!ports.is_empty());
+    assert!(
+        ports.iter().all(|&(udp, _, _)| udp == port),
+        "client datagrams left from {ports:?}, not UDP port {port}"
+    );
+}
+
+/// The check above can fail: from an ephemeral port the fixed-port peer's INIT ACK goes
+/// where nobody listens, and the handshake never completes.
+#[tokio::test]
+async fn ephemeral_source_port_loses_a_fixed_port_peers_replies() {
+    let counts = Arc::new(RelayCounts::default());
+    assert!(!exchange_through_fixed_port_peer(0, free_udp_port(), counts.clone()).await);
+    // The INITs did reach the relay: only the replies were lost.
+    assert!(counts.datagrams.load(Ordering::Relaxed) > 0);
+}
+
+/// A listening endpoint's outbound associations leave from its own UDP port and SCTP port
+/// (the ports it advertises, as RSPLIB's registrar checks ENRP peers against), toward the
+/// SCTP port named per connect.
+#[tokio::test]
+async fn listener_connects_from_its_listening_port() {
+    let config = Config::fast_failure_detection(TransportKind::SctpOverUdp);
+    let mut server = Endpoint::bind(config.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let listener = Endpoint::bind(config.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let listening_port = listener.local_addr().port();
+    let counts = Arc::new(RelayCounts::default());
+    let relay = spawn_relay(server.local_addr(), counts.clone(), None);
+    let connector = listener.connector(&config);
+    let mut client = tokio::time::timeout(STEP, connector.connect_to_port(relay, 9901))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut accepted = tokio::time::timeout(STEP, server.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next_event(&mut client).await, Event::Up);
+    assert_eq!(next_event(&mut accepted).await, Event::Up);
+    let ports = counts.client_ports.lock().unwrap().clone();
+    assert!(!ports.is_empty());
+    assert!(
+        ports
+            .iter()
+            .all(|&ports| ports == (listening_port, listening_port, 9901)),
+        "(UDP source, SCTP source, SCTP destination) ports {ports:?}, expected \
+         ({listening_port}, {listening_port}, 9901)"
+    );
 }
