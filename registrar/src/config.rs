@@ -300,6 +300,12 @@ pub struct EnrpSettings {
     pub auth_max_clock_skew_ms: u64,
     /// Migration only: accept unsigned ENRP (bad signatures still refused).
     pub auth_accept_unsigned: bool,
+    /// Open outbound ENRP associations from the ENRP listen port (UDP and SCTP source
+    /// port = the port we advertise), as RFC 5353 peers expect: RSPLIB's registrar
+    /// refuses a Presence whose association comes from another port. Off: each peer
+    /// link gets its own ephemeral socket (two poolflow registrars connecting to each
+    /// other at once then never collide on one socket).
+    pub connect_from_listen_port: bool,
 }
 
 impl Default for EnrpSettings {
@@ -325,6 +331,7 @@ impl Default for EnrpSettings {
             auth_accept_key_files: Vec::new(),
             auth_max_clock_skew_ms: 30_000,
             auth_accept_unsigned: false,
+            connect_from_listen_port: false,
         }
     }
 }

@@ -191,9 +191,18 @@ impl Registrar {
                 .with_context(|| format!("binding ENRP on {local}"))?;
             let bound = endpoint.local_addr();
             enrp_addr = Some(bound);
+            // Outbound ENRP associations leave from the ENRP port itself: RSPLIB takes a
+            // peer's addresses from its Presence and refuses one whose association comes
+            // from elsewhere ("no usable ENRP endpoint addresses").
+            let connector = config
+                .enrp
+                .connect_from_listen_port
+                .then(|| endpoint.connector(&enrp_transport));
+            let inbound: InboundEnrp = Arc::default();
             tasks.push(tokio::spawn(enrp_accept_loop(
                 endpoint,
                 inputs.clone(),
+                inbound.clone(),
                 shutdown_rx.clone(),
             )));
             let advertised: SocketAddr = if config.enrp.advertise.is_empty() {
@@ -220,7 +229,9 @@ impl Registrar {
                 ),
             }
             let links = PeerLinks {
+                connector,
                 transport: enrp_transport,
+                inbound,
                 connect_timeout: enrp_config.max_time_no_response,
                 links: HashMap::new(),
                 inputs: inputs.clone(),
@@ -591,13 +602,19 @@ fn unix_us() -> u64 {
 async fn enrp_accept_loop(
     mut endpoint: Endpoint,
     inputs: mpsc::Sender<Input>,
+    inbound: InboundEnrp,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
         tokio::select! {
             accepted = endpoint.accept() => {
                 let Some(association) = accepted else { break };
-                tokio::spawn(run_enrp_association(association, inputs.clone(), shutdown.clone()));
+                tokio::spawn(run_enrp_association(
+                    association,
+                    inputs.clone(),
+                    inbound.clone(),
+                    shutdown.clone(),
+                ));
             }
             _ = shutdown.changed() => break,
         }
@@ -607,12 +624,26 @@ async fn enrp_accept_loop(
 async fn run_enrp_association(
     mut association: Association,
     inputs: mpsc::Sender<Input>,
+    inbound: InboundEnrp,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let from = association.remote_addr();
+    let (own, mut replies) = mpsc::channel(ENRP_PEER_QUEUE);
+    inbound
+        .lock()
+        .expect("inbound ENRP map")
+        .insert(from, own.clone());
     tracing::debug!(%from, "ENRP association up");
     loop {
         tokio::select! {
+            payload = replies.recv() => {
+                let Some(payload) = payload else { break };
+                let message = transport::Message::new(0, ENRP_SCTP_PPID, payload);
+                if association.send(message).await.is_err() {
+                    tracing::debug!(%from, "ENRP reply on the peer's association failed");
+                    break;
+                }
+            }
             event = association.recv() => match event {
                 Some(Event::Message(message)) => {
                     if !forward_enrp(&inputs, from, message).await {
@@ -625,8 +656,22 @@ async fn run_enrp_association(
             _ = shutdown.changed() => break,
         }
     }
+    {
+        let mut inbound = inbound.lock().expect("inbound ENRP map");
+        // A newer association from the same address may have replaced ours.
+        if inbound
+            .get(&from)
+            .is_some_and(|sender| sender.same_channel(&own))
+        {
+            inbound.remove(&from);
+        }
+    }
     association.close();
 }
+
+/// The queues of the ENRP associations peers opened to us, by remote address: replies
+/// to their requests, and anything else for that address, go back on them.
+type InboundEnrp = Arc<std::sync::Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>>;
 
 /// Hands one ENRP message to the core; `false` once the core is gone.
 async fn forward_enrp(
@@ -650,7 +695,12 @@ async fn forward_enrp(
 /// Our outgoing ENRP associations, one per peer address, each run by a
 /// task that connects on demand and reconnects after a failure.
 struct PeerLinks {
+    /// Opens associations from the ENRP listener's socket (its port is the one we
+    /// advertise).
+    /// `enrp.connect_from_listen_port`; `None`: a fresh socket per peer link.
+    connector: Option<transport::Connector>,
     transport: transport::Config,
+    inbound: InboundEnrp,
     connect_timeout: Duration,
     links: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
     inputs: mpsc::Sender<Input>,
@@ -679,6 +729,23 @@ impl PeerLinks {
     }
 
     fn send(&mut self, message: Outgoing) {
+        // A peer's own association first: a reply goes back where the request came from,
+        // and we never open a second association to an address that has one to us (one
+        // socket cannot tell two associations with one remote address apart).
+        if !message.reconnect {
+            let inbound = self.inbound.lock().expect("inbound ENRP map");
+            let queue = message
+                .reply_on
+                .and_then(|from| inbound.get(&from))
+                .or_else(|| inbound.get(&message.to))
+                .filter(|queue| !queue.is_closed());
+            if let Some(queue) = queue {
+                if queue.try_send(message.payload).is_err() {
+                    tracing::debug!(to = %message.to, "ENRP queue to peer full: message dropped");
+                }
+                return;
+            }
+        }
         if message.reconnect && self.links.remove(&message.to).is_some() {
             // Dropping the queue's sender ends the old link's task, which
             // closes its association.
@@ -686,14 +753,14 @@ impl PeerLinks {
         }
         let link = self.links.entry(message.to).or_insert_with(|| {
             let (sender, queue) = mpsc::channel(ENRP_PEER_QUEUE);
-            let transport = transport::Config {
-                // Convention: the peer's SCTP port is its UDP port.
-                sctp_port: message.to.port(),
-                ..self.transport.clone()
-            };
             tokio::spawn(run_peer_link(
                 message.to,
-                transport,
+                self.connector.clone(),
+                transport::Config {
+                    // Convention: the peer's SCTP port is its UDP port.
+                    sctp_port: message.to.port(),
+                    ..self.transport.clone()
+                },
                 self.connect_timeout,
                 queue,
                 self.inputs.clone(),
@@ -709,6 +776,7 @@ impl PeerLinks {
 
 async fn run_peer_link(
     to: SocketAddr,
+    connector: Option<transport::Connector>,
     config: transport::Config,
     connect_timeout: Duration,
     mut queue: mpsc::Receiver<Vec<u8>>,
@@ -721,7 +789,7 @@ async fn run_peer_link(
             payload = queue.recv() => {
                 let Some(payload) = payload else { break };
                 if association.is_none() {
-                    match tokio::time::timeout(connect_timeout, transport::connect(config.clone(), to)).await {
+                    match tokio::time::timeout(connect_timeout, connect_link(connector.as_ref(), &config, to)).await {
                         Ok(Ok(connected)) => {
                             tracing::debug!(%to, "ENRP link up");
                             association = Some(connected);
@@ -758,6 +826,19 @@ async fn run_peer_link(
     }
     if let Some(link) = association {
         link.close();
+    }
+}
+
+/// Opens a peer link: from the ENRP listener's socket, or from a fresh one.
+async fn connect_link(
+    connector: Option<&transport::Connector>,
+    config: &transport::Config,
+    to: SocketAddr,
+) -> Result<Association, transport::TransportError> {
+    match connector {
+        // Convention: the peer's SCTP port is its UDP port.
+        Some(connector) => connector.connect_to_port(to, to.port()).await,
+        None => transport::connect(config.clone(), to).await,
     }
 }
 

@@ -54,7 +54,7 @@ use metrics::counter;
 use policies::PeId;
 use protocol::rserpool::asap;
 use protocol::rserpool::enrp::{Body, Message, PoolEntry, UpdateAction, auth};
-use protocol::rserpool::{Limits, PoolHandle, ServerInformation, TransportAddress};
+use protocol::rserpool::{Limits, OperationError, PoolHandle, ServerInformation, TransportAddress};
 use serde::{Deserialize, Serialize};
 
 use crate::server::{HomeChange, Server};
@@ -167,6 +167,11 @@ pub struct Outgoing {
     /// in user space has no kernel to abort it), so anything sent on it
     /// would be lost until the association times out.
     pub reconnect: bool,
+    /// A reply to a request (Presence with reply-required, List Request, Handle Table
+    /// Request): send it on the association the request came in on, whose remote address
+    /// this is, while that association is up (RFC 5353; RSPLIB's `hsdump` waits for the
+    /// answer there and listens nowhere else). `to` is the fallback.
+    pub reply_on: Option<SocketAddr>,
 }
 
 /// An ASAP Endpoint Keep Alive with the Home flag for a PE we adopted in a
@@ -251,6 +256,9 @@ pub struct EnrpCounters {
     pub adopted_unreachable: u64,
     /// Malformed or refused ENRP messages by reason.
     pub malformed: BTreeMap<String, u64>,
+    /// ENRP Error messages received, by cause code (hex), counted whoever the sender
+    /// claims to be (RSPLIB puts our own server id in it).
+    pub errors_received: BTreeMap<String, u64>,
     /// Messages dropped by authentication, by reason (unsigned, bad_mac,
     /// unknown_key, stale, replay).
     pub auth_rejected: BTreeMap<String, u64>,
@@ -310,6 +318,8 @@ pub struct Enrp {
     last_sequence: u64,
     /// Recently accepted signed sequences per sender server id.
     replay: HashMap<u32, BTreeSet<u64>>,
+    /// While answering a request: the address of the association it came in on.
+    replying_on: Option<SocketAddr>,
 }
 
 impl Enrp {
@@ -328,6 +338,7 @@ impl Enrp {
             latest: now,
             last_sequence: 0,
             replay: HashMap::new(),
+            replying_on: None,
         }
     }
 
@@ -539,6 +550,14 @@ impl Enrp {
             }
         };
         let sender = message.sender_server_id;
+        if let Body::Error { error } = &message.body
+            && (sender == self.config.server_id || sender == 0)
+        {
+            // RSPLIB's registrar sends ENRP Errors with the receiver's (our) server id as
+            // the sender. Dropping it as "our own" would hide what the peer refused.
+            self.count_errors_received(from, sender, error);
+            return out;
+        }
         if sender == self.config.server_id || sender == 0 {
             self.count_malformed("bad_sender_id");
             tracing::debug!(%from, sender, "ENRP message with our own or no server id");
@@ -598,7 +617,7 @@ impl Enrp {
                 self.peer_mut(sender).remote_checksum = Some(pe_checksum);
                 if reply_required {
                     let presence = self.presence(server, false);
-                    self.send(sender, presence, &mut out);
+                    self.reply(from, sender, presence, &mut out);
                 }
                 let local = server.handlespace().home_checksum(sender);
                 let syncing = self.peer_mut(sender).sync.is_some();
@@ -615,7 +634,9 @@ impl Enrp {
                 }
             }
             Body::HandleTableRequest { own_children_only } => {
+                self.replying_on = Some(from);
                 self.answer_table_request(now, sender, own_children_only, server, &mut out);
+                self.replying_on = None;
             }
             Body::HandleTableResponse {
                 reject,
@@ -681,7 +702,8 @@ impl Enrp {
                         });
                     }
                 }
-                self.send(
+                self.reply(
+                    from,
                     sender,
                     Body::ListResponse {
                         reject: false,
@@ -774,11 +796,7 @@ impl Enrp {
                 }
             }
             Body::Error { error } => {
-                tracing::warn!(
-                    peer = format_args!("{sender:#010x}"),
-                    ?error,
-                    "ENRP Error from peer"
-                );
+                self.count_errors_received(from, sender, &error);
                 self.count_malformed("peer_error");
             }
         }
@@ -1144,9 +1162,41 @@ impl Enrp {
         }
     }
 
-    /// Sends `body` to peer `id` if we know where it is.
+    /// Answers a request from peer `id` that came in on the association with `from`: on
+    /// that association (see [`Outgoing::reply_on`]), whether or not we know where the
+    /// peer listens.
+    fn reply(&mut self, from: SocketAddr, id: u32, body: Body, out: &mut Vec<Outgoing>) {
+        self.replying_on = Some(from);
+        self.send(id, body, out);
+        self.replying_on = None;
+    }
+
+    /// Logs and counts an ENRP Error by cause.
+    fn count_errors_received(&mut self, from: SocketAddr, sender: u32, error: &OperationError) {
+        for cause in &error.causes {
+            let code = format!("{:#06x}", cause.code);
+            tracing::warn!(
+                %from,
+                sender = format_args!("{sender:#010x}"),
+                cause = %code,
+                info_len = cause.info.len(),
+                "ENRP Error from peer: it refused something we sent"
+            );
+            counter!("poolflow_registrar_enrp_errors_received_total", "cause" => code.clone())
+                .increment(1);
+            *self.counters.errors_received.entry(code).or_default() += 1;
+        }
+    }
+
+    /// Sends `body` to peer `id` if we know where it is (or on the association of the
+    /// request being answered).
     fn send(&mut self, id: u32, body: Body, out: &mut Vec<Outgoing>) {
-        match self.peers.get(&id).and_then(|peer| peer.address) {
+        match self
+            .peers
+            .get(&id)
+            .and_then(|peer| peer.address)
+            .or(self.replying_on)
+        {
             Some(address) => self.emit(address, id, body, out),
             None => {
                 tracing::debug!(
@@ -1190,6 +1240,7 @@ impl Enrp {
             to,
             payload,
             reconnect,
+            reply_on: self.replying_on,
         });
     }
 
@@ -1287,12 +1338,35 @@ pub fn transport_of(address: SocketAddr) -> TransportAddress {
     }
 }
 
-/// The first address of a Server Information transport; an unspecified
-/// address means "where the message came from".
+/// The first usable address of a Server Information transport; an unspecified
+/// address means "where the message came from". A loopback or link-local address
+/// is usable only from a peer that is itself on loopback: RSPLIB lists `::1` first,
+/// and from another host that is ourselves. With no usable address, the address
+/// the message came from.
 fn socket_of(transport: &TransportAddress, from: SocketAddr) -> Option<SocketAddr> {
-    let ip = *transport.addresses.first()?;
-    let ip = if ip.is_unspecified() { from.ip() } else { ip };
+    let peer_on_loopback = from.ip().is_loopback()
+        || matches!(from.ip(), std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()));
+    if transport.addresses.is_empty() {
+        return None;
+    }
+    let ip = transport
+        .addresses
+        .iter()
+        .map(|&ip| if ip.is_unspecified() { from.ip() } else { ip })
+        .find(|&ip| peer_on_loopback || !is_local_scope(ip))
+        .unwrap_or(from.ip());
     Some(SocketAddr::new(ip, transport.port))
+}
+
+/// Loopback or link-local: meaningful only on the host (or link) that sent it.
+fn is_local_scope(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback() || v4.is_link_local(),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.is_loopback() || v4.is_link_local(),
+            None => v6.is_loopback() || (v6.segments()[0] & 0xffc0) == 0xfe80,
+        },
+    }
 }
 
 fn body_name(body: &Body) -> &'static str {

@@ -64,6 +64,16 @@ pub fn pool_element_of(entry: &PoolElementEntry) -> PoolElement {
     }
 }
 
+/// The ASAP Transport parameter of a PE that gave none: the address and port its ASAP
+/// association comes from (SCTP, as RFC 5352 has ASAP run over).
+fn asap_transport_of(remote: SocketAddr) -> TransportAddress {
+    TransportAddress {
+        kind: protocol::rserpool::TransportKind::Sctp(protocol::rserpool::TransportUse::DataOnly),
+        port: remote.port(),
+        addresses: vec![canonical_ip(remote.ip())],
+    }
+}
+
 /// An IPv4-mapped IPv6 address (a dual-stack socket's view of an IPv4 peer)
 /// as the IPv4 address, so "10.0.0.0/8" matches it.
 fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
@@ -677,6 +687,7 @@ impl Server {
             return;
         }
         let remote_ip = peer.remote.map(|addr| addr.ip());
+        let remote_addr = peer.remote;
 
         // RFC 5352 §6 / RFC 5355 §3.1: only members join a closed pool. The
         // signature covers the Pool Element as sent, before any fill-in.
@@ -734,7 +745,12 @@ impl Server {
         let registration = Registration {
             id: pe_identifier,
             user_transport,
-            asap_transport: pool_element.asap_transport,
+            // RFC 5353 peers (RSPLIB answers ENRP Error 0xf006 otherwise) need an ASAP
+            // Transport in every Pool Element we send over ENRP: when the PE gave none, it
+            // is where its ASAP association comes from.
+            asap_transport: pool_element
+                .asap_transport
+                .or_else(|| remote_addr.map(asap_transport_of)),
             policy: pool_element.policy,
             params,
             registration_life: pool_element.registration_life,

@@ -76,19 +76,28 @@ pub struct Config {
     /// Give up establishing an association after this long.
     pub connect_timeout: Duration,
     /// SCTP over UDP: hand runs of equal-size packets for one peer to the kernel in one
-    /// `sendmsg` (UDP GSO, Linux) instead of one system call each. The peer receives the same
-    /// UDP datagrams either way, but a capture on the sending host (`tcpdump`/`tshark` on
-    /// `lo` in particular) sees each run as one oversized datagram, as it sees TCP segments
-    /// before TSO: turn this off to capture exactly what goes on the wire. **Turn it off when
-    /// the peer is the Linux kernel's own SCTP over UDP on the same host** (this namespace or
-    /// another reached through a `veth`): Linux 6.1 can crash (double free in `sctp_udp_rcv`)
-    /// when such batches reach its SCTP-over-UDP socket. The driver skips GSO while
-    /// `net.sctp.udp_port` is set here, but the kernel-VM test still crashed the guest in 2
-    /// of 8 boots with GSO on (0 of 14 with it off), so that guard alone is not enough.
+    /// `sendmsg` (UDP GSO, Linux) instead of one system call each. **Off by default.** The
+    /// kernel is meant to cut such a batch into one UDP datagram per SCTP packet, but a
+    /// batch that crosses loopback or a `veth` can reach the peer (or a capture) still whole:
+    /// RSPLIB's sctplib then checks the CRC over the whole buffer and drops every packet in
+    /// it, and tshark shows a malformed packet; Linux 6.1's own SCTP over UDP can crash
+    /// (double free in `sctp_udp_rcv`; the kernel-VM test crashed the guest in 2 of 8 boots
+    /// with GSO on, 0 of 14 with it off). RFC 6951 wants one SCTP packet per datagram, and a
+    /// peer cannot tell us whether it copes, so turn this on only where every peer is this
+    /// stack and reads with `recvmmsg`/GRO splitting (it saves system calls on bulk sends).
+    /// The driver still skips GSO while `net.sctp.udp_port` is set in this namespace.
     pub udp_segmentation_offload: bool,
     /// TCP only: TLS around the framed stream (RFC 7011 section 11), see
     /// [`tls::StreamTls`]. Other transports refuse to bind or connect with it.
     pub tls: Option<tls::StreamTls>,
+    /// SCTP over UDP, [`connect`] only: the local UDP port (the RFC 6951 encapsulation port)
+    /// an outbound association leaves from, and so the port the peer's replies must reach.
+    /// 0 (the default) picks an ephemeral port. Stacks that answer to a fixed port whatever
+    /// the source port was (RSPLIB's sctplib answers to 9899) need this set to that port;
+    /// where it is taken (another association of this process, a collector listening on it)
+    /// the association falls back to an ephemeral port with a warning. An [`Endpoint`] that
+    /// listens uses its listening port for [`Endpoint::connect`] and ignores this.
+    pub local_udp_port: u16,
 }
 
 impl Default for Config {
@@ -108,8 +117,9 @@ impl Default for Config {
             send_buffer_bytes: 4 * 1024 * 1024,
             receive_queue_len: 4096,
             connect_timeout: Duration::from_secs(10),
-            udp_segmentation_offload: true,
+            udp_segmentation_offload: false,
             tls: None,
+            local_udp_port: 0,
         }
     }
 }
@@ -299,29 +309,111 @@ impl Endpoint {
     }
 
     /// Opens an association from this endpoint's socket (SCTP over UDP shares the socket;
-    /// TCP opens a new connection).
+    /// TCP opens a new connection). SCTP over UDP: the peer's SCTP port is the configured
+    /// `sctp_port`; see [`Endpoint::connect_to_port`].
     pub async fn connect(&self, remote: SocketAddr) -> Result<Association, TransportError> {
         match &self.inner {
-            EndpointInner::SctpOverUdp(endpoint) => endpoint.connect(remote).await,
+            EndpointInner::SctpOverUdp(endpoint) => endpoint.connect(remote, None).await,
+            EndpointInner::Tcp(endpoint) => endpoint.connect(remote).await,
+            EndpointInner::KernelSctp(endpoint) => endpoint.connect(remote).await,
+        }
+    }
+
+    /// A cloneable handle that opens associations from this endpoint's socket.
+    pub fn connector(&self, config: &Config) -> Connector {
+        let inner = match &self.inner {
+            EndpointInner::SctpOverUdp(endpoint) => {
+                ConnectorInner::SctpOverUdp(endpoint.connector())
+            }
+            EndpointInner::Tcp(_) | EndpointInner::KernelSctp(_) => {
+                ConnectorInner::Fresh(Box::new(config.clone()))
+            }
+        };
+        Connector { inner }
+    }
+
+    /// As [`Endpoint::connect`], naming the peer's SCTP port (SCTP over UDP: `remote` is the
+    /// peer's UDP encapsulation address, `sctp_port` the port in the SCTP common header; the
+    /// other transports have one port and ignore it). The association leaves from this
+    /// endpoint's UDP port and SCTP port, so a peer that answers to the port it knows from
+    /// our advertisements (RFC 5353 ENRP, RFC 6951 section 5.4) reaches it.
+    pub async fn connect_to_port(
+        &self,
+        remote: SocketAddr,
+        sctp_port: u16,
+    ) -> Result<Association, TransportError> {
+        match &self.inner {
+            EndpointInner::SctpOverUdp(endpoint) => endpoint.connect(remote, Some(sctp_port)).await,
             EndpointInner::Tcp(endpoint) => endpoint.connect(remote).await,
             EndpointInner::KernelSctp(endpoint) => endpoint.connect(remote).await,
         }
     }
 }
 
-/// Opens an association to `remote` from a fresh ephemeral socket.
+/// Opens associations from an [`Endpoint`]'s socket while another task accepts on it (SCTP
+/// over UDP; the other transports open a new socket per association, as [`connect`] does).
+#[derive(Clone)]
+pub struct Connector {
+    inner: ConnectorInner,
+}
+
+#[derive(Clone)]
+enum ConnectorInner {
+    SctpOverUdp(sctp_udp::SctpUdpConnector),
+    Fresh(Box<Config>),
+}
+
+impl Connector {
+    /// See [`Endpoint::connect_to_port`].
+    pub async fn connect_to_port(
+        &self,
+        remote: SocketAddr,
+        sctp_port: u16,
+    ) -> Result<Association, TransportError> {
+        match &self.inner {
+            ConnectorInner::SctpOverUdp(connector) => {
+                connector.connect(remote, Some(sctp_port)).await
+            }
+            ConnectorInner::Fresh(config) => connect((**config).clone(), remote).await,
+        }
+    }
+}
+
+/// Opens an association to `remote` from a fresh socket (ephemeral unless
+/// `Config::local_udp_port` is set).
 pub async fn connect(config: Config, remote: SocketAddr) -> Result<Association, TransportError> {
     config.check_tls()?;
     match config.transport {
         TransportKind::SctpOverUdp => {
-            let local: SocketAddr = if remote.is_ipv4() {
-                "0.0.0.0:0".parse().expect("literal address")
+            let unspecified: std::net::IpAddr = if remote.is_ipv4() {
+                std::net::Ipv4Addr::UNSPECIFIED.into()
             } else {
-                "[::]:0".parse().expect("literal address")
+                std::net::Ipv6Addr::UNSPECIFIED.into()
             };
-            sctp_udp::SctpUdpEndpoint::bind(config, local, false)?
-                .connect(remote)
-                .await
+            let endpoint = if config.local_udp_port == 0 {
+                sctp_udp::SctpUdpEndpoint::bind(config, SocketAddr::new(unspecified, 0), false)?
+            } else {
+                let wanted = SocketAddr::new(unspecified, config.local_udp_port);
+                match sctp_udp::SctpUdpEndpoint::bind(config.clone(), wanted, false) {
+                    Ok(endpoint) => endpoint,
+                    Err(error) => {
+                        tracing::warn!(
+                            %remote,
+                            %error,
+                            port = config.local_udp_port,
+                            "local UDP encapsulation port unavailable: this association \
+                             leaves from an ephemeral port, and a peer that answers to the \
+                             fixed port will not be heard"
+                        );
+                        sctp_udp::SctpUdpEndpoint::bind(
+                            config,
+                            SocketAddr::new(unspecified, 0),
+                            false,
+                        )?
+                    }
+                }
+            };
+            endpoint.connect(remote, None).await
         }
         TransportKind::Tcp => tcp::connect(&config, remote).await,
         TransportKind::KernelSctp => kernel_sctp::connect(config, remote).await,

@@ -57,6 +57,8 @@ type AppId = u64;
 enum Command {
     Connect {
         remote: SocketAddr,
+        /// The peer's SCTP port, when it is not `Config::sctp_port`.
+        remote_sctp_port: Option<u16>,
         reply: oneshot::Sender<Result<Association, TransportError>>,
     },
     Send {
@@ -169,21 +171,75 @@ impl SctpUdpEndpoint {
         self.local_addr
     }
 
+    /// A handle that opens associations from this endpoint's socket while another task
+    /// accepts.
+    pub(crate) fn connector(&self) -> SctpUdpConnector {
+        SctpUdpConnector {
+            connect_timeout: self.connect_timeout,
+            commands: self.commands.clone(),
+        }
+    }
+
     pub(crate) async fn accept(&mut self) -> Option<Association> {
         self.accepted.recv().await
     }
 
-    pub(crate) async fn connect(&self, remote: SocketAddr) -> Result<Association, TransportError> {
-        let (reply, reply_rx) = oneshot::channel();
-        self.commands
-            .send(Command::Connect { remote, reply })
-            .map_err(|_| TransportError::Closed)?;
-        // The driver enforces the deadline itself; this only guards against a lost reply.
-        match tokio::time::timeout(self.connect_timeout * 2, reply_rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(TransportError::Closed),
-            Err(_) => Err(TransportError::ConnectTimeout(self.connect_timeout)),
-        }
+    pub(crate) async fn connect(
+        &self,
+        remote: SocketAddr,
+        remote_sctp_port: Option<u16>,
+    ) -> Result<Association, TransportError> {
+        connect_with(
+            &self.commands,
+            self.connect_timeout,
+            remote,
+            remote_sctp_port,
+        )
+        .await
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct SctpUdpConnector {
+    connect_timeout: Duration,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl SctpUdpConnector {
+    pub(crate) async fn connect(
+        &self,
+        remote: SocketAddr,
+        remote_sctp_port: Option<u16>,
+    ) -> Result<Association, TransportError> {
+        connect_with(
+            &self.commands,
+            self.connect_timeout,
+            remote,
+            remote_sctp_port,
+        )
+        .await
+    }
+}
+
+async fn connect_with(
+    commands: &mpsc::UnboundedSender<Command>,
+    connect_timeout: Duration,
+    remote: SocketAddr,
+    remote_sctp_port: Option<u16>,
+) -> Result<Association, TransportError> {
+    let (reply, reply_rx) = oneshot::channel();
+    commands
+        .send(Command::Connect {
+            remote,
+            remote_sctp_port,
+            reply,
+        })
+        .map_err(|_| TransportError::Closed)?;
+    // The driver enforces the deadline itself; this only guards against a lost reply.
+    match tokio::time::timeout(connect_timeout * 2, reply_rx).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(TransportError::Closed),
+        Err(_) => Err(TransportError::ConnectTimeout(connect_timeout)),
     }
 }
 
@@ -614,7 +670,11 @@ impl Driver {
 
     fn on_command(&mut self, command: Command) {
         match command {
-            Command::Connect { remote, reply } => self.connect(remote, reply),
+            Command::Connect {
+                remote,
+                remote_sctp_port,
+                reply,
+            } => self.connect(remote, remote_sctp_port, reply),
             Command::Send {
                 id,
                 message,
@@ -676,6 +736,7 @@ impl Driver {
     fn connect(
         &mut self,
         remote: SocketAddr,
+        remote_sctp_port: Option<u16>,
         reply: oneshot::Sender<Result<Association, TransportError>>,
     ) {
         if self.entries.values().any(|entry| entry.remote == remote) {
@@ -684,8 +745,13 @@ impl Driver {
             ))));
             return;
         }
-        let transport =
-            transport_config(&self.config, self.local_addr.port(), self.config.sctp_port);
+        // Our SCTP source port is our UDP port: a listening endpoint's outbound associations
+        // carry the port it listens (and is advertised) on.
+        let transport = transport_config(
+            &self.config,
+            self.local_addr.port(),
+            remote_sctp_port.unwrap_or(self.config.sctp_port),
+        );
         let mut client = ClientConfig::new();
         client.transport = Arc::new(transport);
         match self.endpoint.connect(client, remote) {
