@@ -6,12 +6,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+pub use daemon_common::LogFormat;
 
 /// IANA port for IPFIX over UDP, TCP and SCTP (RFC 7011 section 10).
 pub const IPFIX_PORT: u16 = 4739;
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CollectorConfig {
     /// SQLite database file the records go to.
@@ -53,13 +55,6 @@ pub struct CollectorConfig {
     pub log_format: LogFormat,
     /// Register as a pool element (RFC 5352); absent: a standalone collector.
     pub pool: Option<crate::pool::PoolConfig>,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 impl Default for CollectorConfig {

@@ -21,7 +21,7 @@ use protocol::signing;
 use serde::Deserialize;
 
 /// `[pool]`: register this collector under a pool handle.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     /// Pool handle to join, e.g. "billing-collectors" (at most 32 bytes).

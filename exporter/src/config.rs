@@ -13,7 +13,7 @@ use crate::pool_user::ExporterConfig;
 use crate::replay::ReplayLimits;
 
 /// The whole file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamConfig {
     /// 32-bit exporter id, unique in the pool.
@@ -37,6 +37,10 @@ pub struct StreamConfig {
     /// Prometheus endpoint, e.g. "127.0.0.1:9466"; none if absent.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// `text` or `json` logs (`--log-format` overrides; `RUST_LOG` sets the
+    /// level).
+    #[serde(default)]
+    pub log_format: daemon_common::LogFormat,
     /// Replay buffer.
     #[serde(default)]
     pub buffer: BufferConfig,
@@ -53,7 +57,7 @@ pub struct StreamConfig {
 
 /// `[best_effort]`: which records are not billing records and how they go
 /// out (PR-SCTP on their own stream, RFC 3758 "ttl" policy).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BestEffortConfig {
     /// Observation domains whose records are best effort (the relay: the
@@ -80,7 +84,7 @@ impl Default for BestEffortConfig {
 
 /// `[relay]`: listeners for routers' IPFIX and NetFlow v9, and the limits
 /// that keep one router from exhausting the relay (as the collector has).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RelayConfig {
     /// UDP addresses for IPFIX and NetFlow v9 (told apart by version).
@@ -166,7 +170,7 @@ impl RelayConfig {
 }
 
 /// `[buffer]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BufferConfig {
     /// Records per domain kept in memory (the send window).
@@ -203,7 +207,7 @@ impl Default for BufferConfig {
 }
 
 /// `[timers]`, all in milliseconds (sub-second values allowed).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TimersConfig {
     /// No cookie progress for this long with records outstanding: failover.

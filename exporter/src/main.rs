@@ -34,14 +34,40 @@ enum Command {
     /// record to the collector pool as `stream` does (billing sequences,
     /// cookies, replay, failover). Runs until SIGTERM/SIGINT, then drains.
     Relay(RelayArgs),
+    /// Print the effective configuration (defaults + file + flags) as TOML.
+    ShowConfig(ConfigArgs),
+}
+
+/// The configuration options `stream`, `relay` and `show-config` share.
+#[derive(Args)]
+struct ConfigArgs {
+    /// TOML configuration file (see exporter/exporter.toml.example).
+    /// Required: the exporter id, pool handle, registrars and state file
+    /// have no defaults.
+    #[arg(short, long, value_name = "FILE", env = "POOLFLOW_EXPORTER_CONFIG")]
+    config: PathBuf,
+    /// Log format (`RUST_LOG` sets the level, default info); overrides the
+    /// file's `log_format`.
+    #[arg(long, value_enum)]
+    log_format: Option<daemon_common::LogFormat>,
+}
+
+impl ConfigArgs {
+    /// The file, then the flags.
+    fn effective_config(&self) -> Result<StreamConfig> {
+        let mut config = StreamConfig::load(&self.config)?;
+        if let Some(format) = self.log_format {
+            config.log_format = format;
+        }
+        Ok(config)
+    }
 }
 
 #[derive(Args)]
 struct RelayArgs {
-    /// TOML configuration with a [relay] section (see
-    /// exporter/exporter.toml.example).
-    #[arg(long)]
-    config: PathBuf,
+    /// The configuration, with a [relay] section.
+    #[command(flatten)]
+    config: ConfigArgs,
     /// After a stop signal: longest wait for the last cookies, seconds
     /// (unacknowledged records stay in the spill for the next run).
     #[arg(long, default_value_t = 30)]
@@ -50,9 +76,9 @@ struct RelayArgs {
 
 #[derive(Args)]
 struct StreamArgs {
-    /// TOML configuration (see exporter/exporter.toml.example).
-    #[arg(long)]
-    config: PathBuf,
+    /// The configuration.
+    #[command(flatten)]
+    config: ConfigArgs,
     /// Records to send (then wait for their cookies and exit).
     #[arg(long, default_value_t = 100_000)]
     records: u64,
@@ -98,19 +124,21 @@ struct GenerateArgs {
     /// Number of the first synthetic record.
     #[arg(long, default_value_t = 0)]
     first_record: u64,
+    /// Log format (`RUST_LOG` sets the level, default info).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: daemon_common::LogFormat,
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     match Cli::parse().command {
         Command::Stream(a) => stream(a),
         Command::Relay(a) => relay(a),
+        Command::ShowConfig(a) => {
+            print!("{}", toml::to_string_pretty(&a.effective_config()?)?);
+            Ok(())
+        }
         Command::Generate(a) => {
+            daemon_common::init_logging(a.log_format, "info")?;
             let config = GenerateConfig {
                 target: a.to,
                 transport: a.transport,
@@ -140,9 +168,15 @@ fn main() -> Result<()> {
 }
 
 fn stream(args: StreamArgs) -> Result<()> {
-    let config = StreamConfig::load(&args.config)?;
+    let config = args.config.effective_config()?;
+    daemon_common::init_logging(config.log_format, "info")?;
     let runtime = tokio::runtime::Runtime::new().context("starting tokio")?;
     runtime.block_on(async move {
+        // Installed before anything starts so an early SIGHUP cannot kill
+        // the process; SIGTERM and SIGINT stop as Ctrl-C always did (the
+        // unsent records keep their reserved sequences, the state is saved).
+        let mut signals =
+            daemon_common::Signals::install().context("installing signal handlers")?;
         if let Some(listen) = config.metrics_listen {
             metrics_exporter_prometheus::PrometheusBuilder::new()
                 .with_http_listener(listen)
@@ -165,8 +199,23 @@ fn stream(args: StreamArgs) -> Result<()> {
             "`observation_domain` is a billing domain: it cannot be in `[best_effort] domains`"
         );
         let (input_tx, input) = tokio::sync::mpsc::channel(4096);
+        // First SIGTERM/SIGINT: the input ends, the sent records drain (up
+        // to --exit-drain-timeout-secs) and the state is saved, as at the
+        // end of the records; a second one stops at once (state saved,
+        // unacknowledged records reported). The same as `relay`.
+        let (stop_input_tx, stop_input) = tokio::sync::watch::channel(false);
+        let (second_signal_tx, second_signal) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            signals.stop().await;
+            eprintln!("stopping: no more records, waiting for the cookies of those sent");
+            let _ = stop_input_tx.send(true);
+            signals.stop().await;
+            eprintln!("second signal: stopping without waiting for cookies");
+            let _ = second_signal_tx.send(());
+        });
         tokio::spawn(synthetic_input(
             input_tx,
+            stop_input,
             SyntheticInput {
                 domain: config.observation_domain,
                 first: args.first_record,
@@ -175,8 +224,8 @@ fn stream(args: StreamArgs) -> Result<()> {
                 rate: args.rate,
             },
         ));
-        let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
+        let shutdown = async move {
+            let _ = second_signal.await;
         };
         let report = exporter::stream::run(settings, input, shutdown, |progress| match progress {
             Progress::Status {
@@ -234,7 +283,8 @@ fn stream(args: StreamArgs) -> Result<()> {
 }
 
 fn relay(args: RelayArgs) -> Result<()> {
-    let config = StreamConfig::load(&args.config)?;
+    let config = args.config.effective_config()?;
+    daemon_common::init_logging(config.log_format, "info")?;
     let runtime = tokio::runtime::Runtime::new().context("starting tokio")?;
     runtime.block_on(async move {
         if let Some(listen) = config.metrics_listen {
@@ -279,7 +329,11 @@ struct SyntheticInput {
 
 /// Synthetic records at a rate; the channel's capacity passes the exporter's
 /// back-pressure on to this generator.
-async fn synthetic_input(tx: tokio::sync::mpsc::Sender<InputRecord>, input: SyntheticInput) {
+async fn synthetic_input(
+    tx: tokio::sync::mpsc::Sender<InputRecord>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    input: SyntheticInput,
+) {
     let base_millis = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -288,10 +342,16 @@ async fn synthetic_input(tx: tokio::sync::mpsc::Sender<InputRecord>, input: Synt
     let started = Instant::now();
     let (mut billing_sent, mut best_effort_sent) = (0u64, 0u64);
     for i in 0..total {
+        if *stop.borrow() {
+            return;
+        }
         if let Some(rate) = input.rate.filter(|&r| r > 0) {
             let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
             if due > Instant::now() {
-                tokio::time::sleep_until(due.into()).await;
+                tokio::select! {
+                    () = tokio::time::sleep_until(due.into()) => {}
+                    _ = stop.changed() => return,
+                }
             }
         }
         // Best-effort records at evenly spaced positions (integer
@@ -320,8 +380,11 @@ async fn synthetic_input(tx: tokio::sync::mpsc::Sender<InputRecord>, input: Synt
             bytes,
             class,
         };
-        if tx.send(record).await.is_err() {
-            return;
+        // A stop signal must end the input even while the pool holds it
+        // back (no collector reachable).
+        tokio::select! {
+            sent = tx.send(record) => if sent.is_err() { return },
+            _ = stop.changed() => return,
         }
     }
 }

@@ -1132,12 +1132,13 @@ pub async fn run(config: StreamConfig, options: RelayOptions) -> anyhow::Result<
 
     let (second_signal_tx, second_signal) = tokio::sync::oneshot::channel::<()>();
     let stop_signal = Arc::clone(&stop);
+    let mut signals = daemon_common::Signals::install().context("installing signal handlers")?;
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.stop().await;
         tracing::info!("stopping: listeners closed, draining to the pool");
         stop_signal.store(true, Ordering::Relaxed);
         let _ = shutdown_tx.send(true);
-        wait_for_signal().await;
+        signals.stop().await;
         tracing::warn!("second signal: stopping without waiting for cookies");
         let _ = second_signal_tx.send(());
         // Keep the watch sender alive until here so listeners see `true`.
@@ -1164,28 +1165,6 @@ pub async fn run(config: StreamConfig, options: RelayOptions) -> anyhow::Result<
         let _ = thread.join();
     }
     report
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 #[cfg(test)]

@@ -472,8 +472,8 @@ impl EnrpSettings {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
-    /// "text" or "json".
-    pub format: String,
+    /// `text` or `json` (the same spelling in every poolflow daemon).
+    pub format: daemon_common::LogFormat,
     /// tracing filter, e.g. "info" or "registrar=debug"; RUST_LOG wins.
     pub filter: String,
 }
@@ -481,7 +481,7 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
-            format: "text".to_string(),
+            format: daemon_common::LogFormat::Text,
             filter: "info".to_string(),
         }
     }
