@@ -103,14 +103,14 @@ memory_records = 200000
 max_records = 2000000
 spill_dir = "$run/spill"
 [timers]
-cookie_timeout_ms = 1000
-failback_check_ms = 200
-drain_timeout_ms = 5000
-retry_interval_ms = 200
-failback_holdoff_ms = 500
-connect_timeout_ms = 1000
-cache_lifetime_ms = 500
-registrar_request_timeout_ms = 1000
+cookie_timeout = "1s"
+failback_check = "200ms"
+drain_timeout = "5s"
+retry_interval = "200ms"
+failback_holdoff = "500ms"
+connect_timeout = "1s"
+cache_lifetime = "500ms"
+registrar_request_timeout = "1s"
 fast_failure_detection = true
 EOF
 

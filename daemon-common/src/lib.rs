@@ -10,6 +10,8 @@
 
 #![warn(missing_docs)]
 
+pub mod duration;
+
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
 

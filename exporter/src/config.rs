@@ -53,6 +53,10 @@ pub struct StreamConfig {
     /// Records nobody bills from: PR-SCTP instead of cookies and replay.
     #[serde(default)]
     pub best_effort: BestEffortConfig,
+    /// Legacy keys the file used (`cookie_timeout_ms`, ...), one warning
+    /// each, logged once logging is set up.
+    #[serde(skip)]
+    pub deprecated_keys: Vec<String>,
 }
 
 /// `[best_effort]`: which records are not billing records and how they go
@@ -65,8 +69,9 @@ pub struct BestEffortConfig {
     /// `--best-effort-records` go, the first one).
     pub domains: Vec<u32>,
     /// A best-effort message not delivered within this long is abandoned
-    /// (never retransmitted after), milliseconds.
-    pub lifetime_ms: u64,
+    /// (never retransmitted after).
+    #[serde(with = "daemon_common::duration::serde")]
+    pub lifetime: Duration,
     /// Best-effort records queued per domain while no collector takes
     /// them; beyond this the oldest are dropped and counted.
     pub queue_records: usize,
@@ -76,7 +81,7 @@ impl Default for BestEffortConfig {
     fn default() -> Self {
         Self {
             domains: Vec::new(),
-            lifetime_ms: 1000,
+            lifetime: Duration::from_secs(1),
             queue_records: 10_000,
         }
     }
@@ -105,10 +110,12 @@ pub struct RelayConfig {
     /// UDP routers (address and port) tracked at once; the idlest is
     /// dropped to admit a new one.
     pub max_udp_sessions: usize,
-    /// A silent UDP router session is forgotten after this many seconds.
-    pub udp_idle_timeout_secs: u64,
-    /// UDP template lifetime without refresh, seconds (RFC 7011 8.4).
-    pub template_lifetime_secs: u64,
+    /// A silent UDP router session is forgotten after this long.
+    #[serde(with = "daemon_common::duration::serde")]
+    pub udp_idle_timeout: Duration,
+    /// UDP template lifetime without refresh (RFC 7011 8.4; whole seconds).
+    #[serde(with = "daemon_common::duration::serde")]
+    pub template_lifetime: Duration,
     /// Concurrent TCP connections.
     pub max_tcp_connections: usize,
     /// Kernel receive buffer of each UDP socket, bytes.
@@ -128,8 +135,8 @@ impl Default for RelayConfig {
             max_templates_per_session: 4096,
             max_domains_per_session: 1024,
             max_udp_sessions: 4096,
-            udp_idle_timeout_secs: 3600,
-            template_lifetime_secs: 1800,
+            udp_idle_timeout: Duration::from_secs(3600),
+            template_lifetime: Duration::from_secs(1800),
             max_tcp_connections: 256,
             udp_receive_buffer_bytes: 32 * 1024 * 1024,
             queue_records: 65_536,
@@ -206,29 +213,39 @@ impl Default for BufferConfig {
     }
 }
 
-/// `[timers]`, all in milliseconds (sub-second values allowed).
+/// `[timers]`: durations with units ("5s", "200ms"); the legacy `_ms` keys
+/// are accepted with a warning (`daemon_common::duration`).
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TimersConfig {
     /// No cookie progress for this long with records outstanding: failover.
-    pub cookie_timeout_ms: u64,
+    #[serde(with = "daemon_common::duration::serde")]
+    pub cookie_timeout: Duration,
     /// While not on the top Priority PE: failback poll period.
-    pub failback_check_ms: u64,
+    #[serde(with = "daemon_common::duration::serde")]
+    pub failback_check: Duration,
     /// Longest drain before a failback (then: failover).
-    pub drain_timeout_ms: u64,
+    #[serde(with = "daemon_common::duration::serde")]
+    pub drain_timeout: Duration,
     /// No PE reachable: re-resolve after this long.
-    pub retry_interval_ms: u64,
+    #[serde(with = "daemon_common::duration::serde")]
+    pub retry_interval: Duration,
     /// No failback to a PE within this long of its failure (a registrar
     /// may list a dead PE until its keep-alive timeout).
-    pub failback_holdoff_ms: u64,
+    #[serde(with = "daemon_common::duration::serde")]
+    pub failback_holdoff: Duration,
     /// Persist cookies at most this often.
-    pub state_sync_interval_ms: u64,
+    #[serde(with = "daemon_common::duration::serde")]
+    pub state_sync_interval: Duration,
     /// Give up connecting to a collector after this long.
-    pub connect_timeout_ms: u64,
+    #[serde(with = "daemon_common::duration::serde")]
+    pub connect_timeout: Duration,
     /// PU cache lifetime (`stale.cache.value`, RFC 5352 §5).
-    pub cache_lifetime_ms: u64,
+    #[serde(with = "daemon_common::duration::serde")]
+    pub cache_lifetime: Duration,
     /// T1-ENRPrequest: wait for a registrar's answer.
-    pub registrar_request_timeout_ms: u64,
+    #[serde(with = "daemon_common::duration::serde")]
+    pub registrar_request_timeout: Duration,
     /// Use sub-second SCTP failure detection (heartbeat 50 ms, RTO ≤ 100 ms)
     /// on the data association instead of RFC 9260 defaults.
     pub fast_failure_detection: bool,
@@ -237,15 +254,15 @@ pub struct TimersConfig {
 impl Default for TimersConfig {
     fn default() -> Self {
         Self {
-            cookie_timeout_ms: 5_000,
-            failback_check_ms: 500,
-            drain_timeout_ms: 5_000,
-            retry_interval_ms: 1_000,
-            failback_holdoff_ms: 1_000,
-            state_sync_interval_ms: 100,
-            connect_timeout_ms: 2_000,
-            cache_lifetime_ms: 30_000,
-            registrar_request_timeout_ms: 2_000,
+            cookie_timeout: Duration::from_millis(5_000),
+            failback_check: Duration::from_millis(500),
+            drain_timeout: Duration::from_millis(5_000),
+            retry_interval: Duration::from_millis(1_000),
+            failback_holdoff: Duration::from_millis(1_000),
+            state_sync_interval: Duration::from_millis(100),
+            connect_timeout: Duration::from_millis(2_000),
+            cache_lifetime: Duration::from_millis(30_000),
+            registrar_request_timeout: Duration::from_millis(2_000),
             fast_failure_detection: true,
         }
     }
@@ -273,7 +290,10 @@ impl StreamConfig {
 
     /// Parses and checks TOML text.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
-        let config: Self = toml::from_str(text)?;
+        let mut table: toml::Table = toml::from_str(text)?;
+        let deprecated_keys = daemon_common::duration::upgrade_legacy_keys(&mut table, "")?;
+        let mut config: Self = table.try_into()?;
+        config.deprecated_keys = deprecated_keys;
         if config.registrars.is_empty() {
             bail!("`registrars` is empty");
         }
@@ -328,7 +348,7 @@ impl StreamConfig {
         } else {
             transport::Config::default()
         };
-        transport.connect_timeout = Duration::from_millis(t.connect_timeout_ms);
+        transport.connect_timeout = t.connect_timeout;
         Ok(crate::stream::StreamSettings {
             exporter: self.exporter_config(),
             templates,
@@ -336,8 +356,8 @@ impl StreamConfig {
             registrars: self.registrar_addresses()?,
             state_file: crate::sequence::StateFile::new(&self.state_file),
             transport,
-            cache_lifetime: Duration::from_millis(t.cache_lifetime_ms),
-            registrar_request_timeout: Duration::from_millis(t.registrar_request_timeout_ms),
+            cache_lifetime: t.cache_lifetime,
+            registrar_request_timeout: t.registrar_request_timeout,
             exit_drain_timeout,
             durable: self.durable_settings(),
         })
@@ -360,12 +380,12 @@ impl StreamConfig {
         ExporterConfig {
             exporter_id: self.exporter_id,
             message_size: self.message_size,
-            cookie_timeout: Duration::from_millis(t.cookie_timeout_ms),
-            failback_check: Duration::from_millis(t.failback_check_ms),
-            drain_timeout: Duration::from_millis(t.drain_timeout_ms),
-            retry_interval: Duration::from_millis(t.retry_interval_ms),
-            failback_holdoff: Duration::from_millis(t.failback_holdoff_ms),
-            state_sync_interval: Duration::from_millis(t.state_sync_interval_ms),
+            cookie_timeout: t.cookie_timeout,
+            failback_check: t.failback_check,
+            drain_timeout: t.drain_timeout,
+            retry_interval: t.retry_interval,
+            failback_holdoff: t.failback_holdoff,
+            state_sync_interval: t.state_sync_interval,
             sequence_reservation: self.sequence_reservation,
             replay: ReplayLimits {
                 memory_records: self.buffer.memory_records,
@@ -373,7 +393,7 @@ impl StreamConfig {
                 spill_dir: self.buffer.spill_dir.clone(),
                 segment_records: self.buffer.spill_segment_records,
             },
-            best_effort_lifetime: Duration::from_millis(self.best_effort.lifetime_ms),
+            best_effort_lifetime: self.best_effort.lifetime,
             best_effort_queue: self.best_effort.queue_records,
             // Not a config key: once a second keeps the audit's view of a
             // stream at most a second behind at a few bytes a second.
@@ -451,7 +471,7 @@ mod tests {
         "#;
         let config = StreamConfig::parse(minimal).unwrap();
         assert_eq!(config.observation_domain, 1);
-        assert_eq!(config.timers.failback_check_ms, 500);
+        assert_eq!(config.timers.failback_check, Duration::from_millis(500));
         assert!(StreamConfig::parse(&format!("{minimal}\ncookie_timeout = 1")).is_err());
         let udp = minimal.replace("tcp:", "udp:");
         assert!(StreamConfig::parse(&udp).is_err(), "no UDP to registrars");

@@ -38,6 +38,32 @@ enum Command {
     ShowConfig(ConfigArgs),
 }
 
+/// How long `stream` and `relay` wait for the last cookies before exiting.
+#[derive(Args)]
+struct ExitDrainArgs {
+    /// Longest wait for the cookies of the records sent before exiting
+    /// ("30s", "2m"; then exit non-zero, unacknowledged records reported).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = daemon_common::duration::parse)]
+    exit_drain_timeout: Duration,
+    /// Deprecated: --exit-drain-timeout in seconds.
+    #[arg(long, hide = true, conflicts_with = "exit_drain_timeout")]
+    exit_drain_timeout_secs: Option<u64>,
+}
+
+impl ExitDrainArgs {
+    fn timeout(&self) -> Duration {
+        match self.exit_drain_timeout_secs {
+            Some(secs) => {
+                tracing::warn!(
+                    "--exit-drain-timeout-secs is deprecated: use --exit-drain-timeout {secs}s"
+                );
+                Duration::from_secs(secs)
+            }
+            None => self.exit_drain_timeout,
+        }
+    }
+}
+
 /// The configuration options `stream`, `relay` and `show-config` share.
 #[derive(Args)]
 struct ConfigArgs {
@@ -68,10 +94,10 @@ struct RelayArgs {
     /// The configuration, with a [relay] section.
     #[command(flatten)]
     config: ConfigArgs,
-    /// After a stop signal: longest wait for the last cookies, seconds
+    /// After a stop signal: longest wait for the last cookies, e.g. "30s"
     /// (unacknowledged records stay in the spill for the next run).
-    #[arg(long, default_value_t = 30)]
-    exit_drain_timeout_secs: u64,
+    #[command(flatten)]
+    exit_drain: ExitDrainArgs,
 }
 
 #[derive(Args)]
@@ -88,9 +114,10 @@ struct StreamArgs {
     /// Number of the first synthetic record (FlowRecord::synthetic).
     #[arg(long, default_value_t = 0)]
     first_record: u64,
-    /// After the last record: longest wait for the cookies, seconds.
-    #[arg(long, default_value_t = 30)]
-    exit_drain_timeout_secs: u64,
+    /// After the last record or a stop signal: longest wait for the
+    /// cookies.
+    #[command(flatten)]
+    exit_drain: ExitDrainArgs,
     /// Also send this many best-effort records (PR-SCTP, not acknowledged
     /// or replayed), interleaved with the billing ones, in the first of
     /// `[best_effort] domains`; they count toward `--rate`.
@@ -134,7 +161,11 @@ fn main() -> Result<()> {
         Command::Stream(a) => stream(a),
         Command::Relay(a) => relay(a),
         Command::ShowConfig(a) => {
-            print!("{}", toml::to_string_pretty(&a.effective_config()?)?);
+            let config = a.effective_config()?;
+            for warning in &config.deprecated_keys {
+                eprintln!("warning: {warning}");
+            }
+            print!("{}", toml::to_string_pretty(&config)?);
             Ok(())
         }
         Command::Generate(a) => {
@@ -170,6 +201,9 @@ fn main() -> Result<()> {
 fn stream(args: StreamArgs) -> Result<()> {
     let config = args.config.effective_config()?;
     daemon_common::init_logging(config.log_format, "info")?;
+    for warning in &config.deprecated_keys {
+        tracing::warn!("{warning}");
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting tokio")?;
     runtime.block_on(async move {
         // Installed before anything starts so an early SIGHUP cannot kill
@@ -185,7 +219,7 @@ fn stream(args: StreamArgs) -> Result<()> {
         }
         let settings = config.stream_settings(
             vec![flow_template()],
-            Duration::from_secs(args.exit_drain_timeout_secs),
+            args.exit_drain.timeout(),
         )?;
         let best_effort = match (args.best_effort_records, config.best_effort.domains.first()) {
             (0, _) => None,
@@ -285,6 +319,9 @@ fn stream(args: StreamArgs) -> Result<()> {
 fn relay(args: RelayArgs) -> Result<()> {
     let config = args.config.effective_config()?;
     daemon_common::init_logging(config.log_format, "info")?;
+    for warning in &config.deprecated_keys {
+        tracing::warn!("{warning}");
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting tokio")?;
     runtime.block_on(async move {
         if let Some(listen) = config.metrics_listen {
@@ -294,7 +331,7 @@ fn relay(args: RelayArgs) -> Result<()> {
                 .with_context(|| format!("metrics endpoint on {listen}"))?;
         }
         let options = RelayOptions {
-            exit_drain_timeout: Duration::from_secs(args.exit_drain_timeout_secs),
+            exit_drain_timeout: args.exit_drain.timeout(),
         };
         let report = exporter::relay::run(config, options).await?;
         println!(

@@ -394,7 +394,7 @@ impl SessionLimits {
         Self {
             max_templates: config.max_templates_per_session,
             max_domains: config.max_domains_per_session,
-            template_lifetime_secs: config.template_lifetime_secs,
+            template_lifetime_secs: config.template_lifetime.as_secs(),
             message_size,
             best_effort_domains: best_effort_domains.to_vec(),
         }
@@ -934,7 +934,8 @@ fn udp_loop(socket: UdpSocket, context: ListenerContext, stop: Arc<AtomicBool>) 
             let now_secs = unix_secs();
             let before = sessions.len();
             sessions.retain(|_, s| {
-                now_secs.saturating_sub(s.last_seen_secs) <= context.config.udp_idle_timeout_secs
+                now_secs.saturating_sub(s.last_seen_secs)
+                    <= context.config.udp_idle_timeout.as_secs()
             });
             for session in sessions.values_mut() {
                 session.expire_templates(now_secs);

@@ -140,10 +140,52 @@ fn show_config_prints_file_and_flags_as_toml() {
         "{exporter}"
     );
     assert_eq!(exporter["log_format"].as_str(), Some("json"), "{exporter}");
-    assert!(
-        exporter["timers"].get("cookie_timeout_ms").is_some(),
+    assert_eq!(
+        exporter["timers"]["cookie_timeout"].as_str(),
+        Some("5s"),
         "{exporter}"
     );
+
+    // A legacy key with the unit in its name still works, is shown under
+    // its new name and is warned about; both spellings at once are refused.
+    let legacy_file = dir.path().join("legacy.toml");
+    let base = std::fs::read_to_string(&exporter_file).unwrap();
+    std::fs::write(
+        &legacy_file,
+        format!("{base}[timers]\ncookie_timeout_ms = 1500\n"),
+    )
+    .unwrap();
+    let out = command("exporter")
+        .args(["show-config", "-c"])
+        .arg(&legacy_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let shown: toml::Table = String::from_utf8(out.stdout).unwrap().parse().unwrap();
+    assert_eq!(
+        shown["timers"]["cookie_timeout"].as_str(),
+        Some("1s 500ms"),
+        "{shown}"
+    );
+    let warning = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        warning.contains(
+            "`timers.cookie_timeout_ms` is deprecated: write `timers.cookie_timeout = \"1500ms\"`"
+        ),
+        "{warning}"
+    );
+    std::fs::write(
+        &legacy_file,
+        format!("{base}[timers]\ncookie_timeout_ms = 1500\ncookie_timeout = \"2s\"\n"),
+    )
+    .unwrap();
+    let both = command("exporter")
+        .args(["show-config", "-c"])
+        .arg(&legacy_file)
+        .output()
+        .unwrap();
+    assert!(!both.status.success());
+    assert!(String::from_utf8_lossy(&both.stderr).contains("keep only `timers.cookie_timeout`"));
 
     // A bad value is refused, not defaulted.
     let bad = command("collector")
