@@ -288,6 +288,7 @@ fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
 pub struct SharedRegistry(Arc<Mutex<TemplateRegistry>>);
 
 impl SharedRegistry {
+    /// Shares `registry`.
     pub fn new(registry: TemplateRegistry) -> Self {
         Self(Arc::new(Mutex::new(registry)))
     }
@@ -359,11 +360,14 @@ fn forwarded_record(router_bytes: &[u8], init_ms: Option<u64>, router: IpAddr) -
 /// The input protocol, by the version field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum InputProtocol {
+    /// IPFIX (version 10, RFC 7011).
     Ipfix,
+    /// NetFlow version 9 (RFC 3954).
     NetflowV9,
 }
 
 impl InputProtocol {
+    /// The metric label value.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Ipfix => "ipfix",
@@ -390,6 +394,8 @@ pub struct SessionLimits {
 }
 
 impl SessionLimits {
+    /// The `[relay]` limits, with the pool user's message size and
+    /// best-effort domains.
     pub fn new(config: &RelayConfig, message_size: usize, best_effort_domains: &[u32]) -> Self {
         Self {
             max_templates: config.max_templates_per_session,
@@ -471,6 +477,7 @@ pub struct RouterSession {
 }
 
 impl RouterSession {
+    /// A new session of `router` over `transport`, nothing learned yet.
     pub fn new(router: IpAddr, transport: TransportKind, limits: SessionLimits) -> Self {
         Self {
             // A v4 router on a dual-stack socket shows as ::ffff:a.b.c.d.
