@@ -15,6 +15,32 @@ pub mod duration;
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
 
+/// For a config key holding one listen address where an empty value turns
+/// the listener off: accepts `"ADDR"`, `""`, `[]` (off, as in the daemons'
+/// list-valued listen keys) and `["ADDR"]`, so `[]` turns a listener off in
+/// every poolflow config file. Use with `#[serde(deserialize_with)]`.
+pub fn single_listen_address<'de, D>(deserializer: D) -> Result<String, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrList {
+        One(String),
+        List(Vec<String>),
+    }
+    match OneOrList::deserialize(deserializer)? {
+        OneOrList::One(address) => Ok(address),
+        OneOrList::List(list) => match <[String; 1]>::try_from(list) {
+            Ok([address]) => Ok(address),
+            Err(list) if list.is_empty() => Ok(String::new()),
+            Err(_) => Err(serde::de::Error::custom(
+                "this listener takes one address (or [] to turn it off)",
+            )),
+        },
+    }
+}
+
 /// Log line format, the same key (`log_format` / `[log] format`) and flag
 /// (`--log-format`) in every daemon.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -124,6 +150,21 @@ mod tests {
         use clap::ValueEnum;
         assert_eq!(LogFormat::from_str("text", false), Ok(LogFormat::Text));
         assert!(LogFormat::from_str("xml", false).is_err());
+    }
+
+    #[test]
+    fn a_single_listener_is_off_with_an_empty_list_or_string() {
+        #[derive(Deserialize)]
+        struct Listen {
+            #[serde(deserialize_with = "single_listen_address")]
+            tcp: String,
+        }
+        let parse = |text: &str| toml::from_str::<Listen>(text).map(|l| l.tcp);
+        assert_eq!(parse("tcp = []").unwrap(), "");
+        assert_eq!(parse("tcp = \"\"").unwrap(), "");
+        assert_eq!(parse("tcp = [\"127.0.0.1:1\"]").unwrap(), "127.0.0.1:1");
+        assert_eq!(parse("tcp = \"127.0.0.1:1\"").unwrap(), "127.0.0.1:1");
+        assert!(parse("tcp = [\"a:1\", \"b:2\"]").is_err());
     }
 
     fn toml_like<T: for<'de> Deserialize<'de>>(format: &str) -> T {

@@ -102,18 +102,28 @@ struct RunArgs {
     /// Server identifier (0: random).
     #[arg(long)]
     server_id: Option<u32>,
-    /// ASAP over TCP listen address ("" disables).
+    /// ASAP over TCP listen address ("" disables, as --no-tcp).
     #[arg(long)]
     tcp: Option<String>,
-    /// ASAP over SCTP-over-UDP: UDP listen address ("" disables).
+    /// Do not listen for ASAP over TCP.
+    #[arg(long, conflicts_with = "tcp")]
+    no_tcp: bool,
+    /// ASAP over SCTP-over-UDP: UDP listen address ("" disables, as
+    /// --no-sctp-over-udp).
     #[arg(long)]
     sctp_over_udp: Option<String>,
+    /// Do not listen for ASAP over SCTP over UDP.
+    #[arg(long, conflicts_with = "sctp_over_udp")]
+    no_sctp_over_udp: bool,
     /// SCTP port inside the UDP encapsulation.
     #[arg(long)]
     sctp_port: Option<u16>,
-    /// HTTP status/metrics listen address ("" disables).
+    /// HTTP status/metrics listen address ("" disables, as --no-status).
     #[arg(long)]
     status: Option<String>,
+    /// No HTTP status/metrics endpoint.
+    #[arg(long, conflicts_with = "status")]
+    no_status: bool,
     /// Keep-alive transmission interval in ms.
     #[arg(long)]
     keep_alive_period_ms: Option<u64>,
@@ -177,6 +187,15 @@ impl RunArgs {
         }
         if let Some(udp) = &self.sctp_over_udp {
             config.listen.sctp_over_udp = udp.clone();
+        }
+        if self.no_tcp {
+            config.listen.tcp.clear();
+        }
+        if self.no_sctp_over_udp {
+            config.listen.sctp_over_udp.clear();
+        }
+        if self.no_status {
+            config.listen.status.clear();
         }
         if let Some(port) = self.sctp_port {
             config.listen.sctp_port = port;

@@ -83,6 +83,33 @@ fn show_config_prints_file_and_flags_as_toml() {
         Some("json"),
         "{registrar}"
     );
+    // A listener is off with [] in the file or --no-X on the command line,
+    // as in the collector.
+    std::fs::write(&registrar_file, "[listen]\ntcp = []\n").unwrap();
+    let registrar = show_config(
+        command("registrar")
+            .args(["show-config", "-c"])
+            .arg(&registrar_file)
+            .arg("--no-status"),
+    );
+    assert_eq!(registrar["listen"]["tcp"].as_str(), Some(""), "{registrar}");
+    assert_eq!(
+        registrar["listen"]["status"].as_str(),
+        Some(""),
+        "{registrar}"
+    );
+    assert_eq!(
+        registrar["listen"]["sctp_over_udp"].as_str(),
+        Some("0.0.0.0:3863"),
+        "{registrar}"
+    );
+    for bin in ["registrar", "collector"] {
+        let help = run_ok(command(bin).args(["run", "-h"]));
+        assert!(
+            help.contains("--no-tcp"),
+            "{bin} run -h lacks --no-tcp:\n{help}"
+        );
+    }
 
     // Collector: no file (the defaults), then a file with a flag on top.
     let defaults = show_config(command("collector").arg("show-config"));
