@@ -85,8 +85,8 @@ priority = $3
 cookie_key_file = "$run/pool.key"
 member_key_file = "$run/$1-member.key"
 member_certificate_file = "$run/$1-member.cert"
-registration_lifetime_ms = 60000
-reregistration_interval_ms = 20000
+registration_lifetime = "1m"
+reregistration_interval = "20s"
 EOF
 }
 collector_config primary "$primary_port" 100

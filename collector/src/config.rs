@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -33,14 +34,16 @@ pub struct CollectorConfig {
     pub framed_tcp_listen: Vec<SocketAddr>,
     /// Prometheus scrape endpoint (`/metrics`), off when absent.
     pub metrics_listen: Option<SocketAddr>,
-    /// UDP template lifetime without refresh, seconds (RFC 7011 8.4).
-    pub template_lifetime_secs: u64,
+    /// UDP template lifetime without refresh (RFC 7011 8.4; whole seconds).
+    #[serde(with = "daemon_common::duration::serde")]
+    pub template_lifetime: Duration,
     /// Templates one transport session may define.
     pub max_templates_per_session: usize,
     /// UDP exporters (address and port) tracked at once.
     pub max_udp_sessions: usize,
-    /// A silent UDP session is forgotten after this many seconds.
-    pub udp_idle_timeout_secs: u64,
+    /// A silent UDP session is forgotten after this long (whole seconds).
+    #[serde(with = "daemon_common::duration::serde")]
+    pub udp_idle_timeout: Duration,
     /// Kernel receive buffer for each UDP socket, bytes.
     pub udp_receive_buffer_bytes: usize,
     /// Concurrent TCP connections.
@@ -53,6 +56,10 @@ pub struct CollectorConfig {
     pub queue_batches: usize,
     /// `text` or `json` logs.
     pub log_format: LogFormat,
+    /// Legacy keys the file used (`template_lifetime_secs`, ...), one
+    /// warning each, logged once logging is set up.
+    #[serde(skip)]
+    pub deprecated_keys: Vec<String>,
     /// Register as a pool element (RFC 5352); absent: a standalone collector.
     pub pool: Option<crate::pool::PoolConfig>,
 }
@@ -69,16 +76,17 @@ impl Default for CollectorConfig {
             ))],
             framed_tcp_listen: Vec::new(),
             metrics_listen: None,
-            template_lifetime_secs: 1800,
+            template_lifetime: Duration::from_secs(1800),
             max_templates_per_session: 4096,
             max_udp_sessions: 4096,
-            udp_idle_timeout_secs: 3600,
+            udp_idle_timeout: Duration::from_secs(3600),
             udp_receive_buffer_bytes: 32 * 1024 * 1024,
             max_tcp_sessions: 256,
             max_sctp_sessions: 256,
             max_batch_records: 100_000,
             queue_batches: 256,
             log_format: LogFormat::Text,
+            deprecated_keys: Vec::new(),
             pool: None,
         }
     }
@@ -93,7 +101,10 @@ impl CollectorConfig {
     }
 
     pub fn from_toml(text: &str) -> Result<Self> {
-        let config: Self = toml::from_str(text)?;
+        let mut table: toml::Table = toml::from_str(text)?;
+        let deprecated_keys = daemon_common::duration::upgrade_legacy_keys(&mut table, "")?;
+        let mut config: Self = table.try_into()?;
+        config.deprecated_keys = deprecated_keys;
         config.validate()?;
         Ok(config)
     }
@@ -152,7 +163,7 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/collector.toml");
         let config = CollectorConfig::from_file(&path).unwrap();
         assert_eq!(config.udp_listen, vec!["0.0.0.0:4739".parse().unwrap()]);
-        assert_eq!(config.template_lifetime_secs, 1800);
+        assert_eq!(config.template_lifetime, Duration::from_secs(1800));
     }
 
     /// The commented-out `[pool]` example names only keys that exist: its

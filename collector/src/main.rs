@@ -114,8 +114,11 @@ struct RunArgs {
     /// Prometheus scrape address (serves /metrics).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
-    /// UDP template lifetime without refresh, seconds.
-    #[arg(long)]
+    /// UDP template lifetime without refresh ("30m"; whole seconds).
+    #[arg(long, value_name = "DURATION", value_parser = daemon_common::duration::parse)]
+    template_lifetime: Option<std::time::Duration>,
+    /// Deprecated: --template-lifetime in seconds.
+    #[arg(long, hide = true, conflicts_with = "template_lifetime")]
     template_lifetime_secs: Option<u64>,
     /// Log format (`RUST_LOG` sets the level, default info).
     #[arg(long, value_enum)]
@@ -169,6 +172,9 @@ fn main() -> Result<()> {
             {
                 pool.cookie_key = Some("<redacted>".to_string());
             }
+            for warning in &config.deprecated_keys {
+                eprintln!("warning: {warning}");
+            }
             print!("{}", toml::to_string_pretty(&config)?);
             Ok(())
         }
@@ -213,8 +219,14 @@ impl RunArgs {
         if args.metrics.is_some() {
             config.metrics_listen = args.metrics;
         }
+        if let Some(lifetime) = args.template_lifetime {
+            config.template_lifetime = lifetime;
+        }
         if let Some(secs) = args.template_lifetime_secs {
-            config.template_lifetime_secs = secs;
+            config.template_lifetime = std::time::Duration::from_secs(secs);
+            config.deprecated_keys.push(format!(
+                "--template-lifetime-secs is deprecated: use --template-lifetime {secs}s"
+            ));
         }
         if let Some(format) = args.log_format {
             config.log_format = format;
@@ -227,6 +239,9 @@ impl RunArgs {
 fn run(args: RunArgs) -> Result<()> {
     let config = args.effective_config()?;
     daemon_common::init_logging(config.log_format, "info")?;
+    for warning in &config.deprecated_keys {
+        tracing::warn!("{warning}");
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         // Installed before anything starts so an early SIGHUP cannot kill

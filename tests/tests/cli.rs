@@ -214,6 +214,39 @@ fn show_config_prints_file_and_flags_as_toml() {
     assert!(!both.status.success());
     assert!(String::from_utf8_lossy(&both.stderr).contains("keep only `timers.cookie_timeout`"));
 
+    // The collector too: a legacy key is upgraded with a warning, a flag
+    // with a unit wins over the file.
+    std::fs::write(&collector_file, "template_lifetime_secs = 60\n[pool]\nhandle = \"p\"\nregistrars = [\"tcp:127.0.0.1:9\"]\nregistration_lifetime_ms = 90000\n").unwrap();
+    let out = command("collector")
+        .args(["show-config", "-c"])
+        .arg(&collector_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: toml::Table = String::from_utf8(out.stdout).unwrap().parse().unwrap();
+    assert_eq!(shown["template_lifetime"].as_str(), Some("1m"), "{shown}");
+    assert_eq!(
+        shown["pool"]["registration_lifetime"].as_str(),
+        Some("1m 30s"),
+        "{shown}"
+    );
+    let warning = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        warning.contains("`pool.registration_lifetime_ms` is deprecated"),
+        "{warning}"
+    );
+    let shown = show_config(
+        command("collector")
+            .args(["show-config", "-c"])
+            .arg(&collector_file)
+            .args(["--template-lifetime", "10m"]),
+    );
+    assert_eq!(shown["template_lifetime"].as_str(), Some("10m"), "{shown}");
+
     // A bad value is refused, not defaulted.
     let bad = command("collector")
         .args(["show-config", "--log-format", "xml"])
