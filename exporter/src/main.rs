@@ -145,9 +145,12 @@ struct GenerateArgs {
     /// Largest IPFIX message in bytes.
     #[arg(long, default_value_t = 1400)]
     message_size: usize,
-    /// UDP template refresh interval, seconds.
-    #[arg(long, default_value_t = 10)]
-    template_refresh_secs: u64,
+    /// UDP template refresh interval ("10s").
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = daemon_common::duration::parse)]
+    template_refresh: Duration,
+    /// Deprecated: --template-refresh in seconds.
+    #[arg(long, hide = true, conflicts_with = "template_refresh")]
+    template_refresh_secs: Option<u64>,
     /// Number of the first synthetic record.
     #[arg(long, default_value_t = 0)]
     first_record: u64,
@@ -177,7 +180,15 @@ fn main() -> Result<()> {
                 rate: a.rate,
                 observation_domain: a.domain,
                 message_size: a.message_size,
-                template_refresh: Duration::from_secs(a.template_refresh_secs),
+                template_refresh: match a.template_refresh_secs {
+                    Some(secs) => {
+                        tracing::warn!(
+                            "--template-refresh-secs is deprecated: use --template-refresh {secs}s"
+                        );
+                        Duration::from_secs(secs)
+                    }
+                    None => a.template_refresh,
+                },
                 first_record: a.first_record,
             };
             let report = generate(&config, |sent| {
