@@ -94,8 +94,8 @@ cookie_signing_key_file = "$run/$1-cookie.pem"
 cookie_verify_key_files = ["$run/primary-cookie.pub", "$run/backup-cookie.pub"]
 member_key_file = "$run/$1-member.key"
 member_certificate_file = "$run/$1-member.cert"
-registration_lifetime_ms = 60000
-reregistration_interval_ms = 20000
+registration_lifetime = "1m"
+reregistration_interval = "20s"
 EOF
 }
 collector_config primary "$primary_port" 100
@@ -113,14 +113,14 @@ memory_records = 200000
 max_records = 2000000
 spill_dir = "$run/spill"
 [timers]
-cookie_timeout_ms = 1000
-failback_check_ms = 200
-drain_timeout_ms = 5000
-retry_interval_ms = 200
-failback_holdoff_ms = 500
-connect_timeout_ms = 1000
-cache_lifetime_ms = 500
-registrar_request_timeout_ms = 1000
+cookie_timeout = "1s"
+failback_check = "200ms"
+drain_timeout = "5s"
+retry_interval = "200ms"
+failback_holdoff = "500ms"
+connect_timeout = "1s"
+cache_lifetime = "500ms"
+registrar_request_timeout = "1s"
 fast_failure_detection = true
 EOF
 

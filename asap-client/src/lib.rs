@@ -14,6 +14,8 @@
 //! static list ([`RegistrarIndex`]); only the driver knows addresses. Time is
 //! passed in (`now`), never read, so tests drive them with a fake clock.
 
+#![warn(missing_docs)]
+
 pub mod asap_endpoint;
 pub mod driver;
 pub mod pool_element;

@@ -4,14 +4,17 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+pub use daemon_common::LogFormat;
 
 /// IANA port for IPFIX over UDP, TCP and SCTP (RFC 7011 section 10).
 pub const IPFIX_PORT: u16 = 4739;
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CollectorConfig {
     /// SQLite database file the records go to.
@@ -42,14 +45,16 @@ pub struct CollectorConfig {
     pub framed_tcp_tls: bool,
     /// Prometheus scrape endpoint (`/metrics`), off when absent.
     pub metrics_listen: Option<SocketAddr>,
-    /// UDP template lifetime without refresh, seconds (RFC 7011 8.4).
-    pub template_lifetime_secs: u64,
+    /// UDP template lifetime without refresh (RFC 7011 8.4; whole seconds).
+    #[serde(with = "daemon_common::duration::serde")]
+    pub template_lifetime: Duration,
     /// Templates one transport session may define.
     pub max_templates_per_session: usize,
     /// UDP exporters (address and port) tracked at once.
     pub max_udp_sessions: usize,
-    /// A silent UDP session is forgotten after this many seconds.
-    pub udp_idle_timeout_secs: u64,
+    /// A silent UDP session is forgotten after this long (whole seconds).
+    #[serde(with = "daemon_common::duration::serde")]
+    pub udp_idle_timeout: Duration,
     /// Kernel receive buffer for each UDP socket, bytes.
     pub udp_receive_buffer_bytes: usize,
     /// Concurrent TCP connections.
@@ -62,12 +67,16 @@ pub struct CollectorConfig {
     pub queue_batches: usize,
     /// `text` or `json` logs.
     pub log_format: LogFormat,
+    /// Legacy keys the file used (`template_lifetime_secs`, ...), one
+    /// warning each, logged once logging is set up.
+    #[serde(skip)]
+    pub deprecated_keys: Vec<String>,
     /// Register as a pool element (RFC 5352); absent: a standalone collector.
     pub pool: Option<crate::pool::PoolConfig>,
 }
 
 /// `[tls]`: PEM files made as docs/tls.md shows.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// The collector's certificate (chain, leaf first).
@@ -88,13 +97,6 @@ impl TlsConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
 impl Default for CollectorConfig {
     fn default() -> Self {
         Self {
@@ -110,16 +112,17 @@ impl Default for CollectorConfig {
             framed_tcp_listen: Vec::new(),
             framed_tcp_tls: false,
             metrics_listen: None,
-            template_lifetime_secs: 1800,
+            template_lifetime: Duration::from_secs(1800),
             max_templates_per_session: 4096,
             max_udp_sessions: 4096,
-            udp_idle_timeout_secs: 3600,
+            udp_idle_timeout: Duration::from_secs(3600),
             udp_receive_buffer_bytes: 32 * 1024 * 1024,
             max_tcp_sessions: 256,
             max_sctp_sessions: 256,
             max_batch_records: 100_000,
             queue_batches: 256,
             log_format: LogFormat::Text,
+            deprecated_keys: Vec::new(),
             pool: None,
         }
     }
@@ -134,7 +137,10 @@ impl CollectorConfig {
     }
 
     pub fn from_toml(text: &str) -> Result<Self> {
-        let config: Self = toml::from_str(text)?;
+        let mut table: toml::Table = toml::from_str(text)?;
+        let deprecated_keys = daemon_common::duration::upgrade_legacy_keys(&mut table, "")?;
+        let mut config: Self = table.try_into()?;
+        config.deprecated_keys = deprecated_keys;
         config.validate()?;
         Ok(config)
     }
@@ -248,7 +254,7 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/collector.toml");
         let config = CollectorConfig::from_file(&path).unwrap();
         assert_eq!(config.udp_listen, vec!["0.0.0.0:4739".parse().unwrap()]);
-        assert_eq!(config.template_lifetime_secs, 1800);
+        assert_eq!(config.template_lifetime, Duration::from_secs(1800));
     }
 
     /// The commented-out `[pool]` example names only keys that exist: its

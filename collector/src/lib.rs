@@ -78,11 +78,11 @@ pub async fn start(config: &CollectorConfig) -> Result<RunningCollector> {
         let settings = UdpSettings {
             session: session_config(
                 TransportKind::Udp,
-                config.template_lifetime_secs,
+                config.template_lifetime.as_secs(),
                 config.max_templates_per_session,
             ),
             max_sessions: config.max_udp_sessions,
-            idle_timeout_secs: config.udp_idle_timeout_secs,
+            idle_timeout_secs: config.udp_idle_timeout.as_secs(),
             receive_buffer_bytes: config.udp_receive_buffer_bytes,
         };
         udp_threads.push(listeners::spawn_udp(
@@ -104,7 +104,7 @@ pub async fn start(config: &CollectorConfig) -> Result<RunningCollector> {
         let settings = TcpSettings {
             session: session_config(
                 TransportKind::Tcp,
-                config.template_lifetime_secs,
+                config.template_lifetime.as_secs(),
                 config.max_templates_per_session,
             ),
             max_sessions: config.max_tcp_sessions,
@@ -135,7 +135,7 @@ pub async fn start(config: &CollectorConfig) -> Result<RunningCollector> {
         let settings = TcpSettings {
             session: session_config(
                 TransportKind::Tcp,
-                config.template_lifetime_secs,
+                config.template_lifetime.as_secs(),
                 config.max_templates_per_session,
             ),
             max_sessions: config.max_tcp_sessions,
@@ -206,7 +206,7 @@ pub async fn start(config: &CollectorConfig) -> Result<RunningCollector> {
             // per-stream sequence numbers (RFC 7011 section 3.1).
             session: session_config(
                 TransportKind::Sctp,
-                config.template_lifetime_secs,
+                config.template_lifetime.as_secs(),
                 config.max_templates_per_session,
             ),
             max_sessions: config.max_sctp_sessions,

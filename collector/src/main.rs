@@ -9,7 +9,6 @@ use clap::{Args, Parser, Subcommand};
 use collector::config::{CollectorConfig, LogFormat};
 use collector::query::{self, Filter, Format};
 use collector::store::Store;
-use tracing_subscriber::EnvFilter;
 
 /// poolflow collector: an IPFIX collecting process (RFC 7011) that stores
 /// every data record durably in SQLite.
@@ -22,8 +21,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Receive IPFIX over UDP and TCP and store it.
+    /// Receive IPFIX over UDP and TCP and store it (SIGTERM or SIGINT stops
+    /// it gracefully; SIGHUP reloads the pool policy parameters).
     Run(RunArgs),
+    /// Print the effective configuration (defaults + file + flags) as TOML.
+    ShowConfig(RunArgs),
     /// Print stored records as JSON lines or CSV.
     Query(QueryArgs),
     /// Per exporter and observation domain: records stored and lost.
@@ -76,10 +78,13 @@ struct StatsArgs {
     json: bool,
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct RunArgs {
-    /// TOML configuration file (see deploy/collector.toml); flags override it.
-    #[arg(short, long)]
+    /// TOML configuration file (see deploy/collector.toml); flags override
+    /// it. Optional: without it the defaults apply (UDP and TCP on port
+    /// 4739, SCTP over UDP on 9899, store collector.sqlite, no pool;
+    /// `show-config` prints them).
+    #[arg(short, long, value_name = "FILE", env = "POOLFLOW_COLLECTOR_CONFIG")]
     config: Option<PathBuf>,
     /// SQLite database file.
     #[arg(long)]
@@ -113,10 +118,13 @@ struct RunArgs {
     /// Prometheus scrape address (serves /metrics).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
-    /// UDP template lifetime without refresh, seconds.
-    #[arg(long)]
+    /// UDP template lifetime without refresh ("30m"; whole seconds).
+    #[arg(long, value_name = "DURATION", value_parser = daemon_common::duration::parse)]
+    template_lifetime: Option<std::time::Duration>,
+    /// Deprecated: --template-lifetime in seconds.
+    #[arg(long, hide = true, conflicts_with = "template_lifetime")]
     template_lifetime_secs: Option<u64>,
-    /// Log format.
+    /// Log format (`RUST_LOG` sets the level, default info).
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
 }
@@ -157,70 +165,96 @@ fn parse_time(s: &str) -> Result<i64, String> {
         .map_err(|_| format!("`{s}` is before 1970"))
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run(args),
+        Command::ShowConfig(args) => {
+            let mut config = args.effective_config()?;
+            // A secret must not end up in a terminal scrollback or a ticket.
+            if let Some(pool) = &mut config.pool
+                && pool.cookie_key.is_some()
+            {
+                pool.cookie_key = Some("<redacted>".to_string());
+            }
+            for warning in &config.deprecated_keys {
+                eprintln!("warning: {warning}");
+            }
+            print!("{}", toml::to_string_pretty(&config)?);
+            Ok(())
+        }
         Command::Query(args) => query(args),
         Command::Stats(args) => stats(args),
         Command::Audit(args) => audit(args),
     }
 }
 
+impl RunArgs {
+    /// Defaults, then the file, then the flags.
+    fn effective_config(&self) -> Result<CollectorConfig> {
+        let args = self.clone();
+        let mut config = match &args.config {
+            Some(path) => CollectorConfig::from_file(path)?,
+            None => CollectorConfig::default(),
+        };
+        if let Some(db) = args.database {
+            config.database = db;
+        }
+        if !args.udp_listen.is_empty() {
+            config.udp_listen = args.udp_listen;
+        }
+        if !args.tcp_listen.is_empty() {
+            config.tcp_listen = args.tcp_listen;
+        }
+        if !args.tls_listen.is_empty() {
+            config.tls_listen = args.tls_listen;
+        }
+        if !args.sctp_listen.is_empty() {
+            config.sctp_listen = args.sctp_listen;
+        }
+        if !args.framed_tcp_listen.is_empty() {
+            config.framed_tcp_listen = args.framed_tcp_listen;
+        }
+        if args.no_sctp {
+            config.sctp_listen.clear();
+        }
+        if args.no_udp {
+            config.udp_listen.clear();
+        }
+        if args.no_tcp {
+            config.tcp_listen.clear();
+        }
+        if args.metrics.is_some() {
+            config.metrics_listen = args.metrics;
+        }
+        if let Some(lifetime) = args.template_lifetime {
+            config.template_lifetime = lifetime;
+        }
+        if let Some(secs) = args.template_lifetime_secs {
+            config.template_lifetime = std::time::Duration::from_secs(secs);
+            config.deprecated_keys.push(format!(
+                "--template-lifetime-secs is deprecated: use --template-lifetime {secs}s"
+            ));
+        }
+        if let Some(format) = args.log_format {
+            config.log_format = format;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
 fn run(args: RunArgs) -> Result<()> {
-    let mut config = match &args.config {
-        Some(path) => CollectorConfig::from_file(path)?,
-        None => CollectorConfig::default(),
-    };
-    if let Some(db) = args.database {
-        config.database = db;
+    let config = args.effective_config()?;
+    daemon_common::init_logging(config.log_format, "info")?;
+    for warning in &config.deprecated_keys {
+        tracing::warn!("{warning}");
     }
-    if !args.udp_listen.is_empty() {
-        config.udp_listen = args.udp_listen;
-    }
-    if !args.tcp_listen.is_empty() {
-        config.tcp_listen = args.tcp_listen;
-    }
-    if !args.tls_listen.is_empty() {
-        config.tls_listen = args.tls_listen;
-    }
-    if !args.sctp_listen.is_empty() {
-        config.sctp_listen = args.sctp_listen;
-    }
-    if !args.framed_tcp_listen.is_empty() {
-        config.framed_tcp_listen = args.framed_tcp_listen;
-    }
-    if args.no_sctp {
-        config.sctp_listen.clear();
-    }
-    if args.no_udp {
-        config.udp_listen.clear();
-    }
-    if args.no_tcp {
-        config.tcp_listen.clear();
-    }
-    if args.metrics.is_some() {
-        config.metrics_listen = args.metrics;
-    }
-    if let Some(secs) = args.template_lifetime_secs {
-        config.template_lifetime_secs = secs;
-    }
-    if let Some(format) = args.log_format {
-        config.log_format = format;
-    }
-    init_logging(config.log_format);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
+        // Installed before anything starts so an early SIGHUP cannot kill
+        // the process.
+        let mut signals =
+            daemon_common::Signals::install().context("installing signal handlers")?;
         if let Some(addr) = config.metrics_listen {
             metrics_exporter_prometheus::PrometheusBuilder::new()
                 .with_http_listener(addr)
@@ -242,7 +276,7 @@ fn run(args: RunArgs) -> Result<()> {
             println!("listening sctp-over-udp {addr}");
         }
         std::io::stdout().flush()?;
-        serve_until_termination(&collector, args.config.as_deref(), &config).await?;
+        serve_until_termination(&mut signals, &collector, args.config.as_deref(), &config).await;
         tracing::info!("stopping: committing received records");
         collector.shutdown().await?;
         tracing::info!("stopped");
@@ -255,27 +289,27 @@ fn run(args: RunArgs) -> Result<()> {
 /// priority, weight, load) is registered at once; anything else is
 /// reported as needing a restart.
 async fn serve_until_termination(
+    signals: &mut daemon_common::Signals,
     collector: &collector::RunningCollector,
     config_path: Option<&std::path::Path>,
     running: &CollectorConfig,
-) -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
+) {
     loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => {
+        match signals.next().await {
+            daemon_common::DaemonSignal::Stop => return,
+            daemon_common::DaemonSignal::Reload => {
                 let Some(path) = config_path else {
                     tracing::warn!("SIGHUP: no --config file to reload");
                     continue;
                 };
                 match CollectorConfig::from_file(path) {
                     Ok(new) => match collector.reload_pool(running, &new) {
-                        Ok(summary) => tracing::info!(config = %path.display(), "SIGHUP: {summary}"),
-                        Err(error) => tracing::error!(config = %path.display(), "SIGHUP: not reloaded: {error:#}"),
+                        Ok(summary) => {
+                            tracing::info!(config = %path.display(), "SIGHUP: {summary}")
+                        }
+                        Err(error) => {
+                            tracing::error!(config = %path.display(), "SIGHUP: not reloaded: {error:#}")
+                        }
                     },
                     Err(error) => {
                         tracing::error!(config = %path.display(), "SIGHUP: not reloaded: {error:#}")

@@ -24,7 +24,7 @@ use crate::billing::CookieSigner;
 use serde::Deserialize;
 
 /// `[pool]`: register this collector under a pool handle.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     /// Pool handle to join, e.g. "billing-collectors" (at most 32 bytes).
@@ -63,18 +63,24 @@ pub struct PoolConfig {
     /// registration instead of adding a second one.
     #[serde(default)]
     pub pe_identifier: u32,
-    /// Registration life told to the registrar, milliseconds.
-    #[serde(default = "default_lifetime_ms")]
-    pub registration_lifetime_ms: u64,
-    /// Re-registration interval, milliseconds (at most 2/3 of the life).
-    #[serde(default = "default_reregistration_ms")]
-    pub reregistration_interval_ms: u64,
+    /// Registration life told to the registrar (milliseconds on the wire).
+    #[serde(default = "default_lifetime", with = "daemon_common::duration::serde")]
+    pub registration_lifetime: Duration,
+    /// Re-registration interval (at most 2/3 of the life).
+    #[serde(
+        default = "default_reregistration",
+        with = "daemon_common::duration::serde"
+    )]
+    pub reregistration_interval: Duration,
     /// Longest wait for the Deregistration Response at a graceful stop
     /// (T3-deregistration), milliseconds. A stop never waits longer for a
     /// registrar that is gone: the registration then ends by keep-alive
     /// timeout at the registrar.
-    #[serde(default = "default_deregistration_timeout_ms")]
-    pub deregistration_timeout_ms: u64,
+    #[serde(
+        default = "default_deregistration_timeout",
+        with = "daemon_common::duration::serde"
+    )]
+    pub deregistration_timeout: Duration,
     /// File holding the pool's shared cookie key (the HMAC key every
     /// collector of the pool uses to sign and check billing cookies). With
     /// no key the collector takes part in no cookie protocol.
@@ -129,16 +135,16 @@ fn default_weight() -> u32 {
     1
 }
 
-fn default_lifetime_ms() -> u64 {
-    300_000
+fn default_lifetime() -> Duration {
+    Duration::from_secs(300)
 }
 
-fn default_reregistration_ms() -> u64 {
-    200_000
+fn default_reregistration() -> Duration {
+    Duration::from_secs(200)
 }
 
-fn default_deregistration_timeout_ms() -> u64 {
-    2_000
+fn default_deregistration_timeout() -> Duration {
+    Duration::from_secs(2)
 }
 
 /// A parsed "tcp:ADDR" / "sctp:ADDR".
@@ -236,8 +242,8 @@ impl PoolConfig {
             "set both `pool.member_key_file` and `pool.member_certificate_file`, or neither"
         );
         anyhow::ensure!(
-            self.registration_lifetime_ms > 0 && self.reregistration_interval_ms > 0,
-            "`pool.registration_lifetime_ms` and `pool.reregistration_interval_ms` must be positive"
+            !self.registration_lifetime.is_zero() && !self.reregistration_interval.is_zero(),
+            "`pool.registration_lifetime` and `pool.reregistration_interval` must be positive"
         );
         Ok(())
     }
@@ -462,9 +468,9 @@ pub async fn register(
         pool.policy_params()?,
         registrars.len(),
     );
-    pe.registration_lifetime = Some(Duration::from_millis(pool.registration_lifetime_ms));
-    pe.reregistration_interval = Duration::from_millis(pool.reregistration_interval_ms);
-    pe.deregistration_timeout = Duration::from_millis(pool.deregistration_timeout_ms);
+    pe.registration_lifetime = Some(pool.registration_lifetime);
+    pe.reregistration_interval = pool.reregistration_interval;
+    pe.deregistration_timeout = pool.deregistration_timeout;
     pe.membership = member_credentials(pool)?;
     let asap_endpoint = match &pool.asap_listen {
         Some(listen) => {

@@ -13,7 +13,7 @@ use crate::pool_user::ExporterConfig;
 use crate::replay::ReplayLimits;
 
 /// The whole file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamConfig {
     /// 32-bit exporter id, unique in the pool.
@@ -42,6 +42,10 @@ pub struct StreamConfig {
     /// and its collector avoided. Empty: cookies are trusted unchecked.
     #[serde(default)]
     pub cookie_public_key_files: Vec<PathBuf>,
+    /// `text` or `json` logs (`--log-format` overrides; `RUST_LOG` sets the
+    /// level).
+    #[serde(default)]
+    pub log_format: daemon_common::LogFormat,
     /// Replay buffer.
     #[serde(default)]
     pub buffer: BufferConfig,
@@ -58,10 +62,14 @@ pub struct StreamConfig {
     /// connection is TLS and collectors advertising SCTP are not used.
     #[serde(default)]
     pub tls: Option<DataTlsConfig>,
+    /// Legacy keys the file used (`cookie_timeout_ms`, ...), one warning
+    /// each, logged once logging is set up.
+    #[serde(skip)]
+    pub deprecated_keys: Vec<String>,
 }
 
 /// `[tls]`: the pool users' side of TLS on framed TCP (docs/tls.md).
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct DataTlsConfig {
     /// The CA that signed the collectors' certificates (the only one trusted).
@@ -77,6 +85,7 @@ pub struct DataTlsConfig {
 }
 
 impl DataTlsConfig {
+    /// The connecting side of TLS on framed TCP, from these files.
     pub fn stream_tls(&self) -> anyhow::Result<transport::tls::StreamTls> {
         let identity = match (&self.certificate_file, &self.private_key_file) {
             (Some(c), Some(k)) => Some((c.clone(), k.clone())),
@@ -96,7 +105,7 @@ impl DataTlsConfig {
 
 /// `[best_effort]`: which records are not billing records and how they go
 /// out (PR-SCTP on their own stream, RFC 3758 "ttl" policy).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BestEffortConfig {
     /// Observation domains whose records are best effort (the relay: the
@@ -104,8 +113,9 @@ pub struct BestEffortConfig {
     /// `--best-effort-records` go, the first one).
     pub domains: Vec<u32>,
     /// A best-effort message not delivered within this long is abandoned
-    /// (never retransmitted after), milliseconds.
-    pub lifetime_ms: u64,
+    /// (never retransmitted after).
+    #[serde(with = "daemon_common::duration::serde")]
+    pub lifetime: Duration,
     /// Best-effort records queued per domain while no collector takes
     /// them; beyond this the oldest are dropped and counted.
     pub queue_records: usize,
@@ -115,7 +125,7 @@ impl Default for BestEffortConfig {
     fn default() -> Self {
         Self {
             domains: Vec::new(),
-            lifetime_ms: 1000,
+            lifetime: Duration::from_secs(1),
             queue_records: 10_000,
         }
     }
@@ -123,7 +133,7 @@ impl Default for BestEffortConfig {
 
 /// `[relay]`: listeners for routers' IPFIX and NetFlow v9, and the limits
 /// that keep one router from exhausting the relay (as the collector has).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RelayConfig {
     /// UDP addresses for IPFIX and NetFlow v9 (told apart by version).
@@ -144,10 +154,12 @@ pub struct RelayConfig {
     /// UDP routers (address and port) tracked at once; the idlest is
     /// dropped to admit a new one.
     pub max_udp_sessions: usize,
-    /// A silent UDP router session is forgotten after this many seconds.
-    pub udp_idle_timeout_secs: u64,
-    /// UDP template lifetime without refresh, seconds (RFC 7011 8.4).
-    pub template_lifetime_secs: u64,
+    /// A silent UDP router session is forgotten after this long.
+    #[serde(with = "daemon_common::duration::serde")]
+    pub udp_idle_timeout: Duration,
+    /// UDP template lifetime without refresh (RFC 7011 8.4; whole seconds).
+    #[serde(with = "daemon_common::duration::serde")]
+    pub template_lifetime: Duration,
     /// Concurrent TCP connections.
     pub max_tcp_connections: usize,
     /// Kernel receive buffer of each UDP socket, bytes.
@@ -167,8 +179,8 @@ impl Default for RelayConfig {
             max_templates_per_session: 4096,
             max_domains_per_session: 1024,
             max_udp_sessions: 4096,
-            udp_idle_timeout_secs: 3600,
-            template_lifetime_secs: 1800,
+            udp_idle_timeout: Duration::from_secs(3600),
+            template_lifetime: Duration::from_secs(1800),
             max_tcp_connections: 256,
             udp_receive_buffer_bytes: 32 * 1024 * 1024,
             queue_records: 65_536,
@@ -209,7 +221,7 @@ impl RelayConfig {
 }
 
 /// `[buffer]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BufferConfig {
     /// Records per domain kept in memory (the send window).
@@ -245,50 +257,61 @@ impl Default for BufferConfig {
     }
 }
 
-/// `[timers]`, all in milliseconds (sub-second values allowed).
-#[derive(Debug, Clone, Deserialize)]
+/// `[timers]`: durations with units ("5s", "200ms"); the legacy `_ms` keys
+/// are accepted with a warning (`daemon_common::duration`).
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TimersConfig {
     /// No cookie progress for this long with records outstanding: failover.
-    pub cookie_timeout_ms: u64,
+    #[serde(with = "daemon_common::duration::serde")]
+    pub cookie_timeout: Duration,
     /// While not on the top Priority PE: failback poll period.
-    pub failback_check_ms: u64,
+    #[serde(with = "daemon_common::duration::serde")]
+    pub failback_check: Duration,
     /// Longest drain before a failback (then: failover).
-    pub drain_timeout_ms: u64,
+    #[serde(with = "daemon_common::duration::serde")]
+    pub drain_timeout: Duration,
     /// No PE reachable: re-resolve after this long.
-    pub retry_interval_ms: u64,
+    #[serde(with = "daemon_common::duration::serde")]
+    pub retry_interval: Duration,
     /// No failback to a PE within this long of its failure (a registrar
     /// may list a dead PE until its keep-alive timeout).
-    pub failback_holdoff_ms: u64,
+    #[serde(with = "daemon_common::duration::serde")]
+    pub failback_holdoff: Duration,
     /// Persist cookies at most this often.
-    pub state_sync_interval_ms: u64,
+    #[serde(with = "daemon_common::duration::serde")]
+    pub state_sync_interval: Duration,
     /// Give up connecting to a collector after this long.
-    pub connect_timeout_ms: u64,
+    #[serde(with = "daemon_common::duration::serde")]
+    pub connect_timeout: Duration,
     /// PU cache lifetime (`stale.cache.value`, RFC 5352 §5).
-    pub cache_lifetime_ms: u64,
+    #[serde(with = "daemon_common::duration::serde")]
+    pub cache_lifetime: Duration,
     /// T1-ENRPrequest: wait for a registrar's answer.
-    pub registrar_request_timeout_ms: u64,
+    #[serde(with = "daemon_common::duration::serde")]
+    pub registrar_request_timeout: Duration,
     /// Use sub-second SCTP failure detection (heartbeat 50 ms, RTO ≤ 100 ms)
     /// on the data association instead of RFC 9260 defaults.
     pub fast_failure_detection: bool,
     /// A collector whose cookie was refused is not used again for this long.
-    pub untrusted_pe_ms: u64,
+    #[serde(with = "daemon_common::duration::serde")]
+    pub untrusted_pe: Duration,
 }
 
 impl Default for TimersConfig {
     fn default() -> Self {
         Self {
-            cookie_timeout_ms: 5_000,
-            failback_check_ms: 500,
-            drain_timeout_ms: 5_000,
-            retry_interval_ms: 1_000,
-            failback_holdoff_ms: 1_000,
-            state_sync_interval_ms: 100,
-            connect_timeout_ms: 2_000,
-            cache_lifetime_ms: 30_000,
-            registrar_request_timeout_ms: 2_000,
+            cookie_timeout: Duration::from_millis(5_000),
+            failback_check: Duration::from_millis(500),
+            drain_timeout: Duration::from_millis(5_000),
+            retry_interval: Duration::from_millis(1_000),
+            failback_holdoff: Duration::from_millis(1_000),
+            state_sync_interval: Duration::from_millis(100),
+            connect_timeout: Duration::from_millis(2_000),
+            cache_lifetime: Duration::from_millis(30_000),
+            registrar_request_timeout: Duration::from_millis(2_000),
             fast_failure_detection: true,
-            untrusted_pe_ms: 86_400_000,
+            untrusted_pe: Duration::from_secs(86_400),
         }
     }
 }
@@ -315,7 +338,10 @@ impl StreamConfig {
 
     /// Parses and checks TOML text.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
-        let config: Self = toml::from_str(text)?;
+        let mut table: toml::Table = toml::from_str(text)?;
+        let deprecated_keys = daemon_common::duration::upgrade_legacy_keys(&mut table, "")?;
+        let mut config: Self = table.try_into()?;
+        config.deprecated_keys = deprecated_keys;
         if config.registrars.is_empty() {
             bail!("`registrars` is empty");
         }
@@ -370,7 +396,7 @@ impl StreamConfig {
         } else {
             transport::Config::default()
         };
-        transport.connect_timeout = Duration::from_millis(t.connect_timeout_ms);
+        transport.connect_timeout = t.connect_timeout;
         let mut exporter = self.exporter_config();
         exporter.cookie_keys = self.cookie_keys()?;
         Ok(crate::stream::StreamSettings {
@@ -386,8 +412,8 @@ impl StreamConfig {
                 .map(DataTlsConfig::stream_tls)
                 .transpose()
                 .context("[tls]")?,
-            cache_lifetime: Duration::from_millis(t.cache_lifetime_ms),
-            registrar_request_timeout: Duration::from_millis(t.registrar_request_timeout_ms),
+            cache_lifetime: t.cache_lifetime,
+            registrar_request_timeout: t.registrar_request_timeout,
             exit_drain_timeout,
             durable: self.durable_settings(),
         })
@@ -410,12 +436,12 @@ impl StreamConfig {
         ExporterConfig {
             exporter_id: self.exporter_id,
             message_size: self.message_size,
-            cookie_timeout: Duration::from_millis(t.cookie_timeout_ms),
-            failback_check: Duration::from_millis(t.failback_check_ms),
-            drain_timeout: Duration::from_millis(t.drain_timeout_ms),
-            retry_interval: Duration::from_millis(t.retry_interval_ms),
-            failback_holdoff: Duration::from_millis(t.failback_holdoff_ms),
-            state_sync_interval: Duration::from_millis(t.state_sync_interval_ms),
+            cookie_timeout: t.cookie_timeout,
+            failback_check: t.failback_check,
+            drain_timeout: t.drain_timeout,
+            retry_interval: t.retry_interval,
+            failback_holdoff: t.failback_holdoff,
+            state_sync_interval: t.state_sync_interval,
             sequence_reservation: self.sequence_reservation,
             replay: ReplayLimits {
                 memory_records: self.buffer.memory_records,
@@ -423,10 +449,10 @@ impl StreamConfig {
                 spill_dir: self.buffer.spill_dir.clone(),
                 segment_records: self.buffer.spill_segment_records,
             },
-            best_effort_lifetime: Duration::from_millis(self.best_effort.lifetime_ms),
+            best_effort_lifetime: self.best_effort.lifetime,
             best_effort_queue: self.best_effort.queue_records,
             cookie_keys: None,
-            untrusted_for: Duration::from_millis(t.untrusted_pe_ms),
+            untrusted_for: t.untrusted_pe,
             // Not a config key: once a second keeps the audit's view of a
             // stream at most a second behind at a few bytes a second.
             statistics_interval: Duration::from_secs(1),
@@ -562,7 +588,7 @@ mod tests {
         "#;
         let config = StreamConfig::parse(minimal).unwrap();
         assert_eq!(config.observation_domain, 1);
-        assert_eq!(config.timers.failback_check_ms, 500);
+        assert_eq!(config.timers.failback_check, Duration::from_millis(500));
         assert!(StreamConfig::parse(&format!("{minimal}\ncookie_timeout = 1")).is_err());
         let udp = minimal.replace("tcp:", "udp:");
         assert!(StreamConfig::parse(&udp).is_err(), "no UDP to registrars");

@@ -10,9 +10,12 @@ use anyhow::{Context, Result};
 use protocol::ipfix::MessageWriter;
 use protocol::ipfix::flow::{FlowRecord, flow_template};
 
+/// How `exporter generate` reaches the collector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum GenerateTransport {
+    /// IPFIX over UDP (RFC 7011 10.3): no acknowledgement, templates resent.
     Udp,
+    /// IPFIX over TCP (RFC 7011 10.4).
     Tcp,
     /// SCTP over UDP (RFC 6951); `target` is the collector's UDP address,
     /// its SCTP port is the IPFIX port 4739.
@@ -32,14 +35,18 @@ pub struct GenerateTls {
     pub server_name: Option<String>,
 }
 
+/// What `exporter generate` sends, where and how fast.
 #[derive(Debug, Clone)]
 pub struct GenerateConfig {
+    /// The collector's address.
     pub target: SocketAddr,
+    /// The transport to it.
     pub transport: GenerateTransport,
     /// Records to send in total.
     pub records: u64,
     /// Records per second; `None` sends as fast as possible.
     pub rate: Option<u64>,
+    /// IPFIX observation domain of every message.
     pub observation_domain: u32,
     /// Largest IPFIX message, bytes (keep UDP under the path MTU).
     pub message_size: usize,
@@ -56,12 +63,16 @@ pub struct GenerateConfig {
 pub struct GenerateReport {
     /// Records the collector acknowledged (TCP, SCTP; UDP: sent).
     pub records: u64,
+    /// IPFIX messages sent.
     pub messages: u64,
+    /// Bytes of those messages.
     pub bytes: u64,
+    /// From the first send to the acknowledged close.
     pub elapsed: Duration,
 }
 
 impl GenerateReport {
+    /// Throughput of the run.
     pub fn records_per_sec(&self) -> f64 {
         self.records as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }

@@ -13,6 +13,8 @@
 //! - [`stream`]: the tokio driver of the core over `transport` and
 //!   `asap_client`.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod generate;
 pub mod journal;

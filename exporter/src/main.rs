@@ -34,25 +34,77 @@ enum Command {
     /// record to the collector pool as `stream` does (billing sequences,
     /// cookies, replay, failover). Runs until SIGTERM/SIGINT, then drains.
     Relay(RelayArgs),
+    /// Print the effective configuration (defaults + file + flags) as TOML.
+    ShowConfig(ConfigArgs),
+}
+
+/// How long `stream` and `relay` wait for the last cookies before exiting.
+#[derive(Args)]
+struct ExitDrainArgs {
+    /// Longest wait for the cookies of the records sent before exiting
+    /// ("30s", "2m"; then exit non-zero, unacknowledged records reported).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = daemon_common::duration::parse)]
+    exit_drain_timeout: Duration,
+    /// Deprecated: --exit-drain-timeout in seconds.
+    #[arg(long, hide = true, conflicts_with = "exit_drain_timeout")]
+    exit_drain_timeout_secs: Option<u64>,
+}
+
+impl ExitDrainArgs {
+    fn timeout(&self) -> Duration {
+        match self.exit_drain_timeout_secs {
+            Some(secs) => {
+                tracing::warn!(
+                    "--exit-drain-timeout-secs is deprecated: use --exit-drain-timeout {secs}s"
+                );
+                Duration::from_secs(secs)
+            }
+            None => self.exit_drain_timeout,
+        }
+    }
+}
+
+/// The configuration options `stream`, `relay` and `show-config` share.
+#[derive(Args)]
+struct ConfigArgs {
+    /// TOML configuration file (see exporter/exporter.toml.example).
+    /// Required: the exporter id, pool handle, registrars and state file
+    /// have no defaults.
+    #[arg(short, long, value_name = "FILE", env = "POOLFLOW_EXPORTER_CONFIG")]
+    config: PathBuf,
+    /// Log format (`RUST_LOG` sets the level, default info); overrides the
+    /// file's `log_format`.
+    #[arg(long, value_enum)]
+    log_format: Option<daemon_common::LogFormat>,
+}
+
+impl ConfigArgs {
+    /// The file, then the flags.
+    fn effective_config(&self) -> Result<StreamConfig> {
+        let mut config = StreamConfig::load(&self.config)?;
+        if let Some(format) = self.log_format {
+            config.log_format = format;
+        }
+        Ok(config)
+    }
 }
 
 #[derive(Args)]
 struct RelayArgs {
-    /// TOML configuration with a [relay] section (see
-    /// exporter/exporter.toml.example).
-    #[arg(long)]
-    config: PathBuf,
-    /// After a stop signal: longest wait for the last cookies, seconds
+    /// The configuration, with a [relay] section.
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// After a stop signal: longest wait for the last cookies, e.g. "30s"
     /// (unacknowledged records stay in the spill for the next run).
-    #[arg(long, default_value_t = 30)]
-    exit_drain_timeout_secs: u64,
+    #[command(flatten)]
+    exit_drain: ExitDrainArgs,
 }
 
 #[derive(Args)]
 struct StreamArgs {
-    /// TOML configuration (see exporter/exporter.toml.example).
-    #[arg(long)]
-    config: PathBuf,
+    /// The configuration.
+    #[command(flatten)]
+    config: ConfigArgs,
     /// Records to send (then wait for their cookies and exit).
     #[arg(long, default_value_t = 100_000)]
     records: u64,
@@ -62,9 +114,10 @@ struct StreamArgs {
     /// Number of the first synthetic record (FlowRecord::synthetic).
     #[arg(long, default_value_t = 0)]
     first_record: u64,
-    /// After the last record: longest wait for the cookies, seconds.
-    #[arg(long, default_value_t = 30)]
-    exit_drain_timeout_secs: u64,
+    /// After the last record or a stop signal: longest wait for the
+    /// cookies.
+    #[command(flatten)]
+    exit_drain: ExitDrainArgs,
     /// Also send this many best-effort records (PR-SCTP, not acknowledged
     /// or replayed), interleaved with the billing ones, in the first of
     /// `[best_effort] domains`; they count toward `--rate`.
@@ -92,9 +145,12 @@ struct GenerateArgs {
     /// Largest IPFIX message in bytes.
     #[arg(long, default_value_t = 1400)]
     message_size: usize,
-    /// UDP template refresh interval, seconds.
-    #[arg(long, default_value_t = 10)]
-    template_refresh_secs: u64,
+    /// UDP template refresh interval ("10s").
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = daemon_common::duration::parse)]
+    template_refresh: Duration,
+    /// Deprecated: --template-refresh in seconds.
+    #[arg(long, hide = true, conflicts_with = "template_refresh")]
+    template_refresh_secs: Option<u64>,
     /// Number of the first synthetic record.
     #[arg(long, default_value_t = 0)]
     first_record: u64,
@@ -113,19 +169,25 @@ struct GenerateArgs {
     /// (default: the IP address of --to).
     #[arg(long)]
     server_name: Option<String>,
+    /// Log format (`RUST_LOG` sets the level, default info).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: daemon_common::LogFormat,
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     match Cli::parse().command {
         Command::Stream(a) => stream(a),
         Command::Relay(a) => relay(a),
+        Command::ShowConfig(a) => {
+            let config = a.effective_config()?;
+            for warning in &config.deprecated_keys {
+                eprintln!("warning: {warning}");
+            }
+            print!("{}", toml::to_string_pretty(&config)?);
+            Ok(())
+        }
         Command::Generate(a) => {
+            daemon_common::init_logging(a.log_format, "info")?;
             let config = GenerateConfig {
                 target: a.to,
                 transport: a.transport,
@@ -133,7 +195,15 @@ fn main() -> Result<()> {
                 rate: a.rate,
                 observation_domain: a.domain,
                 message_size: a.message_size,
-                template_refresh: Duration::from_secs(a.template_refresh_secs),
+                template_refresh: match a.template_refresh_secs {
+                    Some(secs) => {
+                        tracing::warn!(
+                            "--template-refresh-secs is deprecated: use --template-refresh {secs}s"
+                        );
+                        Duration::from_secs(secs)
+                    }
+                    None => a.template_refresh,
+                },
                 first_record: a.first_record,
                 tls: generate_tls(&a)?,
             };
@@ -180,9 +250,18 @@ fn generate_tls(a: &GenerateArgs) -> Result<Option<exporter::generate::GenerateT
 }
 
 fn stream(args: StreamArgs) -> Result<()> {
-    let config = StreamConfig::load(&args.config)?;
+    let config = args.config.effective_config()?;
+    daemon_common::init_logging(config.log_format, "info")?;
+    for warning in &config.deprecated_keys {
+        tracing::warn!("{warning}");
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting tokio")?;
     runtime.block_on(async move {
+        // Installed before anything starts so an early SIGHUP cannot kill
+        // the process; SIGTERM and SIGINT stop as Ctrl-C always did (the
+        // unsent records keep their reserved sequences, the state is saved).
+        let mut signals =
+            daemon_common::Signals::install().context("installing signal handlers")?;
         if let Some(listen) = config.metrics_listen {
             metrics_exporter_prometheus::PrometheusBuilder::new()
                 .with_http_listener(listen)
@@ -191,7 +270,7 @@ fn stream(args: StreamArgs) -> Result<()> {
         }
         let settings = config.stream_settings(
             vec![flow_template()],
-            Duration::from_secs(args.exit_drain_timeout_secs),
+            args.exit_drain.timeout(),
         )?;
         let best_effort = match (args.best_effort_records, config.best_effort.domains.first()) {
             (0, _) => None,
@@ -205,8 +284,23 @@ fn stream(args: StreamArgs) -> Result<()> {
             "`observation_domain` is a billing domain: it cannot be in `[best_effort] domains`"
         );
         let (input_tx, input) = tokio::sync::mpsc::channel(4096);
+        // First SIGTERM/SIGINT: the input ends, the sent records drain (up
+        // to --exit-drain-timeout-secs) and the state is saved, as at the
+        // end of the records; a second one stops at once (state saved,
+        // unacknowledged records reported). The same as `relay`.
+        let (stop_input_tx, stop_input) = tokio::sync::watch::channel(false);
+        let (second_signal_tx, second_signal) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            signals.stop().await;
+            eprintln!("stopping: no more records, waiting for the cookies of those sent");
+            let _ = stop_input_tx.send(true);
+            signals.stop().await;
+            eprintln!("second signal: stopping without waiting for cookies");
+            let _ = second_signal_tx.send(());
+        });
         tokio::spawn(synthetic_input(
             input_tx,
+            stop_input,
             SyntheticInput {
                 domain: config.observation_domain,
                 first: args.first_record,
@@ -215,8 +309,8 @@ fn stream(args: StreamArgs) -> Result<()> {
                 rate: args.rate,
             },
         ));
-        let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
+        let shutdown = async move {
+            let _ = second_signal.await;
         };
         let report = exporter::stream::run(settings, input, shutdown, |progress| match progress {
             Progress::Status {
@@ -283,7 +377,11 @@ fn stream(args: StreamArgs) -> Result<()> {
 }
 
 fn relay(args: RelayArgs) -> Result<()> {
-    let config = StreamConfig::load(&args.config)?;
+    let config = args.config.effective_config()?;
+    daemon_common::init_logging(config.log_format, "info")?;
+    for warning in &config.deprecated_keys {
+        tracing::warn!("{warning}");
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting tokio")?;
     runtime.block_on(async move {
         if let Some(listen) = config.metrics_listen {
@@ -293,7 +391,7 @@ fn relay(args: RelayArgs) -> Result<()> {
                 .with_context(|| format!("metrics endpoint on {listen}"))?;
         }
         let options = RelayOptions {
-            exit_drain_timeout: Duration::from_secs(args.exit_drain_timeout_secs),
+            exit_drain_timeout: args.exit_drain.timeout(),
         };
         let report = exporter::relay::run(config, options).await?;
         println!(
@@ -328,7 +426,11 @@ struct SyntheticInput {
 
 /// Synthetic records at a rate; the channel's capacity passes the exporter's
 /// back-pressure on to this generator.
-async fn synthetic_input(tx: tokio::sync::mpsc::Sender<InputRecord>, input: SyntheticInput) {
+async fn synthetic_input(
+    tx: tokio::sync::mpsc::Sender<InputRecord>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    input: SyntheticInput,
+) {
     let base_millis = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -337,10 +439,16 @@ async fn synthetic_input(tx: tokio::sync::mpsc::Sender<InputRecord>, input: Synt
     let started = Instant::now();
     let (mut billing_sent, mut best_effort_sent) = (0u64, 0u64);
     for i in 0..total {
+        if *stop.borrow() {
+            return;
+        }
         if let Some(rate) = input.rate.filter(|&r| r > 0) {
             let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
             if due > Instant::now() {
-                tokio::time::sleep_until(due.into()).await;
+                tokio::select! {
+                    () = tokio::time::sleep_until(due.into()) => {}
+                    _ = stop.changed() => return,
+                }
             }
         }
         // Best-effort records at evenly spaced positions (integer
@@ -369,8 +477,11 @@ async fn synthetic_input(tx: tokio::sync::mpsc::Sender<InputRecord>, input: Synt
             bytes,
             class,
         };
-        if tx.send(record).await.is_err() {
-            return;
+        // A stop signal must end the input even while the pool holds it
+        // back (no collector reachable).
+        tokio::select! {
+            sent = tx.send(record) => if sent.is_err() { return },
+            _ = stop.changed() => return,
         }
     }
 }

@@ -288,6 +288,7 @@ fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
 pub struct SharedRegistry(Arc<Mutex<TemplateRegistry>>);
 
 impl SharedRegistry {
+    /// Shares `registry`.
     pub fn new(registry: TemplateRegistry) -> Self {
         Self(Arc::new(Mutex::new(registry)))
     }
@@ -359,11 +360,14 @@ fn forwarded_record(router_bytes: &[u8], init_ms: Option<u64>, router: IpAddr) -
 /// The input protocol, by the version field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum InputProtocol {
+    /// IPFIX (version 10, RFC 7011).
     Ipfix,
+    /// NetFlow version 9 (RFC 3954).
     NetflowV9,
 }
 
 impl InputProtocol {
+    /// The metric label value.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Ipfix => "ipfix",
@@ -390,11 +394,13 @@ pub struct SessionLimits {
 }
 
 impl SessionLimits {
+    /// The `[relay]` limits, with the pool user's message size and
+    /// best-effort domains.
     pub fn new(config: &RelayConfig, message_size: usize, best_effort_domains: &[u32]) -> Self {
         Self {
             max_templates: config.max_templates_per_session,
             max_domains: config.max_domains_per_session,
-            template_lifetime_secs: config.template_lifetime_secs,
+            template_lifetime_secs: config.template_lifetime.as_secs(),
             message_size,
             best_effort_domains: best_effort_domains.to_vec(),
         }
@@ -471,6 +477,7 @@ pub struct RouterSession {
 }
 
 impl RouterSession {
+    /// A new session of `router` over `transport`, nothing learned yet.
     pub fn new(router: IpAddr, transport: TransportKind, limits: SessionLimits) -> Self {
         Self {
             // A v4 router on a dual-stack socket shows as ::ffff:a.b.c.d.
@@ -934,7 +941,8 @@ fn udp_loop(socket: UdpSocket, context: ListenerContext, stop: Arc<AtomicBool>) 
             let now_secs = unix_secs();
             let before = sessions.len();
             sessions.retain(|_, s| {
-                now_secs.saturating_sub(s.last_seen_secs) <= context.config.udp_idle_timeout_secs
+                now_secs.saturating_sub(s.last_seen_secs)
+                    <= context.config.udp_idle_timeout.as_secs()
             });
             for session in sessions.values_mut() {
                 session.expire_templates(now_secs);
@@ -1132,12 +1140,13 @@ pub async fn run(config: StreamConfig, options: RelayOptions) -> anyhow::Result<
 
     let (second_signal_tx, second_signal) = tokio::sync::oneshot::channel::<()>();
     let stop_signal = Arc::clone(&stop);
+    let mut signals = daemon_common::Signals::install().context("installing signal handlers")?;
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.stop().await;
         tracing::info!("stopping: listeners closed, draining to the pool");
         stop_signal.store(true, Ordering::Relaxed);
         let _ = shutdown_tx.send(true);
-        wait_for_signal().await;
+        signals.stop().await;
         tracing::warn!("second signal: stopping without waiting for cookies");
         let _ = second_signal_tx.send(());
         // Keep the watch sender alive until here so listeners see `true`.
@@ -1164,28 +1173,6 @@ pub async fn run(config: StreamConfig, options: RelayOptions) -> anyhow::Result<
         let _ = thread.join();
     }
     report
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 
 use crate::generate::GenerateTls;
 
+/// A blocking TLS client stream over TCP (`exporter generate`).
 pub type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
 /// Connects and completes the TLS handshake before any record is counted

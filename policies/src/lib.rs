@@ -35,6 +35,8 @@
 //! assert_eq!(PolicyParams::decode(&value), Ok(members[1].params));
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod preferred_primary;
 pub mod selector;
 pub mod wire;

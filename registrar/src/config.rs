@@ -101,19 +101,23 @@ impl MembershipConfig {
     }
 }
 
-/// Where the registrar listens. An empty string disables a listener.
+/// Where the registrar listens. An empty list `[]` (or an empty string)
+/// turns a listener off, as in the other daemons' files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ListenConfig {
     /// ASAP over TCP (transport crate framing), default 0.0.0.0:3863.
+    #[serde(deserialize_with = "daemon_common::single_listen_address")]
     pub tcp: String,
     /// UDP socket of ASAP over SCTP-over-UDP (RFC 6951), default 0.0.0.0:3863
     /// (UDP port = SCTP port, poolflow's convention; 9899 stays free for a
     /// collector on the same host).
+    #[serde(deserialize_with = "daemon_common::single_listen_address")]
     pub sctp_over_udp: String,
     /// SCTP port inside the UDP encapsulation, default 3863 (ASAP's port).
     pub sctp_port: u16,
     /// HTTP status endpoint (`/status` JSON, `/metrics` Prometheus), default 127.0.0.1:3864.
+    #[serde(deserialize_with = "daemon_common::single_listen_address")]
     pub status: String,
 }
 
@@ -479,8 +483,8 @@ impl EnrpSettings {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
-    /// "text" or "json".
-    pub format: String,
+    /// `text` or `json` (the same spelling in every poolflow daemon).
+    pub format: daemon_common::LogFormat,
     /// tracing filter, e.g. "info" or "registrar=debug"; RUST_LOG wins.
     pub filter: String,
 }
@@ -488,7 +492,7 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
-            format: "text".to_string(),
+            format: daemon_common::LogFormat::Text,
             filter: "info".to_string(),
         }
     }

@@ -9,6 +9,8 @@
 //!   audit, List Request/Response, takeover of a dead registrar.
 //! * [`config`]: the TOML configuration.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod driver;
 pub mod enrp;

@@ -19,7 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the registrar daemon (SIGTERM or Ctrl-C stops it gracefully).
+    /// Run the registrar daemon (SIGTERM or SIGINT stops it gracefully;
+    /// SIGHUP is logged and ignored: no reload).
     Run(RunArgs),
     /// Print the pools and pool elements of a running registrar (like RSPLIB's hsdump).
     Dump(DumpArgs),
@@ -92,24 +93,37 @@ fn issue_member(args: &IssueMemberArgs) -> anyhow::Result<String> {
 
 #[derive(Args)]
 struct RunArgs {
-    /// TOML configuration file (see deploy/registrar.toml); flags override it.
-    #[arg(short, long, env = "REGISTRAR_CONFIG")]
+    /// TOML configuration file (see deploy/registrar.toml); flags override
+    /// it. Optional: without it the defaults apply (ASAP on TCP and SCTP over
+    /// UDP port 3863, status on 127.0.0.1:3864, open pools; `show-config`
+    /// prints them).
+    #[arg(short, long, value_name = "FILE", env = "POOLFLOW_REGISTRAR_CONFIG")]
     config: Option<PathBuf>,
     /// Server identifier (0: random).
     #[arg(long)]
     server_id: Option<u32>,
-    /// ASAP over TCP listen address ("" disables).
+    /// ASAP over TCP listen address ("" disables, as --no-tcp).
     #[arg(long)]
     tcp: Option<String>,
-    /// ASAP over SCTP-over-UDP: UDP listen address ("" disables).
+    /// Do not listen for ASAP over TCP.
+    #[arg(long, conflicts_with = "tcp")]
+    no_tcp: bool,
+    /// ASAP over SCTP-over-UDP: UDP listen address ("" disables, as
+    /// --no-sctp-over-udp).
     #[arg(long)]
     sctp_over_udp: Option<String>,
+    /// Do not listen for ASAP over SCTP over UDP.
+    #[arg(long, conflicts_with = "sctp_over_udp")]
+    no_sctp_over_udp: bool,
     /// SCTP port inside the UDP encapsulation.
     #[arg(long)]
     sctp_port: Option<u16>,
-    /// HTTP status/metrics listen address ("" disables).
+    /// HTTP status/metrics listen address ("" disables, as --no-status).
     #[arg(long)]
     status: Option<String>,
+    /// No HTTP status/metrics endpoint.
+    #[arg(long, conflicts_with = "status")]
+    no_status: bool,
     /// Keep-alive transmission interval in ms.
     #[arg(long)]
     keep_alive_period_ms: Option<u64>,
@@ -144,9 +158,9 @@ struct RunArgs {
     /// replaces the file's enrp.peers).
     #[arg(long = "enrp-peer")]
     enrp_peers: Vec<String>,
-    /// Log format: text or json.
-    #[arg(long)]
-    log_format: Option<String>,
+    /// Log format (`RUST_LOG` sets the level, over the file's `log.filter`).
+    #[arg(long, value_enum)]
+    log_format: Option<daemon_common::LogFormat>,
 }
 
 #[derive(Args)]
@@ -173,6 +187,15 @@ impl RunArgs {
         }
         if let Some(udp) = &self.sctp_over_udp {
             config.listen.sctp_over_udp = udp.clone();
+        }
+        if self.no_tcp {
+            config.listen.tcp.clear();
+        }
+        if self.no_sctp_over_udp {
+            config.listen.sctp_over_udp.clear();
+        }
+        if self.no_status {
+            config.listen.status.clear();
         }
         if let Some(port) = self.sctp_port {
             config.listen.sctp_port = port;
@@ -216,8 +239,8 @@ impl RunArgs {
             config.enrp.enabled = true;
             config.enrp.peers = self.enrp_peers.clone();
         }
-        if let Some(format) = &self.log_format {
-            config.log.format = format.clone();
+        if let Some(format) = self.log_format {
+            config.log.format = format;
         }
         config.validate()?;
         Ok(config)
@@ -256,20 +279,12 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn init_logging(config: &RegistrarConfig) -> anyhow::Result<()> {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log.filter))
-        .context("log.filter")?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match config.log.format.as_str() {
-        "json" => builder.json().init(),
-        "text" => builder.init(),
-        other => anyhow::bail!("log.format {other:?} is neither text nor json"),
-    }
-    Ok(())
+    daemon_common::init_logging(config.log.format, &config.log.filter).context("log.filter")
 }
 
 async fn run(config: RegistrarConfig) -> anyhow::Result<()> {
+    // Installed first so an early SIGHUP cannot kill the process.
+    let mut signals = daemon_common::Signals::install().context("installing signal handlers")?;
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("installing the Prometheus recorder")?;
@@ -297,20 +312,10 @@ async fn run(config: RegistrarConfig) -> anyhow::Result<()> {
         tracing::info!(pools = ?closed, "closed pools: PEs must prove membership; other pools are open");
     }
     let registrar = Registrar::start(config, Some(metrics)).await?;
-    wait_for_stop_signal().await?;
+    signals.stop().await;
     tracing::info!("stopping: closing associations");
     registrar.stop().await;
     tracing::info!("stopped");
-    Ok(())
-}
-
-async fn wait_for_stop_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate())?;
-    tokio::select! {
-        _ = terminate.recv() => {}
-        result = tokio::signal::ctrl_c() => result?,
-    }
     Ok(())
 }
 

@@ -149,14 +149,14 @@ state_file = "{state}"
 sequence_reservation = 1000
 {top}
 [timers]
-cookie_timeout_ms = 2000
-failback_check_ms = 200
-drain_timeout_ms = 5000
-retry_interval_ms = 200
-failback_holdoff_ms = 500
-connect_timeout_ms = 1000
-cache_lifetime_ms = 500
-registrar_request_timeout_ms = 1000
+cookie_timeout = "2s"
+failback_check = "200ms"
+drain_timeout = "5s"
+retry_interval = "200ms"
+failback_holdoff = "500ms"
+connect_timeout = "1s"
+cache_lifetime = "500ms"
+registrar_request_timeout = "1s"
 {tables}"#,
                 registrar = self.registrar_addr,
                 state = self

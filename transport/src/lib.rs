@@ -16,6 +16,8 @@
 //! [`Endpoint::connect`] to reuse the socket) on the client side. Both yield an
 //! [`Association`] whose first event is [`Event::Up`].
 
+#![warn(missing_docs)]
+
 pub mod kernel_sctp;
 mod sctp_udp;
 mod sctp_wire;
@@ -34,8 +36,11 @@ pub const DEFAULT_UDP_ENCAPS_PORT: u16 = 9899;
 /// Which transport an [`Endpoint`] uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransportKind {
+    /// User-space SCTP encapsulated in UDP (RFC 6951).
     SctpOverUdp,
+    /// TCP with stream/PPID framing (see the `tcp` module).
     Tcp,
+    /// The kernel's SCTP stack (Linux), one-to-one sockets.
     KernelSctp,
 }
 
@@ -45,6 +50,7 @@ pub enum TransportKind {
 /// [`Config::failure_detection_bound`].
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The transport to use.
     pub transport: TransportKind,
     /// SCTP port of the listening side (the destination SCTP port of our INITs, and the
     /// source port of an `Endpoint`'s own packets). When connecting, our source SCTP port is
@@ -52,8 +58,11 @@ pub struct Config {
     pub sctp_port: u16,
     /// HB.interval: a HEARTBEAT goes out after this long without hearing from the peer.
     pub heartbeat_interval: Duration,
+    /// RTO.Initial: retransmission timeout before any RTT is measured.
     pub rto_initial: Duration,
+    /// RTO.Min: lower bound of the computed retransmission timeout.
     pub rto_min: Duration,
+    /// RTO.Max: upper bound of the retransmission timeout (after backoff).
     pub rto_max: Duration,
     /// Association.Max.Retrans: consecutive unanswered retransmissions (DATA timeouts and
     /// heartbeats) before the association fails.
@@ -164,6 +173,7 @@ impl Config {
 /// Delivery guarantee of one message (RFC 3758 PR-SCTP policies).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Reliability {
+    /// Retransmitted until acknowledged or the association fails.
     #[default]
     Reliable,
     /// "rtx": give up after this many retransmissions.
@@ -175,12 +185,15 @@ pub enum Reliability {
 /// One application message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
+    /// SCTP stream number (carried in the TCP framing too).
     pub stream: u16,
     /// Payload Protocol Identifier (e.g. 11 ASAP, 12 ENRP), carried verbatim.
     pub ppid: u32,
+    /// Delivered as soon as it arrives, not in stream order.
     pub unordered: bool,
     /// Ignored on receive (the wire does not carry it) and by TCP.
     pub reliability: Reliability,
+    /// The message itself.
     pub payload: Bytes,
 }
 
@@ -196,11 +209,13 @@ impl Message {
         }
     }
 
+    /// The same message, unordered.
     pub fn unordered(mut self) -> Self {
         self.unordered = true;
         self
     }
 
+    /// The same message with a PR-SCTP policy.
     pub fn with_reliability(mut self, reliability: Reliability) -> Self {
         self.reliability = reliability;
         self
@@ -234,6 +249,7 @@ pub enum FailureReason {
 pub enum Event {
     /// Established; always the first event.
     Up,
+    /// A message from the peer.
     Message(Message),
     /// The peer restarted (same address and port, new incarnation): the association goes on
     /// with it, but messages in flight at the restart may be lost.
@@ -244,22 +260,36 @@ pub enum Event {
     Failed(FailureReason),
 }
 
+/// Why a transport operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
+    /// A socket call failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// The handshake was refused or failed.
     #[error("could not establish association: {0}")]
     ConnectFailed(String),
+    /// No handshake answer within the connect timeout.
     #[error("connect timed out after {0:?}")]
     ConnectTimeout(Duration),
+    /// Sending on an association that has ended.
     #[error("association is closed")]
     Closed,
+    /// A message above the transport's maximum message size.
     #[error("message of {size} bytes exceeds the maximum of {max}")]
-    MessageTooLarge { size: usize, max: usize },
+    MessageTooLarge {
+        /// The message's size, bytes.
+        size: usize,
+        /// The largest accepted, bytes.
+        max: usize,
+    },
+    /// No SCTP in this kernel (module not loaded, or not Linux).
     #[error("kernel SCTP unavailable on this host: {0}")]
     KernelSctpUnavailable(String),
+    /// The operation does not exist on this transport.
     #[error("unsupported: {0}")]
     Unsupported(&'static str),
+    /// The SCTP stack reported an error.
     #[error("SCTP error: {0}")]
     Sctp(String),
 }
@@ -291,6 +321,8 @@ impl Endpoint {
         Ok(Endpoint { inner })
     }
 
+    /// The bound address (UDP for SCTP over UDP), with the port the
+    /// kernel chose for port 0.
     pub fn local_addr(&self) -> SocketAddr {
         match &self.inner {
             EndpointInner::SctpOverUdp(endpoint) => endpoint.local_addr(),
@@ -430,10 +462,12 @@ pub struct Association {
 }
 
 impl Association {
+    /// The peer's address.
     pub fn remote_addr(&self) -> SocketAddr {
         self.remote
     }
 
+    /// Queues a message for the peer (waits while the send queue is full).
     pub async fn send(&self, message: Message) -> Result<(), TransportError> {
         self.sender.send(message).await
     }
@@ -490,6 +524,7 @@ impl AssociationSender {
         }
     }
 
+    /// Starts a graceful close (SCTP SHUTDOWN, TCP FIN) after what is queued.
     pub fn close(&self) {
         match &self.inner {
             SenderInner::SctpOverUdp(sender) => sender.close(),

@@ -31,7 +31,9 @@ use crate::{
     SenderInner, TransportError,
 };
 
+/// Bytes of a frame header (see the module documentation).
 pub const FRAME_HEADER_LEN: usize = 12;
+/// Frame flag: the message was sent unordered.
 pub const FLAG_UNORDERED: u16 = 0x0001;
 /// Frames queued for the writer task per association.
 const WRITE_QUEUE: usize = 1024;

@@ -22,25 +22,49 @@ pub use tokio_rustls::{TlsAcceptor, TlsConnector};
 /// Why a TLS configuration could not be built; every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsConfigError {
+    /// A file could not be read.
     #[error("reading {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// The IO error.
         source: std::io::Error,
     },
     #[error("{path}: no PEM certificate in it (expected -----BEGIN CERTIFICATE-----)")]
-    NoCertificate { path: PathBuf },
-    #[error("{path}: not a PEM private key (PKCS#8, PKCS#1 or SEC1): {reason}")]
-    PrivateKey { path: PathBuf, reason: String },
-    #[error("{path}: {source}")]
-    KeyPermissions {
+    /// The file holds no PEM certificate.
+    NoCertificate {
+        /// The file.
         path: PathBuf,
+    },
+    #[error("{path}: not a PEM private key (PKCS#8, PKCS#1 or SEC1): {reason}")]
+    /// The file holds no usable private key.
+    PrivateKey {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    #[error("{path}: {source}")]
+    /// The private key file is readable by group or others.
+    KeyPermissions {
+        /// The file.
+        path: PathBuf,
+        /// The mode check's verdict.
         source: protocol::signing::KeyError,
     },
     #[error("{path}: CA certificate not usable: {reason}")]
-    CaCertificate { path: PathBuf, reason: String },
+    /// The CA certificate cannot be used as a trust anchor.
+    CaCertificate {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// rustls refused the configuration.
     #[error("TLS configuration rejected: {0}")]
     Rustls(String),
     #[error("`{0}` is not a DNS name or IP address to check the server certificate against")]
+    /// The configured server name is neither a DNS name nor an IP address.
     ServerName(String),
 }
 
@@ -48,8 +72,11 @@ pub enum TlsConfigError {
 /// whose signature a client certificate must carry (mutual authentication).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerTlsFiles {
+    /// Our certificate chain (PEM, leaf first).
     pub certificate_file: PathBuf,
+    /// Its private key (PEM; refused when group or others may read it).
     pub private_key_file: PathBuf,
+    /// When set, clients must present a certificate signed by this CA.
     pub client_ca_file: Option<PathBuf>,
 }
 
@@ -57,6 +84,7 @@ pub struct ServerTlsFiles {
 /// optionally our own certificate and key for a server that asks for one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientTlsFiles {
+    /// The only CA the server's certificate may chain to.
     pub ca_file: PathBuf,
     /// Our certificate chain and key, both or neither.
     pub identity: Option<(PathBuf, PathBuf)>,
@@ -203,9 +231,14 @@ pub fn server_name(
 /// must carry (`None`: the IP address connected to).
 #[derive(Clone)]
 pub enum StreamTls {
+    /// The listening side.
     Server(TlsAcceptor),
+    /// The connecting side.
     Client {
+        /// Checks the server's certificate (and presents ours, if any).
         connector: TlsConnector,
+        /// The name the server's certificate must carry; `None`: the IP
+        /// address connected to.
         server_name: Option<ServerName<'static>>,
     },
 }
@@ -223,6 +256,7 @@ impl std::fmt::Debug for StreamTls {
 }
 
 impl StreamTls {
+    /// The listening side from PEM files.
     pub fn server(files: &ServerTlsFiles) -> Result<Self, TlsConfigError> {
         Ok(StreamTls::Server(TlsAcceptor::from(server_config(files)?)))
     }
