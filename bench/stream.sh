@@ -4,7 +4,9 @@
 # SQLite commit), into one collector over SCTP-over-UDP and over framed TCP.
 # The peer measured in the same run is `exporter generate` into the same
 # collector over the same transport: plain IPFIX without pool, cookies or
-# replay buffer. The ratio stream/generate is the cost of billing continuity.
+# replay buffer. The ratio stream/generate is the cost of billing continuity;
+# durable/stream the cost of durable intake ([buffer] durable: an fsynced
+# intake journal), measured in the same run.
 # Every run is checked: the audit must pass with every record present.
 # Cookies are version 2 (each cookie Ed25519-signed by the collector and
 # checked by the exporter against the public key); POOLFLOW_BENCH_COOKIES=hmac
@@ -52,7 +54,7 @@ rate_of() { # records log
 }
 
 echo "cookies: $cookies"
-printf '%-11s %16s %18s %7s %6s\n' transport "stream rec/s" "generate rec/s" ratio audit
+printf '%-11s %14s %15s %16s %14s %8s %6s\n' transport "stream rec/s" "durable rec/s" "generate rec/s" stream/generate durable/stream audit
 for transport in sctp framed-tcp; do
   port=$((base + 2 + ${#transport} * 2))
   case $transport in
@@ -63,10 +65,10 @@ tcp_listen = []"; gen=sctp ;;
 framed_tcp_listen = [\"127.0.0.1:$port\"]
 tcp_listen = [\"127.0.0.1:$((port + 1))\"]"; gen=tcp ;;
   esac
-  for kind in stream generate; do
+  for kind in stream durable generate; do
     db="$run/$transport-$kind.sqlite"
     pool=""
-    if [ "$kind" = stream ]; then
+    if [ "$kind" != generate ]; then
       pool="[pool]
 handle = \"bench-$transport\"
 registrars = [\"sctp:127.0.0.1:$registrar_port\"]
@@ -81,21 +83,28 @@ EOF2
     "$bin/collector" run --config "$run/c.toml" >"$run/$transport-$kind.collector.log" 2>&1 &
     collector=$!
     sleep 1
-    if [ "$kind" = stream ]; then
+    if [ "$kind" != generate ]; then
+      # durable: the same stream with durable intake (every record in the
+      # fsynced intake journal before it counts as taken in).
+      durable=""
+      [ "$kind" = durable ] && durable="durable = true
+journal_dir = \"$run/journal-$transport\""
       cat > "$run/exporter.toml" <<EOF2
 exporter_id = 9
 pool_handle = "bench-$transport"
 registrars = ["sctp:127.0.0.1:$registrar_port"]
-state_file = "$run/$transport.state"
+state_file = "$run/$transport-$kind.state"
 $exporter_keys
 [buffer]
 memory_records = 1000000
 max_records = 4000000
-spill_dir = "$run/spill-$transport"
+spill_dir = "$run/spill-$transport-$kind"
+$durable
 EOF2
       "$bin/exporter" stream --config "$run/exporter.toml" --records "$records" \
-        >"$run/$transport-stream.log" 2>&1
-      stream_rate=$(rate_of "$records" "$run/$transport-stream.log")
+        >"$run/$transport-$kind.log" 2>&1
+      rate=$(rate_of "$records" "$run/$transport-$kind.log")
+      if [ "$kind" = stream ]; then stream_rate=$rate; else durable_rate=$rate; fi
     else
       to_port=$port; [ "$gen" = tcp ] && to_port=$((port + 1))
       # Timed until every record is committed in SQLite (polled through a
@@ -116,8 +125,12 @@ EOF2
     fi
     kill -TERM "$collector"; wait "$collector" || true
   done
-  if "$bin/collector" audit --quiet --database "$run/$transport-stream.sqlite" >/dev/null; then audit=PASS; else audit=FAIL; fi
+  audit=PASS
+  for kind in stream durable; do
+    "$bin/collector" audit --quiet --database "$run/$transport-$kind.sqlite" >/dev/null || audit=FAIL
+  done
   ratio=$(python3 -c "print('%.2f' % ($stream_rate/$generate_rate))")
-  printf '%-11s %16s %18s %7s %6s\n' "$transport" "$stream_rate" "$generate_rate" "$ratio" "$audit"
+  durable_ratio=$(python3 -c "print('%.2f' % ($durable_rate/$stream_rate))")
+  printf '%-11s %14s %15s %16s %14s %8s %6s\n' "$transport" "$stream_rate" "$durable_rate" "$generate_rate" "$ratio" "$durable_ratio" "$audit"
 done
 echo "(logs in $run)"

@@ -35,7 +35,7 @@ pub struct RegistrarConfig {
     pub enrp: EnrpSettings,
     /// Who may register pool elements (RFC 5355 threats).
     pub access: AccessConfig,
-    /// Closed pools: PEs must prove membership (RFC 5352 §6, RFC 5355 §3.1).
+    /// Closed pools: PEs must prove membership (RFC 5352 §6, RFC 5355 §2.2).
     pub membership: MembershipConfig,
     /// Logging.
     pub log: LogConfig,

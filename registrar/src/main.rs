@@ -305,7 +305,7 @@ async fn run(config: RegistrarConfig) -> anyhow::Result<()> {
     if closed.is_empty() {
         tracing::warn!(
             "no pool is closed (`membership.authority_key_files` is empty): any PE that reaches \
-             this registrar may join any pool (RFC 5355 §3.1); give each billing pool a \
+             this registrar may join any pool (RFC 5355 §2.2); give each billing pool a \
              membership authority (docs/security.md)"
         );
     } else {

@@ -689,7 +689,7 @@ impl Server {
         let remote_ip = peer.remote.map(|addr| addr.ip());
         let remote_addr = peer.remote;
 
-        // RFC 5352 §6 / RFC 5355 §3.1: only members join a closed pool. The
+        // RFC 5352 §6 / RFC 5355 §2.2: only members join a closed pool. The
         // signature covers the Pool Element as sent, before any fill-in.
         let membership = if self.is_closed_pool(&pool_handle) {
             if let Err(error) = self.check_membership(

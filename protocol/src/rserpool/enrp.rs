@@ -462,7 +462,7 @@ fn message_name(message_type: u8) -> Result<&'static str, DecodeError> {
 }
 
 /// Message authentication for ENRP between registrars of one pool (our
-/// answer to the peer-impersonation and replay threats of RFC 5355 §3;
+/// answer to the peer-impersonation and replay threats of RFC 5355 §2;
 /// design and rationale in `docs/enrp-security.md`).
 ///
 /// A signed message ends with one extra parameter:

@@ -1,6 +1,6 @@
 //! Pool membership proofs: how a pool element proves to a registrar that it
 //! belongs to a pool (RFC 5352 §6: registrars SHOULD authenticate PEs;
-//! RFC 5355 §3.1, §3.2: a rogue PE registering, or altering another's
+//! RFC 5355 §2.1–§2.4: a rogue PE registering, or altering another's
 //! registration). Sans-IO: signing and checking take keys, bytes and the
 //! wall-clock time as arguments; the daemons read key files and clocks.
 //!
