@@ -1,6 +1,6 @@
 //! `collector audit`: proves billing record continuity across the stores of
-//! every collector of a pool (DESIGN.md "Billing continuity", point 5;
-//! docs/billing-continuity.md).
+//! every collector of a pool (docs/billing-continuity.md;
+//! docs/architecture.md "Failure handling in one paragraph").
 //!
 //! Per (billing exporter id, observation domain) it reports the record
 //! sequences present, the gaps between 0 (the first record sequence an

@@ -182,9 +182,8 @@ registrar_request_timeout = "1s"
             .unwrap()
     }
 
-    /// Stops the collectors (SIGTERM) and the registrar, and audits every
-    /// store.
-    pub async fn finish(mut self, fail_on_declared_loss: bool) -> AuditReport {
+    /// Stops the collectors (SIGTERM; each must exit 0) and the registrar.
+    pub async fn stop(&mut self) {
         for i in 0..self.collectors.len() {
             if let Some(mut c) = self.collectors[i].take() {
                 terminate(&mut c);
@@ -195,6 +194,10 @@ registrar_request_timeout = "1s"
         if let Some(r) = self.registrar.take() {
             r.stop().await;
         }
+    }
+
+    /// Audits every store.
+    pub fn audit(&self, fail_on_declared_loss: bool) -> AuditReport {
         collector::audit::run(&AuditOptions {
             databases: (0..self.ports.len()).map(|i| self.store(i)).collect(),
             exporter: None,
@@ -205,6 +208,12 @@ registrar_request_timeout = "1s"
             ..AuditOptions::default()
         })
         .unwrap()
+    }
+
+    /// [`Self::stop`], then [`Self::audit`].
+    pub async fn finish(mut self, fail_on_declared_loss: bool) -> AuditReport {
+        self.stop().await;
+        self.audit(fail_on_declared_loss)
     }
 }
 
