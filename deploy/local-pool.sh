@@ -70,10 +70,10 @@ status = "127.0.0.1:$status_port"
 [timers]
 # Sub-second detection of a dead collector: keep-alive every 200 ms,
 # removed after 300 ms more without an answer.
-keep_alive_period_ms = 200
-keep_alive_timeout_ms = 300
+keep_alive_period = "200ms"
+keep_alive_timeout = "300ms"
 [membership]
-max_clock_skew_ms = 60000
+max_clock_skew = "1m"
 [membership.authority_key_files]
 # Closed pool: only collectors with a certificate of this authority join.
 "billing-collectors" = ["$run/authority.pub"]

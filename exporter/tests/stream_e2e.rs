@@ -207,8 +207,8 @@ async fn failover_and_failback_lose_and_duplicate_nothing() {
     registrar_config.listen.tcp = String::new();
     registrar_config.listen.sctp_over_udp = "127.0.0.1:0".into();
     registrar_config.listen.status = String::new();
-    registrar_config.timers.keep_alive_period_ms = 200;
-    registrar_config.timers.keep_alive_timeout_ms = 200;
+    registrar_config.timers.keep_alive_period = Duration::from_millis(200);
+    registrar_config.timers.keep_alive_timeout = Duration::from_millis(200);
     let registrar = Registrar::start(registrar_config, None).await.unwrap();
     let registrar_addr = registrar.sctp_over_udp_addr.unwrap();
 

@@ -1,6 +1,8 @@
 //! The registrar's TOML configuration (see `deploy/registrar.toml` for
-//! every key with its default and meaning). All durations are milliseconds
-//! so sub-second values are plain integers.
+//! every key with its default and meaning). Durations carry their unit
+//! (`keep_alive_period = "5s"`, `"200ms"`), as in the collector's and
+//! exporter's files; the older `_ms` keys (`keep_alive_period_ms = 5000`)
+//! are still read, each with a warning naming the new spelling.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -39,6 +41,10 @@ pub struct RegistrarConfig {
     pub membership: MembershipConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Legacy `_ms` keys the file used, one warning each naming the new
+    /// key, logged once logging is set up.
+    #[serde(skip)]
+    pub deprecated_keys: Vec<String>,
 }
 
 /// Who may register pool elements. RFC 5355 (threats): a registrar accepting
@@ -64,14 +70,15 @@ pub struct MembershipConfig {
     pub authority_key_files: BTreeMap<String, Vec<String>>,
     /// A proof whose timestamp is further than this from our clock is
     /// refused (replay window; covers PE/registrar clock skew).
-    pub max_clock_skew_ms: u64,
+    #[serde(with = "daemon_common::duration::serde")]
+    pub max_clock_skew: Duration,
 }
 
 impl Default for MembershipConfig {
     fn default() -> Self {
         Self {
             authority_key_files: BTreeMap::new(),
-            max_clock_skew_ms: 60_000,
+            max_clock_skew: Duration::from_secs(60),
         }
     }
 }
@@ -137,22 +144,25 @@ impl Default for ListenConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct TimerConfig {
     /// Keep-alive transmission interval.
-    pub keep_alive_period_ms: u64,
+    #[serde(with = "daemon_common::duration::serde")]
+    pub keep_alive_period: Duration,
     /// Keep-alive ack timeout.
-    pub keep_alive_timeout_ms: u64,
+    #[serde(with = "daemon_common::duration::serde")]
+    pub keep_alive_timeout: Duration,
     /// MAX-BAD-PE-REPORT.
     pub max_bad_pe_reports: u32,
     /// Server Announce interval.
-    pub server_announce_interval_ms: u64,
+    #[serde(with = "daemon_common::duration::serde")]
+    pub server_announce_interval: Duration,
 }
 
 impl Default for TimerConfig {
     fn default() -> Self {
         Self {
-            keep_alive_period_ms: 5_000,
-            keep_alive_timeout_ms: 5_000,
+            keep_alive_period: Duration::from_secs(5),
+            keep_alive_timeout: Duration::from_secs(5),
             max_bad_pe_reports: 3,
-            server_announce_interval_ms: 1_000,
+            server_announce_interval: Duration::from_secs(1),
         }
     }
 }
@@ -245,14 +255,15 @@ pub struct TransportTuning {
     /// Use the transport crate's sub-second failure detection settings.
     pub fast_failure_detection: bool,
     /// SCTP heartbeat interval (ignored with fast_failure_detection).
-    pub heartbeat_interval_ms: u64,
+    #[serde(with = "daemon_common::duration::serde")]
+    pub heartbeat_interval: Duration,
 }
 
 impl Default for TransportTuning {
     fn default() -> Self {
         Self {
             fast_failure_detection: false,
-            heartbeat_interval_ms: 30_000,
+            heartbeat_interval: Duration::from_secs(30),
         }
     }
 }
@@ -276,15 +287,20 @@ pub struct EnrpSettings {
     /// Accept ENRP only from these server ids; empty accepts any.
     pub allowed_server_ids: Vec<u32>,
     /// PEER-HEARTBEAT-CYCLE.
-    pub peer_heartbeat_cycle_ms: u64,
+    #[serde(with = "daemon_common::duration::serde")]
+    pub peer_heartbeat_cycle: Duration,
     /// MAX-TIME-LAST-HEARD.
-    pub max_time_last_heard_ms: u64,
+    #[serde(with = "daemon_common::duration::serde")]
+    pub max_time_last_heard: Duration,
     /// MAX-TIME-NO-RESPONSE.
-    pub max_time_no_response_ms: u64,
+    #[serde(with = "daemon_common::duration::serde")]
+    pub max_time_no_response: Duration,
     /// TAKEOVER-EXPIRY.
-    pub takeover_expiry_ms: u64,
+    #[serde(with = "daemon_common::duration::serde")]
+    pub takeover_expiry: Duration,
     /// How long adopted PEs stay without re-registering.
-    pub adopted_pe_grace_ms: u64,
+    #[serde(with = "daemon_common::duration::serde")]
+    pub adopted_pe_grace: Duration,
     /// PEs per Handle Table Response page.
     pub max_elements_per_table_response: usize,
     /// File holding the pool's shared ENRP key (its bytes, a trailing
@@ -301,7 +317,8 @@ pub struct EnrpSettings {
     pub auth_accept_key_files: Vec<String>,
     /// Largest difference between a signed message's sending time and our
     /// clock; older (or future) messages are refused as replays.
-    pub auth_max_clock_skew_ms: u64,
+    #[serde(with = "daemon_common::duration::serde")]
+    pub auth_max_clock_skew: Duration,
     /// Migration only: accept unsigned ENRP (bad signatures still refused).
     pub auth_accept_unsigned: bool,
     /// Open outbound ENRP associations from the ENRP listen port (UDP and SCTP source
@@ -315,7 +332,6 @@ pub struct EnrpSettings {
 impl Default for EnrpSettings {
     fn default() -> Self {
         let core = crate::enrp::EnrpConfig::default();
-        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         Self {
             enabled: false,
             listen: format!("0.0.0.0:{}", protocol::rserpool::ENRP_PORT),
@@ -323,17 +339,17 @@ impl Default for EnrpSettings {
             advertise: String::new(),
             peers: Vec::new(),
             allowed_server_ids: Vec::new(),
-            peer_heartbeat_cycle_ms: ms(core.heartbeat_cycle),
-            max_time_last_heard_ms: ms(core.max_time_last_heard),
-            max_time_no_response_ms: ms(core.max_time_no_response),
-            takeover_expiry_ms: ms(core.takeover_expiry),
-            adopted_pe_grace_ms: ms(core.adopted_pe_grace),
+            peer_heartbeat_cycle: core.heartbeat_cycle,
+            max_time_last_heard: core.max_time_last_heard,
+            max_time_no_response: core.max_time_no_response,
+            takeover_expiry: core.takeover_expiry,
+            adopted_pe_grace: core.adopted_pe_grace,
             max_elements_per_table_response: core.max_elements_per_table_response,
             auth_key_file: String::new(),
             auth_key: String::new(),
             auth_key_id: 1,
             auth_accept_key_files: Vec::new(),
-            auth_max_clock_skew_ms: 30_000,
+            auth_max_clock_skew: Duration::from_secs(30),
             auth_accept_unsigned: false,
             connect_from_listen_port: false,
         }
@@ -378,11 +394,11 @@ impl EnrpSettings {
             advertised: None,
             static_peers,
             allowed_server_ids: self.allowed_server_ids.clone(),
-            heartbeat_cycle: Duration::from_millis(self.peer_heartbeat_cycle_ms),
-            max_time_last_heard: Duration::from_millis(self.max_time_last_heard_ms),
-            max_time_no_response: Duration::from_millis(self.max_time_no_response_ms),
-            takeover_expiry: Duration::from_millis(self.takeover_expiry_ms),
-            adopted_pe_grace: Duration::from_millis(self.adopted_pe_grace_ms),
+            heartbeat_cycle: self.peer_heartbeat_cycle,
+            max_time_last_heard: self.max_time_last_heard,
+            max_time_no_response: self.max_time_no_response,
+            takeover_expiry: self.takeover_expiry,
+            adopted_pe_grace: self.adopted_pe_grace,
             max_elements_per_table_response: self.max_elements_per_table_response,
             decode_limits,
             auth: self.auth()?,
@@ -427,14 +443,14 @@ impl EnrpSettings {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         anyhow::ensure!(
-            self.auth_max_clock_skew_ms > 0,
-            "enrp.auth_max_clock_skew_ms must be > 0"
+            !self.auth_max_clock_skew.is_zero(),
+            "enrp.auth_max_clock_skew must be > 0"
         );
         Ok(Some(crate::enrp::EnrpAuth {
             key_id: self.auth_key_id,
             key,
             accepted_keys,
-            max_clock_skew: Duration::from_millis(self.auth_max_clock_skew_ms),
+            max_clock_skew: self.auth_max_clock_skew,
             accept_unsigned: self.auth_accept_unsigned,
         }))
     }
@@ -462,13 +478,13 @@ impl EnrpSettings {
             "enrp.transport must be \"sctp-over-udp\" or \"tcp\""
         );
         for (name, value) in [
-            ("peer_heartbeat_cycle_ms", self.peer_heartbeat_cycle_ms),
-            ("max_time_last_heard_ms", self.max_time_last_heard_ms),
-            ("max_time_no_response_ms", self.max_time_no_response_ms),
-            ("takeover_expiry_ms", self.takeover_expiry_ms),
-            ("adopted_pe_grace_ms", self.adopted_pe_grace_ms),
+            ("peer_heartbeat_cycle", self.peer_heartbeat_cycle),
+            ("max_time_last_heard", self.max_time_last_heard),
+            ("max_time_no_response", self.max_time_no_response),
+            ("takeover_expiry", self.takeover_expiry),
+            ("adopted_pe_grace", self.adopted_pe_grace),
         ] {
-            anyhow::ensure!(value > 0, "enrp.{name} must be > 0");
+            anyhow::ensure!(!value.is_zero(), "enrp.{name} must be > 0");
         }
         anyhow::ensure!(
             self.max_elements_per_table_response > 0,
@@ -503,8 +519,17 @@ impl RegistrarConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let config: Self =
-            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        Self::from_toml(&text).with_context(|| format!("in config {}", path.display()))
+    }
+
+    /// Parses and validates a file's text. Legacy `_ms` keys are rewritten
+    /// to the keys with a unit first (one warning each in
+    /// `deprecated_keys`); a file with both spellings of a key is refused.
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        let mut table: toml::Table = toml::from_str(text)?;
+        let deprecated_keys = daemon_common::duration::upgrade_legacy_keys(&mut table, "")?;
+        let mut config: Self = table.try_into()?;
+        config.deprecated_keys = deprecated_keys;
         config.validate()?;
         Ok(config)
     }
@@ -512,20 +537,20 @@ impl RegistrarConfig {
     /// Rejects values that cannot work.
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
-            self.timers.keep_alive_period_ms > 0,
-            "timers.keep_alive_period_ms must be > 0"
+            !self.timers.keep_alive_period.is_zero(),
+            "timers.keep_alive_period must be > 0"
         );
         anyhow::ensure!(
-            self.timers.keep_alive_timeout_ms > 0,
-            "timers.keep_alive_timeout_ms must be > 0"
+            !self.timers.keep_alive_timeout.is_zero(),
+            "timers.keep_alive_timeout must be > 0"
         );
         anyhow::ensure!(
             self.timers.max_bad_pe_reports > 0,
             "timers.max_bad_pe_reports must be > 0"
         );
         anyhow::ensure!(
-            !self.announce.enabled || self.timers.server_announce_interval_ms > 0,
-            "timers.server_announce_interval_ms must be > 0 when announces are enabled"
+            !self.announce.enabled || !self.timers.server_announce_interval.is_zero(),
+            "timers.server_announce_interval must be > 0 when announces are enabled"
         );
         anyhow::ensure!(
             self.limits.registrations_per_second > 0.0 && self.limits.registration_burst > 0,
@@ -552,8 +577,8 @@ impl RegistrarConfig {
         );
         self.enrp.validate()?;
         anyhow::ensure!(
-            self.membership.max_clock_skew_ms > 0,
-            "membership.max_clock_skew_ms must be > 0"
+            !self.membership.max_clock_skew.is_zero(),
+            "membership.max_clock_skew must be > 0"
         );
         self.membership.authorities()?;
         Ok(())
@@ -566,12 +591,10 @@ impl RegistrarConfig {
         let limits = &self.limits;
         Ok(ServerConfig {
             server_id,
-            keep_alive_period: Duration::from_millis(self.timers.keep_alive_period_ms),
-            keep_alive_timeout: Duration::from_millis(self.timers.keep_alive_timeout_ms),
+            keep_alive_period: self.timers.keep_alive_period,
+            keep_alive_timeout: self.timers.keep_alive_timeout,
             max_bad_pe_reports: self.timers.max_bad_pe_reports,
-            server_announce_interval: Duration::from_millis(
-                self.timers.server_announce_interval_ms,
-            ),
+            server_announce_interval: self.timers.server_announce_interval,
             announce: self.announce.enabled,
             announce_transports: Vec::new(),
             default_resolution_items: limits.default_resolution_items,
@@ -594,7 +617,7 @@ impl RegistrarConfig {
             seed: rand::random(),
             registration_networks: self.access.registration_networks.clone(),
             membership_authorities: self.membership.authorities()?,
-            membership_max_clock_skew: Duration::from_millis(self.membership.max_clock_skew_ms),
+            membership_max_clock_skew: self.membership.max_clock_skew,
         })
     }
 }

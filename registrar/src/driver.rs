@@ -108,7 +108,7 @@ impl Registrar {
             transport::Config::fast_failure_detection(TransportKind::Tcp)
         } else {
             transport::Config {
-                heartbeat_interval: Duration::from_millis(config.transport.heartbeat_interval_ms),
+                heartbeat_interval: config.transport.heartbeat_interval,
                 ..transport::Config::default()
             }
         };

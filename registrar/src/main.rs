@@ -124,11 +124,17 @@ struct RunArgs {
     /// No HTTP status/metrics endpoint.
     #[arg(long, conflicts_with = "status")]
     no_status: bool,
-    /// Keep-alive transmission interval in ms.
-    #[arg(long)]
+    /// Keep-alive transmission interval ("5s", "200ms").
+    #[arg(long, value_name = "DURATION", value_parser = daemon_common::duration::parse)]
+    keep_alive_period: Option<Duration>,
+    /// Deprecated: --keep-alive-period in milliseconds.
+    #[arg(long, hide = true, conflicts_with = "keep_alive_period")]
     keep_alive_period_ms: Option<u64>,
-    /// Keep-alive ack timeout in ms.
-    #[arg(long)]
+    /// Keep-alive ack timeout ("5s", "200ms").
+    #[arg(long, value_name = "DURATION", value_parser = daemon_common::duration::parse)]
+    keep_alive_timeout: Option<Duration>,
+    /// Deprecated: --keep-alive-timeout in milliseconds.
+    #[arg(long, hide = true, conflicts_with = "keep_alive_timeout")]
     keep_alive_timeout_ms: Option<u64>,
     /// Endpoint Unreachable reports that remove a PE (MAX-BAD-PE-REPORT).
     #[arg(long)]
@@ -136,8 +142,11 @@ struct RunArgs {
     /// Send Server Announces to the configured announce addresses.
     #[arg(long)]
     announce: bool,
-    /// Server Announce interval in ms.
-    #[arg(long)]
+    /// Server Announce interval ("1s").
+    #[arg(long, value_name = "DURATION", value_parser = daemon_common::duration::parse)]
+    server_announce_interval: Option<Duration>,
+    /// Deprecated: --server-announce-interval in milliseconds.
+    #[arg(long, hide = true, conflicts_with = "server_announce_interval")]
     server_announce_interval_ms: Option<u64>,
     /// Use sub-second transport failure detection.
     #[arg(long)]
@@ -203,11 +212,25 @@ impl RunArgs {
         if let Some(status) = &self.status {
             config.listen.status = status.clone();
         }
-        if let Some(ms) = self.keep_alive_period_ms {
-            config.timers.keep_alive_period_ms = ms;
+        // The `-ms` flags are the old spelling: still honoured, with a
+        // warning naming the flag with a unit, as the file's `_ms` keys.
+        let mut legacy_ms = |flag: &str, ms: Option<u64>| {
+            ms.map(|ms| {
+                config
+                    .deprecated_keys
+                    .push(format!("--{flag}-ms is deprecated: use --{flag} {ms}ms"));
+                Duration::from_millis(ms)
+            })
+        };
+        let keep_alive_period_ms = legacy_ms("keep-alive-period", self.keep_alive_period_ms);
+        let keep_alive_timeout_ms = legacy_ms("keep-alive-timeout", self.keep_alive_timeout_ms);
+        let server_announce_interval_ms =
+            legacy_ms("server-announce-interval", self.server_announce_interval_ms);
+        if let Some(period) = self.keep_alive_period.or(keep_alive_period_ms) {
+            config.timers.keep_alive_period = period;
         }
-        if let Some(ms) = self.keep_alive_timeout_ms {
-            config.timers.keep_alive_timeout_ms = ms;
+        if let Some(timeout) = self.keep_alive_timeout.or(keep_alive_timeout_ms) {
+            config.timers.keep_alive_timeout = timeout;
         }
         if let Some(n) = self.max_bad_pe_reports {
             config.timers.max_bad_pe_reports = n;
@@ -215,8 +238,11 @@ impl RunArgs {
         if self.announce {
             config.announce.enabled = true;
         }
-        if let Some(ms) = self.server_announce_interval_ms {
-            config.timers.server_announce_interval_ms = ms;
+        if let Some(interval) = self
+            .server_announce_interval
+            .or(server_announce_interval_ms)
+        {
+            config.timers.server_announce_interval = interval;
         }
         if self.fast_failure_detection {
             config.transport.fast_failure_detection = true;
@@ -256,10 +282,17 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => {
             let config = args.effective_config()?;
             init_logging(&config)?;
+            for warning in &config.deprecated_keys {
+                tracing::warn!("{warning}");
+            }
             runtime.block_on(run(config))
         }
         Command::ShowConfig(args) => {
-            print!("{}", toml::to_string_pretty(&args.effective_config()?)?);
+            let config = args.effective_config()?;
+            for warning in &config.deprecated_keys {
+                eprintln!("warning: {warning}");
+            }
+            print!("{}", toml::to_string_pretty(&config)?);
             Ok(())
         }
         Command::IssueMember(args) => {

@@ -1,27 +1,93 @@
 //! The annotated example configuration stays in step with the code.
 
+use std::time::Duration;
+
 use registrar::RegistrarConfig;
 
 #[test]
 fn example_config_parses_and_documents_the_defaults() {
-    let example: RegistrarConfig =
-        toml::from_str(include_str!("../../deploy/registrar.toml")).expect("example parses");
-    example.validate().unwrap();
+    let example = RegistrarConfig::from_toml(include_str!("../../deploy/registrar.toml"))
+        .expect("example parses");
+    assert!(
+        example.deprecated_keys.is_empty(),
+        "the example uses a legacy key: {:?}",
+        example.deprecated_keys
+    );
     assert_eq!(example, RegistrarConfig::default());
 }
 
 #[test]
 fn unknown_keys_and_bad_values_are_rejected() {
-    assert!(toml::from_str::<RegistrarConfig>("[timers]\nkeep_alive_periode_ms = 5").is_err());
-    let zero: RegistrarConfig = toml::from_str("[timers]\nkeep_alive_timeout_ms = 0").unwrap();
+    assert!(toml::from_str::<RegistrarConfig>("[timers]\nkeep_alive_periode = \"5s\"").is_err());
+    let zero: RegistrarConfig = toml::from_str("[timers]\nkeep_alive_timeout = \"0s\"").unwrap();
     assert!(zero.validate().is_err());
     let bad_addr: RegistrarConfig = toml::from_str("[listen]\ntcp = \"nowhere\"").unwrap();
     assert!(bad_addr.validate().is_err());
     let sub_second: RegistrarConfig =
-        toml::from_str("[timers]\nkeep_alive_period_ms = 100\nkeep_alive_timeout_ms = 50").unwrap();
+        toml::from_str("[timers]\nkeep_alive_period = \"100ms\"\nkeep_alive_timeout = \"50ms\"")
+            .unwrap();
     let server = sub_second.server_config(1).expect("server config");
     assert_eq!(server.keep_alive_period.as_millis(), 100);
     assert_eq!(server.keep_alive_timeout.as_millis(), 50);
+}
+
+/// The `_ms` keys of older files still work: the same durations as the keys
+/// with a unit, one warning per key naming the new spelling; a file with
+/// both spellings of a key, or a duration without a unit, is refused.
+#[test]
+fn legacy_ms_keys_are_upgraded_with_one_warning_each() {
+    let legacy = RegistrarConfig::from_toml(
+        "[timers]\nkeep_alive_period_ms = 200\nkeep_alive_timeout_ms = 300\n\
+         [transport]\nheartbeat_interval_ms = 1500\n\
+         [enrp]\npeer_heartbeat_cycle_ms = 100\nauth_max_clock_skew_ms = 45000\n\
+         [membership]\nmax_clock_skew_ms = 90000\n",
+    )
+    .unwrap();
+    let new = RegistrarConfig::from_toml(
+        "[timers]\nkeep_alive_period = \"200ms\"\nkeep_alive_timeout = \"300ms\"\n\
+         [transport]\nheartbeat_interval = \"1s 500ms\"\n\
+         [enrp]\npeer_heartbeat_cycle = \"100ms\"\nauth_max_clock_skew = \"45s\"\n\
+         [membership]\nmax_clock_skew = \"90s\"\n",
+    )
+    .unwrap();
+    assert!(new.deprecated_keys.is_empty(), "{:?}", new.deprecated_keys);
+    assert_eq!(legacy.timers.keep_alive_period, Duration::from_millis(200));
+    assert_eq!(legacy.enrp.auth_max_clock_skew, Duration::from_secs(45));
+    let mut without_warnings = legacy.clone();
+    without_warnings.deprecated_keys.clear();
+    assert_eq!(without_warnings, new);
+    assert_eq!(
+        legacy.deprecated_keys.len(),
+        6,
+        "{:?}",
+        legacy.deprecated_keys
+    );
+    for expected in [
+        "`timers.keep_alive_period_ms` is deprecated: write `timers.keep_alive_period = \"200ms\"`",
+        "`enrp.auth_max_clock_skew_ms` is deprecated: write `enrp.auth_max_clock_skew = \"45000ms\"`",
+        "`membership.max_clock_skew_ms` is deprecated: write `membership.max_clock_skew = \"90000ms\"`",
+    ] {
+        assert!(
+            legacy.deprecated_keys.iter().any(|w| w.contains(expected)),
+            "{expected} not in {:?}",
+            legacy.deprecated_keys
+        );
+    }
+    // show-config prints the new spelling with its unit.
+    let shown = toml::to_string(&legacy).unwrap();
+    assert!(shown.contains("keep_alive_period = \"200ms\""), "{shown}");
+    assert!(!shown.contains("_ms"), "{shown}");
+
+    let both = RegistrarConfig::from_toml(
+        "[timers]\nkeep_alive_period = \"1s\"\nkeep_alive_period_ms = 1000\n",
+    )
+    .unwrap_err();
+    assert!(
+        format!("{both:#}").contains("keep only `timers.keep_alive_period`"),
+        "{both:#}"
+    );
+    assert!(RegistrarConfig::from_toml("[timers]\nkeep_alive_period = 200\n").is_err());
+    assert!(RegistrarConfig::from_toml("[timers]\nkeep_alive_period_ms = 0\n").is_err());
 }
 
 #[test]
@@ -42,7 +108,7 @@ fn enrp_settings_are_validated_and_converted() {
     assert!(bad_peer.validate().is_err());
     let fast: RegistrarConfig = toml::from_str(
         "[enrp]\nenabled = true\nadvertise = \"192.0.2.1:9901\"\npeers = [\"192.0.2.2:9901\"]\n\
-         peer_heartbeat_cycle_ms = 100\nmax_time_last_heard_ms = 300\nmax_time_no_response_ms = 200",
+         peer_heartbeat_cycle = \"100ms\"\nmax_time_last_heard = \"300ms\"\nmax_time_no_response = \"200ms\"",
     )
     .unwrap();
     fast.validate().unwrap();
@@ -56,7 +122,7 @@ fn enrp_settings_are_validated_and_converted() {
     assert_eq!(core.max_time_no_response.as_millis(), 200);
     assert_eq!(core.static_peers, vec!["192.0.2.2:9901".parse().unwrap()]);
     let zero: RegistrarConfig = toml::from_str(
-        "[enrp]\nenabled = true\nlisten = \"127.0.0.1:9901\"\ntakeover_expiry_ms = 0",
+        "[enrp]\nenabled = true\nlisten = \"127.0.0.1:9901\"\ntakeover_expiry = \"0s\"",
     )
     .unwrap();
     assert!(zero.validate().is_err());

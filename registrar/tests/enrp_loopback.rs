@@ -42,7 +42,7 @@ fn config(index: usize, ports: &[u16], kind: &str) -> RegistrarConfig {
     config.listen.tcp = "127.0.0.1:0".into();
     config.listen.sctp_over_udp = String::new();
     config.listen.status = String::new();
-    config.timers.keep_alive_period_ms = 60_000;
+    config.timers.keep_alive_period = Duration::from_millis(60_000);
     config.transport.fast_failure_detection = true;
     let enrp = &mut config.enrp;
     enrp.enabled = true;
@@ -54,11 +54,11 @@ fn config(index: usize, ports: &[u16], kind: &str) -> RegistrarConfig {
         .filter(|(i, _)| *i != index)
         .map(|(_, port)| format!("127.0.0.1:{port}"))
         .collect();
-    enrp.peer_heartbeat_cycle_ms = 200;
-    enrp.max_time_last_heard_ms = 600;
-    enrp.max_time_no_response_ms = 300;
-    enrp.takeover_expiry_ms = 300;
-    enrp.adopted_pe_grace_ms = 30_000;
+    enrp.peer_heartbeat_cycle = Duration::from_millis(200);
+    enrp.max_time_last_heard = Duration::from_millis(600);
+    enrp.max_time_no_response = Duration::from_millis(300);
+    enrp.takeover_expiry = Duration::from_millis(300);
+    enrp.adopted_pe_grace = Duration::from_millis(30_000);
     config
 }
 

@@ -37,7 +37,7 @@ fn config(enrp_port: u16, peers: Vec<String>) -> RegistrarConfig {
     config.enrp.transport = "sctp-over-udp".into();
     config.enrp.listen = format!("127.0.0.1:{enrp_port}");
     config.enrp.peers = peers;
-    config.enrp.peer_heartbeat_cycle_ms = 200;
+    config.enrp.peer_heartbeat_cycle = Duration::from_millis(200);
     config.enrp.connect_from_listen_port = true;
     config
 }

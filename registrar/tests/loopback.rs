@@ -223,8 +223,8 @@ async fn registration_and_resolution_over_sctp_over_udp() {
 /// PE that answers stays.
 async fn silent_pe_removed_within_keep_alive_time(kind: transport::TransportKind) {
     let mut config = test_config();
-    config.timers.keep_alive_period_ms = 200;
-    config.timers.keep_alive_timeout_ms = 150;
+    config.timers.keep_alive_period = Duration::from_millis(200);
+    config.timers.keep_alive_timeout = Duration::from_millis(150);
     let registrar = Registrar::start(config, None).await.unwrap();
 
     let mut silent = Client::connect(&registrar, kind).await;
@@ -457,7 +457,7 @@ async fn binary_runs_from_a_config_file_and_stops_on_sigterm() {
     std::fs::write(
         &path,
         format!(
-            "server_id = 77\n[listen]\ntcp = \"127.0.0.1:{asap}\"\nsctp_over_udp = \"\"\nstatus = \"127.0.0.1:{status}\"\n[timers]\nkeep_alive_period_ms = 250\n"
+            "server_id = 77\n[listen]\ntcp = \"127.0.0.1:{asap}\"\nsctp_over_udp = \"\"\nstatus = \"127.0.0.1:{status}\"\n[timers]\nkeep_alive_period = \"250ms\"\n"
         ),
     )
     .unwrap();
@@ -466,8 +466,8 @@ async fn binary_runs_from_a_config_file_and_stops_on_sigterm() {
             "run",
             "--config",
             path.to_str().unwrap(),
-            "--keep-alive-timeout-ms",
-            "300",
+            "--keep-alive-timeout",
+            "300ms",
         ])
         .kill_on_drop(true)
         .spawn()

@@ -247,6 +247,56 @@ fn show_config_prints_file_and_flags_as_toml() {
     );
     assert_eq!(shown["template_lifetime"].as_str(), Some("10m"), "{shown}");
 
+    // The registrar too: `_ms` keys and flags are upgraded with a warning
+    // naming the new spelling, and shown with their unit.
+    std::fs::write(
+        &registrar_file,
+        "[timers]\nkeep_alive_period_ms = 200\n[enrp]\ntakeover_expiry_ms = 1500\n",
+    )
+    .unwrap();
+    let out = command("registrar")
+        .args(["show-config", "-c"])
+        .arg(&registrar_file)
+        .args(["--keep-alive-timeout-ms", "300"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: toml::Table = String::from_utf8(out.stdout).unwrap().parse().unwrap();
+    assert_eq!(
+        shown["timers"]["keep_alive_period"].as_str(),
+        Some("200ms"),
+        "{shown}"
+    );
+    assert_eq!(
+        shown["timers"]["keep_alive_timeout"].as_str(),
+        Some("300ms"),
+        "{shown}"
+    );
+    assert_eq!(
+        shown["enrp"]["takeover_expiry"].as_str(),
+        Some("1s 500ms"),
+        "{shown}"
+    );
+    let warning = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "`timers.keep_alive_period_ms` is deprecated: write `timers.keep_alive_period = \"200ms\"`",
+        "`enrp.takeover_expiry_ms` is deprecated",
+        "--keep-alive-timeout-ms is deprecated: use --keep-alive-timeout 300ms",
+    ] {
+        assert!(warning.contains(expected), "{expected} not in {warning}");
+    }
+    let shown =
+        show_config(command("registrar").args(["show-config", "--keep-alive-period", "1m 30s"]));
+    assert_eq!(
+        shown["timers"]["keep_alive_period"].as_str(),
+        Some("1m 30s"),
+        "{shown}"
+    );
+
     // A bad value is refused, not defaulted.
     let bad = command("collector")
         .args(["show-config", "--log-format", "xml"])

@@ -148,8 +148,8 @@ async fn hostile_collectors_cannot_join_a_closed_pool_and_get_no_records() {
     config.listen.tcp = String::new();
     config.listen.sctp_over_udp = "127.0.0.1:0".into();
     config.listen.status = status_addr.to_string();
-    config.timers.keep_alive_period_ms = 200;
-    config.timers.keep_alive_timeout_ms = 300;
+    config.timers.keep_alive_period = Duration::from_millis(200);
+    config.timers.keep_alive_timeout = Duration::from_millis(300);
     config.membership.authority_key_files.insert(
         POOL.into(),
         vec![old_pub.display().to_string(), new_pub.display().to_string()],

@@ -119,8 +119,8 @@ async fn collectors_register_resolve_by_priority_and_leave() {
     config.listen.tcp = String::new();
     config.listen.sctp_over_udp = "127.0.0.1:0".into();
     config.listen.status = String::new();
-    config.timers.keep_alive_period_ms = KEEP_ALIVE_PERIOD_MS;
-    config.timers.keep_alive_timeout_ms = KEEP_ALIVE_TIMEOUT_MS;
+    config.timers.keep_alive_period = Duration::from_millis(KEEP_ALIVE_PERIOD_MS);
+    config.timers.keep_alive_timeout = Duration::from_millis(KEEP_ALIVE_TIMEOUT_MS);
     let registrar = Registrar::start(config, None).await.unwrap();
     let registrar_addr = registrar.sctp_over_udp_addr.unwrap();
 

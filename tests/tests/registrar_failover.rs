@@ -53,16 +53,16 @@ tcp = ""
 sctp_over_udp = "{asap}"
 status = "{status}"
 [timers]
-keep_alive_period_ms = 200
-keep_alive_timeout_ms = 400
+keep_alive_period = "200ms"
+keep_alive_timeout = "400ms"
 [enrp]
 enabled = true
 listen = "{enrp}"
 peers = [{peers}]
-peer_heartbeat_cycle_ms = 200
-max_time_last_heard_ms = 600
-max_time_no_response_ms = 400
-takeover_expiry_ms = 400
+peer_heartbeat_cycle = "200ms"
+max_time_last_heard = "600ms"
+max_time_no_response = "400ms"
+takeover_expiry = "400ms"
 auth_key_file = "{key_file}"
 "#,
                 id = self.server_id,

@@ -54,8 +54,8 @@ impl Pool {
         config.listen.tcp = String::new();
         config.listen.sctp_over_udp = "127.0.0.1:0".into();
         config.listen.status = String::new();
-        config.timers.keep_alive_period_ms = 200;
-        config.timers.keep_alive_timeout_ms = 300;
+        config.timers.keep_alive_period = Duration::from_millis(200);
+        config.timers.keep_alive_timeout = Duration::from_millis(300);
         let registrar = Registrar::start(config, None).await.unwrap();
         let registrar_addr = registrar.sctp_over_udp_addr.unwrap();
         let mut pool = Self {

@@ -33,8 +33,8 @@ fn registrar_config(index: usize, enrp_ports: &[u16]) -> RegistrarConfig {
     config.listen.sctp_over_udp = String::new();
     config.listen.status = String::new();
     // Real supervision: a PE that stops answering is gone within 500 ms.
-    config.timers.keep_alive_period_ms = 200;
-    config.timers.keep_alive_timeout_ms = 300;
+    config.timers.keep_alive_period = Duration::from_millis(200);
+    config.timers.keep_alive_timeout = Duration::from_millis(300);
     config.transport.fast_failure_detection = true;
     let enrp = &mut config.enrp;
     enrp.enabled = true;
@@ -46,11 +46,11 @@ fn registrar_config(index: usize, enrp_ports: &[u16]) -> RegistrarConfig {
         .filter(|(i, _)| *i != index)
         .map(|(_, port)| format!("127.0.0.1:{port}"))
         .collect();
-    enrp.peer_heartbeat_cycle_ms = 200;
-    enrp.max_time_last_heard_ms = 600;
-    enrp.max_time_no_response_ms = 300;
-    enrp.takeover_expiry_ms = 300;
-    enrp.adopted_pe_grace_ms = ADOPTION_GRACE_MS;
+    enrp.peer_heartbeat_cycle = Duration::from_millis(200);
+    enrp.max_time_last_heard = Duration::from_millis(600);
+    enrp.max_time_no_response = Duration::from_millis(300);
+    enrp.takeover_expiry = Duration::from_millis(300);
+    enrp.adopted_pe_grace = Duration::from_millis(ADOPTION_GRACE_MS);
     config
 }
 
