@@ -8,6 +8,13 @@
 //!   ASAP (RFC 5352) and ENRP (RFC 5353).
 //! - [`signing`]: Ed25519 keys (RFC 8032) in PKCS#8 PEM, the one signature
 //!   scheme of pool membership proofs and billing cookies.
+//! - [`billing`]: the billing cookie, the value of the ASAP Cookie
+//!   parameter (RFC 5354 §3.13) in poolflow's cookie protocol
+//!   (docs/billing-continuity.md).
+//!
+//! Where this crate sits among the others: docs/architecture.md.
+
+#![warn(missing_docs)]
 
 pub mod billing;
 pub mod ipfix;

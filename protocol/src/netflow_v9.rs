@@ -74,61 +74,185 @@ pub const MAX_RECORD_LEN: usize = u16::MAX as usize - HEADER_LEN - FLOWSET_HEADE
 /// reason an operator can act on; count them by [`Self::reason`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
+    /// The datagram is shorter than the 20-byte packet header (RFC 3954
+    /// §5.1). The whole packet is lost.
     #[error("packet truncated: {have} bytes, the header needs {HEADER_LEN}")]
-    TruncatedHeader { have: usize },
+    TruncatedHeader {
+        /// Bytes the datagram had.
+        have: usize,
+    },
+    /// The Version field is not 9 (RFC 3954 §5.1): NetFlow v5 or IPFIX
+    /// (10) sent to the v9 port. Carries the version found. The whole
+    /// packet is lost.
     #[error("wrong version {0}, expected {VERSION}")]
     WrongVersion(u16),
+    /// 1 to 3 bytes, not all zero, follow the last FlowSet: too few for a
+    /// FlowSet header (RFC 3954 §5.2). Zeros there are taken as padding
+    /// and not reported.
     #[error("{remaining} stray bytes at offset {offset}, too few for a flowset header")]
-    FlowSetHeaderTruncated { offset: usize, remaining: usize },
+    FlowSetHeaderTruncated {
+        /// Offset of the stray bytes from the start of the packet.
+        offset: usize,
+        /// How many there are.
+        remaining: usize,
+    },
+    /// A FlowSet declares a length below its own 4-byte header (RFC 3954
+    /// §5.2). Nothing after it can be located: the rest of the packet is
+    /// lost.
     #[error("flowset at offset {offset} declares length {length}, below the flowset header size")]
-    FlowSetTooShort { offset: usize, length: u16 },
+    FlowSetTooShort {
+        /// Offset of the FlowSet from the start of the packet, bytes.
+        offset: usize,
+        /// The FlowSet's Length field, octets.
+        length: u16,
+    },
+    /// A FlowSet declares more bytes than the datagram has left. The rest
+    /// of the packet is lost.
     #[error(
         "flowset {flowset_id} at offset {offset} declares length {length}, only {remaining} bytes remain"
     )]
     FlowSetOverrun {
+        /// Offset of the FlowSet from the start of the packet, bytes.
         offset: usize,
+        /// The FlowSet ID of its header.
         flowset_id: u16,
+        /// The FlowSet's Length field, octets.
         length: u16,
+        /// Bytes of the datagram from the FlowSet's start to its end.
         remaining: usize,
     },
+    /// A FlowSet ID of 2 to 255, reserved by RFC 3954 §5.2. Only this
+    /// FlowSet is skipped: its length is valid, so later ones decode.
     #[error("flowset id {flowset_id} at offset {offset} is reserved")]
-    ReservedFlowSetId { offset: usize, flowset_id: u16 },
+    ReservedFlowSetId {
+        /// Offset of the FlowSet from the start of the packet, bytes.
+        offset: usize,
+        /// The reserved FlowSet ID.
+        flowset_id: u16,
+    },
+    /// A (Options) Template record runs past the end of its FlowSet
+    /// (RFC 3954 §5.2, §6.1): the rest of the FlowSet is lost.
     #[error("template record truncated in flowset {flowset_id}")]
-    TemplateTruncated { flowset_id: u16 },
+    TemplateTruncated {
+        /// The FlowSet ID: 0 (Template) or 1 (Options Template).
+        flowset_id: u16,
+    },
+    /// A template defines an ID below 256 (RFC 3954 §5.2 numbers templates
+    /// from 256; lower values are the FlowSet IDs of Template, Options and
+    /// reserved FlowSets). Carries the ID. Only this record is skipped.
     #[error("template id {0} is below {MIN_DATA_FLOWSET_ID}")]
     TemplateIdReserved(u16),
+    /// A Template record with a Field Count of 0, or an Options Template
+    /// with neither scope nor option fields. v9 has no withdrawals, so
+    /// such a record describes nothing; it is skipped.
     #[error("template {template_id} has zero fields")]
-    TemplateWithoutFields { template_id: u16 },
+    TemplateWithoutFields {
+        /// The template's ID.
+        template_id: u16,
+    },
+    /// An Options Template whose Option Scope Length or Option Length
+    /// (bytes of (type, length) pairs, RFC 3954 §6.1) is not a multiple of
+    /// 4. The next record cannot be trusted to start after it: the rest of
+    /// the FlowSet is lost.
     #[error(
         "options template {template_id}: scope length {scope_length} and option length {option_length} must be multiples of 4"
     )]
     BadOptionsLengths {
+        /// The template's ID.
         template_id: u16,
+        /// Option Scope Length, bytes.
         scope_length: u16,
+        /// Option Length, bytes.
         option_length: u16,
     },
+    /// An Options Template with option fields but no scope field: its
+    /// records would not say what they describe, and its IPFIX equivalent
+    /// would be an ordinary template (RFC 7011 §3.4.2.2 requires a scope
+    /// field in Options Templates). The record is skipped.
     #[error("options template {template_id} has no scope field")]
-    OptionsWithoutScope { template_id: u16 },
+    OptionsWithoutScope {
+        /// The template's ID.
+        template_id: u16,
+    },
+    /// An Options Template scope type outside 1 to 5 (System, Interface,
+    /// Line Card, Cache, Template; RFC 3954 §6.1). The record is skipped.
     #[error("options template {template_id} uses unknown scope type {scope_type}")]
-    UnknownScopeType { template_id: u16, scope_type: u16 },
+    UnknownScopeType {
+        /// The template's ID.
+        template_id: u16,
+        /// The scope field type found.
+        scope_type: u16,
+    },
+    /// A field of length 65535, the IPFIX variable-length marker, which
+    /// v9 does not have (its fields are fixed-length): refused rather than
+    /// misread. The record is skipped.
     #[error("template {template_id}: field type {field_type} has invalid length {length}")]
     InvalidFieldLength {
+        /// The template's ID.
         template_id: u16,
+        /// The field type; for a scope field, the scope type (1 to 5), which
+        /// shares its numbers with field types.
         field_type: u16,
+        /// The field length, bytes.
         length: u16,
     },
+    /// The template's records would be longer than [`MAX_RECORD_LEN`], so
+    /// no datagram could carry one. The record is skipped.
     #[error("template {template_id} describes {length}-byte records, longer than any packet")]
-    RecordTooLong { template_id: u16, length: usize },
+    RecordTooLong {
+        /// The template's ID.
+        template_id: u16,
+        /// Bytes of one record.
+        length: usize,
+    },
+    /// Every field of the template has length 0: its records would take no
+    /// bytes and a Data FlowSet could hold any number of them.
     #[error("template {template_id} describes records of zero bytes")]
-    EmptyRecord { template_id: u16 },
+    EmptyRecord {
+        /// The template's ID.
+        template_id: u16,
+    },
+    /// A new template is refused: its source holds
+    /// [`SessionConfig::max_templates_per_source`] or the session
+    /// [`SessionConfig::max_templates`]. Data FlowSets of it then fail as
+    /// [`Self::UnknownTemplate`].
     #[error("template limit of {limit} reached, template {template_id} dropped")]
-    TemplateLimit { template_id: u16, limit: usize },
+    TemplateLimit {
+        /// The refused template's ID.
+        template_id: u16,
+        /// The limit that was reached, templates.
+        limit: usize,
+    },
+    /// A new (exporter, source id) would exceed
+    /// [`SessionConfig::max_sources`]: its templates are refused and its
+    /// sequence numbers not checked.
     #[error("limit of {limit} tracked sources reached, source id {source_id} not tracked")]
-    SourceLimit { source_id: u32, limit: usize },
+    SourceLimit {
+        /// The packet header's Source ID.
+        source_id: u32,
+        /// The configured limit, sources.
+        limit: usize,
+    },
+    /// A Data FlowSet whose template is not in force for (exporter, source
+    /// id): not received yet (v9 exporters resend templates only every few
+    /// minutes or packets), expired, or refused. Its records are lost.
     #[error("data flowset for unknown template {template_id} of source id {source_id}")]
-    UnknownTemplate { source_id: u32, template_id: u16 },
+    UnknownTemplate {
+        /// The packet header's Source ID.
+        source_id: u32,
+        /// The FlowSet ID, i.e. the template ID it needs.
+        template_id: u16,
+    },
+    /// A Data FlowSet ends with bytes that are neither a whole record nor
+    /// padding (up to 3 bytes, or all zeros; RFC 3954 §5.3): the template
+    /// and the data disagree. The whole records before them were delivered.
     #[error("data flowset of template {template_id} ends with {length} bytes that are no record")]
-    TrailingBytes { template_id: u16, length: usize },
+    TrailingBytes {
+        /// The template ID of the FlowSet.
+        template_id: u16,
+        /// Bytes left over.
+        length: usize,
+    },
 }
 
 impl DecodeError {
@@ -163,6 +287,7 @@ type NomResult<'a, T> = IResult<&'a [u8], T, nom::error::Error<&'a [u8]>>;
 /// The NetFlow v9 packet header (RFC 3954 section 5.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PacketHeader {
+    /// Version: always [`VERSION`] (9) in a header that parsed.
     pub version: u16,
     /// Records of all kinds in the packet, as the exporter claims.
     pub count: u16,
@@ -210,6 +335,7 @@ fn packet_header(input: &[u8]) -> NomResult<'_, PacketHeader> {
 /// One NetFlow v9 export packet: its header and its undecoded FlowSets.
 #[derive(Debug, Clone, Copy)]
 pub struct Packet<'a> {
+    /// The decoded and checked packet header.
     pub header: PacketHeader,
     flowsets: &'a [u8],
 }
@@ -239,21 +365,32 @@ impl<'a> Packet<'a> {
 /// What a FlowSet holds, by its id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlowSetKind {
+    /// FlowSet ID 0: Template records (RFC 3954 §5.2).
     Template,
+    /// FlowSet ID 1: Options Template records (RFC 3954 §6.1).
     OptionsTemplate,
-    Data { template_id: u16 },
+    /// FlowSet ID 256 or above: a Data FlowSet (RFC 3954 §5.3).
+    Data {
+        /// The FlowSet ID, which is the template ID of the records.
+        template_id: u16,
+    },
 }
 
 /// One FlowSet: its kind, where it starts in the packet, and its body
 /// (without the FlowSet header, with any padding).
 #[derive(Debug, Clone, Copy)]
 pub struct FlowSet<'a> {
+    /// What the FlowSet ID says it holds.
     pub kind: FlowSetKind,
+    /// Offset of the FlowSet header from the start of the packet, bytes.
     pub offset: usize,
+    /// Content after the 4-byte FlowSet header, padding included.
     pub body: &'a [u8],
 }
 
 impl<'a> FlowSet<'a> {
+    /// The FlowSet ID as on the wire: 0, 1, or a Data FlowSet's template
+    /// ID.
     pub fn id(&self) -> u16 {
         match self.kind {
             FlowSetKind::Template => TEMPLATE_FLOWSET_ID,
@@ -339,15 +476,20 @@ impl<'a> Iterator for FlowSetIter<'a> {
 /// Scope field types of Options Templates (RFC 3954 section 6.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ScopeType {
+    /// 1: the exporting device as a whole (its address or an id).
     System,
+    /// 2: an interface, by SNMP ifIndex.
     Interface,
+    /// 3: a line card of the device.
     LineCard,
-    /// The NetFlow cache.
+    /// 4: the NetFlow cache.
     Cache,
+    /// 5: a template, by its ID.
     Template,
 }
 
 impl ScopeType {
+    /// The scope type of a wire value; `None` outside 1 to 5.
     pub fn from_wire(value: u16) -> Option<Self> {
         Some(match value {
             1 => Self::System,
@@ -359,6 +501,7 @@ impl ScopeType {
         })
     }
 
+    /// The scope field type as sent on the wire, 1 to 5.
     pub fn to_wire(self) -> u16 {
         match self {
             Self::System => 1,
@@ -389,27 +532,35 @@ pub fn scope_element(scope: ScopeType, length: u16) -> u16 {
 /// A scope field of an Options Template.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ScopeField {
+    /// What the scope value identifies.
     pub scope: ScopeType,
+    /// Bytes of the scope value in each record.
     pub length: u16,
 }
 
 /// A field of a template: a field type (an IANA element id) and its length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct V9Field {
+    /// Field type (RFC 3954 §8), the same number as the IANA Information
+    /// Element id.
     pub field_type: u16,
+    /// Bytes of the value in each record; never 65535 once validated.
     pub length: u16,
 }
 
 /// A validated Template or Options Template record as NetFlow v9 sent it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct V9Template {
+    /// Template ID, 256 or above once validated.
     pub id: u16,
     /// Empty for an ordinary template; at least one for an options template.
     pub scope_fields: Vec<ScopeField>,
+    /// The (option) fields, after the scope fields in each record.
     pub fields: Vec<V9Field>,
 }
 
 impl V9Template {
+    /// Whether this came as an Options Template (it has scope fields).
     pub fn is_options(&self) -> bool {
         !self.scope_fields.is_empty()
     }
@@ -654,19 +805,24 @@ impl Default for SessionConfig {
 /// decoded with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionTemplate {
+    /// The template as the exporter sent it.
     pub v9: V9Template,
+    /// Its IPFIX equivalent ([`V9Template::to_ipfix`]), used to split and
+    /// decode the records.
     pub ipfix: Template,
 }
 
 /// One data record handed to the caller.
 #[derive(Debug, Clone, Copy)]
 pub struct DataRecord<'a> {
+    /// Header of the packet the record came in.
     pub header: &'a PacketHeader,
     /// The layout of [`Self::bytes`]; an options template if
     /// `template.is_options()`.
     pub template: &'a Template,
     /// The same template as the exporter sent it (original scope types).
     pub v9_template: &'a V9Template,
+    /// The record's bytes: [`V9Template::record_len`] of them.
     pub bytes: &'a [u8],
     /// Position among the packet's data records, from 0.
     pub index_in_packet: u32,
@@ -686,14 +842,17 @@ impl<'a> DataRecord<'a> {
 pub enum SequenceCheck {
     /// First packet seen from this source.
     First,
+    /// The sequence number is the previous packet's plus one.
     InOrder,
     /// `lost_packets` export packets were never received.
     Gap {
+        /// Export packets missing between the previous packet and this one.
         lost_packets: u32,
     },
     /// Arrived after later packets (reordering) or the exporter restarted
     /// its counter; `packets` before the expected number.
     Behind {
+        /// How many packets the sequence number is below the expected one.
         packets: u32,
     },
     /// The source limit was reached: this source is not tracked.
@@ -703,13 +862,19 @@ pub enum SequenceCheck {
 /// What processing one packet did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PacketReport {
+    /// Header of the processed packet.
     pub header: PacketHeader,
+    /// Data records handed to the callback.
     pub data_records: u32,
+    /// Template and Options Template records accepted, refreshes and
+    /// redefinitions included.
     pub templates_defined: u32,
     /// Template, options template and data records found. Equal to
     /// `header.count` for a well-formed packet whose templates were all
     /// known.
     pub records_seen: u32,
+    /// How the packet's sequence number fits the previous packet of its
+    /// (exporter, source id).
     pub sequence: SequenceCheck,
     /// Problems that did not stop the rest of the packet from being used.
     pub errors: Vec<DecodeError>,
@@ -747,6 +912,7 @@ pub struct Session<K> {
 }
 
 impl<K: Eq + Hash + Clone> Session<K> {
+    /// A session that knows no exporter yet.
     pub fn new(config: SessionConfig) -> Self {
         Self {
             config,
@@ -756,6 +922,7 @@ impl<K: Eq + Hash + Clone> Session<K> {
         }
     }
 
+    /// The limits and timers the session was made with.
     pub fn config(&self) -> &SessionConfig {
         &self.config
     }

@@ -17,14 +17,26 @@ use sha2::{Digest, Sha256};
 /// Why a key could not be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KeyError {
+    /// The text is not an Ed25519 private key in PKCS#8 PEM (RFC 5958,
+    /// with the Ed25519 algorithm identifier of RFC 8410); carries the
+    /// parser's reason.
     #[error("not an Ed25519 private key in PKCS#8 PEM (openssl genpkey -algorithm ed25519): {0}")]
     PrivateKey(String),
+    /// The text is not an Ed25519 public key in SubjectPublicKeyInfo PEM
+    /// (RFC 5280 §4.1, RFC 8410); carries the parser's reason.
     #[error("not an Ed25519 public key in PEM (openssl pkey -pubout): {0}")]
     PublicKey(String),
+    /// A private key file on which group or others have any permission
+    /// (mode bits 0o077; the message says "readable", the usual case):
+    /// whoever reads it can forge membership proofs or cookies, so the
+    /// daemons refuse it ([`check_private_key_mode`]).
     #[error(
         "private key file is readable by group or others (mode {mode:o}): chmod 600 it, owned by the daemon's user"
     )]
-    Permissions { mode: u32 },
+    Permissions {
+        /// The file's permission bits (`mode & 0o7777`), shown in octal.
+        mode: u32,
+    },
 }
 
 /// Parses an Ed25519 private key from PKCS#8 PEM text.

@@ -48,10 +48,16 @@ impl MessageWriter {
             .extend_from_slice(&observation_domain_id.to_be_bytes());
     }
 
+    /// Bytes written so far, the 16-byte message header included (0 before
+    /// the first [`Self::start`]).
     pub fn len(&self) -> usize {
         self.buf.len()
     }
 
+    /// Whether the message holds no Set yet (only its header, or nothing
+    /// before the first [`Self::start`]). Unlike a collection's, this is
+    /// `true` while [`Self::len`] is 16: "empty" means nothing worth
+    /// sending.
     pub fn is_empty(&self) -> bool {
         self.buf.len() <= HEADER_LEN
     }

@@ -36,16 +36,32 @@ pub fn flow_template() -> Template {
 /// One IPv4 flow as the exporter and the generators build it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowRecord {
+    /// sourceIPv4Address (IE 8).
     pub source: Ipv4Addr,
+    /// destinationIPv4Address (IE 12).
     pub destination: Ipv4Addr,
+    /// sourceTransportPort (IE 7); 0 for protocols without ports.
     pub source_port: u16,
+    /// destinationTransportPort (IE 11).
     pub destination_port: u16,
+    /// protocolIdentifier (IE 4): the IP protocol number (6 TCP, 17 UDP).
     pub protocol: u8,
+    /// tcpControlBits (IE 6): the TCP flags seen in the flow (FIN 0x01 to
+    /// URG 0x20), sent in 1 byte, a reduced-size encoding of the registry's
+    /// unsigned16 (RFC 7011 §6.2).
     pub tcp_flags: u8,
+    /// ipClassOfService (IE 5): the IPv4 TOS byte (DSCP and ECN).
     pub tos: u8,
+    /// octetDeltaCount (IE 1): bytes of the flow's packets, IP headers
+    /// included, in octets. What billing charges for.
     pub octets: u64,
+    /// packetDeltaCount (IE 2): packets of the flow.
     pub packets: u64,
+    /// flowStartMilliseconds (IE 152): first packet, milliseconds since the
+    /// UNIX epoch.
     pub start_millis: u64,
+    /// flowEndMilliseconds (IE 153): last packet, milliseconds since the
+    /// UNIX epoch.
     pub end_millis: u64,
 }
 

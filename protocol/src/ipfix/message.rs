@@ -33,47 +33,143 @@ const ENTERPRISE_BIT: u16 = 0x8000;
 /// reason an operator can act on; the collector counts them by [`Self::reason`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
+    /// The input is shorter than the 16-byte Message Header (RFC 7011
+    /// §3.1): a cut datagram or a framing bug. The whole message is lost.
     #[error("message truncated: {have} bytes, header needs {HEADER_LEN}")]
-    TruncatedHeader { have: usize },
+    TruncatedHeader {
+        /// Bytes the input had.
+        have: usize,
+    },
+    /// The Version field is not 10 (RFC 7011 §3.1): typically NetFlow v5
+    /// or v9 sent to the IPFIX port. Carries the version found. The whole
+    /// message is lost, and on a stream nothing after it can be framed.
     #[error("wrong version {0}, expected {VERSION}")]
     WrongVersion(u16),
+    /// The header's Length field (the whole message in octets, header
+    /// included, RFC 7011 §3.1) does not match the bytes received (a
+    /// truncated datagram), or is below the header size. The whole message
+    /// is lost.
     #[error("message length field {declared} does not match {have} bytes received")]
-    LengthMismatch { declared: u16, have: usize },
+    LengthMismatch {
+        /// The Length field, octets.
+        declared: u16,
+        /// Bytes received. From [`peek_message_length`], the bytes buffered
+        /// so far, which may be less than one message.
+        have: usize,
+    },
+    /// A Set Header declares a length below its own 4 bytes (RFC 7011
+    /// §3.3.2). No Set after it can be located: the rest of the message is
+    /// lost.
     #[error("set at offset {offset} declares length {length}, below the set header size")]
-    SetTooShort { offset: usize, length: u16 },
+    SetTooShort {
+        /// Offset of the Set from the start of the message, bytes.
+        offset: usize,
+        /// The Set's Length field, octets.
+        length: u16,
+    },
+    /// A Set declares more bytes than the message has left (RFC 7011
+    /// §3.3.2), or 1 to 3 stray bytes follow the last Set (then `set_id`
+    /// and `length` are 0). The rest of the message is lost.
     #[error(
         "set {set_id} at offset {offset} declares length {length}, only {remaining} bytes remain"
     )]
     SetOverrun {
+        /// Offset of the Set from the start of the message, bytes.
         offset: usize,
+        /// The Set ID of the header (0 if not even a header was there).
         set_id: u16,
+        /// The Set's Length field, octets (0 if no header was there).
         length: u16,
+        /// Bytes of the message from the Set's start to its end.
         remaining: usize,
     },
+    /// A Set ID of 0, 1 or 4 to 255, which RFC 7011 §3.3.2 leaves unused
+    /// (0 and 1 were NetFlow v9's) or reserved. Carries the Set ID. Only
+    /// this Set is skipped: its length is valid, so later Sets decode.
     #[error("set id {0} is reserved")]
     ReservedSetId(u16),
+    /// A Template Record runs past the end of its Set (RFC 7011 §3.4.1,
+    /// §3.4.2.2): the rest of the Set cannot be located and is lost.
     #[error("template record truncated in set {set_id}")]
-    TemplateTruncated { set_id: u16 },
+    TemplateTruncated {
+        /// The Set ID: 2 (Template Set) or 3 (Options Template Set).
+        set_id: u16,
+    },
+    /// A Template Record defines or withdraws a Template ID below 256
+    /// (RFC 7011 §3.4.1: IDs 0 to 255 are reserved; 2 and 3 only name a
+    /// withdraw-all, §8.1). Carries the ID. Only this record is skipped.
     #[error("template id {0} is below {MIN_DATA_SET_ID}")]
     TemplateIdReserved(u16),
+    /// A Template Record with no Field Specifiers that cannot be a
+    /// withdrawal: the session reports it for a withdraw-all record (Template
+    /// ID 2 or 3, field count 0, RFC 7011 §8.1) that arrived over UDP, where
+    /// withdrawals do not exist (§8.4).
     #[error("template {template_id} has zero fields")]
-    TemplateWithoutFields { template_id: u16 },
+    TemplateWithoutFields {
+        /// The Template ID of the record (the session always reports 2).
+        template_id: u16,
+    },
+    /// An Options Template Record whose Scope Field Count is 0 or larger
+    /// than its Field Count (RFC 7011 §3.4.2.2: at least one scope field,
+    /// and scope fields are a prefix of the fields). The record is skipped.
     #[error("options template {template_id} has scope field count {scope} of {fields} fields")]
     BadScopeCount {
+        /// The Template ID of the record.
         template_id: u16,
+        /// The Scope Field Count.
         scope: u16,
+        /// The Field Count.
         fields: u16,
     },
+    /// A Template Withdrawal (zero fields, RFC 7011 §8.1) for one Template
+    /// ID arrived over UDP, where withdrawals must not be sent (§8.4). The
+    /// template stays in force until it expires.
     #[error("template withdrawal for {template_id} is not allowed over UDP")]
-    WithdrawalOverUdp { template_id: u16 },
+    WithdrawalOverUdp {
+        /// The Template ID the record tried to withdraw.
+        template_id: u16,
+    },
+    /// Over SCTP or TCP, a Template ID was defined again with a different
+    /// layout without a withdrawal first, which RFC 7011 §8.1 forbids. The
+    /// session still adopts the new layout (losing the records that follow
+    /// would be worse for billing) and reports this error.
     #[error("template {template_id} redefined without withdrawal")]
-    TemplateRedefined { template_id: u16 },
+    TemplateRedefined {
+        /// The redefined Template ID.
+        template_id: u16,
+    },
+    /// The session already holds [`SessionConfig::max_templates`]
+    /// templates: the new one is dropped, so one exporter cannot exhaust
+    /// the collector's memory. Data Sets of it then fail as
+    /// [`Self::UnknownTemplate`].
+    ///
+    /// [`SessionConfig::max_templates`]: super::SessionConfig::max_templates
     #[error("template limit of {limit} per session reached, template {template_id} dropped")]
-    TemplateLimit { template_id: u16, limit: usize },
+    TemplateLimit {
+        /// The Template ID that was dropped.
+        template_id: u16,
+        /// The configured limit, templates per session.
+        limit: usize,
+    },
+    /// A Data Set whose Template ID has no template in force for (session,
+    /// domain): never received, withdrawn, expired over UDP (RFC 7011
+    /// §8.4), or refused by a limit. Its records cannot be decoded and are
+    /// lost; the next sequence check of the domain cannot count them.
     #[error("data set for unknown template {template_id} in domain {domain}")]
-    UnknownTemplate { domain: u32, template_id: u16 },
+    UnknownTemplate {
+        /// The Observation Domain ID of the message.
+        domain: u32,
+        /// The Set ID of the Data Set, i.e. the Template ID it needs.
+        template_id: u16,
+    },
+    /// A Data Record with variable-length fields runs past the end of its
+    /// Set: a length prefix (RFC 7011 §7) points beyond it. The rest of the
+    /// Set is lost.
     #[error("data record of template {template_id} truncated")]
-    RecordTruncated { template_id: u16 },
+    RecordTruncated {
+        /// The Template ID of the Data Set.
+        template_id: u16,
+    },
 }
 
 impl DecodeError {
@@ -102,12 +198,18 @@ impl DecodeError {
 /// IPFIX Message Header (RFC 7011 section 3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MessageHeader {
+    /// Version Number: always [`VERSION`] (10) in a header that parsed.
     pub version: u16,
+    /// Total length of the message in octets, this header and all Sets
+    /// included.
     pub length: u16,
     /// Seconds since the UNIX epoch when the message left the exporter.
     pub export_time: u32,
     /// Data Records sent before this message in this domain (and stream).
     pub sequence_number: u32,
+    /// Observation Domain ID: the exporter's scope of templates and
+    /// sequence numbers, unique within its Exporting Process; 0 means no
+    /// particular domain.
     pub observation_domain_id: u32,
 }
 
@@ -151,6 +253,7 @@ pub fn peek_message_length(buf: &[u8]) -> Option<Result<u16, DecodeError>> {
 /// One decoded IPFIX Message: its header and the undecoded Sets.
 #[derive(Debug, Clone, Copy)]
 pub struct Message<'a> {
+    /// The decoded and checked Message Header.
     pub header: MessageHeader,
     sets: &'a [u8],
 }
@@ -189,19 +292,30 @@ impl<'a> Message<'a> {
 /// What a Set holds, by its Set ID (RFC 7011 section 3.3.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SetKind {
+    /// Set ID 2: a Template Set of Template Records (RFC 7011 §3.4.1).
     Template,
+    /// Set ID 3: an Options Template Set of Options Template Records
+    /// (RFC 7011 §3.4.2).
     OptionsTemplate,
-    Data { template_id: u16 },
+    /// Set ID 256 or above: a Data Set of Data Records (RFC 7011 §3.4.3).
+    Data {
+        /// The Set ID, which is the Template ID describing the records.
+        template_id: u16,
+    },
 }
 
 /// One Set: its kind and its body (without the Set header).
 #[derive(Debug, Clone, Copy)]
 pub struct Set<'a> {
+    /// What the Set ID says the Set holds.
     pub kind: SetKind,
+    /// The Set's content after its 4-byte header, padding included
+    /// (RFC 7011 §3.3.1).
     pub body: &'a [u8],
 }
 
 impl<'a> Set<'a> {
+    /// The Set ID as on the wire: 2, 3, or the Template ID of a Data Set.
     pub fn id(&self) -> u16 {
         match self.kind {
             SetKind::Template => TEMPLATE_SET_ID,
@@ -280,14 +394,20 @@ impl<'a> Iterator for SetIter<'a> {
 /// One record of an (Options) Template Set (RFC 7011 sections 3.4.1, 3.4.2, 8.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TemplateRecord {
+    /// A Template Record (RFC 7011 §3.4.1) or an Options Template Record
+    /// (§3.4.2.2, then [`Template::is_options`]) defining a Template ID.
     Definition(Template),
-    /// Withdrawal of one Template ID.
+    /// Withdrawal of one Template ID: a record with Field Count 0
+    /// (RFC 7011 §8.1).
     Withdrawal {
+        /// The Template ID withdrawn, 256 or above.
         template_id: u16,
     },
     /// Withdrawal of all Templates (Template ID 2) or all Options Templates
     /// (Template ID 3) of the domain.
     WithdrawAll {
+        /// `true` for Template ID 3 (all Options Templates), `false` for 2
+        /// (all Templates). Decided by the ID, not by the Set it came in.
         options: bool,
     },
 }
@@ -393,6 +513,9 @@ pub struct DataRecordIter<'a, 't> {
 }
 
 impl<'a, 't> DataRecordIter<'a, 't> {
+    /// Iterates the Data Records of a Data Set's `body` (the Set header
+    /// removed) laid out by `template`. Trailing bytes too few for one more
+    /// record are taken as padding (RFC 7011 §3.3.1).
     pub fn new(template: &'t Template, body: &'a [u8]) -> Self {
         Self {
             template,

@@ -23,28 +23,58 @@ use super::template::IANA_ENTERPRISE;
 /// RFC 6313 for the structured list types).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AbstractDataType {
+    /// octetArray: bytes of any length, variable-length by nature. Also
+    /// the type this table gives unsigned256 elements.
     OctetArray,
+    /// unsigned8: 1-byte unsigned integer.
     Unsigned8,
+    /// unsigned16: unsigned integer, 2 bytes in full size (RFC 7011 §6.2
+    /// lets exporters send 1).
     Unsigned16,
+    /// unsigned32: unsigned integer, 4 bytes in full size (1 to 4 on the
+    /// wire with reduced-size encoding).
     Unsigned32,
+    /// unsigned64: unsigned integer, 8 bytes in full size (1 to 8 on the
+    /// wire); counters such as octetDeltaCount.
     Unsigned64,
+    /// signed8: 1-byte two's complement integer.
     Signed8,
+    /// signed16: two's complement integer, 2 bytes in full size.
     Signed16,
+    /// signed32: two's complement integer, 4 bytes in full size.
     Signed32,
+    /// signed64: two's complement integer, 8 bytes in full size.
     Signed64,
+    /// float32: IEEE 754 single precision, 4 bytes.
     Float32,
+    /// float64: IEEE 754 double precision, 8 bytes (4 as a float32 with
+    /// reduced-size encoding).
     Float64,
+    /// boolean: 1 byte, 1 for true and 2 for false.
     Boolean,
+    /// macAddress: a 6-byte IEEE 802 MAC-48 address.
     MacAddress,
+    /// string: UTF-8 text, variable-length.
     String,
+    /// dateTimeSeconds: seconds since the UNIX epoch, 4 bytes.
     DateTimeSeconds,
+    /// dateTimeMilliseconds: milliseconds since the UNIX epoch, 8 bytes.
     DateTimeMilliseconds,
+    /// dateTimeMicroseconds: 8-byte NTP timestamp (seconds since 1900 and
+    /// a 2^-32 s fraction) of microsecond precision.
     DateTimeMicroseconds,
+    /// dateTimeNanoseconds: 8-byte NTP timestamp of nanosecond precision.
     DateTimeNanoseconds,
+    /// ipv4Address: 4 bytes in network order.
     Ipv4Address,
+    /// ipv6Address: 16 bytes in network order.
     Ipv6Address,
+    /// basicList (RFC 6313): a list of values of one Information Element.
     BasicList,
+    /// subTemplateList (RFC 6313): a list of records of one Template.
     SubTemplateList,
+    /// subTemplateMultiList (RFC 6313): lists of records of several
+    /// Templates.
     SubTemplateMultiList,
 }
 
@@ -115,9 +145,13 @@ impl std::fmt::Display for AbstractDataType {
 pub struct InformationElement {
     /// Always [`IANA_ENTERPRISE`] (0) for entries of this table.
     pub enterprise: u32,
+    /// ElementId: the Information Element identifier (1 to 32767; the
+    /// enterprise bit of a Field Specifier is not part of it).
     pub id: u16,
     /// The registry name, camelCase (`"octetDeltaCount"`).
     pub name: &'static str,
+    /// Abstract data type (RFC 7012 §3.1): decides how a field's bytes
+    /// decode ([`super::value::decode_value`]).
     pub data_type: AbstractDataType,
     /// Data type semantics (RFC 7012 section 3.2): `"deltaCounter"`,
     /// `"identifier"`, `"flags"`, ... if the registry gives one.

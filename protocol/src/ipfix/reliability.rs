@@ -76,6 +76,8 @@ pub fn is_statistics_template(template: &Template) -> bool {
 pub struct ReliabilityStatistics {
     /// The billing exporter id (0 for a plain exporter).
     pub exporting_process_id: u32,
+    /// The observation domain the counts are about (second scope field,
+    /// IE 149); never [`STATISTICS_DOMAIN`], which only carries them.
     pub observation_domain_id: u32,
     /// IPFIX messages of the domain sent by this process since it started.
     pub exported_messages: u64,

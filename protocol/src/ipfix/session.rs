@@ -19,12 +19,22 @@ use super::template::Template;
 /// The transport a session runs over: it decides the template rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TransportKind {
+    /// UDP (RFC 7011 §10.3): templates expire unless resent within their
+    /// lifetime (§8.4), a new definition replaces the old one, and
+    /// withdrawals are an error.
     Udp,
+    /// TCP (RFC 7011 §10.4): templates live until withdrawn (§8.1) or the
+    /// connection ends; redefining one without withdrawal is an error.
     Tcp,
+    /// SCTP (RFC 7011 §10.2, the transport every implementation must
+    /// support): template rules as for TCP; sequence numbers are tracked
+    /// per stream.
     Sctp,
 }
 
 impl TransportKind {
+    /// Lower-case name (`"udp"`, `"tcp"`, `"sctp"`) for metrics labels,
+    /// logs and configuration.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Udp => "udp",
@@ -37,6 +47,7 @@ impl TransportKind {
 /// Limits and timers of one session.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
+    /// The transport the session runs over; it decides the template rules.
     pub transport: TransportKind,
     /// UDP only: a template not refreshed for this many seconds is forgotten
     /// (RFC 7011 section 8.4 leaves the value to configuration; 30 minutes
@@ -50,6 +61,9 @@ pub struct SessionConfig {
 }
 
 impl SessionConfig {
+    /// The defaults for `transport`: UDP templates live 1800 s (30
+    /// minutes, a common collector default), at most 4096 templates and
+    /// 1024 sequence scopes per session.
     pub fn new(transport: TransportKind) -> Self {
         Self {
             transport,
@@ -66,14 +80,19 @@ impl SessionConfig {
 pub enum SequenceCheck {
     /// First message seen in this domain.
     First,
+    /// The sequence number is the previous message's plus the data records
+    /// it held (RFC 7011 §3.1): nothing was lost in between.
     InOrder,
     /// `lost` data records were never received (RFC 7011 section 3.1).
     Gap {
+        /// Data records missing between the previous message and this one.
         lost: u64,
     },
     /// The message arrived after later ones (UDP reordering) or the
     /// exporter restarted its counter; `behind` records before expectation.
     Behind {
+        /// How many data records the sequence number is below the
+        /// expected one.
         behind: u64,
     },
     /// The previous message held data sets we could not count (unknown
@@ -84,7 +103,10 @@ pub enum SequenceCheck {
 /// One Data Record handed to the caller.
 #[derive(Debug, Clone, Copy)]
 pub struct DataRecord<'a> {
+    /// Header of the message the record came in: export time, sequence
+    /// number, observation domain.
     pub header: &'a MessageHeader,
+    /// The Template the record is laid out by.
     pub template: &'a Template,
     /// The record's bytes, to be split with [`super::message::record_fields`].
     pub bytes: &'a [u8],
@@ -95,10 +117,18 @@ pub struct DataRecord<'a> {
 /// What processing one message did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageReport {
+    /// Header of the processed message.
     pub header: MessageHeader,
+    /// Data Records handed to the callback.
     pub data_records: u32,
+    /// Template records accepted: new definitions, unchanged refreshes and
+    /// UDP redefinitions (a TCP/SCTP redefinition is adopted too, but
+    /// counted in `errors` as [`DecodeError::TemplateRedefined`]).
     pub templates_defined: u32,
+    /// Withdrawal records applied; a withdraw-all counts once.
     pub templates_withdrawn: u32,
+    /// How the message's sequence number fits the count of its domain (and
+    /// SCTP stream).
     pub sequence: SequenceCheck,
     /// Problems inside the message that did not stop it from being used.
     pub errors: Vec<DecodeError>,
@@ -126,6 +156,9 @@ pub struct Session {
 }
 
 impl Session {
+    /// A session without templates or sequence state, for one Transport
+    /// Session (RFC 7011 §2): one SCTP association, one TCP connection, or
+    /// the datagrams of one UDP exporter address and port.
     pub fn new(config: SessionConfig) -> Self {
         Self {
             config,
@@ -134,6 +167,7 @@ impl Session {
         }
     }
 
+    /// The limits and timers the session was made with.
     pub fn config(&self) -> &SessionConfig {
         &self.config
     }

@@ -38,6 +38,9 @@ impl FieldSpecifier {
         }
     }
 
+    /// Whether the element is variable-length (length 65535, RFC 7011
+    /// §7): each record then carries a 1- or 3-byte length prefix before
+    /// the value.
     pub const fn is_variable(&self) -> bool {
         self.length == VARIABLE_LENGTH
     }
@@ -59,6 +62,8 @@ pub struct Template {
     pub id: u16,
     /// Number of scope fields; 0 for an ordinary (non-options) Template.
     pub scope_field_count: u16,
+    /// Field Specifiers in record order; in an Options Template the first
+    /// `scope_field_count` are the scope fields (RFC 7011 §3.4.2.2).
     pub fields: Vec<FieldSpecifier>,
     /// Length of every record if no field is variable-length.
     fixed_record_len: Option<usize>,
@@ -68,6 +73,9 @@ pub struct Template {
 }
 
 impl Template {
+    /// A template with its record lengths computed once. Nothing is
+    /// checked here: the decoder checks the ID (256 or above) and the scope
+    /// count before it builds one; a caller building its own is trusted.
     pub fn new(id: u16, scope_field_count: u16, fields: Vec<FieldSpecifier>) -> Self {
         let mut fixed = 0usize;
         let mut variable = false;
@@ -90,14 +98,21 @@ impl Template {
         }
     }
 
+    /// Whether this is an Options Template (scope field count above 0,
+    /// RFC 7011 §3.4.2.2), sent in an Options Template Set (Set ID 3).
     pub fn is_options(&self) -> bool {
         self.scope_field_count > 0
     }
 
+    /// Bytes of every Data Record when no field is variable-length;
+    /// `None` when records differ in length.
     pub fn fixed_record_len(&self) -> Option<usize> {
         self.fixed_record_len
     }
 
+    /// Bytes of the shortest possible Data Record: fixed fields plus one
+    /// length byte per variable-length field. Fewer bytes left at the end
+    /// of a Data Set are padding (RFC 7011 §3.3.1).
     pub fn min_record_len(&self) -> usize {
         self.min_record_len
     }

@@ -39,11 +39,16 @@ pub enum Value<'a> {
     Signed(i64),
     /// float32 or float64.
     Float(f64),
+    /// boolean: wire byte 1 is `true`, 2 is `false`.
     Boolean(bool),
+    /// macAddress: the 6 bytes in wire order.
     Mac([u8; 6]),
     /// UTF-8 text without trailing NUL padding.
     String(&'a str),
+    /// ipv4Address: 4 bytes in network order.
     Ipv4(Ipv4Addr),
+    /// ipv6Address: 16 bytes in network order (displayed as RFC 5952
+    /// text).
     Ipv6(Ipv6Addr),
     /// Seconds since the UNIX epoch.
     DateTimeSeconds(u32),
@@ -52,12 +57,18 @@ pub enum Value<'a> {
     /// NTP timestamp: seconds since 1900 (see the module notes on eras) and
     /// a fraction of a second in units of 2^-32 s.
     DateTimeMicroseconds {
+        /// NTP seconds since 1900-01-01 00:00 UTC, in the era the module
+        /// notes explain.
         seconds: u32,
+        /// Fraction of a second, units of 2^-32 s.
         fraction: u32,
     },
     /// NTP timestamp, as [`Value::DateTimeMicroseconds`].
     DateTimeNanoseconds {
+        /// NTP seconds since 1900-01-01 00:00 UTC, in the era the module
+        /// notes explain.
         seconds: u32,
+        /// Fraction of a second, units of 2^-32 s.
         fraction: u32,
     },
     /// octetArray, unsigned256 and the structured list types.
@@ -67,17 +78,30 @@ pub enum Value<'a> {
 /// Why a field's bytes are not a valid value of its type.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValueError {
+    /// The field's length is not one its type can have (RFC 7011 §6.1,
+    /// with §6.2's reduced sizes for integers and float64), e.g. a 3-byte
+    /// ipv4Address or a 9-byte unsigned64.
     #[error("{data_type} value of {length} bytes; it takes {expected}")]
     InvalidLength {
+        /// The type the value was decoded as.
         data_type: AbstractDataType,
+        /// Bytes the field had.
         length: usize,
         /// The lengths the type allows, for the message ("1 to 8 bytes").
         expected: &'static str,
     },
+    /// A boolean byte other than 1 (true) and 2 (false), the only values
+    /// RFC 7011 §6.1 defines; carries the byte found.
     #[error("boolean value {0}; only 1 (true) and 2 (false) are defined")]
     InvalidBoolean(u8),
+    /// A string that is not UTF-8 once trailing NULs are dropped. RFC 7011
+    /// §6.1 tells collectors to detect and ignore such values; the caller
+    /// still has the raw bytes.
     #[error("string value is not valid UTF-8 (valid up to byte {valid_up_to})")]
-    InvalidUtf8 { valid_up_to: usize },
+    InvalidUtf8 {
+        /// Bytes from the start of the value that are valid UTF-8.
+        valid_up_to: usize,
+    },
 }
 
 impl ValueError {
