@@ -1519,7 +1519,7 @@ struct ExporterAccount {
     accounted: Option<u64>,
     state_file_next: Option<u64>,
     /// Union of the declared ranges.
-    declared: crate::billing::RangeSet,
+    declared: crate::ledger::RangeSet,
     declarations: Vec<DeclarationRow>,
 }
 

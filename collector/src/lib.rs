@@ -6,9 +6,12 @@
 //! what was received and closes the store.
 
 pub mod audit;
+pub mod batch;
 pub mod billing;
 pub mod config;
+pub mod decoder;
 pub mod ingest;
+pub mod ledger;
 pub mod listeners;
 pub mod pool;
 pub mod query;

@@ -19,7 +19,9 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::ingest::{Batch, SessionDecoder, UDP_FLUSH_INTERVAL};
+use crate::batch::Batch;
+use crate::decoder::SessionDecoder;
+use crate::ingest::{UDP_FLUSH_INTERVAL, now_ms};
 
 /// Records collected before a receiver hands a batch to the writer.
 const RECEIVER_BATCH_RECORDS: usize = 2048;
@@ -138,7 +140,7 @@ fn udp_loop(
                         }
                     };
                     session.last_seen = now;
-                    session.decoder.handle(datagram, 0, &mut batch);
+                    session.decoder.handle(datagram, 0, now_ms(), &mut batch);
                 }
                 let young = batch_started.is_some_and(|t| t.elapsed() < UDP_FLUSH_INTERVAL);
                 if batch.len() < RECEIVER_BATCH_RECORDS
@@ -176,7 +178,7 @@ fn udp_loop(
             });
             metrics::gauge!("poolflow_collector_sessions_active", "transport" => "udp")
                 .set(sessions.len() as f64);
-            let now_secs = (crate::ingest::now_ms() / 1000) as u64;
+            let now_secs = (now_ms() / 1000) as u64;
             for s in sessions.values_mut() {
                 s.decoder.session_mut().expire_templates(now_secs);
             }
@@ -508,7 +510,7 @@ async fn tcp_session<S: AsyncRead + Unpin>(
             let _ = flush(&tx, &mut batch).await;
             return format!("message truncated by connection end: {e}");
         }
-        decoder.handle(&buf[..len], 0, &mut batch);
+        decoder.handle(&buf[..len], 0, now_ms(), &mut batch);
         // Flush when nothing more is buffered: the next read may wait, and
         // records must not sit in memory meanwhile.
         let drained = reader.buffer().is_empty();

@@ -233,7 +233,7 @@ async fn sctp_session(
             Some(Event::Message(message)) => {
                 let first_new = batch.blocks.len();
                 let first_totals = batch.totals.len();
-                decoder.handle(&message.payload, message.stream, &mut batch);
+                decoder.handle(&message.payload, message.stream, now_ms(), &mut batch);
                 if message.stream == BILLING_STREAM {
                     cookies.attach_statistics(&mut batch.totals[first_totals..]);
                 }

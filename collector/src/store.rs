@@ -13,8 +13,8 @@ use protocol::ipfix::message::DataRecordIter;
 use protocol::ipfix::{DataRecord, FieldSpecifier, MessageHeader, Template};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::billing::{BillingTag, Ledger, RangeSet, SharedLedger};
-use crate::ingest::{Batch, RecordBlock, TotalsReport};
+use crate::batch::{Batch, BillingTag, RecordBlock, TotalsReport};
+use crate::ledger::{Ledger, RangeSet, SharedLedger, take_new};
 use crate::record::{SequenceEventKind, StoredRecord, flow_fields};
 
 /// Bump when the schema changes; [`Store::open`] refuses unknown versions.
@@ -557,7 +557,7 @@ fn declaration(
     let (exporter, start) = report.billing?;
     let stats = &report.stats;
     let accounted = stats.accounted();
-    if accounted > crate::billing::MAX_ECHOED_SEQUENCE {
+    if accounted > crate::ledger::MAX_ECHOED_SEQUENCE {
         // No exporter gets there (see MAX_ECHOED_SEQUENCE); a claim beyond
         // it is broken or hostile and would declare most of the space.
         metrics::counter!("poolflow_collector_statistics_refused_total", "reason" => "out_of_range")
@@ -754,17 +754,13 @@ fn billing_pieces<'b>(
     pending: &mut BillingPending<'_>,
 ) -> Vec<(usize, usize, Option<u64>, &'b [u8])> {
     let count = block.record_count as u64;
-    if count == 0 {
+    let first = tag.first_record_sequence;
+    // The rule is pure (ledger.rs); here only what it decides is cut out.
+    let missing = take_new(pending.set((tag.exporter_id, block.domain)), first, count);
+    if missing.is_empty() {
         return Vec::new();
     }
-    let first = tag.first_record_sequence;
-    let last = first + count - 1;
-    let set = pending.set((tag.exporter_id, block.domain));
-    let missing = set.missing(first, last);
-    for (a, b) in &missing {
-        set.insert(*a, *b);
-    }
-    if missing == [(first, last)] {
+    if missing == [(first, first + count - 1)] {
         return vec![(0, count as usize, Some(first), bytes)];
     }
     // Some records are stored already: cut the block at record boundaries.
