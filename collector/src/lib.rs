@@ -17,6 +17,7 @@ pub mod pool;
 pub mod query;
 pub mod record;
 pub mod sctp;
+pub mod session;
 pub mod store;
 
 use std::net::SocketAddr;

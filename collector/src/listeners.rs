@@ -22,6 +22,7 @@ use tracing::{info, warn};
 use crate::batch::Batch;
 use crate::decoder::SessionDecoder;
 use crate::ingest::{UDP_FLUSH_INTERVAL, now_ms};
+use crate::session::{STOP_DRAIN_LIMIT, STOP_DRAIN_QUIET};
 
 /// Records collected before a receiver hands a batch to the writer.
 const RECEIVER_BATCH_RECORDS: usize = 2048;
@@ -522,17 +523,10 @@ async fn tcp_session<S: AsyncRead + Unpin>(
     }
 }
 
-/// A stopping stream session keeps receiving until its peer has been quiet
-/// this long (generous: on a loaded host a session may wait its turn for
-/// the CPU with data ready) ...
-const STOP_DRAIN_QUIET: Duration = Duration::from_millis(300);
-/// ... or for at most this long, so a peer that keeps sending cannot hold
-/// the stop up (well inside systemd's default stop timeout of 90 s).
-const STOP_DRAIN_LIMIT: Duration = Duration::from_secs(3);
-
-/// Graceful stop of a TCP or SCTP session: once stopping (`drain_until` is
-/// set), how long to wait for more data before closing.
-pub(crate) fn stop_drain_wait(drain_until: Option<tokio::time::Instant>) -> Duration {
+/// Graceful stop of a plain TCP session: once stopping (`drain_until` is
+/// set), how long to wait for more data before closing (the same rule as
+/// the association session's, [`crate::session`]).
+fn stop_drain_wait(drain_until: Option<tokio::time::Instant>) -> Duration {
     let left = drain_until.map_or(Duration::ZERO, |until| {
         until.saturating_duration_since(tokio::time::Instant::now())
     });
@@ -540,12 +534,12 @@ pub(crate) fn stop_drain_wait(drain_until: Option<tokio::time::Instant>) -> Dura
 }
 
 /// Drain deadline of a session that just saw the stop.
-pub(crate) fn stop_drain_deadline() -> tokio::time::Instant {
+fn stop_drain_deadline() -> tokio::time::Instant {
     tokio::time::Instant::now() + STOP_DRAIN_LIMIT
 }
 
 /// Hands a non-empty batch to the writer; `Err` once the writer is gone.
-pub(crate) async fn flush(tx: &mpsc::Sender<Batch>, batch: &mut Batch) -> Result<(), ()> {
+async fn flush(tx: &mpsc::Sender<Batch>, batch: &mut Batch) -> Result<(), ()> {
     if batch.is_empty() {
         return Ok(());
     }
