@@ -18,19 +18,26 @@ use crate::record::SequenceEvent;
 /// Billing identity and position of a block's first record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BillingTag {
+    /// Billing exporter id (from the Cookie Echo).
     pub exporter_id: u32,
+    /// Record sequence of the block's first record.
     pub first_record_sequence: u64,
 }
 
 /// A failover or failback arriving here: the exporter echoed a cookie.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Handover {
+    /// When the Cookie Echo arrived, unix milliseconds.
     pub at_ms: i64,
+    /// Billing exporter id of the echoed cookie.
     pub exporter_id: u32,
+    /// Observation domain the cookie is for.
     pub domain: u32,
+    /// The exporter's transport address.
     pub peer: String,
     /// PE that signed the echoed cookie; `None` for an introduction.
     pub from_pe: Option<u32>,
+    /// This collector's PE identifier.
     pub to_pe: u32,
     /// Last record sequence the echoed cookie vouches for.
     pub record_sequence: Option<u64>,
@@ -42,14 +49,21 @@ pub struct Handover {
 pub struct RecordBlock {
     /// "ip:port" of the exporting process.
     pub exporter: Arc<str>,
+    /// Transport label: udp, tcp, sctp.
     pub transport: &'static str,
+    /// Observation domain id (message header).
     pub domain: u32,
+    /// The template the records follow.
     pub template: Arc<Template>,
+    /// Export time of the message, unix seconds.
     pub export_time: u32,
+    /// Sequence number of the message header.
     pub message_sequence: u32,
     /// Position of the first record among the message's data records.
     pub first_record_index: u32,
+    /// Records in the block.
     pub record_count: u32,
+    /// When the message arrived (collector clock), unix milliseconds.
     pub received_ms: i64,
     /// This block's records in [`Batch::bytes`].
     pub bytes: Range<usize>,
@@ -65,8 +79,11 @@ pub struct RecordBlock {
 pub struct TotalsReport {
     /// "ip:port" of the exporting process.
     pub peer: Arc<str>,
+    /// Transport label: udp, tcp, sctp.
     pub transport: &'static str,
+    /// When the statistics arrived, unix milliseconds.
     pub received_ms: i64,
+    /// The statistics as received.
     pub stats: ReliabilityStatistics,
     /// On a billing association, for a domain it announced with a Cookie
     /// Echo: the billing exporter id and the first record sequence this
@@ -77,9 +94,11 @@ pub struct TotalsReport {
 /// Records and sequence events that travel to the writer together.
 #[derive(Debug, Default)]
 pub struct Batch {
+    /// Record blocks, in the order received.
     pub blocks: Vec<RecordBlock>,
     /// The records' bytes of every block, back to back.
     pub bytes: Vec<u8>,
+    /// Sequence anomalies (gaps, late messages, resyncs).
     pub events: Vec<SequenceEvent>,
     /// Exporters that arrived here with a Cookie Echo (failover/failback).
     pub handovers: Vec<Handover>,
@@ -89,6 +108,7 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Whether the batch carries nothing for the writer.
     pub fn is_empty(&self) -> bool {
         self.blocks.is_empty()
             && self.events.is_empty()

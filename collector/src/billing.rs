@@ -31,6 +31,7 @@ pub struct CookieSigner {
     pub trusted: CookieKeys,
     /// The HMAC key, when version 1 cookies are signed with it.
     hmac_key: Option<Vec<u8>>,
+    /// This collector's PE identifier, named in its cookies.
     pub pe_identifier: u32,
     /// Accept every well-formed Cookie Echo without checking it. Unsafe:
     /// only for tests that play a hostile or misconfigured pool element.
@@ -91,12 +92,20 @@ impl CookieSigner {
 /// Why a Cookie Echo was refused (the association is then closed).
 #[derive(Debug, thiserror::Error)]
 pub enum EchoError {
+    /// Not a well-formed (or not a validly signed) billing Cookie Echo.
     #[error("not a billing Cookie Echo: {0}")]
     Malformed(#[from] CookieError),
+    /// The exporter sent a Cookie, which only collectors send.
     #[error("an ASAP Cookie (not Cookie Echo) from the exporter")]
     WrongDirection,
+    /// A Cookie Echo for another exporter than the association's.
     #[error("cookie for exporter {got}, but this association belongs to exporter {expected}")]
-    OtherExporter { expected: u32, got: u32 },
+    OtherExporter {
+        /// The exporter of this association's first Cookie Echo.
+        expected: u32,
+        /// The exporter the cookie names.
+        got: u32,
+    },
     /// A cookie claiming a record sequence no exporter reaches (2^63 and
     /// beyond): only a broken signer writes one, and the sequences after it
     /// would overflow 64 bits (found by fuzzing).
@@ -105,6 +114,7 @@ pub enum EchoError {
 }
 
 impl EchoError {
+    /// The `reason` label of `poolflow_collector_cookie_rejected_total`.
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Malformed(CookieError::BadHmac) => "cookie_bad_hmac",
@@ -137,6 +147,7 @@ pub struct AssociationBilling {
 }
 
 impl AssociationBilling {
+    /// The billing exporter of this association, once it echoed a cookie.
     pub fn exporter_id(&self) -> Option<u32> {
         self.exporter_id
     }

@@ -41,6 +41,7 @@ const FULL_ERROR_LOGS: u64 = 20;
 const SHARED_TEMPLATES: usize = 64;
 
 impl SessionDecoder {
+    /// A decoder for the exporter at `exporter` ("ip:port").
     pub fn new(exporter: String, config: SessionConfig) -> Self {
         let transport = config.transport.as_str();
         Self {
@@ -57,6 +58,7 @@ impl SessionDecoder {
         }
     }
 
+    /// The exporter's "ip:port".
     pub fn exporter(&self) -> &str {
         &self.exporter
     }
@@ -66,6 +68,7 @@ impl SessionDecoder {
         self.billing = true;
     }
 
+    /// The IPFIX session state (templates, sequence numbers).
     pub fn session_mut(&mut self) -> &mut Session {
         &mut self.session
     }

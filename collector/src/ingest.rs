@@ -50,7 +50,9 @@ pub struct WriterConfig {
 /// What the writer has made durable so far, readable from any thread.
 #[derive(Debug)]
 pub struct Progress {
+    /// Records committed so far.
     pub committed_records: AtomicU64,
+    /// Transactions committed so far.
     pub commits: AtomicU64,
     /// Bumped after every commit: sessions owing cookies wait on it.
     pub committed: tokio::sync::watch::Sender<u64>,

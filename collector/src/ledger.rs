@@ -22,6 +22,7 @@ pub struct RangeSet {
 }
 
 impl RangeSet {
+    /// The ranges, in order, as (first, last).
     pub fn ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.ranges.iter().map(|(a, b)| (*a, *b))
     }
@@ -83,6 +84,7 @@ impl RangeSet {
 /// What this store holds durably, per (billing exporter id, domain).
 #[derive(Debug, Default)]
 pub struct Ledger {
+    /// Record sequences stored here (committed).
     pub stored: HashMap<(u32, u32), RangeSet>,
     /// Record sequences the exporter declared it will never send (lost in
     /// its restart): kept apart from `stored` (a record of a declared range
@@ -126,6 +128,7 @@ pub fn covered_through(
     }
 }
 
+/// The ledger shared by the store (writer) and the sessions (readers).
 pub type SharedLedger = Arc<Mutex<Ledger>>;
 
 /// The replay rule: of the billing records `first..first + count` (one

@@ -5,6 +5,8 @@
 //! in [`ingest`]; [`RunningCollector::shutdown`] stops receiving, commits
 //! what was received and closes the store.
 
+#![warn(missing_docs)]
+
 pub mod audit;
 pub mod batch;
 pub mod billing;
@@ -38,6 +40,7 @@ use store::Store;
 pub struct RunningCollector {
     /// Bound UDP addresses (port 0 in the config is resolved here).
     pub udp_addrs: Vec<SocketAddr>,
+    /// Bound TCP addresses.
     pub tcp_addrs: Vec<SocketAddr>,
     /// Bound IPFIX-over-TLS addresses.
     pub tls_addrs: Vec<SocketAddr>,
@@ -45,6 +48,7 @@ pub struct RunningCollector {
     pub sctp_addrs: Vec<SocketAddr>,
     /// Bound framed-TCP (pool user) addresses.
     pub framed_tcp_addrs: Vec<SocketAddr>,
+    /// What the writer has committed.
     pub progress: Arc<Progress>,
     /// The pool registration (and the collector's own ASAP endpoint), when
     /// `[pool]` is configured.

@@ -30,6 +30,7 @@ const RECEIVER_BATCH_RECORDS: usize = 2048;
 /// Settings of the UDP receiver.
 #[derive(Debug, Clone)]
 pub struct UdpSettings {
+    /// IPFIX session settings of each exporter.
     pub session: SessionConfig,
     /// Exporters (source address and port) tracked at once; the idlest is
     /// dropped to admit a new one.
@@ -331,7 +332,9 @@ fn evict_idlest(sessions: &mut HashMap<SocketAddr, UdpSession>) {
 /// Settings of the TCP listener.
 #[derive(Debug, Clone)]
 pub struct TcpSettings {
+    /// IPFIX session settings of each connection.
     pub session: SessionConfig,
+    /// Connections served at once; more are refused.
     pub max_sessions: usize,
 }
 

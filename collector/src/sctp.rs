@@ -30,7 +30,9 @@ use crate::session::{CollectorSession, Input, Now, Output, SessionEvent};
 pub struct SctpSettings {
     /// "sctp" or "framed-tcp": the label of logs and metrics.
     pub transport: &'static str,
+    /// IPFIX session settings of each association.
     pub session: SessionConfig,
+    /// Associations served at once; more are refused.
     pub max_sessions: usize,
     /// Cookie protocol (docs/billing-continuity.md); `None` without a pool key.
     pub billing: Option<BillingContext>,
@@ -39,7 +41,9 @@ pub struct SctpSettings {
 /// What a session needs to take part in the cookie protocol.
 #[derive(Debug, Clone)]
 pub struct BillingContext {
+    /// Signs cookies and checks Cookie Echoes.
     pub signer: CookieSigner,
+    /// What the store holds (cookies are issued from it).
     pub ledger: SharedLedger,
     /// Changes after every commit.
     pub committed: watch::Receiver<u64>,

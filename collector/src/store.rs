@@ -127,9 +127,13 @@ const WAL_AUTOCHECKPOINT_PAGES: i64 = 16_384;
 /// Per (exporter, domain) totals accumulated across commits.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DomainStats {
+    /// Data records stored.
     pub records: u64,
+    /// Records lost in sequence gaps.
     pub lost_records: u64,
+    /// Gaps, late messages and resyncs.
     pub sequence_events: u64,
+    /// Last message sequence number seen.
     pub last_sequence: Option<u32>,
 }
 
@@ -213,6 +217,7 @@ impl Store {
         Ok(conn)
     }
 
+    /// The read-write connection (tests and tools).
     pub fn connection(&self) -> &Connection {
         &self.conn
     }
@@ -653,14 +658,23 @@ pub fn decode_template(
 /// One stored block as read back: what [`decode_block`] needs.
 #[derive(Debug, Clone, Copy)]
 pub struct StoredBlock<'a> {
+    /// "ip:port" of the exporting process.
     pub exporter: &'a str,
+    /// Transport label: udp, tcp, sctp.
     pub transport: &'static str,
+    /// Observation domain id.
     pub domain: u32,
+    /// The template the records follow.
     pub template: &'a Template,
+    /// Export time of the message, unix seconds.
     pub export_time: u32,
+    /// Sequence number of the message header.
     pub message_sequence: u32,
+    /// Position of the first record among the message's data records.
     pub first_record_index: u32,
+    /// When the message arrived, unix milliseconds.
     pub received_ms: i64,
+    /// The records' bytes, back to back.
     pub records: &'a [u8],
 }
 
