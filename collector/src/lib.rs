@@ -4,6 +4,23 @@
 //! [`start`] binds the configured listeners and starts the pipeline described
 //! in [`ingest`]; [`RunningCollector::shutdown`] stops receiving, commits
 //! what was received and closes the store.
+//!
+//! Modules, each using only those above it (no cycles; docs/architecture.md,
+//! "Collector session"):
+//!
+//! ```text
+//! record, ledger   pure data and rules (ledger: what the store holds, the replay rule)
+//! batch            → record                     what sessions hand to the writer
+//! decoder          → batch, record              IPFIX decoding, given the time
+//! billing          → batch, ledger              cookies, Cookie Echo, block tags
+//! session          → batch, billing, decoder, ledger   one association, sans-IO
+//! store            → batch, ledger, record      SQLite
+//! query, audit     → record / ledger, store     readers
+//! ingest           → batch, decoder, store      the writer thread
+//! listeners        → batch, decoder, ingest, session   UDP and TCP drivers
+//! sctp             → batch, billing, ingest, listeners, session   SCTP/framed-TCP driver
+//! pool → billing;  config → pool
+//! ```
 
 #![warn(missing_docs)]
 
