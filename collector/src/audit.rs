@@ -88,55 +88,80 @@ impl Default for AuditOptions {
 /// impl (`--json`) carry the same content.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditReport {
+    /// `pass` only if every exporter/domain passes (see `failures`) and there
+    /// is at least one.
     pub verdict: Verdict,
     /// Why the verdict is `fail`, one line each; empty on `pass`.
     pub failures: Vec<String>,
+    /// What each store holds, in the order given.
     pub stores: Vec<StoreSummary>,
+    /// One report per (billing exporter id, observation domain).
     pub exporter_domains: Vec<ExporterDomainReport>,
+    /// Sums over every exporter/domain.
     pub totals: Totals,
 }
 
+/// The audit's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
+    /// Continuity holds.
     Pass,
+    /// It does not: see `AuditReport::failures`.
     Fail,
 }
 
+/// What one store holds.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StoreSummary {
+    /// The store's database file.
     pub path: String,
+    /// Record blocks of billing sessions (with record sequences).
     pub billing_blocks: u64,
+    /// Records of billing sessions.
     pub billing_records: u64,
     /// Blocks of non-billing sessions (plain UDP/TCP IPFIX): they carry no
     /// record sequence, so there is nothing to audit in them.
     pub non_billing_blocks: u64,
+    /// Records of non-billing blocks (not audited).
     pub non_billing_records_skipped: u64,
+    /// Handovers (Cookie Echoes) the store recorded.
     pub handovers: u64,
 }
 
+/// Sums over every exporter/domain.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Totals {
+    /// Exporter/domains audited.
     pub exporter_domains: u64,
+    /// Distinct record sequences stored.
     pub records_present: u64,
     /// Unexplained: neither stored anywhere nor declared lost.
     pub missing_records: u64,
     /// Declared lost by their exporter (and stored nowhere).
     pub declared_lost_records: u64,
+    /// Sequences stored more than once with identical bytes.
     pub benign_duplicate_sequences: u64,
+    /// Sequences stored with differing bytes.
     pub conflicting_sequences: u64,
+    /// Blocks that could not be read completely.
     pub anomalies: u64,
+    /// Records of non-billing blocks (not audited).
     pub non_billing_records_skipped: u64,
 }
 
 /// Everything about one (billing exporter id, observation domain).
 #[derive(Debug, Clone, Serialize)]
 pub struct ExporterDomainReport {
+    /// Billing exporter id.
     pub billing_exporter: i64,
+    /// Observation domain id.
     pub domain: i64,
+    /// This exporter/domain's verdict.
     pub verdict: Verdict,
     /// Lowest and highest record sequence stored in any store.
     pub first_sequence: Option<u64>,
+    /// Highest record sequence stored in any store (see `first_sequence`).
     pub last_sequence: Option<u64>,
     /// Highest sequence that must be stored: the last one seen, or a higher
     /// one a handover cookie claims was stored contiguously, or the last one
@@ -156,37 +181,53 @@ pub struct ExporterDomainReport {
     pub gaps: Gaps,
     /// Sequences stored nowhere that the exporter declared lost.
     pub declared_loss: DeclaredLoss,
+    /// Sequences stored more than once with identical bytes (benign).
     pub duplicates: Duplicates,
+    /// Sequences stored with differing bytes (the audit fails on them).
     pub conflicts: Conflicts,
     /// Which part each store holds.
     pub stores: Vec<StoreShare>,
+    /// Handovers of this exporter/domain, in time order.
     pub handovers: Vec<Handover>,
     /// Blocks that could not be read completely (their records count as
     /// missing unless another store has them).
     pub anomalies: Vec<Anomaly>,
 }
 
+/// Unexplained gaps of one exporter/domain.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Gaps {
+    /// Records missing.
     pub missing_records: u64,
+    /// Missing ranges.
     pub range_count: u64,
+    /// The missing ranges, up to the listing limit.
     pub ranges: Vec<SequenceRange>,
+    /// Missing ranges beyond `AuditOptions::list_limit`: counted, not listed.
     pub ranges_not_listed: u64,
 }
 
+/// Records an exporter declared lost (RFC 7011 4.3 statistics).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DeclaredLoss {
+    /// Records declared lost and stored nowhere.
     pub records: u64,
+    /// Declared ranges.
     pub range_count: u64,
+    /// The declared ranges, up to the listing limit.
     pub ranges: Vec<DeclaredRange>,
+    /// Declared ranges beyond `AuditOptions::list_limit`: counted, not listed.
     pub ranges_not_listed: u64,
 }
 
 /// Inclusive; one range of one declaration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DeclaredRange {
+    /// First record sequence declared lost.
     pub first: u64,
+    /// Last record sequence declared lost.
     pub last: u64,
+    /// Records of the range.
     pub records: u64,
     /// When the declaring exporter process started (its restart).
     pub exporter_restart_ms: i64,
@@ -194,13 +235,16 @@ pub struct DeclaredRange {
     pub exporter_restart: String,
     /// The store that recorded the declaration.
     pub store: String,
+    /// The declaring exporter's transport address.
     pub peer: String,
 }
 
 /// Inclusive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct SequenceRange {
+    /// First record sequence of the range.
     pub first: u64,
+    /// Last record sequence of the range.
     pub last: u64,
 }
 
@@ -211,22 +255,32 @@ pub struct Duplicates {
     pub sequences: u64,
     /// Copies beyond the first.
     pub extra_copies: u64,
+    /// Duplicated ranges.
     pub range_count: u64,
+    /// The duplicated ranges, up to the listing limit.
     pub ranges: Vec<DuplicateRange>,
+    /// Duplicated ranges beyond `AuditOptions::list_limit`: counted, not
+    /// listed.
     pub ranges_not_listed: u64,
 }
 
+/// Inclusive; consecutive sequences duplicated alike.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DuplicateRange {
+    /// First record sequence of the range.
     pub first: u64,
+    /// Last record sequence of the range.
     pub last: u64,
     /// Copies of each sequence of the range, per store.
     pub copies: Vec<StoreCopies>,
 }
 
+/// Copies in one store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StoreCopies {
+    /// The store's database file.
     pub store: String,
+    /// Copies of each sequence of the range there.
     pub copies: u64,
 }
 
@@ -234,19 +288,27 @@ pub struct StoreCopies {
 /// exporter sent.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Conflicts {
+    /// Record sequences with differing copies.
     pub sequences: u64,
+    /// The conflicts, up to the listing limit.
     pub listed: Vec<Conflict>,
+    /// Conflicts beyond `AuditOptions::list_limit`: counted, not listed.
     pub not_listed: u64,
 }
 
+/// One record sequence stored with differing bytes.
 #[derive(Debug, Clone, Serialize)]
 pub struct Conflict {
+    /// The record sequence.
     pub sequence: u64,
+    /// Every copy, with where it is.
     pub copies: Vec<ConflictCopy>,
 }
 
+/// One copy of a conflicting record.
 #[derive(Debug, Clone, Serialize)]
 pub struct ConflictCopy {
+    /// The store's database file.
     pub store: String,
     /// `record_blocks.id` holding the copy.
     pub block_id: i64,
@@ -254,16 +316,23 @@ pub struct ConflictCopy {
     pub record_hash: String,
 }
 
+/// The part of an exporter/domain one store holds.
 #[derive(Debug, Clone, Serialize)]
 pub struct StoreShare {
+    /// The store's database file.
     pub store: String,
+    /// Records of the exporter/domain stored there.
     pub records: u64,
+    /// Lowest record sequence stored there.
     pub first_sequence: u64,
+    /// Highest record sequence stored there.
     pub last_sequence: u64,
 }
 
+/// A Cookie Echo recorded by a store (`billing_handovers`).
 #[derive(Debug, Clone, Serialize)]
 pub struct Handover {
+    /// When it arrived, unix milliseconds.
     pub at_ms: i64,
     /// `at_ms` as RFC 3339, UTC.
     pub at: String,
@@ -272,21 +341,29 @@ pub struct Handover {
     /// `introduction` (fresh exporter), `handover` (from another collector:
     /// failover or failback) or `reconnect` (same collector again).
     pub kind: &'static str,
+    /// The exporter's transport address.
     pub peer: String,
+    /// PE that signed the echoed cookie; `None` for an introduction.
     pub from_pe: Option<i64>,
+    /// The receiving collector's PE identifier.
     pub to_pe: i64,
     /// Last record sequence the echoed cookie says was stored contiguously.
     pub record_sequence: Option<u64>,
 }
 
+/// A block that could not be read completely.
 #[derive(Debug, Clone, Serialize)]
 pub struct Anomaly {
+    /// The store's database file.
     pub store: String,
+    /// `record_blocks.id` of the block.
     pub block_id: i64,
+    /// What is wrong with it.
     pub problem: String,
 }
 
 impl AuditReport {
+    /// Whether the verdict is `pass`.
     pub fn passed(&self) -> bool {
         self.verdict == Verdict::Pass
     }
@@ -1519,7 +1596,7 @@ struct ExporterAccount {
     accounted: Option<u64>,
     state_file_next: Option<u64>,
     /// Union of the declared ranges.
-    declared: crate::billing::RangeSet,
+    declared: crate::ledger::RangeSet,
     declarations: Vec<DeclarationRow>,
 }
 

@@ -1,136 +1,23 @@
 //! The collector side of billing continuity (docs/billing-continuity.md):
-//! which record sequences this store holds durably (the [`Ledger`]), and
 //! per association the Cookie Echo received and the Cookies owed
-//! ([`AssociationBilling`]). Pure logic; `sctp.rs` and the store drive it.
+//! ([`AssociationBilling`]), and the keys cookies are signed and checked
+//! with ([`CookieSigner`]). What the store holds is the [`Ledger`]
+//! (`ledger.rs`). Pure logic; the session (`session.rs`) decides with it,
+//! the store and the drivers do the IO.
+//!
+//! Depends on `batch` and `ledger` only.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
 
 use protocol::billing::{
     BillingCookie, CookieError, CookieKeys, CookieMessageKind, SequenceExtender,
 };
 use protocol::signing::SigningKey;
 
-/// Billing identity and position of a block's first record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BillingTag {
-    pub exporter_id: u32,
-    pub first_record_sequence: u64,
-}
-
-/// A set of record sequences as merged, inclusive ranges.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RangeSet {
-    /// first -> last, disjoint and not adjacent.
-    ranges: BTreeMap<u64, u64>,
-}
-
-impl RangeSet {
-    pub fn ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.ranges.iter().map(|(a, b)| (*a, *b))
-    }
-
-    /// Adds `first..=last`, merging with neighbours.
-    pub fn insert(&mut self, mut first: u64, mut last: u64) {
-        // A range starting at or before `last + 1` may overlap or touch.
-        let overlapping: Vec<(u64, u64)> = self
-            .ranges
-            .range(..=last.saturating_add(1))
-            .rev()
-            .take_while(|(_, end)| **end >= first.saturating_sub(1))
-            .map(|(a, b)| (*a, *b))
-            .collect();
-        for (a, b) in overlapping {
-            self.ranges.remove(&a);
-            first = first.min(a);
-            last = last.max(b);
-        }
-        self.ranges.insert(first, last);
-    }
-
-    /// The parts of `first..=last` not in the set, in order.
-    pub fn missing(&self, first: u64, last: u64) -> Vec<(u64, u64)> {
-        let mut out = Vec::new();
-        let mut cursor = first;
-        // Ranges that may intersect: those starting at or before `last`.
-        let start_key = self
-            .ranges
-            .range(..=first)
-            .next_back()
-            .map(|(a, _)| *a)
-            .unwrap_or(first);
-        for (&a, &b) in self.ranges.range(start_key..=last) {
-            if b < cursor {
-                continue;
-            }
-            if a > cursor {
-                out.push((cursor, a - 1));
-            }
-            if b >= last {
-                return out;
-            }
-            cursor = b + 1;
-        }
-        if cursor <= last {
-            out.push((cursor, last));
-        }
-        out
-    }
-
-    /// The end of the range holding `sequence`, if it is held.
-    pub fn through(&self, sequence: u64) -> Option<u64> {
-        let (_, &end) = self.ranges.range(..=sequence).next_back()?;
-        (end >= sequence).then_some(end)
-    }
-}
-
-/// What this store holds durably, per (billing exporter id, domain).
-#[derive(Debug, Default)]
-pub struct Ledger {
-    pub stored: HashMap<(u32, u32), RangeSet>,
-    /// Record sequences the exporter declared it will never send (lost in
-    /// its restart): kept apart from `stored` (a record of a declared range
-    /// that arrives after all is still stored, and replays are dropped only
-    /// against what is stored), but cookies pass over them.
-    pub declared: HashMap<(u32, u32), RangeSet>,
-}
-
-impl Ledger {
-    /// The last sequence through which every record from `from` on is
-    /// stored here or declared lost; `None` if `from` is neither.
-    pub fn covered_through(&self, key: (u32, u32), from: u64) -> Option<u64> {
-        covered_through(self.stored.get(&key), self.declared.get(&key), from)
-    }
-}
-
-/// [`Ledger::covered_through`] over two sets.
-pub fn covered_through(
-    stored: Option<&RangeSet>,
-    declared: Option<&RangeSet>,
-    from: u64,
-) -> Option<u64> {
-    let mut through: Option<u64> = None;
-    let mut cursor = from;
-    loop {
-        let next = [stored, declared]
-            .into_iter()
-            .flatten()
-            .filter_map(|set| set.through(cursor))
-            .max();
-        match next {
-            Some(end) => {
-                through = Some(end);
-                if end == u64::MAX {
-                    return through;
-                }
-                cursor = end + 1;
-            }
-            None => return through,
-        }
-    }
-}
-
-pub type SharedLedger = Arc<Mutex<Ledger>>;
+use crate::batch::{RecordBlock, TotalsReport};
+// Re-exported where they lived before `batch` and `ledger` were split off.
+pub use crate::batch::{BillingTag, Handover};
+pub use crate::ledger::{Ledger, MAX_ECHOED_SEQUENCE, RangeSet, SharedLedger, covered_through};
 
 /// Signs cookies for this collector and checks the cookies exporters echo.
 #[derive(Debug, Clone)]
@@ -144,6 +31,7 @@ pub struct CookieSigner {
     pub trusted: CookieKeys,
     /// The HMAC key, when version 1 cookies are signed with it.
     hmac_key: Option<Vec<u8>>,
+    /// This collector's PE identifier, named in its cookies.
     pub pe_identifier: u32,
     /// Accept every well-formed Cookie Echo without checking it. Unsafe:
     /// only for tests that play a hostile or misconfigured pool element.
@@ -201,29 +89,23 @@ impl CookieSigner {
     }
 }
 
-/// A failover or failback arriving here: the exporter echoed a cookie.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Handover {
-    pub at_ms: i64,
-    pub exporter_id: u32,
-    pub domain: u32,
-    pub peer: String,
-    /// PE that signed the echoed cookie; `None` for an introduction.
-    pub from_pe: Option<u32>,
-    pub to_pe: u32,
-    /// Last record sequence the echoed cookie vouches for.
-    pub record_sequence: Option<u64>,
-}
-
 /// Why a Cookie Echo was refused (the association is then closed).
 #[derive(Debug, thiserror::Error)]
 pub enum EchoError {
+    /// Not a well-formed (or not a validly signed) billing Cookie Echo.
     #[error("not a billing Cookie Echo: {0}")]
     Malformed(#[from] CookieError),
+    /// The exporter sent a Cookie, which only collectors send.
     #[error("an ASAP Cookie (not Cookie Echo) from the exporter")]
     WrongDirection,
+    /// A Cookie Echo for another exporter than the association's.
     #[error("cookie for exporter {got}, but this association belongs to exporter {expected}")]
-    OtherExporter { expected: u32, got: u32 },
+    OtherExporter {
+        /// The exporter of this association's first Cookie Echo.
+        expected: u32,
+        /// The exporter the cookie names.
+        got: u32,
+    },
     /// A cookie claiming a record sequence no exporter reaches (2^63 and
     /// beyond): only a broken signer writes one, and the sequences after it
     /// would overflow 64 bits (found by fuzzing).
@@ -231,12 +113,8 @@ pub enum EchoError {
     SequenceOutOfRange(u64),
 }
 
-/// Record sequences at and above this are refused in Cookie Echoes: at ten
-/// million records a second an exporter needs 29,000 years to get here, and
-/// below it the 32-bit windows of [`SequenceExtender`] cannot overflow.
-pub const MAX_ECHOED_SEQUENCE: u64 = 1 << 63;
-
 impl EchoError {
+    /// The `reason` label of `poolflow_collector_cookie_rejected_total`.
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Malformed(CookieError::BadHmac) => "cookie_bad_hmac",
@@ -269,6 +147,7 @@ pub struct AssociationBilling {
 }
 
 impl AssociationBilling {
+    /// The billing exporter of this association, once it echoed a cookie.
     pub fn exporter_id(&self) -> Option<u32> {
         self.exporter_id
     }
@@ -338,7 +217,7 @@ impl AssociationBilling {
     /// and first record sequence (blocks of domains the exporter did not
     /// announce stay untagged) and notes them as received. Shared by every
     /// billing transport session and by the fuzz target.
-    pub fn tag_blocks(&mut self, blocks: &mut [crate::ingest::RecordBlock]) {
+    pub fn tag_blocks(&mut self, blocks: &mut [RecordBlock]) {
         for block in blocks {
             let Some(exporter_id) = self.exporter_id else {
                 return;
@@ -369,7 +248,7 @@ impl AssociationBilling {
     /// they account for. Those naming another exporter than the Cookie Echo
     /// stay plain reports (kept as received, never a declaration), counted
     /// and logged.
-    pub fn attach_statistics(&self, totals: &mut [crate::ingest::TotalsReport]) {
+    pub fn attach_statistics(&self, totals: &mut [TotalsReport]) {
         for report in totals {
             let Some((exporter, start)) = self.domain_start(report.stats.observation_domain_id)
             else {
@@ -454,45 +333,6 @@ impl AssociationBilling {
 mod tests {
     use super::*;
 
-    fn set(ranges: &[(u64, u64)]) -> RangeSet {
-        let mut s = RangeSet::default();
-        for (a, b) in ranges {
-            s.insert(*a, *b);
-        }
-        s
-    }
-
-    #[test]
-    fn ranges_merge_when_overlapping_or_adjacent() {
-        let s = set(&[(10, 19), (30, 39), (20, 25), (26, 29)]);
-        assert_eq!(s.ranges().collect::<Vec<_>>(), vec![(10, 39)]);
-        let s = set(&[(10, 19), (21, 30)]);
-        assert_eq!(s.ranges().collect::<Vec<_>>(), vec![(10, 19), (21, 30)]);
-        let s = set(&[(5, 100), (10, 20)]);
-        assert_eq!(s.ranges().collect::<Vec<_>>(), vec![(5, 100)]);
-        let s = set(&[(0, 0), (u64::MAX - 1, u64::MAX)]);
-        assert_eq!(s.ranges().count(), 2);
-    }
-
-    #[test]
-    fn missing_parts_are_exact() {
-        let s = set(&[(10, 19), (30, 39)]);
-        assert_eq!(s.missing(0, 50), vec![(0, 9), (20, 29), (40, 50)]);
-        assert_eq!(s.missing(12, 18), vec![]);
-        assert_eq!(s.missing(15, 32), vec![(20, 29)]);
-        assert_eq!(s.missing(40, 45), vec![(40, 45)]);
-        assert_eq!(RangeSet::default().missing(3, 4), vec![(3, 4)]);
-    }
-
-    #[test]
-    fn through_is_the_end_of_the_holding_range() {
-        let s = set(&[(0, 99), (200, 299)]);
-        assert_eq!(s.through(0), Some(99));
-        assert_eq!(s.through(50), Some(99));
-        assert_eq!(s.through(100), None);
-        assert_eq!(s.through(250), Some(299));
-    }
-
     #[test]
     fn cookies_pass_over_declared_ranges_but_not_over_holes() {
         let mut a = AssociationBilling::default();
@@ -537,7 +377,7 @@ mod tests {
         let echo = BillingCookie::sign(b"pool key", 42, 1, 99, 3, 1);
         a.on_cookie_echo(&echo.cookie_echo_message_bytes(), &signer(), "p", 1)
             .unwrap();
-        let report = |exporter, domain| crate::ingest::TotalsReport {
+        let report = |exporter, domain| TotalsReport {
             peer: "p".into(),
             transport: "sctp",
             received_ms: 0,

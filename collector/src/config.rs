@@ -14,6 +14,7 @@ pub use daemon_common::LogFormat;
 /// IANA port for IPFIX over UDP, TCP and SCTP (RFC 7011 section 10).
 pub const IPFIX_PORT: u16 = 4739;
 
+/// The collector's configuration file (TOML); every key has a default.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CollectorConfig {
@@ -88,6 +89,7 @@ pub struct TlsConfig {
 }
 
 impl TlsConfig {
+    /// The certificate, key and client CA files, for the transport crate.
     pub fn files(&self) -> transport::tls::ServerTlsFiles {
         transport::tls::ServerTlsFiles {
             certificate_file: self.certificate_file.clone(),
@@ -136,6 +138,8 @@ impl CollectorConfig {
         Self::from_toml(&text).with_context(|| format!("in config {}", path.display()))
     }
 
+    /// Parses a configuration (legacy duration keys upgraded and noted)
+    /// and validates it.
     pub fn from_toml(text: &str) -> Result<Self> {
         let mut table: toml::Table = toml::from_str(text)?;
         let deprecated_keys = daemon_common::duration::upgrade_legacy_keys(&mut table, "")?;
@@ -145,6 +149,8 @@ impl CollectorConfig {
         Ok(config)
     }
 
+    /// Checks what serde cannot: limits that must be positive, TLS
+    /// listeners without `[tls]`, no listener at all.
     pub fn validate(&self) -> Result<()> {
         let positive = [
             ("max_templates_per_session", self.max_templates_per_session),

@@ -16,345 +16,28 @@
 //! allocation per record, none per message once the buffers have grown;
 //! decoding into flow fields happens at query time ([`crate::store`]).
 
-use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
-use protocol::ipfix::reliability::{self, ReliabilityStatistics};
-use protocol::ipfix::{
-    DecodeError, SequenceCheck, Session, SessionConfig, Template, TransportKind,
-};
+use protocol::ipfix::{SessionConfig, TransportKind};
 use tokio::sync::mpsc;
-use tracing::{debug, error, warn};
+use tracing::error;
 
-use crate::billing::{BillingTag, Handover};
-use crate::record::{SequenceEvent, SequenceEventKind};
 use crate::store::Store;
+// Re-exported where they lived before `batch` and `decoder` were split off.
+pub use crate::batch::{Batch, RecordBlock, TotalsReport};
+pub use crate::decoder::SessionDecoder;
 
-/// Consecutive records of one message that share a template, kept exactly
-/// as received.
-#[derive(Debug, Clone)]
-pub struct RecordBlock {
-    /// "ip:port" of the exporting process.
-    pub exporter: Arc<str>,
-    pub transport: &'static str,
-    pub domain: u32,
-    pub template: Arc<Template>,
-    pub export_time: u32,
-    pub message_sequence: u32,
-    /// Position of the first record among the message's data records.
-    pub first_record_index: u32,
-    pub record_count: u32,
-    pub received_ms: i64,
-    /// This block's records in [`Batch::bytes`].
-    pub bytes: Range<usize>,
-    /// Set on billing associations (after a Cookie Echo): whose records
-    /// these are and the first one's record sequence.
-    pub billing: Option<BillingTag>,
-}
-
-/// Exporting Process Reliability Statistics received (RFC 7011 4.3): stored
-/// in `exporter_totals` and, for a billing domain, reconciled with what the
-/// store holds (the exporter's declared losses).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TotalsReport {
-    /// "ip:port" of the exporting process.
-    pub peer: Arc<str>,
-    pub transport: &'static str,
-    pub received_ms: i64,
-    pub stats: ReliabilityStatistics,
-    /// On a billing association, for a domain it announced with a Cookie
-    /// Echo: the billing exporter id and the first record sequence this
-    /// association is responsible for (after the echoed cookie).
-    pub billing: Option<(u32, u64)>,
-}
-
-/// Records and sequence events that travel to the writer together.
-#[derive(Debug, Default)]
-pub struct Batch {
-    pub blocks: Vec<RecordBlock>,
-    /// The records' bytes of every block, back to back.
-    pub bytes: Vec<u8>,
-    pub events: Vec<SequenceEvent>,
-    /// Exporters that arrived here with a Cookie Echo (failover/failback).
-    pub handovers: Vec<Handover>,
-    /// Reliability statistics, after the records that came before them.
-    pub totals: Vec<TotalsReport>,
-    records: usize,
-}
-
-impl Batch {
-    pub fn is_empty(&self) -> bool {
-        self.blocks.is_empty()
-            && self.events.is_empty()
-            && self.handovers.is_empty()
-            && self.totals.is_empty()
-    }
-
-    /// Data records in the batch.
-    pub fn len(&self) -> usize {
-        self.records
-    }
-
-    /// The records' bytes of one block.
-    pub fn block_bytes(&self, block: &RecordBlock) -> &[u8] {
-        &self.bytes[block.bytes.clone()]
-    }
-
-    /// An empty batch with room for about `records` records of `record_len`.
-    pub(crate) fn with_capacity(records: usize, record_len: usize) -> Self {
-        Self {
-            blocks: Vec::with_capacity(records / 8),
-            bytes: Vec::with_capacity(records * record_len),
-            events: Vec::new(),
-            handovers: Vec::new(),
-            totals: Vec::new(),
-            records: 0,
-        }
-    }
-}
-
+/// The wall clock in unix milliseconds: read by drivers (and the writer),
+/// never by the sans-IO parts, which are given the time.
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-/// Decodes the messages of one transport session into a [`Batch`], counting
-/// and logging what is wrong with them.
-pub struct SessionDecoder {
-    exporter: Arc<str>,
-    transport: &'static str,
-    session: Session,
-    /// Shared copies of the templates blocks refer to, so a block costs a
-    /// reference count, not a template clone.
-    templates: Vec<Arc<Template>>,
-    errors_logged: u64,
-    /// A billing association: sequence numbers of announced domains are
-    /// record sequences, reconciled by the writer, not here.
-    billing: bool,
-    messages_total: metrics::Counter,
-    records_total: metrics::Counter,
-}
-
-/// Log at most this many malformed messages per session in full, then only
-/// every power of two, so a broken exporter cannot flood the log.
-const FULL_ERROR_LOGS: u64 = 20;
-
-/// Distinct templates a decoder keeps shared copies of before starting over
-/// (a session may define up to `max_templates`; blocks only need the ones
-/// in use).
-const SHARED_TEMPLATES: usize = 64;
-
-impl SessionDecoder {
-    pub fn new(exporter: String, config: SessionConfig) -> Self {
-        let transport = config.transport.as_str();
-        Self {
-            exporter: exporter.into(),
-            transport,
-            session: Session::new(config),
-            templates: Vec::new(),
-            errors_logged: 0,
-            billing: false,
-            messages_total: metrics::counter!(
-                "poolflow_collector_messages_total", "transport" => transport),
-            records_total: metrics::counter!(
-                "poolflow_collector_records_received_total", "transport" => transport),
-        }
-    }
-
-    pub fn exporter(&self) -> &str {
-        &self.exporter
-    }
-
-    /// Marks the session as a billing association (after a Cookie Echo).
-    pub fn set_billing(&mut self) {
-        self.billing = true;
-    }
-
-    pub fn session_mut(&mut self) -> &mut Session {
-        &mut self.session
-    }
-
-    /// Counts and logs an error found outside [`Self::handle`] (framing).
-    pub fn count_error(&mut self, err: &DecodeError) {
-        self.log_errors(std::slice::from_ref(err));
-    }
-
-    fn log_errors(&mut self, errors: &[DecodeError]) {
-        for err in errors {
-            metrics::counter!("poolflow_collector_decode_errors_total", "reason" => err.reason())
-                .increment(1);
-            self.errors_logged += 1;
-            let n = self.errors_logged;
-            if n <= FULL_ERROR_LOGS || n.is_power_of_two() {
-                warn!(peer = %self.exporter, transport = self.transport, reason = err.reason(),
-                      occurrences = n, "malformed IPFIX: {err}");
-            }
-        }
-    }
-
-    /// Decodes one message into `out`. Returns the number of data records.
-    pub fn handle(&mut self, bytes: &[u8], stream: u16, out: &mut Batch) -> usize {
-        let received_ms = now_ms();
-        let now_secs = (received_ms / 1000) as u64;
-        let Self {
-            exporter,
-            transport,
-            session,
-            templates,
-            ..
-        } = self;
-        let transport = *transport;
-        let first_block = out.blocks.len();
-        let records_before = out.records;
-        // The session's template of the block being built: the session holds
-        // it for the whole message, so its address identifies it meanwhile.
-        let mut block_template: *const Template = std::ptr::null();
-        let result = session.process(bytes, stream, now_secs, |record| {
-            let start = out.bytes.len();
-            out.bytes.extend_from_slice(record.bytes);
-            out.records += 1;
-            // Records of one data set arrive in a row: extend the block.
-            if out.blocks.len() > first_block && std::ptr::eq(block_template, record.template) {
-                let block = out.blocks.last_mut().expect("a block of this message");
-                if block.first_record_index + block.record_count == record.index_in_message {
-                    block.record_count += 1;
-                    block.bytes.end = out.bytes.len();
-                    return;
-                }
-            }
-            block_template = record.template;
-            out.blocks.push(RecordBlock {
-                exporter: Arc::clone(exporter),
-                transport,
-                domain: record.header.observation_domain_id,
-                template: shared_template(templates, record.template),
-                export_time: record.header.export_time,
-                message_sequence: record.header.sequence_number,
-                first_record_index: record.index_in_message,
-                record_count: 1,
-                received_ms,
-                bytes: start..out.bytes.len(),
-                billing: None,
-            });
-        });
-        self.messages_total.increment(1);
-        let report = match result {
-            Ok(report) => report,
-            Err(err) => {
-                self.log_errors(std::slice::from_ref(&err));
-                return 0;
-            }
-        };
-        if !report.errors.is_empty() {
-            self.log_errors(&report.errors);
-        }
-        let (kind, records) = match report.sequence {
-            SequenceCheck::First | SequenceCheck::InOrder => (None, 0),
-            SequenceCheck::Gap { lost } => (Some(SequenceEventKind::Gap), lost),
-            SequenceCheck::Behind { behind } => (Some(SequenceEventKind::Behind), behind),
-            SequenceCheck::Resync => (Some(SequenceEventKind::Resync), 0),
-        };
-        if let Some(kind) = kind {
-            if kind == SequenceEventKind::Gap {
-                metrics::counter!("poolflow_collector_sequence_lost_records_total")
-                    .increment(records);
-            }
-            debug!(peer = %self.exporter, domain = report.header.observation_domain_id,
-                   kind = kind.as_str(), records, "sequence anomaly");
-            out.events.push(SequenceEvent {
-                exporter: self.exporter.to_string(),
-                transport,
-                domain: report.header.observation_domain_id,
-                stream,
-                at_ms: received_ms,
-                kind,
-                sequence: report.header.sequence_number,
-                records,
-            });
-        }
-        self.take_statistics(first_block, stream, received_ms, out);
-        let n = out.records - records_before;
-        self.records_total.increment(n as u64);
-        n
-    }
-
-    /// Moves the records of the reliability statistics layout out of the
-    /// message's blocks into [`Batch::totals`] (they are the exporter's
-    /// account, not flow records). On a plain session, a total beyond the
-    /// last message seen is a lost tail: counted as a sequence gap.
-    fn take_statistics(
-        &mut self,
-        first_block: usize,
-        stream: u16,
-        received_ms: i64,
-        out: &mut Batch,
-    ) {
-        let mut i = first_block;
-        while i < out.blocks.len() {
-            if !reliability::is_statistics_template(&out.blocks[i].template) {
-                i += 1;
-                continue;
-            }
-            let block = out.blocks.remove(i);
-            out.records -= block.record_count as usize;
-            let bytes = &out.bytes[block.bytes.clone()];
-            for record in bytes.chunks_exact(reliability::RECORD_LEN) {
-                let stats = ReliabilityStatistics::decode(record).expect("fixed length");
-                out.totals.push(TotalsReport {
-                    peer: Arc::clone(&self.exporter),
-                    transport: self.transport,
-                    received_ms,
-                    stats,
-                    billing: None,
-                });
-                if self.billing {
-                    continue;
-                }
-                let domain = stats.observation_domain_id;
-                let lost = self
-                    .session
-                    .reconcile_exported_total(domain, stream, stats.exported_records)
-                    .unwrap_or(0);
-                if lost > 0 {
-                    metrics::counter!("poolflow_collector_sequence_lost_records_total")
-                        .increment(lost);
-                    warn!(peer = %self.exporter, domain, lost,
-                          "exporter's statistics count records never received (lost tail)");
-                    out.events.push(SequenceEvent {
-                        exporter: self.exporter.to_string(),
-                        transport: self.transport,
-                        domain,
-                        stream,
-                        at_ms: received_ms,
-                        kind: SequenceEventKind::Gap,
-                        sequence: stats.exported_records as u32,
-                        records: lost,
-                    });
-                }
-            }
-        }
-    }
-}
-
-/// The shared copy of `template` (the session's own `Arc` is not reachable
-/// from a [`protocol::ipfix::DataRecord`]). Compared by content: a pointer
-/// alone could be a freed template's address reused.
-fn shared_template(shared: &mut Vec<Arc<Template>>, template: &Template) -> Arc<Template> {
-    if let Some(t) = shared.iter().find(|t| ***t == *template) {
-        return Arc::clone(t);
-    }
-    if shared.len() >= SHARED_TEMPLATES {
-        shared.clear();
-    }
-    let t = Arc::new(template.clone());
-    shared.push(Arc::clone(&t));
-    t
 }
 
 /// Limits of the writer.
@@ -367,7 +50,9 @@ pub struct WriterConfig {
 /// What the writer has made durable so far, readable from any thread.
 #[derive(Debug)]
 pub struct Progress {
+    /// Records committed so far.
     pub committed_records: AtomicU64,
+    /// Transactions committed so far.
     pub commits: AtomicU64,
     /// Bumped after every commit: sessions owing cookies wait on it.
     pub committed: tokio::sync::watch::Sender<u64>,

@@ -4,16 +4,39 @@
 //! [`start`] binds the configured listeners and starts the pipeline described
 //! in [`ingest`]; [`RunningCollector::shutdown`] stops receiving, commits
 //! what was received and closes the store.
+//!
+//! Modules, each using only those above it (no cycles; docs/architecture.md,
+//! "Collector session"):
+//!
+//! ```text
+//! record, ledger   pure data and rules (ledger: what the store holds, the replay rule)
+//! batch            → record                     what sessions hand to the writer
+//! decoder          → batch, record              IPFIX decoding, given the time
+//! billing          → batch, ledger              cookies, Cookie Echo, block tags
+//! session          → batch, billing, decoder, ledger   one association, sans-IO
+//! store            → batch, ledger, record      SQLite
+//! query, audit     → record / ledger, store     readers
+//! ingest           → batch, decoder, store      the writer thread
+//! listeners        → batch, decoder, ingest, session   UDP and TCP drivers
+//! sctp             → batch, billing, ingest, listeners, session   SCTP/framed-TCP driver
+//! pool → billing;  config → pool
+//! ```
+
+#![warn(missing_docs)]
 
 pub mod audit;
+pub mod batch;
 pub mod billing;
 pub mod config;
+pub mod decoder;
 pub mod ingest;
+pub mod ledger;
 pub mod listeners;
 pub mod pool;
 pub mod query;
 pub mod record;
 pub mod sctp;
+pub mod session;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -34,6 +57,7 @@ use store::Store;
 pub struct RunningCollector {
     /// Bound UDP addresses (port 0 in the config is resolved here).
     pub udp_addrs: Vec<SocketAddr>,
+    /// Bound TCP addresses.
     pub tcp_addrs: Vec<SocketAddr>,
     /// Bound IPFIX-over-TLS addresses.
     pub tls_addrs: Vec<SocketAddr>,
@@ -41,6 +65,7 @@ pub struct RunningCollector {
     pub sctp_addrs: Vec<SocketAddr>,
     /// Bound framed-TCP (pool user) addresses.
     pub framed_tcp_addrs: Vec<SocketAddr>,
+    /// What the writer has committed.
     pub progress: Arc<Progress>,
     /// The pool registration (and the collector's own ASAP endpoint), when
     /// `[pool]` is configured.

@@ -19,7 +19,10 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::ingest::{Batch, SessionDecoder, UDP_FLUSH_INTERVAL};
+use crate::batch::Batch;
+use crate::decoder::SessionDecoder;
+use crate::ingest::{UDP_FLUSH_INTERVAL, now_ms};
+use crate::session::{STOP_DRAIN_LIMIT, STOP_DRAIN_QUIET};
 
 /// Records collected before a receiver hands a batch to the writer.
 const RECEIVER_BATCH_RECORDS: usize = 2048;
@@ -27,6 +30,7 @@ const RECEIVER_BATCH_RECORDS: usize = 2048;
 /// Settings of the UDP receiver.
 #[derive(Debug, Clone)]
 pub struct UdpSettings {
+    /// IPFIX session settings of each exporter.
     pub session: SessionConfig,
     /// Exporters (source address and port) tracked at once; the idlest is
     /// dropped to admit a new one.
@@ -138,7 +142,7 @@ fn udp_loop(
                         }
                     };
                     session.last_seen = now;
-                    session.decoder.handle(datagram, 0, &mut batch);
+                    session.decoder.handle(datagram, 0, now_ms(), &mut batch);
                 }
                 let young = batch_started.is_some_and(|t| t.elapsed() < UDP_FLUSH_INTERVAL);
                 if batch.len() < RECEIVER_BATCH_RECORDS
@@ -176,7 +180,7 @@ fn udp_loop(
             });
             metrics::gauge!("poolflow_collector_sessions_active", "transport" => "udp")
                 .set(sessions.len() as f64);
-            let now_secs = (crate::ingest::now_ms() / 1000) as u64;
+            let now_secs = (now_ms() / 1000) as u64;
             for s in sessions.values_mut() {
                 s.decoder.session_mut().expire_templates(now_secs);
             }
@@ -328,7 +332,9 @@ fn evict_idlest(sessions: &mut HashMap<SocketAddr, UdpSession>) {
 /// Settings of the TCP listener.
 #[derive(Debug, Clone)]
 pub struct TcpSettings {
+    /// IPFIX session settings of each connection.
     pub session: SessionConfig,
+    /// Connections served at once; more are refused.
     pub max_sessions: usize,
 }
 
@@ -508,7 +514,7 @@ async fn tcp_session<S: AsyncRead + Unpin>(
             let _ = flush(&tx, &mut batch).await;
             return format!("message truncated by connection end: {e}");
         }
-        decoder.handle(&buf[..len], 0, &mut batch);
+        decoder.handle(&buf[..len], 0, now_ms(), &mut batch);
         // Flush when nothing more is buffered: the next read may wait, and
         // records must not sit in memory meanwhile.
         let drained = reader.buffer().is_empty();
@@ -520,17 +526,10 @@ async fn tcp_session<S: AsyncRead + Unpin>(
     }
 }
 
-/// A stopping stream session keeps receiving until its peer has been quiet
-/// this long (generous: on a loaded host a session may wait its turn for
-/// the CPU with data ready) ...
-const STOP_DRAIN_QUIET: Duration = Duration::from_millis(300);
-/// ... or for at most this long, so a peer that keeps sending cannot hold
-/// the stop up (well inside systemd's default stop timeout of 90 s).
-const STOP_DRAIN_LIMIT: Duration = Duration::from_secs(3);
-
-/// Graceful stop of a TCP or SCTP session: once stopping (`drain_until` is
-/// set), how long to wait for more data before closing.
-pub(crate) fn stop_drain_wait(drain_until: Option<tokio::time::Instant>) -> Duration {
+/// Graceful stop of a plain TCP session: once stopping (`drain_until` is
+/// set), how long to wait for more data before closing (the same rule as
+/// the association session's, [`crate::session`]).
+fn stop_drain_wait(drain_until: Option<tokio::time::Instant>) -> Duration {
     let left = drain_until.map_or(Duration::ZERO, |until| {
         until.saturating_duration_since(tokio::time::Instant::now())
     });
@@ -538,12 +537,12 @@ pub(crate) fn stop_drain_wait(drain_until: Option<tokio::time::Instant>) -> Dura
 }
 
 /// Drain deadline of a session that just saw the stop.
-pub(crate) fn stop_drain_deadline() -> tokio::time::Instant {
+fn stop_drain_deadline() -> tokio::time::Instant {
     tokio::time::Instant::now() + STOP_DRAIN_LIMIT
 }
 
 /// Hands a non-empty batch to the writer; `Err` once the writer is gone.
-pub(crate) async fn flush(tx: &mpsc::Sender<Batch>, batch: &mut Batch) -> Result<(), ()> {
+async fn flush(tx: &mpsc::Sender<Batch>, batch: &mut Batch) -> Result<(), ()> {
     if batch.is_empty() {
         return Ok(());
     }

@@ -150,7 +150,9 @@ fn default_deregistration_timeout() -> Duration {
 /// A parsed "tcp:ADDR" / "sctp:ADDR".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
+    /// A framed-TCP (or TCP) transport address.
     Tcp(SocketAddr),
+    /// An SCTP transport address.
     Sctp(SocketAddr),
 }
 
@@ -187,6 +189,7 @@ impl Endpoint {
 }
 
 impl PoolConfig {
+    /// The pool member selection policy and its parameters.
     pub fn policy_params(&self) -> Result<PolicyParams> {
         Ok(match self.policy.as_str() {
             "priority" => PolicyParams::Priority {
@@ -214,6 +217,8 @@ impl PoolConfig {
         })
     }
 
+    /// Checks what serde cannot: handle length, registrars, key and
+    /// certificate settings, timers.
     pub fn validate(&self) -> Result<()> {
         anyhow::ensure!(
             !self.handle.is_empty() && self.handle.len() <= 32,
@@ -415,6 +420,8 @@ pub fn member_credentials(pool: &PoolConfig) -> Result<Option<MemberCredentials>
     Ok(Some(MemberCredentials { key, certificate }))
 }
 
+/// The PE identifier: the configured one, else the one saved beside the
+/// database, else a new random one, saved there.
 pub fn pe_identifier(pool: &PoolConfig, database: &Path) -> Result<u32> {
     if pool.pe_identifier != 0 {
         return Ok(pool.pe_identifier);
@@ -446,7 +453,9 @@ fn pe_id_path(database: &Path) -> PathBuf {
 /// A registration and, with `asap_listen`, the ASAP endpoint registered
 /// with it (drop it only after the deregistration).
 pub struct Membership {
+    /// The pool element (registration, keep-alives, deregistration).
     pub element: PoolElementHandle,
+    /// The collector's own ASAP endpoint, when `asap_listen` is set.
     pub asap_endpoint: Option<AsapEndpoint>,
 }
 

@@ -16,9 +16,12 @@ use protocol::ipfix::Template;
 use crate::record::{StoredRecord, extra_fields};
 use crate::store::{self, StoredBlock, decode_block};
 
+/// Output format of `collector query`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
+    /// One JSON object per line.
     Json,
+    /// CSV with a header line.
     Csv,
 }
 
@@ -28,9 +31,13 @@ pub enum Format {
 pub struct Filter {
     /// Exporter "ip" (any port) or "ip:port".
     pub exporter: Option<String>,
+    /// Observation domain id.
     pub domain: Option<u32>,
+    /// Export time at or after, unix seconds.
     pub since: Option<i64>,
+    /// Export time before, unix seconds.
     pub until: Option<i64>,
+    /// At most this many records.
     pub limit: Option<u64>,
 }
 
@@ -288,12 +295,19 @@ mod tests {
 /// One line of `collector stats`: what an exporter's domain delivered.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DomainSummary {
+    /// "ip:port" of the exporting process.
     pub exporter: String,
+    /// Transport label: udp, tcp, sctp.
     pub transport: String,
+    /// Observation domain id.
     pub domain: u32,
+    /// Data records stored.
     pub records: u64,
+    /// Records lost in sequence gaps.
     pub lost_records: u64,
+    /// Gaps, late messages and resyncs.
     pub sequence_events: u64,
+    /// Last message sequence number seen.
     pub last_sequence: Option<u32>,
 }
 

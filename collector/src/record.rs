@@ -16,18 +16,31 @@ const NTP_UNIX_OFFSET_SECS: u64 = 2_208_988_800;
 /// The flow fields with typed columns. `None` where the template lacks them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FlowFields {
+    /// sourceIPv4Address or sourceIPv6Address (IE 8, 27).
     pub src_addr: Option<IpAddr>,
+    /// destinationIPv4Address or destinationIPv6Address (IE 12, 28).
     pub dst_addr: Option<IpAddr>,
+    /// sourceTransportPort (IE 7).
     pub src_port: Option<u16>,
+    /// destinationTransportPort (IE 11).
     pub dst_port: Option<u16>,
+    /// protocolIdentifier (IE 4).
     pub protocol: Option<u8>,
+    /// tcpControlBits (IE 6).
     pub tcp_flags: Option<u16>,
+    /// ipClassOfService (IE 5).
     pub tos: Option<u8>,
+    /// octetDeltaCount or octetTotalCount (IE 1, 85).
     pub octets: Option<u64>,
+    /// packetDeltaCount or packetTotalCount (IE 2, 86).
     pub packets: Option<u64>,
+    /// Flow start, unix milliseconds (from any of its IPFIX encodings).
     pub flow_start_ms: Option<i64>,
+    /// Flow end, unix milliseconds (from any of its IPFIX encodings).
     pub flow_end_ms: Option<i64>,
+    /// ingressInterface (IE 10).
     pub ingress_if: Option<u32>,
+    /// egressInterface (IE 14).
     pub egress_if: Option<u32>,
 }
 
@@ -36,25 +49,41 @@ pub struct FlowFields {
 pub struct StoredRecord {
     /// "ip:port" of the exporting process.
     pub exporter: String,
+    /// Transport label: udp, tcp, sctp.
     pub transport: &'static str,
+    /// Observation domain id.
     pub domain: u32,
+    /// Template id the record follows.
     pub template_id: u16,
+    /// Export time of the message, unix seconds.
     pub export_time: u32,
+    /// Sequence number of the message header.
     pub message_sequence: u32,
+    /// Position of the record among the message's data records.
     pub record_index: u32,
+    /// When the message arrived, unix milliseconds.
     pub received_ms: i64,
+    /// The fields with typed columns.
     pub fields: FlowFields,
+    /// The other fields, encoded as stored (`extra_fields` reads them).
     pub extra: Vec<u8>,
 }
 
+/// What a sequence-number anomaly was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SequenceEventKind {
+    /// Records were never received (RFC 7011 section 3.1).
     Gap,
+    /// A message arrived after later ones, or the exporter restarted its
+    /// counter.
     Behind,
+    /// No expectation was possible (the previous message held data sets of
+    /// an unknown template).
     Resync,
 }
 
 impl SequenceEventKind {
+    /// The stored name: gap, behind, resync.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Gap => "gap",
@@ -67,13 +96,21 @@ impl SequenceEventKind {
 /// A sequence-number anomaly, kept in the store next to the records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SequenceEvent {
+    /// "ip:port" of the exporting process.
     pub exporter: String,
+    /// Transport label: udp, tcp, sctp.
     pub transport: &'static str,
+    /// Observation domain id.
     pub domain: u32,
+    /// SCTP stream (0 for other transports).
     pub stream: u16,
+    /// When it was seen, unix milliseconds.
     pub at_ms: i64,
+    /// What it was.
     pub kind: SequenceEventKind,
+    /// Sequence number of the message that showed it.
     pub sequence: u32,
+    /// Records lost (gap) or behind (late).
     pub records: u64,
 }
 

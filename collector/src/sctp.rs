@@ -1,13 +1,16 @@
 //! IPFIX over SCTP (RFC 7011 section 10.2), here carried in UDP (RFC 6951)
 //! by the `transport` crate. The same sessions serve the transport crate's
-//! framed TCP (stream and PPID in every frame) for pool users without SCTP. Each association is one transport session; a
-//! message's SCTP stream scopes its sequence numbers (RFC 7011 section 3.1),
-//! templates are shared by the association's streams of a domain.
+//! framed TCP (stream and PPID in every frame) for pool users without SCTP.
+//! Each association is one transport session; a message's SCTP stream
+//! scopes its sequence numbers (RFC 7011 section 3.1), templates are shared
+//! by the association's streams of a domain.
+//!
+//! This is the driver only: a select loop per association that feeds the
+//! sans-IO [`CollectorSession`] (`session.rs`: cookies, replay, graceful
+//! stop) and performs its outputs (socket, writer channel, logs, metrics).
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use protocol::billing::BILLING_STREAM;
 use protocol::ipfix::SessionConfig;
 use protocol::rserpool::ASAP_SCTP_PPID;
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -16,21 +19,20 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 use transport::{Association, DownReason, Endpoint, Event};
 
-use crate::billing::{AssociationBilling, CookieSigner, SharedLedger};
-use crate::ingest::{Batch, SessionDecoder, now_ms};
-use crate::listeners::{flush, stop_drain_deadline, stop_drain_wait, stopped};
-
-/// Records collected before a session hands a batch to the writer.
-const SESSION_BATCH_RECORDS: usize = 2048;
-/// Longest a decoded record waits in a session before going to the writer.
-const SESSION_FLUSH_DELAY: Duration = Duration::from_millis(20);
+use crate::batch::Batch;
+use crate::billing::{CookieSigner, SharedLedger};
+use crate::ingest::now_ms;
+use crate::listeners::stopped;
+use crate::session::{CollectorSession, Input, Now, Output, SessionEvent};
 
 /// Settings of the SCTP listener.
 #[derive(Debug, Clone)]
 pub struct SctpSettings {
     /// "sctp" or "framed-tcp": the label of logs and metrics.
     pub transport: &'static str,
+    /// IPFIX session settings of each association.
     pub session: SessionConfig,
+    /// Associations served at once; more are refused.
     pub max_sessions: usize,
     /// Cookie protocol (docs/billing-continuity.md); `None` without a pool key.
     pub billing: Option<BillingContext>,
@@ -39,7 +41,9 @@ pub struct SctpSettings {
 /// What a session needs to take part in the cookie protocol.
 #[derive(Debug, Clone)]
 pub struct BillingContext {
+    /// Signs cookies and checks Cookie Echoes.
     pub signer: CookieSigner,
+    /// What the store holds (cookies are issued from it).
     pub ledger: SharedLedger,
     /// Changes after every commit.
     pub committed: watch::Receiver<u64>,
@@ -131,6 +135,17 @@ impl Ended {
     }
 }
 
+/// What woke the driver.
+enum Wake {
+    Transport(Option<Event>),
+    /// A commit (`false`: the writer is gone).
+    Committed(bool),
+    Timeout,
+    Stop,
+}
+
+/// The driver of one association: a select loop that feeds the
+/// [`CollectorSession`] and performs its outputs.
 async fn sctp_session(
     mut association: Association,
     config: SessionConfig,
@@ -139,128 +154,44 @@ async fn sctp_session(
     mut shutdown: watch::Receiver<bool>,
 ) -> (Ended, String) {
     let peer = association.remote_addr();
-    let mut decoder = SessionDecoder::new(peer.to_string(), config.clone());
-    let mut batch = Batch::default();
-    let mut cookies = AssociationBilling::default();
-    // When the oldest unflushed record must go to the writer.
-    let mut flush_at: Option<Instant> = None;
-    // Set once the collector stops: the last moment to drain the queue.
-    let mut drain_until: Option<Instant> = None;
+    let signer = billing.as_ref().map(|ctx| ctx.signer.clone());
+    let mut session = CollectorSession::new(peer.to_string(), config, signer);
+    let mut stop_seen = false;
     let reason = loop {
-        let owes_cookies = billing.is_some() && cookies.exporter_id().is_some();
-        let event = tokio::select! {
-            event = association.recv() => event,
+        let timeout = session.poll_timeout().map(Instant::from_std);
+        let wake = tokio::select! {
+            event = association.recv(), if session.is_receiving() => Wake::Transport(event),
             changed = async { billing.as_mut().expect("guarded").committed.changed().await },
-                if owes_cookies => {
-                if changed.is_err() {
-                    break (Ended::Local, "collector shutting down".to_owned());
-                }
-                let ctx = billing.as_ref().expect("guarded");
-                if send_cookies(&association, &mut cookies, ctx).await.is_err() {
-                    break (Ended::Local, "cookie send failed".to_owned());
-                }
-                continue;
-            }
-            _ = tokio::time::sleep_until(flush_at.unwrap_or_else(Instant::now)), if flush_at.is_some() => {
-                if flush(&tx, &mut batch).await.is_err() {
-                    break (Ended::Local, "collector shutting down".to_owned());
-                }
-                flush_at = None;
-                continue;
-            }
-            _ = stopped(&mut shutdown), if drain_until.is_none() => {
-                // Graceful stop. A plain exporter never sends again what its
-                // SCTP stack already had acknowledged: take in what is in
-                // our receive queue first. A billing pool user replays all
-                // that no cookie covers, and it must learn at once that we
-                // are leaving, so it moves to another collector instead of
-                // feeding a departing one (which, with a steady sender,
-                // would never fall quiet): acknowledge and close now.
-                drain_until = Some(if owes_cookies {
-                    Instant::now()
-                } else {
-                    stop_drain_deadline()
-                });
-                continue;
-            }
-            _ = tokio::time::sleep(stop_drain_wait(drain_until)), if drain_until.is_some() => {
-                if let Some(ctx) = billing.as_mut() {
-                    // Commit what arrived and acknowledge it, so the
-                    // exporter does not replay it elsewhere.
-                    let _ = flush(&tx, &mut batch).await;
-                    acknowledge_before_close(&association, &mut cookies, ctx).await;
-                }
-                break (Ended::Local, "collector shutting down".to_owned());
-            }
+                if billing.is_some() && session.wants_commits() => Wake::Committed(changed.is_ok()),
+            _ = tokio::time::sleep_until(timeout.unwrap_or_else(Instant::now)), if timeout.is_some() => Wake::Timeout,
+            _ = stopped(&mut shutdown), if !stop_seen => Wake::Stop,
         };
-        match event {
-            Some(Event::Message(message)) if message.ppid == ASAP_SCTP_PPID => {
-                let Some(ctx) = billing.as_ref() else {
-                    warn!(%peer, "ASAP message on an IPFIX association, but no pool key is configured: ignored");
-                    continue;
-                };
-                match cookies.on_cookie_echo(
-                    &message.payload,
-                    &ctx.signer,
-                    &peer.to_string(),
-                    now_ms(),
-                ) {
-                    Ok(handover) => {
-                        info!(%peer, exporter = handover.exporter_id, domain = handover.domain,
-                              from_pe = ?handover.from_pe, record_sequence = ?handover.record_sequence,
-                              "exporter handed over (Cookie Echo)");
-                        metrics::counter!("poolflow_collector_handovers_total").increment(1);
-                        batch.handovers.push(handover);
-                        decoder.set_billing();
-                        if flush_at.is_none() {
-                            flush_at = Some(Instant::now());
-                        }
-                        // Records this store already holds past the echoed
-                        // cookie are acknowledged at once.
-                        if send_cookies(&association, &mut cookies, ctx).await.is_err() {
-                            break (Ended::Local, "cookie send failed".to_owned());
-                        }
-                    }
-                    Err(err) => {
-                        metrics::counter!("poolflow_collector_cookie_rejected_total", "reason" => err.reason())
-                            .increment(1);
-                        warn!(%peer, reason = err.reason(), "Cookie Echo refused, closing the association: {err}");
-                        association.close();
-                        break (Ended::Local, format!("Cookie Echo refused: {err}"));
-                    }
-                }
+        let now = Now {
+            instant: Instant::now().into_std(),
+            unix_ms: now_ms(),
+        };
+        let ledger = billing.as_ref().map(|ctx| &ctx.ledger);
+        let outputs = match wake {
+            Wake::Transport(Some(Event::Message(message))) if message.ppid == ASAP_SCTP_PPID => {
+                let guard = ledger.map(|l| l.lock().expect("ledger lock"));
+                session.handle(
+                    now,
+                    Input::Asap {
+                        payload: &message.payload,
+                        ledger: guard.as_deref(),
+                    },
+                )
             }
-            Some(Event::Message(message)) => {
-                let first_new = batch.blocks.len();
-                let first_totals = batch.totals.len();
-                decoder.handle(&message.payload, message.stream, &mut batch);
-                if message.stream == BILLING_STREAM {
-                    cookies.attach_statistics(&mut batch.totals[first_totals..]);
-                }
-                // Only the billing stream's sequence numbers are record
-                // sequences; other streams carry best-effort records
-                // (PR-SCTP), stored untagged and covered by no cookie.
-                if message.stream == BILLING_STREAM {
-                    cookies.tag_blocks(&mut batch.blocks[first_new..]);
-                }
-                if batch.len() >= SESSION_BATCH_RECORDS {
-                    if flush(&tx, &mut batch).await.is_err() {
-                        break (Ended::Local, "collector shutting down".to_owned());
-                    }
-                    flush_at = None;
-                } else if !batch.is_empty() && flush_at.is_none() {
-                    flush_at = Some(Instant::now() + SESSION_FLUSH_DELAY);
-                }
-            }
-            Some(Event::Up) => {}
-            Some(Event::Restarted) => {
-                // The peer restarted its SCTP endpoint: a new transport
-                // session, so its templates and sequence state are gone.
-                let _ = flush(&tx, &mut batch).await;
-                decoder = SessionDecoder::new(peer.to_string(), config.clone());
-                info!(%peer, "SCTP peer restarted; session state reset");
-            }
-            Some(Event::Down(reason)) => {
+            Wake::Transport(Some(Event::Message(message))) => session.handle(
+                now,
+                Input::Message {
+                    stream: message.stream,
+                    payload: &message.payload,
+                },
+            ),
+            Wake::Transport(Some(Event::Up)) => continue,
+            Wake::Transport(Some(Event::Restarted)) => session.handle(now, Input::PeerRestarted),
+            Wake::Transport(Some(Event::Down(reason))) => {
                 let how = match reason {
                     DownReason::Shutdown => Ended::Shutdown,
                     DownReason::Aborted => Ended::Abort,
@@ -268,50 +199,89 @@ async fn sctp_session(
                 };
                 break (how, format!("down: {reason:?}"));
             }
-            Some(Event::Failed(reason)) => break (Ended::Failure, format!("failed: {reason:?}")),
-            None => break (Ended::Failure, "association gone".to_owned()),
+            Wake::Transport(Some(Event::Failed(reason))) => {
+                break (Ended::Failure, format!("failed: {reason:?}"));
+            }
+            Wake::Transport(None) => break (Ended::Failure, "association gone".to_owned()),
+            Wake::Committed(false) => break (Ended::Local, "collector shutting down".to_owned()),
+            Wake::Committed(true) => {
+                let ledger = ledger.expect("guarded").lock().expect("ledger lock");
+                session.handle(now, Input::Committed { ledger: &ledger })
+            }
+            Wake::Timeout => {
+                let guard = ledger.map(|l| l.lock().expect("ledger lock"));
+                session.handle(
+                    now,
+                    Input::Timeout {
+                        ledger: guard.as_deref(),
+                    },
+                )
+            }
+            Wake::Stop => {
+                stop_seen = true;
+                session.handle(now, Input::StopRequested)
+            }
+        };
+        if let Err(end) = perform(&association, &tx, &session, outputs).await {
+            break end;
         }
     };
-    let _ = flush(&tx, &mut batch).await;
+    if let Some(batch) = session.finish() {
+        let _ = tx.send(batch).await;
+    }
     reason
 }
 
-/// Longest a stopping collector waits to acknowledge what it received.
-const FINAL_COOKIE_WAIT: Duration = Duration::from_secs(3);
-
-/// Waits (bounded) until every received record is committed and
-/// acknowledged by a cookie.
-async fn acknowledge_before_close(
+/// Performs a session's outputs in order; `Err` ends the association.
+async fn perform(
     association: &Association,
-    cookies: &mut AssociationBilling,
-    ctx: &mut BillingContext,
-) {
-    let deadline = Instant::now() + FINAL_COOKIE_WAIT;
-    loop {
-        if send_cookies(association, cookies, ctx).await.is_err() || cookies.all_acknowledged() {
-            return;
+    tx: &mpsc::Sender<Batch>,
+    session: &CollectorSession,
+    outputs: Vec<Output>,
+) -> Result<(), (Ended, String)> {
+    let peer = association.remote_addr();
+    for output in outputs {
+        match output {
+            Output::Store(batch) => {
+                // While acknowledging before the close, what is committed
+                // already is still acknowledged.
+                if tx.send(batch).await.is_err() && !session.is_acknowledging() {
+                    return Err((Ended::Local, "collector shutting down".to_owned()));
+                }
+            }
+            Output::SendCookie(cookie) => {
+                let message = transport::Message::new(0, ASAP_SCTP_PPID, cookie);
+                if association.send(message).await.is_err() {
+                    let reason = if session.is_acknowledging() {
+                        "collector shutting down"
+                    } else {
+                        "cookie send failed"
+                    };
+                    return Err((Ended::Local, reason.to_owned()));
+                }
+            }
+            Output::Close(reason) => {
+                association.close();
+                return Err((Ended::Local, reason));
+            }
+            Output::Event(SessionEvent::HandedOver(handover)) => {
+                info!(%peer, exporter = handover.exporter_id, domain = handover.domain,
+                      from_pe = ?handover.from_pe, record_sequence = ?handover.record_sequence,
+                      "exporter handed over (Cookie Echo)");
+                metrics::counter!("poolflow_collector_handovers_total").increment(1);
+            }
+            Output::Event(SessionEvent::CookieRefused { reason, error }) => {
+                metrics::counter!("poolflow_collector_cookie_rejected_total", "reason" => reason)
+                    .increment(1);
+                warn!(%peer, reason, "Cookie Echo refused, closing the association: {error}");
+            }
+            Output::Event(SessionEvent::AsapWithoutPoolKey) => {
+                warn!(%peer, "ASAP message on an IPFIX association, but no pool key is configured: ignored");
+            }
+            Output::Event(SessionEvent::PeerRestarted) => {
+                info!(%peer, "SCTP peer restarted; session state reset");
+            }
         }
-        match tokio::time::timeout_at(deadline, ctx.committed.changed()).await {
-            Ok(Ok(())) => {}
-            _ => return,
-        }
-    }
-}
-
-/// Sends the cookies the ledger now allows (ASAP, PPID 11, stream 0).
-async fn send_cookies(
-    association: &Association,
-    cookies: &mut AssociationBilling,
-    ctx: &BillingContext,
-) -> Result<(), transport::TransportError> {
-    let due = {
-        let ledger = ctx.ledger.lock().expect("ledger lock");
-        cookies.cookies_due(&ledger, &ctx.signer, now_ms())
-    };
-    for cookie in due {
-        association
-            .send(transport::Message::new(0, ASAP_SCTP_PPID, cookie))
-            .await?;
     }
     Ok(())
 }

@@ -13,8 +13,8 @@ use protocol::ipfix::message::DataRecordIter;
 use protocol::ipfix::{DataRecord, FieldSpecifier, MessageHeader, Template};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::billing::{BillingTag, Ledger, RangeSet, SharedLedger};
-use crate::ingest::{Batch, RecordBlock, TotalsReport};
+use crate::batch::{Batch, BillingTag, RecordBlock, TotalsReport};
+use crate::ledger::{Ledger, RangeSet, SharedLedger, take_new};
 use crate::record::{SequenceEventKind, StoredRecord, flow_fields};
 
 /// Bump when the schema changes; [`Store::open`] refuses unknown versions.
@@ -127,9 +127,13 @@ const WAL_AUTOCHECKPOINT_PAGES: i64 = 16_384;
 /// Per (exporter, domain) totals accumulated across commits.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DomainStats {
+    /// Data records stored.
     pub records: u64,
+    /// Records lost in sequence gaps.
     pub lost_records: u64,
+    /// Gaps, late messages and resyncs.
     pub sequence_events: u64,
+    /// Last message sequence number seen.
     pub last_sequence: Option<u32>,
 }
 
@@ -213,6 +217,7 @@ impl Store {
         Ok(conn)
     }
 
+    /// The read-write connection (tests and tools).
     pub fn connection(&self) -> &Connection {
         &self.conn
     }
@@ -557,7 +562,7 @@ fn declaration(
     let (exporter, start) = report.billing?;
     let stats = &report.stats;
     let accounted = stats.accounted();
-    if accounted > crate::billing::MAX_ECHOED_SEQUENCE {
+    if accounted > crate::ledger::MAX_ECHOED_SEQUENCE {
         // No exporter gets there (see MAX_ECHOED_SEQUENCE); a claim beyond
         // it is broken or hostile and would declare most of the space.
         metrics::counter!("poolflow_collector_statistics_refused_total", "reason" => "out_of_range")
@@ -653,14 +658,23 @@ pub fn decode_template(
 /// One stored block as read back: what [`decode_block`] needs.
 #[derive(Debug, Clone, Copy)]
 pub struct StoredBlock<'a> {
+    /// "ip:port" of the exporting process.
     pub exporter: &'a str,
+    /// Transport label: udp, tcp, sctp.
     pub transport: &'static str,
+    /// Observation domain id.
     pub domain: u32,
+    /// The template the records follow.
     pub template: &'a Template,
+    /// Export time of the message, unix seconds.
     pub export_time: u32,
+    /// Sequence number of the message header.
     pub message_sequence: u32,
+    /// Position of the first record among the message's data records.
     pub first_record_index: u32,
+    /// When the message arrived, unix milliseconds.
     pub received_ms: i64,
+    /// The records' bytes, back to back.
     pub records: &'a [u8],
 }
 
@@ -754,17 +768,13 @@ fn billing_pieces<'b>(
     pending: &mut BillingPending<'_>,
 ) -> Vec<(usize, usize, Option<u64>, &'b [u8])> {
     let count = block.record_count as u64;
-    if count == 0 {
+    let first = tag.first_record_sequence;
+    // The rule is pure (ledger.rs); here only what it decides is cut out.
+    let missing = take_new(pending.set((tag.exporter_id, block.domain)), first, count);
+    if missing.is_empty() {
         return Vec::new();
     }
-    let first = tag.first_record_sequence;
-    let last = first + count - 1;
-    let set = pending.set((tag.exporter_id, block.domain));
-    let missing = set.missing(first, last);
-    for (a, b) in &missing {
-        set.insert(*a, *b);
-    }
-    if missing == [(first, last)] {
+    if missing == [(first, first + count - 1)] {
         return vec![(0, count as usize, Some(first), bytes)];
     }
     // Some records are stored already: cut the block at record boundaries.

@@ -55,7 +55,7 @@ fn echo_just_below_the_bound_numbers_the_records_after_it() {
     let mut batch = Batch::default();
     // The header carries the low 32 bits of the first record's sequence.
     assert_eq!(
-        decoder.handle(&message((last + 1) as u32, 3), 0, &mut batch),
+        decoder.handle(&message((last + 1) as u32, 3), 0, 0, &mut batch),
         3
     );
     billing.tag_blocks(&mut batch.blocks);

@@ -65,7 +65,8 @@ fuzz_target!(|data: &[u8]| {
                 };
                 let first_new = h.batch.blocks.len();
                 let first_totals = h.batch.totals.len();
-                h.decoder.handle(message, u16::from(op >> 6), &mut h.batch);
+                h.decoder
+                    .handle(message, u16::from(op >> 6), h.now_ms, &mut h.batch);
                 h.billing.tag_blocks(&mut h.batch.blocks[first_new..]);
                 // Reliability statistics may declare losses: cookies may
                 // then pass over declared ranges, never over other holes.

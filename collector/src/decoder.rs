@@ -1,0 +1,257 @@
+//! IPFIX decoding of one transport session into a [`Batch`]: records are
+//! validated and copied as received, grouped into [`RecordBlock`]s, and
+//! sequence anomalies and reliability statistics are taken out.
+//!
+//! No IO and no clock: the caller passes the receive time. Counts and logs
+//! what is wrong with the messages (metrics, tracing).
+
+use std::sync::Arc;
+
+use protocol::ipfix::reliability::{self, ReliabilityStatistics};
+use protocol::ipfix::{DecodeError, SequenceCheck, Session, SessionConfig, Template};
+use tracing::{debug, warn};
+
+use crate::batch::{Batch, RecordBlock, TotalsReport};
+use crate::record::{SequenceEvent, SequenceEventKind};
+
+/// Decodes the messages of one transport session into a [`Batch`], counting
+/// and logging what is wrong with them.
+pub struct SessionDecoder {
+    exporter: Arc<str>,
+    transport: &'static str,
+    session: Session,
+    /// Shared copies of the templates blocks refer to, so a block costs a
+    /// reference count, not a template clone.
+    templates: Vec<Arc<Template>>,
+    errors_logged: u64,
+    /// A billing association: sequence numbers of announced domains are
+    /// record sequences, reconciled by the writer, not here.
+    billing: bool,
+    messages_total: metrics::Counter,
+    records_total: metrics::Counter,
+}
+
+/// Log at most this many malformed messages per session in full, then only
+/// every power of two, so a broken exporter cannot flood the log.
+const FULL_ERROR_LOGS: u64 = 20;
+
+/// Distinct templates a decoder keeps shared copies of before starting over
+/// (a session may define up to `max_templates`; blocks only need the ones
+/// in use).
+const SHARED_TEMPLATES: usize = 64;
+
+impl SessionDecoder {
+    /// A decoder for the exporter at `exporter` ("ip:port").
+    pub fn new(exporter: String, config: SessionConfig) -> Self {
+        let transport = config.transport.as_str();
+        Self {
+            exporter: exporter.into(),
+            transport,
+            session: Session::new(config),
+            templates: Vec::new(),
+            errors_logged: 0,
+            billing: false,
+            messages_total: metrics::counter!(
+                "poolflow_collector_messages_total", "transport" => transport),
+            records_total: metrics::counter!(
+                "poolflow_collector_records_received_total", "transport" => transport),
+        }
+    }
+
+    /// The exporter's "ip:port".
+    pub fn exporter(&self) -> &str {
+        &self.exporter
+    }
+
+    /// Marks the session as a billing association (after a Cookie Echo).
+    pub fn set_billing(&mut self) {
+        self.billing = true;
+    }
+
+    /// The IPFIX session state (templates, sequence numbers).
+    pub fn session_mut(&mut self) -> &mut Session {
+        &mut self.session
+    }
+
+    /// Counts and logs an error found outside [`Self::handle`] (framing).
+    pub fn count_error(&mut self, err: &DecodeError) {
+        self.log_errors(std::slice::from_ref(err));
+    }
+
+    fn log_errors(&mut self, errors: &[DecodeError]) {
+        for err in errors {
+            metrics::counter!("poolflow_collector_decode_errors_total", "reason" => err.reason())
+                .increment(1);
+            self.errors_logged += 1;
+            let n = self.errors_logged;
+            if n <= FULL_ERROR_LOGS || n.is_power_of_two() {
+                warn!(peer = %self.exporter, transport = self.transport, reason = err.reason(),
+                      occurrences = n, "malformed IPFIX: {err}");
+            }
+        }
+    }
+
+    /// Decodes one message, received at `received_ms` (unix milliseconds,
+    /// the caller's clock), into `out`. Returns the number of data records.
+    pub fn handle(
+        &mut self,
+        bytes: &[u8],
+        stream: u16,
+        received_ms: i64,
+        out: &mut Batch,
+    ) -> usize {
+        let now_secs = (received_ms / 1000) as u64;
+        let Self {
+            exporter,
+            transport,
+            session,
+            templates,
+            ..
+        } = self;
+        let transport = *transport;
+        let first_block = out.blocks.len();
+        let records_before = out.records;
+        // The session's template of the block being built: the session holds
+        // it for the whole message, so its address identifies it meanwhile.
+        let mut block_template: *const Template = std::ptr::null();
+        let result = session.process(bytes, stream, now_secs, |record| {
+            let start = out.bytes.len();
+            out.bytes.extend_from_slice(record.bytes);
+            out.records += 1;
+            // Records of one data set arrive in a row: extend the block.
+            if out.blocks.len() > first_block && std::ptr::eq(block_template, record.template) {
+                let block = out.blocks.last_mut().expect("a block of this message");
+                if block.first_record_index + block.record_count == record.index_in_message {
+                    block.record_count += 1;
+                    block.bytes.end = out.bytes.len();
+                    return;
+                }
+            }
+            block_template = record.template;
+            out.blocks.push(RecordBlock {
+                exporter: Arc::clone(exporter),
+                transport,
+                domain: record.header.observation_domain_id,
+                template: shared_template(templates, record.template),
+                export_time: record.header.export_time,
+                message_sequence: record.header.sequence_number,
+                first_record_index: record.index_in_message,
+                record_count: 1,
+                received_ms,
+                bytes: start..out.bytes.len(),
+                billing: None,
+            });
+        });
+        self.messages_total.increment(1);
+        let report = match result {
+            Ok(report) => report,
+            Err(err) => {
+                self.log_errors(std::slice::from_ref(&err));
+                return 0;
+            }
+        };
+        if !report.errors.is_empty() {
+            self.log_errors(&report.errors);
+        }
+        let (kind, records) = match report.sequence {
+            SequenceCheck::First | SequenceCheck::InOrder => (None, 0),
+            SequenceCheck::Gap { lost } => (Some(SequenceEventKind::Gap), lost),
+            SequenceCheck::Behind { behind } => (Some(SequenceEventKind::Behind), behind),
+            SequenceCheck::Resync => (Some(SequenceEventKind::Resync), 0),
+        };
+        if let Some(kind) = kind {
+            if kind == SequenceEventKind::Gap {
+                metrics::counter!("poolflow_collector_sequence_lost_records_total")
+                    .increment(records);
+            }
+            debug!(peer = %self.exporter, domain = report.header.observation_domain_id,
+                   kind = kind.as_str(), records, "sequence anomaly");
+            out.events.push(SequenceEvent {
+                exporter: self.exporter.to_string(),
+                transport,
+                domain: report.header.observation_domain_id,
+                stream,
+                at_ms: received_ms,
+                kind,
+                sequence: report.header.sequence_number,
+                records,
+            });
+        }
+        self.take_statistics(first_block, stream, received_ms, out);
+        let n = out.records - records_before;
+        self.records_total.increment(n as u64);
+        n
+    }
+
+    /// Moves the records of the reliability statistics layout out of the
+    /// message's blocks into [`Batch::totals`] (they are the exporter's
+    /// account, not flow records). On a plain session, a total beyond the
+    /// last message seen is a lost tail: counted as a sequence gap.
+    fn take_statistics(
+        &mut self,
+        first_block: usize,
+        stream: u16,
+        received_ms: i64,
+        out: &mut Batch,
+    ) {
+        let mut i = first_block;
+        while i < out.blocks.len() {
+            if !reliability::is_statistics_template(&out.blocks[i].template) {
+                i += 1;
+                continue;
+            }
+            let block = out.blocks.remove(i);
+            out.records -= block.record_count as usize;
+            let bytes = &out.bytes[block.bytes.clone()];
+            for record in bytes.chunks_exact(reliability::RECORD_LEN) {
+                let stats = ReliabilityStatistics::decode(record).expect("fixed length");
+                out.totals.push(TotalsReport {
+                    peer: Arc::clone(&self.exporter),
+                    transport: self.transport,
+                    received_ms,
+                    stats,
+                    billing: None,
+                });
+                if self.billing {
+                    continue;
+                }
+                let domain = stats.observation_domain_id;
+                let lost = self
+                    .session
+                    .reconcile_exported_total(domain, stream, stats.exported_records)
+                    .unwrap_or(0);
+                if lost > 0 {
+                    metrics::counter!("poolflow_collector_sequence_lost_records_total")
+                        .increment(lost);
+                    warn!(peer = %self.exporter, domain, lost,
+                          "exporter's statistics count records never received (lost tail)");
+                    out.events.push(SequenceEvent {
+                        exporter: self.exporter.to_string(),
+                        transport: self.transport,
+                        domain,
+                        stream,
+                        at_ms: received_ms,
+                        kind: SequenceEventKind::Gap,
+                        sequence: stats.exported_records as u32,
+                        records: lost,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// The shared copy of `template` (the session's own `Arc` is not reachable
+/// from a [`protocol::ipfix::DataRecord`]). Compared by content: a pointer
+/// alone could be a freed template's address reused.
+fn shared_template(shared: &mut Vec<Arc<Template>>, template: &Template) -> Arc<Template> {
+    if let Some(t) = shared.iter().find(|t| ***t == *template) {
+        return Arc::clone(t);
+    }
+    if shared.len() >= SHARED_TEMPLATES {
+        shared.clear();
+    }
+    let t = Arc::new(template.clone());
+    shared.push(Arc::clone(&t));
+    t
+}
