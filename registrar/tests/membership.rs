@@ -374,3 +374,31 @@ fn without_a_wall_clock_a_closed_pool_fails_closed() {
     )));
     assert_eq!(element_count(&server), 0);
 }
+
+/// A closed pool served by two registrars: the home fills in the ASAP
+/// transport the PE left out (RFC 5353 wants one in every Pool Element
+/// parameter over ENRP), and the peer must still take the PE as the signed
+/// one. Found by the multi-host pool (deploy/multi-host-pool.sh), where the
+/// second registrar refused every forwarded PE.
+#[test]
+fn a_peer_accepts_the_pe_its_home_forwards_with_the_asap_transport_filled_in() {
+    let (authority, member) = (key(1), key(2));
+    let (mut home, now) = server(&[&authority]);
+    let cert = certificate(&authority, &member, POOL);
+    let pe = element(7, 4739, 10);
+    assert!(pe.asap_transport.is_none());
+    let proof = signed_registration(&member, &cert, &pe, NOW_UNIX);
+    assert_accepted(&reply(&home.on_message(
+        now,
+        1,
+        &registration(POOL, pe, Some(proof)),
+    )));
+    let entry = home.handlespace().element(&POOL.into(), 7).unwrap();
+    let forwarded = registrar::server::pool_element_of(entry);
+    assert!(forwarded.asap_transport.is_some(), "the home fills it in");
+
+    let (peer, now) = server(&[&authority]);
+    let accepted =
+        peer.check_peer_membership(now, &POOL.into(), &forwarded, entry.membership.clone());
+    assert!(accepted.is_ok(), "{accepted:?}");
+}

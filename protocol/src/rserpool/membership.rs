@@ -519,15 +519,18 @@ impl MembershipProof {
 
 /// Whether `forwarded` (a PE as a home registrar forwards it over ENRP) is
 /// what the PE signed as `signed`, up to what the home registrar may change:
-/// its own identifier as the home, and unspecified addresses (0.0.0.0, ::)
-/// replaced by the PE's source address.
+/// its own identifier as the home, unspecified addresses (0.0.0.0, ::)
+/// replaced by the PE's source address, and an ASAP transport filled in from
+/// the registration's association when the PE sent none (RFC 5353 wants
+/// one in every Pool Element parameter over ENRP). An ASAP transport the PE
+/// did sign cannot be changed.
 pub fn forwarded_matches_signed(forwarded: &PoolElement, signed: &PoolElement) -> bool {
     let (f, s) = (&forwarded.user_transport, &signed.user_transport);
     let wildcard = s.addresses.iter().any(|a| a.is_unspecified());
     forwarded.pe_identifier == signed.pe_identifier
         && forwarded.registration_life == signed.registration_life
         && forwarded.policy == signed.policy
-        && forwarded.asap_transport == signed.asap_transport
+        && (signed.asap_transport.is_none() || forwarded.asap_transport == signed.asap_transport)
         && f.kind == s.kind
         && f.port == s.port
         && !f.addresses.is_empty()
@@ -636,6 +639,21 @@ mod tests {
         let mut forwarded = element(Ipv4Addr::new(192, 0, 2, 1));
         forwarded.home_enrp_server_identifier = 9;
         assert!(forwarded_matches_signed(&forwarded, &signed));
+        // ... and the ASAP transport the PE left out, from its association.
+        let asap = TransportAddress {
+            kind: TransportKind::Sctp(TransportUse::DataPlusControl),
+            port: 40_000,
+            addresses: vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))],
+        };
+        forwarded.asap_transport = Some(asap.clone());
+        assert!(forwarded_matches_signed(&forwarded, &signed));
+        // An ASAP transport the PE signed cannot be swapped.
+        let mut signed_with_asap = signed.clone();
+        signed_with_asap.asap_transport = Some(TransportAddress {
+            port: 40_001,
+            ..asap
+        });
+        assert!(!forwarded_matches_signed(&forwarded, &signed_with_asap));
         forwarded.registration_life = -1;
         assert!(!forwarded_matches_signed(&forwarded, &signed));
         // A concrete signed address cannot be swapped.
