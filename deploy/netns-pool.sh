@@ -1,0 +1,178 @@
+# shellcheck shell=bash
+# The multi-host pool's hosts, keys, configs and probes, shared by
+# deploy/multi-host-pool.sh (a fixed run of faults) and
+# tests/netns/nemesis.sh (a seeded random schedule). Source it after
+# deploy/netns-hosts.sh with `run` (a directory) and `bin` (release
+# binaries) set, then call pool_setup.
+#
+#   r1 192.0.2.1  registrar ─── ENRP ─── r2 192.0.2.2  registrar
+#   c1 192.0.2.11 collector, priority 100 (primary)
+#   c2 192.0.2.12 collector, priority 50
+#   c3 192.0.2.13 collector, priority 10
+#   e1 192.0.2.21 exporter stream (pool user, signed cookies)
+
+collectors=(c1 c2 c3)
+declare -A priority=([c1]=100 [c2]=50 [c3]=10)
+declare -A pid=()
+registrars='["sctp:192.0.2.1:3863", "sctp:192.0.2.2:3863"]'
+
+pool_hosts() {
+  say "hosts: namespaces on one bridge"
+  netns_up
+  host_add r1 192.0.2.1
+  host_add r2 192.0.2.2
+  host_add c1 192.0.2.11
+  host_add c2 192.0.2.12
+  host_add c3 192.0.2.13
+  host_add e1 192.0.2.21
+}
+
+pool_keys() {
+  say "keys: membership authority, one member certificate and one cookie key per collector, the ENRP pool key"
+  (
+    umask 077
+    openssl genpkey -algorithm ed25519 -out "$run/authority.key"
+    openssl pkey -in "$run/authority.key" -pubout -out "$run/authority.pub"
+    for c in "${collectors[@]}"; do
+      openssl genpkey -algorithm ed25519 -out "$run/$c-member.key"
+      openssl pkey -in "$run/$c-member.key" -pubout -out "$run/$c-member.pub"
+      "$bin/registrar" issue-member --authority-key "$run/authority.key" \
+        --pool billing-collectors --member-key "$run/$c-member.pub" --days 1 >"$run/$c-member.cert"
+      openssl genpkey -algorithm ed25519 -out "$run/$c-cookie.pem"
+      openssl pkey -in "$run/$c-cookie.pem" -pubout -out "$run/$c-cookie.pub"
+    done
+    head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$run/enrp.key"
+  )
+  cookie_pubs=$(printf '"%s", ' "$run"/c?-cookie.pub)
+  cookie_pubs="[${cookie_pubs%, }]"
+}
+
+registrar_config() { # NAME SERVER_ID PEER_ADDRESS
+  cat >"$run/$1.toml" <<EOF
+server_id = $2
+[listen]
+tcp = ""
+sctp_over_udp = "$(address "$1"):3863"
+status = "127.0.0.1:3864"
+[timers]
+keep_alive_period = "200ms"
+keep_alive_timeout = "300ms"
+[enrp]
+enabled = true
+listen = "$(address "$1"):9901"
+peers = ["$3:9901"]
+peer_heartbeat_cycle = "300ms"
+max_time_last_heard = "1s"
+max_time_no_response = "500ms"
+takeover_expiry = "500ms"
+auth_key_file = "$run/enrp.key"
+[membership]
+max_clock_skew = "1m"
+[membership.authority_key_files]
+"billing-collectors" = ["$run/authority.pub"]
+EOF
+}
+
+collector_config() { # NAME
+  cat >"$run/$1.toml" <<EOF
+database = "$run/$1.sqlite"
+udp_listen = []
+tcp_listen = []
+sctp_listen = ["$(address "$1"):9899"]
+[pool]
+handle = "billing-collectors"
+registrars = $registrars
+policy = "priority"
+priority = ${priority[$1]}
+cookie_signing_key_file = "$run/$1-cookie.pem"
+cookie_verify_key_files = $cookie_pubs
+member_key_file = "$run/$1-member.key"
+member_certificate_file = "$run/$1-member.cert"
+registration_lifetime = "1m"
+reregistration_interval = "20s"
+EOF
+}
+
+exporter_config() { # [EXTRA BUFFER KEYS]
+  cat >"$run/exporter.toml" <<EOF
+exporter_id = 7
+pool_handle = "billing-collectors"
+registrars = $registrars
+state_file = "$run/exporter.state"
+observation_domain = 1
+cookie_public_key_files = $cookie_pubs
+[buffer]
+memory_records = 400000
+max_records = 4000000
+spill_dir = "$run/spill"
+${1:-}
+[timers]
+cookie_timeout = "1s"
+failback_check = "200ms"
+drain_timeout = "5s"
+retry_interval = "200ms"
+failback_holdoff = "500ms"
+connect_timeout = "1s"
+cache_lifetime = "500ms"
+registrar_request_timeout = "1s"
+fast_failure_detection = true
+EOF
+}
+
+# Hosts, keys and every config file.
+pool_setup() {
+  pool_hosts
+  pool_keys
+  registrar_config r1 1 192.0.2.2
+  registrar_config r2 2 192.0.2.1
+  local c
+  for c in "${collectors[@]}"; do collector_config "$c"; done
+  exporter_config
+}
+
+start() { # NAME DAEMON ARGS...  (host NAME runs DAEMON)
+  local host=$1 daemon=$2
+  shift 2
+  # ip netns exec execs the daemon, so $! is the daemon itself (a shell
+  # function run in the background would be a subshell in between, and a
+  # signal to it would miss the daemon).
+  ip netns exec "$NETNS_PREFIX-$host" "$bin/$daemon" "$@" >>"$run/$host.out" 2>>"$run/$host.log" &
+  pid[$host]=$!
+}
+start_collector() { start "$1" collector run --config "$run/$1.toml"; }
+
+# PE identifiers a registrar holds for the pool, sorted, one line.
+handlespace() { # REGISTRAR_HOST
+  on "$1" "$bin/registrar" dump --json --status 127.0.0.1:3864 2>/dev/null |
+    python3 -c 'import json,sys
+try:
+    s = json.load(sys.stdin)
+except ValueError:
+    sys.exit(0)  # not answering yet: an empty handlespace
+print(" ".join(sorted(str(e["id"]) for p in s["pools"] for e in p["elements"])))'
+}
+wait_for() { # SECONDS DESCRIPTION CMD...  (polls CMD every 100 ms)
+  local deadline=$((SECONDS + $1)) what=$2
+  shift 2
+  until "$@"; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "netns pool: $what did not happen within the deadline" >&2
+      return 1
+    fi
+    sleep 0.1
+  done
+}
+registered() { # REGISTRAR_HOST COUNT
+  [ "$(handlespace "$1" | wc -w)" -eq "$2" ]
+}
+converged() { # COUNT
+  local a b
+  a=$(handlespace r1)
+  b=$(handlespace r2)
+  [ "$(echo "$a" | wc -w)" -eq "$1" ] && [ "$a" = "$b" ]
+}
+exporter_says() { grep -q "$1" "$run/e1.log" "$run/e1.out" 2>/dev/null; }
+failovers() { grep -c "FAILOVER" "$run/e1.log" 2>/dev/null || true; }
+failbacks() { grep -c "FAILBACK" "$run/e1.log" 2>/dev/null || true; }
+failovers_above() { [ "$(failovers)" -gt "$1" ]; }
+failbacks_above() { [ "$(failbacks)" -gt "$1" ]; }
