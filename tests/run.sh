@@ -33,3 +33,17 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || command -v qemu-system
 else
   echo "SKIPPED: kernel SCTP VM tests: need qemu-system-x86 (or root with apt-get to install it)" >&2
 fi
+
+# A pool across hosts made of network namespaces under a seeded random
+# schedule of faults (partitions, split brain, loss, links down, SIGKILL and
+# SIGSTOP), with the audit as the oracle (tests/netns/nemesis.sh,
+# docs/multi-host.md). Needs root for the namespaces; the long run is
+# `tests/netns/nemesis.sh --seeds 1-200`.
+if [ "$(id -u)" = 0 ]; then
+  echo "== multi-host nemesis, seeds 1-10 (tests/netns/nemesis.sh)"
+  cargo build --locked -q -p registrar -p collector -p exporter
+  POOLFLOW_BIN_DIR="$(pwd)/${CARGO_TARGET_DIR:-target}/debug" \
+    bash tests/netns/nemesis.sh --seeds 1-10 --faults 3
+else
+  echo "SKIPPED: multi-host nemesis: needs root (network namespaces)" >&2
+fi
