@@ -1391,3 +1391,58 @@ fn poolflow_reassembly_queue_orders_reordered_ssns_across_wraparound() {
     let expected: [&[u8]; 6] = [b"m0", b"m1am1b", b"m2", b"m3", b"m4", b"m5"];
     assert_eq!(read, expected.map(Bytes::from_static));
 }
+
+/// poolflow patch: unordered fragments in any TSN order, with whole-chunk
+/// messages between them, come out as the right messages; ordered fragments
+/// out of order and a duplicate fragment are put in place by binary search.
+#[test]
+fn poolflow_reassembly_out_of_order_fragments_and_whole_chunks() -> Result<()> {
+    let ppi = PayloadProtocolIdentifier::Binary;
+    let fragment = |tsn: u32, ssn: u16, unordered: bool, b: bool, e: bool, data: &'static [u8]| {
+        ChunkPayloadData {
+            payload_type: ppi,
+            unordered,
+            beginning_fragment: b,
+            ending_fragment: e,
+            tsn,
+            stream_sequence_number: ssn,
+            user_data: Bytes::from_static(data),
+            ..Default::default()
+        }
+    };
+    let read_all = |rq: &mut ReassemblyQueue| -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(chunks) = rq.read() {
+            let mut buf = vec![0u8; 64];
+            let n = chunks.read(&mut buf).unwrap();
+            out.push(buf[..n].to_vec());
+        }
+        out
+    };
+
+    let mut rq = ReassemblyQueue::new(0, 65536);
+    // A three-fragment unordered message arriving 12, 10, 11, with a whole
+    // unordered message (TSN 20) in between.
+    assert!(!rq.push(fragment(12, 0, true, false, true, b"GH"))?);
+    assert!(!rq.push(fragment(10, 0, true, true, false, b"AB"))?);
+    assert!(rq.push(fragment(20, 0, true, true, true, b"whole"))?);
+    assert!(rq.push(fragment(11, 0, true, false, false, b"CDEF"))?);
+    assert_eq!(rq.get_num_bytes(), 13);
+    assert_eq!(
+        read_all(&mut rq),
+        vec![b"whole".to_vec(), b"ABCDEFGH".to_vec()]
+    );
+    assert_eq!(rq.get_num_bytes(), 0);
+
+    // Ordered: fragments of SSN 0 arrive 32, 30, 31 and 31 again.
+    let mut rq = ReassemblyQueue::new(0, 65536);
+    assert!(!rq.push(fragment(32, 0, false, false, true, b"3"))?);
+    assert!(!rq.push(fragment(30, 0, false, true, false, b"1"))?);
+    assert!(rq.push(fragment(31, 0, false, false, false, b"2"))?);
+    assert!(
+        !rq.push(fragment(31, 0, false, false, false, b"2"))?,
+        "duplicate"
+    );
+    assert_eq!(read_all(&mut rq), vec![b"123".to_vec()]);
+    Ok(())
+}

@@ -6,17 +6,6 @@ use crate::util::*;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use bytes::{Bytes, BytesMut};
-use core::cmp::Ordering;
-
-fn sort_chunks_by_tsn(c: &mut [ChunkPayloadData]) {
-    c.sort_by(|a, b| {
-        if sna32lt(a.tsn, b.tsn) {
-            Ordering::Less
-        } else {
-            Ordering::Greater
-        }
-    });
-}
 
 /// A chunk of data from the stream
 #[derive(Debug, PartialEq)]
@@ -129,16 +118,14 @@ impl Chunks {
     }
 
     pub(crate) fn push(&mut self, chunk: ChunkPayloadData) -> bool {
-        // check if dup
-        for c in &self.chunks {
-            if c.tsn == chunk.tsn {
-                return false;
-            }
+        // poolflow patch: `chunks` is kept sorted by TSN, so the duplicate check
+        // and the insertion are a binary search (upstream scanned, appended and
+        // re-sorted the set on every fragment).
+        let at = self.chunks.partition_point(|c| sna32lt(c.tsn, chunk.tsn));
+        if self.chunks.get(at).is_some_and(|c| c.tsn == chunk.tsn) {
+            return false;
         }
-
-        // append and sort
-        self.chunks.push(chunk);
-        sort_chunks_by_tsn(&mut self.chunks);
+        self.chunks.insert(at, chunk);
 
         // Check if we now have a complete set
         self.is_complete()
@@ -253,8 +240,20 @@ impl ReassemblyQueue {
             // First, insert into unordered_chunks array
             //atomic.AddUint64(&r.n_bytes, uint64(len(chunk.userData)))
             self.n_bytes += chunk.user_data.len();
-            self.unordered_chunks.push(chunk);
-            sort_chunks_by_tsn(&mut self.unordered_chunks);
+            // poolflow patch: a whole message in one chunk (the usual case for
+            // unordered IPFIX messages) is complete at once: it skips the
+            // fragment queue. Fragments go to their place by binary search;
+            // upstream appended and re-sorted the queue on every chunk.
+            if chunk.beginning_fragment && chunk.ending_fragment {
+                let payload_type = chunk.payload_type;
+                self.unordered
+                    .push_back(Chunks::new(0, payload_type, vec![chunk]));
+                return Ok(true);
+            }
+            let at = self
+                .unordered_chunks
+                .partition_point(|c| sna32lt(c.tsn, chunk.tsn));
+            self.unordered_chunks.insert(at, chunk);
 
             // Scan unordered_chunks that are contiguous (in TSN)
             // If found, append the complete set to the unordered array
