@@ -294,8 +294,11 @@ fn main() {
         (median(udp), median(tcp))
     });
     println!();
-    for (load, by_peer) in &results {
-        print_table(&bench, *load, by_peer, &skipped, runs);
+    // No table for a run of TCP, SCTP or the exporter alone.
+    if !peers.is_empty() || !skipped.is_empty() {
+        for (load, by_peer) in &results {
+            print_table(&bench, *load, by_peer, &skipped, runs);
+        }
     }
     print_streams(&streams, exporter, runs);
 }
