@@ -58,6 +58,11 @@ pub struct CollectorConfig {
     pub udp_idle_timeout: Duration,
     /// Kernel receive buffer for each UDP socket, bytes.
     pub udp_receive_buffer_bytes: usize,
+    /// Ask for the buffer with SO_RCVBUFFORCE (past `net.core.rmem_max`
+    /// when privileged) as well as SO_RCVBUF. Off, only the capped
+    /// SO_RCVBUF is used, as other collectors do: the benchmark turns it
+    /// off so every collector gets its buffer by the same means.
+    pub udp_receive_buffer_force: bool,
     /// Concurrent TCP connections.
     pub max_tcp_sessions: usize,
     /// Concurrent SCTP associations.
@@ -119,6 +124,7 @@ impl Default for CollectorConfig {
             max_udp_sessions: 4096,
             udp_idle_timeout: Duration::from_secs(3600),
             udp_receive_buffer_bytes: 32 * 1024 * 1024,
+            udp_receive_buffer_force: true,
             max_tcp_sessions: 256,
             max_sctp_sessions: 256,
             max_batch_records: 100_000,
@@ -253,6 +259,15 @@ mod tests {
             Path::new("/etc/poolflow/collector.key")
         );
         assert!(tls.client_ca_file.is_some());
+    }
+
+    /// SO_RCVBUFFORCE is the default; the key turns it off (the benchmark
+    /// does, to ask for its buffer the way the other collectors do).
+    #[test]
+    fn receive_buffer_force_defaults_on_and_can_be_turned_off() {
+        assert!(CollectorConfig::default().udp_receive_buffer_force);
+        let c = CollectorConfig::from_toml("udp_receive_buffer_force = false").unwrap();
+        assert!(!c.udp_receive_buffer_force);
     }
 
     #[test]

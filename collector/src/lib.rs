@@ -98,7 +98,11 @@ pub async fn start(config: &CollectorConfig) -> Result<RunningCollector> {
     let mut udp_addrs = Vec::new();
     let mut udp_threads = Vec::new();
     for addr in &config.udp_listen {
-        let socket = listeners::bind_udp(*addr, config.udp_receive_buffer_bytes)?;
+        let socket = listeners::bind_udp(
+            *addr,
+            config.udp_receive_buffer_bytes,
+            config.udp_receive_buffer_force,
+        )?;
         udp_addrs.push(socket.local_addr()?);
         let settings = UdpSettings {
             session: session_config(

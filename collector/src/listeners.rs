@@ -41,15 +41,18 @@ pub struct UdpSettings {
     pub receive_buffer_bytes: usize,
 }
 
-/// Binds a UDP socket with a large receive buffer.
-pub fn bind_udp(addr: SocketAddr, receive_buffer_bytes: usize) -> Result<UdpSocket> {
+/// Binds a UDP socket with a large receive buffer. With `force`,
+/// SO_RCVBUFFORCE is tried too (past `net.core.rmem_max` when privileged).
+pub fn bind_udp(addr: SocketAddr, receive_buffer_bytes: usize, force: bool) -> Result<UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    // SO_RCVBUFFORCE passes net.core.rmem_max when we run privileged; fall
-    // back to the capped SO_RCVBUF otherwise.
+    // SO_RCVBUF is capped at net.core.rmem_max; SO_RCVBUFFORCE passes the
+    // cap when we run privileged and fails harmlessly otherwise.
     if socket.set_recv_buffer_size(receive_buffer_bytes).is_err() {
         warn!("could not set UDP receive buffer to {receive_buffer_bytes} bytes");
     }
-    force_receive_buffer(&socket, receive_buffer_bytes);
+    if force {
+        force_receive_buffer(&socket, receive_buffer_bytes);
+    }
     socket.set_reuse_address(true)?;
     socket
         .bind(&addr.into())
@@ -555,4 +558,56 @@ async fn flush(tx: &mpsc::Sender<Batch>, batch: &mut Batch) -> Result<(), ()> {
 /// watch guard out of the caller's future so that future stays `Send`.
 pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    fn rmem_max() -> usize {
+        std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// CAP_NET_ADMIN (bit 12) in the effective set: what SO_RCVBUFFORCE needs.
+    fn has_net_admin() -> bool {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .is_some_and(|caps| caps & (1 << 12) != 0)
+    }
+
+    /// Without force the buffer is what plain SO_RCVBUF gives: at most the
+    /// kernel's doubling of `net.core.rmem_max`, even when running as root
+    /// (where SO_RCVBUFFORCE would pass the cap). The benchmark relies on
+    /// this to treat every collector alike.
+    #[test]
+    fn unforced_buffer_stays_within_rmem_max() {
+        let max = rmem_max();
+        let asked = 4 * max;
+        let socket = bind_udp("127.0.0.1:0".parse().unwrap(), asked, false).unwrap();
+        let got = Socket::from(socket).recv_buffer_size().unwrap();
+        assert!(got <= 2 * max, "got {got} bytes, rmem_max {max}");
+        assert!(got > 0);
+    }
+
+    /// With force, a privileged process gets the whole buffer past the cap
+    /// (the default behaviour); without CAP_NET_ADMIN, it gets the capped one.
+    #[test]
+    fn forced_buffer_passes_rmem_max_when_privileged() {
+        let max = rmem_max();
+        let asked = 4 * max;
+        let socket = bind_udp("127.0.0.1:0".parse().unwrap(), asked, true).unwrap();
+        let got = Socket::from(socket).recv_buffer_size().unwrap();
+        if has_net_admin() {
+            assert_eq!(got, 2 * asked, "rmem_max {max}");
+        } else {
+            assert!(got <= 2 * max, "got {got}, rmem_max {max}");
+        }
+    }
 }

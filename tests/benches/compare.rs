@@ -1,23 +1,30 @@
 //! Benchmark driver (not a test): our collector side by side with nfcapd
 //! (nfdump) and nfacctd (pmacct) on loopback, fed the same standard IPFIX
 //! load by our generator. For each collector it finds the highest offered
-//! rate stored with < 0.1 % loss, the median of several runs, and prints a
-//! table with CPU use and the ratio of ours to each peer; then ours alone
+//! rate sustained with < 0.1 % loss over trials of at least 10 s, with the
+//! records stored per CPU-second; runs alternate between collectors and the
+//! ratio ours / nfcapd is printed per run and for the medians. Every
+//! collector gets the same receive buffer through plain SO_RCVBUF (ours with
+//! `udp_receive_buffer_force = false`), so `net.core.rmem_max` must be at
+//! least the buffer: bench/run.sh raises it for the run. Then ours alone
 //! over TCP, and the exporter's own send rate. Method: BENCHMARKS.md.
 //!
 //! Run: `bench/run.sh` (builds the release binaries first), or
 //! `cargo bench -p poolflow-tests --bench compare` after
 //! `cargo build --release -p collector`.
 //!
-//! Environment: `POOLFLOW_BENCH_SECS` seconds per trial (default 2),
-//! `POOLFLOW_BENCH_RUNS` runs per collector (default 3),
+//! Environment: `POOLFLOW_BENCH_SECS` seconds per trial (default 10; less
+//! is refused, a buffer could hide a backlog), `POOLFLOW_BENCH_RUNS` runs per
+//! collector (default 3), `POOLFLOW_BENCH_STEPS` paced trials per run
+//! (default 4), `POOLFLOW_BENCH_RCVBUF` SO_RCVBUF asked by every collector
+//! (bytes, default 16 MiB; the kernel doubles it),
 //! `POOLFLOW_BENCH_ONLY` comma list of `poolflow,nfcapd,nfacctd,tcp,sctp,exporter`,
 //! `POOLFLOW_COLLECTOR_BIN` collector binary to measure (default: the release
 //! build next to this bench), `POOLFLOW_BENCH_DIR` where stores are written
 //! (default: the system temp dir; use a real disk, not tmpfs).
 
 use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -26,10 +33,16 @@ use exporter::generate::{GenerateConfig, GenerateReport, GenerateTransport, gene
 
 /// Largest loss at which a rate counts as sustained.
 const MAX_LOSS: f64 = 0.001;
-/// Every collector gets the same kernel receive buffer.
-const RECEIVE_BUFFER_BYTES: usize = 32 * 1024 * 1024;
+/// Every collector asks for the same kernel receive buffer (SO_RCVBUF).
+const RECEIVE_BUFFER_BYTES: usize = 16 * 1024 * 1024;
 /// Paced trials per run after the unpaced one (bisection steps).
 const SEARCH_STEPS: usize = 4;
+/// Shortest trial: long enough that a receive buffer cannot hide a backlog
+/// that sustained load would turn into loss.
+const MIN_TRIAL_SECS: f64 = 10.0;
+/// Flows (one packet each) in the pcap softflowd replays: about 1 s of
+/// softflowd's work and 80 MB of pcap.
+const PCAP_FLOWS: u64 = 1_000_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Peer {
@@ -48,6 +61,15 @@ impl Peer {
     }
 }
 
+impl Load {
+    fn name(self) -> &'static str {
+        match self {
+            Load::Generator => "our generator",
+            Load::Softflowd => "softflowd",
+        }
+    }
+}
+
 /// One trial: what was offered and what the collector kept.
 #[derive(Debug, Clone, Copy)]
 struct Trial {
@@ -56,6 +78,12 @@ struct Trial {
     stored: u64,
     /// Collector CPU (all its processes) over the trial, in cores.
     cpu_cores: f64,
+    /// Collector CPU-seconds (utime + stime) from start of sending to idle.
+    cpu_secs: f64,
+    /// Receive buffer the kernel gave the collector's socket (`ss` rb), bytes.
+    receive_buffer: u64,
+    /// IPFIX bytes sent in the trial.
+    bytes_sent: u64,
 }
 
 impl Trial {
@@ -65,31 +93,119 @@ impl Trial {
     fn passed(&self) -> bool {
         self.loss() < MAX_LOSS
     }
+    /// Records stored per CPU-second of the collector.
+    fn per_cpu_sec(&self) -> f64 {
+        if self.cpu_secs > 0.0 {
+            self.stored as f64 / self.cpu_secs
+        } else {
+            0.0
+        }
+    }
+    fn failed() -> Self {
+        Trial {
+            offered_per_sec: 0.0,
+            sent: 0,
+            stored: 0,
+            cpu_cores: 0.0,
+            cpu_secs: 0.0,
+            receive_buffer: 0,
+            bytes_sent: 0,
+        }
+    }
 }
 
 struct Bench {
     secs: f64,
+    steps: usize,
+    receive_buffer: usize,
     dir: PathBuf,
     collector_bin: PathBuf,
+    /// softflowd and its pcap, when that load is selected.
+    replay: Option<Replay>,
 }
 
+/// What sends the IPFIX.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Load {
+    /// Our generator (`exporter generate`), paced: the rate search.
+    Generator,
+    /// softflowd (Debian's, nobody here wrote it) replaying a pcap we
+    /// write, at its own top speed.
+    Softflowd,
+}
+
+/// softflowd replaying a pcap of one-packet flows: one IPFIX record per
+/// packet. Measured once into a plain socket (its top rate, nothing else
+/// in the way) to know the bytes it sends per replay.
+struct Replay {
+    softflowd: PathBuf,
+    pcap: PathBuf,
+    /// Records (= flows = packets) in the pcap.
+    flows: u64,
+    /// IPFIX bytes and records per replay, and its rate, into the sink.
+    bytes: u64,
+    alone_per_sec: f64,
+    version: String,
+}
+
+/// The trials of one collector under one load, one per run.
+type Runs = Vec<(Peer, Vec<Trial>)>;
+
 fn main() {
-    let secs: f64 = env_or("POOLFLOW_BENCH_SECS", 2.0);
+    let secs: f64 = env_or("POOLFLOW_BENCH_SECS", MIN_TRIAL_SECS);
+    assert!(
+        secs >= MIN_TRIAL_SECS,
+        "POOLFLOW_BENCH_SECS={secs}: trials under {MIN_TRIAL_SECS} s let the receive buffer hide a backlog"
+    );
     let runs: usize = env_or("POOLFLOW_BENCH_RUNS", 3);
     let only = std::env::var("POOLFLOW_BENCH_ONLY").unwrap_or_default();
     let wanted = |what: &str| only.is_empty() || only.split(',').any(|w| w.trim() == what);
+    let load_list = std::env::var("POOLFLOW_BENCH_LOAD").unwrap_or_else(|_| "generator".to_owned());
+    let mut loads = Vec::new();
+    for name in load_list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        match name {
+            "generator" => loads.push(Load::Generator),
+            "softflowd" => loads.push(Load::Softflowd),
+            other => panic!("POOLFLOW_BENCH_LOAD: unknown load {other:?} (generator, softflowd)"),
+        }
+    }
     let base = std::env::var_os("POOLFLOW_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
     let dir = tempfile::tempdir_in(base).expect("bench directory");
-    let bench = Bench {
+    let mut bench = Bench {
         secs,
+        steps: env_or("POOLFLOW_BENCH_STEPS", SEARCH_STEPS),
+        receive_buffer: env_or("POOLFLOW_BENCH_RCVBUF", RECEIVE_BUFFER_BYTES),
         dir: dir.path().to_owned(),
         collector_bin: collector_binary(),
+        replay: None,
     };
-    print_machine(&bench);
+    if loads.contains(&Load::Softflowd) {
+        match find_tool("softflowd") {
+            Some(softflowd) => {
+                bench.replay = Some(prepare_replay(
+                    softflowd,
+                    dir.path(),
+                    env_or("POOLFLOW_BENCH_PCAP_FLOWS", PCAP_FLOWS),
+                ))
+            }
+            None => {
+                eprintln!(
+                    "skipping the softflowd load: `softflowd` not found (apt-get install -y softflowd)"
+                );
+                loads.retain(|l| *l != Load::Softflowd);
+            }
+        }
+    }
+    print_machine(&bench, &loads);
 
-    let mut results: Vec<(Peer, Option<Trial>, String)> = Vec::new();
+    let mut peers = Vec::new();
+    let mut skipped: Vec<(Peer, String)> = Vec::new();
     for peer in [Peer::Poolflow, Peer::Nfcapd, Peer::Nfacctd] {
         let key = match peer {
             Peer::Poolflow => "poolflow",
@@ -101,27 +217,58 @@ fn main() {
         }
         if let Some(missing) = missing_tool(peer) {
             eprintln!("skipping {}: {missing}", peer.name());
-            results.push((peer, None, missing));
+            skipped.push((peer, missing));
             continue;
         }
-        let mut best = Vec::new();
-        for run in 1..=runs {
-            let trial = bench.highest_lossless(peer);
-            eprintln!(
-                "{} run {run}: {:.0} records/s, loss {:.3} %, {:.2} cores",
-                peer.name(),
-                trial.offered_per_sec,
-                100.0 * trial.loss(),
-                trial.cpu_cores
-            );
-            best.push(trial);
+        peers.push(peer);
+    }
+    let stream_count = ["tcp", "sctp"].iter().filter(|w| wanted(w)).count();
+    // Each trial: the send time plus start, drain and count (a few seconds).
+    let per_run_trials = loads
+        .iter()
+        .map(|l| match l {
+            Load::Generator => 1 + bench.steps,
+            Load::Softflowd => 1,
+        })
+        .sum::<usize>();
+    let estimate = runs as f64
+        * (peers.len() as f64 * per_run_trials as f64 * (secs + 5.0)
+            + stream_count as f64 * (secs + 10.0)
+            + if wanted("exporter") { 2.0 * secs } else { 0.0 });
+    println!(
+        "estimated time: {:.0} min ({} collectors x {runs} runs x {per_run_trials} trials of {secs} s)\n",
+        (estimate / 60.0).ceil(),
+        peers.len(),
+    );
+
+    // Runs alternate between collectors (and loads) so a change in machine
+    // load hits all of them alike.
+    let mut results: Vec<(Load, Runs)> = loads
+        .iter()
+        .map(|l| (*l, peers.iter().map(|p| (*p, Vec::new())).collect()))
+        .collect();
+    for run in 1..=runs {
+        for (load, by_peer) in results.iter_mut() {
+            for (peer, trials) in by_peer.iter_mut() {
+                let trial = match load {
+                    Load::Generator => bench.highest_lossless(*peer),
+                    Load::Softflowd => bench.softflowd_trial(*peer, run),
+                };
+                eprintln!(
+                    "run {run} {:?} {}: {:.0} records/s, loss {:.3} %, {:.2} cores, {:.0} records/CPU-s, rb {} = {:.2} % of the trial's bytes",
+                    load,
+                    peer.name(),
+                    trial.offered_per_sec,
+                    100.0 * trial.loss(),
+                    trial.cpu_cores,
+                    trial.per_cpu_sec(),
+                    mib(trial.receive_buffer),
+                    buffer_share(&trial)
+                );
+                trials.push(trial);
+            }
+            print_run_ratio(*load, run, by_peer);
         }
-        let runs_text = best
-            .iter()
-            .map(|t| format!("{:.2}M", t.offered_per_sec / 1e6))
-            .collect::<Vec<_>>()
-            .join(" ");
-        results.push((peer, Some(median_by_rate(best)), runs_text));
     }
 
     let streams: Vec<(&str, Trial)> = [
@@ -146,7 +293,39 @@ fn main() {
             .collect();
         (median(udp), median(tcp))
     });
-    print_table(&results, &streams, exporter, runs, secs);
+    println!();
+    // No table for a run of TCP, SCTP or the exporter alone.
+    if !peers.is_empty() || !skipped.is_empty() {
+        for (load, by_peer) in &results {
+            print_table(&bench, *load, by_peer, &skipped, runs);
+        }
+    }
+    print_streams(&streams, exporter, runs);
+}
+
+/// The ratio ours / nfcapd of one run, rate and records per CPU-second,
+/// with both receive buffers (`rb`) to show they are the same.
+fn print_run_ratio(load: Load, run: usize, by_peer: &Runs) {
+    let of = |p: Peer| {
+        by_peer
+            .iter()
+            .find(|(q, _)| *q == p)
+            .map(|(_, t)| t[run - 1])
+    };
+    if let (Some(o), Some(n)) = (of(Peer::Poolflow), of(Peer::Nfcapd)) {
+        println!(
+            "run {run} ({}): poolflow {:.2}M/s {:.2}M/CPU-s rb {}, nfcapd {:.2}M/s {:.2}M/CPU-s rb {}; ours/nfcapd rate {}, per CPU-s {}",
+            load.name(),
+            o.offered_per_sec / 1e6,
+            o.per_cpu_sec() / 1e6,
+            o.receive_buffer,
+            n.offered_per_sec / 1e6,
+            n.per_cpu_sec() / 1e6,
+            n.receive_buffer,
+            ratio(o.offered_per_sec, n.offered_per_sec),
+            ratio(o.per_cpu_sec(), n.per_cpu_sec())
+        );
+    }
 }
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
@@ -180,13 +359,7 @@ fn missing_tool(peer: Peer) -> Option<String> {
         Peer::Nfacctd => &["nfacctd", "pmacct"],
     };
     for tool in tools {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !found {
+        if find_tool(tool).is_none() {
             return Some(format!(
                 "`{tool}` not found (apt-get install -y nfdump pmacct)"
             ));
@@ -195,9 +368,36 @@ fn missing_tool(peer: Peer) -> Option<String> {
     None
 }
 
+/// An external program on PATH (or in /usr/sbin, where Debian puts
+/// nfacctd and softflowd).
+fn find_tool(name: &str) -> Option<PathBuf> {
+    let paths = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&paths)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
+}
+
+fn ratio(ours: f64, theirs: f64) -> String {
+    if theirs > 0.0 {
+        format!("{:.2}", ours / theirs)
+    } else {
+        "-".into()
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// The kernel receive buffer as a share of the bytes sent in the trial.
+fn buffer_share(t: &Trial) -> f64 {
+    100.0 * t.receive_buffer as f64 / t.bytes_sent.max(1) as f64
 }
 
 fn median_by_rate(mut trials: Vec<Trial>) -> Trial {
@@ -321,6 +521,26 @@ struct Running {
     dir: PathBuf,
 }
 
+/// The receive buffer the kernel gave whatever listens on UDP `port`
+/// (`ss` shows it as `rb`): checks that every collector got the same.
+fn receive_buffer_of(port: u16) -> u64 {
+    let out = Command::new("ss")
+        .args(["-lunmH", &format!("sport = :{port}")])
+        .output();
+    let Ok(out) = out else { return 0 };
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split(|c: char| c == ',' || c == '(' || c.is_whitespace())
+        .find_map(|f| f.strip_prefix("rb").and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn rmem_max() -> u64 {
+    std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 impl Bench {
     fn start(&self, peer: Peer, trial: usize, transport: GenerateTransport) -> Running {
         let dir = self.dir.join(format!("{peer:?}-{trial}"));
@@ -333,7 +553,11 @@ impl Bench {
                 let config = dir.join("collector.toml");
                 std::fs::write(
                     &config,
-                    format!("udp_receive_buffer_bytes = {RECEIVE_BUFFER_BYTES}\n"),
+                    // Plain SO_RCVBUF like the peers: no SO_RCVBUFFORCE.
+                    format!(
+                        "udp_receive_buffer_bytes = {}\nudp_receive_buffer_force = false\n",
+                        self.receive_buffer
+                    ),
                 )
                 .unwrap();
                 let mut cmd = Command::new(&self.collector_bin);
@@ -367,7 +591,7 @@ impl Bench {
             Peer::Nfcapd => {
                 let child = Command::new("nfcapd")
                     .args(["-b", "127.0.0.1", "-p", &port.to_string(), "-t", "3600"])
-                    .args(["-B", &RECEIVE_BUFFER_BYTES.to_string()])
+                    .args(["-B", &self.receive_buffer.to_string()])
                     .arg("-w")
                     .arg(&dir)
                     .stdout(Stdio::null())
@@ -385,12 +609,13 @@ impl Bench {
                         "daemonize: false\n\
                          nfacctd_ip: 127.0.0.1\n\
                          nfacctd_port: {port}\n\
-                         nfacctd_pipe_size: {RECEIVE_BUFFER_BYTES}\n\
+                         nfacctd_pipe_size: {}\n\
                          plugins: memory\n\
                          aggregate: proto\n\
                          imt_path: {}\n\
                          plugin_pipe_size: 67108864\n\
                          plugin_buffer_size: 65536\n",
+                        self.receive_buffer,
                         dir.join("imt.pipe").display()
                     ),
                 )
@@ -415,14 +640,23 @@ impl Bench {
         Running { child, port, dir }
     }
 
-    /// Records the collector holds once it is idle; stops it.
-    fn stored(&self, peer: Peer, mut running: Running, sent_first: u64, sent: u64) -> u64 {
+    /// Records the collector holds once it is idle; stops it. `packets_sent`
+    /// gives the packet counters of the `sent` records (for nfacctd's
+    /// count, only asked then).
+    fn stored(
+        &self,
+        peer: Peer,
+        mut running: Running,
+        load: Load,
+        sent: u64,
+        packets_sent: &dyn Fn() -> u64,
+    ) -> u64 {
         match peer {
             Peer::Poolflow => {
                 // Graceful stop commits everything received.
                 terminate(&mut running.child);
-                let conn = rusqlite_count(&running.dir.join("store.sqlite"));
-                conn.unwrap_or(0)
+                rusqlite_count(&running.dir.join("store.sqlite"), load == Load::Softflowd)
+                    .unwrap_or(0)
             }
             Peer::Nfcapd => {
                 // nfcapd writes its file on SIGTERM; `nfdump -I` reads the
@@ -442,8 +676,8 @@ impl Bench {
             }
             Peer::Nfacctd => {
                 // The memory table aggregates by protocol: the sum of the
-                // packet counters stored, divided by what each synthetic
-                // record carries on average, is the records stored. Exact
+                // packet counters stored, divided by what the records sent
+                // carry on average, is the records stored. Exact
                 // when nothing is lost; within a fraction of a record per
                 // loss otherwise (loss is spread evenly over records).
                 let out = Command::new("pmacct")
@@ -472,7 +706,7 @@ impl Bench {
                 if flows > 0 {
                     return flows;
                 }
-                let expected: u64 = (sent_first..sent_first + sent).map(synthetic_packets).sum();
+                let expected = packets_sent();
                 ((packets as f64 / expected.max(1) as f64) * sent as f64).round() as u64
             }
         }
@@ -485,19 +719,28 @@ impl Bench {
         let planned = rate.unwrap_or(generator_max);
         let records = (planned * self.secs) as u64;
         let pid = running.child.id();
+        let receive_buffer = receive_buffer_of(running.port);
+        let dir = running.dir.clone();
         let cpu_before = cpu_seconds(pid);
         let started = Instant::now();
         let report = send(target, GenerateTransport::Udp, records, rate);
         wait_until_idle(pid, Duration::from_secs(20));
         let cpu = cpu_seconds(pid) - cpu_before;
         let wall = started.elapsed().as_secs_f64();
-        let stored = self.stored(peer, running, 0, report.records);
+        let stored = self.stored(peer, running, Load::Generator, report.records, &|| {
+            (0..report.records).map(synthetic_packets).sum()
+        });
+        // Stores of overloaded trials reach gigabytes: gone once counted.
+        let _ = std::fs::remove_dir_all(&dir);
         Trial {
             offered_per_sec: report.records_per_sec(),
             sent: report.records,
             stored,
             // Averaged over the send time: drain time adds CPU, not wall.
             cpu_cores: cpu / report.elapsed.as_secs_f64().min(wall),
+            cpu_secs: cpu,
+            receive_buffer,
+            bytes_sent: report.bytes,
         }
     }
 
@@ -512,35 +755,43 @@ impl Bench {
         let mut best: Option<Trial> = None;
         let mut low = 0.0;
         let mut high = first.offered_per_sec;
-        // Start just under what it stored per second while overloaded.
-        let mut rate = (first.stored as f64 / self.secs * 0.95).max(high * 0.05);
-        for step in 1..=SEARCH_STEPS {
+        // Start just under what it stored per second of sending while
+        // overloaded (the unpaced trial may have taken longer than planned
+        // when the generator got less CPU).
+        let mut rate = (first.offered_per_sec * (1.0 - first.loss()) * 0.95).max(high * 0.05);
+        for step in 1..=self.steps {
             let t = self.trial(peer, step, Some(rate), generator_max);
             eprintln!(
-                "  {} at {:.0}/s: loss {:.3} %",
+                "  {} asked {:.0}/s, sent {:.0}/s: loss {:.3} %",
                 peer.name(),
+                rate,
                 t.offered_per_sec,
                 100.0 * t.loss()
             );
+            // Bisect on the rates really sent: a generator short of CPU
+            // sends below the asked rate.
             if t.passed() {
-                low = rate;
+                low = t.offered_per_sec;
                 if best.is_none_or(|b| t.offered_per_sec > b.offered_per_sec) {
                     best = Some(t);
                 }
             } else {
-                high = rate;
+                high = t.offered_per_sec;
+            }
+            if low >= high {
+                // Noise: it passed above a rate that failed before.
+                high = low * 1.25;
             }
             rate = if low == 0.0 {
-                rate * 0.6
+                high * 0.6
             } else {
                 (low + high) / 2.0
             };
         }
-        best.unwrap_or(Trial {
-            offered_per_sec: 0.0,
-            sent: 0,
-            stored: 0,
-            cpu_cores: 0.0,
+        best.unwrap_or_else(|| Trial {
+            receive_buffer: first.receive_buffer,
+            bytes_sent: first.bytes_sent,
+            ..Trial::failed()
         })
     }
 
@@ -558,14 +809,243 @@ impl Bench {
         wait_until_idle(pid, Duration::from_secs(30));
         let cpu = cpu_seconds(pid) - cpu_before;
         let wall = started.elapsed().as_secs_f64() - 0.3; // idle detection lag
-        let stored = self.stored(Peer::Poolflow, running, 0, report.records);
+        let dir = running.dir.clone();
+        let stored = self.stored(
+            Peer::Poolflow,
+            running,
+            Load::Generator,
+            report.records,
+            &|| 0,
+        );
+        let _ = std::fs::remove_dir_all(&dir);
         Trial {
             offered_per_sec: stored as f64 / wall,
             sent: report.records,
             stored,
             cpu_cores: cpu / wall,
+            cpu_secs: cpu,
+            receive_buffer: 0,
+            bytes_sent: report.bytes,
         }
     }
+}
+
+impl Bench {
+    /// One trial with softflowd as the exporter: it replays the pcap as
+    /// fast as it goes (it has no pacing), again and again until the
+    /// trial's time is up. Each replay is a new softflowd process, so a new
+    /// exporter (source port) with sequence numbers from 0. Records sent
+    /// are what softflowd says it exported.
+    fn softflowd_trial(&self, peer: Peer, run: usize) -> Trial {
+        let replay = self.replay.as_ref().expect("softflowd load prepared");
+        let running = self.start(peer, 200 + run, GenerateTransport::Udp);
+        let target = format!("127.0.0.1:{}", running.port);
+        let pid = running.child.id();
+        let receive_buffer = receive_buffer_of(running.port);
+        let dir = running.dir.clone();
+        let cpu_before = cpu_seconds(pid);
+        let started = Instant::now();
+        let mut sent = 0u64;
+        let mut replays = 0u64;
+        while started.elapsed().as_secs_f64() < self.secs {
+            let (records, failures) = run_softflowd(replay, &target);
+            if failures > 0 {
+                eprintln!("  softflowd: {failures} export packets failed to send");
+            }
+            sent += records;
+            replays += 1;
+        }
+        let send_time = started.elapsed().as_secs_f64();
+        wait_until_idle(pid, Duration::from_secs(20));
+        let cpu = cpu_seconds(pid) - cpu_before;
+        // One packet per flow: the packet counters sent are the records.
+        let stored = self.stored(peer, running, Load::Softflowd, sent, &|| sent);
+        let _ = std::fs::remove_dir_all(&dir);
+        Trial {
+            offered_per_sec: sent as f64 / send_time,
+            sent,
+            stored,
+            cpu_cores: cpu / send_time,
+            cpu_secs: cpu,
+            receive_buffer,
+            bytes_sent: replay.bytes * replays,
+        }
+    }
+}
+
+/// Runs softflowd once over the pcap to `target`; returns the records it
+/// exported and its failed sends, from its closing statistics.
+fn run_softflowd(replay: &Replay, target: &str) -> (u64, u64) {
+    let mut child = Command::new(&replay.softflowd)
+        .arg("-d")
+        .arg("-r")
+        .arg(&replay.pcap)
+        .args(["-n", target, "-v", "10", "-A", "milli"])
+        // No -c: with -r softflowd 1.1.0 opens no control socket (and no
+        // pid file, it stays in the foreground). A -c after -r would open
+        // one, which its file loop then polls through an uninitialised
+        // pollfd: it can block in accept() instead of reading the pcap.
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting softflowd");
+    // Its log is a few KB: the pipes cannot fill while we wait.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("softflowd did not finish reading the pcap within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse_softflowd_exported(&log).unwrap_or_else(|| panic!("softflowd said: {log}"))
+}
+
+/// From softflowd's statistics line
+/// `Flows exported: 1000000 (1000000 records) in 31772 packets (0 failures)`:
+/// the records and the failed sends.
+fn parse_softflowd_exported(log: &str) -> Option<(u64, u64)> {
+    let line = log
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Flows exported:"))?;
+    let number_before = |word: &str| -> Option<u64> {
+        let end = line.find(word)?;
+        line[..end]
+            .trim_end()
+            .rsplit(['(', ' '])
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((number_before(" records)")?, number_before(" failures)")?))
+}
+
+/// Writes the pcap (`flows` one-packet flows, three UDP for one TCP, each
+/// a distinct 5-tuple, 1 µs apart so no timeout splits anything) and runs
+/// softflowd once into a socket of ours that counts what arrives: the bytes
+/// per replay, and softflowd's top rate with nothing else in the way.
+fn prepare_replay(softflowd: PathBuf, dir: &Path, flows: u64) -> Replay {
+    use poolflow_tests::pcap::{self, Packet, Transport};
+    use std::io::Write;
+    let path = dir.join("flows.pcap");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    pcap::write_header(&mut out).unwrap();
+    let t0 = 1_763_700_000_000_000u64;
+    for i in 0..flows {
+        let n = i as u32;
+        let src = SocketAddrV4::new(
+            Ipv4Addr::new(10, (n >> 16) as u8, (n >> 8) as u8, n as u8),
+            1024 + (i % 60_000) as u16,
+        );
+        let udp = i % 4 != 3;
+        let dst = SocketAddrV4::new(
+            Ipv4Addr::new(192, 0, 2, (i % 250) as u8 + 1),
+            if udp { 53 } else { 443 },
+        );
+        let packet = Packet {
+            src,
+            dst,
+            // PSH|ACK without FIN: the flow ends when softflowd evicts it.
+            transport: if udp {
+                Transport::Udp
+            } else {
+                Transport::Tcp {
+                    flags: 0x18,
+                    seq: n,
+                }
+            },
+            time_us: t0 + i,
+            payload: vec![0x5a; 16],
+        };
+        pcap::write_packet(&mut out, &packet).unwrap();
+    }
+    out.flush().unwrap();
+    drop(out);
+
+    let version = Command::new(&softflowd)
+        .arg("-h")
+        .output()
+        .ok()
+        .and_then(|o| {
+            let text = String::from_utf8_lossy(&[o.stdout, o.stderr].concat()).into_owned();
+            // "This is softflowd version 1.1.0. Valid commandline options:"
+            let rest = text.split("softflowd version ").nth(1)?;
+            let number = rest.split_whitespace().next()?.trim_end_matches('.');
+            Some(format!("softflowd {number}"))
+        })
+        .unwrap_or_else(|| "softflowd".into());
+
+    // The sink: a big buffer and a thread that only counts.
+    let sink = counting_sink();
+    let target = sink.local_addr().unwrap().to_string();
+    sink.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let counter = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65_536];
+        let (mut datagrams, mut bytes) = (0u64, 0u64);
+        let mut idle = 0;
+        // Stops after 2 s without a datagram once something arrived.
+        while idle < 4 || datagrams == 0 && idle < 240 {
+            match sink.recv(&mut buf) {
+                Ok(n) => {
+                    datagrams += 1;
+                    bytes += n as u64;
+                    idle = 0;
+                }
+                Err(_) => idle += 1,
+            }
+        }
+        (datagrams, bytes)
+    });
+    let mut replay = Replay {
+        softflowd,
+        pcap: path,
+        flows,
+        bytes: 0,
+        alone_per_sec: 0.0,
+        version,
+    };
+    let started = Instant::now();
+    let (records, _) = run_softflowd(&replay, &target);
+    let elapsed = started.elapsed().as_secs_f64();
+    let (datagrams, bytes) = counter.join().unwrap();
+    assert_eq!(
+        records, flows,
+        "softflowd exported {records} records for {flows} one-packet flows"
+    );
+    replay.bytes = bytes;
+    replay.alone_per_sec = records as f64 / elapsed;
+    println!(
+        "softflowd alone: {flows} records in {datagrams} datagrams ({:.1} MB) in {elapsed:.2} s: {:.0} records/s",
+        bytes as f64 / 1e6,
+        replay.alone_per_sec
+    );
+    replay
+}
+
+/// A UDP socket on loopback with as big a receive buffer as rmem_max gives,
+/// for counting what softflowd sends.
+fn counting_sink() -> UdpSocket {
+    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    // std has no SO_RCVBUF setter; libc is a dev-dependency here already.
+    let size: libc::c_int = 64 << 20;
+    // SAFETY: a valid socket and a c_int option of the right length.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&sink),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &size as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    sink
 }
 
 fn wait_for_udp_bind(port: u16) {
@@ -579,15 +1059,22 @@ fn wait_for_udp_bind(port: u16) {
     panic!("nothing bound UDP port {port}");
 }
 
-fn rusqlite_count(path: &Path) -> Option<u64> {
+/// Data records stored: all of them (`domain_stats`), or with `flows_only`
+/// those of plain templates, leaving out options records (softflowd sends
+/// some with its templates; nfcapd does not count them as flows, nor does
+/// softflowd's "Flows exported"). That needs a scan of `record_blocks`,
+/// done after the trial's timing.
+fn rusqlite_count(path: &Path, flows_only: bool) -> Option<u64> {
     // The bench depends on the collector crate, which exposes its store.
     let store = collector::store::Store::open_read_only(path).ok()?;
+    let sql = if flows_only {
+        "SELECT COALESCE(SUM(b.record_count), 0) FROM record_blocks b \
+         JOIN templates t ON t.id = b.template_ref WHERE t.scope_field_count = 0"
+    } else {
+        "SELECT COALESCE(SUM(records), 0) FROM domain_stats"
+    };
     store
-        .query_row(
-            "SELECT COALESCE(SUM(records), 0) FROM domain_stats",
-            [],
-            |r| r.get::<_, i64>(0),
-        )
+        .query_row(sql, [], |r| r.get::<_, i64>(0))
         .ok()
         .map(|n| n as u64)
 }
@@ -662,7 +1149,7 @@ fn exporter_rate(transport: GenerateTransport, secs: f64) -> f64 {
     send(target, transport, records, None).records_per_sec()
 }
 
-fn print_machine(bench: &Bench) {
+fn print_machine(bench: &Bench, loads: &[Load]) {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -699,56 +1186,136 @@ fn print_machine(bench: &Bench) {
     );
     println!("collector: {}", bench.collector_bin.display());
     println!("stores in: {}", bench.dir.display());
-    println!(
-        "load: 11-IE IPv4 records, 1400-byte IPFIX messages over UDP loopback, {} s per trial\n",
-        bench.secs
-    );
-}
-
-fn print_table(
-    results: &[(Peer, Option<Trial>, String)],
-    streams: &[(&str, Trial)],
-    exporter: Option<(f64, f64)>,
-    runs: usize,
-    secs: f64,
-) {
-    let ours = results
-        .iter()
-        .find(|(p, ..)| *p == Peer::Poolflow)
-        .and_then(|(_, t, _)| *t);
-    println!(
-        "UDP, highest rate with < {:.1} % loss, median of {runs} runs ({secs} s trials)",
-        MAX_LOSS * 100.0
-    );
-    println!(
-        "{:<20} {:>12} {:>9} {:>7} {:>14}  runs",
-        "collector", "records/s", "loss %", "CPU", "ours / this"
-    );
-    for (peer, trial, runs_text) in results {
-        match trial {
-            Some(t) => {
-                let ratio = match ours {
-                    Some(o) if t.offered_per_sec > 0.0 => {
-                        format!("{:.2}", o.offered_per_sec / t.offered_per_sec)
-                    }
-                    _ => "-".into(),
-                };
+    for load in loads {
+        match load {
+            Load::Generator => println!(
+                "load: our generator, 11-IE IPv4 records, 1400-byte IPFIX messages over UDP loopback, {} s per trial, 1 unpaced + {} paced trials per run",
+                bench.secs, bench.steps
+            ),
+            Load::Softflowd => {
+                let r = bench.replay.as_ref().expect("prepared");
                 println!(
-                    "{:<20} {:>12.0} {:>9.3} {:>7.2} {:>14}  {}",
-                    peer.name(),
-                    t.offered_per_sec,
-                    100.0 * t.loss(),
-                    t.cpu_cores,
-                    ratio,
-                    runs_text
+                    "load: {} (-v 10, IPFIX over UDP loopback) replaying a pcap of {} one-packet flows, repeated for {} s per trial, 1 trial per run",
+                    r.version, r.flows, bench.secs
                 );
             }
-            None => println!("{:<20} {:>12}  ({runs_text})", peer.name(), "skipped"),
         }
     }
+    let max = rmem_max();
+    println!(
+        "receive buffer: every collector asks SO_RCVBUF {} (nfcapd -B, nfacctd_pipe_size, ours udp_receive_buffer_bytes without SO_RCVBUFFORCE); net.core.rmem_max {}",
+        mib(bench.receive_buffer as u64),
+        mib(max)
+    );
+    if max < bench.receive_buffer as u64 {
+        println!(
+            "  warning: rmem_max is below the buffer, every collector is capped at it (bench/run.sh raises it)"
+        );
+    }
+    println!("load average: {}", load_average());
+    println!();
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// The table of one load: per collector the median over runs of the rate
+/// (and the trial it came from), of records per CPU-second, and the
+/// ratios ours / this, both of the medians and per run.
+fn print_table(bench: &Bench, load: Load, by_peer: &Runs, skipped: &[(Peer, String)], runs: usize) {
+    let ours = by_peer.iter().find(|(p, _)| *p == Peer::Poolflow);
+    match load {
+        Load::Generator => println!(
+            "UDP, our generator: highest rate with < {:.1} % loss, median of {runs} runs ({} s trials)",
+            MAX_LOSS * 100.0,
+            bench.secs
+        ),
+        Load::Softflowd => {
+            let r = bench.replay.as_ref().expect("prepared");
+            println!(
+                "UDP, softflowd replaying {} one-packet flows at its own top rate (alone: {:.0} records/s), median of {runs} runs ({} s trials)",
+                r.flows, r.alone_per_sec, bench.secs
+            );
+        }
+    }
+    println!(
+        "{:<18} {:>10} {:>7} {:>6} {:>10} {:>9} {:>7} {:>8} {:>8}  per run: rate M/s (ours/this), M/CPU-s (ours/this)",
+        "collector",
+        "records/s",
+        "loss %",
+        "cores",
+        "rec/CPU-s",
+        "rb MiB",
+        "rb %",
+        "ours/",
+        "ours/"
+    );
+    println!(
+        "{:<18} {:>10} {:>7} {:>6} {:>10} {:>9} {:>7} {:>8} {:>8}",
+        "", "", "", "", "", "", "of trial", "this", "this"
+    );
+    println!(
+        "{:<18} {:>10} {:>7} {:>6} {:>10} {:>9} {:>7} {:>8} {:>8}",
+        "", "", "", "", "", "", "", "rate", "CPU-s"
+    );
+    let per_cpu = |trials: &[Trial]| median(trials.iter().map(Trial::per_cpu_sec).collect());
+    for (peer, trials) in by_peer {
+        let t = median_by_rate(trials.clone());
+        let (rate_ratio, cpu_ratio) = match ours {
+            Some((_, o)) => (
+                ratio(median_by_rate(o.clone()).offered_per_sec, t.offered_per_sec),
+                ratio(per_cpu(o), per_cpu(trials)),
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        let runs_text = trials
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let vs = |f: fn(&Trial) -> f64| match ours {
+                    Some((_, o)) if *peer != Peer::Poolflow => {
+                        format!(" ({})", ratio(f(&o[i]), f(t)))
+                    }
+                    _ => String::new(),
+                };
+                format!(
+                    "{:.2}{} {:.2}{}",
+                    t.offered_per_sec / 1e6,
+                    vs(|t| t.offered_per_sec),
+                    t.per_cpu_sec() / 1e6,
+                    vs(Trial::per_cpu_sec)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        println!(
+            "{:<18} {:>10.0} {:>7.3} {:>6.2} {:>10.0} {:>9.1} {:>7.2} {:>8} {:>8}  {}",
+            peer.name(),
+            t.offered_per_sec,
+            100.0 * t.loss(),
+            t.cpu_cores,
+            per_cpu(trials),
+            t.receive_buffer as f64 / (1024.0 * 1024.0),
+            buffer_share(&t),
+            rate_ratio,
+            cpu_ratio,
+            runs_text
+        );
+    }
+    for (peer, why) in skipped {
+        println!("{:<18} {:>10}  ({why})", peer.name(), "skipped");
+    }
+    println!("load average at the end: {}\n", load_average());
+}
+
+fn print_streams(streams: &[(&str, Trial)], exporter: Option<(f64, f64)>, runs: usize) {
     if !streams.is_empty() {
         println!(
-            "\nours over TCP and SCTP-over-UDP (peers do not support them), median of {runs} runs"
+            "ours over TCP and SCTP-over-UDP (peers do not support them), median of {runs} runs"
         );
     }
     for (name, t) in streams {

@@ -29,6 +29,16 @@ pub struct Packet {
 
 /// Writes packets as an Ethernet (linktype 1) pcap file.
 pub fn write(out: &mut impl Write, packets: &[Packet]) -> io::Result<()> {
+    write_header(out)?;
+    for p in packets {
+        write_packet(out, p)?;
+    }
+    Ok(())
+}
+
+/// The pcap global header (Ethernet, linktype 1); [`write_packet`] follows,
+/// for files too large to hold as a slice of packets.
+pub fn write_header(out: &mut impl Write) -> io::Result<()> {
     // Global header: magic, version 2.4, zone 0, sigfigs 0, snaplen, linktype.
     out.write_all(&0xa1b2_c3d4u32.to_le_bytes())?;
     out.write_all(&2u16.to_le_bytes())?;
@@ -36,16 +46,17 @@ pub fn write(out: &mut impl Write, packets: &[Packet]) -> io::Result<()> {
     out.write_all(&0i32.to_le_bytes())?;
     out.write_all(&0u32.to_le_bytes())?;
     out.write_all(&262_144u32.to_le_bytes())?;
-    out.write_all(&1u32.to_le_bytes())?;
-    for p in packets {
-        let frame = frame(p);
-        out.write_all(&((p.time_us / 1_000_000) as u32).to_le_bytes())?;
-        out.write_all(&((p.time_us % 1_000_000) as u32).to_le_bytes())?;
-        out.write_all(&(frame.len() as u32).to_le_bytes())?;
-        out.write_all(&(frame.len() as u32).to_le_bytes())?;
-        out.write_all(&frame)?;
-    }
-    Ok(())
+    out.write_all(&1u32.to_le_bytes())
+}
+
+/// One packet record, after [`write_header`].
+pub fn write_packet(out: &mut impl Write, p: &Packet) -> io::Result<()> {
+    let frame = frame(p);
+    out.write_all(&((p.time_us / 1_000_000) as u32).to_le_bytes())?;
+    out.write_all(&((p.time_us % 1_000_000) as u32).to_le_bytes())?;
+    out.write_all(&(frame.len() as u32).to_le_bytes())?;
+    out.write_all(&(frame.len() as u32).to_le_bytes())?;
+    out.write_all(&frame)
 }
 
 fn checksum(chunks: &[&[u8]]) -> u16 {
