@@ -184,7 +184,7 @@ impl Registrar {
                 } else {
                     local.port()
                 },
-                ..transport_config.clone()
+                ..enrp_transport_config(&transport_config, &config.enrp)
             };
             let endpoint = Endpoint::bind(enrp_transport.clone(), local)
                 .await
@@ -692,6 +692,30 @@ async fn forward_enrp(
         .is_ok()
 }
 
+/// The transport settings of ENRP associations: the ASAP ones, with path
+/// supervision on the ENRP timers. A peer registrar that restarted never
+/// answers our old association to it (its new endpoint drops the
+/// out-of-the-blue packets), and with the ASAP settings (RTO.Max 60 s) that
+/// association would take minutes to fail while our Presences go into it
+/// and the restarted peer never hears from us. Bounded by
+/// PEER-HEARTBEAT-CYCLE and MAX-TIME-NO-RESPONSE, it fails within a few
+/// times MAX-TIME-NO-RESPONSE and the next message opens a new one.
+fn enrp_transport_config(
+    asap: &transport::Config,
+    enrp: &crate::config::EnrpSettings,
+) -> transport::Config {
+    let no_response = enrp.max_time_no_response;
+    transport::Config {
+        heartbeat_interval: asap.heartbeat_interval.min(enrp.peer_heartbeat_cycle),
+        rto_initial: asap.rto_initial.min(no_response),
+        rto_min: asap.rto_min.min(no_response),
+        rto_max: asap.rto_max.min(no_response),
+        max_association_retransmissions: asap.max_association_retransmissions.min(4),
+        max_path_retransmissions: asap.max_path_retransmissions.min(2),
+        ..asap.clone()
+    }
+}
+
 /// Our outgoing ENRP associations, one per peer address, each run by a
 /// task that connects on demand and reconnects after a failure.
 struct PeerLinks {
@@ -1055,5 +1079,44 @@ pub fn connectable(addr: SocketAddr) -> SocketAddr {
             SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), addr.port())
         }
         _ => addr,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EnrpSettings;
+
+    /// ENRP associations are supervised on the ENRP timers, so a link to a
+    /// restarted peer fails within a few MAX-TIME-NO-RESPONSE, not after
+    /// the ASAP settings' minutes (the multi-host nemesis saw a restarted
+    /// registrar wait 45 s to rejoin).
+    #[test]
+    fn enrp_links_are_supervised_on_the_enrp_timers() {
+        let asap = transport::Config::default();
+        let enrp = EnrpSettings::default();
+        let config = enrp_transport_config(&asap, &enrp);
+        assert!(config.rto_max <= enrp.max_time_no_response);
+        assert!(config.rto_min <= config.rto_max);
+        assert!(config.rto_initial <= config.rto_max);
+        assert!(config.heartbeat_interval <= enrp.peer_heartbeat_cycle);
+        let retransmissions = config
+            .max_association_retransmissions
+            .min(config.max_path_retransmissions);
+        assert!(
+            config.rto_max * (retransmissions + 1) <= 3 * enrp.max_time_no_response,
+            "a dead link fails within three MAX-TIME-NO-RESPONSE"
+        );
+        // Sub-second ENRP timers make sub-second supervision.
+        let fast = EnrpSettings {
+            peer_heartbeat_cycle: Duration::from_millis(300),
+            max_time_no_response: Duration::from_millis(500),
+            ..EnrpSettings::default()
+        };
+        let config = enrp_transport_config(&asap, &fast);
+        assert_eq!(config.rto_max, Duration::from_millis(500));
+        assert_eq!(config.heartbeat_interval, Duration::from_millis(300));
+        // The ASAP side keeps its own settings.
+        assert_eq!(asap.rto_max, Duration::from_secs(60));
     }
 }
