@@ -75,6 +75,8 @@ pub struct Registrar {
     pub tcp_addr: Option<SocketAddr>,
     /// Bound SCTP-over-UDP socket, if enabled.
     pub sctp_over_udp_addr: Option<SocketAddr>,
+    /// Bound kernel SCTP socket, if enabled.
+    pub kernel_sctp_addr: Option<SocketAddr>,
     /// Bound HTTP status endpoint, if enabled.
     pub status_addr: Option<SocketAddr>,
     /// Bound ENRP listener, if ENRP is enabled.
@@ -154,6 +156,26 @@ impl Registrar {
                 shutdown_rx.clone(),
             )));
         }
+        let mut kernel_sctp_addr = None;
+        if !config.listen.kernel_sctp.is_empty() {
+            let local: SocketAddr = config.listen.kernel_sctp.parse()?;
+            let endpoint = Endpoint::bind(
+                transport::Config {
+                    transport: TransportKind::KernelSctp,
+                    ..transport_config.clone()
+                },
+                local,
+            )
+            .await
+            .with_context(|| format!("binding ASAP/kernel SCTP on {local}"))?;
+            kernel_sctp_addr = Some(endpoint.local_addr());
+            tasks.push(tokio::spawn(accept_loop(
+                endpoint,
+                inputs.clone(),
+                next_assoc.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
         let mut status_addr = None;
         if !config.listen.status.is_empty() {
             let local: SocketAddr = config.listen.status.parse()?;
@@ -175,6 +197,7 @@ impl Registrar {
             let local: SocketAddr = config.enrp.listen.parse()?;
             let kind = match config.enrp.transport.as_str() {
                 "tcp" => TransportKind::Tcp,
+                "kernel-sctp" => TransportKind::KernelSctp,
                 _ => TransportKind::SctpOverUdp,
             };
             let enrp_transport = transport::Config {
@@ -264,6 +287,7 @@ impl Registrar {
             server_id = format_args!("{server_id:#010x}"),
             ?tcp_addr,
             ?sctp_over_udp_addr,
+            ?kernel_sctp_addr,
             ?status_addr,
             ?enrp_addr,
             "registrar running"
@@ -271,6 +295,7 @@ impl Registrar {
         Ok(Self {
             tcp_addr,
             sctp_over_udp_addr,
+            kernel_sctp_addr,
             status_addr,
             enrp_addr,
             server_id,
