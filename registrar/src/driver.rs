@@ -260,6 +260,15 @@ impl Registrar {
                 inputs: inputs.clone(),
                 shutdown: shutdown_rx.clone(),
                 asap_transport: transport_config.clone(),
+                // A registrar that speaks ASAP over kernel SCTP only (next to RSPLIB
+                // built on the kernel) reaches adopted SCTP PEs the same way.
+                adopted_sctp: if config.listen.sctp_over_udp.is_empty()
+                    && !config.listen.kernel_sctp.is_empty()
+                {
+                    TransportKind::KernelSctp
+                } else {
+                    TransportKind::SctpOverUdp
+                },
                 next_assoc: next_assoc.clone(),
             };
             enrp = Some((Enrp::new(enrp_config, std::time::Instant::now()), links));
@@ -374,6 +383,7 @@ async fn reach_adopted_pe(
     assoc: AssocId,
     home_keep_alive: HomeKeepAlive,
     config: transport::Config,
+    sctp: TransportKind,
     inputs: mpsc::Sender<Input>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -387,7 +397,7 @@ async fn reach_adopted_pe(
         return;
     };
     let kind = match transport.kind {
-        AsapTransportKind::Sctp(_) => TransportKind::SctpOverUdp,
+        AsapTransportKind::Sctp(_) => sctp,
         AsapTransportKind::Tcp(_) => TransportKind::Tcp,
         _ => {
             tracing::info!(
@@ -732,6 +742,9 @@ struct PeerLinks {
     shutdown: watch::Receiver<bool>,
     /// ASAP transport settings for reaching adopted PEs.
     asap_transport: transport::Config,
+    /// How to reach an adopted PE whose ASAP transport is SCTP: kernel SCTP when
+    /// the registrar's only SCTP listener is the kernel's, else SCTP over UDP.
+    adopted_sctp: TransportKind,
     /// Association ids are shared with the ASAP listeners.
     next_assoc: Arc<AtomicU64>,
 }
@@ -748,6 +761,7 @@ impl PeerLinks {
             assoc,
             home_keep_alive,
             self.asap_transport.clone(),
+            self.adopted_sctp,
             self.inputs.clone(),
             self.shutdown.clone(),
         ));

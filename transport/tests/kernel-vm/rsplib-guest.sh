@@ -313,6 +313,13 @@ wait_until 90 "poolflow's registrar took over PE 0x55667788 from the SIGKILLed r
 echo "rsplib-vm: poolflow's registrar took over RSPLIB's PE after $(($(now_ms) - killed)) ms"
 grep "PE 0x55667788" /tmp/dump.out
 pass "takeover by poolflow's registrar of the PE homed at a SIGKILLed rspregistrar"
+# The adopted RSPLIB PE answers the Home Keep Alive (over kernel SCTP, at the
+# ASAP transport rspregistrar announced for it) and stays.
+adopted_answers() { dump && grep "PE 0x55667788" /tmp/dump.out | grep -q "home=0x12345678 .*ago ur="; }
+wait_until 30 "the adopted RSPLIB PE answered poolflow's Home Keep Alive" adopted_answers
+grep "PE 0x55667788" /tmp/dump.out
+grep -q "keep-alive timeout: PE removed .*0x55667788" /tmp/registrar-enrp.log && fail "the adopted PE was removed"
+pass "the adopted RSPLIB PE answered poolflow's Home Keep Alive"
 kill -TERM $rspserver_rsplib $rspserver_poolflow
 kill -TERM $registrar_pid
 wait $registrar_pid || fail "poolflow registrar (ENRP) did not exit cleanly on SIGTERM"
