@@ -26,12 +26,21 @@ cargo test --workspace --locked "$@"
 # Native SCTP against a real Linux kernel: this host's kernel (like most
 # containers') has none, so transport/tests/kernel-vm/run.sh boots Debian's
 # kernel in a throw-away QEMU VM and runs transport/tests/kernel_sctp.rs
-# there, including Linux's SCTP over UDP against our user-space stack.
+# there, including Linux's SCTP over UDP against our user-space stack. The
+# same VM then runs the interop test with Debian's RSPLIB packages
+# (transport/tests/kernel-vm/rsplib.sh, issue 13): RSPLIB's PE, PU and
+# hsdump against our registrar, our collectors and exporter against
+# rspregistrar. In CI neither may be skipped.
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || command -v qemu-system-x86_64 >/dev/null; then
   echo "== kernel SCTP in a VM (transport/tests/kernel-vm/run.sh)"
   bash transport/tests/kernel-vm/run.sh
+  echo "== RSPLIB interop in the kernel-SCTP VM (transport/tests/kernel-vm/rsplib.sh)"
+  bash transport/tests/kernel-vm/rsplib.sh
+elif [ -n "${CI:-}" ]; then
+  echo "FAIL: kernel SCTP VM and RSPLIB interop tests need qemu-system-x86 (or root with apt-get); CI must run them" >&2
+  exit 1
 else
-  echo "SKIPPED: kernel SCTP VM tests: need qemu-system-x86 (or root with apt-get to install it)" >&2
+  echo "SKIPPED: kernel SCTP VM and RSPLIB interop tests: need qemu-system-x86 (or root with apt-get to install it)" >&2
 fi
 
 # A pool across hosts made of network namespaces under a seeded random

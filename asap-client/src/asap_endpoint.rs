@@ -132,7 +132,9 @@ impl AsapEndpoint {
         };
         let kind = match self.transport {
             RegistrarTransport::Tcp => TransportKind::Tcp(TransportUse::DataOnly),
-            RegistrarTransport::SctpOverUdp { .. } => TransportKind::Sctp(TransportUse::DataOnly),
+            RegistrarTransport::SctpOverUdp { .. } | RegistrarTransport::KernelSctp => {
+                TransportKind::Sctp(TransportUse::DataOnly)
+            }
         };
         TransportAddress {
             kind,

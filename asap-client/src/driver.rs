@@ -31,7 +31,7 @@ use crate::pool_user::{CacheMiss, PoolElementInfo, PoolUser, PoolUserConfig};
 use crate::pool_user::{Input as PuInput, Output as PuOutput, ResolutionError};
 
 /// How to reach a registrar. UDP is never used towards registrars (working
-/// group decision): SCTP (here over UDP, RFC 6951) or TCP only.
+/// group decision): SCTP (over UDP, RFC 6951, or the kernel's) or TCP only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RegistrarTransport {
     /// SCTP over UDP: `addr` is the registrar's UDP socket, `sctp_port` the
@@ -42,6 +42,10 @@ pub enum RegistrarTransport {
     },
     /// Length-framed messages over TCP.
     Tcp,
+    /// The kernel's own SCTP (Linux `sctp` module): what RSPLIB's
+    /// registrar speaks where it is built on the kernel (Debian's
+    /// `rsplib-registrar`). Fails at connect time on a host without it.
+    KernelSctp,
 }
 
 /// One entry of the static registrar list.
@@ -53,23 +57,25 @@ pub struct RegistrarAddress {
     pub transport: RegistrarTransport,
 }
 
-/// "tcp:HOST:PORT" or "sctp:HOST:PORT" (SCTP over UDP, SCTP port = UDP
-/// port): the notation of every registrar list in poolflow's configs.
+/// "tcp:HOST:PORT", "sctp:HOST:PORT" (SCTP over UDP, SCTP port = UDP
+/// port) or "kernel-sctp:HOST:PORT" (the host kernel's SCTP): the notation
+/// of every registrar list in poolflow's configs.
 impl std::str::FromStr for RegistrarAddress {
     type Err = anyhow::Error;
 
     fn from_str(text: &str) -> anyhow::Result<Self> {
-        let (kind, addr) = text
-            .split_once(':')
-            .ok_or_else(|| anyhow!("`{text}`: expected tcp:HOST:PORT or sctp:HOST:PORT"))?;
+        let (kind, addr) = text.split_once(':').ok_or_else(|| {
+            anyhow!("`{text}`: expected tcp:HOST:PORT, sctp:HOST:PORT or kernel-sctp:HOST:PORT")
+        })?;
         let addr: SocketAddr = addr
             .parse()
             .map_err(|e| anyhow!("`{text}`: `{addr}` is not an address:port ({e})"))?;
         match kind {
             "tcp" => Ok(Self::tcp(addr)),
             "sctp" => Ok(Self::sctp_over_udp(addr)),
+            "kernel-sctp" => Ok(Self::kernel_sctp(addr)),
             other => Err(anyhow!(
-                "`{text}`: transport `{other}` is neither tcp nor sctp"
+                "`{text}`: transport `{other}` is none of tcp, sctp, kernel-sctp"
             )),
         }
     }
@@ -95,6 +101,14 @@ impl RegistrarAddress {
         }
     }
 
+    /// A registrar reached over the kernel's SCTP (no UDP encapsulation).
+    pub fn kernel_sctp(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            transport: RegistrarTransport::KernelSctp,
+        }
+    }
+
     pub(crate) fn transport_config(&self, base: &transport::Config) -> transport::Config {
         let mut config = base.clone();
         match self.transport {
@@ -103,6 +117,7 @@ impl RegistrarAddress {
                 config.sctp_port = sctp_port;
             }
             RegistrarTransport::Tcp => config.transport = TransportKind::Tcp,
+            RegistrarTransport::KernelSctp => config.transport = TransportKind::KernelSctp,
         }
         config
     }
@@ -662,5 +677,31 @@ async fn run_pool_user(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registrar_addresses_name_their_transport() {
+        let addr: SocketAddr = "192.0.2.2:3863".parse().unwrap();
+        assert_eq!(
+            "sctp:192.0.2.2:3863".parse::<RegistrarAddress>().unwrap(),
+            RegistrarAddress::sctp_over_udp(addr)
+        );
+        assert_eq!(
+            "tcp:192.0.2.2:3863".parse::<RegistrarAddress>().unwrap(),
+            RegistrarAddress::tcp(addr)
+        );
+        let kernel = "kernel-sctp:192.0.2.2:3863"
+            .parse::<RegistrarAddress>()
+            .unwrap();
+        assert_eq!(kernel, RegistrarAddress::kernel_sctp(addr));
+        let config = kernel.transport_config(&transport::Config::default());
+        assert_eq!(config.transport, TransportKind::KernelSctp);
+        assert!("udp:192.0.2.2:3863".parse::<RegistrarAddress>().is_err());
+        assert!("kernel:192.0.2.2:3863".parse::<RegistrarAddress>().is_err());
     }
 }

@@ -29,8 +29,10 @@ use serde::Deserialize;
 pub struct PoolConfig {
     /// Pool handle to join, e.g. "billing-collectors" (at most 32 bytes).
     pub handle: String,
-    /// Registrars, tried in order: "tcp:HOST:PORT" or "sctp:HOST:PORT"
-    /// (SCTP over UDP; the SCTP port equals the UDP port).
+    /// Registrars, tried in order: "tcp:HOST:PORT", "sctp:HOST:PORT"
+    /// (SCTP over UDP; the SCTP port equals the UDP port) or
+    /// "kernel-sctp:HOST:PORT" (the host kernel's SCTP, e.g. toward RSPLIB's
+    /// `rspregistrar`).
     pub registrars: Vec<String>,
     /// The transport pool users reach this collector on, in the same
     /// notation ("tcp:" means the framed TCP of `framed_tcp_listen`).
@@ -163,6 +165,11 @@ impl Endpoint {
         Ok(match address.transport {
             RegistrarTransport::Tcp => Self::Tcp(address.addr),
             RegistrarTransport::SctpOverUdp { .. } => Self::Sctp(address.addr),
+            // Toward registrars only (RSPLIB built on the kernel's SCTP): the
+            // collector's own listeners are SCTP over UDP or TCP.
+            RegistrarTransport::KernelSctp => bail!(
+                "`{text}`: kernel-sctp is for registrar lists only; a collector listens on sctp: (SCTP over UDP) or tcp:"
+            ),
         })
     }
 
@@ -229,7 +236,8 @@ impl PoolConfig {
             "`pool.registrars` is empty: no registrar to register with"
         );
         for r in &self.registrars {
-            Endpoint::parse(r).context("in `pool.registrars`")?;
+            r.parse::<RegistrarAddress>()
+                .context("in `pool.registrars`")?;
         }
         if let Some(a) = &self.advertise {
             Endpoint::parse(a).context("in `pool.advertise`")?;
@@ -529,6 +537,17 @@ mod tests {
         );
         assert!(Endpoint::parse("udp:192.0.2.1:4739").is_err());
         assert!(Endpoint::parse("tcp:nonsense").is_err());
+        // Kernel SCTP is for reaching registrars (RSPLIB's), not for listening.
+        assert!(Endpoint::parse("kernel-sctp:192.0.2.1:3863").is_err());
+    }
+
+    #[test]
+    fn registrars_may_be_reached_over_kernel_sctp() {
+        let mut config = pool("");
+        config.registrars = vec!["kernel-sctp:192.0.2.2:3863".into()];
+        config.validate().unwrap();
+        config.registrars = vec!["kernel:192.0.2.2:3863".into()];
+        assert!(config.validate().is_err());
     }
 
     #[test]

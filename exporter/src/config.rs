@@ -478,7 +478,7 @@ impl StreamConfig {
     }
 }
 
-/// "tcp:HOST:PORT" or "sctp:HOST:PORT".
+/// "tcp:HOST:PORT", "sctp:HOST:PORT" or "kernel-sctp:HOST:PORT".
 pub fn parse_registrar(text: &str) -> anyhow::Result<RegistrarAddress> {
     text.parse()
 }

@@ -123,6 +123,11 @@ pub struct ListenConfig {
     pub sctp_over_udp: String,
     /// SCTP port inside the UDP encapsulation, default 3863 (ASAP's port).
     pub sctp_port: u16,
+    /// ASAP over the kernel's own SCTP (Linux `sctp` module), e.g.
+    /// "0.0.0.0:3863": what RSPLIB PEs and PUs built on the kernel (Debian's
+    /// packages) speak. Default off ("" or []): most containers have no SCTP.
+    #[serde(deserialize_with = "daemon_common::single_listen_address")]
+    pub kernel_sctp: String,
     /// HTTP status endpoint (`/status` JSON, `/metrics` Prometheus), default 127.0.0.1:3864.
     #[serde(deserialize_with = "daemon_common::single_listen_address")]
     pub status: String,
@@ -134,6 +139,7 @@ impl Default for ListenConfig {
             tcp: format!("0.0.0.0:{}", protocol::rserpool::ASAP_PORT),
             sctp_over_udp: format!("0.0.0.0:{}", protocol::rserpool::ASAP_PORT),
             sctp_port: protocol::rserpool::ASAP_PORT,
+            kernel_sctp: String::new(),
             status: "127.0.0.1:3864".to_string(),
         }
     }
@@ -277,7 +283,8 @@ pub struct EnrpSettings {
     pub enabled: bool,
     /// ENRP listen address, default 0.0.0.0:9901.
     pub listen: String,
-    /// "sctp-over-udp" (SCTP port = UDP port) or "tcp".
+    /// "sctp-over-udp" (SCTP port = UDP port), "tcp" or "kernel-sctp" (the
+    /// host kernel's SCTP, as RSPLIB built on the kernel speaks it).
     pub transport: String,
     /// Address peers reach us on (sent in Presence); "" = the listen
     /// address, which then must not be a wildcard.
@@ -474,8 +481,11 @@ impl EnrpSettings {
             })?;
         }
         anyhow::ensure!(
-            matches!(self.transport.as_str(), "sctp-over-udp" | "tcp"),
-            "enrp.transport must be \"sctp-over-udp\" or \"tcp\""
+            matches!(
+                self.transport.as_str(),
+                "sctp-over-udp" | "tcp" | "kernel-sctp"
+            ),
+            "enrp.transport must be \"sctp-over-udp\", \"tcp\" or \"kernel-sctp\""
         );
         for (name, value) in [
             ("peer_heartbeat_cycle", self.peer_heartbeat_cycle),
@@ -572,8 +582,10 @@ impl RegistrarConfig {
             }
         }
         anyhow::ensure!(
-            !self.listen.tcp.is_empty() || !self.listen.sctp_over_udp.is_empty(),
-            "at least one of listen.tcp and listen.sctp_over_udp is needed"
+            !self.listen.tcp.is_empty()
+                || !self.listen.sctp_over_udp.is_empty()
+                || !self.listen.kernel_sctp.is_empty(),
+            "at least one of listen.tcp, listen.sctp_over_udp and listen.kernel_sctp is needed"
         );
         self.enrp.validate()?;
         anyhow::ensure!(

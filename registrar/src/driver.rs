@@ -75,6 +75,8 @@ pub struct Registrar {
     pub tcp_addr: Option<SocketAddr>,
     /// Bound SCTP-over-UDP socket, if enabled.
     pub sctp_over_udp_addr: Option<SocketAddr>,
+    /// Bound kernel SCTP socket, if enabled.
+    pub kernel_sctp_addr: Option<SocketAddr>,
     /// Bound HTTP status endpoint, if enabled.
     pub status_addr: Option<SocketAddr>,
     /// Bound ENRP listener, if ENRP is enabled.
@@ -154,6 +156,26 @@ impl Registrar {
                 shutdown_rx.clone(),
             )));
         }
+        let mut kernel_sctp_addr = None;
+        if !config.listen.kernel_sctp.is_empty() {
+            let local: SocketAddr = config.listen.kernel_sctp.parse()?;
+            let endpoint = Endpoint::bind(
+                transport::Config {
+                    transport: TransportKind::KernelSctp,
+                    ..transport_config.clone()
+                },
+                local,
+            )
+            .await
+            .with_context(|| format!("binding ASAP/kernel SCTP on {local}"))?;
+            kernel_sctp_addr = Some(endpoint.local_addr());
+            tasks.push(tokio::spawn(accept_loop(
+                endpoint,
+                inputs.clone(),
+                next_assoc.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
         let mut status_addr = None;
         if !config.listen.status.is_empty() {
             let local: SocketAddr = config.listen.status.parse()?;
@@ -175,6 +197,7 @@ impl Registrar {
             let local: SocketAddr = config.enrp.listen.parse()?;
             let kind = match config.enrp.transport.as_str() {
                 "tcp" => TransportKind::Tcp,
+                "kernel-sctp" => TransportKind::KernelSctp,
                 _ => TransportKind::SctpOverUdp,
             };
             let enrp_transport = transport::Config {
@@ -237,6 +260,15 @@ impl Registrar {
                 inputs: inputs.clone(),
                 shutdown: shutdown_rx.clone(),
                 asap_transport: transport_config.clone(),
+                // A registrar that speaks ASAP over kernel SCTP only (next to RSPLIB
+                // built on the kernel) reaches adopted SCTP PEs the same way.
+                adopted_sctp: if config.listen.sctp_over_udp.is_empty()
+                    && !config.listen.kernel_sctp.is_empty()
+                {
+                    TransportKind::KernelSctp
+                } else {
+                    TransportKind::SctpOverUdp
+                },
                 next_assoc: next_assoc.clone(),
             };
             enrp = Some((Enrp::new(enrp_config, std::time::Instant::now()), links));
@@ -264,6 +296,7 @@ impl Registrar {
             server_id = format_args!("{server_id:#010x}"),
             ?tcp_addr,
             ?sctp_over_udp_addr,
+            ?kernel_sctp_addr,
             ?status_addr,
             ?enrp_addr,
             "registrar running"
@@ -271,6 +304,7 @@ impl Registrar {
         Ok(Self {
             tcp_addr,
             sctp_over_udp_addr,
+            kernel_sctp_addr,
             status_addr,
             enrp_addr,
             server_id,
@@ -349,6 +383,7 @@ async fn reach_adopted_pe(
     assoc: AssocId,
     home_keep_alive: HomeKeepAlive,
     config: transport::Config,
+    sctp: TransportKind,
     inputs: mpsc::Sender<Input>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -362,7 +397,7 @@ async fn reach_adopted_pe(
         return;
     };
     let kind = match transport.kind {
-        AsapTransportKind::Sctp(_) => TransportKind::SctpOverUdp,
+        AsapTransportKind::Sctp(_) => sctp,
         AsapTransportKind::Tcp(_) => TransportKind::Tcp,
         _ => {
             tracing::info!(
@@ -731,6 +766,9 @@ struct PeerLinks {
     shutdown: watch::Receiver<bool>,
     /// ASAP transport settings for reaching adopted PEs.
     asap_transport: transport::Config,
+    /// How to reach an adopted PE whose ASAP transport is SCTP: kernel SCTP when
+    /// the registrar's only SCTP listener is the kernel's, else SCTP over UDP.
+    adopted_sctp: TransportKind,
     /// Association ids are shared with the ASAP listeners.
     next_assoc: Arc<AtomicU64>,
 }
@@ -747,6 +785,7 @@ impl PeerLinks {
             assoc,
             home_keep_alive,
             self.asap_transport.clone(),
+            self.adopted_sctp,
             self.inputs.clone(),
             self.shutdown.clone(),
         ));

@@ -118,6 +118,11 @@ struct RunArgs {
     /// SCTP port inside the UDP encapsulation.
     #[arg(long)]
     sctp_port: Option<u16>,
+    /// ASAP over the kernel's SCTP: listen address, e.g. 0.0.0.0:3863 (off
+    /// by default; needs the Linux `sctp` module). RSPLIB PEs and PUs built
+    /// on the kernel (Debian's packages) speak this.
+    #[arg(long)]
+    kernel_sctp: Option<String>,
     /// HTTP status/metrics listen address ("" disables, as --no-status).
     #[arg(long)]
     status: Option<String>,
@@ -160,7 +165,7 @@ struct RunArgs {
     /// ENRP address peers reach us on, sent in Presence (implies --enrp).
     #[arg(long)]
     enrp_advertise: Option<String>,
-    /// ENRP transport: sctp-over-udp or tcp.
+    /// ENRP transport: sctp-over-udp, tcp or kernel-sctp.
     #[arg(long)]
     enrp_transport: Option<String>,
     /// ENRP address of a peer registrar; repeat for each (implies --enrp;
@@ -196,6 +201,9 @@ impl RunArgs {
         }
         if let Some(udp) = &self.sctp_over_udp {
             config.listen.sctp_over_udp = udp.clone();
+        }
+        if let Some(kernel) = &self.kernel_sctp {
+            config.listen.kernel_sctp = kernel.clone();
         }
         if self.no_tcp {
             config.listen.tcp.clear();

@@ -213,3 +213,26 @@ fn membership_authority_keys_are_read_per_pool() {
         toml::from_str("[membership.authority_key_files]\nbilling = []").unwrap();
     assert!(empty.validate().is_err());
 }
+
+/// Kernel SCTP (what Debian's RSPLIB speaks) is a listener of its own, off
+/// by default; it may be the only one, and ENRP may run over it.
+#[test]
+fn kernel_sctp_listener_and_enrp_transport_are_accepted() {
+    assert!(RegistrarConfig::default().listen.kernel_sctp.is_empty());
+    let only_kernel: RegistrarConfig = toml::from_str(
+        "[listen]\ntcp = []\nsctp_over_udp = []\nkernel_sctp = \"192.0.2.1:3863\"\n\
+         [enrp]\nenabled = true\nlisten = \"192.0.2.1:9901\"\ntransport = \"kernel-sctp\"",
+    )
+    .unwrap();
+    only_kernel
+        .validate()
+        .expect("kernel SCTP alone is a listener");
+    let none: RegistrarConfig =
+        toml::from_str("[listen]\ntcp = []\nsctp_over_udp = []\nkernel_sctp = []").unwrap();
+    assert!(none.validate().is_err(), "no ASAP listener at all");
+    let bad: RegistrarConfig = toml::from_str(
+        "[enrp]\nenabled = true\nlisten = \"192.0.2.1:9901\"\ntransport = \"kernel\"",
+    )
+    .unwrap();
+    assert!(bad.validate().is_err());
+}

@@ -636,16 +636,48 @@ impl KernelSctpEndpoint {
     }
 
     pub(crate) async fn connect(&self, remote: SocketAddr) -> Result<Association, TransportError> {
-        let (reply, reply_rx) = oneshot::channel();
-        self.commands
-            .send(Command::Connect { remote, reply })
-            .map_err(|_| TransportError::Closed)?;
-        // The driver enforces the deadline itself; this only guards against a lost reply.
-        match tokio::time::timeout(self.connect_timeout * 2, reply_rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(TransportError::Closed),
-            Err(_) => Err(TransportError::ConnectTimeout(self.connect_timeout)),
+        connect_on(&self.commands, self.connect_timeout, remote).await
+    }
+
+    /// Opens associations from this endpoint's socket (so from its port) while another
+    /// task accepts on it. It holds the socket's driver: the socket stays open while a
+    /// connector exists, even after the endpoint is dropped.
+    pub(crate) fn connector(&self) -> KernelSctpConnector {
+        KernelSctpConnector {
+            commands: self.commands.clone(),
+            connect_timeout: self.connect_timeout,
         }
+    }
+}
+
+/// See [`KernelSctpEndpoint::connector`].
+#[derive(Clone)]
+pub(crate) struct KernelSctpConnector {
+    commands: mpsc::UnboundedSender<Command>,
+    connect_timeout: Duration,
+}
+
+impl KernelSctpConnector {
+    pub(crate) async fn connect(&self, remote: SocketAddr) -> Result<Association, TransportError> {
+        connect_on(&self.commands, self.connect_timeout, remote).await
+    }
+}
+
+/// An association from the one-to-many socket whose driver takes `commands`.
+async fn connect_on(
+    commands: &mpsc::UnboundedSender<Command>,
+    connect_timeout: Duration,
+    remote: SocketAddr,
+) -> Result<Association, TransportError> {
+    let (reply, reply_rx) = oneshot::channel();
+    commands
+        .send(Command::Connect { remote, reply })
+        .map_err(|_| TransportError::Closed)?;
+    // The driver enforces the deadline itself; this only guards against a lost reply.
+    match tokio::time::timeout(connect_timeout * 2, reply_rx).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(TransportError::Closed),
+        Err(_) => Err(TransportError::ConnectTimeout(connect_timeout)),
     }
 }
 

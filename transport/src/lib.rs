@@ -357,9 +357,8 @@ impl Endpoint {
             EndpointInner::SctpOverUdp(endpoint) => {
                 ConnectorInner::SctpOverUdp(endpoint.connector())
             }
-            EndpointInner::Tcp(_) | EndpointInner::KernelSctp(_) => {
-                ConnectorInner::Fresh(Box::new(config.clone()))
-            }
+            EndpointInner::KernelSctp(endpoint) => ConnectorInner::KernelSctp(endpoint.connector()),
+            EndpointInner::Tcp(_) => ConnectorInner::Fresh(Box::new(config.clone())),
         };
         Connector { inner }
     }
@@ -383,7 +382,7 @@ impl Endpoint {
 }
 
 /// Opens associations from an [`Endpoint`]'s socket while another task accepts on it (SCTP
-/// over UDP; the other transports open a new socket per association, as [`connect`] does).
+/// over UDP and kernel SCTP; TCP opens a new socket per connection, as [`connect`] does).
 #[derive(Clone)]
 pub struct Connector {
     inner: ConnectorInner,
@@ -392,6 +391,7 @@ pub struct Connector {
 #[derive(Clone)]
 enum ConnectorInner {
     SctpOverUdp(sctp_udp::SctpUdpConnector),
+    KernelSctp(kernel_sctp::KernelSctpConnector),
     Fresh(Box<Config>),
 }
 
@@ -406,6 +406,7 @@ impl Connector {
             ConnectorInner::SctpOverUdp(connector) => {
                 connector.connect(remote, Some(sctp_port)).await
             }
+            ConnectorInner::KernelSctp(connector) => connector.connect(remote).await,
             ConnectorInner::Fresh(config) => connect((**config).clone(), remote).await,
         }
     }

@@ -376,3 +376,42 @@ async fn exchange(a: &mut Association, b: &mut Association) {
     assert_eq!((reply.stream, reply.ppid, reply.unordered), (2, 11, true));
     assert_eq!(reply.payload, Bytes::from_static(b"reply"));
 }
+
+/// An endpoint's connector opens associations from the endpoint's own socket, so
+/// from its listening port, while the endpoint keeps accepting (RSPLIB's registrar
+/// refuses an ENRP peer whose association comes from another port than it advertises).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_sctp_connector_leaves_from_the_listening_port() {
+    if !kernel_sctp_or_skip("kernel_sctp_connector_leaves_from_the_listening_port") {
+        return;
+    }
+    let mut peer = Endpoint::bind(config(), loopback()).await.unwrap();
+    let mut ours = Endpoint::bind(config(), loopback()).await.unwrap();
+    let connector = ours.connector(&config());
+    let mut outbound = tokio::time::timeout(STEP, connector.connect_to_port(peer.local_addr(), 0))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut accepted = tokio::time::timeout(STEP, peer.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next_event(&mut outbound).await, Event::Up);
+    assert_eq!(next_event(&mut accepted).await, Event::Up);
+    assert_eq!(
+        accepted.remote_addr().port(),
+        ours.local_addr().port(),
+        "the association leaves from the listening port"
+    );
+    // The endpoint still accepts while its connector is in use.
+    let mut inbound = tokio::time::timeout(STEP, connect(config(), ours.local_addr()))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut inbound_accepted = tokio::time::timeout(STEP, ours.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next_event(&mut inbound).await, Event::Up);
+    assert_eq!(next_event(&mut inbound_accepted).await, Event::Up);
+}

@@ -14,34 +14,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 
-work=${KERNEL_VM_DIR:-target/kernel-vm}
-mkdir -p "$work"
-work=$(cd "$work" && pwd)
-
-# --- what it needs: QEMU (installed), a Debian kernel and busybox (unpacked
-# into $work, not installed: no boot loader or initramfs hooks run).
-if ! command -v qemu-system-x86_64 >/dev/null || ! command -v cpio >/dev/null; then
-    echo "kernel-vm: installing qemu-system-x86 and cpio" >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-x86 cpio >/dev/null
-fi
-if [ ! -d "$work/kernel/boot" ] || [ ! -x "$work/busybox/bin/busybox" ]; then
-    (
-        cd "$work"
-        [ -n "$(ls /var/lib/apt/lists/*Packages 2>/dev/null | head -1)" ] || apt-get update -qq
-        # The metapackage names the current kernel package.
-        image=$(apt-cache depends linux-image-amd64 | sed -n 's/.*Depends: \(linux-image-[0-9].*\)/\1/p' | head -1)
-        [ -n "$image" ] || { echo "kernel-vm: no Debian kernel package found" >&2; exit 1; }
-        rm -f ./*.deb
-        apt-get download "$image" busybox-static 2>/dev/null
-        rm -rf kernel busybox
-        dpkg-deb -x linux-image-*.deb kernel
-        dpkg-deb -x busybox-static_*.deb busybox
-        rm -f ./*.deb
-    )
-fi
-vmlinuz=$(ls "$work"/kernel/boot/vmlinuz-* | head -1)
-modules=$(ls -d "$work"/kernel/lib/modules/* | head -1)
+. transport/tests/kernel-vm/lib.sh
+kvm_prepare
 
 # --- the test binary (built for this host; its shared libraries go along).
 binary=$(cargo test -p transport --test kernel_sctp --no-run --message-format=json 2>/dev/null |
@@ -53,24 +27,9 @@ for line in sys.stdin:
 [ -x "$binary" ] || { echo "kernel-vm: test binary not built" >&2; exit 1; }
 
 # --- initramfs
-root="$work/root"
-rm -rf "$root"
-mkdir -p "$root"/{bin,proc,sys,dev,tmp,lib/modules}
-cp "$work/busybox/bin/busybox" "$root/bin/"
-for tool in sh mount insmod ip poweroff cat echo sysctl sleep; do
-    ln -s busybox "$root/bin/$tool"
-done
-# sctp.ko and what it depends on (the modinfo "depends=" lists), in load order.
-for module in crypto/crc32c_generic lib/libcrc32c net/ipv4/udp_tunnel net/ipv6/ip6_udp_tunnel net/sctp/sctp; do
-    cp "$modules/kernel/$module.ko" "$root/lib/modules/"
-done
-cp "$binary" "$root/bin/kernel_sctp"
-# The dynamic loader and libraries, at the paths the binary asks for.
-ldd "$binary" | grep -o '/[^ ]*' | while read -r lib; do
-    mkdir -p "$root$(dirname "$lib")"
-    cp -L "$lib" "$root$lib"
-done
-cat >"$root/init" <<'EOF'
+kvm_new_root sh mount insmod ip poweroff cat echo sysctl sleep
+kvm_add_binary "$binary" /bin/kernel_sctp
+cat >"$work/init-kernel-sctp" <<'EOF'
 #!/bin/sh
 mount -t proc proc /proc
 mount -t sysfs sys /sys
@@ -87,38 +46,11 @@ POOLFLOW_KERNEL_SCTP_VM=1 RUST_BACKTRACE=1 /bin/kernel_sctp --test-threads=1
 echo "kernel-vm: exit $?"
 poweroff -f
 EOF
-chmod +x "$root/init"
-(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initramfs.gz"
+kvm_pack "$work/init-kernel-sctp"
 
 # --- boot
-# Software emulation (TCG): KVM inside this kind of sandbox (nested) fails
-# at CPU setup or hangs in the BIOS; the whole run takes seconds anyway.
-accel=(-machine accel=tcg -cpu max)
 log="$work/console.log"
-boot() {
-    echo "kernel-vm: booting $(basename "$vmlinuz") with ${accel[*]}" >&2
-    timeout 600 qemu-system-x86_64 "${accel[@]}" -m 1024 -smp 2 -nographic -no-reboot \
-        -kernel "$vmlinuz" -initrd "$work/initramfs.gz" \
-        -append "console=ttyS0 panic=-1 quiet" </dev/null | tee "$log" | tr -d '\r' | grep -v '^\s*$' || true
-}
-
-# Debian 12's 6.1 kernel sometimes dies in its own SCTP-over-UDP receive path
-# (`kernel BUG at mm/slub.c:419`, a double free under sctp_udp_rcv ->
-# sctp_rcv) while the interop test runs: a guest kernel bug, not a test
-# verdict. Such a crash is reported and the VM booted once more; a test
-# failure, or a second crash, fails the run.
-for attempt in 1 2; do
-    boot
-    status=$(tr -d '\r' <"$log" | sed -n 's/^kernel-vm: exit \([0-9]*\)$/\1/p' | tail -1)
-    [ -n "$status" ] && break
-    crash=$(tr -d '\r' <"$log" | grep -m1 -E 'kernel BUG|Oops|Kernel panic' || true)
-    if [ -n "$crash" ] && [ "$attempt" = 1 ]; then
-        echo "kernel-vm: the guest kernel crashed ($crash); booting again" >&2
-        cp "$log" "$work/console-crash.log"
-        continue
-    fi
-    break
-done
+kvm_boot "$log"
 if [ -z "$status" ]; then
     echo "kernel-vm: the VM reported no test result (console log: $log)" >&2
     exit 1
