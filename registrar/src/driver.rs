@@ -1009,12 +1009,19 @@ async fn serve_status(
                 let inputs = inputs.clone();
                 let metrics = metrics.clone();
                 tokio::spawn(async move {
-                    let served = tokio::time::timeout(
-                        Duration::from_secs(10),
-                        serve_http(stream, inputs, metrics),
-                    );
-                    if let Ok(Err(error)) = served.await {
-                        tracing::debug!(%error, "status request failed");
+                    let service = hyper::service::service_fn(move |request| {
+                        status_response(request, inputs.clone(), metrics.clone())
+                    });
+                    // hyper parses the request (its head is bounded by
+                    // MAX_HTTP_REQUEST); a slow or idle client is cut off.
+                    let connection = hyper::server::conn::http1::Builder::new()
+                        .max_buf_size(MAX_HTTP_REQUEST)
+                        .keep_alive(false)
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                    match tokio::time::timeout(Duration::from_secs(10), connection).await {
+                        Ok(Err(error)) => tracing::debug!(%error, "status request failed"),
+                        Err(_) => tracing::debug!("status request timed out"),
+                        Ok(Ok(())) => {}
                     }
                 });
             }
@@ -1023,64 +1030,44 @@ async fn serve_status(
     }
 }
 
-/// A minimal HTTP/1.0 responder: `GET /status` (JSON), `GET /metrics`
-/// (Prometheus text), anything else 404. One request per connection.
-async fn serve_http(
-    mut stream: TcpStream,
+/// `GET /status` (JSON), `GET /metrics` (Prometheus text), anything else 404.
+async fn status_response(
+    request: hyper::Request<hyper::body::Incoming>,
     inputs: mpsc::Sender<Input>,
     metrics: Option<PrometheusHandle>,
-) -> anyhow::Result<()> {
-    let mut request = Vec::with_capacity(512);
-    let mut buffer = [0u8; 1024];
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") && !request.windows(2).any(|w| w == b"\n\n")
-    {
-        let n = stream.read(&mut buffer).await?;
-        if n == 0 {
-            break;
-        }
-        request.extend_from_slice(&buffer[..n]);
-        anyhow::ensure!(request.len() <= MAX_HTTP_REQUEST, "request head too large");
-    }
-    let head = String::from_utf8_lossy(&request);
-    let mut words = head.split_whitespace();
-    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let path = path.split('?').next().unwrap_or("");
-    let (status, content_type, body) = match (method, path) {
-        ("GET", "/" | "/status") => {
+) -> anyhow::Result<hyper::Response<http_body_util::Full<bytes::Bytes>>> {
+    let (status, content_type, body) = match (request.method(), request.uri().path()) {
+        (&hyper::Method::GET, "/" | "/status") => {
             let (reply, answer) = oneshot::channel();
             inputs
                 .send(Input::Status(reply))
                 .await
                 .map_err(|_| anyhow::anyhow!("registrar stopped"))?;
             let body = serde_json::to_vec_pretty(&answer.await?)?;
-            ("200 OK", "application/json", body)
+            (hyper::StatusCode::OK, "application/json", body)
         }
-        ("GET", "/metrics") => match &metrics {
+        (&hyper::Method::GET, "/metrics") => match &metrics {
             Some(handle) => (
-                "200 OK",
+                hyper::StatusCode::OK,
                 "text/plain; version=0.0.4",
                 handle.render().into_bytes(),
             ),
             None => (
-                "404 Not Found",
+                hyper::StatusCode::NOT_FOUND,
                 "text/plain",
                 b"metrics not enabled\n".to_vec(),
             ),
         },
         _ => (
-            "404 Not Found",
+            hyper::StatusCode::NOT_FOUND,
             "text/plain",
             b"try /status or /metrics\n".to_vec(),
         ),
     };
-    let header = format!(
-        "HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(header.as_bytes()).await?;
-    stream.write_all(&body).await?;
-    stream.shutdown().await?;
-    Ok(())
+    Ok(hyper::Response::builder()
+        .status(status)
+        .header(hyper::header::CONTENT_TYPE, content_type)
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))?)
 }
 
 /// Fetches `/status` from a running registrar (what `registrar dump` does).

@@ -492,6 +492,36 @@ async fn binary_runs_from_a_config_file_and_stops_on_sigterm() {
     let mut body = String::new();
     stream.read_to_string(&mut body).await.unwrap();
     assert!(body.starts_with("HTTP/1.0 200"), "{body}");
+    // Bad requests get an HTTP error, and the endpoint keeps serving.
+    async fn exchange(to: SocketAddr, request: &[u8]) -> String {
+        let mut stream = tokio::net::TcpStream::connect(to).await.unwrap();
+        let _ = stream.write_all(request).await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+            .await
+            .expect("the endpoint answers or closes");
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+    let unknown = exchange(status_addr, b"GET /nothing HTTP/1.1\r\nHost: r\r\n\r\n").await;
+    assert!(unknown.starts_with("HTTP/1.1 404"), "{unknown}");
+    let garbage = exchange(status_addr, b"\x16\x03\x01 not http at all\r\n\r\n").await;
+    assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage}");
+    let huge = format!(
+        "GET /status HTTP/1.1\r\nX: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let huge = exchange(status_addr, huge.as_bytes()).await;
+    assert!(
+        huge.starts_with("HTTP/1.1 431"),
+        "an oversized head is refused: {huge}"
+    );
+    assert_eq!(
+        registrar::driver::fetch_status(status_addr)
+            .await
+            .unwrap()
+            .server_id,
+        77
+    );
 
     let pid = child.id().unwrap().to_string();
     assert!(
