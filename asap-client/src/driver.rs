@@ -58,21 +58,48 @@ pub struct RegistrarAddress {
 }
 
 /// "tcp:HOST:PORT", "sctp:HOST:PORT" (SCTP over UDP, SCTP port = UDP
-/// port) or "kernel-sctp:HOST:PORT" (the host kernel's SCTP): the notation
+/// port), "sctp:HOST:SCTP_PORT/udp=UDP_PORT" (SCTP over UDP with the two
+/// ports apart, e.g. RSPLIB's sctplib registrar: SCTP port 3863 inside UDP
+/// 9899) or "kernel-sctp:HOST:PORT" (the host kernel's SCTP): the notation
 /// of every registrar list in poolflow's configs.
 impl std::str::FromStr for RegistrarAddress {
     type Err = anyhow::Error;
 
     fn from_str(text: &str) -> anyhow::Result<Self> {
-        let (kind, addr) = text.split_once(':').ok_or_else(|| {
-            anyhow!("`{text}`: expected tcp:HOST:PORT, sctp:HOST:PORT or kernel-sctp:HOST:PORT")
-        })?;
+        const FORMS: &str = "tcp:HOST:PORT, sctp:HOST:PORT, sctp:HOST:SCTP_PORT/udp=UDP_PORT or kernel-sctp:HOST:PORT";
+        let (kind, rest) = text
+            .split_once(':')
+            .ok_or_else(|| anyhow!("`{text}`: expected {FORMS}"))?;
+        let (addr, udp_port) = match rest.split_once('/') {
+            None => (rest, None),
+            Some((addr, option)) => {
+                let port = option
+                    .strip_prefix("udp=")
+                    .ok_or_else(|| anyhow!("`{text}`: `/{option}` is not `/udp=PORT`"))?;
+                let port: u16 = port
+                    .parse()
+                    .map_err(|e| anyhow!("`{text}`: UDP port `{port}` ({e})"))?;
+                anyhow::ensure!(
+                    kind == "sctp",
+                    "`{text}`: `/udp=` is for SCTP over UDP (sctp:) only"
+                );
+                (addr, Some(port))
+            }
+        };
         let addr: SocketAddr = addr
             .parse()
             .map_err(|e| anyhow!("`{text}`: `{addr}` is not an address:port ({e})"))?;
         match kind {
             "tcp" => Ok(Self::tcp(addr)),
-            "sctp" => Ok(Self::sctp_over_udp(addr)),
+            "sctp" => Ok(match udp_port {
+                None => Self::sctp_over_udp(addr),
+                Some(udp_port) => Self {
+                    addr: SocketAddr::new(addr.ip(), udp_port),
+                    transport: RegistrarTransport::SctpOverUdp {
+                        sctp_port: addr.port(),
+                    },
+                },
+            }),
             "kernel-sctp" => Ok(Self::kernel_sctp(addr)),
             other => Err(anyhow!(
                 "`{text}`: transport `{other}` is none of tcp, sctp, kernel-sctp"
@@ -701,6 +728,37 @@ mod tests {
         assert_eq!(kernel, RegistrarAddress::kernel_sctp(addr));
         let config = kernel.transport_config(&transport::Config::default());
         assert_eq!(config.transport, TransportKind::KernelSctp);
+        // SCTP port and UDP encapsulation port apart (RSPLIB's sctplib).
+        let split = "sctp:192.0.2.2:3863/udp=9899"
+            .parse::<RegistrarAddress>()
+            .unwrap();
+        assert_eq!(split.addr, "192.0.2.2:9899".parse().unwrap());
+        assert_eq!(
+            split.transport,
+            RegistrarTransport::SctpOverUdp { sctp_port: 3863 }
+        );
+        let config = split.transport_config(&transport::Config::default());
+        assert_eq!(config.sctp_port, 3863);
+        assert!(
+            "sctp:192.0.2.2:3863/udp="
+                .parse::<RegistrarAddress>()
+                .is_err()
+        );
+        assert!(
+            "sctp:192.0.2.2:3863/tcp=1"
+                .parse::<RegistrarAddress>()
+                .is_err()
+        );
+        assert!(
+            "tcp:192.0.2.2:3863/udp=9899"
+                .parse::<RegistrarAddress>()
+                .is_err()
+        );
+        assert!(
+            "sctp:192.0.2.2:3863/udp=70000"
+                .parse::<RegistrarAddress>()
+                .is_err()
+        );
         assert!("udp:192.0.2.2:3863".parse::<RegistrarAddress>().is_err());
         assert!("kernel:192.0.2.2:3863".parse::<RegistrarAddress>().is_err());
     }
