@@ -10,6 +10,8 @@
 #   c2 192.0.2.12 collector, priority 50
 #   c3 192.0.2.13 collector, priority 10
 #   e1 192.0.2.21 exporter stream (pool user, signed cookies)
+#   e2 192.0.2.22 exporter relay (pool user for routers, exporter id 9)
+#   rt 192.0.2.31 a router: softflowd replaying a pcap, IPFIX to e2
 
 collectors=(c1 c2 c3)
 declare -A priority=([c1]=100 [c2]=50 [c3]=10)
@@ -25,6 +27,8 @@ pool_hosts() {
   host_add c2 192.0.2.12
   host_add c3 192.0.2.13
   host_add e1 192.0.2.21
+  host_add e2 192.0.2.22
+  host_add rt 192.0.2.31
 }
 
 pool_keys() {
@@ -119,6 +123,52 @@ fast_failure_detection = true
 EOF
 }
 
+relay_config() { # [EXTRA BUFFER KEYS]
+  cat >"$run/relay.toml" <<EOF
+exporter_id = 9
+pool_handle = "billing-collectors"
+registrars = $registrars
+state_file = "$run/relay.state"
+cookie_public_key_files = $cookie_pubs
+[buffer]
+spill_dir = "$run/relay-spill"
+${1:-}
+[timers]
+cookie_timeout = "1s"
+failback_check = "200ms"
+drain_timeout = "5s"
+retry_interval = "200ms"
+failback_holdoff = "500ms"
+connect_timeout = "1s"
+cache_lifetime = "500ms"
+registrar_request_timeout = "1s"
+fast_failure_detection = true
+[relay]
+udp_listen = ["$(address e2):4739"]
+tcp_listen = []
+EOF
+}
+
+# A pcap of FLOWS one-packet UDP flows (distinct source ports and
+# addresses), for softflowd on the router host to replay.
+write_pcap() { # FILE FLOWS
+  python3 - "$1" "$2" <<'PY'
+import struct, sys
+path, flows = sys.argv[1], int(sys.argv[2])
+with open(path, "wb") as f:
+    f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+    for i in range(flows):
+        payload = b"x" * 32
+        udp = struct.pack("!HHHH", 1024 + i % 60000, 9, 8 + len(payload), 0) + payload
+        src = bytes([198, 51, 100, 1 + (i // 60000) % 250])
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), i & 0xFFFF, 0, 64, 17, 0,
+                         src, bytes([203, 0, 113, 7]))
+        frame = b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + udp
+        sec, usec = 1_700_000_000 + i // 1000, (i % 1000) * 1000
+        f.write(struct.pack("<IIII", sec, usec, len(frame), len(frame)) + frame)
+PY
+}
+
 # Hosts, keys and every config file.
 pool_setup() {
   pool_hosts
@@ -128,6 +178,7 @@ pool_setup() {
   local c
   for c in "${collectors[@]}"; do collector_config "$c"; done
   exporter_config
+  relay_config
 }
 
 start() { # NAME DAEMON ARGS...  (host NAME runs DAEMON)
