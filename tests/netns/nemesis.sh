@@ -147,10 +147,9 @@ journal_dir = \"$run/relay-journal\""
   say "healing everything; waiting for both registrars to hold the three PEs"
   heal_all
   healed_at=$SECONDS
-  # Bounded at 120 s: a PE whose home registrar restarted notices only when
-  # its stale association fails (our SCTP stack does not yet ABORT
-  # out-of-the-blue packets, RFC 9260 section 8.4), up to ~45 s here; the
-  # time is printed so it is measured, not hidden.
+  # Bounded at 120 s, and printed: 0-2 s since stale associations to a
+  # restarted registrar end at its out-of-the-blue ABORT (RFC 9260 8.4);
+  # ~45 s before.
   wait_for 120 "convergence of the handlespaces" converged 3 ||
     fail "handlespaces differ: r1 [$(handlespace r1)] r2 [$(handlespace r2)]"
   converged_after=$((SECONDS - healed_at))

@@ -416,7 +416,15 @@ struct Driver {
     dirty: BTreeSet<AssociationHandle>,
     outgoing: Vec<(Bytes, SocketAddr)>,
     next_app_id: AppId,
+    /// Replies to out-of-the-blue packets in the current second, and when it began: at
+    /// most [`OUT_OF_THE_BLUE_REPLIES_PER_SECOND`], so a flood of stray packets cannot
+    /// turn us into a reflector.
+    out_of_the_blue_replies: (Instant, u32),
 }
+
+/// Bound on ABORTs (and SHUTDOWN COMPLETEs) sent per second in answer to out-of-the-blue
+/// packets (RFC 9260 section 8.4 asks for such a limit).
+const OUT_OF_THE_BLUE_REPLIES_PER_SECOND: u32 = 100;
 
 impl Driver {
     fn new(
@@ -453,6 +461,7 @@ impl Driver {
             dirty: BTreeSet::new(),
             outgoing: Vec::new(),
             next_app_id: 1,
+            out_of_the_blue_replies: (Instant::now(), 0),
         }
     }
 
@@ -589,7 +598,47 @@ impl Driver {
                 self.insert_entry(handle, proto, remote, None, deadline);
                 self.dirty.insert(handle);
             }
-            None => {}
+            None => self.on_out_of_the_blue(datagram, remote, now),
+        }
+    }
+
+    /// A packet no association claims (RFC 9260 section 8.4). Its sender holds an
+    /// association we do not have, typically with our previous incarnation: an ABORT with
+    /// the T bit ends it at once, where its timers would take up to minutes (a restarted
+    /// registrar's peers and pool elements kept writing into the void for ~45 s). And a
+    /// reflected ABORT from a peer that lost its side ends ours the same way.
+    fn on_out_of_the_blue(&mut self, datagram: &[u8], remote: SocketAddr, now: Instant) {
+        match sctp_wire::out_of_the_blue(datagram) {
+            sctp_wire::OutOfTheBlue::Reply(reply) => {
+                let (since, sent) = &mut self.out_of_the_blue_replies;
+                if now.duration_since(*since) >= Duration::from_secs(1) {
+                    *since = now;
+                    *sent = 0;
+                }
+                if *sent < OUT_OF_THE_BLUE_REPLIES_PER_SECOND {
+                    *sent += 1;
+                    debug!("out-of-the-blue packet from {remote}: answered with ABORT");
+                    self.outgoing.push((Bytes::from(reply), remote));
+                }
+            }
+            sctp_wire::OutOfTheBlue::ReflectedAbort { verification_tag } => {
+                let header = sctp_wire::parse_common_header(datagram);
+                let ours = self.entries.iter().find_map(|(&handle, entry)| {
+                    let wire = entry.wire?;
+                    (entry.remote == remote
+                        && wire.verification_tag == verification_tag
+                        && header.is_some_and(|h| {
+                            h.source_port == wire.destination_port
+                                && h.destination_port == wire.source_port
+                        }))
+                    .then_some(handle)
+                });
+                if let Some(handle) = ours {
+                    debug!("peer {remote} has no association with us (reflected ABORT)");
+                    self.finish(handle, Event::Down(DownReason::Aborted));
+                }
+            }
+            sctp_wire::OutOfTheBlue::Discard => {}
         }
     }
 

@@ -115,6 +115,64 @@ pub(crate) fn abort_packet(ids: &CommonHeader) -> Vec<u8> {
     packet
 }
 
+/// What to do with an out-of-the-blue packet (RFC 9260 section 8.4): one that no
+/// association of ours claims.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum OutOfTheBlue {
+    /// Send this back (an ABORT, or a SHUTDOWN COMPLETE for a SHUTDOWN ACK, with the T bit
+    /// and the packet's own tag reflected): the sender holds an association we do not
+    /// have, e.g. to our earlier incarnation, and learns it at its next packet instead of
+    /// by its timers.
+    Reply(Vec<u8>),
+    /// A reflected ABORT (T bit): the peer has no association with the tag it carries,
+    /// which is the tag we put in our packets to that peer.
+    ReflectedAbort { verification_tag: u32 },
+    /// Nothing to do (an ABORT, SHUTDOWN COMPLETE, COOKIE ACK, COOKIE ECHO, INIT, an ERROR,
+    /// or a packet that is not valid SCTP).
+    Discard,
+}
+
+/// RFC 9260 section 8.4 for a packet that no association claims.
+pub(crate) fn out_of_the_blue(packet: &[u8]) -> OutOfTheBlue {
+    const CHUNK_ERROR: u8 = 9;
+    const CHUNK_COOKIE_ECHO: u8 = 10;
+    const CHUNK_COOKIE_ACK: u8 = 11;
+    const CHUNK_SHUTDOWN_ACK: u8 = 8;
+    let (Some(header), Some((chunk_type, flags))) =
+        (parse_common_header(packet), first_chunk(packet))
+    else {
+        return OutOfTheBlue::Discard;
+    };
+    if !checksum_is_valid(packet) {
+        return OutOfTheBlue::Discard;
+    }
+    let reply = |chunk: u8| {
+        let mut reply = header_bytes(
+            header.destination_port,
+            header.source_port,
+            header.verification_tag,
+        );
+        reply.extend_from_slice(&[chunk, FLAG_T_BIT, 0, 4]);
+        seal(&mut reply);
+        OutOfTheBlue::Reply(reply)
+    };
+    match chunk_type {
+        CHUNK_ABORT if flags & FLAG_T_BIT != 0 => OutOfTheBlue::ReflectedAbort {
+            verification_tag: header.verification_tag,
+        },
+        CHUNK_ABORT
+        | CHUNK_SHUTDOWN_COMPLETE
+        | CHUNK_COOKIE_ACK
+        | CHUNK_COOKIE_ECHO
+        | CHUNK_INIT
+        | CHUNK_ERROR => OutOfTheBlue::Discard,
+        // A tag of 0 is only valid on INIT: nothing to reflect.
+        _ if header.verification_tag == 0 => OutOfTheBlue::Discard,
+        CHUNK_SHUTDOWN_ACK => reply(CHUNK_SHUTDOWN_COMPLETE),
+        _ => reply(CHUNK_ABORT),
+    }
+}
+
 /// What to do with a received packet before `sctp-proto` sees it.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum InboundVerdict {
@@ -210,6 +268,76 @@ mod tests {
             destination_port: 3863,
             verification_tag: 0xdead_beef,
         }
+    }
+
+    /// A packet from `ids()` whose first chunk is `chunk_type`/`flags` (4 bytes).
+    fn packet_with(chunk_type: u8, flags: u8, verification_tag: u32) -> Vec<u8> {
+        let mut packet = header_bytes(9899, 3863, verification_tag);
+        packet.extend_from_slice(&[chunk_type, flags, 0, 4]);
+        seal(&mut packet);
+        packet
+    }
+
+    #[test]
+    fn out_of_the_blue_packets_get_a_reflected_abort() {
+        // DATA (or SACK, HEARTBEAT ...) for an association we do not have.
+        let OutOfTheBlue::Reply(reply) = out_of_the_blue(&packet_with(0, 0x03, 0xdead_beef)) else {
+            panic!("an ABORT expected");
+        };
+        assert!(checksum_is_valid(&reply));
+        assert_eq!(
+            parse_common_header(&reply),
+            Some(CommonHeader {
+                source_port: 3863,
+                destination_port: 9899,
+                verification_tag: 0xdead_beef,
+            })
+        );
+        assert_eq!(first_chunk(&reply), Some((CHUNK_ABORT, FLAG_T_BIT)));
+        // SHUTDOWN ACK gets a SHUTDOWN COMPLETE with the T bit.
+        let OutOfTheBlue::Reply(reply) = out_of_the_blue(&packet_with(8, 0, 7)) else {
+            panic!("a SHUTDOWN COMPLETE expected");
+        };
+        assert_eq!(
+            first_chunk(&reply),
+            Some((CHUNK_SHUTDOWN_COMPLETE, FLAG_T_BIT))
+        );
+        // Never answered: ABORT, SHUTDOWN COMPLETE, COOKIE ACK, COOKIE ECHO, INIT, ERROR,
+        // a zero tag, a bad checksum, garbage.
+        for chunk in [CHUNK_ABORT, CHUNK_SHUTDOWN_COMPLETE, 11, 10, CHUNK_INIT, 9] {
+            assert_eq!(
+                out_of_the_blue(&packet_with(chunk, 0, 7)),
+                OutOfTheBlue::Discard
+            );
+        }
+        assert_eq!(
+            out_of_the_blue(&packet_with(0, 0, 0)),
+            OutOfTheBlue::Discard
+        );
+        let mut corrupted = packet_with(0, 0, 7);
+        corrupted[13] ^= 0x40;
+        assert_eq!(out_of_the_blue(&corrupted), OutOfTheBlue::Discard);
+        assert_eq!(out_of_the_blue(&[1, 2, 3]), OutOfTheBlue::Discard);
+    }
+
+    #[test]
+    fn a_reflected_abort_names_the_tag_it_carries() {
+        assert_eq!(
+            out_of_the_blue(&packet_with(CHUNK_ABORT, FLAG_T_BIT, 0x1234)),
+            OutOfTheBlue::ReflectedAbort {
+                verification_tag: 0x1234
+            }
+        );
+        // Our own reply, seen by the peer that sent the stray packet.
+        let OutOfTheBlue::Reply(reply) = out_of_the_blue(&packet_with(0, 0, 0x1234)) else {
+            panic!("an ABORT expected");
+        };
+        assert_eq!(
+            out_of_the_blue(&reply),
+            OutOfTheBlue::ReflectedAbort {
+                verification_tag: 0x1234
+            }
+        );
     }
 
     #[test]

@@ -733,3 +733,76 @@ async fn sctp_udp_server_close_reaches_the_client_on_rfc_timers() {
 async fn tcp_server_close_reaches_the_client() {
     server_close_reaches_the_client(config(TransportKind::Tcp)).await;
 }
+
+/// A peer that restarted (a new process on the same port, with no state) answers the
+/// packets of our stale association with an ABORT (RFC 9260 section 8.4), so the
+/// association ends at the next packet instead of after the retransmission timers, which
+/// on RFC timers (RTO.Max 60 s, heartbeat 30 s) take minutes. The multi-host nemesis saw a
+/// restarted registrar's peers and pool elements write into the void for ~45 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sctp_udp_a_restarted_peer_aborts_the_stale_association() {
+    let rfc = Config {
+        transport: TransportKind::SctpOverUdp,
+        ..Config::default()
+    };
+    // The peer's first incarnation, in a runtime that can be killed.
+    let first = rfc.clone();
+    let (runtime, server_addr) = tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let addr = runtime.block_on(async move {
+            let mut server = Endpoint::bind(first, loopback()).await.unwrap();
+            let addr = server.local_addr();
+            tokio::spawn(async move {
+                let mut accepted = server.accept().await.unwrap();
+                while accepted.recv().await.is_some() {}
+                drop(server);
+            });
+            addr
+        });
+        (runtime, addr)
+    })
+    .await
+    .unwrap();
+    let mut client = tokio::time::timeout(STEP, connect(rfc.clone(), server_addr))
+        .await
+        .unwrap()
+        .unwrap();
+    expect_up(&mut client).await;
+
+    // The peer dies without a word, and a new process takes its port.
+    runtime.shutdown_background();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let _restarted = loop {
+        match Endpoint::bind(rfc.clone(), server_addr).await {
+            Ok(endpoint) => break endpoint,
+            Err(error) => {
+                assert!(Instant::now() < deadline, "port not free again: {error}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let sent_at = Instant::now();
+    client
+        .send(Message::new(0, 1, &b"into the stale association"[..]))
+        .await
+        .unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match client.recv().await {
+                Some(Event::Message(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stale association ends at the restarted peer's ABORT, not by RFC timers");
+    println!(
+        "stale association ended after {:?}: {event:?}",
+        sent_at.elapsed()
+    );
+    assert_eq!(event, Some(Event::Down(DownReason::Aborted)));
+}
