@@ -9,6 +9,7 @@
 #   c2 192.0.2.12 collector, priority 50
 #   c3 192.0.2.13 collector, priority 10
 #   e1 192.0.2.21 exporter stream (pool user, signed cookies)
+#   e2 192.0.2.22 exporter relay, fed by rt 192.0.2.31 (softflowd)
 #
 # The pool is closed (membership certificates), ENRP between the
 # registrars is authenticated, cookies are Ed25519-signed. Every collector
@@ -23,8 +24,8 @@
 # At the end `collector audit` reads the three stores and the exporter's
 # state file, and prints its verdict (the exit status).
 #
-# Needs root (namespaces, iptables) and openssl; installs iproute2 and
-# iptables with apt-get when missing.
+# Needs root (namespaces, iptables), openssl and softflowd; installs
+# iproute2, iptables and softflowd with apt-get when missing.
 #
 # Usage: deploy/multi-host-pool.sh [RECORDS] [RATE]   (default 200000 at 20000/s)
 set -euo pipefail
@@ -32,9 +33,9 @@ cd "$(dirname "$0")/.."
 records="${1:-200000}"
 rate="${2:-20000}"
 [ "$(id -u)" = 0 ] || { echo "multi-host-pool: needs root (network namespaces)" >&2; exit 2; }
-if ! command -v iptables >/dev/null || ! command -v ip >/dev/null; then
+if ! command -v iptables >/dev/null || ! command -v ip >/dev/null || ! command -v softflowd >/dev/null; then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 iptables >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 iptables softflowd >/dev/null
 fi
 # shellcheck source=deploy/netns-hosts.sh
 source deploy/netns-hosts.sh
@@ -68,6 +69,14 @@ say "exporter e1: $records records at $rate/s"
 start e1 exporter stream --config "$run/exporter.toml" --records "$records" --rate "$rate" \
   --exit-drain-timeout 60s
 wait_for 30 "the stream starting" exporter_says "streaming to"
+
+say "relay e2 and router rt: softflowd replays 20,000 one-packet flows to the relay"
+start e2 exporter relay --config "$run/relay.toml" --exit-drain-timeout 60s
+relay_listening() { on e2 ss -lun | grep -q "$(address e2):4739"; }
+wait_for 30 "the relay listening" relay_listening
+write_pcap "$run/router.pcap" 20000
+on rt softflowd -d -r "$run/router.pcap" -n "$(address e2):4739" -v 10 -A milli >"$run/rt.out" 2>&1
+grep "^Flows exported" "$run/rt.out"
 
 say "fault 1: c1 cut off from e1 (not from the registrars)"
 before=$(failovers)
@@ -105,6 +114,12 @@ else
 fi
 unset 'pid[e1]'
 grep -hE "FAILOVER|FAILBACK|COOKIE REFUSED|acknowledged" "$run/e1.log" "$run/e1.out" | tail -12 || true
+
+say "stopping the relay (SIGTERM: drain every router record taken in)"
+kill -TERM "${pid[e2]}"
+wait "${pid[e2]}" || echo "multi-host-pool: the relay did not drain (see $run/e2.log)" >&2
+unset 'pid[e2]'
+grep -hE "all acknowledged|NOT all" "$run/e2.out" | tail -1 || true
 
 say "stopping the collectors (SIGTERM: deregister, drain, commit)"
 for c in "${collectors[@]}"; do kill -TERM "${pid[$c]}"; done
