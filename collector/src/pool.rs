@@ -83,6 +83,12 @@ pub struct PoolConfig {
         with = "daemon_common::duration::serde"
     )]
     pub deregistration_timeout: Duration,
+    /// SCTP over UDP to the registrars: the local UDP port (RFC 6951
+    /// encapsulation port) the ASAP association leaves from; 0 picks an
+    /// ephemeral port. RSPLIB's sctplib answers to UDP 9899 whatever port an
+    /// INIT came from: with an sctplib registrar, set 9899.
+    #[serde(default)]
+    pub local_udp_port: u16,
     /// File holding the pool's shared cookie key (the HMAC key every
     /// collector of the pool uses to sign and check billing cookies). With
     /// no key the collector takes part in no cookie protocol.
@@ -143,6 +149,14 @@ fn default_lifetime() -> Duration {
 
 fn default_reregistration() -> Duration {
     Duration::from_secs(200)
+}
+
+/// Transport settings of the ASAP associations to the registrars.
+fn registrar_transport(pool: &PoolConfig) -> transport::Config {
+    transport::Config {
+        local_udp_port: pool.local_udp_port,
+        ..transport::Config::default()
+    }
 }
 
 fn default_deregistration_timeout() -> Duration {
@@ -509,7 +523,7 @@ pub async fn register(
     let element = spawn_pool_element(PoolElementDriverConfig {
         pool_element: pe,
         registrars,
-        transport: transport::Config::default(),
+        transport: registrar_transport(pool),
     })
     .map_err(|e| anyhow::anyhow!("pool element configuration: {e}"))?;
     Ok(Membership {
@@ -539,6 +553,15 @@ mod tests {
         assert!(Endpoint::parse("tcp:nonsense").is_err());
         // Kernel SCTP is for reaching registrars (RSPLIB's), not for listening.
         assert!(Endpoint::parse("kernel-sctp:192.0.2.1:3863").is_err());
+    }
+
+    /// `[pool] local_udp_port` reaches the ASAP associations' transport.
+    #[test]
+    fn local_udp_port_reaches_the_registrar_transport() {
+        assert_eq!(registrar_transport(&pool("")).local_udp_port, 0);
+        let set = pool("local_udp_port = 9899");
+        assert_eq!(registrar_transport(&set).local_udp_port, 9899);
+        assert!(toml::from_str::<PoolConfig>("local_udp_port = 70000").is_err());
     }
 
     #[test]

@@ -37,6 +37,14 @@ pub struct StreamConfig {
     /// Prometheus endpoint, e.g. "127.0.0.1:9466"; none if absent.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// SCTP over UDP: the local UDP port (RFC 6951 encapsulation port) our
+    /// associations leave from; 0 picks an ephemeral port. RSPLIB's sctplib
+    /// answers to UDP 9899 whatever port an INIT came from, so a pool user
+    /// of an sctplib registrar sets 9899 (one association of the process
+    /// can hold it; the others fall back to an ephemeral port, with a
+    /// warning).
+    #[serde(default)]
+    pub local_udp_port: u16,
     /// The pool's cookie public keys (PEM, `openssl pkey -pubout`): every
     /// cookie must be signed (version 2) by one of them, or it is refused
     /// and its collector avoided. Empty: cookies are trusted unchecked.
@@ -397,6 +405,7 @@ impl StreamConfig {
             transport::Config::default()
         };
         transport.connect_timeout = t.connect_timeout;
+        transport.local_udp_port = self.local_udp_port;
         let mut exporter = self.exporter_config();
         exporter.cookie_keys = self.cookie_keys()?;
         Ok(crate::stream::StreamSettings {
@@ -505,6 +514,25 @@ mod tests {
         assert_eq!(
             config.relay_template_file(),
             PathBuf::from("/var/lib/poolflow/exporter.templates")
+        );
+    }
+
+    /// `local_udp_port` reaches the transport of every association (0, an
+    /// ephemeral port, unless set: 9899 for RSPLIB's sctplib).
+    #[test]
+    fn local_udp_port_reaches_the_transport() {
+        let port = |text: &str| {
+            let mut config = StreamConfig::parse(text).unwrap();
+            // The example's key files are not on this machine.
+            config.cookie_public_key_files.clear();
+            let settings = config.stream_settings(Vec::new(), Duration::ZERO).unwrap();
+            settings.transport.local_udp_port
+        };
+        let text = include_str!("../exporter.toml.example");
+        assert_eq!(port(text), 0);
+        assert_eq!(
+            port(&text.replace("local_udp_port = 0", "local_udp_port = 9899")),
+            9899
         );
     }
 
