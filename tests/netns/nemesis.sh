@@ -36,13 +36,15 @@ seeds=""
 faults=5
 rate=20000
 router_flows=20000
+fault_kinds="cut isolate split loss linkdown kill stop regkill expkill relaykill"
 while [ $# -gt 0 ]; do
   case "$1" in
     --seed) seeds="$2"; shift 2 ;;
     --seeds) seeds=$(seq "${2%-*}" "${2#*-}" | tr '\n' ' '); shift 2 ;;
     --faults) faults="$2"; shift 2 ;;
     --rate) rate="$2"; shift 2 ;;
-    *) echo "usage: $0 --seed N | --seeds A-B [--faults K] [--rate R]" >&2; exit 2 ;;
+    --kinds) fault_kinds="$2"; shift 2 ;;
+    *) echo "usage: $0 --seed N | --seeds A-B [--faults K] [--rate R] [--kinds \"cut split ...\"]" >&2; exit 2 ;;
   esac
 done
 [ -n "$seeds" ] || seeds=$((RANDOM * 32768 + RANDOM))
@@ -74,7 +76,7 @@ one_seed() ( # SEED
     netns_down
   }
   trap cleanup EXIT
-  echo "reproduce: tests/netns/nemesis.sh --seed $seed --faults $faults --rate $rate"
+  echo "reproduce: tests/netns/nemesis.sh --seed $seed --faults $faults --rate $rate --kinds \"$fault_kinds\""
   fail() { echo "nemesis seed $seed: FAIL: $*  (logs in $run)" >&2; exit 1; }
 
   pool_setup >/dev/null
@@ -106,32 +108,34 @@ journal_dir = \"$run/relay-journal\""
   router_exported=$(sed -n 's/^Flows exported: \([0-9]*\) .*/\1/p' "$run/rt.out")
   [ "${router_exported:-0}" -eq "$router_flows" ] || fail "softflowd exported ${router_exported:-none} of $router_flows flows"
 
-  pick() { local a=("$@"); echo "${a[RANDOM % ${#a[@]}]}"; }
+  # Picks into a variable, in this shell: a command substitution would run in
+  # a subshell, which bash reseeds, and the schedule would not follow the seed.
+  pick() { local -n into=$1; shift; local a=("$@"); into=${a[RANDOM % ${#a[@]}]}; }
   hold() { # a fault lasts 0.5-3.0 s: the duration is the fault, not a wait for an event
     sleep "$(( RANDOM % 6 / 2 )).$(( RANDOM % 10 ))"
     sleep 0.5
   }
-  kinds=(cut isolate split loss linkdown kill stop regkill expkill relaykill)
+  read -r -a kinds <<<"$fault_kinds"
   false_failovers=0
   for i in $(seq "$faults"); do
-    kind=$(pick "${kinds[@]}")
+    pick kind "${kinds[@]}"
     before=$(failovers)
     case "$kind" in
-      cut) c=$(pick "${collectors[@]}"); say "fault $i: cut $c from e1"
+      cut) pick c "${collectors[@]}"; say "fault $i: cut $c from e1"
         partition "$c" e1; hold; heal "$c" e1 ;;
-      isolate) c=$(pick "${collectors[@]}"); say "fault $i: isolate $c from the registrars"
+      isolate) pick c "${collectors[@]}"; say "fault $i: isolate $c from the registrars"
         partition "$c" r1; partition "$c" r2; hold; heal "$c" r1; heal "$c" r2 ;;
       split) say "fault $i: split brain r1 | r2"
         partition r1 r2; hold; heal r1 r2 ;;
-      loss) h=$(pick r1 r2 c1 c2 c3 e1); say "fault $i: 5 % loss into $h"
+      loss) pick h r1 r2 c1 c2 c3 e1; say "fault $i: 5 % loss into $h"
         loss "$h" 5; hold; hold; heal_all ;;
-      linkdown) h=$(pick r1 r2 c1 c2 c3); say "fault $i: $h link down"
+      linkdown) pick h r1 r2 c1 c2 c3; say "fault $i: $h link down"
         link_down "$h"; hold; link_up "$h" ;;
-      kill) c=$(pick "${collectors[@]}"); say "fault $i: SIGKILL $c"
+      kill) pick c "${collectors[@]}"; say "fault $i: SIGKILL $c"
         kill -9 "${pid[$c]}"; wait "${pid[$c]}" 2>/dev/null || true; hold; start_collector "$c" ;;
-      stop) c=$(pick "${collectors[@]}"); say "fault $i: SIGSTOP $c"
+      stop) pick c "${collectors[@]}"; say "fault $i: SIGSTOP $c"
         kill -STOP "${pid[$c]}"; hold; kill -CONT "${pid[$c]}" ;;
-      regkill) r=$(pick r1 r2); say "fault $i: SIGKILL registrar $r"
+      regkill) pick r r1 r2; say "fault $i: SIGKILL registrar $r"
         kill -9 "${pid[$r]}"; wait "${pid[$r]}" 2>/dev/null || true; hold
         start "$r" registrar run --config "$run/$r.toml" ;;
       expkill) say "fault $i: SIGKILL the exporter"
