@@ -274,6 +274,14 @@ pub async fn wait_stored(stores: &[PathBuf], exporter_id: u32, records: u64) {
     }
 }
 
+/// [`wait_output`] for a child that must succeed (an exporter exits 0 only
+/// when every record it took in was acknowledged): returns its output.
+pub fn wait_success(child: Child, within: Duration) -> String {
+    let (status, log) = wait_output(child, within);
+    assert!(status.success(), "exited with {status}: {log}");
+    log
+}
+
 /// Waits for a child to exit (bounded) and returns its status and its
 /// combined output.
 pub fn wait_output(mut child: Child, within: Duration) -> (std::process::ExitStatus, String) {

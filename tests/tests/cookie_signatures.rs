@@ -238,27 +238,8 @@ impl Drop for Pool {
 
 /// Waits for the exporter (it exits 0 only when every record it took in
 /// is covered by an accepted cookie); returns stdout and stderr.
-fn wait_exporter(mut exporter: Child, within: Duration) -> String {
-    let deadline = Instant::now() + within;
-    while exporter.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = exporter.kill();
-            let out = exporter.wait_with_output().unwrap();
-            panic!(
-                "exporter did not finish: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = exporter.wait_with_output().unwrap();
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "exporter failed: {log}");
-    log
+fn wait_exporter(exporter: Child, within: Duration) -> String {
+    poolflow_tests::pool::wait_success(exporter, within)
 }
 
 /// Polls until `condition` holds (bounded), for events of other processes.

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use collector::audit::{AuditOptions, AuditReport, Verdict};
 use poolflow_tests::{child_log, free_tcp_port, free_udp_port, workspace_bin};
@@ -238,30 +238,8 @@ impl Drop for Pool {
 
 /// Waits for the exporter; returns its combined output. It exits 0 only
 /// when every record it took in was acknowledged by a cookie.
-fn wait_exporter(mut exporter: Child, within: Duration) -> String {
-    let deadline = Instant::now() + within;
-    loop {
-        if exporter.try_wait().unwrap().is_some() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = exporter.kill();
-            let out = exporter.wait_with_output().unwrap();
-            panic!(
-                "exporter did not finish: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = exporter.wait_with_output().unwrap();
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "exporter failed: {log}");
-    log
+fn wait_exporter(exporter: Child, within: Duration) -> String {
+    poolflow_tests::pool::wait_success(exporter, within)
 }
 
 fn assert_complete(report: &AuditReport, records: u64, allow_benign_duplicates: bool) {
