@@ -621,17 +621,14 @@ impl Driver {
                     self.outgoing.push((Bytes::from(reply), remote));
                 }
             }
-            sctp_wire::OutOfTheBlue::ReflectedAbort { verification_tag } => {
-                let header = sctp_wire::parse_common_header(datagram);
+            sctp_wire::OutOfTheBlue::ReflectedAbort(header) => {
                 let ours = self.entries.iter().find_map(|(&handle, entry)| {
                     let wire = entry.wire?;
                     (entry.remote == remote
-                        && wire.verification_tag == verification_tag
-                        && header.is_some_and(|h| {
-                            h.source_port == wire.destination_port
-                                && h.destination_port == wire.source_port
-                        }))
-                    .then_some(handle)
+                        && wire.verification_tag == header.verification_tag
+                        && header.source_port == wire.destination_port
+                        && header.destination_port == wire.source_port)
+                        .then_some(handle)
                 });
                 if let Some(handle) = ours {
                     debug!("peer {remote} has no association with us (reflected ABORT)");

@@ -124,9 +124,9 @@ pub(crate) enum OutOfTheBlue {
     /// have, e.g. to our earlier incarnation, and learns it at its next packet instead of
     /// by its timers.
     Reply(Vec<u8>),
-    /// A reflected ABORT (T bit): the peer has no association with the tag it carries,
-    /// which is the tag we put in our packets to that peer.
-    ReflectedAbort { verification_tag: u32 },
+    /// A reflected ABORT (T bit): the peer has no association with the tag this header
+    /// carries, which is the tag we put in our packets to that peer.
+    ReflectedAbort(CommonHeader),
     /// Nothing to do (an ABORT, SHUTDOWN COMPLETE, COOKIE ACK, COOKIE ECHO, INIT, an ERROR,
     /// or a packet that is not valid SCTP).
     Discard,
@@ -157,9 +157,7 @@ pub(crate) fn out_of_the_blue(packet: &[u8]) -> OutOfTheBlue {
         OutOfTheBlue::Reply(reply)
     };
     match chunk_type {
-        CHUNK_ABORT if flags & FLAG_T_BIT != 0 => OutOfTheBlue::ReflectedAbort {
-            verification_tag: header.verification_tag,
-        },
+        CHUNK_ABORT if flags & FLAG_T_BIT != 0 => OutOfTheBlue::ReflectedAbort(header),
         CHUNK_ABORT
         | CHUNK_SHUTDOWN_COMPLETE
         | CHUNK_COOKIE_ACK
@@ -324,9 +322,11 @@ mod tests {
     fn a_reflected_abort_names_the_tag_it_carries() {
         assert_eq!(
             out_of_the_blue(&packet_with(CHUNK_ABORT, FLAG_T_BIT, 0x1234)),
-            OutOfTheBlue::ReflectedAbort {
-                verification_tag: 0x1234
-            }
+            OutOfTheBlue::ReflectedAbort(CommonHeader {
+                source_port: 9899,
+                destination_port: 3863,
+                verification_tag: 0x1234,
+            })
         );
         // Our own reply, seen by the peer that sent the stray packet.
         let OutOfTheBlue::Reply(reply) = out_of_the_blue(&packet_with(0, 0, 0x1234)) else {
@@ -334,9 +334,11 @@ mod tests {
         };
         assert_eq!(
             out_of_the_blue(&reply),
-            OutOfTheBlue::ReflectedAbort {
-                verification_tag: 0x1234
-            }
+            OutOfTheBlue::ReflectedAbort(CommonHeader {
+                source_port: 3863,
+                destination_port: 9899,
+                verification_tag: 0x1234,
+            })
         );
     }
 
