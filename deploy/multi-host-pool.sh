@@ -71,11 +71,9 @@ start e1 exporter stream --config "$run/exporter.toml" --records "$records" --ra
 wait_for 30 "the stream starting" exporter_says "streaming to"
 
 say "relay e2 and router rt: softflowd replays 20,000 one-packet flows to the relay"
-start e2 exporter relay --config "$run/relay.toml" --exit-drain-timeout 60s
-relay_listening() { on e2 ss -lun | grep -q "$(address e2):4739"; }
+start_relay
 wait_for 30 "the relay listening" relay_listening
-write_pcap "$run/router.pcap" 20000
-on rt softflowd -d -r "$run/router.pcap" -n "$(address e2):4739" -v 10 -A milli >"$run/rt.out" 2>&1
+replay_router 20000
 grep "^Flows exported" "$run/rt.out"
 
 say "fault 1: c1 cut off from e1 (not from the registrars)"

@@ -169,6 +169,17 @@ with open(path, "wb") as f:
 PY
 }
 
+start_relay() { start e2 exporter relay --config "$run/relay.toml" --exit-drain-timeout 60s; }
+relay_listening() { on e2 ss -lun | grep -q "$(address e2):4739"; }
+
+# The router on host rt: softflowd replays FLOWS one-packet flows to the
+# relay (output in $run/rt.out, which names the flows it exported).
+replay_router() { # FLOWS
+  write_pcap "$run/router.pcap" "$1"
+  on rt softflowd -d -r "$run/router.pcap" -n "$(address e2):4739" -v 10 -A milli \
+    >"$run/rt.out" 2>&1
+}
+
 # Hosts, keys and every config file.
 pool_setup() {
   pool_hosts

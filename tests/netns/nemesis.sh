@@ -96,15 +96,9 @@ journal_dir = \"$run/journal\""
   # host rt replays a pcap of one-packet flows, one IPFIX record each.
   relay_config "durable = true
 journal_dir = \"$run/relay-journal\""
-  start_relay() {
-    start e2 exporter relay --config "$run/relay.toml" --exit-drain-timeout 60s
-  }
   start_relay
-  relay_listening() { on e2 ss -lun | grep -q "$(address e2):4739"; }
   wait_for 30 "the relay listening" relay_listening || fail "relay did not start"
-  write_pcap "$run/router.pcap" "$router_flows"
-  on rt softflowd -d -r "$run/router.pcap" -n "$(address e2):4739" -v 10 -A milli \
-    >"$run/rt.out" 2>&1 || fail "softflowd failed: $(tail -3 "$run/rt.out")"
+  replay_router "$router_flows" || fail "softflowd failed: $(tail -3 "$run/rt.out")"
   router_exported=$(sed -n 's/^Flows exported: \([0-9]*\) .*/\1/p' "$run/rt.out")
   [ "${router_exported:-0}" -eq "$router_flows" ] || fail "softflowd exported ${router_exported:-none} of $router_flows flows"
 
