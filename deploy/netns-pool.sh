@@ -128,6 +128,7 @@ relay_config() { # [EXTRA BUFFER KEYS]
 exporter_id = 9
 pool_handle = "billing-collectors"
 registrars = $registrars
+metrics_listen = "$(address e2):9466"
 state_file = "$run/relay.state"
 cookie_public_key_files = $cookie_pubs
 [buffer]
@@ -171,6 +172,17 @@ PY
 
 start_relay() { start e2 exporter relay --config "$run/relay.toml" --exit-drain-timeout 60s; }
 relay_listening() { on e2 ss -lun | grep -q "$(address e2):4739"; }
+# Router records the relay has taken in (in its core, and synced in its
+# journal with durable intake), from its Prometheus endpoint; 0 if down.
+relay_taken_in() {
+  on e2 python3 - "$(address e2)" <<'PY' 2>/dev/null || echo 0
+import sys, urllib.request
+text = urllib.request.urlopen(f"http://{sys.argv[1]}:9466/metrics", timeout=2).read().decode()
+print(next((int(float(l.split()[-1])) for l in text.splitlines()
+            if l.startswith("poolflow_exporter_records_taken_in_total")), 0))
+PY
+}
+relay_took_in() { [ "$(relay_taken_in)" -ge "$1" ]; } # COUNT
 
 # The router on host rt: softflowd replays FLOWS one-packet flows to the
 # relay (output in $run/rt.out, which names the flows it exported).

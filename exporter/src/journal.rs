@@ -86,6 +86,7 @@ impl IntakeJournal {
             unsynced: 0,
         };
         let mut pending = Vec::new();
+        let mut segments = Vec::new();
         for (index, path) in found {
             let count = count_and_repair(&path)?;
             let mut reader = BufReader::new(File::open(&path)?);
@@ -98,16 +99,26 @@ impl IntakeJournal {
                 }
             }
             match last {
-                Some(last) if acknowledged.is_none_or(|a| last > a) => {
-                    journal.segments.push_back(JournalSegment {
-                        index,
-                        path,
-                        last,
-                        records: count,
-                    })
-                }
-                // Empty (torn first record) or wholly acknowledged.
-                _ => fs::remove_file(&path)?,
+                Some(last) => segments.push(JournalSegment {
+                    index,
+                    path,
+                    last,
+                    records: count,
+                }),
+                // Empty: its only record was torn, so it never counted.
+                None => fs::remove_file(&path)?,
+            }
+        }
+        // Wholly acknowledged segments are deleted, except the newest one:
+        // it is how the journal knows the last sequence ever assigned, so a
+        // restart continues right after it instead of declaring the unused
+        // rest of the state file's reserved block as lost.
+        let newest = segments.len().saturating_sub(1);
+        for (position, segment) in segments.into_iter().enumerate() {
+            if position == newest || acknowledged.is_none_or(|a| segment.last > a) {
+                journal.segments.push_back(segment);
+            } else {
+                fs::remove_file(&segment.path)?;
             }
         }
         Ok((journal, pending))
@@ -179,10 +190,11 @@ impl IntakeJournal {
     }
 
     /// A cookie covers everything through `sequence`: deletes the segments
-    /// it wholly covers (never the one being written). Returns how many.
+    /// it wholly covers, never the newest (it is being written, or it holds
+    /// the last sequence assigned: see [`Self::open`]). Returns how many.
     pub fn release_through(&mut self, sequence: u64) -> io::Result<usize> {
         let mut released = 0;
-        while self.segments.len() > 1 || (self.writer.is_none() && !self.segments.is_empty()) {
+        while self.segments.len() > 1 {
             let front = self.segments.front().expect("not empty");
             if front.last > sequence {
                 break;
@@ -422,6 +434,81 @@ mod tests {
         assert_eq!(sequences(&pending), vec![4, 5]);
         assert_eq!(journal.segment_count(), 1);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_wholly_acknowledged_journal_still_knows_its_last_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, _) = IntakeJournal::open(dir.path(), 1, 2, None).unwrap();
+        for s in 0..5 {
+            journal.append(&record(s)).unwrap();
+        }
+        journal.sync().unwrap();
+        drop(journal);
+        // Everything acknowledged: only the newest segment (4) stays, for
+        // its last sequence, and no record is pending.
+        let (mut journal, pending) = IntakeJournal::open(dir.path(), 1, 2, Some(4)).unwrap();
+        assert!(pending.is_empty());
+        assert_eq!(journal.last_sequence(), Some(4));
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        // A cookie after a restart that appended nothing releases nothing.
+        assert_eq!(journal.release_through(4).unwrap(), 0);
+        drop(journal);
+        let (journal, pending) = IntakeJournal::open(dir.path(), 1, 2, Some(4)).unwrap();
+        assert!(pending.is_empty());
+        assert_eq!(journal.last_sequence(), Some(4));
+    }
+
+    /// The relay case the nemesis found: every journaled record is
+    /// acknowledged, the state file holds a reserved block far beyond them.
+    /// The restart goes on right after the last journaled record, so
+    /// nothing is declared lost.
+    #[test]
+    fn a_restart_after_everything_was_acknowledged_continues_after_the_journal() {
+        use crate::sequence::DomainState;
+        use protocol::billing::{BillingCookie, CookieSeal};
+        let dir = tempfile::tempdir().unwrap();
+        let settings = DurableSettings {
+            dir: dir.path().to_path_buf(),
+            segment_records: 4,
+        };
+        let mut state = ExporterState::new(9);
+        let (mut intake, _) = DurableIntake::open(settings.clone(), None, &mut state).unwrap();
+        for s in 0..10 {
+            intake.append(1, &record(s)).unwrap();
+        }
+        intake.sync().unwrap();
+        intake.release_through(1, 9).unwrap();
+        drop(intake);
+        let cookie = BillingCookie {
+            version: 2,
+            introduction: false,
+            exporter_id: 9,
+            domain: 1,
+            last_record_sequence: 9,
+            pe_identifier: 1,
+            signed_at_ms: 0,
+            seal: CookieSeal::None,
+        };
+        let mut state = ExporterState::new(9);
+        state.domains.insert(
+            1,
+            DomainState {
+                next_sequence: 100_010,
+                last_cookie: Some(cookie),
+                not_sent: 0,
+                declared_until: 0,
+            },
+        );
+        for run in 0..2 {
+            // Each run reserved a block beyond what it assigned.
+            state.domains.get_mut(&1).unwrap().next_sequence = 100_010;
+            let (intake, pending) =
+                DurableIntake::open(settings.clone(), None, &mut state).unwrap();
+            assert!(pending.is_empty(), "run {run}");
+            assert_eq!(state.domains[&1].next_sequence, 10, "run {run}");
+            drop(intake);
+        }
     }
 
     #[test]
