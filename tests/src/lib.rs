@@ -2,6 +2,7 @@
 //! writing pcap files that third-party tools (tshark, softflowd) read, and
 //! finding those tools.
 
+pub mod collector_config;
 pub mod pcap;
 pub mod pool;
 

@@ -13,7 +13,8 @@ use collector::audit::{AuditOptions, AuditReport};
 use registrar::config::RegistrarConfig;
 use registrar::driver::Registrar;
 
-use crate::{child_log, free_udp_port, workspace_bin};
+use crate::collector_config::{Listener, PoolCollector};
+use crate::{free_udp_port, workspace_bin};
 
 /// The pool handle of the test pools.
 pub const POOL: &str = "billing-collectors";
@@ -70,34 +71,16 @@ impl LocalPool {
 
     /// Starts collector `i` (again).
     pub fn start_collector(&mut self, i: usize) {
-        let config = self.path(&format!("c{i}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                r#"database = "{db}"
-udp_listen = []
-tcp_listen = []
-sctp_listen = ["127.0.0.1:{port}"]
-[pool]
-handle = "{POOL}"
-registrars = ["sctp:{registrar}"]
-priority = {priority}
-cookie_key = "{COOKIE_KEY}"
-"#,
-                db = self.store(i).display(),
-                port = self.ports[i],
-                registrar = self.registrar_addr,
-                priority = self.priorities[i],
-            ),
-        )
-        .unwrap();
-        let child = Command::new(workspace_bin("collector"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(child_log())
-            .spawn()
-            .unwrap();
+        let store = self.store(i);
+        let child = PoolCollector {
+            handle: POOL,
+            database: &store,
+            listener: Listener::Sctp(self.ports[i]),
+            registrars: &[format!("sctp:{}", self.registrar_addr)],
+            priority: self.priorities[i],
+            pool_keys: &format!("cookie_key = \"{COOKIE_KEY}\""),
+        }
+        .start(&self.path(&format!("c{i}.toml")));
         self.collectors[i] = Some(child);
     }
 

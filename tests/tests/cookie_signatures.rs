@@ -16,7 +16,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use collector::audit::{AuditOptions, AuditReport, Verdict};
-use poolflow_tests::{child_log, free_udp_port, workspace_bin};
+use poolflow_tests::collector_config::{Listener, PoolCollector};
+use poolflow_tests::{free_udp_port, workspace_bin};
 use protocol::signing::{SigningKey, key_id, pkcs8_private_pem, pkcs8_public_pem};
 use registrar::config::RegistrarConfig;
 use registrar::driver::Registrar;
@@ -96,40 +97,23 @@ impl Pool {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let config = self.path(&format!("{}.toml", spec.name));
-        std::fs::write(
-            &config,
-            format!(
-                r#"database = {db:?}
-udp_listen = []
-tcp_listen = []
-sctp_listen = ["127.0.0.1:{port}"]
-[pool]
-handle = "{POOL}"
-registrars = ["sctp:{registrar}"]
-priority = {priority}
-pe_identifier = {pe}
-cookie_signing_key_file = {signing:?}
-cookie_verify_key_files = [{verify}]
-trust_any_cookie_echo = {trust_any}
-"#,
-                db = self.path(&format!("{}.sqlite", spec.name)),
-                registrar = self.registrar_addr,
-                priority = spec.priority,
+        let database = self.path(&format!("{}.sqlite", spec.name));
+        let child = PoolCollector {
+            handle: POOL,
+            database: &database,
+            listener: Listener::Sctp(*port),
+            registrars: &[format!("sctp:{}", self.registrar_addr)],
+            priority: spec.priority,
+            pool_keys: &format!(
+                "pe_identifier = {pe}\ncookie_signing_key_file = {signing:?}\n\
+                 cookie_verify_key_files = [{verify}]\ntrust_any_cookie_echo = {trust_any}",
                 pe = spec.pe_identifier,
                 signing = self.path(&format!("{}.pem", spec.signing_key)),
                 verify = list(&spec.verify_keys),
                 trust_any = spec.trust_any_cookie_echo,
             ),
-        )
-        .unwrap();
-        let child = Command::new(workspace_bin("collector"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(child_log())
-            .spawn()
-            .unwrap();
+        }
+        .start(&self.path(&format!("{}.toml", spec.name)));
         self.collectors[i].2 = Some(child);
     }
 

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use collector::audit::{AuditOptions, Verdict};
 use collector::store::Store;
 use exporter::sequence::StateFile;
+use poolflow_tests::collector_config::{Listener, PoolCollector};
 use poolflow_tests::{free_udp_port, workspace_bin};
 use protocol::billing::BillingCookie;
 use registrar::config::RegistrarConfig;
@@ -55,34 +56,15 @@ impl Setup {
     }
 
     fn start_collector(&self) -> Child {
-        let config = self.path("collector.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"database = "{db}"
-udp_listen = []
-tcp_listen = []
-sctp_listen = ["127.0.0.1:{port}"]
-framed_tcp_listen = []
-[pool]
-handle = "{POOL}"
-registrars = ["sctp:{registrar}"]
-priority = 100
-cookie_key = "{KEY}"
-"#,
-                db = self.database().display(),
-                port = self.port,
-                registrar = self.registrar_addr,
-            ),
-        )
-        .unwrap();
-        Command::new(workspace_bin("collector"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(logs())
-            .spawn()
-            .unwrap()
+        PoolCollector {
+            handle: POOL,
+            database: &self.database(),
+            listener: Listener::Sctp(self.port),
+            registrars: &[format!("sctp:{}", self.registrar_addr)],
+            priority: 100,
+            pool_keys: &format!("cookie_key = \"{KEY}\""),
+        }
+        .start(&self.path("collector.toml"))
     }
 
     fn start_exporter(&self) -> Child {
@@ -141,14 +123,6 @@ fast_failure_detection = true
             .expect("the persisted cookie is signed with the pool key");
         assert_eq!(cookie.exporter_id, EXPORTER_ID);
         Some(cookie)
-    }
-}
-
-fn logs() -> Stdio {
-    if std::env::var_os("POOLFLOW_TEST_LOGS").is_some() {
-        Stdio::inherit()
-    } else {
-        Stdio::null()
     }
 }
 

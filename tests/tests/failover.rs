@@ -10,7 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use collector::audit::{AuditOptions, AuditReport, Verdict};
-use poolflow_tests::{child_log, free_tcp_port, free_udp_port, workspace_bin};
+use poolflow_tests::collector_config::{Listener, PoolCollector, spawn_collector};
+use poolflow_tests::{free_tcp_port, free_udp_port, workspace_bin};
 use protocol::billing::BillingCookie;
 use registrar::config::RegistrarConfig;
 use registrar::driver::Registrar;
@@ -76,13 +77,7 @@ impl Pool {
 
     fn start_collector(&mut self, i: usize) {
         self.write_collector_config(i);
-        let child = Command::new(workspace_bin("collector"))
-            .args(["run", "--config"])
-            .arg(self.path(&format!("c{i}.toml")))
-            .stdout(Stdio::null())
-            .stderr(child_log())
-            .spawn()
-            .unwrap();
+        let child = spawn_collector(&self.path(&format!("c{i}.toml")));
         self.collectors[i] = Some(child);
     }
 
@@ -100,32 +95,20 @@ impl Pool {
     }
 
     fn write_collector_config(&self, i: usize) {
-        let config = self.path(&format!("c{i}.toml"));
-        let listen = format!("[\"127.0.0.1:{}\"]", self.ports[i]);
-        let (sctp_listen, framed_tcp_listen) = match self.data_transport {
-            DataTransport::Sctp => (listen.as_str(), "[]"),
-            DataTransport::FramedTcp => ("[]", listen.as_str()),
+        let database = self.path(&format!("c{i}.sqlite"));
+        let listener = match self.data_transport {
+            DataTransport::Sctp => Listener::Sctp(self.ports[i]),
+            DataTransport::FramedTcp => Listener::FramedTcp(self.ports[i]),
         };
-        std::fs::write(
-            &config,
-            format!(
-                r#"database = "{db}"
-udp_listen = []
-tcp_listen = []
-sctp_listen = {sctp_listen}
-framed_tcp_listen = {framed_tcp_listen}
-[pool]
-handle = "{POOL}"
-registrars = ["sctp:{registrar}"]
-priority = {priority}
-cookie_key = "{KEY}"
-"#,
-                db = self.path(&format!("c{i}.sqlite")).display(),
-                registrar = self.registrar_addr,
-                priority = self.priorities[i],
-            ),
-        )
-        .unwrap();
+        let config = PoolCollector {
+            handle: POOL,
+            database: &database,
+            listener,
+            registrars: &[format!("sctp:{}", self.registrar_addr)],
+            priority: self.priorities[i],
+            pool_keys: &format!("cookie_key = \"{KEY}\""),
+        };
+        std::fs::write(self.path(&format!("c{i}.toml")), config.toml()).unwrap();
     }
 
     fn kill(&mut self, i: usize) {

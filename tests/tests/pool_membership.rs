@@ -13,7 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use collector::audit::{AuditOptions, Verdict};
-use poolflow_tests::{child_log, free_tcp_port, free_udp_port, run_ok, workspace_bin};
+use poolflow_tests::collector_config::{Listener, PoolCollector};
+use poolflow_tests::{free_tcp_port, free_udp_port, run_ok, workspace_bin};
 use protocol::signing::{SigningKey, pkcs8_private_pem, pkcs8_public_pem};
 use registrar::config::RegistrarConfig;
 use registrar::driver::Registrar;
@@ -78,31 +79,16 @@ fn start_collector(
             cert.display()
         )
     });
-    let config = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            r#"database = "{db}"
-udp_listen = []
-tcp_listen = []
-sctp_listen = ["127.0.0.1:{port}"]
-[pool]
-handle = "{POOL}"
-registrars = ["sctp:{registrar}"]
-priority = {priority}
-cookie_key = "{COOKIE_KEY}"
-{member}"#,
-            db = dir.join(format!("{name}.sqlite")).display(),
-        ),
-    )
-    .unwrap();
-    Command::new(workspace_bin("collector"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(child_log())
-        .spawn()
-        .unwrap()
+    let database = dir.join(format!("{name}.sqlite"));
+    PoolCollector {
+        handle: POOL,
+        database: &database,
+        listener: Listener::Sctp(port),
+        registrars: &[format!("sctp:{registrar}")],
+        priority,
+        pool_keys: &format!("cookie_key = \"{COOKIE_KEY}\"\n{member}"),
+    }
+    .start(&dir.join(format!("{name}.toml")))
 }
 
 /// `registrar dump --json`, through the binary as an operator runs it.

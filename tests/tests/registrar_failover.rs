@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use collector::audit::{AuditOptions, Verdict};
+use poolflow_tests::collector_config::{Listener, PoolCollector};
 use poolflow_tests::{child_log, free_tcp_port, free_udp_port, workspace_bin};
 use registrar::driver::fetch_status;
 use registrar::server::Status;
@@ -111,33 +112,17 @@ impl Drop for Collector {
 impl Collector {
     /// Registers at `registrars[0]` first (asap-client walks its list in order).
     fn start(dir: &Path, i: usize, port: u16, priority: u32, registrars: &[SocketAddr]) -> Self {
-        let config = dir.join(format!("c{i}.toml"));
-        let list: Vec<String> = registrars.iter().map(|r| format!("\"sctp:{r}\"")).collect();
-        std::fs::write(
-            &config,
-            format!(
-                r#"database = "{db}"
-udp_listen = []
-tcp_listen = []
-sctp_listen = ["127.0.0.1:{port}"]
-[pool]
-handle = "{POOL}"
-registrars = [{list}]
-priority = {priority}
-cookie_key = "{KEY}"
-"#,
-                db = dir.join(format!("c{i}.sqlite")).display(),
-                list = list.join(", "),
-            ),
-        )
-        .unwrap();
-        let child = Command::new(workspace_bin("collector"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(child_log())
-            .spawn()
-            .unwrap();
+        let database = dir.join(format!("c{i}.sqlite"));
+        let registrars: Vec<String> = registrars.iter().map(|r| format!("sctp:{r}")).collect();
+        let child = PoolCollector {
+            handle: POOL,
+            database: &database,
+            listener: Listener::Sctp(port),
+            registrars: &registrars,
+            priority,
+            pool_keys: &format!("cookie_key = \"{KEY}\""),
+        }
+        .start(&dir.join(format!("c{i}.toml")));
         Self(child)
     }
 

@@ -16,10 +16,9 @@ use std::time::{Duration, Instant};
 use collector::audit::{AuditOptions, AuditReport, Verdict};
 use collector::query::{self, Filter, Format};
 use collector::store::Store;
+use poolflow_tests::collector_config::{Listener, PoolCollector};
 use poolflow_tests::pcap::{self, Packet, Transport};
-use poolflow_tests::{
-    child_log, finish_softflowd, free_tcp_port, free_udp_port, require_tool, workspace_bin,
-};
+use poolflow_tests::{finish_softflowd, free_tcp_port, free_udp_port, require_tool, workspace_bin};
 use protocol::ipfix::MessageWriter;
 use protocol::ipfix::flow::{FLOW_TEMPLATE_ID, FlowRecord, flow_template};
 use registrar::config::RegistrarConfig;
@@ -86,34 +85,16 @@ impl Pool {
     }
 
     fn start_collector(&mut self, i: usize) {
-        let config = self.path(&format!("c{i}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                r#"database = "{db}"
-udp_listen = []
-tcp_listen = []
-sctp_listen = ["127.0.0.1:{port}"]
-[pool]
-handle = "{POOL}"
-registrars = ["sctp:{registrar}"]
-priority = {priority}
-cookie_key = "{KEY}"
-"#,
-                db = self.database(i).display(),
-                port = self.collector_ports[i],
-                registrar = self.registrar_addr,
-                priority = if i == 0 { 100 } else { 10 },
-            ),
-        )
-        .unwrap();
-        let child = Command::new(workspace_bin("collector"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(child_log())
-            .spawn()
-            .unwrap();
+        let database = self.database(i);
+        let child = PoolCollector {
+            handle: POOL,
+            database: &database,
+            listener: Listener::Sctp(self.collector_ports[i]),
+            registrars: &[format!("sctp:{}", self.registrar_addr)],
+            priority: if i == 0 { 100 } else { 10 },
+            pool_keys: &format!("cookie_key = \"{KEY}\""),
+        }
+        .start(&self.path(&format!("c{i}.toml")));
         self.collectors[i] = Some(child);
     }
 
