@@ -34,8 +34,14 @@ pub struct LocalPool {
 
 impl LocalPool {
     /// A registrar with fast keep-alives and collectors with these
-    /// priorities (the first is the primary).
+    /// priorities (the first is the primary), all started and registered.
     pub async fn start(priorities: &[u32]) -> Self {
+        Self::start_some(priorities, priorities.len()).await
+    }
+
+    /// Collectors with these priorities configured, the first `running` of
+    /// them started and registered.
+    pub async fn start_some(priorities: &[u32], running: usize) -> Self {
         let mut config = RegistrarConfig::default();
         config.listen.tcp = String::new();
         config.listen.sctp_over_udp = "127.0.0.1:0".into();
@@ -52,11 +58,28 @@ impl LocalPool {
             priorities: priorities.to_vec(),
             collectors: priorities.iter().map(|_| None).collect(),
         };
-        for i in 0..priorities.len() {
+        for i in 0..running {
             pool.start_collector(i);
         }
-        pool.wait_registered(priorities.len()).await;
+        pool.wait_registered(running).await;
         pool
+    }
+
+    /// The pool's temporary directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The stores of every configured collector.
+    pub fn stores(&self) -> Vec<PathBuf> {
+        (0..self.ports.len()).map(|i| self.store(i)).collect()
+    }
+
+    /// SIGKILL of collector `i`, if running.
+    pub fn kill_collector(&mut self, i: usize) {
+        if let Some(mut c) = self.collectors[i].take() {
+            sigkill(&mut c);
+        }
     }
 
     /// A file in the pool's temporary directory.
@@ -182,7 +205,7 @@ registrar_request_timeout = "1s"
     /// Audits every store.
     pub fn audit(&self, fail_on_declared_loss: bool) -> AuditReport {
         collector::audit::run(&AuditOptions {
-            databases: (0..self.ports.len()).map(|i| self.store(i)).collect(),
+            databases: self.stores(),
             exporter: None,
             domain: None,
             list_limit: 100,

@@ -16,25 +16,17 @@ use std::time::{Duration, Instant};
 use collector::audit::{AuditOptions, AuditReport, Verdict};
 use collector::query::{self, Filter, Format};
 use collector::store::Store;
-use poolflow_tests::collector_config::{Listener, PoolCollector};
 use poolflow_tests::pcap::{self, Packet, Transport};
+use poolflow_tests::pool::{LocalPool, POOL, wait_stored};
 use poolflow_tests::{finish_softflowd, free_tcp_port, free_udp_port, require_tool, workspace_bin};
 use protocol::ipfix::MessageWriter;
 use protocol::ipfix::flow::{FLOW_TEMPLATE_ID, FlowRecord, flow_template};
-use registrar::config::RegistrarConfig;
-use registrar::driver::Registrar;
 
-const POOL: &str = "relay-collectors";
-const KEY: &str = "a shared pool key for the relay tests";
 const RELAY_EXPORTER_ID: u32 = 11;
 
-/// A registrar (in process), collectors (processes) and the relay.
+/// A local pool (registrar, collectors) and the relay as its pool user.
 struct Pool {
-    dir: tempfile::TempDir,
-    registrar: Option<Registrar>,
-    registrar_addr: SocketAddr,
-    collector_ports: Vec<u16>,
-    collectors: Vec<Option<Child>>,
+    local: LocalPool,
     relay: Option<Child>,
     relay_udp: SocketAddr,
     relay_tcp: SocketAddr,
@@ -47,62 +39,32 @@ impl Pool {
         Self::start_some(collectors, collectors).await
     }
 
-    /// `collectors` configured, the first `running` of them started.
+    /// `collectors` configured, the first `running` of them started and
+    /// registered.
     async fn start_some(collectors: usize, running: usize) -> Self {
-        let mut config = RegistrarConfig::default();
-        config.listen.tcp = String::new();
-        config.listen.sctp_over_udp = "127.0.0.1:0".into();
-        config.listen.status = String::new();
-        config.timers.keep_alive_period = Duration::from_millis(200);
-        config.timers.keep_alive_timeout = Duration::from_millis(300);
-        let registrar = Registrar::start(config, None).await.unwrap();
-        let registrar_addr = registrar.sctp_over_udp_addr.unwrap();
-        let mut pool = Self {
-            dir: tempfile::tempdir().unwrap(),
-            registrar: Some(registrar),
-            registrar_addr,
-            collector_ports: (0..collectors).map(|_| free_udp_port()).collect(),
-            collectors: (0..collectors).map(|_| None).collect(),
+        Self {
+            local: LocalPool::start_some(&[100, 10][..collectors], running).await,
             relay: None,
             relay_udp: SocketAddr::from(([127, 0, 0, 1], free_udp_port())),
             relay_tcp: SocketAddr::from(([127, 0, 0, 1], free_tcp_port())),
             relay_metrics: SocketAddr::from(([127, 0, 0, 1], free_tcp_port())),
-        };
-        for i in 0..running {
-            pool.start_collector(i);
         }
-        // Registrations reach the registrar.
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        pool
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.local.path(name)
     }
 
     fn database(&self, i: usize) -> PathBuf {
-        self.path(&format!("c{i}.sqlite"))
+        self.local.store(i)
     }
 
     fn start_collector(&mut self, i: usize) {
-        let database = self.database(i);
-        let child = PoolCollector {
-            handle: POOL,
-            database: &database,
-            listener: Listener::Sctp(self.collector_ports[i]),
-            registrars: &[format!("sctp:{}", self.registrar_addr)],
-            priority: if i == 0 { 100 } else { 10 },
-            pool_keys: &format!("cookie_key = \"{KEY}\""),
-        }
-        .start(&self.path(&format!("c{i}.toml")));
-        self.collectors[i] = Some(child);
+        self.local.start_collector(i);
     }
 
     fn kill_collector(&mut self, i: usize) {
-        if let Some(mut c) = self.collectors[i].take() {
-            c.kill().unwrap(); // SIGKILL
-            c.wait().unwrap();
-        }
+        self.local.kill_collector(i);
     }
 
     fn start_relay(&mut self) {
@@ -134,7 +96,7 @@ udp_listen = ["{udp}"]
 tcp_listen = ["{tcp}"]
 {relay_extra}
 "#,
-                registrar = self.registrar_addr,
+                registrar = self.local.registrar_addr,
                 state = self.path("relay.state").display(),
                 buffer = if buffer == "[buffer]" {
                     format!("[buffer]\nspill_dir = \"{}\"", self.path("spill").display())
@@ -183,6 +145,23 @@ tcp_listen = ["{tcp}"]
         let mut text = String::new();
         stream.read_to_string(&mut text).unwrap();
         text
+    }
+
+    /// Waits (bounded) until a relay metric reaches `at_least`; returns
+    /// the metrics text that showed it.
+    async fn wait_relay_metric(&self, selector: &str, at_least: f64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = self.relay_metrics();
+            if metric(&text, selector) >= at_least {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{selector} stayed below {at_least}: {text}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Waits until the relay has handed on (or dropped and counted) this
@@ -241,33 +220,11 @@ tcp_listen = ["{tcp}"]
     /// Stops the collectors gracefully (they commit what they have) and the
     /// registrar.
     async fn stop(&mut self) {
-        for i in 0..self.collectors.len() {
-            if let Some(mut c) = self.collectors[i].take() {
-                Command::new("kill")
-                    .args(["-TERM", &c.id().to_string()])
-                    .status()
-                    .unwrap();
-                let status = c.wait().unwrap();
-                assert!(status.success(), "collector {i} exited with {status}");
-            }
-        }
-        if let Some(r) = self.registrar.take() {
-            r.stop().await;
-        }
+        self.local.stop().await;
     }
 
     fn audit(&self) -> AuditReport {
-        collector::audit::run(&AuditOptions {
-            databases: (0..self.collectors.len())
-                .map(|i| self.database(i))
-                .collect(),
-            exporter: None,
-            domain: None,
-            list_limit: 100,
-            progress: false,
-            ..AuditOptions::default()
-        })
-        .unwrap()
+        self.local.audit(false)
     }
 }
 
@@ -276,12 +233,6 @@ impl Drop for Pool {
         if let Some(mut relay) = self.relay.take() {
             let _ = relay.kill();
             let _ = relay.wait();
-        }
-        for c in self.collectors.iter_mut() {
-            if let Some(mut c) = c.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
         }
     }
 }
@@ -426,25 +377,20 @@ async fn softflowd_through_the_relay(version: &str) {
     } else {
         PCAP_START_US
     };
-    let softflowd_log = run_softflowd(pool.dir.path(), version, start_us, pool.relay_udp).await;
-    // Let the last datagrams reach the relay before it stops listening.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let metrics = pool.relay_metrics();
-    let relay_log = pool.stop_relay();
-    pool.stop().await;
-
+    let softflowd_log = run_softflowd(pool.local.dir(), version, start_us, pool.relay_udp).await;
+    // The last datagrams reach the relay before it stops listening.
     let protocol = if version == "9" {
         "netflow_v9"
     } else {
         "ipfix"
     };
-    assert!(
-        metric(
-            &metrics,
-            &format!("poolflow_relay_received_records_total{{protocol=\"{protocol}\"}}")
-        ) >= f64::from(UDP_FLOWS + TCP_FLOWS),
-        "relay metrics: {metrics}"
-    );
+    pool.wait_relay_metric(
+        &format!("poolflow_relay_received_records_total{{protocol=\"{protocol}\"}}"),
+        f64::from(UDP_FLOWS + TCP_FLOWS),
+    )
+    .await;
+    let relay_log = pool.stop_relay();
+    pool.stop().await;
     let rows = query_rows(&pool.database(0));
     // softflowd also sends options records (no flow addresses).
     let flows: Vec<_> = rows.iter().filter(|r| !r["src_addr"].is_null()).collect();
@@ -564,7 +510,8 @@ async fn ipfix_over_tcp_survives_sigkill_of_the_primary() {
         }
         stream.shutdown(std::net::Shutdown::Write).unwrap();
     });
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    // The primary dies mid-stream: once it has stored some of the records.
+    wait_stored(&[pool.database(0)], RELAY_EXPORTER_ID, TCP_RECORDS / 4).await;
     pool.kill_collector(0);
     router.join().unwrap();
     pool.wait_relay_took(TCP_RECORDS).await;
@@ -625,7 +572,9 @@ async fn malformed_datagrams_are_counted_and_valid_ones_arrive() {
         sent > malformed.len(),
         "valid messages on both sides of the bad ones"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Datagrams are handled in order: once the last valid records are
+    // handed on, every malformed one before them was counted.
+    pool.wait_relay_took(300).await;
     let metrics = pool.relay_metrics();
     pool.stop_relay();
     pool.stop().await;
@@ -700,14 +649,8 @@ async fn full_buffer_pauses_tcp_and_drops_udp_with_a_count() {
     for message in &udp_messages {
         udp.send_to(message, pool.relay_udp).unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let metrics = pool.relay_metrics();
-    let dropped = metric(
-        &metrics,
-        "poolflow_relay_dropped_records_total{reason=\"backpressure\"}",
-    );
-    assert!(dropped > 0.0, "UDP drops not counted: {metrics}");
-    assert!(dropped <= 2_000.0);
+    const DROPPED: &str = "poolflow_relay_dropped_records_total{reason=\"backpressure\"}";
+    pool.wait_relay_metric(DROPPED, 1.0).await;
 
     // A collector appears: the router resumes and loses nothing.
     pool.start_collector(0);
@@ -716,6 +659,11 @@ async fn full_buffer_pauses_tcp_and_drops_udp_with_a_count() {
         .unwrap();
     assert!(router_was_paused);
     pool.wait_relay_took(PAUSED_RECORDS + 2_000).await;
+    // Every UDP datagram is handled by now: the final count of drops.
+    let metrics = pool.relay_metrics();
+    let dropped = metric(&metrics, DROPPED);
+    assert!(dropped > 0.0, "UDP drops not counted: {metrics}");
+    assert!(dropped <= 2_000.0);
     pool.stop_relay();
     pool.stop().await;
     let report = collector::audit::run(&AuditOptions {
