@@ -18,6 +18,26 @@ pub enum Listener {
     FramedTcp(u16),
 }
 
+/// How a test pool's exporters reach its collectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamTransport {
+    /// SCTP over UDP (RFC 6951), the default.
+    Sctp,
+    /// The transport crate's framed TCP (`framed_tcp_listen`), for pool
+    /// users without SCTP.
+    FramedTcp,
+}
+
+impl StreamTransport {
+    /// The listener on `port`.
+    pub fn listener(self, port: u16) -> Listener {
+        match self {
+            Self::Sctp => Listener::Sctp(port),
+            Self::FramedTcp => Listener::FramedTcp(port),
+        }
+    }
+}
+
 /// A collector registering in the test pool.
 #[derive(Debug, Clone)]
 pub struct PoolCollector<'a> {

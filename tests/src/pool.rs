@@ -13,8 +13,8 @@ use collector::audit::{AuditOptions, AuditReport};
 use registrar::config::RegistrarConfig;
 use registrar::driver::Registrar;
 
-use crate::collector_config::{Listener, PoolCollector};
-use crate::{free_udp_port, workspace_bin};
+use crate::collector_config::{PoolCollector, StreamTransport};
+use crate::{free_tcp_port, free_udp_port, workspace_bin};
 
 /// The pool handle of the test pools.
 pub const POOL: &str = "billing-collectors";
@@ -27,6 +27,7 @@ pub struct LocalPool {
     registrar: Option<Registrar>,
     /// Where PEs and PUs reach the registrar.
     pub registrar_addr: SocketAddr,
+    transport: StreamTransport,
     ports: Vec<u16>,
     priorities: Vec<u32>,
     collectors: Vec<Option<Child>>,
@@ -42,6 +43,20 @@ impl LocalPool {
     /// Collectors with these priorities configured, the first `running` of
     /// them started and registered.
     pub async fn start_some(priorities: &[u32], running: usize) -> Self {
+        Self::start_over(StreamTransport::Sctp, priorities, running).await
+    }
+
+    /// [`Self::start_some`] with the collectors taking billing streams
+    /// over `transport`.
+    pub async fn start_over(
+        transport: StreamTransport,
+        priorities: &[u32],
+        running: usize,
+    ) -> Self {
+        let free_port = match transport {
+            StreamTransport::Sctp => free_udp_port,
+            StreamTransport::FramedTcp => free_tcp_port,
+        };
         let mut config = RegistrarConfig::default();
         config.listen.tcp = String::new();
         config.listen.sctp_over_udp = "127.0.0.1:0".into();
@@ -54,7 +69,8 @@ impl LocalPool {
             dir: tempfile::tempdir().unwrap(),
             registrar: Some(registrar),
             registrar_addr,
-            ports: priorities.iter().map(|_| free_udp_port()).collect(),
+            transport,
+            ports: priorities.iter().map(|_| free_port()).collect(),
             priorities: priorities.to_vec(),
             collectors: priorities.iter().map(|_| None).collect(),
         };
@@ -98,13 +114,56 @@ impl LocalPool {
         let child = PoolCollector {
             handle: POOL,
             database: &store,
-            listener: Listener::Sctp(self.ports[i]),
+            listener: self.transport.listener(self.ports[i]),
             registrars: &[format!("sctp:{}", self.registrar_addr)],
             priority: self.priorities[i],
             pool_keys: &format!("cookie_key = \"{COOKIE_KEY}\""),
         }
         .start(&self.path(&format!("c{i}.toml")));
         self.collectors[i] = Some(child);
+    }
+
+    /// Where exporters reach collector `i`.
+    pub fn collector_addr(&self, i: usize) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ports[i]))
+    }
+
+    /// A new priority for running collector `i`: its config file is
+    /// rewritten and reloaded with SIGHUP.
+    pub fn reload_priority(&mut self, i: usize, priority: u32) {
+        self.priorities[i] = priority;
+        let store = self.store(i);
+        let config = PoolCollector {
+            handle: POOL,
+            database: &store,
+            listener: self.transport.listener(self.ports[i]),
+            registrars: &[format!("sctp:{}", self.registrar_addr)],
+            priority,
+            pool_keys: &format!("cookie_key = \"{COOKIE_KEY}\""),
+        };
+        std::fs::write(self.path(&format!("c{i}.toml")), config.toml()).unwrap();
+        let pid = self.collectors[i].as_ref().expect("running").id();
+        let status = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// SIGTERM to collector `i`, if running: it must exit 0.
+    pub fn terminate_collector(&mut self, i: usize) {
+        if let Some(mut c) = self.collectors[i].take() {
+            terminate(&mut c);
+            let status = c.wait().unwrap();
+            assert!(status.success(), "collector {i} exited with {status}");
+        }
+    }
+
+    /// Stops the registrar (the collectors keep running).
+    pub async fn stop_registrar(&mut self) {
+        if let Some(r) = self.registrar.take() {
+            r.stop().await;
+        }
     }
 
     /// The registrar's handlespace size and its removal counters
@@ -191,15 +250,9 @@ registrar_request_timeout = "1s"
     /// Stops the collectors (SIGTERM; each must exit 0) and the registrar.
     pub async fn stop(&mut self) {
         for i in 0..self.collectors.len() {
-            if let Some(mut c) = self.collectors[i].take() {
-                terminate(&mut c);
-                let status = c.wait().unwrap();
-                assert!(status.success(), "collector {i} exited with {status}");
-            }
+            self.terminate_collector(i);
         }
-        if let Some(r) = self.registrar.take() {
-            r.stop().await;
-        }
+        self.stop_registrar().await;
     }
 
     /// Audits every store.

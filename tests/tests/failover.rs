@@ -10,123 +10,38 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use collector::audit::{AuditOptions, AuditReport, Verdict};
-use poolflow_tests::collector_config::{Listener, PoolCollector, spawn_collector};
-use poolflow_tests::{free_tcp_port, free_udp_port, workspace_bin};
+use poolflow_tests::collector_config::StreamTransport;
+use poolflow_tests::pool::{LocalPool, POOL, wait_stored};
+use poolflow_tests::workspace_bin;
 use protocol::billing::BillingCookie;
-use registrar::config::RegistrarConfig;
-use registrar::driver::Registrar;
 
-const POOL: &str = "billing-collectors";
-const KEY: &str = "a shared pool key for the tests";
+const EXPORTER: u32 = 7;
 
-/// How the exporter reaches the collectors.
-#[derive(Clone, Copy, PartialEq)]
-enum DataTransport {
-    /// SCTP over UDP (RFC 6951), the default.
-    Sctp,
-    /// The transport crate's framed TCP (`framed_tcp_listen`).
-    FramedTcp,
-}
-
+/// The local pool (collector 0 the primary at priority 100, collector 1
+/// the backup at 10) and `exporter stream` as its pool user.
 struct Pool {
-    dir: tempfile::TempDir,
-    data_transport: DataTransport,
-    registrar: Option<Registrar>,
-    registrar_addr: std::net::SocketAddr,
-    ports: [u16; 2],
-    /// Collector 0 starts as the primary (100), 1 as the backup (10).
-    priorities: [u32; 2],
-    collectors: [Option<Child>; 2],
+    local: LocalPool,
 }
 
 impl Pool {
     async fn start() -> Self {
-        Self::start_with(DataTransport::Sctp).await
+        Self::start_with(StreamTransport::Sctp).await
     }
 
-    async fn start_with(data_transport: DataTransport) -> Self {
-        let free_port = match data_transport {
-            DataTransport::Sctp => free_udp_port,
-            DataTransport::FramedTcp => free_tcp_port,
-        };
-        let mut config = RegistrarConfig::default();
-        config.listen.tcp = String::new();
-        config.listen.sctp_over_udp = "127.0.0.1:0".into();
-        config.listen.status = String::new();
-        config.timers.keep_alive_period = Duration::from_millis(200);
-        config.timers.keep_alive_timeout = Duration::from_millis(300);
-        let registrar = Registrar::start(config, None).await.unwrap();
-        let registrar_addr = registrar.sctp_over_udp_addr.unwrap();
-        let mut pool = Self {
-            dir: tempfile::tempdir().unwrap(),
-            data_transport,
-            registrar: Some(registrar),
-            registrar_addr,
-            ports: [free_port(), free_port()],
-            priorities: [100, 10],
-            collectors: [None, None],
-        };
-        pool.start_collector(0);
-        pool.start_collector(1);
-        pool
+    async fn start_with(transport: StreamTransport) -> Self {
+        Self {
+            local: LocalPool::start_over(transport, &[100, 10], 2).await,
+        }
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.local.path(name)
     }
 
-    fn start_collector(&mut self, i: usize) {
-        self.write_collector_config(i);
-        let child = spawn_collector(&self.path(&format!("c{i}.toml")));
-        self.collectors[i] = Some(child);
-    }
-
-    /// A new priority for a running collector: its config file is
-    /// rewritten and reloaded with SIGHUP.
-    fn reload_priority(&mut self, i: usize, priority: u32) {
-        self.priorities[i] = priority;
-        self.write_collector_config(i);
-        let pid = self.collectors[i].as_ref().expect("running").id();
-        let status = Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    fn write_collector_config(&self, i: usize) {
-        let database = self.path(&format!("c{i}.sqlite"));
-        let listener = match self.data_transport {
-            DataTransport::Sctp => Listener::Sctp(self.ports[i]),
-            DataTransport::FramedTcp => Listener::FramedTcp(self.ports[i]),
-        };
-        let config = PoolCollector {
-            handle: POOL,
-            database: &database,
-            listener,
-            registrars: &[format!("sctp:{}", self.registrar_addr)],
-            priority: self.priorities[i],
-            pool_keys: &format!("cookie_key = \"{KEY}\""),
-        };
-        std::fs::write(self.path(&format!("c{i}.toml")), config.toml()).unwrap();
-    }
-
-    fn kill(&mut self, i: usize) {
-        if let Some(mut c) = self.collectors[i].take() {
-            c.kill().unwrap(); // SIGKILL
-            c.wait().unwrap();
-        }
-    }
-
-    fn terminate(&mut self, i: usize) {
-        if let Some(mut c) = self.collectors[i].take() {
-            Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status()
-                .unwrap();
-            let status = c.wait().unwrap();
-            assert!(status.success(), "collector {i} exited with {status}");
-        }
+    /// Waits until the stores of `collectors` together hold `records`.
+    async fn wait_stored(&self, collectors: &[usize], records: u64) {
+        let stores: Vec<PathBuf> = collectors.iter().map(|&i| self.local.store(i)).collect();
+        wait_stored(&stores, EXPORTER, records).await;
     }
 
     /// `fast_failure_detection`: aggressive SCTP path supervision, as for
@@ -149,24 +64,24 @@ impl Pool {
         std::fs::write(
             &config,
             format!(
-                r#"exporter_id = 7
+                r#"exporter_id = {EXPORTER}
 pool_handle = "{POOL}"
 registrars = ["sctp:{registrar}"]
 state_file = "{state}"
 [buffer]
 spill_dir = "{spill}"
 [timers]
-cookie_timeout_ms = 1000
-failback_check_ms = 200
-drain_timeout_ms = 5000
-retry_interval_ms = 200
-failback_holdoff_ms = 500
-connect_timeout_ms = 1000
-cache_lifetime_ms = 500
-registrar_request_timeout_ms = 1000
+cookie_timeout = "1s"
+failback_check = "200ms"
+drain_timeout = "5s"
+retry_interval = "200ms"
+failback_holdoff = "500ms"
+connect_timeout = "1s"
+cache_lifetime = "500ms"
+registrar_request_timeout = "1s"
 fast_failure_detection = {fast_failure_detection}
 {more_config}"#,
-                registrar = self.registrar_addr,
+                registrar = self.local.registrar_addr,
                 state = self.path("exporter.state").display(),
                 spill = self.path("spill").display(),
             ),
@@ -181,7 +96,7 @@ fast_failure_detection = {fast_failure_detection}
                 "--rate",
                 &rate.to_string(),
             ])
-            .args(["--exit-drain-timeout-secs", "60"])
+            .args(["--exit-drain-timeout", "60s"])
             .args(more_args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -193,29 +108,15 @@ fast_failure_detection = {fast_failure_detection}
     /// exporter's state file too (as deploy/local-pool.sh does): after its
     /// clean stop it names exactly the sequences it assigned.
     async fn finish(mut self) -> AuditReport {
-        self.terminate(0);
-        self.terminate(1);
-        if let Some(r) = self.registrar.take() {
-            r.stop().await;
-        }
+        self.local.stop().await;
         let state = self.path("exporter.state");
         collector::audit::run(&AuditOptions {
-            databases: vec![self.path("c0.sqlite"), self.path("c1.sqlite")],
-            exporter: None,
-            domain: None,
+            databases: self.local.stores(),
             list_limit: 100,
-            progress: false,
             exporter_states: state.exists().then_some(state).into_iter().collect(),
             ..AuditOptions::default()
         })
         .unwrap()
-    }
-}
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        self.kill(0);
-        self.kill(1);
     }
 }
 
@@ -244,30 +145,25 @@ const RECORDS: u64 = 30_000;
 const MOVE_RECORDS: u64 = 45_000;
 const RATE: u64 = 10_000;
 
-/// SIGKILL of the primary after `kill_after`, restart after `down_for`:
-/// failover to the backup, then failback.
-async fn kill_and_restart_primary(kill_after: Duration, down_for: Duration) {
-    kill_and_restart_primary_over(DataTransport::Sctp, kill_after, down_for).await;
+/// SIGKILL of the primary once `kill_after` records are stored, restart
+/// once the backup has stored `down_for` records: failover to the backup,
+/// then failback.
+async fn kill_and_restart_primary(kill_after: u64, down_for: u64) {
+    kill_and_restart_primary_over(StreamTransport::Sctp, kill_after, down_for).await;
 }
 
-async fn kill_and_restart_primary_over(
-    data_transport: DataTransport,
-    kill_after: Duration,
-    down_for: Duration,
-) {
+async fn kill_and_restart_primary_over(transport: StreamTransport, kill_after: u64, down_for: u64) {
     // The stream goes on for 2 s after the restart, so the failback (it
     // waits for re-registration, the failback poll, the hold-off after the
     // failure and a drain) happens before the exporter runs out of records,
     // however late the kill; a loaded machine made 0.4 s too little.
-    let records = RECORDS
-        .max(((kill_after + down_for + Duration::from_secs(2)).as_secs_f64() * RATE as f64) as u64);
-    let mut pool = Pool::start_with(data_transport).await;
-    tokio::time::sleep(Duration::from_millis(700)).await; // registrations
+    let records = RECORDS.max(kill_after + down_for + 2 * RATE);
+    let mut pool = Pool::start_with(transport).await;
     let exporter = pool.exporter(records, RATE, true);
-    tokio::time::sleep(kill_after).await;
-    pool.kill(0);
-    tokio::time::sleep(down_for).await;
-    pool.start_collector(0);
+    pool.wait_stored(&[0], kill_after).await;
+    pool.local.kill_collector(0);
+    pool.wait_stored(&[1], down_for).await;
+    pool.local.start_collector(0);
     let log = wait_exporter(exporter, Duration::from_secs(60));
     assert!(log.contains("FAILOVER"), "no failover: {log}");
     assert!(log.contains("FAILBACK"), "no failback: {log}");
@@ -281,29 +177,24 @@ async fn kill_and_restart_primary_over(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_early_in_the_stream_loses_nothing() {
-    kill_and_restart_primary(Duration::from_millis(400), Duration::from_millis(800)).await;
+    kill_and_restart_primary(4 * RATE / 10, 8 * RATE / 10).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_midway_loses_nothing() {
-    kill_and_restart_primary(Duration::from_millis(1500), Duration::from_millis(600)).await;
+    kill_and_restart_primary(15 * RATE / 10, 6 * RATE / 10).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_late_loses_nothing() {
-    kill_and_restart_primary(Duration::from_millis(2300), Duration::from_millis(300)).await;
+    kill_and_restart_primary(23 * RATE / 10, 3 * RATE / 10).await;
 }
 
 /// The same over framed TCP, for pool users without SCTP: the cookies come
 /// back on the data connection, a SIGKILL shows as a reset connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_over_framed_tcp_loses_nothing() {
-    kill_and_restart_primary_over(
-        DataTransport::FramedTcp,
-        Duration::from_millis(1200),
-        Duration::from_millis(600),
-    )
-    .await;
+    kill_and_restart_primary_over(StreamTransport::FramedTcp, 12 * RATE / 10, 6 * RATE / 10).await;
 }
 
 /// A graceful stop of the primary (deregistration) and its return: the
@@ -311,12 +202,11 @@ async fn sigkill_over_framed_tcp_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failback_after_graceful_stop_has_no_duplicates() {
     let mut pool = Pool::start().await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
     let exporter = pool.exporter(MOVE_RECORDS, RATE, false);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    pool.terminate(0);
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    pool.start_collector(0);
+    pool.wait_stored(&[0], RATE).await;
+    pool.local.terminate_collector(0);
+    pool.wait_stored(&[1], 8 * RATE / 10).await;
+    pool.local.start_collector(0);
     let log = wait_exporter(exporter, Duration::from_secs(60));
     assert!(log.contains("FAILBACK"), "no failback: {log}");
     let report = pool.finish().await;
@@ -329,13 +219,14 @@ async fn failback_after_graceful_stop_has_no_duplicates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_collectors_down_then_one_back_loses_nothing() {
     let mut pool = Pool::start().await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
     let exporter = pool.exporter(RECORDS, RATE, true);
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    pool.kill(0);
-    pool.kill(1);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    pool.start_collector(1);
+    pool.wait_stored(&[0], 8 * RATE / 10).await;
+    pool.local.kill_collector(0);
+    pool.local.kill_collector(1);
+    // Back once the registrar has found both gone (keep-alive timeouts):
+    // the exporter has had nowhere to send meanwhile.
+    pool.local.wait_registered(0).await;
+    pool.local.start_collector(1);
     wait_exporter(exporter, Duration::from_secs(60));
     let report = pool.finish().await;
     assert_complete(&report, RECORDS, true);
@@ -346,8 +237,7 @@ async fn both_collectors_down_then_one_back_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_cookie_is_rejected() {
     let pool = Pool::start().await;
-    let target: std::net::SocketAddr = format!("127.0.0.1:{}", pool.ports[1]).parse().unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let target = pool.local.collector_addr(1);
     for cookie in [
         BillingCookie::sign(b"not the pool key", 7, 1, 1000, 1, 0),
         BillingCookie::sign(b"tampered", 8, 1, 5, 1, 0),
@@ -402,20 +292,19 @@ async fn forged_cookie_is_rejected() {
 async fn best_effort_records_travel_beside_billing_ones() {
     const BEST_EFFORT: u64 = 6_000;
     let mut pool = Pool::start().await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
     let exporter = pool.exporter_with(
         RECORDS,
         RATE,
         true,
         // Generous lifetime: a loaded test machine must not turn a slow
         // send into an abandoned message.
-        "[best_effort]\ndomains = [9]\nlifetime_ms = 10000\n",
+        "[best_effort]\ndomains = [9]\nlifetime = \"10s\"\n",
         &["--best-effort-records", &BEST_EFFORT.to_string()],
     );
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    pool.kill(0);
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    pool.start_collector(0);
+    pool.wait_stored(&[0], 12 * RATE / 10).await;
+    pool.local.kill_collector(0);
+    pool.wait_stored(&[1], 6 * RATE / 10).await;
+    pool.local.start_collector(0);
     let log = wait_exporter(exporter, Duration::from_secs(60));
     assert!(log.contains("FAILOVER"), "no failover: {log}");
     let sent: u64 = log
@@ -445,10 +334,9 @@ async fn best_effort_records_travel_beside_billing_ones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lowering_the_primary_priority_moves_the_exporter_without_loss() {
     let mut pool = Pool::start().await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
     let exporter = pool.exporter(MOVE_RECORDS, RATE, false);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    pool.reload_priority(0, 1);
+    pool.wait_stored(&[0], RATE).await;
+    pool.local.reload_priority(0, 1);
     let log = wait_exporter(exporter, Duration::from_secs(60));
     assert!(log.contains("FAILBACK"), "no move to the backup: {log}");
     assert!(!log.contains("FAILOVER"), "moved by a failover: {log}");
@@ -468,17 +356,14 @@ async fn lowering_the_primary_priority_moves_the_exporter_without_loss() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tail_on_a_store_left_out_is_named_by_the_exporters_account() {
     let mut pool = Pool::start().await;
-    tokio::time::sleep(Duration::from_millis(700)).await; // registrations
     let exporter = pool.exporter(RECORDS, RATE, true);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    pool.kill(0);
+    pool.wait_stored(&[0], RATE).await;
+    pool.local.kill_collector(0);
     let log = wait_exporter(exporter, Duration::from_secs(60));
     assert!(log.contains("FAILOVER"), "no failover: {log}");
-    pool.terminate(1);
-    if let Some(r) = pool.registrar.take() {
-        r.stop().await;
-    }
-    let primary = pool.path("c0.sqlite");
+    pool.local.terminate_collector(1);
+    pool.local.stop_registrar().await;
+    let primary = pool.local.store(0);
     let state = pool.path("exporter.state");
     let audit = |databases: Vec<PathBuf>, exporter_states: Vec<PathBuf>| {
         collector::audit::run(&AuditOptions {
@@ -503,6 +388,6 @@ async fn a_tail_on_a_store_left_out_is_named_by_the_exporters_account() {
     assert_eq!(last_gap.last, RECORDS - 1, "{:?}", g.gaps);
     assert!(last_gap.first <= stored_on_primary + 1, "{:?}", g.gaps);
 
-    let both = audit(vec![primary, pool.path("c1.sqlite")], vec![state]);
+    let both = audit(vec![primary, pool.local.store(1)], vec![state]);
     assert_complete(&both, RECORDS, true);
 }
