@@ -169,34 +169,12 @@ impl LocalPool {
     /// The registrar's handlespace size and its removal counters
     /// (keep-alive failures, unreachable removals).
     pub async fn registrar_view(&self) -> (usize, u64, u64) {
-        let status = self
-            .registrar
-            .as_ref()
-            .expect("registrar running")
-            .status()
-            .await
-            .unwrap();
-        let elements = status.pools.iter().map(|p| p.elements.len()).sum();
-        (
-            elements,
-            status.counters.keep_alive_failures,
-            status.counters.unreachable_removals,
-        )
+        registrar_view(self.registrar.as_ref().expect("registrar running")).await
     }
 
     /// Waits until the handlespace holds `count` PEs.
     pub async fn wait_registered(&self, count: usize) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if self.registrar_view().await.0 == count {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{count} PEs did not register within 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_registered(self.registrar.as_ref().expect("registrar running"), count).await;
     }
 
     /// Writes an exporter config (`exporter_id`, its own state file) and
@@ -282,6 +260,34 @@ impl Drop for LocalPool {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// An in-process registrar's handlespace size and its removal counters
+/// (keep-alive failures, unreachable removals).
+pub async fn registrar_view(registrar: &Registrar) -> (usize, u64, u64) {
+    let status = registrar.status().await.unwrap();
+    let elements = status.pools.iter().map(|p| p.elements.len()).sum();
+    (
+        elements,
+        status.counters.keep_alive_failures,
+        status.counters.unreachable_removals,
+    )
+}
+
+/// Waits (bounded) until an in-process registrar's handlespace holds
+/// `count` PEs.
+pub async fn wait_registered(registrar: &Registrar, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if registrar_view(registrar).await.0 == count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the handlespace did not reach {count} PEs within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use collector::audit::{AuditOptions, AuditReport, Verdict};
 use poolflow_tests::collector_config::{Listener, PoolCollector};
+use poolflow_tests::pool::{wait_registered, wait_stored};
 use poolflow_tests::{free_udp_port, workspace_bin};
 use protocol::signing::{SigningKey, key_id, pkcs8_private_pem, pkcs8_public_pem};
 use registrar::config::RegistrarConfig;
@@ -64,6 +65,19 @@ impl Pool {
 
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
+    }
+
+    async fn wait_registered(&self, count: usize) {
+        wait_registered(self.registrar.as_ref().expect("running"), count).await;
+    }
+
+    /// Waits until the stores of `names` together hold `records`.
+    async fn wait_stored(&self, names: &[&str], records: u64) {
+        let stores: Vec<PathBuf> = names
+            .iter()
+            .map(|n| self.path(&format!("{n}.sqlite")))
+            .collect();
+        wait_stored(&stores, EXPORTER_ID, records).await;
     }
 
     /// Writes `name.pem` (private, mode 600) and `name.pub`; returns the key.
@@ -270,11 +284,11 @@ async fn hostile_top_priority_pe_in_an_open_pool_gets_no_record_released() {
     pool.make_key("hostile", 66);
     pool.add_collector(legit("primary", 100, 0x100, "pool-a"));
     pool.add_collector(legit("backup", 10, 0x10, "pool-b"));
-    tokio::time::sleep(Duration::from_millis(700)).await; // registrations
+    pool.wait_registered(2).await;
     let exporter = pool.exporter(RECORDS, &["pool-a", "pool-b"]);
-    // Two seconds in, the hostile PE joins under the same handle, above
-    // everyone, with its own key and accepting any Cookie Echo.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A third of the way in, the hostile PE joins under the same handle,
+    // above everyone, with its own key and accepting any Cookie Echo.
+    pool.wait_stored(&["primary", "backup"], RECORDS / 3).await;
     pool.add_collector(CollectorSpec {
         name: "hostile",
         priority: 200,
@@ -326,14 +340,14 @@ async fn signing_key_rotation_under_a_running_stream_loses_and_duplicates_nothin
     // new; collectors sign with the old key.
     let primary = pool.add_collector(legit("primary", 100, 0x100, "pool-a"));
     let backup = pool.add_collector(legit("backup", 10, 0x10, "pool-a"));
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    pool.wait_registered(2).await;
     let exporter = pool.exporter(RECORDS, &["pool-a", "pool-b"]);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    pool.wait_stored(&["primary"], RECORDS / 8).await;
     // Step 2: roll the collectors one by one onto the new key.
     pool.terminate(backup);
     pool.collectors[backup].0.signing_key = "pool-b".into();
     pool.start_collector(backup);
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    pool.wait_registered(2).await;
     pool.terminate(primary);
     pool.collectors[primary].0.signing_key = "pool-b".into();
     // While the primary is away the backup signs with the new key.
