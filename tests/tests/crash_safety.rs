@@ -26,6 +26,7 @@ use collector::audit::{AuditOptions, Verdict};
 use collector::store::Store;
 use exporter::sequence::StateFile;
 use poolflow_tests::collector_config::{Listener, PoolCollector};
+use poolflow_tests::pool::wait_registered;
 use poolflow_tests::{free_udp_port, workspace_bin};
 use protocol::billing::BillingCookie;
 use registrar::config::RegistrarConfig;
@@ -197,7 +198,7 @@ async fn sigkill_during_heavy_writes_never_loses_an_acknowledged_record() {
         port: free_udp_port(),
     };
     let mut collector = Running(Some(setup.start_collector()));
-    tokio::time::sleep(Duration::from_millis(500)).await; // registration
+    wait_registered(&registrar, 1).await;
     let mut exporter = Running(Some(setup.start_exporter()));
 
     // Highest acknowledged record sequence ever seen, and its domain.

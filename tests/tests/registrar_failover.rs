@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use collector::audit::{AuditOptions, Verdict};
 use poolflow_tests::collector_config::{Listener, PoolCollector};
+use poolflow_tests::pool::wait_stored;
 use poolflow_tests::{child_log, free_tcp_port, free_udp_port, workspace_bin};
 use registrar::driver::fetch_status;
 use registrar::server::Status;
@@ -268,7 +269,8 @@ async fn registrar_sigkill_under_a_running_exporter_loses_nothing() {
     .await;
 
     let exporter = exporter(dir.path(), &asap);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The registrar dies mid-stream, once the primary has stored a part.
+    wait_stored(&[dir.path().join("c0.sqlite")], 7, 3 * RATE / 2).await;
     registrars[0].kill();
     let killed_at = Instant::now();
 

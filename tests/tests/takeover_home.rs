@@ -163,9 +163,22 @@ async fn an_adopted_collector_with_an_asap_endpoint_outlives_the_grace() {
     .await;
     let acks_before = b.status().await.unwrap().counters.keep_alive_acks;
     // Well past the grace: still there, and answering B's keep-alives (a
-    // PE that stopped answering would be gone within 500 ms).
-    tokio::time::sleep(Duration::from_millis(ADOPTION_GRACE_MS + 1_000)).await;
-    let status = b.status().await.unwrap();
+    // PE that stopped answering would be gone within 500 ms). B's own
+    // count of answered keep-alives (one each 200 ms) is the clock.
+    let past_grace = acks_before + (ADOPTION_GRACE_MS + 1_000) / 200;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let status = b.status().await.unwrap();
+        if status.counters.keep_alive_acks >= past_grace {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B's keep-alives to the adopted collector stopped: {} acks after {acks_before}",
+            status.counters.keep_alive_acks
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(elements(&status), [(LISTENING, 0x1001)]);
     let enrp = status.enrp.as_ref().unwrap();
     // Since issue 13 every Pool Element sent over ENRP carries an ASAP Transport (RFC
