@@ -123,6 +123,15 @@ pub async fn start(config: &CollectorConfig) -> Result<RunningCollector> {
     }
 
     let (stop_tcp, stop_tcp_rx) = watch::channel(false);
+    // Plain TCP and TLS sessions: the same IPFIX over a byte stream.
+    let tcp_settings = TcpSettings {
+        session: session_config(
+            TransportKind::Tcp,
+            config.template_lifetime.as_secs(),
+            config.max_templates_per_session,
+        ),
+        max_sessions: config.max_tcp_sessions,
+    };
     let mut tcp_addrs = Vec::new();
     let mut tcp_tasks = JoinSet::new();
     for addr in &config.tcp_listen {
@@ -130,17 +139,9 @@ pub async fn start(config: &CollectorConfig) -> Result<RunningCollector> {
             .await
             .with_context(|| format!("binding TCP {addr}"))?;
         tcp_addrs.push(listener.local_addr()?);
-        let settings = TcpSettings {
-            session: session_config(
-                TransportKind::Tcp,
-                config.template_lifetime.as_secs(),
-                config.max_templates_per_session,
-            ),
-            max_sessions: config.max_tcp_sessions,
-        };
         tcp_tasks.spawn(listeners::serve_tcp(
             listener,
-            settings,
+            tcp_settings.clone(),
             tx.clone(),
             stop_tcp_rx.clone(),
         ));
@@ -161,17 +162,9 @@ pub async fn start(config: &CollectorConfig) -> Result<RunningCollector> {
             .await
             .with_context(|| format!("binding TLS {addr}"))?;
         tls_addrs.push(listener.local_addr()?);
-        let settings = TcpSettings {
-            session: session_config(
-                TransportKind::Tcp,
-                config.template_lifetime.as_secs(),
-                config.max_templates_per_session,
-            ),
-            max_sessions: config.max_tcp_sessions,
-        };
         tcp_tasks.spawn(listeners::serve_tls(
             listener,
-            settings,
+            tcp_settings.clone(),
             tls_acceptor.clone().expect("built when tls_listen is set"),
             tx.clone(),
             stop_tcp_rx.clone(),
