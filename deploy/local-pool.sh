@@ -150,15 +150,37 @@ say "exporter: $records records at $rate/s (~${secs}s) to pool handle billing-co
 exporter=$!
 pids+=("$exporter")
 
-sleep $(( secs / 3 > 0 ? secs / 3 : 1 ))
-say "SIGKILL the primary collector mid-stream"
-kill -9 "$primary"
-killed_at=$(date +%s.%N)
-sleep $(( secs / 3 > 0 ? secs / 3 : 1 ))
-say "restarting the primary"
-primary=$(start_collector primary); pids+=("$primary")
-restarted_at=$(date +%s.%N)
-printf '%s %s\n' "$killed_at" "$restarted_at" > "$run/kill-times"
+# POOLFLOW_KILLS (default 1): how many times the primary is killed and
+# restarted (bench/failover.sh uses 20). The first kill comes a third into
+# the stream; each restart follows the exporter's failover, and each later
+# kill its failback. Every wait is on the exporter's log, bounded.
+kills="${POOLFLOW_KILLS:-1}"
+exporter_events() { grep -c "$1" "$run/exporter.log" 2>/dev/null || true; }
+wait_events() { # PATTERN COUNT WHAT
+  local deadline=$((SECONDS + 60))
+  until [ "$(exporter_events "$1")" -ge "$2" ]; do
+    kill -0 "$exporter" 2>/dev/null || { say "exporter ended before $3"; return 1; }
+    [ "$SECONDS" -lt "$deadline" ] || { say "no $3 within 60 s"; return 1; }
+    sleep 0.05
+  done
+}
+: >"$run/kill-times"
+sleep $(( secs / 3 < 1 ? 1 : secs / 3 > 3 ? 3 : secs / 3 ))
+for k in $(seq "$kills"); do
+  if [ "$k" -gt 1 ]; then
+    wait_events FAILBACK "$((k - 1))" "failback $((k - 1))"
+    sleep 0.5 # the stream settles on the primary before the next kill
+  fi
+  say "SIGKILL the primary collector mid-stream$([ "$kills" -gt 1 ] && echo " ($k of $kills)")"
+  kill -9 "$primary"
+  wait "$primary" 2>/dev/null || true
+  killed_at=$(date +%s.%N)
+  wait_events FAILOVER "$k" "failover $k"
+  say "restarting the primary"
+  primary=$(start_collector primary); pids+=("$primary")
+  restarted_at=$(date +%s.%N)
+  printf '%s %s\n' "$killed_at" "$restarted_at" >>"$run/kill-times"
+done
 
 if wait "$exporter"; then
   say "exporter finished: every record acknowledged by a cookie"

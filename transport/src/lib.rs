@@ -18,6 +18,7 @@
 
 #![warn(missing_docs)]
 
+mod icmp_errors;
 pub mod kernel_sctp;
 mod sctp_udp;
 mod sctp_wire;
@@ -107,6 +108,14 @@ pub struct Config {
     /// the association falls back to an ephemeral port with a warning. An [`Endpoint`] that
     /// listens uses its listening port for [`Endpoint::connect`] and ignores this.
     pub local_udp_port: u16,
+    /// SCTP over UDP: read the ICMP errors the kernel queues for the socket, and end an
+    /// association at once ([`FailureReason::PortUnreachable`]) when the peer's host says
+    /// its UDP port is closed, checking the verification tag in the quoted packet (RFC 6951
+    /// section 5.5; RFC 9260 appendix C lets an unreachable protocol count as an ABORT).
+    /// A collector that dies on a live host is then known within a round trip; a host
+    /// that dies sends nothing, and path supervision (the timers) still decides. On by
+    /// default; off, only the timers decide.
+    pub icmp_port_unreachable: bool,
 }
 
 impl Default for Config {
@@ -129,6 +138,7 @@ impl Default for Config {
             udp_segmentation_offload: false,
             tls: None,
             local_udp_port: 0,
+            icmp_port_unreachable: true,
         }
     }
 }
@@ -238,6 +248,10 @@ pub enum DownReason {
 pub enum FailureReason {
     /// The peer stopped answering: heartbeats or retransmissions exhausted.
     PeerUnreachable,
+    /// SCTP over UDP: the peer's host answered our packet with an ICMP port unreachable
+    /// whose quoted packet carries this association's verification tag: the peer process
+    /// is gone (see [`Config::icmp_port_unreachable`]).
+    PortUnreachable,
     /// INIT / COOKIE exchange did not complete.
     HandshakeFailed(String),
     /// Protocol violation, receive buffer exhaustion, I/O error.

@@ -31,6 +31,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{debug, warn};
 
+use crate::icmp_errors;
 use crate::sctp_wire::{self, CommonHeader, InboundVerdict};
 use crate::{
     Association, AssociationSender, Config, DownReason, Event, FailureReason, Message, Reliability,
@@ -145,7 +146,7 @@ impl SctpUdpEndpoint {
         local: SocketAddr,
         accept_incoming: bool,
     ) -> Result<Self, TransportError> {
-        let (socket, udp_state) = udp_socket(local)?;
+        let (socket, udp_state) = udp_socket(local, config.icmp_port_unreachable)?;
         let local_addr = socket.local_addr()?;
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (accept_tx, accepted) = mpsc::channel(ACCEPT_QUEUE);
@@ -247,9 +248,15 @@ async fn connect_with(
 /// peer with one `sendmsg` (UDP GSO, `UDP_SEGMENT`) and reads with `recvmmsg` (and UDP GRO
 /// where the kernel has it). On the wire these are ordinary UDP datagrams, one SCTP packet
 /// each (RFC 6951); only the number of system calls changes.
-fn udp_socket(local: SocketAddr) -> Result<(UdpSocket, UdpSocketState), TransportError> {
+fn udp_socket(
+    local: SocketAddr,
+    icmp_errors: bool,
+) -> Result<(UdpSocket, UdpSocketState), TransportError> {
     let socket = std::net::UdpSocket::bind(local)?;
     socket.set_nonblocking(true)?;
+    if icmp_errors {
+        icmp_errors::enable(&socket)?;
+    }
     // Bursts of SCTP packets outrun the default 208 KiB buffers at benchmark rates; the
     // kernel caps the request at net.core.[rw]mem_max, which is fine.
     set_socket_buffer(&socket, libc::SO_RCVBUF);
@@ -480,8 +487,13 @@ impl Driver {
             let sleep_until =
                 deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
-                readable = self.socket.readable() => match readable {
-                    Ok(()) => self.drain_socket(&mut buffers),
+                ready = self.socket.ready(Interest::READABLE | Interest::ERROR) => match ready {
+                    Ok(ready) => {
+                        if ready.is_error() {
+                            self.drain_icmp_errors();
+                        }
+                        self.drain_socket(&mut buffers);
+                    }
                     Err(error) => debug!("UDP receive error: {error}"),
                 },
                 command = commands.recv(), if commands_open => match command {
@@ -636,6 +648,49 @@ impl Driver {
                 }
             }
             sctp_wire::OutOfTheBlue::Discard => {}
+        }
+    }
+
+    /// Reads the ICMP errors queued for the socket (see [`icmp_errors`]); a port
+    /// unreachable about a packet of one of our associations, with its verification tag,
+    /// ends that association: nothing listens at the peer's port any more.
+    fn drain_icmp_errors(&mut self) {
+        for _ in 0..BATCH {
+            let received = self
+                .socket
+                .try_io(Interest::ERROR, || icmp_errors::receive(&self.socket));
+            match received {
+                Ok(error) => self.on_icmp_error(error),
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(error) => {
+                    debug!("reading the socket's error queue: {error}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_icmp_error(&mut self, error: icmp_errors::QueuedIcmpError) {
+        if !error.port_unreachable {
+            // Host or network unreachable can be a passing routing state; the timers judge.
+            return;
+        }
+        let Some(header) = sctp_wire::parse_common_header(&error.packet) else {
+            return;
+        };
+        let ours = self.entries.iter().find_map(|(&handle, entry)| {
+            let wire = entry.wire?;
+            (entry.remote == error.destination && wire == header).then_some(handle)
+        });
+        // Not one of ours, or not with the tag we send: RFC 6951 section 5.5 says discard
+        // it silently.
+        if let Some(handle) = ours {
+            debug!(
+                "ICMP port unreachable from {} (verification tag checked): the peer's port \
+                 is closed",
+                error.destination
+            );
+            self.finish(handle, Event::Failed(FailureReason::PortUnreachable));
         }
     }
 
@@ -1104,6 +1159,7 @@ impl Driver {
             segment_size,
             src_ip: None,
         };
+        let mut retry = true;
         loop {
             let sent = self.socket.try_io(Interest::WRITABLE, || {
                 self.udp_state.try_send((&self.socket).into(), &transmit)
@@ -1115,6 +1171,11 @@ impl Driver {
                         debug!("UDP send to {remote} failed: {error}");
                         return false;
                     }
+                }
+                // An ICMP error about another peer is reported once, by whichever call
+                // comes next (IP_RECVERR): it is not this datagram's fault, so try again.
+                Err(error) if error.raw_os_error() == Some(libc::ECONNREFUSED) && retry => {
+                    retry = false;
                 }
                 Err(error) => {
                     debug!("UDP send to {remote} failed: {error}");
