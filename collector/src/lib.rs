@@ -17,8 +17,9 @@
 //! store            → batch, ledger, record      SQLite
 //! prefix           address prefixes (pure)
 //! query, audit     → prefix, record / ledger, store     readers
-//! aggregate        → query                      top-N and time bins
-//! flow_table, sql  → query, record, store       the `flows` SQL table
+//! aggregate        → query, record              top-N and time bins
+//! flow_table       → query, record, store       the `flows` SQL virtual table
+//! sql              → flow_table, store          `collector sql`
 //! ingest           → batch, decoder, store      the writer thread
 //! listeners        → batch, decoder, ingest, session   UDP and TCP drivers
 //! sctp             → batch, billing, ingest, listeners, session   SCTP/framed-TCP driver

@@ -2,7 +2,7 @@
 //! exporter, observation domain and export time (on blocks, before
 //! decoding) and by addresses or prefixes, ports and protocol (on each
 //! decoded record). [`for_each_record`] is the selection that
-//! `crate::aggregate` sums too.
+//! aggregation (`collector query --top`, `--bin`) sums too.
 
 use std::collections::HashMap;
 use std::io::Write;

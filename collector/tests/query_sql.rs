@@ -710,3 +710,23 @@ fn a_scan_reads_every_page_of_blocks() {
         [json!({"n": 50})]
     );
 }
+
+#[test]
+fn the_documented_per_prefix_report_works() {
+    // docs/querying.md: bytes per /24 of the source, per hour.
+    with_store(|path| {
+        assert_eq!(
+            sql_rows(
+                path,
+                "SELECT flow_start_ms / 3600000 * 3600 AS hour, \
+                        rtrim(src_addr, '0123456789') || '0/24' AS net, sum(octets) AS octets \
+                 FROM flows WHERE src_addr NOT LIKE '%:%' GROUP BY hour, net \
+                 ORDER BY hour, octets DESC"
+            ),
+            [
+                json!({"hour": 1_699_999_200, "net": "10.0.0.0/24", "octets": 4200}),
+                json!({"hour": 1_699_999_200, "net": "10.0.1.0/24", "octets": 500}),
+            ]
+        );
+    });
+}
