@@ -165,7 +165,8 @@ cleanup() {
 trap cleanup EXIT
 
 say "building the packages (deploy/deb/build.sh)"
-mapfile -t debs < <(bash deploy/deb/build.sh)
+bash deploy/deb/build.sh >"$run/debs" || fail "deploy/deb/build.sh failed"
+mapfile -t debs <"$run/debs"
 [ "${#debs[@]}" = 3 ] || fail "expected 3 packages, build.sh printed: ${debs[*]}"
 
 say "installing: dpkg -i ${debs[*]##*/}"
