@@ -62,9 +62,9 @@ pub const COLUMNS: [(&str, &str); 24] = [
     ("fields", "TEXT"),
 ];
 
-/// Blocks read from `record_blocks` per query of the cursor: bounds the
-/// memory a scan holds (a block has about 30 records).
-const BLOCKS_PER_PAGE: i64 = 64;
+/// Blocks decoded at a time by the cursor: bounds the memory a scan holds
+/// (a block has about 30 records).
+const BLOCKS_PER_PAGE: usize = 64;
 
 /// Makes the `flows` table available on `conn`.
 pub fn register(conn: &Connection) -> rusqlite::Result<()> {
@@ -153,10 +153,7 @@ unsafe impl<'vtab> VTab<'vtab> for FlowTable {
         Ok(FlowCursor {
             base: ffi::sqlite3_vtab_cursor::default(),
             conn: &self.conn,
-            conditions: String::new(),
-            args: Vec::new(),
-            after_block: i64::MIN,
-            blocks_left: false,
+            blocks: VecDeque::new(),
             rows: VecDeque::new(),
             current: None,
             templates: HashMap::new(),
@@ -173,20 +170,18 @@ struct FlowRow {
     record_sequence: Option<i64>,
 }
 
-/// A scan over the blocks the pushed-down conditions select, one page of
-/// blocks at a time, in storage order.
+/// A scan over the blocks the pushed-down conditions select, in storage
+/// order: their ids are selected once (8 bytes a block), then the blocks
+/// are read by id and decoded a page at a time. One selection, not a query
+/// per page: a per-page query resuming after the last id would have SQLite
+/// re-sort every remaining match whenever it selects through an index.
 #[repr(C)]
 struct FlowCursor<'vtab> {
     /// SQLite's part; must come first.
     base: ffi::sqlite3_vtab_cursor,
     conn: &'vtab Connection,
-    /// Pushed-down conditions (SQL, `?` placeholders) and their values.
-    conditions: String,
-    args: Vec<SqlValue>,
-    /// Id of the last block read: the next page starts after it.
-    after_block: i64,
-    /// Whether the last page was full (more blocks may follow).
-    blocks_left: bool,
+    /// Ids of the selected blocks not read yet.
+    blocks: VecDeque<i64>,
     /// Decoded records of the page not returned yet.
     rows: VecDeque<FlowRow>,
     current: Option<FlowRow>,
@@ -200,7 +195,7 @@ impl FlowCursor<'_> {
     /// Moves to the next record, reading pages until one has a record or
     /// the blocks run out.
     fn advance(&mut self) -> rusqlite::Result<()> {
-        while self.rows.is_empty() && self.blocks_left {
+        while self.rows.is_empty() && !self.blocks.is_empty() {
             self.read_page()?;
         }
         self.current = self.rows.pop_front();
@@ -208,59 +203,66 @@ impl FlowCursor<'_> {
         Ok(())
     }
 
-    fn read_page(&mut self) -> rusqlite::Result<()> {
+    /// The ids of the blocks the pushed-down `conditions` select.
+    fn select_blocks(&mut self, conditions: &str, args: Vec<SqlValue>) -> rusqlite::Result<()> {
         let mut sql = String::from(
-            "SELECT r.id, e.address, e.transport, r.domain, r.template_ref, t.template_id,
+            "SELECT r.id FROM record_blocks r JOIN exporters e ON e.id = r.exporter_id",
+        );
+        if !conditions.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(conditions);
+        }
+        sql.push_str(" ORDER BY r.id");
+        // Not cached: no statement may outlive this call (see `connect`).
+        let mut stmt = self.conn.prepare(&sql)?;
+        let ids = stmt.query_map(rusqlite::params_from_iter(args), |row| row.get(0))?;
+        self.blocks = ids.collect::<rusqlite::Result<_>>()?;
+        Ok(())
+    }
+
+    fn read_page(&mut self) -> rusqlite::Result<()> {
+        // Not cached: no statement may outlive this call (see `connect`).
+        let mut stmt = self.conn.prepare(
+            "SELECT e.address, e.transport, r.domain, r.template_ref, t.template_id,
                     t.scope_field_count, t.fields, r.export_time, r.message_sequence,
                     r.first_record_index, r.received_ms, r.records, r.billing_exporter,
                     r.first_record_sequence
              FROM record_blocks r JOIN exporters e ON e.id = r.exporter_id
                   JOIN templates t ON t.id = r.template_ref
-             WHERE r.id > ?",
-        );
-        if !self.conditions.is_empty() {
-            sql.push_str(" AND ");
-            sql.push_str(&self.conditions);
-        }
-        sql.push_str(" ORDER BY r.id LIMIT ?");
-        let mut args = Vec::with_capacity(self.args.len() + 2);
-        args.push(SqlValue::Integer(self.after_block));
-        args.extend(self.args.iter().cloned());
-        args.push(SqlValue::Integer(BLOCKS_PER_PAGE));
-        // Not cached: no statement may outlive this call (see `connect`).
-        let mut stmt = self.conn.prepare(&sql)?;
-        let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
-        let mut blocks = 0;
-        while let Some(row) = rows.next()? {
-            blocks += 1;
-            self.after_block = row.get(0)?;
-            let template_ref: i64 = row.get(4)?;
+             WHERE r.id = ?1",
+        )?;
+        let page = self.blocks.len().min(BLOCKS_PER_PAGE);
+        for id in self.blocks.drain(..page) {
+            let mut rows = stmt.query([id])?;
+            // Gone since the selection only if the store was replaced.
+            let Some(row) = rows.next()? else { continue };
+            let template_ref: i64 = row.get(3)?;
             if let std::collections::hash_map::Entry::Vacant(slot) =
                 self.templates.entry(template_ref)
             {
-                let fields: Vec<u8> = row.get(7)?;
-                slot.insert(store::decode_template(row.get(5)?, row.get(6)?, &fields));
+                let fields: Vec<u8> = row.get(6)?;
+                slot.insert(store::decode_template(row.get(4)?, row.get(5)?, &fields));
             }
             let Some(template) = &self.templates[&template_ref] else {
                 return Err(rusqlite::Error::ModuleError(format!(
                     "stored template {template_ref} is damaged"
                 )));
             };
-            let exporter: String = row.get(1)?;
-            let transport: String = row.get(2)?;
-            let first_record_index: u32 = row.get(10)?;
-            let billing_exporter: Option<u32> = row.get(13)?;
-            let first_record_sequence: Option<i64> = row.get(14)?;
+            let exporter: String = row.get(0)?;
+            let transport: String = row.get(1)?;
+            let first_record_index: u32 = row.get(9)?;
+            let billing_exporter: Option<u32> = row.get(12)?;
+            let first_record_sequence: Option<i64> = row.get(13)?;
             let block = StoredBlock {
                 exporter: &exporter,
                 transport: store::transport_name(&transport),
-                domain: row.get(3)?,
+                domain: row.get(2)?,
                 template,
-                export_time: row.get(8)?,
-                message_sequence: row.get(9)?,
+                export_time: row.get(7)?,
+                message_sequence: row.get(8)?,
                 first_record_index,
-                received_ms: row.get(11)?,
-                records: row.get_ref(12)?.as_blob()?,
+                received_ms: row.get(10)?,
+                records: row.get_ref(11)?.as_blob()?,
             };
             decode_block(&block, |record| {
                 let offset = i64::from(record.record_index - first_record_index);
@@ -271,7 +273,6 @@ impl FlowCursor<'_> {
                 });
             });
         }
-        self.blocks_left = blocks == BLOCKS_PER_PAGE;
         Ok(())
     }
 }
@@ -283,13 +284,11 @@ unsafe impl VTabCursor for FlowCursor<'_> {
         idx_str: Option<&str>,
         args: &Filters<'_>,
     ) -> rusqlite::Result<()> {
-        self.conditions = idx_str.unwrap_or_default().to_owned();
-        self.args = (0..args.len())
+        let values = (0..args.len())
             .map(|i| args.get::<SqlValue>(i))
             .collect::<rusqlite::Result<_>>()?;
-        self.after_block = i64::MIN;
-        self.blocks_left = true;
         self.rows.clear();
+        self.select_blocks(idx_str.unwrap_or_default(), values)?;
         self.rowid = 0;
         self.advance()
     }
