@@ -47,7 +47,7 @@ pub fn run(
         other => anyhow::anyhow!("bad SQL statement: {other}"),
     })?;
     let columns: Vec<String> = stmt.column_names().into_iter().map(str::to_owned).collect();
-    let mut rows = stmt.query([]).context("running the SQL statement")?;
+    let mut rows = stmt.query([]).map_err(running_error)?;
     let mut sink = match format {
         // Aligning needs every width: the rows are kept (add LIMIT for
         // large results, or use CSV or JSON, which stream).
@@ -60,7 +60,7 @@ pub fn run(
         SqlFormat::Json => RowSink::Json(&mut *out),
     };
     let mut count = 0u64;
-    while let Some(row) = rows.next().context("running the SQL statement")? {
+    while let Some(row) = rows.next().map_err(running_error)? {
         count += 1;
         let values: Vec<Value> = (0..columns.len())
             .map(|i| row.get_ref(i).map(json_value))
@@ -80,6 +80,18 @@ pub fn run(
         write_table(&columns, &rows, out)?;
     }
     Ok(count)
+}
+
+/// An error SQLite gave while running the statement, said for an operator.
+fn running_error(error: rusqlite::Error) -> anyhow::Error {
+    match error {
+        // SQLite prepares an empty (or comments-only) statement into
+        // nothing, and running nothing is a misuse to it.
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ApiMisuse => {
+            anyhow::anyhow!("no SQL statement given (empty, or only comments)")
+        }
+        other => anyhow::Error::new(other).context("running the SQL statement"),
+    }
 }
 
 enum RowSink<'a, W: Write> {

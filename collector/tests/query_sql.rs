@@ -571,6 +571,15 @@ fn bad_sql_is_an_error_that_says_why() {
         let column = error("SELECT bogus FROM flows");
         assert!(column.contains("no such column: bogus"), "{column}");
         assert!(error("SELECT 1; SELECT 2").contains("one SQL statement"));
+        assert!(error("  ").contains("no SQL statement given"));
+        assert!(error("-- only a comment").contains("no SQL statement given"));
+        assert!(
+            format!(
+                "{:#}",
+                sql::run(&conn, "SELECT ?", SqlFormat::Json, &mut Vec::new()).unwrap_err()
+            )
+            .contains("Wrong number of parameters")
+        );
         // The store is opened read-only: a statement cannot change it.
         let write = format!(
             "{:#}",
