@@ -15,7 +15,11 @@
 //! billing          → batch, ledger              cookies, Cookie Echo, block tags
 //! session          → batch, billing, decoder, ledger   one association, sans-IO
 //! store            → batch, ledger, record      SQLite
-//! query, audit     → record / ledger, store     readers
+//! prefix           address prefixes (pure)
+//! query, audit     → prefix, record / ledger, store     readers
+//! aggregate        → query, record              top-N and time bins
+//! flow_table       → query, record, store       the `flows` SQL virtual table
+//! sql              → flow_table, store          `collector sql`
 //! ingest           → batch, decoder, store      the writer thread
 //! listeners        → batch, decoder, ingest, session   UDP and TCP drivers
 //! sctp             → batch, billing, ingest, listeners, session   SCTP/framed-TCP driver
@@ -24,19 +28,23 @@
 
 #![warn(missing_docs)]
 
+pub mod aggregate;
 pub mod audit;
 pub mod batch;
 pub mod billing;
 pub mod config;
 pub mod decoder;
+pub mod flow_table;
 pub mod ingest;
 pub mod ledger;
 pub mod listeners;
 pub mod pool;
+pub mod prefix;
 pub mod query;
 pub mod record;
 pub mod sctp;
 pub mod session;
+pub mod sql;
 pub mod store;
 
 use std::net::SocketAddr;

@@ -6,8 +6,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use collector::aggregate::{self, TopBy, TopOrder};
 use collector::config::{CollectorConfig, LogFormat};
+use collector::prefix::IpPrefix;
 use collector::query::{self, Filter, Format};
+use collector::sql::SqlFormat;
 use collector::store::Store;
 
 /// poolflow collector: an IPFIX collecting process (RFC 7011) that stores
@@ -26,8 +29,13 @@ enum Command {
     Run(RunArgs),
     /// Print the effective configuration (defaults + file + flags) as TOML.
     ShowConfig(RunArgs),
-    /// Print stored records as JSON lines or CSV.
+    /// Print stored records as JSON lines or CSV, filtered (exporter,
+    /// domain, time, address or prefix, port, protocol), or their top-N by
+    /// a field or sums per time bin.
     Query(QueryArgs),
+    /// Run one SQL statement over a store (read-only); the table `flows`
+    /// holds every stored record decoded, with typed columns.
+    Sql(SqlArgs),
     /// Per exporter and observation domain: records stored and lost.
     Stats(StatsArgs),
     /// Prove billing record continuity across every collector's store: gaps,
@@ -152,6 +160,54 @@ struct QueryArgs {
     /// At most this many records.
     #[arg(long)]
     limit: Option<u64>,
+    /// Source address in this prefix (192.0.2.0/24, 2001:db8::/32, or one address).
+    #[arg(long, value_name = "PREFIX")]
+    src: Option<IpPrefix>,
+    /// Destination address in this prefix.
+    #[arg(long, value_name = "PREFIX")]
+    dst: Option<IpPrefix>,
+    /// Source or destination address in this prefix.
+    #[arg(long, value_name = "PREFIX")]
+    addr: Option<IpPrefix>,
+    /// Source port.
+    #[arg(long, value_name = "PORT")]
+    src_port: Option<u16>,
+    /// Destination port.
+    #[arg(long, value_name = "PORT")]
+    dst_port: Option<u16>,
+    /// Source or destination port.
+    #[arg(long, value_name = "PORT")]
+    port: Option<u16>,
+    /// IP protocol: tcp, udp, icmp, ipv6-icmp, sctp, gre, esp or a number.
+    #[arg(long, value_name = "PROTO", value_parser = query::parse_protocol)]
+    protocol: Option<u8>,
+    /// Print the N groups of records with the most --order, grouped --by a
+    /// field, instead of records.
+    #[arg(long, value_name = "N", requires = "by", conflicts_with_all = ["bin", "limit"])]
+    top: Option<usize>,
+    /// The field --top groups by.
+    #[arg(long, value_enum, requires = "top")]
+    by: Option<TopBy>,
+    /// What --top ranks by.
+    #[arg(long, value_enum, default_value = "bytes", requires = "top")]
+    order: TopOrder,
+    /// Print records, packets and octets per time bin of this width (1m,
+    /// 5m, 1h; by flow start, else export time) instead of records.
+    #[arg(long, value_name = "DURATION", value_parser = daemon_common::duration::parse,
+          conflicts_with = "limit")]
+    bin: Option<std::time::Duration>,
+}
+
+#[derive(Args)]
+struct SqlArgs {
+    /// SQLite database file written by `collector run`.
+    #[arg(long)]
+    database: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: SqlFormat,
+    /// One SQL statement, e.g. "SELECT src_addr, sum(octets) FROM flows GROUP BY 1".
+    statement: String,
 }
 
 fn parse_time(s: &str) -> Result<i64, String> {
@@ -183,6 +239,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Query(args) => query(args),
+        Command::Sql(args) => sql(args),
         Command::Stats(args) => stats(args),
         Command::Audit(args) => audit(args),
     }
@@ -328,10 +385,38 @@ fn query(args: QueryArgs) -> Result<()> {
         since: args.since,
         until: args.until,
         limit: args.limit,
+        src: args.src,
+        dst: args.dst,
+        addr: args.addr,
+        src_port: args.src_port,
+        dst_port: args.dst_port,
+        port: args.port,
+        protocol: args.protocol,
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    query::run(&conn, &filter, args.format, &mut out)?;
+    match (args.top, args.by, args.bin) {
+        (Some(n), Some(by), _) => {
+            let rows = aggregate::top(&conn, &filter, by, args.order, n)?;
+            aggregate::write_top(&rows, by, args.format, &mut out)?;
+        }
+        (_, _, Some(width)) => {
+            let rows = aggregate::bins(&conn, &filter, width)?;
+            aggregate::write_bins(&rows, args.format, &mut out)?;
+        }
+        _ => {
+            query::run(&conn, &filter, args.format, &mut out)?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn sql(args: SqlArgs) -> Result<()> {
+    let conn = collector::sql::open(&args.database)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    collector::sql::run(&conn, &args.statement, args.format, &mut out)?;
     out.flush()?;
     Ok(())
 }

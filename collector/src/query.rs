@@ -1,19 +1,22 @@
 //! `collector query`: stored records as JSON lines or CSV, filtered by
-//! exporter, observation domain and export time.
+//! exporter, observation domain and export time (on blocks, before
+//! decoding) and by addresses or prefixes, ports and protocol (on each
+//! decoded record). [`for_each_record`] is the selection that
+//! aggregation (`collector query --top`, `--bin`) sums too.
 
+use std::collections::HashMap;
 use std::io::Write;
+use std::ops::ControlFlow;
 
 use anyhow::Result;
+use protocol::ipfix::Template;
 use protocol::ipfix::registry;
 use protocol::ipfix::value::decode_value;
 use rusqlite::{Connection, ToSql};
 use serde_json::{Map, Value, json};
 
-use std::collections::HashMap;
-
-use protocol::ipfix::Template;
-
-use crate::record::{StoredRecord, extra_fields};
+use crate::prefix::IpPrefix;
+use crate::record::{FlowFields, StoredRecord, extra_fields};
 use crate::store::{self, StoredBlock, decode_block};
 
 /// Output format of `collector query`.
@@ -39,9 +42,68 @@ pub struct Filter {
     pub until: Option<i64>,
     /// At most this many records.
     pub limit: Option<u64>,
+    /// Source address in this prefix.
+    pub src: Option<IpPrefix>,
+    /// Destination address in this prefix.
+    pub dst: Option<IpPrefix>,
+    /// Source or destination address in this prefix.
+    pub addr: Option<IpPrefix>,
+    /// Source port.
+    pub src_port: Option<u16>,
+    /// Destination port.
+    pub dst_port: Option<u16>,
+    /// Source or destination port.
+    pub port: Option<u16>,
+    /// IP protocol number (protocolIdentifier).
+    pub protocol: Option<u8>,
 }
 
-const COLUMNS: [&str; 22] = [
+impl Filter {
+    /// Whether a decoded record passes the per-record conditions (address,
+    /// port, protocol). A record without the field never matches a
+    /// condition on it.
+    pub fn matches(&self, f: &FlowFields) -> bool {
+        let in_prefix = |prefix: &IpPrefix, addr: Option<std::net::IpAddr>| {
+            addr.is_some_and(|a| prefix.contains(a))
+        };
+        self.src.as_ref().is_none_or(|p| in_prefix(p, f.src_addr))
+            && self.dst.as_ref().is_none_or(|p| in_prefix(p, f.dst_addr))
+            && self
+                .addr
+                .as_ref()
+                .is_none_or(|p| in_prefix(p, f.src_addr) || in_prefix(p, f.dst_addr))
+            && self.src_port.is_none_or(|p| f.src_port == Some(p))
+            && self.dst_port.is_none_or(|p| f.dst_port == Some(p))
+            && self
+                .port
+                .is_none_or(|p| f.src_port == Some(p) || f.dst_port == Some(p))
+            && self.protocol.is_none_or(|p| f.protocol == Some(p))
+    }
+}
+
+/// A protocol by its usual name (tcp, udp, icmp, ipv6-icmp, sctp, gre, esp)
+/// or its IANA number (0 to 255).
+pub fn parse_protocol(text: &str) -> Result<u8, String> {
+    let number = match text.to_ascii_lowercase().as_str() {
+        "icmp" => 1,
+        "tcp" => 6,
+        "udp" => 17,
+        "gre" => 47,
+        "esp" => 50,
+        "ipv6-icmp" | "icmpv6" => 58,
+        "sctp" => 132,
+        other => other.parse::<u8>().map_err(|_| {
+            format!(
+                "`{text}` is not a protocol: give a number from 0 to 255 or one of \
+                 tcp, udp, icmp, ipv6-icmp, sctp, gre, esp"
+            )
+        })?,
+    };
+    Ok(number)
+}
+
+/// Column names of `collector query` output, in order.
+pub const COLUMNS: [&str; 22] = [
     "exporter",
     "transport",
     "domain",
@@ -83,19 +145,26 @@ pub fn describe_field(enterprise: u32, id: u16, raw: &[u8]) -> (String, Value) {
     (ie.name.to_owned(), value)
 }
 
+/// The fields without a typed column, as a JSON object of IANA names and
+/// typed values (see [`describe_field`]).
+pub fn extra_json(extra: &[u8]) -> Map<String, Value> {
+    extra_fields(extra)
+        .map(|(enterprise, id, raw)| describe_field(enterprise, id, raw))
+        .collect()
+}
+
 fn hex(raw: &[u8]) -> String {
     raw.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Writes matching records to `out`; returns how many.
-pub fn run(
+/// Calls `each` with every stored record that passes `filter` (its limit
+/// aside), in storage order, until `each` breaks. Blocks are selected by
+/// exporter, domain and time in SQL; only their records are decoded.
+pub fn for_each_record(
     conn: &Connection,
     filter: &Filter,
-    format: Format,
-    out: &mut impl Write,
-) -> Result<u64> {
-    // Records are stored in blocks (see crate::store): select the blocks,
-    // decode their records here, apply the limit to records.
+    mut each: impl FnMut(&StoredRecord) -> Result<ControlFlow<()>>,
+) -> Result<()> {
     let mut sql = String::from(
         "SELECT e.address, e.transport, r.domain, r.template_ref, t.template_id,
                 t.scope_field_count, t.fields, r.export_time, r.message_sequence,
@@ -141,20 +210,9 @@ pub fn run(
     sql.push_str(" ORDER BY r.id");
     let mut stmt = conn.prepare(&sql)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(args.iter().map(|a| a.as_ref())))?;
-    let mut sink = match format {
-        Format::Csv => {
-            let mut w = csv::Writer::from_writer(out);
-            w.write_record(COLUMNS)?;
-            Sink::Csv(Box::new(w))
-        }
-        Format::Json => Sink::Json(out),
-    };
-    let mut count = 0u64;
-    let limit = filter.limit.unwrap_or(u64::MAX);
     let mut templates: HashMap<i64, Option<Template>> = HashMap::new();
-    let mut failure: Option<anyhow::Error> = None;
-    while count < limit {
-        let Some(row) = rows.next()? else { break };
+    let mut outcome: Result<ControlFlow<()>> = Ok(ControlFlow::Continue(()));
+    while let Some(row) = rows.next()? {
         let template_ref: i64 = row.get(3)?;
         if let std::collections::hash_map::Entry::Vacant(slot) = templates.entry(template_ref) {
             let fields: Vec<u8> = row.get(6)?;
@@ -178,17 +236,44 @@ pub fn run(
             records,
         };
         decode_block(&block, |record| {
-            if count >= limit || failure.is_some() {
-                return;
-            }
-            match write_record(&mut sink, &record) {
-                Ok(()) => count += 1,
-                Err(e) => failure = Some(e),
+            if matches!(outcome, Ok(ControlFlow::Continue(()))) && filter.matches(&record.fields) {
+                outcome = each(&record);
             }
         });
-        if let Some(e) = failure.take() {
-            return Err(e);
+        if !matches!(outcome, Ok(ControlFlow::Continue(()))) {
+            break;
         }
+    }
+    outcome.map(|_| ())
+}
+
+/// Writes matching records to `out`; returns how many.
+pub fn run(
+    conn: &Connection,
+    filter: &Filter,
+    format: Format,
+    out: &mut impl Write,
+) -> Result<u64> {
+    let mut sink = match format {
+        Format::Csv => {
+            let mut w = csv::Writer::from_writer(out);
+            w.write_record(COLUMNS)?;
+            Sink::Csv(Box::new(w))
+        }
+        Format::Json => Sink::Json(out),
+    };
+    let limit = filter.limit.unwrap_or(u64::MAX);
+    let mut count = 0u64;
+    if limit > 0 {
+        for_each_record(conn, filter, |record| {
+            write_record(&mut sink, record)?;
+            count += 1;
+            Ok(if count >= limit {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            })
+        })?;
     }
     if let Sink::Csv(mut w) = sink {
         w.flush()?;
@@ -233,11 +318,7 @@ fn write_record<W: Write>(sink: &mut Sink<'_, W>, r: &StoredRecord) -> Result<()
         int(f.ingress_if.map(i64::from)),
         int(f.egress_if.map(i64::from)),
     ];
-    let mut fields = Map::new();
-    for (enterprise, id, raw) in extra_fields(&r.extra) {
-        let (name, value) = describe_field(enterprise, id, raw);
-        fields.insert(name, value);
-    }
+    let fields = extra_json(&r.extra);
     match sink {
         Sink::Csv(w) => {
             let mut cells: Vec<String> = values
@@ -272,6 +353,20 @@ fn write_record<W: Write>(sink: &mut Sink<'_, W>, r: &StoredRecord) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn protocols_by_name_or_number() {
+        assert_eq!(parse_protocol("tcp"), Ok(6));
+        assert_eq!(parse_protocol("UDP"), Ok(17));
+        assert_eq!(parse_protocol("ipv6-icmp"), Ok(58));
+        assert_eq!(parse_protocol("132"), Ok(132));
+        assert!(
+            parse_protocol("256")
+                .unwrap_err()
+                .contains("not a protocol")
+        );
+        assert!(parse_protocol("tcpx").is_err());
+    }
 
     #[test]
     fn known_elements_get_their_iana_name_and_typed_value() {
