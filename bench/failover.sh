@@ -19,7 +19,7 @@ rate="${2:-500000}"
 bin="${CARGO_TARGET_DIR:-target}/release"
 # Enough records that the stream outlasts every kill, restart and failback
 # (about 2 s each on this 2-core machine) with a margin.
-records=$(( rate * (kills * 3 + 10) ))
+records=$(( rate * (kills * 4 + 10) ))
 dir=$(mktemp -d /tmp/poolflow-failover.XXXXXX)
 echo "failover bench: $kills kills at $rate records/s ($records records), files in $dir"
 POOLFLOW_KILLS="$kills" POOLFLOW_RUN_DIR="$dir" deploy/local-pool.sh "$records" "$rate" \

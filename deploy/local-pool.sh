@@ -152,8 +152,8 @@ pids+=("$exporter")
 
 # POOLFLOW_KILLS (default 1): how many times the primary is killed and
 # restarted (bench/failover.sh uses 20). The first kill comes a third into
-# the stream; each restart follows the exporter's failover, and each later
-# kill its failback. Every wait is on the exporter's log, bounded.
+# the stream; each restart comes 1 s after the exporter's failover, and each
+# later kill after its failback. Every wait is on the exporter's log, bounded.
 kills="${POOLFLOW_KILLS:-1}"
 exporter_events() { grep -c "$1" "$run/exporter.log" 2>/dev/null || true; }
 wait_events() { # PATTERN COUNT WHAT
@@ -176,6 +176,7 @@ for k in $(seq "$kills"); do
   wait "$primary" 2>/dev/null || true
   killed_at=$(date +%s.%N)
   wait_events FAILOVER "$k" "failover $k"
+  sleep 1 # the primary stays down a while: the backup takes the stream
   say "restarting the primary"
   primary=$(start_collector primary); pids+=("$primary")
   restarted_at=$(date +%s.%N)
