@@ -58,7 +58,7 @@ else
 fi
 
 # The Debian packages of the three daemons (issue 15): cargo-deb builds
-# them from one release build, dpkg installs them, a pool runs from the
+# them from one build (the deb-test profile), dpkg installs them, a pool runs from the
 # installed binaries and configs as the packages' `poolflow` user and its
 # store must pass the audit, then they are purged (tests/debian-packages.sh,
 # docs/debian-packages.md). It says SKIPPED without root and fails under CI

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Debian packages of the three daemons (poolflow-registrar,
 # poolflow-collector, poolflow-exporter) with cargo-deb, from one release
-# build, into target/debian/, and prints their paths.
+# build, into target/debian/, and prints their paths. POOLFLOW_DEB_PROFILE
+# names another Cargo profile (tests/debian-packages.sh uses `deb-test`).
 #
 #   deploy/deb/build.sh                       # installs cargo-deb if missing
 #   sudo dpkg -i target/debian/poolflow-*.deb
@@ -24,13 +25,15 @@ daemons=(registrar collector exporter)
 # (cargo-deb building each package alone could build them three times).
 package_args=()
 for daemon in "${daemons[@]}"; do package_args+=(-p "$daemon"); done
-cargo build --release --locked "${package_args[@]}"
+profile="${POOLFLOW_DEB_PROFILE:-release}"
+cargo build --profile "$profile" --locked "${package_args[@]}"
 
 target="${CARGO_TARGET_DIR:-target}"
 mkdir -p "$target/debian"
 for daemon in "${daemons[@]}"; do
   # --strip: the release profile keeps line tables for profiling (debug =
   # 1), which would make each package several times larger.
-  cargo deb --no-build --strip --locked -p "$daemon" --output "$target/debian/" >&2
+  cargo deb --no-build --strip --locked --profile "$profile" -p "$daemon" \
+    --output "$target/debian/" >&2
 done
 ls "$target"/debian/poolflow-{registrar,collector,exporter}_*.deb
