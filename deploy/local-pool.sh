@@ -34,9 +34,15 @@ cleanup() {
 trap cleanup EXIT
 say() { printf '\n== %s\n' "$*"; }
 
-say "building (release)"
-cargo build --release --locked -q -p registrar -p collector -p exporter
-bin="${CARGO_TARGET_DIR:-target}/release"
+# POOLFLOW_BIN_DIR: binaries built elsewhere (CI's soak uses the debug ones
+# `cargo test` built); otherwise a release build.
+if [ -n "${POOLFLOW_BIN_DIR:-}" ]; then
+  bin="$POOLFLOW_BIN_DIR"
+else
+  say "building (release)"
+  cargo build --release --locked -q -p registrar -p collector -p exporter
+  bin="${CARGO_TARGET_DIR:-target}/release"
+fi
 
 base=$((20000 + RANDOM % 20000))
 registrar_port=$base
@@ -151,7 +157,8 @@ exporter=$!
 pids+=("$exporter")
 
 # POOLFLOW_KILLS (default 1): how many times the primary is killed and
-# restarted (bench/failover.sh uses 20). The first kill comes a third into
+# restarted (bench/failover.sh uses 20; bench/soak.sh 0, to count false
+# failovers). The first kill comes a third into
 # the stream; each restart comes 1 s after the exporter's failover, and each
 # later kill after its failback. Every wait is on the exporter's log, bounded.
 kills="${POOLFLOW_KILLS:-1}"
@@ -172,9 +179,10 @@ for k in $(seq "$kills"); do
     sleep 0.5 # the stream settles on the primary before the next kill
   fi
   say "SIGKILL the primary collector mid-stream$([ "$kills" -gt 1 ] && echo " ($k of $kills)")"
-  kill -9 "$primary"
-  wait "$primary" 2>/dev/null || true
+  # The time first: the exporter can fail over within a millisecond of the
+  # kill (ICMP port unreachable), before a `date` after it would return.
   killed_at=$(date +%s.%N)
+  kill -9 "$primary"
   wait_events FAILOVER "$k" "failover $k"
   sleep 1 # the primary stays down a while: the backup takes the stream
   say "restarting the primary"
