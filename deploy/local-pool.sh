@@ -214,5 +214,5 @@ set +e
   --exporter-state "$run/exporter.state"
 verdict=$?
 set -e
-echo "(files and logs in $run; primary killed at $killed_at)"
+echo "(files and logs in $run; primary last killed at ${killed_at:-never})"
 exit $verdict

@@ -298,8 +298,10 @@ pub struct TimersConfig {
     /// T1-ENRPrequest: wait for a registrar's answer.
     #[serde(with = "daemon_common::duration::serde")]
     pub registrar_request_timeout: Duration,
-    /// Use sub-second SCTP failure detection (heartbeat 50 ms, RTO ≤ 100 ms)
-    /// on the data association instead of RFC 9260 defaults.
+    /// Use the transport's LAN failure detection on the data association
+    /// (heartbeat 200 ms, RTO 50–400 ms, 3 path retransmissions; a dead
+    /// collector process is known at once from ICMP) instead of RFC 9260
+    /// defaults.
     pub fast_failure_detection: bool,
     /// A collector whose cookie was refused is not used again for this long.
     #[serde(with = "daemon_common::duration::serde")]

@@ -152,16 +152,24 @@ impl Config {
         Ok(())
     }
 
-    /// Aggressive settings for sub-second failover on a LAN or loopback.
+    /// Settings for failover on a LAN or loopback: fast when the peer is dead, quiet when
+    /// it is only busy. A peer *process* that dies on a live host is known within a round
+    /// trip from its host's ICMP port unreachable ([`Config::icmp_port_unreachable`]), so
+    /// the timers only have to catch dead hosts and cut paths: they give up after about
+    /// 0.75 s without any acknowledgement of outstanding data (RTO 50, 100, 200, 400 ms)
+    /// and at most [`Self::failure_detection_bound`] (1.8 s) of silence. A live peer
+    /// starved of CPU for less than that (a parallel build, a busy disk) is not failed
+    /// over from; the earlier preset (RTO 20–100 ms, 2 retransmissions) did that in a
+    /// soak beside two busy loops (BENCHMARKS.md).
     pub fn fast_failure_detection(transport: TransportKind) -> Self {
         Config {
             transport,
-            heartbeat_interval: Duration::from_millis(50),
-            rto_initial: Duration::from_millis(50),
-            rto_min: Duration::from_millis(20),
-            rto_max: Duration::from_millis(100),
-            max_association_retransmissions: 4,
-            max_path_retransmissions: 2,
+            heartbeat_interval: Duration::from_millis(200),
+            rto_initial: Duration::from_millis(100),
+            rto_min: Duration::from_millis(50),
+            rto_max: Duration::from_millis(400),
+            max_association_retransmissions: 6,
+            max_path_retransmissions: 3,
             max_init_retransmissions: 4,
             connect_timeout: Duration::from_secs(2),
             ..Config::default()
