@@ -26,7 +26,6 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
-use std::hash::Hasher;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -41,6 +40,7 @@ use protocol::ipfix::message::DataRecordIter;
 use rusqlite::{Connection, params};
 use serde::Serialize;
 
+use crate::record::record_hash;
 use crate::store::{Store, decode_template};
 
 /// What to audit and how.
@@ -929,17 +929,6 @@ fn format_ms(ms: i64) -> String {
         }
         Err(_) => format!("{ms} ms before 1970"),
     }
-}
-
-/// 64-bit hash of a record's bytes. SipHash-1-3 with fixed keys
-/// (`DefaultHasher::new`): the same bytes hash the same in every reader
-/// thread, unlike `RandomState`. Two different records colliding is a
-/// 2^-64 event per comparison; the bytes themselves are never shipped to
-/// the merge, which keeps it small.
-fn record_hash(bytes: &[u8]) -> u64 {
-    let mut hasher = std::hash::DefaultHasher::new();
-    hasher.write(bytes);
-    hasher.finish()
 }
 
 /// Reads one store inside one read transaction (a consistent snapshot even

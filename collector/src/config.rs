@@ -79,6 +79,70 @@ pub struct CollectorConfig {
     pub deprecated_keys: Vec<String>,
     /// Register as a pool element (RFC 5352); absent: a standalone collector.
     pub pool: Option<crate::pool::PoolConfig>,
+    /// Ship committed records to PostgreSQL, the shared store tier
+    /// (docs/postgres.md); absent: records stay in the SQLite file only.
+    pub postgres: Option<PostgresConfig>,
+}
+
+/// `[postgres]`: where and how the shipper sends committed records.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// libpq-style connection string or URL
+    /// (`postgresql://poolflow@127.0.0.1:5432/flows`); no TLS (docs/postgres.md).
+    pub url: String,
+    /// This collector's name in the shared tier (`flows.collector`): unique
+    /// in the pool, stable across restarts, tied to this SQLite file.
+    pub collector_name: String,
+    /// Record blocks one PostgreSQL transaction ships at most.
+    #[serde(default = "PostgresConfig::default_batch_blocks")]
+    pub batch_blocks: usize,
+    /// Pause between shipping rounds once caught up.
+    #[serde(
+        default = "PostgresConfig::default_interval",
+        with = "daemon_common::duration::serde"
+    )]
+    pub interval: Duration,
+    /// Unshipped records in SQLite above which the backlog alarm is raised
+    /// (error log, `poolflow_collector_shipping_backlog_exceeded` = 1).
+    /// Nothing is deleted: the records stay until shipped.
+    #[serde(default = "PostgresConfig::default_max_backlog_records")]
+    pub max_backlog_records: u64,
+}
+
+impl PostgresConfig {
+    fn default_batch_blocks() -> usize {
+        2000
+    }
+
+    fn default_interval() -> Duration {
+        Duration::from_millis(200)
+    }
+
+    fn default_max_backlog_records() -> u64 {
+        50_000_000
+    }
+
+    /// Checks the values serde accepts but the shipper cannot use.
+    pub fn validate(&self) -> Result<()> {
+        anyhow::ensure!(
+            !self.url.trim().is_empty(),
+            "`postgres.url` must not be empty"
+        );
+        anyhow::ensure!(
+            !self.collector_name.trim().is_empty(),
+            "`postgres.collector_name` must not be empty"
+        );
+        anyhow::ensure!(
+            self.batch_blocks > 0,
+            "`postgres.batch_blocks` must be at least 1"
+        );
+        anyhow::ensure!(
+            self.max_backlog_records > 0,
+            "`postgres.max_backlog_records` must be at least 1"
+        );
+        Ok(())
+    }
 }
 
 /// `[tls]`: PEM files made as docs/tls.md shows.
@@ -132,6 +196,7 @@ impl Default for CollectorConfig {
             log_format: LogFormat::Text,
             deprecated_keys: Vec::new(),
             pool: None,
+            postgres: None,
         }
     }
 }
@@ -171,6 +236,9 @@ impl CollectorConfig {
         }
         if let Some(pool) = &self.pool {
             pool.validate()?;
+        }
+        if let Some(postgres) = &self.postgres {
+            postgres.validate()?;
         }
         anyhow::ensure!(
             !self.framed_tcp_tls || self.tls.is_some(),

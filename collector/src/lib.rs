@@ -17,6 +17,8 @@
 //! store            → batch, ledger, record      SQLite
 //! query, audit     → record / ledger, store     readers
 //! ingest           → batch, decoder, store      the writer thread
+//! shipper          pure: what the PostgreSQL shipper does next
+//! postgres         → shipper, store, record, query   the shared tier: schema, shipper thread
 //! listeners        → batch, decoder, ingest, session   UDP and TCP drivers
 //! sctp             → batch, billing, ingest, listeners, session   SCTP/framed-TCP driver
 //! pool → billing;  config → pool
@@ -33,10 +35,12 @@ pub mod ingest;
 pub mod ledger;
 pub mod listeners;
 pub mod pool;
+pub mod postgres;
 pub mod query;
 pub mod record;
 pub mod sctp;
 pub mod session;
+pub mod shipper;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -76,6 +80,7 @@ pub struct RunningCollector {
     udp_threads: Vec<std::thread::JoinHandle<()>>,
     tcp_tasks: JoinSet<()>,
     writer: std::thread::JoinHandle<Result<()>>,
+    shipper: Option<postgres::ShipperHandle>,
 }
 
 /// Opens the store, binds every listener and starts receiving.
@@ -93,6 +98,11 @@ pub async fn start(config: &CollectorConfig) -> Result<RunningCollector> {
         },
         Arc::clone(&progress),
     );
+    let shipper = config
+        .postgres
+        .as_ref()
+        .map(|pg| postgres::spawn_shipper(pg, &config.database))
+        .transpose()?;
 
     let stop_udp = Arc::new(AtomicBool::new(false));
     let mut udp_addrs = Vec::new();
@@ -271,6 +281,7 @@ pub async fn start(config: &CollectorConfig) -> Result<RunningCollector> {
         udp_threads,
         tcp_tasks,
         writer,
+        shipper,
     })
 }
 
@@ -338,14 +349,21 @@ impl RunningCollector {
         while self.tcp_tasks.join_next().await.is_some() {}
         let threads = std::mem::take(&mut self.udp_threads);
         let writer = self.writer;
+        let shipper = self.shipper.take();
         tokio::task::spawn_blocking(move || {
             for t in threads {
                 let _ = t.join();
             }
             // All senders are gone now: the writer commits and ends.
-            writer
+            let written = writer
                 .join()
-                .map_err(|_| anyhow::anyhow!("SQLite writer panicked"))?
+                .map_err(|_| anyhow::anyhow!("SQLite writer panicked"))?;
+            // What it has not shipped yet stays in SQLite: the next start
+            // ships it from the watermark.
+            if let Some(shipper) = shipper {
+                shipper.stop();
+            }
+            written
         })
         .await?
     }
