@@ -4,6 +4,7 @@
 
 pub mod pcap;
 pub mod pool;
+pub mod postgres;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -28,6 +28,8 @@ pub struct LocalPool {
     pub registrar_addr: SocketAddr,
     ports: Vec<u16>,
     priorities: Vec<u32>,
+    /// TOML appended to each collector's config (e.g. a `[postgres]` table).
+    collector_tables: Vec<String>,
     collectors: Vec<Option<Child>>,
 }
 
@@ -35,6 +37,12 @@ impl LocalPool {
     /// A registrar with fast keep-alives and collectors with these
     /// priorities (the first is the primary).
     pub async fn start(priorities: &[u32]) -> Self {
+        Self::start_with_tables(priorities, |_| String::new()).await
+    }
+
+    /// [`Self::start`], with `tables(i)` (TOML tables) appended to
+    /// collector `i`'s config.
+    pub async fn start_with_tables(priorities: &[u32], tables: impl Fn(usize) -> String) -> Self {
         let mut config = RegistrarConfig::default();
         config.listen.tcp = String::new();
         config.listen.sctp_over_udp = "127.0.0.1:0".into();
@@ -49,6 +57,7 @@ impl LocalPool {
             registrar_addr,
             ports: priorities.iter().map(|_| free_udp_port()).collect(),
             priorities: priorities.to_vec(),
+            collector_tables: (0..priorities.len()).map(tables).collect(),
             collectors: priorities.iter().map(|_| None).collect(),
         };
         for i in 0..priorities.len() {
@@ -83,7 +92,9 @@ handle = "{POOL}"
 registrars = ["sctp:{registrar}"]
 priority = {priority}
 cookie_key = "{COOKIE_KEY}"
+{tables}
 "#,
+                tables = self.collector_tables[i],
                 db = self.store(i).display(),
                 port = self.ports[i],
                 registrar = self.registrar_addr,
@@ -180,6 +191,14 @@ registrar_request_timeout = "1s"
             .stderr(Stdio::piped())
             .spawn()
             .unwrap()
+    }
+
+    /// SIGKILLs collector `i` (no graceful stop: nothing flushed, no
+    /// deregistration).
+    pub fn kill_collector(&mut self, i: usize) {
+        if let Some(mut c) = self.collectors[i].take() {
+            sigkill(&mut c);
+        }
     }
 
     /// Stops the collectors (SIGTERM; each must exit 0) and the registrar.
