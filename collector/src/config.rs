@@ -356,6 +356,8 @@ mod tests {
             .split("# [pool]\n")
             .nth(1)
             .expect("deploy/collector.toml has a commented [pool] section");
+        // The section ends where the next commented table begins.
+        let section = section.split("\n# [postgres]").next().unwrap_or(section);
         let mut pool = String::from("[pool]\n");
         let mut keys = Vec::new();
         for line in section.lines() {
@@ -378,5 +380,60 @@ mod tests {
         let config: CollectorConfig = toml::from_str(&pool).unwrap();
         let pool = config.pool.expect("[pool] parsed");
         assert!(pool.member_key_file.is_some() && pool.member_certificate_file.is_some());
+    }
+
+    /// The commented-out `[postgres]` example parses when uncommented, and
+    /// its values are the defaults the code applies.
+    #[test]
+    fn commented_postgres_example_uses_real_keys_and_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/collector.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let section = text
+            .split("# [postgres]\n")
+            .nth(1)
+            .expect("deploy/collector.toml has a commented [postgres] section");
+        let mut table = String::from("[postgres]\n");
+        for line in section.lines() {
+            let Some(rest) = line.strip_prefix("# ") else {
+                continue;
+            };
+            if rest.split_once(" = ").is_some_and(|(key, _)| {
+                !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+            }) {
+                table.push_str(rest);
+                table.push('\n');
+            }
+        }
+        let config = CollectorConfig::from_toml(&table).unwrap();
+        let pg = config.postgres.expect("[postgres] parsed");
+        assert_eq!(pg.collector_name, "collector-1");
+        assert_eq!(pg.batch_blocks, PostgresConfig::default_batch_blocks());
+        assert_eq!(pg.interval, PostgresConfig::default_interval());
+        assert_eq!(
+            pg.max_backlog_records,
+            PostgresConfig::default_max_backlog_records()
+        );
+    }
+
+    #[test]
+    fn postgres_section_needs_url_and_name_and_positive_batches() {
+        let err =
+            CollectorConfig::from_toml("[postgres]\nurl = \"postgresql://x@h/db\"").unwrap_err();
+        assert!(format!("{err:#}").contains("collector_name"), "{err:#}");
+        let err = CollectorConfig::from_toml(
+            "[postgres]\nurl = \"postgresql://x@h/db\"\ncollector_name = \"\"",
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("collector_name"), "{err:#}");
+        let err = CollectorConfig::from_toml(
+            "[postgres]\nurl = \"u\"\ncollector_name = \"c\"\nbatch_blocks = 0",
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("batch_blocks"), "{err:#}");
+        let ok = CollectorConfig::from_toml(
+            "[postgres]\nurl = \"u\"\ncollector_name = \"c\"\ninterval = \"1s\"",
+        )
+        .unwrap();
+        assert_eq!(ok.postgres.unwrap().interval, Duration::from_secs(1));
     }
 }

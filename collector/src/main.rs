@@ -186,6 +186,9 @@ fn main() -> Result<()> {
             {
                 pool.cookie_key = Some("<redacted>".to_string());
             }
+            if let Some(postgres) = &mut config.postgres {
+                postgres.url = collector::postgres::redact(&postgres.url);
+            }
             for warning in &config.deprecated_keys {
                 eprintln!("warning: {warning}");
             }
