@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. The interop tests drive programs nobody
-# here wrote (tshark, softflowd, usrsctp, openssl's s_client, PostgreSQL); this installs them first when they
-# are missing and we may (root with apt-get), so a newcomer needs nothing else.
+# here wrote (tshark, softflowd, usrsctp, openssl's s_client, PostgreSQL);
+# this installs them first when they are missing and we may (root with
+# apt-get), so a newcomer needs nothing else.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
