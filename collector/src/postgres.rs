@@ -146,6 +146,11 @@ END
 $$;
 "#;
 
+/// Longest one shipping step may take: a PostgreSQL that stops answering
+/// (a partition, not a refusal) must not hold the shipper, or a collector's
+/// stop, forever. The step is rolled back and retried.
+const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Columns of `flows` in COPY order, with their types.
 const FLOW_COLUMNS: [(&str, Type); 27] = [
     ("collector", Type::TEXT),
@@ -357,7 +362,10 @@ impl ShipperIo {
                     stream,
                     after,
                     limit,
-                } => match self.ship(stream, after, limit).await {
+                } => match tokio::time::timeout(STEP_TIMEOUT, self.ship(stream, after, limit))
+                    .await
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {STEP_TIMEOUT:?}")))
+                {
                     Ok((rows, position)) => {
                         shipper.shipped(stream, rows, position);
                         if stream == Stream::Blocks {
@@ -437,9 +445,41 @@ impl ShipperIo {
         if self.client.is_none() {
             let client = connect(&self.url).await?;
             create_schema(&client).await?;
+            self.check_identity(&client).await?;
             self.client = Some(client);
         }
         Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    /// Refuses a `collector_name` whose blocks in PostgreSQL go beyond this
+    /// SQLite file's: the name was given to a new file, whose block ids
+    /// would be taken for ones already shipped and silently dropped.
+    async fn check_identity(&self, client: &Client) -> Result<()> {
+        let shipped: Option<i64> = client
+            .query_one(
+                "SELECT max(block_id) FROM shipped_blocks WHERE collector = $1",
+                &[&self.collector],
+            )
+            .await?
+            .get(0);
+        let local: Option<i64> =
+            self.sqlite
+                .query_row("SELECT max(id) FROM record_blocks", [], |r| r.get(0))?;
+        if let Some(shipped) = shipped
+            && shipped > local.unwrap_or(0)
+        {
+            tracing::error!(collector = %self.collector, shipped, local = local.unwrap_or(0),
+                "PostgreSQL holds blocks of this collector_name beyond this SQLite file: \
+                 give this store its own postgres.collector_name");
+            bail!(
+                "collector_name `{}` has block {shipped} in PostgreSQL but {} has only up to {}: \
+                 the name belongs to another SQLite file",
+                self.collector,
+                self.database.display(),
+                local.unwrap_or(0)
+            );
+        }
+        Ok(())
     }
 
     /// Ships one step; returns the rows shipped and the highest position.
