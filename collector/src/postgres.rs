@@ -254,11 +254,24 @@ pub fn spawn_shipper(config: &PostgresConfig, database: &Path) -> Result<Shipper
         std::thread::Builder::new()
             .name("pg-shipper".to_owned())
             .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("a current-thread runtime");
-                runtime.block_on(io.run(shipper, &stop));
+                let up = metrics::gauge!("poolflow_collector_shipper_up");
+                up.set(1.0);
+                let shipped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("a current-thread runtime")
+                        .block_on(io.run(shipper, &stop))
+                }));
+                up.set(0.0);
+                // Receiving and SQLite go on without it; the alert on
+                // poolflow_collector_shipper_up calls for a restart.
+                if shipped.is_err() {
+                    tracing::error!(
+                        "the PostgreSQL shipper panicked: nothing is shipped until the \
+                         collector restarts (records stay in SQLite)"
+                    );
+                }
             })
             .context("starting the shipper thread")?
     };
@@ -890,14 +903,24 @@ async fn copy_block(
         let record_sequence = block
             .first_record_sequence
             .map(|first| (first as u64).wrapping_add(i as u64) as i64);
-        let fields = (!extra.is_empty()).then(|| {
-            let mut map = Map::new();
-            for (enterprise, id, raw) in extra_fields(&extra) {
-                let (name, value) = describe_field(enterprise, id, raw);
-                map.insert(name, value);
+        // Exporters' clocks are input: a time PostgreSQL cannot hold
+        // leaves the column NULL and keeps the value in `fields`.
+        let flow_start = f.flow_start_ms.and_then(timestamp_in_range);
+        let flow_end = f.flow_end_ms.and_then(timestamp_in_range);
+        let mut map = Map::new();
+        for (enterprise, id, raw) in extra_fields(&extra) {
+            let (name, value) = describe_field(enterprise, id, raw);
+            map.insert(name, value);
+        }
+        for (name, ms, kept) in [
+            ("flow_start_ms_out_of_range", f.flow_start_ms, flow_start),
+            ("flow_end_ms_out_of_range", f.flow_end_ms, flow_end),
+        ] {
+            if let (Some(ms), None) = (ms, kept) {
+                map.insert(name.to_owned(), Value::from(ms));
             }
-            Value::Object(map)
-        });
+        }
+        let fields = (!map.is_empty()).then_some(Value::Object(map));
         let counter = |v: Option<u64>| v.map(|v| v.min(i64::MAX as u64) as i64);
         let row: [&(dyn ToSql + Sync); 27] = [
             &collector,
@@ -922,8 +945,8 @@ async fn copy_block(
             &f.tos.map(i16::from),
             &counter(f.octets),
             &counter(f.packets),
-            &f.flow_start_ms.map(time_from_ms),
-            &f.flow_end_ms.map(time_from_ms),
+            &flow_start,
+            &flow_end,
             &f.ingress_if.map(i64::from),
             &f.egress_if.map(i64::from),
             &fields,
@@ -932,6 +955,15 @@ async fn copy_block(
         copied += 1;
     }
     Ok(copied)
+}
+
+/// Earliest and latest flow time shipped as `timestamptz`: years 1 to
+/// 9999, well inside PostgreSQL's range (4713 BC to 294276 AD).
+const TIMESTAMP_RANGE_MS: std::ops::RangeInclusive<i64> = -62_135_596_800_000..=253_402_300_799_999;
+
+/// The time of unix milliseconds `ms` when PostgreSQL can hold it.
+fn timestamp_in_range(ms: i64) -> Option<SystemTime> {
+    TIMESTAMP_RANGE_MS.contains(&ms).then(|| time_from_ms(ms))
 }
 
 /// Unix milliseconds as a time (before 1970 too).
@@ -964,6 +996,15 @@ mod tests {
             "postgresql://poolflow@db/flows"
         );
         assert_eq!(redact("host=db user=x"), "host=db user=x");
+    }
+
+    #[test]
+    fn flow_times_postgres_cannot_hold_are_refused() {
+        assert!(timestamp_in_range(1_765_000_000_000).is_some());
+        assert!(timestamp_in_range(-1_000).is_some());
+        assert!(timestamp_in_range(i64::MAX).is_none());
+        assert!(timestamp_in_range(i64::MIN).is_none());
+        assert!(timestamp_in_range(253_402_300_800_000).is_none());
     }
 
     #[test]
