@@ -10,18 +10,19 @@
 //!
 //! ```text
 //! record, ledger   pure data and rules (ledger: what the store holds, the replay rule)
+//! shipper          pure: what the PostgreSQL shipper does next
 //! batch            → record                     what sessions hand to the writer
 //! decoder          → batch, record              IPFIX decoding, given the time
 //! billing          → batch, ledger              cookies, Cookie Echo, block tags
 //! session          → batch, billing, decoder, ledger   one association, sans-IO
 //! store            → batch, ledger, record      SQLite
-//! query, audit     → record / ledger, store     readers
+//! query            → record, store              reader
+//! pool → billing;  config → pool
+//! postgres         → config, query, record, shipper, store   shared tier: schema, shipper thread
+//! audit            → ledger, record, store, postgres   reader of SQLite files or PostgreSQL
 //! ingest           → batch, decoder, store      the writer thread
-//! shipper          pure: what the PostgreSQL shipper does next
-//! postgres         → shipper, store, record, query   the shared tier: schema, shipper thread
 //! listeners        → batch, decoder, ingest, session   UDP and TCP drivers
 //! sctp             → batch, billing, ingest, listeners, session   SCTP/framed-TCP driver
-//! pool → billing;  config → pool
 //! ```
 
 #![warn(missing_docs)]

@@ -1,8 +1,8 @@
 //! What the PostgreSQL shipper does next, without any I/O: given the
 //! watermarks (how far each SQLite table is shipped) and the outcome of the
 //! last step, [`Shipper::next_step`] says which rows to ship or how long to
-//! wait. The I/O loop that reads SQLite and writes PostgreSQL is
-//! [`crate::postgres`]; keeping the decisions here makes them unit-testable.
+//! wait. The I/O loop that reads SQLite and writes PostgreSQL is in
+//! postgres.rs; keeping the decisions here makes them unit-testable.
 //!
 //! Exactly once does not rest on this state: PostgreSQL drops a block it
 //! already holds (`shipped_blocks` primary key, docs/postgres.md), so a
