@@ -8,8 +8,10 @@
 #   - the shipping lag (poolflow_collector_shipping_lag_seconds) at its
 #     highest during the run, and how long after the last SQLite commit
 #     PostgreSQL held every record;
-# then times the hourly per-prefix report (docs/postgres.md) over every
-# record shipped (10M by default).
+# then, after an outage (PostgreSQL stopped while RECORDS/5 more records
+# are committed, then started), the rate the backlog drains at; then times
+# the hourly per-prefix report (docs/postgres.md) over every record shipped
+# (10M + 2M by default).
 # Usage: bench/postgres.sh [RATE] [RECORDS]   (default 500000 10000000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,7 +45,7 @@ collector_name = "bench"
 EOF2
 "$bin/collector" run --config "$run/collector.toml" >"$run/collector.out" 2>"$run/collector.log" &
 pids+=($!)
-for _ in $(seq 100); do grep -q "listening tcp" "$run/collector.out" && break; sleep 0.1; done
+for _ in $(seq 100); do grep -qs "listening tcp" "$run/collector.out" && break; sleep 0.1; done
 grep -q "listening tcp" "$run/collector.out" || { cat "$run/collector.log" >&2; exit 1; }
 
 echo "PostgreSQL $(psql -At "$url" -c 'SHOW server_version'), $(nproc) cores, target $rate records/s, $records records"
@@ -52,10 +54,10 @@ echo "PostgreSQL $(psql -At "$url" -c 'SHOW server_version'), $(nproc) cores, ta
 generator=$!
 pids+=($generator)
 
-# Sample the collector's metrics until PostgreSQL holds every record.
-python3 - "$metrics_port" "$records" <<'PY'
+# Samples the collector's metrics every 200 ms.
+cat > "$run/sample.py" <<'PY'
 import re, sys, time, urllib.request
-port, records = sys.argv[1], int(sys.argv[2])
+port, mode, target = sys.argv[1], sys.argv[2], int(sys.argv[3])
 def sample():
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     def value(name):
@@ -65,30 +67,60 @@ def sample():
             value("poolflow_collector_shipped_records_total"),
             value("poolflow_collector_shipping_lag_seconds"))
 start = time.monotonic()
+deadline = start + 1800
+if mode == "stored":  # wait until SQLite holds `target` records
+    while sample()[0] < target:
+        if time.monotonic() > deadline: sys.exit("SQLite did not get every record")
+        time.sleep(0.2)
+    sys.exit(0)
+if mode == "drain":   # PostgreSQL just came back: how fast does the backlog go?
+    baseline = int(sys.argv[4])
+    while sample()[1] <= baseline:
+        if time.monotonic() > deadline: sys.exit("shipping did not resume")
+        time.sleep(0.05)
+    resumed = time.monotonic()
+    while sample()[1] < target:
+        if time.monotonic() > deadline: sys.exit("the backlog did not drain")
+        time.sleep(0.05)
+    took = time.monotonic() - resumed
+    print(f"after the outage: shipping resumed {resumed - start:.1f} s after PostgreSQL was back "
+          f"(reconnect backoff), drained {target - baseline:,} records in {took:.1f} s: "
+          f"{(target - baseline) / took:,.0f} records/s")
+    sys.exit(0)
 first_stored = sqlite_done = pg_done = None
 max_lag = 0.0
-deadline = start + 1800
 while time.monotonic() < deadline:
     stored, shipped, lag = sample()
     now = time.monotonic()
     if first_stored is None and stored > 0:
         first_stored = now
     max_lag = max(max_lag, lag)
-    if sqlite_done is None and stored >= records:
+    if sqlite_done is None and stored >= target:
         sqlite_done = now
-    if shipped >= records:
+    if shipped >= target:
         pg_done = now
         break
     time.sleep(0.2)
 if pg_done is None:
-    sys.exit(f"PostgreSQL did not get every record within 30 min ({shipped:.0f} of {records})")
-print(f"SQLite commit rate:      {records / (sqlite_done - first_stored):12,.0f} records/s")
-print(f"into PostgreSQL:         {records / (pg_done - first_stored):12,.0f} records/s")
+    sys.exit(f"PostgreSQL did not get every record within 30 min ({shipped:.0f} of {target})")
+print(f"SQLite commit rate:      {target / (sqlite_done - first_stored):12,.0f} records/s")
+print(f"into PostgreSQL:         {target / (pg_done - first_stored):12,.0f} records/s")
 print(f"shipping lag, highest:   {max_lag:12.1f} s (poolflow_collector_shipping_lag_seconds)")
 print(f"PostgreSQL complete:     {pg_done - sqlite_done:12.1f} s after the last SQLite commit")
 PY
+python3 "$run/sample.py" "$metrics_port" run "$records"
 wait "$generator" || { cat "$run/generate.log" >&2; exit 1; }
 grep -E "sent|records" "$run/generate.log" | tail -1 | sed 's/^/generator: /'
+
+# An outage: PostgreSQL stopped while a backlog of `records / 5` builds up
+# in SQLite, then started again: the drain rate is shipping alone.
+backlog=$((records / 5))
+bash tests/postgres/stop.sh "$run/pg"
+"$bin/exporter" generate --to "127.0.0.1:$ipfix_port" --transport tcp \
+  --records "$backlog" >"$run/generate2.log" 2>&1
+python3 "$run/sample.py" "$metrics_port" stored $((records + backlog))
+bash tests/postgres/start.sh "$run/pg" "$pg_port" >/dev/null
+python3 "$run/sample.py" "$metrics_port" drain $((records + backlog)) "$records"
 
 rows=$(psql -At "$url" -c "SELECT count(*) FROM flows")
 psql -q "$url" -c "VACUUM ANALYZE flows" >/dev/null
