@@ -94,9 +94,13 @@ pub struct PostgresConfig {
     /// This collector's name in the shared tier (`flows.collector`): unique
     /// in the pool, stable across restarts, tied to this SQLite file.
     pub collector_name: String,
-    /// Record blocks one PostgreSQL transaction ships at most.
+    /// Record blocks one shipping step reads at most.
     #[serde(default = "PostgresConfig::default_batch_blocks")]
     pub batch_blocks: usize,
+    /// Connections a step's blocks are copied over in parallel (one
+    /// transaction each).
+    #[serde(default = "PostgresConfig::default_connections")]
+    pub connections: usize,
     /// Pause between shipping rounds once caught up.
     #[serde(
         default = "PostgresConfig::default_interval",
@@ -113,6 +117,10 @@ pub struct PostgresConfig {
 impl PostgresConfig {
     fn default_batch_blocks() -> usize {
         2000
+    }
+
+    fn default_connections() -> usize {
+        2
     }
 
     fn default_interval() -> Duration {
@@ -136,6 +144,10 @@ impl PostgresConfig {
         anyhow::ensure!(
             self.batch_blocks > 0,
             "`postgres.batch_blocks` must be at least 1"
+        );
+        anyhow::ensure!(
+            (1..=16).contains(&self.connections),
+            "`postgres.connections` must be 1 to 16"
         );
         anyhow::ensure!(
             self.max_backlog_records > 0,
@@ -408,6 +420,7 @@ mod tests {
         let pg = config.postgres.expect("[postgres] parsed");
         assert_eq!(pg.collector_name, "collector-1");
         assert_eq!(pg.batch_blocks, PostgresConfig::default_batch_blocks());
+        assert_eq!(pg.connections, PostgresConfig::default_connections());
         assert_eq!(pg.interval, PostgresConfig::default_interval());
         assert_eq!(
             pg.max_backlog_records,

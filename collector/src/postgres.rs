@@ -305,6 +305,10 @@ struct ShipperIo {
     url: String,
     collector: String,
     client: Option<Client>,
+    /// More connections, so a step's blocks are copied in parallel
+    /// (`postgres.connections` in all); made when first needed.
+    extra_clients: Vec<Client>,
+    connections: usize,
     templates: HashMap<i64, Option<Template>>,
     /// Days whose `flows` partition exists (this process created or saw it).
     partitions: HashSet<i64>,
@@ -325,6 +329,8 @@ impl ShipperIo {
             url: config.url.clone(),
             collector: config.collector_name.clone(),
             client: None,
+            extra_clients: Vec::new(),
+            connections: config.connections,
             templates: HashMap::new(),
             partitions: HashSet::new(),
             backlog_checked: None,
@@ -390,8 +396,9 @@ impl ShipperIo {
                         self.report_backlog(&shipper);
                     }
                     Err(e) => {
-                        // The client may be broken: connect again next time.
+                        // The clients may be broken: connect again next time.
                         self.client = None;
+                        self.extra_clients.clear();
                         let pause = shipper.failed();
                         metrics::counter!("poolflow_collector_shipping_errors_total").increment(1);
                         if shipper.consecutive_failures() == 1 {
@@ -594,11 +601,27 @@ impl ShipperIo {
             return Ok((0, after));
         };
         self.ensure_partitions(&blocks).await?;
-        let collector = self.collector.clone();
-        let templates = std::mem::take(&mut self.templates);
-        let result = copy_blocks(self.client().await?, &collector, &blocks, &templates).await;
-        self.templates = templates;
-        let records = result?;
+        // Split over the connections: each part is its own transaction that
+        // claims its blocks, so a part committed before another failed is
+        // dropped as already shipped when the step is retried.
+        let parts = self.connections.min(blocks.len()).max(1);
+        while self.extra_clients.len() < parts - 1 {
+            let client = connect(&self.url).await?;
+            self.extra_clients.push(client);
+        }
+        self.client().await?;
+        let per_part = blocks.len().div_ceil(parts);
+        let collector = self.collector.as_str();
+        let templates = &self.templates;
+        let main = self.client.as_mut().expect("connected above");
+        let copies = std::iter::once(main)
+            .chain(self.extra_clients.iter_mut())
+            .zip(blocks.chunks(per_part))
+            .map(|(client, part)| copy_blocks(client, collector, part, templates));
+        let records: u64 = futures_util::future::try_join_all(copies)
+            .await?
+            .into_iter()
+            .sum();
         metrics::counter!("poolflow_collector_shipped_records_total").increment(records);
         Ok((blocks.len(), last))
     }

@@ -206,6 +206,7 @@ async fn ship(url: &str, store: &HandStore, collector: &str) {
         url: url.to_owned(),
         collector_name: collector.to_owned(),
         batch_blocks: 7,
+        connections: 3,
         interval: Duration::from_millis(20),
         max_backlog_records: 1_000_000,
     };
