@@ -13,6 +13,7 @@
 # the hourly per-prefix report (docs/postgres.md) over every record shipped
 # (10M + 2M by default).
 # Usage: bench/postgres.sh [RATE] [RECORDS]   (default 500000 10000000)
+# POOLFLOW_BENCH_PG_CONNECTIONS sets `postgres.connections` (default 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rate="${1:-500000}"
@@ -42,6 +43,7 @@ metrics_listen = "127.0.0.1:$metrics_port"
 [postgres]
 url = "$url"
 collector_name = "bench"
+connections = ${POOLFLOW_BENCH_PG_CONNECTIONS:-2}
 EOF2
 "$bin/collector" run --config "$run/collector.toml" >"$run/collector.out" 2>"$run/collector.log" &
 pids+=($!)
