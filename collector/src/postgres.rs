@@ -2,7 +2,8 @@
 //! shipper thread that copies what the local SQLite store has committed.
 //!
 //! SQLite stays the durable point a billing cookie stands on; PostgreSQL is
-//! filled behind it. One shipping step is one PostgreSQL transaction:
+//! filled behind it. A shipping step's blocks are split over
+//! `postgres.connections` connections, each part one PostgreSQL transaction:
 //! the blocks' identities go into `shipped_blocks` (primary key
 //! `(collector, block_id)`, `ON CONFLICT DO NOTHING`), and only the blocks
 //! that were new there have their records copied into `flows` (binary
