@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. The interop tests drive programs nobody
-# here wrote (tshark, softflowd, usrsctp, openssl's s_client); this installs them first when they
-# are missing and we may (root with apt-get), so a newcomer needs nothing else.
+# here wrote (tshark, softflowd, usrsctp, openssl's s_client, PostgreSQL);
+# this installs them first when they are missing and we may (root with
+# apt-get), so a newcomer needs nothing else.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(tshark softflowd libusrsctp-dev openssl)
+packages=(tshark softflowd libusrsctp-dev openssl postgresql)
 missing=()
 command -v tshark >/dev/null || missing+=(tshark)
 command -v softflowd >/dev/null || missing+=(softflowd)
 command -v openssl >/dev/null || missing+=(openssl)
 [ -e /usr/include/usrsctp.h ] || missing+=(libusrsctp-dev)
+# The shared store tier's tests (tests/tests/postgres_tier.rs) start a
+# throw-away server of their own with tests/postgres/start.sh.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing test tools: ${missing[*]}"

@@ -26,7 +26,6 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
-use std::hash::Hasher;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -41,6 +40,9 @@ use protocol::ipfix::message::DataRecordIter;
 use rusqlite::{Connection, params};
 use serde::Serialize;
 
+mod postgres;
+
+use crate::record::record_hash;
 use crate::store::{Store, decode_template};
 
 /// What to audit and how.
@@ -48,6 +50,10 @@ use crate::store::{Store, decode_template};
 pub struct AuditOptions {
     /// Every collector's SQLite store; the order names them in the report.
     pub databases: Vec<PathBuf>,
+    /// Audit the PostgreSQL shared tier at this URL instead of SQLite files
+    /// (docs/postgres.md): every collector that shipped there is a store,
+    /// named by its `collector_name`.
+    pub postgres: Option<String>,
     /// Only this billing exporter id.
     pub exporter: Option<u32>,
     /// Only this observation domain.
@@ -74,6 +80,7 @@ impl Default for AuditOptions {
     fn default() -> Self {
         Self {
             databases: Vec::new(),
+            postgres: None,
             exporter: None,
             domain: None,
             list_limit: 1000,
@@ -596,40 +603,60 @@ fn format_range(first: u64, last: u64) -> String {
 /// store that cannot be opened or lacks the billing schema), not findings:
 /// findings are in the report.
 pub fn run(options: &AuditOptions) -> Result<AuditReport> {
-    if options.databases.is_empty() {
-        bail!("no store given (--database)");
-    }
+    let sources: Vec<StoreSource> = match (&options.postgres, options.databases.is_empty()) {
+        (Some(_), false) => bail!("give either SQLite stores (--database) or --postgres, not both"),
+        (Some(url), true) => postgres::collectors(url)?
+            .into_iter()
+            .map(|collector| StoreSource::Postgres {
+                url: url.clone(),
+                collector,
+            })
+            .collect(),
+        (None, false) => options
+            .databases
+            .iter()
+            .cloned()
+            .map(StoreSource::Sqlite)
+            .collect(),
+        (None, true) => bail!("no store given (--database or --postgres)"),
+    };
     let filter = GroupFilter {
         exporter: options.exporter.map(i64::from),
         domain: options.domain.map(i64::from),
     };
-    let store_names: Vec<String> = options
-        .databases
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
+    let store_names: Vec<String> = sources.iter().map(StoreSource::name).collect();
     let mut accounts: BTreeMap<GroupKey, ExporterAccount> = BTreeMap::new();
-    for (index, path) in options.databases.iter().enumerate() {
-        read_accounts(path, &store_names[index], filter, &mut accounts)
-            .with_context(|| format!("auditing {}", store_names[index]))?;
+    for (index, source) in sources.iter().enumerate() {
+        let name = &store_names[index];
+        match source {
+            StoreSource::Sqlite(path) => read_accounts(path, name, filter, &mut accounts),
+            StoreSource::Postgres { url, collector } => {
+                postgres::read_accounts(url, collector, name, filter, &mut accounts)
+            }
+        }
+        .with_context(|| format!("auditing {name}"))?;
     }
     for path in &options.exporter_states {
         read_exporter_state(path, filter, &mut accounts)
             .with_context(|| format!("reading exporter state {}", path.display()))?;
     }
     let progress = Arc::new(ReadProgress::default());
-    let mut streams = Vec::with_capacity(options.databases.len());
-    let mut readers = Vec::with_capacity(options.databases.len());
-    for path in &options.databases {
+    let mut streams = Vec::with_capacity(sources.len());
+    let mut readers = Vec::with_capacity(sources.len());
+    for source in sources {
         // A few batches in flight per store let the reader run ahead of the
         // merge without letting memory grow with the store.
         let (sender, receiver) = mpsc::sync_channel(4);
-        let path = path.clone();
         let progress = Arc::clone(&progress);
         readers.push(
             thread::Builder::new()
                 .name("audit-reader".to_owned())
-                .spawn(move || read_store(&path, filter, &sender, &progress))
+                .spawn(move || match source {
+                    StoreSource::Sqlite(path) => read_store(&path, filter, &sender, &progress),
+                    StoreSource::Postgres { url, collector } => {
+                        postgres::read_store(&url, &collector, filter, &sender, &progress)
+                    }
+                })
                 .context("starting an audit reader thread")?,
         );
         streams.push(StoreStream::new(receiver));
@@ -808,6 +835,24 @@ fn assemble(
     }
 }
 
+/// Where one store's records come from.
+enum StoreSource {
+    /// A collector's SQLite file.
+    Sqlite(PathBuf),
+    /// One collector's rows in the PostgreSQL shared tier.
+    Postgres { url: String, collector: String },
+}
+
+impl StoreSource {
+    /// The store's name in the report.
+    fn name(&self) -> String {
+        match self {
+            StoreSource::Sqlite(path) => path.display().to_string(),
+            StoreSource::Postgres { collector, .. } => collector.clone(),
+        }
+    }
+}
+
 /// (billing exporter id, observation domain), ordered as the merge needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct GroupKey {
@@ -929,17 +974,6 @@ fn format_ms(ms: i64) -> String {
         }
         Err(_) => format!("{ms} ms before 1970"),
     }
-}
-
-/// 64-bit hash of a record's bytes. SipHash-1-3 with fixed keys
-/// (`DefaultHasher::new`): the same bytes hash the same in every reader
-/// thread, unlike `RandomState`. Two different records colliding is a
-/// 2^-64 event per comparison; the bytes themselves are never shipped to
-/// the merge, which keeps it small.
-fn record_hash(bytes: &[u8]) -> u64 {
-    let mut hasher = std::hash::DefaultHasher::new();
-    hasher.write(bytes);
-    hasher.finish()
 }
 
 /// Reads one store inside one read transaction (a consistent snapshot even

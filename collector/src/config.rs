@@ -79,6 +79,82 @@ pub struct CollectorConfig {
     pub deprecated_keys: Vec<String>,
     /// Register as a pool element (RFC 5352); absent: a standalone collector.
     pub pool: Option<crate::pool::PoolConfig>,
+    /// Ship committed records to PostgreSQL, the shared store tier
+    /// (docs/postgres.md); absent: records stay in the SQLite file only.
+    pub postgres: Option<PostgresConfig>,
+}
+
+/// `[postgres]`: where and how the shipper sends committed records.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// libpq-style connection string or URL
+    /// (`postgresql://poolflow@127.0.0.1:5432/flows`); no TLS (docs/postgres.md).
+    pub url: String,
+    /// This collector's name in the shared tier (`flows.collector`): unique
+    /// in the pool, stable across restarts, tied to this SQLite file.
+    pub collector_name: String,
+    /// Record blocks one shipping step reads at most.
+    #[serde(default = "PostgresConfig::default_batch_blocks")]
+    pub batch_blocks: usize,
+    /// Connections a step's blocks are copied over in parallel (one
+    /// transaction each).
+    #[serde(default = "PostgresConfig::default_connections")]
+    pub connections: usize,
+    /// Pause between shipping rounds once caught up.
+    #[serde(
+        default = "PostgresConfig::default_interval",
+        with = "daemon_common::duration::serde"
+    )]
+    pub interval: Duration,
+    /// Unshipped records in SQLite above which the backlog alarm is raised
+    /// (error log, `poolflow_collector_shipping_backlog_exceeded` = 1).
+    /// Nothing is deleted: the records stay until shipped.
+    #[serde(default = "PostgresConfig::default_max_backlog_records")]
+    pub max_backlog_records: u64,
+}
+
+impl PostgresConfig {
+    fn default_batch_blocks() -> usize {
+        2000
+    }
+
+    fn default_connections() -> usize {
+        2
+    }
+
+    fn default_interval() -> Duration {
+        Duration::from_millis(200)
+    }
+
+    fn default_max_backlog_records() -> u64 {
+        50_000_000
+    }
+
+    /// Checks the values serde accepts but the shipper cannot use.
+    pub fn validate(&self) -> Result<()> {
+        anyhow::ensure!(
+            !self.url.trim().is_empty(),
+            "`postgres.url` must not be empty"
+        );
+        anyhow::ensure!(
+            !self.collector_name.trim().is_empty(),
+            "`postgres.collector_name` must not be empty"
+        );
+        anyhow::ensure!(
+            self.batch_blocks > 0,
+            "`postgres.batch_blocks` must be at least 1"
+        );
+        anyhow::ensure!(
+            (1..=16).contains(&self.connections),
+            "`postgres.connections` must be 1 to 16"
+        );
+        anyhow::ensure!(
+            self.max_backlog_records > 0,
+            "`postgres.max_backlog_records` must be at least 1"
+        );
+        Ok(())
+    }
 }
 
 /// `[tls]`: PEM files made as docs/tls.md shows.
@@ -132,6 +208,7 @@ impl Default for CollectorConfig {
             log_format: LogFormat::Text,
             deprecated_keys: Vec::new(),
             pool: None,
+            postgres: None,
         }
     }
 }
@@ -171,6 +248,9 @@ impl CollectorConfig {
         }
         if let Some(pool) = &self.pool {
             pool.validate()?;
+        }
+        if let Some(postgres) = &self.postgres {
+            postgres.validate()?;
         }
         anyhow::ensure!(
             !self.framed_tcp_tls || self.tls.is_some(),
@@ -288,6 +368,8 @@ mod tests {
             .split("# [pool]\n")
             .nth(1)
             .expect("deploy/collector.toml has a commented [pool] section");
+        // The section ends where the next commented table begins.
+        let section = section.split("\n# [postgres]").next().unwrap_or(section);
         let mut pool = String::from("[pool]\n");
         let mut keys = Vec::new();
         for line in section.lines() {
@@ -310,5 +392,61 @@ mod tests {
         let config: CollectorConfig = toml::from_str(&pool).unwrap();
         let pool = config.pool.expect("[pool] parsed");
         assert!(pool.member_key_file.is_some() && pool.member_certificate_file.is_some());
+    }
+
+    /// The commented-out `[postgres]` example parses when uncommented, and
+    /// its values are the defaults the code applies.
+    #[test]
+    fn commented_postgres_example_uses_real_keys_and_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/collector.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let section = text
+            .split("# [postgres]\n")
+            .nth(1)
+            .expect("deploy/collector.toml has a commented [postgres] section");
+        let mut table = String::from("[postgres]\n");
+        for line in section.lines() {
+            let Some(rest) = line.strip_prefix("# ") else {
+                continue;
+            };
+            if rest.split_once(" = ").is_some_and(|(key, _)| {
+                !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+            }) {
+                table.push_str(rest);
+                table.push('\n');
+            }
+        }
+        let config = CollectorConfig::from_toml(&table).unwrap();
+        let pg = config.postgres.expect("[postgres] parsed");
+        assert_eq!(pg.collector_name, "collector-1");
+        assert_eq!(pg.batch_blocks, PostgresConfig::default_batch_blocks());
+        assert_eq!(pg.connections, PostgresConfig::default_connections());
+        assert_eq!(pg.interval, PostgresConfig::default_interval());
+        assert_eq!(
+            pg.max_backlog_records,
+            PostgresConfig::default_max_backlog_records()
+        );
+    }
+
+    #[test]
+    fn postgres_section_needs_url_and_name_and_positive_batches() {
+        let err =
+            CollectorConfig::from_toml("[postgres]\nurl = \"postgresql://x@h/db\"").unwrap_err();
+        assert!(format!("{err:#}").contains("collector_name"), "{err:#}");
+        let err = CollectorConfig::from_toml(
+            "[postgres]\nurl = \"postgresql://x@h/db\"\ncollector_name = \"\"",
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("collector_name"), "{err:#}");
+        let err = CollectorConfig::from_toml(
+            "[postgres]\nurl = \"u\"\ncollector_name = \"c\"\nbatch_blocks = 0",
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("batch_blocks"), "{err:#}");
+        let ok = CollectorConfig::from_toml(
+            "[postgres]\nurl = \"u\"\ncollector_name = \"c\"\ninterval = \"1s\"",
+        )
+        .unwrap();
+        assert_eq!(ok.postgres.unwrap().interval, Duration::from_secs(1));
     }
 }

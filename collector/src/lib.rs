@@ -10,20 +10,23 @@
 //!
 //! ```text
 //! record, ledger   pure data and rules (ledger: what the store holds, the replay rule)
+//! shipper          pure: what the PostgreSQL shipper does next
 //! batch            → record                     what sessions hand to the writer
 //! decoder          → batch, record              IPFIX decoding, given the time
 //! billing          → batch, ledger              cookies, Cookie Echo, block tags
 //! session          → batch, billing, decoder, ledger   one association, sans-IO
 //! store            → batch, ledger, record      SQLite
 //! prefix           address prefixes (pure)
-//! query, audit     → prefix, record / ledger, store     readers
+//! query            → prefix, record, store      reader
 //! aggregate        → query, record              top-N and time bins
 //! flow_table       → query, record, store       the `flows` SQL virtual table
 //! sql              → flow_table, store          `collector sql`
+//! pool → billing;  config → pool
+//! postgres         → config, query, record, shipper, store   shared tier: schema, shipper thread
+//! audit            → ledger, record, store, postgres   reader of SQLite files or PostgreSQL
 //! ingest           → batch, decoder, store      the writer thread
 //! listeners        → batch, decoder, ingest, session   UDP and TCP drivers
 //! sctp             → batch, billing, ingest, listeners, session   SCTP/framed-TCP driver
-//! pool → billing;  config → pool
 //! ```
 
 #![warn(missing_docs)]
@@ -39,11 +42,13 @@ pub mod ingest;
 pub mod ledger;
 pub mod listeners;
 pub mod pool;
+pub mod postgres;
 pub mod prefix;
 pub mod query;
 pub mod record;
 pub mod sctp;
 pub mod session;
+pub mod shipper;
 pub mod sql;
 pub mod store;
 
@@ -84,6 +89,7 @@ pub struct RunningCollector {
     udp_threads: Vec<std::thread::JoinHandle<()>>,
     tcp_tasks: JoinSet<()>,
     writer: std::thread::JoinHandle<Result<()>>,
+    shipper: Option<postgres::ShipperHandle>,
 }
 
 /// Opens the store, binds every listener and starts receiving.
@@ -101,6 +107,11 @@ pub async fn start(config: &CollectorConfig) -> Result<RunningCollector> {
         },
         Arc::clone(&progress),
     );
+    let shipper = config
+        .postgres
+        .as_ref()
+        .map(|pg| postgres::spawn_shipper(pg, &config.database))
+        .transpose()?;
 
     let stop_udp = Arc::new(AtomicBool::new(false));
     let mut udp_addrs = Vec::new();
@@ -272,6 +283,7 @@ pub async fn start(config: &CollectorConfig) -> Result<RunningCollector> {
         udp_threads,
         tcp_tasks,
         writer,
+        shipper,
     })
 }
 
@@ -339,14 +351,21 @@ impl RunningCollector {
         while self.tcp_tasks.join_next().await.is_some() {}
         let threads = std::mem::take(&mut self.udp_threads);
         let writer = self.writer;
+        let shipper = self.shipper.take();
         tokio::task::spawn_blocking(move || {
             for t in threads {
                 let _ = t.join();
             }
             // All senders are gone now: the writer commits and ends.
-            writer
+            let written = writer
                 .join()
-                .map_err(|_| anyhow::anyhow!("SQLite writer panicked"))?
+                .map_err(|_| anyhow::anyhow!("SQLite writer panicked"))?;
+            // What it has not shipped yet stays in SQLite: the next start
+            // ships it from the watermark.
+            if let Some(shipper) = shipper {
+                shipper.stop();
+            }
+            written
         })
         .await?
     }

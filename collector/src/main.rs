@@ -39,7 +39,8 @@ enum Command {
     /// Per exporter and observation domain: records stored and lost.
     Stats(StatsArgs),
     /// Prove billing record continuity across every collector's store: gaps,
-    /// duplicates, conflicts, handovers. Exit 0: no gap, no conflict; 1:
+    /// duplicates, conflicts, handovers; or of the PostgreSQL shared tier
+    /// (--postgres). Exit 0: no gap, no conflict; 1:
     /// gaps, conflicts or unreadable blocks; 2: usage or I/O error.
     Audit(AuditArgs),
 }
@@ -47,8 +48,17 @@ enum Command {
 #[derive(Args)]
 struct AuditArgs {
     /// SQLite store of one collector (repeat for every collector of the pool).
-    #[arg(long = "database", value_name = "FILE", required = true)]
+    #[arg(
+        long = "database",
+        value_name = "FILE",
+        required_unless_present = "postgres",
+        conflicts_with = "postgres"
+    )]
     databases: Vec<PathBuf>,
+    /// Audit the PostgreSQL shared tier instead (docs/postgres.md): every
+    /// collector that shipped there is one store.
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
     /// Print the report as JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -231,6 +241,9 @@ fn main() -> Result<()> {
                 && pool.cookie_key.is_some()
             {
                 pool.cookie_key = Some("<redacted>".to_string());
+            }
+            if let Some(postgres) = &mut config.postgres {
+                postgres.url = collector::postgres::redact(&postgres.url);
             }
             for warning in &config.deprecated_keys {
                 eprintln!("warning: {warning}");
@@ -447,6 +460,7 @@ fn stats(args: StatsArgs) -> Result<()> {
 fn audit(args: AuditArgs) -> Result<()> {
     let options = collector::audit::AuditOptions {
         databases: args.databases,
+        postgres: args.postgres,
         exporter: args.exporter,
         domain: args.domain,
         list_limit: args.list_limit,

@@ -6,6 +6,7 @@
 //! endian), `length` (LEB128 varint), then `length` value bytes exactly as
 //! received (network byte order, reduced-size encodings kept).
 
+use std::hash::Hasher;
 use std::net::IpAddr;
 
 use protocol::ipfix::{DataRecord, IANA_ENTERPRISE, record_fields};
@@ -112,6 +113,18 @@ pub struct SequenceEvent {
     pub sequence: u32,
     /// Records lost (gap) or behind (late).
     pub records: u64,
+}
+
+/// 64-bit hash of a record's bytes, by which the audit tells identical
+/// copies of a record sequence from conflicting ones; the PostgreSQL tier
+/// keeps it per record (`flows.record_hash`) for the same purpose.
+/// SipHash-1-3 with fixed keys (`DefaultHasher::new`): the same bytes hash
+/// the same in every thread and process of one build, unlike `RandomState`.
+/// Two different records colliding is a 2^-64 event per comparison.
+pub fn record_hash(bytes: &[u8]) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    hasher.write(bytes);
+    hasher.finish()
 }
 
 /// Reads an unsigned integer of 1 to 8 bytes (reduced-size encoding, RFC

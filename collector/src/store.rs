@@ -23,7 +23,8 @@ use crate::record::{SequenceEventKind, StoredRecord, flow_fields};
 /// 3: billing columns on record blocks, billing ranges and handovers.
 /// 4: exporters' reliability statistics (`exporter_totals`) and the losses
 /// they declared (`declared_losses`).
-pub const SCHEMA_VERSION: i64 = 4;
+/// 5: `shipping_watermark`, how far the PostgreSQL shipper got.
+pub const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS exporters (
@@ -118,6 +119,11 @@ CREATE TABLE IF NOT EXISTS sequence_events (
     sequence    INTEGER NOT NULL,       -- sequence number of the message
     records     INTEGER NOT NULL        -- lost (gap) or behind (late) records
 );
+CREATE TABLE IF NOT EXISTS shipping_watermark (
+    stream     TEXT PRIMARY KEY,        -- blocks | handovers | declared_losses | totals
+    position   INTEGER NOT NULL,        -- rows up to here are in PostgreSQL (id, or received_ms for totals)
+    updated_ms INTEGER NOT NULL
+);
 "#;
 
 /// WAL pages between automatic checkpoints. Larger than SQLite's 1000:
@@ -186,7 +192,7 @@ impl Store {
                 path.display()
             );
         }
-        // 3 -> 4 only adds tables (created below by SCHEMA).
+        // 3 -> 4 and 4 -> 5 only add tables (created below by SCHEMA).
         if version == 2 {
             // 2 -> 3 only adds: billing columns (NULL for old rows) and tables.
             conn.execute_batch(

@@ -174,8 +174,16 @@ fn a_version_3_store_is_upgraded_in_place() {
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
     assert_eq!(version, SCHEMA_VERSION);
-    assert_eq!(SCHEMA_VERSION, 4);
+    assert_eq!(SCHEMA_VERSION, 5);
     assert_eq!(store.record_count().unwrap(), 10, "old records kept");
+    let watermarks: i64 = store
+        .connection()
+        .query_row("SELECT count(*) FROM shipping_watermark", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        watermarks, 0,
+        "version 5's shipping_watermark created, empty"
+    );
     let mut batch = Batch::default();
     batch.totals.push(totals(7, 1, 10, 10, 5));
     store.commit(&[batch], 2).unwrap();

@@ -5,6 +5,7 @@
 pub mod collector_config;
 pub mod pcap;
 pub mod pool;
+pub mod postgres;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -30,6 +30,8 @@ pub struct LocalPool {
     transport: StreamTransport,
     ports: Vec<u16>,
     priorities: Vec<u32>,
+    /// TOML appended to each collector's config (e.g. a `[postgres]` table).
+    collector_tables: Vec<String>,
     collectors: Vec<Option<Child>>,
 }
 
@@ -46,12 +48,27 @@ impl LocalPool {
         Self::start_over(StreamTransport::Sctp, priorities, running).await
     }
 
+    /// [`Self::start`], with `tables(i)` (TOML tables) appended to
+    /// collector `i`'s config.
+    pub async fn start_with_tables(priorities: &[u32], tables: impl Fn(usize) -> String) -> Self {
+        Self::launch(StreamTransport::Sctp, priorities, priorities.len(), tables).await
+    }
+
     /// [`Self::start_some`] with the collectors taking billing streams
     /// over `transport`.
     pub async fn start_over(
         transport: StreamTransport,
         priorities: &[u32],
         running: usize,
+    ) -> Self {
+        Self::launch(transport, priorities, running, |_| String::new()).await
+    }
+
+    async fn launch(
+        transport: StreamTransport,
+        priorities: &[u32],
+        running: usize,
+        tables: impl Fn(usize) -> String,
     ) -> Self {
         let free_port = match transport {
             StreamTransport::Sctp => free_udp_port,
@@ -72,6 +89,7 @@ impl LocalPool {
             transport,
             ports: priorities.iter().map(|_| free_port()).collect(),
             priorities: priorities.to_vec(),
+            collector_tables: (0..priorities.len()).map(tables).collect(),
             collectors: priorities.iter().map(|_| None).collect(),
         };
         for i in 0..running {
@@ -91,7 +109,8 @@ impl LocalPool {
         (0..self.ports.len()).map(|i| self.store(i)).collect()
     }
 
-    /// SIGKILL of collector `i`, if running.
+    /// SIGKILL of collector `i`, if running (no graceful stop: nothing
+    /// flushed, no deregistration).
     pub fn kill_collector(&mut self, i: usize) {
         if let Some(mut c) = self.collectors[i].take() {
             sigkill(&mut c);
@@ -117,7 +136,11 @@ impl LocalPool {
             listener: self.transport.listener(self.ports[i]),
             registrars: &[format!("sctp:{}", self.registrar_addr)],
             priority: self.priorities[i],
-            pool_keys: &format!("cookie_key = \"{COOKIE_KEY}\""),
+            // The tables go last: they end the `[pool]` table.
+            pool_keys: &format!(
+                "cookie_key = \"{COOKIE_KEY}\"\n{}",
+                self.collector_tables[i]
+            ),
         }
         .start(&self.path(&format!("c{i}.toml")));
         self.collectors[i] = Some(child);

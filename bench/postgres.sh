@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Benchmark of the PostgreSQL shared tier (issue 15's goals; not a test):
+# one collector (release build) receives `exporter generate` over TCP at a
+# target rate, commits to SQLite and ships to a throw-away PostgreSQL on
+# loopback (tests/postgres/start.sh), all on this machine. Prints, from the
+# collector's own metrics sampled every 200 ms:
+#   - the SQLite commit rate and the rate records reach PostgreSQL;
+#   - the shipping lag (poolflow_collector_shipping_lag_seconds) at its
+#     highest during the run, and how long after the last SQLite commit
+#     PostgreSQL held every record;
+# then, after an outage (PostgreSQL stopped while RECORDS/5 more records
+# are committed, then started), the rate the backlog drains at; then times
+# the hourly per-prefix report (docs/postgres.md) over every record shipped
+# (10M + 2M by default).
+# Usage: bench/postgres.sh [RATE] [RECORDS]   (default 500000 10000000)
+# POOLFLOW_BENCH_PG_CONNECTIONS sets `postgres.connections` (default 2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rate="${1:-500000}"
+records="${2:-10000000}"
+cargo build --release --locked -q -p collector -p exporter
+bin="${CARGO_TARGET_DIR:-target}/release"
+run=$(mktemp -d /tmp/poolflow-pg.XXXXXX)
+chmod 755 "$run"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  bash tests/postgres/stop.sh "$run/pg" || true
+  rm -rf "$run"
+}
+trap cleanup EXIT
+
+base=$((30000 + RANDOM % 10000))
+pg_port=$base; ipfix_port=$((base + 1)); metrics_port=$((base + 2))
+url=$(bash tests/postgres/start.sh "$run/pg" "$pg_port")
+cat > "$run/collector.toml" <<EOF2
+database = "$run/collector.sqlite"
+udp_listen = []
+tcp_listen = ["127.0.0.1:$ipfix_port"]
+sctp_listen = []
+metrics_listen = "127.0.0.1:$metrics_port"
+[postgres]
+url = "$url"
+collector_name = "bench"
+connections = ${POOLFLOW_BENCH_PG_CONNECTIONS:-2}
+EOF2
+"$bin/collector" run --config "$run/collector.toml" >"$run/collector.out" 2>"$run/collector.log" &
+pids+=($!)
+for _ in $(seq 100); do grep -qs "listening tcp" "$run/collector.out" && break; sleep 0.1; done
+grep -q "listening tcp" "$run/collector.out" || { cat "$run/collector.log" >&2; exit 1; }
+
+echo "PostgreSQL $(psql -At "$url" -c 'SHOW server_version'), $(nproc) cores, target $rate records/s, $records records"
+"$bin/exporter" generate --to "127.0.0.1:$ipfix_port" --transport tcp \
+  --records "$records" --rate "$rate" >"$run/generate.log" 2>&1 &
+generator=$!
+pids+=($generator)
+
+# Samples the collector's metrics every 200 ms.
+cat > "$run/sample.py" <<'PY'
+import re, sys, time, urllib.request
+port, mode, target = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def sample():
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    def value(name):
+        m = re.search(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.M)
+        return float(m.group(1)) if m else 0.0
+    return (value("poolflow_collector_records_stored_total"),
+            value("poolflow_collector_shipped_records_total"),
+            value("poolflow_collector_shipping_lag_seconds"))
+start = time.monotonic()
+deadline = start + 1800
+if mode == "stored":  # wait until SQLite holds `target` records
+    while sample()[0] < target:
+        if time.monotonic() > deadline: sys.exit("SQLite did not get every record")
+        time.sleep(0.2)
+    sys.exit(0)
+if mode == "drain":   # PostgreSQL just came back: how fast does the backlog go?
+    baseline = int(sys.argv[4])
+    while sample()[1] <= baseline:
+        if time.monotonic() > deadline: sys.exit("shipping did not resume")
+        time.sleep(0.05)
+    resumed = time.monotonic()
+    while sample()[1] < target:
+        if time.monotonic() > deadline: sys.exit("the backlog did not drain")
+        time.sleep(0.05)
+    took = time.monotonic() - resumed
+    print(f"after the outage: shipping resumed {resumed - start:.1f} s after PostgreSQL was back "
+          f"(reconnect backoff), drained {target - baseline:,} records in {took:.1f} s: "
+          f"{(target - baseline) / took:,.0f} records/s")
+    sys.exit(0)
+first_stored = sqlite_done = pg_done = None
+max_lag = 0.0
+while time.monotonic() < deadline:
+    stored, shipped, lag = sample()
+    now = time.monotonic()
+    if first_stored is None and stored > 0:
+        first_stored = now
+    max_lag = max(max_lag, lag)
+    if sqlite_done is None and stored >= target:
+        sqlite_done = now
+    if shipped >= target:
+        pg_done = now
+        break
+    time.sleep(0.2)
+if pg_done is None:
+    sys.exit(f"PostgreSQL did not get every record within 30 min ({shipped:.0f} of {target})")
+print(f"SQLite commit rate:      {target / (sqlite_done - first_stored):12,.0f} records/s")
+print(f"into PostgreSQL:         {target / (pg_done - first_stored):12,.0f} records/s")
+print(f"shipping lag, highest:   {max_lag:12.1f} s (poolflow_collector_shipping_lag_seconds)")
+print(f"PostgreSQL complete:     {pg_done - sqlite_done:12.1f} s after the last SQLite commit")
+PY
+python3 "$run/sample.py" "$metrics_port" run "$records"
+wait "$generator" || { cat "$run/generate.log" >&2; exit 1; }
+grep -E "sent|records" "$run/generate.log" | tail -1 | sed 's/^/generator: /'
+
+# An outage: PostgreSQL stopped while a backlog of `records / 5` builds up
+# in SQLite, then started again: the drain rate is shipping alone.
+backlog=$((records / 5))
+bash tests/postgres/stop.sh "$run/pg"
+"$bin/exporter" generate --to "127.0.0.1:$ipfix_port" --transport tcp \
+  --records "$backlog" >"$run/generate2.log" 2>&1
+python3 "$run/sample.py" "$metrics_port" stored $((records + backlog))
+bash tests/postgres/start.sh "$run/pg" "$pg_port" >/dev/null
+python3 "$run/sample.py" "$metrics_port" drain $((records + backlog)) "$records"
+
+rows=$(psql -At "$url" -c "SELECT count(*) FROM flows")
+psql -q "$url" -c "VACUUM ANALYZE flows" >/dev/null
+report="SELECT date_trunc('hour', flow_start) AS hour,
+       network(set_masklen(dst_addr, 24)) AS prefix, sum(octets) AS bytes
+FROM flows GROUP BY 1, 2 ORDER BY 1, 3 DESC"
+for attempt in 1 2; do
+  t0=$(date +%s.%N)
+  groups=$(psql -At "$url" -c "$report" | wc -l)
+  t1=$(date +%s.%N)
+  printf 'hourly per-prefix report over %s rows (%s groups), run %s: %.2f s\n' \
+    "$rows" "$groups" "$attempt" "$(echo "$t1 - $t0" | bc)"
+done
+printf 'PostgreSQL size: %s, SQLite size: %s\n' \
+  "$(psql -At "$url" -c "SELECT pg_size_pretty(sum(pg_total_relation_size(c.oid))) FROM pg_class c WHERE c.relname LIKE 'flows%' AND c.relkind = 'r'")" \
+  "$(du -h "$run/collector.sqlite" | cut -f1)"
