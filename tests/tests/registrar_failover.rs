@@ -327,10 +327,11 @@ async fn registrar_sigkill_under_a_running_exporter_loses_nothing() {
         let rejected = &status.enrp.as_ref().unwrap().counters.auth_rejected;
         assert!(rejected.is_empty(), "signed ENRP refused: {rejected:?}");
     }
-    // The primary's registration association (SCTP over UDP, default path
-    // supervision) outlives the kill by far longer than the ENRP timers,
-    // so the survivors, not the PE's own server hunt, move it: a takeover.
-    assert_eq!(takeovers, 1, "exactly one survivor took over: {settled:#?}");
+    // Who moves the primary: usually the PE itself, at once, because its
+    // registration association ends on the killed registrar's ICMP port
+    // unreachable (transport/README.md) and it hunts for a new home; or a
+    // survivor's takeover, when the ENRP timers come first. Never two.
+    assert!(takeovers <= 1, "at most one survivor took over: {settled:#?}");
 
     // The killed registrar comes back and resynchronizes.
     registrars[0].start(dir.path(), &[enrp[1], enrp[2]]);

@@ -328,6 +328,9 @@ async fn own_heartbeat_and_abort_packets_decode_cleanly() {
     let config = Config {
         // tshark on `lo` would see GSO batches as one oversized UDP datagram each.
         udp_segmentation_offload: false,
+        // The killed peer's port answers with ICMP; ignoring it makes path supervision
+        // give up and write the ABORT this test decodes.
+        icmp_port_unreachable: false,
         ..Config::fast_failure_detection(TransportKind::SctpOverUdp)
     };
     let mut server = Endpoint::bind(config.clone(), "127.0.0.1:0".parse::<SocketAddr>().unwrap())
