@@ -1,0 +1,1655 @@
+//! The simulated pool: exporter cores and collector sessions (the real
+//! sans-IO code) with real SQLite stores, joined by simulated SCTP
+//! associations, a stub handlespace in place of the registrars, and one
+//! virtual clock that jumps from event to event.
+//!
+//! Everything that varies comes from the run's seed: the scenario
+//! (`scenario.rs`) and the network's draws (latency, retransmissions,
+//! failure detection) from a second generator seeded from the same u64.
+//! Nothing reads the wall clock: `origin` is only the `Instant` that
+//! virtual time zero maps to, because the cores take `Instant`s.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use asap_client::PoolElementInfo;
+use collector::batch::Batch;
+use collector::billing::CookieSigner;
+use collector::session::{CollectorSession, Input, Now, Output as SessionOutput, SessionEvent};
+use collector::store::Store;
+use exporter::pool_user::{AssociationId, Exporter, ExporterConfig, Notice, Output};
+use exporter::replay::ReplayLimits;
+use exporter::sequence::ExporterState;
+use policies::{Member, PolicyParams};
+use protocol::ipfix::flow::{FLOW_TEMPLATE_ID, FlowRecord, flow_template};
+use protocol::ipfix::{SessionConfig, TransportKind};
+use protocol::rserpool::ASAP_SCTP_PPID;
+use protocol::rserpool::params::{TransportAddress, TransportKind as AsapTransport, TransportUse};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::scenario::{EXPORTERS_START, Fault, Scenario};
+
+/// The pool's HMAC cookie key (version 1 cookies: see docs/simulation.md
+/// for why not Ed25519).
+const POOL_KEY: &[u8] = b"simulated pool key";
+/// Unix milliseconds at virtual time zero (cookie and export times).
+const UNIX_MS_AT_ORIGIN: u64 = 1_800_000_000_000;
+/// Exporter ids are this plus the exporter's index.
+const FIRST_EXPORTER_ID: u32 = 500;
+/// PE identifiers are this plus the collector's index (a collector keeps
+/// its PE identifier across restarts, as `pe_identifier` derived from its
+/// database path does).
+const FIRST_PE_ID: u32 = 0x5e00;
+/// A graceful stop that has not finished by then ends like a crash.
+const STOP_LIMIT: Duration = Duration::from_secs(10);
+/// After the faults: longest the stream may take to finish.
+const FINISH_LIMIT: Duration = Duration::from_secs(300);
+/// After the faults: time for the failback before the stream may end.
+const SETTLE: Duration = Duration::from_secs(5);
+/// Events handled per run before the run counts as a livelock.
+const MAX_STEPS: u64 = 3_000_000;
+/// Lines of trace kept for a failure report.
+const TRACE_LINES: usize = 400;
+
+type LinkId = u64;
+
+/// Why a run failed: what went wrong and the trace leading to it.
+#[derive(Debug)]
+pub struct RunFailure {
+    /// The broken property.
+    pub reason: String,
+    /// The last events before it.
+    pub trace: Vec<String>,
+}
+
+/// What a finished run produced, for the oracle.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// Every collector's SQLite file.
+    pub databases: Vec<PathBuf>,
+    /// Every exporter's final state file.
+    pub exporter_states: Vec<PathBuf>,
+    /// Per exporter: (exporter id, next sequence per domain, declared
+    /// not sent per domain, crashed at least once).
+    pub exporters: Vec<ExporterSummary>,
+    /// Counts over the run.
+    pub stats: RunStats,
+}
+
+/// One exporter at the end of a run.
+#[derive(Debug, Clone)]
+pub struct ExporterSummary {
+    /// Its exporter id.
+    pub exporter_id: u32,
+    /// Its final state (next sequence, cookie, declared losses per domain).
+    pub state: ExporterState,
+    /// Whether it crashed during the run (a crash may declare losses).
+    pub crashed: bool,
+    /// Records taken in over every incarnation.
+    pub taken_in: u64,
+    /// PE the exporter streams to at the end.
+    pub final_pe: Option<u32>,
+}
+
+/// Counts of one run.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RunStats {
+    /// Virtual time at the end.
+    pub virtual_time: Duration,
+    /// Events handled.
+    pub steps: u64,
+    /// Failovers over every exporter incarnation.
+    pub failovers: u64,
+    /// Failbacks over every exporter incarnation.
+    pub failbacks: u64,
+    /// Commits over every collector.
+    pub commits: u64,
+    /// Associations that failed (partition, retransmissions, dead peer).
+    pub associations_failed: u64,
+    /// Cookie Echoes a collector refused.
+    pub echoes_refused: u64,
+}
+
+#[derive(Debug)]
+enum Event {
+    Fault(Fault),
+    StartExporter(usize),
+    PartitionStart(usize),
+    LinkUp(LinkId),
+    Deliver {
+        link: LinkId,
+        to_collector: bool,
+        ppid: u32,
+        stream: u16,
+        payload: Vec<u8>,
+    },
+    /// The exporter's end learns the association is over.
+    EndAtExporter(LinkId),
+    /// The collector's end learns the association is over.
+    EndAtCollector(LinkId),
+    Selected {
+        exporter: usize,
+        incarnation: u32,
+    },
+    FailbackAnswer {
+        exporter: usize,
+        incarnation: u32,
+        current: u32,
+        avoid: Vec<u32>,
+    },
+    Commit {
+        collector: usize,
+        incarnation: u32,
+    },
+    Registered {
+        collector: usize,
+        incarnation: u32,
+    },
+    /// Keep-alive supervision drops a PE that died without deregistering.
+    Expire {
+        collector: usize,
+        incarnation: u32,
+    },
+    /// The registrar probes a PE reported unreachable.
+    Probe {
+        pe_id: u32,
+    },
+}
+
+struct Link {
+    exporter: usize,
+    exporter_incarnation: u32,
+    association: AssociationId,
+    collector: usize,
+    collector_incarnation: u32,
+    up: bool,
+    /// Open at each end (the end has not learnt of its end yet).
+    exporter_open: bool,
+    collector_open: bool,
+    /// Nothing is delivered at or after this (failure, crash, close).
+    dead_from: Option<Duration>,
+    /// In-order delivery per direction: the last delivery time.
+    last_to_collector: Duration,
+    last_to_exporter: Duration,
+}
+
+struct CollectorLife {
+    store: Store,
+    signer: CookieSigner,
+    /// Batches handed to the writer and not committed yet (volatile).
+    pending: Vec<Batch>,
+    commit_scheduled: bool,
+    sessions: BTreeMap<LinkId, CollectorSession>,
+    /// Graceful stop: deadline.
+    stopping: Option<Duration>,
+}
+
+struct CollectorNode {
+    pe_id: u32,
+    priority: u32,
+    database: PathBuf,
+    incarnation: u32,
+    life: Option<CollectorLife>,
+    /// A restart came while a graceful stop was running.
+    restart_after_stop: bool,
+}
+
+struct ExporterNode {
+    exporter_id: u32,
+    incarnation: u32,
+    core: Option<Exporter>,
+    /// The state file's content (written by `Output::PersistState`).
+    durable: ExporterState,
+    target: u64,
+    taken_in: u64,
+    next_input: Duration,
+    links: BTreeMap<AssociationId, LinkId>,
+    crashed: bool,
+    /// Highest cookie sequence seen per domain (cookies never go back).
+    cookie_high: BTreeMap<u32, u64>,
+    counted_failovers: u64,
+    counted_failbacks: u64,
+}
+
+struct HandlespaceEntry {
+    collector: usize,
+    incarnation: u32,
+}
+
+/// One simulated pool.
+pub struct World {
+    scenario: Scenario,
+    origin: Instant,
+    now: Duration,
+    rng: StdRng,
+    queue: BTreeMap<(Duration, u64), Event>,
+    next_event: u64,
+    collectors: Vec<CollectorNode>,
+    exporters: Vec<ExporterNode>,
+    links: BTreeMap<LinkId, Link>,
+    next_link: LinkId,
+    handlespace: BTreeMap<u32, HandlespaceEntry>,
+    trace: Vec<String>,
+    verbose: bool,
+    stats: RunStats,
+    dir: PathBuf,
+}
+
+impl World {
+    /// A pool for `scenario`, its files in `dir` (empty). `verbose` prints
+    /// every trace line as it happens (one seed under investigation).
+    pub fn new(scenario: Scenario, dir: &Path, verbose: bool) -> Self {
+        // The network's draws come from their own generator so that a
+        // change of the scenario's shape does not shift them (and back).
+        let rng = StdRng::seed_from_u64(scenario.seed ^ 0x6e65_7477_6f72_6b00);
+        let collectors = scenario
+            .collector_priorities
+            .iter()
+            .enumerate()
+            .map(|(index, &priority)| CollectorNode {
+                pe_id: FIRST_PE_ID + index as u32,
+                priority,
+                database: dir.join(format!("collector{index}.sqlite")),
+                incarnation: 0,
+                life: None,
+                restart_after_stop: false,
+            })
+            .collect();
+        let exporters = scenario
+            .exporter_records
+            .iter()
+            .enumerate()
+            .map(|(index, &target)| {
+                let exporter_id = FIRST_EXPORTER_ID + index as u32;
+                ExporterNode {
+                    exporter_id,
+                    incarnation: 0,
+                    core: None,
+                    durable: ExporterState::new(exporter_id),
+                    target,
+                    taken_in: 0,
+                    next_input: EXPORTERS_START,
+                    links: BTreeMap::new(),
+                    crashed: false,
+                    cookie_high: BTreeMap::new(),
+                    counted_failovers: 0,
+                    counted_failbacks: 0,
+                }
+            })
+            .collect();
+        let mut world = Self {
+            origin: Instant::now(),
+            now: Duration::ZERO,
+            rng,
+            queue: BTreeMap::new(),
+            next_event: 0,
+            collectors,
+            exporters,
+            links: BTreeMap::new(),
+            next_link: 1,
+            handlespace: BTreeMap::new(),
+            trace: Vec::new(),
+            verbose,
+            stats: RunStats::default(),
+            dir: dir.to_path_buf(),
+            scenario,
+        };
+        for (at, fault) in world.scenario.faults.clone() {
+            world.schedule(at, Event::Fault(fault));
+        }
+        for (index, partition) in world.scenario.partitions.clone().iter().enumerate() {
+            world.schedule(partition.from, Event::PartitionStart(index));
+        }
+        for exporter in 0..world.exporters.len() {
+            world.schedule(EXPORTERS_START, Event::StartExporter(exporter));
+        }
+        world
+    }
+
+    /// Runs the scenario to its end: every exporter took in its records,
+    /// every record is covered by a cookie, the final statistics went out
+    /// and every collector stopped gracefully.
+    pub fn run(mut self) -> Result<RunOutcome, RunFailure> {
+        match self.run_inner() {
+            Ok(outcome) => Ok(outcome),
+            Err(reason) => Err(RunFailure {
+                reason,
+                trace: self.trace,
+            }),
+        }
+    }
+
+    fn run_inner(&mut self) -> Result<RunOutcome, String> {
+        for collector in 0..self.collectors.len() {
+            self.start_collector(collector)?;
+        }
+        let finish_by = self.scenario.faults_end + FINISH_LIMIT;
+        // Phase 1: the stream, with the faults, until every exporter is
+        // done and drained, and the pool had time to settle (failback).
+        let settled = self.scenario.faults_end + SETTLE;
+        self.run_until(finish_by, |world| {
+            world.now >= settled && world.exporters_finished()
+        })?;
+        if !self.exporters_finished() {
+            return Err(format!(
+                "the stream did not finish {FINISH_LIMIT:?} after the faults: {}",
+                self.exporter_status()
+            ));
+        }
+        // Phase 2: the exporters' final account (reliability statistics),
+        // as `exporter stream` sends it before it exits.
+        for exporter in &mut self.exporters {
+            if let Some(core) = &mut exporter.core {
+                core.queue_statistics(self.origin + self.now);
+            }
+        }
+        let quiet_until = self.now + Duration::from_secs(2);
+        self.run_until(quiet_until, |_| false)?;
+        // Phase 3: every collector stops gracefully; their stores are then
+        // final.
+        let exporter_states = self.stop_exporters()?;
+        for collector in 0..self.collectors.len() {
+            self.stop_collector(collector);
+        }
+        let stop_by = self.now + STOP_LIMIT + Duration::from_secs(1);
+        self.run_until(stop_by, |world| {
+            world.collectors.iter().all(|c| c.life.is_none())
+        })?;
+        if let Some(up) = self.collectors.iter().position(|c| c.life.is_some()) {
+            return Err(format!("collector {up} did not stop"));
+        }
+        self.stats.virtual_time = self.now;
+        let exporters = self
+            .exporters
+            .iter()
+            .zip(&exporter_states)
+            .map(|(node, (final_pe, state))| ExporterSummary {
+                exporter_id: node.exporter_id,
+                state: state.clone(),
+                crashed: node.crashed,
+                taken_in: node.taken_in,
+                final_pe: *final_pe,
+            })
+            .collect();
+        let mut state_files = Vec::new();
+        for (index, (_, state)) in exporter_states.iter().enumerate() {
+            let path = self.dir.join(format!("exporter{index}.state"));
+            exporter::sequence::StateFile::new(&path)
+                .store(state)
+                .map_err(|e| format!("writing {}: {e}", path.display()))?;
+            state_files.push(path);
+        }
+        Ok(RunOutcome {
+            databases: self.collectors.iter().map(|c| c.database.clone()).collect(),
+            exporter_states: state_files,
+            exporters,
+            stats: self.stats,
+        })
+    }
+
+    fn exporters_finished(&self) -> bool {
+        self.exporters
+            .iter()
+            .all(|e| e.taken_in >= e.target && e.core.as_ref().is_some_and(Exporter::is_drained))
+    }
+
+    fn exporter_status(&self) -> String {
+        self.exporters
+            .iter()
+            .map(|e| match &e.core {
+                Some(core) => format!(
+                    "exporter {}: taken in {}/{}, buffered {}, on PE {:?}",
+                    e.exporter_id,
+                    e.taken_in,
+                    e.target,
+                    core.buffered_records(),
+                    core.current_pe()
+                ),
+                None => format!("exporter {}: down", e.exporter_id),
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// The exporters exit the way `exporter stream` does: the final state
+    /// is what the audit reads. Returns (PE in use, final state) each.
+    fn stop_exporters(&mut self) -> Result<Vec<(Option<u32>, ExporterState)>, String> {
+        let mut states = Vec::new();
+        for index in 0..self.exporters.len() {
+            let node = &mut self.exporters[index];
+            let core = node
+                .core
+                .as_mut()
+                .ok_or_else(|| format!("exporter {index} down at the end"))?;
+            let pe = core.current_pe();
+            let state = core
+                .shutdown_state()
+                .map_err(|e| format!("exporter {index} shutdown state: {e}"))?;
+            node.durable = state.clone();
+            let links: Vec<LinkId> = node.links.values().copied().collect();
+            for link in links {
+                self.close_from_exporter(link);
+            }
+            states.push((pe, state));
+        }
+        Ok(states)
+    }
+
+    // ---- the event loop ------------------------------------------------
+
+    fn run_until(&mut self, until: Duration, done: impl Fn(&World) -> bool) -> Result<(), String> {
+        loop {
+            self.drain_outputs()?;
+            self.check_invariants()?;
+            if done(self) {
+                return Ok(());
+            }
+            let Some(next) = self.next_wake() else {
+                return Ok(()); // Nothing will ever happen again.
+            };
+            if next > until {
+                self.now = self.now.max(until);
+                return Ok(());
+            }
+            self.stats.steps += 1;
+            if self.stats.steps > MAX_STEPS {
+                return Err(format!(
+                    "more than {MAX_STEPS} steps at {:?}: livelock? {}",
+                    self.now,
+                    self.exporter_status()
+                ));
+            }
+            // Virtual time never goes back (a core may ask for a past
+            // instant: it is handled now).
+            self.now = self.now.max(next);
+            self.step()?;
+        }
+    }
+
+    /// The earliest of: the next queued event, every core's timer, the
+    /// input ticks and the stop deadlines.
+    fn next_wake(&self) -> Option<Duration> {
+        let mut wake = self.queue.keys().next().map(|(at, _)| *at);
+        let mut consider = |at: Option<Duration>| {
+            if let Some(at) = at {
+                wake = Some(wake.map_or(at, |w: Duration| w.min(at)));
+            }
+        };
+        for exporter in &self.exporters {
+            if let Some(core) = &exporter.core {
+                consider(core.poll_timeout().map(|i| self.virtual_time(i)));
+                if exporter.taken_in < exporter.target {
+                    consider(Some(exporter.next_input));
+                }
+            }
+        }
+        for collector in &self.collectors {
+            if let Some(life) = &collector.life {
+                for session in life.sessions.values() {
+                    consider(session.poll_timeout().map(|i| self.virtual_time(i)));
+                }
+                consider(life.stopping);
+            }
+        }
+        wake
+    }
+
+    fn virtual_time(&self, instant: Instant) -> Duration {
+        instant.saturating_duration_since(self.origin)
+    }
+
+    fn instant(&self) -> Instant {
+        self.origin + self.now
+    }
+
+    fn unix_ms(&self) -> u64 {
+        UNIX_MS_AT_ORIGIN + self.now.as_millis() as u64
+    }
+
+    fn session_now(&self) -> Now {
+        Now {
+            instant: self.instant(),
+            unix_ms: self.unix_ms() as i64,
+        }
+    }
+
+    fn schedule(&mut self, at: Duration, event: Event) {
+        self.next_event += 1;
+        self.queue.insert((at, self.next_event), event);
+    }
+
+    fn log(&mut self, line: String) {
+        let line = format!("{:>10.3}s {line}", self.now.as_secs_f64());
+        if self.verbose {
+            println!("{line}");
+        }
+        if self.trace.len() == TRACE_LINES {
+            self.trace.remove(0);
+        }
+        self.trace.push(line);
+    }
+
+    /// Handles everything due now: queued events first (in order), then
+    /// timers and input.
+    fn step(&mut self) -> Result<(), String> {
+        while let Some(entry) = self.queue.first_entry() {
+            if entry.key().0 > self.now {
+                break;
+            }
+            let event = entry.remove();
+            self.handle_event(event)?;
+            self.drain_outputs()?;
+        }
+        let now = self.instant();
+        for index in 0..self.exporters.len() {
+            let due = self.exporters[index]
+                .core
+                .as_ref()
+                .and_then(Exporter::poll_timeout)
+                .is_some_and(|at| at <= now);
+            if due {
+                self.exporters[index]
+                    .core
+                    .as_mut()
+                    .expect("checked")
+                    .handle_timeout(now);
+            }
+            self.take_input(index)?;
+        }
+        for collector in 0..self.collectors.len() {
+            self.collector_timers(collector)?;
+        }
+        Ok(())
+    }
+
+    fn take_input(&mut self, index: usize) -> Result<(), String> {
+        let burst = self.scenario.input_burst;
+        let interval = self.scenario.input_interval;
+        let domains = self.scenario.domains.clone();
+        let now = self.now;
+        let node = &mut self.exporters[index];
+        let Some(core) = &mut node.core else {
+            return Ok(());
+        };
+        if node.taken_in >= node.target || node.next_input > now {
+            return Ok(());
+        }
+        for _ in 0..burst {
+            if node.taken_in >= node.target {
+                break;
+            }
+            let domain = domains[(node.taken_in % domains.len() as u64) as usize];
+            if !core.can_accept(domain) {
+                break; // Back-pressure: the source waits for cookies.
+            }
+            let sequence = core.next_sequence(domain);
+            // The bytes depend on who numbered the record and how, so a
+            // sequence reused for another record shows as a conflict.
+            let mut bytes = Vec::new();
+            FlowRecord::synthetic(
+                sequence ^ (u64::from(node.exporter_id) << 40) ^ (u64::from(domain) << 32),
+                UNIX_MS_AT_ORIGIN,
+            )
+            .encode(&mut bytes);
+            match core.push_record(domain, FLOW_TEMPLATE_ID, bytes) {
+                Ok(given) if given == sequence => node.taken_in += 1,
+                Ok(given) => {
+                    return Err(format!(
+                        "exporter {index}: next_sequence said {sequence}, push gave {given}"
+                    ));
+                }
+                Err(error) => {
+                    return Err(format!("exporter {index}: push after can_accept: {error}"));
+                }
+            }
+        }
+        node.next_input = now + interval;
+        Ok(())
+    }
+
+    fn collector_timers(&mut self, collector: usize) -> Result<(), String> {
+        let now = self.instant();
+        let due: Vec<LinkId> = match &self.collectors[collector].life {
+            Some(life) => life
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.poll_timeout().is_some_and(|at| at <= now))
+                .map(|(link, _)| *link)
+                .collect(),
+            None => return Ok(()),
+        };
+        for link in due {
+            let session_now = self.session_now();
+            let Some(life) = &mut self.collectors[collector].life else {
+                break;
+            };
+            let ledger = life.store.ledger();
+            let ledger = ledger.lock().expect("ledger lock");
+            let Some(session) = life.sessions.get_mut(&link) else {
+                continue;
+            };
+            let outputs = session.handle(
+                session_now,
+                Input::Timeout {
+                    ledger: Some(&ledger),
+                },
+            );
+            drop(ledger);
+            self.perform_session(collector, link, outputs)?;
+        }
+        let life = self.collectors[collector].life.as_ref();
+        if let Some(deadline) = life.and_then(|l| l.stopping)
+            && deadline <= self.now
+        {
+            self.log(format!("collector {collector}: stop took too long, killed"));
+            self.crash_collector(collector);
+        }
+        self.maybe_stopped(collector)?;
+        Ok(())
+    }
+
+    // ---- events --------------------------------------------------------
+
+    fn handle_event(&mut self, event: Event) -> Result<(), String> {
+        match event {
+            Event::Fault(fault) => self.fault(fault)?,
+            Event::StartExporter(exporter) => self.start_exporter(exporter)?,
+            Event::PartitionStart(index) => self.partition_start(index),
+            Event::LinkUp(link) => self.link_up(link),
+            Event::Deliver {
+                link,
+                to_collector,
+                ppid,
+                stream,
+                payload,
+            } => self.deliver(link, to_collector, ppid, stream, &payload)?,
+            Event::EndAtExporter(link) => self.end_at_exporter(link),
+            Event::EndAtCollector(link) => self.end_at_collector(link)?,
+            Event::Selected {
+                exporter,
+                incarnation,
+            } => {
+                if self.exporters[exporter].incarnation == incarnation {
+                    let candidates = self.resolve();
+                    let names: Vec<String> = candidates
+                        .iter()
+                        .map(|pe| format!("{:#x}", pe.pe_id))
+                        .collect();
+                    self.log(format!(
+                        "exporter {exporter}: resolved [{}]",
+                        names.join(", ")
+                    ));
+                    let result = if candidates.is_empty() {
+                        Err("no pool element registered".to_owned())
+                    } else {
+                        Ok(candidates)
+                    };
+                    let now = self.instant();
+                    if let Some(core) = &mut self.exporters[exporter].core {
+                        core.handle_selected(now, result);
+                    }
+                }
+            }
+            Event::FailbackAnswer {
+                exporter,
+                incarnation,
+                current,
+                avoid,
+            } => {
+                if self.exporters[exporter].incarnation == incarnation {
+                    let candidates = self.resolve();
+                    let members: Vec<Member> = candidates
+                        .iter()
+                        .filter(|pe| !avoid.contains(&pe.pe_id))
+                        .map(|pe| Member {
+                            id: pe.pe_id,
+                            params: pe.policy,
+                        })
+                        .collect();
+                    let target = policies::failback_target(current, &members)
+                        .and_then(|id| candidates.into_iter().find(|pe| pe.pe_id == id));
+                    let now = self.instant();
+                    if let Some(core) = &mut self.exporters[exporter].core {
+                        core.handle_failback_check(now, target);
+                    }
+                }
+            }
+            Event::Commit {
+                collector,
+                incarnation,
+            } => self.commit(collector, incarnation)?,
+            Event::Registered {
+                collector,
+                incarnation,
+            } => {
+                let node = &self.collectors[collector];
+                let serving = node
+                    .life
+                    .as_ref()
+                    .is_some_and(|life| life.stopping.is_none());
+                if node.incarnation == incarnation && serving {
+                    let pe_id = node.pe_id;
+                    self.handlespace.insert(
+                        pe_id,
+                        HandlespaceEntry {
+                            collector,
+                            incarnation,
+                        },
+                    );
+                    self.log(format!("collector {collector}: registered as {pe_id:#x}"));
+                }
+            }
+            Event::Expire {
+                collector,
+                incarnation,
+            } => {
+                let pe_id = self.collectors[collector].pe_id;
+                if self
+                    .handlespace
+                    .get(&pe_id)
+                    .is_some_and(|entry| entry.incarnation == incarnation)
+                {
+                    self.handlespace.remove(&pe_id);
+                    self.log(format!(
+                        "registrar: {pe_id:#x} expired (no keep-alive answer)"
+                    ));
+                }
+            }
+            Event::Probe { pe_id } => {
+                let alive = self.handlespace.get(&pe_id).is_some_and(|entry| {
+                    let node = &self.collectors[entry.collector];
+                    node.incarnation == entry.incarnation && node.life.is_some()
+                });
+                if !alive && self.handlespace.remove(&pe_id).is_some() {
+                    self.log(format!(
+                        "registrar: probe of {pe_id:#x} unanswered, removed"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The stub handlespace's answer: the registered PEs by the Priority
+    /// policy, best first (ties by PE id).
+    fn resolve(&self) -> Vec<PoolElementInfo> {
+        let mut pes: Vec<PoolElementInfo> = self
+            .handlespace
+            .iter()
+            .map(|(&pe_id, entry)| pool_element(pe_id, self.collectors[entry.collector].priority))
+            .collect();
+        pes.sort_by_key(|pe| {
+            let priority = match pe.policy {
+                PolicyParams::Priority { priority } => priority,
+                _ => 0,
+            };
+            (std::cmp::Reverse(priority), pe.pe_id)
+        });
+        pes
+    }
+
+    fn fault(&mut self, fault: Fault) -> Result<(), String> {
+        self.log(format!("FAULT {fault:?}"));
+        match fault {
+            Fault::CrashCollector(collector) => {
+                if self.collectors[collector].life.is_some() {
+                    self.crash_collector(collector);
+                }
+            }
+            Fault::RestartCollector(collector) => {
+                let node = &mut self.collectors[collector];
+                match &node.life {
+                    None => self.start_collector(collector)?,
+                    Some(life) if life.stopping.is_some() => node.restart_after_stop = true,
+                    Some(_) => {}
+                }
+            }
+            Fault::StopCollector(collector) => self.stop_collector(collector),
+            Fault::CrashExporter(exporter) => self.crash_exporter(exporter),
+            Fault::RestartExporter(exporter) => self.start_exporter(exporter)?,
+        }
+        Ok(())
+    }
+
+    fn start_collector(&mut self, collector: usize) -> Result<(), String> {
+        let node = &mut self.collectors[collector];
+        let store = Store::open(&node.database)
+            .map_err(|e| format!("collector {collector}: opening its store: {e:#}"))?;
+        node.incarnation += 1;
+        node.life = Some(CollectorLife {
+            store,
+            signer: CookieSigner::hmac(POOL_KEY.to_vec(), node.pe_id),
+            pending: Vec::new(),
+            commit_scheduled: false,
+            sessions: BTreeMap::new(),
+            stopping: None,
+        });
+        let incarnation = node.incarnation;
+        self.log(format!(
+            "collector {collector}: started (incarnation {incarnation})"
+        ));
+        // Associations still open to the dead incarnation: its packets are
+        // out of the blue to the new one, which answers with ABORT.
+        let latency = self.latency();
+        let stale: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| {
+                l.collector == collector
+                    && l.collector_incarnation != incarnation
+                    && l.exporter_open
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for link in stale {
+            self.schedule(self.now + latency, Event::EndAtExporter(link));
+        }
+        let at = self.now + self.scenario.network.registration_delay;
+        self.schedule(
+            at,
+            Event::Registered {
+                collector,
+                incarnation,
+            },
+        );
+        Ok(())
+    }
+
+    fn crash_collector(&mut self, collector: usize) {
+        let node = &mut self.collectors[collector];
+        let lost: usize = node
+            .life
+            .take()
+            .map_or(0, |life| life.pending.iter().map(Batch::len).sum());
+        node.incarnation += 1;
+        let dead_incarnation = node.incarnation - 1;
+        self.log(format!(
+            "collector {collector}: crashed ({lost} uncommitted records dropped)"
+        ));
+        // The registrar keeps the PE until keep-alives fail (or a probe
+        // after a report).
+        let expiry = self.now + self.scenario.network.keepalive_expiry;
+        self.schedule(
+            expiry,
+            Event::Expire {
+                collector,
+                incarnation: dead_incarnation,
+            },
+        );
+        let links: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| {
+                l.collector == collector && l.collector_incarnation == dead_incarnation
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for link in links {
+            let detect = self.detect();
+            let l = self.links.get_mut(&link).expect("listed");
+            l.dead_from = Some(self.now);
+            l.collector_open = false;
+            if l.exporter_open {
+                self.schedule(self.now + detect, Event::EndAtExporter(link));
+            }
+        }
+        self.maybe_restart_after_stop(collector);
+    }
+
+    fn stop_collector(&mut self, collector: usize) {
+        let deadline = self.now + STOP_LIMIT;
+        let session_now = self.session_now();
+        let node = &mut self.collectors[collector];
+        let pe_id = node.pe_id;
+        let Some(life) = &mut node.life else {
+            return;
+        };
+        if life.stopping.is_some() {
+            return;
+        }
+        life.stopping = Some(deadline);
+        // Deregistration at the home registrar comes first.
+        self.handlespace.remove(&pe_id);
+        let links: Vec<LinkId> = life.sessions.keys().copied().collect();
+        let mut all = Vec::new();
+        for link in links {
+            let session = life.sessions.get_mut(&link).expect("listed");
+            all.push((link, session.handle(session_now, Input::StopRequested)));
+        }
+        self.log(format!("collector {collector}: stopping gracefully"));
+        for (link, outputs) in all {
+            if let Err(error) = self.perform_session(collector, link, outputs) {
+                self.log(format!("collector {collector}: {error}"));
+            }
+        }
+    }
+
+    /// A stopping collector exits once its sessions are closed and its
+    /// writer committed everything.
+    fn maybe_stopped(&mut self, collector: usize) -> Result<(), String> {
+        let node = &mut self.collectors[collector];
+        let done = node.life.as_ref().is_some_and(|life| {
+            life.stopping.is_some() && life.sessions.is_empty() && life.pending.is_empty()
+        });
+        if done {
+            node.life = None;
+            node.incarnation += 1;
+            self.log(format!("collector {collector}: stopped"));
+            self.maybe_restart_after_stop(collector);
+            if self.collectors[collector].life.is_none()
+                && self.collectors[collector].restart_after_stop
+            {
+                self.collectors[collector].restart_after_stop = false;
+                self.start_collector(collector)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn maybe_restart_after_stop(&mut self, collector: usize) {
+        // Restarts wait for the stop: handled by `maybe_stopped`, and here
+        // for a stop cut short by a crash.
+        let node = &mut self.collectors[collector];
+        if node.restart_after_stop && node.life.is_none() {
+            node.restart_after_stop = false;
+            if let Err(error) = self.start_collector(collector) {
+                self.log(format!("collector {collector}: restart failed: {error}"));
+            }
+        }
+    }
+
+    fn start_exporter(&mut self, exporter: usize) -> Result<(), String> {
+        let now = self.instant();
+        let unix_ms = self.unix_ms();
+        let mut config = ExporterConfig::new(self.exporters[exporter].exporter_id);
+        // Timers as the process-level tests configure them (fast failover).
+        config.cookie_timeout = Duration::from_millis(2000);
+        config.failback_check = Duration::from_millis(500);
+        config.drain_timeout = Duration::from_millis(3000);
+        config.retry_interval = Duration::from_millis(500);
+        config.failback_holdoff = Duration::from_millis(1000);
+        config.sequence_reservation = 1000;
+        // Memory only: no spill files (the spill is file IO in the core).
+        config.replay = ReplayLimits::memory(self.scenario.replay_records);
+        let node = &mut self.exporters[exporter];
+        if node.core.is_some() {
+            return Ok(());
+        }
+        let mut core = Exporter::new(
+            config,
+            node.durable.clone(),
+            vec![flow_template()],
+            now,
+            unix_ms,
+        )
+        .map_err(|e| format!("exporter {exporter}: start: {e}"))?;
+        core.start();
+        node.incarnation += 1;
+        node.core = Some(core);
+        node.links.clear();
+        // Cookies advance within a run; a restart goes back to the last
+        // persisted one (persisting is rate-limited), never below it.
+        node.cookie_high = node
+            .durable
+            .domains
+            .iter()
+            .filter_map(|(&domain, state)| {
+                let cookie = state.last_cookie.filter(|c| !c.introduction)?;
+                Some((domain, cookie.next_record_sequence()))
+            })
+            .collect();
+        node.counted_failovers = 0;
+        node.counted_failbacks = 0;
+        node.next_input = node.next_input.max(self.now);
+        self.log(format!("exporter {exporter}: started"));
+        Ok(())
+    }
+
+    fn crash_exporter(&mut self, exporter: usize) {
+        let node = &mut self.exporters[exporter];
+        if node.core.take().is_none() {
+            return;
+        }
+        node.crashed = true;
+        node.incarnation += 1;
+        let links: Vec<LinkId> = node.links.values().copied().collect();
+        node.links.clear();
+        self.log(format!("exporter {exporter}: crashed"));
+        for link in links {
+            let detect = self.detect();
+            let l = self.links.get_mut(&link).expect("listed");
+            l.dead_from = Some(self.now);
+            l.exporter_open = false;
+            if l.collector_open {
+                self.schedule(self.now + detect, Event::EndAtCollector(link));
+            }
+        }
+    }
+
+    // ---- the network ---------------------------------------------------
+
+    fn latency(&mut self) -> Duration {
+        let network = self.scenario.network;
+        let span = (network.latency_max - network.latency_min).as_micros() as u64;
+        network.latency_min + Duration::from_micros(self.rng.random_range(0..=span))
+    }
+
+    fn detect(&mut self) -> Duration {
+        let network = self.scenario.network;
+        let span = (network.detect_max - network.detect_min).as_micros() as u64;
+        network.detect_min + Duration::from_micros(self.rng.random_range(0..=span))
+    }
+
+    /// The end of a partition between the two that holds at `at`, if any.
+    fn partitioned_until(
+        &self,
+        exporter: usize,
+        collector: usize,
+        at: Duration,
+    ) -> Option<Duration> {
+        self.scenario
+            .partitions
+            .iter()
+            .filter(|p| p.exporter == exporter && p.collector == collector)
+            .filter(|p| p.from <= at && at < p.until)
+            .map(|p| p.until)
+            .max()
+    }
+
+    fn partition_start(&mut self, index: usize) {
+        let partition = self.scenario.partitions[index];
+        let threshold = self.scenario.network.failure_threshold;
+        self.log(format!("PARTITION {partition:?}"));
+        if partition.until - partition.from <= threshold {
+            return; // Only delay: SCTP retransmits across it.
+        }
+        let links: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| {
+                l.exporter == partition.exporter
+                    && l.collector == partition.collector
+                    && l.dead_from.is_none()
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for link in links {
+            self.fail_link(link, partition.from + threshold);
+        }
+    }
+
+    /// The association fails at `at` (both ends find out then).
+    fn fail_link(&mut self, link: LinkId, at: Duration) {
+        let Some(l) = self.links.get_mut(&link) else {
+            return;
+        };
+        if l.dead_from.is_some_and(|dead| dead <= at) {
+            return;
+        }
+        l.dead_from = Some(at);
+        self.stats.associations_failed += 1;
+        self.schedule(at, Event::EndAtExporter(link));
+        self.schedule(at, Event::EndAtCollector(link));
+    }
+
+    fn connect(&mut self, exporter: usize, association: AssociationId, pe_id: u32) {
+        let link = self.next_link;
+        self.next_link += 1;
+        let collector = self
+            .collectors
+            .iter()
+            .position(|c| c.pe_id == pe_id)
+            .expect("the handlespace lists only simulated collectors");
+        let node = &self.collectors[collector];
+        let accepting = node
+            .life
+            .as_ref()
+            .is_some_and(|life| life.stopping.is_none());
+        let alive = node.life.is_some();
+        let incarnation = node.incarnation;
+        self.links.insert(
+            link,
+            Link {
+                exporter,
+                exporter_incarnation: self.exporters[exporter].incarnation,
+                association,
+                collector,
+                collector_incarnation: incarnation,
+                up: false,
+                exporter_open: true,
+                collector_open: false,
+                dead_from: None,
+                last_to_collector: self.now,
+                last_to_exporter: self.now,
+            },
+        );
+        self.exporters[exporter].links.insert(association, link);
+        // INIT, INIT ACK, COOKIE ECHO, COOKIE ACK: two round trips.
+        let handshake = self.latency() * 4;
+        let blocked = self
+            .partitioned_until(exporter, collector, self.now)
+            .is_some()
+            || self
+                .partitioned_until(exporter, collector, self.now + handshake)
+                .is_some();
+        if accepting && !blocked {
+            self.schedule(self.now + handshake, Event::LinkUp(link));
+        } else if alive && !blocked {
+            // A stopping collector answers INIT with ABORT.
+            self.schedule(self.now + handshake / 2, Event::EndAtExporter(link));
+        } else {
+            let timeout = self.scenario.network.connect_timeout;
+            self.schedule(self.now + timeout, Event::EndAtExporter(link));
+        }
+    }
+
+    fn link_up(&mut self, link_id: LinkId) {
+        let Some(link) = self.links.get(&link_id) else {
+            return;
+        };
+        let (exporter, collector) = (link.exporter, link.collector);
+        let node = &self.collectors[collector];
+        let accepting = node.incarnation == link.collector_incarnation
+            && node
+                .life
+                .as_ref()
+                .is_some_and(|life| life.stopping.is_none());
+        let exporter_alive =
+            self.exporters[exporter].incarnation == link.exporter_incarnation && link.exporter_open;
+        if !exporter_alive {
+            return;
+        }
+        if !accepting {
+            // The collector died during the handshake.
+            let timeout = self.scenario.network.connect_timeout;
+            self.schedule(self.now + timeout, Event::EndAtExporter(link_id));
+            return;
+        }
+        let signer = node.life.as_ref().expect("accepting").signer.clone();
+        let session = CollectorSession::new(
+            format!("192.0.2.{}:{}", exporter + 1, 40_000 + link_id),
+            SessionConfig::new(TransportKind::Sctp),
+            Some(signer),
+        );
+        let life = self.collectors[collector].life.as_mut().expect("accepting");
+        life.sessions.insert(link_id, session);
+        let link = self.links.get_mut(&link_id).expect("checked");
+        link.up = true;
+        link.collector_open = true;
+        let association = link.association;
+        self.log(format!(
+            "association {link_id}: exporter {exporter} (#{association}) up with collector {collector}"
+        ));
+        let now = self.instant();
+        if let Some(core) = &mut self.exporters[exporter].core {
+            core.handle_association_up(now, association);
+        }
+    }
+
+    /// Sends one message on an association: SCTP delivers it in order,
+    /// after its latency, retransmissions and any partition; too many
+    /// retransmissions fail the association.
+    fn transmit(
+        &mut self,
+        link_id: LinkId,
+        to_collector: bool,
+        ppid: u32,
+        stream: u16,
+        payload: Vec<u8>,
+    ) {
+        let Some(link) = self.links.get(&link_id) else {
+            return;
+        };
+        if !link.up || link.dead_from.is_some_and(|dead| dead <= self.now) {
+            return;
+        }
+        let (exporter, collector) = (link.exporter, link.collector);
+        let network = self.scenario.network;
+        let mut at = self.now + self.latency();
+        let mut rto = network.rto;
+        let mut retransmissions = 0;
+        while network.loss > 0.0 && self.rng.random_bool(network.loss) {
+            retransmissions += 1;
+            if retransmissions > network.max_retransmissions {
+                self.log(format!("association {link_id}: retransmissions exhausted"));
+                self.fail_link(link_id, at);
+                return;
+            }
+            at += rto;
+            rto = (rto * 2).min(Duration::from_secs(1));
+        }
+        // A partition holds the message (retransmitted) until it ends.
+        while let Some(until) = self.partitioned_until(exporter, collector, at) {
+            at = until + self.latency();
+        }
+        let link = self.links.get_mut(&link_id).expect("checked");
+        let last = if to_collector {
+            &mut link.last_to_collector
+        } else {
+            &mut link.last_to_exporter
+        };
+        at = at.max(*last);
+        *last = at;
+        self.schedule(
+            at,
+            Event::Deliver {
+                link: link_id,
+                to_collector,
+                ppid,
+                stream,
+                payload,
+            },
+        );
+    }
+
+    fn deliver(
+        &mut self,
+        link_id: LinkId,
+        to_collector: bool,
+        ppid: u32,
+        stream: u16,
+        payload: &[u8],
+    ) -> Result<(), String> {
+        let Some(link) = self.links.get(&link_id) else {
+            return Ok(());
+        };
+        if link.dead_from.is_some_and(|dead| dead <= self.now) {
+            return Ok(());
+        }
+        if to_collector {
+            if !link.collector_open {
+                return Ok(());
+            }
+            let collector = link.collector;
+            let session_now = self.session_now();
+            let Some(life) = &mut self.collectors[collector].life else {
+                return Ok(());
+            };
+            let Some(session) = life.sessions.get_mut(&link_id) else {
+                return Ok(());
+            };
+            if !session.is_receiving() {
+                return Ok(()); // The driver stopped reading.
+            }
+            let outputs = if ppid == ASAP_SCTP_PPID {
+                let ledger = life.store.ledger();
+                let ledger = ledger.lock().expect("ledger lock");
+                session.handle(
+                    session_now,
+                    Input::Asap {
+                        payload,
+                        ledger: Some(&ledger),
+                    },
+                )
+            } else {
+                session.handle(session_now, Input::Message { stream, payload })
+            };
+            self.perform_session(collector, link_id, outputs)
+        } else {
+            if !link.exporter_open {
+                return Ok(());
+            }
+            let (exporter, association) = (link.exporter, link.association);
+            let now = self.instant();
+            if let Some(core) = &mut self.exporters[exporter].core {
+                core.handle_message(now, association, ppid, payload);
+            }
+            Ok(())
+        }
+    }
+
+    fn end_at_exporter(&mut self, link_id: LinkId) {
+        let Some(link) = self.links.get_mut(&link_id) else {
+            return;
+        };
+        if !link.exporter_open {
+            return;
+        }
+        link.exporter_open = false;
+        let (exporter, association, incarnation) =
+            (link.exporter, link.association, link.exporter_incarnation);
+        self.forget_if_closed(link_id);
+        if self.exporters[exporter].incarnation != incarnation {
+            return;
+        }
+        self.exporters[exporter].links.remove(&association);
+        self.log(format!(
+            "association {link_id}: ended at exporter {exporter}"
+        ));
+        let now = self.instant();
+        if let Some(core) = &mut self.exporters[exporter].core {
+            core.handle_association_ended(now, association);
+        }
+    }
+
+    fn end_at_collector(&mut self, link_id: LinkId) -> Result<(), String> {
+        let Some(link) = self.links.get_mut(&link_id) else {
+            return Ok(());
+        };
+        if !link.collector_open {
+            return Ok(());
+        }
+        link.collector_open = false;
+        let (collector, incarnation) = (link.collector, link.collector_incarnation);
+        self.forget_if_closed(link_id);
+        if self.collectors[collector].incarnation != incarnation {
+            return Ok(());
+        }
+        self.log(format!(
+            "association {link_id}: ended at collector {collector}"
+        ));
+        self.end_session(collector, link_id);
+        self.maybe_stopped(collector)
+    }
+
+    /// The session is over: what it still held goes to the writer.
+    fn end_session(&mut self, collector: usize, link_id: LinkId) {
+        let Some(life) = &mut self.collectors[collector].life else {
+            return;
+        };
+        if let Some(mut session) = life.sessions.remove(&link_id)
+            && let Some(batch) = session.finish()
+        {
+            self.store_batch(collector, batch);
+        }
+    }
+
+    fn forget_if_closed(&mut self, link_id: LinkId) {
+        if self
+            .links
+            .get(&link_id)
+            .is_some_and(|l| !l.exporter_open && !l.collector_open)
+        {
+            self.links.remove(&link_id);
+        }
+    }
+
+    /// The exporter closes gracefully: what it sent is still delivered,
+    /// then the collector's end learns of the SHUTDOWN.
+    fn close_from_exporter(&mut self, link_id: LinkId) {
+        let latency = self.latency();
+        let Some(link) = self.links.get_mut(&link_id) else {
+            return;
+        };
+        let (exporter, association) = (link.exporter, link.association);
+        link.exporter_open = false;
+        if link.up && link.dead_from.is_none() {
+            let at = link.last_to_collector.max(self.now) + latency;
+            link.dead_from = Some(at + Duration::from_micros(1));
+            if link.collector_open {
+                self.schedule(at, Event::EndAtCollector(link_id));
+            }
+        } else if !link.up {
+            link.dead_from = Some(self.now);
+        }
+        self.exporters[exporter].links.remove(&association);
+        self.forget_if_closed(link_id);
+    }
+
+    /// The collector closes gracefully: its cookies in flight still
+    /// arrive, then the exporter's end learns of the SHUTDOWN; what the
+    /// exporter sends meanwhile is not read any more.
+    fn close_from_collector(&mut self, collector: usize, link_id: LinkId) {
+        self.end_session(collector, link_id);
+        let latency = self.latency();
+        let Some(link) = self.links.get_mut(&link_id) else {
+            return;
+        };
+        link.collector_open = false;
+        if link.exporter_open && link.dead_from.is_none() {
+            let at = link.last_to_exporter.max(self.now) + latency;
+            link.dead_from = Some(at + Duration::from_micros(1));
+            self.schedule(at, Event::EndAtExporter(link_id));
+        }
+        self.forget_if_closed(link_id);
+    }
+
+    // ---- collectors ----------------------------------------------------
+
+    fn perform_session(
+        &mut self,
+        collector: usize,
+        link_id: LinkId,
+        outputs: Vec<SessionOutput>,
+    ) -> Result<(), String> {
+        for output in outputs {
+            match output {
+                SessionOutput::Store(batch) => self.store_batch(collector, batch),
+                SessionOutput::SendCookie(bytes) => {
+                    self.transmit(link_id, false, ASAP_SCTP_PPID, 0, bytes);
+                }
+                SessionOutput::Close(reason) => {
+                    self.log(format!(
+                        "association {link_id}: collector {collector} closes: {reason}"
+                    ));
+                    self.close_from_collector(collector, link_id);
+                    return self.maybe_stopped(collector);
+                }
+                SessionOutput::Event(SessionEvent::CookieRefused { reason, error }) => {
+                    self.stats.echoes_refused += 1;
+                    self.log(format!(
+                        "association {link_id}: collector {collector} refused the echo ({reason}): {error}"
+                    ));
+                }
+                SessionOutput::Event(SessionEvent::HandedOver(handover)) => {
+                    self.log(format!(
+                        "association {link_id}: collector {collector} took exporter {} domain {} from {:?} at {:?}",
+                        handover.exporter_id, handover.domain, handover.from_pe, handover.record_sequence
+                    ));
+                }
+                SessionOutput::Event(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn store_batch(&mut self, collector: usize, batch: Batch) {
+        let latency = self.scenario.network.commit_latency;
+        let node = &mut self.collectors[collector];
+        let incarnation = node.incarnation;
+        let Some(life) = &mut node.life else {
+            return;
+        };
+        life.pending.push(batch);
+        if !life.commit_scheduled {
+            life.commit_scheduled = true;
+            self.schedule(
+                self.now + latency,
+                Event::Commit {
+                    collector,
+                    incarnation,
+                },
+            );
+        }
+    }
+
+    /// The writer commits every pending batch in one transaction, then
+    /// every session owed cookies hears of it.
+    fn commit(&mut self, collector: usize, incarnation: u32) -> Result<(), String> {
+        let unix_ms = self.unix_ms() as i64;
+        let session_now = self.session_now();
+        let node = &mut self.collectors[collector];
+        if node.incarnation != incarnation {
+            return Ok(());
+        }
+        let Some(life) = &mut node.life else {
+            return Ok(());
+        };
+        life.commit_scheduled = false;
+        let batches = std::mem::take(&mut life.pending);
+        life.store
+            .commit(&batches, unix_ms)
+            .map_err(|e| format!("collector {collector}: commit failed: {e:#}"))?;
+        self.stats.commits += 1;
+        let ledger = life.store.ledger();
+        let ledger = ledger.lock().expect("ledger lock");
+        let mut all = Vec::new();
+        for (&link, session) in &mut life.sessions {
+            if session.wants_commits() {
+                all.push((
+                    link,
+                    session.handle(session_now, Input::Committed { ledger: &ledger }),
+                ));
+            }
+        }
+        drop(ledger);
+        for (link, outputs) in all {
+            self.perform_session(collector, link, outputs)?;
+        }
+        self.maybe_stopped(collector)
+    }
+
+    // ---- exporters -----------------------------------------------------
+
+    fn drain_outputs(&mut self) -> Result<(), String> {
+        for exporter in 0..self.exporters.len() {
+            loop {
+                let now = self.instant();
+                let Some(core) = &mut self.exporters[exporter].core else {
+                    break;
+                };
+                let Some(output) = core.poll_output(now) else {
+                    break;
+                };
+                self.perform_exporter(exporter, output);
+            }
+        }
+        Ok(())
+    }
+
+    fn perform_exporter(&mut self, exporter: usize, output: Output) {
+        let incarnation = self.exporters[exporter].incarnation;
+        let rtt = self.scenario.network.registrar_rtt;
+        match output {
+            Output::Select => self.schedule(
+                self.now + rtt,
+                Event::Selected {
+                    exporter,
+                    incarnation,
+                },
+            ),
+            Output::ReportUnreachable { pe_id } => {
+                self.log(format!(
+                    "exporter {exporter}: reports {pe_id:#x} unreachable"
+                ));
+                // The home registrar probes with a keep-alive and removes
+                // the PE only if that goes unanswered.
+                let at = self.now
+                    + rtt
+                    + self
+                        .scenario
+                        .network
+                        .keepalive_expiry
+                        .min(Duration::from_secs(1));
+                self.schedule(at, Event::Probe { pe_id });
+            }
+            Output::Connect { association, pe } => {
+                self.log(format!(
+                    "exporter {exporter}: connect #{association} to {:#x}",
+                    pe.pe_id
+                ));
+                self.connect(exporter, association, pe.pe_id);
+            }
+            Output::Send {
+                association,
+                stream,
+                ppid,
+                payload,
+                ..
+            } => {
+                if let Some(&link) = self.exporters[exporter].links.get(&association) {
+                    self.transmit(link, true, ppid, stream, payload.to_vec());
+                }
+            }
+            Output::Close { association } => {
+                if let Some(&link) = self.exporters[exporter].links.get(&association) {
+                    self.close_from_exporter(link);
+                }
+            }
+            Output::CheckFailback { current, avoid } => self.schedule(
+                self.now + rtt,
+                Event::FailbackAnswer {
+                    exporter,
+                    incarnation,
+                    current,
+                    avoid,
+                },
+            ),
+            Output::PersistState(state) => self.exporters[exporter].durable = state,
+            Output::Notice(notice) => {
+                let line = match &notice {
+                    Notice::FailoverStarted { pe_id, cause } => {
+                        format!("failover from {pe_id:#x} ({})", cause.label())
+                    }
+                    Notice::DrainStarted { from, to } => {
+                        format!("failback: draining {from:#x} for {to:#x}")
+                    }
+                    other => format!("{other:?}"),
+                };
+                self.log(format!("exporter {exporter}: {line}"));
+            }
+        }
+    }
+
+    /// Checked after every step: cookies never go back, and the counters
+    /// only grow.
+    fn check_invariants(&mut self) -> Result<(), String> {
+        for (index, node) in self.exporters.iter_mut().enumerate() {
+            let Some(core) = &node.core else {
+                continue;
+            };
+            for &domain in &self.scenario.domains {
+                if let Some(cookie) = core.cookie(domain).filter(|c| !c.introduction) {
+                    let high = node.cookie_high.entry(domain).or_insert(0);
+                    if cookie.next_record_sequence() < *high {
+                        return Err(format!(
+                            "exporter {index} domain {domain}: cookie went back from {} to {}",
+                            *high,
+                            cookie.next_record_sequence()
+                        ));
+                    }
+                    *high = cookie.next_record_sequence();
+                    if cookie.next_record_sequence() > core.next_sequence(domain) {
+                        return Err(format!(
+                            "exporter {index} domain {domain}: cookie covers {} but only {} were numbered",
+                            cookie.last_record_sequence,
+                            core.next_sequence(domain)
+                        ));
+                    }
+                }
+            }
+            let counters = core.counters();
+            if counters.failovers > node.counted_failovers {
+                self.stats.failovers += counters.failovers - node.counted_failovers;
+                node.counted_failovers = counters.failovers;
+            }
+            if counters.failbacks > node.counted_failbacks {
+                self.stats.failbacks += counters.failbacks - node.counted_failbacks;
+                node.counted_failbacks = counters.failbacks;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How the stub handlespace describes a collector: SCTP, Priority policy.
+fn pool_element(pe_id: u32, priority: u32) -> PoolElementInfo {
+    PoolElementInfo {
+        pe_id,
+        user_transport: TransportAddress {
+            kind: AsapTransport::Sctp(TransportUse::DataPlusControl),
+            port: 4739,
+            addresses: vec![std::net::IpAddr::from([
+                192,
+                0,
+                2,
+                100 + (pe_id & 0x3f) as u8,
+            ])],
+        },
+        policy: PolicyParams::Priority { priority },
+        registration_life: 30_000,
+        home_registrar_id: 1,
+    }
+}
