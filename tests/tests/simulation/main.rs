@@ -43,8 +43,16 @@ fn scratch_root() -> PathBuf {
     }
 }
 
+/// What one passing seed did, and where its (real) time went.
+#[derive(Debug)]
+struct SeedReport {
+    stats: world::RunStats,
+    simulated: std::time::Duration,
+    judged: std::time::Duration,
+}
+
 /// Runs one seed; `Err` holds the failure report.
-fn run_seed(kind: Kind, seed: u64, verbose: bool) -> Result<world::RunStats, String> {
+fn run_seed(kind: Kind, seed: u64, verbose: bool) -> Result<SeedReport, String> {
     let scenario = Scenario::generate(kind, seed);
     if verbose {
         println!("{scenario:#?}");
@@ -53,6 +61,7 @@ fn run_seed(kind: Kind, seed: u64, verbose: bool) -> Result<world::RunStats, Str
         .prefix("poolflow-sim-")
         .tempdir_in(scratch_root())
         .map_err(|e| format!("scratch directory: {e}"))?;
+    let started = Instant::now();
     let outcome = World::new(scenario.clone(), dir.path(), verbose)
         .run()
         .map_err(|failure| {
@@ -62,8 +71,13 @@ fn run_seed(kind: Kind, seed: u64, verbose: bool) -> Result<world::RunStats, Str
                 failure.trace.join("\n")
             )
         })?;
+    let simulated = started.elapsed();
     oracle::judge(&scenario, &outcome)?;
-    Ok(outcome.stats)
+    Ok(SeedReport {
+        stats: outcome.stats,
+        simulated,
+        judged: started.elapsed() - simulated,
+    })
 }
 
 fn simulate(kind: Kind) {
@@ -75,7 +89,7 @@ fn simulate(kind: Kind) {
     };
     if let Some(seed) = env_u64("POOLFLOW_SIM_SEED") {
         match run_seed(kind, seed, true) {
-            Ok(stats) => println!("seed {seed} passed: {stats:?}"),
+            Ok(report) => println!("seed {seed} passed: {report:?}"),
             Err(report) => panic!(
                 "seed {seed} FAILED: {report}\nreproduce: {}",
                 reproduce(seed)
@@ -88,12 +102,16 @@ fn simulate(kind: Kind) {
     let started = Instant::now();
     let mut failovers = 0;
     let mut failbacks = 0;
+    let mut simulated = std::time::Duration::ZERO;
+    let mut judged = std::time::Duration::ZERO;
     let mut failed = Vec::new();
     for seed in first..first + count {
         match run_seed(kind, seed, false) {
-            Ok(stats) => {
-                failovers += stats.failovers;
-                failbacks += stats.failbacks;
+            Ok(report) => {
+                failovers += report.stats.failovers;
+                failbacks += report.stats.failbacks;
+                simulated += report.simulated;
+                judged += report.judged;
             }
             Err(report) => {
                 eprintln!(
@@ -109,9 +127,12 @@ fn simulate(kind: Kind) {
     }
     let elapsed = started.elapsed().as_secs_f64();
     eprintln!(
-        "{}: {count} seeds from {first} in {elapsed:.1} s ({:.0} seeds/s), {failovers} failovers, {failbacks} failbacks",
+        "{}: {count} seeds from {first} in {elapsed:.1} s ({:.0} seeds/s; simulation {:.1} s, \
+         oracle {:.1} s), {failovers} failovers, {failbacks} failbacks",
         kind.test_name(),
         count as f64 / elapsed,
+        simulated.as_secs_f64(),
+        judged.as_secs_f64(),
     );
     assert!(
         failed.is_empty(),

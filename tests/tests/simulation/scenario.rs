@@ -174,7 +174,7 @@ impl Scenario {
             _ => 1,
         };
         let exporter_records = (0..exporters)
-            .map(|_| rng.random_range(800..=2500))
+            .map(|_| rng.random_range(600..=1800))
             .collect();
         let domains = if rng.random_bool(0.3) {
             vec![1, 2]
