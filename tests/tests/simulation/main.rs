@@ -102,6 +102,8 @@ fn simulate(kind: Kind) {
     let started = Instant::now();
     let mut failovers = 0;
     let mut failbacks = 0;
+    let mut refused = 0;
+    let mut failed_associations = 0;
     let mut simulated = std::time::Duration::ZERO;
     let mut judged = std::time::Duration::ZERO;
     let mut failed = Vec::new();
@@ -110,6 +112,8 @@ fn simulate(kind: Kind) {
             Ok(report) => {
                 failovers += report.stats.failovers;
                 failbacks += report.stats.failbacks;
+                refused += report.stats.echoes_refused;
+                failed_associations += report.stats.associations_failed;
                 simulated += report.simulated;
                 judged += report.judged;
             }
@@ -128,7 +132,8 @@ fn simulate(kind: Kind) {
     let elapsed = started.elapsed().as_secs_f64();
     eprintln!(
         "{}: {count} seeds from {first} in {elapsed:.1} s ({:.0} seeds/s; simulation {:.1} s, \
-         oracle {:.1} s), {failovers} failovers, {failbacks} failbacks",
+         oracle {:.1} s), {failovers} failovers, {failbacks} failbacks, \
+         {failed_associations} associations failed, {refused} Cookie Echoes refused",
         kind.test_name(),
         count as f64 / elapsed,
         simulated.as_secs_f64(),

@@ -16,7 +16,7 @@ pub enum Kind {
     /// back to it.
     PrimaryKilled,
     /// Collectors killed (SIGKILL) and restarted over and over, sometimes
-    /// stopped gracefully instead.
+    /// stopped gracefully instead, sometimes with a stalled disk.
     CollectorsKilledRepeatedly,
     /// Partitions between an exporter and a collector, some shorter than
     /// the association's failure threshold (only delay), some longer.
@@ -46,6 +46,10 @@ pub enum Fault {
     RestartCollector(usize),
     /// SIGTERM: graceful stop (final cookies, deregistration), then down.
     StopCollector(usize),
+    /// The collector's disk stalls: no commit completes for this long
+    /// (the exporter's cookie timeout may fail over from a live collector,
+    /// which then stores what it received after all).
+    StallCollector(usize, Duration),
     /// The exporter process dies: only its persisted state survives.
     CrashExporter(usize),
     /// The exporter starts again from its persisted state.
@@ -146,10 +150,12 @@ impl Scenario {
         let network = NetworkModel {
             latency_min,
             latency_max: latency_min + millis(&mut rng, 0, 20),
-            loss: if rng.random_bool(0.3) {
-                0.0
-            } else {
-                rng.random_range(0.0..0.05)
+            // Mostly a clean or slightly lossy network; sometimes a bad one
+            // on which retransmissions run out and associations fail.
+            loss: match rng.random_range(0..10) {
+                0..=2 => 0.0,
+                3..=8 => rng.random_range(0.0..0.05),
+                _ => rng.random_range(0.1..0.35),
             },
             rto: millis(&mut rng, 50, 300),
             max_retransmissions: 5,
@@ -232,6 +238,13 @@ impl Scenario {
                 let mut at = start;
                 for _ in 0..rng.random_range(2..=6) {
                     let victim = rng.random_range(0..self.collectors());
+                    if rng.random_bool(0.15) {
+                        let stall = millis(rng, 500, 5000);
+                        self.faults.push((at, Fault::StallCollector(victim, stall)));
+                        end = end.max(at + stall);
+                        at += millis(rng, 100, 3000);
+                        continue;
+                    }
                     let fault = if rng.random_bool(0.25) {
                         Fault::StopCollector(victim)
                     } else {
@@ -250,7 +263,14 @@ impl Scenario {
                 let mut at = start;
                 for _ in 0..rng.random_range(1..=6) {
                     let fault_at = at;
-                    match rng.random_range(0..4) {
+                    match rng.random_range(0..5) {
+                        4 => {
+                            let victim = rng.random_range(0..self.collectors());
+                            let stall = millis(rng, 500, 5000);
+                            self.faults
+                                .push((fault_at, Fault::StallCollector(victim, stall)));
+                            end = end.max(fault_at + stall);
+                        }
                         0 => {
                             let exporter = rng.random_range(0..self.exporter_records.len());
                             self.faults.push((fault_at, Fault::CrashExporter(exporter)));

@@ -184,6 +184,8 @@ struct CollectorLife {
     sessions: BTreeMap<LinkId, CollectorSession>,
     /// Graceful stop: deadline.
     stopping: Option<Duration>,
+    /// A stalled disk: no commit completes before this.
+    stalled_until: Duration,
 }
 
 struct CollectorNode {
@@ -807,6 +809,12 @@ impl World {
                 }
             }
             Fault::StopCollector(collector) => self.stop_collector(collector),
+            Fault::StallCollector(collector, stall) => {
+                let until = self.now + stall;
+                if let Some(life) = &mut self.collectors[collector].life {
+                    life.stalled_until = until;
+                }
+            }
             Fault::CrashExporter(exporter) => self.crash_exporter(exporter),
             Fault::RestartExporter(exporter) => self.start_exporter(exporter)?,
         }
@@ -825,6 +833,7 @@ impl World {
             commit_scheduled: false,
             sessions: BTreeMap::new(),
             stopping: None,
+            stalled_until: Duration::ZERO,
         });
         let incarnation = node.incarnation;
         self.log(format!(
@@ -1477,6 +1486,19 @@ impl World {
         let Some(life) = &mut node.life else {
             return Ok(());
         };
+        if life.stalled_until > self.now {
+            // The transaction is under way; it completes when the disk
+            // answers again.
+            let at = life.stalled_until;
+            self.schedule(
+                at,
+                Event::Commit {
+                    collector,
+                    incarnation,
+                },
+            );
+            return Ok(());
+        }
         life.commit_scheduled = false;
         let batches = std::mem::take(&mut life.pending);
         life.store
