@@ -96,11 +96,10 @@ pub struct NetworkModel {
     pub connect_timeout: Duration,
     /// Registrar round trip (handle resolution, failback checks).
     pub registrar_rtt: Duration,
-    /// Time a collector needs to register after it starts.
-    pub registration_delay: Duration,
-    /// Time the registrar needs to drop a PE that died without
-    /// deregistering (keep-alive supervision).
-    pub keepalive_expiry: Duration,
+    /// How often the registrar sends a PE an Endpoint Keep Alive ...
+    pub keepalive_period: Duration,
+    /// ... and how long it waits for the Ack before removing the PE.
+    pub keepalive_timeout: Duration,
     /// SQLite commit latency of the collectors' writers.
     pub commit_latency: Duration,
 }
@@ -164,8 +163,8 @@ impl Scenario {
             detect_max: millis(&mut rng, 600, 4000),
             connect_timeout: millis(&mut rng, 200, 2000),
             registrar_rtt: millis(&mut rng, 1, 50),
-            registration_delay: millis(&mut rng, 10, 400),
-            keepalive_expiry: millis(&mut rng, 500, 8000),
+            keepalive_period: millis(&mut rng, 500, 5000),
+            keepalive_timeout: millis(&mut rng, 200, 3000),
             commit_latency: millis(&mut rng, 1, 30),
         };
         let collectors = match kind {

@@ -1,7 +1,7 @@
-//! The simulated pool: exporter cores and collector sessions (the real
-//! sans-IO code) with real SQLite stores, joined by simulated SCTP
-//! associations, a stub handlespace in place of the registrars, and one
-//! virtual clock that jumps from event to event.
+//! The simulated pool: exporter cores, collector sessions and pool
+//! elements, and a registrar's ASAP server core (the real sans-IO code),
+//! collectors with real SQLite stores, joined by simulated SCTP
+//! associations, and one virtual clock that jumps from event to event.
 //!
 //! Everything that varies comes from the run's seed: the scenario
 //! (`scenario.rs`) and the network's draws (latency, retransmissions,
@@ -13,7 +13,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+
 use asap_client::PoolElementInfo;
+use asap_client::pool_element::{
+    Input as PeInput, Output as PeOutput, PoolElement, PoolElementConfig,
+};
 use collector::batch::Batch;
 use collector::billing::CookieSigner;
 use collector::session::{CollectorSession, Input, Now, Output as SessionOutput, SessionEvent};
@@ -25,9 +31,13 @@ use policies::{Member, PolicyParams};
 use protocol::ipfix::flow::{FLOW_TEMPLATE_ID, FlowRecord, flow_template};
 use protocol::ipfix::{SessionConfig, TransportKind};
 use protocol::rserpool::ASAP_SCTP_PPID;
+use protocol::rserpool::asap::Message as AsapMessage;
+use protocol::rserpool::params::PoolHandle;
 use protocol::rserpool::params::{TransportAddress, TransportKind as AsapTransport, TransportUse};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use registrar::handlespace::AssocId;
+use registrar::{Action, Server, ServerConfig};
 
 use crate::scenario::{EXPORTERS_START, Fault, Scenario};
 
@@ -42,6 +52,8 @@ const FIRST_EXPORTER_ID: u32 = 500;
 /// its PE identifier across restarts, as `pe_identifier` derived from its
 /// database path does).
 const FIRST_PE_ID: u32 = 0x5e00;
+/// The pool the collectors register under.
+const POOL_HANDLE: &[u8] = b"billing-collectors";
 /// A graceful stop that has not finished by then ends like a crash.
 const STOP_LIMIT: Duration = Duration::from_secs(10);
 /// After the faults: longest the stream may take to finish.
@@ -129,33 +141,40 @@ enum Event {
     EndAtExporter(LinkId),
     /// The collector's end learns the association is over.
     EndAtCollector(LinkId),
-    Selected {
-        exporter: usize,
-        incarnation: u32,
-    },
-    FailbackAnswer {
-        exporter: usize,
-        incarnation: u32,
-        current: u32,
-        avoid: Vec<u32>,
-    },
     Commit {
         collector: usize,
         incarnation: u32,
     },
-    Registered {
-        collector: usize,
-        incarnation: u32,
+    /// An ASAP association to the registrar is established.
+    RegistrarUp(AssocId),
+    /// The registrar's end of an ASAP association learns it is over.
+    RegistrarDown(AssocId),
+    /// An ASAP message arrives at the registrar.
+    ToRegistrar {
+        assoc: AssocId,
+        bytes: Vec<u8>,
     },
-    /// Keep-alive supervision drops a PE that died without deregistering.
-    Expire {
-        collector: usize,
-        incarnation: u32,
+    /// An ASAP message from the registrar arrives at its peer.
+    FromRegistrar {
+        assoc: AssocId,
+        bytes: Vec<u8>,
     },
-    /// The registrar probes a PE reported unreachable.
-    Probe {
-        pe_id: u32,
-    },
+}
+
+/// Who is at the other end of a registrar association.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AsapPeer {
+    /// A collector's pool element (one incarnation of it).
+    Collector { index: usize, incarnation: u32 },
+    /// An exporter's pool user (one incarnation of it).
+    Exporter { index: usize, incarnation: u32 },
+}
+
+/// What an exporter asked the registrar; answers come in order.
+#[derive(Debug, Clone)]
+enum Request {
+    Select,
+    Failback { current: u32, avoid: Vec<u32> },
 }
 
 struct Link {
@@ -186,6 +205,12 @@ struct CollectorLife {
     stopping: Option<Duration>,
     /// A stalled disk: no commit completes before this.
     stalled_until: Duration,
+    /// The ASAP pool element (registration, keep-alives, deregistration).
+    pool_element: PoolElement,
+    /// Its association to the registrar.
+    registrar_assoc: Option<AssocId>,
+    /// It left the pool (deregistered, or gave up): a stop may end.
+    left_pool: bool,
 }
 
 struct CollectorNode {
@@ -209,15 +234,23 @@ struct ExporterNode {
     next_input: Duration,
     links: BTreeMap<AssociationId, LinkId>,
     crashed: bool,
+    /// Its association to the registrar, once established.
+    registrar_assoc: Option<AssocId>,
+    registrar_up: bool,
+    /// Requests waiting for the association, and those sent, in order.
+    unsent_requests: Vec<AsapMessage>,
+    requests: VecDeque<Request>,
     /// Highest cookie sequence seen per domain (cookies never go back).
     cookie_high: BTreeMap<u32, u64>,
     counted_failovers: u64,
     counted_failbacks: u64,
 }
 
-struct HandlespaceEntry {
-    collector: usize,
-    incarnation: u32,
+/// The registrar: the real ASAP server core, no ENRP peers.
+struct RegistrarNode {
+    server: Server,
+    peers: BTreeMap<AssocId, AsapPeer>,
+    next_assoc: AssocId,
 }
 
 /// One simulated pool.
@@ -232,7 +265,7 @@ pub struct World {
     exporters: Vec<ExporterNode>,
     links: BTreeMap<LinkId, Link>,
     next_link: LinkId,
-    handlespace: BTreeMap<u32, HandlespaceEntry>,
+    registrar: RegistrarNode,
     trace: Vec<String>,
     verbose: bool,
     stats: RunStats,
@@ -274,6 +307,10 @@ impl World {
                     taken_in: 0,
                     next_input: EXPORTERS_START,
                     links: BTreeMap::new(),
+                    registrar_assoc: None,
+                    registrar_up: false,
+                    unsent_requests: Vec::new(),
+                    requests: VecDeque::new(),
                     crashed: false,
                     cookie_high: BTreeMap::new(),
                     counted_failovers: 0,
@@ -281,8 +318,9 @@ impl World {
                 }
             })
             .collect();
+        let origin = Instant::now();
         let mut world = Self {
-            origin: Instant::now(),
+            origin,
             now: Duration::ZERO,
             rng,
             queue: BTreeMap::new(),
@@ -291,7 +329,18 @@ impl World {
             exporters,
             links: BTreeMap::new(),
             next_link: 1,
-            handlespace: BTreeMap::new(),
+            registrar: RegistrarNode {
+                server: Server::new(
+                    ServerConfig {
+                        keep_alive_period: scenario.network.keepalive_period,
+                        keep_alive_timeout: scenario.network.keepalive_timeout,
+                        ..ServerConfig::default()
+                    },
+                    origin,
+                ),
+                peers: BTreeMap::new(),
+                next_assoc: 1,
+            },
             trace: Vec::new(),
             verbose,
             stats: RunStats::default(),
@@ -493,8 +542,19 @@ impl World {
                     consider(session.poll_timeout().map(|i| self.virtual_time(i)));
                 }
                 consider(life.stopping);
+                consider(
+                    life.pool_element
+                        .poll_timeout()
+                        .map(|i| self.virtual_time(i)),
+                );
             }
         }
+        consider(
+            self.registrar
+                .server
+                .next_deadline()
+                .map(|i| self.virtual_time(i)),
+        );
         wake
     }
 
@@ -561,7 +621,24 @@ impl World {
             self.take_input(index)?;
         }
         for collector in 0..self.collectors.len() {
+            let pe_due = self.collectors[collector]
+                .life
+                .as_ref()
+                .and_then(|life| life.pool_element.poll_timeout())
+                .is_some_and(|at| at <= now);
+            if pe_due {
+                self.pool_element_event(collector, PeInput::Timer)?;
+            }
             self.collector_timers(collector)?;
+        }
+        if self
+            .registrar
+            .server
+            .next_deadline()
+            .is_some_and(|at| at <= now)
+        {
+            let actions = self.registrar.server.on_timer(now);
+            self.perform_registrar(actions)?;
         }
         Ok(())
     }
@@ -669,127 +746,22 @@ impl World {
             } => self.deliver(link, to_collector, ppid, stream, &payload)?,
             Event::EndAtExporter(link) => self.end_at_exporter(link),
             Event::EndAtCollector(link) => self.end_at_collector(link)?,
-            Event::Selected {
-                exporter,
-                incarnation,
-            } => {
-                if self.exporters[exporter].incarnation == incarnation {
-                    let candidates = self.resolve();
-                    let names: Vec<String> = candidates
-                        .iter()
-                        .map(|pe| format!("{:#x}", pe.pe_id))
-                        .collect();
-                    self.log(format!(
-                        "exporter {exporter}: resolved [{}]",
-                        names.join(", ")
-                    ));
-                    let result = if candidates.is_empty() {
-                        Err("no pool element registered".to_owned())
-                    } else {
-                        Ok(candidates)
-                    };
+            Event::RegistrarUp(assoc) => self.registrar_up(assoc)?,
+            Event::RegistrarDown(assoc) => self.registrar_down(assoc),
+            Event::ToRegistrar { assoc, bytes } => {
+                if self.registrar.peers.contains_key(&assoc) {
                     let now = self.instant();
-                    if let Some(core) = &mut self.exporters[exporter].core {
-                        core.handle_selected(now, result);
-                    }
+                    let actions = self.registrar.server.on_message(now, assoc, &bytes);
+                    self.perform_registrar(actions)?;
                 }
             }
-            Event::FailbackAnswer {
-                exporter,
-                incarnation,
-                current,
-                avoid,
-            } => {
-                if self.exporters[exporter].incarnation == incarnation {
-                    let candidates = self.resolve();
-                    let members: Vec<Member> = candidates
-                        .iter()
-                        .filter(|pe| !avoid.contains(&pe.pe_id))
-                        .map(|pe| Member {
-                            id: pe.pe_id,
-                            params: pe.policy,
-                        })
-                        .collect();
-                    let target = policies::failback_target(current, &members)
-                        .and_then(|id| candidates.into_iter().find(|pe| pe.pe_id == id));
-                    let now = self.instant();
-                    if let Some(core) = &mut self.exporters[exporter].core {
-                        core.handle_failback_check(now, target);
-                    }
-                }
-            }
+            Event::FromRegistrar { assoc, bytes } => self.deliver_from_registrar(assoc, &bytes)?,
             Event::Commit {
                 collector,
                 incarnation,
             } => self.commit(collector, incarnation)?,
-            Event::Registered {
-                collector,
-                incarnation,
-            } => {
-                let node = &self.collectors[collector];
-                let serving = node
-                    .life
-                    .as_ref()
-                    .is_some_and(|life| life.stopping.is_none());
-                if node.incarnation == incarnation && serving {
-                    let pe_id = node.pe_id;
-                    self.handlespace.insert(
-                        pe_id,
-                        HandlespaceEntry {
-                            collector,
-                            incarnation,
-                        },
-                    );
-                    self.log(format!("collector {collector}: registered as {pe_id:#x}"));
-                }
-            }
-            Event::Expire {
-                collector,
-                incarnation,
-            } => {
-                let pe_id = self.collectors[collector].pe_id;
-                if self
-                    .handlespace
-                    .get(&pe_id)
-                    .is_some_and(|entry| entry.incarnation == incarnation)
-                {
-                    self.handlespace.remove(&pe_id);
-                    self.log(format!(
-                        "registrar: {pe_id:#x} expired (no keep-alive answer)"
-                    ));
-                }
-            }
-            Event::Probe { pe_id } => {
-                let alive = self.handlespace.get(&pe_id).is_some_and(|entry| {
-                    let node = &self.collectors[entry.collector];
-                    node.incarnation == entry.incarnation && node.life.is_some()
-                });
-                if !alive && self.handlespace.remove(&pe_id).is_some() {
-                    self.log(format!(
-                        "registrar: probe of {pe_id:#x} unanswered, removed"
-                    ));
-                }
-            }
         }
         Ok(())
-    }
-
-    /// The stub handlespace's answer: the registered PEs by the Priority
-    /// policy, best first (ties by PE id).
-    fn resolve(&self) -> Vec<PoolElementInfo> {
-        let mut pes: Vec<PoolElementInfo> = self
-            .handlespace
-            .iter()
-            .map(|(&pe_id, entry)| pool_element(pe_id, self.collectors[entry.collector].priority))
-            .collect();
-        pes.sort_by_key(|pe| {
-            let priority = match pe.policy {
-                PolicyParams::Priority { priority } => priority,
-                _ => 0,
-            };
-            (std::cmp::Reverse(priority), pe.pe_id)
-        });
-        pes
     }
 
     fn fault(&mut self, fault: Fault) -> Result<(), String> {
@@ -826,6 +798,21 @@ impl World {
         let store = Store::open(&node.database)
             .map_err(|e| format!("collector {collector}: opening its store: {e:#}"))?;
         node.incarnation += 1;
+        let mut pe_config = PoolElementConfig::new(
+            PoolHandle(POOL_HANDLE.to_vec()),
+            node.pe_id,
+            pool_element(node.pe_id, node.priority).user_transport,
+            PolicyParams::Priority {
+                priority: node.priority,
+            },
+            1,
+        );
+        // As the process-level tests configure collectors: short timers.
+        pe_config.registration_timeout = Duration::from_secs(1);
+        pe_config.connect_timeout = Duration::from_secs(1);
+        pe_config.server_hunt_pause = Duration::from_millis(500);
+        let pool_element = PoolElement::new(pe_config)
+            .map_err(|e| format!("collector {collector}: PE config: {e}"))?;
         node.life = Some(CollectorLife {
             store,
             signer: CookieSigner::hmac(POOL_KEY.to_vec(), node.pe_id),
@@ -834,6 +821,9 @@ impl World {
             sessions: BTreeMap::new(),
             stopping: None,
             stalled_until: Duration::ZERO,
+            pool_element,
+            registrar_assoc: None,
+            left_pool: false,
         });
         let incarnation = node.incarnation;
         self.log(format!(
@@ -855,38 +845,26 @@ impl World {
         for link in stale {
             self.schedule(self.now + latency, Event::EndAtExporter(link));
         }
-        let at = self.now + self.scenario.network.registration_delay;
-        self.schedule(
-            at,
-            Event::Registered {
-                collector,
-                incarnation,
-            },
-        );
-        Ok(())
+        self.pool_element_event(collector, PeInput::Start)
     }
 
     fn crash_collector(&mut self, collector: usize) {
         let node = &mut self.collectors[collector];
-        let lost: usize = node
-            .life
-            .take()
-            .map_or(0, |life| life.pending.iter().map(Batch::len).sum());
+        let Some(life) = node.life.take() else {
+            return;
+        };
+        let lost: usize = life.pending.iter().map(Batch::len).sum();
         node.incarnation += 1;
         let dead_incarnation = node.incarnation - 1;
         self.log(format!(
             "collector {collector}: crashed ({lost} uncommitted records dropped)"
         ));
-        // The registrar keeps the PE until keep-alives fail (or a probe
-        // after a report).
-        let expiry = self.now + self.scenario.network.keepalive_expiry;
-        self.schedule(
-            expiry,
-            Event::Expire {
-                collector,
-                incarnation: dead_incarnation,
-            },
-        );
+        // The registrar finds out when its association to the PE fails (or
+        // earlier, by keep-alives).
+        if let Some(assoc) = life.registrar_assoc {
+            let detect = self.detect();
+            self.schedule(self.now + detect, Event::RegistrarDown(assoc));
+        }
         let links: Vec<LinkId> = self
             .links
             .iter()
@@ -911,7 +889,6 @@ impl World {
         let deadline = self.now + STOP_LIMIT;
         let session_now = self.session_now();
         let node = &mut self.collectors[collector];
-        let pe_id = node.pe_id;
         let Some(life) = &mut node.life else {
             return;
         };
@@ -919,8 +896,13 @@ impl World {
             return;
         }
         life.stopping = Some(deadline);
-        // Deregistration at the home registrar comes first.
-        self.handlespace.remove(&pe_id);
+        // Deregistration at the home registrar, beside the sessions' stop.
+        if let Err(error) = self.pool_element_event(collector, PeInput::Shutdown) {
+            self.log(format!("collector {collector}: {error}"));
+        }
+        let Some(life) = &mut self.collectors[collector].life else {
+            return;
+        };
         let links: Vec<LinkId> = life.sessions.keys().copied().collect();
         let mut all = Vec::new();
         for link in links {
@@ -940,10 +922,16 @@ impl World {
     fn maybe_stopped(&mut self, collector: usize) -> Result<(), String> {
         let node = &mut self.collectors[collector];
         let done = node.life.as_ref().is_some_and(|life| {
-            life.stopping.is_some() && life.sessions.is_empty() && life.pending.is_empty()
+            life.stopping.is_some()
+                && life.sessions.is_empty()
+                && life.pending.is_empty()
+                && life.left_pool
         });
         if done {
-            node.life = None;
+            if let Some(assoc) = node.life.take().and_then(|life| life.registrar_assoc) {
+                self.schedule(self.now, Event::RegistrarDown(assoc));
+            }
+            let node = &mut self.collectors[collector];
             node.incarnation += 1;
             self.log(format!("collector {collector}: stopped"));
             self.maybe_restart_after_stop(collector);
@@ -1012,6 +1000,15 @@ impl World {
         node.counted_failovers = 0;
         node.counted_failbacks = 0;
         node.next_input = node.next_input.max(self.now);
+        node.registrar_up = false;
+        node.unsent_requests.clear();
+        node.requests.clear();
+        let incarnation = node.incarnation;
+        let assoc = self.connect_registrar(AsapPeer::Exporter {
+            index: exporter,
+            incarnation,
+        });
+        self.exporters[exporter].registrar_assoc = Some(assoc);
         self.log(format!("exporter {exporter}: started"));
         Ok(())
     }
@@ -1025,6 +1022,10 @@ impl World {
         node.incarnation += 1;
         let links: Vec<LinkId> = node.links.values().copied().collect();
         node.links.clear();
+        if let Some(assoc) = node.registrar_assoc.take() {
+            let detect = self.detect();
+            self.schedule(self.now + detect, Event::RegistrarDown(assoc));
+        }
         self.log(format!("exporter {exporter}: crashed"));
         for link in links {
             let detect = self.detect();
@@ -1035,6 +1036,273 @@ impl World {
                 self.schedule(self.now + detect, Event::EndAtCollector(link));
             }
         }
+    }
+
+    // ---- the registrar ---------------------------------------------------
+
+    /// Opens an ASAP association to the registrar (reliable, no partition
+    /// on this path): up after a round trip.
+    fn connect_registrar(&mut self, peer: AsapPeer) -> AssocId {
+        let assoc = self.registrar.next_assoc;
+        self.registrar.next_assoc += 1;
+        self.registrar.peers.insert(assoc, peer);
+        let rtt = self.scenario.network.registrar_rtt;
+        self.schedule(self.now + rtt, Event::RegistrarUp(assoc));
+        assoc
+    }
+
+    /// The peer of `assoc`, if that incarnation still uses it.
+    fn live_peer(&self, assoc: AssocId) -> Option<AsapPeer> {
+        let peer = *self.registrar.peers.get(&assoc)?;
+        let alive = match peer {
+            AsapPeer::Collector { index, incarnation } => {
+                let node = &self.collectors[index];
+                node.incarnation == incarnation
+                    && node
+                        .life
+                        .as_ref()
+                        .is_some_and(|life| life.registrar_assoc == Some(assoc))
+            }
+            AsapPeer::Exporter { index, incarnation } => {
+                let node = &self.exporters[index];
+                node.incarnation == incarnation && node.registrar_assoc == Some(assoc)
+            }
+        };
+        alive.then_some(peer)
+    }
+
+    fn registrar_up(&mut self, assoc: AssocId) -> Result<(), String> {
+        let Some(peer) = self.live_peer(assoc) else {
+            // Its end died meanwhile: the registrar never sees it.
+            self.registrar.peers.remove(&assoc);
+            return Ok(());
+        };
+        let now = self.instant();
+        self.registrar
+            .server
+            .on_association_up(now, assoc, Some(address_of(peer)));
+        match peer {
+            AsapPeer::Collector { index, .. } => {
+                self.pool_element_event(index, PeInput::AssociationUp(0))
+            }
+            AsapPeer::Exporter { index, .. } => {
+                let node = &mut self.exporters[index];
+                node.registrar_up = true;
+                for message in std::mem::take(&mut node.unsent_requests) {
+                    self.send_to_registrar(assoc, &message);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The registrar's end of `assoc` is over (its peer died or closed it).
+    fn registrar_down(&mut self, assoc: AssocId) {
+        if self.registrar.peers.remove(&assoc).is_some() {
+            let removed = self.registrar.server.on_association_down(assoc);
+            if removed > 0 {
+                self.log(format!(
+                    "registrar: association {assoc} down, {removed} PE(s) removed"
+                ));
+            }
+        }
+    }
+
+    fn send_to_registrar(&mut self, assoc: AssocId, message: &AsapMessage) {
+        let mut bytes = Vec::new();
+        message.encode(&mut bytes);
+        let one_way = self.scenario.network.registrar_rtt / 2;
+        self.schedule(self.now + one_way, Event::ToRegistrar { assoc, bytes });
+    }
+
+    /// An exporter's ASAP request; `request` when an answer is expected.
+    fn ask_registrar(&mut self, exporter: usize, request: Option<Request>, message: AsapMessage) {
+        let node = &mut self.exporters[exporter];
+        let Some(assoc) = node.registrar_assoc else {
+            return;
+        };
+        if let Some(request) = request {
+            node.requests.push_back(request);
+        }
+        if node.registrar_up {
+            self.send_to_registrar(assoc, &message);
+        } else {
+            node.unsent_requests.push(message);
+        }
+    }
+
+    fn perform_registrar(&mut self, actions: Vec<Action>) -> Result<(), String> {
+        let one_way = self.scenario.network.registrar_rtt / 2;
+        for action in actions {
+            match action {
+                Action::Send { assoc, payload } => self.schedule(
+                    self.now + one_way,
+                    Event::FromRegistrar {
+                        assoc,
+                        bytes: payload,
+                    },
+                ),
+                Action::Close { assoc } => {
+                    let peer = self.live_peer(assoc);
+                    self.registrar.peers.remove(&assoc);
+                    self.registrar.server.on_association_down(assoc);
+                    match peer {
+                        Some(AsapPeer::Collector { index, .. }) => {
+                            if let Some(life) = &mut self.collectors[index].life {
+                                life.registrar_assoc = None;
+                            }
+                            self.pool_element_event(index, PeInput::AssociationDown(0))?;
+                        }
+                        Some(AsapPeer::Exporter { index, .. }) => {
+                            return Err(format!(
+                                "the registrar closed exporter {index}'s association"
+                            ));
+                        }
+                        None => {}
+                    }
+                }
+                Action::Announce { .. } => {} // No multicast here.
+            }
+        }
+        Ok(())
+    }
+
+    fn deliver_from_registrar(&mut self, assoc: AssocId, bytes: &[u8]) -> Result<(), String> {
+        match self.live_peer(assoc) {
+            Some(AsapPeer::Collector { index, .. }) => {
+                self.pool_element_event(index, PeInput::Message(0, bytes.to_vec()))
+            }
+            Some(AsapPeer::Exporter { index, .. }) => {
+                self.resolution_answer(index, bytes);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// A Handle Resolution Response for an exporter: the answer to its
+    /// oldest request (SCTP keeps them in order).
+    fn resolution_answer(&mut self, exporter: usize, bytes: &[u8]) {
+        let Ok(AsapMessage::HandleResolutionResponse {
+            reject,
+            pool_elements,
+            ..
+        }) = AsapMessage::decode(bytes)
+        else {
+            return; // Nothing else is addressed to a pool user here.
+        };
+        let Some(request) = self.exporters[exporter].requests.pop_front() else {
+            return;
+        };
+        // The pool user's local selection by the Priority policy: best
+        // first, ties by PE identifier.
+        let mut candidates: Vec<PoolElementInfo> = pool_elements
+            .iter()
+            .filter_map(|pe| PoolElementInfo::from_wire(pe).ok())
+            .collect();
+        candidates.sort_by_key(|pe| {
+            let priority = match pe.policy {
+                PolicyParams::Priority { priority } => priority,
+                _ => 0,
+            };
+            (std::cmp::Reverse(priority), pe.pe_id)
+        });
+        let now = self.instant();
+        match request {
+            Request::Select => {
+                let names: Vec<String> = candidates
+                    .iter()
+                    .map(|pe| format!("{:#x}", pe.pe_id))
+                    .collect();
+                self.log(format!(
+                    "exporter {exporter}: resolved [{}]",
+                    names.join(", ")
+                ));
+                let result = if reject || candidates.is_empty() {
+                    Err("no pool element registered".to_owned())
+                } else {
+                    Ok(candidates)
+                };
+                if let Some(core) = &mut self.exporters[exporter].core {
+                    core.handle_selected(now, result);
+                }
+            }
+            Request::Failback { current, avoid } => {
+                let members: Vec<Member> = candidates
+                    .iter()
+                    .filter(|pe| !avoid.contains(&pe.pe_id))
+                    .map(|pe| Member {
+                        id: pe.pe_id,
+                        params: pe.policy,
+                    })
+                    .collect();
+                let target = policies::failback_target(current, &members)
+                    .and_then(|id| candidates.into_iter().find(|pe| pe.pe_id == id));
+                if let Some(core) = &mut self.exporters[exporter].core {
+                    core.handle_failback_check(now, target);
+                }
+            }
+        }
+    }
+
+    /// Feeds a collector's pool element and performs what it asks.
+    fn pool_element_event(&mut self, collector: usize, input: PeInput) -> Result<(), String> {
+        let now = self.instant();
+        let Some(life) = &mut self.collectors[collector].life else {
+            return Ok(());
+        };
+        let outputs = life.pool_element.on_event(now, input);
+        let incarnation = self.collectors[collector].incarnation;
+        let one_way = self.scenario.network.registrar_rtt / 2;
+        for output in outputs {
+            match output {
+                PeOutput::Connect { .. } => {
+                    let assoc = self.connect_registrar(AsapPeer::Collector {
+                        index: collector,
+                        incarnation,
+                    });
+                    if let Some(life) = &mut self.collectors[collector].life {
+                        life.registrar_assoc = Some(assoc);
+                    }
+                }
+                PeOutput::Send { bytes, .. } => {
+                    let assoc = self.collectors[collector]
+                        .life
+                        .as_ref()
+                        .and_then(|life| life.registrar_assoc);
+                    if let Some(assoc) = assoc {
+                        self.schedule(self.now + one_way, Event::ToRegistrar { assoc, bytes });
+                    }
+                }
+                PeOutput::Close { .. } => {
+                    let assoc = self.collectors[collector]
+                        .life
+                        .as_mut()
+                        .and_then(|life| life.registrar_assoc.take());
+                    if let Some(assoc) = assoc {
+                        self.schedule(self.now + one_way, Event::RegistrarDown(assoc));
+                    }
+                }
+                PeOutput::Registered { .. } => {
+                    let pe_id = self.collectors[collector].pe_id;
+                    self.log(format!("collector {collector}: registered as {pe_id:#x}"));
+                }
+                PeOutput::RegistrationFailed { cause } => {
+                    return Err(format!(
+                        "collector {collector}: registration refused: {cause}"
+                    ));
+                }
+                PeOutput::Deregistered { confirmed } => {
+                    self.log(format!(
+                        "collector {collector}: deregistered (confirmed {confirmed})"
+                    ));
+                    if let Some(life) = &mut self.collectors[collector].life {
+                        life.left_pool = true;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     // ---- the network ---------------------------------------------------
@@ -1110,7 +1378,7 @@ impl World {
             .collectors
             .iter()
             .position(|c| c.pe_id == pe_id)
-            .expect("the handlespace lists only simulated collectors");
+            .expect("only simulated collectors register");
         let node = &self.collectors[collector];
         let accepting = node
             .life
@@ -1542,30 +1810,17 @@ impl World {
     }
 
     fn perform_exporter(&mut self, exporter: usize, output: Output) {
-        let incarnation = self.exporters[exporter].incarnation;
-        let rtt = self.scenario.network.registrar_rtt;
         match output {
-            Output::Select => self.schedule(
-                self.now + rtt,
-                Event::Selected {
-                    exporter,
-                    incarnation,
-                },
-            ),
+            Output::Select => self.ask_registrar(exporter, Some(Request::Select), resolution()),
             Output::ReportUnreachable { pe_id } => {
                 self.log(format!(
                     "exporter {exporter}: reports {pe_id:#x} unreachable"
                 ));
-                // The home registrar probes with a keep-alive and removes
-                // the PE only if that goes unanswered.
-                let at = self.now
-                    + rtt
-                    + self
-                        .scenario
-                        .network
-                        .keepalive_expiry
-                        .min(Duration::from_secs(1));
-                self.schedule(at, Event::Probe { pe_id });
+                let report = AsapMessage::EndpointUnreachable {
+                    pool_handle: PoolHandle(POOL_HANDLE.to_vec()),
+                    pe_identifier: pe_id,
+                };
+                self.ask_registrar(exporter, None, report);
             }
             Output::Connect { association, pe } => {
                 self.log(format!(
@@ -1590,14 +1845,10 @@ impl World {
                     self.close_from_exporter(link);
                 }
             }
-            Output::CheckFailback { current, avoid } => self.schedule(
-                self.now + rtt,
-                Event::FailbackAnswer {
-                    exporter,
-                    incarnation,
-                    current,
-                    avoid,
-                },
+            Output::CheckFailback { current, avoid } => self.ask_registrar(
+                exporter,
+                Some(Request::Failback { current, avoid }),
+                resolution(),
             ),
             Output::PersistState(state) => self.exporters[exporter].durable = state,
             Output::Notice(notice) => {
@@ -1656,19 +1907,40 @@ impl World {
     }
 }
 
-/// How the stub handlespace describes a collector: SCTP, Priority policy.
+/// A Handle Resolution of the pool asking for every PE (the exporter
+/// selects locally and must see the primary for failback).
+fn resolution() -> AsapMessage {
+    AsapMessage::HandleResolution {
+        pool_handle: PoolHandle(POOL_HANDLE.to_vec()),
+        items: Some(u32::MAX),
+    }
+}
+
+/// Where a simulated node's ASAP endpoint is (the registrar checks
+/// registrations against the association's address).
+fn address_of(peer: AsapPeer) -> SocketAddr {
+    match peer {
+        AsapPeer::Collector { index, .. } => {
+            SocketAddr::new(collector_ip(FIRST_PE_ID + index as u32), 3863)
+        }
+        AsapPeer::Exporter { index, .. } => {
+            SocketAddr::new(IpAddr::from([192, 0, 2, 1 + index as u8]), 3863)
+        }
+    }
+}
+
+fn collector_ip(pe_id: u32) -> IpAddr {
+    IpAddr::from([192, 0, 2, 100 + (pe_id & 0x3f) as u8])
+}
+
+/// How a collector registers: SCTP user transport, Priority policy.
 fn pool_element(pe_id: u32, priority: u32) -> PoolElementInfo {
     PoolElementInfo {
         pe_id,
         user_transport: TransportAddress {
             kind: AsapTransport::Sctp(TransportUse::DataPlusControl),
             port: 4739,
-            addresses: vec![std::net::IpAddr::from([
-                192,
-                0,
-                2,
-                100 + (pe_id & 0x3f) as u8,
-            ])],
+            addresses: vec![collector_ip(pe_id)],
         },
         policy: PolicyParams::Priority { priority },
         registration_life: 30_000,
