@@ -21,7 +21,8 @@ pub enum Kind {
     /// Partitions between an exporter and a collector, some shorter than
     /// the association's failure threshold (only delay), some longer.
     Partitions,
-    /// Everything above plus exporter crashes and restarts.
+    /// Everything above plus exporter crashes and restarts and registrar
+    /// crashes and restarts.
     Mixed,
 }
 
@@ -50,6 +51,10 @@ pub enum Fault {
     /// (the exporter's cookie timeout may fail over from a live collector,
     /// which then stores what it received after all).
     StallCollector(usize, Duration),
+    /// The registrar process dies: its handlespace is gone.
+    CrashRegistrar,
+    /// It starts again, empty: pool elements register again.
+    RestartRegistrar,
     /// The exporter process dies: only its persisted state survives.
     CrashExporter(usize),
     /// The exporter starts again from its persisted state.
@@ -262,7 +267,13 @@ impl Scenario {
                 let mut at = start;
                 for _ in 0..rng.random_range(1..=6) {
                     let fault_at = at;
-                    match rng.random_range(0..5) {
+                    match rng.random_range(0..6) {
+                        5 => {
+                            self.faults.push((fault_at, Fault::CrashRegistrar));
+                            let back = fault_at + millis(rng, 100, 5000);
+                            self.faults.push((back, Fault::RestartRegistrar));
+                            end = end.max(back);
+                        }
                         4 => {
                             let victim = rng.random_range(0..self.collectors());
                             let stall = millis(rng, 500, 5000);

@@ -159,6 +159,9 @@ enum Event {
         assoc: AssocId,
         bytes: Vec<u8>,
     },
+    /// The peer's end of an ASAP association learns it is over (the
+    /// registrar died, or was not there to connect to).
+    RegistrarLost(AssocId),
 }
 
 /// Who is at the other end of a registrar association.
@@ -246,9 +249,21 @@ struct ExporterNode {
     counted_failbacks: u64,
 }
 
+impl RegistrarNode {
+    /// Whether the running registrar process has `assoc` up (messages on
+    /// an association of a dead process go nowhere).
+    fn server_knows(&self, assoc: AssocId) -> bool {
+        self.up && self.peers.contains_key(&assoc) && assoc >= self.first_assoc_of_run
+    }
+}
+
 /// The registrar: the real ASAP server core, no ENRP peers.
 struct RegistrarNode {
     server: Server,
+    /// The process runs (a crash loses the handlespace: PEs re-register).
+    up: bool,
+    /// Associations below this belong to an earlier run of the process.
+    first_assoc_of_run: AssocId,
     peers: BTreeMap<AssocId, AsapPeer>,
     next_assoc: AssocId,
 }
@@ -338,6 +353,8 @@ impl World {
                     },
                     origin,
                 ),
+                up: true,
+                first_assoc_of_run: 0,
                 peers: BTreeMap::new(),
                 next_assoc: 1,
             },
@@ -748,8 +765,9 @@ impl World {
             Event::EndAtCollector(link) => self.end_at_collector(link)?,
             Event::RegistrarUp(assoc) => self.registrar_up(assoc)?,
             Event::RegistrarDown(assoc) => self.registrar_down(assoc),
+            Event::RegistrarLost(assoc) => self.registrar_lost(assoc)?,
             Event::ToRegistrar { assoc, bytes } => {
-                if self.registrar.peers.contains_key(&assoc) {
+                if self.registrar.up && self.registrar.server_knows(assoc) {
                     let now = self.instant();
                     let actions = self.registrar.server.on_message(now, assoc, &bytes);
                     self.perform_registrar(actions)?;
@@ -788,6 +806,8 @@ impl World {
                 }
             }
             Fault::CrashExporter(exporter) => self.crash_exporter(exporter),
+            Fault::CrashRegistrar => self.crash_registrar(),
+            Fault::RestartRegistrar => self.restart_registrar(),
             Fault::RestartExporter(exporter) => self.start_exporter(exporter)?,
         }
         Ok(())
@@ -1046,12 +1066,19 @@ impl World {
         let assoc = self.registrar.next_assoc;
         self.registrar.next_assoc += 1;
         self.registrar.peers.insert(assoc, peer);
-        let rtt = self.scenario.network.registrar_rtt;
-        self.schedule(self.now + rtt, Event::RegistrarUp(assoc));
+        if self.registrar.up {
+            let rtt = self.scenario.network.registrar_rtt;
+            self.schedule(self.now + rtt, Event::RegistrarUp(assoc));
+        } else {
+            let timeout = self.scenario.network.connect_timeout;
+            self.schedule(self.now + timeout, Event::RegistrarLost(assoc));
+        }
         assoc
     }
 
     /// The peer of `assoc`, if that incarnation still uses it.
+    /// (Associations made before a registrar crash are unknown to the
+    /// restarted one: see `RegistrarNode::server_knows`.)
     fn live_peer(&self, assoc: AssocId) -> Option<AsapPeer> {
         let peer = *self.registrar.peers.get(&assoc)?;
         let alive = match peer {
@@ -1077,6 +1104,12 @@ impl World {
             self.registrar.peers.remove(&assoc);
             return Ok(());
         };
+        if !self.registrar.up {
+            // The registrar died during the handshake.
+            let timeout = self.scenario.network.connect_timeout;
+            self.schedule(self.now + timeout, Event::RegistrarLost(assoc));
+            return Ok(());
+        }
         let now = self.instant();
         self.registrar
             .server
@@ -1094,6 +1127,70 @@ impl World {
                 Ok(())
             }
         }
+    }
+
+    /// The peer's end of `assoc` is over: a pool element hunts for a
+    /// registrar again; a pool user's requests on it fail (the exporter
+    /// core retries after its retry interval) and it reconnects.
+    fn registrar_lost(&mut self, assoc: AssocId) -> Result<(), String> {
+        let peer = self.live_peer(assoc);
+        self.registrar.peers.remove(&assoc);
+        match peer {
+            Some(AsapPeer::Collector { index, .. }) => {
+                if let Some(life) = &mut self.collectors[index].life {
+                    life.registrar_assoc = None;
+                }
+                self.pool_element_event(index, PeInput::AssociationDown(0))
+            }
+            Some(AsapPeer::Exporter { index, incarnation }) => {
+                let now = self.instant();
+                let node = &mut self.exporters[index];
+                node.registrar_up = false;
+                node.unsent_requests.clear();
+                let failed: Vec<Request> = node.requests.drain(..).collect();
+                if let Some(core) = &mut node.core {
+                    for request in failed {
+                        match request {
+                            Request::Select => core.handle_selected(
+                                now,
+                                Err("no registrar answered the handle resolution".to_owned()),
+                            ),
+                            Request::Failback { .. } => core.handle_failback_check(now, None),
+                        }
+                    }
+                }
+                let assoc = self.connect_registrar(AsapPeer::Exporter { index, incarnation });
+                self.exporters[index].registrar_assoc = Some(assoc);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The registrar process dies: its handlespace is gone, every ASAP
+    /// association's other end finds out after the detection time.
+    fn crash_registrar(&mut self) {
+        if !self.registrar.up {
+            return;
+        }
+        self.registrar.up = false;
+        let assocs: Vec<AssocId> = self.registrar.peers.keys().copied().collect();
+        for assoc in assocs {
+            let detect = self.detect();
+            self.schedule(self.now + detect, Event::RegistrarLost(assoc));
+        }
+        self.log("registrar: crashed".to_owned());
+    }
+
+    fn restart_registrar(&mut self) {
+        if self.registrar.up {
+            return;
+        }
+        let config = self.registrar.server.config().clone();
+        self.registrar.server = Server::new(config, self.instant());
+        self.registrar.up = true;
+        self.registrar.first_assoc_of_run = self.registrar.next_assoc;
+        self.log("registrar: restarted (empty handlespace)".to_owned());
     }
 
     /// The registrar's end of `assoc` is over (its peer died or closed it).
