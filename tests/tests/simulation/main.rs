@@ -169,3 +169,37 @@ fn partitions_between_exporter_and_collectors() {
 fn mixed_faults_with_exporter_crashes() {
     simulate(Kind::Mixed);
 }
+
+/// The oracle is not a rubber stamp: a run that passes fails once one
+/// record is deleted from every store that holds it.
+#[test]
+fn the_oracle_fails_a_run_whose_stores_lost_a_record() {
+    let scenario = Scenario::generate(Kind::PrimaryKilled, 7);
+    let dir = tempfile::Builder::new()
+        .prefix("poolflow-sim-")
+        .tempdir_in(scratch_root())
+        .expect("scratch directory");
+    let outcome = World::new(scenario.clone(), dir.path(), false)
+        .run()
+        .unwrap_or_else(|failure| panic!("seed 7 must run: {}", failure.reason));
+    oracle::judge(&scenario, &outcome).expect("the untouched run passes");
+    let lost_sequence = 100;
+    let mut deleted = 0;
+    for path in &outcome.databases {
+        let connection = rusqlite::Connection::open(path).expect("open a store");
+        deleted += connection
+            .execute(
+                "DELETE FROM record_blocks WHERE billing_exporter IS NOT NULL
+                   AND first_record_sequence <= ?1
+                   AND first_record_sequence + record_count > ?1",
+                [lost_sequence],
+            )
+            .expect("delete the block holding the record");
+    }
+    assert!(deleted > 0, "some store held record {lost_sequence}");
+    let verdict = oracle::judge(&scenario, &outcome);
+    assert!(
+        verdict.as_ref().is_err_and(|e| e.contains("audit FAILED")),
+        "the audit must see the lost record: {verdict:?}"
+    );
+}
