@@ -109,6 +109,26 @@ pub struct NetworkModel {
     pub commit_latency: Duration,
 }
 
+/// The exporter's timers and sizes (`ExporterConfig`), drawn around what
+/// the process-level tests configure.
+#[derive(Debug, Clone, Copy)]
+pub struct ExporterTimers {
+    /// No cookie progress for this long: fail over.
+    pub cookie_timeout: Duration,
+    /// Failback poll period.
+    pub failback_check: Duration,
+    /// Longest drain before a failback.
+    pub drain_timeout: Duration,
+    /// Wait before selecting again when nothing is reachable.
+    pub retry_interval: Duration,
+    /// No failback to a PE within this long of its failure.
+    pub failback_holdoff: Duration,
+    /// Cookies persisted at most this often.
+    pub state_sync_interval: Duration,
+    /// Sequences reserved per state write.
+    pub sequence_reservation: u64,
+}
+
 /// One simulated run.
 #[derive(Debug, Clone)]
 pub struct Scenario {
@@ -137,6 +157,8 @@ pub struct Scenario {
     pub faults_end: Duration,
     /// The network.
     pub network: NetworkModel,
+    /// The exporters' timers.
+    pub exporter_timers: ExporterTimers,
 }
 
 /// When the exporters start: after the collectors registered.
@@ -198,6 +220,15 @@ impl Scenario {
         } else {
             100_000
         };
+        let exporter_timers = ExporterTimers {
+            cookie_timeout: millis(&mut rng, 1000, 3000),
+            failback_check: millis(&mut rng, 200, 1000),
+            drain_timeout: millis(&mut rng, 2000, 5000),
+            retry_interval: millis(&mut rng, 200, 1000),
+            failback_holdoff: millis(&mut rng, 500, 2000),
+            state_sync_interval: millis(&mut rng, 50, 500),
+            sequence_reservation: rng.random_range(50..=5000),
+        };
         let mut scenario = Self {
             seed,
             kind,
@@ -211,6 +242,7 @@ impl Scenario {
             partitions: Vec::new(),
             faults_end: Duration::ZERO,
             network,
+            exporter_timers,
         };
         scenario.draw_faults(&mut rng);
         scenario

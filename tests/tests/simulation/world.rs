@@ -981,13 +981,14 @@ impl World {
         let now = self.instant();
         let unix_ms = self.unix_ms();
         let mut config = ExporterConfig::new(self.exporters[exporter].exporter_id);
-        // Timers as the process-level tests configure them (fast failover).
-        config.cookie_timeout = Duration::from_millis(2000);
-        config.failback_check = Duration::from_millis(500);
-        config.drain_timeout = Duration::from_millis(3000);
-        config.retry_interval = Duration::from_millis(500);
-        config.failback_holdoff = Duration::from_millis(1000);
-        config.sequence_reservation = 1000;
+        let timers = self.scenario.exporter_timers;
+        config.cookie_timeout = timers.cookie_timeout;
+        config.failback_check = timers.failback_check;
+        config.drain_timeout = timers.drain_timeout;
+        config.retry_interval = timers.retry_interval;
+        config.failback_holdoff = timers.failback_holdoff;
+        config.state_sync_interval = timers.state_sync_interval;
+        config.sequence_reservation = timers.sequence_reservation;
         // Memory only: no spill files (the spill is file IO in the core).
         config.replay = ReplayLimits::memory(self.scenario.replay_records);
         let node = &mut self.exporters[exporter];
