@@ -78,10 +78,13 @@ fn check_ledgers(outcome: &RunOutcome) -> Result<(), String> {
                     exporter.exporter_id
                 ));
             }
-            if !exporter.crashed && (!missing.is_empty() || state.not_sent != 0) {
+            // Nothing may be lost without a crash, nor with a crash when the
+            // intake was journaled.
+            let may_lose = exporter.crashed && !exporter.durable_intake;
+            if !may_lose && (!missing.is_empty() || state.not_sent != 0) {
                 return Err(format!(
-                    "exporter {} domain {domain} never crashed but lost {missing:?} (declared {})",
-                    exporter.exporter_id, state.not_sent
+                    "exporter {} domain {domain} (crashed: {}, durable intake: {}) lost {missing:?} (declared {})",
+                    exporter.exporter_id, exporter.crashed, exporter.durable_intake, state.not_sent
                 ));
             }
             let cookie = state.last_cookie.map(|c| c.next_record_sequence());
@@ -92,7 +95,7 @@ fn check_ledgers(outcome: &RunOutcome) -> Result<(), String> {
                 ));
             }
         }
-        if !exporter.crashed && numbered != exporter.taken_in {
+        if (!exporter.crashed || exporter.durable_intake) && numbered != exporter.taken_in {
             return Err(format!(
                 "exporter {} took in {} records but numbered {numbered}",
                 exporter.exporter_id, exporter.taken_in

@@ -159,6 +159,9 @@ pub struct Scenario {
     pub network: NetworkModel,
     /// The exporters' timers.
     pub exporter_timers: ExporterTimers,
+    /// Durable intake (`[buffer] durable`) with this many records per
+    /// journal segment; `None`: memory only.
+    pub journal_segment_records: Option<usize>,
 }
 
 /// When the exporters start: after the collectors registered.
@@ -243,6 +246,8 @@ impl Scenario {
             faults_end: Duration::ZERO,
             network,
             exporter_timers,
+            journal_segment_records: (kind == Kind::Mixed && rng.random_bool(0.5))
+                .then(|| rng.random_range(16..=512)),
         };
         scenario.draw_faults(&mut rng);
         scenario

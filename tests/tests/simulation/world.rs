@@ -24,8 +24,9 @@ use collector::batch::Batch;
 use collector::billing::CookieSigner;
 use collector::session::{CollectorSession, Input, Now, Output as SessionOutput, SessionEvent};
 use collector::store::Store;
+use exporter::journal::{DurableIntake, DurableSettings};
 use exporter::pool_user::{AssociationId, Exporter, ExporterConfig, Notice, Output};
-use exporter::replay::ReplayLimits;
+use exporter::replay::{BufferedRecord, ReplayLimits};
 use exporter::sequence::ExporterState;
 use policies::{Member, PolicyParams};
 use protocol::ipfix::flow::{FLOW_TEMPLATE_ID, FlowRecord, flow_template};
@@ -99,6 +100,8 @@ pub struct ExporterSummary {
     pub state: ExporterState,
     /// Whether it crashed during the run (a crash may declare losses).
     pub crashed: bool,
+    /// It journaled its intake: even a crash loses nothing.
+    pub durable_intake: bool,
     /// Records taken in over every incarnation.
     pub taken_in: u64,
     /// PE the exporter streams to at the end.
@@ -232,6 +235,10 @@ struct ExporterNode {
     core: Option<Exporter>,
     /// The state file's content (written by `Output::PersistState`).
     durable: ExporterState,
+    /// Durable intake (`[buffer] durable`): the journal, on real files.
+    intake: Option<DurableIntake>,
+    /// Journaled records of a previous run, to be taken in again first.
+    restored: VecDeque<(u32, BufferedRecord)>,
     target: u64,
     taken_in: u64,
     next_input: Duration,
@@ -322,6 +329,8 @@ impl World {
                     taken_in: 0,
                     next_input: EXPORTERS_START,
                     links: BTreeMap::new(),
+                    intake: None,
+                    restored: VecDeque::new(),
                     registrar_assoc: None,
                     registrar_up: false,
                     unsent_requests: Vec::new(),
@@ -437,6 +446,7 @@ impl World {
                 exporter_id: node.exporter_id,
                 state: state.clone(),
                 crashed: node.crashed,
+                durable_intake: node.intake.is_some(),
                 taken_in: node.taken_in,
                 final_pe: *final_pe,
             })
@@ -458,9 +468,11 @@ impl World {
     }
 
     fn exporters_finished(&self) -> bool {
-        self.exporters
-            .iter()
-            .all(|e| e.taken_in >= e.target && e.core.as_ref().is_some_and(Exporter::is_drained))
+        self.exporters.iter().all(|e| {
+            e.taken_in >= e.target
+                && e.restored.is_empty()
+                && e.core.as_ref().is_some_and(Exporter::is_drained)
+        })
     }
 
     fn exporter_status(&self) -> String {
@@ -510,6 +522,7 @@ impl World {
     fn run_until(&mut self, until: Duration, done: impl Fn(&World) -> bool) -> Result<(), String> {
         loop {
             self.drain_outputs()?;
+            self.release_journals()?;
             self.check_invariants()?;
             if done(self) {
                 return Ok(());
@@ -669,7 +682,28 @@ impl World {
         let Some(core) = &mut node.core else {
             return Ok(());
         };
+        // Journaled records of a previous run go first, with their own
+        // sequences (as `stream.rs` restores them).
+        while let Some((domain, _)) = node.restored.front()
+            && core.can_accept(*domain)
+        {
+            let (domain, record) = node.restored.pop_front().expect("front exists");
+            match core.push_record(domain, record.template_id, record.bytes) {
+                Ok(given) if given == record.sequence => {}
+                other => {
+                    return Err(format!(
+                        "exporter {index}: journaled record {} of domain {domain} came back as {other:?}",
+                        record.sequence
+                    ));
+                }
+            }
+        }
         if node.taken_in >= node.target || node.next_input > now {
+            return Ok(());
+        }
+        if !node.restored.is_empty() {
+            // Back-pressure on the restored records: new input waits.
+            node.next_input = now + interval;
             return Ok(());
         }
         for _ in 0..burst {
@@ -689,6 +723,18 @@ impl World {
                 UNIX_MS_AT_ORIGIN,
             )
             .encode(&mut bytes);
+            if let Some(intake) = &mut node.intake {
+                // Journaled before the core takes it; synced below, before
+                // any output can send it.
+                let record = BufferedRecord {
+                    sequence,
+                    template_id: FLOW_TEMPLATE_ID,
+                    bytes: bytes.clone(),
+                };
+                intake
+                    .append(domain, &record)
+                    .map_err(|e| format!("exporter {index}: journal append: {e}"))?;
+            }
             match core.push_record(domain, FLOW_TEMPLATE_ID, bytes) {
                 Ok(given) if given == sequence => node.taken_in += 1,
                 Ok(given) => {
@@ -701,7 +747,25 @@ impl World {
                 }
             }
         }
+        if let Some(intake) = &mut node.intake {
+            intake
+                .sync()
+                .map_err(|e| format!("exporter {index}: journal sync: {e}"))?;
+        }
         node.next_input = now + interval;
+        Ok(())
+    }
+
+    /// Journal segments the state file's cookie covers are released (as
+    /// `stream.rs` does after every pass).
+    fn release_journals(&mut self) -> Result<(), String> {
+        for (index, node) in self.exporters.iter_mut().enumerate() {
+            if let (Some(_), Some(intake)) = (&node.core, &mut node.intake) {
+                intake
+                    .release_persisted(&node.durable)
+                    .map_err(|e| format!("exporter {index}: journal release: {e}"))?;
+            }
+        }
         Ok(())
     }
 
@@ -991,18 +1055,25 @@ impl World {
         config.sequence_reservation = timers.sequence_reservation;
         // Memory only: no spill files (the spill is file IO in the core).
         config.replay = ReplayLimits::memory(self.scenario.replay_records);
+        let journal_dir = self.dir.join(format!("exporter{exporter}-journal"));
+        let segment_records = self.scenario.journal_segment_records;
         let node = &mut self.exporters[exporter];
         if node.core.is_some() {
             return Ok(());
         }
-        let mut core = Exporter::new(
-            config,
-            node.durable.clone(),
-            vec![flow_template()],
-            now,
-            unix_ms,
-        )
-        .map_err(|e| format!("exporter {exporter}: start: {e}"))?;
+        let mut state = node.durable.clone();
+        if let Some(segment_records) = segment_records {
+            let settings = DurableSettings {
+                dir: journal_dir,
+                segment_records,
+            };
+            let (intake, pending) = DurableIntake::open(settings, None, &mut state)
+                .map_err(|e| format!("exporter {exporter}: opening the journal: {e}"))?;
+            node.intake = Some(intake);
+            node.restored = pending.into();
+        }
+        let mut core = Exporter::new(config, state, vec![flow_template()], now, unix_ms)
+            .map_err(|e| format!("exporter {exporter}: start: {e}"))?;
         core.start();
         node.incarnation += 1;
         node.core = Some(core);
@@ -1030,7 +1101,16 @@ impl World {
             incarnation,
         });
         self.exporters[exporter].registrar_assoc = Some(assoc);
-        self.log(format!("exporter {exporter}: started"));
+        let node = &self.exporters[exporter];
+        let line = format!(
+            "exporter {exporter}: started from {:?}, {} journaled records to take in again, declared {}",
+            node.core.as_ref().map(|core| core.state()),
+            node.restored.len(),
+            node.core
+                .as_ref()
+                .map_or(0, |core| core.counters().declared_not_sent),
+        );
+        self.log(line);
         Ok(())
     }
 
@@ -1039,6 +1119,9 @@ impl World {
         if node.core.take().is_none() {
             return;
         }
+        // The journal's files stay; its open handles go with the process.
+        node.intake = None;
+        node.restored.clear();
         node.crashed = true;
         node.incarnation += 1;
         let links: Vec<LinkId> = node.links.values().copied().collect();
