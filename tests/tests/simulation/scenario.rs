@@ -74,6 +74,26 @@ pub struct Partition {
     pub until: Duration,
 }
 
+/// A node that talks ASAP to the registrar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsapNode {
+    /// A collector (its pool element), by index.
+    Collector(usize),
+    /// An exporter (its pool user), by index.
+    Exporter(usize),
+}
+
+/// Nothing passes between the registrar and `node` during `from..until`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegistrarPartition {
+    /// The node cut off from the registrar.
+    pub node: AsapNode,
+    /// Start (virtual time).
+    pub from: Duration,
+    /// End (virtual time).
+    pub until: Duration,
+}
+
 /// Network behaviour of the run.
 #[derive(Debug, Clone, Copy)]
 pub struct NetworkModel {
@@ -150,8 +170,10 @@ pub struct Scenario {
     pub replay_records: usize,
     /// Faults, in time order.
     pub faults: Vec<(Duration, Fault)>,
-    /// Partitions.
+    /// Partitions between exporters and collectors.
     pub partitions: Vec<Partition>,
+    /// Partitions between the registrar and a collector or an exporter.
+    pub registrar_partitions: Vec<RegistrarPartition>,
     /// After this every fault is over: crashed nodes are restarted and the
     /// stream must finish.
     pub faults_end: Duration,
@@ -243,6 +265,7 @@ impl Scenario {
             replay_records,
             faults: Vec::new(),
             partitions: Vec::new(),
+            registrar_partitions: Vec::new(),
             faults_end: Duration::ZERO,
             network,
             exporter_timers,
@@ -299,7 +322,10 @@ impl Scenario {
                     at += millis(rng, 100, 3000);
                 }
             }
-            Kind::Partitions => self.draw_partitions(rng, start, &mut end, 1..=5),
+            Kind::Partitions => {
+                self.draw_partitions(rng, start, &mut end, 1..=5);
+                self.draw_registrar_partitions(rng, start, &mut end);
+            }
             Kind::Mixed => {
                 let mut at = start;
                 for _ in 0..rng.random_range(1..=6) {
@@ -324,6 +350,20 @@ impl Scenario {
                             let back = fault_at + millis(rng, 10, 3000);
                             self.faults.push((back, Fault::RestartExporter(exporter)));
                             end = end.max(back);
+                        }
+                        1 if rng.random_bool(0.3) => {
+                            let node = if rng.random_bool(0.5) {
+                                AsapNode::Collector(rng.random_range(0..self.collectors()))
+                            } else {
+                                AsapNode::Exporter(rng.random_range(0..self.exporter_records.len()))
+                            };
+                            let until = fault_at + millis(rng, 100, 6000);
+                            self.registrar_partitions.push(RegistrarPartition {
+                                node,
+                                from: fault_at,
+                                until,
+                            });
+                            end = end.max(until);
                         }
                         1 => {
                             let until = fault_at + millis(rng, 100, 6000);
@@ -354,6 +394,24 @@ impl Scenario {
         }
         self.faults.sort_by_key(|(at, _)| *at);
         self.faults_end = end;
+    }
+
+    /// 0-2 partitions between the registrar and a node: a collector that
+    /// misses its keep-alives is removed while exporters still reach it;
+    /// an exporter cut off cannot resolve.
+    fn draw_registrar_partitions(&mut self, rng: &mut StdRng, start: Duration, end: &mut Duration) {
+        for _ in 0..rng.random_range(0..=2) {
+            let node = if rng.random_bool(0.5) {
+                AsapNode::Collector(rng.random_range(0..self.collectors()))
+            } else {
+                AsapNode::Exporter(rng.random_range(0..self.exporter_records.len()))
+            };
+            let from = start + millis(rng, 0, 6000);
+            let until = from + millis(rng, 100, 8000);
+            self.registrar_partitions
+                .push(RegistrarPartition { node, from, until });
+            *end = (*end).max(until);
+        }
     }
 
     fn draw_partitions(

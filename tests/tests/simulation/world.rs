@@ -9,7 +9,7 @@
 //! Nothing reads the wall clock: `origin` is only the `Instant` that
 //! virtual time zero maps to, because the cores take `Instant`s.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -40,7 +40,7 @@ use rand::{Rng, SeedableRng};
 use registrar::handlespace::AssocId;
 use registrar::{Action, Server, ServerConfig};
 
-use crate::scenario::{EXPORTERS_START, Fault, Scenario};
+use crate::scenario::{AsapNode, EXPORTERS_START, Fault, Scenario};
 
 /// The pool's HMAC cookie key (version 1 cookies: see docs/simulation.md
 /// for why not Ed25519).
@@ -132,6 +132,7 @@ enum Event {
     Fault(Fault),
     StartExporter(usize),
     PartitionStart(usize),
+    RegistrarPartitionStart(usize),
     LinkUp(LinkId),
     Deliver {
         link: LinkId,
@@ -260,7 +261,7 @@ impl RegistrarNode {
     /// Whether the running registrar process has `assoc` up (messages on
     /// an association of a dead process go nowhere).
     fn server_knows(&self, assoc: AssocId) -> bool {
-        self.up && self.peers.contains_key(&assoc) && assoc >= self.first_assoc_of_run
+        self.up && self.open.contains(&assoc) && assoc >= self.first_assoc_of_run
     }
 }
 
@@ -271,7 +272,10 @@ struct RegistrarNode {
     up: bool,
     /// Associations below this belong to an earlier run of the process.
     first_assoc_of_run: AssocId,
+    /// Who is at the other end of every association ever opened.
     peers: BTreeMap<AssocId, AsapPeer>,
+    /// The associations the registrar process has up.
+    open: BTreeSet<AssocId>,
     next_assoc: AssocId,
 }
 
@@ -365,6 +369,7 @@ impl World {
                 up: true,
                 first_assoc_of_run: 0,
                 peers: BTreeMap::new(),
+                open: BTreeSet::new(),
                 next_assoc: 1,
             },
             trace: Vec::new(),
@@ -378,6 +383,15 @@ impl World {
         }
         for (index, partition) in world.scenario.partitions.clone().iter().enumerate() {
             world.schedule(partition.from, Event::PartitionStart(index));
+        }
+        for (index, partition) in world
+            .scenario
+            .registrar_partitions
+            .clone()
+            .iter()
+            .enumerate()
+        {
+            world.schedule(partition.from, Event::RegistrarPartitionStart(index));
         }
         for exporter in 0..world.exporters.len() {
             world.schedule(EXPORTERS_START, Event::StartExporter(exporter));
@@ -817,6 +831,7 @@ impl World {
             Event::Fault(fault) => self.fault(fault)?,
             Event::StartExporter(exporter) => self.start_exporter(exporter)?,
             Event::PartitionStart(index) => self.partition_start(index),
+            Event::RegistrarPartitionStart(index) => self.registrar_partition_start(index),
             Event::LinkUp(link) => self.link_up(link),
             Event::Deliver {
                 link,
@@ -1150,8 +1165,12 @@ impl World {
         let assoc = self.registrar.next_assoc;
         self.registrar.next_assoc += 1;
         self.registrar.peers.insert(assoc, peer);
-        if self.registrar.up {
-            let rtt = self.scenario.network.registrar_rtt;
+        let rtt = self.scenario.network.registrar_rtt;
+        let blocked = self.registrar_partitioned_until(peer, self.now).is_some()
+            || self
+                .registrar_partitioned_until(peer, self.now + rtt)
+                .is_some();
+        if self.registrar.up && !blocked {
             self.schedule(self.now + rtt, Event::RegistrarUp(assoc));
         } else {
             let timeout = self.scenario.network.connect_timeout;
@@ -1185,7 +1204,6 @@ impl World {
     fn registrar_up(&mut self, assoc: AssocId) -> Result<(), String> {
         let Some(peer) = self.live_peer(assoc) else {
             // Its end died meanwhile: the registrar never sees it.
-            self.registrar.peers.remove(&assoc);
             return Ok(());
         };
         if !self.registrar.up {
@@ -1198,6 +1216,7 @@ impl World {
         self.registrar
             .server
             .on_association_up(now, assoc, Some(address_of(peer)));
+        self.registrar.open.insert(assoc);
         match peer {
             AsapPeer::Collector { index, .. } => {
                 self.pool_element_event(index, PeInput::AssociationUp(0))
@@ -1218,7 +1237,6 @@ impl World {
     /// core retries after its retry interval) and it reconnects.
     fn registrar_lost(&mut self, assoc: AssocId) -> Result<(), String> {
         let peer = self.live_peer(assoc);
-        self.registrar.peers.remove(&assoc);
         match peer {
             Some(AsapPeer::Collector { index, .. }) => {
                 if let Some(life) = &mut self.collectors[index].life {
@@ -1258,7 +1276,9 @@ impl World {
             return;
         }
         self.registrar.up = false;
-        let assocs: Vec<AssocId> = self.registrar.peers.keys().copied().collect();
+        let assocs: Vec<AssocId> = std::mem::take(&mut self.registrar.open)
+            .into_iter()
+            .collect();
         for assoc in assocs {
             let detect = self.detect();
             self.schedule(self.now + detect, Event::RegistrarLost(assoc));
@@ -1279,7 +1299,7 @@ impl World {
 
     /// The registrar's end of `assoc` is over (its peer died or closed it).
     fn registrar_down(&mut self, assoc: AssocId) {
-        if self.registrar.peers.remove(&assoc).is_some() {
+        if self.registrar.open.remove(&assoc) {
             let removed = self.registrar.server.on_association_down(assoc);
             if removed > 0 {
                 self.log(format!(
@@ -1292,8 +1312,73 @@ impl World {
     fn send_to_registrar(&mut self, assoc: AssocId, message: &AsapMessage) {
         let mut bytes = Vec::new();
         message.encode(&mut bytes);
+        self.asap_transmit(assoc, Event::ToRegistrar { assoc, bytes });
+    }
+
+    /// When a message sent now on the registrar association `assoc`
+    /// arrives: after half the round trip, held by any partition between
+    /// the registrar and the association's peer until it ends.
+    fn asap_arrival(&self, assoc: AssocId) -> Duration {
         let one_way = self.scenario.network.registrar_rtt / 2;
-        self.schedule(self.now + one_way, Event::ToRegistrar { assoc, bytes });
+        let mut at = self.now + one_way;
+        if let Some(&peer) = self.registrar.peers.get(&assoc) {
+            while let Some(until) = self.registrar_partitioned_until(peer, at) {
+                at = until + one_way;
+            }
+        }
+        at
+    }
+
+    fn asap_transmit(&mut self, assoc: AssocId, event: Event) {
+        let at = self.asap_arrival(assoc);
+        self.schedule(at, event);
+    }
+
+    /// The end of a partition between the registrar and `peer`'s node that
+    /// holds at `at`, if any.
+    fn registrar_partitioned_until(&self, peer: AsapPeer, at: Duration) -> Option<Duration> {
+        let node = match peer {
+            AsapPeer::Collector { index, .. } => AsapNode::Collector(index),
+            AsapPeer::Exporter { index, .. } => AsapNode::Exporter(index),
+        };
+        self.scenario
+            .registrar_partitions
+            .iter()
+            .filter(|p| p.node == node && p.from <= at && at < p.until)
+            .map(|p| p.until)
+            .max()
+    }
+
+    /// A partition between the registrar and a node begins: associations
+    /// across it fail if it outlasts the failure threshold.
+    fn registrar_partition_start(&mut self, index: usize) {
+        let partition = self.scenario.registrar_partitions[index];
+        let threshold = self.scenario.network.failure_threshold;
+        self.log(format!("PARTITION {partition:?}"));
+        if partition.until - partition.from <= threshold {
+            return;
+        }
+        let failing: Vec<AssocId> = self
+            .registrar
+            .peers
+            .iter()
+            .filter(|(assoc, _)| self.registrar.open.contains(assoc))
+            .filter(|(_, peer)| {
+                matches!(
+                    (**peer, partition.node),
+                    (AsapPeer::Collector { index, .. }, AsapNode::Collector(node)) if index == node
+                ) || matches!(
+                    (**peer, partition.node),
+                    (AsapPeer::Exporter { index, .. }, AsapNode::Exporter(node)) if index == node
+                )
+            })
+            .map(|(assoc, _)| *assoc)
+            .collect();
+        let at = partition.from + threshold;
+        for assoc in failing {
+            self.schedule(at, Event::RegistrarDown(assoc));
+            self.schedule(at, Event::RegistrarLost(assoc));
+        }
     }
 
     /// An exporter's ASAP request; `request` when an answer is expected.
@@ -1313,11 +1398,10 @@ impl World {
     }
 
     fn perform_registrar(&mut self, actions: Vec<Action>) -> Result<(), String> {
-        let one_way = self.scenario.network.registrar_rtt / 2;
         for action in actions {
             match action {
-                Action::Send { assoc, payload } => self.schedule(
-                    self.now + one_way,
+                Action::Send { assoc, payload } => self.asap_transmit(
+                    assoc,
                     Event::FromRegistrar {
                         assoc,
                         bytes: payload,
@@ -1325,7 +1409,7 @@ impl World {
                 ),
                 Action::Close { assoc } => {
                     let peer = self.live_peer(assoc);
-                    self.registrar.peers.remove(&assoc);
+                    self.registrar.open.remove(&assoc);
                     self.registrar.server.on_association_down(assoc);
                     match peer {
                         Some(AsapPeer::Collector { index, .. }) => {
@@ -1452,7 +1536,7 @@ impl World {
                         .as_ref()
                         .and_then(|life| life.registrar_assoc);
                     if let Some(assoc) = assoc {
-                        self.schedule(self.now + one_way, Event::ToRegistrar { assoc, bytes });
+                        self.asap_transmit(assoc, Event::ToRegistrar { assoc, bytes });
                     }
                 }
                 PeOutput::Close { .. } => {
