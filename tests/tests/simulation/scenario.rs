@@ -181,6 +181,11 @@ pub struct Scenario {
     pub network: NetworkModel,
     /// The exporters' timers.
     pub exporter_timers: ExporterTimers,
+    /// Version 2 cookies: each collector signs with its own Ed25519 key
+    /// and exporters check every cookie against the pool's public keys
+    /// (slow in a debug build, so only in some seeds); otherwise version 1
+    /// (HMAC) cookies the exporter cannot check.
+    pub signed_cookies: bool,
     /// Durable intake (`[buffer] durable`) with this many records per
     /// journal segment; `None`: memory only.
     pub journal_segment_records: Option<usize>,
@@ -271,6 +276,7 @@ impl Scenario {
             exporter_timers,
             journal_segment_records: (kind == Kind::Mixed && rng.random_bool(0.5))
                 .then(|| rng.random_range(16..=512)),
+            signed_cookies: rng.random_bool(0.01),
         };
         scenario.draw_faults(&mut rng);
         scenario

@@ -29,12 +29,14 @@ use exporter::pool_user::{AssociationId, Exporter, ExporterConfig, Notice, Outpu
 use exporter::replay::{BufferedRecord, ReplayLimits};
 use exporter::sequence::ExporterState;
 use policies::{Member, PolicyParams};
+use protocol::billing::CookieKeys;
 use protocol::ipfix::flow::{FLOW_TEMPLATE_ID, FlowRecord, flow_template};
 use protocol::ipfix::{SessionConfig, TransportKind};
 use protocol::rserpool::ASAP_SCTP_PPID;
 use protocol::rserpool::asap::Message as AsapMessage;
 use protocol::rserpool::params::PoolHandle;
 use protocol::rserpool::params::{TransportAddress, TransportKind as AsapTransport, TransportUse};
+use protocol::signing::SigningKey;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use registrar::handlespace::AssocId;
@@ -893,6 +895,11 @@ impl World {
     }
 
     fn start_collector(&mut self, collector: usize) -> Result<(), String> {
+        let signer = cookie_signer(
+            self.scenario.signed_cookies,
+            collector,
+            self.collectors.len(),
+        );
         let node = &mut self.collectors[collector];
         let store = Store::open(&node.database)
             .map_err(|e| format!("collector {collector}: opening its store: {e:#}"))?;
@@ -914,7 +921,7 @@ impl World {
             .map_err(|e| format!("collector {collector}: PE config: {e}"))?;
         node.life = Some(CollectorLife {
             store,
-            signer: CookieSigner::hmac(POOL_KEY.to_vec(), node.pe_id),
+            signer,
             pending: Vec::new(),
             commit_scheduled: false,
             sessions: BTreeMap::new(),
@@ -1068,6 +1075,9 @@ impl World {
         config.failback_holdoff = timers.failback_holdoff;
         config.state_sync_interval = timers.state_sync_interval;
         config.sequence_reservation = timers.sequence_reservation;
+        if self.scenario.signed_cookies {
+            config.cookie_keys = Some(pool_public_keys(self.collectors.len()));
+        }
         // Memory only: no spill files (the spill is file IO in the core).
         config.replay = ReplayLimits::memory(self.scenario.replay_records);
         let journal_dir = self.dir.join(format!("exporter{exporter}-journal"));
@@ -2159,6 +2169,14 @@ impl World {
                 }
             }
             let counters = core.counters();
+            // Every collector here is honest: a refused cookie is a bug in
+            // one of the two cores.
+            if counters.cookies_rejected > 0 {
+                return Err(format!(
+                    "exporter {index} refused {} cookie(s) of honest collectors",
+                    counters.cookies_rejected
+                ));
+            }
             if counters.failovers > node.counted_failovers {
                 self.stats.failovers += counters.failovers - node.counted_failovers;
                 node.counted_failovers = counters.failovers;
@@ -2169,6 +2187,36 @@ impl World {
             }
         }
         Ok(())
+    }
+}
+
+/// Collector `index`'s Ed25519 cookie key (fixed per index: a restarted
+/// collector signs with the same key).
+fn collector_key(index: usize) -> SigningKey {
+    SigningKey::from_bytes(&[0x40 + index as u8; 32])
+}
+
+/// The public halves of every collector's key: what exporters check
+/// cookies with and collectors check Cookie Echoes with.
+fn pool_public_keys(collectors: usize) -> CookieKeys {
+    let mut keys = CookieKeys::default();
+    for index in 0..collectors {
+        keys.add_public_key(collector_key(index).verifying_key());
+    }
+    keys
+}
+
+/// How collector `index` signs cookies: its own Ed25519 key (version 2),
+/// or the pool's HMAC key (version 1).
+fn cookie_signer(signed: bool, index: usize, collectors: usize) -> CookieSigner {
+    if signed {
+        CookieSigner::ed25519(
+            collector_key(index),
+            pool_public_keys(collectors),
+            FIRST_PE_ID + index as u32,
+        )
+    } else {
+        CookieSigner::hmac(POOL_KEY.to_vec(), FIRST_PE_ID + index as u32)
     }
 }
 
