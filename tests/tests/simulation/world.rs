@@ -1977,8 +1977,9 @@ impl World {
         &mut self,
         collector: usize,
         link_id: LinkId,
-        outputs: Vec<SessionOutput>,
+        mut outputs: Vec<SessionOutput>,
     ) -> Result<(), String> {
+        canonical_cookie_order(&mut outputs);
         for output in outputs {
             match output {
                 SessionOutput::Store(batch) => self.store_batch(collector, batch),
@@ -2200,6 +2201,22 @@ impl World {
             }
         }
         Ok(())
+    }
+}
+
+/// The session issues one cookie per domain in the order of a `HashMap`,
+/// which differs from process to process; each send draws its latency
+/// from the run's generator, so that order would make a seed's run depend
+/// on the process. Cookies of different domains are independent: runs of
+/// consecutive cookies are put in byte order.
+fn canonical_cookie_order(outputs: &mut [SessionOutput]) {
+    for run in outputs.chunk_by_mut(|a, b| {
+        matches!(a, SessionOutput::SendCookie(_)) && matches!(b, SessionOutput::SendCookie(_))
+    }) {
+        run.sort_by(|a, b| match (a, b) {
+            (SessionOutput::SendCookie(a), SessionOutput::SendCookie(b)) => a.cmp(b),
+            _ => std::cmp::Ordering::Equal,
+        });
     }
 }
 
