@@ -438,8 +438,19 @@ impl World {
                 core.queue_statistics(self.origin + self.now);
             }
         }
+        // They must reach a store, so the run goes on for a while, and, in
+        // the primary-killed scenario, until the exporter is back on the
+        // primary after any association the network failed meanwhile.
         let quiet_until = self.now + Duration::from_secs(2);
-        self.run_until(quiet_until, |_| false)?;
+        self.run_until(quiet_until + FINISH_LIMIT, |world| {
+            world.now >= quiet_until && world.exporters_finished() && world.back_on_primary()
+        })?;
+        if !(self.exporters_finished() && self.back_on_primary()) {
+            return Err(format!(
+                "the stream did not settle after its final statistics: {}",
+                self.exporter_status()
+            ));
+        }
         // Phase 3: every collector stops gracefully; their stores are then
         // final.
         let exporter_states = self.stop_exporters()?;
