@@ -190,6 +190,9 @@ pub async fn run_with_templates(
         None => (None, std::collections::VecDeque::new()),
     };
     log_cookie_trust(&settings.exporter);
+    // What the state file holds: the journal is released only through its
+    // cookies (`DurableIntake::release_persisted`).
+    let mut persisted = state.clone();
     let mut core = Exporter::new(
         settings.exporter.clone(),
         state,
@@ -227,7 +230,14 @@ pub async fn run_with_templates(
         // loses none of them.
         metrics::counter!("poolflow_exporter_records_taken_in_total").absolute(records_in);
         while let Some(output) = core.poll_output(Instant::now()) {
+            let written = match &output {
+                Output::PersistState(state) => Some(state.clone()),
+                _ => None,
+            };
             driver.execute(output, &mut progress).await?;
+            if let Some(state) = written {
+                persisted = state;
+            }
         }
         publish_metrics(&core);
         let now = Instant::now();
@@ -271,13 +281,7 @@ pub async fn run_with_templates(
             restore(&mut core, domain, record)?;
         }
         if let Some(intake) = &mut durable {
-            for domain in intake.domains().collect::<Vec<_>>() {
-                if let Some(cookie) = core.cookie(domain)
-                    && !cookie.introduction
-                {
-                    intake.release_through(domain, cookie.last_record_sequence)?;
-                }
-            }
+            intake.release_persisted(&persisted)?;
         }
         // Back-pressure: a record the core refused is retried before any
         // new one is read.
