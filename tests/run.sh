@@ -61,6 +61,14 @@ else
   echo "SKIPPED: multi-host nemesis: needs root (network namespaces)" >&2
 fi
 
+# The soak (issue 18): a local pool with every collector alive under a
+# billing stream for 60 s beside two busy loops; any failover is a false one
+# and fails it, as does the audit (bench/soak.sh; the long run is
+# `bench/soak.sh 600 500000` with release binaries).
+echo "== soak, 60 s beside two busy loops (bench/soak.sh)"
+cargo build --locked -q -p registrar -p collector -p exporter
+POOLFLOW_BIN_DIR="$(pwd)/${CARGO_TARGET_DIR:-target}/debug" bash bench/soak.sh 60 20000
+
 # The Debian packages of the three daemons (issue 15): cargo-deb builds
 # them from one build (the deb-test profile), dpkg installs them, a pool runs from the
 # installed binaries and configs as the packages' `poolflow` user and its
