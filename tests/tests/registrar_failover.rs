@@ -331,7 +331,10 @@ async fn registrar_sigkill_under_a_running_exporter_loses_nothing() {
     // registration association ends on the killed registrar's ICMP port
     // unreachable (transport/README.md) and it hunts for a new home; or a
     // survivor's takeover, when the ENRP timers come first. Never two.
-    assert!(takeovers <= 1, "at most one survivor took over: {settled:#?}");
+    assert!(
+        takeovers <= 1,
+        "at most one survivor took over: {settled:#?}"
+    );
 
     // The killed registrar comes back and resynchronizes.
     registrars[0].start(dir.path(), &[enrp[1], enrp[2]]);
