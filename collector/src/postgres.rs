@@ -628,90 +628,89 @@ impl ShipperIo {
     }
 
     async fn ship_handovers(&mut self, after: i64, limit: usize) -> Result<(usize, i64)> {
-        type Handover = (i64, i64, i64, i64, String, Option<i64>, i64, Option<i64>);
-        let rows: Vec<Handover> = {
-            let mut stmt = self.sqlite.prepare_cached(
-                "SELECT id, at_ms, billing_exporter, domain, peer, from_pe, to_pe, record_sequence
-                 FROM billing_handovers WHERE id > ?1 ORDER BY id LIMIT ?2",
-            )?;
-            stmt.query_map(params![after, limit as i64], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                    r.get(7)?,
-                ))
-            })?
-            .collect::<rusqlite::Result<_>>()?
-        };
-        let Some(last) = rows.last().map(|r| r.0) else {
-            return Ok((0, after));
-        };
-        let collector = self.collector.clone();
-        let client = self.client().await?;
-        let tx = client.transaction().await?;
-        let insert = tx
-            .prepare(
-                "INSERT INTO billing_handovers (collector, id, at_ms, billing_exporter, domain,
-                    peer, from_pe, to_pe, record_sequence)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
-            )
-            .await?;
-        for r in &rows {
-            tx.execute(
-                &insert,
-                &[&collector, &r.0, &r.1, &r.2, &r.3, &r.4, &r.5, &r.6, &r.7],
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        Ok((rows.len(), last))
+        const COLUMNS: [&str; 8] = [
+            "id",
+            "at_ms",
+            "billing_exporter",
+            "domain",
+            "peer",
+            "from_pe",
+            "to_pe",
+            "record_sequence",
+        ];
+        self.ship_rows("billing_handovers", &COLUMNS, after, limit)
+            .await
     }
 
     async fn ship_declared_losses(&mut self, after: i64, limit: usize) -> Result<(usize, i64)> {
-        type Declared = (i64, i64, i64, i64, i64, i64, i64, String);
-        let rows: Vec<Declared> = {
-            let mut stmt = self.sqlite.prepare_cached(
-                "SELECT id, billing_exporter, domain, first, last, at_ms, system_init_ms, peer
-                 FROM declared_losses WHERE id > ?1 ORDER BY id LIMIT ?2",
-            )?;
+        const COLUMNS: [&str; 8] = [
+            "id",
+            "billing_exporter",
+            "domain",
+            "first",
+            "last",
+            "at_ms",
+            "system_init_ms",
+            "peer",
+        ];
+        self.ship_rows("declared_losses", &COLUMNS, after, limit)
+            .await
+    }
+
+    /// Copies the rows of an append-only SQLite table whose `id` is after `after` (at
+    /// most `limit`, `id` first in `columns`) into the PostgreSQL table of the same name
+    /// and columns, this collector's name in front. A row already there is left alone
+    /// (`ON CONFLICT DO NOTHING`), so copying a range twice doubles nothing. The tables
+    /// hold integers and text; NULL appears in integer columns only.
+    async fn ship_rows(
+        &mut self,
+        table: &str,
+        columns: &[&str],
+        after: i64,
+        limit: usize,
+    ) -> Result<(usize, i64)> {
+        let rows: Vec<Vec<rusqlite::types::Value>> = {
+            let mut stmt = self.sqlite.prepare_cached(&format!(
+                "SELECT {} FROM {table} WHERE id > ?1 ORDER BY id LIMIT ?2",
+                columns.join(", ")
+            ))?;
             stmt.query_map(params![after, limit as i64], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                    r.get(7)?,
-                ))
+                (0..columns.len()).map(|i| r.get(i)).collect()
             })?
             .collect::<rusqlite::Result<_>>()?
         };
-        let Some(last) = rows.last().map(|r| r.0) else {
+        let Some(last) = rows.last().map(|r| match r[0] {
+            rusqlite::types::Value::Integer(id) => id,
+            _ => after,
+        }) else {
             return Ok((0, after));
         };
         let collector = self.collector.clone();
         let client = self.client().await?;
         let tx = client.transaction().await?;
+        let placeholders: Vec<String> = (1..=columns.len() + 1).map(|i| format!("${i}")).collect();
         let insert = tx
-            .prepare(
-                "INSERT INTO declared_losses (collector, id, billing_exporter, domain, first,
-                    last, at_ms, system_init_ms, peer)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
-            )
+            .prepare(&format!(
+                "INSERT INTO {table} (collector, {}) VALUES ({}) ON CONFLICT DO NOTHING",
+                columns.join(", "),
+                placeholders.join(", ")
+            ))
             .await?;
-        for r in &rows {
-            tx.execute(
-                &insert,
-                &[&collector, &r.0, &r.1, &r.2, &r.3, &r.4, &r.5, &r.6, &r.7],
-            )
-            .await?;
+        for row in &rows {
+            let values: Vec<Box<dyn ToSql + Sync + Send>> = row
+                .iter()
+                .map(|value| -> Result<Box<dyn ToSql + Sync + Send>> {
+                    Ok(match value {
+                        rusqlite::types::Value::Integer(n) => Box::new(*n),
+                        rusqlite::types::Value::Text(text) => Box::new(text.clone()),
+                        rusqlite::types::Value::Null => Box::new(None::<i64>),
+                        other => bail!("{table}: unexpected SQLite value {other:?}"),
+                    })
+                })
+                .collect::<Result<_>>()?;
+            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&collector];
+            params.extend(values.iter().map(|v| v.as_ref() as &(dyn ToSql + Sync)));
+            tx.execute(&insert, &params).await?;
         }
         tx.commit().await?;
         Ok((rows.len(), last))
