@@ -236,12 +236,18 @@ registrar_request_timeout = "1s"
 
     /// `exporter stream` with this config.
     pub fn stream(&self, config: &Path, records: u64, rate: u64) -> Child {
+        self.stream_with(config, records, rate, &[])
+    }
+
+    /// [`Self::stream`] with more command-line arguments.
+    pub fn stream_with(&self, config: &Path, records: u64, rate: u64, more_args: &[&str]) -> Child {
         Command::new(workspace_bin("exporter"))
             .args(["stream", "--config"])
             .arg(config)
             .args(["--records", &records.to_string()])
             .args(["--rate", &rate.to_string()])
-            .args(["--exit-drain-timeout-secs", "60"])
+            .args(["--exit-drain-timeout", "60s"])
+            .args(more_args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

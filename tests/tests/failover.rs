@@ -6,13 +6,12 @@
 //! and after a clean failback no duplicate.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use collector::audit::{AuditOptions, AuditReport, Verdict};
 use poolflow_tests::collector_config::StreamTransport;
-use poolflow_tests::pool::{LocalPool, POOL, wait_stored};
-use poolflow_tests::workspace_bin;
+use poolflow_tests::pool::{LocalPool, wait_stored};
 use protocol::billing::BillingCookie;
 
 const EXPORTER: u32 = 7;
@@ -38,6 +37,11 @@ impl Pool {
         self.local.path(name)
     }
 
+    /// The exporter's state file (LocalPool::exporter_config names it).
+    fn state_file(&self) -> PathBuf {
+        self.path(&format!("exporter-{EXPORTER}.state"))
+    }
+
     /// Waits until the stores of `collectors` together hold `records`.
     async fn wait_stored(&self, collectors: &[usize], records: u64) {
         let stores: Vec<PathBuf> = collectors.iter().map(|&i| self.local.store(i)).collect();
@@ -60,48 +64,13 @@ impl Pool {
         more_config: &str,
         more_args: &[&str],
     ) -> Child {
-        let config = self.path("exporter.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"exporter_id = {EXPORTER}
-pool_handle = "{POOL}"
-registrars = ["sctp:{registrar}"]
-state_file = "{state}"
-[buffer]
-spill_dir = "{spill}"
-[timers]
-cookie_timeout = "1s"
-failback_check = "200ms"
-drain_timeout = "5s"
-retry_interval = "200ms"
-failback_holdoff = "500ms"
-connect_timeout = "1s"
-cache_lifetime = "500ms"
-registrar_request_timeout = "1s"
-fast_failure_detection = {fast_failure_detection}
-{more_config}"#,
-                registrar = self.local.registrar_addr,
-                state = self.path("exporter.state").display(),
-                spill = self.path("spill").display(),
-            ),
-        )
-        .unwrap();
-        Command::new(workspace_bin("exporter"))
-            .args(["stream", "--config"])
-            .arg(&config)
-            .args([
-                "--records",
-                &records.to_string(),
-                "--rate",
-                &rate.to_string(),
-            ])
-            .args(["--exit-drain-timeout", "60s"])
-            .args(more_args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+        // Right after the [timers] keys: one more of them, then tables.
+        let tables = format!(
+            "fast_failure_detection = {fast_failure_detection}\n[buffer]\nspill_dir = {spill:?}\n{more_config}",
+            spill = self.path("spill"),
+        );
+        let config = self.local.exporter_config(EXPORTER, "", &tables);
+        self.local.stream_with(&config, records, rate, more_args)
     }
 
     /// Stops everything gracefully and audits both stores, against the
@@ -109,7 +78,7 @@ fast_failure_detection = {fast_failure_detection}
     /// clean stop it names exactly the sequences it assigned.
     async fn finish(mut self) -> AuditReport {
         self.local.stop().await;
-        let state = self.path("exporter.state");
+        let state = self.state_file();
         collector::audit::run(&AuditOptions {
             databases: self.local.stores(),
             list_limit: 100,
@@ -364,7 +333,7 @@ async fn a_tail_on_a_store_left_out_is_named_by_the_exporters_account() {
     pool.local.terminate_collector(1);
     pool.local.stop_registrar().await;
     let primary = pool.local.store(0);
-    let state = pool.path("exporter.state");
+    let state = pool.state_file();
     let audit = |databases: Vec<PathBuf>, exporter_states: Vec<PathBuf>| {
         collector::audit::run(&AuditOptions {
             databases,
