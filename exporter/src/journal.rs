@@ -324,14 +324,6 @@ impl DurableIntake {
         Ok(())
     }
 
-    /// A cookie of `domain` covers everything through `sequence`.
-    pub fn release_through(&mut self, domain: u32, sequence: u64) -> io::Result<usize> {
-        match self.journals.get_mut(&domain) {
-            Some(journal) => journal.release_through(sequence),
-            None => Ok(0),
-        }
-    }
-
     /// Releases, per domain, every segment the cookie of `persisted` (the
     /// state file as last written) covers. A restart starts from the state
     /// file's cookie and takes in again what the journal holds after it,
@@ -353,11 +345,6 @@ impl DurableIntake {
             }
         }
         Ok(released)
-    }
-
-    /// The domains journaled.
-    pub fn domains(&self) -> impl Iterator<Item = u32> + '_ {
-        self.journals.keys().copied()
     }
 }
 
@@ -391,6 +378,36 @@ mod tests {
             template_id: 256,
             bytes: sequence.to_be_bytes().to_vec(),
         }
+    }
+
+    /// A cookie of exporter 9, domain 1, covering records through `last`.
+    fn cookie_through(last: u64) -> protocol::billing::BillingCookie {
+        protocol::billing::BillingCookie {
+            version: 2,
+            introduction: false,
+            exporter_id: 9,
+            domain: 1,
+            last_record_sequence: last,
+            pe_identifier: 1,
+            signed_at_ms: 0,
+            seal: protocol::billing::CookieSeal::None,
+        }
+    }
+
+    /// An exporter state of domain 1 with that cookie and a reservation
+    /// reaching `next_sequence`.
+    fn state_with_cookie(last: u64, next_sequence: u64) -> ExporterState {
+        let mut state = ExporterState::new(9);
+        state.domains.insert(
+            1,
+            crate::sequence::DomainState {
+                next_sequence,
+                last_cookie: Some(cookie_through(last)),
+                not_sent: 0,
+                declared_until: 0,
+            },
+        );
+        state
     }
 
     fn sequences(records: &[BufferedRecord]) -> Vec<u64> {
@@ -488,8 +505,6 @@ mod tests {
     /// nothing is declared lost.
     #[test]
     fn a_restart_after_everything_was_acknowledged_continues_after_the_journal() {
-        use crate::sequence::DomainState;
-        use protocol::billing::{BillingCookie, CookieSeal};
         let dir = tempfile::tempdir().unwrap();
         let settings = DurableSettings {
             dir: dir.path().to_path_buf(),
@@ -501,28 +516,9 @@ mod tests {
             intake.append(1, &record(s)).unwrap();
         }
         intake.sync().unwrap();
-        intake.release_through(1, 9).unwrap();
+        let mut state = state_with_cookie(9, 100_010);
+        intake.release_persisted(&state).unwrap();
         drop(intake);
-        let cookie = BillingCookie {
-            version: 2,
-            introduction: false,
-            exporter_id: 9,
-            domain: 1,
-            last_record_sequence: 9,
-            pe_identifier: 1,
-            signed_at_ms: 0,
-            seal: CookieSeal::None,
-        };
-        let mut state = ExporterState::new(9);
-        state.domains.insert(
-            1,
-            DomainState {
-                next_sequence: 100_010,
-                last_cookie: Some(cookie),
-                not_sent: 0,
-                declared_until: 0,
-            },
-        );
         for run in 0..2 {
             // Each run reserved a block beyond what it assigned.
             state.domains.get_mut(&1).unwrap().next_sequence = 100_010;
@@ -541,18 +537,6 @@ mod tests {
     #[test]
     fn segments_are_released_only_through_the_state_files_cookie() {
         use crate::pool_user::{Exporter, ExporterConfig};
-        use crate::sequence::DomainState;
-        use protocol::billing::{BillingCookie, CookieSeal};
-        let cookie = |last_record_sequence| BillingCookie {
-            version: 2,
-            introduction: false,
-            exporter_id: 9,
-            domain: 1,
-            last_record_sequence,
-            pe_identifier: 1,
-            signed_at_ms: 0,
-            seal: CookieSeal::None,
-        };
         let dir = tempfile::tempdir().unwrap();
         let settings = DurableSettings {
             dir: dir.path().to_path_buf(),
@@ -566,16 +550,7 @@ mod tests {
         intake.sync().unwrap();
         // The core holds a cookie through 15; the state file, written
         // earlier, one through 5 (and a reservation far beyond).
-        let mut persisted = ExporterState::new(9);
-        persisted.domains.insert(
-            1,
-            DomainState {
-                next_sequence: 1000,
-                last_cookie: Some(cookie(5)),
-                not_sent: 0,
-                declared_until: 0,
-            },
-        );
+        let persisted = state_with_cookie(5, 1000);
         assert_eq!(intake.release_persisted(&persisted).unwrap(), 1);
         drop(intake); // the crash, before the state file got cookie 15
 
