@@ -15,11 +15,10 @@
 //! called on, read-only connections included, with nothing written to the
 //! database file.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::ffi::c_int;
 use std::marker::PhantomData;
 
-use protocol::ipfix::Template;
 use rusqlite::types::Value as SqlValue;
 use rusqlite::vtab::{
     Context, Filters, IndexConstraintOp, IndexInfo, VTab, VTabConnection, VTabCursor,
@@ -29,7 +28,7 @@ use rusqlite::{Connection, ffi};
 
 use crate::query::extra_json;
 use crate::record::StoredRecord;
-use crate::store::{self, StoredBlock, decode_block};
+use crate::store::{self, BlockReader};
 
 /// The table's name in SQL.
 pub const TABLE: &str = "flows";
@@ -156,7 +155,7 @@ unsafe impl<'vtab> VTab<'vtab> for FlowTable {
             blocks: VecDeque::new(),
             rows: VecDeque::new(),
             current: None,
-            templates: HashMap::new(),
+            block_reader: BlockReader::default(),
             rowid: 0,
             phantom: PhantomData,
         })
@@ -185,8 +184,8 @@ struct FlowCursor<'vtab> {
     /// Decoded records of the page not returned yet.
     rows: VecDeque<FlowRow>,
     current: Option<FlowRow>,
-    /// Decoded templates by `templates.id`; `None`: damaged.
-    templates: HashMap<i64, Option<Template>>,
+    /// Decodes the blocks read, each template once.
+    block_reader: BlockReader,
     rowid: i64,
     phantom: PhantomData<&'vtab FlowTable>,
 }
@@ -222,56 +221,32 @@ impl FlowCursor<'_> {
 
     fn read_page(&mut self) -> rusqlite::Result<()> {
         // Not cached: no statement may outlive this call (see `connect`).
-        let mut stmt = self.conn.prepare(
-            "SELECT e.address, e.transport, r.domain, r.template_ref, t.template_id,
-                    t.scope_field_count, t.fields, r.export_time, r.message_sequence,
-                    r.first_record_index, r.received_ms, r.records, r.billing_exporter,
-                    r.first_record_sequence
-             FROM record_blocks r JOIN exporters e ON e.id = r.exporter_id
-                  JOIN templates t ON t.id = r.template_ref
-             WHERE r.id = ?1",
-        )?;
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {}, r.billing_exporter, r.first_record_sequence FROM {} WHERE r.id = ?1",
+            store::BLOCK_COLUMNS,
+            store::BLOCK_TABLES
+        ))?;
         let page = self.blocks.len().min(BLOCKS_PER_PAGE);
         for id in self.blocks.drain(..page) {
             let mut rows = stmt.query([id])?;
             // Gone since the selection only if the store was replaced.
             let Some(row) = rows.next()? else { continue };
-            let template_ref: i64 = row.get(3)?;
-            if let std::collections::hash_map::Entry::Vacant(slot) =
-                self.templates.entry(template_ref)
-            {
-                let fields: Vec<u8> = row.get(6)?;
-                slot.insert(store::decode_template(row.get(4)?, row.get(5)?, &fields));
-            }
-            let Some(template) = &self.templates[&template_ref] else {
-                return Err(rusqlite::Error::ModuleError(format!(
-                    "stored template {template_ref} is damaged"
-                )));
-            };
-            let exporter: String = row.get(0)?;
-            let transport: String = row.get(1)?;
             let first_record_index: u32 = row.get(9)?;
             let billing_exporter: Option<u32> = row.get(12)?;
             let first_record_sequence: Option<i64> = row.get(13)?;
-            let block = StoredBlock {
-                exporter: &exporter,
-                transport: store::transport_name(&transport),
-                domain: row.get(2)?,
-                template,
-                export_time: row.get(7)?,
-                message_sequence: row.get(8)?,
-                first_record_index,
-                received_ms: row.get(10)?,
-                records: row.get_ref(11)?.as_blob()?,
-            };
-            decode_block(&block, |record| {
+            let decoded = self.block_reader.decode(row, |record| {
                 let offset = i64::from(record.record_index - first_record_index);
                 self.rows.push_back(FlowRow {
                     record_sequence: first_record_sequence.map(|first| first + offset),
                     billing_exporter,
                     record,
                 });
-            });
+            })?;
+            if let Err(template_ref) = decoded {
+                return Err(rusqlite::Error::ModuleError(format!(
+                    "stored template {template_ref} is damaged"
+                )));
+            }
         }
         Ok(())
     }

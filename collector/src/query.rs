@@ -4,12 +4,10 @@
 //! decoded record). [`for_each_record`] is the selection that
 //! aggregation (`collector query --top`, `--bin`) sums too.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::ops::ControlFlow;
 
 use anyhow::Result;
-use protocol::ipfix::Template;
 use protocol::ipfix::registry;
 use protocol::ipfix::value::decode_value;
 use rusqlite::{Connection, ToSql};
@@ -17,7 +15,7 @@ use serde_json::{Map, Value, json};
 
 use crate::prefix::IpPrefix;
 use crate::record::{FlowFields, StoredRecord, extra_fields};
-use crate::store::{self, StoredBlock, decode_block};
+use crate::store::{self, BlockReader};
 
 /// Output format of `collector query`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -165,13 +163,10 @@ pub fn for_each_record(
     filter: &Filter,
     mut each: impl FnMut(&StoredRecord) -> Result<ControlFlow<()>>,
 ) -> Result<()> {
-    let mut sql = String::from(
-        "SELECT e.address, e.transport, r.domain, r.template_ref, t.template_id,
-                t.scope_field_count, t.fields, r.export_time, r.message_sequence,
-                r.first_record_index, r.received_ms, r.records
-         FROM record_blocks r JOIN exporters e ON e.id = r.exporter_id
-              JOIN templates t ON t.id = r.template_ref
-         WHERE 1=1",
+    let mut sql = format!(
+        "SELECT {} FROM {} WHERE 1=1",
+        store::BLOCK_COLUMNS,
+        store::BLOCK_TABLES
     );
     let mut args: Vec<Box<dyn ToSql>> = Vec::new();
     if let Some(exporter) = &filter.exporter {
@@ -210,36 +205,17 @@ pub fn for_each_record(
     sql.push_str(" ORDER BY r.id");
     let mut stmt = conn.prepare(&sql)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(args.iter().map(|a| a.as_ref())))?;
-    let mut templates: HashMap<i64, Option<Template>> = HashMap::new();
+    let mut blocks = BlockReader::default();
     let mut outcome: Result<ControlFlow<()>> = Ok(ControlFlow::Continue(()));
     while let Some(row) = rows.next()? {
-        let template_ref: i64 = row.get(3)?;
-        if let std::collections::hash_map::Entry::Vacant(slot) = templates.entry(template_ref) {
-            let fields: Vec<u8> = row.get(6)?;
-            slot.insert(store::decode_template(row.get(4)?, row.get(5)?, &fields));
-        }
-        let Some(template) = &templates[&template_ref] else {
-            anyhow::bail!("stored template {template_ref} is damaged");
-        };
-        let exporter: String = row.get(0)?;
-        let transport: String = row.get(1)?;
-        let records = row.get_ref(11)?.as_blob()?;
-        let block = StoredBlock {
-            exporter: &exporter,
-            transport: store::transport_name(&transport),
-            domain: row.get(2)?,
-            template,
-            export_time: row.get(7)?,
-            message_sequence: row.get(8)?,
-            first_record_index: row.get(9)?,
-            received_ms: row.get(10)?,
-            records,
-        };
-        decode_block(&block, |record| {
+        let decoded = blocks.decode(row, |record| {
             if matches!(outcome, Ok(ControlFlow::Continue(()))) && filter.matches(&record.fields) {
                 outcome = each(&record);
             }
-        });
+        })?;
+        if let Err(template_ref) = decoded {
+            anyhow::bail!("stored template {template_ref} is damaged");
+        }
         if !matches!(outcome, Ok(ControlFlow::Continue(()))) {
             break;
         }

@@ -684,6 +684,59 @@ pub struct StoredBlock<'a> {
     pub records: &'a [u8],
 }
 
+/// The columns, in this order, that a reader of whole blocks selects for
+/// [`BlockReader`] (more may follow them), from [`BLOCK_TABLES`].
+pub const BLOCK_COLUMNS: &str = "e.address, e.transport, r.domain, r.template_ref, \
+     t.template_id, t.scope_field_count, t.fields, r.export_time, r.message_sequence, \
+     r.first_record_index, r.received_ms, r.records";
+
+/// The tables [`BLOCK_COLUMNS`] come from: `r` the block, `e` its exporter,
+/// `t` its template.
+pub const BLOCK_TABLES: &str = "record_blocks r JOIN exporters e ON e.id = r.exporter_id \
+     JOIN templates t ON t.id = r.template_ref";
+
+/// Decodes blocks from rows that start with [`BLOCK_COLUMNS`], each stored
+/// template decoded once.
+#[derive(Debug, Default)]
+pub struct BlockReader {
+    templates: HashMap<i64, Option<Template>>,
+}
+
+impl BlockReader {
+    /// Calls `each` with every record of the row's block, in order.
+    /// `Ok(Err(template_ref))` when the block's stored template is damaged
+    /// (nothing decoded; each reader reports that its own way).
+    pub fn decode(
+        &mut self,
+        row: &rusqlite::Row<'_>,
+        each: impl FnMut(StoredRecord),
+    ) -> rusqlite::Result<std::result::Result<usize, i64>> {
+        let template_ref: i64 = row.get(3)?;
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.templates.entry(template_ref)
+        {
+            let fields: Vec<u8> = row.get(6)?;
+            slot.insert(decode_template(row.get(4)?, row.get(5)?, &fields));
+        }
+        let Some(template) = &self.templates[&template_ref] else {
+            return Ok(Err(template_ref));
+        };
+        let exporter: String = row.get(0)?;
+        let transport: String = row.get(1)?;
+        let block = StoredBlock {
+            exporter: &exporter,
+            transport: transport_name(&transport),
+            domain: row.get(2)?,
+            template,
+            export_time: row.get(7)?,
+            message_sequence: row.get(8)?,
+            first_record_index: row.get(9)?,
+            received_ms: row.get(10)?,
+            records: row.get_ref(11)?.as_blob()?,
+        };
+        Ok(Ok(decode_block(&block, each)))
+    }
+}
+
 /// Decodes the records of a stored block into the per-record view, in
 /// order. Returns how many records it produced.
 pub fn decode_block(block: &StoredBlock<'_>, mut each: impl FnMut(StoredRecord)) -> usize {
