@@ -9,8 +9,11 @@
 # machine. Processes run with `ip netns exec`. Faults between hosts are
 # iptables rules inside the hosts' namespaces (a partition drops both ways
 # at both ends; loss drops a random share of incoming packets) and links
-# set down. Delay, reordering and duplication need the netem qdisc, which
-# the host kernel of this project's CI lacks (see docs/multi-host.md).
+# set down. Delay, reordering and duplication would take the netem qdisc,
+# which the host kernel of this project's CI lacks (see docs/multi-host.md):
+# `impair` hands a host's packets to tests/src/bin/netem.rs through NFQUEUE
+# (loss, delay ± jitter, so reordering) and clones some with the TEE target
+# (duplication).
 #
 #   netns_up                    switch namespace and bridge
 #   host_add NAME ADDRESS       a host on the bridge (192.0.2.X)
@@ -19,6 +22,12 @@
 #   partition_groups "A B" "C D"  every host of one group from every host of the other
 #   heal_all                    drop every fault rule and bring links up
 #   loss NAME PERCENT           drop PERCENT % of packets arriving at NAME
+#   impair NAME LOSS DELAY JITTER DUPLICATE
+#                               every packet into and out of NAME's eth0:
+#                               LOSS % dropped, the rest delayed DELAY ±
+#                               JITTER (e.g. 50ms 20ms), DUPLICATE % of those
+#                               it sends cloned; needs $NETNS_NETEM (the
+#                               netem binary), logs to $NETNS_NETEM_LOG
 #   link_down NAME / link_up NAME
 #   netns_down                  delete every namespace made (EXIT trap)
 
@@ -26,6 +35,7 @@
 # two runs on one machine must not meet.
 NETNS_PREFIX=${NETNS_PREFIX:-pf$(( $$ % 100000 ))}
 declare -gA NETNS_ADDRESS=()
+declare -gA NETNS_NETEM_PID=()
 NETNS_HOSTS=()
 
 netns_up() {
@@ -91,6 +101,32 @@ loss() { # NAME PERCENT
     -m comment --comment pf-loss -j DROP
 }
 
+impair() { # NAME LOSS_PERCENT DELAY JITTER DUPLICATE_PERCENT
+  local h=$1 log=${NETNS_NETEM_LOG:-/dev/null} other p i
+  [ -x "${NETNS_NETEM:-}" ] || { echo "netns: impair needs NETNS_NETEM, the netem binary" >&2; return 1; }
+  local mark="netem: queue 7 "
+  # Not through `on`: a function in the background is a subshell, and its
+  # pid would not be netem's (ip netns exec execs the program in place).
+  ip netns exec "$NETNS_PREFIX-$h" "$NETNS_NETEM" --queue 7 --loss "$2" --delay "$3" --jitter "$4" \
+    --seed "${NETNS_NETEM_SEED:-1}" >>"$log" 2>&1 &
+  NETNS_NETEM_PID[$h]=$!
+  # Until netem has bound the queue, --queue-bypass would let packets
+  # through unimpaired; wait for its banner (bounded: 5 s).
+  if [ "$log" != /dev/null ]; then
+    for i in $(seq 50); do grep -q "$mark" "$log" 2>/dev/null && break; sleep 0.1; done
+  fi
+  # eth0 only: the host's own loopback (status and metrics) stays clean.
+  on "$h" iptables -A INPUT -i eth0 -m comment --comment pf-impair -j NFQUEUE --queue-num 7 --queue-bypass
+  on "$h" iptables -A OUTPUT -o eth0 -m comment --comment pf-impair -j NFQUEUE --queue-num 7 --queue-bypass
+  p=$(awk -v x="$5" 'BEGIN { printf "%.4f", x / 100 }')
+  for other in "${NETNS_HOSTS[@]}"; do
+    [ "$other" = "$h" ] && continue
+    on "$h" iptables -t mangle -A OUTPUT -o eth0 -d "$(address "$other")" \
+      -m statistic --mode random --probability "$p" -m comment --comment pf-dup \
+      -j TEE --gateway "$(address "$other")"
+  done
+}
+
 link_down() { on "$1" ip link set eth0 down; }
 link_up() { on "$1" ip link set eth0 up; }
 
@@ -99,8 +135,15 @@ heal_all() {
   for h in "${NETNS_HOSTS[@]}"; do
     on "$h" iptables -F INPUT
     on "$h" iptables -F OUTPUT
+    on "$h" iptables -t mangle -F OUTPUT
     link_up "$h"
   done
+  # With the rules gone nothing new is queued; netem passes what it holds.
+  for h in "${!NETNS_NETEM_PID[@]}"; do
+    kill -TERM "${NETNS_NETEM_PID[$h]}" 2>/dev/null || true
+    wait "${NETNS_NETEM_PID[$h]}" 2>/dev/null || true
+  done
+  NETNS_NETEM_PID=()
 }
 
 netns_down() {

@@ -44,6 +44,13 @@ pub struct CollectorConfig {
     /// TCP transport parameter has no such field): the pool users know
     /// from their own `[tls]` section.
     pub framed_tcp_tls: bool,
+    /// Retransmission timeout bounds of the `sctp_listen` and
+    /// `framed_tcp_listen` associations: `true` (default) bounds the SCTP
+    /// RTO to 50-400 ms (`transport::Config::lan_retransmission`), so a
+    /// billing cookie lost on the way to the exporter is resent well inside
+    /// the exporter's cookie timeout; `false` keeps RFC 9260's 1-60 s, for
+    /// exporters across a WAN whose round trips approach 400 ms.
+    pub lan_retransmission: bool,
     /// Prometheus scrape endpoint (`/metrics`), off when absent.
     pub metrics_listen: Option<SocketAddr>,
     /// UDP template lifetime without refresh (RFC 7011 8.4; whole seconds).
@@ -194,6 +201,7 @@ impl Default for CollectorConfig {
             ))],
             framed_tcp_listen: Vec::new(),
             framed_tcp_tls: false,
+            lan_retransmission: true,
             metrics_listen: None,
             template_lifetime: Duration::from_secs(1800),
             max_templates_per_session: 4096,
@@ -214,6 +222,19 @@ impl Default for CollectorConfig {
 }
 
 impl CollectorConfig {
+    /// Transport settings of the `sctp_listen` (SCTP over UDP) and
+    /// `framed_tcp_listen` (TCP) associations before their port and TLS.
+    pub fn association_transport(&self, kind: transport::TransportKind) -> transport::Config {
+        if self.lan_retransmission {
+            transport::Config::lan_retransmission(kind)
+        } else {
+            transport::Config {
+                transport: kind,
+                ..transport::Config::default()
+            }
+        }
+    }
+
     /// Reads a TOML file; the error names the file, line and key at fault.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
@@ -276,6 +297,29 @@ impl CollectorConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn associations_resend_within_400_ms_unless_told_otherwise() {
+        use std::time::Duration;
+        use transport::TransportKind::{SctpOverUdp, Tcp};
+        let lan = CollectorConfig::default();
+        for kind in [SctpOverUdp, Tcp] {
+            let config = lan.association_transport(kind);
+            assert_eq!(config.transport, kind);
+            assert_eq!(config.rto_max, Duration::from_millis(400));
+            // Patient as RFC 9260 about giving the exporter up.
+            assert_eq!(
+                config.max_path_retransmissions,
+                transport::Config::default().max_path_retransmissions
+            );
+        }
+        let wan = CollectorConfig::from_toml("lan_retransmission = false").unwrap();
+        for kind in [SctpOverUdp, Tcp] {
+            let config = wan.association_transport(kind);
+            assert_eq!(config.transport, kind);
+            assert_eq!(config.rto_min, Duration::from_secs(1));
+        }
+    }
 
     #[test]
     fn unknown_key_is_named() {

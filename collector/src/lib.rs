@@ -223,7 +223,6 @@ pub async fn start(config: &CollectorConfig) -> Result<RunningCollector> {
         );
     for (kind, addr) in association_listeners {
         let transport_config = transport::Config {
-            transport: kind,
             sctp_port: addr.port(),
             tls: match kind {
                 transport::TransportKind::Tcp if config.framed_tcp_tls => {
@@ -231,7 +230,7 @@ pub async fn start(config: &CollectorConfig) -> Result<RunningCollector> {
                 }
                 _ => None,
             },
-            ..transport::Config::default()
+            ..config.association_transport(kind)
         };
         let (label, bound) = match kind {
             transport::TransportKind::Tcp => ("framed-tcp", &mut framed_tcp_addrs),

@@ -163,15 +163,28 @@ impl Config {
     /// soak beside two busy loops (BENCHMARKS.md).
     pub fn fast_failure_detection(transport: TransportKind) -> Self {
         Config {
-            transport,
             heartbeat_interval: Duration::from_millis(200),
-            rto_initial: Duration::from_millis(100),
-            rto_min: Duration::from_millis(50),
-            rto_max: Duration::from_millis(400),
             max_association_retransmissions: 6,
             max_path_retransmissions: 3,
             max_init_retransmissions: 4,
             connect_timeout: Duration::from_secs(2),
+            ..Config::lan_retransmission(transport)
+        }
+    }
+
+    /// RTO bounds for a LAN (50 ms to 400 ms, first 100 ms) with RFC 9260's patience
+    /// otherwise: a lost packet is resent within 400 ms instead of RTO.Min's 1 s, but the
+    /// peer gets as many retransmissions and as long a heartbeat interval as on the
+    /// Internet before it is given up. For the side that only has to deliver promptly,
+    /// not to judge the peer dead quickly: the collector, whose billing cookies must
+    /// reach an exporter well inside the exporter's cookie timeout on a lossy path (the
+    /// exporter, which decides failover, uses [`Self::fast_failure_detection`]).
+    pub fn lan_retransmission(transport: TransportKind) -> Self {
+        Config {
+            transport,
+            rto_initial: Duration::from_millis(100),
+            rto_min: Duration::from_millis(50),
+            rto_max: Duration::from_millis(400),
             ..Config::default()
         }
     }
