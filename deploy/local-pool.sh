@@ -44,7 +44,9 @@ else
   bin="${CARGO_TARGET_DIR:-target}/release"
 fi
 
-base=$((20000 + RANDOM % 20000))
+# POOLFLOW_BASE_PORT: the registrar's port; the primary and backup
+# collectors take the next two (bench/failover.sh impairs their path).
+base="${POOLFLOW_BASE_PORT:-$((20000 + RANDOM % 20000))}"
 registrar_port=$base
 primary_port=$((base + 1))
 backup_port=$((base + 2))

@@ -54,7 +54,7 @@ fi
 # `tests/netns/nemesis.sh --seeds 1-200`.
 if [ "$(id -u)" = 0 ]; then
   echo "== multi-host nemesis, seeds 1-10 (tests/netns/nemesis.sh)"
-  cargo build --locked -q -p registrar -p collector -p exporter
+  cargo build --locked -q -p registrar -p collector -p exporter -p poolflow-tests --bins
   POOLFLOW_BIN_DIR="$(pwd)/${CARGO_TARGET_DIR:-target}/debug" \
     bash tests/netns/nemesis.sh --seeds 1-10 --faults 3
 else

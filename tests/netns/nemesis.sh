@@ -10,6 +10,9 @@
 #   isolate  a collector from both registrars (not from the exporter)
 #   split    the registrars from each other (split brain)
 #   loss     5 % of the packets arriving at one host dropped
+#   impair   one host's link degraded both ways as netem would: 5 % loss,
+#            50 ms ± 20 ms delay (so reordering), 1 % of its packets doubled
+#            (tests/src/bin/netem.rs over NFQUEUE, and TEE)
 #   linkdown one host's interface down, then up
 #   kill     SIGKILL of a collector, restarted
 #   stop     SIGSTOP of a collector, then SIGCONT
@@ -22,7 +25,8 @@
 #     passes, with no missing record and nothing declared lost;
 #   - no collector was evicted on reports alone.
 # It prints, per fault, the failovers it caused; a failover during `loss`
-# is a false one (the collector was alive) and is counted apart.
+# or `impair` is a false one (every collector was alive) and fails the seed
+# (issue 16: no false failover at 5 % loss).
 #
 # Each run prints the one-line command that reproduces it. Exit 0 when the
 # oracle holds. Needs root (namespaces, iptables) and openssl.
@@ -36,7 +40,7 @@ seeds=""
 faults=5
 rate=20000
 router_flows=20000
-fault_kinds="cut isolate split loss linkdown kill stop regkill expkill relaykill"
+fault_kinds="cut isolate split loss impair linkdown kill stop regkill expkill relaykill"
 while [ $# -gt 0 ]; do
   case "$1" in
     --seed) seeds="$2"; shift 2 ;;
@@ -56,9 +60,13 @@ fi
 
 say() { printf '%s  %s\n' "$(date +%T.%3N)" "$*"; }
 if [ -z "${POOLFLOW_BIN_DIR:-}" ]; then
-  cargo build --release --locked -q -p registrar -p collector -p exporter
+  cargo build --release --locked -q -p registrar -p collector -p exporter -p poolflow-tests --bins
 fi
 bin="${POOLFLOW_BIN_DIR:-$(pwd)/${CARGO_TARGET_DIR:-target}/release}"
+if [ ! -x "$bin/netem" ]; then
+  echo "nemesis: $bin/netem missing (cargo build -p poolflow-tests --bin netem)" >&2
+  exit 2
+fi
 
 # One seed: a fresh pool, the schedule, the oracle. Runs in a subshell so
 # each seed has its own namespaces and traps.
@@ -70,6 +78,7 @@ one_seed() ( # SEED
   source deploy/netns-hosts.sh
   # shellcheck source=deploy/netns-pool.sh
   source deploy/netns-pool.sh
+  NETNS_NETEM="$bin/netem" NETNS_NETEM_LOG="$run/netem.log" NETNS_NETEM_SEED=$seed
   cleanup() {
     for p in "${pid[@]}"; do kill -9 "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
@@ -130,6 +139,14 @@ journal_dir = \"$run/relay-journal\""
         partition r1 r2; hold; heal r1 r2 ;;
       loss) pick h r1 r2 c1 c2 c3 e1; say "fault $i: 5 % loss into $h"
         loss "$h" 5; hold; hold; heal_all ;;
+      impair) pick h r1 r2 c1 c2 c3 e1
+        say "fault $i: $h's link: 5 % loss, 50 ms ± 20 ms delay, 1 % duplicates"
+        impair "$h" 5 50ms 20ms 1; hold; hold; heal_all
+        impaired=$(tail -1 "$NETNS_NETEM_LOG")
+        say "  -> $impaired"
+        # Proof the fault was real: netem saw the traffic and dropped some.
+        [[ "$impaired" =~ queued\ ([0-9]+)\ dropped\ ([1-9][0-9]*) ]] ||
+          fail "netem did not impair $h: $impaired" ;;
       linkdown) pick h r1 r2 c1 c2 c3; say "fault $i: $h link down"
         link_down "$h"; hold; link_up "$h" ;;
       kill) pick c "${collectors[@]}"; say "fault $i: SIGKILL $c"
@@ -145,10 +162,12 @@ journal_dir = \"$run/relay-journal\""
         kill -9 "${pid[e2]}"; wait "${pid[e2]}" 2>/dev/null || true; hold; start_relay ;;
     esac
     caused=$(( $(failovers) - before ))
-    [ "$kind" = loss ] && false_failovers=$((false_failovers + caused))
+    case "$kind" in loss | impair) false_failovers=$((false_failovers + caused)) ;; esac
     say "  -> failovers during the fault: $caused"
   done
 
+  [ "$false_failovers" -eq 0 ] ||
+    fail "$false_failovers false failovers under loss (every collector was alive)"
   say "healing everything; waiting for both registrars to hold the three PEs"
   heal_all
   healed_at=$SECONDS
