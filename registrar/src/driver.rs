@@ -489,8 +489,17 @@ async fn pump_association(
                 None => break,
             },
             payload = outbound_rx.recv() => {
-                // `None`: the core dropped our sender, i.e. asked us to close.
-                let Some(payload) = payload else { break };
+                // `None`: the core dropped our sender, i.e. asked us to close:
+                // a misbehaving peer, or a PE dropped on a keep-alive timeout.
+                // ABORT, not SHUTDOWN: a PE that is alive after all (a lossy
+                // path delayed its Keep Alive Ack) learns now that it must
+                // register again, where a graceful close can hang on the very
+                // messages in flight and leave it out of the handlespace until
+                // its next re-registration (nemesis seed 11: 24 s).
+                let Some(payload) = payload else {
+                    association.sender().abort();
+                    break;
+                };
                 let message = transport::Message::new(0, ASAP_SCTP_PPID, payload);
                 if association.send(message).await.is_err() {
                     break;

@@ -172,7 +172,8 @@ pub enum Action {
         /// The encoded ASAP message.
         payload: Vec<u8>,
     },
-    /// Close (abort) an association: its peer misbehaves or its last PE died.
+    /// Abort an association (the driver sends an SCTP ABORT): its peer
+    /// misbehaves, or its last PE was dropped and must hear it at once.
     Close {
         /// The association.
         assoc: AssocId,

@@ -170,14 +170,14 @@ journal_dir = \"$run/relay-journal\""
     fail "$false_failovers false failovers under loss (every collector was alive)"
   say "healing everything; waiting for both registrars to hold the three PEs"
   heal_all
-  healed_at=$SECONDS
+  healed_ms=$(date +%s%3N)
   # Bounded at 120 s, and printed: 0-2 s since stale associations to a
   # restarted registrar end at its out-of-the-blue ABORT (RFC 9260 8.4);
   # ~45 s before.
   wait_for 120 "convergence of the handlespaces" converged 3 ||
     fail "handlespaces differ: r1 [$(handlespace r1)] r2 [$(handlespace r2)]"
-  converged_after=$((SECONDS - healed_at))
-  say "  -> handlespaces converged ${converged_after} s after healing"
+  converged_after=$(( $(date +%s%3N) - healed_ms ))
+  say "  -> handlespaces converged ${converged_after} ms after healing"
   say "stopping the exporter (SIGTERM: drain every record sent)"
   kill -TERM "${pid[e1]}"
   wait "${pid[e1]}" || fail "the exporter did not drain: $(tail -3 "$run/e1.out" "$run/e1.log")"
@@ -216,7 +216,7 @@ relayed = sum(d["records_present"] for d in relay)
 assert relayed >= int(sys.argv[4]), f"relay stored {relayed} of {sys.argv[4]} router flows"
 print(f"nemesis seed {sys.argv[2]}: PASS stream {stream[0]['records_present']} and relay {relayed} "
       f"records, missing 0, declared lost 0, benign duplicates {t['benign_duplicate_sequences']}, "
-      f"false failovers under loss {sys.argv[3]}, converged after {sys.argv[5]} s")
+      f"false failovers under loss {sys.argv[3]}, converged after {sys.argv[5]} ms")
 EOF
 )
 

@@ -569,6 +569,20 @@ impl AssociationSender {
         }
     }
 
+    /// Ends the association at once (SCTP ABORT, RFC 9260 section 9.1): nothing queued or
+    /// unacknowledged is delivered, and the peer learns immediately that the association is
+    /// gone, where a graceful close waits for every outstanding message both ways. For a peer
+    /// that must act now, e.g. a pool element its registrar has just dropped, which would
+    /// otherwise sit on a half-closed association until its next re-registration. SCTP over
+    /// UDP only; TCP and kernel SCTP close gracefully.
+    pub fn abort(&self) {
+        match &self.inner {
+            SenderInner::SctpOverUdp(sender) => sender.abort(),
+            SenderInner::Tcp(sender) => sender.close(),
+            SenderInner::KernelSctp(sender) => sender.close(),
+        }
+    }
+
     /// Messages sent on this association that the peer has acknowledged, counted from the
     /// first, in sending order: after [`Event::Down`] it tells how many of them the peer
     /// holds. SCTP over UDP counts SACKed DATA (a message abandoned under PR-SCTP counts

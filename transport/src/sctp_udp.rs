@@ -70,6 +70,9 @@ enum Command {
     Close {
         id: AppId,
     },
+    Abort {
+        id: AppId,
+    },
     ResumeReceive {
         id: AppId,
     },
@@ -117,6 +120,10 @@ impl SctpSender {
 
     pub(crate) fn close(&self) {
         let _ = self.commands.send(Command::Close { id: self.shared.id });
+    }
+
+    pub(crate) fn abort(&self) {
+        let _ = self.commands.send(Command::Abort { id: self.shared.id });
     }
 
     pub(crate) fn acknowledged_messages(&self) -> u64 {
@@ -820,6 +827,22 @@ impl Driver {
                         let _ = entry.proto.close();
                     }
                     self.dirty.insert(handle);
+                }
+            }
+            Command::Abort { id } => {
+                let Some(&handle) = self.routes.get(&id) else {
+                    return;
+                };
+                if let Some(entry) = self.entries.get_mut(&handle) {
+                    // RFC 9260 section 9.1: the peer learns at once that the association
+                    // is gone; nothing queued is delivered. Without a verification tag
+                    // yet (no handshake answer) there is nobody to tell.
+                    if let Some(wire) = entry.wire {
+                        self.outgoing
+                            .push((Bytes::from(sctp_wire::abort_packet(&wire)), entry.remote));
+                    }
+                    entry.aborted_locally = true;
+                    self.finish(handle, Event::Down(DownReason::Local));
                 }
             }
             Command::ResumeReceive { id } => {

@@ -742,6 +742,51 @@ async fn tcp_server_close_reaches_the_client() {
     server_close_reaches_the_client(config(TransportKind::Tcp)).await;
 }
 
+/// An abort ends the association on both sides at once, even with the peer's message
+/// unread (a graceful close would first deliver it both ways): what a registrar does to a
+/// pool element it dropped, so the element hunts for a registrar now, not at its next
+/// re-registration. RFC timers, so failure detection cannot be what ends it in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sctp_udp_abort_ends_the_association_on_both_sides_at_once() {
+    let config = Config::default();
+    let mut endpoint = Endpoint::bind(config.clone(), loopback()).await.unwrap();
+    let mut client = tokio::time::timeout(STEP, connect(config, endpoint.local_addr()))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut server = tokio::time::timeout(STEP, endpoint.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    expect_up(&mut client).await;
+    expect_up(&mut server).await;
+    client
+        .send(Message::new(0, 11, vec![1u8; 64]))
+        .await
+        .unwrap();
+    server.sender().abort();
+    assert_eq!(
+        next_event(&mut client).await,
+        Event::Down(DownReason::Aborted),
+        "the client must hear the ABORT"
+    );
+    // The server's own handle ends too, whatever it had not read yet.
+    let last = loop {
+        match next_event(&mut server).await {
+            Event::Message(_) => continue,
+            other => break other,
+        }
+    };
+    assert_eq!(last, Event::Down(DownReason::Local));
+    assert!(
+        client
+            .send(Message::new(0, 11, vec![2u8; 8]))
+            .await
+            .is_err(),
+        "nothing can be sent on an aborted association"
+    );
+}
+
 /// A peer that restarted (a new process on the same port, with no state) answers the
 /// packets of our stale association with an ABORT (RFC 9260 section 8.4), so the
 /// association ends at the next packet instead of after the retransmission timers, which
