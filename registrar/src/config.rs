@@ -263,6 +263,13 @@ pub struct TransportTuning {
     /// SCTP heartbeat interval (ignored with fast_failure_detection).
     #[serde(with = "daemon_common::duration::serde")]
     pub heartbeat_interval: Duration,
+    /// Without fast_failure_detection: bound the SCTP RTO to 50-400 ms
+    /// (`transport::Config::lan_retransmission`), so a Keep Alive or its Ack
+    /// lost once is resent well inside `timers.keep_alive_timeout` instead
+    /// of after RFC 9260's RTO.Min of 1 s, which a sub-second keep-alive
+    /// timeout would take for a dead PE. false: RFC timers, for PEs across a
+    /// WAN whose round trip nears 400 ms.
+    pub lan_retransmission: bool,
 }
 
 impl Default for TransportTuning {
@@ -270,6 +277,7 @@ impl Default for TransportTuning {
         Self {
             fast_failure_detection: false,
             heartbeat_interval: Duration::from_secs(30),
+            lan_retransmission: true,
         }
     }
 }

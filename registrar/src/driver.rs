@@ -111,7 +111,11 @@ impl Registrar {
         } else {
             transport::Config {
                 heartbeat_interval: config.transport.heartbeat_interval,
-                ..transport::Config::default()
+                ..if config.transport.lan_retransmission {
+                    transport::Config::lan_retransmission(TransportKind::Tcp)
+                } else {
+                    transport::Config::default()
+                }
             }
         };
         transport_config.sctp_port = config.listen.sctp_port;
