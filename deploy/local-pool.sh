@@ -177,7 +177,11 @@ wait_events() { # PATTERN COUNT WHAT
 sleep $(( secs / 3 < 1 ? 1 : secs / 3 > 3 ? 3 : secs / 3 ))
 for k in $(seq "$kills"); do
   if [ "$k" -gt 1 ]; then
-    wait_events FAILBACK "$((k - 1))" "failback $((k - 1))"
+    # "reason=Failback" (ANSI colours may sit before Failback): streaming
+    # to the primary again. "FAILBACK" comes
+    # earlier, when the drain of the backup starts, which on a lossy path
+    # takes seconds: a kill then would hit a primary not yet streamed to.
+    wait_events "[=m]Failback" "$((k - 1))" "failback $((k - 1))"
     sleep 0.5 # the stream settles on the primary before the next kill
   fi
   say "SIGKILL the primary collector mid-stream$([ "$kills" -gt 1 ] && echo " ($k of $kills)")"
