@@ -7,6 +7,11 @@
 //! tagged with the registrar index and a generation number, so events of an
 //! association the state machine already gave up on are dropped.
 //!
+//! With [`AnnounceListenConfig`] the driver also owns a UDP socket on the
+//! Server Announce address (RSPLIB's 239.0.0.50:3863 by default) and feeds
+//! its datagrams to a [`ServerTable`]; the registrars learnt there join the
+//! state machine's hunt through `Input::Registrars`.
+//!
 //! ASAP messages travel on stream 0 with PPID
 //! [`protocol::rserpool::ASAP_SCTP_PPID`] (11); over TCP the transport's
 //! framing carries the PPID too.
@@ -23,12 +28,11 @@ use tokio::task::JoinHandle;
 use transport::{AssociationSender, Event, TransportKind};
 
 use crate::RegistrarIndex;
-use crate::pool_element::{
-    ConfigError, MemberCredentials, PeState, PoolElement, PoolElementConfig,
-};
 use crate::pool_element::{Input as PeInput, Output as PeOutput, RegistrationFailure};
+use crate::pool_element::{MemberCredentials, PeState, PoolElement, PoolElementConfig};
 use crate::pool_user::{CacheMiss, PoolElementInfo, PoolUser, PoolUserConfig};
 use crate::pool_user::{Input as PuInput, Output as PuOutput, ResolutionError};
+use crate::server_table::{AnnounceOutcome, ServerTable, ServerTableConfig};
 
 /// How to reach a registrar. UDP is never used towards registrars (working
 /// group decision): SCTP (over UDP, RFC 6951, or the kernel's) or TCP only.
@@ -164,7 +168,7 @@ enum LinkInput {
     Down(RegistrarIndex),
 }
 
-/// The associations to the registrars of the static list.
+/// The associations to the registrars of the server table, by slot.
 struct Links {
     registrars: Vec<RegistrarAddress>,
     transport: transport::Config,
@@ -188,6 +192,25 @@ impl Links {
             events_tx,
         };
         (links, events_rx)
+    }
+
+    /// Points `slot` at `address`: a new slot (the next one) for a newly
+    /// announced registrar, or an expired one the table reused. A reused
+    /// slot's association, if any, is closed and reported down like any
+    /// other, so a state machine still using it hunts instead of talking
+    /// to a registrar that is no longer there.
+    fn set_address(&mut self, slot: RegistrarIndex, address: RegistrarAddress) {
+        if slot == self.registrars.len() {
+            self.registrars.push(address);
+            self.senders.push(None);
+            self.generations.push(0);
+        } else {
+            self.close(slot);
+            self.registrars[slot] = address;
+            let _ = self
+                .events_tx
+                .try_send(LinkEvent::Down(slot, self.generations[slot]));
+        }
     }
 
     fn connect(&mut self, registrar: RegistrarIndex) {
@@ -284,6 +307,137 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 // ---------------------------------------------------------------------------
+// Server Announces
+// ---------------------------------------------------------------------------
+
+/// Where and how a PE or PU listens for ASAP Server Announces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnnounceListenConfig {
+    /// A multicast group and port (joined on the interface the kernel's
+    /// route to the group picks), or a unicast address to bind.
+    pub address: SocketAddr,
+    /// What the server table accepts from announces.
+    pub table: ServerTableConfig,
+}
+
+impl AnnounceListenConfig {
+    /// From the daemons' config keys: `address` ("239.0.0.50:3863"), how
+    /// announced SCTP transports are reached (`sctp`: "sctp" for SCTP over
+    /// UDP, "kernel-sctp", or "none" to skip them) and how long an announced
+    /// registrar stays a candidate without a new announce.
+    pub fn from_settings(
+        address: &str,
+        sctp: &str,
+        entry_lifetime: std::time::Duration,
+    ) -> anyhow::Result<Self> {
+        let address: SocketAddr = address
+            .parse()
+            .map_err(|e| anyhow!("`{address}` is not an address:port ({e})"))?;
+        let sctp = match sctp {
+            "sctp" => Some(crate::server_table::AnnouncedSctp::OverUdp),
+            "kernel-sctp" => Some(crate::server_table::AnnouncedSctp::Kernel),
+            "none" => None,
+            other => anyhow::bail!("`{other}` is none of sctp, kernel-sctp, none"),
+        };
+        anyhow::ensure!(
+            !entry_lifetime.is_zero(),
+            "the announced registrars' lifetime must be positive"
+        );
+        Ok(Self {
+            address,
+            table: ServerTableConfig {
+                entry_lifetime,
+                sctp,
+                ..ServerTableConfig::default()
+            },
+        })
+    }
+}
+
+/// The announce socket and the table it feeds.
+struct Announces {
+    socket: tokio::net::UdpSocket,
+    table: ServerTable,
+    buffer: Vec<u8>,
+}
+
+impl Announces {
+    fn bind(
+        config: Option<AnnounceListenConfig>,
+        static_count: usize,
+    ) -> anyhow::Result<Option<Self>> {
+        let Some(config) = config else {
+            return Ok(None);
+        };
+        let socket = transport::multicast::bind_receiver(config.address)
+            .with_context(|| format!("listening for Server Announces on {}", config.address))?;
+        tracing::info!(address = %config.address, "ASAP: listening for Server Announces");
+        Ok(Some(Self {
+            socket,
+            table: ServerTable::new(config.table, static_count),
+            // Larger than any announce worth reading; longer ones are cut
+            // and then refused as malformed.
+            buffer: vec![0; 65_536],
+        }))
+    }
+
+    /// Handles one datagram; the new candidate list if it changed.
+    fn on_datagram(
+        &mut self,
+        len: usize,
+        source: SocketAddr,
+        links: &mut Links,
+    ) -> Option<Vec<bool>> {
+        let now = Instant::now();
+        match self.table.on_announce(now, &self.buffer[..len], source) {
+            Ok(outcome) => {
+                metrics::counter!("poolflow_asap_server_announces_total", "outcome" => "accepted")
+                    .increment(1);
+                let slot = outcome.slot();
+                let registrar = *self.table.announced(slot)?;
+                if matches!(outcome, AnnounceOutcome::Learned(_)) {
+                    links.set_address(slot, registrar.address);
+                }
+                if !outcome.changes_candidates() {
+                    return None;
+                }
+                tracing::info!(
+                    slot,
+                    %source,
+                    server_identifier = format_args!("{:#010x}", registrar.server_identifier),
+                    addr = %registrar.address.addr,
+                    transport = ?registrar.address.transport,
+                    from_source_address = registrar.from_source_address,
+                    "ASAP: registrar learnt from its Server Announce"
+                );
+                Some(self.table.availability(now))
+            }
+            Err(error) => {
+                metrics::counter!("poolflow_asap_server_announces_total", "outcome" => error.reason())
+                    .increment(1);
+                tracing::warn!(%source, reason = error.reason(), %error, "ASAP: Server Announce refused");
+                None
+            }
+        }
+    }
+}
+
+/// Receives the next announce datagram; never returns without a socket.
+async fn next_announce(announces: &mut Option<Announces>) -> std::io::Result<(usize, SocketAddr)> {
+    match announces {
+        Some(announces) => announces.socket.recv_from(&mut announces.buffer).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// When the next announced registrar expires, if any.
+fn announce_expiry(announces: &Option<Announces>) -> Option<Instant> {
+    announces
+        .as_ref()
+        .and_then(|a| a.table.poll_timeout(Instant::now()))
+}
+
+// ---------------------------------------------------------------------------
 // Pool element
 // ---------------------------------------------------------------------------
 
@@ -296,6 +450,8 @@ pub struct PoolElementDriverConfig {
     pub registrars: Vec<RegistrarAddress>,
     /// Transport settings (timers); kind and SCTP port come per registrar.
     pub transport: transport::Config,
+    /// Also learn registrars from Server Announces.
+    pub announce_listen: Option<AnnounceListenConfig>,
 }
 
 /// Registration status of a running PE, as [`PoolElementHandle`] sees it.
@@ -380,12 +536,15 @@ impl PoolElementHandle {
 }
 
 /// Starts a PE driver: connects to the first registrar and registers.
-pub fn spawn_pool_element(
-    config: PoolElementDriverConfig,
-) -> Result<PoolElementHandle, ConfigError> {
+/// Fails on a configuration the PE cannot run with
+/// ([`ConfigError`](crate::pool_element::ConfigError)) or an
+/// announce address it cannot listen on. Must run inside a tokio runtime.
+pub fn spawn_pool_element(config: PoolElementDriverConfig) -> anyhow::Result<PoolElementHandle> {
     let mut pe_config = config.pool_element;
     pe_config.registrar_count = config.registrars.len();
+    pe_config.registrars_announced = config.announce_listen.is_some();
     let pool_element = PoolElement::new(pe_config)?;
+    let announces = Announces::bind(config.announce_listen, config.registrars.len())?;
     let (links, events) = Links::new(config.registrars, config.transport);
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
     let (policy_tx, policy_rx) = mpsc::unbounded_channel();
@@ -393,6 +552,7 @@ pub fn spawn_pool_element(
     let task = tokio::spawn(run_pool_element(
         pool_element,
         links,
+        announces,
         events,
         shutdown_rx,
         policy_rx,
@@ -409,6 +569,7 @@ pub fn spawn_pool_element(
 async fn run_pool_element(
     mut pe: PoolElement,
     mut links: Links,
+    mut announces: Option<Announces>,
     mut events: mpsc::Receiver<LinkEvent>,
     mut shutdown_rx: oneshot::Receiver<()>,
     mut policy_rx: mpsc::UnboundedReceiver<PeInput>,
@@ -419,6 +580,7 @@ async fn run_pool_element(
     }
     let mut shutdown_requested = false;
     loop {
+        let expiry = announce_expiry(&announces);
         let input = tokio::select! {
             event = events.recv() => {
                 // `links` holds a sender, so the channel never closes.
@@ -437,6 +599,23 @@ async fn run_pool_element(
             }
             Some(update) = policy_rx.recv() => update,
             () = sleep_until(pe.poll_timeout()) => PeInput::Timer,
+            received = next_announce(&mut announces) => {
+                let Some(table) = announces.as_mut() else { continue };
+                match received {
+                    Ok((len, source)) => match table.on_datagram(len, source, &mut links) {
+                        Some(available) => PeInput::Registrars(available),
+                        None => continue,
+                    },
+                    Err(error) => {
+                        tracing::warn!(%error, "ASAP: Server Announce socket error");
+                        continue;
+                    }
+                }
+            }
+            () = sleep_until(expiry) => {
+                let Some(table) = announces.as_ref() else { continue };
+                PeInput::Registrars(table.table.availability(Instant::now()))
+            }
         };
         if let Some(last) = step_pool_element(&mut pe, &mut links, &status_tx, input).await {
             return last;
@@ -512,6 +691,8 @@ pub struct PoolUserDriverConfig {
     pub registrars: Vec<RegistrarAddress>,
     /// Transport settings (timers); kind and SCTP port come per registrar.
     pub transport: transport::Config,
+    /// Also learn registrars from Server Announces.
+    pub announce_listen: Option<AnnounceListenConfig>,
 }
 
 type Reply<T> = oneshot::Sender<T>;
@@ -541,13 +722,24 @@ pub struct PoolUserClient {
 impl PoolUserClient {
     /// Starts the PU driver task. Registrars are connected on first use.
     pub fn new(config: PoolUserDriverConfig) -> anyhow::Result<Self> {
-        anyhow::ensure!(!config.registrars.is_empty(), "no registrars configured");
+        anyhow::ensure!(
+            !config.registrars.is_empty() || config.announce_listen.is_some(),
+            "no registrars configured and none to be learnt from Server Announces"
+        );
         let mut pu_config = config.pool_user;
         pu_config.registrar_count = config.registrars.len();
+        pu_config.registrars_announced = config.announce_listen.is_some();
         let pool_user = PoolUser::new(pu_config);
+        let announces = Announces::bind(config.announce_listen, config.registrars.len())?;
         let (links, events) = Links::new(config.registrars, config.transport);
         let (commands, commands_rx) = mpsc::channel(64);
-        tokio::spawn(run_pool_user(pool_user, links, events, commands_rx));
+        tokio::spawn(run_pool_user(
+            pool_user,
+            links,
+            announces,
+            events,
+            commands_rx,
+        ));
         Ok(Self { commands })
     }
 
@@ -642,11 +834,13 @@ type ResolveWaiters =
 async fn run_pool_user(
     mut pu: PoolUser,
     mut links: Links,
+    mut announces: Option<Announces>,
     mut events: mpsc::Receiver<LinkEvent>,
     mut commands: mpsc::Receiver<PuCommand>,
 ) {
     let mut waiters: ResolveWaiters = HashMap::new();
     loop {
+        let expiry = announce_expiry(&announces);
         let input = tokio::select! {
             command = commands.recv() => {
                 let Some(command) = command else { return };
@@ -682,6 +876,23 @@ async fn run_pool_user(
                 }
             }
             () = sleep_until(pu.poll_timeout()) => PuInput::Timer,
+            received = next_announce(&mut announces) => {
+                let Some(table) = announces.as_mut() else { continue };
+                match received {
+                    Ok((len, source)) => match table.on_datagram(len, source, &mut links) {
+                        Some(available) => PuInput::Registrars(available),
+                        None => continue,
+                    },
+                    Err(error) => {
+                        tracing::warn!(%error, "ASAP: Server Announce socket error");
+                        continue;
+                    }
+                }
+            }
+            () = sleep_until(expiry) => {
+                let Some(table) = announces.as_ref() else { continue };
+                PuInput::Registrars(table.table.availability(Instant::now()))
+            }
         };
         for output in pu.on_event(Instant::now(), input) {
             match output {

@@ -7,11 +7,15 @@
 //!   Unreachable reports, server hunt, Preferred Primary failback detection.
 //! * [`asap_endpoint`]: the PE's own ASAP endpoint, where a registrar that
 //!   took the PE over (RFC 5353) sends its Home keep-alives.
+//! * [`server_table`]: sans-IO server table: the static registrars plus
+//!   those learnt from ASAP Server Announces, which expire when the
+//!   announces stop (RFC 5352 §3.6).
 //! * [`driver`]: thin tokio drivers running those state machines over the
 //!   `transport` crate (SCTP over UDP or TCP to the registrars).
 //!
-//! Both state machines address registrars by their index in the configured
-//! static list ([`RegistrarIndex`]); only the driver knows addresses. Time is
+//! Both state machines address registrars by their slot in the server table
+//! ([`RegistrarIndex`]: the static list first, announced registrars after);
+//! only the driver knows addresses. Time is
 //! passed in (`now`), never read, so tests drive them with a fake clock.
 
 #![warn(missing_docs)]
@@ -20,18 +24,21 @@ pub mod asap_endpoint;
 pub mod driver;
 pub mod pool_element;
 pub mod pool_user;
+pub mod server_table;
 
 use policies::{PolicyError, PolicyParams};
 use protocol::rserpool::SelectionPolicy;
 
 pub use driver::{
-    PoolElementDriverConfig, PoolElementHandle, PoolUserClient, PoolUserDriverConfig,
-    RegistrarAddress, RegistrarTransport, spawn_pool_element,
+    AnnounceListenConfig, PoolElementDriverConfig, PoolElementHandle, PoolUserClient,
+    PoolUserDriverConfig, RegistrarAddress, RegistrarTransport, spawn_pool_element,
 };
 pub use pool_element::{MemberCredentials, PoolElement, PoolElementConfig};
 pub use pool_user::{PoolElementInfo, PoolUser, PoolUserConfig};
+pub use server_table::{AnnouncedSctp, ServerTable, ServerTableConfig};
 
-/// Position of a registrar in the configured static registrar list.
+/// Slot of a registrar in the server table: the configured static list
+/// first, then registrars learnt from Server Announces (stable once given).
 pub type RegistrarIndex = usize;
 
 /// The Pool Member Selection Policy parameter of the codec for `params`.

@@ -1,8 +1,10 @@
 //! Sans-IO Pool Element (RFC 5352 §3.1–§3.3, §3.5, §3.6).
 //!
 //! One [`PoolElement`] registers one PE in one pool with one home registrar
-//! at a time, chosen from a static list (no multicast announces: static
-//! setups are what poolflow deploys).
+//! at a time, chosen from its server table: the static list (slots
+//! `0..registrar_count`) and, when the driver listens for ASAP Server
+//! Announces, the registrars learnt from them (later slots, see
+//! [`crate::server_table`]), which come and go with [`Input::Registrars`].
 //!
 //! # Transports in the registration
 //!
@@ -75,6 +77,9 @@ pub struct PoolElementConfig {
     pub reregistration_interval: Duration,
     /// Number of registrars in the static list.
     pub registrar_count: usize,
+    /// Registrars may also be learnt from Server Announces: the static list
+    /// may then be empty (the PE waits for an announce).
+    pub registrars_announced: bool,
     /// T2-registration: wait for a Registration Response.
     pub registration_timeout: Duration,
     /// MAX-REG-ATTEMPT: Registrations sent to one registrar before hunting.
@@ -121,6 +126,7 @@ impl PoolElementConfig {
             registration_lifetime: Some(Duration::from_secs(300)),
             reregistration_interval: Duration::from_secs(200),
             registrar_count,
+            registrars_announced: false,
             registration_timeout: Duration::from_secs(30),
             max_registration_attempts: 2,
             deregistration_timeout: Duration::from_secs(2),
@@ -132,7 +138,7 @@ impl PoolElementConfig {
 
     /// Checks what the state machine relies on.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.registrar_count == 0 {
+        if self.registrar_count == 0 && !self.registrars_announced {
             return Err(ConfigError::NoRegistrars);
         }
         let addresses = self.user_transport.addresses.len();
@@ -206,6 +212,10 @@ pub enum Input {
     /// New membership credentials (reissued certificate, rotated key):
     /// re-registered at once when registered.
     UpdateMembership(Option<Box<MemberCredentials>>),
+    /// The server table changed: per registrar slot, whether it is a
+    /// candidate now (static slots always are; an announced registrar stops
+    /// being one when its announces stop). Slots are only ever added.
+    Registrars(Vec<bool>),
 }
 
 /// What the PE asks the driver to do, or reports.
@@ -300,7 +310,8 @@ pub enum PeState {
         /// Home registrar.
         registrar: RegistrarIndex,
     },
-    /// Between hunt rounds: every registrar failed once.
+    /// Between hunt rounds: every registrar failed once, or there is no
+    /// candidate registrar yet (then until [`Input::Registrars`] brings one).
     HuntPause,
     /// Deregistration sent, waiting (bounded) for the response.
     Deregistering {
@@ -334,6 +345,8 @@ pub struct PoolElement {
     /// Wall clock at an instant, set by the driver: membership proofs are
     /// timestamped in Unix time.
     wall_clock: Option<(Instant, Duration)>,
+    /// Per registrar slot: a candidate for the hunt.
+    available: Vec<bool>,
 }
 
 impl PoolElement {
@@ -341,7 +354,6 @@ impl PoolElement {
     pub fn new(config: PoolElementConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         Ok(Self {
-            config,
             state: PeState::Idle,
             deadline: None,
             attempts: 0,
@@ -349,6 +361,8 @@ impl PoolElement {
             home_server_identifier: 0,
             next_registrar: 0,
             wall_clock: None,
+            available: vec![true; config.registrar_count],
+            config,
         })
     }
 
@@ -417,6 +431,7 @@ impl PoolElement {
                     self.send_registration(now, registrar, &mut out);
                 }
             }
+            Input::Registrars(available) => self.on_registrars(now, available, &mut out),
             Input::UpdatePolicy(policy) => {
                 if policy.policy_type() != self.config.policy.policy_type() {
                     tracing::warn!(
@@ -451,9 +466,50 @@ impl PoolElement {
         }
     }
 
+    fn on_registrars(&mut self, now: Instant, available: Vec<bool>, out: &mut Vec<Output>) {
+        let newly_available = available
+            .iter()
+            .enumerate()
+            .any(|(slot, &live)| live && !self.available.get(slot).copied().unwrap_or(false));
+        // Slots never go away: a shorter list keeps the slots it omits.
+        for (slot, live) in available.into_iter().enumerate() {
+            match self.available.get_mut(slot) {
+                Some(known) => *known = live,
+                None => self.available.push(live),
+            }
+        }
+        // A registrar that just appeared ends a hunt pause at once: the
+        // pause is there to stop hammering registrars that failed, and this
+        // one has not.
+        if newly_available && self.state == PeState::HuntPause {
+            self.failures_in_round = 0;
+            self.connect_next(now, out);
+        }
+    }
+
+    /// Where the hunt resumes after `registrar`. Not wrapped here: the
+    /// table may grow before the next connect, which wraps over its size
+    /// then (a slot added behind the last one is next, not skipped).
+    fn slot_after(&self, registrar: RegistrarIndex) -> RegistrarIndex {
+        registrar + 1
+    }
+
+    fn candidate_count(&self) -> usize {
+        self.available.iter().filter(|&&live| live).count()
+    }
+
     fn connect_next(&mut self, now: Instant, out: &mut Vec<Output>) {
-        let registrar = self.next_registrar;
-        self.next_registrar = (registrar + 1) % self.config.registrar_count;
+        let slots = self.available.len();
+        let Some(registrar) = (0..slots)
+            .map(|step| (self.next_registrar + step) % slots)
+            .find(|&slot| self.available[slot])
+        else {
+            // Nothing to ask yet (only announced registrars, none heard).
+            self.state = PeState::HuntPause;
+            self.deadline = None;
+            return;
+        };
+        self.next_registrar = self.slot_after(registrar);
         self.attempts = 0;
         self.state = PeState::Connecting { registrar };
         self.deadline = Some(now + self.config.connect_timeout);
@@ -469,7 +525,7 @@ impl PoolElement {
         }
         self.home_server_identifier = 0;
         self.failures_in_round += 1;
-        if self.failures_in_round >= self.config.registrar_count {
+        if self.failures_in_round >= self.candidate_count() {
             self.failures_in_round = 0;
             self.state = PeState::HuntPause;
             self.deadline = Some(now + self.config.server_hunt_pause);
@@ -600,7 +656,7 @@ impl PoolElement {
                     self.failures_in_round = 0;
                     self.attempts = 0;
                     // Hunting restarts from the registrar after this one.
-                    self.next_registrar = (registrar + 1) % self.config.registrar_count;
+                    self.next_registrar = self.slot_after(registrar);
                     self.state = PeState::Registered { registrar };
                     self.deadline = Some(now + self.config.effective_reregistration_interval());
                     out.push(Output::Registered { registrar });
@@ -699,7 +755,7 @@ impl PoolElement {
         self.home_server_identifier = server_identifier;
         self.failures_in_round = 0;
         self.attempts = 0;
-        self.next_registrar = (registrar + 1) % self.config.registrar_count;
+        self.next_registrar = self.slot_after(registrar);
         out.push(Output::Registered { registrar });
     }
 

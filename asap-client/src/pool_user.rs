@@ -20,13 +20,16 @@
 //! Requests go to the current registrar. If its association fails, cannot
 //! be established within [`PoolUserConfig::connect_timeout`], or a request
 //! gets no answer within [`PoolUserConfig::request_timeout`] (T1-ENRPrequest),
-//! the PU closes it, moves to the next registrar of the static list and
+//! the PU closes it, moves to the next registrar of its server table (the
+//! static list, then registrars learnt from Server Announces while they keep
+//! announcing, see [`crate::server_table`] and [`Input::Registrars`]) and
 //! sends everything outstanding there. Over SCTP and TCP a request is not
 //! lost in transit, so no retransmission goes to the same registrar
 //! (MAX-REQUEST-RETRANSMIT is spent on other registrars instead). A request
 //! that every registrar failed fails with
 //! [`ResolutionError::NoRegistrarAnswered`]; the stale cache entry, if any,
-//! stays readable through [`PoolUser::cached`].
+//! stays readable through [`PoolUser::cached`]; so does one asked while the
+//! table holds no candidate at all.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -42,6 +45,9 @@ use crate::{RegistrarIndex, params_from_selection_policy};
 pub struct PoolUserConfig {
     /// Number of registrars in the static list.
     pub registrar_count: usize,
+    /// Registrars may also be learnt from Server Announces: the static list
+    /// may then be empty.
+    pub registrars_announced: bool,
     /// `stale.cache.value`: how long a resolution stays fresh.
     pub cache_lifetime: Duration,
     /// T1-ENRPrequest: wait for a Handle Resolution Response.
@@ -61,6 +67,7 @@ impl PoolUserConfig {
     pub fn new(registrar_count: usize) -> Self {
         Self {
             registrar_count,
+            registrars_announced: false,
             cache_lifetime: Duration::from_secs(30),
             request_timeout: Duration::from_secs(15),
             connect_timeout: Duration::from_secs(10),
@@ -126,6 +133,9 @@ pub enum Input {
     Message(RegistrarIndex, Vec<u8>),
     /// [`PoolUser::poll_timeout`] has passed.
     Timer,
+    /// The server table changed: per registrar slot, whether it is a
+    /// candidate now (static slots always are). Slots are only ever added.
+    Registrars(Vec<bool>),
 }
 
 /// What the PU asks the driver to do, or reports.
@@ -179,7 +189,7 @@ pub enum ResolutionError {
     /// The pool exists but has no PE this PU can use.
     #[error("pool has no usable pool elements")]
     NoPoolElements,
-    /// Every registrar of the list failed or stayed silent.
+    /// Every candidate registrar failed or stayed silent, or there was none.
     #[error("no registrar answered the handle resolution")]
     NoRegistrarAnswered,
 }
@@ -238,15 +248,22 @@ pub struct PoolUser {
     /// Registrar to use next (current one while the link is up).
     registrar: RegistrarIndex,
     outstanding: Vec<Outstanding>,
+    /// Per registrar slot: a candidate for requests.
+    available: Vec<bool>,
     cache: HashMap<PoolHandle, CacheEntry>,
     seed_counter: u64,
 }
 
 impl PoolUser {
-    /// Creates the PU. Panics if `registrar_count` is 0 (nothing to ask).
+    /// Creates the PU. Panics if `registrar_count` is 0 and no registrar
+    /// can be announced either (nothing to ask, ever).
     pub fn new(config: PoolUserConfig) -> Self {
-        assert!(config.registrar_count > 0, "a pool user needs registrars");
+        assert!(
+            config.registrar_count > 0 || config.registrars_announced,
+            "a pool user needs registrars"
+        );
         Self {
+            available: vec![true; config.registrar_count],
             config,
             link: Link::Down,
             registrar: 0,
@@ -353,6 +370,15 @@ impl PoolUser {
                 }
             }
             Input::Timer => self.on_timer(now, &mut out),
+            Input::Registrars(available) => {
+                // Slots never go away: a shorter list keeps the others.
+                for (slot, live) in available.into_iter().enumerate() {
+                    match self.available.get_mut(slot) {
+                        Some(known) => *known = live,
+                        None => self.available.push(live),
+                    }
+                }
+            }
         }
         out
     }
@@ -446,8 +472,31 @@ impl PoolUser {
         }
     }
 
+    fn candidate_count(&self) -> usize {
+        self.available.iter().filter(|&&live| live).count()
+    }
+
     fn connect(&mut self, now: Instant, out: &mut Vec<Output>) {
-        let registrar = self.registrar;
+        let slots = self.available.len();
+        let Some(registrar) = (0..slots)
+            .map(|step| (self.registrar + step) % slots)
+            .find(|&slot| self.available[slot])
+        else {
+            // No candidate (only announced registrars, none heard): fail
+            // now rather than hold the caller until one shows up.
+            for item in self.outstanding.drain(..) {
+                if let Some(pool_handle) = item.resolving {
+                    out.push(Output::ResolutionFailed {
+                        pool_handle,
+                        error: ResolutionError::NoRegistrarAnswered,
+                    });
+                } else {
+                    tracing::warn!("ASAP PU: Endpoint Unreachable report dropped, no registrar");
+                }
+            }
+            return;
+        };
+        self.registrar = registrar;
         self.link = Link::Connecting {
             registrar,
             deadline: now + self.config.connect_timeout,
@@ -498,8 +547,9 @@ impl PoolUser {
             out.push(Output::Close { registrar });
         }
         self.link = Link::Down;
-        self.registrar = (self.registrar + 1) % self.config.registrar_count;
-        let registrar_count = self.config.registrar_count;
+        // Wrapped by `connect` over the table's size then (it may grow).
+        self.registrar += 1;
+        let registrar_count = self.candidate_count();
         let mut kept = Vec::with_capacity(self.outstanding.len());
         for mut item in self.outstanding.drain(..) {
             item.registrars_failed += 1;

@@ -190,6 +190,7 @@ async fn register_resolve_report_deregister(kind: TransportKind, dead_first: boo
         pool_element: pe_config,
         registrars: registrars.clone(),
         transport: transport_config(kind),
+        announce_listen: None,
     })
     .unwrap();
 
@@ -214,6 +215,7 @@ async fn register_resolve_report_deregister(kind: TransportKind, dead_first: boo
         pool_user: pu_config,
         registrars,
         transport: transport_config(kind),
+        announce_listen: None,
     })
     .unwrap();
     let pool = tokio::time::timeout(STEP, pu.resolve(&handle))

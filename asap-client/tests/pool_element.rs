@@ -645,3 +645,90 @@ fn membership_proofs_sign_registration_and_deregistration() {
         )
         .expect("deregistration proof verifies");
 }
+
+/// Only announced registrars: nothing to connect to until the server table
+/// has a candidate; then the hunt walks the candidates and skips the slots
+/// whose announces stopped.
+#[test]
+fn announced_registrars_join_and_leave_the_hunt() {
+    let t0 = Instant::now();
+    let mut announced_only = config(0);
+    announced_only.registrars_announced = true;
+    let mut pe = PoolElement::new(announced_only).unwrap();
+    assert_eq!(pe.on_event(t0, Input::Start), vec![]);
+    assert_eq!(pe.state(), PeState::HuntPause);
+    assert_eq!(
+        pe.poll_timeout(),
+        None,
+        "waits for an announce, not a timer"
+    );
+    // The first announce: registrar slot 0 appears and is tried at once.
+    assert_eq!(
+        pe.on_event(t0, Input::Registrars(vec![true])),
+        vec![Output::Connect { registrar: 0 }]
+    );
+    // It fails; a second announced registrar appears, the first expires.
+    let t1 = t0 + Duration::from_millis(100);
+    let out = pe.on_event(t1, Input::AssociationDown(0));
+    assert_eq!(out, vec![Output::Close { registrar: 0 }]);
+    assert_eq!(pe.state(), PeState::HuntPause);
+    assert_eq!(
+        pe.on_event(t1, Input::Registrars(vec![false, true])),
+        vec![Output::Connect { registrar: 1 }]
+    );
+    // Registrar 1 fails too: the round (one candidate) is over, pause; after
+    // the pause the expired slot 0 is skipped.
+    let out = pe.on_event(t1, Input::AssociationDown(1));
+    assert_eq!(out, vec![Output::Close { registrar: 1 }]);
+    let after_pause = pe.poll_timeout().expect("hunt pause");
+    assert_eq!(
+        pe.on_event(after_pause, Input::Timer),
+        vec![Output::Connect { registrar: 1 }]
+    );
+    let out = pe.on_event(after_pause, Input::AssociationUp(1));
+    assert!(matches!(
+        sent_to(&out, 1)[..],
+        [Message::Registration { .. }]
+    ));
+    let out = pe.on_event(after_pause, Input::Message(1, accept(PE_ID)));
+    assert_eq!(out, vec![Output::Registered { registrar: 1 }]);
+}
+
+/// A static registrar stays first in the hunt; an announced one is tried
+/// after it, and a refresh of the table while registered changes nothing.
+#[test]
+fn static_registrars_are_tried_alongside_announced_ones() {
+    let t0 = Instant::now();
+    let mut pe = PoolElement::new(config(1)).unwrap();
+    assert_eq!(
+        pe.on_event(t0, Input::Start),
+        vec![Output::Connect { registrar: 0 }]
+    );
+    assert_eq!(pe.on_event(t0, Input::Registrars(vec![true, true])), vec![]);
+    let out = pe.on_event(t0, Input::AssociationDown(0));
+    assert_eq!(
+        out,
+        vec![
+            Output::Close { registrar: 0 },
+            Output::Connect { registrar: 1 }
+        ]
+    );
+    pe.on_event(t0, Input::AssociationUp(1));
+    let out = pe.on_event(t0, Input::Message(1, accept(PE_ID)));
+    assert_eq!(out, vec![Output::Registered { registrar: 1 }]);
+    // The announced home expires from the table: the live association is
+    // proof enough, the registration stands.
+    assert_eq!(
+        pe.on_event(t0, Input::Registrars(vec![true, false])),
+        vec![]
+    );
+    assert_eq!(pe.state(), PeState::Registered { registrar: 1 });
+}
+
+#[test]
+fn no_registrars_at_all_is_still_a_configuration_error() {
+    assert!(PoolElement::new(config(0)).is_err());
+    let mut announced = config(0);
+    announced.registrars_announced = true;
+    assert!(PoolElement::new(announced).is_ok());
+}

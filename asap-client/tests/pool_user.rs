@@ -20,6 +20,7 @@ fn handle() -> PoolHandle {
 fn config(registrars: usize) -> PoolUserConfig {
     PoolUserConfig {
         registrar_count: registrars,
+        registrars_announced: false,
         cache_lifetime: Duration::from_secs(5),
         request_timeout: Duration::from_millis(500),
         connect_timeout: Duration::from_millis(400),
@@ -360,4 +361,34 @@ fn concurrent_resolutions_of_one_handle_share_one_request() {
     assert!(pu.on_event(t0, Input::Resolve(handle())).is_empty());
     let out = pu.on_event(t0, Input::AssociationUp(0));
     assert_eq!(sent_to(&out, 0).len(), 1);
+}
+
+/// Only announced registrars: a resolution with no candidate fails at once
+/// (the caller retries), and one with a candidate goes there.
+#[test]
+fn resolution_uses_announced_registrars_when_there_are_some() {
+    let t0 = Instant::now();
+    let mut announced_only = config(0);
+    announced_only.registrars_announced = true;
+    let mut pu = PoolUser::new(announced_only);
+    let out = pu.on_event(t0, Input::Resolve(handle()));
+    assert_eq!(
+        out,
+        vec![Output::ResolutionFailed {
+            pool_handle: handle(),
+            error: ResolutionError::NoRegistrarAnswered,
+        }]
+    );
+    assert_eq!(pu.poll_timeout(), None);
+    // Two registrars announced, the first already expired.
+    assert_eq!(
+        pu.on_event(t0, Input::Registrars(vec![false, true])),
+        vec![]
+    );
+    let out = pu.on_event(t0, Input::Resolve(handle()));
+    assert_eq!(out, vec![Output::Connect { registrar: 1 }]);
+    let out = pu.on_event(t0, Input::AssociationUp(1));
+    assert_eq!(sent_to(&out, 1), vec![resolution_request()]);
+    let out = pu.on_event(t0, Input::Message(1, response(priority_pool())));
+    assert_eq!(resolved_ids(&out), Some((vec![1, 2], false)));
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use asap_client::asap_endpoint::AsapEndpoint;
 use asap_client::driver::{
-    PoolElementDriverConfig, PoolElementHandle, RegistrarAddress, RegistrarTransport,
-    spawn_pool_element,
+    AnnounceListenConfig, PoolElementDriverConfig, PoolElementHandle, RegistrarAddress,
+    RegistrarTransport, spawn_pool_element,
 };
 use asap_client::pool_element::{MemberCredentials, PoolElementConfig};
 use policies::PolicyParams;
@@ -32,8 +32,28 @@ pub struct PoolConfig {
     /// Registrars, tried in order: "tcp:HOST:PORT", "sctp:HOST:PORT"
     /// (SCTP over UDP; the SCTP port equals the UDP port) or
     /// "kernel-sctp:HOST:PORT" (the host kernel's SCTP, e.g. toward RSPLIB's
-    /// `rspregistrar`).
+    /// `rspregistrar`). May be empty with `announce_listen`.
+    #[serde(default)]
     pub registrars: Vec<String>,
+    /// Also find registrars from their ASAP Server Announces (RFC 5352
+    /// §3.6): the UDP address to listen on, a multicast group and port
+    /// (RSPLIB's and poolflow's default is "239.0.0.50:3863") or a unicast
+    /// address. Announced registrars are tried after the static ones, and
+    /// only while they keep announcing. Off unless set.
+    #[serde(default)]
+    pub announce_listen: Option<String>,
+    /// How an announced SCTP transport is reached: "sctp" (SCTP over UDP,
+    /// poolflow's registrar), "kernel-sctp" (the kernel's SCTP, e.g.
+    /// Debian's `rspregistrar`) or "none" (use announced TCP only).
+    #[serde(default = "default_announce_sctp")]
+    pub announce_sctp: String,
+    /// An announced registrar stops being tried this long after its last
+    /// announce (registrars announce every second by default).
+    #[serde(
+        default = "default_announce_lifetime",
+        with = "daemon_common::duration::serde"
+    )]
+    pub announce_lifetime: Duration,
     /// The transport pool users reach this collector on, in the same
     /// notation ("tcp:" means the framed TCP of `framed_tcp_listen`).
     /// Default: the first SCTP listener, else the first framed-TCP one,
@@ -133,6 +153,29 @@ pub struct PoolConfig {
     /// certificate takes effect without a restart.
     #[serde(default)]
     pub member_certificate_file: Option<PathBuf>,
+}
+
+fn default_announce_sctp() -> String {
+    "sctp".into()
+}
+
+fn default_announce_lifetime() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// The Server Announce listener of `pool`, if `announce_listen` is set.
+fn announce_listen(pool: &PoolConfig) -> Result<Option<AnnounceListenConfig>> {
+    pool.announce_listen
+        .as_deref()
+        .map(|address| {
+            AnnounceListenConfig::from_settings(
+                address,
+                &pool.announce_sctp,
+                pool.announce_lifetime,
+            )
+            .context("in `pool.announce_listen` / `announce_sctp` / `announce_lifetime`")
+        })
+        .transpose()
 }
 
 fn default_policy() -> String {
@@ -246,9 +289,10 @@ impl PoolConfig {
             "`pool.handle` must be 1 to 32 bytes"
         );
         anyhow::ensure!(
-            !self.registrars.is_empty(),
-            "`pool.registrars` is empty: no registrar to register with"
+            !self.registrars.is_empty() || self.announce_listen.is_some(),
+            "`pool.registrars` is empty and `pool.announce_listen` unset: no registrar to register with"
         );
+        announce_listen(self)?;
         for r in &self.registrars {
             r.parse::<RegistrarAddress>()
                 .context("in `pool.registrars`")?;
@@ -524,8 +568,9 @@ pub async fn register(
         pool_element: pe,
         registrars,
         transport: registrar_transport(pool),
+        announce_listen: announce_listen(pool)?,
     })
-    .map_err(|e| anyhow::anyhow!("pool element configuration: {e}"))?;
+    .map_err(|e| anyhow::anyhow!("pool element: {e:#}"))?;
     Ok(Membership {
         element,
         asap_endpoint,
@@ -556,6 +601,40 @@ mod tests {
     }
 
     /// `[pool] local_udp_port` reaches the ASAP associations' transport.
+    /// `announce_listen` may stand in for the static list; its companion
+    /// keys are checked when the config is, not when registering starts.
+    #[test]
+    fn announced_registrars_may_replace_the_static_list() {
+        let only_announced: PoolConfig = toml::from_str(
+            "handle = \"h\"\nregistrars = []\nannounce_listen = \"239.0.0.50:3863\"\nannounce_sctp = \"kernel-sctp\"\nannounce_lifetime = \"3s\"",
+        )
+        .unwrap();
+        only_announced.validate().unwrap();
+        let listen = announce_listen(&only_announced).unwrap().unwrap();
+        assert_eq!(listen.address, "239.0.0.50:3863".parse().unwrap());
+        assert_eq!(listen.table.sctp, Some(asap_client::AnnouncedSctp::Kernel));
+        assert_eq!(listen.table.entry_lifetime, Duration::from_secs(3));
+        // Defaults: off; when on, SCTP over UDP and 5 s.
+        assert_eq!(announce_listen(&pool("")).unwrap(), None);
+        let defaults = announce_listen(&pool("announce_listen = \"239.0.0.50:3863\""))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            defaults.table.sctp,
+            Some(asap_client::AnnouncedSctp::OverUdp)
+        );
+        assert_eq!(defaults.table.entry_lifetime, Duration::from_secs(5));
+        let neither: PoolConfig = toml::from_str("handle = \"h\"\nregistrars = []").unwrap();
+        assert!(neither.validate().is_err());
+        for bad in [
+            "announce_listen = \"239.0.0.50\"",
+            "announce_listen = \"239.0.0.50:3863\"\nannounce_sctp = \"udp\"",
+            "announce_listen = \"239.0.0.50:3863\"\nannounce_lifetime = \"0s\"",
+        ] {
+            assert!(pool(bad).validate().is_err(), "{bad}");
+        }
+    }
+
     #[test]
     fn local_udp_port_reaches_the_registrar_transport() {
         assert_eq!(registrar_transport(&pool("")).local_udp_port, 0);

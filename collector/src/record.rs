@@ -6,7 +6,6 @@
 //! endian), `length` (LEB128 varint), then `length` value bytes exactly as
 //! received (network byte order, reduced-size encodings kept).
 
-use std::hash::Hasher;
 use std::net::IpAddr;
 
 use protocol::ipfix::{DataRecord, IANA_ENTERPRISE, record_fields};

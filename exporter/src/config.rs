@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use asap_client::RegistrarAddress;
+use asap_client::{AnnounceListenConfig, RegistrarAddress};
 use serde::Deserialize;
 
 use crate::pool_user::ExporterConfig;
@@ -21,8 +21,27 @@ pub struct StreamConfig {
     /// The collector pool's handle.
     pub pool_handle: String,
     /// Static registrar list, "tcp:ADDR" or "sctp:ADDR" (SCTP over UDP,
-    /// SCTP port = UDP port), in hunt order.
+    /// SCTP port = UDP port), in hunt order. May be empty with
+    /// `announce_listen`.
+    #[serde(default)]
     pub registrars: Vec<String>,
+    /// Also find registrars from their ASAP Server Announces (RFC 5352
+    /// §3.6): the UDP address to listen on, a multicast group and port
+    /// (RSPLIB's and poolflow's default "239.0.0.50:3863") or a unicast
+    /// address. Tried after the static registrars, while they announce.
+    /// Off unless set.
+    #[serde(default)]
+    pub announce_listen: Option<String>,
+    /// How an announced SCTP transport is reached: "sctp" (SCTP over UDP),
+    /// "kernel-sctp" or "none" (announced TCP only).
+    #[serde(default = "default_announce_sctp")]
+    pub announce_sctp: String,
+    /// An announced registrar is dropped this long after its last announce.
+    #[serde(
+        default = "default_announce_lifetime",
+        with = "daemon_common::duration::serde"
+    )]
+    pub announce_lifetime: Duration,
     /// The state file (next record sequence and last cookie per domain).
     pub state_file: PathBuf,
     /// IPFIX observation domain of the synthetic input.
@@ -326,6 +345,14 @@ impl Default for TimersConfig {
     }
 }
 
+fn default_announce_sctp() -> String {
+    "sctp".into()
+}
+
+fn default_announce_lifetime() -> Duration {
+    Duration::from_secs(5)
+}
+
 fn default_domain() -> u32 {
     1
 }
@@ -352,8 +379,9 @@ impl StreamConfig {
         let deprecated_keys = daemon_common::duration::upgrade_legacy_keys(&mut table, "")?;
         let mut config: Self = table.try_into()?;
         config.deprecated_keys = deprecated_keys;
-        if config.registrars.is_empty() {
-            bail!("`registrars` is empty");
+        config.announce_listen_config()?;
+        if config.registrars.is_empty() && config.announce_listen.is_none() {
+            bail!("`registrars` is empty and `announce_listen` unset");
         }
         if config.pool_handle.is_empty() {
             bail!("`pool_handle` is empty");
@@ -375,6 +403,21 @@ impl StreamConfig {
         }
         config.registrar_addresses()?;
         Ok(config)
+    }
+
+    /// The Server Announce listener, if `announce_listen` is set.
+    pub fn announce_listen_config(&self) -> anyhow::Result<Option<AnnounceListenConfig>> {
+        self.announce_listen
+            .as_deref()
+            .map(|address| {
+                AnnounceListenConfig::from_settings(
+                    address,
+                    &self.announce_sctp,
+                    self.announce_lifetime,
+                )
+                .context("in `announce_listen` / `announce_sctp` / `announce_lifetime`")
+            })
+            .transpose()
     }
 
     /// The registrar list as `asap_client` wants it.
@@ -415,6 +458,7 @@ impl StreamConfig {
             templates,
             pool_handle: protocol::rserpool::PoolHandle(self.pool_handle.as_bytes().to_vec()),
             registrars: self.registrar_addresses()?,
+            announce_listen: self.announce_listen_config()?,
             state_file: crate::sequence::StateFile::new(&self.state_file),
             transport,
             data_tls: self
@@ -622,6 +666,34 @@ mod tests {
         assert!(StreamConfig::parse(&format!("{minimal}\ncookie_timeout = 1")).is_err());
         let udp = minimal.replace("tcp:", "udp:");
         assert!(StreamConfig::parse(&udp).is_err(), "no UDP to registrars");
+    }
+
+    /// Registrars from Server Announces may replace the static list; the
+    /// example's commented `announce_listen` parses when switched on.
+    #[test]
+    fn announce_listen_may_replace_the_static_list() {
+        let announced_only = r#"
+            exporter_id = 7
+            pool_handle = "p"
+            registrars = []
+            announce_listen = "239.0.0.50:3863"
+            announce_sctp = "kernel-sctp"
+            state_file = "s"
+        "#;
+        let config = StreamConfig::parse(announced_only).unwrap();
+        let listen = config.announce_listen_config().unwrap().unwrap();
+        assert_eq!(listen.address, "239.0.0.50:3863".parse().unwrap());
+        assert_eq!(listen.table.sctp, Some(asap_client::AnnouncedSctp::Kernel));
+        assert_eq!(listen.table.entry_lifetime, Duration::from_secs(5));
+        let neither = announced_only.replace("announce_listen = \"239.0.0.50:3863\"", "");
+        assert!(StreamConfig::parse(&neither).is_err());
+        let bad = announced_only.replace("kernel-sctp", "udp");
+        assert!(StreamConfig::parse(&bad).is_err());
+        let example = include_str!("../exporter.toml.example")
+            .replace("# announce_listen = ", "announce_listen = ");
+        let config = StreamConfig::parse(&example).unwrap();
+        let listen = config.announce_listen_config().unwrap().unwrap();
+        assert_eq!(listen.table.sctp, Some(asap_client::AnnouncedSctp::OverUdp));
     }
 
     #[test]

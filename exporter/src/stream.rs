@@ -11,7 +11,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow};
 use asap_client::pool_user::PoolUserConfig;
-use asap_client::{PoolElementInfo, PoolUserClient, PoolUserDriverConfig, RegistrarAddress};
+use asap_client::{
+    AnnounceListenConfig, PoolElementInfo, PoolUserClient, PoolUserDriverConfig, RegistrarAddress,
+};
 use bytes::Bytes;
 use protocol::ipfix::Template;
 use protocol::rserpool::PoolHandle;
@@ -75,6 +77,8 @@ pub struct StreamSettings {
     pub pool_handle: PoolHandle,
     /// Static registrar list.
     pub registrars: Vec<RegistrarAddress>,
+    /// Also learn registrars from Server Announces.
+    pub announce_listen: Option<AnnounceListenConfig>,
     /// The state file.
     pub state_file: StateFile,
     /// Transport timers for data and registrar associations (kind and
@@ -169,6 +173,7 @@ pub async fn run_with_templates(
         pool_user: pu_config,
         registrars: settings.registrars.clone(),
         transport: settings.transport.clone(),
+        announce_listen: settings.announce_listen.clone(),
     })?;
     let mut state = settings.state_file.load(settings.exporter.exporter_id)?;
     let (mut durable, mut restored) = match &settings.durable {

@@ -87,6 +87,7 @@ impl FakeCollector {
             transport: transport::Config::fast_failure_detection(
                 transport::TransportKind::SctpOverUdp,
             ),
+            announce_listen: None,
         })
         .unwrap();
         pe.wait_registered().await.unwrap();
@@ -236,6 +237,7 @@ async fn failover_and_failback_lose_and_duplicate_nothing() {
         templates: vec![flow_template()],
         pool_handle: PoolHandle(POOL.as_bytes().to_vec()),
         registrars: vec![RegistrarAddress::sctp_over_udp(registrar_addr)],
+        announce_listen: None,
         state_file: StateFile::new(dir.path().join("exporter.state")),
         transport,
         data_tls: None,

@@ -342,6 +342,17 @@ pub struct EnrpSettings {
     /// link gets its own ephemeral socket (two poolflow registrars connecting to each
     /// other at once then never collide on one socket).
     pub connect_from_listen_port: bool,
+    /// Announce ourselves with a Presence on the ENRP announce group every
+    /// `peer_heartbeat_cycle`, and peer with the registrars whose Presence
+    /// arrives there (RFC 5353; RSPLIB's `-enrpannounce=`). Static `peers`
+    /// still work alongside. Off by default: multicast needs a network that
+    /// carries it, and a registrar joining any pool it hears is a choice
+    /// (restrict it with `allowed_server_ids` or ENRP authentication).
+    pub multicast: bool,
+    /// The ENRP announce group and port, default RSPLIB's 239.0.0.51:9901.
+    pub multicast_address: String,
+    /// Multicast TTL (hop limit) of our Presence.
+    pub multicast_ttl: u32,
 }
 
 impl Default for EnrpSettings {
@@ -367,6 +378,13 @@ impl Default for EnrpSettings {
             auth_max_clock_skew: Duration::from_secs(30),
             auth_accept_unsigned: false,
             connect_from_listen_port: false,
+            multicast: false,
+            multicast_address: format!(
+                "{}:{}",
+                protocol::rserpool::ENRP_ANNOUNCE_MULTICAST,
+                protocol::rserpool::ENRP_PORT
+            ),
+            multicast_ttl: 1,
         }
     }
 }
@@ -509,6 +527,16 @@ impl EnrpSettings {
             "enrp.max_elements_per_table_response must be > 0"
         );
         self.enrp_config(1, protocol::rserpool::Limits::default())?;
+        if self.multicast {
+            self.multicast_address
+                .parse::<SocketAddr>()
+                .with_context(|| {
+                    format!(
+                        "enrp.multicast_address = {:?} is not ADDRESS:PORT",
+                        self.multicast_address
+                    )
+                })?;
+        }
         Ok(())
     }
 }

@@ -66,6 +66,11 @@ enum Input {
         from: SocketAddr,
         payload: Vec<u8>,
     },
+    /// A datagram from the ENRP announce group.
+    EnrpMulticast {
+        from: SocketAddr,
+        payload: Vec<u8>,
+    },
     Status(oneshot::Sender<Status>),
 }
 
@@ -277,6 +282,27 @@ impl Registrar {
             };
             enrp = Some((Enrp::new(enrp_config, std::time::Instant::now()), links));
         }
+        let enrp_multicast = if config.enrp.enabled && config.enrp.multicast {
+            let group: SocketAddr = config.enrp.multicast_address.parse()?;
+            let receiver = transport::multicast::bind_receiver(group)
+                .with_context(|| format!("enrp.multicast_address {group}"))?;
+            let sender = transport::multicast::bind_sender(group, config.enrp.multicast_ttl)
+                .await
+                .with_context(|| format!("enrp.multicast_address {group}"))?;
+            tasks.push(tokio::spawn(enrp_multicast_receive_loop(
+                receiver,
+                inputs.clone(),
+                shutdown_rx.clone(),
+            )));
+            tracing::info!(%group, "ENRP: Presence on the announce group, peers learnt from it");
+            Some(EnrpMulticast {
+                group,
+                socket: sender,
+                interval: config.enrp.peer_heartbeat_cycle,
+            })
+        } else {
+            None
+        };
 
         let mut server_config = config.server_config(server_id)?;
         server_config.announce_transports = announce_transports(&config, tcp_addr)?;
@@ -292,6 +318,7 @@ impl Registrar {
         tasks.push(tokio::spawn(core_loop(
             server,
             enrp,
+            enrp_multicast,
             inputs_rx,
             announcer,
             shutdown_rx,
@@ -525,15 +552,21 @@ async fn pump_association(
 async fn core_loop(
     mut server: Server,
     mut enrp: Option<(Enrp, PeerLinks)>,
+    enrp_multicast: Option<EnrpMulticast>,
     mut inputs: mpsc::Receiver<Input>,
     announcer: Option<Announcer>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut outbound: HashMap<AssocId, mpsc::Sender<Vec<u8>>> = HashMap::new();
+    // The first multicast Presence goes out at once.
+    let mut next_multicast_presence = enrp_multicast.as_ref().map(|_| std::time::Instant::now());
     loop {
         let mut next = server.next_deadline();
         if let Some((peering, _)) = &enrp {
             let at = peering.next_deadline();
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
+        if let Some(at) = next_multicast_presence {
             next = Some(next.map_or(at, |n| n.min(at)));
         }
         let deadline = next
@@ -575,6 +608,13 @@ async fn core_loop(
                         }
                         Vec::new()
                     }
+                    Input::EnrpMulticast { from, payload } => {
+                        if let Some((peering, _)) = &mut enrp {
+                            peering.set_wall_clock(now, unix_us());
+                            enrp_out = peering.on_multicast(now, from, &payload, &mut server);
+                        }
+                        Vec::new()
+                    }
                     Input::Status(reply) => {
                         let mut status = server.status(now);
                         status.enrp = enrp.as_ref().map(|(peering, _)| peering.status(now, &server));
@@ -590,6 +630,15 @@ async fn core_loop(
                 if let Some((peering, _)) = &mut enrp {
                     peering.set_wall_clock(now, unix_us());
                     enrp_out = peering.on_timer(now, &mut server);
+                    if let (Some(at), Some(multicast)) = (next_multicast_presence, &enrp_multicast)
+                        && now >= at
+                    {
+                        let presence = peering.multicast_presence(now, multicast.group, &server);
+                        if let Some(payload) = presence {
+                            multicast.send(&payload).await;
+                        }
+                        next_multicast_presence = Some(now + multicast.interval);
+                    }
                 }
                 actions
             }
@@ -923,6 +972,47 @@ async fn next_event(association: &mut Option<Association>) -> Option<Event> {
     match association {
         Some(link) => link.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Our side of the ENRP announce group: where and how often our Presence
+/// goes (the receiving socket has its own task).
+struct EnrpMulticast {
+    group: SocketAddr,
+    socket: UdpSocket,
+    interval: Duration,
+}
+
+impl EnrpMulticast {
+    async fn send(&self, payload: &[u8]) {
+        if let Err(error) = self.socket.send_to(payload, self.group).await {
+            tracing::debug!(group = %self.group, %error, "multicast ENRP Presence not sent");
+        }
+    }
+}
+
+/// Hands every datagram of the ENRP announce group to the core.
+async fn enrp_multicast_receive_loop(
+    socket: UdpSocket,
+    inputs: mpsc::Sender<Input>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    // A Presence is small; a longer datagram is cut and then refused as
+    // malformed by the core.
+    let mut buffer = vec![0; 65_536];
+    loop {
+        tokio::select! {
+            received = socket.recv_from(&mut buffer) => match received {
+                Ok((len, from)) => {
+                    let input = Input::EnrpMulticast { from, payload: buffer[..len].to_vec() };
+                    if inputs.send(input).await.is_err() {
+                        break;
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "ENRP announce group: receive failed"),
+            },
+            _ = shutdown.changed() => break,
+        }
     }
 }
 

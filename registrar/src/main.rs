@@ -456,6 +456,12 @@ fn print_status(status: &Status) {
                 peer.local_checksum
             );
         }
+        if enrp.counters.multicast_presences_heard > 0 {
+            println!(
+                "  ENRP multicast: {} Presence(s) heard, {} peer(s) learnt from them",
+                enrp.counters.multicast_presences_heard, enrp.counters.multicast_peers_learned
+            );
+        }
         if !enrp.counters.malformed.is_empty() {
             println!("  ENRP malformed/refused: {:?}", enrp.counters.malformed);
         }

@@ -131,6 +131,7 @@ async fn collectors_register_resolve_by_priority_and_leave() {
         pool_user: PoolUserConfig::new(1),
         registrars: vec![RegistrarAddress::sctp_over_udp(registrar_addr)],
         transport: transport::Config::default(),
+        announce_listen: None,
     })
     .unwrap();
     wait_for(&mut pu, &[100, 10], Duration::from_secs(20)).await;

@@ -20,6 +20,7 @@
 
 mod icmp_errors;
 pub mod kernel_sctp;
+pub mod multicast;
 mod sctp_udp;
 mod sctp_wire;
 pub mod tcp;

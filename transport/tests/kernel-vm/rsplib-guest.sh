@@ -324,5 +324,151 @@ kill -TERM $rspserver_rsplib $rspserver_poolflow
 kill -TERM $registrar_pid
 wait $registrar_pid || fail "poolflow registrar (ENRP) did not exit cleanly on SIGTERM"
 
+# ---------------------------------------------------------------------------
+# (e1) Multicast discovery (issue 13, deliverable 5(e); RFC 5352 section
+# 3.6): registrars found from their
+# ASAP Server Announces on RSPLIB's default group 239.0.0.50:3863, sent and
+# looped back on dummy0 (IP_MULTICAST_LOOP). Multicast is switched on only
+# here, so the steps above never depend on it.
+ip link set dummy0 multicast on
+ip route add 224.0.0.0/4 dev dummy0
+cat >/tmp/registrar-announce.toml <<EOT
+server_id = 305419896
+[listen]
+tcp = []
+sctp_over_udp = []
+kernel_sctp = "$POOLFLOW:3863"
+status = "127.0.0.1:3864"
+[announce]
+enabled = true
+addresses = ["239.0.0.50:3863"]
+transports = ["sctp:$POOLFLOW:3863"]
+EOT
+registrar run --config /tmp/registrar-announce.toml >/tmp/registrar-announce.log 2>&1 &
+registrar_pid=$!
+wait_until 20 "poolflow registrar (announcing) answers its status endpoint" dump
+alive $registrar_pid || fail "poolflow registrar (announcing) exited"
+# An RSPLIB PE given no registrar: only the announces can tell it where one is.
+started_ms=$(now_ms)
+rspserver -echo -poolhandle=AnnouncePool -identifier=287454039 -asapannounce=239.0.0.50:3863 \
+    -local=$POOLFLOW -loglevel=3 >/tmp/rspserver-announce.log 2>&1 &
+rspserver_announce=$!
+found_by_announce() { dump && grep -q 'pool "AnnouncePool"' /tmp/dump.out && grep -q "PE 0x11223357" /tmp/dump.out; }
+wait_until 30 "RSPLIB PE without -registrar registered at poolflow's registrar found from its Server Announces" found_by_announce
+echo "rsplib-vm: RSPLIB PE found poolflow's registrar by announce and registered in $(($(now_ms) - started_ms)) ms"
+grep "PE 0x11223357" /tmp/dump.out
+pass "RSPLIB PE (rspserver, no -registrar) found poolflow's registrar from its Server Announces and registered"
+kill -TERM $rspserver_announce
+# poolflow's registrar stops, so only rspregistrar announces from here on.
+kill -TERM $registrar_pid
+wait $registrar_pid || fail "poolflow registrar (announcing) did not exit cleanly on SIGTERM"
+
+# rspregistrar's Server Announce lists no transport, so a listener reaches
+# it at the announce's source address. The kernel picks that address itself:
+# dummy0's first, 192.0.2.1, whatever the route's `src` says (seen). So
+# rspregistrar is multi-homed on both addresses here, as a registrar that
+# announces that way must listen where its announces come from.
+rspregistrar -asap=$RSPLIB:3863,$POOLFLOW -enrp=$RSPLIB:9901 -asapannounce=239.0.0.50:3863 -loglevel=3 \
+    >/tmp/rspregistrar-announce.log 2>&1 &
+rspregistrar_pid=$!
+wait_until 20 "rspregistrar (announcing) answers hsdump" rsp_handlespace
+# A collector and an exporter with no registrar configured, only the
+# announce group: rspregistrar is reached over the kernel's SCTP.
+cat >/tmp/c3.toml <<EOF
+database = "/tmp/c3.sqlite"
+udp_listen = []
+tcp_listen = []
+sctp_listen = ["$POOLFLOW:9897"]
+[pool]
+handle = "discovered"
+registrars = []
+announce_listen = "239.0.0.50:3863"
+announce_sctp = "kernel-sctp"
+pe_identifier = $((0x103))
+cookie_key = "a shared pool key for the VM"
+EOF
+started_ms=$(now_ms)
+collector run --config /tmp/c3.toml >/tmp/c3.log 2>&1 &
+c3_pid=$!
+wait_until 30 "collector with only announce_listen registered" grep -q "ASAP PE registered" /tmp/c3.log
+echo "rsplib-vm: collector found rspregistrar by announce and registered in $(($(now_ms) - started_ms)) ms"
+grep "registrar learnt from its Server Announce" /tmp/c3.log || fail "collector 3 did not log the announced registrar"
+c3_in_rsplib() { rsp_handlespace && grep -q discovered /tmp/rsp-hsdump.out && grep -qi 00000103 /tmp/rsp-hsdump.out; }
+wait_until 30 "collector 3 in rspregistrar's handlespace (hsdump)" c3_in_rsplib
+pass "poolflow collector with only announce_listen registered at rspregistrar found from its Server Announces"
+cat >/tmp/exporter3.toml <<EOF
+exporter_id = 8
+pool_handle = "discovered"
+registrars = []
+announce_listen = "239.0.0.50:3863"
+announce_sctp = "kernel-sctp"
+state_file = "/tmp/exporter3.state"
+sequence_reservation = 1000
+[timers]
+cookie_timeout = "2s"
+retry_interval = "200ms"
+connect_timeout = "1s"
+cache_lifetime = "500ms"
+registrar_request_timeout = "2s"
+EOF
+exporter stream --config /tmp/exporter3.toml --records 500 --rate 1000 --exit-drain-timeout-secs 60 \
+    >/tmp/stream3.out 2>/tmp/stream3.log
+stream_status=$?
+cat /tmp/stream3.out
+[ "$stream_status" = 0 ] || fail "exporter stream (announce_listen only) exited with $stream_status"
+grep -q "500 records in, [0-9]* sent, .* all acknowledged" /tmp/stream3.out || fail "stream 3: not all 500 acknowledged"
+pass "exporter with only announce_listen resolved the pool at rspregistrar; 500 records acknowledged"
+kill -TERM $c3_pid
+wait $c3_pid || fail "collector 3 did not exit cleanly on SIGTERM"
+kill -KILL $rspregistrar_pid
+wait $rspregistrar_pid
+
+# (e2) ENRP peering found by multicast Presence (RFC 5353; RSPLIB's
+# -enrpannounce=): neither registrar is told of the other; each sends its
+# Presence to 239.0.0.51:9901 and peers with the registrar it hears there.
+cat >/tmp/registrar-enrp-multicast.toml <<EOT
+server_id = 305419896
+[listen]
+tcp = []
+sctp_over_udp = []
+kernel_sctp = "$POOLFLOW:3863"
+status = "127.0.0.1:3864"
+[enrp]
+enabled = true
+listen = "$POOLFLOW:9901"
+advertise = "$POOLFLOW:9901"
+transport = "kernel-sctp"
+peers = []
+connect_from_listen_port = true
+multicast = true
+multicast_address = "239.0.0.51:9901"
+EOT
+registrar run --config /tmp/registrar-enrp-multicast.toml >/tmp/registrar-enrp-multicast.log 2>&1 &
+registrar_pid=$!
+wait_until 20 "poolflow registrar (ENRP multicast) answers its status endpoint" dump
+rspregistrar -asap=$RSPLIB:3863 -enrp=$RSPLIB:9901 -enrpannounce=239.0.0.51:9901 -loglevel=3 \
+    >/tmp/rspregistrar-enrp-multicast.log 2>&1 &
+rspregistrar_pid=$!
+started_ms=$(now_ms)
+wait_until 40 "rspregistrar, heard on the ENRP group, is an alive ENRP peer of poolflow's registrar" rsplib_peer_alive
+echo "rsplib-vm: ENRP peering by multicast Presence up in $(($(now_ms) - started_ms)) ms"
+# Who found whom first is a race: rspregistrar, hearing our Presence during
+# its start-up, usually contacts us before its own first multicast Presence
+# (about 2.4 s after start) reaches us. Either way, our side must also hear
+# and accept its multicast Presence.
+if grep -q "learned ENRP peer from its multicast Presence" /tmp/registrar-enrp-multicast.log; then
+    echo "rsplib-vm: poolflow's registrar learnt rspregistrar from its multicast Presence"
+else
+    echo "rsplib-vm: rspregistrar learnt poolflow's registrar from its multicast Presence and contacted it first"
+fi
+heard_rsplib_multicast() { dump && grep -q "ENRP multicast: [1-9][0-9]* Presence(s) heard" /tmp/dump.out; }
+wait_until 20 "poolflow's registrar heard rspregistrar's multicast Presence" heard_rsplib_multicast
+wait_until 40 "poolflow's registrar in rspregistrar's peer list (multicast)" poolflow_in_rsplib
+grep "peer 0x\|ENRP multicast" /tmp/dump.out
+pass "ENRP peering of poolflow's registrar and rspregistrar found by multicast Presence, no peer configured"
+kill -TERM $rspregistrar_pid
+kill -TERM $registrar_pid
+wait $registrar_pid || fail "poolflow registrar (ENRP multicast) did not exit cleanly on SIGTERM"
+
 echo "rsplib-vm: all guest steps passed"
 finish 0

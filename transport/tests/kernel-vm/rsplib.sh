@@ -8,7 +8,13 @@
 #   (b) two poolflow collectors (PEs) and `exporter stream` (PU) against
 #       RSPLIB's rspregistrar: registration, resolution, a billing stream
 #       acknowledged and audited, SIGKILL of the serving collector with
-#       failover to the other.
+#       failover to the other;
+#   (c) ENRP between poolflow's registrar and rspregistrar;
+#   (e1) multicast discovery: an rspserver without -registrar finds poolflow's
+#       registrar from its Server Announces, and a poolflow collector and
+#       exporter with only `announce_listen` find rspregistrar from its.
+#   (e2) ENRP peering of poolflow's registrar and rspregistrar found by
+#       their multicast Presence alone.
 # Every step asserts; the first failure ends the run with "rsplib-vm: FAIL".
 # A packet capture of the whole run (tcpdump on lo in the guest) comes back
 # as $work/rsplib.pcap and must decode in tshark without a malformed packet.
