@@ -122,6 +122,7 @@ pub struct SequenceEvent {
 /// computes the same today but promises no algorithm across Rust releases).
 /// Two different records colliding is a 2^-64 event per comparison.
 pub fn record_hash(bytes: &[u8]) -> u64 {
+    use std::hash::Hasher;
     let mut hasher = siphasher::sip::SipHasher13::new_with_keys(0, 0);
     hasher.write(bytes);
     hasher.finish()
