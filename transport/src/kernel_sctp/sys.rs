@@ -1,43 +1,17 @@
-//! Native (kernel) SCTP behind the message interface, Linux only.
-//!
-//! Many hosts and containers have no `sctp` kernel module, so it is probed, never assumed:
-//! [`probe`] tries `socket(AF_INET, SOCK_SEQPACKET, IPPROTO_SCTP)`, and asking for
-//! [`crate::TransportKind::KernelSctp`] on such a host fails with
-//! [`TransportError::KernelSctpUnavailable`] carrying the OS reason.
-//!
-//! Design: every endpoint is one one-to-many socket (RFC 6458 section 3, `SOCK_SEQPACKET`),
-//! listening on the server side, `connect()`ed on the client side, driven by one tokio task
-//! through `AsyncFd`. Messages go out with `sendmsg` and an `SCTP_SNDRCV` control message
-//! (stream, PPID, unordered flag, PR-SCTP policy and value); they come in with `recvmsg` and
-//! an `SCTP_RCVINFO` control message. Association life cycle comes from `SCTP_ASSOC_CHANGE`
-//! notifications: COMM_UP is [`Event::Up`], RESTART [`Event::Restarted`], SHUTDOWN_COMP
-//! [`DownReason::Shutdown`], COMM_LOST [`DownReason::Aborted`] when the peer's ABORT carried
-//! an error cause, else [`FailureReason::PeerUnreachable`] (Linux reports retransmission
-//! exhaustion with error 0). Heartbeat, RTO and retransmission limits from [`Config`] are set
-//! for all future associations with `SCTP_RTOINFO`, `SCTP_ASSOCINFO`,
-//! `SCTP_PEER_ADDR_PARAMS` and `SCTP_INITMSG`; path supervision is the kernel's.
-//!
-//! Limits: a full receive queue of one association stops reading for all associations of the
-//! socket (one socket, one kernel queue); `Config::sctp_port` and `max_sctp_packet_size` are
-//! UDP-encapsulation settings and do not apply (the kernel discovers the path MTU).
+//! The raw layer of kernel SCTP: the linux/sctp.h constants and structs the libc crate
+//! lacks, socket creation and options, socket addresses, `SCTP_SNDRCV`/`SCTP_RCVINFO`
+//! control messages, notification parsing and the `bind`/`listen`/`connect`/`sendmsg`/
+//! `recvmsg` calls. Stateless and without tokio: [`super::driver`] owns the socket and
+//! decides; everything with a byte layout is here, where the tests check it against the
+//! kernel headers without a socket.
 
-use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
 use libc::c_int;
-use tokio::io::unix::AsyncFd;
-use tokio::sync::{Semaphore, mpsc, oneshot};
-use tracing::{debug, warn};
 
-use crate::{
-    Association, AssociationSender, Config, DownReason, Event, FailureReason, Message, Reliability,
-    SenderInner, TransportError,
-};
+use crate::{Config, Reliability, TransportError};
 
 // Constants of linux/sctp.h (and linux/socket.h) that the libc crate does not export.
 /// linux/socket.h: `#define SOL_SCTP 132`.
@@ -47,11 +21,11 @@ const SCTP_EVENT: c_int = 127;
 /// linux/sctp.h: `enum sctp_sn_type`, `SCTP_ASSOC_CHANGE = SCTP_SN_TYPE_BASE + 1` (1 << 15).
 const SCTP_ASSOC_CHANGE: u16 = 0x8001;
 /// linux/sctp.h `enum sctp_sac_state`.
-const SCTP_COMM_UP: u16 = 0;
-const SCTP_COMM_LOST: u16 = 1;
-const SCTP_RESTART: u16 = 2;
-const SCTP_SHUTDOWN_COMP: u16 = 3;
-const SCTP_CANT_STR_ASSOC: u16 = 4;
+pub(super) const SCTP_COMM_UP: u16 = 0;
+pub(super) const SCTP_COMM_LOST: u16 = 1;
+pub(super) const SCTP_RESTART: u16 = 2;
+pub(super) const SCTP_SHUTDOWN_COMP: u16 = 3;
+pub(super) const SCTP_CANT_STR_ASSOC: u16 = 4;
 /// linux/sctp.h `enum sctp_spp_flags`: `SPP_HB_ENABLE = 1 << 0`, `SPP_PMTUD_ENABLE = 1 << 3`.
 const SPP_HB_ENABLE: u32 = 1 << 0;
 const SPP_PMTUD_ENABLE: u32 = 1 << 3;
@@ -66,12 +40,6 @@ const FUTURE_ASSOC: i32 = libc::SCTP_FUTURE_ASSOC;
 
 /// Streams we ask for in each direction (the kernel's default is 10).
 const STREAMS: u16 = 256;
-const LISTEN_BACKLOG: c_int = 128;
-const ACCEPT_QUEUE: usize = 1024;
-/// Messages or commands handled per wake-up before the other side gets its turn.
-const BATCH: usize = 64;
-/// How long the driver keeps flushing queued messages after the last handle is gone.
-const LINGER: Duration = Duration::from_secs(2);
 
 /// linux/sctp.h `struct sctp_event`.
 #[repr(C)]
@@ -104,23 +72,7 @@ struct SctpAssocparams {
     sasoc_cookie_life: u32,
 }
 
-/// Probes `socket(AF_INET, SOCK_SEQPACKET, IPPROTO_SCTP)` (the one-to-many style of
-/// RFC 6458); `Err` carries the OS reason, e.g. "Protocol not supported".
-pub fn probe() -> Result<(), String> {
-    match sctp_socket(libc::AF_INET) {
-        Ok(_socket) => Ok(()),
-        Err(error) => Err(format!(
-            "socket(AF_INET, SOCK_SEQPACKET, IPPROTO_SCTP) failed: {error}"
-        )),
-    }
-}
-
-/// Whether this host can create kernel SCTP sockets.
-pub fn is_available() -> bool {
-    probe().is_ok()
-}
-
-fn sctp_socket(family: c_int) -> std::io::Result<OwnedFd> {
+pub(super) fn sctp_socket(family: c_int) -> std::io::Result<OwnedFd> {
     // SAFETY: plain socket(2) call; a returned descriptor is owned by the OwnedFd at once.
     let fd = unsafe {
         libc::socket(
@@ -137,7 +89,7 @@ fn sctp_socket(family: c_int) -> std::io::Result<OwnedFd> {
 }
 
 /// The socket for an endpoint, with a clear error when the host has no kernel SCTP.
-fn endpoint_socket(family: c_int) -> Result<OwnedFd, TransportError> {
+pub(super) fn endpoint_socket(family: c_int) -> Result<OwnedFd, TransportError> {
     sctp_socket(family).map_err(|error| match error.raw_os_error() {
         Some(libc::EPROTONOSUPPORT | libc::ESOCKTNOSUPPORT | libc::EAFNOSUPPORT) => {
             TransportError::KernelSctpUnavailable(format!(
@@ -189,7 +141,7 @@ fn paddrparams(config: &Config) -> [u8; SCTP_PADDRPARAMS_LEN] {
 }
 
 /// Applies the [`Config`] to a fresh socket, before any association exists.
-fn configure(fd: RawFd, config: &Config) -> std::io::Result<()> {
+pub(super) fn configure(fd: RawFd, config: &Config) -> std::io::Result<()> {
     let rto = SctpRtoinfo {
         srto_assoc_id: FUTURE_ASSOC,
         srto_initial: millis_u32(config.rto_initial),
@@ -323,13 +275,13 @@ fn from_raw_addr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Opti
 
 /// Same transport address, whether or not one side is an IPv4-mapped IPv6 address (an
 /// IPv6 socket reports IPv4 peers that way).
-fn same_peer(a: SocketAddr, b: SocketAddr) -> bool {
+pub(super) fn same_peer(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
 }
 
 /// What goes into the `SCTP_SNDRCV` control message of one `sendmsg`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outgoing {
+pub(super) enum Outgoing {
     Data {
         stream: u16,
         ppid: u32,
@@ -411,11 +363,11 @@ fn write_sndrcv_cmsg(buffer: &mut ControlBuffer, info: &libc::sctp_sndrcvinfo) -
 
 /// Stream, PPID, flags and association of a received message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ReceiveInfo {
-    stream: u16,
-    ppid: u32,
-    unordered: bool,
-    assoc_id: i32,
+pub(super) struct ReceiveInfo {
+    pub(super) stream: u16,
+    pub(super) ppid: u32,
+    pub(super) unordered: bool,
+    pub(super) assoc_id: i32,
 }
 
 /// Finds the `SCTP_RCVINFO` (or legacy `SCTP_SNDRCV`) control message of a `recvmsg`.
@@ -463,7 +415,7 @@ unsafe fn parse_receive_cmsgs(msg: &libc::msghdr) -> Option<ReceiveInfo> {
 
 /// A notification we act on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Notification {
+pub(super) enum Notification {
     AssocChange {
         state: u16,
         error: u16,
@@ -476,7 +428,7 @@ enum Notification {
 /// Parses a notification (the data of a `recvmsg` with `MSG_NOTIFICATION`), laid out as
 /// linux/sctp.h `struct sctp_assoc_change`: type u16, flags u16, length u32, state u16,
 /// error u16, outbound u16, inbound u16, assoc_id i32, all in host order.
-fn parse_notification(data: &[u8]) -> Result<Notification, &'static str> {
+pub(super) fn parse_notification(data: &[u8]) -> Result<Notification, &'static str> {
     let u16_at = |at: usize| u16::from_ne_bytes([data[at], data[at + 1]]);
     if data.len() < 8 {
         return Err("notification shorter than its header");
@@ -499,204 +451,20 @@ fn parse_notification(data: &[u8]) -> Result<Notification, &'static str> {
     })
 }
 
-// ---------------------------------------------------------------------------------------
-// Driver.
-// ---------------------------------------------------------------------------------------
-
-enum Command {
-    Connect {
-        remote: SocketAddr,
-        reply: oneshot::Sender<Result<Association, TransportError>>,
+/// One `recvmsg` worth of input.
+pub(super) enum Received {
+    Data {
+        info: Option<ReceiveInfo>,
+        end_of_record: bool,
+        len: usize,
     },
-    Send {
-        assoc_id: i32,
-        message: Message,
-        charged: u32,
+    Notification {
+        from: Option<SocketAddr>,
+        len: usize,
     },
-    Close {
-        assoc_id: i32,
-    },
-    ResumeReceive,
 }
 
-/// State shared between an application handle and the driver.
-struct Shared {
-    assoc_id: i32,
-    /// Bytes the application may queue in the driver; returned once the kernel takes them.
-    send_budget: Semaphore,
-    closed: AtomicBool,
-    /// Set by the driver when the application's event queue was full; the next `recv`
-    /// asks it to go on reading.
-    receive_stalled: AtomicBool,
-}
-
-#[derive(Clone)]
-pub(crate) struct KernelSender {
-    shared: Arc<Shared>,
-    commands: mpsc::UnboundedSender<Command>,
-    max_message_size: usize,
-    send_buffer_bytes: usize,
-}
-
-impl KernelSender {
-    pub(crate) async fn send(&self, message: Message) -> Result<(), TransportError> {
-        let charged = crate::admit_message(
-            &message,
-            self.max_message_size,
-            self.send_buffer_bytes,
-            &self.shared.closed,
-            &self.shared.send_budget,
-        )
-        .await?;
-        self.commands
-            .send(Command::Send {
-                assoc_id: self.shared.assoc_id,
-                message,
-                charged,
-            })
-            .map_err(|_| TransportError::Closed)
-    }
-
-    pub(crate) fn close(&self) {
-        let _ = self.commands.send(Command::Close {
-            assoc_id: self.shared.assoc_id,
-        });
-    }
-
-    pub(crate) fn after_receive(&self) {
-        if self.shared.receive_stalled.swap(false, Ordering::AcqRel) {
-            let _ = self.commands.send(Command::ResumeReceive);
-        }
-    }
-}
-
-pub(crate) struct KernelSctpEndpoint {
-    local_addr: SocketAddr,
-    connect_timeout: Duration,
-    commands: mpsc::UnboundedSender<Command>,
-    accepted: mpsc::Receiver<Association>,
-}
-
-impl KernelSctpEndpoint {
-    /// Creates the one-to-many socket (listening when `accept_incoming`) and its driver.
-    pub(crate) fn bind(
-        config: Config,
-        local: SocketAddr,
-        accept_incoming: bool,
-    ) -> Result<Self, TransportError> {
-        let family = if local.is_ipv4() {
-            libc::AF_INET
-        } else {
-            libc::AF_INET6
-        };
-        let socket = endpoint_socket(family)?;
-        let fd = socket.as_raw_fd();
-        configure(fd, &config)?;
-        let (raw, len) = to_raw_addr(&local);
-        // SAFETY: `raw`/`len` describe a valid socket address for this family.
-        if unsafe { libc::bind(fd, (&raw as *const libc::sockaddr_storage).cast(), len) } != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        // SAFETY: plain listen(2) on a socket we own.
-        if accept_incoming && unsafe { libc::listen(fd, LISTEN_BACKLOG) } != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        let local_addr = local_address(fd)?;
-        let (commands, command_rx) = mpsc::unbounded_channel();
-        let (accept_tx, accepted) = mpsc::channel(ACCEPT_QUEUE);
-        let connect_timeout = config.connect_timeout;
-        let driver = Driver {
-            // SAFETY: the OwnedFd is moved into the AsyncFd and stays open, with the same
-            // descriptor, until the AsyncFd is dropped.
-            socket: Arc::new(
-                unsafe { AsyncFd::register(socket) }.map_err(|error| error.into_parts().1)?,
-            ),
-            weak_commands: commands.downgrade(),
-            accept_tx: accept_incoming.then_some(accept_tx),
-            entries: HashMap::new(),
-            pending_connects: Vec::new(),
-            send_queue: VecDeque::new(),
-            config,
-        };
-        tokio::spawn(driver.run(command_rx));
-        Ok(KernelSctpEndpoint {
-            local_addr,
-            connect_timeout,
-            commands,
-            accepted,
-        })
-    }
-
-    pub(crate) fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    pub(crate) async fn accept(&mut self) -> Option<Association> {
-        self.accepted.recv().await
-    }
-
-    pub(crate) async fn connect(&self, remote: SocketAddr) -> Result<Association, TransportError> {
-        connect_on(&self.commands, self.connect_timeout, remote).await
-    }
-
-    /// Opens associations from this endpoint's socket (so from its port) while another
-    /// task accepts on it. It holds the socket's driver: the socket stays open while a
-    /// connector exists, even after the endpoint is dropped.
-    pub(crate) fn connector(&self) -> KernelSctpConnector {
-        KernelSctpConnector {
-            commands: self.commands.clone(),
-            connect_timeout: self.connect_timeout,
-        }
-    }
-}
-
-/// See [`KernelSctpEndpoint::connector`].
-#[derive(Clone)]
-pub(crate) struct KernelSctpConnector {
-    commands: mpsc::UnboundedSender<Command>,
-    connect_timeout: Duration,
-}
-
-impl KernelSctpConnector {
-    pub(crate) async fn connect(&self, remote: SocketAddr) -> Result<Association, TransportError> {
-        connect_on(&self.commands, self.connect_timeout, remote).await
-    }
-}
-
-/// An association from the one-to-many socket whose driver takes `commands`.
-async fn connect_on(
-    commands: &mpsc::UnboundedSender<Command>,
-    connect_timeout: Duration,
-    remote: SocketAddr,
-) -> Result<Association, TransportError> {
-    let (reply, reply_rx) = oneshot::channel();
-    commands
-        .send(Command::Connect { remote, reply })
-        .map_err(|_| TransportError::Closed)?;
-    // The driver enforces the deadline itself; this only guards against a lost reply.
-    match tokio::time::timeout(connect_timeout * 2, reply_rx).await {
-        Ok(Ok(result)) => result,
-        Ok(Err(_)) => Err(TransportError::Closed),
-        Err(_) => Err(TransportError::ConnectTimeout(connect_timeout)),
-    }
-}
-
-/// Opens an association to `remote` from a fresh socket.
-pub(crate) async fn connect(
-    config: Config,
-    remote: SocketAddr,
-) -> Result<Association, TransportError> {
-    let local: SocketAddr = if remote.is_ipv4() {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    KernelSctpEndpoint::bind(config, local, false)?
-        .connect(remote)
-        .await
-}
-
-fn local_address(fd: RawFd) -> std::io::Result<SocketAddr> {
+pub(super) fn local_address(fd: RawFd) -> std::io::Result<SocketAddr> {
     // SAFETY: zeroed sockaddr_storage is valid; getsockname writes at most `len` bytes.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -714,464 +482,44 @@ fn local_address(fd: RawFd) -> std::io::Result<SocketAddr> {
         .ok_or_else(|| std::io::Error::other("getsockname returned an unknown family"))
 }
 
-struct PendingConnect {
-    remote: SocketAddr,
-    reply: oneshot::Sender<Result<Association, TransportError>>,
-    deadline: Instant,
+/// bind(2) to `local`.
+pub(super) fn bind(fd: RawFd, local: &SocketAddr) -> std::io::Result<()> {
+    let (raw, len) = to_raw_addr(local);
+    // SAFETY: `raw`/`len` describe a valid socket address for this family.
+    if unsafe { libc::bind(fd, (&raw as *const libc::sockaddr_storage).cast(), len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
-struct Entry {
-    shared: Arc<Shared>,
-    events: mpsc::Sender<Event>,
-    /// Events the application has not had room for yet; while any exist we stop reading.
-    outbox: VecDeque<Event>,
-    /// A message arriving in pieces (larger than one `recvmsg`), until MSG_EOR.
-    partial: BytesMut,
-    closing_locally: bool,
+/// listen(2): the socket accepts associations.
+pub(super) fn listen(fd: RawFd, backlog: c_int) -> std::io::Result<()> {
+    // SAFETY: plain listen(2) on a socket the caller owns.
+    if unsafe { libc::listen(fd, backlog) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
-struct Driver {
-    socket: Arc<AsyncFd<OwnedFd>>,
-    weak_commands: mpsc::WeakUnboundedSender<Command>,
-    accept_tx: Option<mpsc::Sender<Association>>,
-    entries: HashMap<i32, Entry>,
-    pending_connects: Vec<PendingConnect>,
-    /// Messages (with the budget they hold) and shutdown requests not yet taken by the
-    /// kernel, oldest first.
-    send_queue: VecDeque<(i32, Outgoing, Bytes, u32)>,
-    config: Config,
+/// Non-blocking connect(2) to `remote`: `Ok` once the INIT is under way (EINPROGRESS);
+/// the outcome arrives as an `SCTP_ASSOC_CHANGE` notification.
+pub(super) fn start_connect(fd: RawFd, remote: &SocketAddr) -> std::io::Result<()> {
+    let (raw, len) = to_raw_addr(remote);
+    // SAFETY: `raw`/`len` describe a valid socket address.
+    let rc = unsafe { libc::connect(fd, (&raw as *const libc::sockaddr_storage).cast(), len) };
+    let error = std::io::Error::last_os_error();
+    if rc != 0 && error.raw_os_error() != Some(libc::EINPROGRESS) {
+        return Err(error);
+    }
+    Ok(())
 }
 
-/// One `recvmsg` worth of input.
-enum Received {
-    Data {
-        info: Option<ReceiveInfo>,
-        end_of_record: bool,
-        len: usize,
-    },
-    Notification {
-        from: Option<SocketAddr>,
-        len: usize,
-    },
-}
-
-impl Driver {
-    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
-        let socket = self.socket.clone();
-        let mut buffer = vec![0u8; self.config.max_message_size.clamp(64 * 1024, 1 << 20)];
-        let mut commands_open = true;
-        let mut linger_until: Option<Instant> = None;
-        loop {
-            if !commands_open {
-                let until = *linger_until.get_or_insert_with(|| Instant::now() + LINGER);
-                if self.send_queue.is_empty() || Instant::now() >= until {
-                    // Closing the socket shuts the remaining associations down gracefully.
-                    break;
-                }
-            }
-            let read_allowed = self.entries.values().all(|e| e.outbox.is_empty());
-            let next_deadline = self.pending_connects.iter().map(|p| p.deadline).min();
-            let sleep_until = next_deadline
-                .or(linger_until)
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-            tokio::select! {
-                guard = socket.readable(), if read_allowed => match guard {
-                    Ok(mut guard) => {
-                        for _ in 0..BATCH {
-                            match self.receive(&mut buffer) {
-                                Ok(()) => {}
-                                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                                    guard.clear_ready();
-                                    break;
-                                }
-                                Err(error) => {
-                                    debug!("kernel SCTP recvmsg failed: {error}");
-                                    break;
-                                }
-                            }
-                            if self.entries.values().any(|e| !e.outbox.is_empty()) {
-                                break;
-                            }
-                        }
-                    }
-                    Err(error) => {
-                        warn!("kernel SCTP socket failed: {error}");
-                        break;
-                    }
-                },
-                guard = socket.writable(), if !self.send_queue.is_empty() => {
-                    if let Ok(mut guard) = guard
-                        && self.flush_sends()
-                    {
-                        guard.clear_ready();
-                    }
-                },
-                command = commands.recv(), if commands_open => match command {
-                    Some(command) => {
-                        self.on_command(command);
-                        for _ in 1..BATCH {
-                            match commands.try_recv() {
-                                Ok(command) => self.on_command(command),
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                    None => commands_open = false,
-                },
-                _ = tokio::time::sleep_until(sleep_until.into()) => {}
-            }
-            self.expire_connects(Instant::now());
-            self.flush_sends();
-        }
-        debug!("kernel SCTP driver stopped");
-    }
-
-    fn on_command(&mut self, command: Command) {
-        match command {
-            Command::Connect { remote, reply } => self.connect(remote, reply),
-            Command::Send {
-                assoc_id,
-                message,
-                charged,
-            } => {
-                let outgoing = Outgoing::Data {
-                    stream: message.stream,
-                    ppid: message.ppid,
-                    unordered: message.unordered,
-                    reliability: message.reliability,
-                };
-                self.send_queue
-                    .push_back((assoc_id, outgoing, message.payload, charged));
-            }
-            Command::Close { assoc_id } => {
-                if let Some(entry) = self.entries.get_mut(&assoc_id)
-                    && !entry.closing_locally
-                {
-                    entry.closing_locally = true;
-                    // Queued behind the association's messages, so they still go out.
-                    self.send_queue
-                        .push_back((assoc_id, Outgoing::Eof, Bytes::new(), 0));
-                }
-            }
-            Command::ResumeReceive => {
-                for entry in self.entries.values_mut() {
-                    flush_outbox(entry);
-                }
-            }
-        }
-    }
-
-    fn connect(
-        &mut self,
-        remote: SocketAddr,
-        reply: oneshot::Sender<Result<Association, TransportError>>,
-    ) {
-        let (raw, len) = to_raw_addr(&remote);
-        let fd = self.socket.get_ref().as_raw_fd();
-        // SAFETY: `raw`/`len` describe a valid socket address.
-        let rc = unsafe { libc::connect(fd, (&raw as *const libc::sockaddr_storage).cast(), len) };
-        let error = std::io::Error::last_os_error();
-        if rc != 0 && error.raw_os_error() != Some(libc::EINPROGRESS) {
-            let _ = reply.send(Err(TransportError::ConnectFailed(format!(
-                "connect to {remote}: {error}"
-            ))));
-            return;
-        }
-        // COMM_UP (or CANT_STR_ASSOC) arrives as a notification.
-        self.pending_connects.push(PendingConnect {
-            remote,
-            reply,
-            deadline: Instant::now() + self.config.connect_timeout,
-        });
-    }
-
-    fn expire_connects(&mut self, now: Instant) {
-        if self.pending_connects.iter().all(|p| p.deadline > now) {
-            return;
-        }
-        let (expired, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_connects)
-            .into_iter()
-            .partition(|p| p.deadline <= now);
-        self.pending_connects = waiting;
-        for pending in expired {
-            let _ = pending.reply.send(Err(TransportError::ConnectTimeout(
-                self.config.connect_timeout,
-            )));
-        }
-    }
-
-    /// Hands queued messages to the kernel; true when it would block.
-    fn flush_sends(&mut self) -> bool {
-        let fd = self.socket.get_ref().as_raw_fd();
-        while let Some((assoc_id, outgoing, payload, charged)) = self.send_queue.pop_front() {
-            match send_one(fd, assoc_id, outgoing, &payload) {
-                Ok(()) => {}
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                    self.send_queue
-                        .push_front((assoc_id, outgoing, payload, charged));
-                    return true;
-                }
-                Err(error) => {
-                    // The association ended under us (EPIPE, EINVAL): its end is reported
-                    // by its notification.
-                    debug!("kernel SCTP send on association {assoc_id} failed: {error}");
-                }
-            }
-            if charged > 0
-                && let Some(entry) = self.entries.get(&assoc_id)
-            {
-                entry.shared.send_budget.add_permits(charged as usize);
-            }
-        }
-        false
-    }
-
-    fn receive(&mut self, buffer: &mut [u8]) -> std::io::Result<()> {
-        let fd = self.socket.get_ref().as_raw_fd();
-        match receive_one(fd, buffer)? {
-            Received::Notification { from, len } => {
-                match parse_notification(&buffer[..len]) {
-                    Ok(Notification::AssocChange {
-                        state,
-                        error,
-                        assoc_id,
-                    }) => self.on_assoc_change(state, error, assoc_id, from),
-                    Ok(Notification::Other(kind)) => {
-                        debug!("kernel SCTP notification {kind:#06x} ignored")
-                    }
-                    Err(reason) => warn!("kernel SCTP: malformed notification: {reason}"),
-                }
-                Ok(())
-            }
-            Received::Data {
-                info,
-                end_of_record,
-                len,
-            } => {
-                let Some(info) = info else {
-                    warn!("kernel SCTP: message without SCTP_RCVINFO dropped");
-                    return Ok(());
-                };
-                self.on_data(info, end_of_record, &buffer[..len]);
-                Ok(())
-            }
-        }
-    }
-
-    fn on_data(&mut self, info: ReceiveInfo, end_of_record: bool, data: &[u8]) {
-        let max = self.config.max_message_size;
-        let Some(entry) = self.entries.get_mut(&info.assoc_id) else {
-            debug!(
-                "kernel SCTP: data for unknown association {}",
-                info.assoc_id
-            );
-            return;
-        };
-        if entry.partial.len() + data.len() > max {
-            warn!(
-                "kernel SCTP: message above {max} bytes on association {}; aborting it",
-                info.assoc_id
-            );
-            entry.partial.clear();
-            entry.closing_locally = true;
-            self.send_queue
-                .push_front((info.assoc_id, Outgoing::Abort, Bytes::new(), 0));
-            self.finish(
-                info.assoc_id,
-                Event::Failed(FailureReason::Error(format!(
-                    "received a message larger than {max} bytes"
-                ))),
-            );
-            return;
-        }
-        entry.partial.extend_from_slice(data);
-        if !end_of_record {
-            return;
-        }
-        let payload = entry.partial.split().freeze();
-        entry.outbox.push_back(Event::Message(Message {
-            stream: info.stream,
-            ppid: info.ppid,
-            unordered: info.unordered,
-            reliability: Reliability::Reliable,
-            payload,
-        }));
-        flush_outbox(entry);
-    }
-
-    fn on_assoc_change(&mut self, state: u16, error: u16, assoc_id: i32, from: Option<SocketAddr>) {
-        match state {
-            SCTP_COMM_UP => self.on_up(assoc_id, from),
-            SCTP_RESTART => {
-                if let Some(entry) = self.entries.get_mut(&assoc_id) {
-                    entry.outbox.push_back(Event::Restarted);
-                    flush_outbox(entry);
-                }
-            }
-            SCTP_SHUTDOWN_COMP => {
-                let local = self
-                    .entries
-                    .get(&assoc_id)
-                    .is_some_and(|e| e.closing_locally);
-                let reason = if local {
-                    DownReason::Local
-                } else {
-                    DownReason::Shutdown
-                };
-                self.finish(assoc_id, Event::Down(reason));
-            }
-            SCTP_COMM_LOST => {
-                let local = self
-                    .entries
-                    .get(&assoc_id)
-                    .is_some_and(|e| e.closing_locally);
-                let event = if local {
-                    Event::Down(DownReason::Local)
-                } else if error != 0 {
-                    Event::Down(DownReason::Aborted)
-                } else {
-                    Event::Failed(FailureReason::PeerUnreachable)
-                };
-                self.finish(assoc_id, event);
-            }
-            SCTP_CANT_STR_ASSOC => {
-                if let Some(pending) = self.take_pending_connect(from) {
-                    let _ = pending
-                        .reply
-                        .send(Err(TransportError::ConnectFailed(format!(
-                            "association with {} could not be established (error {error})",
-                            pending.remote
-                        ))));
-                }
-            }
-            other => debug!("kernel SCTP: association state {other} ignored"),
-        }
-    }
-
-    fn on_up(&mut self, assoc_id: i32, from: Option<SocketAddr>) {
-        let Some(commands) = self.weak_commands.upgrade() else {
-            return;
-        };
-        let remote = from.unwrap_or_else(|| (Ipv4Addr::UNSPECIFIED, 0).into());
-        let pending = self.take_pending_connect(from);
-        if pending.is_none() && self.accept_tx.is_none() {
-            // A connect that timed out came up late, or an INIT reached a client socket.
-            self.send_queue
-                .push_front((assoc_id, Outgoing::Abort, Bytes::new(), 0));
-            return;
-        }
-        let shared = Arc::new(Shared {
-            assoc_id,
-            send_budget: Semaphore::new(self.config.send_buffer_bytes),
-            closed: AtomicBool::new(false),
-            receive_stalled: AtomicBool::new(false),
-        });
-        let (events_tx, events_rx) = mpsc::channel(self.config.receive_queue_len.max(1));
-        let handle = Association {
-            remote: pending.as_ref().map_or(remote, |p| p.remote),
-            events: events_rx,
-            sender: AssociationSender {
-                inner: SenderInner::KernelSctp(KernelSender {
-                    shared: shared.clone(),
-                    commands,
-                    max_message_size: self.config.max_message_size,
-                    send_buffer_bytes: self.config.send_buffer_bytes,
-                }),
-            },
-        };
-        let mut entry = Entry {
-            shared,
-            events: events_tx,
-            outbox: VecDeque::new(),
-            partial: BytesMut::new(),
-            closing_locally: false,
-        };
-        entry.outbox.push_back(Event::Up);
-        flush_outbox(&mut entry);
-        self.entries.insert(assoc_id, entry);
-        if let Some(pending) = pending {
-            // A caller that gave up waiting drops the handle, which closes the association.
-            let _ = pending.reply.send(Ok(handle));
-            return;
-        }
-        if let Some(accept_tx) = &self.accept_tx
-            && accept_tx.try_send(handle).is_err()
-        {
-            warn!("dropping kernel SCTP association from {remote}: nobody accepts");
-        }
-    }
-
-    /// The pending connect a notification is about: by the peer address the kernel puts in
-    /// `msg_name`; without one, the only pending connect (a client socket has one).
-    fn take_pending_connect(&mut self, from: Option<SocketAddr>) -> Option<PendingConnect> {
-        let index = match from {
-            Some(from) => self
-                .pending_connects
-                .iter()
-                .position(|p| same_peer(p.remote, from)),
-            None if self.pending_connects.len() == 1 => Some(0),
-            None => None,
-        }?;
-        Some(self.pending_connects.remove(index))
-    }
-
-    /// Reports the last event of an association and forgets it.
-    fn finish(&mut self, assoc_id: i32, last_event: Event) {
-        let Some(mut entry) = self.entries.remove(&assoc_id) else {
-            return;
-        };
-        entry.shared.closed.store(true, Ordering::Release);
-        entry.shared.send_budget.close();
-        entry.outbox.push_back(last_event);
-        // The application may be behind; the rest goes out as it reads, from its own task,
-        // because the driver no longer tracks this association.
-        if !flush_outbox(&mut entry) {
-            return;
-        }
-        tokio::spawn(async move {
-            while let Some(event) = entry.outbox.pop_front() {
-                if entry.events.send(event).await.is_err() {
-                    break;
-                }
-            }
-        });
-    }
-}
-
-/// Moves queued events into the application's channel; true while some remain.
-fn flush_outbox(entry: &mut Entry) -> bool {
-    while let Some(event) = entry.outbox.pop_front() {
-        match entry.events.try_send(event) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                entry.outbox.clear();
-                return false;
-            }
-            Err(mpsc::error::TrySendError::Full(event)) => {
-                entry.outbox.push_front(event);
-                entry.shared.receive_stalled.store(true, Ordering::Release);
-                // The application may have taken an event in between: try once more, so
-                // that a wake-up request cannot be lost.
-                if let Some(event) = entry.outbox.pop_front() {
-                    match entry.events.try_send(event) {
-                        Ok(()) => continue,
-                        Err(mpsc::error::TrySendError::Closed(_)) => {
-                            entry.outbox.clear();
-                            return false;
-                        }
-                        Err(mpsc::error::TrySendError::Full(event)) => {
-                            entry.outbox.push_front(event)
-                        }
-                    }
-                }
-                return true;
-            }
-        }
-    }
-    false
-}
-
-fn send_one(fd: RawFd, assoc_id: i32, outgoing: Outgoing, payload: &[u8]) -> std::io::Result<()> {
+pub(super) fn send_one(
+    fd: RawFd,
+    assoc_id: i32,
+    outgoing: Outgoing,
+    payload: &[u8],
+) -> std::io::Result<()> {
     let info = sndrcvinfo(outgoing, assoc_id);
     let mut control = ControlBuffer::new();
     let control_len = write_sndrcv_cmsg(&mut control, &info);
@@ -1195,7 +543,7 @@ fn send_one(fd: RawFd, assoc_id: i32, outgoing: Outgoing, payload: &[u8]) -> std
     }
 }
 
-fn receive_one(fd: RawFd, buffer: &mut [u8]) -> std::io::Result<Received> {
+pub(super) fn receive_one(fd: RawFd, buffer: &mut [u8]) -> std::io::Result<Received> {
     // SAFETY: zeroed sockaddr_storage/msghdr are valid values.
     let mut from: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut control = ControlBuffer::new();
@@ -1486,18 +834,5 @@ mod tests {
         let mapped: SocketAddr = "[::ffff:192.0.2.1]:9899".parse().unwrap();
         assert!(same_peer(v4, mapped));
         assert!(!same_peer(v4, "[::ffff:192.0.2.1]:9900".parse().unwrap()));
-    }
-
-    #[test]
-    fn asking_for_kernel_sctp_without_it_names_the_reason() {
-        match probe() {
-            Ok(()) => println!("kernel SCTP present: nothing to check here"),
-            Err(reason) => {
-                let error = endpoint_socket(libc::AF_INET).expect_err("probe failed");
-                let text = error.to_string();
-                assert!(text.contains("kernel SCTP unavailable"), "{text}");
-                println!("SKIPPED kernel socket: {reason}; error reads: {text}");
-            }
-        }
     }
 }
