@@ -16,9 +16,11 @@ use futures_util::{StreamExt, pin_mut};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, IsolationLevel};
 
+use super::read::{BlockAnomaly, GroupReader, HandoverRow, StoreReadout};
+use super::report::StoreSummary;
 use super::{
-    BATCH_ENTRIES, BlockAnomaly, DeclarationRow, ExporterAccount, GroupFilter, GroupKey,
-    GroupReader, HandoverRow, ReadProgress, RecordEntry, StoreReadout, StoreSummary,
+    BATCH_ENTRIES, DeclarationRow, ExporterAccount, GroupFilter, GroupKey, ReadProgress,
+    RecordEntry,
 };
 
 /// Runs `future` to completion on a runtime of its own, in a thread of its
@@ -81,7 +83,7 @@ async fn check_schema(client: &Client) -> Result<()> {
 }
 
 /// The exporters' statistics and declared losses shipped by `collector`,
-/// as `super::read_accounts` reads them from SQLite.
+/// as `super::read::read_accounts` reads them from SQLite.
 pub(super) fn read_accounts(
     url: &str,
     collector: &str,
@@ -145,7 +147,7 @@ pub(super) fn read_accounts(
 }
 
 /// Streams `collector`'s billing records in (exporter, domain, sequence)
-/// order, as `super::read_store` does for a SQLite file.
+/// order, as `super::read::read_store` does for a SQLite file.
 pub(super) fn read_store(
     url: &str,
     collector: &str,
