@@ -1,21 +1,24 @@
-//! The relay's IO: UDP listeners (one blocking thread each, never waiting
-//! for the pool user: a full queue drops and counts) and TCP listeners (a
+//! The relay's IO: UDP listeners (one blocking thread each, the shared
+//! [`transport::udp_listener`] loop, never waiting for the pool user: a full
+//! queue drops and counts) and TCP listeners (a
 //! task per connection, waiting on a full queue so TCP flow control pauses
 //! the router), and the metrics and rate-limited logs of what each message
 //! did.
 
-use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
+use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use daemon_common::log_limit::LogLimiter;
 use protocol::ipfix::{self, TransportKind};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
+use transport::udp_listener::{self, SessionChange, UdpService};
 
 use super::session::{InputProtocol, InputReport, RouterSession, SessionLimits};
 use super::templates::SharedRegistry;
@@ -30,33 +33,11 @@ const UDP_POLL_INTERVAL: Duration = Duration::from_millis(200);
 // ---------------------------------------------------------------------------
 // Accounting: metrics and rate-limited logs
 
-/// At most one log line per interval per listener, with the count of the
-/// lines it stands for: a flood of bad datagrams must not flood the log.
-#[derive(Debug)]
-struct LogLimiter {
-    next: Instant,
-    suppressed: u64,
-}
-
-impl LogLimiter {
-    fn new() -> Self {
-        Self {
-            next: Instant::now(),
-            suppressed: 0,
-        }
-    }
-
-    /// `Some(suppressed since the last line)` when a line may be written.
-    fn allow(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        if now >= self.next {
-            self.next = now + Duration::from_secs(1);
-            Some(std::mem::take(&mut self.suppressed))
-        } else {
-            self.suppressed += 1;
-            None
-        }
-    }
+/// At most one bad-input log line per second per listener (a UDP listener
+/// or a TCP connection), with the count of the lines it stands for: a flood
+/// of bad datagrams must not flood the log.
+fn log_limiter() -> LogLimiter {
+    LogLimiter::per_interval(Duration::from_secs(1))
 }
 
 fn account(report: &InputReport, peer: SocketAddr, transport: TransportKind, log: &mut LogLimiter) {
@@ -84,7 +65,7 @@ fn account(report: &InputReport, peer: SocketAddr, transport: TransportKind, log
         metrics::counter!("poolflow_relay_input_lost_packets_total").increment(report.lost_packets);
     }
     if (!report.errors.is_empty() || !report.dropped.is_empty())
-        && let Some(suppressed) = log.allow()
+        && let Some(allowed) = log.allow()
     {
         let errors: Vec<String> = report
             .errors
@@ -97,7 +78,7 @@ fn account(report: &InputReport, peer: SocketAddr, transport: TransportKind, log
             protocol,
             errors = ?errors,
             dropped = ?report.dropped,
-            similar_lines_suppressed = suppressed,
+            similar_lines_suppressed = allowed.suppressed,
             "bad or dropped router input"
         );
     }
@@ -106,11 +87,11 @@ fn account(report: &InputReport, peer: SocketAddr, transport: TransportKind, log
 fn count_backpressure(dropped: u64, peer: SocketAddr, log: &mut LogLimiter) {
     metrics::counter!("poolflow_relay_dropped_records_total", "reason" => "backpressure")
         .increment(dropped);
-    if let Some(suppressed) = log.allow() {
+    if let Some(allowed) = log.allow() {
         tracing::warn!(
             %peer,
             dropped,
-            similar_lines_suppressed = suppressed,
+            similar_lines_suppressed = allowed.suppressed,
             "replay buffer full: UDP records dropped (routers cannot be paused)"
         );
     }
@@ -136,116 +117,100 @@ pub(super) struct ListenerContext {
 
 /// Binds a UDP socket with the configured receive buffer.
 pub(super) fn bind_udp(addr: SocketAddr, receive_buffer_bytes: usize) -> anyhow::Result<UdpSocket> {
-    let socket = UdpSocket::bind(addr).with_context(|| format!("binding UDP {addr}"))?;
-    set_receive_buffer(&socket, receive_buffer_bytes);
-    socket.set_read_timeout(Some(UDP_POLL_INTERVAL))?;
-    Ok(socket)
+    let options = udp_listener::BindOptions {
+        receive_buffer_bytes,
+        // Failure (not privileged) only costs burst capacity.
+        force_receive_buffer: true,
+        reuse_address: false,
+        poll_interval: UDP_POLL_INTERVAL,
+    };
+    udp_listener::bind(addr, &options).with_context(|| format!("binding UDP {addr}"))
 }
 
-#[cfg(target_os = "linux")]
-fn set_receive_buffer(socket: &UdpSocket, bytes: usize) {
-    use std::os::fd::AsRawFd;
-    let value = bytes.min(i32::MAX as usize) as libc::c_int;
-    // SO_RCVBUFFORCE passes net.core.rmem_max when privileged; SO_RCVBUF
-    // (capped by the kernel) otherwise. Failure only costs burst capacity.
-    for option in [libc::SO_RCVBUF, libc::SO_RCVBUFFORCE] {
-        // SAFETY: a valid socket fd and a pointer to a c_int of its size.
-        unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                option,
-                &value as *const libc::c_int as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn set_receive_buffer(_socket: &UdpSocket, _bytes: usize) {}
-
-/// One UDP listener on its own thread: blocking receive, one consumer, and
-/// it never waits for the pool user (a full queue drops and counts).
+/// One UDP listener on its own thread: the shared UDP listener loop
+/// ([`transport::udp_listener`]) with a [`RouterSession`] per router.
 pub(super) fn udp_loop(socket: UdpSocket, context: ListenerContext, stop: Arc<AtomicBool>) {
-    let local = socket.local_addr().ok();
-    let mut sessions: HashMap<SocketAddr, RouterSession> = HashMap::new();
-    let mut buf = vec![0u8; 65_536];
-    let mut out = Vec::new();
-    let mut log = LogLimiter::new();
-    let mut backpressure_log = LogLimiter::new();
-    let mut next_housekeeping = Instant::now() + HOUSEKEEPING_INTERVAL;
-    let max_sessions = context.config.max_udp_sessions;
-    while !stop.load(Ordering::Relaxed) {
-        match socket.recv_from(&mut buf) {
-            Ok((len, peer)) => {
-                let now_secs = unix_secs();
-                if !sessions.contains_key(&peer) {
-                    if sessions.len() >= max_sessions {
-                        evict_idlest(&mut sessions);
-                    }
-                    sessions.insert(
-                        peer,
-                        RouterSession::new(peer.ip(), TransportKind::Udp, context.limits.clone()),
-                    );
-                    metrics::gauge!("poolflow_relay_sessions", "transport" => "udp").increment(1.0);
-                }
-                let session = sessions.get_mut(&peer).expect("inserted above");
-                out.clear();
-                let report = session.handle(&buf[..len], now_secs, &context.registry, &mut out);
-                account(&report, peer, TransportKind::Udp, &mut log);
-                let mut forwarded = 0;
-                let mut dropped = 0;
-                for record in out.drain(..) {
-                    match context.records.try_send(record) {
-                        Ok(()) => forwarded += 1,
-                        Err(mpsc::error::TrySendError::Full(_)) => dropped += 1,
-                        Err(mpsc::error::TrySendError::Closed(_)) => return,
-                    }
-                }
-                metrics::counter!("poolflow_relay_forwarded_records_total").increment(forwarded);
-                if dropped > 0 {
-                    count_backpressure(dropped, peer, &mut backpressure_log);
-                }
-            }
-            Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(error) => {
-                // E.g. ICMP errors reported on the socket: keep receiving.
-                tracing::debug!(?local, %error, "UDP receive error");
-            }
-        }
-        let now = Instant::now();
-        if now >= next_housekeeping {
-            next_housekeeping = now + HOUSEKEEPING_INTERVAL;
-            let now_secs = unix_secs();
-            let before = sessions.len();
-            sessions.retain(|_, s| {
-                now_secs.saturating_sub(s.last_seen_secs)
-                    <= context.config.udp_idle_timeout.as_secs()
-            });
-            for session in sessions.values_mut() {
-                session.expire_templates(now_secs);
-            }
-            metrics::gauge!("poolflow_relay_sessions", "transport" => "udp")
-                .decrement((before - sessions.len()) as f64);
-            metrics::gauge!("poolflow_relay_templates")
-                .set(context.registry.lock().templates().len() as f64);
-        }
-    }
-    metrics::gauge!("poolflow_relay_sessions", "transport" => "udp")
-        .decrement(sessions.len() as f64);
+    let settings = udp_listener::ListenerSettings {
+        max_sessions: context.config.max_udp_sessions,
+        idle_timeout: context.config.udp_idle_timeout,
+        housekeeping_interval: HOUSEKEEPING_INTERVAL,
+    };
+    let mut routers = UdpRouters {
+        context,
+        out: Vec::new(),
+        log: log_limiter(),
+        backpressure_log: log_limiter(),
+    };
+    udp_listener::run(&socket, &settings, &stop, &mut routers);
 }
 
-fn evict_idlest(sessions: &mut HashMap<SocketAddr, RouterSession>) {
-    if let Some(peer) = sessions
-        .iter()
-        .min_by_key(|(_, s)| s.last_seen_secs)
-        .map(|(peer, _)| *peer)
-    {
-        sessions.remove(&peer);
-        metrics::counter!("poolflow_relay_evicted_sessions_total").increment(1);
-        metrics::gauge!("poolflow_relay_sessions", "transport" => "udp").decrement(1.0);
-        tracing::warn!(%peer, "UDP session limit reached: idlest router session forgotten");
+/// The relay's [`UdpService`]: decodes each router's datagrams and hands
+/// the records on at once; it never waits for the pool user (a full queue
+/// drops and counts).
+struct UdpRouters {
+    context: ListenerContext,
+    out: Vec<InputRecord>,
+    log: LogLimiter,
+    backpressure_log: LogLimiter,
+}
+
+impl UdpService for UdpRouters {
+    type Session = RouterSession;
+
+    fn open(&mut self, peer: SocketAddr) -> RouterSession {
+        RouterSession::new(peer.ip(), TransportKind::Udp, self.context.limits.clone())
+    }
+
+    fn datagram(
+        &mut self,
+        session: &mut RouterSession,
+        peer: SocketAddr,
+        bytes: &[u8],
+        _now: Instant,
+    ) -> ControlFlow<()> {
+        self.out.clear();
+        let report = session.handle(bytes, unix_secs(), &self.context.registry, &mut self.out);
+        account(&report, peer, TransportKind::Udp, &mut self.log);
+        let mut forwarded = 0;
+        let mut dropped = 0;
+        for record in self.out.drain(..) {
+            match self.context.records.try_send(record) {
+                Ok(()) => forwarded += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => dropped += 1,
+                Err(mpsc::error::TrySendError::Closed(_)) => return ControlFlow::Break(()),
+            }
+        }
+        metrics::counter!("poolflow_relay_forwarded_records_total").increment(forwarded);
+        if dropped > 0 {
+            count_backpressure(dropped, peer, &mut self.backpressure_log);
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn session_change(&mut self, peer: SocketAddr, change: SessionChange, _sessions: usize) {
+        let sessions = metrics::gauge!("poolflow_relay_sessions", "transport" => "udp");
+        match change {
+            SessionChange::Opened => sessions.increment(1.0),
+            SessionChange::Evicted => {
+                metrics::counter!("poolflow_relay_evicted_sessions_total").increment(1);
+                sessions.decrement(1.0);
+                tracing::warn!(%peer, "UDP session limit reached: idlest router session forgotten");
+            }
+            SessionChange::Idle => sessions.decrement(1.0),
+        }
+    }
+
+    fn housekeeping<'a>(&mut self, sessions: impl Iterator<Item = &'a mut RouterSession>) {
+        let now_secs = unix_secs();
+        for session in sessions {
+            session.expire_templates(now_secs);
+        }
+        metrics::gauge!("poolflow_relay_templates")
+            .set(self.context.registry.lock().templates().len() as f64);
+    }
+
+    fn stopped(&mut self, sessions: usize) {
+        metrics::gauge!("poolflow_relay_sessions", "transport" => "udp").decrement(sessions as f64);
     }
 }
 
@@ -294,7 +259,7 @@ async fn tcp_connection(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut session = RouterSession::new(peer.ip(), TransportKind::Tcp, context.limits.clone());
-    let mut log = LogLimiter::new();
+    let mut log = log_limiter();
     let mut message = Vec::with_capacity(65_536);
     let mut out = Vec::new();
     tracing::info!(%peer, "router connected over TCP");

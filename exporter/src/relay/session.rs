@@ -133,8 +133,6 @@ pub struct RouterSession {
     ipfix: Option<ipfix::Session>,
     v9: Option<netflow_v9::Session<()>>,
     mappings: HashMap<(InputProtocol, u32, u16), Mapping>,
-    /// Last message, unix seconds (UDP idle expiry).
-    pub last_seen_secs: u64,
 }
 
 impl RouterSession {
@@ -148,7 +146,6 @@ impl RouterSession {
             ipfix: None,
             v9: None,
             mappings: HashMap::new(),
-            last_seen_secs: 0,
         }
     }
 
@@ -177,7 +174,6 @@ impl RouterSession {
         registry: &SharedRegistry,
         out: &mut Vec<InputRecord>,
     ) -> InputReport {
-        self.last_seen_secs = now_secs;
         let mut report = InputReport::default();
         let Some(version) = bytes.get(..2).map(|v| u16::from_be_bytes([v[0], v[1]])) else {
             report.error("truncated_header", format!("{} bytes", bytes.len()));

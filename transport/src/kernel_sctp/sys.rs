@@ -1,16 +1,18 @@
 //! The raw layer of kernel SCTP: the linux/sctp.h constants and structs the libc crate
-//! lacks, socket creation and options, socket addresses, `SCTP_SNDRCV`/`SCTP_RCVINFO`
-//! control messages, notification parsing and the `bind`/`listen`/`connect`/`sendmsg`/
-//! `recvmsg` calls. Stateless and without tokio: [`super::driver`] owns the socket and
-//! decides; everything with a byte layout is here, where the tests check it against the
-//! kernel headers without a socket.
+//! lacks, socket creation and options, `SCTP_SNDRCV`/`SCTP_RCVINFO` control messages,
+//! notification parsing and the `bind`/`listen`/`connect`/`sendmsg`/`recvmsg` calls
+//! (socket addresses are [`crate::sockaddr`]'s, shared with the UDP listener). Stateless
+//! and without tokio: [`super::driver`] owns the socket and decides; everything with a
+//! byte layout is here, where the tests check it against the kernel headers without a
+//! socket.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use libc::c_int;
 
+use crate::sockaddr::{from_raw, to_raw};
 use crate::{Config, Reliability, TransportError};
 
 // Constants of linux/sctp.h (and linux/socket.h) that the libc crate does not export.
@@ -210,68 +212,6 @@ fn subscribe_assoc_change(fd: RawFd) -> std::io::Result<()> {
 // ---------------------------------------------------------------------------------------
 // Pure parts: addresses, control messages, notifications.
 // ---------------------------------------------------------------------------------------
-
-fn to_raw_addr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(v4) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: v4.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from(*v4.ip()).to_be(),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
-            size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(v6) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: v6.port().to_be(),
-                sin6_flowinfo: v6.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: v6.ip().octets(),
-                },
-                sin6_scope_id: v6.scope_id(),
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
-            size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, len as libc::socklen_t)
-}
-
-fn from_raw_addr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
-    let len = len as usize;
-    match c_int::from(storage.ss_family) {
-        libc::AF_INET if len >= size_of::<libc::sockaddr_in>() => {
-            // SAFETY: the family says sockaddr_in and the length covers it.
-            let sin: libc::sockaddr_in =
-                unsafe { std::ptr::read((storage as *const libc::sockaddr_storage).cast()) };
-            Some(SocketAddr::V4(SocketAddrV4::new(
-                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
-                u16::from_be(sin.sin_port),
-            )))
-        }
-        libc::AF_INET6 if len >= size_of::<libc::sockaddr_in6>() => {
-            // SAFETY: the family says sockaddr_in6 and the length covers it.
-            let sin6: libc::sockaddr_in6 =
-                unsafe { std::ptr::read((storage as *const libc::sockaddr_storage).cast()) };
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
-                u16::from_be(sin6.sin6_port),
-                sin6.sin6_flowinfo,
-                sin6.sin6_scope_id,
-            )))
-        }
-        _ => None,
-    }
-}
 
 /// Same transport address, whether or not one side is an IPv4-mapped IPv6 address (an
 /// IPv6 socket reports IPv4 peers that way).
@@ -478,13 +418,13 @@ pub(super) fn local_address(fd: RawFd) -> std::io::Result<SocketAddr> {
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    from_raw_addr(&storage, len)
+    from_raw(&storage, len)
         .ok_or_else(|| std::io::Error::other("getsockname returned an unknown family"))
 }
 
 /// bind(2) to `local`.
 pub(super) fn bind(fd: RawFd, local: &SocketAddr) -> std::io::Result<()> {
-    let (raw, len) = to_raw_addr(local);
+    let (raw, len) = to_raw(local);
     // SAFETY: `raw`/`len` describe a valid socket address for this family.
     if unsafe { libc::bind(fd, (&raw as *const libc::sockaddr_storage).cast(), len) } != 0 {
         return Err(std::io::Error::last_os_error());
@@ -504,7 +444,7 @@ pub(super) fn listen(fd: RawFd, backlog: c_int) -> std::io::Result<()> {
 /// Non-blocking connect(2) to `remote`: `Ok` once the INIT is under way (EINPROGRESS);
 /// the outcome arrives as an `SCTP_ASSOC_CHANGE` notification.
 pub(super) fn start_connect(fd: RawFd, remote: &SocketAddr) -> std::io::Result<()> {
-    let (raw, len) = to_raw_addr(remote);
+    let (raw, len) = to_raw(remote);
     // SAFETY: `raw`/`len` describe a valid socket address.
     let rc = unsafe { libc::connect(fd, (&raw as *const libc::sockaddr_storage).cast(), len) };
     let error = std::io::Error::last_os_error();
@@ -564,7 +504,7 @@ pub(super) fn receive_one(fd: RawFd, buffer: &mut [u8]) -> std::io::Result<Recei
         return Err(std::io::Error::last_os_error());
     }
     let len = received as usize;
-    let peer = from_raw_addr(&from, msg.msg_namelen);
+    let peer = from_raw(&from, msg.msg_namelen);
     if msg.msg_flags & libc::MSG_NOTIFICATION != 0 {
         return Ok(Received::Notification { from: peer, len });
     }
@@ -810,21 +750,6 @@ mod tests {
         assert!(
             parse_notification(&short).is_err(),
             "shorter than the fixed part"
-        );
-    }
-
-    #[test]
-    fn socket_addresses_round_trip() {
-        for addr in ["127.0.0.1:9899", "[::1]:3863", "[fe80::1%2]:1", "0.0.0.0:0"] {
-            let addr: SocketAddr = addr.parse().unwrap();
-            let (raw, len) = to_raw_addr(&addr);
-            assert_eq!(from_raw_addr(&raw, len), Some(addr));
-        }
-        let (raw, _) = to_raw_addr(&"10.0.0.1:5".parse().unwrap());
-        assert_eq!(
-            from_raw_addr(&raw, 4),
-            None,
-            "length too short for sockaddr_in"
         );
     }
 
