@@ -283,6 +283,15 @@ impl GroupFilter {
         self.exporter.is_none_or(|e| e == key.billing_exporter)
             && self.domain.is_none_or(|d| d == key.domain)
     }
+
+    /// The group of a row's (billing exporter, domain), if the audit covers it.
+    fn key(&self, billing_exporter: i64, domain: i64) -> Option<GroupKey> {
+        let key = GroupKey {
+            billing_exporter,
+            domain,
+        };
+        self.accepts(key).then_some(key)
+    }
 }
 
 /// One stored record as the merge sees it.
@@ -346,6 +355,20 @@ struct ExporterAccount {
     /// Union of the declared ranges.
     declared: crate::ledger::RangeSet,
     declarations: Vec<DeclarationRow>,
+}
+
+impl ExporterAccount {
+    /// A report (statistics or state file) accounts for every sequence below
+    /// `accounted`; the highest wins.
+    fn account(&mut self, accounted: u64) {
+        self.accounted = self.accounted.max(Some(accounted));
+    }
+
+    /// The exporter declared `row.first..=row.last` lost.
+    fn declare(&mut self, row: DeclarationRow) {
+        self.declared.insert(row.first, row.last);
+        self.declarations.push(row);
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -18,10 +18,7 @@ use tokio_postgres::{Client, IsolationLevel};
 
 use super::read::{BlockAnomaly, GroupReader, HandoverRow, StoreReadout};
 use super::report::StoreSummary;
-use super::{
-    BATCH_ENTRIES, DeclarationRow, ExporterAccount, GroupFilter, GroupKey, ReadProgress,
-    RecordEntry,
-};
+use super::{DeclarationRow, ExporterAccount, GroupFilter, GroupKey, ReadProgress, RecordEntry};
 
 /// Runs `future` to completion on a runtime of its own, in a thread of its
 /// own: the audit is synchronous and may be called from inside another
@@ -102,16 +99,11 @@ pub(super) fn read_accounts(
             )
             .await?
         {
-            let key = GroupKey {
-                billing_exporter: row.get(0),
-                domain: row.get(1),
-            };
-            if !filter.accepts(key) {
+            let Some(key) = filter.key(row.get(0), row.get(1)) else {
                 continue;
-            }
+            };
             let accounted = row.get::<_, i64>(2).max(0) as u64;
-            let account = accounts.entry(key).or_default();
-            account.accounted = account.accounted.max(Some(accounted));
+            accounts.entry(key).or_default().account(accounted);
         }
         for row in client
             .query(
@@ -121,20 +113,14 @@ pub(super) fn read_accounts(
             )
             .await?
         {
-            let key = GroupKey {
-                billing_exporter: row.get(0),
-                domain: row.get(1),
-            };
-            if !filter.accepts(key) {
+            let Some(key) = filter.key(row.get(0), row.get(1)) else {
                 continue;
-            }
+            };
             let (first, last) = (row.get::<_, i64>(2) as u64, row.get::<_, i64>(3) as u64);
             if first > last {
                 continue;
             }
-            let account = accounts.entry(key).or_default();
-            account.declared.insert(first, last);
-            account.declarations.push(DeclarationRow {
+            accounts.entry(key).or_default().declare(DeclarationRow {
                 first,
                 last,
                 system_init_ms: row.get(4),
@@ -183,13 +169,9 @@ pub(super) fn read_store(
             )
             .await?
         {
-            let key = GroupKey {
-                billing_exporter: row.get(1),
-                domain: row.get(2),
-            };
-            if !filter.accepts(key) {
+            let Some(key) = filter.key(row.get(1), row.get(2)) else {
                 continue;
-            }
+            };
             handovers.push(HandoverRow {
                 key,
                 at_ms: row.get(0),
@@ -209,21 +191,12 @@ pub(super) fn read_store(
             )
             .await?
             .iter()
-            .map(|row| GroupKey {
-                billing_exporter: row.get(0),
-                domain: row.get(1),
-            })
-            .filter(|key| filter.accepts(*key))
+            .filter_map(|row| filter.key(row.get(0), row.get(1)))
             .collect();
         // Every reader must produce groups in the same order for the merge.
         keys.sort_unstable();
 
-        let mut reader = GroupReader {
-            sender,
-            batch: Vec::with_capacity(BATCH_ENTRIES),
-            pending: Default::default(),
-            anomalies: Vec::new(),
-        };
+        let mut reader = GroupReader::new(sender);
         for &key in &keys {
             read_group(&tx, collector, key, &mut reader, &mut summary, progress).await?;
         }

@@ -100,11 +100,7 @@ pub(super) fn read_store(
         )?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
-            let key = GroupKey {
-                billing_exporter: row.get(0)?,
-                domain: row.get(1)?,
-            };
-            if filter.accepts(key) {
+            if let Some(key) = filter.key(row.get(0)?, row.get(1)?) {
                 keys.push(key);
             }
         }
@@ -122,12 +118,7 @@ pub(super) fn read_store(
             .fetch_add(blocks as u64, Ordering::Relaxed);
     }
 
-    let mut reader = GroupReader {
-        sender,
-        batch: Vec::with_capacity(BATCH_ENTRIES),
-        pending: VecDeque::new(),
-        anomalies: Vec::new(),
-    };
+    let mut reader = GroupReader::new(sender);
     for &key in &keys {
         read_group(&conn, key, &templates, &mut reader, &mut summary, progress)?;
     }
@@ -195,13 +186,9 @@ fn read_handovers(conn: &Connection, filter: GroupFilter) -> Result<Vec<Handover
     let mut rows = stmt.query([])?;
     let mut handovers = Vec::new();
     while let Some(row) = rows.next()? {
-        let key = GroupKey {
-            billing_exporter: row.get(1)?,
-            domain: row.get(2)?,
-        };
-        if !filter.accepts(key) {
+        let Some(key) = filter.key(row.get(1)?, row.get(2)?) else {
             continue;
-        }
+        };
         handovers.push(HandoverRow {
             key,
             at_ms: row.get(0)?,
@@ -217,15 +204,25 @@ fn read_handovers(conn: &Connection, filter: GroupFilter) -> Result<Vec<Handover
 
 /// Per-store state while streaming one group's blocks.
 pub(super) struct GroupReader<'a> {
-    pub(super) sender: &'a SyncSender<Vec<RecordEntry>>,
-    pub(super) batch: Vec<RecordEntry>,
+    sender: &'a SyncSender<Vec<RecordEntry>>,
+    batch: Vec<RecordEntry>,
     /// Records read but possibly not yet in order: a later block (ordered
     /// by its first sequence) may overlap them. Sorted by sequence.
     pub(super) pending: VecDeque<RecordEntry>,
     pub(super) anomalies: Vec<BlockAnomaly>,
 }
 
-impl GroupReader<'_> {
+impl<'a> GroupReader<'a> {
+    /// A reader that sends its entries through `sender`.
+    pub(super) fn new(sender: &'a SyncSender<Vec<RecordEntry>>) -> Self {
+        Self {
+            sender,
+            batch: Vec::with_capacity(BATCH_ENTRIES),
+            pending: VecDeque::new(),
+            anomalies: Vec::new(),
+        }
+    }
+
     /// Sends every pending record below `sequence` (all when `None`): no
     /// later block can hold a lower one.
     pub(super) fn release_below(&mut self, sequence: Option<u64>) -> Result<()> {
@@ -390,16 +387,12 @@ pub(super) fn read_exporter_state(
         bail!("exporter state file version {} unknown", state.version);
     }
     for d in state.domains {
-        let key = GroupKey {
-            billing_exporter: i64::from(state.exporter_id),
-            domain: i64::from(d.domain),
-        };
-        if !filter.accepts(key) {
+        let Some(key) = filter.key(i64::from(state.exporter_id), i64::from(d.domain)) else {
             continue;
-        }
+        };
         let account = accounts.entry(key).or_default();
         account.state_file_next = account.state_file_next.max(Some(d.next_sequence));
-        account.accounted = account.accounted.max(Some(d.next_sequence));
+        account.account(d.next_sequence);
     }
     Ok(())
 }
@@ -429,16 +422,11 @@ pub(super) fn read_accounts(
         )?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
-            let key = GroupKey {
-                billing_exporter: row.get(0)?,
-                domain: row.get(1)?,
-            };
-            if !filter.accepts(key) {
+            let Some(key) = filter.key(row.get(0)?, row.get(1)?) else {
                 continue;
-            }
+            };
             let accounted = row.get::<_, i64>(2)?.max(0) as u64;
-            let account = accounts.entry(key).or_default();
-            account.accounted = account.accounted.max(Some(accounted));
+            accounts.entry(key).or_default().account(accounted);
         }
     }
     if has_table(&conn, "declared_losses")? {
@@ -448,20 +436,14 @@ pub(super) fn read_accounts(
         )?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
-            let key = GroupKey {
-                billing_exporter: row.get(0)?,
-                domain: row.get(1)?,
-            };
-            if !filter.accepts(key) {
+            let Some(key) = filter.key(row.get(0)?, row.get(1)?) else {
                 continue;
-            }
+            };
             let (first, last) = (row.get::<_, i64>(2)? as u64, row.get::<_, i64>(3)? as u64);
             if first > last {
                 continue;
             }
-            let account = accounts.entry(key).or_default();
-            account.declared.insert(first, last);
-            account.declarations.push(DeclarationRow {
+            accounts.entry(key).or_default().declare(DeclarationRow {
                 first,
                 last,
                 system_init_ms: row.get(4)?,
