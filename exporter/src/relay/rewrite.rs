@@ -27,7 +27,7 @@ use std::net::IpAddr;
 use protocol::ipfix::registry::ids;
 use protocol::ipfix::{FieldSpecifier, IANA_ENTERPRISE, Template};
 
-use super::session::{InputProtocol, InputReport};
+use super::session::{InputProtocol, InputReport, SessionLimits};
 use super::templates::{RegistryError, SharedRegistry};
 use crate::stream::{InputRecord, RecordClass};
 
@@ -88,16 +88,37 @@ pub(super) struct Mapping {
 
 /// Maps and copies decoded records (the borrow-split part of a session).
 pub(super) struct Forwarder<'a> {
-    pub(super) router: IpAddr,
-    pub(super) message_size: usize,
-    pub(super) best_effort_domains: &'a [u32],
-    pub(super) mappings: &'a mut HashMap<(InputProtocol, u32, u16), Mapping>,
-    pub(super) registry: &'a SharedRegistry,
-    pub(super) out: &'a mut Vec<InputRecord>,
-    pub(super) report: &'a mut InputReport,
+    router: IpAddr,
+    message_size: usize,
+    best_effort_domains: &'a [u32],
+    mappings: &'a mut HashMap<(InputProtocol, u32, u16), Mapping>,
+    registry: &'a SharedRegistry,
+    out: &'a mut Vec<InputRecord>,
+    report: &'a mut InputReport,
 }
 
-impl Forwarder<'_> {
+impl<'a> Forwarder<'a> {
+    /// Forwards the records of one message of `router`'s session into
+    /// `out`, accounting in `report`.
+    pub(super) fn new(
+        router: IpAddr,
+        limits: &'a SessionLimits,
+        mappings: &'a mut HashMap<(InputProtocol, u32, u16), Mapping>,
+        registry: &'a SharedRegistry,
+        out: &'a mut Vec<InputRecord>,
+        report: &'a mut InputReport,
+    ) -> Self {
+        Self {
+            router,
+            message_size: limits.message_size,
+            best_effort_domains: &limits.best_effort_domains,
+            mappings,
+            registry,
+            out,
+            report,
+        }
+    }
+
     /// `init_ms`: NetFlow v9's boot time from the packet header, used when
     /// the template has sysUpTime times.
     pub(super) fn record(

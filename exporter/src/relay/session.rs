@@ -224,15 +224,14 @@ impl RouterSession {
             config.template_lifetime_secs = limits.template_lifetime_secs;
             ipfix::Session::new(config)
         });
-        let mut forward = Forwarder {
-            router: self.router,
-            message_size: self.limits.message_size,
-            best_effort_domains: &self.limits.best_effort_domains,
-            mappings: &mut self.mappings,
+        let mut forward = Forwarder::new(
+            self.router,
+            limits,
+            &mut self.mappings,
             registry,
             out,
-            report: &mut *report,
-        };
+            &mut *report,
+        );
         let result = session.process(bytes, 0, now_secs, |record| {
             forward.record(
                 InputProtocol::Ipfix,
@@ -277,15 +276,14 @@ impl RouterSession {
                 template_lifetime_secs: Some(limits.template_lifetime_secs),
             })
         });
-        let mut forward = Forwarder {
-            router: self.router,
-            message_size: self.limits.message_size,
-            best_effort_domains: &self.limits.best_effort_domains,
-            mappings: &mut self.mappings,
+        let mut forward = Forwarder::new(
+            self.router,
+            limits,
+            &mut self.mappings,
             registry,
             out,
-            report: &mut *report,
-        };
+            &mut *report,
+        );
         let result = session.process(&(), bytes, now_secs, |record| {
             let header = record.header;
             // The v9 header's clock pair, turned into the boot time that
