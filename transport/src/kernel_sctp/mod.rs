@@ -21,10 +21,11 @@
 //! socket (one socket, one kernel queue); `Config::sctp_port` and `max_sctp_packet_size` are
 //! UDP-encapsulation settings and do not apply (the kernel discovers the path MTU).
 //!
-//! Layout: [`sys`] is the raw layer (linux/sctp.h constants and structs, socket options,
-//! control-message encoding, notification parsing, the `sendmsg`/`recvmsg` calls), stateless and without tokio, so its byte layouts are unit-tested alone;
-//! [`driver`] is the tokio side (the per-socket task, association handles, connects,
-//! send budgets, back-pressure towards the application).
+//! Layout: `sys` is the raw layer (linux/sctp.h constants and structs, socket options,
+//! control-message encoding, notification parsing, the `sendmsg`/`recvmsg` calls),
+//! stateless and without tokio, so its byte layouts are unit-tested alone; `driver` is the
+//! tokio side (the per-socket task, association handles, connects, send budgets,
+//! back-pressure towards the application).
 
 mod driver;
 mod sys;
