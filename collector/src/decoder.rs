@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use daemon_common::log_limit::LogLimiter;
 use protocol::ipfix::reliability::{self, ReliabilityStatistics};
 use protocol::ipfix::{DecodeError, SequenceCheck, Session, SessionConfig, Template};
 use tracing::{debug, warn};
@@ -23,7 +24,9 @@ pub struct SessionDecoder {
     /// Shared copies of the templates blocks refer to, so a block costs a
     /// reference count, not a template clone.
     templates: Vec<Arc<Template>>,
-    errors_logged: u64,
+    /// Malformed-message log lines of this session (counted per session,
+    /// so the clock is not read: the decoder stays sans-IO).
+    errors_log: LogLimiter,
     /// A billing association: sequence numbers of announced domains are
     /// record sequences, reconciled by the writer, not here.
     billing: bool,
@@ -49,7 +52,7 @@ impl SessionDecoder {
             transport,
             session: Session::new(config),
             templates: Vec::new(),
-            errors_logged: 0,
+            errors_log: LogLimiter::first_then_powers_of_two(FULL_ERROR_LOGS),
             billing: false,
             messages_total: metrics::counter!(
                 "poolflow_collector_messages_total", "transport" => transport),
@@ -82,11 +85,9 @@ impl SessionDecoder {
         for err in errors {
             metrics::counter!("poolflow_collector_decode_errors_total", "reason" => err.reason())
                 .increment(1);
-            self.errors_logged += 1;
-            let n = self.errors_logged;
-            if n <= FULL_ERROR_LOGS || n.is_power_of_two() {
+            if let Some(allowed) = self.errors_log.allow() {
                 warn!(peer = %self.exporter, transport = self.transport, reason = err.reason(),
-                      occurrences = n, "malformed IPFIX: {err}");
+                      occurrences = allowed.occurrences, "malformed IPFIX: {err}");
             }
         }
     }

@@ -2,7 +2,8 @@
 //! the command line, so an operator learns one style: the log format
 //! (`--log-format text|json`, `RUST_LOG` for the level), logging setup, and
 //! the signal convention (SIGTERM and SIGINT stop gracefully, SIGHUP reloads
-//! where a daemon supports it and is logged and ignored elsewhere).
+//! where a daemon supports it and is logged and ignored elsewhere), and the
+//! rate limit of log lines that bad input causes ([`log_limit`]).
 //!
 //! A crate of its own because no existing crate fits: `protocol` is IO-free,
 //! `asap-client` is not a dependency of the registrar, and `transport` is
@@ -11,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod duration;
+pub mod log_limit;
 
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;

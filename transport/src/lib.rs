@@ -12,6 +12,10 @@
 //!   endpoint, see [`kernel_sctp`]. On a host without it (no `sctp` module, most containers)
 //!   asking for it yields [`TransportError::KernelSctpUnavailable`] with the OS reason.
 //!
+//! Beside the message interface, [`udp_listener`] is the receive loop of datagram protocols
+//! with a session per sender (IPFIX and NetFlow v9 over UDP), shared by the collector's
+//! receiver and the exporter's relay.
+//!
 //! Usage: [`Endpoint::bind`] + [`Endpoint::accept`] on the server side, [`connect`] (or
 //! [`Endpoint::connect`] to reuse the socket) on the client side. Both yield an
 //! [`Association`] whose first event is [`Event::Up`].
@@ -23,8 +27,10 @@ pub mod kernel_sctp;
 pub mod multicast;
 mod sctp_udp;
 mod sctp_wire;
+mod sockaddr;
 pub mod tcp;
 pub mod tls;
+pub mod udp_listener;
 
 use std::net::SocketAddr;
 use std::time::Duration;

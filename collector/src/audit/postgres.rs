@@ -16,10 +16,9 @@ use futures_util::{StreamExt, pin_mut};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, IsolationLevel};
 
-use super::{
-    BATCH_ENTRIES, BlockAnomaly, DeclarationRow, ExporterAccount, GroupFilter, GroupKey,
-    GroupReader, HandoverRow, ReadProgress, RecordEntry, StoreReadout, StoreSummary,
-};
+use super::read::{BlockAnomaly, GroupReader, HandoverRow, StoreReadout};
+use super::report::StoreSummary;
+use super::{DeclarationRow, ExporterAccount, GroupFilter, GroupKey, ReadProgress, RecordEntry};
 
 /// Runs `future` to completion on a runtime of its own, in a thread of its
 /// own: the audit is synchronous and may be called from inside another
@@ -81,7 +80,7 @@ async fn check_schema(client: &Client) -> Result<()> {
 }
 
 /// The exporters' statistics and declared losses shipped by `collector`,
-/// as `super::read_accounts` reads them from SQLite.
+/// as `super::read::read_accounts` reads them from SQLite.
 pub(super) fn read_accounts(
     url: &str,
     collector: &str,
@@ -100,16 +99,11 @@ pub(super) fn read_accounts(
             )
             .await?
         {
-            let key = GroupKey {
-                billing_exporter: row.get(0),
-                domain: row.get(1),
-            };
-            if !filter.accepts(key) {
+            let Some(key) = filter.key(row.get(0), row.get(1)) else {
                 continue;
-            }
+            };
             let accounted = row.get::<_, i64>(2).max(0) as u64;
-            let account = accounts.entry(key).or_default();
-            account.accounted = account.accounted.max(Some(accounted));
+            accounts.entry(key).or_default().account(accounted);
         }
         for row in client
             .query(
@@ -119,20 +113,14 @@ pub(super) fn read_accounts(
             )
             .await?
         {
-            let key = GroupKey {
-                billing_exporter: row.get(0),
-                domain: row.get(1),
-            };
-            if !filter.accepts(key) {
+            let Some(key) = filter.key(row.get(0), row.get(1)) else {
                 continue;
-            }
+            };
             let (first, last) = (row.get::<_, i64>(2) as u64, row.get::<_, i64>(3) as u64);
             if first > last {
                 continue;
             }
-            let account = accounts.entry(key).or_default();
-            account.declared.insert(first, last);
-            account.declarations.push(DeclarationRow {
+            accounts.entry(key).or_default().declare(DeclarationRow {
                 first,
                 last,
                 system_init_ms: row.get(4),
@@ -145,7 +133,7 @@ pub(super) fn read_accounts(
 }
 
 /// Streams `collector`'s billing records in (exporter, domain, sequence)
-/// order, as `super::read_store` does for a SQLite file.
+/// order, as `super::read::read_store` does for a SQLite file.
 pub(super) fn read_store(
     url: &str,
     collector: &str,
@@ -181,13 +169,9 @@ pub(super) fn read_store(
             )
             .await?
         {
-            let key = GroupKey {
-                billing_exporter: row.get(1),
-                domain: row.get(2),
-            };
-            if !filter.accepts(key) {
+            let Some(key) = filter.key(row.get(1), row.get(2)) else {
                 continue;
-            }
+            };
             handovers.push(HandoverRow {
                 key,
                 at_ms: row.get(0),
@@ -207,21 +191,12 @@ pub(super) fn read_store(
             )
             .await?
             .iter()
-            .map(|row| GroupKey {
-                billing_exporter: row.get(0),
-                domain: row.get(1),
-            })
-            .filter(|key| filter.accepts(*key))
+            .filter_map(|row| filter.key(row.get(0), row.get(1)))
             .collect();
         // Every reader must produce groups in the same order for the merge.
         keys.sort_unstable();
 
-        let mut reader = GroupReader {
-            sender,
-            batch: Vec::with_capacity(BATCH_ENTRIES),
-            pending: Default::default(),
-            anomalies: Vec::new(),
-        };
+        let mut reader = GroupReader::new(sender);
         for &key in &keys {
             read_group(&tx, collector, key, &mut reader, &mut summary, progress).await?;
         }
