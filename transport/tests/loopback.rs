@@ -41,8 +41,13 @@ async fn expect_up(association: &mut Association) {
 }
 
 async fn pair(kind: TransportKind) -> (Endpoint, Association, Association) {
-    let mut server = Endpoint::bind(config(kind), loopback()).await.unwrap();
-    let client = tokio::time::timeout(STEP, connect(config(kind), server.local_addr()))
+    pair_with(config(kind)).await
+}
+
+/// A listening endpoint, a client association to it and the accepted one.
+async fn pair_with(config: Config) -> (Endpoint, Association, Association) {
+    let mut server = Endpoint::bind(config.clone(), loopback()).await.unwrap();
+    let client = tokio::time::timeout(STEP, connect(config, server.local_addr()))
         .await
         .unwrap()
         .unwrap();
@@ -694,15 +699,7 @@ async fn sctp_udp_close_to_a_dead_peer_fails_and_counts_only_what_was_acknowledg
 /// side too (a collector refusing a forged cookie relies on this), by the
 /// graceful shutdown sequence, not by failure detection.
 async fn server_close_reaches_the_client(config: Config) {
-    let mut endpoint = Endpoint::bind(config.clone(), loopback()).await.unwrap();
-    let mut client = tokio::time::timeout(STEP, connect(config, endpoint.local_addr()))
-        .await
-        .unwrap()
-        .unwrap();
-    let mut server = tokio::time::timeout(STEP, endpoint.accept())
-        .await
-        .unwrap()
-        .unwrap();
+    let (_endpoint, mut client, mut server) = pair_with(config).await;
     expect_up(&mut client).await;
     // As when a collector refuses what the client just sent: the close
     // follows a message from the client at once, and the handle is dropped
@@ -748,16 +745,7 @@ async fn tcp_server_close_reaches_the_client() {
 /// re-registration. RFC timers, so failure detection cannot be what ends it in time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sctp_udp_abort_ends_the_association_on_both_sides_at_once() {
-    let config = Config::default();
-    let mut endpoint = Endpoint::bind(config.clone(), loopback()).await.unwrap();
-    let mut client = tokio::time::timeout(STEP, connect(config, endpoint.local_addr()))
-        .await
-        .unwrap()
-        .unwrap();
-    let mut server = tokio::time::timeout(STEP, endpoint.accept())
-        .await
-        .unwrap()
-        .unwrap();
+    let (_endpoint, mut client, mut server) = pair_with(Config::default()).await;
     expect_up(&mut client).await;
     expect_up(&mut server).await;
     client
