@@ -292,6 +292,11 @@ pub struct TimersConfig {
     /// No cookie progress for this long with records outstanding: failover.
     #[serde(with = "daemon_common::duration::serde")]
     pub cookie_timeout: Duration,
+    /// Longest wait for cookie progress while the collector's association
+    /// keeps acknowledging data (SCTP over UDP): it reads, only commits
+    /// slowly. At least `cookie_timeout`.
+    #[serde(with = "daemon_common::duration::serde")]
+    pub cookie_stall_timeout: Duration,
     /// While not on the top Priority PE: failback poll period.
     #[serde(with = "daemon_common::duration::serde")]
     pub failback_check: Duration,
@@ -331,6 +336,7 @@ impl Default for TimersConfig {
     fn default() -> Self {
         Self {
             cookie_timeout: Duration::from_millis(5_000),
+            cookie_stall_timeout: Duration::from_secs(30),
             failback_check: Duration::from_millis(500),
             drain_timeout: Duration::from_millis(5_000),
             retry_interval: Duration::from_millis(1_000),
@@ -492,6 +498,7 @@ impl StreamConfig {
             exporter_id: self.exporter_id,
             message_size: self.message_size,
             cookie_timeout: t.cookie_timeout,
+            cookie_stall_timeout: t.cookie_stall_timeout,
             failback_check: t.failback_check,
             drain_timeout: t.drain_timeout,
             retry_interval: t.retry_interval,

@@ -62,6 +62,13 @@ pub struct ExporterConfig {
     /// No cookie progress for this long while records are outstanding
     /// means the collector is gone (or stuck): fail over.
     pub cookie_timeout: Duration,
+    /// Longest wait for cookie progress while the association keeps
+    /// acknowledging data ([`Exporter::handle_transport_progress`]): the
+    /// collector is alive and reading, only slow to commit, as on a machine
+    /// busy with a build. Its ingest queue is bounded, so a collector whose
+    /// store is wedged stops reading, its receive window closes, and the
+    /// plain `cookie_timeout` applies again. Not below `cookie_timeout`.
+    pub cookie_stall_timeout: Duration,
     /// While on a Priority PE: how often to ask whether a better PE is back.
     pub failback_check: Duration,
     /// Longest wait for the drain before a failback; then fail over.
@@ -102,6 +109,7 @@ impl ExporterConfig {
             exporter_id,
             message_size: 1400,
             cookie_timeout: Duration::from_secs(5),
+            cookie_stall_timeout: Duration::from_secs(30),
             failback_check: Duration::from_millis(500),
             drain_timeout: Duration::from_secs(5),
             retry_interval: Duration::from_secs(1),
@@ -341,6 +349,10 @@ pub struct Counters {
     pub protocol_failovers: u64,
     /// Completed failbacks.
     pub failbacks: u64,
+    /// Cookie deadlines moved on because the collector kept acknowledging
+    /// data ([`Exporter::handle_transport_progress`]): slow commits that
+    /// were not taken for a failure.
+    pub cookie_waits_extended: u64,
     /// Data records sent (replays included).
     pub records_sent: u64,
     /// Data records sent again after a failover.
@@ -472,6 +484,14 @@ pub struct Exporter {
     untrusted: HashMap<PeId, Instant>,
     /// No cookie progress by then (while records are outstanding) = failure.
     cookie_deadline: Option<Instant>,
+    /// Since when the current wait for cookie progress runs (the first
+    /// record sent without a cookie pending, or the last cookie progress):
+    /// transport progress extends `cookie_deadline` up to this plus
+    /// `cookie_stall_timeout`.
+    cookie_wait_since: Option<Instant>,
+    /// Messages the current association's peer had acknowledged at the last
+    /// [`Exporter::handle_transport_progress`] (0 at association up).
+    transport_acknowledged: u64,
     outputs: VecDeque<Output>,
     writer: MessageWriter,
     /// Wall clock at `clock_base` (export times).
@@ -538,6 +558,8 @@ impl Exporter {
             last_failure: HashMap::new(),
             untrusted: HashMap::new(),
             cookie_deadline: None,
+            cookie_wait_since: None,
+            transport_acknowledged: 0,
             outputs: VecDeque::new(),
             wall_base_ms: unix_ms,
             clock_base: now,
@@ -982,6 +1004,8 @@ impl Exporter {
         let next_failback_check = matches!(pe.policy, PolicyParams::Priority { .. })
             .then_some(now + self.config.failback_check);
         self.cookie_deadline = None;
+        self.cookie_wait_since = None;
+        self.transport_acknowledged = 0;
         self.phase = Phase::Streaming {
             association,
             pe,
@@ -1180,6 +1204,7 @@ impl Exporter {
             self.counters.records_sent += count;
             if self.cookie_deadline.is_none() {
                 self.cookie_deadline = Some(now + self.config.cookie_timeout);
+                self.cookie_wait_since = Some(now);
             }
             return Some(Output::Send {
                 association,
@@ -1417,6 +1442,7 @@ impl Exporter {
         self.cookies_dirty = true;
         let outstanding: u64 = self.domains.values().map(Domain::outstanding).sum();
         self.cookie_deadline = (outstanding > 0).then_some(now + self.config.cookie_timeout);
+        self.cookie_wait_since = self.cookie_deadline.map(|_| now);
         self.check_drained();
     }
 
@@ -1452,6 +1478,41 @@ impl Exporter {
                 self.outputs.push_back(Output::Select);
             }
             _ => self.fail_over(now, FailureCause::AssociationEnded),
+        }
+    }
+
+    /// The association's peer has acknowledged `acknowledged` messages so
+    /// far (SCTP over UDP: SACKed DATA; the driver reports it before each
+    /// timer, since the transport counts without telling). Progress since
+    /// the last report shows a live collector that reads what we send: the
+    /// cookie deadline moves to a full `cookie_timeout` from now, but never
+    /// past `cookie_stall_timeout` since the wait began, so a collector that
+    /// reads but never commits is still left.
+    pub fn handle_transport_progress(
+        &mut self,
+        now: Instant,
+        association: AssociationId,
+        acknowledged: u64,
+    ) {
+        if self.current_association() != Some(association) {
+            return;
+        }
+        let progressed = acknowledged > self.transport_acknowledged;
+        self.transport_acknowledged = self.transport_acknowledged.max(acknowledged);
+        let (Some(deadline), Some(since), true) =
+            (self.cookie_deadline, self.cookie_wait_since, progressed)
+        else {
+            return;
+        };
+        let limit = since
+            + self
+                .config
+                .cookie_stall_timeout
+                .max(self.config.cookie_timeout);
+        let extended = (now + self.config.cookie_timeout).min(limit);
+        if extended > deadline {
+            self.cookie_deadline = Some(extended);
+            self.counters.cookie_waits_extended += 1;
         }
     }
 

@@ -297,6 +297,7 @@ pub async fn run_with_templates(
             push(&mut core, learned, record)?;
             records_in += 1;
         }
+        report_transport_progress(&driver, &mut core, Instant::now());
         let wake = [
             core.poll_timeout(),
             Some(next_status),
@@ -361,7 +362,12 @@ pub async fn run_with_templates(
                     None => input_done = true,
                 }
             }
-            () = sleep_until(wake) => core.handle_timeout(Instant::now()),
+            () = sleep_until(wake) => {
+                let now = Instant::now();
+                // Before the cookie deadline is judged.
+                report_transport_progress(&driver, &mut core, now);
+                core.handle_timeout(now)
+            }
         }
     }
 
@@ -464,6 +470,17 @@ fn push(
     }
 }
 
+/// Tells the core how much of our data the collector has acknowledged
+/// (transport liveness: a collector that reads is alive, however slowly it
+/// commits). An atomic load, so it is done on every turn of the loop.
+fn report_transport_progress(driver: &Driver<'_>, core: &mut Exporter, now: Instant) {
+    if let Some((association, sender)) = &driver.sender
+        && let Some(acknowledged) = sender.acknowledged_messages()
+    {
+        core.handle_transport_progress(now, *association, acknowledged);
+    }
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
@@ -477,6 +494,8 @@ fn publish_metrics(core: &Exporter) {
     metrics::counter!("poolflow_exporter_protocol_failovers_total")
         .absolute(counters.protocol_failovers);
     metrics::counter!("poolflow_exporter_failbacks_total").absolute(counters.failbacks);
+    metrics::counter!("poolflow_exporter_cookie_waits_extended_total")
+        .absolute(counters.cookie_waits_extended);
     metrics::counter!("poolflow_exporter_records_sent_total").absolute(counters.records_sent);
     metrics::counter!("poolflow_exporter_best_effort_records_sent_total")
         .absolute(counters.best_effort_sent);

@@ -387,6 +387,60 @@ fn cookie_timeout_triggers_failover() {
     assert_eq!(data_sequences(&outputs), vec![2, 3, 4]);
 }
 
+/// A collector that keeps acknowledging our data is alive and reading, only
+/// slow to commit (a busy machine): its transport progress moves the cookie
+/// deadline on, up to `cookie_stall_timeout`; without it, and past that
+/// bound, the cookie timeout fails over as before.
+#[test]
+fn transport_progress_extends_the_cookie_wait_up_to_the_stall_timeout() {
+    let mut cfg = config();
+    cfg.cookie_stall_timeout = Duration::from_millis(1_200);
+    let mut h = Harness::new(cfg);
+    h.exporter.start();
+    h.outputs();
+    let (primary, _) = h.connect_to(vec![pe(PRIMARY, 2), pe(BACKUP, 1)]);
+    h.push(5);
+    h.outputs();
+    let failed_over = |outputs: &[Output]| {
+        outputs.contains(&Output::Notice(Notice::FailoverStarted {
+            pe_id: PRIMARY,
+            cause: FailureCause::CookieTimeout,
+        }))
+    };
+    // 400 ms in, the collector acknowledges data: the deadline (500 ms)
+    // moves to 900 ms.
+    assert!(!failed_over(&h.advance(Duration::from_millis(400))));
+    h.exporter.handle_transport_progress(h.now, primary, 3);
+    assert!(!failed_over(&h.advance(Duration::from_millis(400))));
+    // The same count again is no progress: at 900 ms it fails over...
+    h.exporter.handle_transport_progress(h.now, primary, 3);
+    // ...unless more is acknowledged (800 ms: deadline 1,200 ms, the cap).
+    h.exporter.handle_transport_progress(h.now, primary, 4);
+    assert!(!failed_over(&h.advance(Duration::from_millis(300))));
+    // Progress goes on, but 1,200 ms without a cookie is the stall bound.
+    h.exporter.handle_transport_progress(h.now, primary, 9);
+    let outputs = h.advance(Duration::from_millis(100));
+    assert!(failed_over(&outputs), "the stall timeout bounds the wait");
+    assert_eq!(h.exporter.counters().cookie_waits_extended, 2);
+}
+
+#[test]
+fn a_collector_that_acknowledges_nothing_more_is_left_at_the_cookie_timeout() {
+    let mut h = Harness::new(config());
+    h.exporter.start();
+    h.outputs();
+    let (primary, _) = h.connect_to(vec![pe(PRIMARY, 2), pe(BACKUP, 1)]);
+    h.exporter.handle_transport_progress(h.now, primary, 2);
+    h.push(5);
+    h.outputs();
+    h.exporter.handle_transport_progress(h.now, primary, 2);
+    let outputs = h.advance(Duration::from_millis(500));
+    assert!(outputs.contains(&Output::Notice(Notice::FailoverStarted {
+        pe_id: PRIMARY,
+        cause: FailureCause::CookieTimeout
+    })));
+}
+
 #[test]
 fn no_cookie_timeout_while_nothing_is_outstanding() {
     let mut h = Harness::new(config());
