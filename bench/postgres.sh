@@ -13,13 +13,21 @@
 # the hourly per-prefix report (docs/postgres.md) over every record shipped
 # (10M + 2M by default).
 # Usage: bench/postgres.sh [RATE] [RECORDS]   (default 500000 10000000)
-# POOLFLOW_BENCH_PG_CONNECTIONS sets `postgres.connections` (default 2).
+# POOLFLOW_BENCH_PG_CONNECTIONS sets `postgres.connections` (default 2);
+# POOLFLOW_BENCH_INTAKE_ONLY=1 stops after the run at RATE (no outage, no
+# report), for repeating the lag measurement; POOLFLOW_BENCH_BIN=DIR runs
+# the collector and exporter in DIR instead of building them (comparing
+# two builds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rate="${1:-500000}"
 records="${2:-10000000}"
-cargo build --release --locked -q -p collector -p exporter
-bin="${CARGO_TARGET_DIR:-target}/release"
+if [ -n "${POOLFLOW_BENCH_BIN:-}" ]; then
+  bin="$POOLFLOW_BENCH_BIN"
+else
+  cargo build --release --locked -q -p collector -p exporter
+  bin="${CARGO_TARGET_DIR:-target}/release"
+fi
 run=$(mktemp -d /tmp/poolflow-pg.XXXXXX)
 chmod 755 "$run"
 pids=()
@@ -58,7 +66,7 @@ pids+=($generator)
 
 # Samples the collector's metrics every 200 ms.
 cat > "$run/sample.py" <<'PY'
-import re, sys, time, urllib.request
+import os, re, sys, time, urllib.request
 port, mode, target = sys.argv[1], sys.argv[2], int(sys.argv[3])
 def sample():
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
@@ -89,11 +97,48 @@ if mode == "drain":   # PostgreSQL just came back: how fast does the backlog go?
           f"(reconnect backoff), drained {target - baseline:,} records in {took:.1f} s: "
           f"{(target - baseline) / took:,.0f} records/s")
     sys.exit(0)
+# CPU seconds (utime + stime) of the collector's shipper thread, of the
+# rest of the collector (receiving, SQLite), of the generator and of every
+# PostgreSQL process (backends, WAL writer, checkpointer), for records per
+# CPU-second: where the machine's cores go.
+collector_pid, generator_pid = int(sys.argv[4]), int(sys.argv[5])
+postmaster_pid = int(open(sys.argv[6]).readline())
+tick = os.sysconf("SC_CLK_TCK")
+def cpu_of(stat_path):
+    try:
+        fields = open(stat_path).read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None, 0.0
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / tick
+generator_seen = 0.0  # the generator exits before the end: its last reading
+def cpu():
+    global generator_seen
+    generator_seen = max(generator_seen, cpu_of(f"/proc/{generator_pid}/stat")[1])
+    shipper = intake = 0.0
+    for task in os.listdir(f"/proc/{collector_pid}/task"):
+        try:
+            name = open(f"/proc/{collector_pid}/task/{task}/comm").read().strip()
+        except OSError:
+            continue
+        seconds = cpu_of(f"/proc/{collector_pid}/task/{task}/stat")[1]
+        if name == "pg-shipper":
+            shipper += seconds
+        else:
+            intake += seconds
+    postgres = cpu_of(f"/proc/{postmaster_pid}/stat")[1]
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        parent, seconds = cpu_of(f"/proc/{pid}/stat")
+        if parent == postmaster_pid:
+            postgres += seconds
+    return {"collector shipper thread": shipper, "collector intake (other threads)": intake,
+            "generator": generator_seen, "PostgreSQL (all processes)": postgres}
+cpu_before = cpu()
 first_stored = sqlite_done = pg_done = None
 max_lag = 0.0
 while time.monotonic() < deadline:
     stored, shipped, lag = sample()
     now = time.monotonic()
+    generator_seen = max(generator_seen, cpu_of(f"/proc/{generator_pid}/stat")[1])
     if first_stored is None and stored > 0:
         first_stored = now
     max_lag = max(max_lag, lag)
@@ -109,10 +154,18 @@ print(f"SQLite commit rate:      {target / (sqlite_done - first_stored):12,.0f} 
 print(f"into PostgreSQL:         {target / (pg_done - first_stored):12,.0f} records/s")
 print(f"shipping lag, highest:   {max_lag:12.1f} s (poolflow_collector_shipping_lag_seconds)")
 print(f"PostgreSQL complete:     {pg_done - sqlite_done:12.1f} s after the last SQLite commit")
+cpu_after = cpu()
+wall = pg_done - first_stored
+for part, seconds in cpu_after.items():
+    used = seconds - cpu_before[part]
+    print(f"CPU {part + ':':34} {used:6.1f} s ({used / wall:4.0%} of a core), {target / max(used, 0.01):12,.0f} records per CPU-second")
+with open("/proc/loadavg") as f:
+    print(f"load average at the end: {' '.join(f.read().split()[:3])}")
 PY
-python3 "$run/sample.py" "$metrics_port" run "$records"
+python3 "$run/sample.py" "$metrics_port" run "$records" "${pids[0]}" "$generator" "$run/pg/data/postmaster.pid"
 wait "$generator" || { cat "$run/generate.log" >&2; exit 1; }
 grep -E "sent|records" "$run/generate.log" | tail -1 | sed 's/^/generator: /'
+[ -n "${POOLFLOW_BENCH_INTAKE_ONLY:-}" ] && exit 0
 
 # An outage: PostgreSQL stopped while a backlog of `records / 5` builds up
 # in SQLite, then started again: the drain rate is shipping alone.

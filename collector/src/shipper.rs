@@ -246,6 +246,81 @@ impl Shipper {
     }
 }
 
+/// The unshipped records, kept up to date without summing the whole
+/// backlog: the backlog gauge is read every second, and a `SUM` over every
+/// unshipped block costs time proportional to the backlog, on the shipping
+/// thread. At 500k records/s that scan grew with the lag it measured and
+/// took half the shipper's time (BENCHMARKS.md), so a shipper that fell
+/// behind fell further behind.
+///
+/// Blocks are counted once, when first seen beyond `counted_through`
+/// ([`Self::counted`], summing only the blocks committed since the last
+/// count), and subtracted once, when shipped ([`Self::shipped`]). Blocks are
+/// never deleted from SQLite, so the count stays exact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BacklogCount {
+    /// Blocks up to this id are in PostgreSQL (and out of `records`).
+    shipped_through: i64,
+    /// Blocks up to this id are in `records` unless shipped.
+    counted_through: i64,
+    /// Records of the blocks in `(shipped_through, counted_through]`.
+    records: u64,
+}
+
+impl BacklogCount {
+    /// Nothing counted yet, blocks up to `watermark` shipped.
+    pub fn new(watermark: i64) -> Self {
+        Self {
+            shipped_through: watermark,
+            counted_through: watermark,
+            records: 0,
+        }
+    }
+
+    /// Block ids above this are not counted yet: sum their records and
+    /// pass the sum to [`Self::counted`].
+    pub fn count_after(&self) -> i64 {
+        self.counted_through
+    }
+
+    /// The blocks in `(count_after(), through]` hold `records` records.
+    /// `through` is `None` when there were none.
+    pub fn counted(&mut self, records: u64, through: Option<i64>) {
+        let Some(through) = through else { return };
+        if through > self.counted_through {
+            self.records = self.records.saturating_add(records);
+            self.counted_through = through;
+        }
+    }
+
+    /// These blocks (`(id, records)`, ascending ids) are committed in
+    /// PostgreSQL. A block shipped again (a retried step) is not subtracted
+    /// twice; one not counted yet will never be.
+    pub fn shipped(&mut self, blocks: impl IntoIterator<Item = (i64, u64)>) {
+        for (id, records) in blocks {
+            if id <= self.shipped_through {
+                continue;
+            }
+            if id <= self.counted_through {
+                self.records = self.records.saturating_sub(records);
+            }
+            self.shipped_through = id;
+        }
+        self.counted_through = self.counted_through.max(self.shipped_through);
+    }
+
+    /// Records committed to SQLite and not yet in PostgreSQL (as of the
+    /// last count).
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// Blocks up to this id are in PostgreSQL.
+    pub fn shipped_through(&self) -> i64 {
+        self.shipped_through
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,5 +437,33 @@ mod tests {
         assert!(!s.backlog(1000, Some(9_000), 10_000).exceeded);
         // A clock step back gives no negative lag.
         assert_eq!(s.backlog(1, Some(20_000), 10_000).lag, Duration::ZERO);
+    }
+
+    #[test]
+    fn the_backlog_count_adds_new_blocks_and_subtracts_shipped_ones_once() {
+        let mut count = BacklogCount::new(10);
+        assert_eq!(count.count_after(), 10);
+        // Blocks 11..=14 hold 40 records.
+        count.counted(40, Some(14));
+        assert_eq!(count.records(), 40);
+        assert_eq!(count.count_after(), 14);
+        // Nothing new committed: the sum over an empty range changes nothing.
+        count.counted(0, None);
+        assert_eq!(count.records(), 40);
+        count.shipped([(11, 10), (12, 10)]);
+        assert_eq!(count.records(), 20);
+        assert_eq!(count.shipped_through(), 12);
+        // A retried step ships 12 again: not subtracted twice.
+        count.shipped([(12, 10), (13, 10)]);
+        assert_eq!(count.records(), 10);
+        // 15 and 16 shipped before any count saw them: never counted later.
+        count.shipped([(14, 10), (15, 5), (16, 5)]);
+        assert_eq!(count.records(), 0);
+        assert_eq!(count.count_after(), 16);
+        count.counted(7, Some(17));
+        assert_eq!(count.records(), 7);
+        // A stale count (a range already counted) is ignored.
+        count.counted(7, Some(17));
+        assert_eq!(count.records(), 7);
     }
 }

@@ -279,3 +279,97 @@ fn alert_rules_query_only_metrics_the_daemons_register() {
     );
     assert_all_registered("deploy/poolflow-alerts.yml", &uses);
 }
+
+/// The packaged deploy/collector.toml with the commented `[pool]` example
+/// switched on as its comment tells an operator to: `[pool]`, `handle`,
+/// `registrars` and `advertise` uncommented (the other keys are options,
+/// some of them alternatives to each other).
+fn collector_pool_example() -> collector::config::CollectorConfig {
+    let root = workspace_root();
+    let text = std::fs::read_to_string(root.join("deploy/collector.toml")).unwrap();
+    let section = text
+        .split("# [pool]\n")
+        .nth(1)
+        .expect("deploy/collector.toml has a commented [pool] section");
+    let section = section.split("\n# [postgres]").next().unwrap_or(section);
+    // The packaged listeners, then the example's keys.
+    let mut enabled: String = text
+        .split("# [pool]\n")
+        .next()
+        .unwrap()
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.starts_with('['))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    enabled.push_str("[pool]\n");
+    for line in section.lines() {
+        let Some(rest) = line.strip_prefix("# ") else {
+            continue;
+        };
+        let key: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+            .collect();
+        if ["handle", "registrars", "advertise"].contains(&key.as_str())
+            && rest[key.len()..].starts_with(" = ")
+        {
+            enabled.push_str(rest);
+            enabled.push('\n');
+        }
+    }
+    collector::config::CollectorConfig::from_toml(&enabled).unwrap()
+}
+
+/// An operator who installs the three packages and uncomments the
+/// collector's `[pool]` example joins the pool the packaged exporter.toml
+/// looks for, through the registrar.toml listeners, and tells exporters an
+/// address although the packaged SCTP listener is a wildcard.
+#[test]
+fn the_collector_pool_example_joins_the_packaged_pool() {
+    let root = workspace_root();
+    let pool = collector_pool_example().pool.expect("[pool] parsed");
+    let exporter: toml::Value = toml::from_str(
+        &std::fs::read_to_string(root.join("exporter/exporter.toml.example")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        Some(pool.handle.as_str()),
+        exporter["pool_handle"].as_str(),
+        "the collector's example handle is not the exporters' pool_handle"
+    );
+    let exporter_registrars: Vec<&str> = exporter["registrars"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert_eq!(pool.registrars, exporter_registrars);
+    let registrar: toml::Value =
+        toml::from_str(&std::fs::read_to_string(root.join("deploy/registrar.toml")).unwrap())
+            .unwrap();
+    for (kind, listener) in [("tcp:", "tcp"), ("sctp:", "sctp_over_udp")] {
+        let port = registrar["listen"][listener]
+            .as_str()
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .to_owned();
+        assert!(
+            pool.registrars
+                .iter()
+                .any(|r| r.starts_with(kind) && r.ends_with(&format!(":{port}"))),
+            "no {kind} registrar on registrar.toml's port {port}: {:?}",
+            pool.registrars
+        );
+    }
+    let config = collector_pool_example();
+    assert!(
+        config.sctp_listen.iter().all(|a| a.ip().is_unspecified()),
+        "the packaged sctp_listen changed: revisit the advertise comment"
+    );
+    let advertised =
+        collector::pool::advertised_endpoint(&pool, &config.sctp_listen, &config.framed_tcp_listen)
+            .expect("the example advertises an address with the packaged wildcard listener");
+    assert_eq!(advertised.addr().port(), config.sctp_listen[0].port());
+}
