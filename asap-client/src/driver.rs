@@ -430,6 +430,23 @@ async fn next_announce(announces: &mut Option<Announces>) -> std::io::Result<(us
     }
 }
 
+/// What a received announce datagram (or a socket error) changes: the new
+/// availability of the registrar slots, if the candidates changed.
+fn on_announce_received(
+    announces: &mut Option<Announces>,
+    received: std::io::Result<(usize, SocketAddr)>,
+    links: &mut Links,
+) -> Option<Vec<bool>> {
+    let table = announces.as_mut()?;
+    match received {
+        Ok((len, source)) => table.on_datagram(len, source, links),
+        Err(error) => {
+            tracing::warn!(%error, "ASAP: Server Announce socket error");
+            None
+        }
+    }
+}
+
 /// When the next announced registrar expires, if any.
 fn announce_expiry(announces: &Option<Announces>) -> Option<Instant> {
     announces
@@ -600,16 +617,9 @@ async fn run_pool_element(
             Some(update) = policy_rx.recv() => update,
             () = sleep_until(pe.poll_timeout()) => PeInput::Timer,
             received = next_announce(&mut announces) => {
-                let Some(table) = announces.as_mut() else { continue };
-                match received {
-                    Ok((len, source)) => match table.on_datagram(len, source, &mut links) {
-                        Some(available) => PeInput::Registrars(available),
-                        None => continue,
-                    },
-                    Err(error) => {
-                        tracing::warn!(%error, "ASAP: Server Announce socket error");
-                        continue;
-                    }
+                match on_announce_received(&mut announces, received, &mut links) {
+                    Some(available) => PeInput::Registrars(available),
+                    None => continue,
                 }
             }
             () = sleep_until(expiry) => {
@@ -877,16 +887,9 @@ async fn run_pool_user(
             }
             () = sleep_until(pu.poll_timeout()) => PuInput::Timer,
             received = next_announce(&mut announces) => {
-                let Some(table) = announces.as_mut() else { continue };
-                match received {
-                    Ok((len, source)) => match table.on_datagram(len, source, &mut links) {
-                        Some(available) => PuInput::Registrars(available),
-                        None => continue,
-                    },
-                    Err(error) => {
-                        tracing::warn!(%error, "ASAP: Server Announce socket error");
-                        continue;
-                    }
+                match on_announce_received(&mut announces, received, &mut links) {
+                    Some(available) => PuInput::Registrars(available),
+                    None => continue,
                 }
             }
             () = sleep_until(expiry) => {

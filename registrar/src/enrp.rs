@@ -567,18 +567,8 @@ impl Enrp {
     ) -> Vec<Outgoing> {
         self.latest = self.latest.max(now);
         let mut out = Vec::new();
-        if let Err(reason) = self.authenticate(now, bytes) {
-            self.count_auth_rejected(from, bytes, reason);
+        let Some(message) = self.authenticated_message(now, from, bytes, "multicast ENRP") else {
             return out;
-        }
-        let message = match Message::decode_with(bytes, &self.config.decode_limits) {
-            Ok(decoded) => decoded.message,
-            Err(error) => {
-                let reason = error.reason();
-                tracing::warn!(%from, %error, reason, "malformed multicast ENRP message dropped");
-                self.count_malformed(reason);
-                return out;
-            }
         };
         let sender = message.sender_server_id;
         if sender == self.config.server_id {
@@ -652,6 +642,31 @@ impl Enrp {
         out
     }
 
+    /// Authenticates and decodes one ENRP datagram or message from `from`;
+    /// `None` (counted and logged with the source and the reason) when it is
+    /// not a valid, authentic ENRP message. `what` names the channel in logs.
+    fn authenticated_message(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        bytes: &[u8],
+        what: &str,
+    ) -> Option<Message> {
+        if let Err(reason) = self.authenticate(now, bytes) {
+            self.count_auth_rejected(from, bytes, reason);
+            return None;
+        }
+        match Message::decode_with(bytes, &self.config.decode_limits) {
+            Ok(decoded) => Some(decoded.message),
+            Err(error) => {
+                let reason = error.reason();
+                tracing::warn!(%from, %error, reason, "malformed {what} message dropped");
+                self.count_malformed(reason);
+                None
+            }
+        }
+    }
+
     /// Handles one ENRP message that arrived from `from` (the sending
     /// socket, used only for logging and to complete an unspecified
     /// advertised address). Never panics: bad input is counted and dropped.
@@ -664,18 +679,8 @@ impl Enrp {
     ) -> Vec<Outgoing> {
         self.latest = self.latest.max(now);
         let mut out = Vec::new();
-        if let Err(reason) = self.authenticate(now, bytes) {
-            self.count_auth_rejected(from, bytes, reason);
+        let Some(message) = self.authenticated_message(now, from, bytes, "ENRP") else {
             return out;
-        }
-        let message = match Message::decode_with(bytes, &self.config.decode_limits) {
-            Ok(decoded) => decoded.message,
-            Err(error) => {
-                let reason = error.reason();
-                tracing::warn!(%from, %error, reason, "malformed ENRP message dropped");
-                self.count_malformed(reason);
-                return out;
-            }
         };
         let sender = message.sender_server_id;
         if let Body::Error { error } = &message.body
