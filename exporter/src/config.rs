@@ -336,7 +336,7 @@ impl Default for TimersConfig {
     fn default() -> Self {
         Self {
             cookie_timeout: Duration::from_millis(5_000),
-            cookie_stall_timeout: Duration::from_secs(30),
+            cookie_stall_timeout: Duration::from_secs(6),
             failback_check: Duration::from_millis(500),
             drain_timeout: Duration::from_millis(5_000),
             retry_interval: Duration::from_millis(1_000),

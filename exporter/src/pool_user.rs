@@ -109,7 +109,7 @@ impl ExporterConfig {
             exporter_id,
             message_size: 1400,
             cookie_timeout: Duration::from_secs(5),
-            cookie_stall_timeout: Duration::from_secs(30),
+            cookie_stall_timeout: Duration::from_secs(6),
             failback_check: Duration::from_millis(500),
             drain_timeout: Duration::from_secs(5),
             retry_interval: Duration::from_secs(1),
