@@ -1446,6 +1446,16 @@ impl Exporter {
         self.check_drained();
     }
 
+    /// The association records go out on (streaming or draining), if any.
+    pub fn sending_association(&self) -> Option<AssociationId> {
+        match self.phase {
+            Phase::Streaming { association, .. } | Phase::Draining { association, .. } => {
+                Some(association)
+            }
+            _ => None,
+        }
+    }
+
     fn current_association(&self) -> Option<AssociationId> {
         match self.phase {
             Phase::Connecting { association, .. }

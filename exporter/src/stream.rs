@@ -3,10 +3,16 @@
 //! (`asap_client::PoolUserClient`), each data association's reader and the
 //! record input feed it through channels. Everything that can wait (ASAP
 //! requests, connects) runs in its own task, so cookies keep flowing while a
-//! registrar is slow.
+//! registrar is slow. A send that finds the association's buffer full is
+//! never awaited in place: the driver parks it ([`BlockedSend`]) and waits
+//! for room beside its events and the core's timers, so a collector whose
+//! transport acknowledges but whose pipeline stopped reading is still left
+//! at the cookie timeout.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow};
@@ -19,7 +25,7 @@ use protocol::ipfix::Template;
 use protocol::rserpool::PoolHandle;
 use protocol::rserpool::params::TransportKind as AsapTransportKind;
 use tokio::sync::mpsc;
-use transport::{AssociationSender, Event, TransportKind};
+use transport::{AssociationSender, Event, TransportError, TransportKind};
 
 use crate::journal::{DurableIntake, DurableSettings};
 use crate::pool_user::{
@@ -214,6 +220,7 @@ pub async fn run_with_templates(
         client,
         events_tx,
         sender: None,
+        blocked: None,
     };
     let mut shutdown = std::pin::pin!(shutdown);
     let mut held: Option<InputRecord> = None;
@@ -234,7 +241,19 @@ pub async fn run_with_templates(
         // intake, synced in the journal just now): a crash from here on
         // loses none of them.
         metrics::counter!("poolflow_exporter_records_taken_in_total").absolute(records_in);
-        while let Some(output) = core.poll_output(Instant::now()) {
+        // A send waiting for room on an association the core has left
+        // (failover, failback) is dropped: what it carried is replayed.
+        if driver
+            .blocked
+            .as_ref()
+            .is_some_and(|b| core.sending_association() != Some(b.association))
+        {
+            driver.blocked = None;
+        }
+        // Outputs are carried out in order, so none after a blocked send.
+        while driver.blocked.is_none()
+            && let Some(output) = core.poll_output(Instant::now())
+        {
             let written = match &output {
                 Output::PersistState(state) => Some(state.clone()),
                 _ => None,
@@ -297,7 +316,7 @@ pub async fn run_with_templates(
             push(&mut core, learned, record)?;
             records_in += 1;
         }
-        report_transport_progress(&driver, &mut core, Instant::now());
+        report_transport_progress(&driver.sender, &mut core, Instant::now());
         let wake = [
             core.poll_timeout(),
             Some(next_status),
@@ -311,6 +330,12 @@ pub async fn run_with_templates(
             () = &mut shutdown, if !interrupted => {
                 interrupted = true;
                 break;
+            }
+            result = finish_blocked_send(&mut driver.blocked) => {
+                if let Err(error) = result {
+                    // The reader reports the association's end.
+                    tracing::debug!(%error, "send failed");
+                }
             }
             event = events.recv() => {
                 let Some(event) = event else { continue };
@@ -365,7 +390,7 @@ pub async fn run_with_templates(
             () = sleep_until(wake) => {
                 let now = Instant::now();
                 // Before the cookie deadline is judged.
-                report_transport_progress(&driver, &mut core, now);
+                report_transport_progress(&driver.sender, &mut core, now);
                 core.handle_timeout(now)
             }
         }
@@ -473,8 +498,12 @@ fn push(
 /// Tells the core how much of our data the collector has acknowledged
 /// (transport liveness: a collector that reads is alive, however slowly it
 /// commits). An atomic load, so it is done on every turn of the loop.
-fn report_transport_progress(driver: &Driver<'_>, core: &mut Exporter, now: Instant) {
-    if let Some((association, sender)) = &driver.sender
+fn report_transport_progress(
+    sender: &Option<(AssociationId, AssociationSender)>,
+    core: &mut Exporter,
+    now: Instant,
+) {
+    if let Some((association, sender)) = sender
         && let Some(acknowledged) = sender.acknowledged_messages()
     {
         core.handle_transport_progress(now, *association, acknowledged);
@@ -515,6 +544,27 @@ struct Driver<'a> {
     client: PoolUserClient,
     events_tx: mpsc::Sender<DriverEvent>,
     sender: Option<(AssociationId, AssociationSender)>,
+    /// The send that found the buffer full, while it waits for room.
+    blocked: Option<BlockedSend>,
+}
+
+/// A message the association's send buffer has no room for yet. Awaiting
+/// it in place would stop the loop, the core's timers with it: a peer whose
+/// transport still answers (window probes, heartbeats) but never reads
+/// would hold the exporter forever.
+struct BlockedSend {
+    association: AssociationId,
+    send: Pin<Box<dyn Future<Output = Result<(), TransportError>> + Send>>,
+}
+
+/// Completes the blocked send, if any (never, if none), and clears it.
+async fn finish_blocked_send(blocked: &mut Option<BlockedSend>) -> Result<(), TransportError> {
+    let Some(pending) = blocked else {
+        return std::future::pending().await;
+    };
+    let result = pending.send.as_mut().await;
+    *blocked = None;
+    result
 }
 
 impl Driver<'_> {
@@ -563,9 +613,18 @@ impl Driver<'_> {
                 {
                     let mut message = transport::Message::new(stream, ppid, payload);
                     message.reliability = reliability;
-                    if let Err(error) = sender.send(message).await {
+                    let sender = sender.clone();
+                    let mut send: Pin<Box<dyn Future<Output = _> + Send>> =
+                        Box::pin(async move { sender.send(message).await });
+                    // One poll: queued at once unless the buffer is full.
+                    match send
+                        .as_mut()
+                        .poll(&mut TaskContext::from_waker(Waker::noop()))
+                    {
+                        Poll::Ready(Ok(())) => {}
                         // The reader reports the association's end.
-                        tracing::debug!(%error, "send failed");
+                        Poll::Ready(Err(error)) => tracing::debug!(%error, "send failed"),
+                        Poll::Pending => self.blocked = Some(BlockedSend { association, send }),
                     }
                 }
             }

@@ -58,10 +58,10 @@ impl FakeCollector {
         registrar: SocketAddr,
         store: Store,
     ) -> Self {
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut config =
             transport::Config::fast_failure_detection(transport::TransportKind::SctpOverUdp);
         config.sctp_port = port;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut endpoint = Endpoint::bind(config, addr).await.unwrap();
         let mut tasks = JoinSet::new();
         tasks.spawn(async move {
@@ -70,6 +70,38 @@ impl FakeCollector {
                 associations.spawn(serve(association, pe_id, store.clone()));
             }
         });
+        Self::register(pe_id, priority, port, registrar, tasks).await
+    }
+
+    /// A collector whose transport is alive (it acknowledges DATA, answers
+    /// heartbeats and window probes) but whose pipeline is stuck: it never
+    /// reads what arrives, as behind a hung disk. Its small receive queue
+    /// closes the window after a few messages.
+    async fn start_hung(pe_id: u32, priority: u32, port: u16, registrar: SocketAddr) -> Self {
+        let mut config =
+            transport::Config::fast_failure_detection(transport::TransportKind::SctpOverUdp);
+        config.sctp_port = port;
+        config.receive_queue_len = 8;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut endpoint = Endpoint::bind(config, addr).await.unwrap();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async move {
+            let mut held = Vec::new();
+            while let Some(association) = endpoint.accept().await {
+                held.push(association);
+            }
+        });
+        Self::register(pe_id, priority, port, registrar, tasks).await
+    }
+
+    async fn register(
+        pe_id: u32,
+        priority: u32,
+        port: u16,
+        registrar: SocketAddr,
+        tasks: JoinSet<()>,
+    ) -> Self {
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let pe_config = PoolElementConfig::new(
             PoolHandle(POOL.as_bytes().to_vec()),
             pe_id,
@@ -201,27 +233,21 @@ async fn wait_until(what: &str, within: Duration, mut condition: impl FnMut() ->
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failover_and_failback_lose_and_duplicate_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut registrar_config = RegistrarConfig::default();
-    registrar_config.listen.tcp = String::new();
-    registrar_config.listen.sctp_over_udp = "127.0.0.1:0".into();
-    registrar_config.listen.status = String::new();
-    registrar_config.timers.keep_alive_period = Duration::from_millis(200);
-    registrar_config.timers.keep_alive_timeout = Duration::from_millis(200);
-    let registrar = Registrar::start(registrar_config, None).await.unwrap();
-    let registrar_addr = registrar.sctp_over_udp_addr.unwrap();
+/// An in-process registrar on loopback with fast keep-alives.
+async fn start_registrar() -> (Registrar, SocketAddr) {
+    let mut config = RegistrarConfig::default();
+    config.listen.tcp = String::new();
+    config.listen.sctp_over_udp = "127.0.0.1:0".into();
+    config.listen.status = String::new();
+    config.timers.keep_alive_period = Duration::from_millis(200);
+    config.timers.keep_alive_timeout = Duration::from_millis(200);
+    let registrar = Registrar::start(config, None).await.unwrap();
+    let addr = registrar.sctp_over_udp_addr.unwrap();
+    (registrar, addr)
+}
 
-    let primary_port = free_udp_port();
-    let backup_port = free_udp_port();
-    let primary_store: Store = Arc::default();
-    let backup_store: Store = Arc::default();
-    let primary =
-        FakeCollector::start(0x1, 2, primary_port, registrar_addr, primary_store.clone()).await;
-    let backup =
-        FakeCollector::start(0x2, 1, backup_port, registrar_addr, backup_store.clone()).await;
-
+/// The exporter's settings: short timers, a small in-memory replay buffer.
+fn stream_settings(dir: &std::path::Path, registrar_addr: SocketAddr) -> StreamSettings {
     let mut exporter = ExporterConfig::new(EXPORTER_ID);
     exporter.cookie_timeout = Duration::from_secs(2);
     exporter.failback_check = Duration::from_millis(100);
@@ -232,20 +258,37 @@ async fn failover_and_failback_lose_and_duplicate_nothing() {
     let mut transport =
         transport::Config::fast_failure_detection(transport::TransportKind::SctpOverUdp);
     transport.connect_timeout = Duration::from_secs(1);
-    let settings = StreamSettings {
+    StreamSettings {
         exporter,
         templates: vec![flow_template()],
         pool_handle: PoolHandle(POOL.as_bytes().to_vec()),
         registrars: vec![RegistrarAddress::sctp_over_udp(registrar_addr)],
         announce_listen: None,
-        state_file: StateFile::new(dir.path().join("exporter.state")),
+        state_file: StateFile::new(dir.join("exporter.state")),
         transport,
         data_tls: None,
         cache_lifetime: Duration::from_millis(200),
         registrar_request_timeout: Duration::from_secs(1),
         exit_drain_timeout: Duration::from_secs(10),
         durable: None,
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_and_failback_lose_and_duplicate_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (registrar, registrar_addr) = start_registrar().await;
+
+    let primary_port = free_udp_port();
+    let backup_port = free_udp_port();
+    let primary_store: Store = Arc::default();
+    let backup_store: Store = Arc::default();
+    let primary =
+        FakeCollector::start(0x1, 2, primary_port, registrar_addr, primary_store.clone()).await;
+    let backup =
+        FakeCollector::start(0x2, 1, backup_port, registrar_addr, backup_store.clone()).await;
+
+    let settings = stream_settings(dir.path(), registrar_addr);
     let (input, input_rx) = tokio::sync::mpsc::channel(256);
     let notices: Arc<Mutex<Vec<Notice>>> = Arc::default();
     let seen = notices.clone();
@@ -363,6 +406,72 @@ async fn failover_and_failback_lose_and_duplicate_nothing() {
     }
 
     primary.stop().await;
+    backup.stop().await;
+    registrar.stop().await;
+}
+
+/// A collector whose transport acknowledges but whose pipeline never reads
+/// (its window closes, the exporter's send buffer fills): the exporter must
+/// still leave it at the cookie timeout and deliver everything to the
+/// backup. A driver that waited inside a send for buffer room would never
+/// judge the timeout, since the hung peer's transport answers every probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_stops_reading_is_left_at_the_cookie_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (registrar, registrar_addr) = start_registrar().await;
+    let hung = FakeCollector::start_hung(0x1, 2, free_udp_port(), registrar_addr).await;
+    let backup_store: Store = Arc::default();
+    let backup = FakeCollector::start(
+        0x2,
+        1,
+        free_udp_port(),
+        registrar_addr,
+        backup_store.clone(),
+    )
+    .await;
+
+    let mut settings = stream_settings(dir.path(), registrar_addr);
+    settings.exporter.cookie_timeout = Duration::from_millis(500);
+    settings.exporter.cookie_stall_timeout = Duration::from_secs(1);
+    settings.exporter.replay = ReplayLimits::memory(100_000);
+    // A few dozen messages fill it.
+    settings.transport.send_buffer_bytes = 16 * 1024;
+    let notices: Arc<Mutex<Vec<Notice>>> = Arc::default();
+    let seen = notices.clone();
+    let (input, input_rx) = tokio::sync::mpsc::channel(256);
+    let run = tokio::spawn(exporter::stream::run(
+        settings,
+        input_rx,
+        std::future::pending::<()>(),
+        move |progress| {
+            if let Progress::Notice(notice) = progress {
+                seen.lock().unwrap().push(notice);
+            }
+        },
+    ));
+    // Three times what the hung peer's receive window (1 MiB) takes.
+    const RECORDS: u64 = 60_000;
+    tokio::spawn(async move {
+        for n in 0..RECORDS {
+            input.send(record(n)).await.unwrap();
+        }
+    });
+    let report = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the exporter left the hung collector and finished")
+        .unwrap()
+        .unwrap();
+    assert!(report.drained, "every record covered by a cookie");
+    let stored = backup_store.lock().unwrap().clone();
+    for n in 0..RECORDS {
+        assert_eq!(stored.get(&n), Some(&record(n).bytes), "record {n}");
+    }
+    assert!(notices.lock().unwrap().contains(&Notice::FailoverStarted {
+        pe_id: 0x1,
+        cause: FailureCause::CookieTimeout
+    }));
+
+    hung.stop().await;
     backup.stop().await;
     registrar.stop().await;
 }

@@ -368,6 +368,39 @@ pub async fn wait_stored(stores: &[PathBuf], exporter_id: u32, records: u64) {
     }
 }
 
+/// [`wait_stored`] while `exporter` streams: if the records never arrive,
+/// the exporter is stopped and its log goes into the panic, which tells
+/// where it was stuck.
+pub async fn wait_stored_by(
+    stores: &[PathBuf],
+    exporter_id: u32,
+    records: u64,
+    exporter: &mut Child,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stored: u64 = stores.iter().map(|s| stored_records(s, exporter_id)).sum();
+        if stored >= records {
+            return;
+        }
+        if Instant::now() >= deadline {
+            let _ = exporter.kill();
+            let _ = exporter.wait();
+            let mut log = String::new();
+            if let Some(mut out) = exporter.stdout.take() {
+                let _ = std::io::Read::read_to_string(&mut out, &mut log);
+            }
+            if let Some(mut err) = exporter.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut err, &mut log);
+            }
+            panic!(
+                "exporter {exporter_id}: {stored} of {records} records stored after 60 s; its log:\n{log}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// [`wait_output`] for a child that must succeed (an exporter exits 0 only
 /// when every record it took in was acknowledged): returns its output.
 pub fn wait_success(child: Child, within: Duration) -> String {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use collector::audit::{AuditOptions, AuditReport, Verdict};
 use poolflow_tests::collector_config::StreamTransport;
-use poolflow_tests::pool::{LocalPool, wait_stored};
+use poolflow_tests::pool::{LocalPool, wait_stored_by};
 use protocol::billing::BillingCookie;
 
 const EXPORTER: u32 = 7;
@@ -42,10 +42,11 @@ impl Pool {
         self.path(&format!("exporter-{EXPORTER}.state"))
     }
 
-    /// Waits until the stores of `collectors` together hold `records`.
-    async fn wait_stored(&self, collectors: &[usize], records: u64) {
+    /// Waits until the stores of `collectors` together hold `records`; if
+    /// they never do, the panic carries the exporter's log.
+    async fn wait_stored(&self, collectors: &[usize], records: u64, exporter: &mut Child) {
         let stores: Vec<PathBuf> = collectors.iter().map(|&i| self.local.store(i)).collect();
-        wait_stored(&stores, EXPORTER, records).await;
+        wait_stored_by(&stores, EXPORTER, records, exporter).await;
     }
 
     /// `fast_failure_detection`: aggressive SCTP path supervision, as for
@@ -128,10 +129,10 @@ async fn kill_and_restart_primary_over(transport: StreamTransport, kill_after: u
     // however late the kill; a loaded machine made 0.4 s too little.
     let records = RECORDS.max(kill_after + down_for + 2 * RATE);
     let mut pool = Pool::start_with(transport).await;
-    let exporter = pool.exporter(records, RATE, true);
-    pool.wait_stored(&[0], kill_after).await;
+    let mut exporter = pool.exporter(records, RATE, true);
+    pool.wait_stored(&[0], kill_after, &mut exporter).await;
     pool.local.kill_collector(0);
-    pool.wait_stored(&[1], down_for).await;
+    pool.wait_stored(&[1], down_for, &mut exporter).await;
     pool.local.start_collector(0);
     let log = wait_exporter(exporter, Duration::from_secs(60));
     assert!(log.contains("FAILOVER"), "no failover: {log}");
@@ -171,10 +172,10 @@ async fn sigkill_over_framed_tcp_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failback_after_graceful_stop_has_no_duplicates() {
     let mut pool = Pool::start().await;
-    let exporter = pool.exporter(MOVE_RECORDS, RATE, false);
-    pool.wait_stored(&[0], RATE).await;
+    let mut exporter = pool.exporter(MOVE_RECORDS, RATE, false);
+    pool.wait_stored(&[0], RATE, &mut exporter).await;
     pool.local.terminate_collector(0);
-    pool.wait_stored(&[1], 8 * RATE / 10).await;
+    pool.wait_stored(&[1], 8 * RATE / 10, &mut exporter).await;
     pool.local.start_collector(0);
     let log = wait_exporter(exporter, Duration::from_secs(60));
     assert!(log.contains("FAILBACK"), "no failback: {log}");
@@ -188,8 +189,8 @@ async fn failback_after_graceful_stop_has_no_duplicates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_collectors_down_then_one_back_loses_nothing() {
     let mut pool = Pool::start().await;
-    let exporter = pool.exporter(RECORDS, RATE, true);
-    pool.wait_stored(&[0], 8 * RATE / 10).await;
+    let mut exporter = pool.exporter(RECORDS, RATE, true);
+    pool.wait_stored(&[0], 8 * RATE / 10, &mut exporter).await;
     pool.local.kill_collector(0);
     pool.local.kill_collector(1);
     // Back once the registrar has found both gone (keep-alive timeouts):
@@ -261,7 +262,7 @@ async fn forged_cookie_is_rejected() {
 async fn best_effort_records_travel_beside_billing_ones() {
     const BEST_EFFORT: u64 = 6_000;
     let mut pool = Pool::start().await;
-    let exporter = pool.exporter_with(
+    let mut exporter = pool.exporter_with(
         RECORDS,
         RATE,
         true,
@@ -270,9 +271,9 @@ async fn best_effort_records_travel_beside_billing_ones() {
         "[best_effort]\ndomains = [9]\nlifetime = \"10s\"\n",
         &["--best-effort-records", &BEST_EFFORT.to_string()],
     );
-    pool.wait_stored(&[0], 12 * RATE / 10).await;
+    pool.wait_stored(&[0], 12 * RATE / 10, &mut exporter).await;
     pool.local.kill_collector(0);
-    pool.wait_stored(&[1], 6 * RATE / 10).await;
+    pool.wait_stored(&[1], 6 * RATE / 10, &mut exporter).await;
     pool.local.start_collector(0);
     let log = wait_exporter(exporter, Duration::from_secs(60));
     assert!(log.contains("FAILOVER"), "no failover: {log}");
@@ -303,8 +304,8 @@ async fn best_effort_records_travel_beside_billing_ones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lowering_the_primary_priority_moves_the_exporter_without_loss() {
     let mut pool = Pool::start().await;
-    let exporter = pool.exporter(MOVE_RECORDS, RATE, false);
-    pool.wait_stored(&[0], RATE).await;
+    let mut exporter = pool.exporter(MOVE_RECORDS, RATE, false);
+    pool.wait_stored(&[0], RATE, &mut exporter).await;
     pool.local.reload_priority(0, 1);
     let log = wait_exporter(exporter, Duration::from_secs(60));
     assert!(log.contains("FAILBACK"), "no move to the backup: {log}");
@@ -325,8 +326,8 @@ async fn lowering_the_primary_priority_moves_the_exporter_without_loss() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tail_on_a_store_left_out_is_named_by_the_exporters_account() {
     let mut pool = Pool::start().await;
-    let exporter = pool.exporter(RECORDS, RATE, true);
-    pool.wait_stored(&[0], RATE).await;
+    let mut exporter = pool.exporter(RECORDS, RATE, true);
+    pool.wait_stored(&[0], RATE, &mut exporter).await;
     pool.local.kill_collector(0);
     let log = wait_exporter(exporter, Duration::from_secs(60));
     assert!(log.contains("FAILOVER"), "no failover: {log}");
