@@ -226,6 +226,22 @@ struct Peer {
     reconnect: bool,
 }
 
+impl Peer {
+    /// A peer just heard of (or from), counted alive until its silence says
+    /// otherwise; `address` where we know where to reach it.
+    fn new(address: Option<SocketAddr>, now: Instant) -> Self {
+        Peer {
+            address,
+            last_heard: now,
+            liveness: Liveness::Alive,
+            remote_checksum: None,
+            sync: None,
+            cursor: None,
+            reconnect: false,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Takeover {
     awaiting_acks: HashSet<u32>,
@@ -623,18 +639,7 @@ impl Enrp {
             }
             None => {
                 // Probed like any silent peer until it speaks.
-                self.peers.insert(
-                    sender,
-                    Peer {
-                        address: Some(address),
-                        last_heard: now,
-                        liveness: Liveness::Alive,
-                        remote_checksum: None,
-                        sync: None,
-                        cursor: None,
-                        reconnect: false,
-                    },
-                );
+                self.peers.insert(sender, Peer::new(Some(address), now));
             }
         }
         let presence = self.presence(server, true);
@@ -718,15 +723,10 @@ impl Enrp {
             None => true,
             Some(peer) => peer.liveness == Liveness::Dead,
         };
-        let peer = self.peers.entry(sender).or_insert_with(|| Peer {
-            address: None,
-            last_heard: now,
-            liveness: Liveness::Alive,
-            remote_checksum: None,
-            sync: None,
-            cursor: None,
-            reconnect: false,
-        });
+        let peer = self
+            .peers
+            .entry(sender)
+            .or_insert_with(|| Peer::new(None, now));
         peer.last_heard = now;
         peer.liveness = Liveness::Alive;
         if first_contact {
@@ -860,18 +860,7 @@ impl Enrp {
                         if let Some(address) = socket_of(&info.transport, from) {
                             tracing::info!(peer = format_args!("{id:#010x}"), %address, "learned ENRP peer from a List Response");
                             // Probed like any silent peer until it speaks.
-                            self.peers.insert(
-                                id,
-                                Peer {
-                                    address: Some(address),
-                                    last_heard: now,
-                                    liveness: Liveness::Alive,
-                                    remote_checksum: None,
-                                    sync: None,
-                                    cursor: None,
-                                    reconnect: false,
-                                },
-                            );
+                            self.peers.insert(id, Peer::new(Some(address), now));
                             let presence = self.presence(server, true);
                             self.send(id, presence, &mut out);
                         }
