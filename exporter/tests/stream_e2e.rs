@@ -58,11 +58,7 @@ impl FakeCollector {
         registrar: SocketAddr,
         store: Store,
     ) -> Self {
-        let mut config =
-            transport::Config::fast_failure_detection(transport::TransportKind::SctpOverUdp);
-        config.sctp_port = port;
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut endpoint = Endpoint::bind(config, addr).await.unwrap();
+        let mut endpoint = bind(port, transport::Config::default().receive_queue_len).await;
         let mut tasks = JoinSet::new();
         tasks.spawn(async move {
             let mut associations = JoinSet::new();
@@ -78,12 +74,7 @@ impl FakeCollector {
     /// reads what arrives, as behind a hung disk. Its small receive queue
     /// closes the window after a few messages.
     async fn start_hung(pe_id: u32, priority: u32, port: u16, registrar: SocketAddr) -> Self {
-        let mut config =
-            transport::Config::fast_failure_detection(transport::TransportKind::SctpOverUdp);
-        config.sctp_port = port;
-        config.receive_queue_len = 8;
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut endpoint = Endpoint::bind(config, addr).await.unwrap();
+        let mut endpoint = bind(port, 8).await;
         let mut tasks = JoinSet::new();
         tasks.spawn(async move {
             let mut held = Vec::new();
@@ -132,6 +123,16 @@ impl FakeCollector {
         self.tasks.shutdown().await;
         let _ = self.pe.shutdown().await;
     }
+}
+
+/// A fake collector's SCTP over UDP endpoint on `port`.
+async fn bind(port: u16, receive_queue_len: usize) -> Endpoint {
+    let mut config =
+        transport::Config::fast_failure_detection(transport::TransportKind::SctpOverUdp);
+    config.sctp_port = port;
+    config.receive_queue_len = receive_queue_len;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    Endpoint::bind(config, addr).await.unwrap()
 }
 
 /// One association of a fake collector: Cookie Echo, IPFIX, cookies back.
