@@ -593,11 +593,13 @@ impl AssociationSender {
     /// Messages sent on this association that the peer has acknowledged, counted from the
     /// first, in sending order: after [`Event::Down`] it tells how many of them the peer
     /// holds. SCTP over UDP counts SACKed DATA (a message abandoned under PR-SCTP counts
-    /// too); `None` where the transport cannot tell (TCP, kernel SCTP).
+    /// too); plain TCP counts the frames its peer's TCP has acknowledged (Linux `TCP_INFO`);
+    /// `None` where the transport cannot tell (TCP under TLS, kernel SCTP).
     pub fn acknowledged_messages(&self) -> Option<u64> {
         match &self.inner {
             SenderInner::SctpOverUdp(sender) => Some(sender.acknowledged_messages()),
-            SenderInner::Tcp(_) | SenderInner::KernelSctp(_) => None,
+            SenderInner::Tcp(sender) => sender.acknowledged_messages(),
+            SenderInner::KernelSctp(_) => None,
         }
     }
 

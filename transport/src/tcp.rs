@@ -12,10 +12,17 @@
 //! accept, [`DownReason::Shutdown`] on end of stream, [`DownReason::Aborted`] on reset,
 //! [`FailureReason`] on other errors or a frame above `max_message_size`. A silent peer is
 //! detected with TCP keep-alive and `TCP_USER_TIMEOUT` derived from the heartbeat settings.
+//!
+//! Plain TCP counts acknowledged messages as SCTP does ([`AckCounter`]): Linux's `TCP_INFO`
+//! says how many bytes the peer's TCP has acknowledged, and the writer notes where each frame
+//! ends in the byte stream. Under TLS the bytes on the wire are TLS records, not our frames,
+//! so there is no count.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -87,7 +94,7 @@ impl TcpEndpoint {
                 Some(done) = self.handshakes.join_next(), if !self.handshakes.is_empty() => {
                     if let Ok(Some((stream, remote))) = done {
                         let (read_half, write_half) = tokio::io::split(stream);
-                        match start(&self.config, read_half, write_half, remote) {
+                        match start(&self.config, read_half, write_half, remote, None) {
                             Ok(association) => return Some(association),
                             Err(error) => tracing::warn!("TLS association from {remote} failed: {error}"),
                         }
@@ -154,8 +161,9 @@ impl TcpEndpoint {
                     });
                 }
                 _ => {
+                    let acks = AckCounter::new(&stream);
                     let (read_half, write_half) = stream.into_split();
-                    match start(&self.config, read_half, write_half, remote) {
+                    match start(&self.config, read_half, write_half, remote, acks) {
                         Ok(association) => return Some(association),
                         Err(error) => {
                             tracing::warn!("TCP association from {remote} failed: {error}")
@@ -196,11 +204,12 @@ pub(crate) async fn connect(
                     TransportError::ConnectFailed(format!("TLS handshake with {remote}: {e}"))
                 })?;
             let (read_half, write_half) = tokio::io::split(stream);
-            start(config, read_half, write_half, remote)
+            start(config, read_half, write_half, remote, None)
         }
         _ => {
+            let acks = AckCounter::new(&stream);
             let (read_half, write_half) = stream.into_split();
-            start(config, read_half, write_half, remote)
+            start(config, read_half, write_half, remote, acks)
         }
     }
 }
@@ -212,12 +221,13 @@ fn prepare(stream: &TcpStream, config: &Config) -> Result<(), TransportError> {
     Ok(())
 }
 
-/// Starts the reader and writer tasks of a connection (plain or TLS).
+/// Starts the reader and writer tasks of a connection (plain or TLS; `acks` for plain).
 fn start<R, W>(
     config: &Config,
     read_half: R,
     write_half: W,
     remote: SocketAddr,
+    acks: Option<Arc<AckCounter>>,
 ) -> Result<Association, TransportError>
 where
     R: AsyncRead + Unpin + Send + 'static,
@@ -229,7 +239,7 @@ where
     events_tx
         .try_send(Event::Up)
         .expect("a new channel has room for one event");
-    tokio::spawn(write_frames(write_half, frames_rx));
+    tokio::spawn(write_frames(write_half, frames_rx, acks.clone()));
     tokio::spawn(read_frames(
         read_half,
         frames_tx.downgrade(),
@@ -245,6 +255,7 @@ where
                 frames: frames_tx,
                 closing_locally,
                 max_message_size: config.max_message_size,
+                acks,
             }),
         },
     })
@@ -260,6 +271,81 @@ pub(crate) struct TcpSender {
     frames: mpsc::Sender<WriterCommand>,
     closing_locally: Arc<AtomicBool>,
     max_message_size: usize,
+    acks: Option<Arc<AckCounter>>,
+}
+
+/// Messages of one plain TCP connection that the peer's TCP has acknowledged: the byte
+/// offsets where written frames end, against `TCP_INFO`'s `tcpi_bytes_acked` (Linux 4.2
+/// and later). The peer's TCP holding a message is what a SACK of SCTP DATA says too:
+/// delivered to its host, not yet read by its application.
+pub(crate) struct AckCounter {
+    /// A duplicate of the connection's descriptor, only for `getsockopt`; dropped with the
+    /// writer and the senders, so it never outlives the association's users.
+    socket: std::net::TcpStream,
+    /// `tcpi_bytes_acked` when the connection was set up: the SYN can count as one byte.
+    base: u64,
+    /// Where each written, not yet acknowledged message ends, in bytes from the start.
+    ends: Mutex<VecDeque<u64>>,
+    acknowledged: AtomicU64,
+}
+
+impl AckCounter {
+    /// `None` where the kernel cannot tell (no `TCP_INFO`, or a descriptor we cannot
+    /// duplicate): the connection then has no count, as under TLS.
+    fn new(stream: &TcpStream) -> Option<Arc<Self>> {
+        let socket = std::net::TcpStream::from(stream.as_fd().try_clone_to_owned().ok()?);
+        let base = bytes_acked(&socket)?;
+        Some(Arc::new(AckCounter {
+            socket,
+            base,
+            ends: Mutex::new(VecDeque::new()),
+            acknowledged: AtomicU64::new(0),
+        }))
+    }
+
+    /// The writer queued a message ending `end` bytes into the stream.
+    fn wrote(&self, end: u64) {
+        self.ends.lock().expect("not poisoned").push_back(end);
+    }
+
+    /// Messages acknowledged so far, in sending order (the last count once the socket is
+    /// gone: after the association ended it still tells how many the peer holds).
+    fn acknowledged_messages(&self) -> u64 {
+        let Some(acked) = bytes_acked(&self.socket) else {
+            return self.acknowledged.load(Ordering::Acquire);
+        };
+        let acked = acked.saturating_sub(self.base);
+        let mut ends = self.ends.lock().expect("not poisoned");
+        let mut newly = 0;
+        while ends.front().is_some_and(|&end| end <= acked) {
+            ends.pop_front();
+            newly += 1;
+        }
+        self.acknowledged.fetch_add(newly, Ordering::AcqRel) + newly
+    }
+}
+
+/// `tcpi_bytes_acked` of a TCP socket.
+fn bytes_acked(socket: &std::net::TcpStream) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an all-zero tcp_info is valid (plain integers); getsockopt writes at most
+    // `length` bytes into it and tells how many.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut length = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the descriptor is open for as long as `socket` lives; `info` and `length` are
+    // valid for writes of the sizes given.
+    let result = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut length,
+        )
+    };
+    // Kernels before 4.2 return a shorter struct without the field.
+    let needed = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + 8;
+    (result == 0 && length as usize >= needed).then_some(info.tcpi_bytes_acked)
 }
 
 impl TcpSender {
@@ -277,6 +363,11 @@ impl TcpSender {
             .send(WriterCommand::Frame(message))
             .await
             .map_err(|_| TransportError::Closed)
+    }
+
+    /// See [`AssociationSender::acknowledged_messages`]; `None` under TLS.
+    pub(crate) fn acknowledged_messages(&self) -> Option<u64> {
+        self.acks.as_ref().map(|acks| acks.acknowledged_messages())
     }
 
     pub(crate) fn close(&self) {
@@ -302,9 +393,11 @@ impl TcpSender {
 async fn write_frames<W: AsyncWrite + Unpin>(
     write_half: W,
     mut commands: mpsc::Receiver<WriterCommand>,
+    acks: Option<Arc<AckCounter>>,
 ) {
     let mut writer = BufWriter::with_capacity(64 * 1024, write_half);
     let mut frame = BytesMut::new();
+    let mut written = 0u64;
     while let Some(command) = commands.recv().await {
         let message = match command {
             WriterCommand::Frame(message) => message,
@@ -314,6 +407,10 @@ async fn write_frames<W: AsyncWrite + Unpin>(
         encode_frame(&message, &mut frame);
         if writer.write_all(&frame).await.is_err() {
             return;
+        }
+        written += frame.len() as u64;
+        if let Some(acks) = &acks {
+            acks.wrote(written);
         }
         // Batch: flush only when nothing else is queued.
         if commands.is_empty() && writer.flush().await.is_err() {

@@ -847,3 +847,79 @@ async fn sctp_udp_a_restarted_peer_aborts_the_stale_association() {
     );
     assert_eq!(event, Some(Event::Down(DownReason::Aborted)));
 }
+
+/// Plain TCP counts the messages its peer's TCP has acknowledged (Linux
+/// `TCP_INFO`), as SCTP counts SACKed DATA: liveness evidence for an
+/// exporter on framed TCP. While the peer's application reads nothing, the
+/// count stops where its socket buffer is full, below what was sent; once
+/// it reads, every message counts, exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_counts_the_messages_its_peers_tcp_acknowledged() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let config = Config {
+        // The accepting side stops reading its socket after a few messages.
+        receive_queue_len: 4,
+        ..config(TransportKind::Tcp)
+    };
+    let (_server, mut client, mut accepted) = pair_with(config).await;
+    expect_up(&mut client).await;
+    expect_up(&mut accepted).await;
+    for i in 0..20u8 {
+        client.send(Message::new(0, 0, vec![i; 500])).await.unwrap();
+    }
+    let wait_for = |target: u64| {
+        let sender = client.sender();
+        async move {
+            let deadline = Instant::now() + STEP;
+            while sender.acknowledged_messages() != Some(target) {
+                assert!(
+                    Instant::now() < deadline,
+                    "{target} messages acknowledged, got {:?}",
+                    sender.acknowledged_messages()
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    wait_for(20).await;
+
+    // 128 MiB, far beyond what the peer's socket and ours can buffer.
+    const BIG: usize = 64 * 1024;
+    const COUNT: u64 = 2000;
+    let sent = Arc::new(AtomicU64::new(0));
+    let sender = client.sender();
+    let counting = sent.clone();
+    let writer = tokio::spawn(async move {
+        for _ in 0..COUNT {
+            sender.send(Message::new(0, 0, vec![7; BIG])).await.unwrap();
+            counting.fetch_add(1, Ordering::AcqRel);
+        }
+    });
+    // Until the sender is blocked and the count has stopped: both unchanged
+    // over 20 polls in a row.
+    let deadline = Instant::now() + STEP;
+    let mut last = (u64::MAX, None);
+    let mut unchanged = 0;
+    while unchanged < 20 {
+        assert!(Instant::now() < deadline, "the sender never blocked");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        let now = (sent.load(Ordering::Acquire), client.acknowledged_messages());
+        unchanged = if now == last { unchanged + 1 } else { 0 };
+        last = now;
+    }
+    let (blocked_at, acknowledged) = last;
+    let acknowledged = acknowledged.expect("plain TCP counts") - 20;
+    assert!(blocked_at < COUNT, "the sender blocked");
+    assert!(
+        acknowledged < blocked_at,
+        "{acknowledged} of {blocked_at} counted while the peer reads nothing"
+    );
+
+    for _ in 0..20 + COUNT {
+        next_message(&mut accepted).await;
+    }
+    writer.await.unwrap();
+    wait_for(20 + COUNT).await;
+}
