@@ -1,0 +1,101 @@
+//! The sans-IO cores stay sans-IO: a guard over their sources. Each core
+//! takes bytes, events and time as arguments and returns bytes and actions;
+//! its driver (a thin tokio task) does the IO. A core that reads the clock,
+//! opens a socket, spawns a thread or a task, or sleeps could no longer be
+//! run by the tests with a fake clock (`exporter/tests/pool_user.rs`,
+//! `registrar/tests/enrp_core.rs`) nor by the whole-pool simulation
+//! (`tests/tests/simulation/`), so this fails the build's tests instead.
+//!
+//! Known exceptions, named here so they cannot grow silently (and listed in
+//! docs/architecture.md):
+//! - global `metrics` counters in the registrar's `server`/`enrp` cores and
+//!   the collector's `billing`/`decoder` (the cores keep their own counters
+//!   too; the global ones only mirror them for Prometheus);
+//! - the exporter's replay buffer (`exporter/src/replay.rs`) spills to
+//!   files: storage the core owns, like the collector's SQLite behind its
+//!   writer, not network IO or time.
+
+use std::path::Path;
+
+/// The cores, from the workspace root.
+const CORES: &[&str] = &[
+    "asap-client/src/pool_element.rs",
+    "asap-client/src/pool_user.rs",
+    "collector/src/batch.rs",
+    "collector/src/billing.rs",
+    "collector/src/decoder.rs",
+    "collector/src/ledger.rs",
+    "collector/src/session.rs",
+    "exporter/src/pool_user.rs",
+    "exporter/src/sequence.rs",
+    "policies/src/lib.rs",
+    "policies/src/preferred_primary.rs",
+    "policies/src/selector.rs",
+    "registrar/src/enrp.rs",
+    "registrar/src/handlespace.rs",
+    "registrar/src/server.rs",
+];
+
+/// What a core must not use, and why.
+const FORBIDDEN: &[(&str, &str)] = &[
+    ("tokio::", "an async runtime (the driver's business)"),
+    ("Instant::now()", "the clock (time comes in as an argument)"),
+    (
+        "SystemTime::now()",
+        "the wall clock (comes in as an argument)",
+    ),
+    ("std::net::UdpSocket", "a socket"),
+    ("std::net::TcpStream", "a socket"),
+    ("std::net::TcpListener", "a socket"),
+    ("std::thread", "threads or sleeping"),
+    // The transport crate's data types (Reliability) are fine; its
+    // associations and endpoints are IO.
+    ("transport::connect", "an association (IO)"),
+    ("transport::Endpoint", "an endpoint (IO)"),
+    ("transport::Association", "an association (IO)"),
+];
+
+/// The source without its `#[cfg(test)]` module (tests may use a clock).
+fn production_part(source: &str) -> &str {
+    source
+        .find("#[cfg(test)]\nmod tests")
+        .map_or(source, |at| &source[..at])
+}
+
+#[test]
+fn the_protocol_cores_do_no_io_and_read_no_clock() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut violations = Vec::new();
+    for core in CORES {
+        let path = root.join(core);
+        let source = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{core}: {e} (moved? update CORES)"));
+        for (number, line) in production_part(&source).lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            for (pattern, why) in FORBIDDEN {
+                if code.contains(pattern) {
+                    violations.push(format!("{core}:{}: {pattern}: {why}", number + 1));
+                }
+            }
+        }
+    }
+    assert!(
+        violations.is_empty(),
+        "sans-IO cores doing IO:\n{}",
+        violations.join("\n")
+    );
+}
+
+/// The guard itself can fail: each pattern is caught in code, and not in a
+/// comment or in the test module.
+#[test]
+fn the_guard_catches_what_it_names() {
+    for (pattern, _) in FORBIDDEN {
+        let code = format!("fn f() {{ let x = {pattern}; }}");
+        assert!(production_part(&code).contains(pattern));
+        let commented = format!("// {pattern}");
+        assert!(!commented.split("//").next().unwrap().contains(pattern));
+    }
+    let with_tests = "fn core() {}\n#[cfg(test)]\nmod tests { Instant::now() }";
+    assert!(!production_part(with_tests).contains("Instant::now()"));
+}
