@@ -10,6 +10,7 @@
 #   c3 192.0.2.13 collector, priority 10
 #   e1 192.0.2.21 exporter stream (pool user, signed cookies)
 #   e2 192.0.2.22 exporter relay, fed by rt 192.0.2.31 (softflowd)
+#   db 192.0.2.41 PostgreSQL, the shared store tier (every collector ships)
 #
 # The pool is closed (membership certificates), ENRP between the
 # registrars is authenticated, cookies are Ed25519-signed. Every collector
@@ -20,9 +21,13 @@
 #   3. the registrars are partitioned from each other (split brain), then
 #      healed: their handlespaces must converge (same PEs on both);
 #   4. c1 is SIGKILLed and restarted (failover and failback);
-#   5. registrar r1 is SIGKILLed: the exporter keeps resolving through r2.
-# At the end `collector audit` reads the three stores and the exporter's
-# state file, and prints its verdict (the exit status).
+#   5. registrar r1 is SIGKILLed: the exporter keeps resolving through r2;
+#   6. c1 is cut off from PostgreSQL while it stores: its shipping stalls,
+#      then resumes after the heal.
+# At the end, once the shipping has caught up, `collector audit` reads the
+# three stores and the exporter's state file and prints its verdict; the
+# audit of PostgreSQL (`--postgres`) must give the same one. The exit
+# status is the verdict.
 #
 # Needs root (namespaces, iptables), openssl and softflowd; installs
 # iproute2, iptables and softflowd with apt-get when missing.
@@ -46,6 +51,7 @@ mkdir -p "$run"
 cleanup() {
   for p in "${pid[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  postgres_down
   netns_down
 }
 trap cleanup EXIT
@@ -105,6 +111,11 @@ say "fault 4: SIGKILL of registrar r1; the exporter resolves through r2"
 kill -9 "${pid[r1]}"
 unset 'pid[r1]'
 
+say "fault 5: c1 cut off from PostgreSQL for 3 s (its shipping stalls, then resumes)"
+partition c1 db
+sleep 3   # the fault itself lasts a while; nothing waits on it
+heal c1 db
+
 if wait "${pid[e1]}"; then
   say "exporter finished: every record acknowledged by a cookie"
 else
@@ -119,15 +130,26 @@ wait "${pid[e2]}" || echo "multi-host-pool: the relay did not drain (see $run/e2
 unset 'pid[e2]'
 grep -hE "all acknowledged|NOT all" "$run/e2.out" | tail -1 || true
 
+say "waiting for PostgreSQL to hold what the three stores hold"
+wait_for 90 "the shipping catching up" postgres_caught_up ||
+  echo "multi-host-pool: PostgreSQL behind the stores: $(tail -1 "$run/shipping.log")" >&2
+tail -1 "$run/shipping.log"
+
 say "stopping the collectors (SIGTERM: deregister, drain, commit)"
 for c in "${collectors[@]}"; do kill -TERM "${pid[$c]}"; done
 for c in "${collectors[@]}"; do wait "${pid[$c]}" || true; unset "pid[$c]"; done
 
 say "audit across the three stores, against the exporter's own account"
 set +e
-"$bin/collector" audit --database "$run/c1.sqlite" --database "$run/c2.sqlite" \
-  --database "$run/c3.sqlite" --exporter-state "$run/exporter.state"
+audit_stores --exporter-state "$run/exporter.state"
 verdict=$?
+say "audit of the shared tier (PostgreSQL on db), against the same account"
+audit_postgres --exporter-state "$run/exporter.state"
+shared_verdict=$?
 set -e
 echo "(files and logs in $run)"
+if [ "$shared_verdict" -ne "$verdict" ]; then
+  echo "multi-host-pool: the stores' audit exited $verdict, PostgreSQL's $shared_verdict" >&2
+  exit 1
+fi
 exit $verdict

@@ -12,11 +12,13 @@
 #   e1 192.0.2.21 exporter stream (pool user, signed cookies)
 #   e2 192.0.2.22 exporter relay (pool user for routers, exporter id 9)
 #   rt 192.0.2.31 a router: softflowd replaying a pcap, IPFIX to e2
+#   db 192.0.2.41 PostgreSQL, the shared store tier every collector ships to
 
 collectors=(c1 c2 c3)
 declare -A priority=([c1]=100 [c2]=50 [c3]=10)
 declare -A pid=()
 registrars='["sctp:192.0.2.1:3863", "sctp:192.0.2.2:3863"]'
+postgres_url="postgresql://postgres@192.0.2.41:5432/postgres"
 
 pool_hosts() {
   say "hosts: namespaces on one bridge"
@@ -29,6 +31,7 @@ pool_hosts() {
   host_add e1 192.0.2.21
   host_add e2 192.0.2.22
   host_add rt 192.0.2.31
+  host_add db 192.0.2.41
 }
 
 pool_keys() {
@@ -94,6 +97,9 @@ member_key_file = "$run/$1-member.key"
 member_certificate_file = "$run/$1-member.cert"
 registration_lifetime = "1m"
 reregistration_interval = "20s"
+[postgres]
+url = "$postgres_url"
+collector_name = "$1"
 EOF
 }
 
@@ -192,10 +198,12 @@ replay_router() { # FLOWS
     >"$run/rt.out" 2>&1
 }
 
-# Hosts, keys and every config file.
+# Hosts, keys, the database and every config file.
 pool_setup() {
   pool_hosts
   pool_keys
+  say "PostgreSQL on db ($(address db)), the shared store tier"
+  postgres_up
   registrar_config r1 1 192.0.2.2
   registrar_config r2 2 192.0.2.1
   local c
@@ -214,6 +222,38 @@ start() { # NAME DAEMON ARGS...  (host NAME runs DAEMON)
   pid[$host]=$!
 }
 start_collector() { start "$1" collector run --config "$run/$1.toml"; }
+
+# PostgreSQL on host db (tests/postgres/start.sh; pg_ctl leaves the server
+# running in that namespace), trusting the pool's hosts. Stopped by
+# postgres_down, which every cleanup must call: a server left behind would
+# outlive its namespace.
+postgres_up() {
+  on db bash tests/postgres/start.sh "$run/pg" 5432 "$(address db)" 192.0.2.0/24 >/dev/null
+}
+postgres_down() {
+  if [ -f "$run/pg/data/postmaster.pid" ]; then
+    bash tests/postgres/stop.sh "$run/pg" >/dev/null 2>&1 || true
+  fi
+}
+# The audit of the shared tier (run on host db: the tier is reachable there).
+audit_postgres() { # ARGS...
+  on db "$bin/collector" audit --postgres "$postgres_url" --quiet "$@"
+}
+audit_stores() { # ARGS...
+  "$bin/collector" audit --database "$run/c1.sqlite" --database "$run/c2.sqlite" \
+    --database "$run/c3.sqlite" --quiet "$@"
+}
+# Records present, from an audit's JSON on stdin.
+records_present() { python3 -c 'import json,sys; print(json.load(sys.stdin)["totals"]["records_present"])'; }
+# Whether PostgreSQL holds every record the three SQLite stores hold (the
+# collectors ship behind their commits; call while they run).
+postgres_caught_up() {
+  local stores shipped
+  stores=$(audit_stores --json | records_present) || return 1
+  shipped=$(audit_postgres --json | records_present) || return 1
+  echo "  shipped $shipped of $stores records" >>"$run/shipping.log"
+  [ "$shipped" -eq "$stores" ]
+}
 
 # PE identifiers a registrar holds for the pool, sorted, one line.
 handlespace() { # REGISTRAR_HOST

@@ -18,11 +18,16 @@
 #   stop     SIGSTOP of a collector, then SIGCONT
 #   regkill  SIGKILL of a registrar, restarted
 #   expkill  SIGKILL of the exporter, restarted (durable intake: nothing lost)
+#   relaykill SIGKILL of the relay, restarted
+#   dbcut    a collector cut off from PostgreSQL (host db), then healed: its
+#            shipping to the shared tier stalls and resumes, exactly once
 # Then everything heals, the exporter is stopped with SIGTERM (it must
 # drain: every record acknowledged by a cookie), and the run must show:
 #   - both registrars hold the same three PEs (the handlespaces converged);
 #   - `collector audit` over the three stores and the exporter's state file
 #     passes, with no missing record and nothing declared lost;
+#   - PostgreSQL, once the collectors' shipping has caught up, holds the
+#     same records and its audit (`--postgres`) gives the same verdict;
 #   - no collector was evicted on reports alone.
 # It prints, per fault, the failovers it caused; a failover during `loss`
 # or `impair` is a false one (every collector was alive) and fails the seed
@@ -40,7 +45,7 @@ seeds=""
 faults=5
 rate=20000
 router_flows=20000
-fault_kinds="cut isolate split loss impair linkdown kill stop regkill expkill relaykill"
+fault_kinds="cut isolate split loss impair linkdown kill stop regkill expkill relaykill dbcut"
 while [ $# -gt 0 ]; do
   case "$1" in
     --seed) seeds="$2"; shift 2 ;;
@@ -82,6 +87,7 @@ one_seed() ( # SEED
   cleanup() {
     for p in "${pid[@]}"; do kill -9 "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    postgres_down
     netns_down
   }
   trap cleanup EXIT
@@ -158,6 +164,8 @@ journal_dir = \"$run/relay-journal\""
         start "$r" registrar run --config "$run/$r.toml" ;;
       expkill) say "fault $i: SIGKILL the exporter"
         kill -9 "${pid[e1]}"; wait "${pid[e1]}" 2>/dev/null || true; hold; start_exporter ;;
+      dbcut) pick c "${collectors[@]}"; say "fault $i: cut $c from PostgreSQL"
+        partition "$c" db; hold; heal "$c" db ;;
       relaykill) say "fault $i: SIGKILL the relay"
         kill -9 "${pid[e2]}"; wait "${pid[e2]}" 2>/dev/null || true; hold; start_relay ;;
     esac
@@ -187,6 +195,10 @@ journal_dir = \"$run/relay-journal\""
   kill -TERM "${pid[e2]}"
   wait "${pid[e2]}" || fail "the relay did not drain: $(tail -3 "$run/e2.out" "$run/e2.log")"
   unset 'pid[e2]'
+  say "waiting for PostgreSQL to hold what the stores hold (shipping behind the commits)"
+  wait_for 90 "the shipping catching up" postgres_caught_up ||
+    fail "PostgreSQL behind the stores: $(tail -1 "$run/shipping.log")"
+  say "  -> $(tail -1 "$run/shipping.log" | sed 's/^ *//')"
   for c in "${collectors[@]}"; do kill -TERM "${pid[$c]}"; done
   for c in "${collectors[@]}"; do wait "${pid[$c]}" || fail "$c did not stop cleanly"; unset "pid[$c]"; done
   evicted=0
@@ -196,13 +208,19 @@ print(json.load(sys.stdin)["counters"]["unreachable_removals"])')
     evicted=$((evicted + n))
   done
   [ "$evicted" -eq 0 ] || fail "$evicted collectors evicted on unreachable reports"
-  "$bin/collector" audit --json --database "$run/c1.sqlite" --database "$run/c2.sqlite" \
-    --database "$run/c3.sqlite" --exporter-state "$run/exporter.state" >"$run/audit.json" ||
+  audit_stores --json --exporter-state "$run/exporter.state" >"$run/audit.json" ||
     fail "audit: $(head -c 2000 "$run/audit.json")"
-  python3 - "$run/audit.json" "$seed" "$false_failovers" "$router_flows" "$converged_after" <<'EOF' || fail "audit oracle"
+  # The shared tier must give the same verdict on the same records.
+  audit_postgres --json --exporter-state "$run/exporter.state" >"$run/audit-pg.json" ||
+    fail "audit of PostgreSQL: $(head -c 2000 "$run/audit-pg.json")"
+  python3 - "$run/audit.json" "$seed" "$false_failovers" "$router_flows" "$converged_after" "$run/audit-pg.json" <<'EOF' || fail "audit oracle"
 import json, sys
 report = json.load(open(sys.argv[1]))
 t = report["totals"]
+shared = json.load(open(sys.argv[6]))
+assert shared["verdict"] == "pass", ("PostgreSQL", shared["verdict"])
+for key in ("records_present", "missing_records", "conflicting_sequences", "declared_lost_records"):
+    assert shared["totals"][key] == t[key], (key, "PostgreSQL", shared["totals"][key], "stores", t[key])
 stream = [x for x in report["exporter_domains"] if x["billing_exporter"] == 7]
 relay = [x for x in report["exporter_domains"] if x["billing_exporter"] == 9]
 assert report["verdict"] == "pass", report["verdict"]
@@ -215,7 +233,8 @@ relayed = sum(d["records_present"] for d in relay)
 # options records, e.g. softflowd's, to its billing stream).
 assert relayed >= int(sys.argv[4]), f"relay stored {relayed} of {sys.argv[4]} router flows"
 print(f"nemesis seed {sys.argv[2]}: PASS stream {stream[0]['records_present']} and relay {relayed} "
-      f"records, missing 0, declared lost 0, benign duplicates {t['benign_duplicate_sequences']}, "
+      f"records (PostgreSQL the same), missing 0, declared lost 0, "
+      f"benign duplicates {t['benign_duplicate_sequences']}, "
       f"false failovers under loss {sys.argv[3]}, converged after {sys.argv[5]} ms")
 EOF
 )

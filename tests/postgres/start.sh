@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Starts a throw-away PostgreSQL server for the tests and benchmarks, on
-# loopback only, trust authentication, data in DIR/data (created with initdb
-# on the first start; a later start on the same DIR reuses it, which is how
-# the outage tests restart "the same" database).
+# loopback by default, trust authentication, data in DIR/data (created with
+# initdb on the first start; a later start on the same DIR reuses it, which
+# is how the outage tests restart "the same" database).
 #
-#   tests/postgres/start.sh DIR PORT    prints the connection URL on stdout
+#   tests/postgres/start.sh DIR PORT [ADDRESS CLIENTS]
+#                                       prints the connection URL on stdout
 #   tests/postgres/stop.sh DIR          stops it (fast shutdown)
+#
+# ADDRESS and CLIENTS (a CIDR) are for the multi-host pool, whose database
+# host is a network namespace (deploy/netns-pool.sh): listen on ADDRESS and
+# trust connections from CLIENTS, test addresses that never leave the machine.
 #
 # Uses Debian's `postgresql` package; when it is missing and we are root with
 # apt-get, installs it. Exit 3: PostgreSQL is not available here (callers
@@ -14,6 +19,8 @@
 set -euo pipefail
 dir="${1:?usage: start.sh DIR PORT}"
 port="${2:?usage: start.sh DIR PORT}"
+address="${3:-127.0.0.1}"
+clients="${4:-}"
 
 find_bindir() {
   local d
@@ -55,11 +62,15 @@ if [ ! -f "$dir/data/PG_VERSION" ]; then
   "${as_owner[@]}" "$bindir/initdb" -D "$dir/data" -U postgres --auth=trust \
     --encoding=UTF8 --locale=C >"$dir/initdb.log" 2>&1 \
     || { cat "$dir/initdb.log" >&2; exit 1; }
+  if [ -n "$clients" ]; then
+    echo "host all all $clients trust" >>"$dir/data/pg_hba.conf"
+  fi
 fi
-# Loopback only; the socket in DIR, not in /var/run/postgresql.
+# On ADDRESS only (loopback unless given); the socket in DIR, not in
+# /var/run/postgresql.
 # fsync stays on: the outage tests restart the server and must find what
 # it acknowledged.
 "${as_owner[@]}" "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-  -o "-p $port -c listen_addresses=127.0.0.1 -k $dir -c max_connections=100" start >/dev/null \
+  -o "-p $port -c listen_addresses=$address -k $dir -c max_connections=100" start >/dev/null \
   || { tail -20 "$dir/server.log" >&2; exit 1; }
-echo "postgresql://postgres@127.0.0.1:$port/postgres"
+echo "postgresql://postgres@$address:$port/postgres"
