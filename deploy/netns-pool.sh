@@ -221,7 +221,27 @@ start() { # NAME DAEMON ARGS...  (host NAME runs DAEMON)
   ip netns exec "$NETNS_PREFIX-$host" "$bin/$daemon" "$@" >>"$run/$host.out" 2>>"$run/$host.log" &
   pid[$host]=$!
 }
-start_collector() { start "$1" collector run --config "$run/$1.toml"; }
+# With NETNS_FAKETIME (the path of Debian's libfaketime.so.1) a collector
+# runs with its own wall clock: the offset in $run/NAME.clock ("+0",
+# "-600", "+3600" seconds), re-read every second, so writing the file jumps
+# the clock of a running collector (clock_jump). A namespace cannot have its
+# own wall clock (time namespaces cover only the monotonic and boot clocks);
+# the monotonic clock is left alone, as a real step of the wall clock would.
+start_collector() { # NAME
+  if [ -n "${NETNS_FAKETIME:-}" ]; then
+    [ -f "$run/$1.clock" ] || echo "+0" >"$run/$1.clock"
+    ip netns exec "$NETNS_PREFIX-$1" env LD_PRELOAD="$NETNS_FAKETIME" \
+      FAKETIME_TIMESTAMP_FILE="$run/$1.clock" FAKETIME_CACHE_DURATION=1 \
+      FAKETIME_DONT_FAKE_MONOTONIC=1 \
+      "$bin/collector" run --config "$run/$1.toml" >>"$run/$1.out" 2>>"$run/$1.log" &
+    pid[$1]=$!
+  else
+    start "$1" collector run --config "$run/$1.toml"
+  fi
+}
+clock_jump() { # NAME SECONDS  (SECONDS signed; 0 puts the clock back)
+  if [ "$2" -ge 0 ]; then echo "+$2" >"$run/$1.clock"; else echo "$2" >"$run/$1.clock"; fi
+}
 
 # PostgreSQL on host db (tests/postgres/start.sh; pg_ctl leaves the server
 # running in that namespace), trusting the pool's hosts. Stopped by

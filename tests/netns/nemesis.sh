@@ -21,6 +21,9 @@
 #   relaykill SIGKILL of the relay, restarted
 #   dbcut    a collector cut off from PostgreSQL (host db), then healed: its
 #            shipping to the shared tier stalls and resumes, exactly once
+#   clockjump a collector's wall clock steps 10 min or 1 h forward or back,
+#            then steps back to the true time (libfaketime, see
+#            deploy/netns-pool.sh start_collector)
 # Then everything heals, the exporter is stopped with SIGTERM (it must
 # drain: every record acknowledged by a cookie), and the run must show:
 #   - both registrars hold the same three PEs (the handlespaces converged);
@@ -45,7 +48,7 @@ seeds=""
 faults=5
 rate=20000
 router_flows=20000
-fault_kinds="cut isolate split loss impair linkdown kill stop regkill expkill relaykill dbcut"
+fault_kinds="cut isolate split loss impair linkdown kill stop regkill expkill relaykill dbcut clockjump"
 while [ $# -gt 0 ]; do
   case "$1" in
     --seed) seeds="$2"; shift 2 ;;
@@ -58,9 +61,11 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$seeds" ] || seeds=$((RANDOM * 32768 + RANDOM))
 [ "$(id -u)" = 0 ] || { echo "nemesis: needs root (network namespaces)" >&2; exit 2; }
-if ! command -v iptables >/dev/null || ! command -v ip >/dev/null || ! command -v openssl >/dev/null; then
+faketime_lib=/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
+if ! command -v iptables >/dev/null || ! command -v ip >/dev/null || ! command -v openssl >/dev/null ||
+  [ ! -f "$faketime_lib" ]; then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 iptables openssl >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 iptables openssl faketime >/dev/null
 fi
 
 say() { printf '%s  %s\n' "$(date +%T.%3N)" "$*"; }
@@ -93,6 +98,12 @@ one_seed() ( # SEED
   trap cleanup EXIT
   echo "reproduce: tests/netns/nemesis.sh --seed $seed --faults $faults --rate $rate --kinds \"$fault_kinds\""
   fail() { echo "nemesis seed $seed: FAIL: $*  (logs in $run)" >&2; exit 1; }
+  # Collectors with a wall clock of their own, for clockjump (the fault
+  # must be real: without libfaketime the seed fails rather than pass).
+  if [[ " $fault_kinds " == *" clockjump "* ]]; then
+    [ -f "$faketime_lib" ] || fail "clockjump needs libfaketime ($faketime_lib)"
+    NETNS_FAKETIME=$faketime_lib
+  fi
 
   pool_setup >/dev/null
   exporter_config "durable = true
@@ -166,6 +177,9 @@ journal_dir = \"$run/relay-journal\""
         kill -9 "${pid[e1]}"; wait "${pid[e1]}" 2>/dev/null || true; hold; start_exporter ;;
       dbcut) pick c "${collectors[@]}"; say "fault $i: cut $c from PostgreSQL"
         partition "$c" db; hold; heal "$c" db ;;
+      clockjump) pick c "${collectors[@]}"; pick step -3600 -600 600 3600
+        say "fault $i: $c's wall clock steps ${step} s"
+        clock_jump "$c" "$step"; hold; hold; clock_jump "$c" 0 ;;
       relaykill) say "fault $i: SIGKILL the relay"
         kill -9 "${pid[e2]}"; wait "${pid[e2]}" 2>/dev/null || true; hold; start_relay ;;
     esac
