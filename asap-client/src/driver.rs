@@ -299,6 +299,12 @@ impl Links {
 }
 
 /// Sleeps until `deadline`, forever if there is none.
+/// The driver's clock: tokio's, so that a test can pause or advance it
+/// (`tokio::time::pause`); the cores take it as `std::time::Instant`.
+fn driver_now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
@@ -388,7 +394,7 @@ impl Announces {
         source: SocketAddr,
         links: &mut Links,
     ) -> Option<Vec<bool>> {
-        let now = Instant::now();
+        let now = driver_now();
         match self.table.on_announce(now, &self.buffer[..len], source) {
             Ok(outcome) => {
                 metrics::counter!("poolflow_asap_server_announces_total", "outcome" => "accepted")
@@ -451,7 +457,7 @@ fn on_announce_received(
 fn announce_expiry(announces: &Option<Announces>) -> Option<Instant> {
     announces
         .as_ref()
-        .and_then(|a| a.table.poll_timeout(Instant::now()))
+        .and_then(|a| a.table.poll_timeout(driver_now()))
 }
 
 // ---------------------------------------------------------------------------
@@ -624,7 +630,7 @@ async fn run_pool_element(
             }
             () = sleep_until(expiry) => {
                 let Some(table) = announces.as_ref() else { continue };
-                PeInput::Registrars(table.table.availability(Instant::now()))
+                PeInput::Registrars(table.table.availability(driver_now()))
             }
         };
         if let Some(last) = step_pool_element(&mut pe, &mut links, &status_tx, input).await {
@@ -641,7 +647,7 @@ async fn step_pool_element(
     status_tx: &watch::Sender<PeStatus>,
     input: PeInput,
 ) -> Option<PeStatus> {
-    let now = Instant::now();
+    let now = driver_now();
     // Membership proofs are stamped with Unix time; a clock before 1970 is
     // taken as 1970 (the registrar then refuses the stale proof).
     pe.set_wall_clock(
@@ -860,14 +866,14 @@ async fn run_pool_user(
                         PuInput::Resolve(handle)
                     }
                     PuCommand::Refresh(handle) => {
-                        pu.invalidate(Instant::now(), &handle);
+                        pu.invalidate(driver_now(), &handle);
                         continue;
                     }
                     PuCommand::Report(pool_handle, pe_id) => {
                         PuInput::ReportUnreachable { pool_handle, pe_id }
                     }
                     PuCommand::Select(handle, max, reply) => {
-                        let _ = reply.send(pu.select(Instant::now(), &handle, max));
+                        let _ = reply.send(pu.select(driver_now(), &handle, max));
                         continue;
                     }
                     PuCommand::FailBack(handle, current, reply) => {
@@ -894,10 +900,10 @@ async fn run_pool_user(
             }
             () = sleep_until(expiry) => {
                 let Some(table) = announces.as_ref() else { continue };
-                PuInput::Registrars(table.table.availability(Instant::now()))
+                PuInput::Registrars(table.table.availability(driver_now()))
             }
         };
-        for output in pu.on_event(Instant::now(), input) {
+        for output in pu.on_event(driver_now(), input) {
             match output {
                 PuOutput::Connect { registrar } => links.connect(registrar),
                 PuOutput::Send { registrar, bytes } => links.send(registrar, bytes).await,

@@ -170,7 +170,7 @@ pub async fn run_with_templates(
     shutdown: impl Future<Output = ()>,
     mut progress: impl FnMut(Progress),
 ) -> anyhow::Result<StreamReport> {
-    let started = Instant::now();
+    let started = driver_now();
     let mut pu_config = PoolUserConfig::new(settings.registrars.len());
     pu_config.cache_lifetime = settings.cache_lifetime;
     pu_config.request_timeout = settings.registrar_request_timeout;
@@ -208,7 +208,7 @@ pub async fn run_with_templates(
         settings.exporter.clone(),
         state,
         settings.templates.clone(),
-        Instant::now(),
+        driver_now(),
         unix_ms(),
     )
     .context("opening the replay buffers")?;
@@ -227,7 +227,7 @@ pub async fn run_with_templates(
     let mut records_in = 0u64;
     let mut input_done = false;
     let mut input_done_at: Option<Instant> = None;
-    let mut next_status = Instant::now() + Duration::from_secs(1);
+    let mut next_status = driver_now() + Duration::from_secs(1);
     let mut interrupted = false;
     let mut final_statistics = false;
 
@@ -252,7 +252,7 @@ pub async fn run_with_templates(
         }
         // Outputs are carried out in order, so none after a blocked send.
         while driver.blocked.is_none()
-            && let Some(output) = core.poll_output(Instant::now())
+            && let Some(output) = core.poll_output(driver_now())
         {
             let written = match &output {
                 Output::PersistState(state) => Some(state.clone()),
@@ -264,7 +264,7 @@ pub async fn run_with_templates(
             }
         }
         publish_metrics(&core);
-        let now = Instant::now();
+        let now = driver_now();
         if now >= next_status {
             next_status = now + Duration::from_secs(1);
             progress(Progress::Status {
@@ -316,7 +316,7 @@ pub async fn run_with_templates(
             push(&mut core, learned, record)?;
             records_in += 1;
         }
-        report_transport_progress(&driver.sender, &mut core, Instant::now());
+        report_transport_progress(&driver.sender, &mut core, driver_now());
         let wake = [
             core.poll_timeout(),
             Some(next_status),
@@ -339,7 +339,7 @@ pub async fn run_with_templates(
             }
             event = events.recv() => {
                 let Some(event) = event else { continue };
-                let now = Instant::now();
+                let now = driver_now();
                 match event {
                     DriverEvent::Selected(result) => core.handle_selected(now, result),
                     DriverEvent::FailbackCheck(target) => core.handle_failback_check(now, target),
@@ -388,7 +388,7 @@ pub async fn run_with_templates(
                 }
             }
             () = sleep_until(wake) => {
-                let now = Instant::now();
+                let now = driver_now();
                 // Before the cookie deadline is judged.
                 report_transport_progress(&driver.sender, &mut core, now);
                 core.handle_timeout(now)
@@ -413,7 +413,7 @@ pub async fn run_with_templates(
         records_in,
         counters: core.counters(),
         drained,
-        elapsed: started.elapsed(),
+        elapsed: driver_now().saturating_duration_since(started),
     })
 }
 
@@ -508,6 +508,12 @@ fn report_transport_progress(
     {
         core.handle_transport_progress(now, *association, acknowledged);
     }
+}
+
+/// The driver's clock: tokio's, so that a test can pause or advance it
+/// (`tokio::time::pause`); the cores take it as `std::time::Instant`.
+fn driver_now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
