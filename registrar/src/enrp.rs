@@ -50,7 +50,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use metrics::counter;
 use policies::PeId;
 use protocol::rserpool::asap;
 use protocol::rserpool::enrp::{Body, Message, PoolEntry, UpdateAction, auth};
@@ -470,13 +469,7 @@ impl Enrp {
                 peer.cursor = None;
             }
         }
-        // Peers not declared dead: the dashboard's "ENRP peers" panel.
-        metrics::gauge!("poolflow_registrar_enrp_peers_alive").set(
-            self.peers
-                .values()
-                .filter(|peer| peer.liveness != Liveness::Dead)
-                .count() as f64,
-        );
+
         for id in probe {
             tracing::info!(
                 peer = format_args!("{id:#010x}"),
@@ -488,7 +481,6 @@ impl Enrp {
         died.sort_unstable();
         for id in died {
             self.counters.peers_lost += 1;
-            counter!("poolflow_registrar_enrp_peers_lost_total").increment(1);
             tracing::warn!(
                 peer = format_args!("{id:#010x}"),
                 "peer did not answer within MAX-TIME-NO-RESPONSE: declared dead"
@@ -629,7 +621,6 @@ impl Enrp {
         };
         tracing::info!(peer = format_args!("{sender:#010x}"), %address, %from, "learned ENRP peer from its multicast Presence");
         self.counters.multicast_peers_learned += 1;
-        counter!("poolflow_registrar_enrp_multicast_peers_learned_total").increment(1);
         match self.peers.get_mut(&sender) {
             // Declared dead: probed again at its (possibly new) address on a
             // fresh association; it counts as alive once it answers.
@@ -756,7 +747,6 @@ impl Enrp {
                 let syncing = self.peer_mut(sender).sync.is_some();
                 if !first_contact && !syncing && local != pe_checksum {
                     self.counters.audit_mismatches += 1;
-                    counter!("poolflow_registrar_enrp_audit_mismatches_total").increment(1);
                     tracing::info!(
                         peer = format_args!("{sender:#010x}"),
                         local,
@@ -1265,7 +1255,6 @@ impl Enrp {
         }
         self.counters.takeovers += 1;
         self.counters.adopted_pes += adopted as u64;
-        counter!("poolflow_registrar_enrp_takeovers_total").increment(1);
         tracing::warn!(
             target = format_args!("{target:#010x}"),
             adopted,
@@ -1304,8 +1293,6 @@ impl Enrp {
                 info_len = cause.info.len(),
                 "ENRP Error from peer: it refused something we sent"
             );
-            counter!("poolflow_registrar_enrp_errors_received_total", "cause" => code.clone())
-                .increment(1);
             *self.counters.errors_received.entry(code).or_default() += 1;
         }
     }
@@ -1410,7 +1397,6 @@ impl Enrp {
             .or_default();
         *count += 1;
         let count = *count;
-        counter!("poolflow_registrar_enrp_auth_rejected_total", "reason" => reason).increment(1);
         // Whoever forges messages controls how many arrive: log the first
         // ones of each reason, then every thousandth.
         if count <= 10 || count % 1000 == 0 {
@@ -1434,7 +1420,6 @@ impl Enrp {
             .malformed
             .entry(reason.to_string())
             .or_default() += 1;
-        counter!("poolflow_registrar_enrp_malformed_total", "reason" => reason).increment(1);
     }
 }
 

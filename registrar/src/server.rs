@@ -16,7 +16,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use metrics::{counter, gauge};
 use policies::{PeId, PolicyParams};
 use protocol::rserpool::asap::Message;
 use protocol::rserpool::enrp::UpdateAction;
@@ -207,8 +206,8 @@ impl Removal {
     }
 }
 
-/// Running totals, for the status endpoint and tests (Prometheus gets the
-/// same numbers through the `metrics` facade).
+/// Running totals, for the status endpoint and tests; the driver publishes
+/// them to Prometheus (`driver/metrics.rs`), the core touches no global.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     /// Successful first registrations.
@@ -251,6 +250,18 @@ pub struct Counters {
     /// membership proof, by reason.
     #[serde(default)]
     pub peer_membership_rejects: BTreeMap<String, u64>,
+    /// Handle resolutions for pools we do not know (part of
+    /// `handle_resolutions`).
+    #[serde(default)]
+    pub handle_resolutions_unknown_pool: u64,
+    /// PEs removed from the handlespace, by reason (`deregistered`,
+    /// `keepalive_timeout`, `expired`, `unreachable`, `association_down`).
+    #[serde(default)]
+    pub removals: BTreeMap<String, u64>,
+    /// Messages refused for lack of a valid membership proof, by message
+    /// (`registration`, `deregistration`, `enrp`) and reason.
+    #[serde(default)]
+    pub membership_refused: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 /// Token bucket: `rate` tokens per second, at most `burst` saved up.
@@ -411,7 +422,6 @@ impl Server {
             self.count_removal(Removal::AssociationDown);
             self.note_home_change(UpdateAction::DeletePe, handle, entry);
         }
-        self.update_gauges();
         removed.len()
     }
 
@@ -458,7 +468,6 @@ impl Server {
                         },
                     );
                     self.counters.keep_alives_sent += 1;
-                    counter!("poolflow_registrar_keepalives_sent_total").increment(1);
                 }
                 KeepAlive::AwaitingAck { deadline, .. } if deadline <= now => {
                     let why = if entry.unreachable_reports >= self.config.max_bad_pe_reports {
@@ -678,7 +687,6 @@ impl Server {
         if !peer.registrations.take(now, rate, burst) {
             let remote = peer.remote;
             self.counters.rate_limited += 1;
-            counter!("poolflow_registrar_rate_limited_total").increment(1);
             self.count_reject("rate_limited");
             tracing::debug!(assoc = from, ?remote, "registration rate limit exceeded");
             actions.push(respond(Some(ErrorCause {
@@ -712,8 +720,7 @@ impl Server {
                     "registration without valid pool membership refused"
                 );
                 self.count_reject(error.reason());
-                counter!("poolflow_registrar_membership_refused_total", "message" => "registration", "reason" => error.reason())
-                    .increment(1);
+                self.count_membership_refused("registration", error.reason());
                 actions.push(respond(Some(ErrorCause {
                     code: cause_code::REJECTED_DUE_TO_SECURITY,
                     info: Vec::new(),
@@ -776,9 +783,7 @@ impl Server {
                         "updated"
                     }
                 };
-                counter!("poolflow_registrar_registrations_total", "result" => result).increment(1);
                 tracing::info!(pool = %pool_handle, pe = format_args!("{pe_identifier:#010x}"), result, "registration");
-                self.update_gauges();
                 if let Some(entry) = self.handlespace.element(&pool_handle, pe_identifier) {
                     let entry = entry.clone();
                     self.note_home_change(UpdateAction::AddPe, &pool_handle, &entry);
@@ -834,8 +839,7 @@ impl Server {
                 %error,
                 "deregistration without valid pool membership refused"
             );
-            counter!("poolflow_registrar_membership_refused_total", "message" => "deregistration", "reason" => error.reason())
-                .increment(1);
+            self.count_membership_refused("deregistration", error.reason());
             Some(error.reason())
         } else {
             None
@@ -846,8 +850,6 @@ impl Server {
                 .deregistration_rejects
                 .entry(reason.to_string())
                 .or_default() += 1;
-            counter!("poolflow_registrar_deregistration_rejects_total", "reason" => reason)
-                .increment(1);
             actions.push(Action::Send {
                 assoc: from,
                 payload: Message::DeregistrationResponse {
@@ -875,7 +877,6 @@ impl Server {
                 if removed.is_some() {
                     self.counters.deregistrations += 1;
                     self.count_removal(Removal::Deregistered);
-                    self.update_gauges();
                 }
                 None
             }
@@ -911,30 +912,25 @@ impl Server {
         }
         .min(self.config.max_resolution_items);
         let response = match self.handlespace.resolve(&pool_handle, max) {
-            Ok(selected) => {
-                counter!("poolflow_registrar_handle_resolutions_total", "result" => "ok")
-                    .increment(1);
-                Message::HandleResolutionResponse {
-                    reject: false,
-                    pool_handle: pool_handle.clone(),
-                    policy: selected.first().map(|entry| entry.policy.clone()),
-                    pool_elements: selected
-                        .iter()
-                        .map(|entry| PoolElement {
-                            pe_identifier: entry.id,
-                            home_enrp_server_identifier: entry.home_registrar,
-                            registration_life: entry.registration_life,
-                            user_transport: entry.user_transport.clone(),
-                            policy: entry.policy.clone(),
-                            asap_transport: None,
-                        })
-                        .collect(),
-                    error: None,
-                }
-            }
+            Ok(selected) => Message::HandleResolutionResponse {
+                reject: false,
+                pool_handle: pool_handle.clone(),
+                policy: selected.first().map(|entry| entry.policy.clone()),
+                pool_elements: selected
+                    .iter()
+                    .map(|entry| PoolElement {
+                        pe_identifier: entry.id,
+                        home_enrp_server_identifier: entry.home_registrar,
+                        registration_life: entry.registration_life,
+                        user_transport: entry.user_transport.clone(),
+                        policy: entry.policy.clone(),
+                        asap_transport: None,
+                    })
+                    .collect(),
+                error: None,
+            },
             Err(error) => {
-                counter!("poolflow_registrar_handle_resolutions_total", "result" => "unknown_pool")
-                    .increment(1);
+                self.counters.handle_resolutions_unknown_pool += 1;
                 Message::HandleResolutionResponse {
                     reject: true,
                     pool_handle: pool_handle.clone(),
@@ -967,7 +963,6 @@ impl Server {
                 self.counters.keep_alive_acks += 1;
                 if refuted {
                     self.counters.unreachable_refuted += 1;
-                    counter!("poolflow_registrar_unreachable_refuted_total").increment(1);
                     tracing::warn!(pool = %handle, pe = format_args!("{id:#010x}"), "PE reported unreachable answered its keep-alive: kept (a pool user's reports were wrong)");
                 }
             }
@@ -994,7 +989,6 @@ impl Server {
             return;
         };
         self.counters.unreachable_reports += 1;
-        counter!("poolflow_registrar_unreachable_reports_total").increment(1);
         if reports < self.config.max_bad_pe_reports {
             return;
         }
@@ -1014,7 +1008,6 @@ impl Server {
                         .set_keep_alive(handle, id, KeepAlive::SendAt(now));
                 }
                 self.counters.unreachable_probes += 1;
-                counter!("poolflow_registrar_unreachable_probes_total").increment(1);
                 tracing::info!(pool = %handle, pe = format_args!("{id:#010x}"), reports, "MAX-BAD-PE-REPORT reached: probing the PE with a keep-alive before removing it");
             }
         }
@@ -1070,7 +1063,6 @@ impl Server {
     fn remove(&mut self, handle: &PoolHandle, id: PeId, why: Removal) {
         if let Some(entry) = self.handlespace.remove(handle, id) {
             self.count_removal(why);
-            self.update_gauges();
             self.note_home_change(UpdateAction::DeletePe, handle, &entry);
         }
     }
@@ -1122,32 +1114,27 @@ impl Server {
         membership: Option<Box<MembershipProof>>,
         moved_by_update: bool,
     ) -> Result<(), HandlespaceError> {
-        let membership = match self.check_peer_membership(
-            now,
-            pool_handle,
-            &pool_element,
-            membership,
-        ) {
-            Ok(membership) => membership,
-            Err(error) => {
-                *self
-                    .counters
-                    .peer_membership_rejects
-                    .entry(error.reason().to_string())
-                    .or_default() += 1;
-                counter!("poolflow_registrar_membership_refused_total", "message" => "enrp", "reason" => error.reason())
-                    .increment(1);
-                tracing::warn!(
-                    pool = %pool_handle,
-                    pe = format_args!("{:#010x}", pool_element.pe_identifier),
-                    home = pool_element.home_enrp_server_identifier,
-                    reason = error.reason(),
-                    %error,
-                    "PE from a peer registrar without valid pool membership refused"
-                );
-                return Err(HandlespaceError::Rejected(error.reason()));
-            }
-        };
+        let membership =
+            match self.check_peer_membership(now, pool_handle, &pool_element, membership) {
+                Ok(membership) => membership,
+                Err(error) => {
+                    *self
+                        .counters
+                        .peer_membership_rejects
+                        .entry(error.reason().to_string())
+                        .or_default() += 1;
+                    self.count_membership_refused("enrp", error.reason());
+                    tracing::warn!(
+                        pool = %pool_handle,
+                        pe = format_args!("{:#010x}", pool_element.pe_identifier),
+                        home = pool_element.home_enrp_server_identifier,
+                        reason = error.reason(),
+                        %error,
+                        "PE from a peer registrar without valid pool membership refused"
+                    );
+                    return Err(HandlespaceError::Rejected(error.reason()));
+                }
+            };
         let home = pool_element.home_enrp_server_identifier;
         if let Some(existing) = self
             .handlespace
@@ -1182,7 +1169,6 @@ impl Server {
         };
         self.handlespace
             .register(pool_handle, registration, now, NO_KEEP_ALIVE)?;
-        self.update_gauges();
         Ok(())
     }
 
@@ -1244,7 +1230,6 @@ impl Server {
             .is_some_and(|entry| entry.home_registrar == home && home != self.config.server_id);
         if homed_there {
             self.handlespace.remove(pool_handle, id);
-            self.update_gauges();
         }
         homed_there
     }
@@ -1344,14 +1329,17 @@ impl Server {
         match why {
             Removal::KeepAliveTimeout => {
                 self.counters.keep_alive_failures += 1;
-                counter!("poolflow_registrar_keepalive_failures_total").increment(1);
             }
             Removal::Expired => self.counters.expiries += 1,
             Removal::Unreachable => self.counters.unreachable_removals += 1,
             Removal::AssociationDown => self.counters.association_removals += 1,
             Removal::Deregistered => {}
         }
-        counter!("poolflow_registrar_pe_removals_total", "reason" => why.label()).increment(1);
+        *self
+            .counters
+            .removals
+            .entry(why.label().to_string())
+            .or_default() += 1;
     }
 
     /// The registration allow-list: an association whose address is unknown
@@ -1384,8 +1372,16 @@ impl Server {
             .registration_rejects
             .entry(reason.to_string())
             .or_default() += 1;
-        counter!("poolflow_registrar_registrations_total", "result" => "rejected").increment(1);
-        counter!("poolflow_registrar_registration_rejects_total", "reason" => reason).increment(1);
+    }
+
+    fn count_membership_refused(&mut self, message: &'static str, reason: &'static str) {
+        *self
+            .counters
+            .membership_refused
+            .entry(message.to_string())
+            .or_default()
+            .entry(reason.to_string())
+            .or_default() += 1;
     }
 
     fn count_malformed(&mut self, reason: &'static str) {
@@ -1394,12 +1390,6 @@ impl Server {
             .malformed
             .entry(reason.to_string())
             .or_default() += 1;
-        counter!("poolflow_registrar_malformed_total", "reason" => reason).increment(1);
-    }
-
-    fn update_gauges(&self) {
-        gauge!("poolflow_registrar_pools").set(self.handlespace.pool_count() as f64);
-        gauge!("poolflow_registrar_pool_elements").set(self.handlespace.element_count() as f64);
     }
 }
 

@@ -492,6 +492,22 @@ async fn binary_runs_from_a_config_file_and_stops_on_sigterm() {
     let mut body = String::new();
     stream.read_to_string(&mut body).await.unwrap();
     assert!(body.starts_with("HTTP/1.0 200"), "{body}");
+    // Published from the core's counters at the scrape: present (at their
+    // values, zero here) before anything happened.
+    for series in [
+        format!(
+            "poolflow_registrar_pool_elements {}",
+            snapshot.element_count
+        ),
+        "poolflow_registrar_registrations_total{result=\"new\"} 0".to_string(),
+        "poolflow_registrar_handle_resolutions_total{result=\"unknown_pool\"} 0".to_string(),
+        "poolflow_registrar_keepalives_sent_total 0".to_string(),
+    ] {
+        assert!(
+            body.lines().any(|line| line == series),
+            "{series} in {body}"
+        );
+    }
     // Bad requests get an HTTP error, and the endpoint keeps serving.
     async fn exchange(to: SocketAddr, request: &[u8]) -> String {
         let mut stream = tokio::net::TcpStream::connect(to).await.unwrap();

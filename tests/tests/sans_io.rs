@@ -8,9 +8,9 @@
 //!
 //! Known exceptions, named here so they cannot grow silently (and listed in
 //! docs/architecture.md):
-//! - global `metrics` counters in the registrar's `server`/`enrp` cores and
-//!   the collector's `billing`/`decoder` (the cores keep their own counters
-//!   too; the global ones only mirror them for Prometheus);
+//! - global `metrics` counters in the collector's `billing` and `decoder`
+//!   (the registrar's cores have none: their driver publishes their own
+//!   counters, the guard below holds them to it);
 //! - the exporter's replay buffer (`exporter/src/replay.rs`) spills to
 //!   files: storage the core owns, like the collector's SQLite behind its
 //!   writer, not network IO or time.
@@ -31,6 +31,19 @@ const CORES: &[&str] = &[
     "policies/src/lib.rs",
     "policies/src/preferred_primary.rs",
     "policies/src/selector.rs",
+    "registrar/src/enrp.rs",
+    "registrar/src/handlespace.rs",
+    "registrar/src/server.rs",
+];
+
+/// Cores whose metrics the driver publishes from their counters: no
+/// global `metrics` call in them either.
+const NO_GLOBAL_METRICS: &[&str] = &[
+    "asap-client/src/pool_element.rs",
+    "asap-client/src/pool_user.rs",
+    "collector/src/session.rs",
+    "collector/src/ledger.rs",
+    "exporter/src/pool_user.rs",
     "registrar/src/enrp.rs",
     "registrar/src/handlespace.rs",
     "registrar/src/server.rs",
@@ -82,6 +95,29 @@ fn the_protocol_cores_do_no_io_and_read_no_clock() {
     assert!(
         violations.is_empty(),
         "sans-IO cores doing IO:\n{}",
+        violations.join("\n")
+    );
+}
+
+#[test]
+fn cores_count_in_their_own_counters_not_in_global_metrics() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut violations = Vec::new();
+    for core in NO_GLOBAL_METRICS {
+        let source = std::fs::read_to_string(root.join(core))
+            .unwrap_or_else(|e| panic!("{core}: {e} (moved? update NO_GLOBAL_METRICS)"));
+        for (number, line) in production_part(&source).lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            for pattern in ["counter!(", "gauge!(", "histogram!(", "metrics::"] {
+                if code.contains(pattern) {
+                    violations.push(format!("{core}:{}: {pattern}", number + 1));
+                }
+            }
+        }
+    }
+    assert!(
+        violations.is_empty(),
+        "cores touching the global metrics registry (publish from the driver):\n{}",
         violations.join("\n")
     );
 }

@@ -58,20 +58,19 @@ pub(super) async fn status_response(
 ) -> anyhow::Result<hyper::Response<http_body_util::Full<bytes::Bytes>>> {
     let (status, content_type, body) = match (request.method(), request.uri().path()) {
         (&hyper::Method::GET, "/" | "/status") => {
-            let (reply, answer) = oneshot::channel();
-            inputs
-                .send(Input::Status(reply))
-                .await
-                .map_err(|_| anyhow::anyhow!("registrar stopped"))?;
-            let body = serde_json::to_vec_pretty(&answer.await?)?;
+            let body = serde_json::to_vec_pretty(&core_status(&inputs).await?)?;
             (hyper::StatusCode::OK, "application/json", body)
         }
         (&hyper::Method::GET, "/metrics") => match &metrics {
-            Some(handle) => (
-                hyper::StatusCode::OK,
-                "text/plain; version=0.0.4",
-                handle.render().into_bytes(),
-            ),
+            Some(handle) => {
+                // The cores' counters, as of this scrape.
+                super::metrics::publish(&core_status(&inputs).await?);
+                (
+                    hyper::StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    handle.render().into_bytes(),
+                )
+            }
             None => (
                 hyper::StatusCode::NOT_FOUND,
                 "text/plain",
@@ -88,6 +87,16 @@ pub(super) async fn status_response(
         .status(status)
         .header(hyper::header::CONTENT_TYPE, content_type)
         .body(http_body_util::Full::new(bytes::Bytes::from(body)))?)
+}
+
+/// A status snapshot from the core task.
+async fn core_status(inputs: &mpsc::Sender<Input>) -> anyhow::Result<Status> {
+    let (reply, answer) = oneshot::channel();
+    inputs
+        .send(Input::Status(reply))
+        .await
+        .map_err(|_| anyhow::anyhow!("registrar stopped"))?;
+    Ok(answer.await?)
 }
 
 /// Fetches `/status` from a running registrar (what `registrar dump` does).

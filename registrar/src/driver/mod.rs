@@ -8,7 +8,8 @@
 //! - `enrp_links`: ENRP associations with peer registrars (RFC 5353), ours
 //!   and theirs, and the ENRP announce group;
 //! - `announce`: Server Announces to PEs and PUs;
-//! - `http`: the `/status` and `/metrics` endpoint and its client.
+//! - `http`: the `/status` and `/metrics` endpoint and its client;
+//! - `metrics`: the cores' counters published to Prometheus at each scrape.
 //!
 //! Framing note: over TCP the transport crate wraps every ASAP message in its
 //! own 12-byte frame header (length, stream, flags, PPID). Wireshark's ASAP
@@ -40,6 +41,7 @@ mod announce;
 mod asap_links;
 mod enrp_links;
 mod http;
+mod metrics;
 
 use announce::{Announcer, announce_transports};
 use asap_links::accept_loop;
