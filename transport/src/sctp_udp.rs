@@ -609,6 +609,7 @@ impl Driver {
                 if let Some(entry) = self.entries.get_mut(&handle) {
                     entry.proto.handle_event(event);
                     entry.heard_from_peer(now, &self.config);
+                    entry.learn_encapsulation_port(datagram, remote);
                     self.dirty.insert(handle);
                 }
             }
@@ -969,7 +970,9 @@ impl Driver {
                             if sctp_wire::carries_peer_tag(&datagram) {
                                 entry.wire = sctp_wire::parse_common_header(&datagram);
                             }
-                            self.outgoing.push((datagram, transmit.remote));
+                            // To the peer's encapsulation port as last learnt
+                            // (sctp-proto keeps the first one).
+                            self.outgoing.push((datagram, entry.remote));
                         }
                     }
                 }
@@ -1250,6 +1253,29 @@ impl Liveness {
 }
 
 impl Entry {
+    /// RFC 6951 section 5.4: the UDP source port of a packet of this association is the
+    /// peer's encapsulation port from now on (a NAT rebinding, a peer restarting its UDP
+    /// socket), for the peer's address only: a packet from another address does not move the
+    /// association (we are single-homed; RFC 6951 keeps one port per address). The packet
+    /// carried our verification tag (the endpoint routed it by that tag); an INIT, whose tag
+    /// is 0, teaches nothing.
+    fn learn_encapsulation_port(&mut self, datagram: &[u8], from: SocketAddr) {
+        if from == self.remote || from.ip() != self.remote.ip() {
+            return;
+        }
+        if sctp_wire::parse_common_header(datagram).is_none_or(|h| h.verification_tag == 0) {
+            return;
+        }
+        debug!(
+            "association {}: peer {} now sends from UDP port {}: replies go there (RFC 6951 \
+             section 5.4)",
+            self.shared.id,
+            self.remote,
+            from.port()
+        );
+        self.remote = from;
+    }
+
     fn heard_from_peer(&mut self, now: Instant, config: &Config) {
         let liveness = &mut self.liveness;
         liveness.heartbeat_misses = 0;

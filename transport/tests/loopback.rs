@@ -923,3 +923,79 @@ async fn tcp_counts_the_messages_its_peers_tcp_acknowledged() {
     writer.await.unwrap();
     wait_for(20 + COUNT).await;
 }
+
+/// RFC 6951 section 5.4: the peer's UDP encapsulation port is learnt from
+/// the packets it sends. A NAT between client and server rebinds mid-
+/// association (the client's packets now reach the server from another UDP
+/// port; the old mapping stays open but is no longer read, as a NAT drops
+/// what arrives on an expired mapping): the server's replies must follow
+/// the new port, and the association lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sctp_udp_learns_the_peers_new_encapsulation_port() {
+    use tokio::net::UdpSocket;
+
+    let kind = TransportKind::SctpOverUdp;
+    let mut server = Endpoint::bind(config(kind), loopback()).await.unwrap();
+    let server_addr = server.local_addr();
+    let inside = UdpSocket::bind(loopback()).await.unwrap();
+    let nat_addr = inside.local_addr().unwrap();
+    let (rebind, mut rebinds) = tokio::sync::mpsc::channel::<()>(1);
+    let nat = tokio::spawn(async move {
+        let mut outside = UdpSocket::bind(loopback()).await.unwrap();
+        let mut expired = Vec::new();
+        let mut client = None;
+        let (mut up, mut down) = (vec![0u8; 65536], vec![0u8; 65536]);
+        loop {
+            tokio::select! {
+                received = inside.recv_from(&mut up) => {
+                    let (n, from) = received.unwrap();
+                    client = Some(from);
+                    outside.send_to(&up[..n], server_addr).await.unwrap();
+                }
+                received = outside.recv_from(&mut down) => {
+                    let (n, _) = received.unwrap();
+                    if let Some(client) = client {
+                        inside.send_to(&down[..n], client).await.unwrap();
+                    }
+                }
+                Some(()) = rebinds.recv() => {
+                    let new = UdpSocket::bind(loopback()).await.unwrap();
+                    expired.push(std::mem::replace(&mut outside, new));
+                }
+            }
+        }
+    });
+    let mut client = tokio::time::timeout(STEP, connect(config(kind), nat_addr))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut accepted = tokio::time::timeout(STEP, server.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    expect_up(&mut client).await;
+    expect_up(&mut accepted).await;
+    for round in 0..2u8 {
+        if round == 1 {
+            rebind.send(()).await.unwrap();
+        }
+        client
+            .send(Message::new(0, 0, vec![round; 100]))
+            .await
+            .unwrap();
+        assert_eq!(
+            &next_message(&mut accepted).await.payload[..],
+            &[round; 100]
+        );
+        accepted
+            .send(Message::new(0, 0, vec![round + 10; 100]))
+            .await
+            .unwrap();
+        assert_eq!(
+            &next_message(&mut client).await.payload[..],
+            &[round + 10; 100],
+            "round {round}: the server's reply reached the client"
+        );
+    }
+    nat.abort();
+}
