@@ -713,6 +713,12 @@ impl PoolElement {
             }
             .to_bytes(),
         });
+        tracing::debug!(
+            registrar,
+            home,
+            server = format_args!("{server_identifier:#010x}"),
+            "ASAP PE: Endpoint Keep Alive answered"
+        );
         let current = self.current_registrar();
         if current == Some(registrar) {
             self.home_server_identifier = server_identifier;

@@ -470,5 +470,73 @@ kill -TERM $rspregistrar_pid
 kill -TERM $registrar_pid
 wait $registrar_pid || fail "poolflow registrar (ENRP multicast) did not exit cleanly on SIGTERM"
 
+# ---------------------------------------------------------------------------
+# (d) poolflow's user-space SCTP over UDP against the kernel's SCTP over UDP
+# (RFC 6951; Linux's net.sctp.udp_port and encap_port), with RSPLIB on the
+# kernel side, both ways. The kernel takes encapsulated SCTP on UDP 9899.
+echo 9899 >/proc/sys/net/sctp/udp_port || fail "net.sctp.udp_port not settable"
+
+# (d1) RSPLIB's PE on kernel SCTP in UDP -> poolflow's registrar on
+# user-space SCTP over UDP (UDP 9898, SCTP port 3863). encap_port sends every
+# kernel SCTP packet to that UDP port; our stack answers to the kernel's
+# source port (9899) and learns it (RFC 6951 section 5.4).
+echo 9898 >/proc/sys/net/sctp/encap_port || fail "net.sctp.encap_port not settable"
+registrar run --server-id 305419897 --sctp-over-udp $POOLFLOW:9898 --sctp-port 3863 --no-tcp \
+    >/tmp/registrar-udp.log 2>&1 &
+registrar_pid=$!
+wait_until 20 "poolflow registrar (SCTP over UDP) answers its status endpoint" dump
+rspserver -echo -poolhandle=UdpPool -identifier=287454021 -registrar=$POOLFLOW:3863 \
+    -local=$POOLFLOW -loglevel=3 >/tmp/rspserver-udp.log 2>&1 &
+rspserver_pid=$!
+wait_until 30 "RSPLIB PE on kernel SCTP over UDP registered at poolflow's registrar" pes_are 1
+grep -q "PE 0x11223345" /tmp/dump.out || fail "PE 0x11223345 missing: $(cat /tmp/dump.out)"
+pass "RSPLIB PE 0x11223345 (kernel SCTP in UDP) registered at poolflow's registrar (user-space SCTP over UDP)"
+keep_alive_answered_udp() {
+    dump && grep -q "keep_alives_sent=[1-9]" /tmp/dump.out &&
+        grep -q "keep_alive_failures=0 " /tmp/dump.out &&
+        grep "PE 0x11223345" /tmp/dump.out | grep -vq "keep-alive pending"
+}
+wait_until 30 "a keep-alive over SCTP over UDP answered by RSPLIB's PE" keep_alive_answered_udp
+pass "poolflow's Endpoint Keep-Alive over SCTP over UDP answered by RSPLIB's PE on the kernel"
+kill -KILL $rspserver_pid
+kill -TERM $registrar_pid
+wait $registrar_pid || fail "poolflow registrar (SCTP over UDP) did not exit cleanly on SIGTERM"
+
+# (d2) poolflow's collector on user-space SCTP over UDP -> rspregistrar on
+# kernel SCTP, reached in UDP at the kernel's 9899 (`sctp:HOST:3863/udp=9899`).
+# encap_port back to 0: the kernel encapsulates toward a peer only because
+# that peer's packets came encapsulated, to the port they came from.
+echo 0 >/proc/sys/net/sctp/encap_port
+rspregistrar -asap=$RSPLIB:3863 -enrp=$RSPLIB:9901 -loglevel=3 >/tmp/rspregistrar-udp.log 2>&1 &
+rspregistrar_pid=$!
+wait_until 20 "rspregistrar answers hsdump" rsp_handlespace
+cat >/tmp/c4.toml <<EOT
+database = "/tmp/c4.sqlite"
+udp_listen = []
+tcp_listen = []
+sctp_listen = ["$POOLFLOW:9897"]
+[pool]
+handle = "billing-udp"
+registrars = ["sctp:$RSPLIB:3863/udp=9899"]
+pe_identifier = $((0x104))
+cookie_key = "a shared pool key for the VM"
+EOT
+RUST_LOG=info,asap_client::pool_element=debug collector run --config /tmp/c4.toml >/tmp/c4.log 2>&1 &
+c4_pid=$!
+wait_until 30 "collector 4 (SCTP over UDP) registered at rspregistrar" grep -q "ASAP PE registered" /tmp/c4.log
+c4_in_rsplib() { rsp_handlespace && grep -q billing-udp /tmp/rsp-hsdump.out && grep -qi 00000104 /tmp/rsp-hsdump.out; }
+wait_until 30 "collector 4 in rspregistrar's handlespace (hsdump)" c4_in_rsplib
+pass "poolflow collector 0x104 (user-space SCTP over UDP) registered at rspregistrar (kernel SCTP in UDP 9899)"
+# RSPLIB's keep-alives reach it over the same association and are answered.
+two_keep_alives() { [ "$(grep -c "Endpoint Keep Alive answered" /tmp/c4.log)" -ge 2 ]; }
+wait_until 40 "two of rspregistrar's keep-alives answered by collector 4" two_keep_alives
+alive $c4_pid || fail "collector 4 exited"
+c4_in_rsplib || fail "collector 4 left rspregistrar's handlespace after answering its keep-alives"
+pass "collector 4 answered rspregistrar's keep-alives over SCTP over UDP and stayed registered"
+kill -TERM $c4_pid
+wait $c4_pid || fail "collector 4 did not exit cleanly on SIGTERM"
+kill -TERM $rspregistrar_pid
+echo 0 >/proc/sys/net/sctp/udp_port
+
 echo "rsplib-vm: all guest steps passed"
 finish 0

@@ -10,6 +10,10 @@
 #       acknowledged and audited, SIGKILL of the serving collector with
 #       failover to the other;
 #   (c) ENRP between poolflow's registrar and rspregistrar;
+#   (d) poolflow's user-space SCTP over UDP against the kernel's SCTP over
+#       UDP (net.sctp.udp_port) with RSPLIB on the kernel side, both ways:
+#       an RSPLIB PE registering at poolflow's registrar, and a poolflow
+#       collector registering at rspregistrar and answering its keep-alives;
 #   (e1) multicast discovery: an rspserver without -registrar finds poolflow's
 #       registrar from its Server Announces, and a poolflow collector and
 #       exporter with only `announce_listen` find rspregistrar from its.
