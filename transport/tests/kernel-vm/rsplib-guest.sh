@@ -237,12 +237,36 @@ one_left() { rsp_handlespace && ! grep -qi 0000010$serving /tmp/rsp-hsdump.out; 
 wait_until 60 "rspregistrar removed the SIGKILLed collector" one_left
 echo "rsplib-vm: rspregistrar removed the SIGKILLed poolflow PE after $(($(now_ms) - killed)) ms (after the stream ended)"
 
+# Failback through rspregistrar: a stream to the survivor; the killed
+# collector restarts mid-stream and registers again at rspregistrar. If it
+# is the preferred one (priority 2: collector 1), the exporter, polling its
+# resolution at rspregistrar, drains the survivor and moves back.
+exporter stream --config /tmp/exporter.toml --records 30000 --rate 2000 --exit-drain-timeout-secs 60 \
+    >/tmp/stream4.out 2>/tmp/stream4.log &
+stream_pid=$!
+wait_until 30 "stream 4 started on the survivor" grep -q "streaming to" /tmp/stream4.log
+collector run --config /tmp/c$serving.toml >/tmp/c$serving-restarted.log 2>&1 &
+eval c${serving}_pid=$!
+wait_until 30 "collector $serving registered again at rspregistrar" grep -q "ASAP PE registered" /tmp/c$serving-restarted.log
+if [ "$serving" = 1 ]; then
+    wait_until 40 "the failback to collector 1 (via rspregistrar's resolution)" grep -q "FAILBACK" /tmp/stream4.log
+fi
+wait $stream_pid
+stream_status=$?
+cat /tmp/stream4.out
+[ "$stream_status" = 0 ] || fail "exporter stream with failback exited with $stream_status"
+grep -q "30000 records in, .* all acknowledged" /tmp/stream4.out || fail "stream 4: not all acknowledged"
+if [ "$serving" = 1 ]; then
+    grep -q ", [1-9][0-9]* failbacks" /tmp/stream4.out || fail "stream 4: no failback counted"
+    pass "collector 1 restarted: the exporter failed back to it (resolved at rspregistrar); all 30000 records acknowledged"
+else
+    pass "collector $serving restarted (not the preferred one: no failback expected); all 30000 records acknowledged"
+fi
+
 for i in 1 2; do
     eval pid=\$c${i}_pid
-    if [ "$i" != "$serving" ]; then
-        kill -TERM "$pid"
-        wait "$pid" || fail "collector $i did not exit cleanly on SIGTERM"
-    fi
+    kill -TERM "$pid"
+    wait "$pid" || fail "collector $i did not exit cleanly on SIGTERM"
 done
 collector audit --database /tmp/c1.sqlite --database /tmp/c2.sqlite >/tmp/audit.out 2>&1
 audit_status=$?

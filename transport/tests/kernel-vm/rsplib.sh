@@ -8,7 +8,7 @@
 #   (b) two poolflow collectors (PEs) and `exporter stream` (PU) against
 #       RSPLIB's rspregistrar: registration, resolution, a billing stream
 #       acknowledged and audited, SIGKILL of the serving collector with
-#       failover to the other;
+#       failover to the other, and its restart with failback to it;
 #   (c) ENRP between poolflow's registrar and rspregistrar;
 #   (d) poolflow's user-space SCTP over UDP against the kernel's SCTP over
 #       UDP (net.sctp.udp_port) with RSPLIB on the kernel side, both ways:
