@@ -17,11 +17,13 @@ cd /tmp
 # dummy interface, one per registrar (each on the standard ports).
 POOLFLOW=192.0.2.1 # poolflow's registrar, poolflow's collectors and exporter
 RSPLIB=192.0.2.2   # rspregistrar
+RSPLIB2=192.0.2.3  # a second rspregistrar (step c2)
 ip link set lo up
 # dummy.ko makes dummy0 itself (numdummies=1).
 ip link show dummy0 >/dev/null 2>&1 || ip link add dummy0 type dummy
 ip addr add $POOLFLOW/24 dev dummy0
 ip addr add $RSPLIB/24 dev dummy0
+ip addr add $RSPLIB2/24 dev dummy0
 ip link set dummy0 up
 
 # Milliseconds since boot (/proc/uptime has centiseconds; never below 1 s here).
@@ -347,6 +349,77 @@ pass "the adopted RSPLIB PE answered poolflow's Home Keep Alive"
 kill -TERM $rspserver_rsplib $rspserver_poolflow
 kill -TERM $registrar_pid
 wait $registrar_pid || fail "poolflow registrar (ENRP) did not exit cleanly on SIGTERM"
+
+# (c2) Takeover, RSPLIB's way round: an rspregistrar takes over the PE of a
+# SIGKILLed poolflow registrar. RSPLIB finishes a takeover only on the last
+# Init Takeover Ack from the peers it knows besides the target
+# (rspregistrar-takeover.c): with the dead registrar as its only peer it
+# waits for an ack that never comes and lets the takeover expire. So two
+# rspregistrars peer with poolflow's registrar here; one takes over, the
+# other acknowledges. No hsdump may probe them
+# before the takeover starts: each hsdump run is one more "peer" that never
+# acknowledges.
+cat >/tmp/registrar-enrp3.toml <<EOT
+server_id = 305419896
+[listen]
+tcp = []
+sctp_over_udp = []
+kernel_sctp = "$POOLFLOW:3863"
+status = "127.0.0.1:3864"
+[enrp]
+enabled = true
+listen = "$POOLFLOW:9901"
+advertise = "$POOLFLOW:9901"
+transport = "kernel-sctp"
+peers = ["$RSPLIB:9901", "$RSPLIB2:9901"]
+connect_from_listen_port = true
+EOT
+rspregistrar -identifier=572662306 -asap=$RSPLIB:3863 -enrp=$RSPLIB:9901 \
+    -peer=$RSPLIB2:9901 -peer=$POOLFLOW:9901 -loglevel=6 >/tmp/rspregistrar-r1.log 2>&1 &
+r1_pid=$!
+rspregistrar -identifier=858993459 -asap=$RSPLIB2:3863 -enrp=$RSPLIB2:9901 \
+    -peer=$RSPLIB:9901 -peer=$POOLFLOW:9901 -loglevel=6 >/tmp/rspregistrar-r2.log 2>&1 &
+r2_pid=$!
+registrar run --config /tmp/registrar-enrp3.toml >/tmp/registrar-enrp3.log 2>&1 &
+registrar_pid=$!
+two_rsplib_peers() {
+    dump && grep -q "peer 0x22222222 $RSPLIB:9901 *alive" /tmp/dump.out &&
+        grep -q "peer 0x33333333 $RSPLIB2:9901 *alive" /tmp/dump.out
+}
+wait_until 40 "both rspregistrars alive ENRP peers of poolflow's registrar" two_rsplib_peers
+rspserver -echo -poolhandle=EchoPool -identifier=287454054 -registrar=$POOLFLOW:3863 \
+    -local=$POOLFLOW -loglevel=3 >/tmp/rspserver-c2.log 2>&1 &
+rspserver_c2=$!
+pe_c2_registered() { dump && grep -q "PE 0x11223366" /tmp/dump.out; }
+wait_until 30 "RSPLIB PE 0x11223366 registered at poolflow's registrar" pe_c2_registered
+knows_pe() { grep -q '\$11223366' "$1"; }
+wait_until 30 "rspregistrar 0x22222222 learnt PE 0x11223366 over ENRP" knows_pe /tmp/rspregistrar-r1.log
+wait_until 30 "rspregistrar 0x33333333 learnt PE 0x11223366 over ENRP" knows_pe /tmp/rspregistrar-r2.log
+pass "both rspregistrars hold the PE homed at poolflow's registrar"
+kill -KILL $registrar_pid
+wait $registrar_pid
+killed=$(now_ms)
+completed() { grep -q 'Takeover of peer \$12345678 completed' /tmp/rspregistrar-r1.log /tmp/rspregistrar-r2.log; }
+wait_until 90 "an rspregistrar completed the takeover of the SIGKILLed poolflow registrar" completed
+echo "rsplib-vm: RSPLIB took over poolflow's PE $(($(now_ms) - killed)) ms after the SIGKILL"
+grep -h "Takeover of peer\|takeover of dead peer\|acknowledges takeover\|abort our takeover" \
+    /tmp/rspregistrar-r1.log /tmp/rspregistrar-r2.log
+# The first to find the target dead initiates; the other acknowledges (the
+# server ids decide only between two that try at once).
+if grep -q 'Takeover of peer \$12345678 completed' /tmp/rspregistrar-r1.log; then
+    winner_log=/tmp/rspregistrar-r1.log winner_id=22222222 winner_addr=$RSPLIB
+else
+    winner_log=/tmp/rspregistrar-r2.log winner_id=33333333 winner_addr=$RSPLIB2
+fi
+echo "rsplib-vm: rspregistrar \$$winner_id took over"
+wait_until 30 "the adopted PE answered rspregistrar $winner_id's keep-alive" \
+    grep -q 'Got EndpointKeepAliveAck for pool element \$11223366' $winner_log
+timeout 10 hsdump $winner_addr:9901 >/tmp/winner-hsdump.out 2>&1 || fail "hsdump of rspregistrar $winner_id failed"
+grep -A1 'idx:#[0-9]*: \$11223366' /tmp/winner-hsdump.out | grep -q "home=\\\$$winner_id" ||
+    fail "PE 0x11223366 not homed at $winner_id: $(cat /tmp/winner-hsdump.out)"
+pass "takeover by rspregistrar of the PE homed at a SIGKILLed poolflow registrar; the PE answered its new home"
+kill -TERM $rspserver_c2 $r1_pid $r2_pid
+wait $r1_pid $r2_pid 2>/dev/null
 
 # ---------------------------------------------------------------------------
 # (e1) Multicast discovery (issue 13, deliverable 5(e); RFC 5352 section

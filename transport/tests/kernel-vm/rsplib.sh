@@ -9,7 +9,9 @@
 #       RSPLIB's rspregistrar: registration, resolution, a billing stream
 #       acknowledged and audited, SIGKILL of the serving collector with
 #       failover to the other, and its restart with failback to it;
-#   (c) ENRP between poolflow's registrar and rspregistrar;
+#   (c) ENRP between poolflow's registrar and rspregistrar, and takeover
+#       both ways (c2: two rspregistrars, one takes over the PE of a
+#       SIGKILLed poolflow registrar);
 #   (d) poolflow's user-space SCTP over UDP against the kernel's SCTP over
 #       UDP (net.sctp.udp_port) with RSPLIB on the kernel side, both ways:
 #       an RSPLIB PE registering at poolflow's registrar, and a poolflow
