@@ -4,7 +4,7 @@
 //! exporter's files; the older `_ms` keys (`keep_alive_period_ms = 5000`)
 //! are still read, each with a warning naming the new spelling.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -297,7 +297,10 @@ pub struct EnrpSettings {
     /// Address peers reach us on (sent in Presence); "" = the listen
     /// address, which then must not be a wildcard.
     pub advertise: String,
-    /// ENRP addresses of the peer registrars (static mesh).
+    /// ENRP addresses of the peer registrars (static mesh): "HOST:PORT", or
+    /// with `transport = "sctp-over-udp"` "HOST:SCTP_PORT/udp=UDP_PORT" for
+    /// a peer whose encapsulation port is not its SCTP port (RSPLIB on its
+    /// user-space sctplib: SCTP 9901 inside UDP 9899).
     pub peers: Vec<String>,
     /// Accept ENRP only from these server ids; empty accepts any.
     pub allowed_server_ids: Vec<u32>,
@@ -406,7 +409,41 @@ fn read_enrp_key(path: &str) -> anyhow::Result<Vec<u8>> {
     Ok(key)
 }
 
+/// One `enrp.peers` entry: the peer's ENRP address (its SCTP port, what ENRP
+/// itself names) and, where given with `/udp=`, its UDP encapsulation port.
+pub fn parse_enrp_peer(text: &str) -> anyhow::Result<(SocketAddr, Option<u16>)> {
+    let (address, udp) = match text.split_once('/') {
+        Some((address, option)) => {
+            let port = option
+                .strip_prefix("udp=")
+                .with_context(|| format!("enrp.peers: {text:?}: `/{option}` is not `/udp=PORT`"))?
+                .parse::<u16>()
+                .ok()
+                .filter(|&port| port != 0)
+                .with_context(|| format!("enrp.peers: {text:?}: bad UDP port"))?;
+            (address, Some(port))
+        }
+        None => (text, None),
+    };
+    let address = address.parse::<SocketAddr>().with_context(|| {
+        format!("enrp.peers: {text:?} is not ADDRESS:PORT or ADDRESS:SCTP_PORT/udp=UDP_PORT")
+    })?;
+    Ok((address, udp))
+}
+
 impl EnrpSettings {
+    /// The UDP encapsulation ports of the static peers that gave one
+    /// (`/udp=`), by their ENRP address.
+    pub fn peer_udp_ports(&self) -> anyhow::Result<HashMap<SocketAddr, u16>> {
+        let mut ports = HashMap::new();
+        for peer in &self.peers {
+            if let (address, Some(udp)) = parse_enrp_peer(peer)? {
+                ports.insert(address, udp);
+            }
+        }
+        Ok(ports)
+    }
+
     /// The sans-IO ENRP settings (`advertised` is filled in by the driver
     /// once the listener is bound).
     pub fn enrp_config(
@@ -417,10 +454,7 @@ impl EnrpSettings {
         let static_peers = self
             .peers
             .iter()
-            .map(|peer| {
-                peer.parse::<SocketAddr>()
-                    .with_context(|| format!("enrp.peers: {peer:?} is not ADDRESS:PORT"))
-            })
+            .map(|peer| parse_enrp_peer(peer).map(|(sctp, _)| sctp))
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(crate::enrp::EnrpConfig {
             server_id,
@@ -512,6 +546,11 @@ impl EnrpSettings {
                 "sctp-over-udp" | "tcp" | "kernel-sctp"
             ),
             "enrp.transport must be \"sctp-over-udp\", \"tcp\" or \"kernel-sctp\""
+        );
+        let udp_ports = self.peer_udp_ports()?;
+        anyhow::ensure!(
+            udp_ports.is_empty() || self.transport == "sctp-over-udp",
+            "enrp.peers: `/udp=` is for enrp.transport = \"sctp-over-udp\" only"
         );
         for (name, value) in [
             ("peer_heartbeat_cycle", self.peer_heartbeat_cycle),

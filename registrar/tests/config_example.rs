@@ -236,3 +236,40 @@ fn kernel_sctp_listener_and_enrp_transport_are_accepted() {
     .unwrap();
     assert!(bad.validate().is_err());
 }
+
+/// `enrp.peers` takes `HOST:PORT` and, for SCTP over UDP,
+/// `HOST:SCTP_PORT/udp=UDP_PORT`; anything else is a clear error.
+#[test]
+fn enrp_peers_may_give_their_udp_encapsulation_port() {
+    use registrar::config::parse_enrp_peer;
+    let plain = parse_enrp_peer("192.0.2.2:9901").unwrap();
+    assert_eq!(plain, ("192.0.2.2:9901".parse().unwrap(), None));
+    let split = parse_enrp_peer("192.0.2.2:9901/udp=9899").unwrap();
+    assert_eq!(split, ("192.0.2.2:9901".parse().unwrap(), Some(9899)));
+    for bad in [
+        "192.0.2.2:9901/udp=",
+        "192.0.2.2:9901/udp=0",
+        "192.0.2.2:9901/tcp=9899",
+        "192.0.2.2/udp=9899",
+    ] {
+        let error = parse_enrp_peer(bad).unwrap_err().to_string();
+        assert!(error.contains("enrp.peers"), "{bad}: {error}");
+    }
+    let mut settings = registrar::config::EnrpSettings {
+        peers: vec!["192.0.2.2:9901/udp=9899".into(), "192.0.2.3:9901".into()],
+        ..Default::default()
+    };
+    let ports = settings.peer_udp_ports().unwrap();
+    assert_eq!(ports.len(), 1);
+    assert_eq!(ports[&"192.0.2.2:9901".parse().unwrap()], 9899);
+    // Over kernel SCTP there is no encapsulation port to give.
+    settings.enabled = true;
+    settings.listen = "192.0.2.1:9901".into();
+    settings.transport = "kernel-sctp".into();
+    let config = registrar::config::RegistrarConfig {
+        enrp: settings,
+        ..Default::default()
+    };
+    let error = format!("{:#}", config.validate().unwrap_err());
+    assert!(error.contains("/udp="), "{error}");
+}

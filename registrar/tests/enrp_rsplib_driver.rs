@@ -162,3 +162,42 @@ async fn outbound_enrp_association_leaves_from_the_enrp_port() {
     }
     registrar.stop().await;
 }
+
+/// A peer whose UDP encapsulation port is not its SCTP port (RSPLIB on
+/// sctplib: SCTP 9901 inside UDP 9899), configured `HOST:SCTP_PORT/udp=UDP_PORT`:
+/// our INIT goes to that UDP port, for that SCTP port, and the Presence
+/// follows. Without the `/udp=` the datagrams would go to UDP = SCTP port,
+/// where nothing listens.
+#[tokio::test]
+async fn a_peer_with_its_own_udp_port_is_reached_there() {
+    let udp_port = free_udp_port();
+    let sctp_port = free_udp_port();
+    let mut peer = Endpoint::bind(
+        transport::Config {
+            sctp_port,
+            ..transport_config()
+        },
+        SocketAddr::from((Ipv4Addr::LOCALHOST, udp_port)),
+    )
+    .await
+    .unwrap();
+    let registrar = Registrar::start(
+        config(
+            free_udp_port(),
+            vec![format!("127.0.0.1:{sctp_port}/udp={udp_port}")],
+        ),
+        None,
+    )
+    .await
+    .unwrap();
+    let mut association = tokio::time::timeout(STEP, peer.accept())
+        .await
+        .expect("the registrar reached the peer's UDP port")
+        .unwrap();
+    let message = next_enrp(&mut association).await;
+    assert!(
+        matches!(message.body, Body::Presence { .. }),
+        "expected a Presence first, got {message:?}"
+    );
+    registrar.stop().await;
+}

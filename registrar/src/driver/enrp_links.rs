@@ -162,6 +162,10 @@ pub(super) struct PeerLinks {
     pub(super) adopted_sctp: TransportKind,
     /// Association ids are shared with the ASAP listeners.
     pub(super) next_assoc: Arc<AtomicU64>,
+    /// SCTP over UDP: peers whose UDP encapsulation port is not their SCTP
+    /// port (`enrp.peers` with `/udp=`), by ENRP address. Any other peer is
+    /// reached at UDP port = SCTP port.
+    pub(super) udp_ports: HashMap<SocketAddr, u16>,
 }
 
 impl PeerLinks {
@@ -207,11 +211,18 @@ impl PeerLinks {
         }
         let link = self.links.entry(message.to).or_insert_with(|| {
             let (sender, queue) = mpsc::channel(ENRP_PEER_QUEUE);
+            // SCTP over UDP: the datagrams go to the peer's encapsulation
+            // port, by convention its SCTP port unless configured apart.
+            let udp_port = match self.transport.transport {
+                TransportKind::SctpOverUdp => self.udp_ports.get(&message.to).copied(),
+                _ => None,
+            };
+            let reach = SocketAddr::new(message.to.ip(), udp_port.unwrap_or(message.to.port()));
             tokio::spawn(run_peer_link(
                 message.to,
+                reach,
                 self.connector.clone(),
                 transport::Config {
-                    // Convention: the peer's SCTP port is its UDP port.
                     sctp_port: message.to.port(),
                     ..self.transport.clone()
                 },
@@ -228,8 +239,13 @@ impl PeerLinks {
     }
 }
 
+/// One peer's link: `to` is the peer's ENRP address (what the core names),
+/// `reach` where its packets go (differs in the UDP port for SCTP over UDP
+/// peers configured with `/udp=`).
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn run_peer_link(
     to: SocketAddr,
+    reach: SocketAddr,
     connector: Option<transport::Connector>,
     config: transport::Config,
     connect_timeout: Duration,
@@ -243,7 +259,7 @@ pub(super) async fn run_peer_link(
             payload = queue.recv() => {
                 let Some(payload) = payload else { break };
                 if association.is_none() {
-                    match tokio::time::timeout(connect_timeout, connect_link(connector.as_ref(), &config, to)).await {
+                    match tokio::time::timeout(connect_timeout, connect_link(connector.as_ref(), &config, reach)).await {
                         Ok(Ok(connected)) => {
                             tracing::debug!(%to, "ENRP link up");
                             association = Some(connected);
@@ -283,16 +299,16 @@ pub(super) async fn run_peer_link(
     }
 }
 
-/// Opens a peer link: from the ENRP listener's socket, or from a fresh one.
+/// Opens a peer link to `reach` (SCTP port `config.sctp_port`): from the
+/// ENRP listener's socket, or from a fresh one.
 pub(super) async fn connect_link(
     connector: Option<&transport::Connector>,
     config: &transport::Config,
-    to: SocketAddr,
+    reach: SocketAddr,
 ) -> Result<Association, transport::TransportError> {
     match connector {
-        // Convention: the peer's SCTP port is its UDP port.
-        Some(connector) => connector.connect_to_port(to, to.port()).await,
-        None => transport::connect(config.clone(), to).await,
+        Some(connector) => connector.connect_to_port(reach, config.sctp_port).await,
+        None => transport::connect(config.clone(), reach).await,
     }
 }
 

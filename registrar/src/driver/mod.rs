@@ -278,6 +278,7 @@ impl Registrar {
                 inbound,
                 connect_timeout: enrp_config.max_time_no_response,
                 links: HashMap::new(),
+                udp_ports: config.enrp.peer_udp_ports()?,
                 inputs: inputs.clone(),
                 shutdown: shutdown_rx.clone(),
                 asap_transport: transport_config.clone(),
