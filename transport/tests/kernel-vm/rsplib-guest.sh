@@ -145,6 +145,36 @@ pass "SIGKILLed RSPLIB PE removed from poolflow's handlespace"
 kill -TERM $registrar_pid
 wait $registrar_pid || fail "poolflow registrar did not exit cleanly on SIGTERM"
 
+# A frozen RSPLIB PE (SIGSTOP: no ABORT, its kernel still acknowledges) is
+# found by the keep-alive timers alone: with the defaults (5 s period, 5 s
+# timeout) and with fast ones (500 ms each, --keep-alive-period/-timeout).
+for timers in default fast; do
+    if [ $timers = fast ]; then
+        set -- --keep-alive-period 500ms --keep-alive-timeout 500ms
+    else
+        set --
+    fi
+    registrar run --server-id 305419896 --kernel-sctp $POOLFLOW:3863 --no-tcp --no-sctp-over-udp "$@" \
+        >/tmp/registrar-$timers.log 2>&1 &
+    registrar_pid=$!
+    wait_until 20 "poolflow registrar ($timers timers) answers its status endpoint" dump
+    rspserver -echo -poolhandle=EchoPool -identifier=287454022 -registrar=$POOLFLOW:3863 \
+        -local=$POOLFLOW -loglevel=3 >/tmp/rspserver-$timers.log 2>&1 &
+    rspserver_pid=$!
+    wait_until 30 "RSPLIB PE registered ($timers timers)" pes_are 1
+    stopped=$(now_ms)
+    kill -STOP $rspserver_pid
+    wait_until 60 "SIGSTOPped RSPLIB PE removed ($timers timers)" pes_are 0
+    echo "rsplib-vm: SIGSTOPped RSPLIB PE removed after $(($(now_ms) - stopped)) ms ($timers keep-alive timers)"
+    grep -q "keep-alive timeout: PE removed" /tmp/registrar-$timers.log ||
+        fail "the frozen PE was not removed by the keep-alive timeout ($timers timers)"
+    kill -KILL $rspserver_pid
+    kill -CONT $rspserver_pid 2>/dev/null
+    kill -TERM $registrar_pid
+    wait $registrar_pid || fail "poolflow registrar ($timers timers) did not exit cleanly on SIGTERM"
+done
+pass "a frozen RSPLIB PE removed by poolflow's keep-alive timers, default and fast"
+
 # ---------------------------------------------------------------------------
 # (b) poolflow's collectors (PEs) and exporter (PU) against rspregistrar.
 rspregistrar -asap=$RSPLIB:3863 -enrp=$RSPLIB:9901 -loglevel=3 >/tmp/rspregistrar.log 2>&1 &
