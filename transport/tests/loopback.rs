@@ -40,14 +40,14 @@ async fn expect_up(association: &mut Association) {
     assert_eq!(next_event(association).await, Event::Up);
 }
 
-async fn pair(kind: TransportKind) -> (Endpoint, Association, Association) {
-    pair_with(config(kind)).await
-}
-
-/// A listening endpoint, a client association to it and the accepted one.
-async fn pair_with(config: Config) -> (Endpoint, Association, Association) {
-    let mut server = Endpoint::bind(config.clone(), loopback()).await.unwrap();
-    let client = tokio::time::timeout(STEP, connect(config, server.local_addr()))
+/// A client association to `to` (where `server`'s packets arrive, directly or through a
+/// relay) and the one `server` accepts.
+async fn connect_to(
+    server: &mut Endpoint,
+    config: Config,
+    to: SocketAddr,
+) -> (Association, Association) {
+    let client = tokio::time::timeout(STEP, connect(config, to))
         .await
         .unwrap()
         .unwrap();
@@ -55,6 +55,18 @@ async fn pair_with(config: Config) -> (Endpoint, Association, Association) {
         .await
         .unwrap()
         .unwrap();
+    (client, accepted)
+}
+
+async fn pair(kind: TransportKind) -> (Endpoint, Association, Association) {
+    pair_with(config(kind)).await
+}
+
+/// A listening endpoint, a client association to it and the accepted one.
+async fn pair_with(config: Config) -> (Endpoint, Association, Association) {
+    let mut server = Endpoint::bind(config.clone(), loopback()).await.unwrap();
+    let to = server.local_addr();
+    let (client, accepted) = connect_to(&mut server, config, to).await;
     (server, client, accepted)
 }
 
@@ -576,17 +588,9 @@ async fn sctp_udp_close_delivers_what_the_receiver_had_not_read_yet() {
         ..config(TransportKind::SctpOverUdp)
     };
     let mut endpoint = Endpoint::bind(receiver_config, loopback()).await.unwrap();
-    let mut client = tokio::time::timeout(
-        STEP,
-        connect(config(TransportKind::SctpOverUdp), endpoint.local_addr()),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    let mut server = tokio::time::timeout(STEP, endpoint.accept())
-        .await
-        .unwrap()
-        .unwrap();
+    let to = endpoint.local_addr();
+    let (mut client, mut server) =
+        connect_to(&mut endpoint, config(TransportKind::SctpOverUdp), to).await;
     expect_up(&mut client).await;
     // 360 kB: well inside the receiver's 1 MiB window, so all of it is
     // acknowledged without the application reading anything.
@@ -965,14 +969,7 @@ async fn sctp_udp_learns_the_peers_new_encapsulation_port() {
             }
         }
     });
-    let mut client = tokio::time::timeout(STEP, connect(config(kind), nat_addr))
-        .await
-        .unwrap()
-        .unwrap();
-    let mut accepted = tokio::time::timeout(STEP, server.accept())
-        .await
-        .unwrap()
-        .unwrap();
+    let (mut client, mut accepted) = connect_to(&mut server, config(kind), nat_addr).await;
     expect_up(&mut client).await;
     expect_up(&mut accepted).await;
     for round in 0..2u8 {

@@ -310,7 +310,9 @@ pass "collector audit over both stores: PASS"
 # ---------------------------------------------------------------------------
 # (c) ENRP between poolflow's registrar and rspregistrar, over kernel SCTP:
 # Presence both ways and the handle tables of both in each.
-cat >/tmp/registrar-enrp.toml <<EOT
+# poolflow's registrar on kernel SCTP with ENRP to the given peers.
+enrp_registrar_config() { # FILE PEERS (a TOML list)
+    cat >"$1" <<EOT
 server_id = 305419896
 [listen]
 tcp = []
@@ -322,9 +324,11 @@ enabled = true
 listen = "$POOLFLOW:9901"
 advertise = "$POOLFLOW:9901"
 transport = "kernel-sctp"
-peers = ["$RSPLIB:9901"]
+peers = $2
 connect_from_listen_port = true
 EOT
+}
+enrp_registrar_config /tmp/registrar-enrp.toml "[\"$RSPLIB:9901\"]"
 registrar run --config /tmp/registrar-enrp.toml >/tmp/registrar-enrp.log 2>&1 &
 registrar_pid=$!
 rsplib_peer_alive() { dump && grep -q "peer 0x[0-9a-f]* 192.0.2.[12]:9901 *alive" /tmp/dump.out; }
@@ -386,24 +390,9 @@ wait $registrar_pid || fail "poolflow registrar (ENRP) did not exit cleanly on S
 # (rspregistrar-takeover.c): with the dead registrar as its only peer it
 # waits for an ack that never comes and lets the takeover expire. So two
 # rspregistrars peer with poolflow's registrar here; one takes over, the
-# other acknowledges. No hsdump may probe them
-# before the takeover starts: each hsdump run is one more "peer" that never
-# acknowledges.
-cat >/tmp/registrar-enrp3.toml <<EOT
-server_id = 305419896
-[listen]
-tcp = []
-sctp_over_udp = []
-kernel_sctp = "$POOLFLOW:3863"
-status = "127.0.0.1:3864"
-[enrp]
-enabled = true
-listen = "$POOLFLOW:9901"
-advertise = "$POOLFLOW:9901"
-transport = "kernel-sctp"
-peers = ["$RSPLIB:9901", "$RSPLIB2:9901"]
-connect_from_listen_port = true
-EOT
+# other acknowledges. No hsdump may probe them before the takeover starts:
+# each hsdump run is one more "peer" that never acknowledges.
+enrp_registrar_config /tmp/registrar-enrp3.toml "[\"$RSPLIB:9901\", \"$RSPLIB2:9901\"]"
 rspregistrar -identifier=572662306 -asap=$RSPLIB:3863 -enrp=$RSPLIB:9901 \
     -peer=$RSPLIB2:9901 -peer=$POOLFLOW:9901 -loglevel=6 >/tmp/rspregistrar-r1.log 2>&1 &
 r1_pid=$!
