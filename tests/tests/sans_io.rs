@@ -75,51 +75,42 @@ fn production_part(source: &str) -> &str {
         .map_or(source, |at| &source[..at])
 }
 
-#[test]
-fn the_protocol_cores_do_no_io_and_read_no_clock() {
+/// Every line of the production part of `files` (from the workspace root)
+/// that uses one of `patterns`, as "file:line: pattern: why".
+fn violations(files: &[&str], patterns: &[(&str, &str)]) -> Vec<String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut violations = Vec::new();
-    for core in CORES {
-        let path = root.join(core);
-        let source = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{core}: {e} (moved? update CORES)"));
+    let mut found = Vec::new();
+    for file in files {
+        let source = std::fs::read_to_string(root.join(file))
+            .unwrap_or_else(|e| panic!("{file}: {e} (moved? update the list)"));
         for (number, line) in production_part(&source).lines().enumerate() {
             let code = line.split("//").next().unwrap_or("");
-            for (pattern, why) in FORBIDDEN {
+            for (pattern, why) in patterns {
                 if code.contains(pattern) {
-                    violations.push(format!("{core}:{}: {pattern}: {why}", number + 1));
+                    found.push(format!("{file}:{}: {pattern}: {why}", number + 1));
                 }
             }
         }
     }
+    found
+}
+
+#[test]
+fn the_protocol_cores_do_no_io_and_read_no_clock() {
+    let found = violations(CORES, FORBIDDEN);
     assert!(
-        violations.is_empty(),
+        found.is_empty(),
         "sans-IO cores doing IO:\n{}",
-        violations.join("\n")
+        found.join("\n")
     );
 }
 
 #[test]
 fn cores_count_in_their_own_counters_not_in_global_metrics() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut violations = Vec::new();
-    for core in NO_GLOBAL_METRICS {
-        let source = std::fs::read_to_string(root.join(core))
-            .unwrap_or_else(|e| panic!("{core}: {e} (moved? update NO_GLOBAL_METRICS)"));
-        for (number, line) in production_part(&source).lines().enumerate() {
-            let code = line.split("//").next().unwrap_or("");
-            for pattern in ["counter!(", "gauge!(", "histogram!(", "metrics::"] {
-                if code.contains(pattern) {
-                    violations.push(format!("{core}:{}: {pattern}", number + 1));
-                }
-            }
-        }
-    }
-    assert!(
-        violations.is_empty(),
-        "cores touching the global metrics registry (publish from the driver):\n{}",
-        violations.join("\n")
-    );
+    let why = "the global metrics registry (the driver publishes the core's counters)";
+    let patterns = ["counter!(", "gauge!(", "histogram!(", "metrics::"].map(|p| (p, why));
+    let found = violations(NO_GLOBAL_METRICS, &patterns);
+    assert!(found.is_empty(), "{}", found.join("\n"));
 }
 
 /// The guard itself can fail: each pattern is caught in code, and not in a
