@@ -98,7 +98,12 @@ fi
 tr -d '\r' <"$capture" | base64 -d >"$work/rsplib.pcap" ||
     { echo "rsplib-vm: FAIL: the packet capture did not come back whole" >&2; exit 1; }
 if command -v tshark >/dev/null; then
-    decode=(tshark -r "$work/rsplib.pcap" -d udp.port==9899,sctp -d udp.port==9898,sctp)
+    # Every UDP port the guest's SCTP over UDP uses (collectors 9899, 9898,
+    # 9897; the kernel's and our registrar's 9899, 9898), decoded as SCTP;
+    # and no RTCP guessing: an ephemeral source port such as 0x80cc reads as
+    # an RTCP header, which an undecoded port once turned into "malformed".
+    decode=(tshark -r "$work/rsplib.pcap" --disable-heuristic rtcp_udp
+        -d udp.port==9899,sctp -d udp.port==9898,sctp -d udp.port==9897,sctp)
     frames=$("${decode[@]}" 2>/dev/null | wc -l)
     [ "$frames" -gt 100 ] || { echo "rsplib-vm: FAIL: the capture holds only $frames frames" >&2; exit 1; }
     asap=$("${decode[@]}" -Y asap 2>/dev/null | wc -l)
