@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 use transport::{AssociationSender, Event, TransportKind};
 
 use crate::RegistrarIndex;
+use crate::clock::{self, sleep_until};
 use crate::pool_element::{Input as PeInput, Output as PeOutput, RegistrationFailure};
 use crate::pool_element::{MemberCredentials, PeState, PoolElement, PoolElementConfig};
 use crate::pool_user::{CacheMiss, PoolElementInfo, PoolUser, PoolUserConfig};
@@ -298,20 +299,6 @@ impl Links {
     }
 }
 
-/// Sleeps until `deadline`, forever if there is none.
-/// The driver's clock: tokio's, so that a test can pause or advance it
-/// (`tokio::time::pause`); the cores take it as `std::time::Instant`.
-fn driver_now() -> Instant {
-    tokio::time::Instant::now().into_std()
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Server Announces
 // ---------------------------------------------------------------------------
@@ -394,7 +381,7 @@ impl Announces {
         source: SocketAddr,
         links: &mut Links,
     ) -> Option<Vec<bool>> {
-        let now = driver_now();
+        let now = clock::now();
         match self.table.on_announce(now, &self.buffer[..len], source) {
             Ok(outcome) => {
                 metrics::counter!("poolflow_asap_server_announces_total", "outcome" => "accepted")
@@ -457,7 +444,7 @@ fn on_announce_received(
 fn announce_expiry(announces: &Option<Announces>) -> Option<Instant> {
     announces
         .as_ref()
-        .and_then(|a| a.table.poll_timeout(driver_now()))
+        .and_then(|a| a.table.poll_timeout(clock::now()))
 }
 
 // ---------------------------------------------------------------------------
@@ -630,7 +617,7 @@ async fn run_pool_element(
             }
             () = sleep_until(expiry) => {
                 let Some(table) = announces.as_ref() else { continue };
-                PeInput::Registrars(table.table.availability(driver_now()))
+                PeInput::Registrars(table.table.availability(clock::now()))
             }
         };
         if let Some(last) = step_pool_element(&mut pe, &mut links, &status_tx, input).await {
@@ -647,7 +634,7 @@ async fn step_pool_element(
     status_tx: &watch::Sender<PeStatus>,
     input: PeInput,
 ) -> Option<PeStatus> {
-    let now = driver_now();
+    let now = clock::now();
     // Membership proofs are stamped with Unix time; a clock before 1970 is
     // taken as 1970 (the registrar then refuses the stale proof).
     pe.set_wall_clock(
@@ -866,14 +853,14 @@ async fn run_pool_user(
                         PuInput::Resolve(handle)
                     }
                     PuCommand::Refresh(handle) => {
-                        pu.invalidate(driver_now(), &handle);
+                        pu.invalidate(clock::now(), &handle);
                         continue;
                     }
                     PuCommand::Report(pool_handle, pe_id) => {
                         PuInput::ReportUnreachable { pool_handle, pe_id }
                     }
                     PuCommand::Select(handle, max, reply) => {
-                        let _ = reply.send(pu.select(driver_now(), &handle, max));
+                        let _ = reply.send(pu.select(clock::now(), &handle, max));
                         continue;
                     }
                     PuCommand::FailBack(handle, current, reply) => {
@@ -900,10 +887,10 @@ async fn run_pool_user(
             }
             () = sleep_until(expiry) => {
                 let Some(table) = announces.as_ref() else { continue };
-                PuInput::Registrars(table.table.availability(driver_now()))
+                PuInput::Registrars(table.table.availability(clock::now()))
             }
         };
-        for output in pu.on_event(driver_now(), input) {
+        for output in pu.on_event(clock::now(), input) {
             match output {
                 PuOutput::Connect { registrar } => links.connect(registrar),
                 PuOutput::Send { registrar, bytes } => links.send(registrar, bytes).await,

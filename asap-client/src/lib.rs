@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod asap_endpoint;
+pub mod clock;
 pub mod driver;
 pub mod pool_element;
 pub mod pool_user;

@@ -16,6 +16,7 @@ use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow};
+use asap_client::clock::{self, sleep_until};
 use asap_client::pool_user::PoolUserConfig;
 use asap_client::{
     AnnounceListenConfig, PoolElementInfo, PoolUserClient, PoolUserDriverConfig, RegistrarAddress,
@@ -175,7 +176,7 @@ pub async fn run_with_templates(
     shutdown: impl Future<Output = ()>,
     mut progress: impl FnMut(Progress),
 ) -> anyhow::Result<StreamReport> {
-    let started = driver_now();
+    let started = clock::now();
     let mut pu_config = PoolUserConfig::new(settings.registrars.len());
     pu_config.cache_lifetime = settings.cache_lifetime;
     pu_config.request_timeout = settings.registrar_request_timeout;
@@ -213,7 +214,7 @@ pub async fn run_with_templates(
         settings.exporter.clone(),
         state,
         settings.templates.clone(),
-        driver_now(),
+        clock::now(),
         unix_ms(),
     )
     .context("opening the replay buffers")?;
@@ -232,10 +233,10 @@ pub async fn run_with_templates(
     let mut records_in = 0u64;
     let mut input_done = false;
     let mut input_done_at: Option<Instant> = None;
-    let mut next_status = driver_now() + Duration::from_secs(1);
+    let mut next_status = clock::now() + Duration::from_secs(1);
     let mut interrupted = false;
     let mut final_statistics = false;
-    let mut progress_reported = driver_now();
+    let mut progress_reported = clock::now();
 
     loop {
         // Durable intake, group commit: whatever was journaled since the
@@ -258,7 +259,7 @@ pub async fn run_with_templates(
         }
         // Outputs are carried out in order, so none after a blocked send.
         while driver.blocked.is_none()
-            && let Some(output) = core.poll_output(driver_now())
+            && let Some(output) = core.poll_output(clock::now())
         {
             let written = match &output {
                 Output::PersistState(state) => Some(state.clone()),
@@ -270,7 +271,7 @@ pub async fn run_with_templates(
             }
         }
         publish_metrics(&core);
-        let now = driver_now();
+        let now = clock::now();
         if now >= next_status {
             next_status = now + Duration::from_secs(1);
             progress(Progress::Status {
@@ -322,7 +323,7 @@ pub async fn run_with_templates(
             push(&mut core, learned, record)?;
             records_in += 1;
         }
-        let now = driver_now();
+        let now = clock::now();
         if now.duration_since(progress_reported) >= PROGRESS_INTERVAL {
             progress_reported = now;
             report_transport_progress(&driver.sender, &mut core, now);
@@ -349,7 +350,7 @@ pub async fn run_with_templates(
             }
             event = events.recv() => {
                 let Some(event) = event else { continue };
-                let now = driver_now();
+                let now = clock::now();
                 match event {
                     DriverEvent::Selected(result) => core.handle_selected(now, result),
                     DriverEvent::FailbackCheck(target) => core.handle_failback_check(now, target),
@@ -398,7 +399,7 @@ pub async fn run_with_templates(
                 }
             }
             () = sleep_until(wake) => {
-                let now = driver_now();
+                let now = clock::now();
                 // Before the cookie deadline is judged.
                 report_transport_progress(&driver.sender, &mut core, now);
                 core.handle_timeout(now)
@@ -423,7 +424,7 @@ pub async fn run_with_templates(
         records_in,
         counters: core.counters(),
         drained,
-        elapsed: driver_now().saturating_duration_since(started),
+        elapsed: clock::now().saturating_duration_since(started),
     })
 }
 
@@ -519,19 +520,6 @@ fn report_transport_progress(
         && let Some(acknowledged) = sender.acknowledged_messages()
     {
         core.handle_transport_progress(now, *association, acknowledged);
-    }
-}
-
-/// The driver's clock: tokio's, so that a test can pause or advance it
-/// (`tokio::time::pause`); the cores take it as `std::time::Instant`.
-fn driver_now() -> Instant {
-    tokio::time::Instant::now().into_std()
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
-        None => std::future::pending().await,
     }
 }
 
