@@ -212,11 +212,9 @@ impl PeerLinks {
         let link = self.links.entry(message.to).or_insert_with(|| {
             let (sender, queue) = mpsc::channel(ENRP_PEER_QUEUE);
             // SCTP over UDP: the datagrams go to the peer's encapsulation
-            // port, by convention its SCTP port unless configured apart.
-            let udp_port = match self.transport.transport {
-                TransportKind::SctpOverUdp => self.udp_ports.get(&message.to).copied(),
-                _ => None,
-            };
+            // port, by convention its SCTP port unless configured apart
+            // (the config allows `/udp=` over SCTP over UDP only).
+            let udp_port = self.udp_ports.get(&message.to).copied();
             let reach = SocketAddr::new(message.to.ip(), udp_port.unwrap_or(message.to.port()));
             tokio::spawn(run_peer_link(
                 message.to,
