@@ -246,17 +246,17 @@ impl AssociationBilling {
     /// with a Cookie Echo as billing statistics (the writer reconciles them
     /// with the store). They come on the billing stream after the records
     /// they account for. Those naming another exporter than the Cookie Echo
-    /// stay plain reports (kept as received, never a declaration), counted
-    /// and logged.
-    pub fn attach_statistics(&self, totals: &mut [TotalsReport]) {
+    /// stay plain reports (kept as received, never a declaration), logged;
+    /// returns how many those were, for the driver to count.
+    pub fn attach_statistics(&self, totals: &mut [TotalsReport]) -> u64 {
+        let mut refused = 0;
         for report in totals {
             let Some((exporter, start)) = self.domain_start(report.stats.observation_domain_id)
             else {
                 continue;
             };
             if report.stats.exporting_process_id != exporter {
-                metrics::counter!("poolflow_collector_statistics_refused_total", "reason" => "other_exporter")
-                    .increment(1);
+                refused += 1;
                 tracing::warn!(peer = %report.peer, exporter,
                       claimed = report.stats.exporting_process_id,
                       "reliability statistics name another exporter than the Cookie Echo: not reconciled");
@@ -264,6 +264,7 @@ impl AssociationBilling {
             }
             report.billing = Some((exporter, start));
         }
+        refused
     }
 
     /// Notes that records through `last` arrived (they go to the writer).

@@ -2,8 +2,9 @@
 //! validated and copied as received, grouped into [`RecordBlock`]s, and
 //! sequence anomalies and reliability statistics are taken out.
 //!
-//! No IO and no clock: the caller passes the receive time. Counts and logs
-//! what is wrong with the messages (metrics, tracing).
+//! No IO and no clock: the caller passes the receive time. Logs what is
+//! wrong with the messages and counts into [`DecodeCounts`], which its
+//! driver takes and publishes.
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use protocol::ipfix::{DecodeError, SequenceCheck, Session, SessionConfig, Templa
 use tracing::{debug, warn};
 
 use crate::batch::{Batch, RecordBlock, TotalsReport};
+use crate::decode_counts::DecodeCounts;
 use crate::record::{SequenceEvent, SequenceEventKind};
 
 /// Decodes the messages of one transport session into a [`Batch`], counting
@@ -30,8 +32,8 @@ pub struct SessionDecoder {
     /// A billing association: sequence numbers of announced domains are
     /// record sequences, reconciled by the writer, not here.
     billing: bool,
-    messages_total: metrics::Counter,
-    records_total: metrics::Counter,
+    /// Counted since the driver last took them ([`Self::take_counts`]).
+    counts: DecodeCounts,
 }
 
 /// Log at most this many malformed messages per session in full, then only
@@ -54,11 +56,24 @@ impl SessionDecoder {
             templates: Vec::new(),
             errors_log: LogLimiter::first_then_powers_of_two(FULL_ERROR_LOGS),
             billing: false,
-            messages_total: metrics::counter!(
-                "poolflow_collector_messages_total", "transport" => transport),
-            records_total: metrics::counter!(
-                "poolflow_collector_records_received_total", "transport" => transport),
+            counts: DecodeCounts {
+                transport,
+                ..DecodeCounts::default()
+            },
         }
+    }
+
+    /// What was counted since the last call; the driver publishes it
+    /// ([`DecodeCounts::publish`]).
+    pub fn take_counts(&mut self) -> DecodeCounts {
+        let transport = self.transport;
+        std::mem::replace(
+            &mut self.counts,
+            DecodeCounts {
+                transport,
+                ..DecodeCounts::default()
+            },
+        )
     }
 
     /// The exporter's "ip:port".
@@ -83,8 +98,7 @@ impl SessionDecoder {
 
     fn log_errors(&mut self, errors: &[DecodeError]) {
         for err in errors {
-            metrics::counter!("poolflow_collector_decode_errors_total", "reason" => err.reason())
-                .increment(1);
+            self.counts.count_error(err.reason());
             if let Some(allowed) = self.errors_log.allow() {
                 warn!(peer = %self.exporter, transport = self.transport, reason = err.reason(),
                       occurrences = allowed.occurrences, "malformed IPFIX: {err}");
@@ -143,7 +157,7 @@ impl SessionDecoder {
                 billing: None,
             });
         });
-        self.messages_total.increment(1);
+        self.counts.messages += 1;
         let report = match result {
             Ok(report) => report,
             Err(err) => {
@@ -162,8 +176,7 @@ impl SessionDecoder {
         };
         if let Some(kind) = kind {
             if kind == SequenceEventKind::Gap {
-                metrics::counter!("poolflow_collector_sequence_lost_records_total")
-                    .increment(records);
+                self.counts.sequence_lost_records += records;
             }
             debug!(peer = %self.exporter, domain = report.header.observation_domain_id,
                    kind = kind.as_str(), records, "sequence anomaly");
@@ -180,7 +193,7 @@ impl SessionDecoder {
         }
         self.take_statistics(first_block, stream, received_ms, out);
         let n = out.records - records_before;
-        self.records_total.increment(n as u64);
+        self.counts.records += n as u64;
         n
     }
 
@@ -222,8 +235,7 @@ impl SessionDecoder {
                     .reconcile_exported_total(domain, stream, stats.exported_records)
                     .unwrap_or(0);
                 if lost > 0 {
-                    metrics::counter!("poolflow_collector_sequence_lost_records_total")
-                        .increment(lost);
+                    self.counts.sequence_lost_records += lost;
                     warn!(peer = %self.exporter, domain, lost,
                           "exporter's statistics count records never received (lost tail)");
                     out.events.push(SequenceEvent {
@@ -255,4 +267,47 @@ fn shared_template(shared: &mut Vec<Arc<Template>>, template: &Template) -> Arc<
     let t = Arc::new(template.clone());
     shared.push(Arc::clone(&t));
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::ipfix::flow::{FlowRecord, flow_template};
+    use protocol::ipfix::{MessageWriter, TransportKind};
+
+    use super::*;
+
+    /// A flow message of domain 1 with `records` records after `sequence`.
+    fn message(sequence: u32, records: u64) -> Vec<u8> {
+        let mut writer = MessageWriter::new(1400);
+        writer.start(1, 1_700_000_000, sequence);
+        writer.add_template(&flow_template()).unwrap();
+        for n in 0..records {
+            FlowRecord::synthetic(n, 0).write_to(&mut writer).unwrap();
+        }
+        writer.finish().to_vec()
+    }
+
+    #[test]
+    fn the_decoder_counts_messages_records_gaps_and_errors_until_taken() {
+        let mut decoder = SessionDecoder::new("192.0.2.1:4739".into(), {
+            SessionConfig::new(TransportKind::Udp)
+        });
+        let mut batch = Batch::default();
+        assert_eq!(decoder.handle(&message(0, 5), 0, 0, &mut batch), 5);
+        // Records 5..8 never arrive: a gap of 3.
+        assert_eq!(decoder.handle(&message(8, 2), 0, 0, &mut batch), 2);
+        // Not IPFIX at all: counted by reason, nothing taken in.
+        let mut garbage = message(10, 1);
+        garbage[1] = 9; // version 9
+        assert_eq!(decoder.handle(&garbage, 0, 0, &mut batch), 0);
+
+        let counts = decoder.take_counts();
+        assert_eq!(counts.transport, "udp");
+        assert_eq!((counts.messages, counts.records), (3, 7));
+        assert_eq!(counts.sequence_lost_records, 3);
+        assert_eq!(counts.errors.len(), 1, "{:?}", counts.errors);
+        assert_eq!(counts.errors[0].1, 1);
+        // Taken: the next take starts from zero.
+        assert!(decoder.take_counts().is_zero());
+    }
 }

@@ -36,6 +36,7 @@ pub mod audit;
 pub mod batch;
 pub mod billing;
 pub mod config;
+pub mod decode_counts;
 pub mod decoder;
 pub mod flow_table;
 pub mod ingest;

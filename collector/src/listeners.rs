@@ -22,6 +22,7 @@ use tracing::{info, warn};
 use transport::udp_listener::{self, SessionChange, UdpService};
 
 use crate::batch::Batch;
+use crate::decode_counts::DecodeCounts;
 use crate::decoder::SessionDecoder;
 use crate::ingest::{UDP_FLUSH_INTERVAL, now_ms};
 use crate::session::{STOP_DRAIN_LIMIT, STOP_DRAIN_QUIET};
@@ -81,6 +82,7 @@ pub fn spawn_udp(
                 tx,
                 batch: new_batch(),
                 batch_started: None,
+                counts: DecodeCounts::default(),
             };
             udp_listener::run(&socket, &listener, &stop, &mut receiver);
         })
@@ -96,6 +98,8 @@ struct UdpReceiver {
     /// When the oldest record of `batch` arrived: a steady trickle must not
     /// keep records waiting for a full batch.
     batch_started: Option<Instant>,
+    /// The sessions' decode counts, published with each batch handed on.
+    counts: DecodeCounts,
 }
 
 impl UdpService for UdpReceiver {
@@ -114,6 +118,7 @@ impl UdpService for UdpReceiver {
     ) -> ControlFlow<()> {
         self.batch_started.get_or_insert(now);
         decoder.handle(bytes, 0, now_ms(), &mut self.batch);
+        self.counts.add(decoder.take_counts());
         ControlFlow::Continue(())
     }
 
@@ -129,6 +134,9 @@ impl UdpService for UdpReceiver {
 
     fn flush(&mut self) -> ControlFlow<()> {
         self.batch_started = None;
+        if !self.counts.is_zero() {
+            std::mem::take(&mut self.counts).publish();
+        }
         if !self.batch.is_empty()
             && self
                 .tx
@@ -333,11 +341,11 @@ async fn tcp_session<S: AsyncRead + Unpin>(
             }
         };
         let Some(header) = header else {
-            let _ = flush(&tx, &mut batch).await;
+            let _ = flush(&tx, &mut batch, &mut decoder).await;
             return "collector shutting down".into();
         };
         if let Err(e) = header {
-            let _ = flush(&tx, &mut batch).await;
+            let _ = flush(&tx, &mut batch, &mut decoder).await;
             return if e.kind() == ErrorKind::UnexpectedEof {
                 "peer closed".into()
             } else {
@@ -350,13 +358,13 @@ async fn tcp_session<S: AsyncRead + Unpin>(
                 // Without a trustworthy length the stream cannot be resynced:
                 // RFC 7011 section 10.4.1 has the collector close it.
                 decoder.count_error(&err);
-                let _ = flush(&tx, &mut batch).await;
+                let _ = flush(&tx, &mut batch, &mut decoder).await;
                 return format!("unrecoverable framing error: {err}");
             }
             None => unreachable!("four bytes were read"),
         };
         if let Err(e) = reader.read_exact(&mut buf[4..len]).await {
-            let _ = flush(&tx, &mut batch).await;
+            let _ = flush(&tx, &mut batch, &mut decoder).await;
             return format!("message truncated by connection end: {e}");
         }
         decoder.handle(&buf[..len], 0, now_ms(), &mut batch);
@@ -364,7 +372,7 @@ async fn tcp_session<S: AsyncRead + Unpin>(
         // records must not sit in memory meanwhile.
         let drained = reader.buffer().is_empty();
         if (batch.len() >= RECEIVER_BATCH_RECORDS || drained)
-            && flush(&tx, &mut batch).await.is_err()
+            && flush(&tx, &mut batch, &mut decoder).await.is_err()
         {
             return "collector shutting down".into();
         }
@@ -386,8 +394,14 @@ fn stop_drain_deadline() -> tokio::time::Instant {
     tokio::time::Instant::now() + STOP_DRAIN_LIMIT
 }
 
-/// Hands a non-empty batch to the writer; `Err` once the writer is gone.
-async fn flush(tx: &mpsc::Sender<Batch>, batch: &mut Batch) -> Result<(), ()> {
+/// Publishes the decoder's counts and hands a non-empty batch to the
+/// writer; `Err` once the writer is gone.
+async fn flush(
+    tx: &mpsc::Sender<Batch>,
+    batch: &mut Batch,
+    decoder: &mut SessionDecoder,
+) -> Result<(), ()> {
+    decoder.take_counts().publish();
     if batch.is_empty() {
         return Ok(());
     }

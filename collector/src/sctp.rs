@@ -222,10 +222,12 @@ async fn sctp_session(
                 session.handle(now, Input::StopRequested)
             }
         };
+        session.take_decode_counts().publish();
         if let Err(end) = perform(&association, &tx, &session, outputs).await {
             break end;
         }
     };
+    session.take_decode_counts().publish();
     if let Some(batch) = session.finish() {
         let _ = tx.send(batch).await;
     }
@@ -280,6 +282,10 @@ async fn perform(
             }
             Output::Event(SessionEvent::PeerRestarted) => {
                 info!(%peer, "SCTP peer restarted; session state reset");
+            }
+            Output::Event(SessionEvent::StatisticsRefused(count)) => {
+                metrics::counter!("poolflow_collector_statistics_refused_total", "reason" => "other_exporter")
+                    .increment(count);
             }
         }
     }

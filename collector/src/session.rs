@@ -29,8 +29,9 @@
 //! commit's transaction.
 //!
 //! No tokio, no file IO, no clock reads: time comes in as an argument, so
-//! the tests below run without sockets or sleeps. Decode errors are still
-//! logged and counted by the decoder (global `metrics`).
+//! the tests below run without sockets or sleeps. Decode errors are logged
+//! by the decoder and counted in its [`DecodeCounts`], which the driver
+//! takes ([`CollectorSession::take_decode_counts`]) and publishes.
 //!
 //! Dependencies: `batch`, `billing`, `decoder`, `ledger` (none of which
 //! depends on this module or on a driver).
@@ -42,6 +43,7 @@ use protocol::ipfix::SessionConfig;
 
 use crate::batch::{Batch, Handover};
 use crate::billing::{AssociationBilling, CookieSigner};
+use crate::decode_counts::DecodeCounts;
 use crate::decoder::SessionDecoder;
 use crate::ledger::Ledger;
 
@@ -133,6 +135,10 @@ pub enum SessionEvent {
     AsapWithoutPoolKey,
     /// The peer restarted: templates and sequence state were reset.
     PeerRestarted,
+    /// Reliability statistics on the billing stream that name another
+    /// exporter than the Cookie Echo: kept as plain reports, never
+    /// reconciled (this many).
+    StatisticsRefused(u64),
 }
 
 /// What one session counted.
@@ -233,6 +239,12 @@ impl CollectorSession {
         self.counters
     }
 
+    /// What the decoder counted since the last call (messages, records,
+    /// malformed messages, sequence losses): the driver publishes it.
+    pub fn take_decode_counts(&mut self) -> DecodeCounts {
+        self.decoder.take_counts()
+    }
+
     /// The next instant the driver must pass [`Input::Timeout`] at (or
     /// after); `None`: no timer.
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -317,8 +329,12 @@ impl CollectorSession {
         // other streams carry best-effort records (PR-SCTP), stored
         // untagged and covered by no cookie.
         if stream == BILLING_STREAM {
-            self.cookies
+            let refused = self
+                .cookies
                 .attach_statistics(&mut self.batch.totals[first_totals..]);
+            if refused > 0 {
+                out.push(Output::Event(SessionEvent::StatisticsRefused(refused)));
+            }
             self.cookies.tag_blocks(&mut self.batch.blocks[first_new..]);
         }
         if self.batch.len() >= SESSION_BATCH_RECORDS {
