@@ -189,6 +189,6 @@ for attempt in 1 2; do
   printf 'hourly per-prefix report over %s rows (%s groups), run %s: %.2f s\n' \
     "$rows" "$groups" "$attempt" "$(echo "$t1 - $t0" | bc)"
 done
-printf 'PostgreSQL size: %s, SQLite size: %s\n' \
+printf 'PostgreSQL size: %s, SQLite store size (database and segments): %s\n' \
   "$(psql -At "$url" -c "SELECT pg_size_pretty(sum(pg_total_relation_size(c.oid))) FROM pg_class c WHERE c.relname LIKE 'flows%' AND c.relkind = 'r'")" \
-  "$(du -h "$run/collector.sqlite" | cut -f1)"
+  "$(du -ch "$run/collector.sqlite" "$run/collector.sqlite.segments" | tail -1 | cut -f1)"

@@ -155,7 +155,7 @@ unsafe impl<'vtab> VTab<'vtab> for FlowTable {
             blocks: VecDeque::new(),
             rows: VecDeque::new(),
             current: None,
-            block_reader: BlockReader::default(),
+            block_reader: BlockReader::new(&self.conn),
             rowid: 0,
             phantom: PhantomData,
         })
@@ -223,7 +223,7 @@ impl FlowCursor<'_> {
         // Not cached: no statement may outlive this call (see `connect`).
         let mut stmt = self.conn.prepare(&format!(
             "SELECT {}, r.billing_exporter, r.first_record_sequence FROM {} WHERE r.id = ?1",
-            store::BLOCK_COLUMNS,
+            store::block_columns(self.conn)?,
             store::BLOCK_TABLES
         ))?;
         let page = self.blocks.len().min(BLOCKS_PER_PAGE);
@@ -232,8 +232,8 @@ impl FlowCursor<'_> {
             // Gone since the selection only if the store was replaced.
             let Some(row) = rows.next()? else { continue };
             let first_record_index: u32 = row.get(9)?;
-            let billing_exporter: Option<u32> = row.get(12)?;
-            let first_record_sequence: Option<i64> = row.get(13)?;
+            let billing_exporter: Option<u32> = row.get(15)?;
+            let first_record_sequence: Option<i64> = row.get(16)?;
             let decoded = self.block_reader.decode(row, |record| {
                 let offset = i64::from(record.record_index - first_record_index);
                 self.rows.push_back(FlowRow {

@@ -48,6 +48,7 @@ pub mod prefix;
 pub mod query;
 pub mod record;
 pub mod sctp;
+pub mod segments;
 pub mod session;
 pub mod shipper;
 pub mod sql;

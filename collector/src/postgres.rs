@@ -31,6 +31,7 @@ use tokio_postgres::{Client, NoTls};
 use crate::config::PostgresConfig;
 use crate::query::describe_field;
 use crate::record::{extra_fields, flow_fields, record_hash};
+use crate::segments::{SegmentReader, row_location};
 use crate::shipper::{
     BacklogCount, BacklogStatus, Shipper, ShipperPolicy, Step, Stream, Watermarks,
 };
@@ -313,6 +314,8 @@ struct ShipperIo {
     extra_clients: Vec<Client>,
     connections: usize,
     templates: HashMap<i64, Option<Template>>,
+    /// The blocks' record bytes (segment files since schema 6).
+    segments: SegmentReader,
     /// Days whose `flows` partition exists (this process created or saw it).
     partitions: HashSet<i64>,
     /// When the backlog was last measured, and what it was.
@@ -334,7 +337,7 @@ impl ShipperIo {
         // WAL the record writer fills: a third of the shipper's time at
         // 500k records/s, spent while PostgreSQL waited for the next batch.
         // The writer checkpoints on its own schedule (store.rs,
-        // WAL_AUTOCHECKPOINT_PAGES); this connection never does.
+        // WAL_AUTOCHECKPOINT_BYTES); this connection never does.
         sqlite.pragma_update(None, "wal_autocheckpoint", 0)?;
         // This connection writes only the watermark. A watermark update lost
         // to a power cut re-sends one batch, which PostgreSQL drops
@@ -350,6 +353,7 @@ impl ShipperIo {
             extra_clients: Vec::new(),
             connections: config.connections,
             templates: HashMap::new(),
+            segments: SegmentReader::for_database(database),
             partitions: HashSet::new(),
             backlog_checked: None,
             backlog: BacklogCount::new(0),
@@ -563,15 +567,17 @@ impl ShipperIo {
         let mut stmt = self.sqlite.prepare_cached(
             "SELECT b.id, e.address, e.transport, b.domain, b.template_ref, b.export_time,
                     b.message_sequence, b.first_record_index, b.received_ms, b.record_count,
-                    b.records, b.billing_exporter, b.first_record_sequence
+                    b.records, b.billing_exporter, b.first_record_sequence, b.segment,
+                    b.segment_offset, b.segment_length
              FROM record_blocks b JOIN exporters e ON e.id = b.exporter_id
              WHERE b.id > ?1 ORDER BY b.id LIMIT ?2",
         )?;
         let mut rows = stmt.query(params![after, limit as i64])?;
         let mut blocks = Vec::new();
         while let Some(r) = rows.next()? {
+            let id: i64 = r.get(0)?;
             blocks.push(BlockRow {
-                id: r.get(0)?,
+                id,
                 exporter: r.get(1)?,
                 transport: r.get(2)?,
                 domain: r.get(3)?,
@@ -581,7 +587,19 @@ impl ShipperIo {
                 first_record_index: r.get(7)?,
                 received_ms: r.get(8)?,
                 record_count: r.get(9)?,
-                records: r.get(10)?,
+                records: match row_location(r, 13)? {
+                    None => r.get(10)?,
+                    Some(at) => self
+                        .segments
+                        .read(at)
+                        .with_context(|| {
+                            format!(
+                                "reading the records of block {} (segment {})",
+                                id, at.segment
+                            )
+                        })?
+                        .to_vec(),
+                },
                 billing_exporter: r.get(11)?,
                 first_record_sequence: r.get(12)?,
             });

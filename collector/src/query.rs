@@ -165,7 +165,7 @@ pub fn for_each_record(
 ) -> Result<()> {
     let mut sql = format!(
         "SELECT {} FROM {} WHERE 1=1",
-        store::BLOCK_COLUMNS,
+        store::block_columns(conn)?,
         store::BLOCK_TABLES
     );
     let mut args: Vec<Box<dyn ToSql>> = Vec::new();
@@ -205,7 +205,7 @@ pub fn for_each_record(
     sql.push_str(" ORDER BY r.id");
     let mut stmt = conn.prepare(&sql)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(args.iter().map(|a| a.as_ref())))?;
-    let mut blocks = BlockReader::default();
+    let mut blocks = BlockReader::new(conn);
     let mut outcome: Result<ControlFlow<()>> = Ok(ControlFlow::Continue(()));
     while let Some(row) = rows.next()? {
         let decoded = blocks.decode(row, |record| {

@@ -16,6 +16,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::batch::{Batch, BillingTag, RecordBlock, TotalsReport};
 use crate::ledger::{Ledger, RangeSet, SharedLedger, take_new};
 use crate::record::{SequenceEventKind, StoredRecord, flow_fields};
+use crate::segments::{SegmentReader, SegmentWriter};
 
 /// Bump when the schema changes; [`Store::open`] refuses unknown versions.
 /// 2: records stored in blocks (one row per message and template) instead
@@ -24,7 +25,12 @@ use crate::record::{SequenceEventKind, StoredRecord, flow_fields};
 /// 4: exporters' reliability statistics (`exporter_totals`) and the losses
 /// they declared (`declared_losses`).
 /// 5: `shipping_watermark`, how far the PostgreSQL shipper got.
-pub const SCHEMA_VERSION: i64 = 5;
+/// 6: record bytes in append-only segment files (`segment`,
+/// `segment_offset`, `segment_length`; `records` left empty), and the
+/// billing index covers billing blocks only (partial index), so plain
+/// UDP/TCP blocks no longer pay for its maintenance. Rows of older
+/// versions keep their bytes in `records` and are read as before.
+pub const SCHEMA_VERSION: i64 = 6;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS exporters (
@@ -52,8 +58,12 @@ CREATE TABLE IF NOT EXISTS record_blocks (
     record_count       INTEGER NOT NULL,
     received_ms        INTEGER NOT NULL,  -- collector clock, unix milliseconds
     records            BLOB NOT NULL,     -- the data records as received, back to back
+                                          -- (empty when they are in a segment)
     billing_exporter   INTEGER,           -- billing exporter id (Cookie Echo); NULL: not billing
-    first_record_sequence INTEGER         -- record sequence of the first record (billing)
+    first_record_sequence INTEGER,        -- record sequence of the first record (billing)
+    segment            INTEGER,           -- segment file of the records; NULL: in `records`
+    segment_offset     INTEGER,           -- their byte offset there
+    segment_length     INTEGER            -- and byte length
 );
 CREATE INDEX IF NOT EXISTS record_blocks_by_exporter_domain_time
     ON record_blocks (exporter_id, domain, export_time);
@@ -126,9 +136,17 @@ CREATE TABLE IF NOT EXISTS shipping_watermark (
 );
 "#;
 
-/// WAL pages between automatic checkpoints. Larger than SQLite's 1000:
-/// at millions of records/s fewer, larger checkpoints cost fewer fsyncs.
-const WAL_AUTOCHECKPOINT_PAGES: i64 = 16_384;
+/// WAL bytes between automatic checkpoints (64 MiB, turned into pages of
+/// the file's page size). Larger than SQLite's 1000 pages: at millions of
+/// records/s fewer, larger checkpoints cost fewer fsyncs.
+const WAL_AUTOCHECKPOINT_BYTES: i64 = 64 << 20;
+
+/// Page size of a new store. SQLite writes the WAL and checkpoints a page
+/// per system call: with 64 KiB pages a block-heavy store makes 16 times
+/// fewer of them than with the default 4 KiB, and its B-trees are
+/// shallower (BENCHMARKS.md, "Where the writer's time went"). An existing
+/// file keeps the page size it was created with.
+const NEW_STORE_PAGE_SIZE: i64 = 65_536;
 
 /// Per (exporter, domain) totals accumulated across commits.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -155,6 +173,8 @@ struct StatsDelta {
 /// The SQLite store of one collector.
 pub struct Store {
     conn: Connection,
+    /// Where the blocks' record bytes go (synced before each commit).
+    segments: SegmentWriter,
     /// Exporter ids by transport, then address (looked up by `&str`).
     exporter_ids: HashMap<&'static str, HashMap<String, i64>>,
     /// Template row ids; few entries, found by pointer first.
@@ -173,10 +193,18 @@ impl Store {
         // synchronous=FULL makes a commit durable before we acknowledge it,
         // which billing needs (NORMAL could lose the last commits on power
         // loss in WAL mode).
+        // The page size must be chosen before the first table exists (and
+        // before WAL mode): it only takes on a new, empty file.
+        conn.pragma_update(None, "page_size", NEW_STORE_PAGE_SIZE)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
+        let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+        conn.pragma_update(
+            None,
+            "wal_autocheckpoint",
+            (WAL_AUTOCHECKPOINT_BYTES / page_size.max(512)).max(1),
+        )?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version > SCHEMA_VERSION {
@@ -193,6 +221,24 @@ impl Store {
             );
         }
         // 3 -> 4 and 4 -> 5 only add tables (created below by SCHEMA).
+        if (2..6).contains(&version) {
+            // 5 -> 6: new blocks' bytes go to segments (old rows keep
+            // theirs), and the billing index becomes partial (created below).
+            let has_segments: bool = conn.query_row(
+                "SELECT COUNT(*) > 0 FROM pragma_table_info('record_blocks')
+                 WHERE name = 'segment'",
+                [],
+                |r| r.get(0),
+            )?;
+            if !has_segments {
+                conn.execute_batch(
+                    "ALTER TABLE record_blocks ADD COLUMN segment INTEGER;
+                     ALTER TABLE record_blocks ADD COLUMN segment_offset INTEGER;
+                     ALTER TABLE record_blocks ADD COLUMN segment_length INTEGER;",
+                )?;
+            }
+            conn.execute_batch("DROP INDEX IF EXISTS record_blocks_by_billing;")?;
+        }
         if version == 2 {
             // 2 -> 3 only adds: billing columns (NULL for old rows) and tables.
             conn.execute_batch(
@@ -203,12 +249,15 @@ impl Store {
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(
             "CREATE INDEX IF NOT EXISTS record_blocks_by_billing
-                ON record_blocks (billing_exporter, domain, first_record_sequence);",
+                ON record_blocks (billing_exporter, domain, first_record_sequence)
+                WHERE billing_exporter IS NOT NULL;",
         )?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         let ledger = load_ledger(&conn)?;
+        let segments = SegmentWriter::open(path)?;
         Ok(Self {
             conn,
+            segments,
             exporter_ids: HashMap::new(),
             template_ids: Vec::new(),
             ledger: Arc::new(Mutex::new(ledger)),
@@ -320,14 +369,17 @@ impl Store {
         // records already stored (earlier, or earlier in this transaction)
         // are dropped, which makes replays idempotent.
         let mut pending = BillingPending::new(&self.ledger);
+        self.segments.begin()?;
+        let segments = &mut self.segments;
         let tx = self.conn.transaction()?;
         let mut stats: HashMap<(i64, u32), StatsDelta> = HashMap::new();
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO record_blocks (exporter_id, domain, template_ref, export_time,
                     message_sequence, first_record_index, record_count, received_ms, records,
-                    billing_exporter, first_record_sequence)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    billing_exporter, first_record_sequence, segment, segment_offset,
+                    segment_length)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, X'', ?9, ?10, ?11, ?12, ?13)",
             )?;
             let mut refs = refs.iter();
             // One (exporter, domain) usually fills a whole batch: keep its
@@ -342,6 +394,7 @@ impl Store {
                         Some(tag) => billing_pieces(block, tag, bytes, &mut pending),
                     };
                     for (first_index, count, sequence, piece) in pieces {
+                        let at = segments.stage(piece);
                         insert.execute(params![
                             exporter_id,
                             block.domain,
@@ -351,9 +404,11 @@ impl Store {
                             block.first_record_index + first_index as u32,
                             count as u32,
                             block.received_ms,
-                            piece,
                             block.billing.map(|t| t.exporter_id),
                             sequence.map(|s: u64| s as i64),
+                            at.segment,
+                            at.offset as i64,
+                            at.length as i64,
                         ])?;
                     }
                     let key = (exporter_id, block.domain);
@@ -475,6 +530,11 @@ impl Store {
                     ])?;
                 }
             }
+        }
+        // The rows point at the staged bytes: those reach the disk first.
+        if let Err(err) = segments.sync() {
+            drop(tx); // rolled back
+            return Err(err);
         }
         tx.commit()?;
         // Durable now: sessions may issue cookies for these records.
@@ -685,24 +745,40 @@ pub struct StoredBlock<'a> {
 }
 
 /// The columns, in this order, that a reader of whole blocks selects for
-/// [`BlockReader`] (more may follow them), from [`BLOCK_TABLES`].
-pub const BLOCK_COLUMNS: &str = "e.address, e.transport, r.domain, r.template_ref, \
-     t.template_id, t.scope_field_count, t.fields, r.export_time, r.message_sequence, \
-     r.first_record_index, r.received_ms, r.records";
+/// [`BlockReader`] (more may follow them), from [`BLOCK_TABLES`]: 15 of
+/// them, the last three where the records are
+/// ([`crate::segments::location_columns`]).
+pub fn block_columns(conn: &Connection) -> rusqlite::Result<String> {
+    Ok(format!(
+        "e.address, e.transport, r.domain, r.template_ref, t.template_id, \
+         t.scope_field_count, t.fields, r.export_time, r.message_sequence, \
+         r.first_record_index, r.received_ms, r.records, {}",
+        crate::segments::location_columns(conn, "r")?
+    ))
+}
 
-/// The tables [`BLOCK_COLUMNS`] come from: `r` the block, `e` its exporter,
+/// The tables [`block_columns`] come from: `r` the block, `e` its exporter,
 /// `t` its template.
 pub const BLOCK_TABLES: &str = "record_blocks r JOIN exporters e ON e.id = r.exporter_id \
      JOIN templates t ON t.id = r.template_ref";
 
-/// Decodes blocks from rows that start with [`BLOCK_COLUMNS`], each stored
+/// Decodes blocks from rows that start with [`block_columns`], each stored
 /// template decoded once.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BlockReader {
     templates: HashMap<i64, Option<Template>>,
+    segments: SegmentReader,
 }
 
 impl BlockReader {
+    /// A reader of the blocks of the database `conn` has open.
+    pub fn new(conn: &Connection) -> Self {
+        Self {
+            templates: HashMap::new(),
+            segments: SegmentReader::for_connection(conn),
+        }
+    }
+
     /// Calls `each` with every record of the row's block, in order.
     /// `Ok(Err(template_ref))` when the block's stored template is damaged
     /// (nothing decoded; each reader reports that its own way).
@@ -731,7 +807,10 @@ impl BlockReader {
             message_sequence: row.get(8)?,
             first_record_index: row.get(9)?,
             received_ms: row.get(10)?,
-            records: row.get_ref(11)?.as_blob()?,
+            records: self
+                .segments
+                .row_bytes(row, 11)
+                .map_err(|err| rusqlite::Error::ModuleError(format!("{err:#}")))?,
         };
         Ok(Ok(decode_block(&block, each)))
     }

@@ -174,7 +174,7 @@ fn a_version_3_store_is_upgraded_in_place() {
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
     assert_eq!(version, SCHEMA_VERSION);
-    assert_eq!(SCHEMA_VERSION, 5);
+    assert_eq!(SCHEMA_VERSION, 6);
     assert_eq!(store.record_count().unwrap(), 10, "old records kept");
     let watermarks: i64 = store
         .connection()

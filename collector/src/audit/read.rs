@@ -21,6 +21,7 @@ use super::{
     RecordEntry,
 };
 use crate::record::record_hash;
+use crate::segments::{self, SegmentReader};
 use crate::store::{Store, decode_template};
 
 /// What a store reader returns besides its entries.
@@ -258,6 +259,8 @@ fn read_group(
     summary: &mut StoreSummary,
     progress: &ReadProgress,
 ) -> Result<()> {
+    let mut segments = SegmentReader::for_connection(conn);
+    let locations = segments::location_columns(conn, "")?;
     {
         let mut stmt = conn.prepare_cached(
             "SELECT id, record_count FROM record_blocks
@@ -280,20 +283,19 @@ fn read_group(
     // negative there. Reading the non-negative half first, then the
     // negative half, yields unsigned order, each half from the index.
     for (low, high) in [(0, i64::MAX), (i64::MIN, -1)] {
-        let mut stmt = conn.prepare_cached(
-            "SELECT id, first_record_sequence, template_ref, record_count, records
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT id, first_record_sequence, template_ref, record_count, records, {locations}
              FROM record_blocks
              WHERE billing_exporter = ?1 AND domain = ?2
                AND first_record_sequence BETWEEN ?3 AND ?4
-             ORDER BY first_record_sequence, id",
-        )?;
+             ORDER BY first_record_sequence, id"
+        ))?;
         let mut rows = stmt.query(params![key.billing_exporter, key.domain, low, high])?;
         while let Some(row) = rows.next()? {
             let block_id: i64 = row.get(0)?;
             let first_sequence = row.get::<_, i64>(1)? as u64;
             let template_ref: i64 = row.get(2)?;
             let record_count: i64 = row.get(3)?;
-            let records = row.get_ref(4)?.as_blob()?;
             reader.release_below(Some(first_sequence))?;
             summary.billing_blocks += 1;
             progress.blocks_read.fetch_add(1, Ordering::Relaxed);
@@ -307,6 +309,19 @@ fn read_group(
                     ),
                 });
                 continue;
+            };
+            // The bytes are in the row, or in a segment file that must be
+            // there: a store copied without its segments is unreadable.
+            let records = match segments.row_bytes(row, 4) {
+                Ok(records) => records,
+                Err(err) => {
+                    reader.anomalies.push(BlockAnomaly {
+                        key,
+                        block_id,
+                        problem: format!("{record_count} records unreadable: {err:#}"),
+                    });
+                    continue;
+                }
             };
             let overlaps = reader
                 .pending
