@@ -76,6 +76,13 @@ pub struct CollectorConfig {
     pub max_sctp_sessions: usize,
     /// Largest SQLite transaction, records.
     pub max_batch_records: usize,
+    /// Shortest time between two commits while batches keep coming
+    /// (`"20ms"`): each commit costs two device flushes (segment, SQLite
+    /// WAL) whatever its size, so a longer interval is cheaper per record
+    /// under load and delays cookies (and a failback's drain) by up to
+    /// that much. A commit after a quiet spell is never delayed.
+    #[serde(with = "daemon_common::duration::serde")]
+    pub commit_interval: Duration,
     /// Batches queued between receivers and the SQLite writer; bounds memory.
     pub queue_batches: usize,
     /// `text` or `json` logs.
@@ -212,6 +219,7 @@ impl Default for CollectorConfig {
             max_tcp_sessions: 256,
             max_sctp_sessions: 256,
             max_batch_records: 100_000,
+            commit_interval: Duration::from_millis(20),
             queue_batches: 256,
             log_format: LogFormat::Text,
             deprecated_keys: Vec::new(),
@@ -392,6 +400,17 @@ mod tests {
         assert!(CollectorConfig::default().udp_receive_buffer_force);
         let c = CollectorConfig::from_toml("udp_receive_buffer_force = false").unwrap();
         assert!(!c.udp_receive_buffer_force);
+    }
+
+    #[test]
+    fn commit_interval_takes_a_duration_with_units() {
+        assert_eq!(
+            CollectorConfig::default().commit_interval,
+            std::time::Duration::from_millis(20)
+        );
+        let c = CollectorConfig::from_toml("commit_interval = \"50ms\"").unwrap();
+        assert_eq!(c.commit_interval, std::time::Duration::from_millis(50));
+        assert!(CollectorConfig::from_toml("commit_interval = 50").is_err());
     }
 
     #[test]

@@ -45,6 +45,11 @@ pub fn now_ms() -> i64 {
 pub struct WriterConfig {
     /// Largest transaction; under load batches grow up to this.
     pub max_batch_records: usize,
+    /// Shortest time between the ends of two commits while batches keep
+    /// coming (`commit_interval` of the configuration): bounds the device
+    /// flushes per second without delaying a commit after a quiet spell.
+    /// What it adds to the time to a cookie is at most this.
+    pub commit_interval: Duration,
 }
 
 /// What the writer has made durable so far, readable from any thread.
@@ -87,7 +92,7 @@ pub fn spawn_writer(
                 // Take whatever else is already queued: big transactions
                 // under load, small and prompt ones when idle. Batches are
                 // committed as they are, not merged: no copying. Under
-                // load, commits are at least MIN_COMMIT_INTERVAL apart:
+                // load, commits are at least `commit_interval` apart:
                 // each costs two device flushes (segment, WAL) whatever its
                 // size, so more records share them.
                 let mut waited = false;
@@ -101,12 +106,12 @@ pub fn spawn_writer(
                             Err(_) => break,
                         }
                     }
-                    let since = last_commit.map_or(MIN_COMMIT_INTERVAL, |t| t.elapsed());
-                    if waited || records >= config.max_batch_records || since >= MIN_COMMIT_INTERVAL
-                    {
+                    let interval = config.commit_interval;
+                    let since = last_commit.map_or(interval, |t| t.elapsed());
+                    if waited || records >= config.max_batch_records || since >= interval {
                         break;
                     }
-                    std::thread::sleep(MIN_COMMIT_INTERVAL - since);
+                    std::thread::sleep(interval - since);
                     waited = true;
                 }
                 let n = records as u64;
@@ -129,12 +134,6 @@ pub fn spawn_writer(
         })
         .expect("spawning the writer thread")
 }
-
-/// Shortest time between the ends of two commits while batches keep
-/// coming: bounds the flushes per second (about 100) without delaying a
-/// commit after a quiet spell. What it adds to the time to a cookie is at
-/// most this.
-pub const MIN_COMMIT_INTERVAL: Duration = Duration::from_millis(10);
 
 /// How long a UDP receive waits before flushing a partial batch.
 pub const UDP_FLUSH_INTERVAL: Duration = Duration::from_millis(50);

@@ -106,6 +106,7 @@ pub async fn start(config: &CollectorConfig) -> Result<RunningCollector> {
         rx,
         WriterConfig {
             max_batch_records: config.max_batch_records,
+            commit_interval: config.commit_interval,
         },
         Arc::clone(&progress),
     );

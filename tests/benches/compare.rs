@@ -84,6 +84,9 @@ struct Trial {
     receive_buffer: u64,
     /// IPFIX bytes sent in the trial.
     bytes_sent: u64,
+    /// Peak resident memory of the collector's main process over the trial
+    /// (`VmHWM`), bytes.
+    peak_rss: u64,
 }
 
 impl Trial {
@@ -110,6 +113,7 @@ impl Trial {
             cpu_secs: 0.0,
             receive_buffer: 0,
             bytes_sent: 0,
+            peak_rss: 0,
         }
     }
 }
@@ -255,7 +259,7 @@ fn main() {
                     Load::Softflowd => bench.softflowd_trial(*peer, run),
                 };
                 eprintln!(
-                    "run {run} {:?} {}: {:.0} records/s, loss {:.3} %, {:.2} cores, {:.0} records/CPU-s, rb {} = {:.2} % of the trial's bytes",
+                    "run {run} {:?} {}: {:.0} records/s, loss {:.3} %, {:.2} cores, {:.0} records/CPU-s, rb {} = {:.2} % of the trial's bytes, peak RSS {}",
                     load,
                     peer.name(),
                     trial.offered_per_sec,
@@ -263,7 +267,8 @@ fn main() {
                     trial.cpu_cores,
                     trial.per_cpu_sec(),
                     mib(trial.receive_buffer),
-                    buffer_share(&trial)
+                    buffer_share(&trial),
+                    mib(trial.peak_rss)
                 );
                 trials.push(trial);
             }
@@ -415,6 +420,19 @@ fn free_port() -> u16 {
             return port;
         }
     }
+}
+
+/// Peak resident set of a process (`VmHWM` of /proc/PID/status), bytes.
+fn peak_rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
 }
 
 /// utime + stime of a process and all its descendants, seconds.
@@ -726,6 +744,7 @@ impl Bench {
         let report = send(target, GenerateTransport::Udp, records, rate);
         wait_until_idle(pid, Duration::from_secs(20));
         let cpu = cpu_seconds(pid) - cpu_before;
+        let rss = peak_rss(pid);
         let wall = started.elapsed().as_secs_f64();
         let stored = self.stored(peer, running, Load::Generator, report.records, &|| {
             (0..report.records).map(synthetic_packets).sum()
@@ -741,6 +760,7 @@ impl Bench {
             cpu_secs: cpu,
             receive_buffer,
             bytes_sent: report.bytes,
+            peak_rss: rss,
         }
     }
 
@@ -808,6 +828,7 @@ impl Bench {
         let report = send(target, transport, records, None);
         wait_until_idle(pid, Duration::from_secs(30));
         let cpu = cpu_seconds(pid) - cpu_before;
+        let rss = peak_rss(pid);
         let wall = started.elapsed().as_secs_f64() - 0.3; // idle detection lag
         let dir = running.dir.clone();
         let stored = self.stored(
@@ -826,6 +847,7 @@ impl Bench {
             cpu_secs: cpu,
             receive_buffer: 0,
             bytes_sent: report.bytes,
+            peak_rss: rss,
         }
     }
 }
@@ -858,6 +880,7 @@ impl Bench {
         let send_time = started.elapsed().as_secs_f64();
         wait_until_idle(pid, Duration::from_secs(20));
         let cpu = cpu_seconds(pid) - cpu_before;
+        let rss = peak_rss(pid);
         // One packet per flow: the packet counters sent are the records.
         let stored = self.stored(peer, running, Load::Softflowd, sent, &|| sent);
         let _ = std::fs::remove_dir_all(&dir);
@@ -869,6 +892,7 @@ impl Bench {
             cpu_secs: cpu,
             receive_buffer,
             bytes_sent: replay.bytes * replays,
+            peak_rss: rss,
         }
     }
 }
@@ -1309,6 +1333,15 @@ fn print_table(bench: &Bench, load: Load, by_peer: &Runs, skipped: &[(Peer, Stri
     for (peer, why) in skipped {
         println!("{:<18} {:>10}  ({why})", peer.name(), "skipped");
     }
+    let peaks = by_peer
+        .iter()
+        .map(|(peer, trials)| {
+            let peak = trials.iter().map(|t| t.peak_rss).max().unwrap_or(0);
+            format!("{} {}", peer.name(), mib(peak))
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!("peak RSS at the reported rate, highest of the runs: {peaks}");
     println!("load average at the end: {}\n", load_average());
 }
 
@@ -1320,11 +1353,12 @@ fn print_streams(streams: &[(&str, Trial)], exporter: Option<(f64, f64)>, runs: 
     }
     for (name, t) in streams {
         println!(
-            "{:<20} {:>12.0} {:>9.3} {:>7.2}",
+            "{:<20} {:>12.0} {:>9.3} {:>7.2}  peak RSS {}",
             format!("poolflow {name}"),
             t.offered_per_sec,
             100.0 * t.loss(),
-            t.cpu_cores
+            t.cpu_cores,
+            mib(t.peak_rss)
         );
     }
     if let Some((udp, tcp)) = exporter {
