@@ -271,20 +271,13 @@ fn shared_template(shared: &mut Vec<Arc<Template>>, template: &Template) -> Arc<
 
 #[cfg(test)]
 mod tests {
-    use protocol::ipfix::flow::{FlowRecord, flow_template};
-    use protocol::ipfix::{MessageWriter, TransportKind};
+    use protocol::ipfix::TransportKind;
+    use protocol::ipfix::flow::synthetic_message;
 
     use super::*;
 
-    /// A flow message of domain 1 with `records` records after `sequence`.
     fn message(sequence: u32, records: u64) -> Vec<u8> {
-        let mut writer = MessageWriter::new(1400);
-        writer.start(1, 1_700_000_000, sequence);
-        writer.add_template(&flow_template()).unwrap();
-        for n in 0..records {
-            FlowRecord::synthetic(n, 0).write_to(&mut writer).unwrap();
-        }
-        writer.finish().to_vec()
+        synthetic_message(1, sequence, records)
     }
 
     #[test]

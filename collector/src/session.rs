@@ -450,8 +450,8 @@ impl CollectorSession {
 #[cfg(test)]
 mod tests {
     use protocol::billing::{BillingCookie, cookie_from_asap_bytes};
-    use protocol::ipfix::flow::{FlowRecord, flow_template};
-    use protocol::ipfix::{MessageWriter, TransportKind};
+    use protocol::ipfix::TransportKind;
+    use protocol::ipfix::flow::synthetic_message;
 
     use super::*;
     use crate::ledger::take_new;
@@ -490,13 +490,7 @@ mod tests {
 
     /// A flow message of `DOMAIN` whose header carries `sequence`.
     fn message(sequence: u32, records: u64) -> Vec<u8> {
-        let mut writer = MessageWriter::new(65_000);
-        writer.start(DOMAIN, 1_700_000_000, sequence);
-        writer.add_template(&flow_template()).unwrap();
-        for n in 0..records {
-            FlowRecord::synthetic(n, 0).write_to(&mut writer).unwrap();
-        }
-        writer.finish().to_vec()
+        synthetic_message(DOMAIN, sequence, records)
     }
 
     fn data(payload: &[u8]) -> Input<'_> {

@@ -4,8 +4,8 @@
 use collector::billing::{AssociationBilling, CookieSigner, MAX_ECHOED_SEQUENCE};
 use collector::ingest::{Batch, SessionDecoder};
 use protocol::billing::BillingCookie;
-use protocol::ipfix::flow::{FlowRecord, flow_template};
-use protocol::ipfix::{MessageWriter, SessionConfig, TransportKind};
+use protocol::ipfix::flow::synthetic_message;
+use protocol::ipfix::{SessionConfig, TransportKind};
 
 const KEY: &[u8] = b"pool key";
 
@@ -15,13 +15,7 @@ fn signer() -> CookieSigner {
 
 /// A flow message of domain 1 whose header carries `sequence`.
 fn message(sequence: u32, records: u64) -> Vec<u8> {
-    let mut writer = MessageWriter::new(1400);
-    writer.start(1, 1_700_000_000, sequence);
-    writer.add_template(&flow_template()).unwrap();
-    for n in 0..records {
-        FlowRecord::synthetic(n, 0).write_to(&mut writer).unwrap();
-    }
-    writer.finish().to_vec()
+    synthetic_message(1, sequence, records)
 }
 
 /// A Cookie Echo with a validly signed cookie claiming the last possible

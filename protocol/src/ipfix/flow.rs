@@ -12,6 +12,24 @@ pub const FLOW_TEMPLATE_ID: u16 = 256;
 /// Encoded size of one [`FlowRecord`].
 pub const FLOW_RECORD_LEN: usize = 47;
 
+/// One IPFIX message of `domain` whose header carries `sequence` (export
+/// time 1,700,000,000): the flow template, then `records` synthetic records
+/// ([`FlowRecord::synthetic`] 0.., base 0). The test message of the
+/// decoders' and sessions' tests.
+pub fn synthetic_message(domain: u32, sequence: u32, records: u64) -> Vec<u8> {
+    let mut writer = MessageWriter::new(65_000);
+    writer.start(domain, 1_700_000_000, sequence);
+    writer
+        .add_template(&flow_template())
+        .expect("a template fits an empty message");
+    for n in 0..records {
+        FlowRecord::synthetic(n, 0)
+            .write_to(&mut writer)
+            .expect("records fit a 65,000-byte message");
+    }
+    writer.finish().to_vec()
+}
+
 /// The template of [`FlowRecord`], IANA elements only.
 pub fn flow_template() -> Template {
     Template::new(
