@@ -241,7 +241,7 @@ registrar_request_timeout = "1s"
 
     /// [`Self::stream`] with more command-line arguments.
     pub fn stream_with(&self, config: &Path, records: u64, rate: u64, more_args: &[&str]) -> Child {
-        Command::new(workspace_bin("exporter"))
+        let child = Command::new(workspace_bin("exporter"))
             .args(["stream", "--config"])
             .arg(config)
             .args(["--records", &records.to_string()])
@@ -251,7 +251,22 @@ registrar_request_timeout = "1s"
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap()
+            .unwrap();
+        // The output is read once the exporter exits: a pipe that fills
+        // first (64 KiB by default) would block the exporter in a log
+        // write and look like a hang. 1 MiB (Linux's default pipe-max-size)
+        // holds any test's log.
+        for fd in [
+            child.stdout.as_ref().map(std::os::fd::AsRawFd::as_raw_fd),
+            child.stderr.as_ref().map(std::os::fd::AsRawFd::as_raw_fd),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            // SAFETY: F_SETPIPE_SZ on a pipe fd this process owns.
+            unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, 1 << 20) };
+        }
+        child
     }
 
     /// Stops the collectors (SIGTERM; each must exit 0) and the registrar.

@@ -404,6 +404,11 @@ struct Entry {
     closing_locally: bool,
     /// We ended it with an ABORT (closed before it was established).
     aborted_locally: bool,
+    /// Messages sctp-proto refused (e.g. after the peer's SHUTDOWN, RFC 9260
+    /// 9.2: no new data): the first is logged at warn, the rest at debug and
+    /// summed up when the association ends, so a sender that keeps going
+    /// cannot flood the log.
+    refused_sends: u64,
 }
 
 /// The last events of a finished association, kept until the application takes them.
@@ -773,6 +778,7 @@ impl Driver {
                 },
                 closing_locally: false,
                 aborted_locally: false,
+                refused_sends: 0,
             },
         );
     }
@@ -796,7 +802,15 @@ impl Driver {
                     return;
                 };
                 if let Err(error) = entry.write(message, charged) {
-                    warn!("SCTP send on association {id} failed: {error}");
+                    entry.refused_sends += 1;
+                    if entry.refused_sends == 1 {
+                        warn!(
+                            "SCTP send on association {id} failed: {error} (further refusals \
+                             on this association are logged at debug)"
+                        );
+                    } else {
+                        debug!("SCTP send on association {id} failed: {error}");
+                    }
                     entry.shared.send_budget.add_permits(charged as usize);
                 }
                 self.dirty.insert(handle);
@@ -1072,6 +1086,12 @@ impl Driver {
         let Some(mut entry) = self.entries.remove(&handle) else {
             return;
         };
+        if entry.refused_sends > 1 {
+            warn!(
+                "SCTP association {} ended; {} sends on it were refused",
+                entry.shared.id, entry.refused_sends
+            );
+        }
         self.endpoint.handle_event(handle, EndpointEvent::drained());
         if self.routes.get(&entry.shared.id) == Some(&handle) {
             self.routes.remove(&entry.shared.id);
