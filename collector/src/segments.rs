@@ -49,6 +49,15 @@ pub fn directory(database: &Path) -> PathBuf {
     database.with_file_name(name)
 }
 
+/// The directory holding `path`: `.` for a bare file name (a database given
+/// as `collector.sqlite`, relative to the working directory, as the
+/// packaged systemd unit does), whose `parent()` is the empty path.
+fn parent_directory(path: &Path) -> &Path {
+    path.parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 fn segment_path(dir: &Path, id: i64) -> PathBuf {
     dir.join(format!("{id:010}.seg"))
 }
@@ -72,7 +81,7 @@ impl SegmentWriter {
         if !dir.is_dir() {
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("creating segments directory {}", dir.display()))?;
-            sync_directory(dir.parent().unwrap_or(Path::new(".")))?;
+            sync_directory(parent_directory(&dir))?;
         }
         let mut newest = 0;
         for entry in std::fs::read_dir(&dir)
@@ -320,6 +329,19 @@ mod tests {
             length: 1,
         };
         assert!(reader.read(gone).is_err());
+    }
+
+    #[test]
+    fn a_relative_database_has_its_segments_beside_it() {
+        let bare = Path::new("collector.sqlite");
+        assert_eq!(directory(bare), Path::new("collector.sqlite.segments"));
+        assert_eq!(parent_directory(&directory(bare)), Path::new("."));
+        let nested = Path::new("data/collector.sqlite");
+        assert_eq!(parent_directory(&directory(nested)), Path::new("data"));
+        assert_eq!(
+            parent_directory(Path::new("/var/lib/poolflow/c.sqlite.segments")),
+            Path::new("/var/lib/poolflow")
+        );
     }
 
     #[test]
