@@ -156,6 +156,7 @@ unsafe impl<'vtab> VTab<'vtab> for FlowTable {
             rows: VecDeque::new(),
             current: None,
             block_reader: BlockReader::new(&self.conn),
+            columns: store::block_columns(&self.conn)?,
             rowid: 0,
             phantom: PhantomData,
         })
@@ -186,6 +187,8 @@ struct FlowCursor<'vtab> {
     current: Option<FlowRow>,
     /// Decodes the blocks read, each template once.
     block_reader: BlockReader,
+    /// [`store::block_columns`] of this store, asked once per scan.
+    columns: String,
     rowid: i64,
     phantom: PhantomData<&'vtab FlowTable>,
 }
@@ -223,7 +226,7 @@ impl FlowCursor<'_> {
         // Not cached: no statement may outlive this call (see `connect`).
         let mut stmt = self.conn.prepare(&format!(
             "SELECT {}, r.billing_exporter, r.first_record_sequence FROM {} WHERE r.id = ?1",
-            store::block_columns(self.conn)?,
+            self.columns,
             store::BLOCK_TABLES
         ))?;
         let page = self.blocks.len().min(BLOCKS_PER_PAGE);

@@ -31,7 +31,7 @@ use tokio_postgres::{Client, NoTls};
 use crate::config::PostgresConfig;
 use crate::query::describe_field;
 use crate::record::{extra_fields, flow_fields, record_hash};
-use crate::segments::{SegmentReader, row_location};
+use crate::segments::SegmentReader;
 use crate::shipper::{
     BacklogCount, BacklogStatus, Shipper, ShipperPolicy, Step, Stream, Watermarks,
 };
@@ -567,8 +567,8 @@ impl ShipperIo {
         let mut stmt = self.sqlite.prepare_cached(
             "SELECT b.id, e.address, e.transport, b.domain, b.template_ref, b.export_time,
                     b.message_sequence, b.first_record_index, b.received_ms, b.record_count,
-                    b.records, b.billing_exporter, b.first_record_sequence, b.segment,
-                    b.segment_offset, b.segment_length
+                    b.records, b.segment, b.segment_offset, b.segment_length,
+                    b.billing_exporter, b.first_record_sequence
              FROM record_blocks b JOIN exporters e ON e.id = b.exporter_id
              WHERE b.id > ?1 ORDER BY b.id LIMIT ?2",
         )?;
@@ -587,21 +587,13 @@ impl ShipperIo {
                 first_record_index: r.get(7)?,
                 received_ms: r.get(8)?,
                 record_count: r.get(9)?,
-                records: match row_location(r, 13)? {
-                    None => r.get(10)?,
-                    Some(at) => self
-                        .segments
-                        .read(at)
-                        .with_context(|| {
-                            format!(
-                                "reading the records of block {} (segment {})",
-                                id, at.segment
-                            )
-                        })?
-                        .to_vec(),
-                },
-                billing_exporter: r.get(11)?,
-                first_record_sequence: r.get(12)?,
+                records: self
+                    .segments
+                    .row_bytes(r, 10)
+                    .with_context(|| format!("the records of block {id}"))?
+                    .to_vec(),
+                billing_exporter: r.get(14)?,
+                first_record_sequence: r.get(15)?,
             });
         }
         drop(rows);

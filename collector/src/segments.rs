@@ -97,17 +97,19 @@ impl SegmentWriter {
             };
             newest = newest.max(id);
         }
-        let (file, length) = open_append(&dir, newest.max(1))?;
+        let id = newest.max(1);
+        let (file, length) = open_append(&dir, id)?;
         Ok(Self {
             dir,
-            id: newest.max(1),
+            id,
             file,
             length,
             staged: Vec::new(),
         })
     }
 
-    /// Starts a commit: moves to a new segment when the current one is full.
+    /// Starts a commit, discarding what an unfinished one staged: moves to
+    /// a new segment when the current one is full.
     pub fn begin(&mut self) -> Result<()> {
         self.staged.clear();
         if self.length >= SEGMENT_BYTES {
@@ -155,11 +157,6 @@ impl SegmentWriter {
         self.staged.clear();
         Ok(())
     }
-
-    /// Forgets the staged bytes of a commit that did not happen.
-    pub fn abandon(&mut self) {
-        self.staged.clear();
-    }
 }
 
 fn open_append(dir: &Path, id: i64) -> Result<(File, u64)> {
@@ -196,21 +193,22 @@ pub struct SegmentReader {
 impl SegmentReader {
     /// A reader of the segments of the database at `database`.
     pub fn for_database(database: &Path) -> Self {
-        Self {
-            dir: Some(directory(database)),
-            files: HashMap::new(),
-            buffer: Vec::new(),
-        }
+        Self::in_directory(Some(directory(database)))
     }
 
     /// A reader of the segments of the database `conn` has open (none for
     /// an in-memory database).
     pub fn for_connection(conn: &rusqlite::Connection) -> Self {
-        Self {
-            dir: conn
-                .path()
+        Self::in_directory(
+            conn.path()
                 .filter(|p| !p.is_empty())
                 .map(|p| directory(Path::new(p))),
+        )
+    }
+
+    fn in_directory(dir: Option<PathBuf>) -> Self {
+        Self {
+            dir,
             files: HashMap::new(),
             buffer: Vec::new(),
         }
@@ -262,11 +260,7 @@ impl SegmentReader {
 /// three NULLs on a store written before schema 6, which read-only readers
 /// (the audit) do not migrate.
 pub fn location_columns(conn: &rusqlite::Connection, alias: &str) -> rusqlite::Result<String> {
-    let has_segments: bool = conn.query_row(
-        "SELECT COUNT(*) > 0 FROM pragma_table_info('record_blocks') WHERE name = 'segment'",
-        [],
-        |r| r.get(0),
-    )?;
+    let has_segments = has_location_columns(conn)?;
     let prefix = if alias.is_empty() {
         String::new()
     } else {
@@ -279,10 +273,20 @@ pub fn location_columns(conn: &rusqlite::Connection, alias: &str) -> rusqlite::R
     })
 }
 
+/// Whether `record_blocks` has the location columns (schema 6, or a store
+/// the collector has migrated).
+pub fn has_location_columns(conn: &rusqlite::Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('record_blocks') WHERE name = 'segment'",
+        [],
+        |r| r.get(0),
+    )
+}
+
 /// The [`Location`] in the columns `segment`, `segment_offset`,
 /// `segment_length` starting at `first`; `None` when the bytes are in the
 /// row (stores written before schema 6).
-pub fn row_location(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Option<Location>> {
+fn row_location(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Option<Location>> {
     let Some(segment) = row.get::<_, Option<i64>>(first)? else {
         return Ok(None);
     };
@@ -308,11 +312,11 @@ mod tests {
         writer.sync().unwrap();
         assert_eq!((a.offset, b.offset), (0, 11));
         drop(writer);
-        // A commit staged but never synced (a crash) leaves nothing behind.
+        // A commit staged but never synced (a crash, or a failed
+        // transaction) leaves nothing behind: the next one starts over.
         let mut writer = SegmentWriter::open(&db).unwrap();
         writer.begin().unwrap();
         writer.stage(b"never committed");
-        writer.abandon();
         writer.begin().unwrap();
         let c = writer.stage(b"third");
         writer.sync().unwrap();

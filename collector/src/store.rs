@@ -224,13 +224,7 @@ impl Store {
         if (2..6).contains(&version) {
             // 5 -> 6: new blocks' bytes go to segments (old rows keep
             // theirs), and the billing index becomes partial (created below).
-            let has_segments: bool = conn.query_row(
-                "SELECT COUNT(*) > 0 FROM pragma_table_info('record_blocks')
-                 WHERE name = 'segment'",
-                [],
-                |r| r.get(0),
-            )?;
-            if !has_segments {
+            if !crate::segments::has_location_columns(&conn)? {
                 conn.execute_batch(
                     "ALTER TABLE record_blocks ADD COLUMN segment INTEGER;
                      ALTER TABLE record_blocks ADD COLUMN segment_offset INTEGER;
@@ -531,11 +525,9 @@ impl Store {
                 }
             }
         }
-        // The rows point at the staged bytes: those reach the disk first.
-        if let Err(err) = segments.sync() {
-            drop(tx); // rolled back
-            return Err(err);
-        }
+        // The rows point at the staged bytes: those reach the disk first
+        // (on error the transaction is dropped, so rolled back).
+        segments.sync()?;
         tx.commit()?;
         // Durable now: sessions may issue cookies for these records.
         let mut ledger = self.ledger.lock().expect("ledger lock");
