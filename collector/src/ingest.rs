@@ -95,24 +95,13 @@ pub fn spawn_writer(
                 // load, commits are at least `commit_interval` apart:
                 // each costs two device flushes (segment, WAL) whatever its
                 // size, so more records share them.
-                let mut waited = false;
-                loop {
-                    while records < config.max_batch_records {
-                        match rx.try_recv() {
-                            Ok(batch) => {
-                                records += batch.len();
-                                pending.push(batch);
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    let interval = config.commit_interval;
-                    let since = last_commit.map_or(interval, |t| t.elapsed());
-                    if waited || records >= config.max_batch_records || since >= interval {
-                        break;
-                    }
+                let max = config.max_batch_records;
+                take_queued(&mut rx, &mut pending, &mut records, max);
+                let interval = config.commit_interval;
+                let since = last_commit.map_or(interval, |t| t.elapsed());
+                if records < max && since < interval {
                     std::thread::sleep(interval - since);
-                    waited = true;
+                    take_queued(&mut rx, &mut pending, &mut records, max);
                 }
                 let n = records as u64;
                 let commit_started = std::time::Instant::now();
@@ -133,6 +122,21 @@ pub fn spawn_writer(
             Ok(())
         })
         .expect("spawning the writer thread")
+}
+
+/// Moves the batches already queued into `pending` while it holds fewer
+/// than `max` records (`records` counts them).
+fn take_queued(
+    rx: &mut mpsc::Receiver<Batch>,
+    pending: &mut Vec<Batch>,
+    records: &mut usize,
+    max: usize,
+) {
+    while *records < max {
+        let Ok(batch) = rx.try_recv() else { break };
+        *records += batch.len();
+        pending.push(batch);
+    }
 }
 
 /// How long a UDP receive waits before flushing a partial batch.
