@@ -4,9 +4,10 @@
 //! The decoder is sans-IO, so it counts into this plain value instead of
 //! the global metrics registry; the driver that owns the decoder takes the
 //! counts ([`crate::decoder::SessionDecoder::take_counts`]) and publishes
-//! them ([`DecodeCounts::publish`]) at its own pace: the UDP receiver once
-//! per batch handed to the writer, the stream sessions after each message
-//! (docs/architecture.md, "Metrics").
+//! them through its [`DecodeMetrics`] at its own pace: the UDP receiver once
+//! per batch handed to the writer, the TCP sessions at each flush, the SCTP
+//! sessions after each input (docs/architecture.md, "Crates and the sans-IO
+//! rule").
 
 /// Counts of one decoder since they were last taken.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -27,9 +28,13 @@ pub struct DecodeCounts {
 impl DecodeCounts {
     /// Counts one error of `reason`.
     pub fn count_error(&mut self, reason: &'static str) {
+        self.add_errors(reason, 1);
+    }
+
+    fn add_errors(&mut self, reason: &'static str, n: u64) {
         match self.errors.iter_mut().find(|(r, _)| *r == reason) {
-            Some((_, n)) => *n += 1,
-            None => self.errors.push((reason, 1)),
+            Some((_, total)) => *total += n,
+            None => self.errors.push((reason, n)),
         }
     }
 
@@ -42,10 +47,7 @@ impl DecodeCounts {
         self.records += other.records;
         self.sequence_lost_records += other.sequence_lost_records;
         for (reason, n) in other.errors {
-            match self.errors.iter_mut().find(|(r, _)| *r == reason) {
-                Some((_, total)) => *total += n,
-                None => self.errors.push((reason, n)),
-            }
+            self.add_errors(reason, n);
         }
     }
 
@@ -56,30 +58,51 @@ impl DecodeCounts {
             && self.sequence_lost_records == 0
             && self.errors.is_empty()
     }
+}
 
-    /// Adds the counts to the process' metrics (a driver's job):
-    /// `poolflow_collector_messages_total{transport}`,
-    /// `poolflow_collector_records_received_total{transport}`,
-    /// `poolflow_collector_decode_errors_total{reason}` and
-    /// `poolflow_collector_sequence_lost_records_total`.
-    pub fn publish(&self) {
-        if self.is_zero() {
+/// A driver's handles on the decode metrics of one transport, registered
+/// once, so that publishing costs atomic additions, not a registry look-up
+/// per message (what the decoder's own handles cost before it counted into
+/// [`DecodeCounts`]): `poolflow_collector_messages_total{transport}`,
+/// `poolflow_collector_records_received_total{transport}`,
+/// `poolflow_collector_sequence_lost_records_total` and, looked up when
+/// they happen, `poolflow_collector_decode_errors_total{reason}`.
+pub struct DecodeMetrics {
+    transport: &'static str,
+    messages: metrics::Counter,
+    records: metrics::Counter,
+    sequence_lost_records: metrics::Counter,
+}
+
+impl DecodeMetrics {
+    /// Handles for the decoders of `transport` (`udp`, `tcp`, `sctp`: the
+    /// session configuration's transport, as the decoder labels its counts).
+    pub fn new(transport: &'static str) -> Self {
+        Self {
+            transport,
+            messages: metrics::counter!("poolflow_collector_messages_total", "transport" => transport),
+            records: metrics::counter!(
+                "poolflow_collector_records_received_total", "transport" => transport),
+            sequence_lost_records: metrics::counter!(
+                "poolflow_collector_sequence_lost_records_total"
+            ),
+        }
+    }
+
+    /// Adds `counts` to the process' metrics.
+    pub fn publish(&self, counts: &DecodeCounts) {
+        if counts.is_zero() {
             return;
         }
-        let transport = self.transport;
-        if self.messages > 0 {
-            metrics::counter!("poolflow_collector_messages_total", "transport" => transport)
-                .increment(self.messages);
-        }
-        if self.records > 0 {
-            metrics::counter!("poolflow_collector_records_received_total", "transport" => transport)
-                .increment(self.records);
-        }
-        if self.sequence_lost_records > 0 {
-            metrics::counter!("poolflow_collector_sequence_lost_records_total")
-                .increment(self.sequence_lost_records);
-        }
-        for &(reason, n) in &self.errors {
+        debug_assert_eq!(
+            counts.transport, self.transport,
+            "counts of another transport"
+        );
+        self.messages.increment(counts.messages);
+        self.records.increment(counts.records);
+        self.sequence_lost_records
+            .increment(counts.sequence_lost_records);
+        for &(reason, n) in &counts.errors {
             metrics::counter!("poolflow_collector_decode_errors_total", "reason" => reason)
                 .increment(n);
         }

@@ -64,7 +64,7 @@ impl SessionDecoder {
     }
 
     /// What was counted since the last call; the driver publishes it
-    /// ([`DecodeCounts::publish`]).
+    /// ([`crate::decode_counts::DecodeMetrics::publish`]).
     pub fn take_counts(&mut self) -> DecodeCounts {
         let transport = self.transport;
         std::mem::replace(

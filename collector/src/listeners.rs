@@ -22,7 +22,7 @@ use tracing::{info, warn};
 use transport::udp_listener::{self, SessionChange, UdpService};
 
 use crate::batch::Batch;
-use crate::decode_counts::DecodeCounts;
+use crate::decode_counts::{DecodeCounts, DecodeMetrics};
 use crate::decoder::SessionDecoder;
 use crate::ingest::{UDP_FLUSH_INTERVAL, now_ms};
 use crate::session::{STOP_DRAIN_LIMIT, STOP_DRAIN_QUIET};
@@ -78,11 +78,12 @@ pub fn spawn_udp(
                 housekeeping_interval: UDP_HOUSEKEEPING_INTERVAL,
             };
             let mut receiver = UdpReceiver {
-                session: settings.session,
                 tx,
                 batch: new_batch(),
                 batch_started: None,
                 counts: DecodeCounts::default(),
+                metrics: DecodeMetrics::new(settings.session.transport.as_str()),
+                session: settings.session,
             };
             udp_listener::run(&socket, &listener, &stop, &mut receiver);
         })
@@ -100,6 +101,7 @@ struct UdpReceiver {
     batch_started: Option<Instant>,
     /// The sessions' decode counts, published with each batch handed on.
     counts: DecodeCounts,
+    metrics: DecodeMetrics,
 }
 
 impl UdpService for UdpReceiver {
@@ -134,9 +136,7 @@ impl UdpService for UdpReceiver {
 
     fn flush(&mut self) -> ControlFlow<()> {
         self.batch_started = None;
-        if !self.counts.is_zero() {
-            std::mem::take(&mut self.counts).publish();
-        }
+        self.metrics.publish(&std::mem::take(&mut self.counts));
         if !self.batch.is_empty()
             && self
                 .tx
@@ -315,6 +315,7 @@ async fn tcp_session<S: AsyncRead + Unpin>(
 ) -> String {
     debug_assert_eq!(config.transport, TransportKind::Tcp);
     let mut reader = BufReader::with_capacity(256 * 1024, stream);
+    let metrics = DecodeMetrics::new(config.transport.as_str());
     let mut decoder = SessionDecoder::new(peer.to_string(), config);
     let mut buf = vec![0u8; 65_536];
     let mut batch = Batch::default();
@@ -341,11 +342,11 @@ async fn tcp_session<S: AsyncRead + Unpin>(
             }
         };
         let Some(header) = header else {
-            let _ = flush(&tx, &mut batch, &mut decoder).await;
+            let _ = flush(&tx, &mut batch, &mut decoder, &metrics).await;
             return "collector shutting down".into();
         };
         if let Err(e) = header {
-            let _ = flush(&tx, &mut batch, &mut decoder).await;
+            let _ = flush(&tx, &mut batch, &mut decoder, &metrics).await;
             return if e.kind() == ErrorKind::UnexpectedEof {
                 "peer closed".into()
             } else {
@@ -358,13 +359,13 @@ async fn tcp_session<S: AsyncRead + Unpin>(
                 // Without a trustworthy length the stream cannot be resynced:
                 // RFC 7011 section 10.4.1 has the collector close it.
                 decoder.count_error(&err);
-                let _ = flush(&tx, &mut batch, &mut decoder).await;
+                let _ = flush(&tx, &mut batch, &mut decoder, &metrics).await;
                 return format!("unrecoverable framing error: {err}");
             }
             None => unreachable!("four bytes were read"),
         };
         if let Err(e) = reader.read_exact(&mut buf[4..len]).await {
-            let _ = flush(&tx, &mut batch, &mut decoder).await;
+            let _ = flush(&tx, &mut batch, &mut decoder, &metrics).await;
             return format!("message truncated by connection end: {e}");
         }
         decoder.handle(&buf[..len], 0, now_ms(), &mut batch);
@@ -372,7 +373,9 @@ async fn tcp_session<S: AsyncRead + Unpin>(
         // records must not sit in memory meanwhile.
         let drained = reader.buffer().is_empty();
         if (batch.len() >= RECEIVER_BATCH_RECORDS || drained)
-            && flush(&tx, &mut batch, &mut decoder).await.is_err()
+            && flush(&tx, &mut batch, &mut decoder, &metrics)
+                .await
+                .is_err()
         {
             return "collector shutting down".into();
         }
@@ -400,8 +403,9 @@ async fn flush(
     tx: &mpsc::Sender<Batch>,
     batch: &mut Batch,
     decoder: &mut SessionDecoder,
+    metrics: &DecodeMetrics,
 ) -> Result<(), ()> {
-    decoder.take_counts().publish();
+    metrics.publish(&decoder.take_counts());
     if batch.is_empty() {
         return Ok(());
     }

@@ -21,6 +21,7 @@ use transport::{Association, DownReason, Endpoint, Event};
 
 use crate::batch::Batch;
 use crate::billing::{CookieSigner, SharedLedger};
+use crate::decode_counts::DecodeMetrics;
 use crate::ingest::now_ms;
 use crate::listeners::stopped;
 use crate::session::{CollectorSession, Input, Now, Output, SessionEvent};
@@ -155,6 +156,7 @@ async fn sctp_session(
 ) -> (Ended, String) {
     let peer = association.remote_addr();
     let signer = billing.as_ref().map(|ctx| ctx.signer.clone());
+    let metrics = DecodeMetrics::new(config.transport.as_str());
     let mut session = CollectorSession::new(peer.to_string(), config, signer);
     let mut stop_seen = false;
     let reason = loop {
@@ -222,12 +224,12 @@ async fn sctp_session(
                 session.handle(now, Input::StopRequested)
             }
         };
-        session.take_decode_counts().publish();
+        metrics.publish(&session.take_decode_counts());
         if let Err(end) = perform(&association, &tx, &session, outputs).await {
             break end;
         }
     };
-    session.take_decode_counts().publish();
+    metrics.publish(&session.take_decode_counts());
     if let Some(batch) = session.finish() {
         let _ = tx.send(batch).await;
     }
