@@ -465,7 +465,7 @@ impl StreamConfig {
             pool_handle: protocol::rserpool::PoolHandle(self.pool_handle.as_bytes().to_vec()),
             registrars: self.registrar_addresses()?,
             announce_listen: self.announce_listen_config()?,
-            state_file: crate::sequence::StateFile::new(&self.state_file),
+            state_file: crate::state_file::StateFile::new(&self.state_file),
             transport,
             data_tls: self
                 .tls

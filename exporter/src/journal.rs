@@ -17,7 +17,8 @@
 //! crash in the middle of a write) is cut off on open: it was never synced,
 //! so it never counted as taken in and was never sent.
 
-use crate::replay::{BufferedRecord, count_and_repair, read_record, write_record};
+use crate::record_file::{read_record, scan_and_repair, write_record};
+use crate::replay::BufferedRecord;
 use crate::sequence::ExporterState;
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
@@ -88,7 +89,7 @@ impl IntakeJournal {
         let mut pending = Vec::new();
         let mut segments = Vec::new();
         for (index, path) in found {
-            let count = count_and_repair(&path)?;
+            let count = scan_and_repair(&path, |_| {})?;
             let mut reader = BufReader::new(File::open(&path)?);
             let mut last = None;
             for _ in 0..count {
@@ -565,8 +566,8 @@ mod tests {
             Vec::new(),
             std::time::Instant::now(),
             0,
-        )
-        .unwrap();
+            Default::default(),
+        );
         assert_eq!(core.counters().declared_not_sent, 0);
     }
 

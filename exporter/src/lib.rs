@@ -7,8 +7,12 @@
 //!   pool.
 //! - [`pool_user`]: the sans-IO pool user core: record sequences, cookies,
 //!   replay, failover, Preferred Primary failback.
-//! - [`replay`]: the per-domain replay buffer (memory window + disk spill).
-//! - [`sequence`]: the state file (next record sequence, last cookie).
+//! - [`replay`]: the per-domain replay buffer (memory window; what goes
+//!   past it is asked of the spill as requests), sans-IO.
+//! - [`spill`]: the driver's spill store performing those requests on
+//!   segment files.
+//! - [`sequence`]: what the exporter remembers (next record sequence, last
+//!   cookie); [`state_file`] stores it.
 //! - [`config`]: the `exporter stream` TOML configuration.
 //! - [`stream`]: the tokio driver of the core over `transport` and
 //!   `asap_client`.
@@ -19,8 +23,11 @@ pub mod config;
 pub mod generate;
 pub mod journal;
 pub mod pool_user;
+mod record_file;
 pub mod relay;
 pub mod replay;
 pub mod sequence;
+pub mod spill;
+pub mod state_file;
 pub mod stream;
 pub mod tls;

@@ -25,7 +25,6 @@
 //!    else failover), then Close and Connect to it.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::io;
 use std::time::{Duration, Instant};
 
 use asap_client::PoolElementInfo;
@@ -40,7 +39,9 @@ use protocol::rserpool::asap::Message as AsapMessage;
 
 use transport::Reliability;
 
-use crate::replay::{BufferedRecord, PushError, ReplayBuffer, ReplayLimits};
+use crate::replay::{
+    BufferedRecord, PushError, RecoveredSpill, ReplayBuffer, ReplayLimits, SpillRequest,
+};
 use crate::sequence::{DomainState, ExporterState};
 
 /// PPID of IPFIX messages (RFC 7011 §10.2.4: 0, unspecified).
@@ -379,9 +380,6 @@ pub enum RecordError {
     /// The domain's replay buffer is full: wait ([`Exporter::can_accept`]).
     #[error("replay buffer full")]
     Full,
-    /// The spill could not be written.
-    #[error("replay spill: {0}")]
-    Io(#[from] io::Error),
 }
 
 #[derive(Debug)]
@@ -423,11 +421,14 @@ impl Domain {
 
     /// Where sending starts on a new association: after the cookie, or at
     /// the oldest record still held if records in between were lost (a
-    /// restart without spill).
+    /// restart without spill). Spilled records were never sent by this
+    /// process (only memory is sent): while they are on their way back
+    /// into an empty window (at a start), sending waits at the cookie.
     fn rewind(&mut self) {
         let from_cookie = self.acknowledged_until();
         self.send_cursor = match self.buffer.first_in_memory() {
             Some(first) => first.max(from_cookie),
+            None if self.buffer.spilled_len() > 0 => from_cookie,
             None => self.next_sequence.max(from_cookie),
         };
         self.introduced = false;
@@ -493,6 +494,12 @@ pub struct Exporter {
     /// [`Exporter::handle_transport_progress`] (0 at association up).
     transport_acknowledged: u64,
     outputs: VecDeque<Output>,
+    /// What the replay buffers ask of the driver's spill store, in order
+    /// ([`Self::poll_spill`]); apart from `outputs` so that a send waiting
+    /// for room never holds the spill up.
+    spill_requests: VecDeque<SpillRequest>,
+    /// What the driver's spill store recovered, for domains not opened yet.
+    recovered_spill: BTreeMap<u32, RecoveredSpill>,
     writer: MessageWriter,
     /// Wall clock at `clock_base` (export times).
     wall_base_ms: u64,
@@ -535,15 +542,19 @@ struct BestEffortDomain {
 
 impl Exporter {
     /// Creates the core from the persisted state. `unix_ms` is the wall
-    /// clock at `now` (for IPFIX export times). Opens the replay buffers of
-    /// the state's domains (recovering their spill files).
+    /// clock at `now` (for IPFIX export times). `recovered_spill` is what
+    /// the driver's spill store holds from a previous run
+    /// (`crate::spill::SpillStore::open`; empty without a spill): the
+    /// replay buffers ask for those records back at once
+    /// ([`Self::poll_spill`]).
     pub fn new(
         config: ExporterConfig,
         state: ExporterState,
         templates: Vec<Template>,
         now: Instant,
         unix_ms: u64,
-    ) -> io::Result<Self> {
+        recovered_spill: BTreeMap<u32, RecoveredSpill>,
+    ) -> Self {
         let mut exporter = Self {
             writer: MessageWriter::new(config.message_size),
             config,
@@ -561,6 +572,8 @@ impl Exporter {
             cookie_wait_since: None,
             transport_acknowledged: 0,
             outputs: VecDeque::new(),
+            spill_requests: VecDeque::new(),
+            recovered_spill,
             wall_base_ms: unix_ms,
             clock_base: now,
             cookies_dirty: false,
@@ -575,15 +588,22 @@ impl Exporter {
             started: false,
         };
         for (id, domain_state) in state.domains {
-            exporter.add_domain(id, domain_state)?;
+            exporter.add_domain(id, domain_state);
         }
-        Ok(exporter)
+        exporter
     }
 
-    fn add_domain(&mut self, id: u32, state: DomainState) -> io::Result<()> {
+    fn add_domain(&mut self, id: u32, state: DomainState) {
         let cookie = state.last_cookie.filter(|c| !c.introduction);
         let acknowledged = cookie.map(|c| c.last_record_sequence);
-        let buffer = ReplayBuffer::open(id, self.config.replay.clone(), acknowledged)?;
+        let recovered = self.recovered_spill.remove(&id).unwrap_or_default();
+        let buffer = ReplayBuffer::new(
+            id,
+            self.config.replay.clone(),
+            acknowledged,
+            recovered.len(),
+            &mut self.spill_requests,
+        );
         // A restart: every sequence after the last cookie that this process
         // does not hold (lost with the old memory, or reserved and never
         // used) will never be sent. Declared once: `declared_until` stays
@@ -591,7 +611,11 @@ impl Exporter {
         let from = cookie
             .map_or(0, |c| c.next_record_sequence())
             .max(state.declared_until);
-        let held = buffer.in_memory_from(from).count() as u64 + buffer.spilled_len() as u64;
+        let held = if self.config.replay.spill_dir.is_some() {
+            recovered.held_from(from)
+        } else {
+            0
+        };
         let lost = state
             .next_sequence
             .saturating_sub(from)
@@ -621,7 +645,6 @@ impl Exporter {
         };
         domain.rewind();
         self.domains.insert(id, domain);
-        Ok(())
     }
 
     /// Starts: asks for a PE.
@@ -723,12 +746,32 @@ impl Exporter {
     }
 
     /// The exact state at a clean stop (no further record may be assigned
-    /// after this), after writing the memory windows to the spill.
-    pub fn shutdown_state(&mut self) -> io::Result<ExporterState> {
+    /// after this). With a spill, the memory windows go to it first: the
+    /// driver performs the [`SpillRequest::Prepend`]s this queues
+    /// ([`Self::poll_spill`]) before it writes the state. Call it with no
+    /// spill request outstanding.
+    pub fn shutdown_state(&mut self) -> ExporterState {
         for domain in self.domains.values_mut() {
-            domain.buffer.persist_for_restart()?;
+            domain.buffer.persist_for_restart(&mut self.spill_requests);
         }
-        Ok(self.snapshot(|d| d.next_sequence))
+        self.snapshot(|d| d.next_sequence)
+    }
+
+    /// The next request for the driver's spill store, if any. Call until
+    /// `None` after every input, before [`Self::poll_output`], and perform
+    /// them in order: a [`SpillRequest::Read`] is answered with
+    /// [`Self::handle_unspilled`] before the next one.
+    pub fn poll_spill(&mut self) -> Option<SpillRequest> {
+        self.spill_requests.pop_front()
+    }
+
+    /// The spill store's answer to a [`SpillRequest::Read`] of `domain`:
+    /// its oldest spilled records (none when the store could not read;
+    /// asked again after the next cookie).
+    pub fn handle_unspilled(&mut self, domain: u32, records: Vec<BufferedRecord>) {
+        if let Some(d) = self.domains.get_mut(&domain) {
+            d.buffer.unspilled(records, &mut self.spill_requests);
+        }
     }
 
     fn snapshot(&self, next: impl Fn(&Domain) -> u64) -> ExporterState {
@@ -762,7 +805,7 @@ impl Exporter {
         bytes: Vec<u8>,
     ) -> Result<u64, RecordError> {
         if !self.domains.contains_key(&domain) {
-            self.add_domain(domain, DomainState::default())?;
+            self.add_domain(domain, DomainState::default());
         }
         let reservation = self.config.sequence_reservation.max(1);
         let d = self.domains.get_mut(&domain).expect("added above");
@@ -772,10 +815,9 @@ impl Exporter {
             template_id,
             bytes,
         };
-        match d.buffer.push(record) {
+        match d.buffer.push(record, &mut self.spill_requests) {
             Ok(()) => {}
             Err(PushError::Full) => return Err(RecordError::Full),
-            Err(PushError::Io(error)) => return Err(RecordError::Io(error)),
         }
         d.next_sequence += 1;
         if d.next_sequence > d.reserved_until {
@@ -1150,6 +1192,17 @@ impl Exporter {
                 d.buffer.in_memory_from(d.send_cursor).next().is_some()
             };
             if !has_unsent {
+                // Nothing held from the cursor on: the sequences up to the
+                // next one to assign were lost in a restart (declared) or
+                // never used. Sending moves past them, so the reliability
+                // statistics account for them and the collector's cookies
+                // can pass over them (after a restart whose spill held
+                // records before such a gap; memory-only restarts start
+                // there).
+                let d = self.domains.get_mut(&domain_id).expect("listed");
+                if d.buffer.spilled_len() == 0 {
+                    d.send_cursor = d.send_cursor.max(d.next_sequence);
+                }
                 continue;
             }
             if !self.domains[&domain_id].introduced {
@@ -1432,9 +1485,9 @@ impl Exporter {
         {
             return; // No progress (a repeat or an older commit).
         }
-        if let Err(error) = domain.buffer.acknowledge(cookie.last_record_sequence) {
-            tracing::error!(%error, "replay spill read failed");
-        }
+        domain
+            .buffer
+            .acknowledge(cookie.last_record_sequence, &mut self.spill_requests);
         domain.cookie = Some(cookie);
         // Stored already: no need to send it again.
         domain.send_cursor = domain.send_cursor.max(cookie.next_record_sequence());

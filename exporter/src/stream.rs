@@ -9,6 +9,7 @@
 //! transport acknowledges but whose pipeline stopped reading is still left
 //! at the cookie timeout.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -32,8 +33,9 @@ use crate::journal::{DurableIntake, DurableSettings};
 use crate::pool_user::{
     AssociationId, Counters, Exporter, ExporterConfig, Notice, Output, RecordError,
 };
-use crate::replay::BufferedRecord;
-use crate::sequence::StateFile;
+use crate::replay::{BufferedRecord, SpillRequest};
+use crate::spill::SpillStore;
+use crate::state_file::StateFile;
 
 /// Least time between two reports of transport progress on the loop's turns
 /// (liveness needs no finer grain than a fraction of a cookie timeout; a
@@ -210,14 +212,24 @@ pub async fn run_with_templates(
     // What the state file holds: the journal is released only through its
     // cookies (`DurableIntake::release_persisted`).
     let mut persisted = state.clone();
+    let (mut spill, recovered_spill) = match &settings.exporter.replay.spill_dir {
+        Some(dir) => {
+            let (store, recovered) =
+                SpillStore::open(dir, settings.exporter.replay.segment_records)
+                    .with_context(|| format!("opening the replay spill in {}", dir.display()))?;
+            (Some(store), recovered)
+        }
+        None => (None, BTreeMap::new()),
+    };
     let mut core = Exporter::new(
         settings.exporter.clone(),
         state,
         settings.templates.clone(),
         clock::now(),
         unix_ms(),
-    )
-    .context("opening the replay buffers")?;
+        recovered_spill,
+    );
+    perform_spill_requests(&mut core, &mut spill)?;
     core.start();
 
     let (events_tx, mut events) = mpsc::channel::<DriverEvent>(1024);
@@ -257,6 +269,8 @@ pub async fn run_with_templates(
         {
             driver.blocked = None;
         }
+        // The spill's turn comes first: it never waits for the network.
+        perform_spill_requests(&mut core, &mut spill)?;
         // Outputs are carried out in order, so none after a blocked send.
         while driver.blocked.is_none()
             && let Some(output) = core.poll_output(clock::now())
@@ -411,7 +425,9 @@ pub async fn run_with_templates(
         sender.close();
     }
     let drained = core.is_drained();
-    let state = core.shutdown_state().context("saving the replay buffer")?;
+    perform_spill_requests(&mut core, &mut spill)?;
+    let state = core.shutdown_state();
+    perform_spill_requests(&mut core, &mut spill).context("saving the replay buffer")?;
     settings
         .state_file
         .store(&state)
@@ -471,8 +487,38 @@ fn restore(core: &mut Exporter, domain: u32, record: BufferedRecord) -> anyhow::
             "intake journal of domain {domain}: record {expected} was given sequence {sequence}"
         )),
         Err(RecordError::Full) => Err(anyhow!("replay buffer full after can_accept")),
-        Err(RecordError::Io(error)) => Err(error).context("replay spill"),
     }
+}
+
+/// Performs the core's requests of the replay spill, in order (there are
+/// none without a spill). A read that fails is logged and answered empty:
+/// the records stay in the spill and are asked for again after the next
+/// cookie. A write that fails stops the stream, as a full disk must.
+fn perform_spill_requests(
+    core: &mut Exporter,
+    spill: &mut Option<SpillStore>,
+) -> anyhow::Result<()> {
+    while let Some(request) = core.poll_spill() {
+        let Some(store) = spill.as_mut() else {
+            return Err(anyhow!(
+                "the core asked for a replay spill none is configured"
+            ));
+        };
+        let read_domain = match &request {
+            SpillRequest::Read { domain, .. } => Some(*domain),
+            _ => None,
+        };
+        match (store.perform(request), read_domain) {
+            (Ok(Some(records)), Some(domain)) => core.handle_unspilled(domain, records),
+            (Ok(_), _) => {}
+            (Err(error), Some(domain)) => {
+                tracing::error!(%error, domain, "replay spill read failed; asked again after the next cookie");
+                core.handle_unspilled(domain, Vec::new());
+            }
+            (Err(error), None) => return Err(error).context("writing the replay spill"),
+        }
+    }
+    Ok(())
 }
 
 /// Hands a record the core said it can take to it.
@@ -502,7 +548,6 @@ fn push(
         Ok(_) => Ok(()),
         // `can_accept` said yes; a full buffer here is a bug, not input.
         Err(RecordError::Full) => Err(anyhow!("replay buffer full after can_accept")),
-        Err(RecordError::Io(error)) => Err(error).context("replay spill"),
     }
 }
 

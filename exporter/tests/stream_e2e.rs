@@ -15,7 +15,7 @@ use asap_client::driver::{PoolElementDriverConfig, RegistrarAddress, spawn_pool_
 use asap_client::{PoolElementConfig, PoolElementHandle};
 use exporter::pool_user::{ExporterConfig, FailureCause, Notice};
 use exporter::replay::ReplayLimits;
-use exporter::sequence::StateFile;
+use exporter::state_file::StateFile;
 use exporter::stream::{InputRecord, Progress, RecordClass, StreamSettings};
 use policies::PolicyParams;
 use protocol::billing::{

@@ -358,7 +358,7 @@ async fn signing_key_rotation_under_a_running_stream_loses_and_duplicates_nothin
         Duration::from_secs(20),
         || {
             state.exists()
-                && exporter::sequence::StateFile::new(&state)
+                && exporter::state_file::StateFile::new(&state)
                     .load(EXPORTER_ID)
                     .ok()
                     .and_then(|s| s.domains.get(&1).and_then(|d| d.last_cookie))
@@ -376,7 +376,7 @@ async fn signing_key_rotation_under_a_running_stream_loses_and_duplicates_nothin
     );
     assert!(log.contains("all acknowledged"), "{log}");
     // The last cookie is signed by the new key: the old one can go.
-    let last = exporter::sequence::StateFile::new(&state)
+    let last = exporter::state_file::StateFile::new(&state)
         .load(EXPORTER_ID)
         .unwrap()
         .domains[&1]

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use collector::audit::{AuditOptions, Verdict};
 use collector::store::Store;
-use exporter::sequence::StateFile;
+use exporter::state_file::StateFile;
 use poolflow_tests::collector_config::{Listener, PoolCollector};
 use poolflow_tests::pool::wait_registered;
 use poolflow_tests::{free_udp_port, workspace_bin};

@@ -192,8 +192,8 @@ mod tests {
             Vec::new(),
             now,
             0,
-        )
-        .unwrap();
+            Default::default(),
+        );
         core.start();
         let pe = PoolElementInfo {
             pe_id: 1,

@@ -189,6 +189,9 @@ pub struct Scenario {
     /// Durable intake (`[buffer] durable`) with this many records per
     /// journal segment; `None`: memory only.
     pub journal_segment_records: Option<usize>,
+    /// A replay spill behind a memory window of this many records per
+    /// domain (`replay_records` in all); `None`: memory only.
+    pub spill_window: Option<usize>,
 }
 
 /// When the exporters start: after the collectors registered.
@@ -277,8 +280,13 @@ impl Scenario {
             journal_segment_records: (kind == Kind::Mixed && rng.random_bool(0.5))
                 .then(|| rng.random_range(16..=512)),
             signed_cookies: rng.random_bool(0.01),
+            spill_window: None,
         };
         scenario.draw_faults(&mut rng);
+        // Drawn last, so every earlier draw of a seed stays what it was.
+        scenario.spill_window = rng
+            .random_bool(0.3)
+            .then(|| rng.random_range(8..=64).min(scenario.replay_records));
         scenario
     }
 

@@ -26,7 +26,7 @@ use collector::session::{CollectorSession, Input, Now, Output as SessionOutput, 
 use collector::store::Store;
 use exporter::journal::{DurableIntake, DurableSettings};
 use exporter::pool_user::{AssociationId, Exporter, ExporterConfig, Notice, Output};
-use exporter::replay::{BufferedRecord, ReplayLimits};
+use exporter::replay::{BufferedRecord, RecoveredSpill, ReplayLimits, SpillRequest};
 use exporter::sequence::ExporterState;
 use policies::{Member, PolicyParams};
 use protocol::billing::CookieKeys;
@@ -242,6 +242,9 @@ struct ExporterNode {
     intake: Option<DurableIntake>,
     /// Journaled records of a previous run, to be taken in again first.
     restored: VecDeque<(u32, BufferedRecord)>,
+    /// The replay spill's files, per domain, oldest first
+    /// (`Scenario::spill_window`).
+    spill: BTreeMap<u32, VecDeque<BufferedRecord>>,
     target: u64,
     taken_in: u64,
     next_input: Duration,
@@ -337,6 +340,7 @@ impl World {
                     links: BTreeMap::new(),
                     intake: None,
                     restored: VecDeque::new(),
+                    spill: BTreeMap::new(),
                     registrar_assoc: None,
                     registrar_up: false,
                     unsent_requests: Vec::new(),
@@ -481,7 +485,7 @@ impl World {
         let mut state_files = Vec::new();
         for (index, (_, state)) in exporter_states.iter().enumerate() {
             let path = self.dir.join(format!("exporter{index}.state"));
-            exporter::sequence::StateFile::new(&path)
+            exporter::state_file::StateFile::new(&path)
                 .store(state)
                 .map_err(|e| format!("writing {}: {e}", path.display()))?;
             state_files.push(path);
@@ -544,9 +548,9 @@ impl World {
                 .as_mut()
                 .ok_or_else(|| format!("exporter {index} down at the end"))?;
             let pe = core.current_pe();
-            let state = core
-                .shutdown_state()
-                .map_err(|e| format!("exporter {index} shutdown state: {e}"))?;
+            perform_spill(core, &mut node.spill);
+            let state = core.shutdown_state();
+            perform_spill(core, &mut node.spill);
             node.durable = state.clone();
             let links: Vec<LinkId> = node.links.values().copied().collect();
             for link in links {
@@ -1102,8 +1106,13 @@ impl World {
         if self.scenario.signed_cookies {
             config.cookie_keys = Some(pool_public_keys(self.collectors.len()));
         }
-        // Memory only: no spill files (the spill is file IO in the core).
         config.replay = ReplayLimits::memory(self.scenario.replay_records);
+        if let Some(window) = self.scenario.spill_window {
+            // Kept in memory by this driver (`perform_spill`), as files are
+            // by the real one.
+            config.replay.memory_records = window;
+            config.replay.spill_dir = Some("simulated".into());
+        }
         let journal_dir = self.dir.join(format!("exporter{exporter}-journal"));
         let segment_records = self.scenario.journal_segment_records;
         let node = &mut self.exporters[exporter];
@@ -1120,9 +1129,28 @@ impl World {
                 .map_err(|e| format!("exporter {exporter}: opening the journal: {e}"))?;
             node.intake = Some(intake);
             node.restored = pending.into();
+            // The journal holds every record the spill did (the real
+            // driver removes the spill's files the same way).
+            node.spill.clear();
         }
-        let mut core = Exporter::new(config, state, vec![flow_template()], now, unix_ms)
-            .map_err(|e| format!("exporter {exporter}: start: {e}"))?;
+        let recovered = node
+            .spill
+            .iter()
+            .map(|(&domain, records)| {
+                let mut held = RecoveredSpill::default();
+                records.iter().for_each(|r| held.push(r.sequence));
+                (domain, held)
+            })
+            .collect();
+        let mut core = Exporter::new(
+            config,
+            state,
+            vec![flow_template()],
+            now,
+            unix_ms,
+            recovered,
+        );
+        perform_spill(&mut core, &mut node.spill);
         core.start();
         node.incarnation += 1;
         node.core = Some(core);
@@ -1178,6 +1206,16 @@ impl World {
         if let Some(assoc) = node.registrar_assoc.take() {
             let detect = self.detect();
             self.schedule(self.now + detect, Event::RegistrarDown(assoc));
+        }
+        if self.scenario.spill_window.is_some() {
+            // The spill's files stay too, but the last records appended may
+            // still have been in the process's write buffer.
+            let mut spill = std::mem::take(&mut self.exporters[exporter].spill);
+            for records in spill.values_mut() {
+                let unflushed = self.rng.random_range(0..=8).min(records.len());
+                records.truncate(records.len() - unflushed);
+            }
+            self.exporters[exporter].spill = spill;
         }
         self.log(format!("exporter {exporter}: crashed"));
         for link in links {
@@ -2097,9 +2135,11 @@ impl World {
         for exporter in 0..self.exporters.len() {
             loop {
                 let now = self.instant();
-                let Some(core) = &mut self.exporters[exporter].core else {
+                let node = &mut self.exporters[exporter];
+                let Some(core) = &mut node.core else {
                     break;
                 };
+                perform_spill(core, &mut node.spill);
                 let Some(output) = core.poll_output(now) else {
                     break;
                 };
@@ -2299,5 +2339,29 @@ fn pool_element(pe_id: u32, priority: u32) -> PoolElementInfo {
         policy: PolicyParams::Priority { priority },
         registration_life: 30_000,
         home_registrar_id: 1,
+    }
+}
+
+/// Performs the exporter core's requests of its replay spill, in order, on
+/// the node's simulated spill files (the real driver's `SpillStore` does
+/// the same on segment files).
+fn perform_spill(core: &mut Exporter, spill: &mut BTreeMap<u32, VecDeque<BufferedRecord>>) {
+    while let Some(request) = core.poll_spill() {
+        match request {
+            SpillRequest::Append { domain, record } => {
+                spill.entry(domain).or_default().push_back(record)
+            }
+            SpillRequest::Read { domain, count } => {
+                let records = spill.entry(domain).or_default();
+                let read = records.drain(..count.min(records.len())).collect();
+                core.handle_unspilled(domain, read);
+            }
+            SpillRequest::Prepend { domain, records } => {
+                let spilled = spill.entry(domain).or_default();
+                for record in records.into_iter().rev() {
+                    spilled.push_front(record);
+                }
+            }
+        }
     }
 }
