@@ -314,11 +314,35 @@ pub struct AnnounceListenConfig {
 }
 
 impl AnnounceListenConfig {
-    /// From the daemons' config keys: `address` ("239.0.0.50:3863"), how
-    /// announced SCTP transports are reached (`sctp`: "sctp" for SCTP over
-    /// UDP, "kernel-sctp", or "none" to skip them) and how long an announced
-    /// registrar stays a candidate without a new announce.
-    pub fn from_settings(
+    /// The default of the daemons' `announce_sctp` key.
+    pub fn default_sctp() -> String {
+        "sctp".into()
+    }
+
+    /// The default of the daemons' `announce_lifetime` key: five of the
+    /// registrars' default announce intervals.
+    pub fn default_lifetime() -> std::time::Duration {
+        std::time::Duration::from_secs(5)
+    }
+
+    /// From the daemons' config keys, the same in the collector's `[pool]`
+    /// and the exporter's stream config: `announce_listen` ("239.0.0.50:3863";
+    /// `None`: no listener), `announce_sctp` (how announced SCTP transports
+    /// are reached: "sctp" for SCTP over UDP, "kernel-sctp", or "none" to
+    /// skip them) and `announce_lifetime` (how long an announced registrar
+    /// stays a candidate without a new announce).
+    pub fn from_keys(
+        announce_listen: Option<&str>,
+        announce_sctp: &str,
+        announce_lifetime: std::time::Duration,
+    ) -> anyhow::Result<Option<Self>> {
+        announce_listen
+            .map(|address| Self::parse(address, announce_sctp, announce_lifetime))
+            .transpose()
+            .context("in `announce_listen` / `announce_sctp` / `announce_lifetime`")
+    }
+
+    fn parse(
         address: &str,
         sctp: &str,
         entry_lifetime: std::time::Duration,

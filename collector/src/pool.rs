@@ -45,12 +45,12 @@ pub struct PoolConfig {
     /// How an announced SCTP transport is reached: "sctp" (SCTP over UDP,
     /// poolflow's registrar), "kernel-sctp" (the kernel's SCTP, e.g.
     /// Debian's `rspregistrar`) or "none" (use announced TCP only).
-    #[serde(default = "default_announce_sctp")]
+    #[serde(default = "AnnounceListenConfig::default_sctp")]
     pub announce_sctp: String,
     /// An announced registrar stops being tried this long after its last
     /// announce (registrars announce every second by default).
     #[serde(
-        default = "default_announce_lifetime",
+        default = "AnnounceListenConfig::default_lifetime",
         with = "daemon_common::duration::serde"
     )]
     pub announce_lifetime: Duration,
@@ -155,27 +155,14 @@ pub struct PoolConfig {
     pub member_certificate_file: Option<PathBuf>,
 }
 
-fn default_announce_sctp() -> String {
-    "sctp".into()
-}
-
-fn default_announce_lifetime() -> Duration {
-    Duration::from_secs(5)
-}
-
 /// The Server Announce listener of `pool`, if `announce_listen` is set.
 fn announce_listen(pool: &PoolConfig) -> Result<Option<AnnounceListenConfig>> {
-    pool.announce_listen
-        .as_deref()
-        .map(|address| {
-            AnnounceListenConfig::from_settings(
-                address,
-                &pool.announce_sctp,
-                pool.announce_lifetime,
-            )
-            .context("in `pool.announce_listen` / `announce_sctp` / `announce_lifetime`")
-        })
-        .transpose()
+    AnnounceListenConfig::from_keys(
+        pool.announce_listen.as_deref(),
+        &pool.announce_sctp,
+        pool.announce_lifetime,
+    )
+    .context("in [pool]")
 }
 
 fn default_policy() -> String {

@@ -34,11 +34,11 @@ pub struct StreamConfig {
     pub announce_listen: Option<String>,
     /// How an announced SCTP transport is reached: "sctp" (SCTP over UDP),
     /// "kernel-sctp" or "none" (announced TCP only).
-    #[serde(default = "default_announce_sctp")]
+    #[serde(default = "AnnounceListenConfig::default_sctp")]
     pub announce_sctp: String,
     /// An announced registrar is dropped this long after its last announce.
     #[serde(
-        default = "default_announce_lifetime",
+        default = "AnnounceListenConfig::default_lifetime",
         with = "daemon_common::duration::serde"
     )]
     pub announce_lifetime: Duration,
@@ -351,14 +351,6 @@ impl Default for TimersConfig {
     }
 }
 
-fn default_announce_sctp() -> String {
-    "sctp".into()
-}
-
-fn default_announce_lifetime() -> Duration {
-    Duration::from_secs(5)
-}
-
 fn default_domain() -> u32 {
     1
 }
@@ -413,17 +405,11 @@ impl StreamConfig {
 
     /// The Server Announce listener, if `announce_listen` is set.
     pub fn announce_listen_config(&self) -> anyhow::Result<Option<AnnounceListenConfig>> {
-        self.announce_listen
-            .as_deref()
-            .map(|address| {
-                AnnounceListenConfig::from_settings(
-                    address,
-                    &self.announce_sctp,
-                    self.announce_lifetime,
-                )
-                .context("in `announce_listen` / `announce_sctp` / `announce_lifetime`")
-            })
-            .transpose()
+        AnnounceListenConfig::from_keys(
+            self.announce_listen.as_deref(),
+            &self.announce_sctp,
+            self.announce_lifetime,
+        )
     }
 
     /// The registrar list as `asap_client` wants it.
