@@ -5,13 +5,15 @@
 //! as cookies free the window, and a segment is deleted once read. At a
 //! clean stop the memory window is written in front and everything synced;
 //! at start the files of a previous run are recovered (a torn last record
-//! cut off).
+//! cut off). [`MemorySpill`] does the same in memory, for tests and the
+//! simulation.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use crate::pool_user::Exporter;
 use crate::record_file::{read_record, scan_and_repair, write_record};
 use crate::replay::{BufferedRecord, RecoveredSpill, SpillRequest};
 
@@ -285,6 +287,53 @@ impl DomainSpill {
             writer.get_ref().sync_all()?;
         }
         Ok(())
+    }
+}
+
+/// A spill kept in memory, for tests and the whole-pool simulation: the
+/// same requests as [`SpillStore`], on a queue per domain. Its records are
+/// public, so a simulated crash can cut off what a real store would not
+/// have flushed yet.
+#[derive(Debug, Default)]
+pub struct MemorySpill {
+    /// Each domain's spilled records, oldest first.
+    pub domains: BTreeMap<u32, VecDeque<BufferedRecord>>,
+}
+
+impl MemorySpill {
+    /// Performs every request `core` has, in order, answering reads.
+    pub fn perform(&mut self, core: &mut Exporter) {
+        while let Some(request) = core.poll_spill() {
+            match request {
+                SpillRequest::Append { domain, record } => {
+                    self.domains.entry(domain).or_default().push_back(record)
+                }
+                SpillRequest::Read { domain, count } => {
+                    let records = self.domains.entry(domain).or_default();
+                    let read = records.drain(..count.min(records.len())).collect();
+                    core.handle_unspilled(domain, read);
+                }
+                SpillRequest::Prepend { domain, records } => {
+                    let spilled = self.domains.entry(domain).or_default();
+                    for record in records.into_iter().rev() {
+                        spilled.push_front(record);
+                    }
+                }
+            }
+        }
+    }
+
+    /// What a restarted core is told the spill holds
+    /// ([`SpillStore::open`]'s answer).
+    pub fn recovered(&self) -> BTreeMap<u32, RecoveredSpill> {
+        self.domains
+            .iter()
+            .map(|(&domain, records)| {
+                let mut held = RecoveredSpill::default();
+                records.iter().for_each(|r| held.push(r.sequence));
+                (domain, held)
+            })
+            .collect()
     }
 }
 

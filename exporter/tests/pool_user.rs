@@ -2,7 +2,7 @@
 //! failover, replay after the cookie, failback after the drain, waiting
 //! with both collectors down, cookie timeout, back-pressure.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use asap_client::PoolElementInfo;
@@ -10,8 +10,9 @@ use exporter::pool_user::{
     BEST_EFFORT_STREAM, BILLING_STREAM, ConnectReason, CookieRejectReason, Exporter,
     ExporterConfig, FailureCause, IPFIX_PPID, Notice, Output, RecordError,
 };
-use exporter::replay::{BufferedRecord, RecoveredSpill, ReplayLimits, SpillRequest};
+use exporter::replay::{BufferedRecord, ReplayLimits};
 use exporter::sequence::{DomainState, ExporterState};
+use exporter::spill::MemorySpill;
 use policies::PolicyParams;
 use protocol::billing::{BillingCookie, CookieKeys, CookieSeal};
 use protocol::ipfix;
@@ -896,18 +897,25 @@ fn an_untrusted_pe_may_be_used_again_after_the_configured_time() {
     assert!(h.exporter.untrusted_pes(h.now).is_empty());
 }
 
-#[test]
-fn restart_echoes_the_persisted_cookie_and_continues_the_sequence() {
-    let cookie = BillingCookie::sign(KEY, EXPORTER, DOMAIN, 41, PRIMARY, 5);
+/// The state a restart finds: a cookie from the primary through `last`, and
+/// `next_sequence` reserved.
+fn restarted_state(last: u64, next_sequence: u64) -> (ExporterState, BillingCookie) {
+    let cookie = BillingCookie::sign(KEY, EXPORTER, DOMAIN, last, PRIMARY, 5);
     let mut state = ExporterState::new(EXPORTER);
     state.domains.insert(
         DOMAIN,
         DomainState {
-            next_sequence: 50,
+            next_sequence,
             last_cookie: Some(cookie),
             ..DomainState::default()
         },
     );
+    (state, cookie)
+}
+
+#[test]
+fn restart_echoes_the_persisted_cookie_and_continues_the_sequence() {
+    let (state, cookie) = restarted_state(41, 50);
     let mut h = Harness::with_state(config(), state);
     h.exporter.start();
     h.outputs();
@@ -919,27 +927,15 @@ fn restart_echoes_the_persisted_cookie_and_continues_the_sequence() {
     assert_eq!(data_sequences(&outputs), vec![50, 51]);
 }
 
-/// A spill kept in memory, as a test or the simulation may keep one: the
-/// core's requests, performed in order.
-fn perform_spill(exporter: &mut Exporter, spill: &mut BTreeMap<u32, VecDeque<BufferedRecord>>) {
-    while let Some(request) = exporter.poll_spill() {
-        match request {
-            SpillRequest::Append { domain, record } => {
-                spill.entry(domain).or_default().push_back(record)
-            }
-            SpillRequest::Read { domain, count } => {
-                let queue = spill.entry(domain).or_default();
-                let records = queue.drain(..count.min(queue.len())).collect();
-                exporter.handle_unspilled(domain, records);
-            }
-            SpillRequest::Prepend { domain, records } => {
-                let queue = spill.entry(domain).or_default();
-                for record in records.into_iter().rev() {
-                    queue.push_front(record);
-                }
-            }
-        }
-    }
+fn spill_config() -> ExporterConfig {
+    let mut cfg = config();
+    cfg.replay = ReplayLimits {
+        memory_records: 4,
+        max_records: 100,
+        spill_dir: Some("spill".into()),
+        segment_records: 8,
+    };
+    cfg
 }
 
 /// The replay spill is requests the driver performs, so the core runs over
@@ -949,20 +945,14 @@ fn perform_spill(exporter: &mut Exporter, spill: &mut BTreeMap<u32, VecDeque<Buf
 /// declared.
 #[test]
 fn spilled_records_come_back_in_order_and_survive_a_clean_stop() {
-    let mut cfg = config();
-    cfg.replay = ReplayLimits {
-        memory_records: 4,
-        max_records: 100,
-        spill_dir: Some("spill".into()),
-        segment_records: 8,
-    };
-    let mut spill = BTreeMap::new();
+    let cfg = spill_config();
+    let mut spill = MemorySpill::default();
     let mut h = Harness::new(cfg.clone());
     h.exporter.start();
     h.outputs();
     h.push(10);
-    perform_spill(&mut h.exporter, &mut spill);
-    assert_eq!(spill[&DOMAIN].len(), 6, "past the window of 4");
+    spill.perform(&mut h.exporter);
+    assert_eq!(spill.domains[&DOMAIN].len(), 6, "past the window of 4");
     let (association, outputs) = h.connect_to(vec![pe(PRIMARY, 1)]);
     assert_eq!(
         data_sequences(&outputs),
@@ -970,25 +960,25 @@ fn spilled_records_come_back_in_order_and_survive_a_clean_stop() {
         "only memory is sent"
     );
     h.cookie(association, PRIMARY, 1);
-    perform_spill(&mut h.exporter, &mut spill);
+    spill.perform(&mut h.exporter);
     assert_eq!(data_sequences(&h.outputs()), vec![4, 5]);
     h.cookie(association, PRIMARY, 5);
-    perform_spill(&mut h.exporter, &mut spill);
+    spill.perform(&mut h.exporter);
     assert_eq!(data_sequences(&h.outputs()), vec![6, 7, 8, 9]);
-    assert!(spill[&DOMAIN].is_empty());
+    assert!(spill.domains[&DOMAIN].is_empty());
     h.push(6);
-    perform_spill(&mut h.exporter, &mut spill);
+    spill.perform(&mut h.exporter);
     assert_eq!(
         data_sequences(&h.outputs()),
         Vec::<u64>::new(),
         "window full"
     );
-    assert_eq!(spill[&DOMAIN].len(), 6);
+    assert_eq!(spill.domains[&DOMAIN].len(), 6);
 
     // A clean stop with 6..10 sent but not covered and 10..16 spilled.
     let state = h.exporter.shutdown_state();
-    perform_spill(&mut h.exporter, &mut spill);
-    let held: Vec<u64> = spill[&DOMAIN].iter().map(|r| r.sequence).collect();
+    spill.perform(&mut h.exporter);
+    let held: Vec<u64> = spill.domains[&DOMAIN].iter().map(|r| r.sequence).collect();
     assert_eq!(
         held,
         (6..16).collect::<Vec<_>>(),
@@ -996,10 +986,6 @@ fn spilled_records_come_back_in_order_and_survive_a_clean_stop() {
     );
 
     // The next run: the store reports what it holds, the core asks for it.
-    let mut recovered = RecoveredSpill::default();
-    for record in &spill[&DOMAIN] {
-        recovered.push(record.sequence);
-    }
     let mut h = Harness {
         exporter: Exporter::new(
             cfg,
@@ -1007,11 +993,11 @@ fn spilled_records_come_back_in_order_and_survive_a_clean_stop() {
             vec![flow_template()],
             h.now,
             1_700_000_000_000,
-            BTreeMap::from([(DOMAIN, recovered)]),
+            spill.recovered(),
         ),
         now: h.now,
     };
-    perform_spill(&mut h.exporter, &mut spill);
+    spill.perform(&mut h.exporter);
     assert_eq!(h.exporter.counters().declared_not_sent, 0, "nothing lost");
     h.exporter.start();
     h.outputs();
@@ -1020,7 +1006,7 @@ fn spilled_records_come_back_in_order_and_survive_a_clean_stop() {
     let mut sent = data_sequences(&outputs);
     for last in [9, 13] {
         h.cookie(association, BACKUP, last);
-        perform_spill(&mut h.exporter, &mut spill);
+        spill.perform(&mut h.exporter);
         sent.extend(data_sequences(&h.outputs()));
     }
     assert_eq!(sent, (6..16).collect::<Vec<_>>(), "every record once");
@@ -1035,37 +1021,20 @@ fn spilled_records_come_back_in_order_and_survive_a_clean_stop() {
 /// `mixed_faults_with_exporter_crashes`, once it ran with a spill.)
 #[test]
 fn a_restart_whose_spill_ends_before_a_gap_still_drains() {
-    let mut cfg = config();
-    cfg.replay = ReplayLimits {
-        memory_records: 4,
-        max_records: 100,
-        spill_dir: Some("spill".into()),
-        segment_records: 8,
-    };
-    let cookie = BillingCookie::sign(KEY, EXPORTER, DOMAIN, 3, PRIMARY, 5);
-    let mut state = ExporterState::new(EXPORTER);
-    state.domains.insert(
-        DOMAIN,
-        DomainState {
-            next_sequence: 20,
-            last_cookie: Some(cookie),
-            ..DomainState::default()
-        },
-    );
-    let mut spill = BTreeMap::new();
-    let mut recovered = RecoveredSpill::default();
+    let cfg = spill_config();
+    let (state, _) = restarted_state(3, 20);
+    let mut spill = MemorySpill::default();
     let mut held = VecDeque::new();
     for sequence in 6..10 {
         let mut bytes = Vec::new();
         FlowRecord::synthetic(sequence, 0).encode(&mut bytes);
-        recovered.push(sequence);
         held.push_back(BufferedRecord {
             sequence,
             template_id: FLOW_TEMPLATE_ID,
             bytes,
         });
     }
-    spill.insert(DOMAIN, held);
+    spill.domains.insert(DOMAIN, held);
     let now = Instant::now();
     let mut h = Harness {
         exporter: Exporter::new(
@@ -1074,11 +1043,11 @@ fn a_restart_whose_spill_ends_before_a_gap_still_drains() {
             vec![flow_template()],
             now,
             1_700_000_000_000,
-            BTreeMap::from([(DOMAIN, recovered)]),
+            spill.recovered(),
         ),
         now,
     };
-    perform_spill(&mut h.exporter, &mut spill);
+    spill.perform(&mut h.exporter);
     assert_eq!(
         h.exporter.counters().declared_not_sent,
         12,
@@ -1332,16 +1301,7 @@ fn statistics_follow_the_cookie_echo_then_every_interval() {
 
 #[test]
 fn a_restart_declares_what_it_no_longer_holds_once() {
-    let cookie = BillingCookie::sign(KEY, EXPORTER, DOMAIN, 41, PRIMARY, 5);
-    let mut state = ExporterState::new(EXPORTER);
-    state.domains.insert(
-        DOMAIN,
-        DomainState {
-            next_sequence: 50,
-            last_cookie: Some(cookie),
-            ..DomainState::default()
-        },
-    );
+    let (state, _) = restarted_state(41, 50);
     let mut h = Harness::with_state(config(), state);
     h.exporter.start();
     h.outputs();

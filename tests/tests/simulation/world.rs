@@ -26,8 +26,9 @@ use collector::session::{CollectorSession, Input, Now, Output as SessionOutput, 
 use collector::store::Store;
 use exporter::journal::{DurableIntake, DurableSettings};
 use exporter::pool_user::{AssociationId, Exporter, ExporterConfig, Notice, Output};
-use exporter::replay::{BufferedRecord, RecoveredSpill, ReplayLimits, SpillRequest};
+use exporter::replay::{BufferedRecord, ReplayLimits};
 use exporter::sequence::ExporterState;
+use exporter::spill::MemorySpill;
 use policies::{Member, PolicyParams};
 use protocol::billing::CookieKeys;
 use protocol::ipfix::flow::{FLOW_TEMPLATE_ID, FlowRecord, flow_template};
@@ -244,7 +245,7 @@ struct ExporterNode {
     restored: VecDeque<(u32, BufferedRecord)>,
     /// The replay spill's files, per domain, oldest first
     /// (`Scenario::spill_window`).
-    spill: BTreeMap<u32, VecDeque<BufferedRecord>>,
+    spill: MemorySpill,
     target: u64,
     taken_in: u64,
     next_input: Duration,
@@ -340,7 +341,7 @@ impl World {
                     links: BTreeMap::new(),
                     intake: None,
                     restored: VecDeque::new(),
-                    spill: BTreeMap::new(),
+                    spill: MemorySpill::default(),
                     registrar_assoc: None,
                     registrar_up: false,
                     unsent_requests: Vec::new(),
@@ -548,9 +549,9 @@ impl World {
                 .as_mut()
                 .ok_or_else(|| format!("exporter {index} down at the end"))?;
             let pe = core.current_pe();
-            perform_spill(core, &mut node.spill);
+            node.spill.perform(core);
             let state = core.shutdown_state();
-            perform_spill(core, &mut node.spill);
+            node.spill.perform(core);
             node.durable = state.clone();
             let links: Vec<LinkId> = node.links.values().copied().collect();
             for link in links {
@@ -1108,7 +1109,7 @@ impl World {
         }
         config.replay = ReplayLimits::memory(self.scenario.replay_records);
         if let Some(window) = self.scenario.spill_window {
-            // Kept in memory by this driver (`perform_spill`), as files are
+            // Kept in memory by this driver (`MemorySpill`), as files are
             // by the real one.
             config.replay.memory_records = window;
             config.replay.spill_dir = Some("simulated".into());
@@ -1131,17 +1132,9 @@ impl World {
             node.restored = pending.into();
             // The journal holds every record the spill did (the real
             // driver removes the spill's files the same way).
-            node.spill.clear();
+            node.spill.domains.clear();
         }
-        let recovered = node
-            .spill
-            .iter()
-            .map(|(&domain, records)| {
-                let mut held = RecoveredSpill::default();
-                records.iter().for_each(|r| held.push(r.sequence));
-                (domain, held)
-            })
-            .collect();
+        let recovered = node.spill.recovered();
         let mut core = Exporter::new(
             config,
             state,
@@ -1150,7 +1143,7 @@ impl World {
             unix_ms,
             recovered,
         );
-        perform_spill(&mut core, &mut node.spill);
+        node.spill.perform(&mut core);
         core.start();
         node.incarnation += 1;
         node.core = Some(core);
@@ -1211,7 +1204,7 @@ impl World {
             // The spill's files stay too, but the last records appended may
             // still have been in the process's write buffer.
             let mut spill = std::mem::take(&mut self.exporters[exporter].spill);
-            for records in spill.values_mut() {
+            for records in spill.domains.values_mut() {
                 let unflushed = self.rng.random_range(0..=8).min(records.len());
                 records.truncate(records.len() - unflushed);
             }
@@ -2139,7 +2132,7 @@ impl World {
                 let Some(core) = &mut node.core else {
                     break;
                 };
-                perform_spill(core, &mut node.spill);
+                node.spill.perform(core);
                 let Some(output) = core.poll_output(now) else {
                     break;
                 };
@@ -2339,29 +2332,5 @@ fn pool_element(pe_id: u32, priority: u32) -> PoolElementInfo {
         policy: PolicyParams::Priority { priority },
         registration_life: 30_000,
         home_registrar_id: 1,
-    }
-}
-
-/// Performs the exporter core's requests of its replay spill, in order, on
-/// the node's simulated spill files (the real driver's `SpillStore` does
-/// the same on segment files).
-fn perform_spill(core: &mut Exporter, spill: &mut BTreeMap<u32, VecDeque<BufferedRecord>>) {
-    while let Some(request) = core.poll_spill() {
-        match request {
-            SpillRequest::Append { domain, record } => {
-                spill.entry(domain).or_default().push_back(record)
-            }
-            SpillRequest::Read { domain, count } => {
-                let records = spill.entry(domain).or_default();
-                let read = records.drain(..count.min(records.len())).collect();
-                core.handle_unspilled(domain, read);
-            }
-            SpillRequest::Prepend { domain, records } => {
-                let spilled = spill.entry(domain).or_default();
-                for record in records.into_iter().rev() {
-                    spilled.push_front(record);
-                }
-            }
-        }
     }
 }
