@@ -40,6 +40,32 @@ fn log_limiter() -> LogLimiter {
     LogLimiter::per_interval(Duration::from_secs(1))
 }
 
+/// Hands on only records whose relay template is in the template file. The
+/// session defined new ids in memory; they are written here first. A write
+/// that fails drops the records under the new ids (reason `template_file`)
+/// and is tried again with the next message: a record numbered under an id
+/// the file does not hold could not be replayed faithfully after a restart.
+fn keep_durable_templates(
+    registry: &SharedRegistry,
+    out: &mut Vec<InputRecord>,
+    report: &mut InputReport,
+) {
+    let (durable_below, error) = match registry.persist() {
+        Ok(below) => (below, None),
+        Err(error) => (registry.lock().durable_below(), Some(error)),
+    };
+    let before = out.len();
+    out.retain(|record| record.template_id < durable_below);
+    let dropped = (before - out.len()) as u64;
+    if dropped > 0 {
+        report.forwarded -= dropped;
+        if let Some(error) = error {
+            tracing::error!(%error, dropped, "relay template file not written; records under its new templates dropped");
+        }
+        report.drop_records("template_file", dropped);
+    }
+}
+
 fn account(report: &InputReport, peer: SocketAddr, transport: TransportKind, log: &mut LogLimiter) {
     let protocol = report.protocol.map_or("unknown", InputProtocol::as_str);
     metrics::counter!("poolflow_relay_received_messages_total",
@@ -169,7 +195,8 @@ impl UdpService for UdpRouters {
         _now: Instant,
     ) -> ControlFlow<()> {
         self.out.clear();
-        let report = session.handle(bytes, unix_secs(), &self.context.registry, &mut self.out);
+        let mut report = session.handle(bytes, unix_secs(), &self.context.registry, &mut self.out);
+        keep_durable_templates(&self.context.registry, &mut self.out, &mut report);
         account(&report, peer, TransportKind::Udp, &mut self.log);
         let mut forwarded = 0;
         let mut dropped = 0;
@@ -293,7 +320,8 @@ async fn tcp_connection(
             }
         }
         out.clear();
-        let report = session.handle(&message, unix_secs(), &context.registry, &mut out);
+        let mut report = session.handle(&message, unix_secs(), &context.registry, &mut out);
+        keep_durable_templates(&context.registry, &mut out, &mut report);
         account(&report, peer, TransportKind::Tcp, &mut log);
         let forwarded = out.len() as u64;
         for record in out.drain(..) {
@@ -312,4 +340,41 @@ async fn tcp_connection(
         }
     }
     tracing::info!(%peer, "router TCP connection closed");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::fixtures::{ROUTER_A, ipfix_message, limits, record, router_template};
+    use crate::relay::templates::TemplateRegistry;
+
+    /// The session defines relay ids in memory; the listener writes them to
+    /// the template file before it hands a record on, and drops (and
+    /// counts) records whose id the file could not take.
+    #[test]
+    fn records_are_handed_on_only_under_templates_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("not-yet").join("relay.templates");
+        let registry = SharedRegistry::new(TemplateRegistry::open(&path, 8).unwrap());
+        let mut session = RouterSession::new(ROUTER_A, TransportKind::Udp, limits());
+        let message = ipfix_message(5, &router_template(256), &[record(1), record(2)]);
+        let mut out = Vec::new();
+        let mut report = session.handle(&message, 0, &registry, &mut out);
+        assert_eq!(out.len(), 2, "decoded and mapped");
+        keep_durable_templates(&registry, &mut out, &mut report);
+        assert!(out.is_empty(), "the file cannot be written yet");
+        assert_eq!(report.dropped, vec![("template_file", 2)]);
+        assert_eq!(report.forwarded, 0);
+
+        std::fs::create_dir(path.parent().unwrap()).unwrap();
+        let mut out = Vec::new();
+        let message = ipfix_message(5, &router_template(256), &[record(3)]);
+        let mut report = session.handle(&message, 0, &registry, &mut out);
+        keep_durable_templates(&registry, &mut out, &mut report);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].template_id, 256);
+        assert!(report.dropped.is_empty());
+        let reopened = TemplateRegistry::open(&path, 8).unwrap();
+        assert_eq!(reopened.templates().len(), 1, "the id is in the file");
+    }
 }

@@ -147,12 +147,6 @@ impl<'a> Forwarder<'a> {
                     );
                     Err("template_limit")
                 }
-                Err(RegistryError::Io(error)) => {
-                    // Not remembered: the next record tries again.
-                    tracing::error!(%error, "relay template file not written; record dropped");
-                    self.report.drop_records("template_file", 1);
-                    return;
-                }
             };
             self.mappings.insert(
                 key,

@@ -8,7 +8,10 @@
 //! are equal), and the id of a layout never changes: the table is written
 //! to the template file (atomically) before the first record of a new
 //! layout is handed on, and loaded at start, so a replay after a restart
-//! announces the very templates its records were numbered under. A router
+//! announces the very templates its records were numbered under. The router
+//! sessions only define ids in memory; the listeners, their drivers, write
+//! the file ([`SharedRegistry::persist`]) before they hand records on, and
+//! hand on only records whose id is in it. A router
 //! that redefines a template id gets the new layout's relay id for its
 //! later records; records already buffered keep theirs. The pool user core
 //! learns templates at run time (`Exporter::add_template`) and announces
@@ -34,11 +37,6 @@ pub enum RegistryError {
     /// `max_templates` distinct layouts are defined already.
     #[error("relay template limit of {0} reached")]
     Limit(usize),
-    /// The template file could not be written: the id is not handed out,
-    /// because a record numbered under an unpersisted id could not be
-    /// replayed faithfully after a restart.
-    #[error("writing the template file: {0}")]
-    Io(#[from] io::Error),
 }
 
 /// The relay's templates: forwarded layout → relay template id, in the
@@ -50,6 +48,8 @@ pub struct TemplateRegistry {
     templates: Vec<Template>,
     max_templates: usize,
     file: Option<PathBuf>,
+    /// The first this many templates are in the file.
+    persisted: usize,
 }
 
 impl TemplateRegistry {
@@ -60,6 +60,7 @@ impl TemplateRegistry {
             templates: Vec::new(),
             max_templates,
             file: None,
+            persisted: 0,
         }
     }
 
@@ -85,6 +86,7 @@ impl TemplateRegistry {
             }
         }
         registry.file = Some(path.to_path_buf());
+        registry.persisted = registry.templates.len();
         Ok(registry)
     }
 
@@ -99,8 +101,9 @@ impl TemplateRegistry {
         self.templates.get(index)
     }
 
-    /// The relay id of a forwarded layout, defining (and persisting) a new
-    /// one the first time a layout is seen.
+    /// The relay id of a forwarded layout, defining a new one the first
+    /// time a layout is seen (in memory: [`SharedRegistry::persist`] writes
+    /// it to the file).
     pub fn relay_id(
         &mut self,
         scope_field_count: u16,
@@ -116,15 +119,19 @@ impl TemplateRegistry {
         let id = FIRST_RELAY_TEMPLATE_ID + self.templates.len() as u16;
         self.templates
             .push(Template::new(id, scope_field_count, fields.to_vec()));
-        if let Some(path) = &self.file
-            && let Err(error) = write_atomically(path, &format_templates(&self.templates))
-        {
-            self.templates.pop();
-            return Err(RegistryError::Io(error));
-        }
         self.by_layout
             .insert((scope_field_count, fields.to_vec()), id);
         Ok(id)
+    }
+
+    /// Ids below this are in the template file (every id, without a file).
+    pub fn durable_below(&self) -> u16 {
+        let durable = if self.file.is_some() {
+            self.persisted
+        } else {
+            self.templates.len()
+        };
+        FIRST_RELAY_TEMPLATE_ID + durable as u16
     }
 }
 
@@ -204,20 +211,59 @@ fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
 
 /// The registry shared by the listeners and the pool user.
 #[derive(Debug, Clone)]
-pub struct SharedRegistry(Arc<Mutex<TemplateRegistry>>);
+pub struct SharedRegistry(Arc<Shared>);
+
+#[derive(Debug)]
+struct Shared {
+    registry: Mutex<TemplateRegistry>,
+    /// Held while the file is written (see [`SharedRegistry::persist`]).
+    writing: Mutex<()>,
+}
 
 impl SharedRegistry {
     /// Shares `registry`.
     pub fn new(registry: TemplateRegistry) -> Self {
-        Self(Arc::new(Mutex::new(registry)))
+        Self(Arc::new(Shared {
+            registry: Mutex::new(registry),
+            writing: Mutex::new(()),
+        }))
     }
 
     /// The registry; a panic elsewhere while holding it leaves the table
     /// consistent (entries are added whole), so poisoning is ignored.
     pub fn lock(&self) -> MutexGuard<'_, TemplateRegistry> {
         self.0
+            .registry
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Writes the templates defined since the last write to the template
+    /// file, if any, and returns the first id not in the file. The write
+    /// (an fsync or two) holds only the writers' lock, never the table's,
+    /// so other listeners decode on meanwhile; writers take turns, so a
+    /// later write never renames an older table over a newer one.
+    pub fn persist(&self) -> io::Result<u16> {
+        let _turn = self
+            .0
+            .writing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (path, text, count) = {
+            let registry = self.lock();
+            match &registry.file {
+                Some(path) if registry.persisted < registry.templates.len() => (
+                    path.clone(),
+                    format_templates(&registry.templates),
+                    registry.templates.len(),
+                ),
+                _ => return Ok(registry.durable_below()),
+            }
+        };
+        write_atomically(&path, &text)?;
+        let mut registry = self.lock();
+        registry.persisted = registry.persisted.max(count);
+        Ok(registry.durable_below())
     }
 }
 
@@ -240,11 +286,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("relay.templates");
         let (first, second) = {
-            let mut registry = TemplateRegistry::open(&path, 8).unwrap();
+            let shared = SharedRegistry::new(TemplateRegistry::open(&path, 8).unwrap());
             let (scope, fields) = forwarded_layout(&router_template(256), ROUTER_A, false);
-            let first = registry.relay_id(scope, &fields).unwrap();
+            let first = shared.lock().relay_id(scope, &fields).unwrap();
             let (scope, fields) = forwarded_layout(&router_template(256), ROUTER_A, true);
-            let second = registry.relay_id(scope, &fields).unwrap();
+            let second = shared.lock().relay_id(scope, &fields).unwrap();
+            assert_eq!(shared.lock().durable_below(), 256, "defined, not written");
+            assert_eq!(shared.persist().unwrap(), 258);
             (first, second)
         };
         assert_eq!((first, second), (256, 257));
