@@ -300,6 +300,12 @@ pub struct TimersConfig {
     /// While not on the top Priority PE: failback poll period.
     #[serde(with = "daemon_common::duration::serde")]
     pub failback_check: Duration,
+    /// The failback poll period for a minute after a failover away from a
+    /// better-priority collector (a collector restarted on the spot is
+    /// back within seconds; each period adds to the time spent on the
+    /// backup). At most `failback_check`.
+    #[serde(with = "daemon_common::duration::serde")]
+    pub failback_check_after_failover: Duration,
     /// Longest drain before a failback (then: failover).
     #[serde(with = "daemon_common::duration::serde")]
     pub drain_timeout: Duration,
@@ -338,6 +344,7 @@ impl Default for TimersConfig {
             cookie_timeout: Duration::from_millis(5_000),
             cookie_stall_timeout: Duration::from_secs(6),
             failback_check: Duration::from_millis(500),
+            failback_check_after_failover: Duration::from_millis(50),
             drain_timeout: Duration::from_millis(5_000),
             retry_interval: Duration::from_millis(1_000),
             failback_holdoff: Duration::from_millis(1_000),
@@ -486,6 +493,7 @@ impl StreamConfig {
             cookie_timeout: t.cookie_timeout,
             cookie_stall_timeout: t.cookie_stall_timeout,
             failback_check: t.failback_check,
+            failback_check_after_failover: t.failback_check_after_failover,
             drain_timeout: t.drain_timeout,
             retry_interval: t.retry_interval,
             failback_holdoff: t.failback_holdoff,

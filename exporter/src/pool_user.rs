@@ -72,6 +72,12 @@ pub struct ExporterConfig {
     pub cookie_stall_timeout: Duration,
     /// While on a Priority PE: how often to ask whether a better PE is back.
     pub failback_check: Duration,
+    /// The same, for [`FAST_FAILBACK_CHECKS_FOR`] after a failover away from
+    /// a PE of better priority than the current one: a primary restarted by
+    /// its service manager is back within seconds, and every check period
+    /// adds to the time billing records go to the backup. Not above
+    /// `failback_check`.
+    pub failback_check_after_failover: Duration,
     /// Longest wait for the drain before a failback; then fail over.
     pub drain_timeout: Duration,
     /// Nothing reachable: ask for PEs again after this long.
@@ -112,6 +118,7 @@ impl ExporterConfig {
             cookie_timeout: Duration::from_secs(5),
             cookie_stall_timeout: Duration::from_secs(6),
             failback_check: Duration::from_millis(500),
+            failback_check_after_failover: Duration::from_millis(50),
             drain_timeout: Duration::from_secs(5),
             retry_interval: Duration::from_secs(1),
             failback_holdoff: Duration::from_secs(1),
@@ -126,6 +133,13 @@ impl ExporterConfig {
         }
     }
 }
+
+/// How long after a failover the failback checks run at
+/// [`ExporterConfig::failback_check_after_failover`]: long enough for a
+/// collector restarted on the spot to come back, short enough that an
+/// exporter left on a backup for good does not keep asking its registrar
+/// twenty times a second.
+pub const FAST_FAILBACK_CHECKS_FOR: Duration = Duration::from_secs(60);
 
 /// Identifies one data association; events of older ones are ignored.
 pub type AssociationId = u64;
@@ -523,6 +537,10 @@ pub struct Exporter {
     best_effort_turn: bool,
     counters: Counters,
     started: bool,
+    /// The best priority of a PE failed over from, and when: while on a
+    /// worse one within [`FAST_FAILBACK_CHECKS_FOR`], failback checks run
+    /// at `failback_check_after_failover`.
+    left_priority: Option<(u32, Instant)>,
 }
 
 /// One domain's best-effort records.
@@ -586,6 +604,7 @@ impl Exporter {
             best_effort_turn: false,
             counters: Counters::default(),
             started: false,
+            left_priority: None,
         };
         for (id, domain_state) in state.domains {
             exporter.add_domain(id, domain_state);
@@ -878,6 +897,7 @@ impl Exporter {
         {
             if !failback_check_pending && next_failback_check.is_some_and(|at| now >= at) {
                 let current = pe.pe_id;
+                let interval = self.failback_interval(pe, now);
                 if let Phase::Streaming {
                     next_failback_check,
                     failback_check_pending,
@@ -885,7 +905,7 @@ impl Exporter {
                 } = &mut self.phase
                 {
                     *failback_check_pending = true;
-                    *next_failback_check = Some(now + self.config.failback_check);
+                    *next_failback_check = Some(now + interval);
                 }
                 let avoid = self.untrusted_pes(now);
                 return Some(Output::CheckFailback { current, avoid });
@@ -1043,8 +1063,14 @@ impl Exporter {
             reason,
             pending,
         }));
+        if let (Some((left, _)), PolicyParams::Priority { priority }) =
+            (self.left_priority, &pe.policy)
+            && *priority >= left
+        {
+            self.left_priority = None; // Home again.
+        }
         let next_failback_check = matches!(pe.policy, PolicyParams::Priority { .. })
-            .then_some(now + self.config.failback_check);
+            .then(|| now + self.failback_interval(&pe, now));
         self.cookie_deadline = None;
         self.cookie_wait_since = None;
         self.transport_acknowledged = 0;
@@ -1635,16 +1661,38 @@ impl Exporter {
         self.connect(target, ConnectReason::Failback);
     }
 
+    /// The failback check period while streaming to `pe`.
+    fn failback_interval(&self, pe: &PoolElementInfo, now: Instant) -> Duration {
+        match (self.left_priority, &pe.policy) {
+            (Some((left, since)), PolicyParams::Priority { priority })
+                if *priority < left && now < since + FAST_FAILBACK_CHECKS_FOR =>
+            {
+                self.config
+                    .failback_check_after_failover
+                    .min(self.config.failback_check)
+            }
+            _ => self.config.failback_check,
+        }
+    }
+
     fn fail_over(&mut self, now: Instant, cause: FailureCause) {
         let Some(association) = self.current_association() else {
             return;
         };
-        let pe_id = match &self.phase {
+        let pe = match &self.phase {
             Phase::Connecting { pe, .. }
             | Phase::Streaming { pe, .. }
-            | Phase::Draining { pe, .. } => pe.pe_id,
+            | Phase::Draining { pe, .. } => pe,
             _ => return,
         };
+        let pe_id = pe.pe_id;
+        if let PolicyParams::Priority { priority } = pe.policy {
+            let best = match self.left_priority {
+                Some((left, since)) if now < since + FAST_FAILBACK_CHECKS_FOR => left.max(priority),
+                _ => priority,
+            };
+            self.left_priority = Some((best, now));
+        }
         self.counters.failovers += 1;
         self.outputs
             .push_back(Output::Notice(Notice::FailoverStarted { pe_id, cause }));

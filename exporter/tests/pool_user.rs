@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use asap_client::PoolElementInfo;
 use exporter::pool_user::{
     BEST_EFFORT_STREAM, BILLING_STREAM, ConnectReason, CookieRejectReason, Exporter,
-    ExporterConfig, FailureCause, IPFIX_PPID, Notice, Output, RecordError,
+    ExporterConfig, FAST_FAILBACK_CHECKS_FOR, FailureCause, IPFIX_PPID, Notice, Output,
+    RecordError,
 };
 use exporter::replay::{BufferedRecord, ReplayLimits};
 use exporter::sequence::{DomainState, ExporterState};
@@ -517,6 +518,96 @@ fn failback_waits_for_the_drain_before_switching() {
     assert_eq!(h.exporter.counters().failbacks, 1);
     assert_eq!(h.exporter.counters().failovers, 0);
     assert_eq!(h.exporter.counters().records_sent, 15);
+}
+
+fn is_failback_check(outputs: &[Output]) -> bool {
+    outputs
+        .iter()
+        .any(|o| matches!(o, Output::CheckFailback { .. }))
+}
+
+/// Steps of `step` until the first failback check; returns the time taken.
+fn time_to_failback_check(h: &mut Harness, step: Duration) -> Duration {
+    let start = h.now;
+    for _ in 0..1000 {
+        if is_failback_check(&h.advance(step)) {
+            return h.now - start;
+        }
+    }
+    panic!("no failback check");
+}
+
+/// After a failover away from a better-priority PE the failback checks run
+/// at `failback_check_after_failover` (a primary restarted on the spot is
+/// found within one short period), back at home they run at
+/// `failback_check`, and on a backup for longer than
+/// FAST_FAILBACK_CHECKS_FOR too.
+#[test]
+fn failback_checks_are_fast_only_after_leaving_a_better_pe() {
+    let mut cfg = config();
+    cfg.cookie_timeout = Duration::from_secs(120);
+    cfg.failback_check = Duration::from_millis(200);
+    cfg.failback_check_after_failover = Duration::from_millis(50);
+    let step = Duration::from_millis(10);
+    let mut h = Harness::new(cfg);
+    h.exporter.start();
+    h.outputs();
+    let (primary, _) = h.connect_to(vec![pe(PRIMARY, 2), pe(BACKUP, 1)]);
+    assert_eq!(
+        time_to_failback_check(&mut h, step),
+        Duration::from_millis(200)
+    );
+    h.exporter.handle_failback_check(h.now, None);
+
+    // The primary dies: on the backup, checks every 50 ms.
+    h.exporter.handle_association_ended(h.now, primary);
+    h.outputs();
+    let (backup, _) = h.connect_to(vec![pe(BACKUP, 1)]);
+    assert_eq!(
+        time_to_failback_check(&mut h, step),
+        Duration::from_millis(50)
+    );
+    // The registrar no longer lists the primary: still fast.
+    h.exporter.handle_failback_check(h.now, None);
+    assert_eq!(
+        time_to_failback_check(&mut h, step),
+        Duration::from_millis(50)
+    );
+    // It is back (after the holdoff): failback.
+    h.advance(Duration::from_secs(1));
+    h.exporter
+        .handle_failback_check(h.now, Some(pe(PRIMARY, 2)));
+    let outputs = h.outputs();
+    assert!(outputs.contains(&Output::Close {
+        association: backup
+    }));
+    let (primary, _) = connect_of(&outputs).unwrap();
+    h.exporter.handle_association_up(h.now, primary);
+    h.outputs();
+    // Home again: the normal period.
+    assert_eq!(
+        time_to_failback_check(&mut h, step),
+        Duration::from_millis(200)
+    );
+    h.exporter.handle_failback_check(h.now, None);
+
+    // Another failover, and the primary stays away: fast for a minute,
+    // then the normal period.
+    h.exporter.handle_association_ended(h.now, primary);
+    h.outputs();
+    h.connect_to(vec![pe(BACKUP, 1)]);
+    let until = h.now + FAST_FAILBACK_CHECKS_FOR;
+    while h.now < until {
+        let took = time_to_failback_check(&mut h, step);
+        assert!(took <= Duration::from_millis(50), "{took:?}");
+        h.exporter.handle_failback_check(h.now, None);
+    }
+    h.advance(Duration::from_millis(200));
+    h.exporter.handle_failback_check(h.now, None);
+    assert_eq!(
+        time_to_failback_check(&mut h, step),
+        Duration::from_millis(200)
+    );
 }
 
 #[test]
