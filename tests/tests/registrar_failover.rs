@@ -356,7 +356,7 @@ async fn registrar_sigkill_under_a_running_exporter_loses_nothing() {
     );
 
     // The primary still believes in its dead home (asap-client PEs cannot
-    // be sent the Home Keep Alive yet, see registrar/src/enrp.rs), so a
+    // be sent the Home Keep Alive yet, see registrar/src/enrp/mod.rs), so a
     // SIGTERM would wait out T3-deregistration there; everything it stored
     // is committed (the exporter got cookies for all of it).
     drop(primary);

@@ -45,113 +45,34 @@
 //! resolvable for `adopted_pe_grace` and is removed unless it re-registers
 //! with some registrar by then (asap-client PEs hunt for the next registrar
 //! when their association fails and re-register).
+//!
+//! Layout: this file holds the machine ([`Enrp`]) with its peer table,
+//! timers and message dispatch; `config` its settings, `status` its
+//! counters and status report, `auth` message authentication,
+//! `table_sync` the Handle Table exchange, `takeover` takeovers and the
+//! Home keep-alives of adopted PEs, `multicast` the announce group.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+mod auth;
+mod config;
+mod multicast;
+mod status;
+mod table_sync;
+mod takeover;
+
+pub use config::{EnrpAuth, EnrpConfig};
+pub use status::{EnrpCounters, EnrpStatus, PeerStatus};
+pub use takeover::HomeKeepAlive;
+
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use policies::PeId;
-use protocol::rserpool::asap;
-use protocol::rserpool::enrp::{Body, Message, PoolEntry, UpdateAction, auth};
-use protocol::rserpool::{Limits, OperationError, PoolHandle, ServerInformation, TransportAddress};
-use serde::{Deserialize, Serialize};
+use protocol::rserpool::enrp::{Body, Message, UpdateAction};
+use protocol::rserpool::{OperationError, ServerInformation, TransportAddress};
 
 use crate::server::{HomeChange, Server};
-
-/// ENRP settings. Timer defaults are RSPLIB's registrar defaults (see
-/// docs/architecture.md); RFC 5353 leaves the values to the implementation.
-#[derive(Debug, Clone)]
-pub struct EnrpConfig {
-    /// Our server id (the ASAP server's).
-    pub server_id: u32,
-    /// Our ENRP transport as advertised in Server Information (Presence,
-    /// List Response): how peers reach us. `None`: peers only learn us
-    /// through their static lists.
-    pub advertised: Option<TransportAddress>,
-    /// Peer ENRP addresses to contact (static mesh).
-    pub static_peers: Vec<SocketAddr>,
-    /// Server ids accepted as peers; empty accepts any.
-    pub allowed_server_ids: Vec<u32>,
-    /// PEER-HEARTBEAT-CYCLE: Presence interval (RSPLIB 2444 ms).
-    pub heartbeat_cycle: Duration,
-    /// MAX-TIME-LAST-HEARD: silence after which a peer is probed (RSPLIB 5000 ms).
-    pub max_time_last_heard: Duration,
-    /// MAX-TIME-NO-RESPONSE: how long a probed peer has to answer before it
-    /// is declared dead, and how long a table request may take (RSPLIB 5000 ms).
-    pub max_time_no_response: Duration,
-    /// TAKEOVER-EXPIRY: wait for Init Takeover Acks at most this long (RSPLIB 5000 ms).
-    pub takeover_expiry: Duration,
-    /// How long adopted PEs we cannot send the Home Keep Alive to stay
-    /// without re-registering (see the module documentation).
-    pub adopted_pe_grace: Duration,
-    /// Most PEs in one Handle Table Response page (RSPLIB 128).
-    pub max_elements_per_table_response: usize,
-    /// Decoder limits.
-    pub decode_limits: Limits,
-    /// Peer authentication; `None`: messages are neither signed nor
-    /// checked (anyone who reaches the ENRP port is a peer).
-    pub auth: Option<EnrpAuth>,
-}
-
-/// ENRP peer authentication settings (see `docs/enrp-security.md`).
-#[derive(Clone)]
-pub struct EnrpAuth {
-    /// Identifier of the signing key, sent in every message.
-    pub key_id: u32,
-    /// The pool's shared ENRP key: signs what we send, checks what we get.
-    pub key: Vec<u8>,
-    /// Further keys accepted (not used for signing), for key rotation.
-    pub accepted_keys: Vec<(u32, Vec<u8>)>,
-    /// A message whose sequence (the sender's clock) is further than this
-    /// from our clock is refused: bounds replays after a restart wiped
-    /// the replay state, and tolerates skew between the registrars' clocks.
-    pub max_clock_skew: Duration,
-    /// Migration only: accept unsigned messages (bad signatures are still
-    /// refused). Off in production: an attacker simply leaves it out.
-    pub accept_unsigned: bool,
-}
-
-impl std::fmt::Debug for EnrpAuth {
-    // Never print keys.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EnrpAuth")
-            .field("key_id", &self.key_id)
-            .field(
-                "accepted_key_ids",
-                &self
-                    .accepted_keys
-                    .iter()
-                    .map(|(id, _)| *id)
-                    .collect::<Vec<_>>(),
-            )
-            .field("max_clock_skew", &self.max_clock_skew)
-            .field("accept_unsigned", &self.accept_unsigned)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Signed sequences remembered per sender: a message may arrive up to this
-/// many messages late (two associations briefly in flight) and still count.
-const REPLAY_WINDOW: usize = 64;
-
-impl Default for EnrpConfig {
-    fn default() -> Self {
-        Self {
-            server_id: 1,
-            advertised: None,
-            static_peers: Vec::new(),
-            allowed_server_ids: Vec::new(),
-            heartbeat_cycle: Duration::from_millis(2_444),
-            max_time_last_heard: Duration::from_millis(5_000),
-            max_time_no_response: Duration::from_millis(5_000),
-            takeover_expiry: Duration::from_millis(5_000),
-            adopted_pe_grace: Duration::from_millis(10_000),
-            max_elements_per_table_response: 128,
-            decode_limits: Limits::default(),
-            auth: None,
-        }
-    }
-}
+use table_sync::{TableCursor, TableSync};
+use takeover::Takeover;
 
 /// One ENRP message to send to a peer's ENRP address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,21 +94,6 @@ pub struct Outgoing {
     pub reply_on: Option<SocketAddr>,
 }
 
-/// An ASAP Endpoint Keep Alive with the Home flag for a PE we adopted in a
-/// takeover (RFC 5353 takeover procedure): for the driver to send to the PE.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HomeKeepAlive {
-    /// The PE's pool.
-    pub pool_handle: PoolHandle,
-    /// The PE.
-    pub pe_identifier: PeId,
-    /// The PE's ASAP transport from its registration (RFC 5354 §3.10);
-    /// `None`: the PE gave none and cannot be reached, the grace applies.
-    pub asap_transport: Option<TransportAddress>,
-    /// The encoded Endpoint Keep Alive (H=1, our server id).
-    pub payload: Vec<u8>,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Liveness {
     Alive,
@@ -196,20 +102,6 @@ enum Liveness {
         deadline: Instant,
     },
     Dead,
-}
-
-/// Our Handle Table Request to a peer in progress.
-#[derive(Debug)]
-struct TableSync {
-    started: Instant,
-    seen: HashSet<(PoolHandle, PeId)>,
-}
-
-/// A Handle Table we are sending a peer page by page.
-#[derive(Debug)]
-struct TableCursor {
-    started: Instant,
-    remaining: std::vec::IntoIter<(PoolHandle, PeId)>,
 }
 
 #[derive(Debug)]
@@ -239,84 +131,6 @@ impl Peer {
             reconnect: false,
         }
     }
-}
-
-#[derive(Debug)]
-struct Takeover {
-    awaiting_acks: HashSet<u32>,
-    expires: Instant,
-}
-
-/// Running ENRP totals.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EnrpCounters {
-    /// Messages received by type name.
-    pub received: BTreeMap<String, u64>,
-    /// Messages sent by type name.
-    pub sent: BTreeMap<String, u64>,
-    /// Presences whose checksum disagreed with ours (audit repairs started).
-    pub audit_mismatches: u64,
-    /// Peers declared dead.
-    pub peers_lost: u64,
-    /// Takeovers we completed.
-    pub takeovers: u64,
-    /// PEs adopted in our takeovers.
-    pub adopted_pes: u64,
-    /// PEs moved to a peer by its Takeover Server.
-    pub rehomed_pes: u64,
-    /// Endpoint Keep Alives with the Home flag handed to the driver for
-    /// adopted PEs that gave an ASAP transport.
-    pub home_keep_alives: u64,
-    /// Adopted PEs without an ASAP transport (kept for the grace only).
-    pub adopted_unreachable: u64,
-    /// Peers learnt (or re-learnt after being declared dead) from their
-    /// Presence on the ENRP announce group.
-    #[serde(default)]
-    pub multicast_peers_learned: u64,
-    /// Well-formed Presences of other registrars heard on the ENRP announce
-    /// group, whether they taught us a peer or came from one we knew.
-    #[serde(default)]
-    pub multicast_presences_heard: u64,
-    /// Malformed or refused ENRP messages by reason.
-    pub malformed: BTreeMap<String, u64>,
-    /// ENRP Error messages received, by cause code (hex), counted whoever the sender
-    /// claims to be (RSPLIB puts our own server id in it).
-    pub errors_received: BTreeMap<String, u64>,
-    /// Messages dropped by authentication, by reason (unsigned, bad_mac,
-    /// unknown_key, stale, replay).
-    pub auth_rejected: BTreeMap<String, u64>,
-}
-
-/// One peer in an [`EnrpStatus`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerStatus {
-    /// Server id.
-    pub server_id: u32,
-    /// ENRP address, if known.
-    pub address: Option<String>,
-    /// "alive", "probing" or "dead".
-    pub state: String,
-    /// Time since its last message.
-    pub last_heard_ms_ago: u64,
-    /// PE checksum of its last Presence.
-    pub remote_checksum: Option<u16>,
-    /// Checksum of the PEs we store with it as home.
-    pub local_checksum: u16,
-    /// Number of PEs we store with it as home.
-    pub home_elements: usize,
-}
-
-/// ENRP part of the status endpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EnrpStatus {
-    /// Checksum of our home PEs (what our Presence carries).
-    pub own_checksum: u16,
-    /// Checksum over the whole handlespace: equal on registrars that agree.
-    pub handlespace_checksum: u16,
-    /// Peers by server id.
-    pub peers: Vec<PeerStatus>,
-    /// Totals.
-    pub counters: EnrpCounters,
 }
 
 /// The sans-IO ENRP peer state machine.
@@ -378,18 +192,6 @@ impl Enrp {
     pub fn set_wall_clock(&mut self, now: Instant, unix_us: u64) {
         self.wall_clock = (now, unix_us);
         self.latest = self.latest.max(now);
-    }
-
-    fn unix_us(&self, now: Instant) -> u64 {
-        let (anchor, anchor_us) = self.wall_clock;
-        let since = now.saturating_duration_since(anchor).as_micros();
-        anchor_us.saturating_add(u64::try_from(since).unwrap_or(u64::MAX))
-    }
-
-    /// The Endpoint Keep Alives with the Home flag our takeovers produced
-    /// since the last call, one per adopted PE, oldest first.
-    pub fn take_home_keep_alives(&mut self) -> Vec<HomeKeepAlive> {
-        std::mem::take(&mut self.home_keep_alives)
     }
 
     /// The configuration.
@@ -538,129 +340,6 @@ impl Enrp {
             }
         }
         out
-    }
-
-    /// Our Presence for the ENRP announce group (RFC 5353 §4: a registrar
-    /// may announce itself by multicast), signed like every message we
-    /// send. `None` without an advertised address: an announce that names
-    /// no address teaches a listener nothing.
-    pub fn multicast_presence(
-        &mut self,
-        now: Instant,
-        group: SocketAddr,
-        server: &Server,
-    ) -> Option<Vec<u8>> {
-        self.config.advertised.as_ref()?;
-        self.latest = self.latest.max(now);
-        let mut out = Vec::new();
-        let body = self.presence(server, false);
-        self.emit(group, 0, body, &mut out);
-        out.pop().map(|outgoing| outgoing.payload)
-    }
-
-    /// One datagram from the ENRP announce group. A Presence of a registrar
-    /// we do not peer with (unknown, or declared dead) names its ENRP
-    /// address in its Server Information: it is learnt like a peer from a
-    /// List Response and sent our Presence with reply required, which
-    /// starts the ordinary peering. Our own Presence looped back and those
-    /// of live peers change nothing (the unicast association stays the
-    /// judge of liveness); anything else is counted as malformed and
-    /// logged with its source. Never panics.
-    pub fn on_multicast(
-        &mut self,
-        now: Instant,
-        from: SocketAddr,
-        bytes: &[u8],
-        server: &mut Server,
-    ) -> Vec<Outgoing> {
-        self.latest = self.latest.max(now);
-        let mut out = Vec::new();
-        let Some(message) = self.authenticated_message(now, from, bytes, "multicast ENRP") else {
-            return out;
-        };
-        let sender = message.sender_server_id;
-        if sender == self.config.server_id {
-            return out; // Our own announce, looped back.
-        }
-        let Body::Presence {
-            server_information: Some(info),
-            ..
-        } = message.body
-        else {
-            tracing::warn!(%from, sender = format_args!("{sender:#010x}"), message = body_name(&message.body),
-                "multicast ENRP message that is no Presence with Server Information dropped");
-            self.count_malformed("multicast_not_presence");
-            return out;
-        };
-        if sender == 0 || info.server_identifier != sender {
-            tracing::warn!(%from, sender = format_args!("{sender:#010x}"),
-                info = format_args!("{:#010x}", info.server_identifier),
-                "multicast Presence whose sender is not the server it describes dropped");
-            self.count_malformed("bad_sender_id");
-            return out;
-        }
-        if !self.config.allowed_server_ids.is_empty()
-            && !self.config.allowed_server_ids.contains(&sender)
-        {
-            self.count_malformed("peer_not_allowed");
-            tracing::warn!(%from, sender = format_args!("{sender:#010x}"), "multicast Presence from a server id not in enrp.allowed_server_ids");
-            return out;
-        }
-        self.counters.multicast_presences_heard += 1;
-        let peering = self
-            .peers
-            .get(&sender)
-            .is_some_and(|peer| peer.liveness != Liveness::Dead);
-        if peering {
-            return out;
-        }
-        let Some(address) = socket_of(&info.transport, from) else {
-            self.count_malformed("multicast_presence_without_address");
-            tracing::warn!(%from, sender = format_args!("{sender:#010x}"), "multicast Presence without an ENRP address dropped");
-            return out;
-        };
-        tracing::info!(peer = format_args!("{sender:#010x}"), %address, %from, "learned ENRP peer from its multicast Presence");
-        self.counters.multicast_peers_learned += 1;
-        match self.peers.get_mut(&sender) {
-            // Declared dead: probed again at its (possibly new) address on a
-            // fresh association; it counts as alive once it answers.
-            Some(peer) => {
-                peer.address = Some(address);
-                peer.reconnect = true;
-            }
-            None => {
-                // Probed like any silent peer until it speaks.
-                self.peers.insert(sender, Peer::new(Some(address), now));
-            }
-        }
-        let presence = self.presence(server, true);
-        self.send(sender, presence, &mut out);
-        out
-    }
-
-    /// Authenticates and decodes one ENRP datagram or message from `from`;
-    /// `None` (counted and logged with the source and the reason) when it is
-    /// not a valid, authentic ENRP message. `what` names the channel in logs.
-    fn authenticated_message(
-        &mut self,
-        now: Instant,
-        from: SocketAddr,
-        bytes: &[u8],
-        what: &str,
-    ) -> Option<Message> {
-        if let Err(reason) = self.authenticate(now, bytes) {
-            self.count_auth_rejected(from, bytes, reason);
-            return None;
-        }
-        match Message::decode_with(bytes, &self.config.decode_limits) {
-            Ok(decoded) => Some(decoded.message),
-            Err(error) => {
-                let reason = error.reason();
-                tracing::warn!(%from, %error, reason, "malformed {what} message dropped");
-                self.count_malformed(reason);
-                None
-            }
-        }
     }
 
     /// Handles one ENRP message that arrived from `from` (the sending
@@ -999,280 +678,6 @@ impl Enrp {
         }
     }
 
-    fn request_table(&mut self, now: Instant, peer: u32, out: &mut Vec<Outgoing>) {
-        self.peer_mut(peer).sync = Some(TableSync {
-            started: now,
-            seen: HashSet::new(),
-        });
-        self.send(
-            peer,
-            Body::HandleTableRequest {
-                own_children_only: true,
-            },
-            out,
-        );
-    }
-
-    fn answer_table_request(
-        &mut self,
-        now: Instant,
-        peer: u32,
-        own_children_only: bool,
-        server: &Server,
-        out: &mut Vec<Outgoing>,
-    ) {
-        let own_id = self.config.server_id;
-        let per_page = self.config.max_elements_per_table_response.max(1);
-        let cursor = self
-            .peer_mut(peer)
-            .cursor
-            .get_or_insert_with(|| TableCursor {
-                started: now,
-                remaining: if own_children_only {
-                    server.handlespace().elements_of_home(own_id)
-                } else {
-                    server.handlespace().all_elements()
-                }
-                .into_iter(),
-            });
-        cursor.started = now;
-        let mut pool_entries: Vec<PoolEntry> = Vec::new();
-        let mut taken = 0;
-        while taken < per_page {
-            let Some((handle, id)) = cursor.remaining.next() else {
-                break;
-            };
-            // PEs removed since the table was listed are simply skipped.
-            let Some(element) = server.pool_element(&handle, id) else {
-                continue;
-            };
-            taken += 1;
-            // Closed pools: the PE's proof goes along, so the peer can
-            // check it with its own authority keys.
-            let membership = server.membership_of(&handle, id);
-            match pool_entries.last_mut() {
-                Some(entry) if entry.pool_handle == handle => {
-                    entry.pool_elements.push(element);
-                    if membership.is_some() {
-                        entry
-                            .memberships
-                            .resize(entry.pool_elements.len() - 1, None);
-                        entry.memberships.push(membership);
-                    }
-                }
-                _ => pool_entries.push(PoolEntry {
-                    pool_handle: handle,
-                    pool_elements: vec![element],
-                    memberships: membership.map(|m| vec![Some(m)]).unwrap_or_default(),
-                }),
-            }
-        }
-        let more_to_send = cursor.remaining.len() > 0;
-        if !more_to_send {
-            self.peer_mut(peer).cursor = None;
-        }
-        self.send(
-            peer,
-            Body::HandleTableResponse {
-                reject: false,
-                more_to_send,
-                pool_entries,
-            },
-            out,
-        );
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn on_table_response(
-        &mut self,
-        now: Instant,
-        peer: u32,
-        reject: bool,
-        more_to_send: bool,
-        pool_entries: Vec<PoolEntry>,
-        server: &mut Server,
-        out: &mut Vec<Outgoing>,
-    ) {
-        if reject {
-            tracing::warn!(
-                peer = format_args!("{peer:#010x}"),
-                "Handle Table Request rejected"
-            );
-            self.peer_mut(peer).sync = None;
-            return;
-        }
-        let mut refused = 0;
-        let mut seen = Vec::new();
-        for mut entry in pool_entries {
-            let memberships = std::mem::take(&mut entry.memberships);
-            for (index, mut element) in entry.pool_elements.into_iter().enumerate() {
-                let membership = memberships.get(index).cloned().flatten();
-                if element.home_enrp_server_identifier == 0 {
-                    element.home_enrp_server_identifier = peer;
-                }
-                seen.push((entry.pool_handle.clone(), element.pe_identifier));
-                if server
-                    .apply_peer_element(now, &entry.pool_handle, element, membership, false)
-                    .is_err()
-                {
-                    refused += 1;
-                }
-            }
-        }
-        if refused > 0 {
-            tracing::warn!(
-                peer = format_args!("{peer:#010x}"),
-                refused,
-                "PEs of a Handle Table Response refused"
-            );
-            self.count_malformed("handle_table_entry_refused");
-        }
-        let Some(sync) = self.peer_mut(peer).sync.as_mut() else {
-            // Unsolicited (or late) response: the PEs are applied, nothing
-            // is deleted without a complete table.
-            return;
-        };
-        sync.seen.extend(seen);
-        sync.started = now;
-        if more_to_send {
-            self.send(
-                peer,
-                Body::HandleTableRequest {
-                    own_children_only: true,
-                },
-                out,
-            );
-            return;
-        }
-        let seen = self
-            .peer_mut(peer)
-            .sync
-            .take()
-            .map(|s| s.seen)
-            .unwrap_or_default();
-        let mut removed = 0;
-        for (handle, id) in server.handlespace().elements_of_home(peer) {
-            if !seen.contains(&(handle.clone(), id))
-                && server.remove_peer_element(&handle, id, peer)
-            {
-                removed += 1;
-            }
-        }
-        tracing::info!(
-            peer = format_args!("{peer:#010x}"),
-            elements = seen.len(),
-            removed,
-            "handle table synchronized"
-        );
-    }
-
-    fn start_takeover(
-        &mut self,
-        now: Instant,
-        target: u32,
-        server: &mut Server,
-        out: &mut Vec<Outgoing>,
-    ) {
-        if self.acked_takeovers.contains_key(&target)
-            || server.handlespace().elements_of_home(target).is_empty()
-        {
-            return;
-        }
-        let awaiting_acks: HashSet<u32> = self
-            .alive_peers()
-            .into_iter()
-            .filter(|&id| id != target && self.peers[&id].address.is_some())
-            .collect();
-        if awaiting_acks.is_empty() {
-            self.takeovers.insert(
-                target,
-                Takeover {
-                    awaiting_acks,
-                    expires: now,
-                },
-            );
-            self.complete_takeover(now, target, server, out);
-            return;
-        }
-        tracing::info!(
-            target = format_args!("{target:#010x}"),
-            peers = awaiting_acks.len(),
-            "Init Takeover"
-        );
-        for &id in &awaiting_acks {
-            self.send(
-                id,
-                Body::InitTakeover {
-                    target_server_id: target,
-                },
-                out,
-            );
-        }
-        self.takeovers.insert(
-            target,
-            Takeover {
-                awaiting_acks,
-                expires: now + self.config.takeover_expiry,
-            },
-        );
-    }
-
-    fn complete_takeover(
-        &mut self,
-        now: Instant,
-        target: u32,
-        server: &mut Server,
-        out: &mut Vec<Outgoing>,
-    ) {
-        if self.takeovers.remove(&target).is_none() {
-            return;
-        }
-        let own_id = self.config.server_id;
-        let adopted_elements = server.handlespace().elements_of_home(target);
-        let adopted = server.adopt_elements_of(now, target, self.config.adopted_pe_grace);
-        for (pool_handle, pe_identifier) in adopted_elements {
-            let asap_transport = server
-                .pool_element(&pool_handle, pe_identifier)
-                .and_then(|element| element.asap_transport);
-            if asap_transport.is_some() {
-                self.counters.home_keep_alives += 1;
-            } else {
-                self.counters.adopted_unreachable += 1;
-            }
-            let payload = asap::Message::EndpointKeepAlive {
-                home: true,
-                server_identifier: own_id,
-                pool_handle: pool_handle.clone(),
-                pe_identifier: Some(pe_identifier),
-            }
-            .to_bytes();
-            self.home_keep_alives.push(HomeKeepAlive {
-                pool_handle,
-                pe_identifier,
-                asap_transport,
-                payload,
-            });
-        }
-        self.counters.takeovers += 1;
-        self.counters.adopted_pes += adopted as u64;
-        tracing::warn!(
-            target = format_args!("{target:#010x}"),
-            adopted,
-            "took over a dead registrar's PEs"
-        );
-        for id in self.alive_peers() {
-            if id != target {
-                self.send(
-                    id,
-                    Body::TakeoverServer {
-                        target_server_id: target,
-                    },
-                    out,
-                );
-            }
-        }
-    }
-
     /// Answers a request from peer `id` that came in on the association with `from`: on
     /// that association (see [`Outgoing::reply_on`]), whether or not we know where the
     /// peer listens.
@@ -1330,15 +735,8 @@ impl Enrp {
             tracing::warn!(%error, message = name, "ENRP message too large: not sent");
             return;
         }
-        if let Some(keys) = &self.config.auth {
-            // Strictly increasing even when the clock stands still or
-            // steps back, so a receiver never takes ours for a replay.
-            let sequence = self.unix_us(self.latest).max(self.last_sequence + 1);
-            if let Err(error) = auth::sign(&mut payload, keys.key_id, &keys.key, sequence) {
-                tracing::warn!(%error, message = name, "ENRP message cannot be signed: not sent");
-                return;
-            }
-            self.last_sequence = sequence;
+        if !self.sign_outgoing(&mut payload, name) {
+            return;
         }
         *self.counters.sent.entry(name.to_string()).or_default() += 1;
         let reconnect = self
@@ -1351,67 +749,6 @@ impl Enrp {
             reconnect,
             reply_on: self.replying_on,
         });
-    }
-
-    /// Checks a received message's authentication (before it is decoded).
-    fn authenticate(&mut self, now: Instant, bytes: &[u8]) -> Result<(), &'static str> {
-        let Some(keys) = &self.config.auth else {
-            return Ok(());
-        };
-        let mut candidates: Vec<(u32, &[u8])> = Vec::with_capacity(1 + keys.accepted_keys.len());
-        candidates.push((keys.key_id, &keys.key));
-        candidates.extend(
-            keys.accepted_keys
-                .iter()
-                .map(|(id, key)| (*id, key.as_slice())),
-        );
-        let signed = match auth::verify(bytes, &candidates) {
-            Ok(signed) => signed,
-            Err(auth::AuthError::Missing) if keys.accept_unsigned => return Ok(()),
-            Err(error) => return Err(error.reason()),
-        };
-        let local = self.unix_us(now);
-        let skew = u64::try_from(keys.max_clock_skew.as_micros()).unwrap_or(u64::MAX);
-        if signed.sequence.abs_diff(local) > skew {
-            return Err("stale");
-        }
-        let recent = self.replay.entry(signed.sender_server_id).or_default();
-        let too_old = recent.len() >= REPLAY_WINDOW
-            && recent
-                .first()
-                .is_some_and(|&oldest| signed.sequence <= oldest);
-        if too_old || !recent.insert(signed.sequence) {
-            return Err("replay");
-        }
-        if recent.len() > REPLAY_WINDOW {
-            recent.pop_first();
-        }
-        Ok(())
-    }
-
-    fn count_auth_rejected(&mut self, from: SocketAddr, bytes: &[u8], reason: &'static str) {
-        let count = self
-            .counters
-            .auth_rejected
-            .entry(reason.to_string())
-            .or_default();
-        *count += 1;
-        let count = *count;
-        // Whoever forges messages controls how many arrive: log the first
-        // ones of each reason, then every thousandth.
-        if count <= 10 || count % 1000 == 0 {
-            // Unverified, but it tells the operator who claims to send.
-            let claimed_sender = bytes
-                .get(4..8)
-                .map(|id| u32::from_be_bytes(id.try_into().expect("4 bytes")));
-            tracing::warn!(
-                %from,
-                claimed_sender = ?claimed_sender.map(|id| format!("{id:#010x}")),
-                reason,
-                count,
-                "ENRP message failed authentication: dropped"
-            );
-        }
     }
 
     fn count_malformed(&mut self, reason: &'static str) {
