@@ -38,7 +38,9 @@ if [ -n "$impair" ]; then
   ns="pf-failover-$$"
   base=$((20000 + RANDOM % 20000))
   ip netns add "$ns"
-  trap 'kill -TERM "${netem:-}" 2>/dev/null; wait 2>/dev/null; ip netns del "$ns" 2>/dev/null' EXIT
+  # Under set -e a failing clean-up step (netem is already stopped after a
+  # run) would turn a passing run's exit status into 1.
+  trap 'kill -TERM "${netem:-}" 2>/dev/null || true; wait 2>/dev/null || true; ip netns del "$ns" 2>/dev/null || true' EXIT
   ip -n "$ns" link set lo up
   ip netns exec "$ns" "$bin/netem" --queue 7 --loss "$loss" --delay "$delay" --jitter "$jitter" \
     --seed "$base" >"$dir/netem.log" 2>&1 &
