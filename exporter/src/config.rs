@@ -64,6 +64,15 @@ pub struct StreamConfig {
     /// warning).
     #[serde(default)]
     pub local_udp_port: u16,
+    /// SCTP over UDP to the collectors: hand a run of equal-size packets to
+    /// the kernel in one `sendmsg` (UDP GSO) instead of one system call
+    /// each. Off by default: a batch that crosses loopback or a `veth` can
+    /// reach the peer still whole, which a poolflow collector splits (it
+    /// reads with UDP GRO) but RSPLIB's sctplib and a capture on this host
+    /// cannot. Never used on the registrar associations, nor while this
+    /// host's kernel runs SCTP over UDP itself.
+    #[serde(default)]
+    pub udp_segmentation_offload: bool,
     /// The pool's cookie public keys (PEM, `openssl pkey -pubout`): every
     /// cookie must be signed (version 2) by one of them, or it is refused
     /// and its collector avoided. Empty: cookies are trusted unchecked.
@@ -460,6 +469,7 @@ impl StreamConfig {
             announce_listen: self.announce_listen_config()?,
             state_file: crate::state_file::StateFile::new(&self.state_file),
             transport,
+            data_udp_segmentation_offload: self.udp_segmentation_offload,
             data_tls: self
                 .tls
                 .as_ref()
@@ -581,6 +591,27 @@ mod tests {
             port(&text.replace("local_udp_port = 0", "local_udp_port = 9899")),
             9899
         );
+    }
+
+    /// `udp_segmentation_offload` reaches the data associations to the
+    /// collectors only: the registrar associations (maybe RSPLIB's sctplib,
+    /// which cannot split a GSO batch) keep one packet per datagram.
+    #[test]
+    fn segmentation_offload_is_for_the_collectors_only() {
+        let settings = |text: &str| {
+            let mut config = StreamConfig::parse(text).unwrap();
+            config.cookie_public_key_files.clear();
+            config.stream_settings(Vec::new(), Duration::ZERO).unwrap()
+        };
+        let text = include_str!("../exporter.toml.example");
+        let off = settings(text);
+        assert!(!off.data_udp_segmentation_offload);
+        let on = settings(&text.replace(
+            "udp_segmentation_offload = false",
+            "udp_segmentation_offload = true",
+        ));
+        assert!(on.data_udp_segmentation_offload);
+        assert!(!on.transport.udp_segmentation_offload);
     }
 
     /// The commented-out `[tls]` keys of the example are the code's keys.

@@ -56,6 +56,9 @@ pub struct GenerateConfig {
     pub first_record: u64,
     /// For [`GenerateTransport::Tls`].
     pub tls: Option<GenerateTls>,
+    /// [`GenerateTransport::Sctp`]: UDP GSO, as the exporter's
+    /// `udp_segmentation_offload` (so a benchmark compares like with like).
+    pub udp_segmentation_offload: bool,
 }
 
 /// What a run did.
@@ -106,7 +109,7 @@ const CLOSE_STALL: Duration = Duration::from_secs(30);
 const IPFIX_PPID: u32 = 0;
 
 impl SctpSink {
-    fn connect(target: SocketAddr) -> Result<Self> {
+    fn connect(target: SocketAddr, udp_segmentation_offload: bool) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -116,6 +119,7 @@ impl SctpSink {
             // the UDP encapsulation port, so one socket address names an
             // SCTP-over-UDP endpoint, e.g. in an ASAP transport parameter.
             sctp_port: target.port(),
+            udp_segmentation_offload,
             ..transport::Config::default()
         };
         let association = runtime
@@ -433,7 +437,10 @@ pub fn generate(config: &GenerateConfig, mut progress: impl FnMut(u64)) -> Resul
                 bytes: 0,
             })
         }
-        GenerateTransport::Sctp => Sink::Sctp(Box::new(SctpSink::connect(config.target)?)),
+        GenerateTransport::Sctp => Sink::Sctp(Box::new(SctpSink::connect(
+            config.target,
+            config.udp_segmentation_offload,
+        )?)),
         GenerateTransport::Tls => {
             let tls = config
                 .tls

@@ -169,6 +169,10 @@ struct GenerateArgs {
     /// (default: the IP address of --to).
     #[arg(long)]
     server_name: Option<String>,
+    /// `--transport sctp`: send runs of packets with one system call (UDP
+    /// GSO), as the exporter's `udp_segmentation_offload`.
+    #[arg(long)]
+    udp_segmentation_offload: bool,
     /// Log format (`RUST_LOG` sets the level, default info).
     #[arg(long, value_enum, default_value = "text")]
     log_format: daemon_common::LogFormat,
@@ -206,6 +210,7 @@ fn main() -> Result<()> {
                 },
                 first_record: a.first_record,
                 tls: generate_tls(&a)?,
+                udp_segmentation_offload: a.udp_segmentation_offload,
             };
             let report = generate(&config, |sent| {
                 // Handed to the transport, not yet acknowledged: the final

@@ -101,6 +101,10 @@ pub struct StreamSettings {
     /// TLS on every data connection (framed TCP); never on the registrar
     /// associations, which `transport` also configures.
     pub data_tls: Option<transport::tls::StreamTls>,
+    /// UDP GSO on the data associations (SCTP over UDP) to the collectors,
+    /// never on the registrar associations (an RSPLIB registrar's sctplib
+    /// cannot split a batch).
+    pub data_udp_segmentation_offload: bool,
     /// PU cache lifetime.
     pub cache_lifetime: Duration,
     /// T1-ENRPrequest.
@@ -650,6 +654,7 @@ impl Driver<'_> {
                 let events = self.events_tx.clone();
                 let mut base = self.settings.transport.clone();
                 base.tls = self.settings.data_tls.clone();
+                base.udp_segmentation_offload = self.settings.data_udp_segmentation_offload;
                 tokio::spawn(run_association(association, pe, base, events));
             }
             Output::Send {

@@ -268,6 +268,7 @@ fn stream_settings(dir: &std::path::Path, registrar_addr: SocketAddr) -> StreamS
         state_file: StateFile::new(dir.join("exporter.state")),
         transport,
         data_tls: None,
+        data_udp_segmentation_offload: false,
         cache_lifetime: Duration::from_millis(200),
         registrar_request_timeout: Duration::from_secs(1),
         exit_drain_timeout: Duration::from_secs(10),

@@ -1125,6 +1125,7 @@ fn send(
             template_refresh: Duration::from_secs(1),
             first_record: 0,
             tls: None,
+            udp_segmentation_offload: false,
         },
         |_| {},
     )

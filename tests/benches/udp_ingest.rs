@@ -51,6 +51,7 @@ fn main() {
                 template_refresh: Duration::from_secs(1),
                 first_record: 0,
                 tls: None,
+                udp_segmentation_offload: false,
             },
             |_| {},
         )

@@ -254,6 +254,27 @@ async fn forged_cookie_is_rejected() {
     assert_eq!(report.totals.records_present, 0);
 }
 
+/// UDP GSO to the collectors (`udp_segmentation_offload = true`): at full
+/// speed the exporter's SCTP-over-UDP driver hands runs of packets to the
+/// kernel in one `sendmsg`, and the collector must split each run back into
+/// SCTP packets (it reads with UDP GRO). Every record stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segmentation_offload_to_the_collectors_loses_nothing() {
+    const FAST_RECORDS: u64 = 300_000;
+    let pool = Pool::start().await;
+    let tables = format!("[buffer]\nspill_dir = {:?}\n", pool.path("spill"));
+    let config = pool
+        .local
+        .exporter_config(EXPORTER, "udp_segmentation_offload = true", &tables);
+    // Rate 0: as fast as the pool takes it, so packets queue into runs.
+    let exporter = pool.local.stream(&config, FAST_RECORDS, 0);
+    let log = wait_exporter(exporter, Duration::from_secs(120));
+    assert!(!log.contains("FAILOVER"), "a failover: {log}");
+    let report = pool.finish().await;
+    assert_complete(&report, FAST_RECORDS, false);
+    assert_eq!(report.stores[0].billing_records, FAST_RECORDS);
+}
+
 /// Best-effort records beside billing ones, through a SIGKILL failover and
 /// failback: they travel PR-SCTP on their own stream and are stored, but
 /// carry no record sequence, so the billing audit is untouched by them (no
