@@ -70,6 +70,11 @@ pub struct CollectorConfig {
     /// SO_RCVBUF is used, as other collectors do: the benchmark turns it
     /// off so every collector gets its buffer by the same means.
     pub udp_receive_buffer_force: bool,
+    /// Receive threads per UDP address, each with its own socket
+    /// (SO_REUSEPORT): the kernel keeps each exporter on one of them and
+    /// spreads exporters over them. One (the default) suits up to about
+    /// 4 cores; docs/architecture.md, "Using more cores", sizes it.
+    pub udp_receive_threads: usize,
     /// Concurrent TCP connections.
     pub max_tcp_sessions: usize,
     /// Concurrent SCTP associations.
@@ -216,6 +221,7 @@ impl Default for CollectorConfig {
             udp_idle_timeout: Duration::from_secs(3600),
             udp_receive_buffer_bytes: 32 * 1024 * 1024,
             udp_receive_buffer_force: true,
+            udp_receive_threads: 1,
             max_tcp_sessions: 256,
             max_sctp_sessions: 256,
             max_batch_records: 100_000,
@@ -267,6 +273,7 @@ impl CollectorConfig {
         let positive = [
             ("max_templates_per_session", self.max_templates_per_session),
             ("max_udp_sessions", self.max_udp_sessions),
+            ("udp_receive_threads", self.udp_receive_threads),
             ("max_tcp_sessions", self.max_tcp_sessions),
             ("max_sctp_sessions", self.max_sctp_sessions),
             ("max_batch_records", self.max_batch_records),
@@ -400,6 +407,15 @@ mod tests {
         assert!(CollectorConfig::default().udp_receive_buffer_force);
         let c = CollectorConfig::from_toml("udp_receive_buffer_force = false").unwrap();
         assert!(!c.udp_receive_buffer_force);
+    }
+
+    #[test]
+    fn udp_receive_threads_default_to_one_and_must_be_positive() {
+        assert_eq!(CollectorConfig::default().udp_receive_threads, 1);
+        let c = CollectorConfig::from_toml("udp_receive_threads = 4").unwrap();
+        assert_eq!(c.udp_receive_threads, 4);
+        let error = CollectorConfig::from_toml("udp_receive_threads = 0").unwrap_err();
+        assert!(error.to_string().contains("udp_receive_threads"), "{error}");
     }
 
     #[test]

@@ -119,29 +119,37 @@ pub async fn start(config: &CollectorConfig) -> Result<RunningCollector> {
     let stop_udp = Arc::new(AtomicBool::new(false));
     let mut udp_addrs = Vec::new();
     let mut udp_threads = Vec::new();
+    let udp_sessions = listeners::UdpSessionCount::default();
     for addr in &config.udp_listen {
-        let socket = listeners::bind_udp(
+        let sockets = listeners::bind_udp(
             *addr,
             config.udp_receive_buffer_bytes,
             config.udp_receive_buffer_force,
+            config.udp_receive_threads,
         )?;
-        udp_addrs.push(socket.local_addr()?);
+        udp_addrs.push(sockets[0].local_addr()?);
         let settings = UdpSettings {
             session: session_config(
                 TransportKind::Udp,
                 config.template_lifetime.as_secs(),
                 config.max_templates_per_session,
             ),
-            max_sessions: config.max_udp_sessions,
+            // Shared out: each thread tracks the exporters the kernel
+            // hashes to its socket.
+            max_sessions: config.max_udp_sessions.div_ceil(sockets.len()),
             idle_timeout_secs: config.udp_idle_timeout.as_secs(),
             receive_buffer_bytes: config.udp_receive_buffer_bytes,
         };
-        udp_threads.push(listeners::spawn_udp(
-            socket,
-            settings,
-            tx.clone(),
-            Arc::clone(&stop_udp),
-        ));
+        for (index, socket) in sockets.into_iter().enumerate() {
+            udp_threads.push(listeners::spawn_udp(
+                socket,
+                index,
+                settings.clone(),
+                tx.clone(),
+                udp_sessions.clone(),
+                Arc::clone(&stop_udp),
+            ));
+        }
     }
 
     let (stop_tcp, stop_tcp_rx) = watch::channel(false);

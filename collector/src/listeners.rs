@@ -7,7 +7,7 @@ use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
 use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -47,9 +47,16 @@ pub struct UdpSettings {
 /// How often the UDP receiver drops idle sessions and expires templates.
 const UDP_HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Binds a UDP socket with a large receive buffer. With `force`,
-/// SO_RCVBUFFORCE is tried too (past `net.core.rmem_max` when privileged).
-pub fn bind_udp(addr: SocketAddr, receive_buffer_bytes: usize, force: bool) -> Result<UdpSocket> {
+/// Binds `threads` UDP sockets to `addr` (one receive thread each; more
+/// than one share the address through SO_REUSEPORT), each with a large
+/// receive buffer. With `force`, SO_RCVBUFFORCE is tried too (past
+/// `net.core.rmem_max` when privileged).
+pub fn bind_udp(
+    addr: SocketAddr,
+    receive_buffer_bytes: usize,
+    force: bool,
+    threads: usize,
+) -> Result<Vec<UdpSocket>> {
     let options = udp_listener::BindOptions {
         receive_buffer_bytes,
         force_receive_buffer: force,
@@ -57,20 +64,27 @@ pub fn bind_udp(addr: SocketAddr, receive_buffer_bytes: usize, force: bool) -> R
         // The receiver hands on a partial batch at least this often.
         poll_interval: UDP_FLUSH_INTERVAL,
     };
-    udp_listener::bind(addr, &options).with_context(|| format!("binding UDP {addr}"))
+    udp_listener::bind_group(addr, &options, threads).with_context(|| format!("binding UDP {addr}"))
 }
+
+/// UDP sessions open over all receive threads, for the sessions gauge: each
+/// thread knows only its own.
+#[derive(Debug, Clone, Default)]
+pub struct UdpSessionCount(Arc<AtomicUsize>);
 
 /// Runs the UDP receiver on its own thread until `stop` is set: the shared
 /// UDP listener loop ([`transport::udp_listener`]) with a [`SessionDecoder`]
 /// per exporter, decoding into batches for the writer.
 pub fn spawn_udp(
     socket: UdpSocket,
+    index: usize,
     settings: UdpSettings,
     tx: mpsc::Sender<Batch>,
+    sessions: UdpSessionCount,
     stop: Arc<AtomicBool>,
 ) -> JoinHandle<()> {
     std::thread::Builder::new()
-        .name("udp-receiver".into())
+        .name(format!("udp-receiver-{index}"))
         .spawn(move || {
             let listener = udp_listener::ListenerSettings {
                 max_sessions: settings.max_sessions,
@@ -84,6 +98,8 @@ pub fn spawn_udp(
                 counts: DecodeCounts::default(),
                 metrics: DecodeMetrics::new(settings.session.transport.as_str()),
                 session: settings.session,
+                all_sessions: sessions,
+                own_sessions: 0,
             };
             udp_listener::run(&socket, &listener, &stop, &mut receiver);
         })
@@ -102,6 +118,9 @@ struct UdpReceiver {
     /// The sessions' decode counts, published with each batch handed on.
     counts: DecodeCounts,
     metrics: DecodeMetrics,
+    /// Sessions of every receive thread, and how many of them are ours.
+    all_sessions: UdpSessionCount,
+    own_sessions: usize,
 }
 
 impl UdpService for UdpReceiver {
@@ -149,9 +168,16 @@ impl UdpService for UdpReceiver {
     }
 
     fn session_change(&mut self, peer: SocketAddr, change: SessionChange, sessions: usize) {
-        let active = || {
+        let mut active = || {
+            let all = &self.all_sessions.0;
+            let previous = std::mem::replace(&mut self.own_sessions, sessions);
+            let total = if sessions >= previous {
+                all.fetch_add(sessions - previous, Ordering::Relaxed) + (sessions - previous)
+            } else {
+                all.fetch_sub(previous - sessions, Ordering::Relaxed) - (previous - sessions)
+            };
             metrics::gauge!("poolflow_collector_sessions_active", "transport" => "udp")
-                .set(sessions as f64)
+                .set(total as f64)
         };
         match change {
             SessionChange::Opened => {

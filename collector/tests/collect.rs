@@ -284,6 +284,40 @@ async fn ipfix_over_sctp_over_udp_is_stored_per_stream() {
     assert_eq!(summaries[0].sequence_events, 0);
 }
 
+/// Two receive threads on one UDP address (`udp_receive_threads = 2`,
+/// SO_REUSEPORT): 16 exporters, each on its own source port. The kernel
+/// keeps each exporter on one thread, so every exporter's session sees its
+/// whole sequence: all records stored, no gap counted. A session split over
+/// both threads would count the other thread's messages as lost in each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_udp_receive_threads_keep_each_exporters_session_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.udp_receive_threads = 2;
+    let c = collector::start(&cfg).await.unwrap();
+    assert_eq!(c.udp_addrs.len(), 1, "one address, however many threads");
+    let exporters: Vec<UdpSocket> = (0..16)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let all: Vec<Vec<u8>> = messages(4, 0, 200, 10);
+    // Interleaved, as exporters run side by side.
+    for m in &all {
+        for exporter in &exporters {
+            exporter.send_to(m, c.udp_addrs[0]).unwrap();
+        }
+    }
+    wait_for_records(&c, 16 * 200).await;
+    c.shutdown().await.unwrap();
+    let store = Store::open(&dir.path().join("c.sqlite")).unwrap();
+    assert_eq!(store.record_count().unwrap(), 16 * 200);
+    for exporter in &exporters {
+        let peer = exporter.local_addr().unwrap().to_string();
+        let stats = store.domain_stats(&peer, 4).unwrap().unwrap();
+        assert_eq!((stats.records, stats.lost_records), (200, 0), "{peer}");
+        assert_eq!(stats.sequence_events, 0, "{peer}");
+    }
+}
+
 /// A steady trickle of datagrams (never idle for the receive timeout) must
 /// still reach the store promptly, and must not keep a graceful stop from
 /// completing.

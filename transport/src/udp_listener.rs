@@ -41,6 +41,41 @@ pub struct BindOptions {
 
 /// Binds a UDP socket for [`run`] as `options` say.
 pub fn bind(addr: SocketAddr, options: &BindOptions) -> std::io::Result<UdpSocket> {
+    bind_socket(addr, options, false)
+}
+
+/// Binds `count` sockets to one address for `count` receive threads, each
+/// running [`run`] on its own socket. With more than one, they share the
+/// address through `SO_REUSEPORT`: the kernel hashes each sender's address
+/// and port to one socket of the group, so a sender's datagrams (one IPFIX
+/// or NetFlow session: its templates and sequence numbers) always reach the
+/// same thread, while different senders spread over the threads. Port 0
+/// takes an ephemeral port for the first socket and that port for the rest.
+///
+/// Only processes of the same user can join a group; the group ends with
+/// the sockets. Every socket gets the whole receive buffer of `options`.
+pub fn bind_group(
+    addr: SocketAddr,
+    options: &BindOptions,
+    count: usize,
+) -> std::io::Result<Vec<UdpSocket>> {
+    if count <= 1 {
+        return Ok(vec![bind(addr, options)?]);
+    }
+    let first = bind_socket(addr, options, true)?;
+    let shared = first.local_addr()?;
+    let mut sockets = vec![first];
+    for _ in 1..count {
+        sockets.push(bind_socket(shared, options, true)?);
+    }
+    Ok(sockets)
+}
+
+fn bind_socket(
+    addr: SocketAddr,
+    options: &BindOptions,
+    reuse_port: bool,
+) -> std::io::Result<UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     // Before bind: the buffer is there from the first datagram on.
     if socket
@@ -58,10 +93,34 @@ pub fn bind(addr: SocketAddr, options: &BindOptions) -> std::io::Result<UdpSocke
     if options.reuse_address {
         socket.set_reuse_address(true)?;
     }
+    if reuse_port {
+        set_reuse_port(&socket)?;
+    }
     socket.bind(&addr.into())?;
     let socket: UdpSocket = socket.into();
     socket.set_read_timeout(Some(options.poll_interval))?;
     Ok(socket)
+}
+
+/// SO_REUSEPORT (socket2 offers it only behind its `all` feature).
+fn set_reuse_port(socket: &Socket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket fd and a pointer to a c_int of the right size.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEPORT,
+            &on as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 fn force_receive_buffer(socket: &Socket, bytes: usize) {
@@ -379,6 +438,64 @@ mod tests {
         } else {
             assert!(got <= 2 * max, "got {got}, rmem_max {max}");
         }
+    }
+
+    /// A group of sockets on one address: every sender's datagrams reach
+    /// one socket only (its session stays whole on one thread), and the
+    /// senders spread over the group. 32 senders all hashed to one of two
+    /// sockets would happen once in 2^31 runs.
+    #[test]
+    fn a_group_keeps_each_sender_on_one_socket_and_spreads_the_senders() {
+        let sockets =
+            bind_group("127.0.0.1:0".parse().unwrap(), &options(1 << 20, false), 2).unwrap();
+        assert_eq!(sockets.len(), 2);
+        let addr = sockets[0].local_addr().unwrap();
+        assert_eq!(sockets[1].local_addr().unwrap(), addr);
+        let senders: Vec<UdpSocket> = (0..32)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        for round in 0..3u8 {
+            for sender in &senders {
+                sender.send_to(&[round], addr).unwrap();
+            }
+        }
+        let mut seen_on: HashMap<SocketAddr, Vec<usize>> = HashMap::new();
+        let mut received = 0;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut buf = [0u8; 16];
+        while received < 3 * senders.len() {
+            assert!(
+                Instant::now() < deadline,
+                "only {received} datagrams arrived"
+            );
+            for (i, socket) in sockets.iter().enumerate() {
+                // The poll interval of `options` bounds each wait.
+                if let Ok((_, from)) = socket.recv_from(&mut buf) {
+                    seen_on.entry(from).or_default().push(i);
+                    received += 1;
+                }
+            }
+        }
+        assert_eq!(seen_on.len(), senders.len());
+        for (sender, on) in &seen_on {
+            assert!(on.iter().all(|&i| i == on[0]), "{sender} reached {on:?}");
+        }
+        let on_first = seen_on.values().filter(|on| on[0] == 0).count();
+        assert!(
+            on_first > 0 && on_first < senders.len(),
+            "{on_first} of {} senders on the first socket",
+            senders.len()
+        );
+    }
+
+    /// One socket: no SO_REUSEPORT, so a second bind of the address fails
+    /// as before (a second collector on the same port is an error).
+    #[test]
+    fn a_group_of_one_keeps_the_address_exclusive() {
+        let sockets =
+            bind_group("127.0.0.1:0".parse().unwrap(), &options(1 << 20, false), 1).unwrap();
+        let addr = sockets[0].local_addr().unwrap();
+        assert!(bind(addr, &options(1 << 20, false)).is_err());
     }
 
     /// Records what the loop asks of its service.
