@@ -372,12 +372,13 @@ fn remove_spill_segments(dir: &Path, domain: u32) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::replay::RecordBytes;
 
     fn record(sequence: u64) -> BufferedRecord {
         BufferedRecord {
             sequence,
             template_id: 256,
-            bytes: sequence.to_be_bytes().to_vec(),
+            bytes: RecordBytes::from_slice(&sequence.to_be_bytes()),
         }
     }
 
@@ -431,7 +432,7 @@ mod tests {
 
         let (journal, pending) = IntakeJournal::open(dir.path(), 7, 4, Some(5)).unwrap();
         assert_eq!(sequences(&pending), vec![6, 7, 8, 9]);
-        assert_eq!(pending[2].bytes, 8u64.to_be_bytes());
+        assert_eq!(pending[2].bytes[..], 8u64.to_be_bytes());
         assert_eq!(journal.last_sequence(), Some(9));
         // Another domain's journal in the same directory is separate.
         let (_, other) = IntakeJournal::open(dir.path(), 8, 4, None).unwrap();

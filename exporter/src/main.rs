@@ -10,6 +10,7 @@ use exporter::config::StreamConfig;
 use exporter::generate::{GenerateConfig, GenerateTransport, generate};
 use exporter::pool_user::Notice;
 use exporter::relay::RelayOptions;
+use exporter::replay::RecordBytes;
 use exporter::stream::{InputRecord, Progress, RecordClass};
 use protocol::ipfix::flow::{FLOW_TEMPLATE_ID, FlowRecord, flow_template};
 
@@ -476,12 +477,10 @@ async fn synthetic_input(
                 RecordClass::Billing,
             )
         };
-        let mut bytes = Vec::with_capacity(protocol::ipfix::flow::FLOW_RECORD_LEN);
-        FlowRecord::synthetic(number, base_millis).encode(&mut bytes);
         let record = InputRecord {
             domain,
             template_id: FLOW_TEMPLATE_ID,
-            bytes,
+            bytes: RecordBytes::from_slice(&FlowRecord::synthetic(number, base_millis).to_bytes()),
             class,
         };
         // While the channel has room a record goes in at once, without a

@@ -40,7 +40,8 @@ use protocol::rserpool::asap::Message as AsapMessage;
 use transport::Reliability;
 
 use crate::replay::{
-    BufferedRecord, PushError, RecoveredSpill, ReplayBuffer, ReplayLimits, SpillRequest,
+    BufferedRecord, PushError, RecordBytes, RecoveredSpill, ReplayBuffer, ReplayLimits,
+    SpillRequest,
 };
 use crate::sequence::{DomainState, ExporterState};
 
@@ -547,7 +548,7 @@ pub struct Exporter {
 #[derive(Debug, Default)]
 struct BestEffortDomain {
     /// Waiting to be sent: (template id, record bytes).
-    queue: VecDeque<(u16, Vec<u8>)>,
+    queue: VecDeque<(u16, RecordBytes)>,
     /// IPFIX sequence number on [`BEST_EFFORT_STREAM`]: data records sent
     /// so far (abandoned ones included, so the collector sees them as a
     /// gap).
@@ -821,8 +822,9 @@ impl Exporter {
         &mut self,
         domain: u32,
         template_id: u16,
-        bytes: Vec<u8>,
+        bytes: impl Into<RecordBytes>,
     ) -> Result<u64, RecordError> {
+        let bytes = bytes.into();
         if !self.domains.contains_key(&domain) {
             self.add_domain(domain, DomainState::default());
         }
@@ -854,7 +856,13 @@ impl Exporter {
     /// replayed. Never refused: while no collector takes records, a full
     /// queue drops its oldest record (counted in
     /// [`Counters::best_effort_dropped`]).
-    pub fn push_best_effort(&mut self, domain: u32, template_id: u16, bytes: Vec<u8>) {
+    pub fn push_best_effort(
+        &mut self,
+        domain: u32,
+        template_id: u16,
+        bytes: impl Into<RecordBytes>,
+    ) {
+        let bytes = bytes.into();
         let limit = self.config.best_effort_queue.max(1);
         let d = self.best_effort.entry(domain).or_default();
         while d.queue.len() >= limit {

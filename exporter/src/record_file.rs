@@ -7,7 +7,7 @@ use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::Path;
 
-use crate::replay::BufferedRecord;
+use crate::replay::{BufferedRecord, RecordBytes};
 
 /// Bytes before a record's own bytes.
 const RECORD_HEADER_LEN: usize = 12;
@@ -31,7 +31,7 @@ pub(crate) fn read_record(input: &mut impl Read) -> io::Result<(BufferedRecord, 
     let sequence = u64::from_be_bytes(header[..8].try_into().expect("8 bytes"));
     let template_id = u16::from_be_bytes([header[8], header[9]]);
     let len = usize::from(u16::from_be_bytes([header[10], header[11]]));
-    let mut bytes = vec![0; len];
+    let mut bytes = RecordBytes::from_elem(0, len);
     input.read_exact(&mut bytes)?;
     Ok((
         BufferedRecord {

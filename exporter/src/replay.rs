@@ -24,6 +24,12 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 
+/// An encoded data record (no set header). Up to 64 bytes are held inline:
+/// a record goes from the input through the replay buffer to the wire
+/// without a heap allocation of its own (per-record `malloc` and `free`, on
+/// two threads, were a fifth of the exporter's CPU on the billing stream).
+pub type RecordBytes = smallvec::SmallVec<[u8; 64]>;
+
 /// One buffered data record, already encoded for its template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BufferedRecord {
@@ -32,7 +38,7 @@ pub struct BufferedRecord {
     /// The template it is encoded for.
     pub template_id: u16,
     /// The encoded record (no set header).
-    pub bytes: Vec<u8>,
+    pub bytes: RecordBytes,
 }
 
 /// Size limits of a [`ReplayBuffer`].

@@ -33,7 +33,7 @@ use crate::journal::{DurableIntake, DurableSettings};
 use crate::pool_user::{
     AssociationId, Counters, Exporter, ExporterConfig, Notice, Output, RecordError,
 };
-use crate::replay::{BufferedRecord, SpillRequest};
+use crate::replay::{BufferedRecord, RecordBytes, SpillRequest};
 use crate::spill::SpillStore;
 use crate::state_file::StateFile;
 
@@ -53,7 +53,7 @@ pub struct InputRecord {
     /// Template the bytes are encoded for (announced in `templates`).
     pub template_id: u16,
     /// The encoded data record.
-    pub bytes: Vec<u8>,
+    pub bytes: RecordBytes,
     /// Billing (numbered, acknowledged, replayed) or best effort.
     pub class: RecordClass,
 }

@@ -1121,7 +1121,7 @@ fn a_restart_whose_spill_ends_before_a_gap_still_drains() {
         held.push_back(BufferedRecord {
             sequence,
             template_id: FLOW_TEMPLATE_ID,
-            bytes,
+            bytes: bytes.into(),
         });
     }
     spill.domains.insert(DOMAIN, held);

@@ -16,7 +16,7 @@ fn record(sequence: u64) -> BufferedRecord {
         sequence,
         template_id: 256,
         // Variable sizes so that offsets matter.
-        bytes: vec![sequence as u8; 1 + (sequence % 7) as usize],
+        bytes: vec![sequence as u8; 1 + (sequence % 7) as usize].into(),
     }
 }
 

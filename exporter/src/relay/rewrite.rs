@@ -29,6 +29,7 @@ use protocol::ipfix::{FieldSpecifier, IANA_ENTERPRISE, Template};
 
 use super::session::{InputProtocol, InputReport, SessionLimits};
 use super::templates::{RegistryError, SharedRegistry};
+use crate::replay::RecordBytes;
 use crate::stream::{InputRecord, RecordClass};
 
 /// IPFIX message and set headers around a record in a forwarded message.
@@ -64,8 +65,8 @@ fn has_uptime_times(template: &Template) -> bool {
 }
 
 /// Appends the relay's fields to a router's record bytes.
-fn forwarded_record(router_bytes: &[u8], init_ms: Option<u64>, router: IpAddr) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(router_bytes.len() + 8 + 16);
+fn forwarded_record(router_bytes: &[u8], init_ms: Option<u64>, router: IpAddr) -> RecordBytes {
+    let mut bytes = RecordBytes::with_capacity(router_bytes.len() + 8 + 16);
     bytes.extend_from_slice(router_bytes);
     if let Some(init_ms) = init_ms {
         bytes.extend_from_slice(&init_ms.to_be_bytes());

@@ -86,17 +86,29 @@ pub struct FlowRecord {
 impl FlowRecord {
     /// Appends the record in the layout of [`flow_template`].
     pub fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.source.octets());
-        out.extend_from_slice(&self.destination.octets());
-        out.extend_from_slice(&self.source_port.to_be_bytes());
-        out.extend_from_slice(&self.destination_port.to_be_bytes());
-        out.push(self.protocol);
-        out.push(self.tcp_flags);
-        out.push(self.tos);
-        out.extend_from_slice(&self.octets.to_be_bytes());
-        out.extend_from_slice(&self.packets.to_be_bytes());
-        out.extend_from_slice(&self.start_millis.to_be_bytes());
-        out.extend_from_slice(&self.end_millis.to_be_bytes());
+        out.extend_from_slice(&self.to_bytes());
+    }
+
+    /// The encoded record, in the template's field order, without a heap
+    /// allocation.
+    pub fn to_bytes(&self) -> [u8; FLOW_RECORD_LEN] {
+        let mut out = [0u8; FLOW_RECORD_LEN];
+        let mut at = 0;
+        let mut put = |field: &[u8]| {
+            out[at..at + field.len()].copy_from_slice(field);
+            at += field.len();
+        };
+        put(&self.source.octets());
+        put(&self.destination.octets());
+        put(&self.source_port.to_be_bytes());
+        put(&self.destination_port.to_be_bytes());
+        put(&[self.protocol, self.tcp_flags, self.tos]);
+        put(&self.octets.to_be_bytes());
+        put(&self.packets.to_be_bytes());
+        put(&self.start_millis.to_be_bytes());
+        put(&self.end_millis.to_be_bytes());
+        debug_assert_eq!(at, FLOW_RECORD_LEN);
+        out
     }
 
     /// Writes the record into the message's data set for [`FLOW_TEMPLATE_ID`].

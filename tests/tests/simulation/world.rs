@@ -26,7 +26,7 @@ use collector::session::{CollectorSession, Input, Now, Output as SessionOutput, 
 use collector::store::Store;
 use exporter::journal::{DurableIntake, DurableSettings};
 use exporter::pool_user::{AssociationId, Exporter, ExporterConfig, Notice, Output};
-use exporter::replay::{BufferedRecord, ReplayLimits};
+use exporter::replay::{BufferedRecord, RecordBytes, ReplayLimits};
 use exporter::sequence::ExporterState;
 use exporter::spill::MemorySpill;
 use policies::{Member, PolicyParams};
@@ -762,12 +762,13 @@ impl World {
             let sequence = core.next_sequence(domain);
             // The bytes depend on who numbered the record and how, so a
             // sequence reused for another record shows as a conflict.
-            let mut bytes = Vec::new();
-            FlowRecord::synthetic(
-                sequence ^ (u64::from(node.exporter_id) << 40) ^ (u64::from(domain) << 32),
-                UNIX_MS_AT_ORIGIN,
-            )
-            .encode(&mut bytes);
+            let bytes = RecordBytes::from_slice(
+                &FlowRecord::synthetic(
+                    sequence ^ (u64::from(node.exporter_id) << 40) ^ (u64::from(domain) << 32),
+                    UNIX_MS_AT_ORIGIN,
+                )
+                .to_bytes(),
+            );
             if let Some(intake) = &mut node.intake {
                 // Journaled before the core takes it; synced below, before
                 // any output can send it.
