@@ -15,7 +15,7 @@
 //!   cookie); [`state_file`] stores it.
 //! - [`config`]: the `exporter stream` TOML configuration.
 //! - [`stream`]: the tokio driver of the core over `transport` and
-//!   `asap_client`.
+//!   `asap_client`; its input comes through a [`record_queue`].
 
 #![warn(missing_docs)]
 
@@ -24,6 +24,7 @@ pub mod generate;
 pub mod journal;
 pub mod pool_user;
 mod record_file;
+pub mod record_queue;
 pub mod relay;
 pub mod replay;
 pub mod sequence;

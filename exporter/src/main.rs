@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use exporter::config::StreamConfig;
 use exporter::generate::{GenerateConfig, GenerateTransport, generate};
 use exporter::pool_user::Notice;
+use exporter::record_queue::{RecordSender, TrySendError, record_queue};
 use exporter::relay::RelayOptions;
 use exporter::replay::RecordBytes;
 use exporter::stream::{InputRecord, Progress, RecordClass};
@@ -289,7 +290,7 @@ fn stream(args: StreamArgs) -> Result<()> {
             best_effort.is_none_or(|(domain, _)| domain != config.observation_domain),
             "`observation_domain` is a billing domain: it cannot be in `[best_effort] domains`"
         );
-        let (input_tx, input) = tokio::sync::mpsc::channel(4096);
+        let (input_tx, input) = record_queue(SYNTHETIC_QUEUE_RECORDS);
         // First SIGTERM/SIGINT: the input ends, the sent records drain (up
         // to --exit-drain-timeout-secs) and the state is saved, as at the
         // end of the records; a second one stops at once (state saved,
@@ -430,10 +431,15 @@ struct SyntheticInput {
     rate: Option<u64>,
 }
 
-/// Synthetic records at a rate; the channel's capacity passes the exporter's
+/// Records the synthetic input may queue ahead of the pool user.
+const SYNTHETIC_QUEUE_RECORDS: usize = 16_384;
+/// Records the synthetic input hands over together.
+const SYNTHETIC_BATCH: usize = 256;
+
+/// Synthetic records at a rate; the queue's capacity passes the exporter's
 /// back-pressure on to this generator.
 async fn synthetic_input(
-    tx: tokio::sync::mpsc::Sender<InputRecord>,
+    tx: RecordSender,
     mut stop: tokio::sync::watch::Receiver<bool>,
     input: SyntheticInput,
 ) {
@@ -444,6 +450,7 @@ async fn synthetic_input(
     let total = input.count + best_effort_count;
     let started = Instant::now();
     let (mut billing_sent, mut best_effort_sent) = (0u64, 0u64);
+    let mut batch = Vec::with_capacity(SYNTHETIC_BATCH);
     for i in 0..total {
         // An atomic version check per record; the value is read only once
         // it changed.
@@ -453,6 +460,11 @@ async fn synthetic_input(
         if let Some(rate) = input.rate.filter(|&r| r > 0) {
             let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
             if due > Instant::now() {
+                // What is made goes before the wait: a rate never holds
+                // records back in a half-full batch.
+                if !hand_over(&tx, &mut stop, &mut batch).await {
+                    return;
+                }
                 tokio::select! {
                     () = tokio::time::sleep_until(due.into()) => {}
                     _ = stop.changed() => return,
@@ -477,25 +489,40 @@ async fn synthetic_input(
                 RecordClass::Billing,
             )
         };
-        let record = InputRecord {
+        batch.push(InputRecord {
             domain,
             template_id: FLOW_TEMPLATE_ID,
             bytes: RecordBytes::from_slice(&FlowRecord::synthetic(number, base_millis).to_bytes()),
             class,
-        };
-        // While the channel has room a record goes in at once, without a
-        // future and a waker per record (a quarter of the exporter's CPU
-        // went to that in `bench/stream.sh`). A full channel waits, and a
-        // stop signal must end the input even while the pool holds it back
-        // (no collector reachable).
-        let record = match tx.try_send(record) {
-            Ok(()) => continue,
-            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return,
-            Err(tokio::sync::mpsc::error::TrySendError::Full(record)) => record,
-        };
-        tokio::select! {
-            sent = tx.send(record) => if sent.is_err() { return },
-            _ = stop.changed() => return,
+        });
+        if batch.len() == SYNTHETIC_BATCH && !hand_over(&tx, &mut stop, &mut batch).await {
+            return;
         }
+    }
+    hand_over(&tx, &mut stop, &mut batch).await;
+}
+
+/// Queues `batch` (leaving it empty); false when the input must end (the
+/// pool user is gone, or a stop signal came while the queue was full).
+async fn hand_over(
+    tx: &RecordSender,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+    batch: &mut Vec<InputRecord>,
+) -> bool {
+    if batch.is_empty() {
+        return true;
+    }
+    let records = std::mem::replace(batch, Vec::with_capacity(SYNTHETIC_BATCH));
+    // While the queue has room a batch goes in at once, without a future
+    // and a waker. A full queue waits, and a stop signal must end the input
+    // even while the pool holds it back (no collector reachable).
+    let records = match tx.try_send(records) {
+        Ok(()) => return true,
+        Err(TrySendError::Closed(_)) => return false,
+        Err(TrySendError::Full(records)) => records,
+    };
+    tokio::select! {
+        sent = tx.send(records) => sent.is_ok(),
+        _ = stop.changed() => false,
     }
 }

@@ -9,7 +9,7 @@
 //! transport acknowledges but whose pipeline stopped reading is still left
 //! at the cookie timeout.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -33,6 +33,7 @@ use crate::journal::{DurableIntake, DurableSettings};
 use crate::pool_user::{
     AssociationId, Counters, Exporter, ExporterConfig, Notice, Output, RecordError,
 };
+use crate::record_queue::RecordReceiver;
 use crate::replay::{BufferedRecord, RecordBytes, SpillRequest};
 use crate::spill::SpillStore;
 use crate::state_file::StateFile;
@@ -166,7 +167,7 @@ fn unix_ms() -> u64 {
 /// state file is written on the way out.
 pub async fn run(
     settings: StreamSettings,
-    input: mpsc::Receiver<InputRecord>,
+    input: RecordReceiver,
     shutdown: impl Future<Output = ()>,
     progress: impl FnMut(Progress),
 ) -> anyhow::Result<StreamReport> {
@@ -178,7 +179,7 @@ pub async fn run(
 pub async fn run_with_templates(
     settings: StreamSettings,
     learned: Option<&dyn TemplateSource>,
-    mut input: mpsc::Receiver<InputRecord>,
+    mut input: RecordReceiver,
     shutdown: impl Future<Output = ()>,
     mut progress: impl FnMut(Progress),
 ) -> anyhow::Result<StreamReport> {
@@ -245,7 +246,8 @@ pub async fn run_with_templates(
         blocked: None,
     };
     let mut shutdown = std::pin::pin!(shutdown);
-    let mut held: Option<InputRecord> = None;
+    // Records of a received batch the core has not taken yet, in order.
+    let mut held: VecDeque<InputRecord> = VecDeque::new();
     let mut records_in = 0u64;
     let mut input_done = false;
     let mut input_done_at: Option<Instant> = None;
@@ -299,7 +301,7 @@ pub async fn run_with_templates(
                 pe: core.current_pe(),
             });
         }
-        if input_done && held.is_none() {
+        if input_done && held.is_empty() {
             // Best-effort records still queued go out first (they are
             // never acknowledged, so only their sending is waited for).
             if core.is_drained() && core.best_effort_queued() == 0 {
@@ -332,14 +334,10 @@ pub async fn run_with_templates(
         if let Some(intake) = &mut durable {
             intake.release_persisted(&persisted)?;
         }
-        // Back-pressure: a record the core refused is retried before any
+        // Back-pressure: records the core refused are retried before any
         // new one is read.
-        if restored.is_empty()
-            && let Some(record) = held.take_if(|r| accepts(&core, r))
-        {
-            journal(&mut durable, &core, &record)?;
-            push(&mut core, learned, record)?;
-            records_in += 1;
+        if restored.is_empty() {
+            records_in += take_held(&mut held, &mut core, &mut durable, learned)?;
         }
         let now = clock::now();
         if now.duration_since(progress_reported) >= PROGRESS_INTERVAL {
@@ -391,27 +389,21 @@ pub async fn run_with_templates(
                     }
                 }
             }
-            record = input.recv(), if !input_done && held.is_none() && restored.is_empty() => {
-                match record {
-                    Some(record) => {
-                        // Take what is already queued in one go, up to a
-                        // batch, then let the output loop run.
-                        let mut next = Some(record);
-                        for _ in 0..256 {
-                            let Some(record) = next.take() else { break };
-                            if !accepts(&core, &record) {
-                                held = Some(record);
-                                break;
-                            }
-                            journal(&mut durable, &core, &record)?;
-                            push(&mut core, learned, record)?;
-                            records_in += 1;
-                            next = input.try_recv().ok();
+            batch = input.recv(), if !input_done && held.is_empty() && restored.is_empty() => {
+                match batch {
+                    Some(batch) => {
+                        // Take what is already queued in one go, up to
+                        // INPUT_TURN records, then let the output loop run.
+                        held.extend(batch);
+                        let mut taken = take_held(&mut held, &mut core, &mut durable, learned)?;
+                        while held.is_empty()
+                            && taken < INPUT_TURN as u64
+                            && let Some(batch) = input.try_recv()
+                        {
+                            held.extend(batch);
+                            taken += take_held(&mut held, &mut core, &mut durable, learned)?;
                         }
-                        if let Some(record) = next {
-                            held = Some(record);
-                        }
-
+                        records_in += taken;
                     }
                     None => input_done = true,
                 }
@@ -451,6 +443,29 @@ pub async fn run_with_templates(
 /// Whether the core takes this record now: best-effort records are never
 /// held back (a full queue drops its oldest), billing records wait for
 /// room in the replay buffer (back-pressure).
+/// Most input records taken between two turns of the output loop: enough
+/// to amortise a turn, few enough that sending keeps pace.
+const INPUT_TURN: usize = 1024;
+
+/// Hands the core the held records it accepts, in order, at most
+/// [`INPUT_TURN`]; stops at the first it refuses (back-pressure: it stays
+/// held). Returns how many it took.
+fn take_held(
+    held: &mut VecDeque<InputRecord>,
+    core: &mut Exporter,
+    durable: &mut Option<DurableIntake>,
+    learned: Option<&dyn TemplateSource>,
+) -> anyhow::Result<u64> {
+    let mut taken = 0;
+    while taken < INPUT_TURN && held.front().is_some_and(|record| accepts(core, record)) {
+        let record = held.pop_front().expect("front exists");
+        journal(durable, core, &record)?;
+        push(core, learned, record)?;
+        taken += 1;
+    }
+    Ok(taken as u64)
+}
+
 fn accepts(core: &Exporter, record: &InputRecord) -> bool {
     record.class == RecordClass::BestEffort || core.can_accept(record.domain)
 }

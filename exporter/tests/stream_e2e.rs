@@ -291,7 +291,7 @@ async fn failover_and_failback_lose_and_duplicate_nothing() {
         FakeCollector::start(0x2, 1, backup_port, registrar_addr, backup_store.clone()).await;
 
     let settings = stream_settings(dir.path(), registrar_addr);
-    let (input, input_rx) = tokio::sync::mpsc::channel(256);
+    let (input, input_rx) = exporter::record_queue::record_queue(256);
     let notices: Arc<Mutex<Vec<Notice>>> = Arc::default();
     let seen = notices.clone();
     let run = tokio::spawn(exporter::stream::run(
@@ -307,7 +307,7 @@ async fn failover_and_failback_lose_and_duplicate_nothing() {
 
     // Phase 1: to the primary.
     for n in 0..1000 {
-        input.send(record(n)).await.unwrap();
+        input.send(vec![record(n)]).await.unwrap();
     }
     wait_until(
         "the primary to store records",
@@ -319,7 +319,7 @@ async fn failover_and_failback_lose_and_duplicate_nothing() {
     // Phase 2: the primary goes away; records go on to the backup.
     primary.stop().await;
     for n in 1000..2000 {
-        input.send(record(n)).await.unwrap();
+        input.send(vec![record(n)]).await.unwrap();
     }
     wait_until(
         "the backup to store the rest",
@@ -341,7 +341,7 @@ async fn failover_and_failback_lose_and_duplicate_nothing() {
     .await;
     // Keep the stream going while the failback happens.
     for n in 2000..3000 {
-        input.send(record(n)).await.unwrap();
+        input.send(vec![record(n)]).await.unwrap();
         if n % 20 == 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -385,7 +385,7 @@ async fn failover_and_failback_lose_and_duplicate_nothing() {
 
     // A restart continues the sequence from the state file and echoes the
     // last cookie (the restarted primary verifies it).
-    let (input, input_rx) = tokio::sync::mpsc::channel(256);
+    let (input, input_rx) = exporter::record_queue::record_queue(256);
     let run = tokio::spawn(exporter::stream::run(
         settings,
         input_rx,
@@ -393,7 +393,7 @@ async fn failover_and_failback_lose_and_duplicate_nothing() {
         |_| {},
     ));
     for n in 3000..3100 {
-        input.send(record(n)).await.unwrap();
+        input.send(vec![record(n)]).await.unwrap();
     }
     drop(input);
     let report = tokio::time::timeout(Duration::from_secs(30), run)
@@ -444,7 +444,7 @@ async fn a_collector_that_stops_reading_is_left_at_the_cookie_timeout() {
     settings.transport.send_buffer_bytes = 16 * 1024;
     let notices: Arc<Mutex<Vec<Notice>>> = Arc::default();
     let seen = notices.clone();
-    let (input, input_rx) = tokio::sync::mpsc::channel(256);
+    let (input, input_rx) = exporter::record_queue::record_queue(256);
     let run = tokio::spawn(exporter::stream::run(
         settings,
         input_rx,
@@ -459,7 +459,7 @@ async fn a_collector_that_stops_reading_is_left_at_the_cookie_timeout() {
     const RECORDS: u64 = 60_000;
     tokio::spawn(async move {
         for n in 0..RECORDS {
-            input.send(record(n)).await.unwrap();
+            input.send(vec![record(n)]).await.unwrap();
         }
     });
     let report = tokio::time::timeout(Duration::from_secs(30), run)

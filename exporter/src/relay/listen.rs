@@ -17,12 +17,13 @@ use daemon_common::log_limit::LogLimiter;
 use protocol::ipfix::{self, TransportKind};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, watch};
 use transport::udp_listener::{self, SessionChange, UdpService};
 
 use super::session::{InputProtocol, InputReport, RouterSession, SessionLimits};
 use super::templates::SharedRegistry;
 use crate::config::RelayConfig;
+use crate::record_queue::{RecordSender, TrySendError};
 use crate::stream::InputRecord;
 
 /// How often a UDP listener forgets idle sessions and expired templates.
@@ -136,7 +137,7 @@ fn unix_secs() -> u64 {
 #[derive(Debug, Clone)]
 pub(super) struct ListenerContext {
     pub(super) registry: SharedRegistry,
-    pub(super) records: mpsc::Sender<InputRecord>,
+    pub(super) records: RecordSender,
     pub(super) limits: SessionLimits,
     pub(super) config: RelayConfig,
 }
@@ -198,18 +199,15 @@ impl UdpService for UdpRouters {
         let mut report = session.handle(bytes, unix_secs(), &self.context.registry, &mut self.out);
         keep_durable_templates(&self.context.registry, &mut self.out, &mut report);
         account(&report, peer, TransportKind::Udp, &mut self.log);
-        let mut forwarded = 0;
-        let mut dropped = 0;
-        for record in self.out.drain(..) {
-            match self.context.records.try_send(record) {
-                Ok(()) => forwarded += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => dropped += 1,
-                Err(mpsc::error::TrySendError::Closed(_)) => return ControlFlow::Break(()),
+        // A message's records go together or not at all.
+        let records = std::mem::take(&mut self.out);
+        let count = records.len() as u64;
+        match self.context.records.try_send(records) {
+            Ok(()) => metrics::counter!("poolflow_relay_forwarded_records_total").increment(count),
+            Err(TrySendError::Full(_)) => {
+                count_backpressure(count, peer, &mut self.backpressure_log)
             }
-        }
-        metrics::counter!("poolflow_relay_forwarded_records_total").increment(forwarded);
-        if dropped > 0 {
-            count_backpressure(dropped, peer, &mut self.backpressure_log);
+            Err(TrySendError::Closed(_)) => return ControlFlow::Break(()),
         }
         ControlFlow::Continue(())
     }
@@ -324,13 +322,11 @@ async fn tcp_connection(
         keep_durable_templates(&context.registry, &mut out, &mut report);
         account(&report, peer, TransportKind::Tcp, &mut log);
         let forwarded = out.len() as u64;
-        for record in out.drain(..) {
-            tokio::select! {
-                sent = context.records.send(record) => if sent.is_err() { return },
-                _ = shutdown.changed() => {
-                    tracing::warn!(%peer, "stopping: records of a message from the router were not taken");
-                    return;
-                }
+        tokio::select! {
+            sent = context.records.send(std::mem::take(&mut out)) => if sent.is_err() { return },
+            _ = shutdown.changed() => {
+                tracing::warn!(%peer, "stopping: records of a message from the router were not taken");
+                return;
             }
         }
         metrics::counter!("poolflow_relay_forwarded_records_total").increment(forwarded);

@@ -48,9 +48,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::config::StreamConfig;
+use crate::record_queue::record_queue;
 use crate::stream::{StreamReport, StreamSettings};
 
 #[cfg(test)]
@@ -88,7 +89,7 @@ pub async fn run(config: StreamConfig, options: RelayOptions) -> anyhow::Result<
         "relay template table loaded"
     );
     let settings: StreamSettings = config.stream_settings(known, options.exit_drain_timeout)?;
-    let (records, input) = mpsc::channel(relay.queue_records);
+    let (records, input) = record_queue(relay.queue_records);
     let context = ListenerContext {
         registry: registry.clone(),
         records,
