@@ -108,15 +108,29 @@ fn bind_socket(
 
 /// SO_REUSEPORT (socket2 offers it only behind its `all` feature).
 fn set_reuse_port(socket: &Socket) -> std::io::Result<()> {
+    set_int_option(socket, libc::SO_REUSEPORT, 1)
+}
+
+/// SO_RCVBUFFORCE. Failure (not privileged) leaves the SO_RCVBUF value:
+/// only burst capacity is lost.
+fn force_receive_buffer(socket: &Socket, bytes: usize) {
+    let _ = set_int_option(
+        socket,
+        libc::SO_RCVBUFFORCE,
+        bytes.min(i32::MAX as usize) as libc::c_int,
+    );
+}
+
+/// A `SOL_SOCKET` option that takes a C int.
+fn set_int_option(socket: &Socket, name: libc::c_int, value: libc::c_int) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    let on: libc::c_int = 1;
     // SAFETY: a valid socket fd and a pointer to a c_int of the right size.
     let result = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_REUSEPORT,
-            &on as *const libc::c_int as *const libc::c_void,
+            name,
+            &value as *const libc::c_int as *const libc::c_void,
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
@@ -124,23 +138,6 @@ fn set_reuse_port(socket: &Socket) -> std::io::Result<()> {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
-    }
-}
-
-fn force_receive_buffer(socket: &Socket, bytes: usize) {
-    use std::os::fd::AsRawFd;
-    let value = bytes.min(i32::MAX as usize) as libc::c_int;
-    // SAFETY: a valid socket fd and a pointer to a c_int of the right size.
-    // Failure (not privileged) leaves the SO_RCVBUF value: only burst
-    // capacity is lost.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            &value as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
     }
 }
 

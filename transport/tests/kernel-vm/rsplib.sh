@@ -102,7 +102,17 @@ if command -v tshark >/dev/null; then
     # 9897; the kernel's and our registrar's 9899, 9898), decoded as SCTP;
     # and no RTCP guessing: an ephemeral source port such as 0x80cc reads as
     # an RTCP header, which an undecoded port once turned into "malformed".
-    decode=(tshark -r "$work/rsplib.pcap" --disable-heuristic rtcp_udp
+    # Nor protocols Wireshark decodes by an SCTP port inside Linux's
+    # ephemeral range (32768-60999: S1AP, X2AP, NGAP, E2AP, ...): an
+    # association whose ephemeral port was one of them had its IPFIX (PPID
+    # 0, decoded by port) read as that protocol and "malformed" (E2AP on
+    # 37464, one CI run in many). Listed from this tshark, one flag each.
+    ephemeral_port_protocols=()
+    for protocol in $(tshark -G decodes 2>/dev/null |
+        awk -F'\t' '$1 == "sctp.port" && $2 >= 32768 && $2 <= 60999 { print $3 }' | sort -u); do
+        ephemeral_port_protocols+=(--disable-protocol "$protocol")
+    done
+    decode=(tshark -r "$work/rsplib.pcap" --disable-heuristic rtcp_udp "${ephemeral_port_protocols[@]}"
         -d udp.port==9899,sctp -d udp.port==9898,sctp -d udp.port==9897,sctp)
     frames=$("${decode[@]}" 2>/dev/null | wc -l)
     [ "$frames" -gt 100 ] || { echo "rsplib-vm: FAIL: the capture holds only $frames frames" >&2; exit 1; }
