@@ -119,7 +119,6 @@ pub async fn start(config: &CollectorConfig) -> Result<RunningCollector> {
     let stop_udp = Arc::new(AtomicBool::new(false));
     let mut udp_addrs = Vec::new();
     let mut udp_threads = Vec::new();
-    let udp_sessions = listeners::UdpSessionCount::default();
     for addr in &config.udp_listen {
         let sockets = listeners::bind_udp(
             *addr,
@@ -146,7 +145,6 @@ pub async fn start(config: &CollectorConfig) -> Result<RunningCollector> {
                 index,
                 settings.clone(),
                 tx.clone(),
-                udp_sessions.clone(),
                 Arc::clone(&stop_udp),
             ));
         }

@@ -7,7 +7,7 @@ use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
 use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -67,11 +67,6 @@ pub fn bind_udp(
     udp_listener::bind_group(addr, &options, threads).with_context(|| format!("binding UDP {addr}"))
 }
 
-/// UDP sessions open over all receive threads, for the sessions gauge: each
-/// thread knows only its own.
-#[derive(Debug, Clone, Default)]
-pub struct UdpSessionCount(Arc<AtomicUsize>);
-
 /// Runs the UDP receiver on its own thread until `stop` is set: the shared
 /// UDP listener loop ([`transport::udp_listener`]) with a [`SessionDecoder`]
 /// per exporter, decoding into batches for the writer.
@@ -80,7 +75,6 @@ pub fn spawn_udp(
     index: usize,
     settings: UdpSettings,
     tx: mpsc::Sender<Batch>,
-    sessions: UdpSessionCount,
     stop: Arc<AtomicBool>,
 ) -> JoinHandle<()> {
     std::thread::Builder::new()
@@ -98,8 +92,6 @@ pub fn spawn_udp(
                 counts: DecodeCounts::default(),
                 metrics: DecodeMetrics::new(settings.session.transport.as_str()),
                 session: settings.session,
-                all_sessions: sessions,
-                own_sessions: 0,
             };
             udp_listener::run(&socket, &listener, &stop, &mut receiver);
         })
@@ -118,9 +110,6 @@ struct UdpReceiver {
     /// The sessions' decode counts, published with each batch handed on.
     counts: DecodeCounts,
     metrics: DecodeMetrics,
-    /// Sessions of every receive thread, and how many of them are ours.
-    all_sessions: UdpSessionCount,
-    own_sessions: usize,
 }
 
 impl UdpService for UdpReceiver {
@@ -167,29 +156,22 @@ impl UdpService for UdpReceiver {
         ControlFlow::Continue(())
     }
 
-    fn session_change(&mut self, peer: SocketAddr, change: SessionChange, sessions: usize) {
-        let mut active = || {
-            let all = &self.all_sessions.0;
-            let previous = std::mem::replace(&mut self.own_sessions, sessions);
-            let total = if sessions >= previous {
-                all.fetch_add(sessions - previous, Ordering::Relaxed) + (sessions - previous)
-            } else {
-                all.fetch_sub(previous - sessions, Ordering::Relaxed) - (previous - sessions)
-            };
-            metrics::gauge!("poolflow_collector_sessions_active", "transport" => "udp")
-                .set(total as f64)
-        };
+    /// The gauge counts up and down, as the TCP and SCTP sessions' do, so
+    /// the receive threads of a `SO_REUSEPORT` group add up in it.
+    fn session_change(&mut self, peer: SocketAddr, change: SessionChange, _sessions: usize) {
+        let active = metrics::gauge!("poolflow_collector_sessions_active", "transport" => "udp");
         match change {
             SessionChange::Opened => {
                 info!(%peer, "new UDP transport session");
-                active();
+                active.increment(1.0);
             }
             SessionChange::Evicted => {
-                warn!(%peer, "UDP session limit reached, dropping the idlest session")
+                warn!(%peer, "UDP session limit reached, dropping the idlest session");
+                active.decrement(1.0);
             }
             SessionChange::Idle => {
                 info!(%peer, "UDP transport session idle, dropped");
-                active();
+                active.decrement(1.0);
             }
         }
     }

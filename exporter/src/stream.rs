@@ -440,9 +440,6 @@ pub async fn run_with_templates(
     })
 }
 
-/// Whether the core takes this record now: best-effort records are never
-/// held back (a full queue drops its oldest), billing records wait for
-/// room in the replay buffer (back-pressure).
 /// Most input records taken between two turns of the output loop: enough
 /// to amortise a turn, few enough that sending keeps pace.
 const INPUT_TURN: usize = 1024;
@@ -466,6 +463,9 @@ fn take_held(
     Ok(taken as u64)
 }
 
+/// Whether the core takes this record now: best-effort records are never
+/// held back (a full queue drops its oldest), billing records wait for
+/// room in the replay buffer (back-pressure).
 fn accepts(core: &Exporter, record: &InputRecord) -> bool {
     record.class == RecordClass::BestEffort || core.can_accept(record.domain)
 }
