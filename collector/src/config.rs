@@ -113,11 +113,11 @@ pub struct PostgresConfig {
     /// This collector's name in the shared tier (`flows.collector`): unique
     /// in the pool, stable across restarts, tied to this SQLite file.
     pub collector_name: String,
-    /// Record blocks one shipping step reads at most.
+    /// Record blocks per PostgreSQL transaction.
     #[serde(default = "PostgresConfig::default_batch_blocks")]
     pub batch_blocks: usize,
-    /// Connections a step's blocks are copied over in parallel (one
-    /// transaction each).
+    /// Connections, each with one transaction in flight: the shipper's
+    /// pipeline (docs/postgres.md).
     #[serde(default = "PostgresConfig::default_connections")]
     pub connections: usize,
     /// Pause between shipping rounds once caught up.
@@ -135,7 +135,7 @@ pub struct PostgresConfig {
 
 impl PostgresConfig {
     fn default_batch_blocks() -> usize {
-        2000
+        1000
     }
 
     fn default_connections() -> usize {

@@ -2,15 +2,20 @@
 //! shipper thread that copies what the local SQLite store has committed.
 //!
 //! SQLite stays the durable point a billing cookie stands on; PostgreSQL is
-//! filled behind it. A shipping step's blocks are split over
-//! `postgres.connections` connections, each part one PostgreSQL transaction:
-//! the blocks' identities go into `shipped_blocks` (primary key
+//! filled behind it. Blocks are shipped in transactions of up to
+//! `postgres.batch_blocks` blocks, `postgres.connections` of them in flight
+//! at once (a pipeline: a connection that commits is handed the next
+//! blocks at once, so PostgreSQL's backends never wait for each other or
+//! for the SQLite read). In each transaction the blocks' identities go into
+//! `shipped_blocks` (primary key
 //! `(collector, block_id)`, `ON CONFLICT DO NOTHING`), and only the blocks
 //! that were new there have their records copied into `flows` (binary
 //! COPY). A block's records are thus in `flows` exactly when its identity is
 //! in `shipped_blocks`, whatever the watermark said: exactly once across
-//! PostgreSQL outages, collector crashes and restarts. Only then does the
-//! SQLite watermark move (`shipping_watermark`).
+//! PostgreSQL outages, collector crashes and restarts. The SQLite watermark
+//! (`shipping_watermark`) then moves over the committed prefix only: a
+//! transaction that commits before an earlier one is not counted until the
+//! earlier one has committed too.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -20,6 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use protocol::ipfix::message::DataRecordIter;
 use protocol::ipfix::{DataRecord, MessageHeader, Template};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -33,7 +39,7 @@ use crate::query::describe_field;
 use crate::record::{extra_fields, flow_fields, record_hash};
 use crate::segments::SegmentReader;
 use crate::shipper::{
-    BacklogCount, BacklogStatus, Shipper, ShipperPolicy, Step, Stream, Watermarks,
+    BacklogCount, BacklogStatus, CommitOrder, Shipper, ShipperPolicy, Step, Stream, Watermarks,
 };
 use crate::store::decode_template;
 
@@ -59,17 +65,16 @@ CREATE TABLE IF NOT EXISTS shipped_blocks (
 );
 CREATE INDEX IF NOT EXISTS shipped_blocks_by_billing
     ON shipped_blocks (billing_exporter, domain, first_record_sequence);
+-- The message's other facts (transport, template, header sequence number,
+-- arrival) are in shipped_blocks, one row a block: every column here costs
+-- PostgreSQL CPU on every record shipped (docs/postgres.md).
 CREATE TABLE IF NOT EXISTS flows (
     collector        text        NOT NULL,
     block_id         bigint      NOT NULL,
     record_index     integer     NOT NULL,
     exporter         text        NOT NULL,
-    transport        text        NOT NULL,
     domain           bigint      NOT NULL,
-    template_id      integer     NOT NULL,
     export_time      timestamptz NOT NULL,
-    message_sequence bigint      NOT NULL,
-    received_at      timestamptz NOT NULL,
     billing_exporter bigint,
     record_sequence  bigint,
     record_hash      bigint      NOT NULL,
@@ -88,6 +93,20 @@ CREATE TABLE IF NOT EXISTS flows (
     egress_if        bigint,
     fields           jsonb
 ) PARTITION BY RANGE (export_time);
+-- A database made when flows had those per-message columns keeps them,
+-- NULL in the rows shipped since.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM information_schema.columns
+               WHERE table_schema = current_schema() AND table_name = 'flows'
+                 AND column_name = 'transport' AND is_nullable = 'NO') THEN
+        ALTER TABLE flows ALTER COLUMN transport DROP NOT NULL,
+                          ALTER COLUMN template_id DROP NOT NULL,
+                          ALTER COLUMN message_sequence DROP NOT NULL,
+                          ALTER COLUMN received_at DROP NOT NULL;
+    END IF;
+END
+$$;
 -- The audit's order; partial, so plain (non-billing) flows cost no index
 -- upkeep. Time conditions need no index: they prune partitions.
 CREATE INDEX IF NOT EXISTS flows_by_billing
@@ -157,11 +176,10 @@ $$;
 /// stop, forever. The step is rolled back and retried.
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Columns of `flows` in COPY order, with their types.
-const FLOW_COLUMNS: [(&str, Type); 27] = [
+/// Columns of `shipped_blocks` the shipper fills, in COPY order.
+const SHIPPED_BLOCK_COLUMNS: [(&str, Type); 12] = [
     ("collector", Type::TEXT),
     ("block_id", Type::INT8),
-    ("record_index", Type::INT4),
     ("exporter", Type::TEXT),
     ("transport", Type::TEXT),
     ("domain", Type::INT8),
@@ -169,6 +187,19 @@ const FLOW_COLUMNS: [(&str, Type); 27] = [
     ("export_time", Type::TIMESTAMPTZ),
     ("message_sequence", Type::INT8),
     ("received_at", Type::TIMESTAMPTZ),
+    ("record_count", Type::INT4),
+    ("billing_exporter", Type::INT8),
+    ("first_record_sequence", Type::INT8),
+];
+
+/// Columns of `flows` in COPY order, with their types.
+const FLOW_COLUMNS: [(&str, Type); 23] = [
+    ("collector", Type::TEXT),
+    ("block_id", Type::INT8),
+    ("record_index", Type::INT4),
+    ("exporter", Type::TEXT),
+    ("domain", Type::INT8),
+    ("export_time", Type::TIMESTAMPTZ),
     ("billing_exporter", Type::INT8),
     ("record_sequence", Type::INT8),
     ("record_hash", Type::INT8),
@@ -245,7 +276,9 @@ pub fn spawn_shipper(config: &PostgresConfig, database: &Path) -> Result<Shipper
     let stop = Arc::new(AtomicBool::new(false));
     let io = ShipperIo::open(config, database)?;
     let policy = ShipperPolicy {
-        batch_rows: config.batch_blocks,
+        batch_rows: config
+            .batch_blocks
+            .saturating_mul(config.connections * TRANSACTIONS_PER_CONNECTION_PER_STEP),
         interval: config.interval,
         max_backlog_records: config.max_backlog_records,
         retry_min: Duration::from_millis(100),
@@ -284,13 +317,20 @@ pub fn spawn_shipper(config: &PostgresConfig, database: &Path) -> Result<Shipper
     Ok(ShipperHandle { stop, thread })
 }
 
+/// Transactions one shipping step hands each connection at most, so a
+/// step (after which the billing tables and the watermark get their turn)
+/// ends within a second or so at full speed, while the pipeline's one
+/// barrier, at the end of a step, comes rarely.
+const TRANSACTIONS_PER_CONNECTION_PER_STEP: usize = 4;
+
 /// One committed block read back from SQLite, owned.
 struct BlockRow {
     id: i64,
     exporter: String,
     transport: String,
     domain: u32,
-    template_ref: i64,
+    /// Its template (`None`: missing or damaged in SQLite).
+    template: Option<Arc<Template>>,
     export_time: u32,
     message_sequence: u32,
     first_record_index: u32,
@@ -308,12 +348,14 @@ struct ShipperIo {
     database: PathBuf,
     url: String,
     collector: String,
-    client: Option<Client>,
-    /// More connections, so a step's blocks are copied in parallel
-    /// (`postgres.connections` in all); made when first needed.
-    extra_clients: Vec<Client>,
+    /// The connections; the first has created the schema and checked this
+    /// collector's identity, the others (`postgres.connections` in all)
+    /// are made when blocks are first shipped.
+    clients: Vec<Client>,
     connections: usize,
-    templates: HashMap<i64, Option<Template>>,
+    /// Record blocks per PostgreSQL transaction.
+    batch_blocks: usize,
+    templates: HashMap<i64, Option<Arc<Template>>>,
     /// The blocks' record bytes (segment files since schema 6).
     segments: SegmentReader,
     /// Days whose `flows` partition exists (this process created or saw it).
@@ -349,9 +391,9 @@ impl ShipperIo {
             database: database.to_owned(),
             url: config.url.clone(),
             collector: config.collector_name.clone(),
-            client: None,
-            extra_clients: Vec::new(),
+            clients: Vec::new(),
             connections: config.connections,
+            batch_blocks: config.batch_blocks,
             templates: HashMap::new(),
             segments: SegmentReader::for_database(database),
             partitions: HashSet::new(),
@@ -421,8 +463,7 @@ impl ShipperIo {
                     }
                     Err(e) => {
                         // The clients may be broken: connect again next time.
-                        self.client = None;
-                        self.extra_clients.clear();
+                        self.clients.clear();
                         let pause = shipper.failed();
                         metrics::counter!("poolflow_collector_shipping_errors_total").increment(1);
                         if shipper.consecutive_failures() == 1 {
@@ -504,13 +545,13 @@ impl ShipperIo {
     }
 
     async fn client(&mut self) -> Result<&mut Client> {
-        if self.client.is_none() {
+        if self.clients.is_empty() {
             let client = connect(&self.url).await?;
             create_schema(&client).await?;
             self.check_identity(&client).await?;
-            self.client = Some(client);
+            self.clients.push(client);
         }
-        Ok(self.client.as_mut().expect("connected above"))
+        Ok(&mut self.clients[0])
     }
 
     /// Refuses a `collector_name` whose blocks in PostgreSQL go beyond this
@@ -574,14 +615,17 @@ impl ShipperIo {
         )?;
         let mut rows = stmt.query(params![after, limit as i64])?;
         let mut blocks = Vec::new();
+        let mut template_refs = Vec::new();
         while let Some(r) = rows.next()? {
             let id: i64 = r.get(0)?;
+            let template_ref: i64 = r.get(4)?;
+            template_refs.push(template_ref);
             blocks.push(BlockRow {
                 id,
                 exporter: r.get(1)?,
                 transport: r.get(2)?,
                 domain: r.get(3)?,
-                template_ref: r.get(4)?,
+                template: None,
                 export_time: r.get(5)?,
                 message_sequence: r.get(6)?,
                 first_record_index: r.get(7)?,
@@ -598,11 +642,11 @@ impl ShipperIo {
         }
         drop(rows);
         drop(stmt);
-        for block in &blocks {
-            if !self.templates.contains_key(&block.template_ref) {
+        for (block, template_ref) in blocks.iter_mut().zip(template_refs) {
+            if !self.templates.contains_key(&template_ref) {
                 let template = self.sqlite.query_row(
                     "SELECT template_id, scope_field_count, fields FROM templates WHERE id = ?1",
-                    [block.template_ref],
+                    [template_ref],
                     |r| {
                         Ok(decode_template(
                             r.get(0)?,
@@ -611,13 +655,18 @@ impl ShipperIo {
                         ))
                     },
                 )?;
-                self.templates.insert(block.template_ref, template);
+                self.templates.insert(template_ref, template.map(Arc::new));
             }
+            block.template = self.templates[&template_ref].clone();
         }
         Ok(blocks)
     }
 
-    async fn ensure_partitions(&mut self, blocks: &[BlockRow]) -> Result<()> {
+    async fn ensure_partitions_on(
+        &mut self,
+        client: &mut Client,
+        blocks: &[BlockRow],
+    ) -> Result<()> {
         let days: HashSet<i64> = blocks
             .iter()
             .map(|b| i64::from(b.export_time) / 86_400)
@@ -626,7 +675,6 @@ impl ShipperIo {
         if days.is_empty() {
             return Ok(());
         }
-        let client = self.client().await?;
         for day in &days {
             client
                 .execute(
@@ -641,37 +689,80 @@ impl ShipperIo {
         Ok(())
     }
 
+    /// Ships up to `limit` blocks after `after` through the pipeline:
+    /// transactions of up to `batch_blocks` blocks, read from SQLite in id
+    /// order, one in flight per connection; a connection that commits gets
+    /// the next blocks straight away. Returns the blocks shipped and the
+    /// highest id of the committed prefix. A failed transaction fails the
+    /// step; those committed after it are claimed in `shipped_blocks`, so
+    /// the retry from the watermark drops them.
     async fn ship_blocks(&mut self, after: i64, limit: usize) -> Result<(usize, i64)> {
-        let blocks = self.read_blocks(after, limit)?;
-        let Some(last) = blocks.last().map(|b| b.id) else {
+        let first = self.read_blocks(after, self.batch_blocks.min(limit))?;
+        if first.is_empty() {
             return Ok((0, after));
-        };
-        self.ensure_partitions(&blocks).await?;
-        // Split over the connections: each part is its own transaction that
-        // claims its blocks, so a part committed before another failed is
-        // dropped as already shipped when the step is retried.
-        let parts = self.connections.min(blocks.len()).max(1);
-        while self.extra_clients.len() < parts - 1 {
-            let client = connect(&self.url).await?;
-            self.extra_clients.push(client);
         }
         self.client().await?;
-        let per_part = blocks.len().div_ceil(parts);
-        let collector = self.collector.as_str();
-        let templates = &self.templates;
-        let main = self.client.as_mut().expect("connected above");
-        let copies = std::iter::once(main)
-            .chain(self.extra_clients.iter_mut())
-            .zip(blocks.chunks(per_part))
-            .map(|(client, part)| copy_blocks(client, collector, part, templates));
-        let records: u64 = futures_util::future::try_join_all(copies)
-            .await?
-            .into_iter()
-            .sum();
-        metrics::counter!("poolflow_collector_shipped_records_total").increment(records);
-        self.backlog
-            .shipped(blocks.iter().map(|b| (b.id, b.record_count.max(0) as u64)));
-        Ok((blocks.len(), last))
+        let mut idle = std::mem::take(&mut self.clients);
+        while idle.len() < self.connections {
+            idle.push(connect(&self.url).await?);
+        }
+        let collector: Arc<str> = Arc::from(self.collector.as_str());
+        let mut in_flight = FuturesUnordered::new();
+        let mut order = CommitOrder::default();
+        let mut read = first.len();
+        let mut last_read = first.last().map_or(after, |b| b.id);
+        let mut to_send = Some(first);
+        let mut caught_up = read < self.batch_blocks.min(limit);
+        let mut shipped = 0usize;
+        let mut position = after;
+        loop {
+            while let Some(blocks) = to_send.take() {
+                let Some(mut client) = idle.pop() else {
+                    to_send = Some(blocks);
+                    break;
+                };
+                self.ensure_partitions_on(&mut client, &blocks).await?;
+                let ticket = order.started(
+                    blocks
+                        .iter()
+                        .map(|b| (b.id, b.record_count.max(0) as u64))
+                        .collect(),
+                );
+                let collector = Arc::clone(&collector);
+                in_flight.push(async move {
+                    let copied = copy_blocks(&mut client, &collector, &blocks).await;
+                    (ticket, client, copied)
+                });
+                // The next transaction's blocks, read while this one copies.
+                if !caught_up && read < limit {
+                    let want = self.batch_blocks.min(limit - read);
+                    let more = self.read_blocks(last_read, want)?;
+                    caught_up = more.len() < want;
+                    read += more.len();
+                    if let Some(last) = more.last() {
+                        last_read = last.id;
+                        to_send = Some(more);
+                    }
+                }
+            }
+            let Some((ticket, client, copied)) = in_flight.next().await else {
+                break;
+            };
+            // On failure the client is dropped with the others in flight:
+            // the caller connects again.
+            let copied = copied?;
+            metrics::counter!("poolflow_collector_shipped_records_total").increment(copied);
+            idle.push(client);
+            let prefix = order.committed(ticket);
+            shipped += prefix.len();
+            position = prefix.last().map_or(position, |(id, _)| *id);
+            self.backlog.shipped(prefix);
+        }
+        debug_assert_eq!(order.outstanding(), 0);
+        // Any of them serves the other streams: the schema and the identity
+        // check, done on the first, hold for the same server.
+        self.clients = idle;
+        Ok((shipped, position))
     }
 
     async fn ship_handovers(&mut self, after: i64, limit: usize) -> Result<(usize, i64)> {
@@ -845,86 +936,64 @@ impl ShipperIo {
 
 /// One transaction: claim the blocks in `shipped_blocks`, copy the records
 /// of those that were new. Returns the records copied.
-async fn copy_blocks(
-    client: &mut Client,
-    collector: &str,
-    blocks: &[BlockRow],
-    templates: &HashMap<i64, Option<Template>>,
-) -> Result<u64> {
+///
+/// The blocks already in `shipped_blocks` (a step retried after a failure,
+/// or a watermark behind PostgreSQL after a crash) are looked up first and
+/// left out; the rest are claimed by a binary COPY, which costs PostgreSQL
+/// a fraction of an `INSERT … ON CONFLICT` (speculative insertion, a row at
+/// a time: 7 % of its CPU at 500k records/s). The primary key still makes
+/// it exactly once: a block claimed by someone else in between fails the
+/// COPY, the transaction rolls back and the retry leaves the block out.
+async fn copy_blocks(client: &mut Client, collector: &str, blocks: &[BlockRow]) -> Result<u64> {
     let tx = client.transaction().await?;
-    let mut ids = Vec::with_capacity(blocks.len());
-    let mut exporters = Vec::with_capacity(blocks.len());
-    let mut transports = Vec::with_capacity(blocks.len());
-    let mut domains = Vec::with_capacity(blocks.len());
-    let mut template_ids = Vec::with_capacity(blocks.len());
-    let mut export_times = Vec::with_capacity(blocks.len());
-    let mut message_sequences = Vec::with_capacity(blocks.len());
-    let mut received = Vec::with_capacity(blocks.len());
-    let mut counts = Vec::with_capacity(blocks.len());
-    let mut billing_exporters = Vec::with_capacity(blocks.len());
-    let mut first_sequences = Vec::with_capacity(blocks.len());
-    for b in blocks {
-        ids.push(b.id);
-        exporters.push(b.exporter.as_str());
-        transports.push(b.transport.as_str());
-        domains.push(i64::from(b.domain));
-        template_ids.push(
-            templates
-                .get(&b.template_ref)
-                .and_then(|t| t.as_ref())
-                .map_or(-1, |t| i32::from(t.id)),
-        );
-        export_times.push(time_from_ms(i64::from(b.export_time) * 1000));
-        message_sequences.push(i64::from(b.message_sequence));
-        received.push(time_from_ms(b.received_ms));
-        counts.push(b.record_count as i32);
-        billing_exporters.push(b.billing_exporter);
-        first_sequences.push(b.first_record_sequence);
-    }
-    let new: HashSet<i64> = tx
+    let (Some(lowest), Some(highest)) = (blocks.first(), blocks.last()) else {
+        return Ok(0);
+    };
+    let already: HashSet<i64> = tx
         .query(
-            "INSERT INTO shipped_blocks (collector, block_id, exporter, transport, domain,
-                template_id, export_time, message_sequence, received_at, record_count,
-                billing_exporter, first_record_sequence)
-             SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::bigint[],
-                $6::integer[], $7::timestamptz[], $8::bigint[], $9::timestamptz[],
-                $10::integer[], $11::bigint[], $12::bigint[])
-             ON CONFLICT (collector, block_id) DO NOTHING
-             RETURNING block_id",
-            &[
-                &collector,
-                &ids,
-                &exporters,
-                &transports,
-                &domains,
-                &template_ids,
-                &export_times,
-                &message_sequences,
-                &received,
-                &counts,
-                &billing_exporters,
-                &first_sequences,
-            ],
+            "SELECT block_id FROM shipped_blocks
+             WHERE collector = $1 AND block_id BETWEEN $2 AND $3",
+            &[&collector, &lowest.id, &highest.id],
         )
         .await
-        .context("claiming blocks in shipped_blocks")?
+        .context("looking up shipped blocks")?
         .iter()
         .map(|row| row.get::<_, i64>(0))
         .collect();
+    let new: Vec<&BlockRow> = blocks.iter().filter(|b| !already.contains(&b.id)).collect();
+    if new.is_empty() {
+        tx.commit().await?;
+        return Ok(0);
+    }
+    let claims = copy_writer(&tx, "shipped_blocks", &SHIPPED_BLOCK_COLUMNS).await?;
+    futures_util::pin_mut!(claims);
+    for b in &new {
+        let row: [&(dyn ToSql + Sync); SHIPPED_BLOCK_COLUMNS.len()] = [
+            &collector,
+            &b.id,
+            &b.exporter,
+            &b.transport,
+            &i64::from(b.domain),
+            &b.template.as_ref().map_or(-1, |t| i32::from(t.id)),
+            &time_from_ms(i64::from(b.export_time) * 1000),
+            &i64::from(b.message_sequence),
+            &time_from_ms(b.received_ms),
+            &(b.record_count as i32),
+            &b.billing_exporter,
+            &b.first_record_sequence,
+        ];
+        claims.as_mut().write(&row).await?;
+    }
+    claims
+        .finish()
+        .await
+        .context("claiming blocks in shipped_blocks")?;
     let mut copied = 0u64;
-    if !new.is_empty() {
-        let columns: Vec<&str> = FLOW_COLUMNS.iter().map(|(name, _)| *name).collect();
-        let types: Vec<Type> = FLOW_COLUMNS.iter().map(|(_, ty)| ty.clone()).collect();
-        let sink = tx
-            .copy_in(&format!(
-                "COPY flows ({}) FROM STDIN (FORMAT binary)",
-                columns.join(", ")
-            ))
-            .await?;
-        let writer = BinaryCopyInWriter::new(sink, &types);
+    {
+        let writer = copy_writer(&tx, "flows", &FLOW_COLUMNS).await?;
         futures_util::pin_mut!(writer);
-        for block in blocks.iter().filter(|b| new.contains(&b.id)) {
-            let Some(Some(template)) = templates.get(&block.template_ref) else {
+        for block in new {
+            let Some(template) = &block.template else {
                 // Counted as shipped in shipped_blocks.record_count with no
                 // flows: the PostgreSQL audit reports the difference.
                 tracing::error!(
@@ -939,6 +1008,24 @@ async fn copy_blocks(
     }
     tx.commit().await.context("committing the shipment")?;
     Ok(copied)
+}
+
+/// A binary COPY into `table`'s `columns`.
+async fn copy_writer(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &str,
+    columns: &[(&str, Type)],
+) -> Result<BinaryCopyInWriter> {
+    let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
+    let types: Vec<Type> = columns.iter().map(|(_, ty)| ty.clone()).collect();
+    let sink = tx
+        .copy_in(&format!(
+            "COPY {table} ({}) FROM STDIN (FORMAT binary)",
+            names.join(", ")
+        ))
+        .await
+        .with_context(|| format!("starting the copy into {table}"))?;
+    Ok(BinaryCopyInWriter::new(sink, &types))
 }
 
 /// Appends one block's records to the COPY.
@@ -956,10 +1043,7 @@ async fn copy_block(
         observation_domain_id: block.domain,
     };
     let export_time = time_from_ms(i64::from(block.export_time) * 1000);
-    let received_at = time_from_ms(block.received_ms);
     let domain = i64::from(block.domain);
-    let template_id = i32::from(template.id);
-    let message_sequence = i64::from(block.message_sequence);
     let mut copied = 0u64;
     for (i, bytes) in DataRecordIter::new(template, &block.records).enumerate() {
         // The collector stored only records that split cleanly.
@@ -994,17 +1078,13 @@ async fn copy_block(
         }
         let fields = (!map.is_empty()).then_some(Value::Object(map));
         let counter = |v: Option<u64>| v.map(|v| v.min(i64::MAX as u64) as i64);
-        let row: [&(dyn ToSql + Sync); 27] = [
+        let row: [&(dyn ToSql + Sync); FLOW_COLUMNS.len()] = [
             &collector,
             &block.id,
             &(record_index as i32),
             &block.exporter,
-            &block.transport,
             &domain,
-            &template_id,
             &export_time,
-            &message_sequence,
-            &received_at,
             &block.billing_exporter,
             &record_sequence,
             &(record_hash(bytes) as i64),

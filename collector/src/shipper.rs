@@ -7,8 +7,9 @@
 //! Exactly once does not rest on this state: PostgreSQL drops a block it
 //! already holds (`shipped_blocks` primary key, docs/postgres.md), so a
 //! watermark that lags behind PostgreSQL (a crash between the PostgreSQL
-//! commit and the SQLite watermark update) only re-sends one batch.
+//! commits and the SQLite watermark update) only re-sends one step.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 /// One shipped SQLite table, in the order a round ships them: blocks
@@ -89,7 +90,8 @@ impl Watermarks {
 /// The shipper's tunables (from `[postgres]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShipperPolicy {
-    /// Rows per step (record blocks per PostgreSQL transaction).
+    /// Rows per step (for blocks: every transaction the step's pipeline
+    /// runs, `batch_blocks` each).
     pub batch_rows: usize,
     /// Pause once every stream is caught up.
     pub interval: Duration,
@@ -321,9 +323,83 @@ impl BacklogCount {
     }
 }
 
+/// The shipping pipeline's transactions, in the order of their blocks'
+/// ids, and which have committed. They commit in any order; the watermark
+/// may only cover a prefix of committed ones, or a crash would skip the
+/// blocks of one still in flight.
+#[derive(Debug, Default)]
+pub struct CommitOrder {
+    next_ticket: u64,
+    /// By ticket.
+    started: VecDeque<Transaction>,
+}
+
+/// One transaction of the pipeline.
+#[derive(Debug)]
+struct Transaction {
+    ticket: u64,
+    /// Its blocks as `(id, records)`.
+    blocks: Vec<(i64, u64)>,
+    committed: bool,
+}
+
+impl CommitOrder {
+    /// A transaction with these blocks (ids above every earlier one's) is
+    /// sent; returns its ticket.
+    pub fn started(&mut self, blocks: Vec<(i64, u64)>) -> u64 {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.started.push_back(Transaction {
+            ticket,
+            blocks,
+            committed: false,
+        });
+        ticket
+    }
+
+    /// The transaction of `ticket` committed; returns the blocks that this
+    /// makes part of the committed prefix, in id order (none while an
+    /// earlier one is still in flight).
+    pub fn committed(&mut self, ticket: u64) -> Vec<(i64, u64)> {
+        if let Some(transaction) = self.started.iter_mut().find(|t| t.ticket == ticket) {
+            transaction.committed = true;
+        }
+        let mut prefix = Vec::new();
+        while self.started.front().is_some_and(|t| t.committed) {
+            let transaction = self.started.pop_front().expect("checked above");
+            prefix.extend(transaction.blocks);
+        }
+        prefix
+    }
+
+    /// Transactions started and not yet in the committed prefix.
+    pub fn outstanding(&self) -> usize {
+        self.started.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_prefix_of_committed_transactions_counts() {
+        let mut order = CommitOrder::default();
+        let first = order.started(vec![(1, 10), (2, 10)]);
+        let second = order.started(vec![(3, 10)]);
+        let third = order.started(vec![(4, 5), (5, 5)]);
+        // The third commits first: nothing is shipped for the watermark yet.
+        assert_eq!(order.committed(third), vec![]);
+        assert_eq!(order.committed(first), vec![(1, 10), (2, 10)]);
+        assert_eq!(order.outstanding(), 2);
+        // The second closes the gap and brings the third with it.
+        assert_eq!(order.committed(second), vec![(3, 10), (4, 5), (5, 5)]);
+        assert_eq!(order.outstanding(), 0);
+        // An unknown or repeated ticket changes nothing.
+        assert_eq!(order.committed(second), vec![]);
+        let fourth = order.started(vec![(6, 1)]);
+        assert_eq!(order.committed(fourth), vec![(6, 1)]);
+    }
 
     fn policy() -> ShipperPolicy {
         ShipperPolicy {

@@ -69,8 +69,9 @@ fi
 # On ADDRESS only (loopback unless given); the socket in DIR, not in
 # /var/run/postgresql.
 # fsync stays on: the outage tests restart the server and must find what
-# it acknowledged.
+# it acknowledged. POOLFLOW_PG_SERVER_OPTIONS adds server options
+# (bench/postgres.sh sizes max_wal_size with it).
 "${as_owner[@]}" "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-  -o "-p $port -c listen_addresses=$address -k $dir -c max_connections=100" start >/dev/null \
+  -o "-p $port -c listen_addresses=$address -k $dir -c max_connections=100 ${POOLFLOW_PG_SERVER_OPTIONS:-}" start >/dev/null \
   || { tail -20 "$dir/server.log" >&2; exit 1; }
 echo "postgresql://postgres@$address:$port/postgres"

@@ -323,6 +323,81 @@ async fn the_audit_gives_the_same_report_on_both_tiers() {
     assert_eq!(shipped(&pg.url, "backup").await, before, "nothing doubled");
 }
 
+/// `flows` as the shipper made it before the per-message columns
+/// (transport, template, header sequence, arrival) moved to
+/// `shipped_blocks` alone.
+const FLOWS_WITH_MESSAGE_COLUMNS: &str = "
+CREATE TABLE flows (
+    collector text NOT NULL, block_id bigint NOT NULL, record_index integer NOT NULL,
+    exporter text NOT NULL, transport text NOT NULL, domain bigint NOT NULL,
+    template_id integer NOT NULL, export_time timestamptz NOT NULL,
+    message_sequence bigint NOT NULL, received_at timestamptz NOT NULL,
+    billing_exporter bigint, record_sequence bigint, record_hash bigint NOT NULL,
+    src_addr inet, dst_addr inet, src_port integer, dst_port integer, protocol smallint,
+    tcp_flags integer, tos smallint, octets bigint, packets bigint,
+    flow_start timestamptz, flow_end timestamptz, ingress_if bigint, egress_if bigint,
+    fields jsonb
+) PARTITION BY RANGE (export_time);";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_flows_table_and_a_partly_shipped_range_take_the_rest_once() {
+    let Some(pg) = PostgresServer::start() else {
+        return;
+    };
+    let (client, connection) = tokio_postgres::connect(&pg.url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(FLOWS_WITH_MESSAGE_COLUMNS)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = HandStore::create(dir.path(), "store.sqlite");
+    // 12 blocks of 25 records.
+    store.add_records(Some(1), 1, 0..300, BASE_MS);
+    ship(&pg.url, &store, "c").await;
+    let new_rows_with_old_columns: i64 = client
+        .query_one(
+            "SELECT count(*) FROM flows WHERE transport IS NOT NULL OR template_id IS NOT NULL
+                OR message_sequence IS NOT NULL OR received_at IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        new_rows_with_old_columns, 0,
+        "the old columns are left NULL"
+    );
+
+    // Blocks 4 to 6 gone from PostgreSQL, the others still there, and the
+    // watermark wiped: the shipper re-reads all 12 blocks, in transactions
+    // of 7 spanning both kinds, and copies only the missing three.
+    client
+        .batch_execute(
+            "DELETE FROM flows WHERE collector = 'c' AND block_id BETWEEN 4 AND 6;
+             DELETE FROM shipped_blocks WHERE collector = 'c' AND block_id BETWEEN 4 AND 6;",
+        )
+        .await
+        .unwrap();
+    store
+        .conn
+        .execute("DELETE FROM shipping_watermark", [])
+        .unwrap();
+    ship(&pg.url, &store, "c").await;
+    let row = client
+        .query_one(
+            "SELECT count(*), count(DISTINCT record_sequence), min(record_sequence),
+                    max(record_sequence)
+             FROM flows WHERE collector = 'c'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (rows, distinct, lowest, highest): (i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!((rows, distinct, lowest, highest), (300, 300, 0, 299));
+}
+
 #[test]
 fn audit_refuses_both_kinds_of_store_at_once() {
     let err = collector::audit::run(&AuditOptions {
