@@ -13,7 +13,10 @@
 # the hourly per-prefix report (docs/postgres.md) over every record shipped
 # (10M + 2M by default).
 # Usage: bench/postgres.sh [RATE] [RECORDS]   (default 500000 10000000)
-# POOLFLOW_BENCH_PG_CONNECTIONS sets `postgres.connections` (default 2);
+# POOLFLOW_BENCH_PG_CONNECTIONS sets `postgres.connections` (default 2),
+# POOLFLOW_BENCH_PG_BATCH_BLOCKS `postgres.batch_blocks` (default: the
+# collector's); POOLFLOW_PG_SERVER_OPTIONS the server's options (default
+# max_wal_size=8GB, below);
 # POOLFLOW_BENCH_INTAKE_ONLY=1 stops after the run at RATE (no outage, no
 # report), for repeating the lag measurement; POOLFLOW_BENCH_BIN=DIR runs
 # the collector and exporter in DIR instead of building them (comparing
@@ -41,6 +44,11 @@ trap cleanup EXIT
 
 base=$((30000 + RANDOM % 10000))
 pg_port=$base; ipfix_port=$((base + 1)); metrics_port=$((base + 2))
+# The server sized for this load as PostgreSQL itself asks: at its default
+# max_wal_size (1GB) it checkpoints every 7-8 s here and logs "checkpoints
+# are occurring too frequently"; each checkpoint's fsync stalls the COPYs
+# for up to a second. POOLFLOW_PG_SERVER_OPTIONS="" runs the defaults.
+export POOLFLOW_PG_SERVER_OPTIONS="${POOLFLOW_PG_SERVER_OPTIONS--c max_wal_size=8GB}"
 url=$(bash tests/postgres/start.sh "$run/pg" "$pg_port")
 cat > "$run/collector.toml" <<EOF2
 database = "$run/collector.sqlite"
@@ -52,13 +60,14 @@ metrics_listen = "127.0.0.1:$metrics_port"
 url = "$url"
 collector_name = "bench"
 connections = ${POOLFLOW_BENCH_PG_CONNECTIONS:-2}
+${POOLFLOW_BENCH_PG_BATCH_BLOCKS:+batch_blocks = $POOLFLOW_BENCH_PG_BATCH_BLOCKS}
 EOF2
 "$bin/collector" run --config "$run/collector.toml" >"$run/collector.out" 2>"$run/collector.log" &
 pids+=($!)
 for _ in $(seq 100); do grep -qs "listening tcp" "$run/collector.out" && break; sleep 0.1; done
 grep -q "listening tcp" "$run/collector.out" || { cat "$run/collector.log" >&2; exit 1; }
 
-echo "PostgreSQL $(psql -At "$url" -c 'SHOW server_version'), $(nproc) cores, target $rate records/s, $records records"
+echo "PostgreSQL $(psql -At "$url" -c 'SHOW server_version') (max_wal_size $(psql -At "$url" -c 'SHOW max_wal_size')), $(nproc) cores, target $rate records/s, $records records"
 "$bin/exporter" generate --to "127.0.0.1:$ipfix_port" --transport tcp \
   --records "$records" --rate "$rate" >"$run/generate.log" 2>&1 &
 generator=$!
