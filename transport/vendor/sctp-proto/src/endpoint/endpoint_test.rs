@@ -4133,3 +4133,36 @@ fn poolflow_server_shutdown_right_after_client_message_closes_client_promptly() 
     );
     Ok(())
 }
+
+/// An endpoint that only connects (no server config) gets an INIT, as a pool element's ASAP
+/// endpoint does from a registrar that took it over: it refuses it and goes on. It panicked on
+/// an unwrap before, killing the driver with every association on it.
+#[test]
+fn poolflow_an_init_to_an_endpoint_that_accepts_nothing_is_refused() {
+    let now = Instant::now();
+    let mut initiator = Endpoint::new(Arc::new(EndpointConfig::default()), None);
+    let target: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+    let (_ch, mut assoc) = initiator
+        .connect(ClientConfig::default(), target)
+        .expect("connect");
+    let transmit = assoc.poll_transmit(now).expect("the INIT");
+    let Payload::RawEncode(datagrams) = transmit.payload else {
+        panic!("expected RawEncode transmit");
+    };
+    let mut connect_only = Endpoint::new(Arc::new(EndpointConfig::default()), None);
+    let source: SocketAddr = "127.0.0.1:6000".parse().unwrap();
+    for _ in 0..2 {
+        assert!(
+            connect_only
+                .handle(now, source, None, None, datagrams[0].clone())
+                .is_none(),
+            "an endpoint without a server config must not take an association"
+        );
+    }
+    // It still connects.
+    assert!(
+        connect_only
+            .connect(ClientConfig::default(), target)
+            .is_ok()
+    );
+}

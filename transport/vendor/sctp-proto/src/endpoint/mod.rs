@@ -420,7 +420,14 @@ impl Endpoint {
             return None;
         }
 
-        let server_config = self.server_config.as_ref().unwrap();
+        // poolflow patch: an endpoint without a server config (one that only connects)
+        // refused nothing here and panicked on the unwrap: any peer could kill its driver
+        // with one INIT (a registrar taking over our pool element did). Refuse it; the
+        // caller treats the packet as out of the blue.
+        let Some(server_config) = self.server_config.as_ref() else {
+            debug!("refusing INIT: this endpoint accepts no associations");
+            return None;
+        };
 
         if self.associations.len() >= server_config.concurrent_associations as usize
             || self.reject_new_associations
