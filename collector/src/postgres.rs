@@ -6,11 +6,10 @@
 //! `postgres.batch_blocks` blocks, `postgres.connections` of them in flight
 //! at once (a pipeline: a connection that commits is handed the next
 //! blocks at once, so PostgreSQL's backends never wait for each other or
-//! for the SQLite read). In each transaction the blocks' identities go into
-//! `shipped_blocks` (primary key
-//! `(collector, block_id)`, `ON CONFLICT DO NOTHING`), and only the blocks
-//! that were new there have their records copied into `flows` (binary
-//! COPY). A block's records are thus in `flows` exactly when its identity is
+//! for the SQLite read). Each transaction leaves out the blocks already in
+//! `shipped_blocks` (primary key `(collector, block_id)`), claims the
+//! others there and copies their records into `flows` (binary COPY both).
+//! A block's records are thus in `flows` exactly when its identity is
 //! in `shipped_blocks`, whatever the watermark said: exactly once across
 //! PostgreSQL outages, collector crashes and restarts. The SQLite watermark
 //! (`shipping_watermark`) then moves over the committed prefix only: a
@@ -322,6 +321,17 @@ pub fn spawn_shipper(config: &PostgresConfig, database: &Path) -> Result<Shipper
 /// ends within a second or so at full speed, while the pipeline's one
 /// barrier, at the end of a step, comes rarely.
 const TRANSACTIONS_PER_CONNECTION_PER_STEP: usize = 4;
+
+/// How far a shipping step has read `record_blocks`.
+struct StepReader {
+    /// The id of the last block read.
+    last_read: i64,
+    /// Blocks read in this step, at most `limit`.
+    read: usize,
+    limit: usize,
+    /// SQLite held fewer blocks than the last read asked for.
+    caught_up: bool,
+}
 
 /// One committed block read back from SQLite, owned.
 struct BlockRow {
@@ -697,10 +707,15 @@ impl ShipperIo {
     /// step; those committed after it are claimed in `shipped_blocks`, so
     /// the retry from the watermark drops them.
     async fn ship_blocks(&mut self, after: i64, limit: usize) -> Result<(usize, i64)> {
-        let first = self.read_blocks(after, self.batch_blocks.min(limit))?;
-        if first.is_empty() {
+        let mut reader = StepReader {
+            last_read: after,
+            read: 0,
+            limit,
+            caught_up: false,
+        };
+        let Some(first) = self.read_next(&mut reader)? else {
             return Ok((0, after));
-        }
+        };
         self.client().await?;
         let mut idle = std::mem::take(&mut self.clients);
         while idle.len() < self.connections {
@@ -709,10 +724,7 @@ impl ShipperIo {
         let collector: Arc<str> = Arc::from(self.collector.as_str());
         let mut in_flight = FuturesUnordered::new();
         let mut order = CommitOrder::default();
-        let mut read = first.len();
-        let mut last_read = first.last().map_or(after, |b| b.id);
         let mut to_send = Some(first);
-        let mut caught_up = read < self.batch_blocks.min(limit);
         let mut shipped = 0usize;
         let mut position = after;
         loop {
@@ -734,16 +746,7 @@ impl ShipperIo {
                     (ticket, client, copied)
                 });
                 // The next transaction's blocks, read while this one copies.
-                if !caught_up && read < limit {
-                    let want = self.batch_blocks.min(limit - read);
-                    let more = self.read_blocks(last_read, want)?;
-                    caught_up = more.len() < want;
-                    read += more.len();
-                    if let Some(last) = more.last() {
-                        last_read = last.id;
-                        to_send = Some(more);
-                    }
-                }
+                to_send = self.read_next(&mut reader)?;
             }
             let Some((ticket, client, copied)) = in_flight.next().await else {
                 break;
@@ -763,6 +766,23 @@ impl ShipperIo {
         // check, done on the first, hold for the same server.
         self.clients = idle;
         Ok((shipped, position))
+    }
+
+    /// The step's next transaction of blocks; `None` once the step has
+    /// read `limit` blocks or SQLite had fewer than asked (caught up).
+    fn read_next(&mut self, reader: &mut StepReader) -> Result<Option<Vec<BlockRow>>> {
+        if reader.caught_up || reader.read >= reader.limit {
+            return Ok(None);
+        }
+        let want = self.batch_blocks.min(reader.limit - reader.read);
+        let blocks = self.read_blocks(reader.last_read, want)?;
+        reader.caught_up = blocks.len() < want;
+        reader.read += blocks.len();
+        let Some(last) = blocks.last() else {
+            return Ok(None);
+        };
+        reader.last_read = last.id;
+        Ok(Some(blocks))
     }
 
     async fn ship_handovers(&mut self, after: i64, limit: usize) -> Result<(usize, i64)> {
@@ -945,10 +965,10 @@ impl ShipperIo {
 /// it exactly once: a block claimed by someone else in between fails the
 /// COPY, the transaction rolls back and the retry leaves the block out.
 async fn copy_blocks(client: &mut Client, collector: &str, blocks: &[BlockRow]) -> Result<u64> {
-    let tx = client.transaction().await?;
     let (Some(lowest), Some(highest)) = (blocks.first(), blocks.last()) else {
         return Ok(0);
     };
+    let tx = client.transaction().await?;
     let already: HashSet<i64> = tx
         .query(
             "SELECT block_id FROM shipped_blocks
